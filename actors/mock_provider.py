@@ -1,0 +1,543 @@
+"""The built-in mock provider: a real HTTP server on 127.0.0.1 speaking providers' wire formats.
+
+It is the demo's upstream, the tests' upstream and the benchmarks' upstream. Replies are
+deterministic (one token per word). Faults are scripted per request with a directive in
+the last user message, e.g. ``[[mock status=429 retry_after=1]]``, or for the next
+requests through ``POST /_mock/faults``. Directive keys:
+
+- ``status``: answer with this HTTP status and the provider's error body
+  (``retry_after``/``retry_after_ms`` add those headers);
+- ``fail_times=N`` with ``key=K``: only the first N requests carrying key K fail;
+- ``delay_ms``: wait before the first byte; ``drip_ms``: wait between streamed tokens;
+- ``words``: reply length in tokens;
+- ``cut_after=N``: drop the connection after N streamed tokens;
+- ``malformed_after=N``: send broken SSE after N tokens;
+- ``error_after=N``: send the provider's in-stream error event after N tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+__all__ = ["MockProvider", "Fault"]
+
+_DIRECTIVE = re.compile(r"\[\[mock\s+([^\]]*)\]\]")
+_WORDS = ("Hello", "from", "the", "mock", "provider.", "Streaming", "tokens", "arrive", "one", "by", "one,",
+          "exactly", "as", "a", "real", "model", "would", "send", "them,", "with", "usage", "and", "a",
+          "finish", "reason", "at", "the", "end.")
+DEFAULT_WORDS = 24
+
+Fault = dict[str, Any]
+
+
+def _parse_directive(text: str) -> Fault:
+    match = _DIRECTIVE.search(text)
+    if not match:
+        return {}
+    fault: Fault = {}
+    for item in match.group(1).split():
+        key, _, value = item.partition("=")
+        fault[key] = int(value) if value.lstrip("-").isdigit() else value
+    return fault
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+class _Reply:
+    """What to say for one request, independent of the wire format."""
+
+    def __init__(self, prompt_words: int, n_words: int, prompt: str, tool: dict | None) -> None:
+        self.words = [_WORDS[i % len(_WORDS)] for i in range(n_words)]
+        if prompt:
+            self.words[:0] = ["You", "said:"] + prompt.split()[:4]
+            self.words = self.words[:n_words]
+        self.input_tokens = prompt_words
+        self.tool = tool  # {"name":..., "arguments": "..."} when the request offered tools and asked for one
+
+    @property
+    def tokens(self) -> list[str]:
+        return [w + (" " if i < len(self.words) - 1 else "") for i, w in enumerate(self.words)]
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.words) + (len(self.tool["arguments"]) // 4 + 1 if self.tool else 0)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # Python's http.server + requests stall 40 ms on delayed ACK without it
+    server: "_Server"
+
+    def log_message(self, *args: Any) -> None:  # quiet: tests and benches run thousands of requests
+        pass
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        head = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}",
+                f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
+                f"x-request-id: mock-{uuid.uuid4().hex[:12]}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)  # one write, one segment
+
+    def _start_stream(self, content_type: str = "text/event-stream") -> None:
+        self.wfile.write((f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+                          f"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n"
+                          f"x-request-id: mock-{uuid.uuid4().hex[:12]}\r\n\r\n").encode())
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def _end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _cut(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def do_GET(self) -> None:
+        if self.path == "/_mock/stats":
+            self._send(200, json.dumps(self.server.stats()).encode())
+        else:
+            self._send(404, b'{"error":{"message":"not found"}}')
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        path = self.path.split("?", 1)[0]
+        if path.startswith("/_mock/"):
+            return self._control(path, raw)
+        route = self.server.route(path)
+        if route is None:
+            return self._send(404, json.dumps({"error": {"message": f"no such route {path}"}}).encode())
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return self._send(400, b'{"error":{"message":"body is not JSON","type":"invalid_request_error"}}')
+        wire, stream_path = route
+        peer = self.client_address[1]
+        self.server.begin(path, dict(self.headers), peer)
+        try:
+            self._serve(wire, body, stream_path)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        finally:
+            self.server.end(peer)
+
+    def _control(self, path: str, raw: bytes) -> None:
+        doc = json.loads(raw or b"{}")
+        if path == "/_mock/faults":
+            self.server.script(doc.get("faults", []))
+        elif path == "/_mock/keys":
+            self.server.accepted_keys = set(doc.get("keys") or ()) or None
+        elif path == "/_mock/reset":
+            self.server.reset()
+        self._send(200, b'{"ok":true}')
+
+    # -- one request -----------------------------------------------------------------
+
+    def _serve(self, wire: "Wire", body: dict[str, Any], stream_path: bool) -> None:
+        prompt = wire.prompt(body)
+        fault = {**self.server.next_fault(), **_parse_directive(prompt)}
+        key = wire.key(self.headers)
+        if fault.get("fail_times") is not None:
+            if self.server.count_failure(str(fault.get("key", "")), int(fault["fail_times"])):
+                fault = {k: v for k, v in fault.items() if k not in ("status",)}
+        if self.server.accepted_keys is not None and key not in self.server.accepted_keys:
+            fault = {"status": 401}
+        if fault.get("delay_ms"):
+            time.sleep(int(fault["delay_ms"]) / 1000)
+        status = int(fault.get("status", 200))
+        if status != 200:
+            headers = {}
+            if "retry_after" in fault:
+                headers["Retry-After"] = str(fault["retry_after"])
+            if "retry_after_ms" in fault:
+                headers["retry-after-ms"] = str(fault["retry_after_ms"])
+            return self._send(status, json.dumps(wire.error_body(status)).encode(), headers=headers)
+        n_words = int(fault.get("words") or wire.max_tokens(body) or DEFAULT_WORDS)
+        tool = None
+        if body.get("tools") and "[[tool]]" in prompt:
+            tool = {"name": wire.first_tool_name(body), "arguments": json.dumps({"city": "Paris", "unit": "c"})}
+        reply = _Reply(wire.prompt_tokens(body), min(n_words, 4096), _DIRECTIVE.sub("", prompt).strip(), tool)
+        if not (stream_path or body.get("stream")):
+            return self._send(200, json.dumps(wire.complete(body, reply)).encode())
+        self._stream(wire, body, reply, fault)
+
+    def _stream(self, wire: "Wire", body: dict[str, Any], reply: _Reply, fault: Fault) -> None:
+        drip = int(fault.get("drip_ms") or 0) / 1000 or self.server.drip_s
+        self._start_stream(wire.stream_content_type)
+        state: dict[str, Any] = {}
+        for frame in wire.stream_head(body, reply, state):
+            self._chunk(frame)
+        for i, token in enumerate(reply.tokens):
+            if i == fault.get("cut_after"):
+                return self._cut()
+            if i == fault.get("malformed_after"):
+                self._chunk(b"data: {\"this is not\": json\n\n")
+                self._end_stream()
+                return
+            if i == fault.get("error_after"):
+                for frame in wire.stream_error(state):
+                    self._chunk(frame)
+                self._end_stream()
+                return
+            if drip and i:
+                time.sleep(drip)
+            self._chunk(wire.stream_token(token, i, state))
+        for frame in wire.stream_tail(body, reply, state):
+            self._chunk(frame)
+        self._end_stream()
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return (f"event: {event}\n" if event else "").encode() + f"data: {text}\n\n".encode()
+
+
+class Wire:
+    """One provider's wire format. Subclasses fill in the shapes."""
+
+    stream_content_type = "text/event-stream"
+
+    def prompt(self, body: dict[str, Any]) -> str:
+        user = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        return _text_of(user[-1].get("content")) if user else ""
+
+    def all_text(self, body: dict[str, Any]) -> str:
+        parts = [_text_of(m.get("content")) for m in body.get("messages", [])]
+        system = body.get("system")
+        if system:
+            parts.append(_text_of(system))
+        return " ".join(parts)
+
+    def prompt_tokens(self, body: dict[str, Any]) -> int:
+        return len(self.all_text(body).split()) + 3 * max(1, len(body.get("messages", [])))
+
+    def max_tokens(self, body: dict[str, Any]) -> int | None:
+        return body.get("max_tokens") or body.get("max_completion_tokens")
+
+    def first_tool_name(self, body: dict[str, Any]) -> str:
+        tool = body["tools"][0]
+        return (tool.get("function") or tool).get("name", "tool")
+
+    def key(self, headers: Any) -> str | None:
+        auth = headers.get("authorization") or ""
+        return auth[7:] if auth.lower().startswith("bearer ") else headers.get("api-key")
+
+
+class OpenAIChatWire(Wire):
+    def error_body(self, status: int) -> dict[str, Any]:
+        kinds = {400: "invalid_request_error", 401: "invalid_request_error", 429: "rate_limit_exceeded"}
+        return {"error": {"message": f"mock error {status}", "type": kinds.get(status, "server_error"),
+                          "param": None, "code": "invalid_api_key" if status == 401 else None}}
+
+    def _usage(self, reply: _Reply) -> dict[str, Any]:
+        return {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
+                "total_tokens": reply.input_tokens + reply.output_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+
+    def _tool_calls(self, reply: _Reply) -> list[dict[str, Any]]:
+        return [{"index": 0, "id": "call_mock1", "type": "function",
+                 "function": {"name": reply.tool["name"], "arguments": reply.tool["arguments"]}}]
+
+    def complete(self, body: dict[str, Any], reply: _Reply) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.tokens)}
+        if reply.tool:
+            message["tool_calls"] = self._tool_calls(reply)
+        return {"id": "chatcmpl-mock", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model"), "choices": [{"index": 0, "message": message,
+                "finish_reason": "tool_calls" if reply.tool else "stop"}], "usage": self._usage(reply)}
+
+    def _chunk(self, body_model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": body_model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": None})
+
+    def stream_head(self, body, reply, state):
+        state["model"] = body.get("model", "")
+        return [self._chunk(state["model"], {"role": "assistant", "content": ""})]
+
+    def stream_token(self, token, i, state):
+        return self._chunk(state["model"], {"content": token})
+
+    def stream_tail(self, body, reply, state):
+        frames = []
+        if reply.tool:
+            call = self._tool_calls(reply)[0]
+            args = call["function"]["arguments"]
+            first = {**call, "function": {"name": call["function"]["name"], "arguments": args[:5]}}
+            frames.append(self._chunk(state["model"], {"tool_calls": [first]}))
+            frames.append(self._chunk(state["model"], {"tool_calls": [{"index": 0, "function": {"arguments": args[5:]}}]}))
+        frames.append(self._chunk(state["model"], {}, "tool_calls" if reply.tool else "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            frames.append(_sse({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
+                                "model": state["model"], "choices": [], "usage": self._usage(reply)}))
+        frames.append(_sse("[DONE]"))
+        return frames
+
+    def stream_error(self, state):
+        return [_sse({"error": {"message": "The server had an error while processing your request.",
+                                "type": "server_error", "code": None}})]
+
+
+class AnthropicWire(Wire):
+    def key(self, headers: Any) -> str | None:
+        return headers.get("x-api-key")
+
+    def error_body(self, status: int) -> dict[str, Any]:
+        kinds = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}
+        return {"type": "error", "error": {"type": kinds.get(status, "api_error"), "message": f"mock error {status}"},
+                "request_id": "req_mock"}
+
+    def complete(self, body, reply):
+        content: list[dict[str, Any]] = [{"type": "text", "text": "".join(reply.tokens)}]
+        if reply.tool:
+            content.append({"type": "tool_use", "id": "toolu_mock1", "name": reply.tool["name"],
+                            "input": json.loads(reply.tool["arguments"])})
+        return {"id": "msg_mock", "type": "message", "role": "assistant", "model": body.get("model"),
+                "content": content, "stop_reason": "tool_use" if reply.tool else "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
+                          "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}
+
+    def stream_head(self, body, reply, state):
+        start = {"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant",
+                 "model": body.get("model"), "content": [], "stop_reason": None, "stop_sequence": None,
+                 "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1,
+                           "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}}
+        return [_sse(start, "message_start"),
+                _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                     "content_block_start"),
+                _sse({"type": "ping"}, "ping")]
+
+    def stream_token(self, token, i, state):
+        return _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}},
+                    "content_block_delta")
+
+    def stream_tail(self, body, reply, state):
+        frames = [_sse({"type": "content_block_stop", "index": 0}, "content_block_stop")]
+        if reply.tool:
+            args = reply.tool["arguments"]
+            frames += [
+                _sse({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use",
+                      "id": "toolu_mock1", "name": reply.tool["name"], "input": {}}}, "content_block_start"),
+                _sse({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
+                      "partial_json": args[:5]}}, "content_block_delta"),
+                _sse({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
+                      "partial_json": args[5:]}}, "content_block_delta"),
+                _sse({"type": "content_block_stop", "index": 1}, "content_block_stop")]
+        frames += [_sse({"type": "message_delta", "delta": {"stop_reason": "tool_use" if reply.tool else "end_turn",
+                         "stop_sequence": None}, "usage": {"output_tokens": reply.output_tokens}}, "message_delta"),
+                   _sse({"type": "message_stop"}, "message_stop")]
+        return frames
+
+    def stream_error(self, state):
+        return [_sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], words_per_second: float | None) -> None:
+        super().__init__(address, _Handler)
+        self.drip_s = 1 / words_per_second if words_per_second else 0.0
+        self.accepted_keys: set[str] | None = None
+        self._lock = threading.Lock()
+        self.reset()
+        self.routes: list[tuple[Callable[[str], bool], Wire, bool]] = [
+            (lambda p: p.endswith("/chat/completions"), OpenAIChatWire(), False),
+            (lambda p: p.endswith("/messages"), AnthropicWire(), False),
+        ]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._faults: deque[Fault] = deque()
+            self._failures: Counter[str] = Counter()
+            self.requests: Counter[str] = Counter()
+            self.in_flight = 0
+            self.max_in_flight = 0
+            self.keys_seen: Counter[str] = Counter()
+            self.last_headers: dict[str, str] = {}
+            self.peers: set[int] = set()  # client ports of requests in flight
+
+    def route(self, path: str) -> tuple[Wire, bool] | None:
+        for match, wire, stream_path in self.routes:
+            if match(path):
+                return wire, stream_path
+        return None
+
+    def script(self, faults: list[Fault]) -> None:
+        with self._lock:
+            self._faults.extend(faults)
+
+    def next_fault(self) -> Fault:
+        with self._lock:
+            return self._faults.popleft() if self._faults else {}
+
+    def count_failure(self, key: str, limit: int) -> bool:
+        """True once ``key`` has already failed ``limit`` times (so this one succeeds)."""
+        with self._lock:
+            self._failures[key] += 1
+            return self._failures[key] > limit
+
+    def begin(self, path: str, headers: dict[str, str], peer: int) -> None:
+        with self._lock:
+            self.requests[path] += 1
+            self.in_flight += 1
+            self.peers.add(peer)
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.last_headers = headers
+            for name in ("authorization", "x-api-key", "api-key", "x-goog-api-key"):
+                for key, value in headers.items():
+                    if key.lower() == name:
+                        self.keys_seen[value] += 1
+
+    def end(self, peer: int) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.peers.discard(peer)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"requests": dict(self.requests), "total": sum(self.requests.values()),
+                    "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+                    "keys_seen": dict(self.keys_seen), "last_headers": self.last_headers,
+                    "faults_pending": len(self._faults), "peers_in_flight": sorted(self.peers)}
+
+
+class MockProvider:
+    """Runs the mock server on a daemon thread of this process."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, words_per_second: float | None = None) -> None:
+        self._server = _Server((host, port), words_per_second)
+        self.host, self.port = self._server.server_address[:2]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def server(self) -> _Server:
+        return self._server
+
+    def start(self) -> "MockProvider":
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="mock-provider", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
+
+    def __enter__(self) -> "MockProvider":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class MockProcess:
+    """The mock provider in a child process, driven over its HTTP control endpoints.
+
+    Tests and benchmarks use it so the upstream competes with neither the client nor
+    the gateway for the GIL, exactly like a real remote provider would not.
+    """
+
+    def __init__(self, words_per_second: float | None = None, host: str = "127.0.0.1") -> None:
+        import subprocess
+        import sys
+
+        cmd = [sys.executable, "-m", "actors.mock_provider", "--host", host, "--port", "0"]
+        if words_per_second:
+            cmd += ["--words-per-second", str(words_per_second)]
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self._proc.stdout.readline().strip()
+        if not line.startswith("mock provider listening on "):
+            self._proc.kill()
+            raise RuntimeError(f"mock provider did not start: {line!r}")
+        self.url = line.rsplit(" ", 1)[1]
+        self._session = None
+
+    def _control(self, path: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+        import requests
+
+        if self._session is None:
+            self._session = requests.Session()
+        if doc is None:
+            return self._session.get(self.url + path, timeout=5).json()
+        return self._session.post(self.url + path, json=doc, timeout=5).json()
+
+    def stats(self) -> dict[str, Any]:
+        return self._control("/_mock/stats")
+
+    def script(self, faults: list[Fault]) -> None:
+        self._control("/_mock/faults", {"faults": faults})
+
+    def accept_keys(self, keys: list[str] | None) -> None:
+        self._control("/_mock/keys", {"keys": keys or []})
+
+    def reset(self) -> None:
+        self._control("/_mock/reset", {})
+
+    def stop(self) -> None:
+        if self._session is not None:
+            self._session.close()
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001
+            self._proc.kill()
+            self._proc.wait(timeout=5)
+        self._proc.stdout.close()
+
+    def __enter__(self) -> "MockProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the built-in mock LLM provider.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--words-per-second", type=float, default=None)
+    args = parser.parse_args(argv)
+    mock = MockProvider(args.host, args.port, args.words_per_second)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    mock.start()
+    print(f"mock provider listening on {mock.url}", flush=True)
+    stop.wait()
+    mock.stop()
+
+
+if __name__ == "__main__":
+    main()

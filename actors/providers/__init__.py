@@ -1,0 +1,31 @@
+"""Provider runners, one module each, registered by provider name."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..config import DeploymentConfig
+from ..errors import ConfigError
+from ..runner import ModelRunner
+
+__all__ = ["make_runner", "runner_class"]
+
+_RUNNERS = {
+    "openai": ("openai", "OpenAIChatRunner"),
+    "openai_compatible": ("openai", "OpenAICompatibleRunner"),
+    "azure_openai": ("openai", "AzureOpenAIRunner"),
+    "anthropic": ("anthropic", "AnthropicRunner"),
+}
+
+
+def runner_class(provider: str) -> type[ModelRunner]:
+    try:
+        module, name = _RUNNERS[provider]
+    except KeyError:
+        raise ConfigError(f"provider {provider!r} has no runner; known: {', '.join(sorted(_RUNNERS))}",
+                          path="provider") from None
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def make_runner(deployment: DeploymentConfig) -> ModelRunner:
+    return runner_class(deployment.provider)(deployment)

@@ -1,0 +1,153 @@
+"""Google Gemini: ``generateContent`` and ``streamGenerateContent?alt=sse``.
+
+The Gemini API (AI Studio) takes its key in the ``x-goog-api-key`` header, never in the URL,
+where proxies and access logs would keep it. With ``auth: bearer`` and an endpoint ending in
+``.../locations/{region}/publishers/google`` the same runner speaks to Vertex AI.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from ..credentials import Secret
+from ..errors import BadRequest, ConfigError, ContentFiltered
+from ..messages import InferenceRequest
+from ..runner import (Delta, HttpRequest, SseRunner, compact_json, fold_turns, function_tools, json_body, loads_json,
+                      plain_text, split_system, tool_arguments, tool_choice)
+from ..sse import SseChunk
+
+PROVIDER = "gemini"
+FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
+          "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
+          "IMAGE_SAFETY": "content_filter", "MALFORMED_FUNCTION_CALL": "error"}
+GENERATION_CONFIG = (("max_tokens", "maxOutputTokens"), ("temperature", "temperature"), ("top_p", "topP"),
+                     ("top_k", "topK"), ("seed", "seed"), ("presence_penalty", "presencePenalty"),
+                     ("frequency_penalty", "frequencyPenalty"))
+TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY", "function": "ANY"}
+
+
+def usage_fields(meta: dict[str, Any] | None) -> dict[str, int] | None:
+    """``usageMetadata`` is a running total on every chunk, so it is reported, never summed.
+
+    The prompt count already includes cached content; thinking tokens are billed as output
+    but counted apart from the candidates, and tool-use prompts (e.g. search results) as input.
+    """
+    if not meta:
+        return None
+    thoughts = meta.get("thoughtsTokenCount") or 0
+    return {"input_tokens": (meta.get("promptTokenCount") or 0) + (meta.get("toolUsePromptTokenCount") or 0),
+            "output_tokens": (meta.get("candidatesTokenCount") or 0) + thoughts,
+            "cached_input_tokens": meta.get("cachedContentTokenCount") or 0,
+            "reasoning_tokens": thoughts}
+
+
+def to_contents(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat messages (system split off) -> Gemini contents with roles user and model."""
+    # A function response is matched by name, which an OpenAI-style tool message does not carry.
+    names = {call.get("id"): (call.get("function") or {}).get("name", "")
+             for m in messages if m.get("role") == "assistant" for call in m.get("tool_calls") or ()}
+
+    def parts(m: dict[str, Any]) -> list[dict[str, Any]]:
+        text = plain_text(m.get("content"), PROVIDER)
+        if m.get("role") == "tool":
+            if m.get("tool_call_id") not in names:
+                raise BadRequest(f"tool result {m.get('tool_call_id')!r} answers no tool call", provider=PROVIDER)
+            return [{"functionResponse": {"name": names[m["tool_call_id"]], "response": _response_object(text)}}]
+        if m.get("role") != "assistant":
+            return [{"text": text}]
+        out: list[dict[str, Any]] = [{"text": text}] if text else []
+        for call in m.get("tool_calls") or ():
+            out.append({"functionCall": {"name": (call.get("function") or {}).get("name", ""),
+                                         "args": tool_arguments(call, PROVIDER)}})
+        return out
+
+    return fold_turns(messages, parts, assistant="model", key="parts")
+
+
+def _response_object(text: str) -> dict[str, Any]:
+    """A tool's output as the object Gemini wants: JSON objects as they are, anything else under "output"."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    return value if isinstance(value, dict) else {"output": value}
+
+
+class GeminiRunner(SseRunner):
+    provider = PROVIDER
+    finish_map = FINISH
+    options_schema = {"auth": (str, "api-key"), "safety_settings": (list, None)}
+
+    def __init__(self, deployment) -> None:
+        super().__init__(deployment)
+        if self.options["auth"] not in ("api-key", "bearer"):
+            raise ConfigError("expected 'api-key' or 'bearer'", path="options.auth")
+        self.model = self.model.removeprefix("models/")
+
+    def build_request(self, request: InferenceRequest, credential: Secret | None) -> HttpRequest:
+        params = request.params
+        system, messages = split_system(request.messages)
+        payload: dict[str, Any] = {"contents": to_contents(messages)}
+        if system:
+            payload["systemInstruction"] = {"parts": [{"text": system}]}
+        config = {theirs: params[ours] for ours, theirs in GENERATION_CONFIG if params.get(ours) is not None}
+        if params.get("stop"):
+            config["stopSequences"] = [params["stop"]] if isinstance(params["stop"], str) else list(params["stop"])
+        if config:
+            payload["generationConfig"] = config
+        if params.get("tools"):
+            payload["tools"] = [{"functionDeclarations": [
+                {"name": t["name"], "description": t["description"], "parameters": t["parameters"]}
+                for t in function_tools(params["tools"])]}]
+        choice = tool_choice(params)
+        if choice is not None:
+            mode = {"mode": TOOL_MODES[choice[0]], **({"allowedFunctionNames": [choice[1]]} if choice[1] else {})}
+            payload["toolConfig"] = {"functionCallingConfig": mode}
+        if self.options["safety_settings"]:
+            payload["safetySettings"] = self.options["safety_settings"]
+        auth = {}
+        if credential is not None:
+            key = credential.reveal()
+            auth = {"authorization": f"Bearer {key}"} if self.options["auth"] == "bearer" else {"x-goog-api-key": key}
+        headers = self.headers(auth)
+        method = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
+        if request.stream:
+            headers["accept"] = "text/event-stream"
+        url = f"{self.endpoint}/models/{quote(self.model, safe='-._~')}:{method}"
+        return HttpRequest("POST", url, headers, json_body(payload), request.stream)
+
+    def parse_response(self, body: bytes) -> Delta:
+        delta = self._delta(loads_json(body, self.provider), {})
+        delta.done = True
+        return delta
+
+    def translate(self, event: SseChunk, state: dict[str, Any]) -> list[Delta]:
+        # Every event is a whole GenerateContentResponse; the stream ends without a marker.
+        return [self._delta(loads_json(event.data, self.provider), state)]
+
+    def _delta(self, doc: dict[str, Any], state: dict[str, Any]) -> Delta:
+        if "error" in doc:
+            return Delta(error=self.stream_error(doc))
+        delta = Delta(usage=usage_fields(doc.get("usageMetadata")))
+        blocked = (doc.get("promptFeedback") or {}).get("blockReason")
+        if blocked:
+            delta.error = ContentFiltered(f"the prompt was blocked: {blocked}", reason=blocked, provider=self.provider)
+            return delta
+        candidate = (doc.get("candidates") or [{}])[0]
+        for part in (candidate.get("content") or {}).get("parts") or ():
+            if part.get("thought"):
+                continue  # a thought summary, not the answer
+            if "functionCall" in part:
+                call, index = part["functionCall"], state.get("calls", 0)
+                state["calls"] = index + 1
+                # Gemini calls carry no id unless the API adds one; this one is stable across retries.
+                delta.tool_calls.append({"index": index, "id": call.get("id") or f"call_{index}_{call.get('name')}",
+                                         "name": call.get("name"), "arguments": compact_json(call.get("args") or {})})
+            else:
+                delta.text += part.get("text", "")
+        delta.finish_reason, delta.raw_finish_reason = self.finish(candidate.get("finishReason"))
+        if delta.finish_reason == "stop" and state.get("calls"):
+            delta.finish_reason = "tool_calls"  # Gemini says STOP after a function call
+        return delta

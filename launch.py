@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Run a gateway node, talk to one, or try the whole thing on the built-in mock provider.
+
+    python launch.py --convention leader --config config/demo.yaml   # a node, in the foreground
+    python launch.py ask --model demo "Say hello"                     # stream an answer from a node
+    python launch.py status                                           # what a node is doing
+    python launch.py demo                                             # all of it, end to end, then stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+from actors.config import load_config
+from actors.errors import ConfigError, InferenceError
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "demo.yaml")
+
+
+def _print_status(status) -> None:
+    print(f"node {status.node} (up {time.time() - status.started_unix:.0f}s)")
+    for e in status.engines:
+        print(f"  {e.deployment}[{e.replica}]  queued={e.queued} busy={e.busy_workers}/{e.workers} "
+              f"accepted={e.accepted} completed={e.completed} failed={e.failed} circuit={e.circuit}")
+    for b in status.breakers:
+        print(f"  breaker {b.provider} {b.endpoint}: {b.state.value} trips={b.trips} "
+              f"window={b.window_failures}/{b.window_calls} failed")
+    for lim in status.limits:
+        print(f"  limit {lim['key']} ({lim['mode']}): requests {lim['requests']}/{lim['rpm'] or '-'} "
+              f"tokens {lim['tokens']}/{lim['tpm'] or '-'} this window")
+
+
+def run_node(args: argparse.Namespace) -> int:
+    from actors.system import start_node
+
+    config = load_config(args.config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node = start_node(config, admin_port=args.admin_port, name=args.name,
+                      leader=args.leader if args.convention == "member" else None, advertise=args.advertise)
+    try:
+        print(f"node {node.name} serving on admin port {node.admin_port}: "
+              + ", ".join(f"{d.name} ({d.provider} {d.provider_model}, {d.workers} workers x {d.replicas})"
+                          for d in node.config.deployments), flush=True)
+        if node.mock is not None:
+            print(f"built-in mock provider on {node.mock.url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("stopping: draining in-flight requests", flush=True)
+    finally:
+        node.stop(drain_timeout_s=config.node.drain_timeout_s)
+    print("stopped", flush=True)
+    return 0
+
+
+def ask(args: argparse.Namespace) -> int:
+    from actors.client import GatewayClient
+
+    with GatewayClient(args.admin_port, timeout_s=args.timeout) as client:
+        messages = [{"role": "user", "content": " ".join(args.prompt)}]
+        if args.no_stream:
+            result = client.complete(args.model, messages, max_tokens=args.max_tokens)
+            print(result.text)
+        else:
+            stream = client.stream(args.model, messages, max_tokens=args.max_tokens)
+            for chunk in stream:
+                print(chunk.text, end="", flush=True)
+            print()
+            result = stream.result
+        cost = f"${result.cost_usd:.6f}" if result.cost_usd is not None else "unknown"
+        ttft = f", first token {result.ttft_s * 1000:.0f} ms" if result.ttft_s is not None else ""
+        print(f"[{result.deployment}: {result.usage.input_tokens} in / {result.usage.output_tokens} out tokens, "
+              f"cost {cost}, {result.latency_s * 1000:.0f} ms{ttft}, finish {result.finish_reason}]")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from actors.client import GatewayClient
+
+    with GatewayClient(args.admin_port) as client:
+        _print_status(client.status())
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Start a node on the mock provider, stream a few answers through it, show status, stop."""
+    from actors.client import GatewayClient
+    from actors.procs import port_is_listening
+    from actors.system import start_node
+
+    config = load_config(args.config)
+    port = args.admin_port or next(p for p in range(19500, 19600) if not port_is_listening(p))
+    log_file = os.path.join(tempfile.gettempdir(), f"atomr-demo-{port}.log")
+    print(f"starting a node on admin port {port} with {args.config} (log: {log_file})", flush=True)
+    node = start_node(config, admin_port=port, log_file=log_file, console_log=False)
+    try:
+        with GatewayClient(port) as client:
+            for prompt in ("Say hello", "Stream a few words please"):
+                print(f"\n> {prompt}\n", end="", flush=True)
+                stream = client.stream("demo", [{"role": "user", "content": prompt}], max_tokens=20)
+                for chunk in stream:
+                    print(chunk.text, end="", flush=True)
+                r = stream.result
+                print(f"\n[{r.usage.input_tokens} in / {r.usage.output_tokens} out tokens, "
+                      f"cost ${r.cost_usd:.7f}, first token {r.ttft_s * 1000:.0f} ms, total {r.latency_s * 1000:.0f} ms, "
+                      f"{r.chunks} chunks]")
+            r = client.complete("demo-claude", [{"role": "user", "content": "And once more, not streamed"}],
+                                max_tokens=12)
+            print(f"\n> not streamed, via {r.deployment}: {r.text}\n[{r.usage.output_tokens} tokens, "
+                  f"cost ${r.cost_usd:.7f}]")
+            try:
+                client.complete("demo", [{"role": "user", "content": "[[mock status=400]] a bad request"}])
+            except InferenceError as exc:
+                print(f"\n> a request the provider rejects ends in one typed error:\n{type(exc).__name__}: {exc}")
+            print()
+            _print_status(client.status())
+    finally:
+        node.stop(drain_timeout_s=5)
+    print("\ndemo finished; node stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--convention", choices=("leader", "member"), default="leader",
+                        help="start a node as the convention leader or as a member")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="deployment YAML (default: config/demo.yaml)")
+    parser.add_argument("--admin-port", type=int, default=None, help="Thespian admin port (default: config, else 1900)")
+    parser.add_argument("--leader", default=None, help="HOST:PORT of the convention leader (members)")
+    parser.add_argument("--advertise", default=None, help="routable IP peers reach this node on")
+    parser.add_argument("--name", default=None, help="node name (default: config, else node-PORT)")
+    sub = parser.add_subparsers(dest="command")
+    p_ask = sub.add_parser("ask", help="send one prompt to a running node")
+    p_ask.add_argument("prompt", nargs="+")
+    p_ask.add_argument("--model", default="demo")
+    p_ask.add_argument("--admin-port", type=int, default=1900)
+    p_ask.add_argument("--max-tokens", type=int, default=64)
+    p_ask.add_argument("--timeout", type=float, default=60.0)
+    p_ask.add_argument("--no-stream", action="store_true")
+    p_status = sub.add_parser("status", help="show a running node's state")
+    p_status.add_argument("--admin-port", type=int, default=1900)
+    p_demo = sub.add_parser("demo", help="run the end-to-end demo on the built-in mock provider")
+    p_demo.add_argument("--config", default=DEFAULT_CONFIG)
+    p_demo.add_argument("--admin-port", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.convention == "member" and args.command is None and not args.leader:
+        parser.error("--convention member needs --leader HOST:PORT")
+    try:
+        if args.command == "ask":
+            return ask(args)
+        if args.command == "status":
+            return status(args)
+        if args.command == "demo":
+            return demo(args)
+        return run_node(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except InferenceError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Shared fixtures: real actor systems on unique ports, a real mock provider, and no leaks.
+
+Thespian admins daemonize and outlive the process that started them. Every process a
+test run starts inherits ATOMR_TEST_RUN, so whatever a failed test left behind is found
+by that marker and killed at the end of the session (and reported as a failure).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+RUN_MARK = f"atomr-test-{uuid.uuid4().hex[:12]}"
+os.environ["ATOMR_TEST_RUN"] = RUN_MARK
+os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
+os.environ["THESPLOG_FILE"] = f"/tmp/{RUN_MARK}-thespian.log"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from actors.procs import port_is_listening, listening_pids  # noqa: E402
+
+# Below the ephemeral range (32768+), so no client socket can be sitting on our ports.
+_ports = itertools.count(21000 + (os.getpid() % 400) * 20, 3)
+
+
+def free_port() -> int:
+    """A port nothing listens on (steps of 3 leave room for a member beside a leader)."""
+    for port in _ports:
+        if port > 32000:
+            raise RuntimeError("ran out of test ports")
+        if not port_is_listening(port) and not listening_pids(port):
+            return port
+    raise RuntimeError("unreachable")
+
+
+def marked_pids() -> list[int]:
+    """Live processes carrying this run's marker (never this pytest process)."""
+    found = []
+    me = os.getpid()
+    needle = f"ATOMR_TEST_RUN={RUN_MARK}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if needle not in fh.read():
+                    continue
+            with open(f"/proc/{entry}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        found.append(int(entry))
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    leftovers = marked_pids()
+    if not leftovers:
+        return
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    print(f"\nleak: {len(leftovers)} process(es) outlived their tests and were killed: {leftovers}", file=sys.stderr)
+    session.exitstatus = 1
+
+
+@pytest.fixture
+def mock():
+    from actors.mock_provider import MockProcess
+
+    process = MockProcess()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def gateway(tmp_path, request):
+    """Factory: gateway(deployments=[...], **node) -> (node, client); all stopped at teardown."""
+    from actors.client import GatewayClient
+    from actors.config import parse_config
+    from actors.system import start_node
+
+    started = []
+
+    def make(deployments, node=None, cluster=None, mock_provider=None, name="n1", **start):
+        port = free_port()
+        data = {"deployments": deployments, "node": {"admin_port": port, "name": name, **(node or {})}}
+        if cluster:
+            data["cluster"] = cluster
+        if mock_provider is not None:
+            data["mock_provider"] = mock_provider
+        config = parse_config(data, f"<{request.node.name}>")
+        handle = start_node(config, log_file=str(tmp_path / f"{name}.log"), console_log=False, **start)
+        started.append(handle)
+        client = GatewayClient(port, timeout_s=30)
+        started.append(client)
+        return handle, client
+
+    yield make
+    for thing in reversed(started):
+        if hasattr(thing, "close"):
+            thing.close()
+        else:
+            thing.stop(kill_after_s=10)
+
+
+def deployment(mock_url: str, name: str = "d1", provider: str = "openai", **extra):
+    """A deployment dict pointing at the mock provider."""
+    suffix = {"gemini": "/v1beta", "cohere": "/v2", "bedrock": ""}.get(provider, "/v1")
+    model = {"anthropic": "mock-claude", "gemini": "mock-gemini", "cohere": "mock-command",
+             "bedrock": "mock-nova"}.get(provider, "mock-gpt")
+    base = {"name": name, "model": name, "provider": provider, "upstream_model": model,
+            "endpoint": mock_url + suffix, "workers": 2,
+            "retry": {"max_retries": 2, "base_delay_s": 0.05, "max_delay_s": 0.2},
+            "timeouts": {"connect_s": 2, "read_s": 10, "total_s": 30}}
+    base.update(extra)
+    return base
+
+
+def wait_for(condition, timeout_s: float = 10.0, interval_s: float = 0.02, message: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
