@@ -23,16 +23,16 @@ from actors.errors import ConfigError, InferenceError
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "demo.yaml")
 
 
-def _print_status(status) -> None:
-    print(f"node {status.node} (up {time.time() - status.started_unix:.0f}s)")
+def _print_status(status, indent: str = "") -> None:
+    print(f"{indent}node {status.node} (up {time.time() - status.started_unix:.0f}s)")
     for e in status.engines:
-        print(f"  {e.deployment}[{e.replica}]  queued={e.queued} busy={e.busy_workers}/{e.workers} "
+        print(f"{indent}  {e.deployment}[{e.replica}]  queued={e.queued} busy={e.busy_workers}/{e.workers} "
               f"accepted={e.accepted} completed={e.completed} failed={e.failed} circuit={e.circuit}")
     for b in status.breakers:
-        print(f"  breaker {b.provider} {b.endpoint}: {b.state.value} trips={b.trips} "
+        print(f"{indent}  breaker {b.provider} {b.endpoint}: {b.state.value} trips={b.trips} "
               f"window={b.window_failures}/{b.window_calls} failed")
     for lim in status.limits:
-        print(f"  limit {lim['key']} ({lim['mode']}): requests {lim['requests']}/{lim['rpm'] or '-'} "
+        print(f"{indent}  limit {lim['key']} ({lim['mode']}): requests {lim['requests']}/{lim['rpm'] or '-'} "
               f"tokens {lim['tokens']}/{lim['tpm'] or '-'} this window")
 
 
@@ -81,11 +81,42 @@ def ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def status(args: argparse.Namespace) -> int:
-    from actors.client import GatewayClient
+def _print_cluster(cluster) -> None:
+    by_node = {m.node: m for m in cluster.members}
+    print(f"cluster led by {cluster.leader or '(leader unreachable)'}: {len(cluster.members)} node(s)")
+    for status in cluster.nodes:
+        member = by_node.get(status.node)
+        seen = f" at {member.host or '?'}, last heartbeat {member.last_seen_s:.1f}s ago" if member else ""
+        print(f"- {status.node}{' (leader)' if status.node == cluster.leader else ''}{seen}")
+        _print_status(status, indent="  ")
+    for node in cluster.unreachable:
+        print(f"- {node}: did not answer")
+    budgets = {}
+    for status in cluster.nodes:
+        for lim in status.limits:
+            # Each node's hub holds the merged cluster view; show the most advanced one.
+            best = budgets.get(lim["key"])
+            if best is None or (lim["requests"], lim["tokens"]) > (best["requests"], best["tokens"]):
+                budgets[lim["key"]] = lim
+    for key, lim in sorted(budgets.items()):
+        print(f"budget {key} ({lim['mode']}), cluster-wide this window: requests {lim['requests']}/{lim['rpm'] or '-'}"
+              f", tokens {lim['tokens']}/{lim['tpm'] or '-'}")
 
+
+def status(args: argparse.Namespace) -> int:
+    from actors.client import GatewayClient, cluster_status_from
+    from actors.procs import port_is_listening
+
+    if args.leader:
+        host, _, port = args.leader.rpartition(":")
+        if host in ("127.0.0.1", "localhost") and port_is_listening(int(port)):
+            with GatewayClient(int(port)) as client:
+                _print_cluster(client.cluster_status())
+        else:
+            _print_cluster(cluster_status_from(args.leader, advertise=args.advertise))
+        return 0
     with GatewayClient(args.admin_port) as client:
-        _print_status(client.status())
+        _print_cluster(client.cluster_status())
     return 0
 
 
@@ -120,7 +151,7 @@ def demo(args: argparse.Namespace) -> int:
             except InferenceError as exc:
                 print(f"\n> a request the provider rejects ends in one typed error:\n{type(exc).__name__}: {exc}")
             print()
-            _print_status(client.status())
+            _print_cluster(client.cluster_status())
     finally:
         node.stop(drain_timeout_s=5)
     print("\ndemo finished; node stopped")
@@ -144,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p_ask.add_argument("--max-tokens", type=int, default=64)
     p_ask.add_argument("--timeout", type=float, default=60.0)
     p_ask.add_argument("--no-stream", action="store_true")
-    p_status = sub.add_parser("status", help="show a running node's state")
-    p_status.add_argument("--admin-port", type=int, default=1900)
+    p_status = sub.add_parser("status", help="show the cluster: nodes, queues, breakers, budgets")
+    p_status.add_argument("--admin-port", type=int, default=1900, help="a node on this host")
+    p_status.add_argument("--leader", default=None, help="HOST:PORT of the leader (from any host)")
+    p_status.add_argument("--advertise", default=None, help="this host's routable IP (remote --leader)")
     p_demo = sub.add_parser("demo", help="run the end-to-end demo on the built-in mock provider")
     p_demo.add_argument("--config", default=DEFAULT_CONFIG)
     p_demo.add_argument("--admin-port", type=int, default=None)

@@ -147,16 +147,20 @@ _FILTER_PHRASES = ("safety", "content filter", "content_filter", "content manage
 _NUMBERS = re.compile(r"\d[\d,]*")
 
 
+_LIMIT_WORDS = ("maximum", "exceed", "limit", "up to")
+
+
 def _token_counts(message: str) -> tuple[int | None, int | None]:
     """Best effort: (tokens used, maximum) from a provider's context-length message."""
     lowered = message.lower()
     numbers = [int(n.replace(",", "")) for n in _NUMBERS.findall(message)]
     if len(numbers) < 2:
         return None, None
-    # OpenAI says the maximum first ("maximum context length is M ... resulted in N");
+    # The limit comes first when a limit word precedes the first number: OpenAI's "maximum
+    # context length is M ... resulted in N", Cohere's "cannot exceed M - received N".
     # Anthropic ("N tokens > M maximum") and Gemini ("count (N) exceeds ... (M)") say it last.
-    maximum_at = lowered.find("maximum")
-    if 0 <= maximum_at < lowered.find(str(numbers[0])):
+    first_at = lowered.find(_NUMBERS.search(message).group())
+    if any(0 <= lowered.find(word) < first_at for word in _LIMIT_WORDS):
         return numbers[1], numbers[0]
     return numbers[0], numbers[1]
 
@@ -227,6 +231,8 @@ _BODY_TYPES: dict[str, type[InferenceError]] = {
     "request_too_large": BadRequest,
     "api_error": ServerError,
     "timeout_error": Timeout,
+    # OpenAI error.type (chat completions streams end with these on a server fault)
+    "server_error": ServerError,
     # Google RPC status names
     "UNAUTHENTICATED": AuthenticationError,
     "PERMISSION_DENIED": PermissionDenied,

@@ -17,8 +17,8 @@ from typing import Any
 from thespian.actors import ActorSystem, PoisonMessage
 
 from .errors import CircuitOpen, InferenceError, InternalError, NotFound, QueueFull, Timeout
-from .messages import (Cancel, Completed, Failed, InferenceRequest, NodeStatus, Route, Routes, StatusRequest,
-                       TokenChunk)
+from .messages import (Cancel, ClusterStatus, ClusterStatusRequest, Completed, Failed, InferenceRequest, NodeStatus,
+                       Route, Routes, StatusRequest, TokenChunk)
 from .node import NODE_GLOBAL_NAME, NodeRegistry
 from .procs import port_is_listening
 
@@ -28,6 +28,8 @@ ROUTE_TTL_S = 5.0
 # How long to wait for streamed chunks that a terminal message overtook.
 STRAGGLER_WAIT_S = 2.0
 TERMINAL_GRACE_S = 2.0
+SEND_ATTEMPTS = 3
+EARLY_NONE_S = 0.5   # an ask that returns nothing this fast was never delivered
 
 
 class Stream:
@@ -119,6 +121,13 @@ class GatewayClient:
         self._routes[model] = (time.monotonic(), reply.entries)
         return reply.entries
 
+    def cluster_status(self, timeout_s: float = 10.0, members_only: bool = False) -> ClusterStatus:
+        """Every node of the cluster, gathered by the leader's registrar (or just who is in it)."""
+        reply = self._endpoint().ask(self._registry, ClusterStatusRequest(members_only=members_only), timeout_s)
+        if not isinstance(reply, ClusterStatus):
+            raise InternalError(f"no cluster status (got {type(reply).__name__})")
+        return reply
+
     def status(self, timeout_s: float = 10.0) -> NodeStatus:
         reply = self._endpoint().ask(self._registry, StatusRequest(), timeout_s)
         if not isinstance(reply, NodeStatus):
@@ -179,6 +188,22 @@ class GatewayClient:
                 error = exc  # nothing was sent anywhere: another deployment may take it
         raise error
 
+    @staticmethod
+    def _send_request(endpoint: Any, engine: Any, request: InferenceRequest, deadline: float) -> Any:
+        """``ask`` the engine; resend when Thespian reports the transmit itself failed.
+
+        ``ask`` returns None at once (not at the timeout) when the message could not be
+        delivered. A resend is safe: the engine ignores a request_id it already holds from
+        the same caller, and answers that one.
+        """
+        for attempt in range(SEND_ATTEMPTS):
+            sent_at = time.monotonic()
+            reply = endpoint.ask(engine, request, max(0.01, deadline - sent_at))
+            if reply is not None or time.monotonic() - sent_at > EARLY_NONE_S or time.monotonic() >= deadline:
+                return reply
+            time.sleep(0.05 * (attempt + 1))
+        return None
+
     def _follow(self, engine: Any, request: InferenceRequest, timeout_s: float,
                 stream: Stream) -> Iterator[TokenChunk]:
         endpoint = self._endpoint()
@@ -190,7 +215,7 @@ class GatewayClient:
         next_seq = 0
         terminal: Completed | Failed | None = None
         try:
-            reply = endpoint.ask(engine, request, max(0.01, deadline - time.monotonic()))
+            reply = self._send_request(endpoint, engine, request, deadline)
             while True:
                 if reply is None:
                     if terminal is not None:
@@ -224,3 +249,48 @@ class GatewayClient:
         if isinstance(terminal, Failed):
             raise terminal.error
         stream.result = terminal
+
+
+def cluster_status_from(leader: str, timeout_s: float = 20.0, advertise: str | None = None) -> ClusterStatus:
+    """Ask a cluster for its status from a host that runs no node of it.
+
+    Thespian clients talk to their *local* admin, so this starts a short-lived admin that
+    joins the leader's convention, places a LeaderLocator on the leader to find the
+    registrar, asks it, and shuts its admin down again.
+    """
+    import os
+    import socket
+
+    from .cluster import LeaderLocator
+    from .messages import Locate, RegistrarIs
+    from .procs import admin_pgid, kill_group, pids_in_group, wait_until
+
+    if advertise:
+        os.environ["THESPIAN_BASE_IPADDR"] = advertise
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    asys = ActorSystem("multiprocTCPBase", {"Admin Port": port, "Convention Address.IPv4": leader,
+                                            "atomr-client": True}, transientUnique=True)
+    pgid = admin_pgid(port)
+    try:
+        deadline = time.monotonic() + timeout_s
+        located = None
+        while located is None and time.monotonic() < deadline:
+            try:
+                located = asys.ask(asys.createActor(LeaderLocator), Locate(), 3)
+            except Exception:  # noqa: BLE001 - not joined yet: Thespian finds no leader to place it on
+                located = None
+            if not isinstance(located, RegistrarIs):
+                located = None
+                time.sleep(0.2)
+        if located is None:
+            raise InternalError(f"could not reach the leader at {leader} within {timeout_s:g}s")
+        reply = asys.ask(located.registrar, ClusterStatusRequest(), max(1.0, deadline - time.monotonic()))
+        if not isinstance(reply, ClusterStatus):
+            raise InternalError(f"the registrar at {leader} did not answer")
+        return reply
+    finally:
+        asys.shutdown()
+        if pgid is not None and not wait_until(lambda: not pids_in_group(pgid), 10):
+            kill_group(pgid)

@@ -177,13 +177,22 @@ class MockProviderConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
+    """How nodes keep one view: delta sync, heartbeats and failure detection.
+
+    ``reregistration_s`` is Thespian's own convention re-registration period (its
+    default, 7m22s, lets a crashed node go unnoticed for about 22 minutes).
+    """
+
     sync_interval_ms: float = 50.0
     heartbeat_s: float = 1.0
     failure_timeout_s: float = 5.0
+    reregistration_s: int = 3
 
     def __post_init__(self) -> None:
         if self.sync_interval_ms <= 0 or self.heartbeat_s <= 0 or self.failure_timeout_s <= self.heartbeat_s:
             raise ValueError("need sync_interval_ms > 0, heartbeat_s > 0 and failure_timeout_s > heartbeat_s")
+        if self.reregistration_s < 1:
+            raise ValueError("reregistration_s must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -15,21 +15,22 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ChildActorExited, WakeupMessage
+from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ChildActorExited, PoisonMessage, WakeupMessage
 
 from .breaker import BreakerView, CircuitState
 from .config import DeploymentConfig
-from .errors import (AuthenticationError, BadRequest, Cancelled, DeadlineExceeded, InferenceError,
-                     QueueFull, ShuttingDown, WorkerCrashed)
+from .errors import (AuthenticationError, BadRequest, BudgetExceeded, Cancelled, DeadlineExceeded, InferenceError,
+                     InternalError, LeaderUnavailable, QueueFull, ShuttingDown, WorkerCrashed)
 from .messages import (BreakerAdmitted, BreakerCheck, BreakerOutcome, BreakerOutcomes, BreakerRefused,
                        BreakerState, BreakerSubscribe, Cancel, Completed, Dispatch, Drain, Drained, EngineInit,
                        EngineReady, EngineStatus, Failed, FirstToken, InferenceRequest, LimiterDelta,
                        LimiterRegister, SessionRefresh, SessionSubscribe, SessionVersion, StatusRequest,
-                       WorkerInit, WorkerReady, WorkerResult, validate_request)
+                       StrictAcquire, StrictDenied, StrictGrant, StrictLimiterIs, StrictSettle, WorkerInit,
+                       WorkerReady, WorkerResult, validate_request)
 from .pricing import cost_usd
 from .priority_queue import Priority, RequestQueue
 from .providers import make_runner
-from .ratelimit import Reservation, WindowedLimiter, estimate_tokens
+from .ratelimit import RateLimits, Reservation, WindowedLimiter, estimate_tokens
 from .retry import RetryEngine
 from .worker import RemoteWorkerActor
 
@@ -37,6 +38,7 @@ log = logging.getLogger("atomr.engine")
 
 TICK_S = 0.05
 PROBE_RETRY_S = 0.25
+STRICT_ASK_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -60,6 +62,9 @@ class Job:
     last_error: InferenceError | None = None
     parked_on_version: int | None = None
     probe: bool = False
+    strict_id: str | None = None        # reservation id at the strict limiter, once granted
+    strict_asked: float | None = None   # when the pending strict ask went out
+    strict_denied: BudgetExceeded | None = None
 
     def expired(self, now: float) -> bool:
         return self.deadline_mono is not None and now >= self.deadline_mono
@@ -96,6 +101,8 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
         self.probe_token = ""
         self.probe_grant: int | None = None
         self.probe_asked_at = 0.0
+        self.strict_nodes = 1
+        self.leader_lost = False
         self.last_sync = 0.0
 
     # -- bring-up ----------------------------------------------------------------------
@@ -111,7 +118,12 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
         # A fresh slot id per incarnation: a restarted engine must not resume counting
         # from a lower value than the cluster already merged for its predecessor.
         self.slot = f"{msg.node}/{dep.name}/{msg.replica}/{secrets.token_hex(3)}"
-        self.limiter = None if dep.limits.unlimited else WindowedLimiter(self.slot, dep.limits)
+        self.limiter = None if dep.limits.unlimited else WindowedLimiter(self.slot, dep.limits,
+                                                                          sync_interval_s=msg.sync_interval_s)
+        self.strict = dep.limits.mode == "strict" and self.limiter is not None
+        self.strict_address = None
+        self.strict_down_since: float | None = time.monotonic()  # unknown until the registry says
+        self.fallback: WindowedLimiter | None = None
         self.session_version = 0
         for index in range(dep.workers):
             self._start_worker(index)
@@ -141,6 +153,8 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
     def receiveMsg_InferenceRequest(self, msg: InferenceRequest, sender: Any) -> None:
         error = validate_request(msg)
         if error is None and msg.request_id in self.jobs:
+            if self.jobs[msg.request_id].reply_to == sender:
+                return  # the caller resent it (its first send looked lost): it gets one answer
             error = BadRequest(f"request_id {msg.request_id} is already in progress")
         if error is not None:
             return self._reject(msg, sender, error)
@@ -212,9 +226,13 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
 
     def _reserve(self, job: Job) -> str:
         """Rate-limit admission for the job at the head of the queue: reserved, wait, or failed."""
-        if self.limiter is None:
+        if self.limiter is None or job.reservation is not None:
             return "reserved"
-        verdict = self.limiter.try_acquire(job.estimate)
+        if self.strict:
+            return self._reserve_strict(job)
+        return self._admit(job, self.limiter.try_acquire(job.estimate))
+
+    def _admit(self, job: Job, verdict: Reservation | BudgetExceeded) -> str:
         if isinstance(verdict, Reservation):
             job.reservation = verdict
             return "reserved"
@@ -226,6 +244,82 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
             return "failed"
         self._schedule_tick(min(max(wait, 0.005), 1.0))
         return "wait"
+
+    def _reserve_strict(self, job: Job) -> str:
+        """Exact admission: one round trip to the strict limiter on the leader per request."""
+        if job.strict_denied is not None:
+            denied, job.strict_denied = job.strict_denied, None
+            return self._admit(job, denied)
+        now = time.monotonic()
+        if self.strict_address is None:
+            if now - self.strict_down_since < self.init.failure_timeout_s and not self.leader_lost:
+                self._schedule_tick(TICK_S)  # still starting up: the registry will say where it is
+                return "wait"
+            if self.deployment.limits.leader_unavailable == "local_share":
+                return self._admit(job, self._fallback().try_acquire(job.estimate))
+            self.queue.pop()
+            self._fail(job, LeaderUnavailable("strict rate limiting needs the convention leader, which is "
+                                              "unreachable", provider=self.deployment.provider,
+                                              retry_after_s=self.init.failure_timeout_s))
+            return "failed"
+        if job.strict_asked is None or now - job.strict_asked > STRICT_ASK_TIMEOUT_S:
+            # The same id on a repeated ask: the strict ledger grants it once.
+            job.strict_asked = now
+            self.send(self.strict_address, StrictAcquire(self.deployment.limit_key, self.deployment.limits,
+                                                         f"{job.request.request_id}#{job.attempts + 1}", job.estimate))
+            self._schedule_tick(STRICT_ASK_TIMEOUT_S)
+        return "wait"
+
+    def _fallback(self) -> WindowedLimiter:
+        """This node's share of a strict budget while the leader is away (``leader_unavailable: local_share``)."""
+        if self.fallback is None:
+            limits, share = self.deployment.limits, self.strict_nodes
+            scaled = RateLimits(rpm=max(1, limits.rpm // share) if limits.rpm else None,
+                                tpm=max(1, limits.tpm // share) if limits.tpm else None,
+                                burst=limits.burst, window_s=limits.window_s)
+            self.fallback = WindowedLimiter(self.slot + "/fallback", scaled, exclusive=True)
+        return self.fallback
+
+    def receiveMsg_StrictLimiterIs(self, msg: StrictLimiterIs, sender: Any) -> None:
+        self.strict_address = msg.address
+        self.strict_nodes = max(1, msg.nodes)
+        self.leader_lost = msg.address is None
+        self.strict_down_since = time.monotonic() if msg.address is None else None
+        if msg.address is not None:
+            self.fallback = None
+        self._dispatch()
+
+    def _strict_job(self, reservation_id: str) -> Job | None:
+        request_id, _, attempt = reservation_id.rpartition("#")
+        job = self.jobs.get(request_id)
+        if job is None or job.cancelled or str(job.attempts + 1) != attempt or job.worker is not None:
+            return None
+        return job
+
+    def _settle_strict(self, job: Job, actual_tokens: int | None, sent: bool) -> None:
+        # With the leader gone the ledger keeps the estimate, which is the safe side of a hard cap.
+        if self.strict_address is not None:
+            self.send(self.strict_address, StrictSettle(self.deployment.limit_key, job.strict_id, actual_tokens, sent))
+        job.strict_id = None
+
+    def receiveMsg_StrictGrant(self, msg: StrictGrant, sender: Any) -> None:
+        job = self._strict_job(msg.reservation_id)
+        if job is None:
+            # Nobody wants it any more (cancelled, expired): give it straight back.
+            self.send(sender, StrictSettle(self.deployment.limit_key, msg.reservation_id, None, False))
+            return
+        job.strict_asked = None
+        job.strict_id = msg.reservation_id
+        # Mirrored into this engine's replica, so the cluster's GCounter view includes it.
+        job.reservation = self.limiter.record(msg.tokens, window=msg.window)
+        self._dispatch()
+
+    def receiveMsg_StrictDenied(self, msg: StrictDenied, sender: Any) -> None:
+        job = self._strict_job(msg.reservation_id)
+        if job is not None:
+            job.strict_asked = None
+            job.strict_denied = msg.error
+            self._dispatch()
 
     def _send_to_worker(self, job: Job, generation: int) -> None:
         index = self.idle.pop()
@@ -294,6 +388,9 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
         self._dispatch()
 
     def _account(self, job: Job, msg: WorkerResult) -> None:
+        if job.strict_id is not None:
+            actual = msg.usage.total_tokens if msg.usage.reported else (0 if msg.error and not msg.chunks else None)
+            self._settle_strict(job, actual, msg.sent)
         if job.reservation is not None and self.limiter is not None:
             if not msg.sent:
                 self.limiter.release(job.reservation)
@@ -375,6 +472,26 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
 
     # -- cancellation, crashes, time -----------------------------------------------------
 
+    def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
+        """A worker failed twice on a Dispatch: the request still gets its one terminal."""
+        dispatch = msg.poisonMessage
+        if not isinstance(dispatch, Dispatch):
+            log.error("%s: %s failed on %s", self.deployment.name, sender, type(dispatch).__name__)
+            return
+        job = self.jobs.get(dispatch.request.request_id)
+        log.error("%s: worker failed on %s: %s", self.deployment.name, dispatch.request.request_id,
+                  str(msg.details)[-300:])
+        if job is None or job.worker is None:
+            return
+        self.busy.pop(job.worker, None)
+        self.idle.append(job.worker)
+        job.worker = None
+        if job.cancelled:
+            self.jobs.pop(dispatch.request.request_id, None)
+        else:
+            self._fail(job, InternalError("the worker failed on this request", provider=self.deployment.provider))
+        self._dispatch()
+
     def receiveMsg_Cancel(self, msg: Cancel, sender: Any) -> None:
         job = self.jobs.get(msg.request_id)
         if job is None or job.cancelled:
@@ -407,6 +524,9 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
         if job is None:
             return
         job.worker = None
+        if job.strict_id is not None:
+            self._settle_strict(job, None, True)  # whatever the dead attempt used stays charged
+        job.reservation = None
         if job.cancelled:
             self.jobs.pop(request_id, None)
             return
@@ -466,13 +586,15 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
         if not force and now - self.last_sync < self.init.sync_interval_s:
             return
         self.last_sync = now
+        oldest = self.limiter.unpublished_since
         delta = self.limiter.take_delta()
         if delta:
-            self.send(self.init.limiter, LimiterDelta(self.deployment.limit_key, delta, self.slot))
+            self.send(self.init.limiter, LimiterDelta(self.deployment.limit_key, delta, self.slot,
+                                                      sent_unix=oldest or time.time()))
 
     def receiveMsg_LimiterDelta(self, msg: LimiterDelta, sender: Any) -> None:
         if self.limiter is not None and msg.key == self.deployment.limit_key and msg.origin != self.slot:
-            self.limiter.merge(msg.delta)
+            self.limiter.merge(msg.delta, msg.sent_unix)
 
     # -- status, drain, shutdown ---------------------------------------------------------
 

@@ -203,6 +203,8 @@ class Deploy:
     node: str
     deployments: list[Any]  # DeploymentConfig
     cluster: Any = None     # ClusterConfig
+    leader: bool = True
+    host: str = ""          # the address this node advertises to its peers
 
 
 @dataclass
@@ -362,6 +364,8 @@ class LimiterDelta:
     key: str
     delta: dict[int, dict[str, dict[str, int]]]
     origin: str = ""
+    limits: Any = None  # RateLimits, so a hub that never saw the key can still keep it
+    sent_unix: float | None = None  # when the counts left the engine that admitted them
 
 
 @dataclass
@@ -387,6 +391,7 @@ class EngineInit:
     breaker: Any
     limiter: Any
     sync_interval_s: float = 0.05
+    failure_timeout_s: float = 5.0
 
 
 @dataclass
@@ -448,3 +453,127 @@ def validate_request(request: Any) -> InferenceError | None:
                                               or isinstance(request.deadline_unix, bool)):
         return BadRequest("deadline_unix must be a number (unix seconds)")
     return None
+
+
+# --- cluster -------------------------------------------------------------------------
+
+@dataclass
+class Locate:
+    """To a LeaderLocator (placed on the leader by capability): who is the registrar?"""
+
+
+@dataclass
+class Introduce:
+    reply_to: Any
+
+
+@dataclass
+class RegistrarIs:
+    registrar: Any
+    strict_limiter: Any
+    leader_node: str
+    incarnation: str
+
+
+@dataclass
+class MemberInfo:
+    node: str
+    registry: Any
+    limiter: Any
+    started_unix: float
+    incarnation: str
+    deployments: list[str] = field(default_factory=list)
+    last_seen_s: float = 0.0
+    host: str = ""
+
+
+@dataclass
+class Heartbeat:
+    member: MemberInfo
+
+
+@dataclass
+class Membership:
+    leader_node: str
+    incarnation: str
+    members: list[MemberInfo]
+    strict_limiter: Any
+
+
+@dataclass
+class LimiterPeers:
+    """The other nodes' limiter hubs, replacing the previous list."""
+
+    peers: list[Any]
+
+
+@dataclass
+class LimiterStateRequest:
+    key: str
+
+
+@dataclass
+class StrictLimiterIs:
+    """Where strict admission goes; None while the leader cannot be reached."""
+
+    address: Any
+    nodes: int = 1
+
+
+@dataclass
+class StrictAcquire:
+    key: str
+    limits: Any  # RateLimits
+    reservation_id: str
+    tokens: int
+
+
+@dataclass
+class StrictGrant:
+    reservation_id: str
+    window: int
+    tokens: int
+
+
+@dataclass
+class StrictDenied:
+    reservation_id: str
+    error: InferenceError
+
+
+@dataclass
+class StrictSettle:
+    key: str
+    reservation_id: str
+    actual_tokens: int | None
+    sent: bool
+
+
+@dataclass
+class ClusterStatusRequest:
+    reply_to: Any = None
+    members_only: bool = False  # membership at once, without asking every node for its status
+
+
+@dataclass
+class ClusterStatus:
+    leader: str
+    members: list[MemberInfo]
+    nodes: list[NodeStatus]
+    unreachable: list[str]
+
+
+@dataclass
+class RegistrarConfig:
+    """From the leader's own registry: who leads, the timers, and the leader's limiter hub."""
+
+    leader_node: str
+    heartbeat_s: float
+    failure_timeout_s: float
+    hub: Any
+
+
+@dataclass
+class StrictInit:
+    node: str
+    hub: Any

@@ -1,5 +1,8 @@
 """The built-in mock provider: a real HTTP server on 127.0.0.1 speaking providers' wire formats.
 
+It speaks OpenAI Chat Completions (also as Azure and any compatible gateway), the OpenAI
+Responses API, Anthropic Messages, Gemini, Cohere v2 Chat and Bedrock Converse (with the
+binary event-stream framing and a check of the SigV4 Authorization header's structure).
 It is the demo's upstream, the tests' upstream and the benchmarks' upstream. Replies are
 deterministic (one token per word). Faults are scripted per request with a directive in
 the last user message, e.g. ``[[mock status=429 retry_after=1]]``, or for the next
@@ -11,8 +14,11 @@ requests through ``POST /_mock/faults``. Directive keys:
 - ``delay_ms``: wait before the first byte; ``drip_ms``: wait between streamed tokens;
 - ``words``: reply length in tokens;
 - ``cut_after=N``: drop the connection after N streamed tokens;
-- ``malformed_after=N``: send broken SSE after N tokens;
+- ``malformed_after=N``: send a broken frame (SSE, or event-stream with a bad CRC) after N tokens;
 - ``error_after=N``: send the provider's in-stream error event after N tokens.
+
+A request that offers tools and says ``[[tool]]`` gets one tool call (``get_weather``-like
+arguments), unless the conversation already holds a tool result.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import uuid
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+
+from .providers.aws import encode_event
 
 __all__ = ["MockProvider", "Fault"]
 
@@ -163,7 +171,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.get("fail_times") is not None:
             if self.server.count_failure(str(fault.get("key", "")), int(fault["fail_times"])):
                 fault = {k: v for k, v in fault.items() if k not in ("status",)}
-        if self.server.accepted_keys is not None and key not in self.server.accepted_keys:
+        if wire.auth_problem(self.headers) or (
+                self.server.accepted_keys is not None and key not in self.server.accepted_keys):
             fault = {"status": 401}
         if fault.get("delay_ms"):
             time.sleep(int(fault["delay_ms"]) / 1000)
@@ -174,11 +183,13 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["Retry-After"] = str(fault["retry_after"])
             if "retry_after_ms" in fault:
                 headers["retry-after-ms"] = str(fault["retry_after_ms"])
+            headers.update(wire.error_headers(status))
             return self._send(status, json.dumps(wire.error_body(status)).encode(), headers=headers)
         n_words = int(fault.get("words") or wire.max_tokens(body) or DEFAULT_WORDS)
         tool = None
-        if body.get("tools") and "[[tool]]" in prompt:
-            tool = {"name": wire.first_tool_name(body), "arguments": json.dumps({"city": "Paris", "unit": "c"})}
+        names = wire.tool_names(body)
+        if names and "[[tool]]" in prompt and wire.result_marker not in json.dumps(body):
+            tool = {"name": names[0], "arguments": json.dumps({"city": "Paris", "unit": "c"})}
         reply = _Reply(wire.prompt_tokens(body), min(n_words, 4096), _DIRECTIVE.sub("", prompt).strip(), tool)
         if not (stream_path or body.get("stream")):
             return self._send(200, json.dumps(wire.complete(body, reply)).encode())
@@ -194,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
             if i == fault.get("cut_after"):
                 return self._cut()
             if i == fault.get("malformed_after"):
-                self._chunk(b"data: {\"this is not\": json\n\n")
+                self._chunk(wire.malformed())
                 self._end_stream()
                 return
             if i == fault.get("error_after"):
@@ -219,31 +230,49 @@ class Wire:
     """One provider's wire format. Subclasses fill in the shapes."""
 
     stream_content_type = "text/event-stream"
+    # How a tool result looks in a request body (json.dumps separators): after one, the reply is text.
+    result_marker = '"role": "tool"'
+
+    def messages(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The conversation as {role, content} turns (content: a string or a list of text parts)."""
+        return body.get("messages", [])
+
+    def system(self, body: dict[str, Any]) -> Any:
+        return body.get("system")
 
     def prompt(self, body: dict[str, Any]) -> str:
-        user = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        user = [m for m in self.messages(body) if m.get("role") == "user"]
         return _text_of(user[-1].get("content")) if user else ""
 
     def all_text(self, body: dict[str, Any]) -> str:
-        parts = [_text_of(m.get("content")) for m in body.get("messages", [])]
-        system = body.get("system")
+        parts = [_text_of(m.get("content")) for m in self.messages(body)]
+        system = self.system(body)
         if system:
             parts.append(_text_of(system))
         return " ".join(parts)
 
     def prompt_tokens(self, body: dict[str, Any]) -> int:
-        return len(self.all_text(body).split()) + 3 * max(1, len(body.get("messages", [])))
+        return len(self.all_text(body).split()) + 3 * max(1, len(self.messages(body)))
 
     def max_tokens(self, body: dict[str, Any]) -> int | None:
         return body.get("max_tokens") or body.get("max_completion_tokens")
 
-    def first_tool_name(self, body: dict[str, Any]) -> str:
-        tool = body["tools"][0]
-        return (tool.get("function") or tool).get("name", "tool")
+    def tool_names(self, body: dict[str, Any]) -> list[str]:
+        return [(tool.get("function") or tool).get("name", "tool") for tool in body.get("tools") or ()]
 
     def key(self, headers: Any) -> str | None:
         auth = headers.get("authorization") or ""
         return auth[7:] if auth.lower().startswith("bearer ") else headers.get("api-key")
+
+    def auth_problem(self, headers: Any) -> str | None:
+        """Why the request's authentication is malformed (whatever the key), or None."""
+        return None
+
+    def error_headers(self, status: int) -> dict[str, str]:
+        return {}
+
+    def malformed(self) -> bytes:
+        return b"data: {\"this is not\": json\n\n"
 
 
 class OpenAIChatWire(Wire):
@@ -301,6 +330,8 @@ class OpenAIChatWire(Wire):
 
 
 class AnthropicWire(Wire):
+    result_marker = '"type": "tool_result"'
+
     def key(self, headers: Any) -> str | None:
         return headers.get("x-api-key")
 
@@ -355,6 +386,292 @@ class AnthropicWire(Wire):
         return [_sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error")]
 
 
+class ResponsesWire(OpenAIChatWire):
+    """OpenAI Responses API: input items, and named events that all carry a sequence_number."""
+
+    result_marker = '"type": "function_call_output"'
+
+    def messages(self, body):
+        items = body.get("input") or []
+        if isinstance(items, str):
+            return [{"role": "user", "content": items}]
+        return [item for item in items if item.get("role")]
+
+    def system(self, body):
+        return body.get("instructions")
+
+    def max_tokens(self, body):
+        return body.get("max_output_tokens")
+
+    def _usage(self, reply):
+        return {"input_tokens": reply.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": reply.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": reply.input_tokens + reply.output_tokens}
+
+    def _message(self, text: str, status: str = "completed") -> dict[str, Any]:
+        return {"type": "message", "id": "msg_mock", "status": status, "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []}
+
+    def _call(self, reply, arguments: str, status: str = "completed") -> dict[str, Any]:
+        return {"type": "function_call", "id": "fc_mock1", "call_id": "call_mock1", "name": reply.tool["name"],
+                "arguments": arguments, "status": status}
+
+    def complete(self, body, reply):
+        output = [self._message("".join(reply.tokens))]
+        if reply.tool:
+            output.append(self._call(reply, reply.tool["arguments"]))
+        return {"id": "resp_mock", "object": "response", "created_at": int(time.time()), "status": "completed",
+                "model": body.get("model"), "output": output, "usage": self._usage(reply), "error": None,
+                "incomplete_details": None}
+
+    def _event(self, kind: str, state: dict[str, Any], **fields: Any) -> bytes:
+        state["seq"] = state.get("seq", -1) + 1
+        return _sse({"type": kind, "sequence_number": state["seq"], **fields}, kind)
+
+    def stream_head(self, body, reply, state):
+        created = {"id": "resp_mock", "object": "response", "status": "in_progress", "model": body.get("model"),
+                   "output": [], "usage": None}
+        return [self._event("response.created", state, response=created),
+                self._event("response.in_progress", state, response=created),
+                self._event("response.output_item.added", state, output_index=0,
+                            item=self._message("", "in_progress")),
+                self._event("response.content_part.added", state, item_id="msg_mock", output_index=0,
+                            content_index=0, part={"type": "output_text", "text": "", "annotations": []})]
+
+    def stream_token(self, token, i, state):
+        return self._event("response.output_text.delta", state, item_id="msg_mock", output_index=0,
+                           content_index=0, delta=token)
+
+    def stream_tail(self, body, reply, state):
+        text = "".join(reply.tokens)
+        frames = [self._event("response.output_text.done", state, item_id="msg_mock", output_index=0,
+                              content_index=0, text=text),
+                  self._event("response.output_item.done", state, output_index=0, item=self._message(text))]
+        if reply.tool:
+            args = reply.tool["arguments"]
+            frames += [self._event("response.output_item.added", state, output_index=1,
+                                   item=self._call(reply, "", "in_progress")),
+                       self._event("response.function_call_arguments.delta", state, item_id="fc_mock1",
+                                   output_index=1, delta=args[:5]),
+                       self._event("response.function_call_arguments.delta", state, item_id="fc_mock1",
+                                   output_index=1, delta=args[5:]),
+                       self._event("response.function_call_arguments.done", state, item_id="fc_mock1",
+                                   output_index=1, arguments=args),
+                       self._event("response.output_item.done", state, output_index=1, item=self._call(reply, args))]
+        frames.append(self._event("response.completed", state, response=self.complete(body, reply)))
+        return frames
+
+    def stream_error(self, state):
+        return [self._event("error", state, code="server_error", param=None,
+                            message="The server had an error while processing your request.")]
+
+
+class GeminiWire(Wire):
+    """Gemini generateContent; the stream (alt=sse) is whole responses with running usage totals."""
+
+    result_marker = '"functionResponse"'
+    THOUGHTS = 7  # a thinking model's hidden tokens, billed as output
+    STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+              429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+    def messages(self, body):
+        return [{"role": c.get("role"), "content": c.get("parts")} for c in body.get("contents") or ()]
+
+    def system(self, body):
+        return (body.get("systemInstruction") or {}).get("parts")
+
+    def max_tokens(self, body):
+        return (body.get("generationConfig") or {}).get("maxOutputTokens")
+
+    def tool_names(self, body):
+        return [d.get("name", "tool") for t in body.get("tools") or () for d in t.get("functionDeclarations") or ()]
+
+    def key(self, headers):
+        return headers.get("x-goog-api-key") or super().key(headers)
+
+    def error_body(self, status):
+        return {"error": {"code": status, "message": f"mock error {status}",
+                          "status": self.STATUS.get(status, "UNKNOWN")}}
+
+    def _usage(self, reply, candidates: int) -> dict[str, Any]:
+        return {"promptTokenCount": reply.input_tokens, "candidatesTokenCount": candidates,
+                "thoughtsTokenCount": self.THOUGHTS,
+                "totalTokenCount": reply.input_tokens + candidates + self.THOUGHTS}
+
+    def _response(self, parts, usage, finish: str | None = None) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        if finish:
+            candidate["finishReason"] = finish
+        return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": "mock-gemini",
+                "responseId": "mock-response"}
+
+    def _tool_parts(self, reply) -> list[dict[str, Any]]:
+        if not reply.tool:
+            return []
+        return [{"functionCall": {"name": reply.tool["name"], "args": json.loads(reply.tool["arguments"])}}]
+
+    def complete(self, body, reply):
+        parts = [{"text": "".join(reply.tokens)}] + self._tool_parts(reply)
+        return self._response(parts, self._usage(reply, reply.output_tokens), "STOP")
+
+    def stream_head(self, body, reply, state):
+        state["reply"] = reply  # every chunk reports the usage so far
+        return []
+
+    def stream_token(self, token, i, state):
+        return _sse(self._response([{"text": token}], self._usage(state["reply"], i + 1)))
+
+    def stream_tail(self, body, reply, state):
+        parts = self._tool_parts(reply) or [{"text": ""}]
+        return [_sse(self._response(parts, self._usage(reply, reply.output_tokens), "STOP"))]
+
+    def stream_error(self, state):
+        return [_sse({"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
+                                "status": "UNAVAILABLE"}})]
+
+
+class CohereWire(Wire):
+    """Cohere v2 chat; stream events are typed JSON objects, usage arrives in message-end."""
+
+    TEMPLATE_TOKENS = 5  # Cohere counts its prompt template in "tokens" but bills only "billed_units"
+
+    def error_body(self, status):
+        return {"id": "mock-" + uuid.uuid4().hex[:8], "message": f"mock error {status}"}
+
+    def _usage(self, reply) -> dict[str, Any]:
+        return {"billed_units": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
+                "tokens": {"input_tokens": reply.input_tokens + self.TEMPLATE_TOKENS,
+                           "output_tokens": reply.output_tokens}}
+
+    def _tool_call(self, reply, arguments: str) -> dict[str, Any]:
+        return {"id": "mock_tool_1", "type": "function",
+                "function": {"name": reply.tool["name"], "arguments": arguments}}
+
+    def complete(self, body, reply):
+        message: dict[str, Any] = {"role": "assistant", "content": [{"type": "text", "text": "".join(reply.tokens)}]}
+        if reply.tool:
+            message["tool_plan"] = "I will call the tool."
+            message["tool_calls"] = [self._tool_call(reply, reply.tool["arguments"])]
+        return {"id": "mock-chat", "finish_reason": "TOOL_CALL" if reply.tool else "COMPLETE", "message": message,
+                "usage": self._usage(reply)}
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        return _sse({"type": kind, **fields}, kind)
+
+    def stream_head(self, body, reply, state):
+        return [self._event("message-start", id="mock-chat", delta={"message": {
+                    "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}),
+                self._event("content-start", index=0, delta={"message": {"content": {"type": "text", "text": ""}}})]
+
+    def stream_token(self, token, i, state):
+        return self._event("content-delta", index=0, delta={"message": {"content": {"text": token}}})
+
+    def stream_tail(self, body, reply, state):
+        frames = [self._event("content-end", index=0)]
+        if reply.tool:
+            args = reply.tool["arguments"]
+
+            def call(tool_calls: dict[str, Any]) -> dict[str, Any]:
+                return {"message": {"tool_calls": tool_calls}}
+
+            frames += [self._event("tool-plan-delta", delta={"message": {"tool_plan": "I will call the tool."}}),
+                       self._event("tool-call-start", index=0, delta=call(self._tool_call(reply, ""))),
+                       self._event("tool-call-delta", index=0, delta=call({"function": {"arguments": args[:5]}})),
+                       self._event("tool-call-delta", index=0, delta=call({"function": {"arguments": args[5:]}})),
+                       self._event("tool-call-end", index=0)]
+        finish = "TOOL_CALL" if reply.tool else "COMPLETE"
+        return frames + [self._event("message-end", delta={"finish_reason": finish, "usage": self._usage(reply)})]
+
+    def stream_error(self, state):
+        return [self._event("message-end", delta={"finish_reason": "ERROR", "error": "internal server error"})]
+
+
+class BedrockWire(Wire):
+    """Bedrock Converse; ConverseStream replies in the AWS binary event-stream framing."""
+
+    stream_content_type = "application/vnd.amazon.eventstream"
+    result_marker = '"toolResult"'
+    ERRORS = {400: "ValidationException", 401: "UnrecognizedClientException", 403: "AccessDeniedException",
+              404: "ResourceNotFoundException", 408: "ModelTimeoutException", 424: "ModelErrorException",
+              429: "ThrottlingException", 500: "InternalServerException", 503: "ServiceUnavailableException"}
+    _AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([A-Za-z0-9]+)/(\d{8})/[a-z0-9-]+/bedrock/aws4_request, "
+                       r"SignedHeaders=([a-z0-9;-]+), Signature=[0-9a-f]{64}")
+
+    def max_tokens(self, body):
+        return (body.get("inferenceConfig") or {}).get("maxTokens")
+
+    def tool_names(self, body):
+        return [t.get("toolSpec", {}).get("name", "tool") for t in (body.get("toolConfig") or {}).get("tools") or ()]
+
+    def key(self, headers):
+        match = self._AUTH.fullmatch(headers.get("authorization") or "")
+        return match.group(1) if match else None
+
+    def auth_problem(self, headers):
+        match = self._AUTH.fullmatch(headers.get("authorization") or "")
+        if match is None:
+            return "no SigV4 Authorization header"
+        signed = match.group(3).split(";")
+        if "host" not in signed or "x-amz-date" not in signed or signed != sorted(signed):
+            return "SignedHeaders must be sorted and include host and x-amz-date"
+        if not (headers.get("x-amz-date") or "").startswith(match.group(2)):
+            return "the credential scope's date is not the x-amz-date's"
+        return None
+
+    def error_body(self, status):
+        return {"message": f"mock error {status}"}
+
+    def error_headers(self, status):
+        return {"x-amzn-errortype": self.ERRORS.get(status, "InternalServerException")
+                + ":http://internal.amazon.com/coral/com.amazon.bedrock/"}
+
+    def _usage(self, reply) -> dict[str, Any]:
+        return {"inputTokens": reply.input_tokens, "outputTokens": reply.output_tokens,
+                "totalTokens": reply.input_tokens + reply.output_tokens}
+
+    def complete(self, body, reply):
+        content: list[dict[str, Any]] = [{"text": "".join(reply.tokens)}]
+        if reply.tool:
+            content.append({"toolUse": {"toolUseId": "tooluse_mock1", "name": reply.tool["name"],
+                                        "input": json.loads(reply.tool["arguments"])}})
+        return {"output": {"message": {"role": "assistant", "content": content}},
+                "stopReason": "tool_use" if reply.tool else "end_turn", "usage": self._usage(reply),
+                "metrics": {"latencyMs": 1}}
+
+    def _event(self, kind: str, payload: dict[str, Any]) -> bytes:
+        # Real ConverseStream events carry a padding field "p" against length side channels.
+        data = json.dumps({**payload, "p": "abcdefghijkl"}).encode()
+        return encode_event({":event-type": kind, ":content-type": "application/json", ":message-type": "event"}, data)
+
+    def stream_head(self, body, reply, state):
+        return [self._event("messageStart", {"role": "assistant"})]
+
+    def stream_token(self, token, i, state):
+        return self._event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": token}})
+
+    def stream_tail(self, body, reply, state):
+        frames = [self._event("contentBlockStop", {"contentBlockIndex": 0})]
+        if reply.tool:
+            args = reply.tool["arguments"]
+            start = {"toolUse": {"toolUseId": "tooluse_mock1", "name": reply.tool["name"]}}
+            frames += [self._event("contentBlockStart", {"contentBlockIndex": 1, "start": start})]
+            frames += [self._event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": part}}})
+                       for part in (args[:5], args[5:])]
+            frames.append(self._event("contentBlockStop", {"contentBlockIndex": 1}))
+        return frames + [self._event("messageStop", {"stopReason": "tool_use" if reply.tool else "end_turn"}),
+                         self._event("metadata", {"usage": self._usage(reply), "metrics": {"latencyMs": 1}})]
+
+    def stream_error(self, state):
+        return [encode_event({":exception-type": "throttlingException", ":content-type": "application/json",
+                              ":message-type": "exception"},
+                             b'{"message":"Too many tokens, please wait before trying again."}')]
+
+    def malformed(self):
+        frame = bytearray(self._event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "x"}}))
+        frame[-1] ^= 0xFF  # a bad message CRC
+        return bytes(frame)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -366,9 +683,17 @@ class _Server(ThreadingHTTPServer):
         self.accepted_keys: set[str] | None = None
         self._lock = threading.Lock()
         self.reset()
+        gemini, bedrock = GeminiWire(), BedrockWire()
+        # (path matcher, wire, whether the URL itself asks for a stream)
         self.routes: list[tuple[Callable[[str], bool], Wire, bool]] = [
             (lambda p: p.endswith("/chat/completions"), OpenAIChatWire(), False),
             (lambda p: p.endswith("/messages"), AnthropicWire(), False),
+            (lambda p: p.endswith("/responses"), ResponsesWire(), False),
+            (lambda p: p.endswith(":streamGenerateContent"), gemini, True),
+            (lambda p: p.endswith(":generateContent"), gemini, False),
+            (lambda p: p.endswith("/chat"), CohereWire(), False),
+            (lambda p: p.endswith("/converse-stream"), bedrock, True),
+            (lambda p: p.endswith("/converse"), bedrock, False),
         ]
 
     def reset(self) -> None:

@@ -2,30 +2,38 @@
 
 It creates the node's actors from the deployments it is given (a limiter hub, one
 breaker per provider and endpoint, one session per deployment with credentials, the
-engines with their workers), answers routing lookups and assembles the node's status.
+engines with their workers), answers routing lookups, assembles the node's status, and
+keeps the node in the cluster: it locates the leader's registrar, heartbeats it, and
+hands what it learns (peers' limiter hubs, the strict limiter) to the node's actors.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorTypeDispatcher, PoisonMessage, WakeupMessage
+from thespian.actors import (ActorExitRequest, ActorSystemConventionUpdate, ActorTypeDispatcher, PoisonMessage,
+                             WakeupMessage)
 
 from .breaker_actor import CircuitBreakerActor
+from .cluster import LEADER_CAPABILITY, LeaderLocator
+from .config import ClusterConfig
 from .engine import RemoteEngineCoreActor
 from .limiter import RateLimiterActor
-from .messages import (BreakerInit, BreakerQuery, BreakerState, Deploy, Deployed, Drain, Drained, EngineInit,
-                       EngineReady, EngineStatus, LimiterInit, LimiterQuery, LimiterUsage, NodeStatus, Route,
-                       RouteEntry, Routes, SessionInit, StatusRequest)
+from .messages import (BreakerInit, BreakerQuery, BreakerState, ClusterStatus, ClusterStatusRequest, Deploy, Deployed,
+                       Drain, Drained, EngineInit, EngineReady, EngineStatus, Heartbeat, LimiterInit, LimiterPeers,
+                       LimiterQuery, LimiterUsage, Locate, MemberInfo, Membership, NodeStatus, RegistrarConfig,
+                       RegistrarIs, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
 from .session import RemoteSessionActor
 
 log = logging.getLogger("atomr.node")
 
 NODE_GLOBAL_NAME = "atomr-node"
 STATUS_TIMEOUT_S = 2.0
+LOCATE_AFTER_JOIN_S = 0.25
 
 
 class NodeRegistry(ActorTypeDispatcher):
@@ -44,12 +52,31 @@ class NodeRegistry(ActorTypeDispatcher):
         self.status_expect = 0
         self.drain_waiter = None
         self.drain_left = 0
+        # cluster
+        self.incarnation = secrets.token_hex(4)
+        self.leader = False
+        self.host = ""
+        self.cluster = ClusterConfig()
+        self.registrar = None
+        self.strict = None
+        self.leader_node = ""
+        self.members: list[MemberInfo] = []
+        self.last_membership = 0.0
+        self.locate_sent = 0.0
+        self.leader_reachable = False
+        self.peer_hubs: list[Any] = []
+        self.status_cluster_waiter = None
+        self.leader_in_convention = False
+        self.stopping = False
 
     # -- deployment --------------------------------------------------------------------
 
     def receiveMsg_Deploy(self, msg: Deploy, sender: Any) -> None:
         self.node = msg.node
-        sync_s = (msg.cluster.sync_interval_ms / 1000) if msg.cluster is not None else 0.05
+        self.leader = msg.leader
+        self.host = msg.host
+        self.cluster = msg.cluster or ClusterConfig()
+        sync_s = self.cluster.sync_interval_ms / 1000
         if self.limiter is None:
             self.limiter = self.createActor(RateLimiterActor)
             self.send(self.limiter, LimiterInit(self.node, sync_s))
@@ -69,8 +96,11 @@ class NodeRegistry(ActorTypeDispatcher):
                 self.engines.append((dep, engine, replica))
                 self.pending_ready.add((dep.name, replica))
                 self.send(engine, EngineInit(dep, replica, self.node, self.myAddress, session,
-                                             self.breakers[key], self.limiter, sync_s))
+                                             self.breakers[key], self.limiter, sync_s,
+                                             self.cluster.failure_timeout_s))
         self._maybe_deployed()
+        self.notifyOnSystemRegistrationChanges(True)
+        self._cluster_tick()
 
     def receiveMsg_EngineReady(self, msg: EngineReady, sender: Any) -> None:
         self.pending_ready.discard((msg.deployment, msg.replica))
@@ -90,6 +120,97 @@ class NodeRegistry(ActorTypeDispatcher):
         if self.deploy_waiter is not None:
             self.send(self.deploy_waiter, msg)
             self.deploy_waiter = None
+
+    # -- cluster membership ---------------------------------------------------------------
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        self.stopping = True
+
+    def _cluster_tick(self) -> None:
+        if self.stopping:
+            return
+        now = time.monotonic()
+        silent = now - self.last_membership
+        if self.leader_reachable and silent > self.cluster.failure_timeout_s:
+            self._leader_lost(f"no answer from the registrar for {silent:.1f}s")
+        if self.registrar is None:
+            # A member can only place the locator on the leader once its admin has joined
+            # the convention (Thespian tells us through ActorSystemConventionUpdate).
+            if (self.leader or self.leader_in_convention) and now - self.locate_sent > 2 * self.cluster.heartbeat_s:
+                self._locate()
+        else:
+            self.send(self.registrar, Heartbeat(self._member_info()))
+        self.wakeupAfter(timedelta(seconds=self.cluster.heartbeat_s), payload="cluster")
+
+    def _member_info(self) -> MemberInfo:
+        return MemberInfo(self.node, self.myAddress, self.limiter, self.started, self.incarnation,
+                          [d.name for d in self.deployments], host=self.host)
+
+    def _locate(self) -> None:
+        if self.stopping:
+            return
+        self.locate_sent = time.monotonic()
+        # A fresh locator each time, placed on the leader by capability: see cluster.py.
+        self.send(self.createActor(LeaderLocator), Locate())
+
+    def _leader_lost(self, why: str) -> None:
+        log.warning("node %s: leader unreachable (%s)", self.node, why)
+        self.leader_reachable = False
+        self.registrar = None
+        self._set_strict(None)
+        if not self.leader:
+            # Make this member's admin register with the convention leader again now,
+            # instead of at its next re-registration period.
+            self.updateCapability("atomr-rejoin", secrets.token_hex(4))
+
+    def receiveMsg_RegistrarIs(self, msg: RegistrarIs, sender: Any) -> None:
+        self.registrar = msg.registrar
+        if self.leader:
+            self.send(self.registrar, RegistrarConfig(self.node, self.cluster.heartbeat_s,
+                                                      self.cluster.failure_timeout_s, self.limiter))
+        self.send(self.registrar, Heartbeat(self._member_info()))
+
+    def receiveMsg_Membership(self, msg: Membership, sender: Any) -> None:
+        self.last_membership = time.monotonic()
+        if not self.leader_reachable:
+            log.info("node %s: in the cluster led by %s (%d nodes)", self.node, msg.leader_node or "?",
+                     len(msg.members))
+        self.leader_reachable = True
+        self.leader_node = msg.leader_node
+        self.members = msg.members
+        self._set_strict(msg.strict_limiter)
+        hubs = [m.limiter for m in msg.members if m.node != self.node and m.limiter is not None]
+        if hubs != self.peer_hubs:
+            self.peer_hubs = hubs
+            self.send(self.limiter, LimiterPeers(hubs))
+
+    def _set_strict(self, address: Any) -> None:
+        if address == self.strict and address is not None:
+            return
+        self.strict = address
+        nodes = max(1, len(self.members))
+        for dep, engine, _ in self.engines:
+            if dep.limits.mode == "strict":
+                self.send(engine, StrictLimiterIs(address, nodes))
+
+    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate, sender: Any) -> None:
+        if self.stopping or not (msg.remoteCapabilities or {}).get(LEADER_CAPABILITY):
+            return
+        self.leader_in_convention = msg.remoteAdded
+        if msg.remoteAdded:
+            # The leader (re)joined: register with it now. Thespian reports the join a moment
+            # before it can place actors there, hence the short pause.
+            self.wakeupAfter(timedelta(seconds=LOCATE_AFTER_JOIN_S), payload="locate")
+        elif self.leader_reachable:
+            self._leader_lost("the leader left the convention")
+
+    def receiveMsg_ClusterStatusRequest(self, msg: ClusterStatusRequest, sender: Any) -> None:
+        if self.registrar is not None:
+            self.send(self.registrar, ClusterStatusRequest(msg.reply_to or sender, msg.members_only))
+        else:
+            # No leader to ask: answer for this node alone.
+            self.status_cluster_waiter = msg.reply_to or sender
+            self.receiveMsg_StatusRequest(StatusRequest(), self.myAddress)
 
     # -- routing -------------------------------------------------------------------------
 
@@ -143,6 +264,17 @@ class NodeRegistry(ActorTypeDispatcher):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if msg.payload == "status":
             self._maybe_status(force=True)  # answer with whatever arrived
+        elif msg.payload == "cluster":
+            self._cluster_tick()
+        elif msg.payload == "locate" and self.registrar is None:
+            self._locate()
+
+    def receiveMsg_NodeStatus(self, msg: NodeStatus, sender: Any) -> None:
+        # Our own status, collected for a cluster status asked while the leader is unreachable.
+        waiter = self.status_cluster_waiter
+        if waiter is not None:
+            self.status_cluster_waiter = None
+            self.send(waiter, ClusterStatus("", [self._member_info()], [msg], []))
 
     # -- drain ---------------------------------------------------------------------------
 

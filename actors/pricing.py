@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 
 import yaml
@@ -15,7 +16,12 @@ __all__ = ["lookup_price", "cost_usd", "price_table"]
 # Which table a provider's model names live in; gateways may serve anything.
 _FAMILY = {"openai": ("openai",), "openai_responses": ("openai",), "azure_openai": ("openai",),
            "anthropic": ("anthropic",), "gemini": ("gemini",), "cohere": ("cohere",), "bedrock": ("bedrock",)}
-_VERSION_SEPARATORS = "-@:."
+# What may follow a table name in a priced model id: dates, version numbers and tags
+# ("-2024-07-18", "-20240620-v1:0", "@20241022", "-latest", "-preview-05-20"). A word such as
+# "-mini" or "-8b" names another model, whose cost is then unknown rather than wrong.
+_VERSION = re.compile(r"(?:[-@.:](?:\d+|v\d+|latest|preview|exp))+")
+# Bedrock cross-region inference profiles prefix the model id with a geography.
+_GEOGRAPHIES = ("us", "eu", "apac", "global", "us-gov", "jp", "au", "ca")
 
 
 @functools.cache
@@ -25,22 +31,25 @@ def price_table() -> dict[str, dict[str, Price]]:
 
 
 def _match(models: dict[str, Price], name: str) -> Price | None:
+    """The exact entry, else the longest entry that ``name`` is a versioned form of."""
     if name in models:
         return models[name]
-    best = None
-    for model, price in models.items():
-        if name.startswith(model) and name[len(model)] in _VERSION_SEPARATORS:
-            if best is None or len(model) > len(best[0]):
-                best = (model, price)
-    return best[1] if best else None
+    versioned = [m for m in models if name.startswith(m) and _VERSION.fullmatch(name, len(m))]
+    return models[max(versioned, key=len)] if versioned else None
+
+
+def _names(model: str) -> list[str]:
+    """``model`` and the forms it is priced under: gateways prefix a provider ("openai/gpt-4o"),
+    Bedrock ARNs a path, inference profiles a geography ("us.anthropic.claude-...")."""
+    name = model.rsplit("/", 1)[-1]
+    geography, _, rest = name.partition(".")
+    return list(dict.fromkeys([model, name] + ([rest] if geography in _GEOGRAPHIES and rest else [])))
 
 
 def lookup_price(provider: str, model: str) -> Price | None:
     table = price_table()
-    # Bedrock ids may carry a region prefix ("us.anthropic..."), gateways a provider prefix ("openai/gpt-4o").
-    names = [model, model.rsplit("/", 1)[-1], model.split(".", 1)[-1] if model[:3] in ("us.", "eu.") else model]
     families = _FAMILY.get(provider, tuple(table)) + ("mock",)
-    for name in dict.fromkeys(names):
+    for name in _names(model):
         for family in families:
             price = _match(table.get(family, {}), name)
             if price is not None:

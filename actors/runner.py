@@ -22,7 +22,8 @@ from .sse import SseChunk, SseDecoder
 __all__ = [
     "HttpRequest", "Delta", "StreamDecoder", "ModelRunner", "SseRunner", "StreamAccumulator", "FramedStream",
     "FINISH_REASONS", "json_body", "loads_json", "split_system", "text_of", "compact_json", "plain_text",
-    "function_tools", "tool_arguments", "tool_choice", "fold_turns", "tool_index", "bare_message_error",
+    "function_tools", "tool_arguments", "tool_choice", "fold_turns", "tool_index", "object_tool_call",
+    "renamed_params", "json_or_none", "bare_message", "bare_message_error",
 ]
 
 FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "error")
@@ -88,8 +89,29 @@ def split_system(messages: list[dict[str, Any]]) -> tuple[str | None, list[dict[
 
 
 def compact_json(value: Any) -> str:
-    """Tool-call arguments as a string, the same bytes whether they came streamed or whole."""
+    """Tool-call arguments that a provider returns as an object, as the JSON text callers get.
+
+    Streamed arguments are the provider's own text, so compare them parsed, not as strings.
+    """
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_or_none(body: bytes | str) -> Any:
+    """A body parsed as JSON, or None when it is not JSON (error bodies may be anything)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def renamed_params(params: Mapping[str, Any], names: tuple[tuple[str, str], ...],
+                   stop: str | None = None) -> dict[str, Any]:
+    """The generation parameters the caller set (OpenAI names), under the provider's ``names``;
+    ``stop`` (a string or a list) becomes a list under the provider's ``stop`` name."""
+    out = {theirs: params[ours] for ours, theirs in names if params.get(ours) is not None}
+    if stop and params.get("stop"):
+        out[stop] = [params["stop"]] if isinstance(params["stop"], str) else list(params["stop"])
+    return out
 
 
 def plain_text(content: Any, provider: str) -> str:
@@ -158,10 +180,22 @@ def fold_turns(messages: list[dict[str, Any]], blocks: Callable[[dict[str, Any]]
     return turns
 
 
+def object_tool_call(index: int, call_id: str | None, name: str | None, arguments: Any) -> dict[str, Any]:
+    """A whole tool call whose arguments came as an object (Anthropic, Gemini, Bedrock)."""
+    return {"index": index, "id": call_id, "name": name, "arguments": compact_json(arguments or {})}
+
+
 def tool_index(state: dict[str, Any], key: Any) -> int:
     """The dense 0-based index of a streamed tool call, whatever the provider numbers it by."""
     tools = state.setdefault("tool_index", {})
     return tools.setdefault(key, len(tools))
+
+
+def bare_message(body: bytes) -> str | None:
+    """The message of a ``{"message": ...}`` error body (AWS also spells it ``Message``), else None."""
+    doc = json_or_none(body)
+    message = (doc.get("message") or doc.get("Message")) if isinstance(doc, dict) else None
+    return message if isinstance(message, str) else None
 
 
 def bare_message_error(status: int | None, headers: Mapping[str, str] | None, message: str, provider: str,
@@ -233,6 +267,14 @@ class ModelRunner:
         headers.update(self.deployment.headers)
         headers.update(auth)
         return headers
+
+    def post(self, url: str, auth: Mapping[str, str], payload: Mapping[str, Any], stream: bool,
+             stream_type: str = "text/event-stream") -> HttpRequest:
+        """A JSON POST with the deployment's headers and ``auth``; a stream accepts ``stream_type``."""
+        headers = self.headers(auth)
+        if stream:
+            headers["accept"] = stream_type
+        return HttpRequest("POST", url, headers, json_body(payload), stream)
 
     def finish(self, raw: str | None) -> tuple[str | None, str | None]:
         """(normalised, raw) finish reason; an unknown raw value normalises to ``stop``."""

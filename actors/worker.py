@@ -156,6 +156,17 @@ class RemoteWorkerActor(ActorTypeDispatcher):
         self._start(msg)
 
     def _start(self, dispatch: Dispatch) -> None:
+        try:
+            self._attempt(dispatch)
+        except Exception as exc:  # noqa: BLE001 - a bug here must still end the request, once
+            log.exception("worker %d failed on %s", self.index, dispatch.request.request_id)
+            if self.job is not None and self.job.dispatch is dispatch:
+                self.job.stop()
+                self.job = None
+            self._report(dispatch, error=InternalError(f"worker failed: {type(exc).__name__}: {exc}",
+                                                       provider=self.deployment.provider))
+
+    def _attempt(self, dispatch: Dispatch) -> None:
         dep = self.deployment
         request = dispatch.request
         try:
@@ -190,7 +201,7 @@ class RemoteWorkerActor(ActorTypeDispatcher):
         except requests.RequestException as exc:
             # A refused or timed-out connection never reached the provider: its budget is given back.
             sent = not isinstance(exc, requests.exceptions.ConnectionError)
-            return self._report(dispatch, error=transport_error(exc, provider, False), sent=sent)
+            return self._report(dispatch, error=self._transport_error(dispatch, exc, False), sent=sent)
         if resp.status_code >= 300:
             return self._report(dispatch, error=self.runner.classify_error(resp.status_code, resp.headers,
                                                                            resp.content[:MAX_ERROR_BODY]))
@@ -208,8 +219,18 @@ class RemoteWorkerActor(ActorTypeDispatcher):
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if msg.payload == "step" and self.job is not None:
-            self._step()
-        elif msg.payload == "session" and self.waiting and time.monotonic() >= self.waiting[1]:
+            job = self.job
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - as in _start: the request must still end
+                log.exception("worker %d failed streaming %s", self.index, job.dispatch.request.request_id)
+                self._finish(job, InternalError(f"worker failed: {type(exc).__name__}: {exc}",
+                                                provider=self.deployment.provider))
+        elif msg.payload == "session" and self.waiting:
+            remaining = self.waiting[1] - time.monotonic()
+            if remaining > 0:  # timers and the monotonic clock disagree by a hair
+                self.wakeupAfter(timedelta(seconds=remaining), payload="session")
+                return
             dispatch, _ = self.waiting
             self.waiting = None
             self._report(dispatch, error=AuthenticationError("no credential arrived from the session actor",
@@ -274,7 +295,7 @@ class RemoteWorkerActor(ActorTypeDispatcher):
             return _CONTINUE
         if kind == "status":
             return self.runner.classify_error(a, b, c)
-        return transport_error(a, provider, after_response=b)
+        return self._transport_error(job.dispatch, a, after_response=b)
 
     def _flush(self, job: _StreamJob) -> None:
         text, tools = job.acc.take_pending()
@@ -285,6 +306,13 @@ class RemoteWorkerActor(ActorTypeDispatcher):
             self.send(self.engine, FirstToken(request_id, job.dispatch.attempt, job.first_token_unix))
         job.chunks += 1
         job.last_flush = time.monotonic()
+
+    def _transport_error(self, dispatch: Dispatch, exc: BaseException, after_response: bool) -> InferenceError:
+        deadline = dispatch.request.deadline_unix
+        if isinstance(exc, requests.exceptions.Timeout) and deadline is not None and time.time() >= deadline - 0.01:
+            # The caller's deadline cut the call short: not a sign of an unhealthy provider.
+            return DeadlineExceeded("the request's deadline passed during the call", provider=self.deployment.provider)
+        return transport_error(exc, self.deployment.provider, after_response)
 
     def _deadline_error(self, job: _StreamJob) -> InferenceError:
         request = job.dispatch.request

@@ -20,6 +20,9 @@ import pytest
 RUN_MARK = f"atomr-test-{uuid.uuid4().hex[:12]}"
 os.environ["ATOMR_TEST_RUN"] = RUN_MARK
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
+# Thespian reads these once per process, when its admin module is imported: before any node starts.
+os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:02")
+os.environ.setdefault("CONVENTION_RESTART_PERIOD", "0:02")
 os.environ["THESPLOG_FILE"] = f"/tmp/{RUN_MARK}-thespian.log"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,6 +78,13 @@ def pytest_sessionfinish(session, exitstatus):
     session.exitstatus = 1
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @pytest.fixture
 def mock():
     from actors.mock_provider import MockProcess
@@ -95,8 +105,8 @@ def gateway(tmp_path, request):
 
     started = []
 
-    def make(deployments, node=None, cluster=None, mock_provider=None, name="n1", **start):
-        port = free_port()
+    def make(deployments, node=None, cluster=None, mock_provider=None, name="n1", port=None, **start):
+        port = port or free_port()
         data = {"deployments": deployments, "node": {"admin_port": port, "name": name, **(node or {})}}
         if cluster:
             data["cluster"] = cluster
@@ -110,6 +120,10 @@ def gateway(tmp_path, request):
         return handle, client
 
     yield make
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for log in sorted(tmp_path.glob("*.log")):  # what the nodes said, for whoever reads the failure
+            print(f"--- {log.name} (last 60 lines) ---\n" + "\n".join(log.read_text().splitlines()[-60:]))
     for thing in reversed(started):
         if hasattr(thing, "close"):
             thing.close()
@@ -126,6 +140,8 @@ def deployment(mock_url: str, name: str = "d1", provider: str = "openai", **extr
             "endpoint": mock_url + suffix, "workers": 2,
             "retry": {"max_retries": 2, "base_delay_s": 0.05, "max_delay_s": 0.2},
             "timeouts": {"connect_s": 2, "read_s": 10, "total_s": 30}}
+    if provider == "bedrock":  # SigV4 needs a region and a key pair, even for the mock
+        base.update(options={"region": "us-east-1"}, credentials={"value": "AKIDMOCK:mock-secret"})
     base.update(extra)
     return base
 
@@ -138,3 +154,40 @@ def wait_for(condition, timeout_s: float = 10.0, interval_s: float = 0.02, messa
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+
+
+class OutputLines:
+    """A child process's stdout, line by line, waitable with a bound."""
+
+    def __init__(self, proc) -> None:
+        import queue
+        import threading
+
+        self._lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+
+        def pump():
+            for line in proc.stdout:
+                self._lines.put(line)
+            self._lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def wait_for(self, needle: str, timeout_s: float = 60) -> None:
+        import queue
+
+        def found():
+            try:
+                line = self._lines.get(timeout=0.1)
+            except queue.Empty:
+                return False
+            if line is None:
+                raise AssertionError(f"the process ended before {needle!r}; output: {''.join(self.seen)}")
+            self.seen.append(line)
+            return needle in line
+        try:
+            wait_for(found, timeout_s, 0, message=needle)
+        except AssertionError as exc:
+            if "ended before" in str(exc):
+                raise
+            raise AssertionError(f"{needle!r} never came; output: {''.join(self.seen)}") from None

@@ -187,3 +187,14 @@ def test_non_string_header_values_are_ignored():
     err = classify_http_status(429, {"Retry-After": ["5"], "x-should-retry": 1, "retry-after-ms": None})
     assert type(err) is E.RateLimited and err.retry_after_s is None and err.retryable
     assert classify_http_status(500, None).status == 500
+
+
+def test_token_counts_in_either_order():
+    cohere = classify_error_body({"error": {"message": "too many tokens: the prompt cannot exceed 128000 - "
+                                                       "received 131084", "code": "context_length_exceeded"}}, 400)
+    assert type(cohere) is E.ContextLengthExceeded and (cohere.tokens, cohere.max_tokens) == (131084, 128000)
+
+
+def test_openai_stream_server_error_is_a_server_error():
+    err = classify_error_body({"error": {"message": "The server had an error", "type": "server_error"}})
+    assert type(err) is E.ServerError and err.retryable

@@ -2,46 +2,18 @@
 
 from __future__ import annotations
 
-import queue
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import yaml
 
 from actors.procs import admin_pgid, pids_in_group, port_is_listening
 
-from conftest import free_port, wait_for
+from conftest import OutputLines, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _lines(proc):
-    out: queue.Queue = queue.Queue()
-
-    def pump():
-        for line in proc.stdout:
-            out.put(line)
-        out.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return out
-
-
-def _wait_line(lines, needle, timeout_s=60):
-    seen = []
-    def check():
-        try:
-            line = lines.get(timeout=0.1)
-        except queue.Empty:
-            return False
-        if line is None:
-            raise AssertionError(f"process ended; output so far: {''.join(seen)}")
-        seen.append(line)
-        return needle in line
-    wait_for(check, timeout_s, 0, message=f"{needle!r} in the output")
 
 
 def test_leader_serves_ask_and_stops_cleanly_on_sigterm(tmp_path):
@@ -56,8 +28,8 @@ def test_leader_serves_ask_and_stops_cleanly_on_sigterm(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     pgid = None
     try:
-        lines = _lines(node)
-        _wait_line(lines, f"serving on admin port {port}")
+        lines = OutputLines(node)
+        lines.wait_for(f"serving on admin port {port}")
         pgid = admin_pgid(port)
         assert pgid is not None and len(pids_in_group(pgid)) >= 4
         ask = subprocess.run([sys.executable, str(ROOT / "launch.py"), "ask", "--admin-port", str(port),
@@ -72,7 +44,7 @@ def test_leader_serves_ask_and_stops_cleanly_on_sigterm(tmp_path):
         assert "demo[0]" in status.stdout and "completed=1" in status.stdout
         node.send_signal(signal.SIGTERM)
         assert node.wait(timeout=60) == 0
-        _wait_line(lines, "stopped", timeout_s=5)
+        lines.wait_for("stopped", timeout_s=5)
         assert pids_in_group(pgid) == []
         assert not port_is_listening(port)
     finally:

@@ -5,14 +5,14 @@ from hypothesis import strategies as st
 from actors.errors import BudgetExceeded
 from actors.ratelimit import RateLimits, Reservation, WindowedLimiter, estimate_tokens
 
-from fakes import FakeClock
+from fakes import FakeClock, FixedRandom
 
 T0 = 1_800_000_000.0  # a multiple of 60: the start of a window
 
 
 def limiter(node="n1", clock=None, **limits):
     clock = clock or FakeClock(T0)
-    return WindowedLimiter(node, RateLimits(**limits), wall_clock=clock), clock
+    return WindowedLimiter(node, RateLimits(**limits), wall_clock=clock, clock=clock), clock
 
 
 def test_rpm_admits_up_to_the_budget_then_says_when_to_return():
@@ -95,9 +95,12 @@ def test_cluster_view_merges_other_nodes_spend():
         a.try_acquire(100)
     b.merge(a.take_delta())
     assert b.usage().requests == 6
-    granted = sum(isinstance(b.try_acquire(100), Reservation) for _ in range(10))
+    granted = 0
+    for _ in range(10):  # one request per sync period: the share rule never binds
+        granted += isinstance(b.try_acquire(100), Reservation)
+        clock.advance(0.5)
     assert granted == 4
-    a.merge(b.take_delta())
+    a.merge(b.state())
     assert a.usage().requests == 10 and a.usage().tokens == 1000
     assert isinstance(a.try_acquire(1), BudgetExceeded)
 
@@ -121,7 +124,11 @@ def test_a_node_that_left_keeps_its_share_of_the_window():
         a.try_acquire(1)
     b.merge(a.state())
     del a  # node a is gone
-    assert sum(isinstance(b.try_acquire(1), Reservation) for _ in range(10)) == 3
+    granted = 0
+    for _ in range(10):
+        granted += isinstance(b.try_acquire(1), Reservation)
+        clock.advance(0.5)
+    assert granted == 3
 
 
 def test_deltas_for_expired_windows_are_ignored():
@@ -161,3 +168,84 @@ def test_estimate_tokens():
 def test_limits_validation(kwargs):
     with pytest.raises(ValueError):
         RateLimits(**kwargs)
+
+
+def test_between_syncs_each_slot_takes_at_most_its_share_of_what_is_left():
+    clock = FakeClock(T0 + 30)
+    draws = FixedRandom(0.9, 0.2, 0.5)
+    mono = FakeClock(0)
+    nodes = [WindowedLimiter(n, RateLimits(rpm=100), wall_clock=clock, sync_interval_s=0.05, rand=draws, clock=mono)
+             for n in "abc"]
+    for lim in nodes:  # every slot has spent once, and everyone knows it
+        lim.try_acquire(1)
+    deltas = [lim.take_delta() for lim in nodes]
+    for lim in nodes:
+        for d in deltas:
+            lim.merge(d)
+    mono.advance(0.5)  # older than the staleness bound
+    # Now all three admit flat out on the same stale view, with no sync in between.
+    granted = [sum(isinstance(lim.try_acquire(1), Reservation) for _ in range(100)) for lim in nodes]
+    mono.advance(0.05)
+    assert not isinstance(nodes[1].try_acquire(1), Reservation)  # within the staleness bound: still held
+    assert granted == [32, 32, 32]  # (100 - 3) / 3 each: together within the budget
+    denied = nodes[0].try_acquire(1)
+    assert denied.retry_after_s == 0.05 and "share" in denied.message
+    sync = [lim.take_delta() for lim in nodes]
+    for lim in nodes:
+        for d in sync:
+            lim.merge(d)
+    mono.advance(0.5)
+    assert {lim.usage().requests for lim in nodes} == {99}
+    # One request left, three slots: each takes it with probability 1/3 (draws 0.9, 0.2, 0.5).
+    assert [isinstance(lim.try_acquire(1), Reservation) for lim in nodes] == [False, True, False]
+
+
+def test_a_lone_slot_is_not_held_to_a_share():
+    lim, _ = limiter("solo", rpm=50)
+    assert sum(isinstance(lim.try_acquire(1), Reservation) for _ in range(60)) == 50
+
+
+def test_strict_ledger_is_exact_and_settles_each_reservation_once():
+    from actors.ratelimit import StrictLedger
+
+    wall, mono = FakeClock(T0 + 1), FakeClock(0)
+    ledger = StrictLedger(RateLimits(rpm=3, tpm=1000), reservation_ttl_s=10, wall_clock=wall, clock=mono)
+    grants = [ledger.acquire(f"r{i}", 100) for i in range(5)]
+    assert [isinstance(g, Reservation) for g in grants] == [True, True, True, False, False]
+    assert ledger.acquire("r0", 100) is grants[0]  # idempotent for a retried ask
+    assert ledger.settle("r0", 40, sent=True) and not ledger.settle("r0", 40, sent=True)
+    assert ledger.limiter.usage().tokens == 240
+    ledger.settle("r1", None, sent=False)  # never reached the provider: fully released
+    assert (ledger.limiter.usage().requests, ledger.limiter.usage().tokens) == (2, 140)
+    assert isinstance(ledger.acquire("r5", 100), Reservation)
+    mono.advance(11)
+    assert ledger.expire() == 2  # r2 and r5 never reported back
+    assert ledger.outstanding == {} and ledger.limiter.usage().requests == 3  # their estimates stay charged
+
+
+def test_strict_ledger_seeds_from_the_cluster_view():
+    from actors.ratelimit import StrictLedger
+
+    wall = FakeClock(T0 + 1)
+    engine, _ = limiter("n1/e/0", clock=wall, rpm=5)
+    engine.record(10)
+    engine.record(10)
+    ledger = StrictLedger(RateLimits(rpm=5), wall_clock=wall)
+    ledger.seed(engine.state())
+    assert sum(isinstance(ledger.acquire(f"x{i}", 1), Reservation) for i in range(5)) == 3
+
+
+def test_staleness_is_measured_from_the_age_of_arriving_deltas():
+    wall = FakeClock(T0 + 1)
+    a = WindowedLimiter("a", RateLimits(rpm=100), wall_clock=wall, clock=wall, sync_interval_s=0.05)
+    b = WindowedLimiter("b", RateLimits(rpm=100), wall_clock=wall, clock=wall, sync_interval_s=0.05)
+    assert a.staleness_s == pytest.approx(0.21)  # nothing measured yet: twice two sync intervals
+    b.try_acquire(1)
+    oldest = b.unpublished_since
+    delta = b.take_delta()
+    assert b.unpublished_since is None
+    wall.advance(0.4)  # a slow network, or a saturated machine
+    a.merge(delta, oldest)
+    assert a.staleness_s == pytest.approx(0.81)  # doubled: delays grow faster than they are seen
+    wall.advance(6)  # old observations age out
+    assert a.staleness_s == pytest.approx(0.21)

@@ -14,7 +14,11 @@ _RUNNERS = {
     "openai": ("openai", "OpenAIChatRunner"),
     "openai_compatible": ("openai", "OpenAICompatibleRunner"),
     "azure_openai": ("openai", "AzureOpenAIRunner"),
+    "openai_responses": ("openai_responses", "OpenAIResponsesRunner"),
     "anthropic": ("anthropic", "AnthropicRunner"),
+    "gemini": ("gemini", "GeminiRunner"),
+    "cohere": ("cohere", "CohereRunner"),
+    "bedrock": ("bedrock", "BedrockRunner"),
 }
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from ..credentials import Secret
 from ..messages import InferenceRequest
-from ..runner import (Delta, HttpRequest, SseRunner, compact_json, fold_turns, function_tools, json_body, loads_json,
-                      split_system, text_of, tool_arguments, tool_choice, tool_index)
+from ..runner import (Delta, HttpRequest, SseRunner, fold_turns, function_tools, loads_json, object_tool_call,
+                      renamed_params, split_system, text_of, tool_arguments, tool_choice, tool_index)
 from ..sse import SseChunk
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
@@ -56,6 +56,7 @@ def to_anthropic_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 TOOL_CHOICE = {"auto": "auto", "none": "none", "required": "any", "function": "tool"}
+PARAMS = (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("metadata", "metadata"))
 
 
 class AnthropicRunner(SseRunner):
@@ -76,12 +77,7 @@ class AnthropicRunner(SseRunner):
         }
         if system:
             payload["system"] = system
-        for key in ("temperature", "top_p", "top_k", "metadata"):
-            if key in params:
-                payload[key] = params[key]
-        if params.get("stop"):
-            stop = params["stop"]
-            payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        payload.update(renamed_params(params, PARAMS, stop="stop_sequences"))
         if params.get("tools"):
             payload["tools"] = to_anthropic_tools(params["tools"])
         choice = tool_choice(params)
@@ -92,10 +88,7 @@ class AnthropicRunner(SseRunner):
             auth["x-api-key"] = credential.reveal()
         if self.options["beta"]:
             auth["anthropic-beta"] = self.options["beta"]
-        headers = self.headers(auth)
-        if request.stream:
-            headers["accept"] = "text/event-stream"
-        return HttpRequest("POST", self.endpoint + "/messages", headers, json_body(payload), request.stream)
+        return self.post(self.endpoint + "/messages", auth, payload, request.stream)
 
     def parse_response(self, body: bytes) -> Delta:
         doc = loads_json(body, self.provider)
@@ -106,8 +99,7 @@ class AnthropicRunner(SseRunner):
             if block.get("type") == "text":
                 text.append(block.get("text", ""))
             elif block.get("type") == "tool_use":
-                tools.append({"index": len(tools), "id": block.get("id"), "name": block.get("name"),
-                              "arguments": compact_json(block.get("input") or {})})
+                tools.append(object_tool_call(len(tools), block.get("id"), block.get("name"), block.get("input")))
         finish, raw = self.finish(doc.get("stop_reason"))
         return Delta(text="".join(text), tool_calls=tools, finish_reason=finish, raw_finish_reason=raw,
                      usage=usage_fields(doc.get("usage")), done=True)

@@ -7,15 +7,16 @@ where proxies and access logs would keep it. With ``auth: bearer`` and an endpoi
 
 from __future__ import annotations
 
-import json
+import math
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from ..credentials import Secret
-from ..errors import BadRequest, ConfigError, ContentFiltered
+from ..errors import BadRequest, ConfigError, ContentFiltered, InferenceError
 from ..messages import InferenceRequest
-from ..runner import (Delta, HttpRequest, SseRunner, compact_json, fold_turns, function_tools, json_body, loads_json,
-                      plain_text, split_system, tool_arguments, tool_choice)
+from ..runner import (Delta, HttpRequest, SseRunner, fold_turns, function_tools, json_or_none, loads_json,
+                      object_tool_call, plain_text, renamed_params, split_system, tool_arguments, tool_choice)
 from ..sse import SseChunk
 
 PROVIDER = "gemini"
@@ -68,11 +69,26 @@ def to_contents(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _response_object(text: str) -> dict[str, Any]:
     """A tool's output as the object Gemini wants: JSON objects as they are, anything else under "output"."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = text
-    return value if isinstance(value, dict) else {"output": value}
+    value = json_or_none(text)
+    if isinstance(value, dict):
+        return value
+    return {"output": text if value is None else value}
+
+
+def _retry_delay(body: bytes) -> float | None:
+    """Google sends its Retry-After in the body: a RetryInfo detail with ``retryDelay: "33s"``."""
+    doc = json_or_none(body)
+    doc = doc[0] if isinstance(doc, list) and doc else doc
+    details = (doc.get("error") or {}).get("details") if isinstance(doc, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                seconds = float(delay[:-1])
+            except ValueError:
+                return None
+            return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    return None
 
 
 class GeminiRunner(SseRunner):
@@ -92,9 +108,7 @@ class GeminiRunner(SseRunner):
         payload: dict[str, Any] = {"contents": to_contents(messages)}
         if system:
             payload["systemInstruction"] = {"parts": [{"text": system}]}
-        config = {theirs: params[ours] for ours, theirs in GENERATION_CONFIG if params.get(ours) is not None}
-        if params.get("stop"):
-            config["stopSequences"] = [params["stop"]] if isinstance(params["stop"], str) else list(params["stop"])
+        config = renamed_params(params, GENERATION_CONFIG, stop="stopSequences")
         if config:
             payload["generationConfig"] = config
         if params.get("tools"):
@@ -111,12 +125,15 @@ class GeminiRunner(SseRunner):
         if credential is not None:
             key = credential.reveal()
             auth = {"authorization": f"Bearer {key}"} if self.options["auth"] == "bearer" else {"x-goog-api-key": key}
-        headers = self.headers(auth)
         method = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
-        if request.stream:
-            headers["accept"] = "text/event-stream"
-        url = f"{self.endpoint}/models/{quote(self.model, safe='-._~')}:{method}"
-        return HttpRequest("POST", url, headers, json_body(payload), request.stream)
+        return self.post(f"{self.endpoint}/models/{quote(self.model, safe='-._~')}:{method}", auth, payload,
+                         request.stream)
+
+    def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> InferenceError:
+        error = super().classify_error(status, headers, body)
+        if error.retry_after_s is None:
+            error.retry_after_s = _retry_delay(body)
+        return error
 
     def parse_response(self, body: bytes) -> Delta:
         delta = self._delta(loads_json(body, self.provider), {})
@@ -143,8 +160,8 @@ class GeminiRunner(SseRunner):
                 call, index = part["functionCall"], state.get("calls", 0)
                 state["calls"] = index + 1
                 # Gemini calls carry no id unless the API adds one; this one is stable across retries.
-                delta.tool_calls.append({"index": index, "id": call.get("id") or f"call_{index}_{call.get('name')}",
-                                         "name": call.get("name"), "arguments": compact_json(call.get("args") or {})})
+                delta.tool_calls.append(object_tool_call(index, call.get("id") or f"call_{index}_{call.get('name')}",
+                                                         call.get("name"), call.get("args")))
             else:
                 delta.text += part.get("text", "")
         delta.finish_reason, delta.raw_finish_reason = self.finish(candidate.get("finishReason"))

@@ -9,7 +9,7 @@ from urllib.parse import quote
 from ..credentials import Secret
 from ..errors import ConfigError
 from ..messages import InferenceRequest
-from ..runner import Delta, HttpRequest, SseRunner, json_body, loads_json
+from ..runner import Delta, HttpRequest, SseRunner, loads_json
 from ..sse import SseChunk
 
 # Generation parameters passed through unchanged when the caller sets them.
@@ -76,10 +76,7 @@ class OpenAIChatRunner(SseRunner):
         if max_tokens is not None:
             payload[self.max_tokens_field] = max_tokens
         payload.update({k: params[k] for k in PASS_THROUGH if k in params})
-        headers = self.headers(self.auth_headers(credential))
-        if request.stream:
-            headers["accept"] = "text/event-stream"
-        return HttpRequest("POST", self.url(), headers, json_body(payload), request.stream)
+        return self.post(self.url(), self.auth_headers(credential), payload, request.stream)
 
     def parse_response(self, body: bytes) -> Delta:
         doc = loads_json(body, self.provider)

@@ -11,8 +11,8 @@ from ..classify import classify_error_body, redact
 from ..credentials import Secret
 from ..errors import BadRequest, InferenceError, ServerError, StreamError, Timeout
 from ..messages import InferenceRequest
-from ..runner import (Delta, HttpRequest, function_tools, json_body, loads_json, plain_text, split_system,
-                      tool_choice, tool_index)
+from ..runner import (Delta, HttpRequest, function_tools, loads_json, plain_text, split_system, tool_choice,
+                      tool_index)
 from ..sse import SseChunk
 from .openai import OpenAIChatRunner, usage_fields
 
@@ -76,17 +76,14 @@ class OpenAIResponsesRunner(OpenAIChatRunner):
         choice = tool_choice(params)
         if choice is not None:
             payload["tool_choice"] = {"type": "function", "name": choice[1]} if choice[1] else choice[0]
-        headers = self.headers(self.auth_headers(credential))
-        if request.stream:
-            headers["accept"] = "text/event-stream"
-        return HttpRequest("POST", self.url(), headers, json_body(payload), request.stream)
+        return self.post(self.url(), self.auth_headers(credential), payload, request.stream)
 
     def parse_response(self, body: bytes) -> Delta:
         doc = loads_json(body, self.provider)
         text, tools = [], []
         for item in doc.get("output") or ():
             if item.get("type") == "message":
-                text += [part.get("text", "") for part in item.get("content") or () if part.get("type") == "output_text"]
+                text += [p.get("text", "") for p in item.get("content") or () if p.get("type") == "output_text"]
             elif item.get("type") == "function_call":
                 tools.append({"index": len(tools), "id": item.get("call_id"), "name": item.get("name"),
                               "arguments": item.get("arguments") or ""})
