@@ -5,6 +5,11 @@
     python launch.py ask --model demo "Say hello"                     # stream an answer from a node
     python launch.py status                                           # what a node is doing
     python launch.py demo                                             # all of it, end to end, then stop
+    python launch.py secret --out cluster.key                         # a new cluster key (mode 600)
+
+Every message between a node's processes, other nodes and clients is signed with the cluster
+secret (ATOMR_CLUSTER_SECRET, ATOMR_CLUSTER_SECRET_FILE or cluster.secret_file) and unpickled
+through an allow-list; see docs/security.md. Without a secret a node runs on loopback only.
 """
 
 from __future__ import annotations
@@ -36,19 +41,35 @@ def _print_status(status, indent: str = "") -> None:
               f"tokens {lim['tokens']}/{lim['tpm'] or '-'} this window")
 
 
+def _keyring(secret_file: str | None = None, explicit: bool = False):
+    """This process's cluster keys; the secret variables are then dropped from the environment,
+    so no actor, credential command or other child process inherits them. An ``explicit``
+    file (a command-line option) wins over the environment; a config's does not."""
+    from actors import wire
+
+    keyring = wire.load_keyring(secret_file, environ={}) if explicit and secret_file else wire.load_keyring(secret_file)
+    for name in (wire.ENV_SECRET, wire.ENV_SECRET_PREVIOUS):
+        os.environ.pop(name, None)
+    return keyring
+
+
 def run_node(args: argparse.Namespace) -> int:
     from actors.system import start_node
 
     config = load_config(args.config)
+    keyring = _keyring(config.cluster.secret_file)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node = start_node(config, admin_port=args.admin_port, name=args.name,
-                      leader=args.leader if args.convention == "member" else None, advertise=args.advertise)
+                      leader=args.leader if args.convention == "member" else None, advertise=args.advertise,
+                      keyring=keyring)
     try:
         print(f"node {node.name} serving on admin port {node.admin_port}: "
               + ", ".join(f"{d.name} ({d.provider} {d.provider_model}, {d.workers} workers x {d.replicas})"
                           for d in node.config.deployments), flush=True)
+        if keyring is not None:  # (without one, start_node has already warned)
+            print(node.wire, flush=True)
         if node.mock is not None:
             print(f"built-in mock provider on {node.mock.url}", flush=True)
         while not stop.wait(0.5):
@@ -63,7 +84,8 @@ def run_node(args: argparse.Namespace) -> int:
 def ask(args: argparse.Namespace) -> int:
     from actors.client import GatewayClient
 
-    with GatewayClient(args.admin_port, timeout_s=args.timeout) as client:
+    keyring = _keyring(args.secret_file, explicit=True)
+    with GatewayClient(args.admin_port, timeout_s=args.timeout, keyring=keyring) as client:
         messages = [{"role": "user", "content": " ".join(args.prompt)}]
         if args.no_stream:
             result = client.complete(args.model, messages, max_tokens=args.max_tokens)
@@ -107,32 +129,39 @@ def status(args: argparse.Namespace) -> int:
     from actors.client import GatewayClient, cluster_status_from
     from actors.procs import port_is_listening
 
+    keyring = _keyring(args.secret_file, explicit=True)
     if args.leader:
         host, _, port = args.leader.rpartition(":")
         if host in ("127.0.0.1", "localhost") and port_is_listening(int(port)):
-            with GatewayClient(int(port)) as client:
+            with GatewayClient(int(port), keyring=keyring) as client:
                 _print_cluster(client.cluster_status())
         else:
-            _print_cluster(cluster_status_from(args.leader, advertise=args.advertise))
+            _print_cluster(cluster_status_from(args.leader, advertise=args.advertise, keyring=keyring))
         return 0
-    with GatewayClient(args.admin_port) as client:
+    with GatewayClient(args.admin_port, keyring=keyring) as client:
         _print_cluster(client.cluster_status())
     return 0
 
 
 def demo(args: argparse.Namespace) -> int:
     """Start a node on the mock provider, stream a few answers through it, show status, stop."""
+    from actors import wire
     from actors.client import GatewayClient
     from actors.procs import port_is_listening
     from actors.system import start_node
 
     config = load_config(args.config)
+    # The demo's node and client live in this process: without a cluster secret they share
+    # one made up for this run, so the demo runs authenticated like a real cluster.
+    keyring = _keyring(config.cluster.secret_file) or wire.KeyRing(
+        wire.parse_keys(wire.generate_key_line("demo"), "demo"), "an ephemeral key made for this demo")
     port = args.admin_port or next(p for p in range(19500, 19600) if not port_is_listening(p))
     log_file = os.path.join(tempfile.gettempdir(), f"atomr-demo-{port}.log")
     print(f"starting a node on admin port {port} with {args.config} (log: {log_file})", flush=True)
-    node = start_node(config, admin_port=port, log_file=log_file, console_log=False)
+    node = start_node(config, admin_port=port, log_file=log_file, console_log=False, keyring=keyring)
+    print(node.wire, flush=True)
     try:
-        with GatewayClient(port) as client:
+        with GatewayClient(port, keyring=keyring) as client:
             for prompt in ("Say hello", "Stream a few words please"):
                 print(f"\n> {prompt}\n", end="", flush=True)
                 stream = client.stream("demo", [{"role": "user", "content": prompt}], max_tokens=20)
@@ -158,6 +187,25 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def secret(args: argparse.Namespace) -> int:
+    """Print (or write, mode 600) a new cluster key: ``KEYID:SECRET``."""
+    from actors import wire
+
+    line = wire.generate_key_line(args.key_id)
+    if not args.out:
+        print(line)
+        return 0
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError("exists already; to rotate, edit it as docs/security.md says", path=args.out) from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write("# atomr cluster keys: [KEYID:]SECRET, one per line; the first signs, all are accepted.\n")
+        fh.write(line + "\n")
+    print(f"wrote a new cluster key (id {line.split(':', 1)[0]}) to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--convention", choices=("leader", "member"), default="leader",
@@ -175,13 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     p_ask.add_argument("--max-tokens", type=int, default=64)
     p_ask.add_argument("--timeout", type=float, default=60.0)
     p_ask.add_argument("--no-stream", action="store_true")
+    p_ask.add_argument("--secret-file", default=None, help="cluster key file (default: $ATOMR_CLUSTER_SECRET)")
     p_status = sub.add_parser("status", help="show the cluster: nodes, queues, breakers, budgets")
     p_status.add_argument("--admin-port", type=int, default=1900, help="a node on this host")
     p_status.add_argument("--leader", default=None, help="HOST:PORT of the leader (from any host)")
     p_status.add_argument("--advertise", default=None, help="this host's routable IP (remote --leader)")
+    p_status.add_argument("--secret-file", default=None, help="cluster key file (default: $ATOMR_CLUSTER_SECRET)")
     p_demo = sub.add_parser("demo", help="run the end-to-end demo on the built-in mock provider")
     p_demo.add_argument("--config", default=DEFAULT_CONFIG)
     p_demo.add_argument("--admin-port", type=int, default=None)
+    p_secret = sub.add_parser("secret", help="generate a cluster key (KEYID:SECRET) for ATOMR_CLUSTER_SECRET or a file")
+    p_secret.add_argument("--key-id", default=None, help="the key's id (default: kYYYYMMDD)")
+    p_secret.add_argument("--out", default=None, help="write a new key file (mode 600) instead of printing")
     args = parser.parse_args(argv)
     if args.convention == "member" and args.command is None and not args.leader:
         parser.error("--convention member needs --leader HOST:PORT")
@@ -192,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             return status(args)
         if args.command == "demo":
             return demo(args)
+        if args.command == "secret":
+            return secret(args)
         return run_node(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 
 from thespian.actors import ActorTypeDispatcher, WakeupMessage
 
+from .logs import logger
 from .breaker import BreakerSnapshot, CircuitBreaker, CircuitState
 from .errors import CircuitOpen, InferenceError, InternalError
 from .messages import (BreakerAdmitted, BreakerCheck, BreakerForce, BreakerInit, BreakerOutcome, BreakerOutcomes,
                        BreakerQuery, BreakerRefused, BreakerState, BreakerSubscribe)
 
-log = logging.getLogger("atomr.breaker")
+log = logger("atomr.breaker")
 T = TypeVar("T")
 
 

@@ -14,8 +14,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from thespian.actors import ActorSystem, PoisonMessage
+from thespian.actors import ActorSystem, InvalidActorAddress, PoisonMessage
 
+from . import wire
 from .errors import CircuitOpen, InferenceError, InternalError, NotFound, QueueFull, Timeout
 from .messages import (Cancel, ClusterStatus, ClusterStatusRequest, Completed, Failed, InferenceRequest, NodeStatus,
                        Route, Routes, StatusRequest, TokenChunk)
@@ -63,15 +64,31 @@ class Stream:
         self._client.cancel(self.request_id)
 
 
+def _key_hint() -> str:
+    serializer = wire.current()
+    if serializer is None or serializer.keyring is None:
+        return f"this client has no cluster secret; set {wire.ENV_SECRET} to the nodes' key"
+    return (f"this client signs with key id {serializer.keyring.signing.key_id}; {wire.ENV_SECRET} must hold "
+            f"a key the node accepts (the node's log names the refused frames)")
+
+
 class GatewayClient:
     def __init__(self, admin_port: int = 1900, *, host: str = "127.0.0.1", timeout_s: float = 60.0,
-                 system_base: str = "multiprocTCPBase") -> None:
+                 system_base: str = "multiprocTCPBase", keyring: Any = wire.FROM_ENVIRONMENT) -> None:
         # ActorSystem() silently starts a fresh admin when none listens on the port: check first.
         if not port_is_listening(admin_port, host):
             raise InternalError(f"no gateway node is listening on {host}:{admin_port}")
+        # Sign and allow-list this process's messages like the nodes' (before its ActorSystem).
+        wire.install(wire.resolve_keyring(keyring))
         self.admin_port = admin_port
         self.timeout_s = timeout_s
-        self.asys = ActorSystem(system_base, {"Admin Port": admin_port}, transientUnique=True)
+        try:
+            self.asys = ActorSystem(system_base, {"Admin Port": admin_port}, transientUnique=True)
+        except InvalidActorAddress:
+            # Something listens there but never answered: with the wire installed, almost
+            # always a node that refuses this client's key (its log says which it accepts).
+            raise InternalError(f"the node on {host}:{admin_port} did not accept this client's messages: "
+                                f"{_key_hint()}") from None
         self._local = threading.local()
         self._routes: dict[str, tuple[float, list[Any]]] = {}
         self._rr = itertools.count()
@@ -251,7 +268,8 @@ class GatewayClient:
         stream.result = terminal
 
 
-def cluster_status_from(leader: str, timeout_s: float = 20.0, advertise: str | None = None) -> ClusterStatus:
+def cluster_status_from(leader: str, timeout_s: float = 20.0, advertise: str | None = None,
+                        keyring: Any = wire.FROM_ENVIRONMENT) -> ClusterStatus:
     """Ask a cluster for its status from a host that runs no node of it.
 
     Thespian clients talk to their *local* admin, so this starts a short-lived admin that
@@ -265,6 +283,10 @@ def cluster_status_from(leader: str, timeout_s: float = 20.0, advertise: str | N
     from .messages import Locate, RegistrarIs
     from .procs import admin_pgid, kill_group, pids_in_group, wait_until
 
+    keyring = wire.resolve_keyring(keyring)
+    wire.require_secret(keyring, "a status client joining the convention",
+                        {"leader": leader.rpartition(":")[0], "advertised address": advertise})
+    wire.install(keyring)  # before the short-lived admin is forked from this process
     if advertise:
         os.environ["THESPIAN_BASE_IPADDR"] = advertise
     with socket.socket() as probe:
@@ -294,3 +316,26 @@ def cluster_status_from(leader: str, timeout_s: float = 20.0, advertise: str | N
         asys.shutdown()
         if pgid is not None and not wait_until(lambda: not pids_in_group(pgid), 10):
             kill_group(pgid)
+
+
+def open_loop(client: GatewayClient, model: str, rate_per_s: float, seconds: float, results: list,
+              deadline_s: float = 0.5, drain_s: float = 5.0) -> int:
+    """Offer ``rate_per_s`` one-token requests for ``seconds`` whatever comes back (open loop),
+    appending every terminal to ``results``; for load tests and benchmarks. Returns how many were sent."""
+    endpoint = client._endpoint()
+    engine = client.routes(model)[0].engine
+    start, sent, pending = time.monotonic(), 0, set()
+    while time.monotonic() - start < seconds or (pending and time.monotonic() - start < seconds + drain_s):
+        elapsed = time.monotonic() - start
+        if elapsed < seconds and sent < elapsed * rate_per_s:
+            request = InferenceRequest(model=model, messages=[{"role": "user", "content": "hi"}],
+                                       params={"max_tokens": 1}, deadline_unix=time.time() + deadline_s)
+            endpoint.tell(engine, request)
+            pending.add(request.request_id)
+            sent += 1
+            continue
+        reply = endpoint.listen(0.005)
+        if isinstance(reply, (Completed, Failed)) and reply.request_id in pending:
+            pending.discard(reply.request_id)
+            results.append(reply)
+    return sent

@@ -11,7 +11,6 @@ considers the leader gone and keeps locating it until it answers again.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from datetime import timedelta
@@ -19,11 +18,12 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage, requireCapability
 
+from .logs import logger
 from .messages import (ClusterStatus, ClusterStatusRequest, Heartbeat, Introduce, Locate, MemberInfo, Membership,
                        NodeStatus, RegistrarConfig, RegistrarIs, StatusRequest, StrictInit)
 from .strict_limiter import StrictRateLimiterActor
 
-log = logging.getLogger("atomr.cluster")
+log = logger("atomr.cluster")
 
 REGISTRAR_NAME = "atomr-registrar"
 LEADER_CAPABILITY = "atomr-leader"
@@ -58,7 +58,7 @@ class ClusterRegistrar(ActorTypeDispatcher):
         self.failure_timeout_s = 5.0
         self.ticking = False
         self.status: dict[str, Any] | None = None
-        self.status_waiters: list[Any] = []
+        self.status_waiters: list[tuple[Any, str]] = []
 
     def _strict(self) -> Any:
         if self.strict is None:
@@ -112,9 +112,9 @@ class ClusterRegistrar(ActorTypeDispatcher):
     def receiveMsg_ClusterStatusRequest(self, msg: ClusterStatusRequest, sender: Any) -> None:
         if msg.members_only:
             membership = self._membership()
-            self.send(msg.reply_to or sender, ClusterStatus(self.leader_node, membership.members, [], []))
+            self.send(msg.reply_to or sender, ClusterStatus(self.leader_node, membership.members, [], [], msg.token))
             return
-        self.status_waiters.append(msg.reply_to or sender)
+        self.status_waiters.append((msg.reply_to or sender, msg.token))
         if self.status is not None:
             return
         self.status = {"pending": {info.node for info, _ in self.members.values()}, "nodes": []}
@@ -136,10 +136,10 @@ class ClusterRegistrar(ActorTypeDispatcher):
         if self.status is None:
             return
         membership = self._membership()
-        answer = ClusterStatus(self.leader_node, membership.members,
-                               sorted(self.status["nodes"], key=lambda n: n.node), sorted(self.status["pending"]))
-        for waiter in self.status_waiters:
-            self.send(waiter, answer)
+        nodes = sorted(self.status["nodes"], key=lambda n: n.node)
+        for waiter, token in self.status_waiters:
+            self.send(waiter, ClusterStatus(self.leader_node, membership.members, nodes,
+                                            sorted(self.status["pending"]), token))
         self.status, self.status_waiters = None, []
 
     def receiveMsg_RegistrarConfig(self, msg: RegistrarConfig, sender: Any) -> None:

@@ -181,18 +181,25 @@ class ClusterConfig:
 
     ``reregistration_s`` is Thespian's own convention re-registration period (its
     default, 7m22s, lets a crashed node go unnoticed for about 22 minutes).
+    ``secret_file`` names a file of cluster keys (``[KEYID:]SECRET``, one per line, the
+    first signs; mode 600) that authenticates every message; relative to the config file.
+    ``ATOMR_CLUSTER_SECRET`` or ``ATOMR_CLUSTER_SECRET_FILE``, when set, take precedence
+    (see actors/wire.py and docs/security.md). Only the path is held here, never a key.
     """
 
     sync_interval_ms: float = 50.0
     heartbeat_s: float = 1.0
     failure_timeout_s: float = 5.0
     reregistration_s: int = 3
+    secret_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.sync_interval_ms <= 0 or self.heartbeat_s <= 0 or self.failure_timeout_s <= self.heartbeat_s:
             raise ValueError("need sync_interval_ms > 0, heartbeat_s > 0 and failure_timeout_s > heartbeat_s")
         if self.reregistration_s < 1:
             raise ValueError("reregistration_s must be >= 1")
+        if self.secret_file is not None and not self.secret_file.strip():
+            raise ValueError("secret_file must not be empty")
 
 
 @dataclass(frozen=True)
@@ -350,4 +357,10 @@ def load_config(path: str | os.PathLike, **kw: Any) -> GatewayConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", path=source) from None
-    return parse_config(data, source, **kw)
+    config = parse_config(data, source, **kw)
+    secret_file = config.cluster.secret_file
+    if secret_file is not None:
+        # Relative to the config file, so a deployment directory can be moved whole.
+        secret_file = os.path.join(os.path.dirname(os.path.abspath(source)), os.path.expanduser(secret_file))
+        config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, secret_file=secret_file))
+    return config

@@ -8,7 +8,6 @@ the rate-limit view are pushed to the engine, not asked for per request.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ChildActorExited, PoisonMessage, WakeupMessage
 
+from .logs import logger
 from .breaker import BreakerView, CircuitState
 from .config import DeploymentConfig
 from .errors import (AuthenticationError, BadRequest, BudgetExceeded, Cancelled, DeadlineExceeded, InferenceError,
@@ -34,7 +34,7 @@ from .ratelimit import RateLimits, Reservation, WindowedLimiter, estimate_tokens
 from .retry import RetryEngine
 from .worker import RemoteWorkerActor
 
-log = logging.getLogger("atomr.engine")
+log = logger("atomr.engine")
 
 TICK_S = 0.05
 PROBE_RETRY_S = 0.25
@@ -170,15 +170,13 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
         job = Job(msg, sender, Priority.parse(msg.priority), now_mono, now_unix, deadline,
                   estimate_tokens(msg.messages, msg.params.get("max_tokens"), dep.estimate_output_tokens))
         if len(self.queue) == 0 and self.idle and self.view.state is CircuitState.CLOSED:
-            self.jobs[msg.request_id] = job
-            self.counters.accepted += 1
+            # Straight to a worker: the capacity bounds waiting requests, and this one won't wait.
             self.queue.push_front(msg.request_id, job, job.priority)
         elif not self.queue.push(msg.request_id, job, job.priority):
             return self._reject(msg, sender, QueueFull(
                 f"queue of {dep.name} is full ({dep.queue_capacity} waiting)", provider=dep.provider))
-        else:
-            self.jobs[msg.request_id] = job
-            self.counters.accepted += 1
+        self.jobs[msg.request_id] = job
+        self.counters.accepted += 1
         self._dispatch()
         if len(self.queue):
             self._schedule_tick(TICK_S)

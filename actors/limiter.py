@@ -10,18 +10,18 @@ counts: loss, duplication and reordering only delay convergence, never corrupt i
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from thespian.actors import ActorTypeDispatcher, WakeupMessage
 
+from .logs import logger
 from .messages import (LimiterDelta, LimiterInit, LimiterPeers, LimiterQuery, LimiterRegister, LimiterStateRequest,
                        LimiterUsage)
 from .ratelimit import RateLimits, WindowedLimiter
 
-log = logging.getLogger("atomr.limiter")
+log = logger("atomr.limiter")
 
 ANTI_ENTROPY_S = 1.0
 

@@ -553,6 +553,7 @@ class StrictSettle:
 class ClusterStatusRequest:
     reply_to: Any = None
     members_only: bool = False  # membership at once, without asking every node for its status
+    token: str = ""
 
 
 @dataclass
@@ -561,6 +562,7 @@ class ClusterStatus:
     members: list[MemberInfo]
     nodes: list[NodeStatus]
     unreachable: list[str]
+    token: str = ""
 
 
 @dataclass

@@ -677,6 +677,13 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (a cancelled stream, a closed benchmark) is normal here.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
     def __init__(self, address: tuple[str, int], words_per_second: float | None) -> None:
         super().__init__(address, _Handler)
         self.drip_s = 1 / words_per_second if words_per_second else 0.0

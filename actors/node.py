@@ -9,7 +9,6 @@ hands what it learns (peers' limiter hubs, the strict limiter) to the node's act
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from datetime import timedelta
@@ -18,6 +17,7 @@ from typing import Any
 from thespian.actors import (ActorExitRequest, ActorSystemConventionUpdate, ActorTypeDispatcher, PoisonMessage,
                              WakeupMessage)
 
+from .logs import logger
 from .breaker_actor import CircuitBreakerActor
 from .cluster import LEADER_CAPABILITY, LeaderLocator
 from .config import ClusterConfig
@@ -29,7 +29,7 @@ from .messages import (BreakerInit, BreakerQuery, BreakerState, ClusterStatus, C
                        RegistrarIs, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
 from .session import RemoteSessionActor
 
-log = logging.getLogger("atomr.node")
+log = logger("atomr.node")
 
 NODE_GLOBAL_NAME = "atomr-node"
 STATUS_TIMEOUT_S = 2.0
@@ -66,6 +66,7 @@ class NodeRegistry(ActorTypeDispatcher):
         self.leader_reachable = False
         self.peer_hubs: list[Any] = []
         self.status_cluster_waiter = None
+        self.cluster_queries: dict[str, tuple[Any, bool]] = {}
         self.leader_in_convention = False
         self.stopping = False
 
@@ -114,6 +115,10 @@ class NodeRegistry(ActorTypeDispatcher):
             self.deploy_waiter = None
 
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
+        if isinstance(msg.poisonMessage, Locate):
+            # No leader to place the locator on (it is down or we are not in the convention yet).
+            log.info("node %s: the leader cannot be located yet", self.node)
+            return
         # An actor failed on one of our messages: during bring-up that means the deploy failed.
         log.error("node %s: %s failed on %s: %s", self.node, sender, type(msg.poisonMessage).__name__,
                   str(msg.details)[-500:])
@@ -205,11 +210,27 @@ class NodeRegistry(ActorTypeDispatcher):
             self._leader_lost("the leader left the convention")
 
     def receiveMsg_ClusterStatusRequest(self, msg: ClusterStatusRequest, sender: Any) -> None:
-        if self.registrar is not None:
-            self.send(self.registrar, ClusterStatusRequest(msg.reply_to or sender, msg.members_only))
+        """Asked of this node, answered by the leader's registrar, or by this node alone
+        when the registrar is unknown or does not answer in time (e.g. it just died)."""
+        waiter = msg.reply_to or sender
+        if self.registrar is None:
+            return self._answer_alone(waiter, msg.members_only)
+        token = secrets.token_hex(4)
+        self.cluster_queries[token] = (waiter, msg.members_only)
+        self.send(self.registrar, ClusterStatusRequest(self.myAddress, msg.members_only, token))
+        wait = self.cluster.heartbeat_s * 2 if msg.members_only else STATUS_TIMEOUT_S + 2
+        self.wakeupAfter(timedelta(seconds=wait), payload=("cluster-query", token))
+
+    def receiveMsg_ClusterStatus(self, msg: ClusterStatus, sender: Any) -> None:
+        waiter = self.cluster_queries.pop(msg.token, None)
+        if waiter is not None:
+            self.send(waiter[0], msg)
+
+    def _answer_alone(self, waiter: Any, members_only: bool) -> None:
+        if members_only:
+            self.send(waiter, ClusterStatus("", [self._member_info()], [], []))
         else:
-            # No leader to ask: answer for this node alone.
-            self.status_cluster_waiter = msg.reply_to or sender
+            self.status_cluster_waiter = waiter
             self.receiveMsg_StatusRequest(StatusRequest(), self.myAddress)
 
     # -- routing -------------------------------------------------------------------------
@@ -268,6 +289,10 @@ class NodeRegistry(ActorTypeDispatcher):
             self._cluster_tick()
         elif msg.payload == "locate" and self.registrar is None:
             self._locate()
+        elif isinstance(msg.payload, tuple) and msg.payload[0] == "cluster-query":
+            query = self.cluster_queries.pop(msg.payload[1], None)
+            if query is not None:
+                self._answer_alone(*query)
 
     def receiveMsg_NodeStatus(self, msg: NodeStatus, sender: Any) -> None:
         # Our own status, collected for a cluster status asked while the leader is unreachable.

@@ -7,19 +7,19 @@ worker's call was answered 401 (then at most once per credential version).
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import timedelta
 from typing import Any
 
 from thespian.actors import ActorTypeDispatcher, WakeupMessage
 
+from .logs import logger
 from .config import CredentialSource
 from .credentials import ResolvedCredential, next_refresh_at, resolve
 from .errors import AuthenticationError, InferenceError
 from .messages import SessionInit, SessionRefresh, SessionSnapshot, SessionSubscribe, SessionVersion
 
-log = logging.getLogger("atomr.session")
+log = logger("atomr.session")
 RETRY_FAILED_REFRESH_S = 5.0
 
 

@@ -8,18 +8,18 @@ window (engines mirror every strict grant into it) and seeds itself from that vi
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import timedelta
 from typing import Any
 
 from thespian.actors import ActorTypeDispatcher, WakeupMessage
 
+from .logs import logger
 from .messages import (LimiterDelta, LimiterStateRequest, StrictAcquire, StrictDenied, StrictGrant, StrictInit,
                        StrictSettle)
 from .ratelimit import Reservation, StrictLedger
 
-log = logging.getLogger("atomr.strict")
+log = logger("atomr.strict")
 
 SETTLE_S = 3.0
 EXPIRE_EVERY_S = 5.0

@@ -16,6 +16,7 @@ from typing import Any
 
 from thespian.actors import ActorSystem, PoisonMessage
 
+from . import wire
 from .cluster import LEADER_CAPABILITY
 from .config import MOCK_ENDPOINT, GatewayConfig
 from .errors import ConfigError, InternalError
@@ -98,6 +99,7 @@ class Node:
     pgid: int | None
     mock: MockProvider | None = None
     killed: bool = False
+    wire: str = ""          # how this node's messages are protected (wire.describe)
 
     def kill(self) -> None:
         """SIGKILL every process of the node at once, as a crash would (for failure tests)."""
@@ -137,14 +139,31 @@ class Node:
 
 def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: str | None = None,
                leader: str | None = None, advertise: str | None = None, log_file: str | None = None,
-               console_log: bool = True, deploy_timeout_s: float = 60.0) -> Node:
-    """Start an admin on ``admin_port`` with this config's deployments, and wait until they serve."""
+               console_log: bool = True, deploy_timeout_s: float = 60.0,
+               keyring: wire.KeyRing | None = wire.FROM_ENVIRONMENT) -> Node:
+    """Start an admin on ``admin_port`` with this config's deployments, and wait until they serve.
+
+    Every message of the node is signed and checked with ``keyring`` (by default the cluster
+    secret from the environment or ``cluster.secret_file``; see actors/wire.py); without
+    one the node only runs on loopback addresses.
+    """
     node_cfg = config.node
     port = admin_port or node_cfg.admin_port
     name = name or node_cfg.name or f"node-{port}"
     advertise = advertise or node_cfg.advertise
+    keyring = wire.resolve_keyring(keyring, config.cluster.secret_file)
+    wire.require_secret(keyring, f"node {name}" + (" joining a convention" if leader else " leading a convention"),
+                        {"advertised address": advertise or os.environ.get("THESPIAN_BASE_IPADDR"),
+                         "leader": leader.rpartition(":")[0] if leader else None})
     if port_is_listening(port) or listening_pids(port):
         raise ConfigError(f"admin port {port} is already in use (another node running?)", path="node.admin_port")
+    # Before the ActorSystem exists: its admin, logger and every actor are forked from here.
+    serializer = wire.install(keyring)
+    described = wire.describe(serializer)
+    if keyring is None:
+        log.warning("node %s: %s", name, described)
+    else:
+        log.info("node %s: %s", name, described)
     log_dir = os.path.dirname(log_file) if log_file else tempfile.gettempdir()
     thespian_environment(advertise, log_dir, config.cluster.reregistration_s)
     mock = None
@@ -187,4 +206,4 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
         else:
             node.stop(kill_after_s=5)
         raise
-    return Node(asys, port, registry, config, name, pgid, mock)
+    return Node(asys, port, registry, config, name, pgid, mock, wire=described)

@@ -14,7 +14,6 @@ touches Thespian: sends from other threads are lost.
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import requests
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
+from .logs import logger
 from .config import DeploymentConfig
 from .errors import (AuthenticationError, Cancelled, DeadlineExceeded, InferenceError, InternalError,
                      NetworkError, StreamError, Timeout)
@@ -32,7 +32,7 @@ from .messages import (Cancel, Dispatch, FirstToken, SessionSnapshot, SessionSub
 from .providers import make_runner
 from .runner import HttpRequest, ModelRunner, StreamAccumulator
 
-log = logging.getLogger("atomr.worker")
+log = logger("atomr.worker")
 
 STEP = timedelta(milliseconds=1)
 MAX_BLOCK_S = 0.02          # longest the actor thread blocks on the reader, so Cancel stays prompt

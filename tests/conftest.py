@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import signal
 import sys
 import time
@@ -24,6 +25,12 @@ os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:02")
 os.environ.setdefault("CONVENTION_RESTART_PERIOD", "0:02")
 os.environ["THESPLOG_FILE"] = f"/tmp/{RUN_MARK}-thespian.log"
+# Every node and client of the run (and every process they start) signs its messages with
+# this run's own cluster key, so the whole suite runs with authentication on (actors/wire.py).
+for _name in ("ATOMR_CLUSTER_SECRET_PREVIOUS", "ATOMR_CLUSTER_SECRET_FILE"):
+    os.environ.pop(_name, None)
+TEST_KEY_LINE = f"test-run:{secrets.token_urlsafe(32)}"
+os.environ["ATOMR_CLUSTER_SECRET"] = TEST_KEY_LINE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from actors import errors as E
-from actors.messages import Completed, Failed, InferenceRequest, LimiterDelta, LimiterStateRequest
+from actors.client import open_loop
+from actors.messages import Completed, Failed, LimiterDelta, LimiterStateRequest
 from actors.procs import pids_in_group
 
 from conftest import deployment, free_port, wait_for
@@ -58,28 +59,6 @@ def test_nodes_join_and_status_shows_the_whole_cluster(cluster, mock):
     assert "cluster led by n0: 3 node(s)" in proc.stdout
     assert "- n1" in proc.stdout and "- n2" in proc.stdout
     assert "budget d1 (approximate), cluster-wide this window: requests 3/1000" in proc.stdout
-
-
-def _flood(client, model, rate_per_s, seconds, results, deadline_s=0.5):
-    """Open-loop load: send at a fixed rate whatever comes back, collect every terminal."""
-    endpoint = client._endpoint()
-    engine = client.routes(model)[0].engine
-    sent = 0
-    start = time.monotonic()
-    pending = set()
-    while time.monotonic() - start < seconds or (pending and time.monotonic() - start < seconds + 5):
-        if time.monotonic() - start < seconds and sent < (time.monotonic() - start) * rate_per_s:
-            request = InferenceRequest(model=model, messages=HI, params={"max_tokens": 1},
-                                       deadline_unix=time.time() + deadline_s)
-            endpoint.tell(engine, request)
-            pending.add(request.request_id)
-            sent += 1
-            continue
-        reply = endpoint.listen(0.005)
-        if isinstance(reply, (Completed, Failed)) and reply.request_id in pending:
-            pending.discard(reply.request_id)
-            results.append(reply)
-    return sent
 
 
 class WindowMonitor:
@@ -133,7 +112,7 @@ def _flood_cluster(nodes, model, budget, window_s, windows=3):
     results: list = []
     rate = 10 * budget / window_s / len(nodes)
     with WindowMonitor(nodes[0][1], _leader_hub(nodes[0][1]), model) as monitor:
-        threads = [threading.Thread(target=_flood, args=(client, model, rate, windows * window_s, results))
+        threads = [threading.Thread(target=open_loop, args=(client, model, rate, windows * window_s, results))
                    for _, client in nodes]
         for t in threads:
             t.start()

@@ -188,7 +188,7 @@ def test_non_retryable_error_is_not_retried(gateway, mock):
     assert mock.stats()["total"] == 1
 
 
-def test_breaker_opens_on_5xx_storm_and_closes_after_half_open_probe(gateway, mock):
+def test_breaker_opens_on_5xx_storm_and_closes_after_half_open_probe(gateway, mock, tmp_path):
     dep = deployment(mock.url, "d1", retry={"max_retries": 0},
                      breaker={"consecutive_failures": 3, "open_s": 1.0, "half_open_probes": 1})
     node, client = gateway([dep])
@@ -207,6 +207,10 @@ def test_breaker_opens_on_5xx_storm_and_closes_after_half_open_probe(gateway, mo
     wait_for(lambda: _engine(client).circuit == "closed", message="the circuit to close")
     breaker = client.status().breakers[0]
     assert breaker.state.value == "closed" and breaker.trips == 1
+    # Transitions are logged by the breaker actor, into the node's log.
+    log = tmp_path / "n1.log"
+    wait_for(lambda: "half_open -> closed" in log.read_text(), message="the transitions in the node log")
+    assert "WARNING atomr.breaker: circuit openai" in log.read_text() and "closed -> open" in log.read_text()
 
 
 def test_failed_probe_reopens_the_circuit(gateway, mock):
@@ -294,3 +298,18 @@ def test_clean_shutdown_leaves_no_process_or_port(gateway, mock):
     node.stop()
     assert pids_in_group(pgid) == []
     assert not port_is_listening(port)
+
+
+def test_a_model_served_by_two_deployments_falls_back_past_an_open_circuit(gateway, mock):
+    flaky = deployment(mock.url, "east", retry={"max_retries": 0}, breaker={"consecutive_failures": 1, "open_s": 30})
+    # Another endpoint (breakers are per provider and endpoint): the same server by another name.
+    steady = deployment(mock.url.replace("127.0.0.1", "localhost"), "west")
+    flaky["model"] = steady["model"] = "shared-model"
+    node, client = gateway([flaky, steady])
+    assert {r.deployment for r in client.routes("shared-model")} == {"east", "west"}
+    mock.script([{"status": 500}])
+    with pytest.raises(E.ServerError):
+        client.complete("east", HELLO, max_tokens=1)
+    wait_for(lambda: _engine(client, "east").circuit == "open", message="east's circuit to open")
+    served = {client.complete("shared-model", HELLO, max_tokens=2).deployment for _ in range(6)}
+    assert served == {"west"}  # east refused at once (CircuitOpen, nothing sent): west answered

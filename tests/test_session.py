@@ -103,7 +103,8 @@ def test_command_credential_is_refreshed_before_it_expires(gateway, mock, tmp_pa
     helper = tmp_path / "token-helper"
     helper.write_text(f"#!{sys.executable}\n"
                       "import json, pathlib\n"
-                      f"p = pathlib.Path({str(counter)!r}); n = int(p.read_text()) + 1; p.write_text(str(n))\n"
+                      f"p = pathlib.Path({str(counter)!r}); n = int(p.read_text()) + 1\n"
+                      "t = p.with_suffix('.tmp'); t.write_text(str(n)); t.replace(p)  # atomic for the test\n"
                       "print(json.dumps({'token': f'tok-{n:04d}-abcdefgh', 'expires_in': 1.0}))\n")
     helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
     node, client = gateway([deployment(mock.url, "d1", credentials={"command": [str(helper)],
