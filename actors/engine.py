@@ -95,7 +95,7 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
         self.outcomes: list[BreakerOutcome] = []
         self.view = BreakerView()
         self.tick_at: float | None = None
-        self.draining: tuple[Any, float] | None = None
+        self.draining: Any = None  # who asked for the drain; told once nothing is left
         self.stopping = False
         self.announced = False
         self.probe_token = ""
@@ -158,7 +158,7 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
             error = BadRequest(f"request_id {msg.request_id} is already in progress")
         if error is not None:
             return self._reject(msg, sender, error)
-        if self.draining or self.stopping:
+        if self.draining is not None or self.stopping:
             return self._reject(msg, sender, ShuttingDown("the engine is draining"))
         now_mono, now_unix = time.monotonic(), time.time()
         deadline = None
@@ -461,7 +461,7 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
         else:
             self.counters.failed += 1
         self.send(job.reply_to, message)
-        if self.draining and not self.jobs:
+        if self.draining is not None and not self.jobs:
             self._drained()
 
     def _fail(self, job: Job, error: InferenceError, chunks: int | None = None) -> None:
@@ -606,13 +606,12 @@ class RemoteEngineCoreActor(ActorTypeDispatcher):
             draining=self.draining is not None))
 
     def receiveMsg_Drain(self, msg: Drain, sender: Any) -> None:
-        self.draining = (sender, time.monotonic() + msg.timeout_s)
+        self.draining = sender  # the launcher bounds the wait; shutdown fails whatever is left
         if not self.jobs:
             self._drained()
 
     def _drained(self) -> None:
-        requester, _ = self.draining
-        self.send(requester, Drained(self.init.node, len(self.jobs)))
+        self.send(self.draining, Drained(self.init.node, len(self.jobs)))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self.stopping = True

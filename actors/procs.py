@@ -16,7 +16,11 @@ import time
 __all__ = ["listening_pids", "connected_pids", "admin_pgid", "pids_in_group", "kill_group", "port_is_listening", "wait_until"]
 
 
-def _listening_inodes(port: int) -> set[str]:
+LISTEN, ESTABLISHED = "0A", "01"  # /proc/net/tcp socket states
+
+
+def _socket_inodes(port: int, state: str) -> set[str]:
+    """Inodes of the TCP sockets in ``state`` whose local port is ``port``."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -24,9 +28,8 @@ def _listening_inodes(port: int) -> set[str]:
                 next(fh)
                 for line in fh:
                     fields = line.split()
-                    local, state, inode = fields[1], fields[3], fields[9]
-                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        inodes.add(inode)
+                    if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
         except OSError:
             continue
     return inodes
@@ -50,23 +53,13 @@ def _pids_with_inodes(inodes: set[str]) -> list[int]:
 
 def connected_pids(local_port: int) -> list[int]:
     """PIDs owning a connected TCP socket whose local port is ``local_port``."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as fh:
-                next(fh)
-                for line in fh:
-                    fields = line.split()
-                    if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == local_port:
-                        inodes.add(fields[9])
-        except OSError:
-            continue
+    inodes = _socket_inodes(local_port, ESTABLISHED)
     return _pids_with_inodes(inodes) if inodes else []
 
 
 def listening_pids(port: int) -> list[int]:
     """PIDs holding a listening TCP socket on ``port`` (any address)."""
-    inodes = _listening_inodes(port)
+    inodes = _socket_inodes(port, LISTEN)
     return _pids_with_inodes(inodes) if inodes else []
 
 

@@ -188,15 +188,19 @@ def test_non_retryable_error_is_not_retried(gateway, mock):
     assert mock.stats()["total"] == 1
 
 
+def _trip_breaker(client, mock, failures, status):
+    mock.script([{"status": status}] * failures)
+    for _ in range(failures):
+        with pytest.raises(E.ServerError):
+            client.complete("d1", HELLO)
+    wait_for(lambda: _engine(client).circuit == "open", message="the circuit to open")
+
+
 def test_breaker_opens_on_5xx_storm_and_closes_after_half_open_probe(gateway, mock, tmp_path):
     dep = deployment(mock.url, "d1", retry={"max_retries": 0},
                      breaker={"consecutive_failures": 3, "open_s": 1.0, "half_open_probes": 1})
     node, client = gateway([dep])
-    mock.script([{"status": 503}] * 3)
-    for _ in range(3):
-        with pytest.raises(E.ServerError):
-            client.complete("d1", HELLO)
-    wait_for(lambda: _engine(client).circuit == "open", message="the circuit to open")
+    _trip_breaker(client, mock, 3, 503)
     with pytest.raises(E.CircuitOpen) as info:
         client.complete("d1", HELLO)
     assert info.value.retry_at_unix_ms > info.value.opened_at_unix_ms
@@ -217,11 +221,8 @@ def test_failed_probe_reopens_the_circuit(gateway, mock):
     dep = deployment(mock.url, "d1", retry={"max_retries": 0},
                      breaker={"consecutive_failures": 2, "open_s": 0.5, "max_open_s": 10})
     node, client = gateway([dep])
-    mock.script([{"status": 500}] * 3)
-    for _ in range(2):
-        with pytest.raises(E.ServerError):
-            client.complete("d1", HELLO)
-    wait_for(lambda: _engine(client).circuit == "open", message="open")
+    _trip_breaker(client, mock, 2, 500)
+    mock.script([{"status": 500}])  # for the probe
     first = client.status().breakers[0]
     wait_for(lambda: time.time() * 1000 >= first.retry_at_unix_ms, timeout_s=5, message="open period")
     with pytest.raises(E.ServerError):
@@ -313,3 +314,19 @@ def test_a_model_served_by_two_deployments_falls_back_past_an_open_circuit(gatew
     wait_for(lambda: _engine(client, "east").circuit == "open", message="east's circuit to open")
     served = {client.complete("shared-model", HELLO, max_tokens=2).deployment for _ in range(6)}
     assert served == {"west"}  # east refused at once (CircuitOpen, nothing sent): west answered
+
+
+def test_drain_finishes_in_flight_work_and_refuses_new_work(gateway, mock):
+    node, client = gateway([deployment(mock.url, "d1", workers=1)])
+    results = {}
+    t = _slow_blocker(client, "d1", 800, results)
+    wait_for(lambda: _engine(client).busy_workers == 1, message="a request in flight")
+    drained = {}
+    drainer = threading.Thread(target=lambda: drained.setdefault("ok", node.drain(10)))
+    drainer.start()
+    wait_for(lambda: _engine(client).draining, message="the engine to drain")
+    with pytest.raises(E.ShuttingDown):
+        client.complete("d1", HELLO)
+    drainer.join(15)
+    t.join(15)
+    assert drained["ok"] is True and isinstance(results["blocker"], Completed)  # finished, then drained
