@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-from actors.config import load_config
+from actors.settings.loader import load_config
 from actors.errors import ConfigError, InferenceError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "demo.yaml")
@@ -45,7 +45,7 @@ def _keyring(secret_file: str | None = None, explicit: bool = False):
     """This process's cluster keys; the secret variables are then dropped from the environment,
     so no actor, credential command or other child process inherits them. An ``explicit``
     file (a command-line option) wins over the environment; a config's does not."""
-    from actors import wire
+    from actors.security import wire
 
     keyring = wire.load_keyring(secret_file, environ={}) if explicit and secret_file else wire.load_keyring(secret_file)
     for name in (wire.ENV_SECRET, wire.ENV_SECRET_PREVIOUS):
@@ -54,7 +54,7 @@ def _keyring(secret_file: str | None = None, explicit: bool = False):
 
 
 def run_node(args: argparse.Namespace) -> int:
-    from actors.system import start_node
+    from actors.ops.system import start_node
 
     config = load_config(args.config)
     keyring = _keyring(config.cluster.secret_file)
@@ -126,8 +126,9 @@ def _print_cluster(cluster) -> None:
 
 
 def status(args: argparse.Namespace) -> int:
-    from actors.client import GatewayClient, cluster_status_from
-    from actors.procs import port_is_listening
+    from actors.client import GatewayClient
+    from actors.ops.remote_status import cluster_status_from
+    from actors.ops.procs import port_is_listening
 
     keyring = _keyring(args.secret_file, explicit=True)
     if args.leader:
@@ -145,10 +146,10 @@ def status(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Start a node on the mock provider, stream a few answers through it, show status, stop."""
-    from actors import wire
+    from actors.security import wire
     from actors.client import GatewayClient
-    from actors.procs import port_is_listening
-    from actors.system import start_node
+    from actors.ops.procs import port_is_listening
+    from actors.ops.system import start_node
 
     config = load_config(args.config)
     # The demo's node and client live in this process: without a cluster secret they share
@@ -189,7 +190,7 @@ def demo(args: argparse.Namespace) -> int:
 
 def secret(args: argparse.Namespace) -> int:
     """Print (or write, mode 600) a new cluster key: ``KEYID:SECRET``."""
-    from actors import wire
+    from actors.security import wire
 
     line = wire.generate_key_line(args.key_id)
     if not args.out:

@@ -16,12 +16,12 @@ from typing import Any
 
 from thespian.actors import ActorSystem, InvalidActorAddress, PoisonMessage
 
-from . import wire
-from .errors import CircuitOpen, InferenceError, InternalError, NotFound, QueueFull, Timeout
-from .messages import (Cancel, ClusterStatus, ClusterStatusRequest, Completed, Failed, InferenceRequest, NodeStatus,
-                       Route, Routes, StatusRequest, TokenChunk)
-from .node import NODE_GLOBAL_NAME, NodeRegistry
-from .procs import port_is_listening
+from actors.security import wire
+from actors.errors import CircuitOpen, InferenceError, InternalError, NotFound, QueueFull, Timeout
+from actors.types import Cancel, Completed, Failed, InferenceRequest, TokenChunk
+from actors.runtime.protocol import ClusterStatus, ClusterStatusRequest, NodeStatus, Route, Routes, StatusRequest
+from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
+from actors.ops.procs import port_is_listening
 
 __all__ = ["GatewayClient", "Stream"]
 
@@ -266,76 +266,3 @@ class GatewayClient:
         if isinstance(terminal, Failed):
             raise terminal.error
         stream.result = terminal
-
-
-def cluster_status_from(leader: str, timeout_s: float = 20.0, advertise: str | None = None,
-                        keyring: Any = wire.FROM_ENVIRONMENT) -> ClusterStatus:
-    """Ask a cluster for its status from a host that runs no node of it.
-
-    Thespian clients talk to their *local* admin, so this starts a short-lived admin that
-    joins the leader's convention, places a LeaderLocator on the leader to find the
-    registrar, asks it, and shuts its admin down again.
-    """
-    import os
-    import socket
-
-    from .cluster import LeaderLocator
-    from .messages import Locate, RegistrarIs
-    from .procs import admin_pgid, kill_group, pids_in_group, wait_until
-
-    keyring = wire.resolve_keyring(keyring)
-    wire.require_secret(keyring, "a status client joining the convention",
-                        {"leader": leader.rpartition(":")[0], "advertised address": advertise})
-    wire.install(keyring)  # before the short-lived admin is forked from this process
-    if advertise:
-        os.environ["THESPIAN_BASE_IPADDR"] = advertise
-    with socket.socket() as probe:
-        probe.bind(("", 0))
-        port = probe.getsockname()[1]
-    asys = ActorSystem("multiprocTCPBase", {"Admin Port": port, "Convention Address.IPv4": leader,
-                                            "atomr-client": True}, transientUnique=True)
-    pgid = admin_pgid(port)
-    try:
-        deadline = time.monotonic() + timeout_s
-        located = None
-        while located is None and time.monotonic() < deadline:
-            try:
-                located = asys.ask(asys.createActor(LeaderLocator), Locate(), 3)
-            except Exception:  # noqa: BLE001 - not joined yet: Thespian finds no leader to place it on
-                located = None
-            if not isinstance(located, RegistrarIs):
-                located = None
-                time.sleep(0.2)
-        if located is None:
-            raise InternalError(f"could not reach the leader at {leader} within {timeout_s:g}s")
-        reply = asys.ask(located.registrar, ClusterStatusRequest(), max(1.0, deadline - time.monotonic()))
-        if not isinstance(reply, ClusterStatus):
-            raise InternalError(f"the registrar at {leader} did not answer")
-        return reply
-    finally:
-        asys.shutdown()
-        if pgid is not None and not wait_until(lambda: not pids_in_group(pgid), 10):
-            kill_group(pgid)
-
-
-def open_loop(client: GatewayClient, model: str, rate_per_s: float, seconds: float, results: list,
-              deadline_s: float = 0.5, drain_s: float = 5.0) -> int:
-    """Offer ``rate_per_s`` one-token requests for ``seconds`` whatever comes back (open loop),
-    appending every terminal to ``results``; for load tests and benchmarks. Returns how many were sent."""
-    endpoint = client._endpoint()
-    engine = client.routes(model)[0].engine
-    start, sent, pending = time.monotonic(), 0, set()
-    while time.monotonic() - start < seconds or (pending and time.monotonic() - start < seconds + drain_s):
-        elapsed = time.monotonic() - start
-        if elapsed < seconds and sent < elapsed * rate_per_s:
-            request = InferenceRequest(model=model, messages=[{"role": "user", "content": "hi"}],
-                                       params={"max_tokens": 1}, deadline_unix=time.time() + deadline_s)
-            endpoint.tell(engine, request)
-            pending.add(request.request_id)
-            sent += 1
-            continue
-        reply = endpoint.listen(0.005)
-        if isinstance(reply, (Completed, Failed)) and reply.request_id in pending:
-            pending.discard(reply.request_id)
-            results.append(reply)
-    return sent

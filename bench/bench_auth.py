@@ -47,8 +47,8 @@ if __name__ == "__main__":
 
 from thespian.actors import Actor, ActorExitRequest, ActorSystem  # noqa: E402
 
-from actors import wire  # noqa: E402
-from actors.messages import Completed, InferenceRequest, TokenChunk, Usage  # noqa: E402
+from actors.security import wire  # noqa: E402
+from actors.types import Completed, InferenceRequest, TokenChunk, Usage  # noqa: E402
 
 MODES = ("off", "allow-list", "signed")
 MESSAGES = [{"role": "user", "content": "Benchmark prompt with a few words in it, about a sentence long."}]
@@ -137,7 +137,7 @@ class Bare:
     """One bare actor system in ``mode``: an echo actor, and ``pairs`` sender/receiver pairs."""
 
     def __init__(self, mode: str, port: int, pairs: int = 4) -> None:
-        from actors.procs import admin_pgid
+        from actors.ops.procs import admin_pgid
 
         install_mode(mode)
         self.mode, self.port = mode, port
@@ -174,7 +174,7 @@ class Bare:
         return n * len(self.pairs) / (time.perf_counter() - t0)
 
     def stop(self) -> None:
-        from actors.procs import kill_group, pids_in_group, wait_until
+        from actors.ops.procs import kill_group, pids_in_group, wait_until
 
         install_mode(self.mode)
         self.asys.shutdown()
@@ -187,8 +187,8 @@ class Gateway:
 
     def __init__(self, mode: str, port: int, hooks: _ModeInstall, mock_url: str, threads: int) -> None:
         from actors.client import GatewayClient
-        from actors.config import parse_config
-        from actors.system import start_node
+        from actors.settings.loader import parse_config
+        from actors.ops.system import start_node
 
         hooks.mode = self.mode = mode
         config = parse_config({"node": {"admin_port": port, "name": f"bench-{mode}", "log_level": "WARNING"},
@@ -245,8 +245,8 @@ def main() -> int:
     os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
     os.environ.pop(wire.ENV_SECRET, None)
     logging.getLogger("atomr").setLevel(logging.ERROR)  # the "no cluster secret" warnings of two modes
-    from actors.mock_provider import MockProcess
-    from actors.procs import port_is_listening
+    from actors.testing.mock_provider import MockProcess
+    from actors.ops.procs import port_is_listening
 
     ports = iter(p for p in range(19800, 19990) if not port_is_listening(p))
     hooks = _ModeInstall()

@@ -31,13 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
-from actors.client import GatewayClient, open_loop  # noqa: E402
-from actors.config import parse_config  # noqa: E402
+from actors.client import GatewayClient
+from actors.testing.load import open_loop  # noqa: E402
+from actors.settings.loader import parse_config  # noqa: E402
 from actors.errors import LeaderUnavailable  # noqa: E402
-from actors.messages import Completed, Failed, LimiterDelta, LimiterStateRequest  # noqa: E402
-from actors.mock_provider import MockProcess  # noqa: E402
-from actors.procs import port_is_listening  # noqa: E402
-from actors.system import start_node  # noqa: E402
+from actors.types import Completed, Failed
+from actors.runtime.protocol import LimiterDelta, LimiterStateRequest  # noqa: E402
+from actors.testing.mock_provider import MockProcess  # noqa: E402
+from actors.ops.procs import port_is_listening  # noqa: E402
+from actors.ops.system import start_node  # noqa: E402
 
 HI = [{"role": "user", "content": "hi"}]
 

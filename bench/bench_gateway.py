@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # proto_actors, imported by the actor processes too
 
 from actors.client import GatewayClient  # noqa: E402
-from actors.config import parse_config  # noqa: E402
-from actors.mock_provider import MockProcess  # noqa: E402
-from actors.procs import port_is_listening  # noqa: E402
-from actors.runner import StreamAccumulator  # noqa: E402
+from actors.settings.loader import parse_config  # noqa: E402
+from actors.testing.mock_provider import MockProcess  # noqa: E402
+from actors.ops.procs import port_is_listening  # noqa: E402
+from actors.providers.base import StreamAccumulator  # noqa: E402
 from actors.providers import make_runner  # noqa: E402
-from actors.messages import InferenceRequest  # noqa: E402
-from actors.system import start_node  # noqa: E402
+from actors.types import InferenceRequest  # noqa: E402
+from actors.ops.system import start_node  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Benchmark prompt with a few words in it"}]
 

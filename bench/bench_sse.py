@@ -1,4 +1,4 @@
-"""Throughput of actors.sse against sseclient-py on an OpenAI-style token stream.
+"""Throughput of actors.core.sse against sseclient-py on an OpenAI-style token stream.
 
 Usage: python bench/bench_sse.py [--mb 20] [--repeat 5] [--chunk 1024]
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sseclient  # noqa: E402
 
-from actors.sse import decode_sse_stream  # noqa: E402
+from actors.core.sse import decode_sse_stream  # noqa: E402
 
 _PIECES = [
     "Hello", " world", ",", " the", " quick", " brown", " fox", " jumps", " über",
@@ -87,7 +87,7 @@ def main() -> None:
 
     body = build_stream(args.mb)
     chunks = split(body, args.chunk)
-    contestants = {"actors.sse": run_ours, "sseclient-py": run_sseclient}
+    contestants = {"actors.core.sse": run_ours, "sseclient-py": run_sseclient}
     times: dict[str, list[float]] = {name: [] for name in contestants}
     results: dict[str, list[str]] = {}
     for _ in range(args.repeat):
@@ -95,7 +95,7 @@ def main() -> None:
             elapsed, results[name] = timed(fn, chunks)
             times[name].append(elapsed)
 
-    ours, theirs = results["actors.sse"], results["sseclient-py"]
+    ours, theirs = results["actors.core.sse"], results["sseclient-py"]
     if ours != theirs:
         sys.exit(f"MISMATCH: the decoders disagree ({len(ours)} vs {len(theirs)} events)")
 
@@ -112,8 +112,8 @@ def main() -> None:
             f"  {mb / best[name]:6.1f} / {mb / median[name]:6.1f} MB/s"
             f"  {len(ours) / best[name]:>9,.0f} / {len(ours) / median[name]:>9,.0f} events/s"
         )
-    speedup_best = best["sseclient-py"] / best["actors.sse"]
-    speedup_median = median["sseclient-py"] / median["actors.sse"]
+    speedup_best = best["sseclient-py"] / best["actors.core.sse"]
+    speedup_median = median["sseclient-py"] / median["actors.core.sse"]
     print(f"  speed-up      {speedup_best:.2f}x / {speedup_median:.2f}x")
 
 

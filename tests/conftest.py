@@ -17,6 +17,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Shared CI machines stall for hundreds of milliseconds at times: property tests check
+# behaviour, never speed, so no per-example deadline.
+hypothesis_settings.register_profile("atomr", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("atomr")
 
 RUN_MARK = f"atomr-test-{uuid.uuid4().hex[:12]}"
 os.environ["ATOMR_TEST_RUN"] = RUN_MARK
@@ -26,7 +32,7 @@ os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", "0:02")
 os.environ.setdefault("CONVENTION_RESTART_PERIOD", "0:02")
 os.environ["THESPLOG_FILE"] = f"/tmp/{RUN_MARK}-thespian.log"
 # Every node and client of the run (and every process they start) signs its messages with
-# this run's own cluster key, so the whole suite runs with authentication on (actors/wire.py).
+# this run's own cluster key, so the whole suite runs with authentication on (actors/security/).
 for _name in ("ATOMR_CLUSTER_SECRET_PREVIOUS", "ATOMR_CLUSTER_SECRET_FILE"):
     os.environ.pop(_name, None)
 TEST_KEY_LINE = f"test-run:{secrets.token_urlsafe(32)}"
@@ -35,7 +41,7 @@ os.environ["ATOMR_CLUSTER_SECRET"] = TEST_KEY_LINE
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.procs import port_is_listening, listening_pids  # noqa: E402
+from actors.ops.procs import port_is_listening, listening_pids  # noqa: E402
 
 # Below the ephemeral range (32768+), so no client socket can be sitting on our ports.
 _ports = itertools.count(21000 + (os.getpid() % 400) * 20, 3)
@@ -94,7 +100,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def mock():
-    from actors.mock_provider import MockProcess
+    from actors.testing.mock_provider import MockProcess
 
     process = MockProcess()
     try:
@@ -107,8 +113,8 @@ def mock():
 def gateway(tmp_path, request):
     """Factory: gateway(deployments=[...], **node) -> (node, client); all stopped at teardown."""
     from actors.client import GatewayClient
-    from actors.config import parse_config
-    from actors.system import start_node
+    from actors.settings.loader import parse_config
+    from actors.ops.system import start_node
 
     started = []
 

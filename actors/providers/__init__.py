@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-from ..config import DeploymentConfig
-from ..errors import ConfigError
-from ..runner import ModelRunner
+from actors.settings.schema import DeploymentConfig
+from actors.errors import ConfigError
+from actors.providers.base import ModelRunner
 
 __all__ = ["make_runner", "runner_class"]
 

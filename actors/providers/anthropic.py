@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..credentials import Secret
-from ..messages import InferenceRequest
-from ..runner import (Delta, HttpRequest, SseRunner, fold_turns, function_tools, loads_json, object_tool_call,
-                      renamed_params, split_system, text_of, tool_arguments, tool_choice, tool_index)
-from ..sse import SseChunk
+from actors.core.credentials import Secret
+from actors.types import InferenceRequest
+from actors.providers.base import (Delta, HttpRequest, SseRunner, fold_turns, function_tools, loads_json, object_tool_call, renamed_params, split_system, text_of, tool_arguments, tool_choice, tool_index)
+from actors.core.sse import SseChunk
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
           "tool_use": "tool_calls", "refusal": "content_filter"}

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from ..credentials import Secret
-from ..errors import AuthenticationError, StreamError
-from ..runner import json_or_none
+from actors.core.credentials import Secret
+from actors.errors import AuthenticationError, StreamError
+from actors.providers.base import json_or_none
 
 __all__ = ["AwsCredentials", "aws_credentials", "amz_date", "sign_v4", "EventStreamDecoder", "encode_event"]
 

@@ -11,15 +11,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from ..classify import header
-from ..credentials import Secret
-from ..errors import (AuthenticationError, BadRequest, ConfigError, InferenceError, NotFound, Overloaded,
-                      PermissionDenied, RateLimited, ServerError, StreamError, Timeout)
-from ..messages import InferenceRequest
-from ..runner import (Delta, FramedStream, HttpRequest, ModelRunner, StreamDecoder, bare_message, bare_message_error,
-                      fold_turns, function_tools, loads_json, object_tool_call, plain_text, renamed_params,
-                      split_system, tool_arguments, tool_choice, tool_index)
-from .aws import EventStreamDecoder, amz_date, aws_credentials, sign_v4
+from actors.core.classify import header
+from actors.core.credentials import Secret
+from actors.errors import (AuthenticationError, BadRequest, ConfigError, InferenceError, NotFound, Overloaded, PermissionDenied, RateLimited, ServerError, StreamError, Timeout)
+from actors.types import InferenceRequest
+from actors.providers.base import (Delta, FramedStream, HttpRequest, ModelRunner, StreamDecoder, bare_message, bare_message_error, fold_turns, function_tools, loads_json, object_tool_call, plain_text, renamed_params, split_system, tool_arguments, tool_choice, tool_index)
+from actors.providers.aws import EventStreamDecoder, amz_date, aws_credentials, sign_v4
 
 PROVIDER = "bedrock"
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",

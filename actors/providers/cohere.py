@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..classify import redact
-from ..credentials import Secret
-from ..errors import InferenceError, ServerError, StreamError
-from ..messages import InferenceRequest
-from ..runner import (Delta, HttpRequest, SseRunner, bare_message, bare_message_error, function_tools, loads_json,
-                      plain_text, renamed_params, tool_choice, tool_index)
-from ..sse import SseChunk
-from .openai import tool_call_deltas
+from actors.core.classify import redact
+from actors.core.credentials import Secret
+from actors.errors import InferenceError, ServerError, StreamError
+from actors.types import InferenceRequest
+from actors.providers.base import (Delta, HttpRequest, SseRunner, bare_message, bare_message_error, function_tools, loads_json, plain_text, renamed_params, tool_choice, tool_index)
+from actors.core.sse import SseChunk
+from actors.providers.openai import tool_call_deltas
 
 PROVIDER = "cohere"
 FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_calls",

@@ -12,12 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from ..credentials import Secret
-from ..errors import BadRequest, ConfigError, ContentFiltered, InferenceError
-from ..messages import InferenceRequest
-from ..runner import (Delta, HttpRequest, SseRunner, fold_turns, function_tools, json_or_none, loads_json,
-                      object_tool_call, plain_text, renamed_params, split_system, tool_arguments, tool_choice)
-from ..sse import SseChunk
+from actors.core.credentials import Secret
+from actors.errors import BadRequest, ConfigError, ContentFiltered, InferenceError
+from actors.types import InferenceRequest
+from actors.providers.base import (Delta, HttpRequest, SseRunner, fold_turns, function_tools, json_or_none, loads_json, object_tool_call, plain_text, renamed_params, split_system, tool_arguments, tool_choice)
+from actors.core.sse import SseChunk
 
 PROVIDER = "gemini"
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",

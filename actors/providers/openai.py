@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from ..credentials import Secret
-from ..errors import ConfigError
-from ..messages import InferenceRequest
-from ..runner import Delta, HttpRequest, SseRunner, loads_json
-from ..sse import SseChunk
+from actors.core.credentials import Secret
+from actors.errors import ConfigError
+from actors.types import InferenceRequest
+from actors.providers.base import Delta, HttpRequest, SseRunner, loads_json
+from actors.core.sse import SseChunk
 
 # Generation parameters passed through unchanged when the caller sets them.
 PASS_THROUGH = ("temperature", "top_p", "stop", "tools", "tool_choice", "seed", "presence_penalty",

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..classify import classify_error_body, redact
-from ..credentials import Secret
-from ..errors import BadRequest, InferenceError, ServerError, StreamError, Timeout
-from ..messages import InferenceRequest
-from ..runner import (Delta, HttpRequest, function_tools, loads_json, plain_text, split_system, tool_choice,
-                      tool_index)
-from ..sse import SseChunk
-from .openai import OpenAIChatRunner, usage_fields
+from actors.core.classify import classify_error_body, redact
+from actors.core.credentials import Secret
+from actors.errors import BadRequest, InferenceError, ServerError, StreamError, Timeout
+from actors.types import InferenceRequest
+from actors.providers.base import (Delta, HttpRequest, function_tools, loads_json, plain_text, split_system, tool_choice, tool_index)
+from actors.core.sse import SseChunk
+from actors.providers.openai import OpenAIChatRunner, usage_fields
 
 PROVIDER = "openai_responses"
 # Raw finish values: the response status, or for an incomplete response the reason it stopped.

@@ -1,0 +1,365 @@
+"""Requests-per-minute and tokens-per-minute arithmetic over per-window GCounters.
+
+Windows are aligned on wall-clock time (``floor(unix_time / window_s)``), so every node
+agrees on which window a moment belongs to without talking. Each window keeps four
+GCounters, all mergeable across the cluster: requests and tokens granted, and requests
+and tokens refunded (a GCounter cannot go down, so reconciliation below an estimate is
+recorded as a refund). Spent = granted - refunded. Only the current and the previous
+window are kept.
+
+``burst`` paces a window: without it the whole budget may be spent at the window's
+start (and twice across a boundary); with it, at a fraction ``f`` of the way through a
+window at most ``limit * min(1, burst + f)`` may have been spent, i.e. the budget
+refills linearly like a token bucket whose depth is ``burst * limit``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from actors.errors import BudgetExceeded
+from actors.core.gcounter import GCounter
+
+__all__ = ["RateLimits", "Reservation", "WindowedLimiter", "WindowUsage", "estimate_tokens", "COUNTERS"]
+
+COUNTERS = ("requests", "tokens", "requests_refunded", "tokens_refunded")
+RETAINED_WINDOWS = 2
+LAG_MEMORY_S = 5.0     # how long an observed propagation delay keeps counting
+LAG_MARGIN_S = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    rpm: int | None = None
+    tpm: int | None = None
+    burst: float | None = None
+    window_s: float = 60.0
+    # How the cluster enforces it: GCounter deltas between nodes (fast, may overshoot by
+    # about one sync interval of traffic) or one exact limiter on the convention leader.
+    mode: Literal["approximate", "strict"] = "approximate"
+    # Deployments naming the same key share one budget (default: the deployment name).
+    key: str | None = None
+    # Strict mode only, when the leader cannot be reached: refuse, or admit against
+    # this node's share (budget / nodes) until it is back.
+    leader_unavailable: Literal["fail", "local_share"] = "fail"
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 when set")
+        if self.burst is not None and not 0 < self.burst <= 1:
+            raise ValueError("burst must be in (0, 1]")
+        if self.window_s <= 0:
+            raise ValueError("window_s must be > 0")
+        if self.mode not in ("approximate", "strict"):
+            raise ValueError("mode must be approximate or strict")
+        if self.leader_unavailable not in ("fail", "local_share"):
+            raise ValueError("leader_unavailable must be fail or local_share")
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rpm is None and self.tpm is None
+
+    def allowed(self, limit: int, fraction_elapsed: float) -> float:
+        if self.burst is None:
+            return float(limit)
+        return limit * min(1.0, self.burst + fraction_elapsed)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one admitted request holds: reconciled or released exactly once."""
+
+    window: int
+    requests: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUsage:
+    window: int
+    window_start_unix: float
+    requests: int
+    tokens: int
+    rpm: int | None
+    tpm: int | None
+
+
+def estimate_tokens(messages: Iterable[Mapping] | str, max_output_tokens: int | None,
+                    default_output_tokens: int = 256) -> int:
+    """A cheap upper-leaning estimate for reservation: ~4 characters per token, plus output.
+
+    Reservations are reconciled with reported usage, so this only needs to be in the
+    right ballpark and never zero.
+    """
+    if isinstance(messages, str):
+        chars = len(messages)
+    else:
+        chars = 0
+        for message in messages:
+            content = message.get("content", "")
+            chars += len(content) if isinstance(content, str) else len(str(content))
+            chars += 16  # role and framing tokens
+    output = max_output_tokens if max_output_tokens is not None else default_output_tokens
+    return max(1, math.ceil(chars / 4) + max(0, output))
+
+
+class WindowedLimiter:
+    """One deployment's budget as seen by one node, mergeable with every other node's."""
+
+    def __init__(self, node: str, limits: RateLimits, wall_clock: Callable[[], float] = time.time,
+                 sync_interval_s: float = 0.05, rand: Callable[[], float] = random.random,
+                 exclusive: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        self.node = node
+        self._rand = rand
+        # An exclusive limiter is the only one admitting (the strict singleton): no shares.
+        self.exclusive = exclusive
+        self.limits = limits
+        self.sync_interval_s = sync_interval_s
+        self._wall = wall_clock
+        self._windows: dict[int, dict[str, GCounter]] = {}
+        self._clock = clock
+        # What this slot admitted recently enough that other slots may not have seen it
+        # yet. How recent that is gets measured, not assumed: every delta carries the time
+        # of its oldest admission, and the age at which deltas arrive here is how stale
+        # views get in this cluster, under this load (the way back is as long).
+        self.sync_interval_s = sync_interval_s
+        self.unpublished_since: float | None = None  # wall time of the oldest admission not yet in a delta
+        self._lags: deque[tuple[float, float]] = deque()  # (arrival, age), the last LAG_MEMORY_S
+        self._recent: deque[tuple[float, int, int, int]] = deque()  # (time, window, requests, tokens)
+
+    # -- windows ---------------------------------------------------------------------
+
+    def _window_at(self, now: float) -> tuple[int, float]:
+        window_s = self.limits.window_s
+        index = math.floor(now / window_s)
+        return index, (now - index * window_s) / window_s
+
+    def _counters(self, window: int) -> dict[str, GCounter] | None:
+        current, _ = self._window_at(self._wall())
+        if window <= current - RETAINED_WINDOWS or window > current + 1:
+            return None  # too old to matter, or from a node whose clock is far ahead
+        counters = self._windows.get(window)
+        if counters is None:
+            counters = self._windows[window] = {name: GCounter() for name in COUNTERS}
+            self._drop_old_windows(current)
+        return counters
+
+    def _drop_old_windows(self, current: int) -> None:
+        for old in [w for w in self._windows if w <= current - RETAINED_WINDOWS]:
+            del self._windows[old]
+
+    def _spent(self, window: int) -> tuple[int, int]:
+        counters = self._windows.get(window)
+        if counters is None:
+            return 0, 0
+        return (counters["requests"].value - counters["requests_refunded"].value,
+                counters["tokens"].value - counters["tokens_refunded"].value)
+
+    # -- admission -------------------------------------------------------------------
+
+    def try_acquire(self, tokens: int, requests: int = 1) -> Reservation | BudgetExceeded:
+        """Admit against the merged cluster view, or say why not and when to come back."""
+        now = self._wall()
+        window, elapsed = self._window_at(now)
+        limits = self.limits
+        for name, limit, cost in (("rpm", limits.rpm, requests), ("tpm", limits.tpm, tokens)):
+            if limit is not None and cost > limit:
+                return BudgetExceeded(f"one request needs {cost} against a {name} budget of {limit}",
+                                      limit=name, retryable=False)
+        spent_requests, spent_tokens = self._spent(window)
+        participants = 1 if self.exclusive else self.participants(window)
+        recent_requests, recent_tokens = self._recent_spend(window) if participants > 1 else (0, 0)
+        checks = (("rpm", limits.rpm, spent_requests, requests, recent_requests),
+                  ("tpm", limits.tpm, spent_tokens, tokens, recent_tokens))
+        for name, limit, spent, cost, recent in checks:
+            if limit is None:
+                continue
+            allowed = limits.allowed(limit, elapsed)
+            if spent + cost > allowed:
+                wait = self._wait_for(limit, spent, cost, elapsed)
+                return BudgetExceeded(f"{name} budget spent in this window ({spent}/{limit})",
+                                      limit=name, retry_after_s=wait)
+            # Every slot may be admitting on a view that misses what the others admitted
+            # in the last ``staleness_s``. If each slot takes at most an equal share of
+            # what was left before that, together they stay within the budget. A share
+            # smaller than one request is taken with the matching probability, so the
+            # tail is neither starved nor overrun on average.
+            if participants > 1:
+                share = (allowed - (spent - recent)) / participants
+                if recent + cost > share and (recent or self._rand() * cost >= share):
+                    return BudgetExceeded(f"{name}: this node's share of the rest of the window is taken "
+                                          f"until the next sync", limit=name, retry_after_s=self.sync_interval_s)
+        self.record(tokens, requests, window)
+        return Reservation(window, requests, tokens)
+
+    def record(self, tokens: int, requests: int = 1, window: int | None = None) -> Reservation:
+        """Count spend without checking it (e.g. a strict limiter's grant mirrored here)."""
+        if window is None:
+            window = self._window_at(self._wall())[0]
+        counters = self._counters(window)
+        assert counters is not None
+        counters["requests"].increment(self.node, requests)
+        counters["tokens"].increment(self.node, tokens)
+        if self.unpublished_since is None:
+            self.unpublished_since = self._wall()
+        now = self._clock()
+        if self._recent and now - self._recent[0][0] > 2 * LAG_MEMORY_S:
+            self._forget_before(now - self.staleness_s)
+        self._recent.append((now, window, requests, tokens))
+        return Reservation(window, requests, tokens)
+
+    def _forget_before(self, horizon: float) -> None:
+        recent = self._recent
+        while recent and recent[0][0] <= horizon:
+            recent.popleft()
+
+    def _recent_spend(self, window: int) -> tuple[int, int]:
+        self._forget_before(self._clock() - self.staleness_s)
+        recent = self._recent
+        return (sum(r for _, w, r, _ in recent if w == window), sum(t for _, w, _, t in recent if w == window))
+
+    def participants(self, window: int | None = None) -> int:
+        """Slots that spent from this budget in this or the previous window (this one included)."""
+        if window is None:
+            window = self._window_at(self._wall())[0]
+        slots = {self.node}
+        for w in (window, window - 1):
+            counters = self._windows.get(w)
+            if counters is not None:
+                slots.update(n for n in counters["requests"].nodes() if counters["requests"].get(n))
+        return len(slots)
+
+    def _wait_for(self, limit: int, spent: int, cost: int, elapsed: float) -> float:
+        """Seconds until ``cost`` more fits, assuming nobody else spends meanwhile."""
+        window_s = self.limits.window_s
+        burst = self.limits.burst
+        if burst is not None:
+            needed_fraction = (spent + cost) / limit - burst
+            if needed_fraction <= 1:
+                return max(0.0, (needed_fraction - elapsed) * window_s)
+        return (1 - elapsed) * window_s
+
+    def reconcile(self, reservation: Reservation, actual_tokens: int) -> None:
+        """Replace the reserved estimate with what the provider reported."""
+        diff = actual_tokens - reservation.tokens
+        if diff == 0:
+            return
+        counters = self._counters(reservation.window)
+        if counters is None:
+            if diff < 0:
+                return  # the window is gone; a refund there cannot matter any more
+            counters = self._counters(self._window_at(self._wall())[0])
+            assert counters is not None
+        if diff > 0:
+            counters["tokens"].increment(self.node, diff)
+        else:
+            counters["tokens_refunded"].increment(self.node, -diff)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose request never reached the provider."""
+        counters = self._counters(reservation.window)
+        if counters is not None:
+            counters["requests_refunded"].increment(self.node, reservation.requests)
+            counters["tokens_refunded"].increment(self.node, reservation.tokens)
+
+    # -- cluster sync ----------------------------------------------------------------
+
+    def take_delta(self) -> dict[int, dict[str, dict[str, int]]]:
+        """This node's changes since the last call: {window: {counter: {node: absolute}}}."""
+        self.unpublished_since = None
+        delta: dict[int, dict[str, dict[str, int]]] = {}
+        for window, counters in self._windows.items():
+            changed = {name: d for name, counter in counters.items() if (d := counter.take_delta())}
+            if changed:
+                delta[window] = changed
+        return delta
+
+    def state(self) -> dict[int, dict[str, dict[str, int]]]:
+        """Full state, for a node that joins late or missed deltas."""
+        self._drop_old_windows(self._window_at(self._wall())[0])
+        return {window: {name: counter.state() for name, counter in counters.items()}
+                for window, counters in self._windows.items()}
+
+    @property
+    def staleness_s(self) -> float:
+        """How long another slot may go without seeing an admission of ours."""
+        horizon = self._clock() - LAG_MEMORY_S
+        while self._lags and self._lags[0][0] < horizon:
+            self._lags.popleft()
+        worst = max((lag for _, lag in self._lags), default=2 * self.sync_interval_s)
+        # Doubled: delays grow under load faster than the last few seconds can show.
+        return 2 * max(worst, self.sync_interval_s) + LAG_MARGIN_S
+
+    def merge(self, delta: Mapping[int, Mapping[str, Mapping[str, int]]], sent_unix: float | None = None) -> None:
+        """Merge another slot's (or a hub's) counts; ``sent_unix``: when the oldest of them was admitted."""
+        if sent_unix is not None:
+            self._lags.append((self._clock(), max(0.0, self._wall() - sent_unix)))
+        for window, named in delta.items():
+            counters = self._counters(int(window))
+            if counters is None:
+                continue
+            for name, counts in named.items():
+                counter = counters.get(name)
+                if counter is not None:
+                    counter.merge_state(counts)
+
+    def usage(self) -> WindowUsage:
+        window, _ = self._window_at(self._wall())
+        requests, tokens = self._spent(window)
+        return WindowUsage(window, window * self.limits.window_s, requests, tokens,
+                           self.limits.rpm, self.limits.tpm)
+
+
+class StrictLedger:
+    """Exact admission for one budget: a single decider that tracks every reservation until settled.
+
+    A reservation whose request never reports back (its engine or node died) is dropped
+    from the ledger after ``reservation_ttl_s`` and its estimate stays charged: the request
+    may well have reached the provider, and a hard cap must not be exceeded on a guess.
+    """
+
+    def __init__(self, limits: RateLimits, reservation_ttl_s: float = 660.0,
+                 wall_clock: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limiter = WindowedLimiter("strict", limits, wall_clock, exclusive=True)
+        self.reservation_ttl_s = reservation_ttl_s
+        self._clock = clock
+        self.outstanding: dict[str, tuple[Reservation, float]] = {}
+
+    def acquire(self, reservation_id: str, tokens: int, requests: int = 1) -> Reservation | BudgetExceeded:
+        if reservation_id in self.outstanding:
+            return self.outstanding[reservation_id][0]  # a retried ask: grant it once
+        verdict = self.limiter.try_acquire(tokens, requests)
+        if isinstance(verdict, Reservation):
+            self.outstanding[reservation_id] = (verdict, self._clock() + self.reservation_ttl_s)
+        return verdict
+
+    def settle(self, reservation_id: str, actual_tokens: int | None, sent: bool) -> bool:
+        """Reconcile with reported usage, or release what never reached the provider."""
+        entry = self.outstanding.pop(reservation_id, None)
+        if entry is None:
+            return False
+        reservation, _ = entry
+        if not sent:
+            self.limiter.release(reservation)
+        elif actual_tokens is not None:
+            self.limiter.reconcile(reservation, actual_tokens)
+        return True
+
+    def expire(self) -> int:
+        now = self._clock()
+        expired = [rid for rid, (_, deadline) in self.outstanding.items() if deadline <= now]
+        for rid in expired:
+            del self.outstanding[rid]
+        return len(expired)
+
+    def seed(self, state: Mapping[int, Mapping[str, Mapping[str, int]]]) -> None:
+        """Start from the cluster's view of the window (after a leader restart)."""
+        self.limiter.merge(state)

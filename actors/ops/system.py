@@ -1,0 +1,209 @@
+"""Starting and stopping one gateway node: its Thespian admin, its actors and (for demos) the mock provider.
+
+Used by ``launch.py`` and by the tests, so both exercise the same bring-up and the same
+shutdown, including the forced clean-up of anything Thespian leaves behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from thespian.actors import ActorSystem, PoisonMessage
+
+from actors.security import wire
+from actors.runtime.cluster import LEADER_CAPABILITY
+from actors.settings.schema import MOCK_ENDPOINT, GatewayConfig
+from actors.errors import ConfigError, InternalError
+from actors.runtime.protocol import Deploy, Deployed, Drain, Drained
+from actors.testing.mock_provider import MockProvider
+from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
+from actors.ops.procs import admin_pgid, kill_group, listening_pids, pids_in_group, port_is_listening, wait_until
+
+log = logging.getLogger("atomr.system")
+
+# Where each provider's API lives under the mock server's root.
+MOCK_PATHS = {"gemini": "/v1beta", "cohere": "/v2", "bedrock": ""}
+
+
+def mock_endpoint(mock_url: str, provider: str) -> str:
+    return mock_url + MOCK_PATHS.get(provider, "/v1")
+
+
+def resolve_mock_endpoints(config: GatewayConfig, mock_url: str) -> GatewayConfig:
+    deployments = [d.with_endpoint(mock_endpoint(mock_url, d.provider)) if d.endpoint == MOCK_ENDPOINT else d
+                   for d in config.deployments]
+    return dataclasses.replace(config, deployments=deployments)
+
+
+def thespian_environment(advertise: str | None, log_dir: str, reregistration_s: int) -> None:
+    """Thespian reads these when its admin module is first imported, so set them before any system starts."""
+    if advertise:
+        os.environ["THESPIAN_BASE_IPADDR"] = advertise
+    else:
+        os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
+    minutes, seconds = divmod(int(reregistration_s), 60)
+    os.environ.setdefault("CONVENTION_REREGISTRATION_PERIOD", f"{minutes}:{seconds:02d}")
+    os.environ.setdefault("CONVENTION_RESTART_PERIOD", f"{minutes}:{seconds:02d}")
+    os.environ.setdefault("THESPLOG_FILE", os.path.join(log_dir, "thespian-internal.log"))
+    os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
+
+
+class ShutdownNoiseFilter(logging.Filter):
+    """Drops Thespian's report of stale pending creations failing at shutdown.
+
+    A member's admin never clears its record of an actor it asked the leader to create
+    (our LeaderLocator; see cluster.py), so at shutdown Thespian fails each such record
+    with ERROR "Pending Actor create ... failed (3585)" (0xe01: shutting down). Nothing
+    is wrong then, and an ERROR line per node stop would page someone for nothing.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Pending Actor create for") and "failed (3585)" in message)
+
+
+def log_definitions(log_file: str | None, level: str, console: bool = True) -> dict[str, Any]:
+    handlers: dict[str, Any] = {}
+    if console:
+        handlers["console"] = {"class": "logging.StreamHandler", "formatter": "plain", "level": level,
+                               "filters": ["shutdown-noise"]}
+    if log_file:
+        handlers["file"] = {"class": "logging.FileHandler", "filename": log_file, "formatter": "plain",
+                            "level": level, "filters": ["shutdown-noise"]}
+    return {
+        "version": 1,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
+        "filters": {"shutdown-noise": {"()": "actors.ops.system.ShutdownNoiseFilter"}},
+        "handlers": handlers,
+        "loggers": {"atomr": {"level": level, "handlers": list(handlers), "propagate": False},
+                    "urllib3": {"level": "WARNING"}},
+        "root": {"level": "WARNING", "handlers": list(handlers)},
+    }
+
+
+@dataclass
+class Node:
+    """A running node, owned by the process that started it."""
+
+    asys: Any
+    admin_port: int
+    registry: Any
+    config: GatewayConfig
+    name: str
+    pgid: int | None
+    mock: MockProvider | None = None
+    killed: bool = False
+    wire: str = ""          # how this node's messages are protected (wire.describe)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the node at once, as a crash would (for failure tests)."""
+        self.killed = True
+        if self.pgid is not None:
+            kill_group(self.pgid)
+            wait_until(lambda: not pids_in_group(self.pgid), 5)
+
+    def drain(self, timeout_s: float) -> bool:
+        reply = self.asys.ask(self.registry, Drain(timeout_s), timeout_s + 1)
+        return isinstance(reply, Drained)
+
+    def stop(self, drain_timeout_s: float = 0.0, kill_after_s: float = 15.0) -> None:
+        """Drain (optionally), shut the actor system down, and make sure no process is left."""
+        if self.killed:
+            if self.mock is not None:
+                self.mock.stop()
+            return
+        try:
+            if drain_timeout_s > 0:
+                self.drain(drain_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - stopping must go on whatever the drain did
+            log.warning("drain failed: %s", exc)
+        try:
+            self.asys.shutdown()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("actor system shutdown failed: %s", exc)
+        if self.pgid is not None:
+            if not wait_until(lambda: not pids_in_group(self.pgid), kill_after_s):
+                log.warning("actor system %d did not exit in %.0fs; killing its process group", self.admin_port,
+                            kill_after_s)
+                kill_group(self.pgid)
+                wait_until(lambda: not pids_in_group(self.pgid), 5)
+        if self.mock is not None:
+            self.mock.stop()
+
+
+def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: str | None = None,
+               leader: str | None = None, advertise: str | None = None, log_file: str | None = None,
+               console_log: bool = True, deploy_timeout_s: float = 60.0,
+               keyring: wire.KeyRing | None = wire.FROM_ENVIRONMENT) -> Node:
+    """Start an admin on ``admin_port`` with this config's deployments, and wait until they serve.
+
+    Every message of the node is signed and checked with ``keyring`` (by default the cluster
+    secret from the environment or ``cluster.secret_file``; see actors/wire.py); without
+    one the node only runs on loopback addresses.
+    """
+    node_cfg = config.node
+    port = admin_port or node_cfg.admin_port
+    name = name or node_cfg.name or f"node-{port}"
+    advertise = advertise or node_cfg.advertise
+    keyring = wire.resolve_keyring(keyring, config.cluster.secret_file)
+    wire.require_secret(keyring, f"node {name}" + (" joining a convention" if leader else " leading a convention"),
+                        {"advertised address": advertise or os.environ.get("THESPIAN_BASE_IPADDR"),
+                         "leader": leader.rpartition(":")[0] if leader else None})
+    if port_is_listening(port) or listening_pids(port):
+        raise ConfigError(f"admin port {port} is already in use (another node running?)", path="node.admin_port")
+    # Before the ActorSystem exists: its admin, logger and every actor are forked from here.
+    serializer = wire.install(keyring)
+    described = wire.describe(serializer)
+    if keyring is None:
+        log.warning("node %s: %s", name, described)
+    else:
+        log.info("node %s: %s", name, described)
+    log_dir = os.path.dirname(log_file) if log_file else tempfile.gettempdir()
+    thespian_environment(advertise, log_dir, config.cluster.reregistration_s)
+    mock = None
+    if config.mock_provider is not None:
+        # Bound now (its URL goes into the deployments), served once the admin has forked:
+        # forking a process that already runs threads risks copying a held lock.
+        mock = MockProvider(config.mock_provider.host, config.mock_provider.port,
+                            config.mock_provider.words_per_second)
+        config = resolve_mock_endpoints(config, mock.url)
+    capabilities: dict[str, Any] = {"Admin Port": port, "atomr-node": name}
+    if leader:
+        capabilities["Convention Address.IPv4"] = leader
+    else:
+        capabilities[LEADER_CAPABILITY] = True
+        if advertise:
+            # Naming itself as the convention address makes the leader advertise that IP.
+            capabilities["Convention Address.IPv4"] = f"{advertise}:{port}"
+    asys = None
+    pgid = None
+    try:
+        asys = ActorSystem("multiprocTCPBase", capabilities,
+                           logDefs=log_definitions(log_file or node_cfg.log_file, node_cfg.log_level, console_log),
+                           transientUnique=True)
+        pgid = admin_pgid(port)
+        if mock is not None:
+            mock.start()
+        registry = asys.createActor(NodeRegistry, globalName=NODE_GLOBAL_NAME)
+        host = os.environ.get("THESPIAN_BASE_IPADDR", "")
+        reply = asys.ask(registry, Deploy(name, config.deployments, config.cluster, leader=not leader, host=host),
+                         deploy_timeout_s)
+        if isinstance(reply, PoisonMessage):
+            raise InternalError(f"node {name} failed to start: {str(reply.details)[-800:]}")
+        if not isinstance(reply, Deployed):
+            raise InternalError(f"node {name} did not come up within {deploy_timeout_s:g}s")
+    except BaseException:
+        node = Node(asys, port, None, config, name, pgid, mock)
+        if asys is None:
+            if mock is not None:
+                mock.stop()
+        else:
+            node.stop(kill_after_s=5)
+        raise
+    return Node(asys, port, registry, config, name, pgid, mock, wire=described)

@@ -1,0 +1,107 @@
+"""RemoteSessionActor: one deployment's credential on this node, resolved and refreshed here.
+
+Workers subscribe for snapshots carrying the secret; engines subscribe for the version
+number only. A refresh happens ahead of expiry, on the configured schedule, and when a
+worker's call was answered 401 (then at most once per credential version).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from thespian.actors import ActorTypeDispatcher, WakeupMessage
+
+from actors.runtime.logs import logger
+from actors.core.credentials import CredentialSource
+from actors.core.credentials import ResolvedCredential, next_refresh_at, resolve
+from actors.errors import AuthenticationError, InferenceError
+from actors.runtime.protocol import SessionInit, SessionRefresh, SessionSnapshot, SessionSubscribe, SessionVersion
+
+log = logger("atomr.session")
+RETRY_FAILED_REFRESH_S = 5.0
+
+
+class RemoteSessionActor(ActorTypeDispatcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = ""
+        self.source: CredentialSource | None = None
+        self.current: ResolvedCredential | None = None
+        self.version = 0
+        self.error: InferenceError | None = None
+        self.workers: list[Any] = []
+        self.engines: list[Any] = []
+        self.refresh_at: float | None = None
+
+    def receiveMsg_SessionInit(self, msg: SessionInit, sender: Any) -> None:
+        self.name = msg.deployment
+        self.source = msg.source
+        self._refresh("start")
+
+    def _refresh(self, reason: str) -> bool:
+        """Resolve again; True when the credential changed (a new version was published)."""
+        try:
+            resolved = resolve(self.source)
+        except InferenceError as exc:
+            self.error = exc
+            # The message names the source (env var, file, command), never the value.
+            log.error("credential for %s could not be resolved (%s): %s", self.name, reason, exc.message)
+            self._schedule(time.time() + RETRY_FAILED_REFRESH_S)
+            return False
+        self.error = None
+        changed = self.current is None or resolved.secret != self.current.secret
+        self.current = resolved
+        if changed:
+            self.version += 1
+            log.info("credential for %s resolved (%s): version %d%s", self.name, reason, self.version,
+                     f", expires in {resolved.expires_unix - time.time():.0f}s" if resolved.expires_unix else "")
+            for worker in self.workers:
+                self.send(worker, self._snapshot())
+        self._schedule(next_refresh_at(self.source, resolved, time.time()))
+        return changed
+
+    def _snapshot(self) -> SessionSnapshot:
+        return SessionSnapshot(self.version, self.current.secret if self.current else None,
+                               self.current.expires_unix if self.current else None)
+
+    def _schedule(self, at: float | None) -> None:
+        if at is None:
+            return
+        if self.refresh_at is not None and self.refresh_at <= at:
+            return
+        self.refresh_at = at
+        self.wakeupAfter(timedelta(seconds=max(0.0, at - time.time())), payload="refresh")
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if msg.payload != "refresh" or self.refresh_at is None or time.time() < self.refresh_at - 0.01:
+            return
+        self.refresh_at = None
+        if self._refresh("scheduled"):
+            self._announce()
+
+    def receiveMsg_SessionSubscribe(self, msg: SessionSubscribe, sender: Any) -> None:
+        group = self.workers if msg.wants_secret else self.engines
+        if msg.subscriber not in group:
+            group.append(msg.subscriber)
+        if msg.wants_secret:
+            if self.current is not None:
+                self.send(msg.subscriber, self._snapshot())
+        else:
+            self.send(msg.subscriber, SessionVersion(self.version, ok=self.error is None, error=self.error))
+
+    def receiveMsg_SessionRefresh(self, msg: SessionRefresh, sender: Any) -> None:
+        if self.version <= msg.seen_version:
+            self._refresh(msg.reason or "requested")
+        if self.version > msg.seen_version:
+            self._announce()
+        else:
+            # Same credential after a 401: retrying with it cannot help.
+            error = self.error or AuthenticationError(
+                f"credential for {self.name} was rejected and refreshing it did not change it")
+            self.send(sender, SessionVersion(self.version, ok=False, error=error))
+
+    def _announce(self) -> None:
+        for engine in self.engines:
+            self.send(engine, SessionVersion(self.version))

@@ -1,0 +1,29 @@
+"""Load generators for benchmarks and load tests (never imported by the runtime)."""
+
+from __future__ import annotations
+
+import time
+
+from actors.types import Completed, Failed, InferenceRequest
+
+def open_loop(client: GatewayClient, model: str, rate_per_s: float, seconds: float, results: list,
+              deadline_s: float = 0.5, drain_s: float = 5.0) -> int:
+    """Offer ``rate_per_s`` one-token requests for ``seconds`` whatever comes back (open loop),
+    appending every terminal to ``results``; for load tests and benchmarks. Returns how many were sent."""
+    endpoint = client._endpoint()
+    engine = client.routes(model)[0].engine
+    start, sent, pending = time.monotonic(), 0, set()
+    while time.monotonic() - start < seconds or (pending and time.monotonic() - start < seconds + drain_s):
+        elapsed = time.monotonic() - start
+        if elapsed < seconds and sent < elapsed * rate_per_s:
+            request = InferenceRequest(model=model, messages=[{"role": "user", "content": "hi"}],
+                                       params={"max_tokens": 1}, deadline_unix=time.time() + deadline_s)
+            endpoint.tell(engine, request)
+            pending.add(request.request_id)
+            sent += 1
+            continue
+        reply = endpoint.listen(0.005)
+        if isinstance(reply, (Completed, Failed)) and reply.request_id in pending:
+            pending.discard(reply.request_id)
+            results.append(reply)
+    return sent

@@ -1,0 +1,127 @@
+"""The public contract: what a caller sends (InferenceRequest, Cancel) and gets back
+(TokenChunk, then exactly one Completed or Failed), and the value types they carry.
+
+These classes cross hosts, so their module path is part of the wire format.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.errors import InferenceError
+
+# --- value types ---------------------------------------------------------------------
+
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one call. ``reported`` is False when the provider said nothing."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    reported: bool = True
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, int]) -> "Usage":
+        if not fields:
+            return cls(reported=False)
+        return cls(**{k: int(fields.get(k) or 0) for k in USAGE_FIELDS})
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in USAGE_FIELDS}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A complete tool call, assembled from its streamed deltas."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+# --- the public contract -------------------------------------------------------------
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+@dataclass
+class InferenceRequest:
+    """One call. ``model`` names a model (any deployment serving it) or a deployment.
+
+    ``params`` are generation parameters in OpenAI vocabulary (max_tokens, temperature,
+    top_p, stop, tools, tool_choice, ...); runners translate them per provider.
+    ``deadline_unix`` is absolute wall-clock time, so it survives crossing hosts.
+    """
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    priority: int | str = "normal"
+    deadline_unix: float | None = None
+    idempotent: bool = True
+    request_id: str = field(default_factory=new_request_id)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TokenChunk:
+    """Streamed output since the previous chunk of the same request (coalesced)."""
+
+    request_id: str
+    seq: int
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass
+class Completed:
+    """Terminal: the call succeeded."""
+
+    request_id: str
+    text: str
+    finish_reason: str
+    usage: Usage
+    raw_finish_reason: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    cost_usd: float | None = None
+    attempts: int = 1
+    latency_s: float = 0.0
+    ttft_s: float | None = None
+    deployment: str = ""
+    provider_model: str = ""
+    chunks: int = 0
+
+
+@dataclass
+class Failed:
+    """Terminal: the call failed. ``chunks`` TokenChunks were streamed before it did."""
+
+    request_id: str
+    error: InferenceError
+    attempts: int = 0
+    deployment: str = ""
+    chunks: int | None = 0
+
+
+@dataclass
+class Cancel:
+    request_id: str
+
+
+TERMINAL = (Completed, Failed)

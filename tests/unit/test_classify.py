@@ -1,0 +1,200 @@
+import json
+from email.utils import format_datetime
+from datetime import datetime, timezone
+
+import pytest
+
+from actors import errors as E
+from actors.core.classify import classify_error_body, classify_http_status, parse_retry_after, redact
+
+NOW = 1_800_000_000.0
+
+
+def clock():
+    return NOW
+
+
+@pytest.mark.parametrize("status", [200, 201, 204, 299])
+def test_success_is_none(status):
+    assert classify_http_status(status, {}) is None
+
+
+@pytest.mark.parametrize("status,cls,retryable,counts", [
+    (400, E.BadRequest, False, False),
+    (401, E.AuthenticationError, False, False),
+    (403, E.PermissionDenied, False, False),
+    (404, E.NotFound, False, False),
+    (408, E.Timeout, True, True),
+    (409, E.Conflict, True, False),
+    (413, E.BadRequest, False, False),
+    (422, E.BadRequest, False, False),
+    (429, E.RateLimited, True, False),
+    (418, E.BadRequest, False, False),
+    (500, E.ServerError, True, True),
+    (502, E.ServerError, True, True),
+    (503, E.ServerError, True, True),
+    (504, E.ServerError, True, True),
+    (529, E.Overloaded, True, True),
+    (599, E.ServerError, True, True),
+])
+def test_status_table(status, cls, retryable, counts):
+    err = classify_http_status(status, {}, None, provider="openai")
+    assert type(err) is cls
+    assert err.status == status and err.provider == "openai"
+    assert err.retryable is retryable
+    assert type(err).counts_for_breaker is counts
+
+
+def test_retry_after_forms():
+    assert parse_retry_after({"Retry-After": "12"}) == 12
+    assert parse_retry_after({"retry-after": " 3 "}) == 3
+    assert parse_retry_after({"retry-after": "1.5"}) == 1.5
+    assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
+    # retry-after-ms is the more precise and wins
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    date = format_datetime(datetime.fromtimestamp(NOW + 30, timezone.utc), usegmt=True)
+    assert parse_retry_after({"Retry-After": date}, now=clock) == pytest.approx(30)
+    past = format_datetime(datetime.fromtimestamp(NOW - 30, timezone.utc), usegmt=True)
+    assert parse_retry_after({"Retry-After": past}, now=clock) == 0.0
+    assert parse_retry_after({}) is None
+
+
+@pytest.mark.parametrize("value", ["garbage", "-1", "", "nan", "inf", "Mon, 99 Foo 2025", "1e999", "\x00"])
+def test_malformed_retry_after_is_ignored(value):
+    assert parse_retry_after({"retry-after": value}) is None
+    err = classify_http_status(429, {"retry-after": value, "retry-after-ms": value})
+    assert type(err) is E.RateLimited and err.retry_after_s is None
+
+
+def test_malformed_ms_falls_back_to_seconds():
+    assert parse_retry_after({"retry-after-ms": "soon", "retry-after": "4"}) == 4
+
+
+def test_retry_after_reaches_every_status():
+    err = classify_http_status(503, {"Retry-After": "7"})
+    assert err.retry_after_s == 7
+
+
+@pytest.mark.parametrize("value,expected", [("true", True), ("TRUE", True), ("false", False), (" false ", False)])
+def test_x_should_retry_overrides(value, expected):
+    assert classify_http_status(400, {"x-should-retry": value}).retryable is expected
+    assert classify_http_status(503, {"x-should-retry": value}).retryable is expected
+
+
+def test_x_should_retry_garbage_ignored():
+    assert classify_http_status(503, {"x-should-retry": "maybe"}).retryable is True
+    assert classify_http_status(400, {"x-should-retry": "1"}).retryable is False
+
+
+def test_openai_context_length():
+    body = {"error": {"message": "This model's maximum context length is 8192 tokens. However, your "
+                                 "messages resulted in 9000 tokens.", "type": "invalid_request_error",
+                      "param": "messages", "code": "context_length_exceeded"}}
+    err = classify_http_status(400, {"x-request-id": "req_1"}, json.dumps(body), provider="openai")
+    assert type(err) is E.ContextLengthExceeded
+    assert (err.tokens, err.max_tokens) == (9000, 8192)
+    assert err.request_id == "req_1" and isinstance(err, E.BadRequest)
+
+
+def test_openai_content_filter_by_code_and_azure_inner_error():
+    body = {"error": {"message": "The response was filtered", "type": None, "param": "prompt",
+                      "code": "content_filter", "status": 400,
+                      "innererror": {"code": "ResponsibleAIPolicyViolation"}}}
+    err = classify_http_status(400, {}, json.dumps(body).encode(), provider="azure")
+    assert type(err) is E.ContentFiltered and not err.retryable
+    body2 = {"error": {"message": "blocked", "type": "content_filter"}}
+    assert type(classify_http_status(400, {}, body2)) is E.ContentFiltered
+
+
+def test_openai_insufficient_quota_is_not_retried():
+    body = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                      "code": "insufficient_quota"}}
+    err = classify_http_status(429, {}, body)
+    assert type(err) is E.RateLimited and err.retryable is False
+
+
+def test_anthropic_bodies():
+    def anth(etype, message, status):
+        body = {"type": "error", "error": {"type": etype, "message": message}, "request_id": "req_a"}
+        return classify_http_status(status, {}, json.dumps(body), provider="anthropic")
+
+    err = anth("invalid_request_error", "prompt is too long: 215000 tokens > 200000 maximum", 400)
+    assert type(err) is E.ContextLengthExceeded and (err.tokens, err.max_tokens) == (215000, 200000)
+    assert err.request_id == "req_a"
+    assert type(anth("overloaded_error", "Overloaded", 529)) is E.Overloaded
+    assert anth("overloaded_error", "Overloaded", 529).retryable
+    assert type(anth("rate_limit_error", "slow", 429)) is E.RateLimited
+    assert type(anth("authentication_error", "bad key", 401)) is E.AuthenticationError
+    assert type(anth("permission_error", "no", 403)) is E.PermissionDenied
+    assert type(anth("not_found_error", "no model", 404)) is E.NotFound
+    assert type(anth("request_too_large", "big", 413)) is E.BadRequest
+    assert type(anth("api_error", "boom", 500)) is E.ServerError
+    assert type(anth("invalid_request_error", "messages: field required", 400)) is E.BadRequest
+
+
+def test_anthropic_spend_limit_not_retried():
+    body = {"type": "error", "error": {"type": "rate_limit_error", "message": "spend limit",
+                                        "details": {"error_code": "enforced_spend_limit_reached"}}}
+    assert classify_http_status(429, {}, body).retryable is False
+
+
+def test_gemini_bodies():
+    def gem(code, status, message):
+        return classify_http_status(code, {}, json.dumps({"error": {"code": code, "message": message,
+                                                                     "status": status}}), provider="gemini")
+
+    err = gem(400, "INVALID_ARGUMENT", "The input token count (1200000) exceeds the maximum number "
+                                       "of tokens allowed (1048576).")
+    assert type(err) is E.ContextLengthExceeded and (err.tokens, err.max_tokens) == (1200000, 1048576)
+    assert type(gem(429, "RESOURCE_EXHAUSTED", "Quota exceeded")) is E.RateLimited
+    assert type(gem(400, "FAILED_PRECONDITION", "Request blocked due to safety")) is E.ContentFiltered
+    assert type(gem(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.")) is E.AuthenticationError
+    assert type(gem(503, "UNAVAILABLE", "The model is overloaded.")) is E.Overloaded
+    assert type(gem(403, "PERMISSION_DENIED", "denied")) is E.PermissionDenied
+    # Gemini without alt=sse wraps the error in a JSON array
+    arr = json.dumps([{"error": {"code": 429, "message": "q", "status": "RESOURCE_EXHAUSTED"}}])
+    assert type(classify_http_status(429, {}, arr)) is E.RateLimited
+
+
+def test_mid_stream_error_events():
+    err = classify_error_body({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+                              provider="anthropic")
+    assert type(err) is E.Overloaded and err.status is None
+    flat = classify_error_body({"type": "error", "code": "context_length_exceeded", "message": "too long",
+                                "sequence_number": 3})
+    assert type(flat) is E.ContextLengthExceeded
+    assert classify_error_body({"choices": []}) is None
+    assert classify_error_body("not json") is None
+
+
+def test_plain_text_and_html_bodies_are_bounded_and_kept():
+    err = classify_http_status(502, {}, "<html>" + "x" * 5000 + "</html>")
+    assert type(err) is E.ServerError and len(err.message) <= 501
+    assert classify_http_status(503, {}, b"upstream busy").message == "upstream busy"
+    assert classify_http_status(500, {}, b"\xff\xfe not utf8").message.endswith("not utf8")
+
+
+def test_secrets_in_bodies_are_redacted():
+    body = {"error": {"message": "Incorrect API key provided: sk-proj-abcdefghijklmnop1234. Bearer abc.def.ghijklmn",
+                      "type": "invalid_request_error", "code": "invalid_api_key"}}
+    err = classify_http_status(401, {}, body)
+    assert type(err) is E.AuthenticationError
+    assert "sk-proj" not in str(err) and "abc.def" not in repr(err)
+    assert redact("key AIzaSyA1234567890abcdefghijklmnop") == "key [redacted]"
+
+
+def test_non_string_header_values_are_ignored():
+    err = classify_http_status(429, {"Retry-After": ["5"], "x-should-retry": 1, "retry-after-ms": None})
+    assert type(err) is E.RateLimited and err.retry_after_s is None and err.retryable
+    assert classify_http_status(500, None).status == 500
+
+
+def test_token_counts_in_either_order():
+    cohere = classify_error_body({"error": {"message": "too many tokens: the prompt cannot exceed 128000 - "
+                                                       "received 131084", "code": "context_length_exceeded"}}, 400)
+    assert type(cohere) is E.ContextLengthExceeded and (cohere.tokens, cohere.max_tokens) == (131084, 128000)
+
+
+def test_openai_stream_server_error_is_a_server_error():
+    err = classify_error_body({"error": {"message": "The server had an error", "type": "server_error"}})
+    assert type(err) is E.ServerError and err.retryable

@@ -1,0 +1,251 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors.errors import BudgetExceeded
+from actors.core.ratelimit import RateLimits, Reservation, WindowedLimiter, estimate_tokens
+
+from fakes import FakeClock, FixedRandom
+
+T0 = 1_800_000_000.0  # a multiple of 60: the start of a window
+
+
+def limiter(node="n1", clock=None, **limits):
+    clock = clock or FakeClock(T0)
+    return WindowedLimiter(node, RateLimits(**limits), wall_clock=clock, clock=clock), clock
+
+
+def test_rpm_admits_up_to_the_budget_then_says_when_to_return():
+    lim, clock = limiter(rpm=3)
+    clock.advance(15)
+    for _ in range(3):
+        assert isinstance(lim.try_acquire(tokens=10), Reservation)
+    denied = lim.try_acquire(tokens=10)
+    assert isinstance(denied, BudgetExceeded) and denied.limit == "rpm" and denied.retryable
+    assert denied.retry_after_s == pytest.approx(45)  # the next window
+    clock.advance(45)
+    assert isinstance(lim.try_acquire(tokens=10), Reservation)
+
+
+def test_tpm_and_a_rejection_records_nothing():
+    lim, _ = limiter(tpm=100)
+    assert isinstance(lim.try_acquire(tokens=60), Reservation)
+    denied = lim.try_acquire(tokens=50)
+    assert isinstance(denied, BudgetExceeded) and denied.limit == "tpm"
+    assert lim.usage().tokens == 60 and lim.usage().requests == 1
+    assert isinstance(lim.try_acquire(tokens=40), Reservation)
+
+
+def test_a_request_bigger_than_the_whole_budget_is_not_retryable():
+    lim, _ = limiter(tpm=100)
+    denied = lim.try_acquire(tokens=101)
+    assert isinstance(denied, BudgetExceeded) and not denied.retryable
+
+
+def test_reconcile_refunds_and_charges():
+    lim, _ = limiter(tpm=1000)
+    r = lim.try_acquire(tokens=500)
+    lim.reconcile(r, 120)
+    assert lim.usage().tokens == 120
+    r2 = lim.try_acquire(tokens=100)
+    lim.reconcile(r2, 300)
+    assert lim.usage().tokens == 420
+    lim.release(lim.try_acquire(tokens=50))
+    assert (lim.usage().requests, lim.usage().tokens) == (2, 420)
+
+
+def test_reconcile_after_the_window_rolled_charges_the_current_window():
+    lim, clock = limiter(tpm=1000)
+    r = lim.try_acquire(tokens=100)
+    clock.advance(130)  # two windows later: r's window is gone
+    lim.reconcile(r, 400)
+    assert lim.usage().tokens == 300
+    lim.reconcile(r, 10)  # a refund to a window that is gone is dropped
+    assert lim.usage().tokens == 300
+
+
+def test_burst_paces_the_window_like_a_token_bucket():
+    lim, clock = limiter(rpm=60, burst=0.1)
+    granted = sum(isinstance(lim.try_acquire(tokens=1), Reservation) for _ in range(20))
+    assert granted == 6  # 10% up front
+    denied = lim.try_acquire(tokens=1)
+    assert denied.retry_after_s == pytest.approx(1.0)  # one more fits after 1/60 of the window
+    clock.advance(30)
+    granted = sum(isinstance(lim.try_acquire(tokens=1), Reservation) for _ in range(60))
+    assert granted == 30  # 60 * (0.1 + 0.5) - 6
+    clock.advance(30)
+    assert isinstance(lim.try_acquire(tokens=1), Reservation)
+
+
+def test_windows_roll_and_old_windows_are_dropped():
+    lim, clock = limiter(rpm=2)
+    lim.try_acquire(1)
+    lim.try_acquire(1)
+    clock.advance(60)
+    assert lim.usage().requests == 0
+    clock.advance(120)
+    lim.try_acquire(1)
+    assert len(lim.state()) <= 2
+
+
+def test_cluster_view_merges_other_nodes_spend():
+    a, clock = limiter("a", rpm=10, tpm=10_000)
+    b, _ = limiter("b", clock=clock, rpm=10, tpm=10_000)
+    for _ in range(6):
+        a.try_acquire(100)
+    b.merge(a.take_delta())
+    assert b.usage().requests == 6
+    granted = 0
+    for _ in range(10):  # one request per sync period: the share rule never binds
+        granted += isinstance(b.try_acquire(100), Reservation)
+        clock.advance(0.5)
+    assert granted == 4
+    a.merge(b.state())
+    assert a.usage().requests == 10 and a.usage().tokens == 1000
+    assert isinstance(a.try_acquire(1), BudgetExceeded)
+
+
+def test_refunds_propagate_and_deltas_are_idempotent():
+    a, clock = limiter("a", tpm=1000)
+    b, _ = limiter("b", clock=clock, tpm=1000)
+    r = a.try_acquire(500)
+    d1 = a.take_delta()
+    a.reconcile(r, 100)
+    d2 = a.take_delta()
+    for delta in (d2, d1, d2, d1):  # reordered and duplicated
+        b.merge(delta)
+    assert b.usage().tokens == 100
+
+
+def test_a_node_that_left_keeps_its_share_of_the_window():
+    a, clock = limiter("a", rpm=10)
+    b, _ = limiter("b", clock=clock, rpm=10)
+    for _ in range(7):
+        a.try_acquire(1)
+    b.merge(a.state())
+    del a  # node a is gone
+    granted = 0
+    for _ in range(10):
+        granted += isinstance(b.try_acquire(1), Reservation)
+        clock.advance(0.5)
+    assert granted == 3
+
+
+def test_deltas_for_expired_windows_are_ignored():
+    a, clock = limiter("a", rpm=10)
+    a.try_acquire(1)
+    stale = a.take_delta()
+    clock.advance(180)
+    b, _ = limiter("b", clock=clock, rpm=10)
+    b.merge(stale)
+    assert b.state() == {}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 50), st.integers(0, 80)), max_size=60))
+def test_replicas_converge_whatever_the_interleaving(ops):
+    clock = FakeClock(T0 + 5)
+    nodes = {n: WindowedLimiter(n, RateLimits(rpm=1000, tpm=10**6), wall_clock=clock) for n in "abc"}
+    for node, estimate, actual in ops:
+        r = nodes[node].try_acquire(estimate)
+        nodes[node].reconcile(r, actual)
+    deltas = [lim.take_delta() for lim in nodes.values()]
+    for lim in nodes.values():
+        for d in deltas:
+            lim.merge(d)
+    usages = {(u.requests, u.tokens) for u in (lim.usage() for lim in nodes.values())}
+    assert usages == {(len(ops), sum(actual for _, _, actual in ops))}
+
+
+def test_estimate_tokens():
+    msgs = [{"role": "user", "content": "x" * 400}]
+    assert estimate_tokens(msgs, 100) == 100 + (400 + 16) // 4
+    assert estimate_tokens("", None, default_output_tokens=0) == 1
+    assert estimate_tokens([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], 10) > 10
+
+
+@pytest.mark.parametrize("kwargs", [dict(rpm=0), dict(tpm=-1), dict(burst=0), dict(burst=1.5), dict(window_s=0)])
+def test_limits_validation(kwargs):
+    with pytest.raises(ValueError):
+        RateLimits(**kwargs)
+
+
+def test_between_syncs_each_slot_takes_at_most_its_share_of_what_is_left():
+    clock = FakeClock(T0 + 30)
+    draws = FixedRandom(0.9, 0.2, 0.5)
+    mono = FakeClock(0)
+    nodes = [WindowedLimiter(n, RateLimits(rpm=100), wall_clock=clock, sync_interval_s=0.05, rand=draws, clock=mono)
+             for n in "abc"]
+    for lim in nodes:  # every slot has spent once, and everyone knows it
+        lim.try_acquire(1)
+    deltas = [lim.take_delta() for lim in nodes]
+    for lim in nodes:
+        for d in deltas:
+            lim.merge(d)
+    mono.advance(0.5)  # older than the staleness bound
+    # Now all three admit flat out on the same stale view, with no sync in between.
+    granted = [sum(isinstance(lim.try_acquire(1), Reservation) for _ in range(100)) for lim in nodes]
+    mono.advance(0.05)
+    assert not isinstance(nodes[1].try_acquire(1), Reservation)  # within the staleness bound: still held
+    assert granted == [32, 32, 32]  # (100 - 3) / 3 each: together within the budget
+    denied = nodes[0].try_acquire(1)
+    assert denied.retry_after_s == 0.05 and "share" in denied.message
+    sync = [lim.take_delta() for lim in nodes]
+    for lim in nodes:
+        for d in sync:
+            lim.merge(d)
+    mono.advance(0.5)
+    assert {lim.usage().requests for lim in nodes} == {99}
+    # One request left, three slots: each takes it with probability 1/3 (draws 0.9, 0.2, 0.5).
+    assert [isinstance(lim.try_acquire(1), Reservation) for lim in nodes] == [False, True, False]
+
+
+def test_a_lone_slot_is_not_held_to_a_share():
+    lim, _ = limiter("solo", rpm=50)
+    assert sum(isinstance(lim.try_acquire(1), Reservation) for _ in range(60)) == 50
+
+
+def test_strict_ledger_is_exact_and_settles_each_reservation_once():
+    from actors.core.ratelimit import StrictLedger
+
+    wall, mono = FakeClock(T0 + 1), FakeClock(0)
+    ledger = StrictLedger(RateLimits(rpm=3, tpm=1000), reservation_ttl_s=10, wall_clock=wall, clock=mono)
+    grants = [ledger.acquire(f"r{i}", 100) for i in range(5)]
+    assert [isinstance(g, Reservation) for g in grants] == [True, True, True, False, False]
+    assert ledger.acquire("r0", 100) is grants[0]  # idempotent for a retried ask
+    assert ledger.settle("r0", 40, sent=True) and not ledger.settle("r0", 40, sent=True)
+    assert ledger.limiter.usage().tokens == 240
+    ledger.settle("r1", None, sent=False)  # never reached the provider: fully released
+    assert (ledger.limiter.usage().requests, ledger.limiter.usage().tokens) == (2, 140)
+    assert isinstance(ledger.acquire("r5", 100), Reservation)
+    mono.advance(11)
+    assert ledger.expire() == 2  # r2 and r5 never reported back
+    assert ledger.outstanding == {} and ledger.limiter.usage().requests == 3  # their estimates stay charged
+
+
+def test_strict_ledger_seeds_from_the_cluster_view():
+    from actors.core.ratelimit import StrictLedger
+
+    wall = FakeClock(T0 + 1)
+    engine, _ = limiter("n1/e/0", clock=wall, rpm=5)
+    engine.record(10)
+    engine.record(10)
+    ledger = StrictLedger(RateLimits(rpm=5), wall_clock=wall)
+    ledger.seed(engine.state())
+    assert sum(isinstance(ledger.acquire(f"x{i}", 1), Reservation) for i in range(5)) == 3
+
+
+def test_staleness_is_measured_from_the_age_of_arriving_deltas():
+    wall = FakeClock(T0 + 1)
+    a = WindowedLimiter("a", RateLimits(rpm=100), wall_clock=wall, clock=wall, sync_interval_s=0.05)
+    b = WindowedLimiter("b", RateLimits(rpm=100), wall_clock=wall, clock=wall, sync_interval_s=0.05)
+    assert a.staleness_s == pytest.approx(0.21)  # nothing measured yet: twice two sync intervals
+    b.try_acquire(1)
+    oldest = b.unpublished_since
+    delta = b.take_delta()
+    assert b.unpublished_since is None
+    wall.advance(0.4)  # a slow network, or a saturated machine
+    a.merge(delta, oldest)
+    assert a.staleness_s == pytest.approx(0.81)  # doubled: delays grow faster than they are seen
+    wall.advance(6)  # old observations age out
+    assert a.staleness_s == pytest.approx(0.21)
