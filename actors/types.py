@@ -106,6 +106,9 @@ class Completed:
     deployment: str = ""
     provider_model: str = ""
     chunks: int = 0
+    # Tokens the rate limiter was charged: the reported usage, or the estimate when the
+    # provider reported none (usage.reported is False), never zero for a call that ran.
+    charged_tokens: int = 0
 
 
 @dataclass
