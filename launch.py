@@ -6,10 +6,12 @@
     python launch.py status                                           # what a node is doing
     python launch.py demo                                             # all of it, end to end, then stop
     python launch.py secret --out cluster.key                         # a new cluster key (mode 600)
+    python launch.py stop --admin-port 1900                           # stop a node whose launcher is gone
 
-Every message between a node's processes, other nodes and clients is signed with the cluster
-secret (ATOMR_CLUSTER_SECRET, ATOMR_CLUSTER_SECRET_FILE or cluster.secret_file) and unpickled
-through an allow-list; see docs/security.md. Without a secret a node runs on loopback only.
+Every message between a node's processes, other nodes and clients is signed and unpickled
+through an allow-list; see docs/security.md. With a cluster secret (ATOMR_CLUSTER_SECRET,
+ATOMR_CLUSTER_SECRET_FILE or cluster.secret_file) nodes on several hosts form a cluster;
+without one a node makes this host's key (local clients find it) and refuses other hosts.
 """
 
 from __future__ import annotations
@@ -41,15 +43,28 @@ def _print_status(status, indent: str = "") -> None:
               f"tokens {lim['tokens']}/{lim['tpm'] or '-'} this window")
 
 
-def _keyring(secret_file: str | None = None, explicit: bool = False):
-    """This process's cluster keys; the secret variables are then dropped from the environment,
-    so no actor, credential command or other child process inherits them. An ``explicit``
-    file (a command-line option) wins over the environment; a config's does not."""
+def _keyring(secret_file: str | None = None, explicit: bool = False, node: bool = False):
+    """This process's keys: the cluster secret, else this host's key (a node makes it if need be).
+
+    The secret variables are then dropped from the environment, so no actor, credential
+    command or other child process inherits them. An ``explicit`` file (a command-line
+    option) wins over the environment; a config's does not."""
     from actors.security import wire
 
     keyring = wire.load_keyring(secret_file, environ={}) if explicit and secret_file else wire.load_keyring(secret_file)
     for name in (wire.ENV_SECRET, wire.ENV_SECRET_PREVIOUS):
         os.environ.pop(name, None)
+    return keyring or wire.host_keyring(create=node)
+
+
+def _need_key(keyring, port: int):
+    """Clients: without a cluster secret or a host key no node here can be talked to."""
+    from actors.security import wire
+
+    if keyring is None:
+        raise ConfigError(f"no key: no cluster secret is set and there is no host key at {wire.host_key_path()} "
+                          f"(a node started on this host by this user makes it); is a node running on port {port}?",
+                          path=wire.ENV_SECRET)
     return keyring
 
 
@@ -57,7 +72,7 @@ def run_node(args: argparse.Namespace) -> int:
     from actors.ops.system import start_node
 
     config = load_config(args.config)
-    keyring = _keyring(config.cluster.secret_file)
+    keyring = _keyring(config.cluster.secret_file, node=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -68,12 +83,15 @@ def run_node(args: argparse.Namespace) -> int:
         print(f"node {node.name} serving on admin port {node.admin_port}: "
               + ", ".join(f"{d.name} ({d.provider} {d.provider_model}, {d.workers} workers x {d.replicas})"
                           for d in node.config.deployments), flush=True)
-        if keyring is not None:  # (without one, start_node has already warned)
-            print(node.wire, flush=True)
+        print(node.wire, flush=True)
         if node.mock is not None:
             print(f"built-in mock provider on {node.mock.url}", flush=True)
         while not stop.wait(0.5):
-            pass
+            if node.admin_pid is not None and not node.admin_alive():
+                print(f"error: the node's admin process (pid {node.admin_pid}) died; stopping what is left of "
+                      f"node {node.name}", file=sys.stderr, flush=True)
+                node.stop(kill_after_s=2)
+                return 1
         print("stopping: draining in-flight requests", flush=True)
     finally:
         node.stop(drain_timeout_s=config.node.drain_timeout_s)
@@ -84,7 +102,8 @@ def run_node(args: argparse.Namespace) -> int:
 def ask(args: argparse.Namespace) -> int:
     from actors.client import GatewayClient
 
-    keyring = _keyring(args.secret_file, explicit=True)
+    _check_node(args.admin_port)
+    keyring = _need_key(_keyring(args.secret_file, explicit=True), args.admin_port)
     with GatewayClient(args.admin_port, timeout_s=args.timeout, keyring=keyring) as client:
         messages = [{"role": "user", "content": " ".join(args.prompt)}]
         if args.no_stream:
@@ -92,15 +111,42 @@ def ask(args: argparse.Namespace) -> int:
             print(result.text)
         else:
             stream = client.stream(args.model, messages, max_tokens=args.max_tokens)
-            for chunk in stream:
-                print(chunk.text, end="", flush=True)
+            try:
+                for chunk in stream:
+                    print(chunk.text, end="", flush=True)
+            except BaseException:
+                if stream.chunks:
+                    print(flush=True)  # an error after partial text starts on its own line
+                raise
             print()
             result = stream.result
-        cost = f"${result.cost_usd:.6f}" if result.cost_usd is not None else "unknown"
-        ttft = f", first token {result.ttft_s * 1000:.0f} ms" if result.ttft_s is not None else ""
-        print(f"[{result.deployment}: {result.usage.input_tokens} in / {result.usage.output_tokens} out tokens, "
-              f"cost {cost}, {result.latency_s * 1000:.0f} ms{ttft}, finish {result.finish_reason}]")
+        print(_summary(result))
     return 0
+
+
+def _usage_text(result) -> str:
+    usage = result.usage
+    if getattr(usage, "reported", True):
+        return f"{usage.input_tokens} in / {usage.output_tokens} out tokens"
+    charged = getattr(result, "charged_tokens", 0)
+    return f"usage not reported, {charged} tokens charged by estimate" if charged else "usage not reported"
+
+
+def _summary(result) -> str:
+    cost = f"${result.cost_usd:.6f}" if result.cost_usd is not None else "unknown"
+    ttft = f", first token {result.ttft_s * 1000:.0f} ms" if result.ttft_s is not None else ""
+    return (f"[{result.deployment}: {_usage_text(result)}, cost {cost}, {result.latency_s * 1000:.0f} ms{ttft}, "
+            f"finish {result.finish_reason}]")
+
+
+def _check_node(port: int) -> None:
+    """Before attaching: is a node listening there? (Thespian would start a stray admin otherwise.)"""
+    from actors.ops.procs import port_is_listening
+
+    if not port_is_listening(port):
+        from actors.errors import GatewayUnavailable
+
+        raise GatewayUnavailable(f"no gateway node is listening on 127.0.0.1:{port}")
 
 
 def _print_cluster(cluster) -> None:
@@ -134,28 +180,27 @@ def status(args: argparse.Namespace) -> int:
     if args.leader:
         host, _, port = args.leader.rpartition(":")
         if host in ("127.0.0.1", "localhost") and port_is_listening(int(port)):
-            with GatewayClient(int(port), keyring=keyring) as client:
+            with GatewayClient(int(port), keyring=_need_key(keyring, int(port))) as client:
                 _print_cluster(client.cluster_status())
         else:
             _print_cluster(cluster_status_from(args.leader, advertise=args.advertise, keyring=keyring))
         return 0
-    with GatewayClient(args.admin_port, keyring=keyring) as client:
+    _check_node(args.admin_port)
+    with GatewayClient(args.admin_port, keyring=_need_key(keyring, args.admin_port)) as client:
         _print_cluster(client.cluster_status())
     return 0
 
 
 def demo(args: argparse.Namespace) -> int:
     """Start a node on the mock provider, stream a few answers through it, show status, stop."""
-    from actors.security import wire
     from actors.client import GatewayClient
     from actors.ops.procs import port_is_listening
     from actors.ops.system import start_node
 
     config = load_config(args.config)
-    # The demo's node and client live in this process: without a cluster secret they share
-    # one made up for this run, so the demo runs authenticated like a real cluster.
-    keyring = _keyring(config.cluster.secret_file) or wire.KeyRing(
-        wire.parse_keys(wire.generate_key_line("demo"), "demo"), "an ephemeral key made for this demo")
+    # The demo's node and client live in this process and share its key: the cluster
+    # secret if one is set, else this host's key (made if need be).
+    keyring = _keyring(config.cluster.secret_file, node=True)
     port = args.admin_port or next(p for p in range(19500, 19600) if not port_is_listening(p))
     log_file = os.path.join(tempfile.gettempdir(), f"atomr-demo-{port}.log")
     print(f"starting a node on admin port {port} with {args.config} (log: {log_file})", flush=True)
@@ -169,7 +214,7 @@ def demo(args: argparse.Namespace) -> int:
                 for chunk in stream:
                     print(chunk.text, end="", flush=True)
                 r = stream.result
-                print(f"\n[{r.usage.input_tokens} in / {r.usage.output_tokens} out tokens, "
+                print(f"\n[{_usage_text(r)}, "
                       f"cost ${r.cost_usd:.7f}, first token {r.ttft_s * 1000:.0f} ms, total {r.latency_s * 1000:.0f} ms, "
                       f"{r.chunks} chunks]")
             r = client.complete("demo-claude", [{"role": "user", "content": "And once more, not streamed"}],
@@ -207,6 +252,45 @@ def secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unavailable(message: str):
+    from actors.errors import GatewayUnavailable
+
+    return GatewayUnavailable(message)
+
+
+def stop_node(args: argparse.Namespace) -> int:
+    """Stop the node on ``--admin-port`` (e.g. one whose launcher is gone), after making sure it is one."""
+    from thespian.actors import ActorSystem
+
+    from actors.client import GatewayClient
+    from actors.ops.procs import admin_process, kill_group, pids_in_group, process_start_ticks, wait_until
+
+    port = args.admin_port
+    _check_node(port)
+    found = admin_process(port)
+    if found is None:
+        raise _unavailable(f"port {port} is open but no process of this user holds it")
+    pid, ticks, pgid = found
+    keyring = _need_key(_keyring(args.secret_file, explicit=True), port)
+    try:
+        with GatewayClient(port, keyring=keyring, timeout_s=10) as client:
+            name = client.status(timeout_s=10).node
+    except Exception as exc:  # noqa: BLE001 - whatever it is, it is not a node we can vouch for
+        raise _unavailable(f"the process on port {port} (pid {pid}) did not answer as an atomr node "
+                                      f"that accepts this host's key ({type(exc).__name__}); not stopping it") from None
+    print(f"stopping node {name} (admin pid {pid}, process group {pgid})", flush=True)
+    if process_start_ticks(pid) == ticks:
+        try:
+            ActorSystem("multiprocTCPBase", {"Admin Port": port}, transientUnique=True).shutdown()
+        except Exception:  # noqa: BLE001 - the group is killed below if it lingers
+            pass
+    if not wait_until(lambda: not pids_in_group(pgid), 15) and pids_in_group(pgid):
+        kill_group(pgid)
+        wait_until(lambda: not pids_in_group(pgid), 5)
+    print("stopped", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--convention", choices=("leader", "member"), default="leader",
@@ -233,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="run the end-to-end demo on the built-in mock provider")
     p_demo.add_argument("--config", default=DEFAULT_CONFIG)
     p_demo.add_argument("--admin-port", type=int, default=None)
+    p_stop = sub.add_parser("stop", help="stop the node on this host's --admin-port (e.g. its launcher is gone)")
+    p_stop.add_argument("--admin-port", type=int, default=1900)
+    p_stop.add_argument("--secret-file", default=None, help="cluster key file (default: $ATOMR_CLUSTER_SECRET)")
     p_secret = sub.add_parser("secret", help="generate a cluster key (KEYID:SECRET) for ATOMR_CLUSTER_SECRET or a file")
     p_secret.add_argument("--key-id", default=None, help="the key's id (default: kYYYYMMDD)")
     p_secret.add_argument("--out", default=None, help="write a new key file (mode 600) instead of printing")
@@ -248,11 +335,14 @@ def main(argv: list[str] | None = None) -> int:
             return demo(args)
         if args.command == "secret":
             return secret(args)
+        if args.command == "stop":
+            return stop_node(args)
         return run_node(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except InferenceError as exc:
+        sys.stdout.flush()
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

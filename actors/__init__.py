@@ -1,3 +1,50 @@
-"""atomr-infer-remote-core: shared infrastructure for calling remote LLM providers from a Thespian actor cluster."""
+"""atomr-infer-remote-core: shared infrastructure for calling remote LLM providers from a Thespian actor cluster.
+
+The public API: ``from actors import GatewayClient``; the request and response types; the
+errors (every failure of a call is an ``InferenceError``; ``ConfigError`` is not one).
+Importing this package imports the client lazily, so ``actors.core`` stays free of Thespian.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.errors import (AuthenticationError, BadRequest, BudgetExceeded, Cancelled, CircuitOpen, ConfigError,
+                           Conflict, ContentFiltered, ContextLengthExceeded, CredentialUnavailable, DeadlineExceeded,
+                           EngineCrashed, GatewayTimeout, GatewayUnavailable, InferenceError, InternalError,
+                           LeaderUnavailable, NetworkError, NotFound, Overloaded, PermissionDenied, QueueFull,
+                           RateLimited, ServerError, ShuttingDown, StreamError, Timeout, WorkerCrashed)
+from actors.types import Cancel, Completed, Failed, InferenceRequest, TokenChunk, ToolCall, Usage
 
 __version__ = "0.1.0"
+
+__all__ = [
+    # the client
+    "GatewayClient", "Stream", "NOT_GIVEN",
+    # what goes in and comes out
+    "InferenceRequest", "TokenChunk", "Completed", "Failed", "Cancel", "Usage", "ToolCall",
+    # errors: the base, then by who is at fault
+    "InferenceError",
+    "GatewayUnavailable", "GatewayTimeout", "EngineCrashed", "WorkerCrashed", "ShuttingDown", "InternalError",
+    "RateLimited", "Overloaded", "ServerError", "Timeout", "NetworkError", "StreamError", "Conflict",
+    "AuthenticationError", "CredentialUnavailable", "PermissionDenied", "NotFound", "BadRequest",
+    "ContextLengthExceeded", "ContentFiltered",
+    "CircuitOpen", "BudgetExceeded", "LeaderUnavailable", "QueueFull", "Cancelled", "DeadlineExceeded",
+    "ConfigError",
+    "__version__",
+]
+
+_CLIENT_NAMES = ("GatewayClient", "Stream", "NOT_GIVEN")
+
+
+def __getattr__(name: str) -> Any:
+    # The client imports Thespian and the runtime; load it only when asked for.
+    if name in _CLIENT_NAMES:
+        from actors import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'actors' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,58 +1,140 @@
-"""GatewayClient: call a node from any process with ``ActorSystem().ask``.
+"""GatewayClient: call a node from any process; Stream: one streamed call.
 
-Thespian's ``ask`` returns whatever message reaches the endpoint next, so every thread
-gets its own private endpoint and every message is matched on ``request_id``; late
-chunks of an earlier request are dropped. Every wait has a timeout. An actor exception
-arrives as a PoisonMessage and becomes a typed error.
+Every thread gets its own private Thespian endpoint wrapped in a Correlator, which files
+each arriving message under its request id or lookup token: no call or lookup ever sees
+another one's message (a late chunk of an abandoned stream, say). A call that is left
+(``close()``, leaving the ``with`` block or the ``for`` loop, a client-side timeout, the
+Stream garbage-collected) is cancelled upstream, never left running and billed.
+
+A request silent for ``liveness_after_s`` makes the client ask the node whether the
+engine it was sent to is still the live one; if that engine died, the request fails
+with EngineCrashed, or is sent again to the restarted engine when no token had arrived
+and it is idempotent.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import secrets
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from thespian.actors import ActorSystem, InvalidActorAddress, PoisonMessage
 
-from actors.security import wire
-from actors.errors import CircuitOpen, InferenceError, InternalError, NotFound, QueueFull, Timeout
-from actors.types import Cancel, Completed, Failed, InferenceRequest, TokenChunk
-from actors.runtime.protocol import ClusterStatus, ClusterStatusRequest, NodeStatus, Route, Routes, StatusRequest
-from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
+from actors.correlator import Correlator
+from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, GatewayTimeout, GatewayUnavailable,
+                           InferenceError, InternalError, NotFound, QueueFull)
 from actors.ops.procs import port_is_listening
+from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
+from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, EngineCheck, EngineLiveness, NodeStatus,
+                                     Route, Routes, StatusRequest)
+from actors.security import wire
+from actors.types import Cancel, Completed, Failed, InferenceRequest, TokenChunk
 
-__all__ = ["GatewayClient", "Stream"]
+__all__ = ["GatewayClient", "Stream", "NOT_GIVEN"]
 
 ROUTE_TTL_S = 5.0
-# How long to wait for streamed chunks that a terminal message overtook.
-STRAGGLER_WAIT_S = 2.0
-TERMINAL_GRACE_S = 2.0
+STRAGGLER_WAIT_S = 2.0     # for streamed chunks that their terminal message overtook
+TERMINAL_GRACE_S = 2.0     # the engine owes a terminal even at the deadline: wait a little past it
 SEND_ATTEMPTS = 3
-EARLY_NONE_S = 0.5   # an ask that returns nothing this fast was never delivered
+EARLY_NONE_S = 0.5         # an ask that returns nothing this fast was never delivered
+LIVENESS_AFTER_S = 1.0
+CRASH_RESENDS = 2
+LOOKUP_TIMEOUT_S = 10.0
+
+
+class _NotGiven:
+    """``NOT_GIVEN``: a parameter left out (None may be a value the provider understands)."""
+
+    _instance = None
+
+    def __new__(cls) -> "_NotGiven":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+    def __reduce__(self):
+        return (_NotGiven, ())
+
+
+NOT_GIVEN: Any = _NotGiven()
+
+
+class _EngineGone(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _State:
+    """What a Stream and its exchange share; holds no reference to the Stream, so a dropped
+    Stream is collected at once and its finalizer can cancel the call."""
+
+    def __init__(self) -> None:
+        self.chunks: list[TokenChunk] = []
+        self.result: Completed | None = None
+        self.exchange: Iterator[TokenChunk] | None = None
+        self.done = False
+
+
+def _drop(state: _State) -> bool:
+    """Close the exchange (its finally cancels the call upstream); False when another thread runs it."""
+    if not state.done and state.exchange is not None:
+        try:
+            state.exchange.close()
+        except ValueError:
+            return False  # running in another thread right now
+    state.done = True
+    return True
 
 
 class Stream:
-    """Iterate for TokenChunks in order; ``result`` is the Completed once iteration ends."""
+    """One call's chunks, in order: ``for chunk in stream``; ``result`` is the Completed once it ends.
+
+    A context manager: leaving the block (or calling ``close()``) cancels the call if it is
+    still running. Leaving a ``for`` loop early cancels it too; so does dropping the Stream.
+    """
 
     def __init__(self, client: "GatewayClient", request: InferenceRequest, timeout_s: float) -> None:
         self._client = client
         self.request = request
         self.timeout_s = timeout_s
-        self.result: Completed | None = None
-        self.chunks: list[TokenChunk] = []
-        self._iterator: Iterator[TokenChunk] | None = None
+        self._state = _State()
+        weakref.finalize(self, _drop, self._state).atexit = False
 
     @property
     def request_id(self) -> str:
         return self.request.request_id
 
+    @property
+    def result(self) -> Completed | None:
+        return self._state.result
+
+    @property
+    def chunks(self) -> list[TokenChunk]:
+        return self._state.chunks
+
+    @property
+    def closed(self) -> bool:
+        return self._state.done
+
     def __iter__(self) -> Iterator[TokenChunk]:
-        # One exchange per stream: a loop that breaks early can be resumed by the next loop.
-        if self._iterator is None:
-            self._iterator = self._client._exchange(self.request, self.timeout_s, self)
-        return self._iterator
+        state = self._state
+        if state.done:
+            return iter(())
+        if state.exchange is None:
+            state.exchange = self._client._exchange(self.request, self.timeout_s, state)
+        return _consume(state, self)
 
     def text(self) -> str:
         """Consume the stream and return the whole text."""
@@ -61,7 +143,35 @@ class Stream:
         return self.result.text if self.result else ""
 
     def cancel(self) -> None:
+        """Ask the engine to stop; the iteration then ends with Cancelled. Safe from any thread."""
         self._client.cancel(self.request_id)
+
+    def close(self) -> None:
+        """Stop the call now (cancelled upstream if it is still running) and stop iterating."""
+        if not _drop(self._state):
+            self.cancel()  # another thread is iterating: its iteration ends with Cancelled
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Stream({self.request_id}, {len(self.chunks)} chunks, {'done' if self.closed else 'open'})"
+
+
+def _consume(state: _State, stream: Stream) -> Iterator[TokenChunk]:
+    # A fresh generator per loop: when the loop is left early, CPython closes it at once.
+    # It holds the Stream, so ``for chunk in client.stream(...)`` keeps its Stream alive.
+    finished = False
+    try:
+        for chunk in state.exchange:
+            yield chunk
+        finished = True
+    finally:
+        if not finished:
+            _drop(state)
 
 
 def _key_hint() -> str:
@@ -72,23 +182,36 @@ def _key_hint() -> str:
             f"a key the node accepts (the node's log names the refused frames)")
 
 
+def _timeout(timeout_s: Any, default: float) -> float:
+    if timeout_s is NOT_GIVEN or timeout_s is None:
+        return default
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
+        raise TypeError(f"timeout_s must be a number of seconds, got {type(timeout_s).__name__}")
+    if math.isnan(timeout_s) or math.isinf(timeout_s):
+        raise ValueError(f"timeout_s must be finite, got {timeout_s}")
+    return float(timeout_s)
+
+
 class GatewayClient:
     def __init__(self, admin_port: int = 1900, *, host: str = "127.0.0.1", timeout_s: float = 60.0,
-                 system_base: str = "multiprocTCPBase", keyring: Any = wire.FROM_ENVIRONMENT) -> None:
+                 system_base: str = "multiprocTCPBase", keyring: Any = wire.FROM_ENVIRONMENT,
+                 route_ttl_s: float = ROUTE_TTL_S, liveness_after_s: float = LIVENESS_AFTER_S) -> None:
         # ActorSystem() silently starts a fresh admin when none listens on the port: check first.
         if not port_is_listening(admin_port, host):
-            raise InternalError(f"no gateway node is listening on {host}:{admin_port}")
+            raise GatewayUnavailable(f"no gateway node is listening on {host}:{admin_port}")
         # Sign and allow-list this process's messages like the nodes' (before its ActorSystem).
         wire.install(wire.resolve_keyring(keyring))
         self.admin_port = admin_port
         self.timeout_s = timeout_s
+        self.route_ttl_s = route_ttl_s
+        self.liveness_after_s = liveness_after_s
         try:
             self.asys = ActorSystem(system_base, {"Admin Port": admin_port}, transientUnique=True)
         except InvalidActorAddress:
             # Something listens there but never answered: with the wire installed, almost
             # always a node that refuses this client's key (its log says which it accepts).
-            raise InternalError(f"the node on {host}:{admin_port} did not accept this client's messages: "
-                                f"{_key_hint()}") from None
+            raise GatewayUnavailable(f"the node on {host}:{admin_port} did not accept this client's messages: "
+                                     f"{_key_hint()}") from None
         self._local = threading.local()
         self._routes: dict[str, tuple[float, list[Any]]] = {}
         self._rr = itertools.count()
@@ -96,23 +219,31 @@ class GatewayClient:
         self._contexts: list[Any] = []
         self._lock = threading.Lock()
         self._sent_to: dict[str, Any] = {}
+        # Cancels may come from any thread (close(), a finalizer): one endpoint for them, under a lock.
+        self._cancel_lock = threading.Lock()
+        self._cancel_manager = self.asys.private()
+        self._cancel_endpoint = self._cancel_manager.__enter__()
+        self._cancels_pending: list[tuple[Any, str]] = []
 
     # -- endpoints -----------------------------------------------------------------------
 
-    def _endpoint(self) -> Any:
-        context = getattr(self._local, "context", None)
-        if context is None:
+    def _correlator(self) -> Correlator:
+        correlator = getattr(self._local, "correlator", None)
+        if correlator is None:
             manager = self.asys.private()
-            context = manager.__enter__()
-            self._local.context = context
+            correlator = self._local.correlator = Correlator(manager.__enter__())
             with self._lock:
-                self._contexts.append((manager, context))
-        return context
+                self._contexts.append(manager)
+        return correlator
+
+    def _endpoint(self) -> Any:
+        """This thread's endpoint, for raw asks (messages nobody waits for are dropped by the correlator)."""
+        return self._correlator().endpoint
 
     def close(self) -> None:
         with self._lock:
-            contexts, self._contexts = self._contexts, []
-        for manager, _ in contexts:
+            managers, self._contexts = self._contexts + [self._cancel_manager], []
+        for manager in managers:
             try:
                 manager.__exit__(None, None, None)
             except Exception:  # noqa: BLE001
@@ -126,49 +257,95 @@ class GatewayClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # -- routing -------------------------------------------------------------------------
+    # -- lookups -------------------------------------------------------------------------
+
+    def _lookup(self, message: Any, expected: type, timeout_s: float, what: str) -> Any:
+        token = message.token = "q_" + secrets.token_hex(8)
+        reply = self._correlator().request(self._registry, message, token, timeout_s)
+        if not isinstance(reply, expected):
+            got = "nothing" if reply is None else type(reply).__name__
+            raise GatewayUnavailable(f"the node on port {self.admin_port} did not answer {what} (got {got})")
+        return reply
 
     def routes(self, model: str, refresh: bool = False) -> list[Any]:
+        return self._route_lookup(model, refresh).entries
+
+    def _route_lookup(self, model: str, refresh: bool = False) -> Routes:
         cached = self._routes.get(model)
-        if cached and not refresh and time.monotonic() - cached[0] < ROUTE_TTL_S:
-            return cached[1]
-        reply = self._endpoint().ask(self._registry, Route(model), 10)
-        if not isinstance(reply, Routes):
-            raise InternalError(f"the node did not answer a route lookup (got {type(reply).__name__})")
-        self._routes[model] = (time.monotonic(), reply.entries)
-        return reply.entries
+        if cached and not refresh and time.monotonic() - cached[0] < self.route_ttl_s:
+            return Routes(model, cached[1])
+        reply = self._lookup(Route(model), Routes, LOOKUP_TIMEOUT_S, "a route lookup")
+        if reply.entries:
+            self._routes[model] = (time.monotonic(), reply.entries)
+        else:
+            self._routes.pop(model, None)
+        return reply
 
     def cluster_status(self, timeout_s: float = 10.0, members_only: bool = False) -> ClusterStatus:
         """Every node of the cluster, gathered by the leader's registrar (or just who is in it)."""
-        reply = self._endpoint().ask(self._registry, ClusterStatusRequest(members_only=members_only), timeout_s)
-        if not isinstance(reply, ClusterStatus):
-            raise InternalError(f"no cluster status (got {type(reply).__name__})")
-        return reply
+        return self._lookup(ClusterStatusRequest(members_only=members_only), ClusterStatus, timeout_s,
+                            "a cluster status request")
 
     def status(self, timeout_s: float = 10.0) -> NodeStatus:
-        reply = self._endpoint().ask(self._registry, StatusRequest(), timeout_s)
-        if not isinstance(reply, NodeStatus):
-            raise InternalError(f"no status from the node (got {type(reply).__name__})")
-        return reply
+        return self._lookup(StatusRequest(), NodeStatus, timeout_s, "a status request")
 
     # -- calls ---------------------------------------------------------------------------
 
     def request(self, model: str, messages: list[dict[str, Any]], *, stream: bool = False,
-                priority: int | str = "normal", timeout_s: float | None = None, idempotent: bool = True,
-                request_id: str | None = None, **params: Any) -> InferenceRequest:
-        timeout = timeout_s or self.timeout_s
+                max_tokens: Any = NOT_GIVEN, temperature: Any = NOT_GIVEN, top_p: Any = NOT_GIVEN,
+                stop: Any = NOT_GIVEN, tools: Any = NOT_GIVEN, tool_choice: Any = NOT_GIVEN, seed: Any = NOT_GIVEN,
+                n: Any = NOT_GIVEN, presence_penalty: Any = NOT_GIVEN, frequency_penalty: Any = NOT_GIVEN,
+                response_format: Any = NOT_GIVEN, user: Any = NOT_GIVEN, metadata: dict[str, str] | None = None,
+                priority: int | str = "normal", timeout_s: Any = NOT_GIVEN, idempotent: bool = True,
+                request_id: str | None = None, extra_body: dict[str, Any] | None = None) -> InferenceRequest:
+        """Build a request. Parameters left out are not sent; ``extra_body`` carries any other
+        provider parameter as is. ``timeout_s`` <= 0 raises DeadlineExceeded at once."""
+        given = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop,
+                 "tools": tools, "tool_choice": tool_choice, "seed": seed, "n": n,
+                 "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
+                 "response_format": response_format, "user": user}
+        params = {k: v for k, v in given.items() if v is not NOT_GIVEN}
+        if extra_body is not None:
+            if not isinstance(extra_body, dict):
+                raise TypeError(f"extra_body must be a dict, got {type(extra_body).__name__}")
+            clash = sorted(set(extra_body) & set(params))
+            if clash:
+                raise TypeError(f"{', '.join(clash)} given both as a parameter and in extra_body")
+            params.update(extra_body)
+        timeout = _timeout(timeout_s, self.timeout_s)
         request = InferenceRequest(model=model, messages=messages, params=params, stream=stream, priority=priority,
-                                   deadline_unix=time.time() + timeout, idempotent=idempotent)
+                                   deadline_unix=time.time() + timeout, idempotent=idempotent,
+                                   metadata=dict(metadata or {}))
         if request_id:
             request.request_id = request_id
+        if timeout <= 0:
+            # A spent budget (e.g. a parent's deadline handed down) is the deadline already passed.
+            raise DeadlineExceeded(f"timeout_s={timeout_s:g}: the deadline passed before the call was sent",
+                                   request_id=request.request_id)
         return request
 
-    def complete(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> Completed:
+    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: Any = NOT_GIVEN,
+                 temperature: Any = NOT_GIVEN, top_p: Any = NOT_GIVEN, stop: Any = NOT_GIVEN, tools: Any = NOT_GIVEN,
+                 tool_choice: Any = NOT_GIVEN, seed: Any = NOT_GIVEN, n: Any = NOT_GIVEN,
+                 presence_penalty: Any = NOT_GIVEN, frequency_penalty: Any = NOT_GIVEN,
+                 response_format: Any = NOT_GIVEN, user: Any = NOT_GIVEN, metadata: dict[str, str] | None = None,
+                 priority: int | str = "normal", timeout_s: Any = NOT_GIVEN, idempotent: bool = True,
+                 request_id: str | None = None, extra_body: dict[str, Any] | None = None) -> Completed:
         """One whole completion; raises the typed InferenceError on failure."""
+        kw = dict(locals())
+        del kw["self"], kw["model"], kw["messages"]
         return self.send(self.request(model, messages, stream=False, **kw))
 
-    def stream(self, model: str, messages: list[dict[str, Any]], **kw: Any) -> Stream:
-        """Chunks as they arrive: ``for chunk in client.stream(...)``; raises on failure."""
+    def stream(self, model: str, messages: list[dict[str, Any]], *, max_tokens: Any = NOT_GIVEN,
+               temperature: Any = NOT_GIVEN, top_p: Any = NOT_GIVEN, stop: Any = NOT_GIVEN, tools: Any = NOT_GIVEN,
+               tool_choice: Any = NOT_GIVEN, seed: Any = NOT_GIVEN, n: Any = NOT_GIVEN,
+               presence_penalty: Any = NOT_GIVEN, frequency_penalty: Any = NOT_GIVEN,
+               response_format: Any = NOT_GIVEN, user: Any = NOT_GIVEN, metadata: dict[str, str] | None = None,
+               priority: int | str = "normal", timeout_s: Any = NOT_GIVEN, idempotent: bool = True,
+               request_id: str | None = None, extra_body: dict[str, Any] | None = None) -> Stream:
+        """Chunks as they arrive: ``with client.stream(...) as s: for chunk in s: ...``; raises on failure."""
+        kw = dict(locals())
+        del kw["self"], kw["model"], kw["messages"]
         request = self.request(model, messages, stream=True, **kw)
         return Stream(self, request, request.deadline_unix - time.time())
 
@@ -176,37 +353,87 @@ class GatewayClient:
         """Send a prepared request and wait for its terminal message."""
         if timeout_s is None:
             timeout_s = request.deadline_unix - time.time() if request.deadline_unix else self.timeout_s
-        holder = Stream(self, request, timeout_s)
-        for _ in holder:
-            pass
-        return holder.result
+        with Stream(self, request, timeout_s) as holder:
+            for _ in holder:
+                pass
+            return holder.result
 
     def cancel(self, request_id: str) -> None:
+        """Cancel a call of this client; safe from any thread."""
         engine = self._sent_to.get(request_id)
-        targets = [engine] if engine is not None else [e.engine for _, es in self._routes.values() for e in es]
+        targets = [engine] if engine is not None else [e.engine for _, es in list(self._routes.values()) for e in es]
         for target in targets:
-            self.asys.tell(target, Cancel(request_id))
+            self._tell_cancel(target, request_id)
 
-    def _exchange(self, request: InferenceRequest, timeout_s: float, stream: Stream) -> Iterator[TokenChunk]:
-        """Send to a route (falling back to the next one when refused outright) and follow the reply."""
-        entries = self.routes(request.model)
-        if not entries:
-            raise NotFound(f"no deployment serves model {request.model!r}")
+    def _tell_cancel(self, engine: Any, request_id: str) -> None:
+        if self.asys is None:
+            return
+        if not self._cancel_lock.acquire(blocking=False):
+            # Held by this thread further up (a finalizer ran mid-cancel) or by another:
+            # sent with the next cancel.
+            self._cancels_pending.append((engine, request_id))
+            return
+        try:
+            pending, self._cancels_pending = self._cancels_pending + [(engine, request_id)], []
+            for target, rid in pending:
+                try:
+                    self._cancel_endpoint.tell(target, Cancel(rid))
+                except Exception:  # noqa: BLE001 - best effort; the engine's deadline still applies
+                    pass
+        finally:
+            self._cancel_lock.release()
+
+    # -- one call --------------------------------------------------------------------------
+
+    def _exchange(self, request: InferenceRequest, timeout_s: float, state: _State) -> Iterator[TokenChunk]:
+        """Route, send, follow; on an engine crash resend (idempotent, nothing streamed yet) or fail."""
+        correlator = self._correlator()
+        rid = request.request_id
+        deadline = time.monotonic() + timeout_s
+        correlator.open(rid)
+        try:
+            for resend in itertools.count():
+                try:
+                    yield from self._over_routes(correlator, request, deadline, state)
+                    return
+                except _EngineGone as gone:
+                    self._routes.pop(request.model, None)
+                    if state.chunks or not request.idempotent or resend >= CRASH_RESENDS \
+                            or time.monotonic() >= deadline:
+                        raise EngineCrashed(f"{gone.reason} while it held {rid}", request_id=rid,
+                                            retryable=not state.chunks) from None
+        finally:
+            state.done = True
+            correlator.close(rid)
+
+    def _over_routes(self, correlator: Correlator, request: InferenceRequest, deadline: float,
+                     state: _State) -> Iterator[TokenChunk]:
+        entries = self._wait_for_routes(request.model, deadline)
         start = next(self._rr)
         error: InferenceError | None = None
         for attempt in range(len(entries)):
             entry = entries[(start + attempt) % len(entries)]
             try:
-                yield from self._follow(entry.engine, request, timeout_s, stream)
+                yield from self._follow(correlator, entry.engine, request, deadline, state)
                 return
             except (CircuitOpen, QueueFull) as exc:
-                if stream.chunks:
+                if state.chunks:
                     raise
                 error = exc  # nothing was sent anywhere: another deployment may take it
         raise error
 
-    @staticmethod
-    def _send_request(endpoint: Any, engine: Any, request: InferenceRequest, deadline: float) -> Any:
+    def _wait_for_routes(self, model: str, deadline: float) -> list[Any]:
+        while True:
+            routes = self._route_lookup(model)
+            if routes.entries:
+                return routes.entries
+            if not routes.restarting:
+                raise NotFound(f"no deployment serves model {model!r}")
+            if time.monotonic() >= deadline:
+                raise EngineCrashed(f"the engine of {', '.join(routes.restarting)} is restarting", retryable=True)
+            time.sleep(0.1)
+
+    def _send_request(self, correlator: Correlator, engine: Any, request: InferenceRequest, deadline: float) -> Any:
         """``ask`` the engine; resend when Thespian reports the transmit itself failed.
 
         ``ask`` returns None at once (not at the timeout) when the message could not be
@@ -215,54 +442,64 @@ class GatewayClient:
         """
         for attempt in range(SEND_ATTEMPTS):
             sent_at = time.monotonic()
-            reply = endpoint.ask(engine, request, max(0.01, deadline - sent_at))
+            wait = max(0.01, min(max(self.liveness_after_s, 2 * EARLY_NONE_S), deadline - sent_at))
+            reply = correlator.ask(engine, request, request.request_id, wait)
             if reply is not None or time.monotonic() - sent_at > EARLY_NONE_S or time.monotonic() >= deadline:
                 return reply
             time.sleep(0.05 * (attempt + 1))
         return None
 
-    def _follow(self, engine: Any, request: InferenceRequest, timeout_s: float,
-                stream: Stream) -> Iterator[TokenChunk]:
-        endpoint = self._endpoint()
-        # The engine owes us a terminal message even at the deadline (DeadlineExceeded):
-        # wait a little past it before concluding that the node is gone.
-        deadline = time.monotonic() + timeout_s + TERMINAL_GRACE_S
-        self._sent_to[request.request_id] = engine
+    def _engine_gone(self, correlator: Correlator, engine: Any) -> str | None:
+        """Why the engine is no longer the live one, or None (alive, or the node did not say)."""
+        token = "q_" + secrets.token_hex(8)
+        reply = correlator.request(self._registry, EngineCheck(engine, token), token, self.liveness_after_s)
+        if isinstance(reply, EngineLiveness) and not reply.alive:
+            return reply.reason or "the engine is gone"
+        return None
+
+    def _follow(self, correlator: Correlator, engine: Any, request: InferenceRequest, deadline: float,
+                state: _State) -> Iterator[TokenChunk]:
+        rid = request.request_id
+        grace = deadline + TERMINAL_GRACE_S
+        self._sent_to[rid] = engine
         received: dict[int, TokenChunk] = {}
         next_seq = 0
         terminal: Completed | Failed | None = None
+        gone = False
         try:
-            reply = self._send_request(endpoint, engine, request, deadline)
+            reply = self._send_request(correlator, engine, request, grace)
             while True:
                 if reply is None:
                     if terminal is not None:
                         break  # stragglers never came: the terminal message is authoritative
-                    raise Timeout(f"no answer for {request.request_id} within {timeout_s:g}s "
-                                  f"(+{TERMINAL_GRACE_S:g}s grace)")
-                if isinstance(reply, PoisonMessage):
+                    if time.monotonic() >= grace:
+                        raise GatewayTimeout(f"no answer for {rid} within its deadline (+{TERMINAL_GRACE_S:g}s grace)",
+                                             request_id=rid)
+                    reason = self._engine_gone(correlator, engine)
+                    if reason is not None:
+                        gone = True
+                        raise _EngineGone(reason)
+                elif isinstance(reply, PoisonMessage):
                     raise InternalError(f"the gateway failed on a message: {str(reply.details)[:300]}")
-                if getattr(reply, "request_id", None) == request.request_id:
-                    if isinstance(reply, TokenChunk):
-                        received[reply.seq] = reply
-                        while next_seq in received:
-                            chunk = received.pop(next_seq)
-                            next_seq += 1
-                            stream.chunks.append(chunk)
-                            yield chunk
-                    elif isinstance(reply, (Completed, Failed)):
-                        terminal = reply
+                elif isinstance(reply, TokenChunk):
+                    received[reply.seq] = reply
+                    while next_seq in received:
+                        chunk = received.pop(next_seq)
+                        next_seq += 1
+                        state.chunks.append(chunk)
+                        yield chunk
+                elif isinstance(reply, (Completed, Failed)):
+                    terminal = reply
                 if terminal is not None and (terminal.chunks is None or next_seq >= terminal.chunks):
                     break
-                wait = STRAGGLER_WAIT_S if terminal is not None else deadline - time.monotonic()
-                reply = endpoint.listen(max(0.01, wait))
+                now = time.monotonic()
+                wait = STRAGGLER_WAIT_S if terminal is not None else min(self.liveness_after_s, grace - now)
+                reply = correlator.wait(rid, max(0.01, wait))
         finally:
-            if terminal is None and self.asys is not None:
-                # Timed out, or the caller stopped iterating: do not leave the call running.
-                try:
-                    endpoint.tell(engine, Cancel(request.request_id))
-                except Exception:  # noqa: BLE001 - best effort; the engine's deadline still applies
-                    pass
-            self._sent_to.pop(request.request_id, None)
+            if terminal is None and not gone:
+                # Timed out, left early, or dropped: do not leave the call running upstream.
+                self._tell_cancel(engine, rid)
+            self._sent_to.pop(rid, None)
         if isinstance(terminal, Failed):
             raise terminal.error
-        stream.result = terminal
+        state.result = terminal

@@ -35,6 +35,10 @@ __all__ = [
     "ShuttingDown",
     "WorkerCrashed",
     "InternalError",
+    "EngineCrashed",
+    "GatewayUnavailable",
+    "GatewayTimeout",
+    "CredentialUnavailable",
     "ConfigError",
     "ALL_ERROR_CLASSES",
 ]
@@ -260,17 +264,100 @@ class InternalError(InferenceError):
     kind = "internal_error"
 
 
-class ConfigError(InferenceError):
-    """Configuration is invalid; ``path`` names the file and field."""
+class EngineCrashed(InferenceError):
+    """The engine that held the request died; retryable when no token had reached the caller."""
 
-    kind = "config_error"
+    kind = "engine_crashed"
+    default_retryable = True
+
+
+class GatewayUnavailable(InferenceError):
+    """No gateway node answers at that address (nothing listens, or it refuses this client)."""
+
+    kind = "gateway_unavailable"
+    default_retryable = True
+
+
+class GatewayTimeout(Timeout):
+    """The client waited past the request's deadline (plus a grace) and heard nothing from the node.
+
+    A Timeout, but the client's own: it says nothing about the provider's health."""
+
+    kind = "gateway_timeout"
+    counts_for_breaker = False
+
+
+class CredentialUnavailable(AuthenticationError):
+    """The deployment's credential could not be resolved (variable unset, file unreadable)."""
+
+    kind = "credential_unavailable"
+
+
+class ConfigError(Exception):
+    """Configuration is invalid; ``path`` names the file and field.
+
+    Not an InferenceError: a bad configuration is the operator's to fix, not a call's
+    outcome, and ``except InferenceError`` around a call must not swallow it.
+    """
+
+    kind: ClassVar[str] = "config_error"
 
     def __init__(self, message: str = "", *, path: str = "", **kw: Any) -> None:
-        super().__init__(message, **kw)
+        super().__init__(message)
+        self.message = message
         self.path = path
+        # Accepted for callers that pass InferenceError's keywords; kept so they pickle too.
+        self.__dict__.update(kw)
+
+    def __reduce__(self):
+        return (_restore_config, (type(self), dict(self.__dict__)))
+
+    def fields(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.__dict__ == self.__dict__
+
+    __hash__ = Exception.__hash__
+
+    def __repr__(self) -> str:
+        return f"ConfigError(path={self.path!r}, message={self.message!r})"
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def _restore_config(cls: type, fields: dict[str, Any]) -> "ConfigError":
+    err = cls.__new__(cls)
+    Exception.__init__(err, fields.get("message", ""))
+    err.__dict__.update(fields)
+    return err
+
+
+# --- the upstream's answer is unusable as sent (helper D: transport and size limits) ---
+
+class EmptyResponse(InferenceError):
+    """The provider answered 2xx with no event or body at all (e.g. an over-long prompt that a
+    server answers with an empty 200). Retried once at most (``max_retries``), and not a sign of
+    an unhealthy upstream: one caller's input must not open the circuit for everyone."""
+
+    kind = "empty_response"
+    default_retryable = True
+    max_retries: ClassVar[int] = 1
+
+
+class ResponseTooLarge(InferenceError):
+    """The response passed a size limit of the deployment (``response_limits``): reading stopped there."""
+
+    kind = "response_too_large"
+
+    def __init__(self, message: str = "", *, limit: str = "", limit_bytes: int = 0, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit
+        self.limit_bytes = limit_bytes
+
+
+__all__ += ["EmptyResponse", "ResponseTooLarge"]
 
 
 def _all_subclasses(cls: type) -> list[type]:

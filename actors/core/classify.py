@@ -232,6 +232,25 @@ _BODY_TYPES: dict[str, type[InferenceError]] = {
     "ABORTED": Conflict,
 }
 
+def _body_message(body: Any) -> str | None:
+    """The message of an error-shaped body whose type was not recognised, bounded and redacted."""
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error", body)
+    if isinstance(err, str) and err.strip():
+        return redact(err.strip())
+    if not isinstance(err, dict):
+        return None
+    for key in ("message", "detail", "Message"):
+        value = err.get(key)
+        if isinstance(value, str) and value.strip():
+            return redact(value.strip())
+    detail = body.get("detail")  # FastAPI-style servers: {"detail": "..."}
+    return redact(detail.strip()) if isinstance(detail, str) and detail.strip() else None
+
+
 _BY_STATUS: dict[int, type[InferenceError]] = {
     400: BadRequest,
     401: AuthenticationError,
@@ -266,7 +285,10 @@ def classify_http_status(status: int, headers: Mapping[str, str] | None = None, 
         if isinstance(parsed, str) and parsed.strip():
             message = redact(parsed.strip())
         else:
-            message = f"HTTP {status}"
+            # The usual shape with a type we do not know (an OpenAI-compatible server's
+            # internal_server_error, a Gemini-shaped body with a made-up status): the type
+            # comes from the status, the provider's explanation is kept.
+            message = _body_message(parsed) or f"HTTP {status}"
         error = cls(message, provider=provider, status=status, **common)
     should_retry = parse_should_retry(headers)
     if should_retry is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -15,9 +16,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from actors.core.classify import redact
 from actors.errors import AuthenticationError, ConfigError
 
-__all__ = ["Secret", "ResolvedCredential", "resolve", "next_refresh_at"]
+__all__ = ["Secret", "ResolvedCredential", "resolve", "next_refresh_at", "looks_secret"]
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9+/=_\-.~]{32,}")
+
+
+def looks_secret(text: str) -> bool:
+    """True when ``text`` is shaped like a key or token rather than a name or a path, so a
+    message about it must not repeat it (a key pasted into the wrong field)."""
+    if not isinstance(text, str):
+        return False
+    if "[redacted]" in redact(text):
+        return True
+    return bool(_TOKEN_LIKE.fullmatch(text.strip())) and "/" not in text
 
 
 class Secret:
@@ -153,7 +168,11 @@ class CredentialSource:
             raise ValueError("give exactly one of env, file, value, command"
                              + (f" (got {', '.join(given)})" if given else ""))
         if self.command is not None and not self.command:
-            raise ValueError("command must not be empty")
+            raise ValueError("command: must not be empty, got []")
+        if self.env is not None and (not _ENV_NAME.fullmatch(self.env) or looks_secret(self.env)):
+            # Most often a key pasted where its variable's name belongs: never repeat it.
+            raise ValueError("env: must be the name of an environment variable (letters, digits, _), "
+                             "got a value that is not one (not shown: it may be a key)")
         for name in ("ttl_s", "refresh_s"):
             value = getattr(self, name)
             if value is not None and value <= 0:

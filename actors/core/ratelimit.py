@@ -25,6 +25,7 @@ from typing import Literal
 
 from actors.errors import BudgetExceeded
 from actors.core.gcounter import GCounter
+from actors.core.settlement import apply_settlement, settlement
 
 __all__ = ["RateLimits", "Reservation", "WindowedLimiter", "WindowUsage", "estimate_tokens", "COUNTERS"]
 
@@ -346,11 +347,7 @@ class StrictLedger:
         entry = self.outstanding.pop(reservation_id, None)
         if entry is None:
             return False
-        reservation, _ = entry
-        if not sent:
-            self.limiter.release(reservation)
-        elif actual_tokens is not None:
-            self.limiter.reconcile(reservation, actual_tokens)
+        apply_settlement(self.limiter, entry[0], settlement(sent, actual_tokens))
         return True
 
     def expire(self) -> int:

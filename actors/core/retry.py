@@ -140,9 +140,12 @@ class RetryEngine:
             return RetryDecision(False, 0.0, f"{error.kind} is not retryable")
         if not idempotent:
             return RetryDecision(False, 0.0, "request is not idempotent")
-        if attempts > policy.max_retries:
+        # An error class may allow fewer retries than the policy (e.g. EmptyResponse: one).
+        max_retries = min(policy.max_retries, getattr(type(error), "max_retries", policy.max_retries))
+        if attempts > max_retries:
             return RetryDecision(False, 0.0, f"gave up after {attempts} attempts")
-        if policy.respect_retry_after and error.retry_after_s is not None:
+        # A negative or NaN retry-after is no instruction at all: fall back to backoff.
+        if policy.respect_retry_after and error.retry_after_s is not None and error.retry_after_s >= 0:
             if error.retry_after_s > policy.max_retry_after_s:
                 return RetryDecision(False, 0.0, f"retry-after {error.retry_after_s:g}s exceeds "
                                                  f"max_retry_after_s {policy.max_retry_after_s:g}s")
@@ -153,4 +156,4 @@ class RetryEngine:
             return RetryDecision(False, 0.0, "deadline would pass before the retry")
         if not self.budget.try_spend():
             return RetryDecision(False, 0.0, "retry budget exhausted")
-        return RetryDecision(True, delay, f"{why} after {error.kind} (retry {attempts} of {policy.max_retries})")
+        return RetryDecision(True, delay, f"{why} after {error.kind} (retry {attempts} of {max_retries})")

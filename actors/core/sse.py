@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from actors.errors import ResponseTooLarge
+
 __all__ = ["SseChunk", "SseDecoder", "decode_sse_stream"]
 
 
@@ -51,10 +53,14 @@ def _chunk(event: str, data: str, id: str, retry: int | None) -> SseChunk:
 class SseDecoder:
     """Turns an event-stream byte stream, fed in arbitrary pieces, into events.
 
-    Any split of the same bytes yields the same events.
+    Any split of the same bytes yields the same events. With ``max_line`` set, a line, or
+    one event's data, longer than that many bytes raises :class:`ResponseTooLarge` as soon
+    as it is seen, so a runaway line is never held whole.
     """
 
     __slots__ = (
+        "_max_line",
+        "_tail_len",
         "_at_start",
         "_tail",
         "_skip_lf",
@@ -65,7 +71,8 @@ class SseDecoder:
         "_last_event_id",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int | None = None) -> None:
+        self._max_line = max_line
         self._last_event_id = ""
         self._reset()
 
@@ -75,6 +82,7 @@ class SseDecoder:
         # Bytes after the last line terminator seen so far: an unfinished line.
         # A list, so a huge line arriving in many pieces is joined only once.
         self._tail: list[bytes] = []
+        self._tail_len = 0
         # The previous feed ended in CR, so a leading LF completes that CRLF.
         self._skip_lf = False
         # The data buffer as its lines; an empty list is an empty buffer.
@@ -102,17 +110,25 @@ class SseDecoder:
         lf = data.rfind(b"\n")
         cr = data.rfind(b"\r")
         cut = (lf if lf > cr else cr) + 1
+        max_line = self._max_line
         if not cut:
             if data:
                 self._tail.append(data)
+                self._tail_len += len(data)
+                if max_line is not None and self._tail_len > max_line:
+                    self._too_large()
             return []
         block = data[:cut]
         if self._tail:
             self._tail.append(block)
             block = b"".join(self._tail)
             self._tail.clear()
+        self._tail_len = 0
         if cut < len(data):
             self._tail.append(data[cut:])
+            self._tail_len = len(data) - cut
+            if max_line is not None and self._tail_len > max_line:
+                self._too_large()
         if cr >= 0:  # the tail never holds a terminator, so this covers the block
             self._skip_lf = cr == len(data) - 1
             block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -123,6 +139,9 @@ class SseDecoder:
                 block = block[3:]
         lines = block.split(b"\n")
         lines.pop()  # block ends with a terminator, so the last item is b""
+        # No line can be longer than its block: only a big block is checked line by line.
+        if max_line is not None and len(block) > max_line and max(map(len, lines)) > max_line:
+            self._too_large()
 
         events: list[SseChunk] = []
         emit = events.append
@@ -157,12 +176,20 @@ class SseDecoder:
                         retry = int(value)
                     except ValueError:
                         pass  # more digits than sys.int_max_str_digits: unusable
+        if max_line is not None and data_lines and sum(map(len, data_lines)) > max_line:
+            self._too_large()  # one event's data, spread over many lines and feeds
         self._data = data_lines
         self._event = event_type
         self._id = event_id
         self._retry = retry
         self._last_event_id = last_event_id
         return events
+
+    def _too_large(self) -> None:
+        limit = self._max_line
+        self._reset()
+        raise ResponseTooLarge(f"an event-stream line or event passed the deployment's max_line_bytes "
+                               f"({limit} bytes); reading stopped", limit="max_line_bytes", limit_bytes=limit or 0)
 
     def close(self) -> list[SseChunk]:
         """End the stream: drop any unfinished event and get ready for a new stream.

@@ -2,11 +2,82 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
+from actors.core.classify import redact
 from actors.core.priority_queue import Priority
 from actors.errors import BadRequest, InferenceError
 from actors.types import InferenceRequest
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return redact(text if len(text) <= 80 else text[:80] + "…")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _in_range(low: float, high: float) -> Callable[[Any], bool]:
+    return lambda v: _is_number(v) and low <= v <= high
+
+
+def _stop(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list) and len(value) <= 16 and all(isinstance(s, str) and s for s in value)
+
+
+def _tool(tool: Any) -> bool:
+    if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+        return False
+    function = tool.get("function", tool)
+    return (isinstance(function, dict) and isinstance(function.get("name"), str) and bool(function["name"])
+            and isinstance(function.get("parameters", {}), dict))
+
+
+def _tool_choice(value: Any) -> bool:
+    if value in ("auto", "none", "required"):
+        return True
+    if not isinstance(value, dict):
+        return False
+    function = value.get("function", value)
+    return isinstance(function, dict) and isinstance(function.get("name"), str) and bool(function["name"])
+
+
+# Parameter -> (check, what a valid value is). Ranges are the widest any provider accepts,
+# so a value valid for one provider is never refused here; anything else never leaves the node.
+_PARAMS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "temperature": (_in_range(0.0, 2.0), "a number in [0, 2]"),
+    "top_p": (_in_range(0.0, 1.0), "a number in [0, 1]"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "max_tokens": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "max_completion_tokens": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "n": (lambda v: _is_int(v) and v == 1, "1 (one choice per call is supported)"),
+    "seed": (_is_int, "an integer"),
+    "presence_penalty": (_in_range(-2.0, 2.0), "a number in [-2, 2]"),
+    "frequency_penalty": (_in_range(-2.0, 2.0), "a number in [-2, 2]"),
+    "stop": (_stop, "a string or a list of at most 16 non-empty strings"),
+    "tools": (lambda v: isinstance(v, list) and all(_tool(t) for t in v),
+              "a list of function tools, each with a non-empty function.name and a parameters mapping"),
+    "tool_choice": (_tool_choice, "'auto', 'none', 'required' or {'function': {'name': ...}}"),
+}
+
+
+def validate_params(params: dict[str, Any]) -> InferenceError | None:
+    """Why the common generation parameters cannot be sent as given, or None (None values mean unset)."""
+    for name, (check, expected) in _PARAMS.items():
+        value = params.get(name)
+        if value is not None and not check(value):
+            return BadRequest(f"params.{name} must be {expected}, got {_shown(value)}")
+    return None
 
 
 def validate_request(request: Any) -> InferenceError | None:
@@ -24,16 +95,16 @@ def validate_request(request: Any) -> InferenceError | None:
             return BadRequest(f"messages[{i}] has no content")
     if not isinstance(request.params, dict):
         return BadRequest("params must be a mapping")
-    max_tokens = request.params.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
-        return BadRequest("params.max_tokens must be a positive integer")
+    error = validate_params(request.params)
+    if error is not None:
+        return error
     if not isinstance(request.stream, bool) or not isinstance(request.idempotent, bool):
         return BadRequest("stream and idempotent must be booleans")
     try:
         Priority.parse(request.priority)
     except (ValueError, TypeError) as exc:
         return BadRequest(str(exc))
-    if request.deadline_unix is not None and (not isinstance(request.deadline_unix, (int, float))
-                                              or isinstance(request.deadline_unix, bool)):
-        return BadRequest("deadline_unix must be a number (unix seconds)")
+    if request.deadline_unix is not None and not _is_number(request.deadline_unix):
+        # A NaN deadline compares false with every clock reading: it would never expire.
+        return BadRequest(f"deadline_unix must be a finite number (unix seconds), got {_shown(request.deadline_unix)}")
     return None

@@ -13,7 +13,8 @@ import signal
 import socket
 import time
 
-__all__ = ["listening_pids", "connected_pids", "admin_pgid", "pids_in_group", "kill_group", "port_is_listening", "wait_until"]
+__all__ = ["listening_pids", "connected_pids", "admin_pgid", "admin_process", "pids_in_group", "kill_group",
+           "port_is_listening", "wait_until", "listening_ports", "process_start_ticks", "parent_pid", "group_is_ours", "cmdline"]
 
 
 LISTEN, ESTABLISHED = "0A", "01"  # /proc/net/tcp socket states
@@ -51,6 +52,27 @@ def _pids_with_inodes(inodes: set[str]) -> list[int]:
     return pids
 
 
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports process ``pid`` listens on (read in its own network namespace)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as fh:
+                next(fh)
+                for line in fh:
+                    fields = line.split()
+                    if fields[3] == LISTEN and fields[9] in inodes:
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
 def connected_pids(local_port: int) -> list[int]:
     """PIDs owning a connected TCP socket whose local port is ``local_port``."""
     inodes = _socket_inodes(local_port, ESTABLISHED)
@@ -72,6 +94,63 @@ def admin_pgid(port: int) -> int | None:
     return None
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields start after the last ')'.
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields if len(fields) > 20 and fields[0] not in ("Z", "X") else None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When a live process started (clock ticks since boot): a pid plus this names one process."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def parent_pid(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [part.decode(errors="replace") for part in fh.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def admin_process(port: int) -> tuple[int, int, int] | None:
+    """(pid, start ticks, pgid) of the admin listening on ``port``: of the processes holding the
+    listening socket (the admin and the logger it forked), the one whose parent is not among them."""
+    pids = listening_pids(port)
+    for pid in pids:
+        parent = parent_pid(pid)
+        ticks = process_start_ticks(pid)
+        if parent is not None and parent not in pids and ticks is not None:
+            try:
+                return pid, ticks, os.getpgid(pid)
+            except OSError:
+                continue
+    return None
+
+
+def group_is_ours(pgid: int, admin_pid: int | None = None, admin_ticks: int | None = None) -> bool:
+    """May we signal process group ``pgid``? Only while our admin lives (same pid and start time),
+    or, once it is gone, while the group still has members: Linux does not reuse a pid that is
+    still some group's id, so a non-empty group is still the one we started."""
+    if admin_pid is not None and process_start_ticks(admin_pid) == admin_ticks:
+        try:
+            return os.getpgid(admin_pid) == pgid
+        except OSError:
+            return False
+    return bool(pids_in_group(pgid))
+
+
 def pids_in_group(pgid: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -89,11 +168,18 @@ def pids_in_group(pgid: int) -> list[int]:
     return pids
 
 
-def kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def kill_group(pgid: int, settle_s: float = 2.0) -> None:
+    """SIGKILL the group, again while members remain (a process forked as the first signal
+    went out may miss it), for at most ``settle_s``."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        if not pids_in_group(pgid) or time.monotonic() >= deadline:
+            return
+        time.sleep(0.02)
 
 
 def port_is_listening(port: int, host: str = "127.0.0.1") -> bool:

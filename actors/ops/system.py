@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +20,10 @@ from actors.runtime.cluster import LEADER_CAPABILITY
 from actors.settings.schema import MOCK_ENDPOINT, GatewayConfig
 from actors.errors import ConfigError, InternalError
 from actors.runtime.protocol import Deploy, Deployed, Drain, Drained
-from actors.testing.mock_provider import MockProvider
 from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
-from actors.ops.procs import admin_pgid, kill_group, listening_pids, pids_in_group, port_is_listening, wait_until
+from actors.runtime.watchdog import LauncherWatchdog, WatchLauncher, Watching
+from actors.ops.procs import (admin_process, group_is_ours, kill_group, listening_pids, pids_in_group,
+                              port_is_listening, process_start_ticks, wait_until)
 
 log = logging.getLogger("atomr.system")
 
@@ -97,14 +97,30 @@ class Node:
     config: GatewayConfig
     name: str
     pgid: int | None
-    mock: MockProvider | None = None
+    mock: Any = None        # a MockProvider (actors.testing), only when the config asks for one
     killed: bool = False
     wire: str = ""          # how this node's messages are protected (wire.describe)
+    admin_pid: int | None = None
+    admin_ticks: int | None = None  # the admin's /proc start time: pid + this name our admin, for every signal
+
+    def admin_alive(self) -> bool:
+        """Is our admin still running (not dead, not a reused pid)?"""
+        return self.admin_pid is not None and process_start_ticks(self.admin_pid) == self.admin_ticks
+
+    def owns_port(self) -> bool:
+        """Does our admin still hold the admin port (and not another node started on it later)?
+        True when its identity could not be read at start (no /proc): the old, unchecked way."""
+        if self.admin_pid is None:
+            return True
+        return self.admin_alive() and self.admin_pid in listening_pids(self.admin_port)
+
+    def _ours(self) -> bool:
+        return self.pgid is not None and group_is_ours(self.pgid, self.admin_pid, self.admin_ticks)
 
     def kill(self) -> None:
         """SIGKILL every process of the node at once, as a crash would (for failure tests)."""
         self.killed = True
-        if self.pgid is not None:
+        if self._ours():
             kill_group(self.pgid)
             wait_until(lambda: not pids_in_group(self.pgid), 5)
 
@@ -118,17 +134,22 @@ class Node:
             if self.mock is not None:
                 self.mock.stop()
             return
-        try:
-            if drain_timeout_s > 0:
-                self.drain(drain_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - stopping must go on whatever the drain did
-            log.warning("drain failed: %s", exc)
-        try:
-            self.asys.shutdown()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("actor system shutdown failed: %s", exc)
-        if self.pgid is not None:
-            if not wait_until(lambda: not pids_in_group(self.pgid), kill_after_s):
+        # asys talks to whatever admin listens on our port now: only if that is still ours.
+        if self.asys is not None and self.owns_port():
+            try:
+                if drain_timeout_s > 0:
+                    self.drain(drain_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - stopping must go on whatever the drain did
+                log.warning("drain failed: %s", exc)
+            try:
+                self.asys.shutdown()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("actor system shutdown failed: %s", exc)
+        elif self.asys is not None:
+            log.warning("node %s: its admin (pid %s) is gone; not signalling whatever holds port %d now",
+                        self.name, self.admin_pid, self.admin_port)
+        if self._ours():
+            if not wait_until(lambda: not pids_in_group(self.pgid), kill_after_s) and self._ours():
                 log.warning("actor system %d did not exit in %.0fs; killing its process group", self.admin_port,
                             kill_after_s)
                 kill_group(self.pgid)
@@ -144,14 +165,17 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
     """Start an admin on ``admin_port`` with this config's deployments, and wait until they serve.
 
     Every message of the node is signed and checked with ``keyring`` (by default the cluster
-    secret from the environment or ``cluster.secret_file``; see actors/wire.py); without
-    one the node only runs on loopback addresses.
+    secret from the environment or ``cluster.secret_file``, else this host's key, made if
+    need be; see actors/security/). With the host key the node runs on loopback only and
+    refuses every frame from another host. A per-start launch capability is made here,
+    before the ActorSystem is forked, and put in the Deploy: the wire layer refuses any
+    Deploy (or SessionInit) without it, so deployments only ever come from this config.
     """
     node_cfg = config.node
     port = admin_port or node_cfg.admin_port
     name = name or node_cfg.name or f"node-{port}"
     advertise = advertise or node_cfg.advertise
-    keyring = wire.resolve_keyring(keyring, config.cluster.secret_file)
+    keyring = wire.resolve_keyring(keyring, config.cluster.secret_file, create_host_key=True)
     wire.require_secret(keyring, f"node {name}" + (" joining a convention" if leader else " leading a convention"),
                         {"advertised address": advertise or os.environ.get("THESPIAN_BASE_IPADDR"),
                          "leader": leader.rpartition(":")[0] if leader else None})
@@ -159,17 +183,19 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
         raise ConfigError(f"admin port {port} is already in use (another node running?)", path="node.admin_port")
     # Before the ActorSystem exists: its admin, logger and every actor are forked from here.
     serializer = wire.install(keyring)
+    capability = wire.new_capability()  # inherited in memory by the admin and every actor; never sent off-host
     described = wire.describe(serializer)
-    if keyring is None:
-        log.warning("node %s: %s", name, described)
-    else:
-        log.info("node %s: %s", name, described)
+    log.info("node %s: %s", name, described)
+    for warning in _config_warnings(config):
+        log.warning("node %s: %s", name, warning)
     log_dir = os.path.dirname(log_file) if log_file else tempfile.gettempdir()
     thespian_environment(advertise, log_dir, config.cluster.reregistration_s)
     mock = None
     if config.mock_provider is not None:
         # Bound now (its URL goes into the deployments), served once the admin has forked:
         # forking a process that already runs threads risks copying a held lock.
+        from actors.testing.mock_provider import MockProvider  # only nodes that ask for the demo mock import it
+
         mock = MockProvider(config.mock_provider.host, config.mock_provider.port,
                             config.mock_provider.words_per_second)
         config = resolve_mock_endpoints(config, mock.url)
@@ -182,28 +208,41 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
             # Naming itself as the convention address makes the leader advertise that IP.
             capabilities["Convention Address.IPv4"] = f"{advertise}:{port}"
     asys = None
-    pgid = None
+    pgid = admin_pid = admin_ticks = None
     try:
         asys = ActorSystem("multiprocTCPBase", capabilities,
                            logDefs=log_definitions(log_file or node_cfg.log_file, node_cfg.log_level, console_log),
                            transientUnique=True)
-        pgid = admin_pgid(port)
+        admin_pid, admin_ticks, pgid = admin_process(port) or (None, None, None)
         if mock is not None:
             mock.start()
+        watchdog = asys.createActor(LauncherWatchdog)
+        watching = asys.ask(watchdog, WatchLauncher(os.getpid(), process_start_ticks(os.getpid()) or 0,
+                                                    capability), 10)
+        if not isinstance(watching, Watching):
+            raise InternalError(f"node {name}: the launcher watchdog did not start (got {type(watching).__name__})")
         registry = asys.createActor(NodeRegistry, globalName=NODE_GLOBAL_NAME)
         host = os.environ.get("THESPIAN_BASE_IPADDR", "")
-        reply = asys.ask(registry, Deploy(name, config.deployments, config.cluster, leader=not leader, host=host),
-                         deploy_timeout_s)
+        reply = asys.ask(registry, Deploy(name, config.deployments, config.cluster, leader=not leader, host=host,
+                                          capability=capability, launcher_pid=os.getpid()), deploy_timeout_s)
         if isinstance(reply, PoisonMessage):
             raise InternalError(f"node {name} failed to start: {str(reply.details)[-800:]}")
         if not isinstance(reply, Deployed):
             raise InternalError(f"node {name} did not come up within {deploy_timeout_s:g}s")
     except BaseException:
-        node = Node(asys, port, None, config, name, pgid, mock)
+        node = Node(asys, port, None, config, name, pgid, mock, admin_pid=admin_pid, admin_ticks=admin_ticks)
         if asys is None:
             if mock is not None:
                 mock.stop()
         else:
             node.stop(kill_after_s=5)
         raise
-    return Node(asys, port, registry, config, name, pgid, mock, wire=described)
+    return Node(asys, port, registry, config, name, pgid, mock, wire=described, admin_pid=admin_pid,
+                admin_ticks=admin_ticks)
+
+
+def _config_warnings(config: GatewayConfig) -> list[str]:
+    from actors.settings import loader
+
+    warnings = getattr(loader, "config_warnings", None)
+    return list(warnings(config)) if warnings is not None else []

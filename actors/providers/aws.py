@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from actors.core.credentials import Secret
-from actors.errors import AuthenticationError, StreamError
+from actors.errors import AuthenticationError, StreamError, ResponseTooLarge
 from actors.providers.base import json_or_none
 
 __all__ = ["AwsCredentials", "aws_credentials", "amz_date", "sign_v4", "EventStreamDecoder", "encode_event"]
@@ -147,9 +147,10 @@ class EventStreamDecoder:
     Both CRCs of every message are checked: a flipped bit is a StreamError, never an event.
     """
 
-    def __init__(self, provider: str = "bedrock") -> None:
+    def __init__(self, provider: str = "bedrock", max_message: int | None = None) -> None:
         self._buffer = bytearray()
         self._provider = provider
+        self._max_message = max_message  # the deployment's max_line_bytes: one message is one event
 
     def feed(self, data: bytes) -> list[tuple[dict[str, Any], bytes]]:
         self._buffer += data
@@ -160,6 +161,10 @@ class EventStreamDecoder:
                 raise StreamError("event-stream prelude CRC mismatch", provider=self._provider)
             if not _MIN_MESSAGE <= total <= _MAX_MESSAGE or headers_length > total - _MIN_MESSAGE:
                 raise StreamError(f"event-stream message of impossible length {total}", provider=self._provider)
+            if self._max_message is not None and total > self._max_message:
+                raise ResponseTooLarge(f"an event-stream message of {total} bytes passed the deployment's "
+                                       f"max_line_bytes ({self._max_message} bytes)", provider=self._provider,
+                                       limit="max_line_bytes", limit_bytes=self._max_message)
             if len(self._buffer) < total:
                 break
             message = bytes(self._buffer[:total])

@@ -306,7 +306,7 @@ class SseRunner(ModelRunner):
         raise NotImplementedError
 
     def stream_decoder(self) -> StreamDecoder:
-        return FramedStream(SseDecoder(), self.translate)
+        return FramedStream(SseDecoder(self.deployment.response_limits.max_line_bytes), self.translate)
 
 
 class FramedStream:

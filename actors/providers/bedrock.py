@@ -126,7 +126,8 @@ class BedrockRunner(ModelRunner):
                      usage=usage_fields(doc.get("usage")), done=True)
 
     def stream_decoder(self) -> StreamDecoder:
-        return FramedStream(EventStreamDecoder(self.provider), self.translate)
+        return FramedStream(EventStreamDecoder(self.provider, self.deployment.response_limits.max_line_bytes),
+                            self.translate)
 
     def translate(self, message: tuple[dict[str, Any], bytes], state: dict[str, Any]) -> list[Delta]:
         headers, payload = message

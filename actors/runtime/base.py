@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from thespian.actors import ActorTypeDispatcher
+from thespian.actors import ActorSystemMessage, ActorTypeDispatcher
 
 from actors.runtime.logs import logger
 
@@ -21,6 +21,8 @@ log = logger("atomr.actor")
 
 class GatewayActor(ActorTypeDispatcher):
     def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
+        if isinstance(message, ActorSystemMessage):
+            return  # Thespian's own (ActorExitRequest, ChildActorExited, ...): handled by Thespian
         seen = self.__dict__.setdefault("_unexpected_types", set())
         name = type(message).__name__
         if name in seen:

@@ -13,18 +13,20 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from thespian.actors import ActorTypeDispatcher, WakeupMessage
+from thespian.actors import WakeupMessage
+
+from actors.runtime.base import GatewayActor
 
 from actors.runtime.logs import logger
 from actors.core.breaker import BreakerSnapshot, CircuitBreaker, CircuitState
 from actors.errors import CircuitOpen, InferenceError, InternalError
-from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerForce, BreakerInit, BreakerOutcome, BreakerOutcomes, BreakerQuery, BreakerRefused, BreakerState, BreakerSubscribe)
+from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerForce, BreakerInit, BreakerOutcome, BreakerOutcomes, BreakerQuery, BreakerRefused, BreakerState, BreakerSubscribe, NotReady)
 
 log = logger("atomr.breaker")
 T = TypeVar("T")
 
 
-class CircuitBreakerActor(ActorTypeDispatcher):
+class CircuitBreakerActor(GatewayActor):
     def __init__(self) -> None:
         super().__init__()
         self.breaker: CircuitBreaker | None = None
@@ -33,6 +35,18 @@ class CircuitBreakerActor(ActorTypeDispatcher):
     def receiveMsg_BreakerInit(self, msg: BreakerInit, sender: Any) -> None:
         self.breaker = CircuitBreaker(msg.provider, msg.endpoint, msg.config)
         self.breaker.add_listener(self._on_transition)
+        for subscriber in self.subscribers:  # who subscribed before the init
+            self.send(subscriber, BreakerState(self.breaker.snapshot()))
+
+    def _not_ready(self, msg: Any, sender: Any) -> bool:
+        """Before BreakerInit there is no state machine: answer that, never fail on None."""
+        if self.breaker is not None:
+            return False
+        if isinstance(msg, BreakerCheck):
+            self.send(sender, BreakerRefused(msg.token, InternalError("the breaker has not been initialised yet")))
+        elif not isinstance(msg, (BreakerOutcomes, WakeupMessage)):
+            self.send(sender, NotReady(type(self).__name__, type(msg).__name__))
+        return True
 
     def _on_transition(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
         snap = breaker.snapshot()
@@ -49,13 +63,18 @@ class CircuitBreakerActor(ActorTypeDispatcher):
     def receiveMsg_BreakerSubscribe(self, msg: BreakerSubscribe, sender: Any) -> None:
         if msg.subscriber not in self.subscribers:
             self.subscribers.append(msg.subscriber)
-        self.send(msg.subscriber, BreakerState(self.breaker.snapshot()))
+        if self.breaker is not None:
+            self.send(msg.subscriber, BreakerState(self.breaker.snapshot()))
 
     def receiveMsg_BreakerOutcomes(self, msg: BreakerOutcomes, sender: Any) -> None:
+        if self._not_ready(msg, sender):
+            return
         for outcome in msg.outcomes:
             self.breaker.record(outcome.error, outcome.generation)
 
     def receiveMsg_BreakerCheck(self, msg: BreakerCheck, sender: Any) -> None:
+        if self._not_ready(msg, sender):
+            return
         try:
             generation = self.breaker.check()
         except CircuitOpen as exc:
@@ -64,9 +83,13 @@ class CircuitBreakerActor(ActorTypeDispatcher):
             self.send(sender, BreakerAdmitted(msg.token, generation))
 
     def receiveMsg_BreakerQuery(self, msg: BreakerQuery, sender: Any) -> None:
+        if self._not_ready(msg, sender):
+            return
         self.send(sender, BreakerState(self.breaker.snapshot()))
 
     def receiveMsg_BreakerForce(self, msg: BreakerForce, sender: Any) -> None:
+        if self._not_ready(msg, sender):
+            return
         if msg.open_s is None:
             self.breaker.reset()
         else:
@@ -74,6 +97,8 @@ class CircuitBreakerActor(ActorTypeDispatcher):
         self.send(sender, BreakerState(self.breaker.snapshot()))
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if self._not_ready(msg, sender):
+            return
         if msg.payload == "advance":
             self.breaker.state  # noqa: B018 - reading the state advances open -> half-open
 

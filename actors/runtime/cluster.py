@@ -7,19 +7,25 @@ placed on the leader by capability, which looks the registrar up *locally* there
 every node's registry heartbeats the registrar. A member silent for
 ``failure_timeout_s`` is dropped; a registry that hears nothing back for as long
 considers the leader gone and keeps locating it until it answers again.
+
+Members are keyed by node id (``name@host:admin_port``, see actors/core/membership.py),
+so one config on several hosts makes several members; a second live node claiming an id
+already held is refused with ``MemberRefused``.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
 from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage, requireCapability
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage, requireCapability
 
+from actors.core.gather import Gathering
+from actors.core.membership import MemberTable, Verdict
+from actors.runtime.base import GatewayActor
 from actors.runtime.logs import logger
-from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, Heartbeat, Introduce, Locate, MemberInfo, Membership, NodeStatus, RegistrarConfig, RegistrarIs, StatusRequest, StrictInit)
+from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, Heartbeat, Introduce, Locate, MemberInfo, MemberRefused, Membership, NodeStatus, RegistrarConfig, RegistrarIs, StatusRequest, StrictInit)
 from actors.runtime.strict_limiter import StrictRateLimiterActor
 
 log = logger("atomr.cluster")
@@ -30,7 +36,7 @@ STATUS_TIMEOUT_S = 3.0
 
 
 @requireCapability(LEADER_CAPABILITY, True)
-class LeaderLocator(ActorTypeDispatcher):
+class LeaderLocator(GatewayActor):
     """Created (without a global name) by any node; lives on the leader; answers once, then exits."""
 
     def receiveMsg_Locate(self, msg: Locate, sender: Any) -> None:
@@ -43,27 +49,38 @@ class LeaderLocator(ActorTypeDispatcher):
             self.send(self.myAddress, ActorExitRequest())
 
 
-class ClusterRegistrar(ActorTypeDispatcher):
+class ClusterRegistrar(GatewayActor):
     """The leader's view of the cluster; owner of the strict limiter singleton."""
 
     def __init__(self) -> None:
         super().__init__()
         self.incarnation = secrets.token_hex(4)
-        self.members: dict[str, tuple[MemberInfo, float]] = {}
+        self.table = MemberTable()
         self.strict = None
         self.hub = None
         self.leader_node = ""
         self.heartbeat_s = 1.0
-        self.failure_timeout_s = 5.0
         self.ticking = False
-        self.status: dict[str, Any] | None = None
-        self.status_waiters: list[tuple[Any, str]] = []
+        self.gathering: Gathering | None = None
+        self.gather_token = ""
+        self.refusals_logged: set[tuple[str, str]] = set()
+        self.stopping = False
 
     def _strict(self) -> Any:
         if self.strict is None:
             self.strict = self.createActor(StrictRateLimiterActor)
             self.send(self.strict, StrictInit(self.leader_node, self.hub))
         return self.strict
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        self.stopping = True
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        if not self.stopping and self.strict is not None and msg.childAddress == self.strict:
+            # A new one seeds itself from the cluster's counters; every node learns its address.
+            log.error("the strict limiter died; starting a new one")
+            self.strict = None
+            self._broadcast()
 
     def receiveMsg_Introduce(self, msg: Introduce, sender: Any) -> None:
         self.send(msg.reply_to, RegistrarIs(self.myAddress, self._strict(), self.leader_node, self.incarnation))
@@ -73,37 +90,42 @@ class ClusterRegistrar(ActorTypeDispatcher):
 
     def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Any) -> None:
         info = msg.member
-        known = info.node in self.members and self.members[info.node][0].incarnation == info.incarnation
-        self.members[info.node] = (info, time.monotonic())
-        if not known:
-            log.info("node %s joined the cluster (%d nodes)", info.node, len(self.members))
+        key = info.node_id or info.node
+        heard = self.table.heartbeat(key, info.incarnation, info)
+        if heard.verdict is Verdict.REFUSED:
+            if (key, info.incarnation) not in self.refusals_logged and len(self.refusals_logged) < 256:
+                self.refusals_logged.add((key, info.incarnation))
+                log.error("refused a second node claiming %s: %s", key, heard.reason)
+            self.send(info.registry, MemberRefused(key, heard.reason))
+        elif heard.verdict is Verdict.HELD:
+            return  # decided within confirm_s: a restart, or a refusal
+        elif heard.changed:
+            what = "restarted" if heard.verdict is Verdict.REPLACED else "joined the cluster"
+            log.info("node %s (%s) %s (%d nodes)", info.node, key, what, len(self.table))
             self._broadcast()
         else:
             self.send(info.registry, self._membership())
 
     def _membership(self) -> Membership:
-        now = time.monotonic()
         members = [MemberInfo(i.node, i.registry, i.limiter, i.started_unix, i.incarnation, i.deployments,
-                              round(now - seen, 3), i.host) for i, seen in self.members.values()]
-        return Membership(self.leader_node, self.incarnation, sorted(members, key=lambda m: m.node), self._strict())
+                              round(age, 3), i.host, i.node_id, i.admin_port) for _, i, age in self.table.members()]
+        return Membership(self.leader_node, self.incarnation, members, self._strict())
 
     def _broadcast(self) -> None:
         membership = self._membership()
-        for info, _ in self.members.values():
-            self.send(info.registry, membership)
+        for member in membership.members:
+            self.send(member.registry, membership)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if msg.payload == "sweep":
-            now = time.monotonic()
-            gone = [node for node, (_, seen) in self.members.items() if now - seen > self.failure_timeout_s]
-            for node in gone:
-                del self.members[node]
-                log.warning("node %s missed heartbeats for %.1fs: dropped from the cluster", node,
-                            self.failure_timeout_s)
+            gone = self.table.sweep()
+            for key in gone:
+                log.warning("node %s missed heartbeats for %.1fs: dropped from the cluster", key,
+                            self.table.failure_timeout_s)
             if gone:
                 self._broadcast()
             self.wakeupAfter(timedelta(seconds=self.heartbeat_s), payload="sweep")
-        elif msg.payload == "status":
+        elif isinstance(msg.payload, tuple) and msg.payload[0] == "status" and msg.payload[1] == self.gather_token:
             self._answer_status()
 
     # -- cluster-wide status ------------------------------------------------------------
@@ -113,38 +135,39 @@ class ClusterRegistrar(ActorTypeDispatcher):
             membership = self._membership()
             self.send(msg.reply_to or sender, ClusterStatus(self.leader_node, membership.members, [], [], msg.token))
             return
-        self.status_waiters.append((msg.reply_to or sender, msg.token))
-        if self.status is not None:
+        if self.gathering is not None:
+            self.gathering.waiters.append((msg.reply_to or sender, msg.token))
             return
-        self.status = {"pending": {info.node for info, _ in self.members.values()}, "nodes": []}
-        for info, _ in self.members.values():
-            self.send(info.registry, StatusRequest())
-        self.wakeupAfter(timedelta(seconds=STATUS_TIMEOUT_S), payload="status")
-        if not self.status["pending"]:
+        members = self.table.members()
+        self.gathering = Gathering([key for key, _, _ in members], [(msg.reply_to or sender, msg.token)])
+        self.gather_token = secrets.token_hex(4)
+        for _, info, _ in members:
+            self.send(info.registry, StatusRequest(token=self.gather_token))
+        self.wakeupAfter(timedelta(seconds=STATUS_TIMEOUT_S), payload=("status", self.gather_token))
+        if self.gathering.done:
             self._answer_status()
 
     def receiveMsg_NodeStatus(self, msg: NodeStatus, sender: Any) -> None:
-        if self.status is None:
-            return
-        self.status["nodes"].append(msg)
-        self.status["pending"].discard(msg.node)
-        if not self.status["pending"]:
+        if self.gathering is not None and msg.token == self.gather_token and \
+                self.gathering.add(msg.node_id or msg.node, msg):
             self._answer_status()
 
     def _answer_status(self) -> None:
-        if self.status is None:
+        gathering, self.gathering = self.gathering, None
+        if gathering is None:
             return
         membership = self._membership()
-        nodes = sorted(self.status["nodes"], key=lambda n: n.node)
-        for waiter, token in self.status_waiters:
-            self.send(waiter, ClusterStatus(self.leader_node, membership.members, nodes,
-                                            sorted(self.status["pending"]), token))
-        self.status, self.status_waiters = None, []
+        nodes = sorted(gathering.parts, key=lambda n: (n.node, n.node_id))
+        names = {m.node_id: m.node for m in membership.members}
+        unreachable = sorted(names.get(key, key) for key in gathering.pending)
+        for waiter, token in gathering.waiters:
+            self.send(waiter, ClusterStatus(self.leader_node, membership.members, nodes, unreachable, token))
 
     def receiveMsg_RegistrarConfig(self, msg: RegistrarConfig, sender: Any) -> None:
         self.leader_node = msg.leader_node
         self.heartbeat_s = msg.heartbeat_s
-        self.failure_timeout_s = msg.failure_timeout_s
+        self.table.failure_timeout_s = msg.failure_timeout_s
+        self.table.confirm_s = min(2 * msg.heartbeat_s + 0.1, msg.failure_timeout_s)
         if self.hub is None:
             self.hub = msg.hub
             if self.strict is not None:

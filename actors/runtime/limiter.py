@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorTypeDispatcher, WakeupMessage
+from thespian.actors import WakeupMessage
+
+from actors.runtime.base import GatewayActor
 
 from actors.runtime.logs import logger
 from actors.runtime.protocol import (LimiterDelta, LimiterInit, LimiterPeers, LimiterQuery, LimiterRegister, LimiterStateRequest, LimiterUsage)
@@ -31,7 +33,7 @@ class _Budget:
     engines: list[Any] = field(default_factory=list)
 
 
-class RateLimiterActor(ActorTypeDispatcher):
+class RateLimiterActor(GatewayActor):
     def __init__(self) -> None:
         super().__init__()
         self.node = ""

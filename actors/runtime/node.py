@@ -2,112 +2,109 @@
 
 It creates the node's actors from the deployments it is given (a limiter hub, one
 breaker per provider and endpoint, one session per deployment with credentials, the
-engines with their workers), answers routing lookups, assembles the node's status, and
-keeps the node in the cluster: it locates the leader's registrar, heartbeats it, and
-hands what it learns (peers' limiter hubs, the strict limiter) to the node's actors.
+engines with their workers), supervises the engines (a dead one is restarted with
+backoff and its address is reported dead to clients that ask), answers routing
+lookups, assembles the node's status, and keeps the node in the cluster (node_cluster.py).
 """
 
 from __future__ import annotations
 
-import secrets
 import time
 from datetime import timedelta
 from typing import Any
 
-from thespian.actors import (ActorExitRequest, ActorSystemConventionUpdate, ActorTypeDispatcher, PoisonMessage,
-                             WakeupMessage)
+from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
 
-from actors.runtime.logs import logger
+from actors.core.gather import Gathering
+from actors.core.supervision import Supervisor
 from actors.runtime.breaker import CircuitBreakerActor
-from actors.runtime.cluster import LEADER_CAPABILITY, LeaderLocator
-from actors.settings.schema import ClusterConfig
 from actors.runtime.engine import RemoteEngineCoreActor
 from actors.runtime.limiter import RateLimiterActor
-from actors.runtime.protocol import (BreakerInit, BreakerQuery, BreakerState, ClusterStatus, ClusterStatusRequest, Deploy, Deployed, Drain, Drained, EngineInit, EngineReady, EngineStatus, Heartbeat, LimiterInit, LimiterPeers, LimiterQuery, LimiterUsage, Locate, MemberInfo, Membership, NodeStatus, RegistrarConfig, RegistrarIs, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
+from actors.runtime.logs import logger
+from actors.runtime.node_cluster import ClusterMember
+from actors.runtime.protocol import (BreakerInit, BreakerQuery, BreakerState, ClusterStatus, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineReady, EngineStatus, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
 from actors.runtime.session import RemoteSessionActor
+from actors.settings.schema import ClusterConfig
 
 log = logger("atomr.node")
 
 NODE_GLOBAL_NAME = "atomr-node"
 STATUS_TIMEOUT_S = 2.0
-LOCATE_AFTER_JOIN_S = 0.25
+_DEAD_REMEMBERED = 256
 
 
-class NodeRegistry(ActorTypeDispatcher):
+class NodeRegistry(ClusterMember):
     def __init__(self) -> None:
         super().__init__()
-        self.node = ""
         self.started = time.time()
         self.deployments: list[Any] = []
-        self.engines: list[tuple[Any, Any, int]] = []   # (deployment, address, replica)
+        self.engines: list[tuple[Any, Any, int]] = []   # (deployment, address, replica): the live ones
+        self.specs: dict[tuple[str, int], tuple[Any, Any, Any]] = {}  # (name, replica) -> (deployment, session, breaker)
+        # (address, what happened) of dead engines: a list, as addresses are unhashable and their
+        # str() may still be the local form they were created with.
+        self.dead: list[tuple[Any, str]] = []
+        self.supervisor = Supervisor()
         self.breakers: dict[tuple[str, str], Any] = {}
         self.limiter = None
+        self.capability = ""
         self.pending_ready: set[tuple[str, int]] = set()
+        # Restarted engines not ready yet: kept out of routes (a fresh child's address is
+        # local to this process until the child has reported in).
+        self.warming: set[tuple[str, int]] = set()
         self.deploy_waiter = None
-        self.status_waiters: list[Any] = []
-        self.status_parts: dict[str, Any] = {}
-        self.status_expect = 0
+        self.gathering: Gathering | None = None
+        self.gathered = 0   # numbers the gatherings, so an old one's timeout cannot cut a new one short
         self.drain_waiter = None
         self.drain_left = 0
-        # cluster
-        self.incarnation = secrets.token_hex(4)
-        self.leader = False
-        self.host = ""
-        self.cluster = ClusterConfig()
-        self.registrar = None
-        self.strict = None
-        self.leader_node = ""
-        self.members: list[MemberInfo] = []
-        self.last_membership = 0.0
-        self.locate_sent = 0.0
-        self.leader_reachable = False
-        self.peer_hubs: list[Any] = []
-        self.status_cluster_waiter = None
-        self.cluster_queries: dict[str, tuple[Any, bool]] = {}
-        self.leader_in_convention = False
-        self.stopping = False
+        self.draining = False   # once drained, a node never restarts an engine: it is stopping
 
     # -- deployment --------------------------------------------------------------------
 
     def receiveMsg_Deploy(self, msg: Deploy, sender: Any) -> None:
-        self.node = msg.node
-        self.leader = msg.leader
-        self.host = msg.host
+        self._set_identity(msg)
         self.cluster = msg.cluster or ClusterConfig()
-        sync_s = self.cluster.sync_interval_ms / 1000
+        self.capability = msg.capability
         if self.limiter is None:
             self.limiter = self.createActor(RateLimiterActor)
-            self.send(self.limiter, LimiterInit(self.node, sync_s))
+            self.send(self.limiter, LimiterInit(self.node_id, self.cluster.sync_interval_ms / 1000))
         self.deploy_waiter = sender
         for dep in msg.deployments:
             self.deployments.append(dep)
             key = (dep.provider, dep.endpoint)
             if key not in self.breakers:
                 breaker = self.breakers[key] = self.createActor(CircuitBreakerActor)
-                self.send(breaker, BreakerInit(dep.provider, dep.endpoint, dep.breaker))
+                self.send(breaker, BreakerInit(dep.provider, dep.endpoint_label, dep.breaker))
             session = None
             if dep.credentials is not None:
                 session = self.createActor(RemoteSessionActor)
                 self.send(session, SessionInit(dep.name, dep.provider, dep.credentials, capability=msg.capability))
             for replica in range(dep.replicas):
-                engine = self.createActor(RemoteEngineCoreActor)
-                self.engines.append((dep, engine, replica))
+                self.specs[(dep.name, replica)] = (dep, session, self.breakers[key])
                 self.pending_ready.add((dep.name, replica))
-                self.send(engine, EngineInit(dep, replica, self.node, self.myAddress, session,
-                                             self.breakers[key], self.limiter, sync_s,
-                                             self.cluster.failure_timeout_s))
+                self._start_engine(dep.name, replica)
         self._maybe_deployed()
         self.notifyOnSystemRegistrationChanges(True)
         self._cluster_tick()
 
+    def _start_engine(self, name: str, replica: int) -> Any:
+        dep, session, breaker = self.specs[(name, replica)]
+        engine = self.createActor(RemoteEngineCoreActor)
+        self.engines.append((dep, engine, replica))
+        self.send(engine, EngineInit(dep, replica, self.node, self.myAddress, session, breaker, self.limiter,
+                                     self.cluster.sync_interval_ms / 1000, self.cluster.failure_timeout_s))
+        if dep.limits.mode == "strict" and self.strict is not None:
+            self.send(engine, StrictLimiterIs(self.strict, max(1, len(self.members))))
+        return engine
+
     def receiveMsg_EngineReady(self, msg: EngineReady, sender: Any) -> None:
         self.pending_ready.discard((msg.deployment, msg.replica))
+        self.warming.discard((msg.deployment, msg.replica))
         self._maybe_deployed()
 
     def _maybe_deployed(self) -> None:
         if self.deploy_waiter is not None and not self.pending_ready:
             names = [d.name for d in self.deployments]
-            log.info("node %s ready: %s", self.node, ", ".join(names))
+            log.info("node %s (%s) ready: %s", self.node, self.node_id, ", ".join(names))
             self.send(self.deploy_waiter, Deployed(self.node, names, len(self.engines)))
             self.deploy_waiter = None
 
@@ -123,185 +120,128 @@ class NodeRegistry(ActorTypeDispatcher):
             self.send(self.deploy_waiter, msg)
             self.deploy_waiter = None
 
-    # -- cluster membership ---------------------------------------------------------------
-
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self.stopping = True
 
-    def _cluster_tick(self) -> None:
-        if self.stopping:
+    # -- supervision ---------------------------------------------------------------------
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        found = [(i, e) for i, e in enumerate(self.engines) if e[1] == msg.childAddress]
+        if not found:
+            return  # a locator finishing, or a child of ours that is not an engine
+        index, (dep, address, replica) = found[0]
+        del self.engines[index]
+        del self.dead[:-_DEAD_REMEMBERED + 1]
+        if self.stopping or self.draining:
+            self.dead.append((address, f"engine {dep.name}/{replica} stopped with the node"))
+            if self.drain_waiter is not None:
+                self.receiveMsg_Drained(Drained(self.node, 0), address)
             return
-        now = time.monotonic()
-        silent = now - self.last_membership
-        if self.leader_reachable and silent > self.cluster.failure_timeout_s:
-            self._leader_lost(f"no answer from the registrar for {silent:.1f}s")
-        if self.registrar is None:
-            # A member can only place the locator on the leader once its admin has joined
-            # the convention (Thespian tells us through ActorSystemConventionUpdate).
-            if (self.leader or self.leader_in_convention) and now - self.locate_sent > 2 * self.cluster.heartbeat_s:
-                self._locate()
-        else:
-            self.send(self.registrar, Heartbeat(self._member_info()))
-        self.wakeupAfter(timedelta(seconds=self.cluster.heartbeat_s), payload="cluster")
+        delay = self.supervisor.exited((dep.name, replica))
+        self.dead.append((address, f"engine {dep.name}/{replica} died; restarting"))
+        log.error("node %s: engine %s replica %d died (its requests end with EngineCrashed); restarting in %.1fs",
+                  self.node, dep.name, replica, delay)
+        self.wakeupAfter(timedelta(seconds=delay), payload=("restart", dep.name, replica))
 
-    def _member_info(self) -> MemberInfo:
-        return MemberInfo(self.node, self.myAddress, self.limiter, self.started, self.incarnation,
-                          [d.name for d in self.deployments], host=self.host)
-
-    def _locate(self) -> None:
-        if self.stopping:
+    def _restart(self, name: str, replica: int) -> None:
+        if self.stopping or self.draining or (name, replica) not in self.specs:
             return
-        self.locate_sent = time.monotonic()
-        # A fresh locator each time, placed on the leader by capability: see cluster.py.
-        self.send(self.createActor(LeaderLocator), Locate())
+        self.warming.add((name, replica))
+        self._start_engine(name, replica)
+        count = self.supervisor.restarted((name, replica))
+        log.warning("node %s: engine %s replica %d restarted (restart #%d)", self.node, name, replica, count)
 
-    def _leader_lost(self, why: str) -> None:
-        log.warning("node %s: leader unreachable (%s)", self.node, why)
-        self.leader_reachable = False
-        self.registrar = None
-        self._set_strict(None)
-        if not self.leader:
-            # Make this member's admin register with the convention leader again now,
-            # instead of at its next re-registration period.
-            self.updateCapability("atomr-rejoin", secrets.token_hex(4))
-
-    def receiveMsg_RegistrarIs(self, msg: RegistrarIs, sender: Any) -> None:
-        self.registrar = msg.registrar
-        if self.leader:
-            self.send(self.registrar, RegistrarConfig(self.node, self.cluster.heartbeat_s,
-                                                      self.cluster.failure_timeout_s, self.limiter))
-        self.send(self.registrar, Heartbeat(self._member_info()))
-
-    def receiveMsg_Membership(self, msg: Membership, sender: Any) -> None:
-        self.last_membership = time.monotonic()
-        if not self.leader_reachable:
-            log.info("node %s: in the cluster led by %s (%d nodes)", self.node, msg.leader_node or "?",
-                     len(msg.members))
-        self.leader_reachable = True
-        self.leader_node = msg.leader_node
-        self.members = msg.members
-        self._set_strict(msg.strict_limiter)
-        hubs = [m.limiter for m in msg.members if m.node != self.node and m.limiter is not None]
-        if hubs != self.peer_hubs:
-            self.peer_hubs = hubs
-            self.send(self.limiter, LimiterPeers(hubs))
-
-    def _set_strict(self, address: Any) -> None:
-        if address == self.strict and address is not None:
-            return
-        self.strict = address
-        nodes = max(1, len(self.members))
-        for dep, engine, _ in self.engines:
-            if dep.limits.mode == "strict":
-                self.send(engine, StrictLimiterIs(address, nodes))
-
-    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate, sender: Any) -> None:
-        if self.stopping or not (msg.remoteCapabilities or {}).get(LEADER_CAPABILITY):
-            return
-        self.leader_in_convention = msg.remoteAdded
-        if msg.remoteAdded:
-            # The leader (re)joined: register with it now. Thespian reports the join a moment
-            # before it can place actors there, hence the short pause.
-            self.wakeupAfter(timedelta(seconds=LOCATE_AFTER_JOIN_S), payload="locate")
-        elif self.leader_reachable:
-            self._leader_lost("the leader left the convention")
-
-    def receiveMsg_ClusterStatusRequest(self, msg: ClusterStatusRequest, sender: Any) -> None:
-        """Asked of this node, answered by the leader's registrar, or by this node alone
-        when the registrar is unknown or does not answer in time (e.g. it just died)."""
-        waiter = msg.reply_to or sender
-        if self.registrar is None:
-            return self._answer_alone(waiter, msg.members_only)
-        token = secrets.token_hex(4)
-        self.cluster_queries[token] = (waiter, msg.members_only)
-        self.send(self.registrar, ClusterStatusRequest(self.myAddress, msg.members_only, token))
-        wait = self.cluster.heartbeat_s * 2 if msg.members_only else STATUS_TIMEOUT_S + 2
-        self.wakeupAfter(timedelta(seconds=wait), payload=("cluster-query", token))
-
-    def receiveMsg_ClusterStatus(self, msg: ClusterStatus, sender: Any) -> None:
-        waiter = self.cluster_queries.pop(msg.token, None)
-        if waiter is not None:
-            self.send(waiter[0], msg)
-
-    def _answer_alone(self, waiter: Any, members_only: bool) -> None:
-        if members_only:
-            self.send(waiter, ClusterStatus("", [self._member_info()], [], []))
-        else:
-            self.status_cluster_waiter = waiter
-            self.receiveMsg_StatusRequest(StatusRequest(), self.myAddress)
+    def receiveMsg_EngineCheck(self, msg: EngineCheck, sender: Any) -> None:
+        alive = any(engine == msg.engine for _, engine, _ in self.engines)
+        reason = "" if alive else next((why for address, why in reversed(self.dead) if address == msg.engine),
+                                       "not an engine of this node")
+        self.send(sender, EngineLiveness(msg.token, msg.engine, alive, reason))
 
     # -- routing -------------------------------------------------------------------------
 
     def receiveMsg_Route(self, msg: Route, sender: Any) -> None:
-        entries = [RouteEntry(dep.name, dep.model, engine, self.node)
-                   for dep, engine, _ in self.engines if msg.model in (dep.model, dep.name)]
-        self.send(sender, Routes(msg.model, entries))
+        entries = [RouteEntry(dep.name, dep.model, engine, self.node) for dep, engine, replica in self.engines
+                   if msg.model in (dep.model, dep.name) and (dep.name, replica) not in self.warming]
+        restarting = sorted({name for (name, replica), (dep, _, _) in self.specs.items()
+                             if msg.model in (dep.model, dep.name) and
+                             (self.supervisor.restarting((name, replica)) or (name, replica) in self.warming)})
+        self.send(sender, Routes(msg.model, entries, token=msg.token, restarting=restarting))
 
-    # -- status --------------------------------------------------------------------------
+    # -- status: one gathering over engines, breakers and the limiter --------------------
 
     def receiveMsg_StatusRequest(self, msg: StatusRequest, sender: Any) -> None:
-        self.status_waiters.append(sender)
-        if len(self.status_waiters) > 1:
-            return  # a collection is under way; this caller gets its result too
-        self.status_parts = {"engines": [], "breakers": [], "limits": []}
-        targets = [engine for _, engine, _ in self.engines] + list(self.breakers.values())
-        targets += [self.limiter] if self.limiter is not None else []
-        self.status_expect = len(targets)
-        for target in targets:
-            self.send(target, BreakerQuery() if target in self.breakers.values() else
-                      LimiterQuery() if target == self.limiter else StatusRequest())
-        self.wakeupAfter(timedelta(seconds=STATUS_TIMEOUT_S), payload="status")
-        self._maybe_status()
+        self._gather_status((sender, msg.token, "node"))
+
+    def _gather_status(self, waiter: tuple[Any, str, str]) -> None:
+        if self.gathering is not None:
+            self.gathering.waiters.append(waiter)  # a collection is under way; this caller gets its result too
+            return
+        queries = [(engine, StatusRequest()) for _, engine, _ in self.engines]
+        queries += [(breaker, BreakerQuery()) for breaker in self.breakers.values()]
+        queries += [(self.limiter, LimiterQuery())] if self.limiter is not None else []
+        self.gathering = Gathering([address for address, _ in queries], [waiter])
+        for address, query in queries:
+            self.send(address, query)
+        self.gathered += 1
+        self.wakeupAfter(timedelta(seconds=STATUS_TIMEOUT_S), payload=("status", self.gathered))
+        if self.gathering.done:
+            self._answer_status()
 
     def receiveMsg_EngineStatus(self, msg: EngineStatus, sender: Any) -> None:
-        self._status_part("engines", msg)
+        self._status_part(sender, msg)
 
     def receiveMsg_BreakerState(self, msg: BreakerState, sender: Any) -> None:
-        self._status_part("breakers", msg.snapshot)
+        self._status_part(sender, msg.snapshot)
 
     def receiveMsg_LimiterUsage(self, msg: LimiterUsage, sender: Any) -> None:
-        self._status_part("limits", msg.usage, extend=True)
+        self._status_part(sender, msg.usage)
 
-    def _status_part(self, kind: str, part: Any, extend: bool = False) -> None:
-        if not self.status_waiters:
-            return
-        (self.status_parts[kind].extend if extend else self.status_parts[kind].append)(part)
-        self.status_expect -= 1
-        self._maybe_status()
+    def _status_part(self, sender: Any, part: Any) -> None:
+        if self.gathering is not None and self.gathering.add(sender, part):
+            self._answer_status()
 
-    def _maybe_status(self, force: bool = False) -> None:
-        if not self.status_waiters or (self.status_expect > 0 and not force):
-            return
-        parts = self.status_parts
-        status = NodeStatus(self.node, self.started, sorted(parts["engines"], key=lambda e: (e.deployment, e.replica)),
-                            parts["breakers"], parts["limits"])
-        for waiter in self.status_waiters:
-            self.send(waiter, status)
-        self.status_waiters = []
+    def _answer_status(self) -> None:
+        gathering, self.gathering = self.gathering, None
+        if gathering is None:
+            return  # answered already; this is the timeout of that collection
+        parts = gathering.parts
+        engines = sorted((p for p in parts if isinstance(p, EngineStatus)), key=lambda e: (e.deployment, e.replica))
+        limits = [u for p in parts if isinstance(p, list) for u in p]
+        breakers = [p for p in parts if not isinstance(p, (EngineStatus, list))]
+        supervision = []
+        for line in self.supervisor.lines():
+            name, replica = line.pop("child")
+            supervision.append({"deployment": name, "replica": replica, **line})
+        for waiter, token, kind in gathering.waiters:
+            status = NodeStatus(self.node, self.started, engines, breakers, limits, token=token,
+                                node_id=self.node_id, address=self.address, supervision=supervision,
+                                membership=self.membership_state())
+            if kind == "cluster":
+                self.send(waiter, ClusterStatus("", [self._member_info()], [status], [], token))
+            else:
+                self.send(waiter, status)
+
+    def _answer_alone(self, waiter: Any, members_only: bool, token: str) -> None:
+        if members_only:
+            self.send(waiter, ClusterStatus("", [self._member_info()], [], [], token))
+        else:
+            self._gather_status((waiter, token, "cluster"))
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload == "status":
-            self._maybe_status(force=True)  # answer with whatever arrived
-        elif msg.payload == "cluster":
-            self._cluster_tick()
-        elif msg.payload == "locate" and self.registrar is None:
-            self._locate()
-        elif isinstance(msg.payload, tuple) and msg.payload[0] == "cluster-query":
-            query = self.cluster_queries.pop(msg.payload[1], None)
-            if query is not None:
-                self._answer_alone(*query)
-
-    def receiveMsg_NodeStatus(self, msg: NodeStatus, sender: Any) -> None:
-        # Our own status, collected for a cluster status asked while the leader is unreachable.
-        waiter = self.status_cluster_waiter
-        if waiter is not None:
-            self.status_cluster_waiter = None
-            self.send(waiter, ClusterStatus("", [self._member_info()], [msg], []))
+        payload = msg.payload
+        if isinstance(payload, tuple) and payload[0] == "status":
+            if payload[1] == self.gathered:
+                self._answer_status()  # with whatever arrived
+        elif isinstance(payload, tuple) and payload[0] == "restart":
+            self._restart(payload[1], payload[2])
+        else:
+            self.cluster_wakeup(payload)
 
     # -- drain ---------------------------------------------------------------------------
 
     def receiveMsg_Drain(self, msg: Drain, sender: Any) -> None:
         self.drain_waiter = sender
+        self.draining = True
         self.drain_left = len(self.engines)
         for _, engine, _ in self.engines:
             self.send(engine, msg)

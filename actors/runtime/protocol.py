@@ -19,6 +19,23 @@ from actors.types import InferenceRequest, ToolCall, Usage
 @dataclass
 class Route:
     model: str
+    token: str = ""   # echoed in Routes, so a client files the answer with its lookup
+
+
+@dataclass
+class EngineCheck:
+    """From a client whose request has been silent: is the engine it sent to still the live one?"""
+
+    engine: Any
+    token: str = ""
+
+
+@dataclass
+class EngineLiveness:
+    token: str
+    engine: Any
+    alive: bool
+    reason: str = ""        # why not, e.g. "engine d1/0 died; restarting" or "not an engine of this node"
 
 
 @dataclass
@@ -35,11 +52,13 @@ class RouteEntry:
 class Routes:
     model: str
     entries: list[RouteEntry]
+    token: str = ""
+    restarting: list[str] = field(default_factory=list)  # deployments serving the model whose engine is coming back
 
 
 @dataclass
 class StatusRequest:
-    pass
+    token: str = ""   # echoed in NodeStatus
 
 
 @dataclass
@@ -67,6 +86,12 @@ class NodeStatus:
     breakers: list[Any]  # BreakerSnapshot
     limits: list[dict[str, Any]]
     peers: list[dict[str, Any]] = field(default_factory=list)
+    token: str = ""
+    node_id: str = ""       # unique in the cluster: name@address:admin_port
+    address: str = ""       # host:admin_port this node is reached at
+    # One line per engine that died: {"deployment", "replica", "restarts", "state", "last_exit_unix", "next_restart_s"}
+    supervision: list[dict[str, Any]] = field(default_factory=list)
+    membership: str = ""    # "member", "leader", "refused: <why>", "alone"
 
 
 @dataclass
@@ -95,6 +120,7 @@ class Deploy:
     # which read the config, may deploy; the wire layer refuses a Deploy without it.
     capability: str = ""
     launcher_pid: int = 0   # the node exits when this process is gone
+    admin_port: int = 0     # part of the node's identity; 0: read from the admin's address
 
 
 @dataclass
@@ -342,6 +368,8 @@ class MemberInfo:
     deployments: list[str] = field(default_factory=list)
     last_seen_s: float = 0.0
     host: str = ""
+    node_id: str = ""       # name@host:admin_port; the key of the membership table
+    admin_port: int = 0
 
 
 @dataclass
@@ -436,3 +464,22 @@ class RegistrarConfig:
 class StrictInit:
     node: str
     hub: Any
+
+
+@dataclass
+class MemberRefused:
+    """From the registrar: another live node already holds this node's identity."""
+
+    node_id: str
+    reason: str
+
+
+@dataclass
+class NotReady:
+    """The answer of an actor asked something before its init message arrived."""
+
+    actor: str
+    message: str
+    request_id: str = ""
+    token: str = ""
+

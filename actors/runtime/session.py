@@ -11,19 +11,20 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorTypeDispatcher, WakeupMessage
+from thespian.actors import WakeupMessage
 
 from actors.runtime.logs import logger
 from actors.core.credentials import CredentialSource
 from actors.core.credentials import ResolvedCredential, next_refresh_at, resolve
-from actors.errors import AuthenticationError, InferenceError
+from actors.errors import AuthenticationError, ConfigError, CredentialUnavailable, InferenceError
+from actors.runtime.base import GatewayActor
 from actors.runtime.protocol import SessionInit, SessionRefresh, SessionSnapshot, SessionSubscribe, SessionVersion
 
 log = logger("atomr.session")
 RETRY_FAILED_REFRESH_S = 5.0
 
 
-class RemoteSessionActor(ActorTypeDispatcher):
+class RemoteSessionActor(GatewayActor):
     def __init__(self) -> None:
         super().__init__()
         self.name = ""
@@ -43,7 +44,12 @@ class RemoteSessionActor(ActorTypeDispatcher):
     def _refresh(self, reason: str) -> bool:
         """Resolve again; True when the credential changed (a new version was published)."""
         try:
-            resolved = resolve(self.source)
+            try:
+                resolved = resolve(self.source)
+            except ConfigError as exc:
+                # A variable unset or a file gone at run time: the calls fail with a typed error
+                # (ConfigError is not one, and does not cross the wire).
+                raise CredentialUnavailable(f"credential for {self.name} unavailable: {exc}") from None
         except InferenceError as exc:
             self.error = exc
             # The message names the source (env var, file, command), never the value.
@@ -92,6 +98,11 @@ class RemoteSessionActor(ActorTypeDispatcher):
             self.send(msg.subscriber, SessionVersion(self.version, ok=self.error is None, error=self.error))
 
     def receiveMsg_SessionRefresh(self, msg: SessionRefresh, sender: Any) -> None:
+        if self.source is None:
+            # Before SessionInit there is nothing to refresh: say so rather than fail on None.
+            self.send(sender, SessionVersion(self.version, ok=False, error=CredentialUnavailable(
+                "the session has not been initialised yet")))
+            return
         if self.version <= msg.seen_version:
             self._refresh(msg.reason or "requested")
         if self.version > msg.seen_version:

@@ -12,7 +12,9 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorTypeDispatcher, WakeupMessage
+from thespian.actors import WakeupMessage
+
+from actors.runtime.base import GatewayActor
 
 from actors.runtime.logs import logger
 from actors.runtime.protocol import (LimiterDelta, LimiterStateRequest, StrictAcquire, StrictDenied, StrictGrant, StrictInit, StrictSettle)
@@ -24,7 +26,7 @@ SETTLE_S = 3.0
 EXPIRE_EVERY_S = 5.0
 
 
-class StrictRateLimiterActor(ActorTypeDispatcher):
+class StrictRateLimiterActor(GatewayActor):
     def __init__(self) -> None:
         super().__init__()
         self.node = ""

@@ -4,12 +4,22 @@ It makes one attempt per :class:`Dispatch` and reports a :class:`WorkerResult` t
 engine, which owns retries and the terminal message. Streamed output goes straight to
 the caller as coalesced :class:`TokenChunk` messages.
 
-Thespian only transmits an actor's sends after ``receiveMessage`` returns, so a stream
-cannot be read in one long handler. A reader thread does nothing but the blocking HTTP
-reads into a queue; the actor thread takes from that queue in short steps (blocking on
-the queue, so the first token leaves at once), sends, returns, and schedules the next
-step with a 1 ms wakeup, which also lets it see a Cancel between steps. The thread never
-touches Thespian: sends from other threads are lost.
+Thespian only transmits an actor's sends after ``receiveMessage`` returns, so a response
+cannot be read in one long handler. A reader thread (``actors.runtime.upstream``) does the
+blocking HTTP reads into a bounded queue and writes a byte to a self-pipe after each event;
+the actor watches the pipe (``ThespianWatch``), so Thespian wakes it only when there is
+something to send: it drains the queue, sends what arrived as one chunk (the first token at
+once; when the actor falls behind, the tokens that queued meanwhile travel together, so the
+message rate adapts to load), and returns, seeing any Cancel between wake-ups. On the
+in-process ``simpleSystemBase`` (no watches) it polls instead with 1 ms wakeups. Streamed
+and non-streamed calls take the same path, so ``timeouts.total_s`` and the caller's
+deadline bound the whole call however slowly the upstream trickles, and the size limits
+bound what one response can make this process hold. The thread never touches Thespian:
+sends from other threads are lost.
+
+A worker is forked by its engine's process; when that process dies the worker is
+reparented, notices (its parent's pidfd turns readable; without pidfds, within
+``PARENT_CHECK``), and exits rather than live on as an orphan.
 """
 
 from __future__ import annotations
@@ -22,90 +32,31 @@ from datetime import timedelta
 from typing import Any
 
 import requests
-from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
+from thespian.actors import ActorExitRequest, ThespianWatch, WakeupMessage, WatchMessage
 
-from actors.runtime.logs import logger
-from actors.settings.schema import DeploymentConfig
-from actors.errors import (AuthenticationError, Cancelled, DeadlineExceeded, InferenceError, InternalError, NetworkError, StreamError, Timeout)
-from actors.types import Cancel, TokenChunk
-from actors.runtime.protocol import (Dispatch, FirstToken, SessionSnapshot, SessionSubscribe, WorkerInit, WorkerReady, WorkerResult)
+from actors.core import streaming
+from actors.errors import AuthenticationError, Cancelled, InferenceError, InternalError
 from actors.providers import make_runner
-from actors.providers.base import HttpRequest, ModelRunner, StreamAccumulator
+from actors.providers.base import ModelRunner, StreamAccumulator
+from actors.runtime.base import GatewayActor
+from actors.runtime.logs import logger
+from actors.runtime.protocol import (Dispatch, SessionSnapshot, SessionSubscribe, WorkerInit, WorkerReady,
+                                     WorkerResult)
+from actors.runtime.stream_job import Job, Stepping
+from actors.runtime.upstream import Attempt, PhaseAdapter
+from actors.runtime.wake import WakePipe, open_process_fd, watch_supported
+from actors.settings.schema import DeploymentConfig
+from actors.types import Cancel
 
 log = logger("atomr.worker")
 
-STEP = timedelta(milliseconds=1)
-MAX_BLOCK_S = 0.02          # longest the actor thread blocks on the reader, so Cancel stays prompt
-MAX_ERROR_BODY = 64 * 1024
 SESSION_WAIT_S = 10.0
-_EOF = object()
+PARENT_CHECK = timedelta(seconds=1)
+ORPHAN_EXIT_GRACE_S = 5.0
+CONTINUE = object()
 
 
-def transport_error(exc: BaseException, provider: str, after_response: bool) -> InferenceError:
-    """A ``requests`` exception as a typed error."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return Timeout(f"connect timeout: {type(exc).__name__}", provider=provider)
-    if isinstance(exc, requests.exceptions.Timeout):
-        return Timeout(f"read timeout: {type(exc).__name__}", provider=provider)
-    if after_response or isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        return StreamError(f"connection broke mid-response: {type(exc).__name__}", provider=provider)
-    return NetworkError(f"{type(exc).__name__}", provider=provider)
-
-
-class _StreamJob:
-    """One streaming attempt: the reader thread's side and the actor's side."""
-
-    def __init__(self, dispatch: Dispatch, http: HttpRequest, deadline: float, decoder: Any) -> None:
-        self.dispatch = dispatch
-        self.http = http
-        self.deadline = deadline
-        self.decoder = decoder
-        self.queue: queue.Queue = queue.Queue()
-        self.response: requests.Response | None = None
-        self.cancelled = threading.Event()
-        self.acc = StreamAccumulator()
-        self.chunks = 0
-        self.last_flush = 0.0
-        self.first_token_unix: float | None = None
-        self.thread: threading.Thread | None = None
-
-    def read(self, session: requests.Session, timeouts: tuple[float, float]) -> None:
-        """Reader thread: blocking HTTP only; every outcome goes into the queue."""
-        try:
-            resp = session.request(self.http.method, self.http.url, data=self.http.body,
-                                   headers=self.http.headers, stream=True, timeout=timeouts)
-            self.response = resp
-            if self.cancelled.is_set():
-                resp.close()
-                return
-            if resp.status_code >= 300:
-                body = resp.raw.read(MAX_ERROR_BODY, decode_content=True) or b""
-                self.queue.put(("status", resp.status_code, dict(resp.headers), body))
-                resp.close()
-                return
-            self.queue.put(("open", None, None, None))
-            for data in resp.iter_content(chunk_size=None):
-                if self.cancelled.is_set():
-                    break
-                self.queue.put(data)
-            self.queue.put(_EOF)
-        except BaseException as exc:  # noqa: BLE001 - handed to the actor thread as a typed error
-            if not self.cancelled.is_set():
-                self.queue.put(("exc", exc, self.response is not None, None))
-        finally:
-            if self.response is not None:
-                self.response.close()
-
-    def stop(self) -> None:
-        self.cancelled.set()
-        if self.response is not None:
-            try:
-                self.response.close()  # unblocks the reader's socket read
-            except Exception:  # noqa: BLE001
-                pass
-
-
-class RemoteWorkerActor(ActorTypeDispatcher):
+class RemoteWorkerActor(Stepping, GatewayActor):
     def __init__(self) -> None:
         super().__init__()
         self.deployment: DeploymentConfig | None = None
@@ -115,7 +66,21 @@ class RemoteWorkerActor(ActorTypeDispatcher):
         self.http = requests.Session()
         self.snapshot: SessionSnapshot | None = None
         self.waiting: tuple[Dispatch, float] | None = None
-        self.job: _StreamJob | None = None
+        self.job: Job | None = None
+        self.parent_pid = os.getppid()
+        self.wake: WakePipe | None = None       # set when the system delivers WatchMessages
+        self.parent_fd: int | None = None
+        self.lag = streaming.Lag()              # how late this worker wakes: the load it feels
+
+    def receiveMessage(self, msg: Any, sender: Any) -> Any:
+        super().receiveMessage(msg, sender)
+        # Thespian replaces the watch list with whatever each handler returns.
+        if self.wake is None:
+            return None
+        fds = [self.wake.fileno()] if self.job is not None else []
+        if self.parent_fd is not None:
+            fds.append(self.parent_fd)
+        return ThespianWatch(fds)
 
     # -- set-up --------------------------------------------------------------------
 
@@ -124,7 +89,7 @@ class RemoteWorkerActor(ActorTypeDispatcher):
         self.runner = make_runner(msg.deployment)
         self.engine = msg.engine
         self.index = msg.worker_index
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
+        adapter = PhaseAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
         self.http.mount("http://", adapter)
         self.http.mount("https://", adapter)
         # requests re-reads proxy variables and ~/.netrc on every call (milliseconds each here):
@@ -136,6 +101,14 @@ class RemoteWorkerActor(ActorTypeDispatcher):
         else:
             self.snapshot = SessionSnapshot(version=0, credential=None)
         self.send(self.engine, WorkerReady(self.index, os.getpid()))
+        if watch_supported(self):
+            self.wake = WakePipe()
+            self.parent_fd = open_process_fd(self.parent_pid)
+            if self.parent_fd is not None and os.getppid() != self.parent_pid:
+                self._check_parent()  # gone before the pidfd was opened: that pid may be another's now
+                return
+        if self.parent_fd is None:
+            self.wakeupAfter(PARENT_CHECK, payload="parent")
 
     def receiveMsg_SessionSnapshot(self, msg: SessionSnapshot, sender: Any) -> None:
         if self.snapshot is None or msg.version >= self.snapshot.version:
@@ -148,6 +121,8 @@ class RemoteWorkerActor(ActorTypeDispatcher):
     # -- one attempt ----------------------------------------------------------------
 
     def receiveMsg_Dispatch(self, msg: Dispatch, sender: Any) -> None:
+        if self.deployment is None:
+            return  # not initialised: the engine's own deadline ends the request
         if self.snapshot is None or self.snapshot.version < msg.min_session_version:
             # The fresh credential is on its way from the session actor.
             self.waiting = (msg, time.monotonic() + SESSION_WAIT_S)
@@ -161,7 +136,7 @@ class RemoteWorkerActor(ActorTypeDispatcher):
         except Exception as exc:  # noqa: BLE001 - a bug here must still end the request, once
             log.exception("worker %d failed on %s", self.index, dispatch.request.request_id)
             if self.job is not None and self.job.dispatch is dispatch:
-                self.job.stop()
+                self.job.attempt.stop()
                 self.job = None
             self._report(dispatch, error=InternalError(f"worker failed: {type(exc).__name__}: {exc}",
                                                        provider=self.deployment.provider))
@@ -179,53 +154,63 @@ class RemoteWorkerActor(ActorTypeDispatcher):
         deadline = time.time() + dep.timeouts.total_s
         if request.deadline_unix is not None:
             deadline = min(deadline, request.deadline_unix)
+        attempt = Attempt(http, self._timeouts(deadline), dep.response_limits.max_body_bytes, deadline,
+                          whole=not http.stream, notify=self.wake.notify if self.wake and http.stream else None)
         if not http.stream:
-            return self._call(dispatch, http, deadline)
-        job = self.job = _StreamJob(dispatch, http, deadline, self.runner.stream_decoder())
-        job.thread = threading.Thread(target=job.read, args=(self.http, self._timeouts(deadline)),
-                                      name=f"reader-{request.request_id}", daemon=True)
-        job.thread.start()
-        self._step()
+            # Nothing to deliver before it ends, so read in this handler (no thread hand-offs);
+            # the attempt's own deadline bounds it, however slowly the body trickles.
+            job = Job(dispatch, attempt, deadline, None, dep.timeouts.total_s)
+            attempt.run(self.http)
+            try:
+                error = job.consume(attempt.events.get_nowait(), self.runner, dep.provider)
+            except queue.Empty:
+                error = InternalError("the attempt ended without an outcome", provider=dep.provider)
+            return self._finish(job, error)
+        self.job = Job(dispatch, attempt, deadline, self.runner.stream_decoder(), dep.timeouts.total_s)
+        attempt.start(self.http, f"reader-{request.request_id}")
+        if self.wake is None:
+            return self._step()
+        # The reader's reads end at the deadline too; this is the backstop should it hang.
+        self.wakeupAfter(timedelta(seconds=max(0.0, deadline - time.time()) + 0.05), payload=("deadline", self.job))
 
     def _timeouts(self, deadline: float) -> tuple[float, float]:
         t = self.deployment.timeouts
         remaining = max(0.001, deadline - time.time())
         return min(t.connect_s, remaining), min(t.read_s, remaining)
 
-    def _call(self, dispatch: Dispatch, http: HttpRequest, deadline: float) -> None:
-        """Non-streaming: one blocking request, in this handler (nothing to deliver before it ends)."""
-        provider = self.deployment.provider
-        try:
-            resp = self.http.request(http.method, http.url, data=http.body, headers=http.headers,
-                                     timeout=self._timeouts(deadline))
-        except requests.RequestException as exc:
-            # A refused or timed-out connection never reached the provider: its budget is given back.
-            sent = not isinstance(exc, requests.exceptions.ConnectionError)
-            return self._report(dispatch, error=self._transport_error(dispatch, exc, False), sent=sent)
-        if resp.status_code >= 300:
-            return self._report(dispatch, error=self.runner.classify_error(resp.status_code, resp.headers,
-                                                                           resp.content[:MAX_ERROR_BODY]))
-        acc = StreamAccumulator()
-        try:
-            acc.add(self.runner.parse_response(resp.content))
-        except InferenceError as exc:
-            return self._report(dispatch, error=exc)
-        except Exception as exc:  # noqa: BLE001
-            return self._report(dispatch, error=StreamError(f"unparseable response: {type(exc).__name__}",
-                                                            provider=provider))
-        self._report(dispatch, acc=acc, error=acc.error)
+    # -- steps -------------------------------------------------------------------------
 
-    # -- streaming steps -----------------------------------------------------------------
+    def receiveMsg_WatchMessage(self, msg: WatchMessage, sender: Any) -> None:
+        ready = msg.ready
+        if self.parent_fd is not None and self.parent_fd in ready:
+            return self._check_parent()
+        if self.wake is not None and self.wake.fileno() in ready:
+            self.wake.drain()
+            if self.job is not None:
+                self._guarded(self._pump)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload == "step" and self.job is not None:
-            job = self.job
-            try:
-                self._step()
-            except Exception as exc:  # noqa: BLE001 - as in _start: the request must still end
-                log.exception("worker %d failed streaming %s", self.index, job.dispatch.request.request_id)
+    def _guarded(self, step: Any) -> None:
+        job = self.job
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - as in _start: the request must still end
+            log.exception("worker %d failed streaming %s", self.index, job.dispatch.request.request_id)
+            if self.job is job:
                 self._finish(job, InternalError(f"worker failed: {type(exc).__name__}: {exc}",
                                                 provider=self.deployment.provider))
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        payload = msg.payload
+        if payload == "step" and self.job is not None:
+            self._guarded(self._step)
+        elif isinstance(payload, tuple) and self.job is not None and payload[1] is self.job:
+            if payload[0] == "flush":
+                self.job.flush_armed = False
+                self._guarded(self._pump)
+            elif payload[0] == "deadline" and time.time() >= self.job.deadline:
+                self._finish_at_deadline(self.job)
+        elif payload == "parent":
+            self._check_parent()
         elif msg.payload == "session" and self.waiting:
             remaining = self.waiting[1] - time.monotonic()
             if remaining > 0:  # timers and the monotonic clock disagree by a hair
@@ -236,96 +221,20 @@ class RemoteWorkerActor(ActorTypeDispatcher):
             self._report(dispatch, error=AuthenticationError("no credential arrived from the session actor",
                                                              provider=self.deployment.provider), sent=False)
 
-    def _step(self) -> None:
-        job = self.job
-        coalesce_s = self.deployment.coalesce_ms / 1000
-        started = time.monotonic()
-        while True:
-            now = time.monotonic()
-            if time.time() >= job.deadline:
-                job.stop()
-                return self._finish(job, self._deadline_error(job))
-            if job.acc.has_pending and job.chunks:
-                block = max(0.0, job.last_flush + coalesce_s - now)
-            else:
-                block = MAX_BLOCK_S
-            try:
-                item = job.queue.get(timeout=min(block, MAX_BLOCK_S, max(0.0, job.deadline - time.time())))
-            except queue.Empty:
-                item = None
-            if item is not None and (error := self._consume(job, item)) is not _CONTINUE:
-                if job.acc.has_pending:
-                    self._flush(job)
-                return self._finish(job, error)
-            now = time.monotonic()
-            if job.acc.has_pending and (job.chunks == 0 or now - job.last_flush >= coalesce_s):
-                self._flush(job)
-                break  # return so Thespian transmits what was just sent
-            if now - started >= MAX_BLOCK_S:
-                break
-        self.wakeupAfter(STEP, payload="step")
+    def _finish_at_deadline(self, job: Job) -> None:
+        job.attempt.stop()
+        if job.acc.has_pending:
+            self._flush(job)
+        self._finish(job, job.deadline_error(self.deployment.provider))
 
-    def _consume(self, job: _StreamJob, item: Any) -> Any:
-        """Feed one reader item; the job's terminal error (None for success) or _CONTINUE."""
-        provider = self.deployment.provider
-        if item is _EOF:
-            try:
-                for delta in job.decoder.close():
-                    job.acc.add(delta)
-            except InferenceError as exc:
-                return exc
-            if job.acc.error is not None:
-                return job.acc.error
-            if not job.acc.complete:
-                return StreamError("stream ended before the provider finished", provider=provider)
-            return None
-        if isinstance(item, bytes):
-            try:
-                for delta in job.decoder.feed(item):
-                    job.acc.add(delta)
-            except InferenceError as exc:
-                job.stop()
-                return exc
-            if job.acc.error is not None:
-                job.stop()
-                return job.acc.error
-            return _CONTINUE
-        kind, a, b, c = item
-        if kind == "open":
-            return _CONTINUE
-        if kind == "status":
-            return self.runner.classify_error(a, b, c)
-        return self._transport_error(job.dispatch, a, after_response=b)
-
-    def _flush(self, job: _StreamJob) -> None:
-        text, tools = job.acc.take_pending()
-        request_id = job.dispatch.request.request_id
-        self.send(job.dispatch.reply_to, TokenChunk(request_id, job.chunks, text, tools))
-        if job.chunks == 0:
-            job.first_token_unix = time.time()
-            self.send(self.engine, FirstToken(request_id, job.dispatch.attempt, job.first_token_unix))
-        job.chunks += 1
-        job.last_flush = time.monotonic()
-
-    def _transport_error(self, dispatch: Dispatch, exc: BaseException, after_response: bool) -> InferenceError:
-        deadline = dispatch.request.deadline_unix
-        if isinstance(exc, requests.exceptions.Timeout) and deadline is not None and time.time() >= deadline - 0.01:
-            # The caller's deadline cut the call short: not a sign of an unhealthy provider.
-            return DeadlineExceeded("the request's deadline passed during the call", provider=self.deployment.provider)
-        return transport_error(exc, self.deployment.provider, after_response)
-
-    def _deadline_error(self, job: _StreamJob) -> InferenceError:
-        request = job.dispatch.request
-        if request.deadline_unix is not None and job.deadline >= request.deadline_unix:
-            return DeadlineExceeded("the request's deadline passed mid-stream", provider=self.deployment.provider)
-        return Timeout(f"total timeout {self.deployment.timeouts.total_s:g}s exceeded",
-                       provider=self.deployment.provider)
-
-    def _finish(self, job: _StreamJob, error: InferenceError | None) -> None:
+    def _finish(self, job: Job, error: InferenceError | None) -> None:
         self.job = None
-        job.stop()
+        job.attempt.stop()
+        if error is not None and job.chunks:
+            error.retryable = False  # the caller has part of the answer: replaying would repeat it
+        # HTTP statuses and body errors come after the headers, so the phase says it all.
         self._report(job.dispatch, acc=job.acc, error=error, chunks=job.chunks,
-                     first_token_unix=job.first_token_unix, sent=job.response is not None)
+                     first_token_unix=job.first_token_unix, sent=job.attempt.phase.reached_provider)
 
     # -- control -----------------------------------------------------------------------
 
@@ -338,10 +247,28 @@ class RemoteWorkerActor(ActorTypeDispatcher):
             self.waiting = None
             self._report(dispatch, error=Cancelled("cancelled by the caller"), sent=False)
 
+    def _check_parent(self) -> None:
+        if os.getppid() == self.parent_pid:
+            self.wakeupAfter(PARENT_CHECK, payload="parent")
+            return
+        log.warning("worker %d (pid %d): its engine (pid %d) is gone; exiting", self.index, os.getpid(),
+                    self.parent_pid)
+        self.parent_fd = None  # stays readable: watch it no more
+        if self.job is not None:
+            self.job.attempt.stop()
+            self.job = None
+        # Thespian's own exit may wait on transmits to the dead parent: make sure the process ends.
+        timer = threading.Timer(ORPHAN_EXIT_GRACE_S, os._exit, args=(0,))
+        timer.daemon = True
+        timer.start()
+        self.send(self.myAddress, ActorExitRequest())
+
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self.job is not None:
-            self.job.stop()
+            self.job.attempt.stop()
         self.http.close()
+        if self.wake is not None:
+            self.wake.close()
 
     def _report(self, dispatch: Dispatch, *, acc: StreamAccumulator | None = None,
                 error: InferenceError | None = None, sent: bool = True, chunks: int = 0,
@@ -353,6 +280,3 @@ class RemoteWorkerActor(ActorTypeDispatcher):
             raw_finish_reason=acc.raw_finish_reason, usage=acc.usage, chunks=chunks,
             first_token_unix=first_token_unix, session_version=self.snapshot.version if self.snapshot else 0,
             sent=sent))
-
-
-_CONTINUE = object()

@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import types
 import typing
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal, Union
 
 import yaml
 
+from actors.core.credentials import looks_secret
 from actors.errors import ConfigError
 from actors.settings.schema import GatewayConfig
+
+__all__ = ["build", "parse_config", "load_config", "check_credentials", "check_http_keys", "config_warnings", "UniqueKeyLoader"]
+
+_FIELD_HEAD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[\d+\])?(?:\.[A-Za-z0-9_\[\].]+)?$")
 
 # --- the validator -------------------------------------------------------------------
 
@@ -94,18 +101,32 @@ def build(cls: type, data: Any, path: str = "") -> Any:
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc), path=path or cls.__name__) from None
+        message = str(exc)
+        # "<field>: <problem>" from the schema's checks is filed under that field's full path.
+        head, sep, rest = message.partition(": ")
+        match = _FIELD_HEAD.match(head) if sep else None
+        if match and match.group(1) in fields:
+            raise ConfigError(rest, path=f"{prefix}{head}") from None
+        raise ConfigError(message, path=path or cls.__name__) from None
 
 
 # --- loading -------------------------------------------------------------------------
 
 def check_credentials(config: GatewayConfig, environ: typing.Mapping[str, str] = os.environ) -> None:
-    """Fail fast on credentials that cannot possibly resolve on this node."""
+    """Fail fast on credentials that cannot possibly resolve on this node. A reference that
+    looks like a key itself (pasted into the wrong field) is never repeated in the message."""
     for i, dep in enumerate(config.deployments):
         cred = dep.credentials
         path = f"deployments[{i}].credentials"
         if cred is None:
             continue
+        for name in ("file", "command"):
+            value = getattr(cred, name)
+            shown = " ".join(value) if isinstance(value, list) else value
+            if shown is not None and looks_secret(shown):
+                raise ConfigError(f"the {name} given looks like a key, not a {name} (not shown); put the key "
+                                  f"in an environment variable and name it with credentials.env",
+                                  path=f"{path}.{name}")
         if cred.env is not None and not environ.get(cred.env):
             raise ConfigError(f"environment variable {cred.env} is not set (deployment {dep.name!r})",
                               path=f"{path}.env")
@@ -113,6 +134,26 @@ def check_credentials(config: GatewayConfig, environ: typing.Mapping[str, str] =
             raise ConfigError(f"credential file {cred.file} is not readable", path=f"{path}.file")
         if cred.command is not None and shutil.which(cred.command[0]) is None:
             raise ConfigError(f"credential command {cred.command[0]!r} not found on PATH", path=f"{path}.command")
+    check_http_keys(config, environ)
+
+
+def check_http_keys(config: GatewayConfig, environ: typing.Mapping[str, str] = os.environ) -> None:
+    """The HTTP callers' keys must resolve when the listener starts: an unset variable is a
+    refused caller at 3 a.m., so it fails here instead. Never shows a key."""
+    if config.http is None or config.http.listen is None:
+        return
+    for i, entry in enumerate(config.http.keys):
+        path = f"http.keys[{i}].key"
+        if entry.key.env is not None and not environ.get(entry.key.env, "").strip():
+            raise ConfigError(f"environment variable {entry.key.env} is not set (key {entry.name!r})",
+                              path=f"{path}.env")
+        if entry.key.file is not None:
+            if looks_secret(entry.key.file):
+                raise ConfigError("the file given looks like a key, not a file (not shown); use sha256: "
+                                  "(python launch.py key new) or env:", path=f"{path}.file")
+            if not os.access(os.path.expanduser(entry.key.file), os.R_OK):
+                raise ConfigError(f"key file {entry.key.file} is not readable (key {entry.name!r})",
+                                  path=f"{path}.file")
 
 
 def parse_config(data: Any, source: str = "<config>", *, credentials: bool = True,
@@ -135,6 +176,52 @@ def parse_config(data: Any, source: str = "<config>", *, credentials: bool = Tru
     return config
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (YAML's own rule,
+    which PyYAML does not enforce: the last one silently wins)."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # an unhashable key: construct_mapping reports it
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"duplicate key {key!r} (first at line {first + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+_OPENAI_HOSTS = ("api.openai.com",)
+
+
+def config_warnings(config: GatewayConfig) -> list[str]:
+    """Things that start but are probably not what was meant; the launcher prints them."""
+    warnings = []
+    for i, dep in enumerate(config.deployments):
+        where = f"deployments[{i}] ({dep.name})"
+        if dep.provider != "openai" or dep.endpoint == "mock":
+            continue
+        host = (urlsplit(dep.endpoint).hostname or "").lower()
+        if host not in _OPENAI_HOSTS:
+            warnings.append(f"{where}: provider openai sends max_completion_tokens, which OpenAI-compatible "
+                            f"servers ignore; {dep.endpoint_label} is not OpenAI's API: use provider "
+                            f"openai_compatible (sends max_tokens) unless it really is OpenAI")
+        if dep.credentials is None:
+            warnings.append(f"{where}: provider openai with no credentials: every call will be refused "
+                            f"with 401 unless {dep.endpoint_label} needs no key")
+    return warnings
+
+
 def load_config(path: str | os.PathLike, **kw: Any) -> GatewayConfig:
     source = str(path)
     try:
@@ -142,7 +229,7 @@ def load_config(path: str | os.PathLike, **kw: Any) -> GatewayConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", path=source) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

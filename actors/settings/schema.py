@@ -8,8 +8,10 @@ the core and are imported here, never the other way round.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 from actors.core.breaker import BreakerConfig
 from actors.core.credentials import CredentialSource
@@ -21,6 +23,7 @@ from actors.core.retry import RetryPolicy
 __all__ = [
     "CredentialSource", "Timeouts", "Price", "DeploymentConfig", "NodeConfig", "MockProviderConfig",
     "ClusterConfig", "GatewayConfig", "PROVIDERS", "MOCK_ENDPOINT",
+    "ApiKeySource", "HttpKey", "HttpConfig", "parse_listen",
 ]
 
 PROVIDERS = ("openai", "openai_responses", "azure_openai", "openai_compatible", "anthropic", "gemini",
@@ -28,6 +31,46 @@ PROVIDERS = ("openai", "openai_responses", "azure_openai", "openai_compatible", 
 Provider = Literal["openai", "openai_responses", "azure_openai", "openai_compatible", "anthropic", "gemini",
                    "cohere", "bedrock"]
 MOCK_ENDPOINT = "mock"
+
+# Checks raise ValueError("<field>: <problem>, got <value>"); the loader files the message
+# under that field's full path (``deployments[0].timeouts.read_s: must be > 0, got -1``).
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if _number(value) else repr(value)
+
+
+def _positive(name: str, value: Any) -> None:
+    if not _number(value) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: must be > 0, got {_shown(value)}")
+
+
+def _at_least(name: str, value: Any, minimum: float) -> None:
+    if not _number(value) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum:g}, got {_shown(value)}")
+
+
+def endpoint_label(endpoint: str) -> str:
+    """``endpoint`` as it may be shown (status, logs, breaker names, errors): scheme, host, port
+    and path only. A user:password part and the query (which may carry a key) are dropped."""
+    if not isinstance(endpoint, str):
+        return "<endpoint>"
+    try:
+        parts = urlsplit(endpoint)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparseable endpoint>"
+    if not parts.scheme or not host:
+        return endpoint if "@" not in endpoint and "?" not in endpoint else "<endpoint>"
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    netloc = f"{host}:{port}" if port is not None else host
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 @dataclass(frozen=True)
@@ -37,8 +80,23 @@ class Timeouts:
     total_s: float = 600.0
 
     def __post_init__(self) -> None:
-        if min(self.connect_s, self.read_s, self.total_s) <= 0:
-            raise ValueError("timeouts must be > 0")
+        for name in ("connect_s", "read_s", "total_s"):
+            _positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class ResponseLimits:
+    """Bounds on what one response may make a worker hold. An event-stream line (or one
+    event's data) longer than ``max_line_bytes``, or a body (streamed or not) longer than
+    ``max_body_bytes``, ends the call with ``ResponseTooLarge``. The line limit leaves room for
+    the Responses API's ``response.completed`` event, which repeats the whole output."""
+
+    max_line_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = 32 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_line_bytes", "max_body_bytes"):
+            _at_least(name, getattr(self, name), 1024)
 
 
 @dataclass(frozen=True)
@@ -59,19 +117,27 @@ class DeploymentConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    response_limits: ResponseLimits = field(default_factory=ResponseLimits)
     pricing: Price | None = None
     headers: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.name.strip() or not self.model.strip():
-            raise ValueError("name and model must not be empty")
-        if self.workers < 1 or self.replicas < 1:
-            raise ValueError("workers and replicas must be >= 1")
-        if self.queue_capacity < 0 or self.estimate_output_tokens < 0 or self.coalesce_ms < 0:
-            raise ValueError("queue_capacity, estimate_output_tokens and coalesce_ms must be >= 0")
+        for name in ("name", "model"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"{name}: must not be empty, got {getattr(self, name)!r}")
+        for name in ("workers", "replicas"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("queue_capacity", "estimate_output_tokens", "coalesce_ms"):
+            _at_least(name, getattr(self, name), 0)
         if self.endpoint != MOCK_ENDPOINT and not self.endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"endpoint must be an http(s) URL or {MOCK_ENDPOINT!r}, got {self.endpoint!r}")
+            raise ValueError(f"endpoint: must be an http(s) URL or {MOCK_ENDPOINT!r}, "
+                             f"got {endpoint_label(self.endpoint)!r}")
+
+    @property
+    def endpoint_label(self) -> str:
+        """The endpoint without credentials or query: the only form that may be shown."""
+        return endpoint_label(self.endpoint)
 
     @property
     def provider_model(self) -> str:
@@ -97,9 +163,8 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.admin_port <= 65535:
-            raise ValueError("admin_port must be in 1..65535")
-        if self.drain_timeout_s < 0:
-            raise ValueError("drain_timeout_s must be >= 0")
+            raise ValueError(f"admin_port: must be in 1..65535, got {self.admin_port!r}")
+        _at_least("drain_timeout_s", self.drain_timeout_s, 0)
 
 
 @dataclass(frozen=True)
@@ -110,7 +175,7 @@ class MockProviderConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ValueError("port must be in 0..65535")
+            raise ValueError(f"port: must be in 0..65535, got {self.port!r}")
 
 
 @dataclass(frozen=True)
@@ -132,12 +197,127 @@ class ClusterConfig:
     secret_file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.sync_interval_ms <= 0 or self.heartbeat_s <= 0 or self.failure_timeout_s <= self.heartbeat_s:
-            raise ValueError("need sync_interval_ms > 0, heartbeat_s > 0 and failure_timeout_s > heartbeat_s")
-        if self.reregistration_s < 1:
-            raise ValueError("reregistration_s must be >= 1")
+        _positive("sync_interval_ms", self.sync_interval_ms)
+        _positive("heartbeat_s", self.heartbeat_s)
+        _positive("failure_timeout_s", self.failure_timeout_s)
+        if self.failure_timeout_s <= self.heartbeat_s:
+            raise ValueError(f"failure_timeout_s: must be > heartbeat_s ({self.heartbeat_s:g}), "
+                             f"got {self.failure_timeout_s!r}")
+        _at_least("reregistration_s", self.reregistration_s, 1)
         if self.secret_file is not None and not self.secret_file.strip():
-            raise ValueError("secret_file must not be empty")
+            raise ValueError(f"secret_file: must not be empty, got {self.secret_file!r}")
+
+
+_HEX64 = frozenset("0123456789abcdef")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:4000`` for IPv6) -> (host, port); ValueError names what is wrong."""
+    host, sep, port = listen.rpartition(":") if isinstance(listen, str) else ("", "", "")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen: must be HOST:PORT (e.g. 127.0.0.1:4000), got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class ApiKeySource:
+    """Where an HTTP caller's key comes from: exactly one of env, file, value, or its sha256 hex digest
+    (what ``launch.py key new`` prints, so the config never holds the key itself)."""
+
+    env: str | None = None
+    file: str | None = None
+    value: str | None = None
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("env", "file", "value", "sha256") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of env, file, value, sha256"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.sha256 is not None and (len(self.sha256) != 64 or not set(self.sha256.lower()) <= _HEX64):
+            raise ValueError("sha256: must be 64 hex digits (python launch.py key new prints one), "
+                             "got a value that is not (not shown)")
+        if self.env is not None:
+            CredentialSource(env=self.env)  # the same check of a variable's name (never repeats a key)
+        if self.value is not None and not self.value.strip():
+            raise ValueError("value: must not be empty, got ''")
+
+    def __repr__(self) -> str:
+        shown = {k: getattr(self, k) for k in ("env", "file") if getattr(self, k) is not None}
+        if self.value is not None:
+            shown["value"] = "***"
+        if self.sha256 is not None:
+            shown["sha256"] = self.sha256[:8] + "…"
+        return "ApiKeySource(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+@dataclass(frozen=True)
+class HttpKey:
+    """One caller of the HTTP front door; ``models`` (when given) is all it may use."""
+
+    name: str
+    key: ApiKeySource
+    models: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError(f"name: must not be empty, got {self.name!r}")
+        if self.models is not None and not all(isinstance(m, str) and m.strip() for m in self.models):
+            raise ValueError(f"models: must be a list of model names, got {self.models!r}")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The OpenAI/Anthropic-compatible HTTP listener of a node (docs/http.md). Off when ``listen`` is absent."""
+
+    listen: str | None = None
+    auth: Literal["keys", "none"] = "keys"
+    keys: list[HttpKey] = field(default_factory=list)
+    threads: int = 64                       # worker threads (a stream holds one for its length)
+    max_in_flight: int | None = None        # calls at once, beyond: 429 + retry-after (default threads - 4)
+    connection_limit: int = 1000            # open connections, idle or slow ones included
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    read_timeout_s: float = 30.0            # a connection silent this long is closed (slow clients)
+    request_timeout_s: float = 600.0        # a call's deadline at the node when the caller gives none
+    drain_timeout_s: float = 30.0           # on stop: finish what is in flight for up to this long
+
+    def __post_init__(self) -> None:
+        if self.listen is not None:
+            host, _ = parse_listen(self.listen)
+            if self.auth == "none" and host not in LOOPBACK_HOSTS:
+                raise ValueError(f"auth: 'none' is allowed on a loopback listener only, got listen {self.listen!r}")
+            if self.auth == "keys" and not self.keys:
+                raise ValueError("keys: no keys given, so every request would be refused; add keys "
+                                 "(python launch.py key new) or set auth: none on a loopback listener, got []")
+        first: dict[str, int] = {}
+        for i, key in enumerate(self.keys):
+            if key.name in first:
+                raise ValueError(f"keys[{i}].name: key names must be unique, got {key.name!r} again")
+            first[key.name] = i
+        for name in ("threads", "connection_limit"):
+            _at_least(name, getattr(self, name), 1)
+        if self.max_in_flight is not None and not 1 <= self.max_in_flight <= self.threads:
+            raise ValueError(f"max_in_flight: must be in 1..threads ({self.threads}), got {self.max_in_flight!r}")
+        _at_least("max_body_bytes", self.max_body_bytes, 1024)
+        _at_least("max_header_bytes", self.max_header_bytes, 1024)
+        for name in ("read_timeout_s", "request_timeout_s"):
+            _positive(name, getattr(self, name))
+        _at_least("drain_timeout_s", self.drain_timeout_s, 0)
+
+    @property
+    def call_limit(self) -> int:
+        """Calls served at once; the threads left over answer refusals and health checks at once."""
+        return self.max_in_flight if self.max_in_flight is not None else max(1, self.threads - 4)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return parse_listen(self.listen) if self.listen is not None else None
+
+    def with_listen(self, listen: str) -> "HttpConfig":
+        """This section listening on ``listen`` instead (``launch.py --http HOST:PORT``)."""
+        return dataclasses.replace(self, listen=listen)
 
 
 @dataclass(frozen=True)
@@ -146,16 +326,21 @@ class GatewayConfig:
     node: NodeConfig = field(default_factory=NodeConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     mock_provider: MockProviderConfig | None = None
+    http: HttpConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.deployments:
-            raise ValueError("at least one deployment is needed")
-        names = [d.name for d in self.deployments]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"deployment names must be unique: {', '.join(duplicates)}")
-        if self.mock_provider is None and any(d.endpoint == MOCK_ENDPOINT for d in self.deployments):
-            raise ValueError(f"endpoint {MOCK_ENDPOINT!r} needs a mock_provider section")
+            raise ValueError("deployments: at least one deployment is needed, got none")
+        first: dict[str, int] = {}
+        for i, d in enumerate(self.deployments):
+            if d.name in first:
+                raise ValueError(f"deployments[{i}].name: deployment names must be unique, got {d.name!r} "
+                                 f"again (first at deployments[{first[d.name]}].name)")
+            first[d.name] = i
+        for i, d in enumerate(self.deployments):
+            if self.mock_provider is None and d.endpoint == MOCK_ENDPOINT:
+                raise ValueError(f"deployments[{i}].endpoint: endpoint {MOCK_ENDPOINT!r} needs a "
+                                 f"mock_provider section")
 
     def deployment(self, name: str) -> DeploymentConfig:
         for d in self.deployments:

@@ -15,7 +15,14 @@ requests through ``POST /_mock/faults``. Directive keys:
 - ``words``: reply length in tokens;
 - ``cut_after=N``: drop the connection after N streamed tokens;
 - ``malformed_after=N``: send a broken frame (SSE, or event-stream with a bad CRC) after N tokens;
-- ``error_after=N``: send the provider's in-stream error event after N tokens.
+- ``error_after=N``: send the provider's in-stream error event after N tokens;
+- ``stall_after=N``: after N streamed tokens send nothing more, holding the connection open
+  (up to ``stall_ms``, default 60 s, or until the client goes away);
+- ``trickle_ms=T``: a non-streamed reply sent one byte every T ms (each read is satisfied);
+- ``huge_line=B``: a stream whose first event is one data line of B bytes;
+  ``huge_body=B``: a non-streamed body of B bytes (stats' ``last_bytes_sent`` says how much
+  was written before the client stopped reading);
+- ``empty=1``: 200 with an empty body (streamed or not).
 
 A request that offers tools and says ``[[tool]]`` gets one tool call (``get_weather``-like
 arguments), unless the conversation already holds a tool result.
@@ -185,6 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
                 headers["retry-after-ms"] = str(fault["retry_after_ms"])
             headers.update(wire.error_headers(status))
             return self._send(status, json.dumps(wire.error_body(status)).encode(), headers=headers)
+        if self._misbehave(wire, body, fault, stream_path or bool(body.get("stream"))):
+            return
         n_words = int(fault.get("words") or wire.max_tokens(body) or DEFAULT_WORDS)
         tool = None
         names = wire.tool_names(body)
@@ -195,6 +204,67 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, json.dumps(wire.complete(body, reply)).encode())
         self._stream(wire, body, reply, fault)
 
+    def _misbehave(self, wire: "Wire", body: dict[str, Any], fault: Fault, stream: bool) -> bool:
+        """The size, trickle and empty faults; True when one of them answered."""
+        if fault.get("empty"):
+            if stream:
+                self._start_stream(wire.stream_content_type)
+                self._end_stream()
+            else:
+                self._send(200, b"")
+            return True
+        size = int(fault.get("huge_line" if stream else "huge_body") or 0)
+        if size:
+            piece = b"x" * 65536
+            sent = 0
+            try:
+                if stream:
+                    self._start_stream(wire.stream_content_type)
+                    self._chunk(b"data: ")
+                else:
+                    self.wfile.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                     f"Content-Length: {size}\r\n\r\n".encode())
+                while sent < size:
+                    data = piece[:size - sent]
+                    self._chunk(data) if stream else self.wfile.write(data)
+                    sent += len(data)
+                    self.server.note_bytes(sent)
+                if stream:
+                    self._chunk(b"\n\n")
+                    self._end_stream()
+            except OSError:
+                self.close_connection = True
+            return True
+        trickle = int(fault.get("trickle_ms") or 0) / 1000
+        if trickle and not stream:
+            text = json.dumps(wire.complete(body, _Reply(wire.prompt_tokens(body), 3, "", None))).encode()
+            self.wfile.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(text)}\r\n\r\n".encode())
+            try:
+                for i in range(len(text)):
+                    self.wfile.write(text[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(trickle)
+            except OSError:
+                self.close_connection = True
+            return True
+        return False
+
+    def _stall(self, fault: Fault) -> None:
+        """Send nothing, but keep the connection until the client leaves or the stall ends."""
+        self.wfile.flush()
+        until = time.monotonic() + int(fault.get("stall_ms") or 60000) / 1000
+        self.connection.settimeout(0.1)
+        while time.monotonic() < until:
+            try:
+                if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                    break  # the client closed its side
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        self.close_connection = True
+
     def _stream(self, wire: "Wire", body: dict[str, Any], reply: _Reply, fault: Fault) -> None:
         drip = int(fault.get("drip_ms") or 0) / 1000 or self.server.drip_s
         self._start_stream(wire.stream_content_type)
@@ -204,6 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
         for i, token in enumerate(reply.tokens):
             if i == fault.get("cut_after"):
                 return self._cut()
+            if i == fault.get("stall_after"):
+                return self._stall(fault)
             if i == fault.get("malformed_after"):
                 self._chunk(wire.malformed())
                 self._end_stream()
@@ -713,6 +785,7 @@ class _Server(ThreadingHTTPServer):
             self.keys_seen: Counter[str] = Counter()
             self.last_headers: dict[str, str] = {}
             self.peers: set[int] = set()  # client ports of requests in flight
+            self.last_bytes_sent = 0
 
     def route(self, path: str) -> tuple[Wire, bool] | None:
         for match, wire, stream_path in self.routes:
@@ -756,7 +829,11 @@ class _Server(ThreadingHTTPServer):
             return {"requests": dict(self.requests), "total": sum(self.requests.values()),
                     "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
                     "keys_seen": dict(self.keys_seen), "last_headers": self.last_headers,
-                    "faults_pending": len(self._faults), "peers_in_flight": sorted(self.peers)}
+                    "faults_pending": len(self._faults), "peers_in_flight": sorted(self.peers),
+                    "last_bytes_sent": self.last_bytes_sent}
+
+    def note_bytes(self, sent: int) -> None:
+        self.last_bytes_sent = sent
 
 
 class MockProvider:

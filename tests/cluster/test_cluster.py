@@ -204,3 +204,26 @@ def test_leader_loss_fails_strict_admission_closed_and_a_restarted_leader_is_rej
         except E.LeaderUnavailable:
             return False
     wait_for(admitted, timeout_s=15, interval_s=0.2, message="strict admission to work again")
+
+
+def test_one_config_with_one_name_on_three_nodes_makes_three_members_sharing_the_budget(gateway, mock):
+    dep = deployment(mock.url, "d1", workers=1, limits={"rpm": 1000})
+    leader_port = free_port()
+    nodes = [gateway([dep], name="demo", port=leader_port if i == 0 else None, cluster=FAST_CLUSTER,
+                     leader=None if i == 0 else f"127.0.0.1:{leader_port}") for i in range(3)]
+    leader_client = nodes[0][1]
+    wait_for(lambda: len(leader_client.cluster_status(members_only=True).members) == 3, timeout_s=20,
+             message="three members of one name")
+    status = leader_client.cluster_status()
+    ports = sorted(node.admin_port for node, _ in nodes)
+    assert sorted(m.admin_port for m in status.members) == ports
+    assert sorted(n.address for n in status.nodes) == sorted(f"127.0.0.1:{p}" for p in ports)
+    assert len({n.node_id for n in status.nodes}) == 3 and {n.node for n in status.nodes} == {"demo"}
+    for _, client in nodes:
+        assert client.complete("d1", HI, max_tokens=2).text
+    # Every hub sees every node's calls: the budget is the cluster's, not each node's.
+    wait_for(lambda: [n.limits[0]["requests"] for n in leader_client.cluster_status().nodes] == [3, 3, 3],
+             message="the shared budget view to converge")
+    nodes[2][0].kill()
+    wait_for(lambda: sorted(m.admin_port for m in leader_client.cluster_status(members_only=True).members)
+             == sorted(node.admin_port for node, _ in nodes[:2]), timeout_s=15, message="the killed one to be dropped")

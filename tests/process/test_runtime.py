@@ -110,10 +110,9 @@ def test_full_queue_answers_queue_full_at_once(gateway, mock):
     wait_for(lambda: _engine(client).busy_workers == 1, message="busy worker")
     threads.append(_slow_blocker(client, "d1", 10, results, "b"))
     wait_for(lambda: _engine(client).queued == 1, message="one queued")
-    started = time.monotonic()
     with pytest.raises(E.QueueFull):
         client.complete("d1", HELLO)
-    assert time.monotonic() - started < 0.5
+    assert "a" not in results  # answered while the queue was still full, not after it drained
     for t in threads:
         t.join(30)
     assert isinstance(results["a"], Completed) and isinstance(results["b"], Completed)
@@ -124,10 +123,9 @@ def test_expired_request_fails_without_being_sent(gateway, mock):
     results = {}
     t = _slow_blocker(client, "d1", 1500, results)
     wait_for(lambda: _engine(client).busy_workers == 1, message="busy worker")
-    started = time.monotonic()
     with pytest.raises(E.DeadlineExceeded):
         client.complete("d1", msgs("never sent"), timeout_s=0.3)
-    assert time.monotonic() - started < 1.2
+    assert "blocker" not in results  # ended at its own deadline, not when the worker came free
     t.join(30)
     assert mock.stats()["total"] == 1  # only the blocker reached the provider
 
@@ -330,3 +328,26 @@ def test_drain_finishes_in_flight_work_and_refuses_new_work(gateway, mock):
     drainer.join(15)
     t.join(15)
     assert drained["ok"] is True and isinstance(results["blocker"], Completed)  # finished, then drained
+
+
+def test_a_frozen_worker_does_not_hold_a_request_past_its_deadline_and_is_replaced(gateway, mock):
+    """SIGSTOP a worker mid-call: the engine ends the request at its deadline, then kills and replaces it."""
+    node, client = gateway([deployment(mock.url, "d1", workers=1)])
+    results = {}
+    thread = threading.Thread(target=lambda: results.setdefault("r", _send(
+        client, client.request("d1", msgs("[[mock delay_ms=20000]] stuck"), max_tokens=2, timeout_s=1.5))))
+    thread.start()
+    pid = _worker_pid_serving(mock)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        thread.join(15)
+        assert isinstance(results.get("r"), E.DeadlineExceeded), results
+        # Within the grace period the engine kills the frozen process by pid and starts another.
+        wait_for(lambda: pid not in pids_in_group(node.pgid), timeout_s=15, message="the frozen worker to be killed")
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert client.complete("d1", HELLO, max_tokens=3).text
+    assert _engine(client).workers == 1

@@ -1,8 +1,10 @@
-"""The wire no stranger can use: signed frames, allow-listed unpickling, secrets kept out of sight.
+"""The wire no stranger can use, against real nodes: signed frames, trust by peer, the launch capability.
 
-Most tests run real nodes (the ``gateway`` fixture; conftest gives the whole run one cluster
-key) and talk to their sockets raw, the way an attacker would: a frame is Thespian's
-``<length>>`` followed by the body.
+The tests talk to a node's sockets raw, the way an attacker would (a frame is Thespian's
+``<length>>`` followed by the body), to the admin port and to every actor port of the node,
+found from its process group in /proc. The pure parts (frame format, allow-list, peer
+table, keys) are in tests/unit/test_wire.py; peers on another host in
+tests/cluster/test_security_netns.py.
 """
 
 from __future__ import annotations
@@ -15,20 +17,21 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from thespian.actors import ActorExitRequest, ActorTypeDispatcher
+from thespian.actors import ActorAddress, ActorExitRequest, ActorTypeDispatcher
+from thespian.system.messages.admin import PendingActor, SystemShutdown
+from thespian.system.transport.IPBase import TCPv4ActorAddress
 
 from actors.security import wire
 from actors.client import GatewayClient
 from actors.ops.remote_status import cluster_status_from
-from actors.settings.loader import load_config, parse_config
-from actors.errors import ConfigError, InternalError, RateLimited
-from actors.types import InferenceRequest
-from actors.ops.procs import port_is_listening
+from actors.settings.loader import parse_config
+from actors.errors import ConfigError
+from actors.runtime import protocol as P
+from actors.ops.procs import listening_ports, pids_in_group, port_is_listening
 from actors.ops.system import start_node
 
 from conftest import RUN_MARK, TEST_KEY_LINE, OutputLines, deployment, free_port, wait_for
@@ -44,13 +47,8 @@ def keyring(text: str) -> wire.KeyRing:
 
 
 RUN_KEYS = keyring(TEST_KEY_LINE)
-
-
-@pytest.fixture(autouse=True)
-def _run_keys_back():
-    """Tests below install other keys in this process; every other test expects the run's."""
-    yield
-    wire.install(RUN_KEYS)
+SIGNED = wire.WireSerializer(RUN_KEYS)          # frames signed with the run's cluster key
+SENDER = ActorAddress(TCPv4ActorAddress("127.0.0.1", 1, external=True))
 
 
 class Evil:
@@ -67,10 +65,10 @@ def frame(body: bytes) -> bytes:
     return b"%d>" % len(body) + body
 
 
-def send_raw(port: int, body: bytes, timeout_s: float = 5.0) -> bytes:
-    """Send one framed body to 127.0.0.1:port; what came back before the peer closed or acked."""
+def send_raw(port: int, body: bytes, timeout_s: float = 5.0, host: str = "127.0.0.1") -> bytes:
+    """Send one framed body to host:port; what came back before the peer closed or acked."""
     reply = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
         sock.sendall(frame(body))
         try:
             while b"ACK" not in reply:
@@ -83,6 +81,20 @@ def send_raw(port: int, body: bytes, timeout_s: float = 5.0) -> bytes:
     return reply
 
 
+def node_ports(pgid: int, admin_port: int) -> set[int]:
+    """Every TCP port the node's processes serve: the admin's and every actor's.
+
+    Thespian closes a parent actor's socket in its children, but not sockets the launcher
+    held when it forked the admin (its own client endpoint, a mock): those every process
+    of the node holds, and none serves. An actor's own port is held by that actor alone.
+    """
+    held: dict[int, int] = {}
+    for pid in pids_in_group(pgid):
+        for port in listening_ports(pid):
+            held[port] = held.get(port, 0) + 1
+    return {port for port, n in held.items() if n == 1} | {admin_port}
+
+
 def log_text(tmp_path: Path, name: str) -> str:
     path = tmp_path / f"{name}.log"
     return path.read_text() if path.exists() else ""
@@ -93,187 +105,12 @@ def thespian_log() -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-# --- the frame format, without actors --------------------------------------------------
-
-def test_frames_round_trip_signed_and_unsigned():
-    from datetime import timedelta
-
-    from actors.core.credentials import Secret
-    from actors.types import Failed
-
-    message = (None, [InferenceRequest(model="m", messages=HI, params={"max_tokens": 3}),
-                      Failed("r1", RateLimited("slow down", provider="openai", retry_after_s=2.0)),
-                      timedelta(milliseconds=5), {1, 2}, frozenset({"a"}), Secret("s3cr3t"), b"bytes", 1.5])
-    for ring in (RUN_KEYS, None):
-        serializer = wire.WireSerializer(ring)
-        body = serializer.dumps(message)
-        assert body[:4] == (wire.MAGIC_SIGNED if ring else wire.MAGIC_UNSIGNED)
-        assert serializer.loads(body) == message
-    # Thespian's ACKs are constants it pickles itself: recognised by their bytes.
-    for packet in ("ACK", "ACK+DATAERR"):
-        for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
-            assert wire.WireSerializer(RUN_KEYS).loads(pickle.dumps(packet, protocol=protocol)) == packet
-
-
-def test_bad_frames_are_dropped_unread_and_logged_without_contents(caplog, tmp_path):
-    marker = tmp_path / "pwned"
-    signed = wire.WireSerializer(RUN_KEYS)
-    good = signed.dumps((None, "a message about the-payload-text"))
-    tampered = bytearray(good)
-    tampered[20] ^= 1
-    cases = {
-        "bad signature for key id 'test-run'": bytes(tampered),
-        "bad signature for key id 'test-run': a wrong": wire.WireSerializer(
-            keyring(f"test-run:{OTHER_SECRET}")).dumps((None, "the-payload-text")),
-        "key id 'other', which this node does not accept": wire.WireSerializer(
-            keyring(f"other:{OTHER_SECRET}")).dumps((None, "the-payload-text")),
-        "unsigned frame": wire.WireSerializer(None).dumps((None, "the-payload-text")),
-        "not a gateway frame": pickle.dumps((None, Evil(str(marker)))),
-        "class not allowed: io.open": signed.dumps((None, Evil(str(marker)))),
-        "truncated": good[:20],
-    }
-    for reason, body in cases.items():
-        caplog.clear()
-        fresh = wire.WireSerializer(RUN_KEYS)  # its own rate limit: every case logs
-        with caplog.at_level("WARNING", logger="atomr.wire"):
-            assert fresh.loads(body) == "ACK+DATAERR"
-        assert reason in caplog.text, (reason, caplog.text)
-        assert "the-payload-text" not in caplog.text
-    assert not marker.exists()
-    # A process without a secret refuses signed frames (it cannot check them) and plain pickles.
-    assert wire.WireSerializer(None).loads(good) == "ACK+DATAERR"
-    assert wire.WireSerializer(None).loads(pickle.dumps((None, Evil(str(marker))))) == "ACK+DATAERR"
-    assert not marker.exists()
-
-
-@pytest.mark.parametrize("module,name", [
-    ("builtins", "eval"), ("builtins", "exec"), ("builtins", "getattr"), ("builtins", "__import__"),
-    ("builtins", "open"), ("os", "system"), ("subprocess", "Popen"), ("copyreg", "_reconstructor"),
-    ("actors.ops.procs", "kill_group"), ("actors.core.credentials", "resolve"), ("actors.testing.mock_provider", "MockProvider"),
-    ("actors.runtime.engine", "RemoteEngineCoreActor"), ("actors.settings.loader", "load_config"), ("actors.security.wire", "install"),
-    ("thespian.actors", "ValidateSource"), ("thespian.system.messages.admin", "RegisterSourceAuthority"),
-    ("thespian.system.messages.convention", "SourceHashTransferReply"), ("thespian.actors", "ActorSystem"),
-])
-def test_the_allow_list_refuses_what_could_run_code_even_when_signed(module, name):
-    allow = wire.default_allow_list()
-    assert (module, name) not in allow
-    # A hand-made pickle naming that global, signed with the right key, is still refused.
-    payload = b"\x80\x04\x8c" + bytes([len(module)]) + module.encode() + b"\x8c" + bytes([len(name)]) \
-        + name.encode() + b"\x93."
-    body = wire.MAGIC_SIGNED + bytes([8]) + b"test-run" + payload
-    body += RUN_KEYS.signing.mac(body)
-    assert wire.WireSerializer(RUN_KEYS).loads(body) == "ACK+DATAERR"
-
-
-def test_an_actor_creation_request_must_name_an_actor_class():
-    from thespian.system.messages.admin import PendingActor
-
-    signed = wire.WireSerializer(RUN_KEYS)
-    fine = (None, PendingActor("actors.runtime.node.NodeRegistry", None, 1, None, "atomr-node"))
-    assert type(signed.loads(signed.dumps(fine))[1]) is PendingActor
-    for name in ("os.fork", "http.server.test", "actors.ops.procs.kill_group", "no.such.module.Actor", "Unqualified"):
-        assert signed.loads(signed.dumps((None, PendingActor(name, None, 1, None, None)))) == "ACK+DATAERR", name
-    from_source = PendingActor("actors.runtime.node.NodeRegistry", None, 1, None, None, sourceHash="abc123")
-    assert signed.loads(signed.dumps((None, from_source))) == "ACK+DATAERR"
-
-
-def test_the_allow_list_is_what_crosses_the_wire():
-    names = set(wire.default_allow_list().names())
-    for needed in ("thespian.actors.ActorAddress", "thespian.system.transport.IPBase.TCPv4ActorAddress",
-                   "thespian.system.messages.convention.ConventionRegister", "thespian.actors.PoisonMessage",
-                   "logging.LogRecord", "datetime.timedelta", "socket.AddressFamily", "actors.runtime.protocol.Heartbeat",
-                   "actors.errors.RateLimited", "actors.errors._restore", "actors.settings.schema.DeploymentConfig",
-                   "actors.core.breaker.CircuitState", "actors.core.credentials.Secret"):
-        assert needed in names
-    # Every project class allowed is a plain value: a dataclass, an enum or a typed error.
-    assert not [n for n in names if n.startswith("actors.") and ("Actor" in n.rsplit(".", 1)[1])]
-    # _restore rebuilds typed errors only.
-    restore = wire.default_allow_list().lookup("actors.errors", "_restore")
-    with pytest.raises(wire.Refused):
-        restore(InferenceRequest, {})
-
-
-def test_refusal_logs_are_rate_limited_per_peer_and_reason(caplog):
-    now = [0.0]
-    log = wire.RefusalLog(interval_s=10, clock=lambda: now[0])
-    with caplog.at_level("WARNING", logger="atomr.wire"):
-        assert log.refused("10.0.0.9:4001", "bad signature", "bad signature for key id 'a'")
-        for port in range(4002, 4052):  # a flood from one host, any source port
-            assert not log.refused(f"10.0.0.9:{port}", "bad signature", "bad signature for key id 'a'")
-        assert log.refused("10.0.0.8:4001", "bad signature", "bad signature for key id 'a'")  # another peer
-        assert log.refused("10.0.0.9:4001", "unsigned frame", "unsigned frame")               # another reason
-        now[0] = 10.5
-        assert log.refused("10.0.0.9:4100", "bad signature", "bad signature for key id 'a'")
-    lines = caplog.text.strip().splitlines()
-    assert len(lines) == 4 and "(+50 more like it in the last 10s)" in lines[-1]
-    assert log.total == 54
-
-
-# --- keys --------------------------------------------------------------------------------
-
-def test_key_formats_and_sources(tmp_path):
-    bare = "b" * 43
-    one, again = wire.parse_keys(bare, "t")[0], wire.parse_keys(f"  {bare}\n", "t")[0]
-    assert one.key_id == again.key_id and one.key_id.startswith("k") and one.same_secret(again)
-    keys = wire.parse_keys(f"# rotation\nnew:{'n' * 40}  # signs\nold:{'o' * 40}\n\n", "t")
-    assert [k.key_id for k in keys] == ["new", "old"]
-    env = {wire.ENV_SECRET: f"new:{'n' * 40}", wire.ENV_SECRET_PREVIOUS: f"old:{'o' * 40}"}
-    ring = wire.load_keyring(environ=env)
-    assert ring.signing.key_id == "new" and ring.key_ids == ["new", "old"]
-    assert wire.load_keyring(environ={wire.ENV_SECRET: f"new:{'n' * 40},old:{'o' * 40}"}).key_ids == ["new", "old"]
-    assert wire.load_keyring(environ={}) is None
-    # a file: the environment's secret wins over it, the file variable over the config's file
-    path = tmp_path / "cluster.key"
-    path.write_text(f"f1:{'f' * 40}\n")
-    path.chmod(0o600)
-    assert wire.load_keyring(str(path), environ={}).key_ids == ["f1"]
-    assert wire.load_keyring(str(path), environ=env).key_ids == ["new", "old"]
-    other = tmp_path / "other.key"
-    other.write_text(f"f2:{'g' * 40}\n")
-    other.chmod(0o600)
-    assert wire.load_keyring(str(path), environ={wire.ENV_SECRET_FILE: str(other)}).key_ids == ["f2"]
-    # a config names it relative to itself
-    config = tmp_path / "node.yaml"
-    config.write_text(yaml.safe_dump({"cluster": {"secret_file": "cluster.key"},
-                                      "deployments": [{"name": "d", "model": "d", "provider": "openai",
-                                                       "endpoint": "http://127.0.0.1:9/v1"}]}))
-    assert load_config(config).cluster.secret_file == str(path)
-
-
-@pytest.mark.parametrize("case", ["short", "mode", "previous-alone", "duplicate-id", "empty-file"])
-def test_bad_keys_are_refused_without_showing_them(tmp_path, case):
-    secret = "s3cr3t-" + "q" * 10
-    path = tmp_path / "cluster.key"
-    path.write_text(f"k1:{secret * 3}\n")
-    path.chmod(0o600)
-    env: dict[str, str] = {}
-    if case == "short":
-        env = {wire.ENV_SECRET: f"k1:{secret}"}
-    elif case == "mode":
-        path.chmod(0o644)
-        env = {wire.ENV_SECRET_FILE: str(path)}
-    elif case == "previous-alone":
-        env = {wire.ENV_SECRET_PREVIOUS: f"k1:{secret * 3}"}
-    elif case == "duplicate-id":
-        env = {wire.ENV_SECRET: f"k1:{secret * 3} k1:{secret * 4}"}
-    elif case == "empty-file":
-        path.write_text("# nothing yet\n")
-        env = {wire.ENV_SECRET_FILE: str(path)}
-    with pytest.raises(ConfigError) as err:
-        wire.load_keyring(environ=env)
-    assert "s3cr3t" not in str(err.value) and "s3cr3t" not in repr(err.value)
-    assert {"short": "at least 32", "mode": "chmod 600", "previous-alone": "set the current secret",
-            "duplicate-id": "given twice", "empty-file": "no key"}[case] in str(err.value)
-
-
-def test_secrets_stay_out_of_reprs_and_pickles():
-    ring = keyring(f"k1:{'s3cr3t' * 8} k0:{'0ld5ecret' * 5}")
-    for text in (repr(ring), str(ring), repr(ring.signing), str(ring.keys[1]), wire.describe(ring)):
-        assert "s3cr3t" not in text and "0ld5ecret" not in text
-    assert "k1" in repr(ring) and "k0" in repr(ring)
-    for obj in (ring, ring.signing):
-        with pytest.raises(TypeError):
-            pickle.dumps(obj)
+def attack_deployment(marker: Path) -> list:
+    """A deployment whose credential command writes ``marker``: what issue 9's attacker sent."""
+    config = parse_config({"deployments": [{
+        "name": "pwn", "model": "pwn", "provider": "openai", "endpoint": "http://127.0.0.1:9/v1",
+        "credentials": {"command": ["/bin/sh", "-c", f"id > {marker}; echo tok"]}}]}, "<attacker>")
+    return config.deployments
 
 
 def test_launch_secret_writes_a_private_key_file(tmp_path):
@@ -287,6 +124,9 @@ def test_launch_secret_writes_a_private_key_file(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "launch.py"), "secret", "--out", str(out)],
                            capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert again.returncode == 2 and "exists already" in again.stderr
+    ids = {subprocess.run([sys.executable, str(ROOT / "launch.py"), "secret"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT).stdout.split(":")[0] for _ in range(2)}
+    assert len(ids) == 2, ids  # two keys made the same day: two ids
 
 
 # --- real nodes --------------------------------------------------------------------------
@@ -347,10 +187,10 @@ def test_every_process_of_a_node_uses_the_signed_wire(gateway, mock):
     finally:
         client.asys.tell(probe, ActorExitRequest())
     for seen in (parent, child):
-        assert seen["serializer"] == "actors.security.wire.WireSerializer" and seen["key_ids"] == ["test-run"]
+        assert seen["serializer"] == "actors.security.serializer.WireSerializer" and seen["key_ids"] == ["test-run"]
     assert len({parent["pid"], child["pid"], os.getpid()}) == 3  # forked admin -> actor -> child actor
     stream = client.stream("d1", HI, max_tokens=5)
-    assert len([chunk for chunk in stream]) >= 2 and stream.result.usage.output_tokens == 5
+    assert [chunk for chunk in stream] and stream.result.usage.output_tokens == 5
 
 
 def test_a_malicious_pickle_runs_nowhere_and_the_node_keeps_serving(gateway, mock, tmp_path):
@@ -362,8 +202,8 @@ def test_a_malicious_pickle_runs_nowhere_and_the_node_keeps_serving(gateway, moc
         evil = Evil(str(marker))
         bodies = {
             "plain pickle": pickle.dumps((None, evil)),                          # what Thespian would take
-            "signed, not allowed": wire.WireSerializer(RUN_KEYS).dumps((None, evil)),
-            "wrong key": wire.WireSerializer(keyring(f"test-run:{OTHER_SECRET}")).dumps((None, evil)),
+            "signed, not allowed": SIGNED.dumps((SENDER, evil)),
+            "wrong key": wire.WireSerializer(keyring(f"test-run:{OTHER_SECRET}")).dumps((SENDER, evil)),
         }
         for kind, body in bodies.items():
             reply = send_raw(port, body)
@@ -372,10 +212,84 @@ def test_a_malicious_pickle_runs_nowhere_and_the_node_keeps_serving(gateway, moc
         assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")
     log = wait_for(lambda: (t := log_text(tmp_path, "n1")).count("refused a frame") >= 6 and t,
                    message="six refusals in the node's log")
-    for reason in ("not a gateway frame", "class not allowed: io.open", "bad signature for key id 'test-run'"):
+    for reason in ("not a signed gateway frame", "class not allowed: io.open", "bad signature for key id 'test-run'"):
         assert log.count(reason) == 2, (reason, log)  # once from the admin, once from the engine's process
     assert OTHER_SECRET not in log and TEST_KEY_LINE.split(":")[1] not in log and "pwned" not in log
     assert thespian_log().count("OUCH") == ouch_before  # Thespian's own traceback line is not repeated
+
+
+def test_the_remote_deploy_attack_runs_no_command_on_any_port(gateway, mock, tmp_path):
+    """Issue 9: an allow-listed Deploy (and SessionInit) carrying a command credential, unsigned and
+    signed with the cluster key, from loopback, to the admin port and to every actor port."""
+    node, client = gateway([deployment(mock.url, "d1", credentials={"value": "sk-local"})])
+    ports = node_ports(node.pgid, node.admin_port)
+    assert node.admin_port in ports and len(ports) >= 6, ports  # admin, logger, registry, engine, workers, ...
+    marker = tmp_path / "pwned"
+    deployments = attack_deployment(marker)
+    attacks = {
+        "unsigned Deploy": b"ATU1" + pickle.dumps((SENDER, P.Deploy("n1", deployments)), protocol=4),
+        "signed Deploy": SIGNED.dumps((SENDER, P.Deploy("n1", deployments))),
+        "signed Deploy, a guessed capability": SIGNED.dumps((SENDER, P.Deploy("n1", deployments, capability="0" * 64))),
+        "signed SessionInit": SIGNED.dumps((SENDER, P.SessionInit("pwn", "openai", deployments[0].credentials))),
+    }
+    for port in sorted(ports):
+        for kind, body in attacks.items():
+            reply = send_raw(port, body)
+            assert b"ACK+DATAERR" in reply, (port, kind, reply)
+    assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")  # still serving
+    assert [d.name for d in node.config.deployments] == ["d1"]
+    assert {r.deployment for r in client.routes("pwn", refresh=True)} == set()
+    log = wait_for(lambda: (t := log_text(tmp_path, "n1")).count("launch capability") >= 2 * len(ports) and t,
+                   timeout_s=20, message="every port's refusals in the node's log")
+    assert "Deploy refused: it does not carry this node's launch capability" in log
+    assert "SessionInit refused: it does not carry this node's launch capability" in log
+    assert "not a signed gateway frame" in log
+    assert not marker.exists()
+
+
+MALFORMED = {
+    "empty sender": ("", P.StatusRequest()),
+    "no sender": (None, P.StatusRequest()),
+    "sender is a number": (0, P.StatusRequest()),
+    "three fields": (SENDER, P.StatusRequest(), "more"),
+    "one field": (SENDER,),
+    "a list": [SENDER, P.StatusRequest()],
+    "a bare message": P.StatusRequest(),
+    "a bare string": "hello",
+}
+
+
+def test_malformed_frames_are_refused_on_every_port_and_the_node_serves(gateway, mock, tmp_path):
+    """Issue 17 item 4: a frame with an empty sender used to kill whichever actor received it."""
+    node, client = gateway([deployment(mock.url, "d1", workers=2)])
+    ports = node_ports(node.pgid, node.admin_port)
+    before = client.status()
+    for port in sorted(ports):
+        for kind, envelope in MALFORMED.items():
+            assert b"ACK+DATAERR" in send_raw(port, SIGNED.dumps(envelope)), (port, kind)
+    assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")
+    after = client.status()
+    assert [(e.deployment, e.workers) for e in after.engines] == [(e.deployment, e.workers) for e in before.engines]
+    # No long-lived actor died: the admin, the registry and the engine still listen (locators come and go).
+    critical = {node.admin_port, node.registry.addressDetails.sockname[1],
+                client.routes("d1", refresh=True)[0].engine.addressDetails.sockname[1]}
+    assert critical <= ports and critical <= node_ports(node.pgid, node.admin_port)
+    log = wait_for(lambda: "malformed envelope" in (t := log_text(tmp_path, "n1")) and t,
+                   message="the refusals in the node's log")
+    assert "the sender is str, not a Thespian TCP address" in log
+
+
+def test_a_local_key_holder_cannot_deploy_but_may_drain(gateway, mock, tmp_path):
+    """Deploy needs the launcher's capability even from this host; LOCAL control (Drain) still works."""
+    node, client = gateway([deployment(mock.url, "d1")])
+    marker = tmp_path / "pwned"
+    from thespian.actors import ActorSystemFailure
+
+    with pytest.raises(ActorSystemFailure, match="BadPacket"):  # refused at the registry's socket
+        client.asys.ask(node.registry, P.Deploy("n1", attack_deployment(marker)), 3)
+    assert client.complete("d1", HI, max_tokens=3).text
+    assert not marker.exists()
+    assert isinstance(client.asys.ask(node.registry, P.Drain(1.0), 10), P.Drained)
 
 
 def test_a_member_with_the_wrong_secret_cannot_join_and_the_leader_says_why(gateway, mock, tmp_path):
@@ -407,31 +321,48 @@ def test_a_member_with_the_wrong_secret_cannot_join_and_the_leader_says_why(gate
     assert not port_is_listening(port)
 
 
-def test_a_rotation_mid_way_keeps_the_cluster_whole(gateway, mock, tmp_path):
+def test_a_rotation_mid_way_keeps_the_cluster_whole(mock, tmp_path):
     """Leader signs with the old key and accepts the new; the member signs with the new, accepts the old."""
     new = f"k-new:{'N' * 40}"
-    leader, leader_client = gateway([deployment(mock.url, "d1", workers=1)], name="n0", cluster=FAST_CLUSTER,
-                                    keyring=keyring(f"{TEST_KEY_LINE} {new}"))
-    port = free_port()
+    leader_port, port = free_port(), free_port()
+    leader_cfg = {"node": {"admin_port": leader_port, "name": "n0", "log_file": str(tmp_path / "n0.log")},
+                  "cluster": FAST_CLUSTER, "deployments": [deployment(mock.url, "d1", workers=1)]}
+    (tmp_path / "n0.yaml").write_text(yaml.safe_dump(leader_cfg))
+    leader_env = {**os.environ, wire.ENV_SECRET: f"{TEST_KEY_LINE} {new}"}
     env = {**os.environ, wire.ENV_SECRET: new, wire.ENV_SECRET_PREVIOUS: TEST_KEY_LINE}
-    with launched(member_args(tmp_path, mock, "m1", port, leader.admin_port), env) as out:
-        out.wait_for(f"serving on admin port {port}")
-        out.wait_for("signing with key id k-new, also accepting test-run")
-        wait_for(lambda: [m.node for m in leader_client.cluster_status(members_only=True).members] == ["m1", "n0"],
-                 timeout_s=20, interval_s=0.2, message="the member to join")
-        ask = subprocess.run([sys.executable, str(ROOT / "launch.py"), "ask", "--admin-port", str(port), "--model",
-                              "d1", "--max-tokens", "3", "hi"], capture_output=True, text=True, timeout=60, cwd=ROOT,
-                             env=env)
-        assert ask.returncode == 0 and ask.stdout.startswith("You said: hi"), ask.stderr
+    with launched(["--config", str(tmp_path / "n0.yaml")], leader_env) as leader_out:
+        leader_out.wait_for(f"serving on admin port {leader_port}")
+        with launched(member_args(tmp_path, mock, "m1", port, leader_port), env) as out:
+            out.wait_for(f"serving on admin port {port}")
+            out.wait_for("signing with key id k-new, also accepting test-run")
+
+            def joined():
+                status = subprocess.run([sys.executable, str(ROOT / "launch.py"), "status", "--admin-port", str(port)],
+                                        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+                return ": 2 node(s)" in status.stdout
+            wait_for(joined, timeout_s=30, interval_s=0.5, message="the member to join")
+            ask = subprocess.run([sys.executable, str(ROOT / "launch.py"), "ask", "--admin-port", str(port), "--model",
+                                  "d1", "--max-tokens", "3", "hi"], capture_output=True, text=True, timeout=60,
+                                 cwd=ROOT, env=env)
+            assert ask.returncode == 0 and ask.stdout.startswith("You said: hi"), ask.stderr
     assert "refused a frame" not in log_text(tmp_path, "n0") + log_text(tmp_path, "m1")
 
 
 def test_a_client_with_the_wrong_key_is_told_so(gateway, mock):
     node, _ = gateway([deployment(mock.url, "d1", workers=1)])
-    with pytest.raises(InternalError) as err:
-        GatewayClient(node.admin_port, keyring=keyring(f"k-wrong:{OTHER_SECRET}"))
-    assert f"the node on 127.0.0.1:{node.admin_port} did not accept this client's messages" in str(err.value)
-    assert "signs with key id k-wrong" in str(err.value) and OTHER_SECRET not in str(err.value)
+    script = (f"from actors.client import GatewayClient\n"
+              f"try:\n    GatewayClient({node.admin_port})\nexcept Exception as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90, cwd=ROOT,
+                         env={**os.environ, wire.ENV_SECRET: f"k-wrong:{OTHER_SECRET}"})
+    assert f"the node on 127.0.0.1:{node.admin_port} did not accept this client's messages" in out.stdout, out
+    assert "signs with key id k-wrong" in out.stdout and OTHER_SECRET not in out.stdout
+
+
+def test_one_process_cannot_switch_keys(gateway, mock):
+    gateway([deployment(mock.url, "d1", workers=1)])  # this process now signs with the run's key
+    with pytest.raises(ConfigError, match="it cannot switch to 'k-other'"):
+        wire.install(keyring(f"k-other:{OTHER_SECRET}"))
+    assert wire.current().keyring == RUN_KEYS
 
 
 # --- without a secret ----------------------------------------------------------------------
@@ -449,6 +380,7 @@ def test_without_a_secret_a_non_loopback_convention_is_refused(tmp_path):
             start_node(config, keyring=None, **kw)
         message = str(err.value)
         assert message.startswith("cluster.secret_file: no cluster secret") and shown in message
+        assert "this host's own key admits no other host" in message
         assert "ATOMR_CLUSTER_SECRET" in message and "python launch.py secret" in message
     with pytest.raises(ConfigError, match="no cluster secret: a status client"):
         cluster_status_from("192.0.2.10:1900", keyring=None)
@@ -467,22 +399,23 @@ def test_without_a_secret_a_non_loopback_convention_is_refused(tmp_path):
     assert not port_is_listening(port)
 
 
-def test_loopback_without_a_secret_runs_and_says_so(tmp_path):
+def test_without_a_secret_a_node_uses_a_host_key_that_local_clients_find(tmp_path):
     port = free_port()
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     config["node"].update(admin_port=port, log_file=str(tmp_path / "node.log"))
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != wire.ENV_SECRET}
+    key_dir = tmp_path / "keys"
+    env = {**{k: v for k, v in os.environ.items() if k != wire.ENV_SECRET}, wire.ENV_HOST_KEY_DIR: str(key_dir)}
     with launched(["--config", str(path)], env) as out:
-        out.wait_for("wire: NO cluster secret (ATOMR_CLUSTER_SECRET unset): messages are not authenticated")
-        out.wait_for(f"serving on admin port {port}")
+        out.wait_for(f"wire: HMAC-SHA256 authenticated with this host's key (host key {key_dir}/host.key)")
+        assert stat.S_IMODE((key_dir / "host.key").stat().st_mode) == 0o600
         ask = subprocess.run([sys.executable, str(ROOT / "launch.py"), "ask", "--admin-port", str(port),
                               "--max-tokens", "3", "hi"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
         assert ask.returncode == 0 and ask.stdout.startswith("You said: hi"), ask.stderr
-        # Unauthenticated, yet still allow-listed: a raw pickle runs nothing.
+        # The run's cluster key is not this host's key: refused. So is the old unsigned format.
         marker = tmp_path / "pwned"
-        assert b"ACK+DATAERR" in send_raw(port, pickle.dumps((None, Evil(str(marker)))))
-        assert b"ACK+DATAERR" in send_raw(port, wire.WireSerializer(None).dumps((None, Evil(str(marker)))))
+        assert b"ACK+DATAERR" in send_raw(port, SIGNED.dumps((SENDER, P.StatusRequest())))
+        assert b"ACK+DATAERR" in send_raw(port, b"ATU1" + pickle.dumps((None, Evil(str(marker)))))
         assert not marker.exists()
     assert not port_is_listening(port)

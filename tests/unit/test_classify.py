@@ -198,3 +198,23 @@ def test_token_counts_in_either_order():
 def test_openai_stream_server_error_is_a_server_error():
     err = classify_error_body({"error": {"message": "The server had an error", "type": "server_error"}})
     assert type(err) is E.ServerError and err.retryable
+
+
+@pytest.mark.parametrize("status,body,cls,message", [
+    (500, {"error": {"message": "1 validation error for Request: temperature must be a float",
+                     "type": "internal_server_error"}}, E.ServerError, "1 validation error for Request"),
+    (429, {"error": {"code": 429, "message": "Rate limit exceeded", "status": "rate_limit_error"}},
+     E.RateLimited, "Rate limit exceeded"),
+    (503, [{"error": {"code": 503, "message": "backend warming up", "status": "WARMING"}}], E.ServerError,
+     "backend warming up"),
+    (422, {"detail": "max_tokens too large"}, E.BadRequest, "max_tokens too large"),
+])
+def test_an_unknown_error_type_keeps_the_providers_message(status, body, cls, message):
+    error = classify_http_status(status, {}, json.dumps(body).encode())
+    assert type(error) is cls and message in error.message and error.status == status
+
+
+def test_a_kept_message_is_bounded_and_redacted():
+    body = {"error": {"message": "bad key sk-abcdefghijklmnopqrstuvwx " + "y" * 2000, "type": "weird"}}
+    error = classify_http_status(500, {}, json.dumps(body).encode())
+    assert "sk-abc" not in error.message and "[redacted]" in error.message and len(error.message) < 600

@@ -38,9 +38,14 @@ def test_a_valid_config_builds_typed_sections():
     (base(wrokers=3), "deploy.yaml: deployments[0].wrokers: unknown key 'wrokers'"),
     (base(workers="four"), "deploy.yaml: deployments[0].workers: expected an integer, got a string"),
     (base(workers=True), "deploy.yaml: deployments[0].workers: expected an integer, got a boolean"),
-    (base(workers=0), "deploy.yaml: deployments[0]: workers and replicas must be >= 1"),
+    (base(workers=0), "deploy.yaml: deployments[0].workers: must be >= 1, got 0"),
+    (base(replicas=-2), "deploy.yaml: deployments[0].replicas: must be >= 1, got -2"),
+    (base(timeouts={"read_s": -1}), "deploy.yaml: deployments[0].timeouts.read_s: must be > 0, got -1"),
+    (base(timeouts={"total_s": float("nan")}), "deploy.yaml: deployments[0].timeouts.total_s: must be > 0, got nan"),
+    (base(response_limits={"max_body_bytes": 10}),
+     "deploy.yaml: deployments[0].response_limits.max_body_bytes: must be >= 1024, got 10"),
     (base(provider="acme"), "deploy.yaml: deployments[0].provider: expected one of 'openai'"),
-    (base(endpoint="ftp://x"), "endpoint must be an http(s) URL"),
+    (base(endpoint="ftp://x"), "deploy.yaml: deployments[0].endpoint: must be an http(s) URL"),
     (base(limits={"rpm": 0}), "deploy.yaml: deployments[0].limits: rpm must be >= 1"),
     (base(limits={"mode": "exact"}), "deploy.yaml: deployments[0].limits.mode: expected one of 'approximate', 'strict'"),
     (base(retry={"jitter": "random"}), "deployments[0].retry.jitter: expected one of 'full', 'equal', 'none'"),
@@ -52,9 +57,10 @@ def test_a_valid_config_builds_typed_sections():
     ({"deployments": []}, "at least one deployment is needed"),
     ({"deployments": [{"name": "d1"}]}, "deployments[0].model: missing required field"),
     ({"deployments": "d1"}, "deployments: expected a list"),
-    ({**base(), "node": {"admin_port": 70000}}, "deploy.yaml: node: admin_port must be in 1..65535"),
+    ({**base(), "node": {"admin_port": 70000}}, "deploy.yaml: node.admin_port: must be in 1..65535, got 70000"),
     ({**base(), "nodes": {}}, "deploy.yaml: nodes: unknown key 'nodes'"),
-    ({"deployments": base()["deployments"] * 2}, "deployment names must be unique: d1"),
+    ({"deployments": base()["deployments"] * 2},
+     "deploy.yaml: deployments[1].name: deployment names must be unique, got 'd1' again (first at deployments[0].name)"),
     (base(endpoint="mock"), "endpoint 'mock' needs a mock_provider section"),
     ([1, 2], "deploy.yaml: expected a mapping, got a list"),
 ])
@@ -91,3 +97,46 @@ def test_yaml_syntax_errors_and_missing_files(tmp_path):
 def test_shipped_configs_are_valid():
     for path in sorted((ROOT / "config").glob("*.yaml")):
         load_config(path, credentials=False)
+
+
+def test_a_key_pasted_into_a_reference_field_is_never_echoed():
+    key = "sk-proj-abcdefghijklmnop1234567890"
+    for creds, field in (({"env": key}, "credentials.env"), ({"file": key}, "credentials.file"),
+                         ({"command": [key]}, "credentials.command")):
+        message = error_of(base(credentials=creds), environ={})
+        assert f"deployments[0].{field}:" in message and "not shown" in message, message
+        assert "abcdefghijklmnop" not in message
+
+
+def test_a_password_in_the_endpoint_is_never_shown():
+    cfg = parse_config(base(endpoint="https://user:hunter2secret@llm.example:8443/v1?key=AIzaXXXX"))
+    dep = cfg.deployments[0]
+    assert dep.endpoint_label == "https://llm.example:8443/v1"
+    message = error_of(base(endpoint="ftp://user:hunter2secret@llm.example/v1"))
+    assert "hunter2" not in message and "ftp://llm.example/v1" in message
+    assert "hunter2" not in " ".join(__import__("actors.settings.loader", fromlist=["x"]).config_warnings(
+        parse_config(base(endpoint="https://user:hunter2secret@llm.example/v1")))), "warnings show the label only"
+
+
+def test_duplicate_yaml_keys_are_refused_with_their_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("deployments:\n  - name: d1\n    model: m\n    provider: openai\n"
+                    "    endpoint: https://api.openai.com/v1\n    workers: 2\n    workers: 8\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, credentials=False)
+    message = str(info.value)
+    assert "duplicate key 'workers' (first at line 6)" in message and "line 7" in message
+
+
+def test_config_warnings_for_openai_provider_elsewhere_and_without_credentials():
+    from actors.settings.loader import config_warnings
+
+    official = parse_config(base(credentials={"env": "K"}), environ={"K": "sk-x"})
+    assert config_warnings(official) == []
+    local = parse_config(base(endpoint="http://127.0.0.1:8080/v1"))
+    warnings = config_warnings(local)
+    assert len(warnings) == 2
+    assert "max_completion_tokens" in warnings[0] and "openai_compatible" in warnings[0]
+    assert "deployments[0] (d1)" in warnings[1] and "no credentials" in warnings[1]
+    compatible = parse_config(base(provider="openai_compatible", endpoint="http://127.0.0.1:8080/v1"))
+    assert config_warnings(compatible) == []

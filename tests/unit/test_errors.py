@@ -17,8 +17,6 @@ def _sample(cls):
         extra = dict(reason="content_filter")
     elif cls is errors.BudgetExceeded:
         extra = dict(limit="tpm")
-    elif cls is errors.ConfigError:
-        extra = dict(path="config/x.yaml: deployments[0].workers")
     return cls("something happened", provider="openai", status=503, retry_after_s=1.5,
                request_id="req_123", retryable=not cls.default_retryable,
                partial_usage={"input_tokens": 3, "output_tokens": 7}, **extra)
@@ -29,7 +27,8 @@ def test_the_hierarchy_has_every_named_error():
     for required in ("RateLimited", "Overloaded", "ServerError", "Timeout", "NetworkError",
                      "AuthenticationError", "PermissionDenied", "NotFound", "BadRequest",
                      "ContextLengthExceeded", "ContentFiltered", "StreamError", "CircuitOpen",
-                     "QueueFull", "Cancelled", "DeadlineExceeded", "ConfigError"):
+                     "QueueFull", "Cancelled", "DeadlineExceeded", "EngineCrashed", "GatewayUnavailable",
+                     "GatewayTimeout"):
         assert required in names
     assert all(issubclass(cls, InferenceError) for cls in ALL_ERROR_CLASSES)
     assert len({cls.kind for cls in ALL_ERROR_CLASSES}) == len(ALL_ERROR_CLASSES)
@@ -67,3 +66,19 @@ def test_repr_and_str_are_informative():
     err = errors.RateLimited("slow down", provider="anthropic", status=429, retry_after_s=2)
     assert "RateLimited(" in repr(err) and "retry_after_s=2" in repr(err)
     assert str(err).startswith("rate_limited provider=anthropic status=429 retry_after=2s")
+
+
+def test_config_error_is_not_an_inference_error_and_pickles():
+    # ``except InferenceError`` around a call must not swallow a broken configuration.
+    assert not issubclass(errors.ConfigError, InferenceError)
+    assert errors.ConfigError not in ALL_ERROR_CLASSES
+    err = errors.ConfigError("expected an integer, got a string", path="deploy.yaml: deployments[0].workers")
+    restored = pickle.loads(pickle.dumps(err))
+    assert restored == err and str(restored) == "deploy.yaml: deployments[0].workers: expected an integer, got a string"
+
+
+def test_client_side_errors_are_distinct_and_do_not_trip_breakers():
+    assert issubclass(errors.GatewayUnavailable, InferenceError) and errors.GatewayUnavailable().retryable
+    assert not issubclass(errors.GatewayUnavailable, errors.InternalError)
+    assert issubclass(errors.GatewayTimeout, errors.Timeout) and not errors.GatewayTimeout.counts_for_breaker
+    assert errors.EngineCrashed().retryable and not errors.EngineCrashed(retryable=False).retryable

@@ -249,3 +249,28 @@ def test_staleness_is_measured_from_the_age_of_arriving_deltas():
     assert a.staleness_s == pytest.approx(0.81)  # doubled: delays grow faster than they are seen
     wall.advance(6)  # old observations age out
     assert a.staleness_s == pytest.approx(0.21)
+
+
+@pytest.mark.parametrize("sent, actual", [(False, None), (False, 30), (True, None), (True, 30), (True, 0)])
+def test_the_strict_ledger_and_an_engine_replica_settle_by_the_same_rule(sent, actual):
+    from actors.core.ratelimit import StrictLedger
+    from actors.core.settlement import apply_settlement, settlement
+
+    wall = FakeClock(T0 + 1)
+    ledger = StrictLedger(RateLimits(rpm=10, tpm=1000), wall_clock=wall)
+    replica, _ = limiter("n1/e/0", clock=wall, rpm=10, tpm=1000)
+    ledger.acquire("r#1", 100)
+    held = replica.try_acquire(100)
+    ledger.settle("r#1", actual, sent)
+    apply_settlement(replica, held, settlement(sent, actual))
+    expected = {(False, None): (0, 0), (False, 30): (0, 0), (True, None): (1, 100), (True, 30): (1, 30),
+                (True, 0): (1, 0)}[(sent, actual)]
+    for lim in (ledger.limiter, replica):
+        assert (lim.usage().requests, lim.usage().tokens) == expected
+
+
+def test_attempt_ids_round_trip_and_reject_what_is_not_one():
+    from actors.core.settlement import AttemptId
+
+    assert AttemptId.parse(str(AttemptId("req#with#hashes", 3))) == AttemptId("req#with#hashes", 3)
+    assert [AttemptId.parse(text) for text in ("", "r1", "r1#", "#2", "r1#x")] == [None] * 5

@@ -108,3 +108,11 @@ def test_policy_validation(kwargs):
 def test_policy_is_immutable():
     with pytest.raises(Exception):
         RetryPolicy().max_retries = 9
+
+
+def test_an_error_class_may_allow_fewer_retries_than_the_policy():
+    eng, _ = engine(max_retries=3)
+    assert eng.decide(E.EmptyResponse(), 1).retry
+    decision = eng.decide(E.EmptyResponse(), 2)
+    assert not decision.retry and "2 attempts" in decision.reason
+    assert eng.decide(E.ServerError(), 2).retry  # the policy's limit for everything else

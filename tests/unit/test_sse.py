@@ -541,3 +541,37 @@ _mangled_streams = st.randoms(use_true_random=True).map(mangled_stream)
 def test_arbitrary_bytes_never_raise_and_match_reference(case):
     body, cuts = case
     assert decode_split(body, cuts) == reference_decode(body)
+
+
+# --- size limits: a runaway line or event is refused as soon as it is seen ---------------
+
+from actors.errors import ResponseTooLarge  # noqa: E402
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096, 1 << 20])
+def test_a_line_over_max_line_is_refused_however_it_is_split(piece):
+    decoder = SseDecoder(max_line=10_000)
+    stream = b"data: " + b"x" * 50_000 + b"\n\n"
+    fed = 0
+    with pytest.raises(ResponseTooLarge) as info:
+        for i in range(0, len(stream), piece):
+            decoder.feed(stream[i:i + piece])
+            fed = i + piece
+    assert info.value.limit == "max_line_bytes" and info.value.limit_bytes == 10_000
+    assert fed <= 10_000 + piece, "refused once the limit passed, not at the end of the line"
+
+
+def test_an_event_of_many_short_lines_over_max_line_is_refused():
+    decoder = SseDecoder(max_line=10_000)
+    with pytest.raises(ResponseTooLarge):
+        for _ in range(100):
+            decoder.feed(b"data: " + b"y" * 500 + b"\n")
+
+
+def test_lines_and_events_within_the_limit_decode_as_without_it():
+    stream = b"".join(b"event: e\ndata: " + b"z" * n + b"\n\n" for n in (0, 10, 9_990))
+    decoder = SseDecoder(max_line=10_000)
+    limited = [e for i in range(0, len(stream), 333) for e in decoder.feed(stream[i:i + 333])]
+    assert limited == list(decode_sse_stream([stream])) and len(limited) == 3
+    many = SseDecoder(max_line=100)
+    assert len(many.feed(b"data: short\n\n" * 10_000)) == 10_000, "the limit is per event, not per feed"

@@ -1,0 +1,235 @@
+"""What the engine core is told (events) and what it asks its actor to do (effects).
+
+Events are facts the actor saw: a message arrived, a wakeup fired. Effects are plain
+instructions with no addresses in them except the opaque ``reply_to`` values the core was
+given: the actor holds every address (workers by index) and turns each effect into one
+send, one spawn or one signal. The shape follows tenacity's ``DoAttempt``/``DoSleep``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from actors.errors import InferenceError
+from actors.types import InferenceRequest, Usage
+
+# --- events -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accept:
+    request: Any            # validated by the core: anything may arrive
+    reply_to: Any
+
+
+@dataclass(frozen=True)
+class WorkerUp:
+    index: int
+    pid: int = 0
+
+
+class AttemptReport(Protocol):
+    """What a worker reports about one attempt (``protocol.WorkerResult`` has this shape)."""
+
+    request_id: str
+    attempt: int
+    worker_index: int
+    error: InferenceError | None
+    text: str
+    tool_calls: list
+    finish_reason: str | None
+    raw_finish_reason: str | None
+    usage: Usage
+    chunks: int
+    first_token_unix: float | None
+    session_version: int
+    sent: bool
+
+
+@dataclass(frozen=True)
+class WorkerReported:
+    result: AttemptReport
+
+
+@dataclass(frozen=True)
+class TokenStarted:
+    request_id: str
+    attempt: int
+    at_unix: float
+
+
+@dataclass(frozen=True)
+class WorkerGone:
+    """The worker at ``index`` exited (ChildActorExited for its current address)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class WorkerFailedOn:
+    """The worker at ``index`` raised twice on a Dispatch (Thespian's PoisonMessage)."""
+
+    index: int
+    request_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class BreakerChanged:
+    snapshot: Any  # breaker.BreakerSnapshot
+
+
+@dataclass(frozen=True)
+class ProbeAdmitted:
+    token: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class ProbeRefused:
+    token: str
+
+
+@dataclass(frozen=True)
+class StrictLeader:
+    available: bool
+    nodes: int = 1
+
+
+@dataclass(frozen=True)
+class StrictGranted:
+    reservation_id: str
+    window: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class StrictRefused:
+    reservation_id: str
+    error: InferenceError
+
+
+@dataclass(frozen=True)
+class PeerCounts:
+    key: str
+    delta: dict
+    origin: str = ""
+    sent_unix: float | None = None
+
+
+@dataclass(frozen=True)
+class SessionChanged:
+    version: int
+    ok: bool = True
+    error: InferenceError | None = None
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class DrainRequested:
+    requester: Any
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A wakeup fired: do whatever is due."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The engine is exiting: every request still open ends now."""
+
+
+# --- effects ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartWorker:
+    index: int
+
+
+@dataclass(frozen=True)
+class KillWorker:
+    """Replace a worker that stopped answering: SIGKILL by pid (same host), then StartWorker."""
+
+    index: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class DispatchTo:
+    index: int
+    request: InferenceRequest
+    reply_to: Any
+    attempt: int
+    min_session_version: int = 0
+
+
+@dataclass(frozen=True)
+class AbandonOnWorker:
+    index: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    to: Any
+    message: Any  # Completed | Failed
+
+
+@dataclass(frozen=True)
+class ReportOutcomes:
+    outcomes: list[tuple[int, InferenceError | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AskProbe:
+    token: str
+
+
+@dataclass(frozen=True)
+class AskStrict:
+    reservation_id: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class SettleStrict:
+    reservation_id: str
+    actual_tokens: int | None
+    sent: bool
+
+
+@dataclass(frozen=True)
+class PublishCounts:
+    delta: dict
+    sent_unix: float
+
+
+@dataclass(frozen=True)
+class RefreshSession:
+    seen_version: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class AnnounceReady:
+    pass
+
+
+@dataclass(frozen=True)
+class ReportDrained:
+    to: Any
+    in_flight: int
+
+
+@dataclass(frozen=True)
+class WakeAt:
+    """Deliver a Tick at ``at`` (the core's monotonic clock) or earlier."""
+
+    at: float

@@ -1,0 +1,91 @@
+"""One correlator per client endpoint: every arriving message is filed under its key.
+
+Thespian's ``ask``/``listen`` return whatever reaches the endpoint next: a late chunk of
+an abandoned stream, another request's terminal, a status reply. A request (keyed by its
+``request_id``) or a lookup (keyed by a fresh ``token``) opens a mailbox, and reads only
+its own mailbox; whatever arrives meanwhile is filed in the mailbox it belongs to, or
+dropped when nobody waits for it (a closed request's stragglers).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from thespian.actors import PoisonMessage
+
+__all__ = ["Correlator", "key_of"]
+
+# A mailbox nobody reads holds at most this many messages; older ones are dropped first.
+MAILBOX_LIMIT = 10_000
+
+
+def key_of(message: Any) -> str:
+    """The mailbox a message belongs to: its request id, else its token ('' when it has neither)."""
+    if isinstance(message, PoisonMessage):
+        return key_of(message.poisonMessage)
+    for attribute in ("request_id", "token"):
+        value = getattr(message, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+class Correlator:
+    """Not thread-safe, like the endpoint it wraps: one per thread."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self.endpoint = endpoint
+        self.boxes: dict[str, deque] = {}
+        self.dropped = 0
+
+    def open(self, key: str) -> None:
+        self.boxes.setdefault(key, deque(maxlen=MAILBOX_LIMIT))
+
+    def close(self, key: str) -> None:
+        self.boxes.pop(key, None)
+
+    def file(self, message: Any) -> None:
+        box = self.boxes.get(key_of(message))
+        if box is None:
+            self.dropped += 1
+        else:
+            box.append(message)
+
+    def ask(self, target: Any, message: Any, key: str, timeout_s: float) -> Any:
+        """Send and wait for the first message filed under ``key``.
+
+        None at once when Thespian could not deliver the message (``ask`` says so by
+        returning None before its timeout), or None at the timeout.
+        """
+        self.open(key)
+        deadline = time.monotonic() + timeout_s
+        reply = self.endpoint.ask(target, message, max(0.001, timeout_s))
+        if reply is None:
+            return None
+        self.file(reply)
+        return self.wait(key, deadline - time.monotonic())
+
+    def wait(self, key: str, timeout_s: float) -> Any:
+        """The next message filed under ``key`` within ``timeout_s``, or None."""
+        deadline = time.monotonic() + timeout_s
+        box = self.boxes.get(key)
+        if box is None:
+            box = self.boxes[key] = deque(maxlen=MAILBOX_LIMIT)
+        while not box:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            message = self.endpoint.listen(remaining)
+            if message is None:
+                return None
+            self.file(message)
+        return box.popleft()
+
+    def request(self, target: Any, message: Any, key: str, timeout_s: float) -> Any:
+        """A one-off lookup: ask, take the answer, close the mailbox."""
+        try:
+            return self.ask(target, message, key, timeout_s)
+        finally:
+            self.close(key)

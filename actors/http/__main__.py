@@ -1,0 +1,61 @@
+"""``python -m actors.http``: the HTTP front door of the node on ``--admin-port``.
+
+Either ``--config FILE`` (its ``http`` section and deployments' models) or, from
+``actors.ops.http_process``, the settings as JSON on stdin (so no key is ever in argv).
+Prints ``http listening on URL`` once it accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from actors.errors import ConfigError, InferenceError
+from actors.settings.loader import build, load_config
+from actors.settings.schema import HttpConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m actors.http", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="the node's config file (its http section is served)")
+    parser.add_argument("--stdin", action="store_true", help="read {http, models} as JSON from stdin")
+    parser.add_argument("--admin-port", type=int, required=True, help="the node's Thespian admin port")
+    parser.add_argument("--listen", help="HOST:PORT, overriding http.listen")
+    parser.add_argument("--log-file")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    for name in ("atomr", "waitress"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(args.log_level if name == "atomr" else "WARNING")
+        logger.propagate = False
+    try:
+        if args.stdin:
+            doc = json.loads(sys.stdin.read())
+            config = build(HttpConfig, doc["http"], "http")
+            models = list(doc.get("models") or [])
+        elif args.config:
+            full = load_config(args.config, credentials=False)
+            if full.http is None and not args.listen:
+                raise ConfigError("no http section: nothing to serve (or give --listen)", path=args.config)
+            config = full.http or HttpConfig(auth="none")
+            models = [d.model for d in full.deployments]
+        else:
+            parser.error("give --config FILE or --stdin")
+        from actors.http.server import HttpServer  # imports the client (Thespian) only once the config is good
+
+        server = HttpServer(config, args.admin_port, models, listen=args.listen)
+    except (ConfigError, InferenceError, ValueError) as exc:
+        print(f"http: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"http listening on {server.url}", flush=True)
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The front door as a WSGI application: routing, keys, limits, and one call per request.
+
+Every request is served on one of the server's worker threads from start to end (a stream
+included), because a GatewayClient keeps one endpoint per thread. A watcher thread checks
+each call's connection: a caller that goes away cancels its call upstream, so an abandoned
+stream stops being generated and billed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from actors.client import GatewayClient, Stream
+from actors.errors import InferenceError, ShuttingDown
+from actors.http import anthropic_dialect, openai_dialect
+from actors.http.errors import FrontDoorError, HttpError, anthropic_body, encode, http_error, openai_body, status_line
+from actors.http.keys import Caller, KeyRing, presented_key
+from actors.http.translate import Call, parse_json
+from actors.http.watcher import Watcher
+from actors.settings.schema import HttpConfig
+from actors.types import new_request_id
+
+log = logging.getLogger("atomr.http")
+
+__all__ = ["FrontDoor"]
+
+_CLIENT_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice", "seed",
+                  "presence_penalty", "frequency_penalty", "response_format", "user")
+READY_CACHE_S = 1.0
+
+
+class _Body:
+    """A streamed body whose clean-up runs even when the server closes it before the first read."""
+
+    def __init__(self, body: Iterator[bytes], cleanup: Callable[[], Any]) -> None:
+        self._body = body
+        self._cleanup = cleanup
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._body
+
+    def close(self) -> None:
+        try:
+            self._body.close()
+        finally:
+            self._cleanup()  # idempotent: each step is a no-op the second time
+
+
+class _Dialect:
+    def __init__(self, name: str, module: Any, body: Callable[[HttpError], dict]) -> None:
+        self.name, self.module, self.body = name, module, body
+
+
+OPENAI = _Dialect("openai", openai_dialect, openai_body)
+ANTHROPIC = _Dialect("anthropic", anthropic_dialect, anthropic_body)
+
+
+class FrontDoor:
+    """``FrontDoor(config, client, models)`` is the WSGI callable the server runs."""
+
+    def __init__(self, config: HttpConfig, client: GatewayClient, models: list[str], keys: KeyRing | None = None) -> None:
+        self.config = config
+        self.client = client
+        self.models = sorted(set(models))
+        self.keys = keys if keys is not None else KeyRing(config)
+        self.watcher = Watcher()
+        self.draining = False
+        self._lock = threading.Lock()
+        self.in_flight = 0      # requests of any kind being answered (the drain waits for 0)
+        self.calls = 0          # of which calls to the node (bounded by config.call_limit)
+        self.served = 0
+        self._ready: tuple[float, bool, str] = (0.0, False, "")
+        self._local = threading.local()
+
+    # -- WSGI ------------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterator[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+        if path == "/v1/chat/completions":
+            dialect = OPENAI
+        elif path.startswith("/v1/messages") or "anthropic-version" in headers:
+            dialect = ANTHROPIC
+        else:
+            dialect = OPENAI
+        request_id = new_request_id()
+        started = time.monotonic()
+        with self._lock:
+            self.in_flight += 1
+        counted = [True]
+        self._local.caller = "-"
+
+        def done(status: int, caller: str | None = None) -> None:
+            caller = caller or self._local.caller
+            if counted[0]:
+                counted[0] = False
+                with self._lock:
+                    self.in_flight -= 1
+                    self.served += 1
+                log.info("%s %s %d key=%s id=%s %.1fms", method, path, status, caller, request_id,
+                         (time.monotonic() - started) * 1000)
+
+        try:
+            body = self._route(method, path, headers, environ, dialect, request_id, start_response, done)
+        except FrontDoorError as exc:
+            body = self._error(start_response, dialect, http_error(exc), request_id)
+            done(exc.status)
+        except InferenceError as exc:
+            err = http_error(exc)
+            body = self._error(start_response, dialect, err, request_id)
+            done(err.status)
+        except Exception:  # noqa: BLE001 - a bug must still be an answer, and logged
+            log.exception("front door failed on %s %s (%s)", method, path, request_id)
+            body = self._error(start_response, dialect, http_error(RuntimeError()), request_id)
+            done(500)
+        return body
+
+    def _route(self, method: str, path: str, headers: dict[str, str], environ: dict[str, Any], dialect: _Dialect,
+               request_id: str, start_response: Callable, done: Callable[[int, str], None]) -> Any:
+        if path == "/health/live":
+            done(200, "-")
+            return self._json(start_response, 200, {"status": "live"}, request_id)
+        if path == "/health/ready":
+            ready, why = self._is_ready()
+            done(200 if ready else 503, "-")
+            return self._json(start_response, 200 if ready else 503,
+                              {"status": "ready" if ready else "not ready", "detail": why}, request_id)
+        routes = {"/v1/chat/completions": ("POST", OPENAI), "/v1/messages": ("POST", ANTHROPIC),
+                  "/v1/models": ("GET", dialect)}
+        if path not in routes:
+            raise FrontDoorError(404, f"no such endpoint {path!r}; this gateway serves /v1/chat/completions, "
+                                 f"/v1/messages and /v1/models", kind="not_found_error", code="unknown_url")
+        wanted, _ = routes[path]
+        if method != wanted:
+            raise FrontDoorError(405, f"{path} takes {wanted}, not {method}", kind="invalid_request_error",
+                                 code="method_not_allowed")
+        caller = self._authenticate(headers)
+        if path == "/v1/models":
+            done(200, caller.name)
+            return self._json(start_response, 200, self._models(caller, dialect), request_id)
+        if self.draining:
+            raise ShuttingDown("this node's HTTP listener is draining; send to another node", retryable=True)
+        call = dialect.module.parse(parse_json(self._body(environ)))
+        if not caller.may_use(call.model):
+            raise FrontDoorError(403, f"key {caller.name!r} may not use model {call.model!r}",
+                                 kind="permission_error", code="model_not_allowed", param="model")
+        call.timeout_s = self._timeout(headers)
+        with self._lock:
+            full = self.calls >= self.config.call_limit
+            if not full:
+                self.calls += 1
+        if full:
+            # Refused at once rather than queued behind the streams that hold every thread.
+            raise FrontDoorError(429, f"this listener is serving its limit of {self.config.call_limit} calls; "
+                                 f"retry shortly", kind="rate_limit_error", code="queue_full", retry_after_s=1.0)
+        released = [False]
+
+        def release() -> None:
+            with self._lock:
+                if not released[0]:
+                    released[0] = True
+                    self.calls -= 1
+
+        def finished(status: int, who: str | None = None) -> None:
+            release()
+            done(status, who)
+
+        try:
+            return self._serve(call, dialect, caller, environ, request_id, start_response, finished)
+        except BaseException:
+            release()
+            raise
+
+    # -- pieces ----------------------------------------------------------------------
+
+    def _authenticate(self, headers: dict[str, str]) -> Caller:
+        caller = self.keys.check(presented_key(headers))
+        self._local.caller = caller.name if caller is not None else "-"
+        if caller is None:
+            missing = presented_key(headers) is None
+            raise FrontDoorError(401, "no API key given: send Authorization: Bearer <key> or x-api-key"
+                                 if missing else "invalid API key", kind="authentication_error",
+                                 code="missing_api_key" if missing else "invalid_api_key")
+        return caller
+
+    def _body(self, environ: dict[str, Any]) -> bytes:
+        limit = self.config.max_body_bytes
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise FrontDoorError(400, "Content-Length is not a number", kind="invalid_request_error") from None
+        if length > limit:
+            raise FrontDoorError(413, f"the request body is {length} bytes; the limit is {limit}",
+                                 kind="request_too_large", code="request_too_large")
+        raw = environ["wsgi.input"].read(length) if length else environ["wsgi.input"].read(limit + 1)
+        if len(raw) > limit:
+            raise FrontDoorError(413, f"the request body is over the limit of {limit} bytes",
+                                 kind="request_too_large", code="request_too_large")
+        return raw
+
+    def _timeout(self, headers: dict[str, str]) -> float:
+        # The openai and anthropic SDKs announce their own timeout: no point running past it.
+        timeout = self.config.request_timeout_s
+        try:
+            announced = float(headers.get("x-stainless-timeout", "inf"))
+        except ValueError:
+            announced = float("inf")
+        return min(timeout, announced) if announced > 0 else timeout
+
+    def _models(self, caller: Caller, dialect: _Dialect) -> dict[str, Any]:
+        allowed = [m for m in self.models if caller.may_use(m)]
+        if dialect is ANTHROPIC:
+            data = [{"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"} for m in allowed]
+            return {"data": data, "has_more": False, "first_id": allowed[0] if allowed else None,
+                    "last_id": allowed[-1] if allowed else None}
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "atomr"}
+                                           for m in allowed]}
+
+    def _is_ready(self) -> tuple[bool, str]:
+        at, ready, why = self._ready
+        if time.monotonic() - at < READY_CACHE_S:
+            return ready, why
+        if self.draining:
+            ready, why = False, "draining"
+        else:
+            try:
+                status = self.client.status(timeout_s=5)
+                usable = [e for e in status.engines if e.circuit in ("closed", "half_open") and not e.draining]
+                refused = str(status.membership or "").startswith("refused")
+                ready = bool(usable) and not refused
+                why = (status.membership if refused else
+                       f"{len(usable)} of {len(status.engines)} engines have a closed or half-open circuit")
+            except InferenceError as exc:
+                ready, why = False, f"the node does not answer: {exc.message}"
+        self._ready = (time.monotonic(), ready, why)
+        return ready, why
+
+    def _start_call(self, call: Call, caller: Caller, request_id: str) -> Stream:
+        kw = {k: call.params[k] for k in _CLIENT_PARAMS if k in call.params}
+        extra = {k: v for k, v in call.params.items() if k not in _CLIENT_PARAMS}
+        request = self.client.request(call.model, call.messages, stream=call.stream, timeout_s=call.timeout_s,
+                                      metadata={"http_key": caller.name}, request_id=request_id,
+                                      extra_body=extra or None, **kw)
+        return Stream(self.client, request, call.timeout_s)
+
+    def _serve(self, call: Call, dialect: _Dialect, caller: Caller, environ: dict[str, Any], request_id: str,
+               start_response: Callable, done: Callable[[int, str], None]) -> Any:
+        stream = self._start_call(call, caller, request_id)
+        self.watcher.add(request_id, environ.get("waitress.client_disconnected"), stream)
+        if not call.stream:
+            try:
+                with stream:
+                    for _ in stream:
+                        pass
+            finally:
+                self.watcher.remove(request_id)
+            done(200, caller.name)
+            return self._json(start_response, 200, dialect.module.render(stream.result, call.model), request_id)
+        # Read up to the first chunk before answering: an error before any output is a real
+        # HTTP status (what the SDKs retry on), not a 200 with an error event.
+        chunks = iter(stream)
+        try:
+            first = next(chunks, None)
+        except BaseException:
+            self.watcher.remove(request_id)
+            stream.close()
+            raise
+        start_response(status_line(200), [("Content-Type", "text/event-stream; charset=utf-8"),
+                                          ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"),
+                                          *self._id_headers(request_id)])
+        body = self._stream_body(stream, chunks, first, call, dialect, caller, request_id, done)
+        return _Body(body, lambda: (self.watcher.remove(request_id), stream.close(), done(499, caller.name)))
+
+    def _stream_body(self, stream: Stream, chunks: Iterator, first: Any, call: Call, dialect: _Dialect,
+                     caller: Caller, request_id: str, done: Callable[[int, str], None]) -> Iterator[bytes]:
+        encoder = dialect.module.StreamEncoder(request_id, call.model, call.include_usage)
+        status = 200
+        try:
+            with stream:
+                head = encoder.start()
+                try:
+                    if first is not None:
+                        head += encoder.chunk(first)
+                    yield head
+                    for chunk in chunks:
+                        data = encoder.chunk(chunk)
+                        if data:
+                            yield data
+                except InferenceError as exc:
+                    err = http_error(exc)
+                    status = err.status
+                    log.warning("stream %s failed after its first byte: %s", request_id, exc)
+                    yield from encoder.error(err)
+                    return
+                yield from encoder.end(stream.result)
+        finally:
+            self.watcher.remove(request_id)
+            done(status, caller.name)
+
+    @staticmethod
+    def _id_headers(request_id: str) -> list[tuple[str, str]]:
+        # openai reads x-request-id, anthropic request-id.
+        return [("x-request-id", request_id), ("request-id", request_id)]
+
+    def _json(self, start_response: Callable, status: int, doc: dict[str, Any], request_id: str,
+              extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+        data = encode(doc)
+        start_response(status_line(status), [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                                             *self._id_headers(request_id), *(extra or [])])
+        return [data]
+
+    def _error(self, start_response: Callable, dialect: _Dialect, err: HttpError, request_id: str) -> list[bytes]:
+        return self._json(start_response, err.status, dialect.body(err), request_id, err.headers())
+
+    def close(self) -> None:
+        self.watcher.stop()

@@ -1,0 +1,67 @@
+"""What both dialects share: one parsed call in the project's normalized vocabulary
+(InferenceRequest messages and params are OpenAI's), and strict checks of the caller's JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.http.errors import FrontDoorError
+
+__all__ = ["Call", "bad", "need", "parse_json"]
+
+
+@dataclass
+class Call:
+    """A caller's request, normalized: ready for ``GatewayClient.complete``/``stream``."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    include_usage: bool = False      # OpenAI's stream_options.include_usage
+    timeout_s: float | None = None
+
+
+def bad(message: str, param: str | None = None, code: str | None = None) -> FrontDoorError:
+    return FrontDoorError(400, message, kind="invalid_request_error", param=param, code=code)
+
+
+_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+          dict: "an object"}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number", list: "an array",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def need(doc: dict, name: str, kind: type | tuple[type, ...], *, required: bool = False, where: str = "") -> Any:
+    """``doc[name]`` if it has the JSON type ``kind``; a 400 naming the field otherwise."""
+    path = f"{where}{name}"
+    if name not in doc or doc[name] is None:
+        if required:
+            raise bad(f"{path}: required", param=path, code="missing_required_parameter")
+        return None
+    value = doc[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = any(isinstance(value, k) and not (isinstance(value, bool) and k in (int, float)) for k in kinds)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        expected = " or ".join(_KINDS.get(k, k.__name__) for k in kinds)
+        raise bad(f"{path}: must be {expected}, got {_type_name(value)}", param=path, code="invalid_type")
+    return value
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(f"the request body is not valid JSON: {str(exc)[:200]}", code="invalid_json") from None
+    if not isinstance(doc, dict):
+        raise bad(f"the request body must be a JSON object, got {_type_name(doc)}", code="invalid_json")
+    return doc

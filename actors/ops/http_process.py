@@ -1,0 +1,105 @@
+"""Running a node's HTTP front door as its own process, beside the node.
+
+A separate process keeps the listener's threads and the GIL away from the node's actors,
+and lets it drain and stop on its own. The settings (keys included) go to the child on
+stdin, never in argv, where any user of the host could read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from actors.errors import ConfigError
+from actors.settings.schema import GatewayConfig, HttpConfig
+
+__all__ = ["HttpProcess", "start_http"]
+
+READY_LINE = "http listening on "
+
+
+@dataclass
+class HttpProcess:
+    """A running listener: ``url`` (e.g. ``http://127.0.0.1:4000``), ``stop()`` drains and ends it."""
+
+    proc: subprocess.Popen
+    url: str
+    drain_timeout_s: float
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM (drain: finish streams for up to drain_timeout_s), then SIGKILL if it is still there."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            wait = (self.drain_timeout_s if timeout_s is None else timeout_s) + 10
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return self.proc.returncode
+
+
+def _models(config: GatewayConfig) -> list[str]:
+    return sorted({d.model for d in config.deployments})
+
+
+def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: str | None = None,
+               models: list[str] | None = None, log_file: str | None = None, log_level: str = "INFO",
+               start_timeout_s: float = 30.0) -> HttpProcess:
+    """Start ``python -m actors.http`` for the node on ``admin_port`` and wait until it listens.
+
+    ``config`` is the node's whole config (its ``http`` section, and its deployments' models
+    for ``/v1/models``) or just an HttpConfig; ``listen`` overrides ``http.listen``.
+    """
+    if isinstance(config, GatewayConfig):
+        if config.http is None:
+            raise ConfigError("no http section in the config", path="http")
+        http, models = config.http, models if models is not None else _models(config)
+    else:
+        http = config
+    if listen is not None:
+        http = http.with_listen(listen)
+    if http.listen is None:
+        raise ConfigError("the HTTP listener needs an address: set http.listen or --http HOST:PORT", path="http.listen")
+    cmd = [sys.executable, "-m", "actors.http", "--stdin", "--admin-port", str(admin_port), "--log-level", log_level]
+    if log_file:
+        cmd += ["--log-file", log_file]
+    doc = {"http": dataclasses.asdict(http), "models": list(models or [])}
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True, env=dict(os.environ))
+    proc.stdin.write(json.dumps(doc))
+    proc.stdin.close()
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
+                     daemon=True, name="http-stdout").start()
+    deadline = time.monotonic() + start_timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        seen.append(line)
+        if line.startswith(READY_LINE):
+            return HttpProcess(proc, line[len(READY_LINE):].strip(), http.drain_timeout_s)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=5)
+    raise ConfigError(f"the HTTP listener did not start (exit {proc.returncode}); see its log"
+                      + (f": {''.join(seen)[-500:]}" if seen else ""), path="http")

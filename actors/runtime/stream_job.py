@@ -1,0 +1,153 @@
+"""One streamed attempt as the worker's actor thread sees it, and how the worker steps it.
+
+The reader thread's events (``actors.core.streaming``) are fed to a :class:`Job` one by one;
+each either continues the attempt or is its terminal outcome, which the worker reports to
+its engine. :class:`Stepping` is the worker's stream half: ``_pump`` when Thespian wakes it
+on the reader's pipe, ``_step`` (1 ms wakeups) where the system base has no watches.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from datetime import timedelta
+from typing import Any
+
+from actors.core import streaming
+from actors.core.streaming import END, HttpStatus, Opened, Overflow, TransportFailed, WholeBody
+from actors.core.transport import classify_transport, deadline_verdict
+from actors.errors import InferenceError, InternalError
+from actors.providers.base import StreamAccumulator
+from actors.runtime.protocol import Dispatch, FirstToken
+from actors.runtime.upstream import Attempt
+from actors.types import TokenChunk
+
+__all__ = ["Job", "Stepping", "CONTINUE"]
+
+CONTINUE = object()
+STEP = timedelta(milliseconds=1)
+MAX_BLOCK_S = 0.02          # longest a polling step blocks on the reader, so Cancel stays prompt
+
+
+class Job:
+    def __init__(self, dispatch: Dispatch, attempt: Attempt, deadline: float, decoder: Any,
+                 total_s: float) -> None:
+        self.dispatch = dispatch
+        self.total_s = total_s          # the deployment's timeouts.total_s, named in a Timeout
+        self.attempt = attempt
+        self.deadline = deadline
+        self.decoder = decoder          # None: a non-streamed call, whose body is parsed whole at the end
+        self.acc = StreamAccumulator()
+        self.deltas = 0
+        self.chunks = 0
+        self.last_flush = 0.0
+        self.first_token_unix: float | None = None
+        self.flush_armed = False        # a coalescing wakeup is on its way
+
+    def consume(self, item: Any, runner: Any, provider: str) -> Any:
+        """Feed one reader event; the job's terminal error (None for success) or CONTINUE."""
+        if isinstance(item, bytes):
+            try:
+                deltas = self.decoder.feed(item)
+                for delta in deltas:
+                    self.acc.add(delta)
+            except InferenceError as exc:
+                exc.provider = exc.provider or provider
+                return exc
+            self.deltas += len(deltas)
+            return self.acc.error if self.acc.error is not None else CONTINUE
+        if isinstance(item, Opened):
+            return CONTINUE
+        if item is END:
+            return streaming.end_of_stream(self.decoder, self.acc, self.deltas, self.chunks, provider)
+        if isinstance(item, WholeBody):
+            return streaming.end_of_body(runner.parse_response, item.data, self.acc, provider)
+        if isinstance(item, HttpStatus):
+            return runner.classify_error(item.status, item.headers, item.body)
+        if isinstance(item, Overflow):
+            return streaming.too_large("max_body_bytes", item.limit_bytes, provider)
+        if isinstance(item, TransportFailed):
+            if item.timed_out and time.time() >= self.deadline - 0.01:
+                return self.deadline_error(provider)
+            return classify_transport(item.phase, timed_out=item.timed_out, detail=item.detail,
+                                      provider=provider, delivered=self.chunks > 0).error
+        return InternalError(f"unexpected reader event {streaming.describe(item)}", provider=provider)
+
+    def deadline_error(self, provider: str) -> InferenceError:
+        request = self.dispatch.request
+        caller = request.deadline_unix is not None and self.deadline >= request.deadline_unix
+        return deadline_verdict(self.attempt.phase, caller_deadline=caller, total_s=self.total_s,
+                                provider=provider, delivered=self.chunks > 0).error
+
+
+class Stepping:
+    """Mixed into RemoteWorkerActor (which provides deployment, runner, engine, lag, job,
+    send, wakeupAfter, _finish and _finish_at_deadline)."""
+
+    def _step(self) -> None:
+        job = self.job
+        coalesce_s = self.deployment.coalesce_ms / 1000
+        started = time.monotonic()
+        while True:
+            if time.time() >= job.deadline:
+                return self._finish_at_deadline(job)
+            acc = job.acc
+            block = streaming.block_for(acc.has_pending, job.chunks, job.last_flush, coalesce_s, time.monotonic(),
+                                        MAX_BLOCK_S, job.deadline - time.time())
+            try:
+                item = job.attempt.events.get(timeout=block)
+            except queue.Empty:
+                item = None
+            if item is not None and (error := job.consume(item, self.runner, self.deployment.provider)) is not CONTINUE:
+                if acc.has_pending:
+                    self._flush(job)
+                return self._finish(job, error)
+            now = time.monotonic()
+            if streaming.flush_due(acc.has_pending, job.chunks, job.last_flush, coalesce_s, now):
+                self._flush(job)
+                break  # return so Thespian transmits what was just sent
+            if now - started >= MAX_BLOCK_S:
+                break
+        self.wakeupAfter(STEP, payload="step")
+
+    def _pump(self) -> None:
+        """Event mode: take whatever the reader queued, without blocking, and send it as one chunk."""
+        job = self.job
+        if time.time() >= job.deadline:
+            return self._finish_at_deadline(job)
+        acc, attempt = job.acc, job.attempt
+        queued_at, attempt.queued_at = attempt.queued_at, None
+        if queued_at is not None:
+            self.lag.observe(time.monotonic() - queued_at)
+        while True:
+            try:
+                item = attempt.events.get_nowait()
+            except queue.Empty:
+                break
+            if (error := job.consume(item, self.runner, self.deployment.provider)) is not CONTINUE:
+                if acc.has_pending:
+                    self._flush(job)
+                return self._finish(job, error)
+        if not acc.has_pending:
+            return
+        coalesce_s = streaming.adaptive_window(self.deployment.coalesce_ms / 1000, self.lag.value)
+        now = time.monotonic()
+        if streaming.flush_due(True, job.chunks, job.last_flush, coalesce_s, now):
+            self._flush(job)
+        elif not job.flush_armed:
+            job.flush_armed = True
+            self.wakeupAfter(timedelta(seconds=job.last_flush + coalesce_s - now), payload=("flush", job))
+
+    def _flush(self, job: Job) -> None:
+        # Only text or tool-call deltas are pending: a chunk is never empty. Tool-call deltas
+        # travel in ``tool_calls`` (with text ""), as OpenAI's own stream carries them.
+        text, tools = job.acc.take_pending()
+        request_id = job.dispatch.request.request_id
+        self.send(job.dispatch.reply_to, TokenChunk(request_id, job.chunks, text, tools))
+        if job.chunks == 0:
+            job.first_token_unix = time.time()
+            self.send(self.engine, FirstToken(request_id, job.dispatch.attempt, job.first_token_unix))
+        job.chunks += 1
+        job.last_flush = time.monotonic()
+        job.flush_armed = False
+

@@ -1,0 +1,256 @@
+"""Every hook into Thespian 4.0.1's internals, in one file: the one to revisit on a Thespian upgrade.
+
+- **The serializer.** ``thespian.system.transport.TCPTransport`` takes its serializer from one
+  module-level name, ``serializer`` (``serializer.dumps`` for every frame it sends,
+  ``serializer.loads`` for every frame and ACK it reads): :func:`install_serializer` puts ours there.
+- **The peer of each frame.** Thespian deserializes in exactly two methods of ``TCPTransport``:
+  ``_addedDataToIncoming(inc, ...)`` (``inc.data`` -> ``ReceiveBuffer.completed()``; every
+  accepted connection, trailing data, and data read back on a send socket all pass here) and
+  ``_check_XMIT_4_done(intent, ...)`` (``intent.ackbuf.completed()``: the reply read on a
+  socket this process connected). Both know the socket, so a wrapper records its TCP peer in
+  a thread-local that ``loads`` reads. Nothing else calls ``serializer.loads``.
+- **Thespian's own log lines** about frames we refused (:func:`quiet_thespian_log`).
+- **Deferred refusal lines**: logged after the transport's critical section (:class:`DeferredLines`).
+- **Children die with their parent actor** (:func:`die_with_parent`): every actor process Thespian
+  forks (``multiprocCommon.startChild``, looked up by name at each ``mp.Process``) asks Linux for
+  ``PR_SET_PDEATHSIG`` = SIGKILL first, so a killed engine takes its workers with it. Not the
+  admin (it daemonizes on purpose: the launcher watchdog covers it, actors/runtime/watchdog.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import Any
+
+__all__ = ["die_with_parent", "install_serializer", "current_serializer", "frame_peer", "DeferredLines", "emit_after_this_step",
+           "quiet_thespian_log", "THESPIAN_VERSION"]
+
+THESPIAN_VERSION = "4.0.1"
+
+_peer = threading.local()
+
+
+def frame_peer() -> tuple[str, int] | None:
+    """The TCP peer (host, port) of the frame this thread is deserializing, if known."""
+    return getattr(_peer, "value", None)
+
+
+# A socket's peer, read once while the connection is surely up (at accept, or at first use):
+# after the other side has gone, getpeername() can fail while its last frame is still unread.
+_peers: "weakref.WeakKeyDictionary[Any, tuple[str, int]]" = weakref.WeakKeyDictionary()
+
+
+def _peer_of(sock: Any) -> tuple[str, int] | None:
+    sock = getattr(sock, "socket", sock)
+    try:
+        return _peers[sock]
+    except (KeyError, TypeError):
+        pass
+    try:
+        name = sock.getpeername()
+        peer = str(name[0]), int(name[1])
+    except (OSError, AttributeError, TypeError, IndexError):
+        return None
+    try:
+        _peers[sock] = peer
+    except TypeError:
+        pass
+    return peer
+
+
+def _target_of(intent: Any) -> tuple[str, int] | None:
+    """The address a send socket was connected to: its peer, even once the peer has gone."""
+    sockname = getattr(getattr(getattr(intent, "targetAddr", None), "addressDetails", None), "sockname", None)
+    if isinstance(sockname, tuple) and len(sockname) >= 2 and sockname[0]:
+        return str(sockname[0]), int(sockname[1])
+    return None
+
+
+def _with_peer(method: Any, sock_of: Any, fallback: Any = lambda holder: None) -> Any:
+    if getattr(method, "_atomr_peer", False):
+        return method
+
+    def wrapper(self: Any, holder: Any, *args: Any, **kw: Any) -> Any:
+        previous = getattr(_peer, "value", None)
+        _peer.value = _peer_of(sock_of(holder)) or fallback(holder)
+        try:
+            return method(self, holder, *args, **kw)
+        finally:
+            _peer.value = previous
+
+    wrapper._atomr_peer = True  # type: ignore[attr-defined]
+    wrapper.__wrapped__ = method  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _track_peers() -> None:
+    from thespian.system.transport.TCPTransport import TCPIncoming_Common, TCPTransport
+
+    TCPTransport._addedDataToIncoming = _with_peer(TCPTransport._addedDataToIncoming, lambda inc: inc.socket)
+    TCPTransport._check_XMIT_4_done = _with_peer(TCPTransport._check_XMIT_4_done,
+                                                 lambda intent: getattr(intent, "socket", None), _target_of)
+    original_init = TCPIncoming_Common.__init__
+    if not getattr(original_init, "_atomr_peer", False):
+        def __init__(self: Any, rmtAddr: Any, baseSock: Any, *args: Any, **kw: Any) -> None:
+            original_init(self, rmtAddr, baseSock, *args, **kw)
+            _peer_of(baseSock)  # just accepted: remember who is on the other end
+
+        __init__._atomr_peer = True  # type: ignore[attr-defined]
+        TCPIncoming_Common.__init__ = __init__
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _set_parent_death_signal() -> None:
+    import ctypes
+    import multiprocessing
+    import os
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return  # not Linux: the launcher watchdog still stops the node
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the parent died between the fork and prctl: the signal will never come
+
+
+def die_with_parent() -> None:
+    from thespian.system import multiprocCommon
+
+    original = multiprocCommon.startChild
+    if getattr(original, "_atomr_pdeathsig", False):
+        return
+
+    def startChild(*args: Any, **kw: Any) -> Any:
+        _set_parent_death_signal()
+        return original(*args, **kw)
+
+    startChild._atomr_pdeathsig = True  # type: ignore[attr-defined]
+    startChild.__wrapped__ = original  # type: ignore[attr-defined]
+    multiprocCommon.startChild = startChild
+
+
+def install_serializer(serializer: Any) -> None:
+    from thespian.system.transport import TCPTransport
+
+    _track_peers()
+    pass  # die_with_parent()
+    serializer.peer_of_frame = frame_peer
+    serializer.refusals.emit = emit_after_this_step
+    TCPTransport.serializer = serializer
+    quiet_thespian_log()
+
+
+def current_serializer() -> Any:
+    from thespian.system.transport import TCPTransport
+
+    return TCPTransport.serializer
+
+
+class DeferredLines:
+    """Log lines held until Thespian's loop leaves its critical section.
+
+    A frame is refused inside the transport's exclusive section, where a log record (itself
+    a message to the node's logger process) is only queued, and a quiet admin would not
+    send it before its next unrelated transmit. Thespian completes finished transmits just
+    after that section (``_finished_intents``, outside it), so the lines ride along as one
+    pseudo intent whose completion logs them.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.scheduled = False
+
+    def add(self, line: str) -> bool:
+        from thespian.system import logdirector
+
+        transport = getattr(logdirector, "logTransport", None)
+        finished = getattr(transport, "_finished_intents", None)
+        if not isinstance(finished, list) or not getattr(transport, "_aTB_processing", False):
+            return False  # not inside the loop's critical section (or not an actor): log now
+        self.lines.append(line)
+        if not self.scheduled:
+            self.scheduled = True
+            finished.append((self, None))
+        return True
+
+    def tx_done(self, _status: Any) -> None:
+        lines, self.lines, self.scheduled = self.lines, [], False
+        for line in lines:
+            logging.getLogger("atomr.wire").warning("%s", line)
+
+
+_deferred = DeferredLines()
+
+
+def emit_after_this_step(line: str) -> None:
+    if not _deferred.add(line):
+        logging.getLogger("atomr.wire").warning("%s", line)
+
+
+def _wrap_thesplog(module: Any, hook: Any) -> None:
+    """Put ``hook(msg, args)`` in front of Thespian's internal log in ``module``; True drops the line."""
+    original = module.thesplog
+    if getattr(original, "_atomr_wire", False):
+        return
+
+    def thesplog(msg: str, *args: Any, **kw: Any) -> Any:
+        try:
+            if hook(msg, args):
+                return None
+        except Exception:  # noqa: BLE001 - never let our hook break Thespian's logging
+            pass
+        return original(msg, *args, **kw)
+
+    thesplog._atomr_wire = True  # type: ignore[attr-defined]
+    module.thesplog = thesplog
+
+
+def _ours() -> Any:
+    from actors.security.serializer import WireSerializer
+
+    serializer = current_serializer()
+    return serializer if isinstance(serializer, WireSerializer) else None
+
+
+def _quiet_refusals(msg: Any, args: tuple) -> bool:
+    """Drop Thespian's "OUCH! Error deserializing" report of a frame we refused.
+
+    We have logged that refusal already (rate-limited, without contents); Thespian's line
+    holds a traceback and whatever bytes followed the frame, for every frame.
+    """
+    serializer = _ours()
+    return (isinstance(msg, str) and msg.startswith("OUCH!") and serializer is not None
+            and len(args) > 1 and args[1] == serializer.refused_packet and serializer.take_refused_flag())
+
+
+def _explain_refused_registration(msg: Any, args: tuple) -> bool:
+    """A member whose registration the leader refuses says so in its own log, not only Thespian's."""
+    from thespian.system.transport import SendStatus
+
+    if isinstance(msg, str) and msg.startswith("Admin cannot register with convention") and len(args) >= 3 \
+            and args[2] is SendStatus.BadPacket:
+        serializer = _ours()
+        if serializer is not None:
+            mine = f"signs with key id {serializer.keyring.signing.key_id}"
+            if not serializer.keyring.admits_peers:
+                mine += " (this host's own key: set a cluster secret)"
+            serializer.refusals.refused(str(args[0]), "registration refused", "", line=(
+                f"the convention leader at {args[0]} refused this node's registration: it does not accept this "
+                f"node's cluster key (this node {mine}); the leader's log says why"))
+    return False
+
+
+def quiet_thespian_log() -> None:
+    from thespian.system.admin import convention
+    from thespian.system.transport import TCPTransport
+
+    _wrap_thesplog(TCPTransport, _quiet_refusals)
+    _wrap_thesplog(convention, _explain_refused_registration)

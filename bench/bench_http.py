@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""The HTTP front door against the Python client and against direct HTTP to the upstream, in one run.
+
+One node (an ``openai_compatible`` deployment on the mock provider, in its own process) and
+its HTTP listener (actors/ops/http_process.py). Three paths make the same call:
+- ``direct``: ``requests`` straight to the mock (what the upstream itself costs);
+- ``client``: ``GatewayClient`` from Python (the node's own path);
+- ``ingress``: ``requests`` to the listener's ``/v1/chat/completions`` (client -> HTTP -> node).
+
+Printed per path: sequential non-streamed latency p50/p99 (and the ingress's added p50 over
+the client path), throughput with 4 and 16 client threads, sequential streams (TTFT and full
+time, p50), and K concurrent streams (streams/s, TTFT p99). The rounds alternate paths so
+machine noise hits them alike.
+
+    python bench/bench_http.py --quick          # ~1 min
+    python bench/bench_http.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from actors.client import GatewayClient  # noqa: E402
+from actors.ops.http_process import start_http  # noqa: E402
+from actors.ops.system import start_node  # noqa: E402
+from actors.settings.loader import build, parse_config  # noqa: E402
+from actors.settings.schema import HttpConfig  # noqa: E402
+from actors.testing.mock_provider import MockProcess  # noqa: E402
+
+MESSAGES = [{"role": "user", "content": "Benchmark prompt with a few words in it"}]
+KEY = "sk-atomr-bench-0123456789abcdef"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class Paths:
+    def __init__(self, mock_url: str, admin_port: int, http_url: str, max_tokens: int) -> None:
+        self.mock_url, self.http_url, self.max_tokens = mock_url, http_url, max_tokens
+        self.gateway = GatewayClient(admin_port, timeout_s=60)
+        self.local = threading.local()
+
+    def session(self) -> requests.Session:
+        s = getattr(self.local, "session", None)
+        if s is None:
+            s = self.local.session = requests.Session()
+        return s
+
+    def body(self, stream: bool) -> dict:
+        return {"model": "bench", "messages": MESSAGES, "max_tokens": self.max_tokens, "stream": stream}
+
+    def direct(self) -> None:
+        r = self.session().post(self.mock_url + "/v1/chat/completions", json={**self.body(False), "model": "mock-gpt"},
+                                timeout=60)
+        assert r.status_code == 200, r.text
+
+    def client(self) -> None:
+        assert self.gateway.complete("bench", MESSAGES, max_tokens=self.max_tokens).text
+
+    def ingress(self) -> None:
+        r = self.session().post(self.http_url + "/v1/chat/completions", json=self.body(False),
+                                headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        assert r.status_code == 200, r.text
+
+    # streams: (ttft, total) in seconds
+    def _sse(self, url: str, body: dict, headers: dict) -> tuple[float, float]:
+        started = time.perf_counter()
+        first = None
+        with self.session().post(url, json=body, headers=headers, stream=True, timeout=60) as r:
+            for data in r.iter_content(chunk_size=None):
+                if first is None and b'"content":"' in data and b'"content":""' not in data.split(b"\n\n")[-2:][0]:
+                    first = time.perf_counter()
+        end = time.perf_counter()
+        return (first or end) - started, end - started
+
+    def direct_stream(self) -> tuple[float, float]:
+        return self._sse(self.mock_url + "/v1/chat/completions", {**self.body(True), "model": "mock-gpt"}, {})
+
+    def client_stream(self) -> tuple[float, float]:
+        started = time.perf_counter()
+        first = None
+        with self.gateway.stream("bench", MESSAGES, max_tokens=self.max_tokens) as s:
+            for chunk in s:
+                if first is None and chunk.text:
+                    first = time.perf_counter()
+        end = time.perf_counter()
+        return (first or end) - started, end - started
+
+    def ingress_stream(self) -> tuple[float, float]:
+        return self._sse(self.http_url + "/v1/chat/completions", self.body(True), {"Authorization": f"Bearer {KEY}"})
+
+
+def throughput(fn, threads: int, seconds: float) -> float:
+    stop = time.monotonic() + seconds
+    counts = [0] * threads
+
+    def run(i: int) -> None:
+        while time.monotonic() < stop:
+            fn()
+            counts[i] += 1
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    started = time.monotonic()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.monotonic() - started)
+
+
+def concurrent_streams(fn, k: int, seconds: float) -> dict:
+    stop = time.monotonic() + seconds
+    ttfts: list[float] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        while time.monotonic() < stop:
+            ttft, _ = fn()
+            with lock:
+                ttfts.append(ttft)
+
+    workers = [threading.Thread(target=run) for _ in range(k)]
+    started = time.monotonic()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return {"streams_per_s": len(ttfts) / (time.monotonic() - started), "ttft_p99_ms": pct(ttfts, 0.99) * 1000}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--calls", type=int, help="sequential calls per path (default 300, quick 100)")
+    parser.add_argument("--seconds", type=float, help="per throughput measurement (default 5, quick 2)")
+    parser.add_argument("--k", type=int, default=16, help="concurrent streams")
+    parser.add_argument("--drip-ms", type=float, default=10.0, help="between streamed tokens")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    calls = args.calls or (100 if args.quick else 300)
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
+    os.environ.setdefault("ATOMR_CLUSTER_SECRET", "bench:" + "h" * 43)
+    mock = MockProcess(words_per_second=1000 / args.drip_ms)
+    port = 19700 + os.getpid() % 200
+    config = parse_config({"deployments": [{"name": "bench", "model": "bench", "provider": "openai_compatible",
+                                            "upstream_model": "mock-gpt", "endpoint": mock.url + "/v1",
+                                            "workers": 16, "coalesce_ms": 0}],
+                           "node": {"admin_port": port, "name": "bench"}})
+    node = start_node(config, console_log=False, log_file="/tmp/bench_http_node.log")
+    http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "threads": 64,
+                                         "keys": [{"name": "bench", "key": {"value": KEY}}]}, "http"),
+                      port, models=["bench"], log_level="WARNING")
+    figures: dict = {"calls": calls, "seconds": seconds, "k": args.k, "drip_ms": args.drip_ms, "cpus": os.cpu_count()}
+    try:
+        paths = Paths(mock.url, port, http.url, max_tokens=8)
+        names = ("direct", "client", "ingress")
+        for name in names:
+            for _ in range(20):
+                getattr(paths, name)()
+        lat: dict[str, list[float]] = {n: [] for n in names}
+        for i in range(calls):
+            for name in names[i % 3:] + names[:i % 3]:
+                t = time.perf_counter()
+                getattr(paths, name)()
+                lat[name].append(time.perf_counter() - t)
+        figures["sequential_ms"] = {n: {"p50": pct(v, 0.5) * 1000, "p99": pct(v, 0.99) * 1000} for n, v in lat.items()}
+        figures["ingress_added_p50_ms_over_client"] = (figures["sequential_ms"]["ingress"]["p50"]
+                                                       - figures["sequential_ms"]["client"]["p50"])
+        for n in names:
+            s = figures["sequential_ms"][n]
+            print(f"sequential {n:8s} p50 {s['p50']:6.2f} ms  p99 {s['p99']:6.2f} ms", flush=True)
+        print(f"ingress adds {figures['ingress_added_p50_ms_over_client']:+.2f} ms p50 over the client path")
+        figures["throughput_rps"] = {}
+        for threads in (4, 16):
+            row = figures["throughput_rps"][threads] = {n: throughput(getattr(paths, n), threads, seconds) for n in names}
+            print(f"{threads:2d} threads  " + "  ".join(f"{n} {v:7.1f}/s" for n, v in row.items()), flush=True)
+        stream_paths = {n: getattr(paths, f"{n}_stream") for n in names}
+        seq: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        for i in range(max(20, calls // 5)):
+            for n in names:
+                seq[n].append(stream_paths[n]())
+        figures["stream_ms"] = {n: {"ttft_p50": pct([a for a, _ in v], 0.5) * 1000,
+                                    "full_p50": pct([b for _, b in v], 0.5) * 1000} for n, v in seq.items()}
+        for n, s in figures["stream_ms"].items():
+            print(f"stream     {n:8s} ttft p50 {s['ttft_p50']:6.2f} ms  full p50 {s['full_p50']:7.2f} ms", flush=True)
+        figures["concurrent_streams"] = {}
+        for n in names:
+            row = figures["concurrent_streams"][n] = concurrent_streams(stream_paths[n], args.k, seconds * 2)
+            print(f"K={args.k} streams {n:8s} {row['streams_per_s']:6.1f} streams/s  ttft p99 {row['ttft_p99_ms']:6.1f} ms",
+                  flush=True)
+    finally:
+        http.stop(timeout_s=5)
+        node.stop(kill_after_s=10)
+        mock.stop()
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""A driver for the pure EngineCore: a fake clock, workers brought up, effects recorded.
+
+Every test of the core talks to it through events and reads effects, as the actor does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from actors.core import engine_events as ev
+from actors.core.breaker import BreakerSnapshot, CircuitState
+from actors.core.engine_core import EngineCore
+from actors.core.ratelimit import RateLimits
+from actors.core.retry import RetryPolicy
+from actors.runtime.protocol import WorkerResult
+from actors.settings.schema import DeploymentConfig, Timeouts
+from actors.types import Completed, Failed, InferenceRequest, Usage
+
+WALL0 = 1_800_000_000.0  # a window boundary for 60 s windows: window arithmetic stays readable
+
+
+def deployment(**overrides: Any) -> DeploymentConfig:
+    base = dict(name="d1", model="d1", provider="openai", endpoint="http://upstream.invalid/v1", workers=2,
+                queue_capacity=4, retry=RetryPolicy(max_retries=2, base_delay_s=0.1, max_delay_s=1.0, jitter="none"),
+                timeouts=Timeouts(connect_s=2, read_s=10, total_s=30))
+    base.update(overrides)
+    return DeploymentConfig(**base)
+
+
+class Rig:
+    def __init__(self, *, has_session: bool = False, has_hub: bool = False, up: bool = True, **overrides: Any) -> None:
+        self.mono = 100.0
+        self.wall_offset = WALL0 - self.mono
+        self.dep = deployment(**overrides)
+        self.core = EngineCore(self.dep, slot="n1/d1/0/abc", clock=lambda: self.mono,
+                               wall=lambda: self.mono + self.wall_offset, rand=lambda: 0.5,
+                               has_session=has_session, has_hub=has_hub, failure_timeout_s=5.0)
+        self.log: list[Any] = []
+        self._record(self.core.start())
+        if up:
+            for index in range(self.dep.workers):
+                self.feed(ev.WorkerUp(index, pid=1000 + index))
+
+    # -- driving ---------------------------------------------------------------------
+
+    def _record(self, effects: list[Any]) -> list[Any]:
+        self.log.extend(effects)
+        return effects
+
+    def feed(self, event: Any) -> list[Any]:
+        return self._record(self.core.handle(event))
+
+    def submit(self, rid: str = "r1", *, deadline_in: float | None = None, reply_to: str = "caller",
+               **fields: Any) -> list[Any]:
+        fields.setdefault("messages", [{"role": "user", "content": "hello"}])
+        fields.setdefault("params", {"max_tokens": 10})
+        deadline = None if deadline_in is None else self.wall() + deadline_in
+        request = InferenceRequest(model="d1", request_id=rid, deadline_unix=deadline, **fields)
+        return self.feed(ev.Accept(request, reply_to))
+
+    def wall(self) -> float:
+        return self.mono + self.wall_offset
+
+    def advance(self, seconds: float) -> list[Any]:
+        """Let time pass as the actor would: a Tick at every wakeup the core asked for, then at the end."""
+        end = self.mono + seconds
+        out: list[Any] = []
+        while (due := self.core.next_wakeup()) is not None and due <= end:
+            self.mono = max(self.mono, due)
+            out += self.feed(ev.Tick())
+        self.mono = end
+        out += self.feed(ev.Tick())
+        return out
+
+    def report(self, rid: str = "r1", *, error: Any = None, usage: Usage | None = None, chunks: int = 0,
+               sent: bool = True, text: str = "ok", session_version: int = 0) -> list[Any]:
+        d = self.dispatch_of(rid)
+        return self.feed(ev.WorkerReported(WorkerResult(
+            request_id=rid, attempt=d.attempt, worker_index=d.index, error=error, text=text,
+            finish_reason=None if error else "stop", usage=usage or Usage(3, 2), chunks=chunks, sent=sent,
+            session_version=session_version)))
+
+    def first_token(self, rid: str = "r1") -> list[Any]:
+        d = self.dispatch_of(rid)
+        return self.feed(ev.TokenStarted(rid, d.attempt, self.wall()))
+
+    def breaker(self, state: CircuitState, retry_in_s: float = 0.0, generation: int = 5) -> list[Any]:
+        now_ms = int(self.wall() * 1000)
+        return self.feed(ev.BreakerChanged(BreakerSnapshot("openai", self.dep.endpoint, state, generation,
+                                                           now_ms, now_ms + int(retry_in_s * 1000), 1, 0, 0, 0)))
+
+    # -- reading effects -------------------------------------------------------------
+
+    def of(self, kind: type, effects: list[Any] | None = None) -> list[Any]:
+        return [e for e in (self.log if effects is None else effects) if isinstance(e, kind)]
+
+    def dispatches(self, rid: str | None = None, effects: list[Any] | None = None) -> list[ev.DispatchTo]:
+        return [d for d in self.of(ev.DispatchTo, effects) if rid is None or d.request.request_id == rid]
+
+    def dispatch_of(self, rid: str) -> ev.DispatchTo:
+        found = self.dispatches(rid)
+        assert found, f"{rid} was never dispatched"
+        return found[-1]
+
+    def terminals(self, rid: str | None = None) -> list[Completed | Failed]:
+        return [r.message for r in self.of(ev.Reply)
+                if isinstance(r.message, (Completed, Failed)) and (rid is None or r.message.request_id == rid)]
+
+    def terminal(self, rid: str = "r1") -> Completed | Failed:
+        found = self.terminals(rid)
+        assert len(found) == 1, f"{rid}: expected exactly one terminal, got {found}"
+        return found[0]
+
+    def outcomes(self) -> list[tuple[int, Any]]:
+        return [o for e in self.of(ev.ReportOutcomes) for o in e.outcomes]
+
+
+def limits(**kw: Any) -> RateLimits:
+    return RateLimits(**kw)
+
+
+def replace(config: Any, **kw: Any) -> Any:
+    return dataclasses.replace(config, **kw)
+
+
+# ======================================================================================
+# Actors on Thespian's in-process simpleSystemBase, with a scripted upstream and no socket
+# ======================================================================================
+
+import io  # noqa: E402
+import json  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections import deque  # noqa: E402
+
+import requests  # noqa: E402
+from thespian.actors import Actor, ActorExitRequest, ActorSystem  # noqa: E402
+
+from actors.core.breaker import BreakerConfig  # noqa: E402
+from actors.runtime.protocol import BreakerInit, EngineInit  # noqa: E402
+from actors.types import TERMINAL, TokenChunk  # noqa: E402
+
+
+class Answer:
+    """One scripted upstream answer: a status and a body (bytes, a JSON value, or chunks to stream).
+
+    A chunk may be a float (pause that long), a threading.Event (wait until it is set, at
+    most ``hold_s``) or an exception (raised by the read): a stream can stall or break
+    mid-body as a slow or failing upstream would.
+    """
+
+    def __init__(self, status: int = 200, body: Any = None, headers: dict[str, str] | None = None,
+                 chunks: list[Any] | None = None, raises: BaseException | None = None, hold_s: float = 5.0) -> None:
+        self.status = status
+        if body is not None and not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        self.chunks = list(chunks) if chunks is not None else [body or b""]
+        self.headers = {"content-type": "application/json", **(headers or {})}
+        self.raises = raises
+        self.hold_s = hold_s
+
+
+class _Body(io.RawIOBase):
+    """What urllib3 would hand requests: a readable body that yields the scripted chunks in order."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__()
+        self._items = deque(answer.chunks)
+        self._hold_s = answer.hold_s
+        self._buffer = b""
+        self.status = answer.status
+        self.reason = "OK" if answer.status < 300 else "Error"
+        self.headers = answer.headers
+        self._closed_by_reader = threading.Event()
+
+    # the slice of urllib3.HTTPResponse that requests and the worker use
+    def stream(self, amt: int | None = 2 ** 16, decode_content: bool | None = None):
+        while True:
+            data = self.read(amt)
+            if not data:
+                return
+            yield data
+
+    def read(self, amt: int | None = None, decode_content: bool | None = None, **_: Any) -> bytes:
+        while not self._buffer and self._items and not self._closed_by_reader.is_set():
+            item = self._items.popleft()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, threading.Event):
+                until = time.monotonic() + self._hold_s  # a close (the worker giving up) ends the wait too
+                while not item.is_set() and not self._closed_by_reader.is_set() and time.monotonic() < until:
+                    item.wait(0.01)
+            elif isinstance(item, (int, float)):
+                self._closed_by_reader.wait(item)
+            else:
+                self._buffer = item
+        if self._closed_by_reader.is_set():
+            return b""
+        if amt is None or amt < 0:
+            data, self._buffer = self._buffer + b"".join(i for i in self._items if isinstance(i, bytes)), b""
+            self._items.clear()
+            return data
+        data, self._buffer = self._buffer[:amt], self._buffer[amt:]
+        return data
+
+    def read1(self, amt: int | None = None, decode_content: bool | None = None, **_: Any) -> bytes:
+        return self.read(amt if amt and amt > 0 else 2 ** 20)
+
+    def close(self) -> None:
+        self._closed_by_reader.set()
+        super().close()
+
+    def release_conn(self) -> None:
+        pass
+
+    def readable(self) -> bool:
+        return True
+
+
+class FakeUpstream:
+    """Scripted answers at requests' transport adapter: the real runner and worker code runs, no socket opens."""
+
+    def __init__(self) -> None:
+        self.script: deque[Answer] = deque()
+        self.calls: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.default = Answer(200, openai_completion("ok"))
+
+    def then(self, *answers: Answer) -> "FakeUpstream":
+        self.script.extend(answers)
+        return self
+
+    def install(self, monkeypatch: Any) -> "FakeUpstream":
+        upstream = self
+
+        def send(adapter, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+            with upstream.lock:
+                upstream.calls.append({"url": request.url, "body": json.loads(request.body or b"{}"),
+                                       "stream": stream, "timeout": timeout, "at": time.monotonic()})
+                answer = upstream.script.popleft() if upstream.script else upstream.default
+            if answer.raises is not None:
+                raise answer.raises
+            return adapter.build_response(request, _Body(answer))
+
+        monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+        return self
+
+
+def openai_completion(text: str, prompt_tokens: int = 3, completion_tokens: int = 2) -> dict[str, Any]:
+    return {"id": "c1", "object": "chat.completion", "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def openai_stream(words: list[str], usage: tuple[int, int] | None = (3, 2), pause_s: float = 0.0) -> list[Any]:
+    """SSE chunks of an OpenAI chat stream, one event per word, with an optional pause between."""
+    def event(payload: Any) -> bytes:
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+    out: list[Any] = []
+    for word in words:
+        out.append(event({"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
+        if pause_s:
+            out.append(pause_s)
+    out.append(event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    if usage is not None:
+        out.append(event({"choices": [], "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                                                   "total_tokens": sum(usage)}}))
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def stream_answer(words: list[str], **kw: Any) -> Answer:
+    return Answer(200, chunks=openai_stream(words, **kw), headers={"content-type": "text/event-stream"})
+
+
+class Recorder(Actor):
+    """Stands in for the registry: keeps what it is sent, hands it over when asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+
+    def receiveMessage(self, msg: Any, sender: Any) -> None:
+        if msg == "seen?":
+            self.send(sender, list(self.seen))
+        elif not isinstance(msg, ActorExitRequest):
+            self.seen.append(msg)
+
+
+class InProcessEngine:
+    """A real engine, its real workers and a real breaker actor on simpleSystemBase."""
+
+    def __init__(self, deployment_config: Any, *, init: bool = True, breaker: BreakerConfig | None = None) -> None:
+        from actors.runtime.breaker import CircuitBreakerActor
+        from actors.runtime.engine import RemoteEngineCoreActor
+        self.dep = deployment_config
+        self.asys = ActorSystem("simpleSystemBase", logDefs=False, transientUnique=True)
+        self.registry = self.asys.createActor(Recorder)
+        self.breaker = self.asys.createActor(CircuitBreakerActor)
+        self.asys.tell(self.breaker, BreakerInit(self.dep.provider, self.dep.endpoint, breaker or BreakerConfig()))
+        self.engine = self.asys.createActor(RemoteEngineCoreActor)
+        self.inbox: deque[Any] = deque()
+        if init:
+            self.init()
+
+    def init(self) -> None:
+        self.asys.tell(self.engine, EngineInit(self.dep, 0, "n1", self.registry, None, self.breaker, None))
+
+    def tell(self, message: Any) -> None:
+        self.asys.tell(self.engine, message)
+
+    def listen(self, timeout_s: float) -> Any:
+        # simpleSystemBase's listen() sleeps until the next wakeup even when a reply is already
+        # waiting; a zero-timeout listen hands over what is there first.
+        return self.asys.listen(0) or self.asys.listen(max(0.001, timeout_s))
+
+    def _next(self, timeout_s: float) -> Any:
+        """The next message for the caller: stashed ones first (ask() returns whatever comes next)."""
+        if self.inbox:
+            return self.inbox.popleft()
+        return self.listen(timeout_s)
+
+    def ask(self, message: Any, kind: type, timeout_s: float = 5.0) -> Any:
+        """Send and wait for the first answer of ``kind``; anything else is kept for collect()."""
+        self.tell(message)
+        end = time.monotonic() + timeout_s
+        stash = []
+        try:
+            while time.monotonic() < end:
+                reply = self.listen(end - time.monotonic())
+                if isinstance(reply, kind):
+                    return reply
+                if reply is not None:
+                    stash.append(reply)
+            raise AssertionError(f"no {kind.__name__} within {timeout_s}s")
+        finally:
+            self.inbox.extend(stash)
+
+    def collect(self, request_id: str, timeout_s: float = 10.0) -> tuple[list[TokenChunk], Any]:
+        """Everything the caller gets for one request, up to its terminal (bounded)."""
+        chunks: list[TokenChunk] = []
+        end = time.monotonic() + timeout_s
+        skipped = []
+        try:
+            while time.monotonic() < end:
+                message = self._next(end - time.monotonic())
+                if isinstance(message, TokenChunk) and message.request_id == request_id:
+                    chunks.append(message)
+                elif isinstance(message, TERMINAL) and message.request_id == request_id:
+                    return chunks, message
+                elif message is not None:
+                    skipped.append(message)
+            raise AssertionError(f"no terminal for {request_id} within {timeout_s}s (chunks: {len(chunks)})")
+        finally:
+            self.inbox.extend(skipped)
+
+    def drain_extra(self, wait_s: float = 0.2) -> list[Any]:
+        """Whatever else arrives at the caller within ``wait_s``: a second terminal would show here."""
+        out = list(self.inbox)
+        self.inbox.clear()
+        end = time.monotonic() + wait_s
+        while (remaining := end - time.monotonic()) > 0:
+            message = self.listen(remaining)
+            if message is not None:
+                out.append(message)
+        return out
+
+    def registry_saw(self) -> list[Any]:
+        return self.asys.ask(self.registry, "seen?", 5)
+
+    def close(self) -> None:
+        self.asys.shutdown()
+
+
+def actor_instance(asys: Any, address: Any) -> Any:
+    """The live object behind an address on simpleSystemBase (to reach an engine's workers)."""
+    return asys._systemBase.actorRegistry[address.actorAddressString].instance

@@ -1,0 +1,213 @@
+"""The real engine and worker actors on simpleSystemBase, against a scripted upstream (no socket)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from actors import errors as E
+from actors.core.retry import RetryPolicy
+from actors.runtime.protocol import Drain, Drained, EngineReady, EngineStatus, StatusRequest
+from actors.types import Cancel, Completed, Failed, InferenceRequest
+from harness import Answer, FakeUpstream, InProcessEngine, deployment, openai_completion, stream_answer
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def upstream(monkeypatch):
+    return FakeUpstream().install(monkeypatch)
+
+
+@pytest.fixture
+def engine():
+    made = []
+
+    def make(**overrides):
+        overrides.setdefault("retry", RetryPolicy(max_retries=2, base_delay_s=0.01, max_delay_s=0.05, jitter="none"))
+        made.append(InProcessEngine(deployment(**overrides)))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()
+
+
+def request(rid, **kw):
+    kw.setdefault("params", {"max_tokens": 5})
+    return InferenceRequest(model="d1", messages=HELLO, request_id=rid, **kw)
+
+
+def test_a_503_is_retried_and_the_200_completes(engine, upstream):
+    upstream.then(Answer(503, {"error": {"message": "busy", "type": "server_error"}}),
+                  Answer(200, openai_completion("fine", 4, 3)))
+    e = engine()
+    e.tell(request("r1"))
+    _, done = e.collect("r1")
+    assert isinstance(done, Completed) and done.text == "fine" and done.attempts == 2
+    assert done.usage.total_tokens == 7 and done.charged_tokens == 7
+    assert len(upstream.calls) == 2 and upstream.calls[1]["at"] > upstream.calls[0]["at"]
+    assert e.drain_extra() == []
+    assert any(isinstance(m, EngineReady) for m in e.registry_saw())
+
+
+def test_a_stream_arrives_in_order_then_one_completed(engine, upstream):
+    words = ["one ", "two ", "three ", "four"]
+    upstream.then(stream_answer(words, pause_s=0.02))
+    e = engine(coalesce_ms=0)
+    e.tell(request("s1", stream=True))
+    chunks, done = e.collect("s1")
+    assert isinstance(done, Completed) and "".join(c.text for c in chunks) == "".join(words) == done.text
+    assert [c.seq for c in chunks] == list(range(len(chunks))) and done.chunks == len(chunks) >= 2
+    assert upstream.calls[0]["stream"] is True
+    assert e.drain_extra() == []
+
+
+def test_cancel_mid_stream_ends_the_request_once_and_frees_the_worker(engine, upstream):
+    upstream.then(stream_answer(["a "] * 50, pause_s=0.05), Answer(200, openai_completion("next")))
+    e = engine(workers=1, coalesce_ms=0)
+    e.tell(request("s1", stream=True))
+    first = e.listen(5)
+    assert first is not None and first.request_id == "s1"
+    e.tell(Cancel("s1"))
+    _, done = e.collect("s1")
+    assert isinstance(done, Failed) and isinstance(done.error, E.Cancelled)
+    e.tell(request("r2"))
+    _, after = e.collect("r2")
+    assert isinstance(after, Completed) and after.text == "next"
+    assert not [m for m in e.drain_extra() if getattr(m, "request_id", None) == "s1" and isinstance(m, (Completed, Failed))]
+
+
+def test_a_stalled_stream_ends_at_its_deadline_and_the_worker_serves_again(engine, upstream):
+    import threading
+    never = threading.Event()
+    stalled = stream_answer(["x "])
+    stalled.chunks.insert(1, never)  # one token, then nothing
+    upstream.then(stalled, Answer(200, openai_completion("next")))
+    e = engine(workers=1, coalesce_ms=0)
+    started = time.monotonic()
+    e.tell(request("s1", stream=True, deadline_unix=time.time() + 0.5))
+    chunks, done = e.collect("s1")
+    assert isinstance(done, Failed) and isinstance(done.error, E.DeadlineExceeded)
+    assert len(chunks) == 1 and done.chunks == 1 and not done.error.retryable
+    assert time.monotonic() - started < 3.0  # the deadline, not the 5 s stall, ended it
+    never.set()
+    e.tell(request("r2"))
+    _, after = e.collect("r2")
+    assert isinstance(after, Completed)
+
+
+def test_a_stream_that_breaks_after_tokens_is_not_retried(engine, upstream):
+    broken = stream_answer(["a ", "b "])
+    broken.chunks.insert(2, requests.exceptions.ChunkedEncodingError("cut"))
+    upstream.then(broken)
+    e = engine(coalesce_ms=0)
+    e.tell(request("s1", stream=True))
+    chunks, done = e.collect("s1")
+    assert isinstance(done, Failed) and done.error.retryable is False and len(chunks) >= 1
+    assert len(upstream.calls) == 1
+
+
+def test_an_engine_before_its_init_answers_every_message():
+    e = InProcessEngine(deployment(), init=False)
+    try:
+        e.tell(request("early"))
+        _, failed = e.collect("early")
+        assert isinstance(failed, Failed) and isinstance(failed.error, E.ShuttingDown)
+        assert "not initialised" in failed.error.message
+        assert isinstance(e.ask(StatusRequest(), EngineStatus), EngineStatus)
+        assert isinstance(e.ask(Drain(), Drained), Drained)
+        e.init()
+    finally:
+        e.close()
+
+
+def test_drain_reports_once_the_last_request_ends(engine, upstream):
+    upstream.then(Answer(200, openai_completion("done")))
+    e = engine()
+    e.tell(request("r1"))
+    assert isinstance(e.ask(StatusRequest(), EngineStatus), EngineStatus)
+    _, done = e.collect("r1")
+    assert isinstance(done, Completed)
+    reply = e.ask(Drain(), Drained)
+    assert isinstance(reply, Drained) and reply.in_flight == 0
+    e.tell(request("late"))
+    _, refused = e.collect("late")
+    assert isinstance(refused.error, E.ShuttingDown)
+
+
+def test_a_frozen_worker_is_replaced_after_the_grace_and_the_next_request_is_served(engine, upstream, monkeypatch):
+    import threading
+
+    from actors.core import engine_core
+    from actors.runtime.worker import RemoteWorkerActor
+    monkeypatch.setattr(engine_core, "ABANDON_GRACE_S", 0.2)
+    workers, frozen = [], set()
+    original_init, original_wakeup = RemoteWorkerActor.__init__, RemoteWorkerActor.receiveMsg_WakeupMessage
+
+    def tracked_init(self):
+        original_init(self)
+        workers.append(self)
+
+    def wakeup(self, msg, sender):
+        if id(self) not in frozen:  # a frozen worker's actor thread does nothing at all
+            original_wakeup(self, msg, sender)
+
+    monkeypatch.setattr(RemoteWorkerActor, "__init__", tracked_init)
+    monkeypatch.setattr(RemoteWorkerActor, "receiveMsg_WakeupMessage", wakeup)
+    monkeypatch.setattr(RemoteWorkerActor, "receiveMsg_Cancel", lambda self, msg, sender: None)
+    never = threading.Event()
+    stalled = stream_answer(["x "])
+    stalled.chunks.insert(1, never)
+    upstream.then(stalled, Answer(200, openai_completion("after")))
+    e = engine(workers=1, coalesce_ms=0)
+    e.tell(request("s1", stream=True, deadline_unix=time.time() + 0.3))
+    first = e.listen(5)
+    assert first is not None and first.request_id == "s1"
+    frozen.update(id(w) for w in workers)
+    _, done = e.collect("s1")
+    assert isinstance(done.error, E.DeadlineExceeded) and done.chunks == 1
+    e.tell(request("r2"))
+    _, after = e.collect("r2")
+    never.set()
+    assert isinstance(after, Completed) and after.text == "after"
+    assert len(workers) == 2  # the frozen one was replaced
+    status = e.ask(StatusRequest(), EngineStatus)
+    assert status.workers == 1 and status.completed == 1 and status.failed == 1
+
+
+def test_a_worker_that_dies_before_any_token_is_replaced_and_the_request_retried(engine, upstream):
+    from thespian.actors import ActorExitRequest
+
+    from harness import actor_instance
+    slow = stream_answer(["late"])
+    slow.chunks.insert(0, 2.0)  # the upstream thinks before its first token
+    upstream.then(slow, stream_answer(["retried"]))
+    e = engine(workers=1)
+    e.tell(request("r1", stream=True))
+    deadline = time.monotonic() + 5
+    while not upstream.calls and time.monotonic() < deadline:
+        e.listen(0.01)
+    worker = actor_instance(e.asys, e.engine).workers[0]
+    e.asys.tell(worker, ActorExitRequest())
+    _, done = e.collect("r1")
+    assert isinstance(done, Completed) and done.text == "retried" and done.attempts == 2
+    assert actor_instance(e.asys, e.engine).workers[0] != worker
+
+
+def test_an_engine_that_cannot_start_says_why_to_every_caller(monkeypatch):
+    import actors.runtime.engine as engine_module
+
+    def broken(dep):
+        raise ValueError("no such region")
+
+    monkeypatch.setattr(engine_module, "make_runner", broken)
+    e = InProcessEngine(deployment())
+    try:
+        e.tell(request("r1"))
+        _, failed = e.collect("r1")
+        assert isinstance(failed.error, E.InternalError) and "no such region" in failed.error.message
+    finally:
+        e.close()

@@ -1,0 +1,81 @@
+"""The worker's stream policy: coalescing, end of stream, end of body."""
+
+from actors import errors as E
+from actors.core import streaming
+from actors.providers.base import Delta, StreamAccumulator
+
+
+def test_the_first_token_goes_at_once_and_later_ones_every_coalesce_interval():
+    assert streaming.flush_due(True, 0, 0.0, 0.015, now=100.0)
+    assert not streaming.flush_due(True, 3, 100.0, 0.015, now=100.010)
+    assert streaming.flush_due(True, 3, 100.0, 0.015, now=100.015)
+    assert not streaming.flush_due(False, 0, 0.0, 0.015, now=100.0), "nothing pending, nothing sent"
+
+
+def test_the_actor_never_blocks_past_the_flush_time_the_step_or_the_deadline():
+    assert abs(streaming.block_for(True, 2, 100.0, 0.015, 100.005, 0.02, 5.0) - 0.010) < 1e-9
+    assert streaming.block_for(False, 2, 100.0, 0.015, 100.005, 0.02, 5.0) == 0.02
+    assert streaming.block_for(False, 0, 0.0, 0.015, 100.0, 0.02, 0.003) == 0.003
+    assert streaming.block_for(False, 0, 0.0, 0.015, 100.0, 0.02, -1.0) == 0.0
+
+
+def test_the_coalescing_window_stays_as_configured_until_the_actor_wakes_late():
+    assert streaming.adaptive_window(0.0, 0.0) == 0.0
+    assert streaming.adaptive_window(0.015, 0.001) == 0.015, "on time: as configured"
+    assert streaming.adaptive_window(0.0, 0.005) == 0.02, "late: the window grows with the lag"
+    assert streaming.adaptive_window(0.0, 1.0) == streaming.ADAPTIVE_MAX_S, "but never past the cap"
+    assert streaming.adaptive_window(0.08, 0.01) == 0.08, "a configured window larger than the cap is kept"
+    # The first token still goes at once, whatever the window.
+    assert streaming.flush_due(True, 0, 0.0, streaming.adaptive_window(0.0, 1.0), now=100.0)
+
+
+def test_the_lag_is_smoothed_and_never_negative():
+    lag = streaming.Lag()
+    assert lag.observe(0.010) == 0.002
+    for _ in range(50):
+        lag.observe(0.010)
+    assert abs(lag.value - 0.010) < 1e-4
+    lag.observe(-5.0)
+    assert 0 < lag.value < 0.010
+
+
+class Decoder:
+    def __init__(self, tail=()):
+        self.tail = list(tail)
+
+    def close(self):
+        return self.tail
+
+
+def test_a_stream_with_no_event_is_an_empty_response():
+    error = streaming.end_of_stream(Decoder(), StreamAccumulator(), 0, 0, "openai")
+    assert type(error) is E.EmptyResponse and error.retryable and not error.counts_for_breaker
+    assert E.EmptyResponse.max_retries == 1
+
+
+def test_a_stream_cut_before_the_finish_is_a_stream_error_not_retryable_after_tokens():
+    acc = StreamAccumulator()
+    acc.add(Delta(text="hi"))
+    before = streaming.end_of_stream(Decoder(), acc, 1, 0, "openai")
+    after = streaming.end_of_stream(Decoder(), acc, 1, 2, "openai")
+    assert type(before) is E.StreamError and before.retryable and not after.retryable
+
+
+def test_a_finished_stream_ends_cleanly():
+    acc = StreamAccumulator()
+    assert streaming.end_of_stream(Decoder([Delta(text="x", finish_reason="stop")]), acc, 0, 0, "p") is None
+    assert acc.text == "x"
+
+
+def test_end_of_body():
+    acc = StreamAccumulator()
+    assert type(streaming.end_of_body(lambda b: Delta(), b"  \n", acc, "p")) is E.EmptyResponse
+    assert streaming.end_of_body(lambda b: Delta(text=b.decode(), done=True), b"ok", acc, "p") is None
+    assert acc.text == "ok"
+    broken = streaming.end_of_body(lambda b: {}["missing"], b"{}", StreamAccumulator(), "p")
+    assert type(broken) is E.StreamError and "KeyError" in broken.message
+
+
+def test_too_large_names_the_limit():
+    error = streaming.too_large("max_body_bytes", 1024, "openai")
+    assert error.limit == "max_body_bytes" and error.limit_bytes == 1024 and not error.retryable
