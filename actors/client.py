@@ -219,6 +219,7 @@ class GatewayClient:
         self._contexts: list[Any] = []
         self._lock = threading.Lock()
         self._sent_to: dict[str, Any] = {}
+        self._route_locks: dict[str, threading.Lock] = {}
         # Cancels may come from any thread (close(), a finalizer): one endpoint for them, under a lock.
         self._cancel_lock = threading.Lock()
         self._cancel_manager = self.asys.private()
@@ -274,12 +275,27 @@ class GatewayClient:
         cached = self._routes.get(model)
         if cached and not refresh and time.monotonic() - cached[0] < self.route_ttl_s:
             return Routes(model, cached[1])
-        reply = self._lookup(Route(model), Routes, LOOKUP_TIMEOUT_S, "a route lookup")
-        if reply.entries:
-            self._routes[model] = (time.monotonic(), reply.entries)
-        else:
-            self._routes.pop(model, None)
-        return reply
+        # One lookup per model at a time: hundreds of threads whose cached route expired
+        # together would otherwise all ask the registry at once, and time out behind each other.
+        with self._lock:
+            lock = self._route_locks.setdefault(model, threading.Lock())
+        if cached and not refresh:
+            if not lock.acquire(blocking=False):
+                return Routes(model, cached[1])  # another thread is refreshing it: the last answer serves meanwhile
+        elif not lock.acquire(timeout=LOOKUP_TIMEOUT_S):
+            raise GatewayUnavailable(f"the route lookup for {model!r} on port {self.admin_port} did not finish")
+        try:
+            cached = self._routes.get(model)
+            if cached and not refresh and time.monotonic() - cached[0] < self.route_ttl_s:
+                return Routes(model, cached[1])  # looked up by another thread while this one waited
+            reply = self._lookup(Route(model), Routes, LOOKUP_TIMEOUT_S, "a route lookup")
+            if reply.entries:
+                self._routes[model] = (time.monotonic(), reply.entries)
+            else:
+                self._routes.pop(model, None)
+            return reply
+        finally:
+            lock.release()
 
     def cluster_status(self, timeout_s: float = 10.0, members_only: bool = False) -> ClusterStatus:
         """Every node of the cluster, gathered by the leader's registrar (or just who is in it)."""

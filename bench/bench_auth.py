@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """What the signed, allow-listed wire costs: the same work with it on and off, in one run.
 
-Three wire modes, each installed before its actor system is forked (actors/wire.py):
+Two wire modes, each installed before its actor system is forked (actors/security/):
 - ``off``: Thespian's own plain pickle, the wire before issue 6 (a baseline only: never run so);
-- ``allow-list``: no cluster secret, unsigned frames unpickled through the allow-list;
-- ``signed``: HMAC-SHA256 with the cluster key plus the allow-list (what a cluster runs).
+- ``signed``: HMAC-SHA256 with the cluster key, the allow-list and the trust checks (what every
+  node runs: there is no unsigned mode any more).
 
 One bare actor system and one whole gateway node run per mode, side by side; the rounds then
 take short turns on each mode (the order rotates every round, and this process switches its
@@ -50,7 +50,7 @@ from thespian.actors import Actor, ActorExitRequest, ActorSystem  # noqa: E402
 from actors.security import wire  # noqa: E402
 from actors.types import Completed, InferenceRequest, TokenChunk, Usage  # noqa: E402
 
-MODES = ("off", "allow-list", "signed")
+MODES = ("off", "signed")
 MESSAGES = [{"role": "user", "content": "Benchmark prompt with a few words in it, about a sentence long."}]
 BENCH_KEY = wire.KeyRing(wire.parse_keys("bench:" + "b" * 43, "bench"), "bench key")
 WIRE_INSTALL = wire.install  # the real one: main() routes wire.install (start_node, GatewayClient) to the mode
@@ -92,7 +92,7 @@ def install_mode(mode: str) -> None:
     if mode == "off":
         TCPTransport.serializer = pickle
     else:
-        WIRE_INSTALL(BENCH_KEY if mode == "signed" else None)
+        WIRE_INSTALL(BENCH_KEY)
 
 
 class _ModeInstall:

@@ -204,3 +204,27 @@ class OutputLines:
             if "ended before" in str(exc):
                 raise
             raise AssertionError(f"{needle!r} never came; output: {''.join(self.seen)}") from None
+
+
+# --- the unit tier: no sockets ---------------------------------------------------------
+
+UNIT_TIER = Path(__file__).resolve().parent / "unit"
+
+
+class SocketUsed(AssertionError):
+    pass
+
+
+def _refuse_socket(*_args, **_kw):
+    raise SocketUsed("the unit tier opens no sockets: move this test to tests/process/")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_opens_no_sockets(request, monkeypatch):
+    """Tests under tests/unit/ run pure code and in-process actors: a socket is a bug there."""
+    if UNIT_TIER in Path(str(request.node.fspath)).resolve().parents:
+        import socket
+
+        for name in ("connect", "connect_ex", "bind", "listen", "sendto"):
+            monkeypatch.setattr(socket.socket, name, _refuse_socket)
+    yield

@@ -63,16 +63,22 @@ def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: s
     """Start ``python -m actors.http`` for the node on ``admin_port`` and wait until it listens.
 
     ``config`` is the node's whole config (its ``http`` section, and its deployments' models
-    for ``/v1/models``) or just an HttpConfig; ``listen`` overrides ``http.listen``.
+    for ``/v1/models``) or just an HttpConfig; ``listen`` overrides ``http.listen``. A config
+    with no ``http`` section and a loopback ``listen`` serves without keys (``auth: none``).
     """
     if isinstance(config, GatewayConfig):
-        if config.http is None:
+        if config.http is None and listen is None:
             raise ConfigError("no http section in the config", path="http")
-        http, models = config.http, models if models is not None else _models(config)
+        # No section but an address (launch.py --http, the demo): keyless, which the
+        # section's own check allows on a loopback address only.
+        http, models = config.http or HttpConfig(auth="none"), models if models is not None else _models(config)
     else:
         http = config
     if listen is not None:
-        http = http.with_listen(listen)
+        try:
+            http = http.with_listen(listen)
+        except ValueError as exc:
+            raise ConfigError(str(exc).partition(": ")[2] or str(exc), path="--http") from None
     if http.listen is None:
         raise ConfigError("the HTTP listener needs an address: set http.listen or --http HOST:PORT", path="http.listen")
     cmd = [sys.executable, "-m", "actors.http", "--stdin", "--admin-port", str(admin_port), "--log-level", log_level]

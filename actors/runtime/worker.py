@@ -71,6 +71,7 @@ class RemoteWorkerActor(Stepping, GatewayActor):
         self.wake: WakePipe | None = None       # set when the system delivers WatchMessages
         self.parent_fd: int | None = None
         self.lag = streaming.Lag()              # how late this worker wakes: the load it feels
+        self.deadline_timer: float | None = None  # when the pending deadline wakeup fires (unix time)
 
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
         super().receiveMessage(msg, sender)
@@ -170,8 +171,15 @@ class RemoteWorkerActor(Stepping, GatewayActor):
         attempt.start(self.http, f"reader-{request.request_id}")
         if self.wake is None:
             return self._step()
-        # The reader's reads end at the deadline too; this is the backstop should it hang.
-        self.wakeupAfter(timedelta(seconds=max(0.0, deadline - time.time()) + 0.05), payload=("deadline", self.job))
+        self._arm_deadline(deadline)
+
+    def _arm_deadline(self, deadline: float) -> None:
+        # The reader's reads end at the deadline too; this is the backstop should it hang. One
+        # timer at a time (re-armed when it fires early): a timer per stream would pile up
+        # pending wakeups that Thespian's loop walks on every turn.
+        if self.deadline_timer is None or self.deadline_timer > deadline + 0.05:
+            self.deadline_timer = deadline + 0.05
+            self.wakeupAfter(timedelta(seconds=max(0.0, self.deadline_timer - time.time())), payload="deadline")
 
     def _timeouts(self, deadline: float) -> tuple[float, float]:
         t = self.deployment.timeouts
@@ -207,8 +215,12 @@ class RemoteWorkerActor(Stepping, GatewayActor):
             if payload[0] == "flush":
                 self.job.flush_armed = False
                 self._guarded(self._pump)
-            elif payload[0] == "deadline" and time.time() >= self.job.deadline:
+        elif payload == "deadline":
+            self.deadline_timer = None
+            if self.job is not None and time.time() >= self.job.deadline:
                 self._finish_at_deadline(self.job)
+            elif self.job is not None:
+                self._arm_deadline(self.job.deadline)
         elif payload == "parent":
             self._check_parent()
         elif msg.payload == "session" and self.waiting:

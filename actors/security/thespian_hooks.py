@@ -141,7 +141,7 @@ def install_serializer(serializer: Any) -> None:
     from thespian.system.transport import TCPTransport
 
     _track_peers()
-    pass  # die_with_parent()
+    die_with_parent()
     serializer.peer_of_frame = frame_peer
     serializer.refusals.emit = emit_after_this_step
     TCPTransport.serializer = serializer
