@@ -31,7 +31,12 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 
 def _print_status(status, indent: str = "") -> None:
-    print(f"{indent}node {status.node} (up {time.time() - status.started_unix:.0f}s)")
+    where = f" {status.node_id}" if getattr(status, "node_id", "") else ""
+    print(f"{indent}node {status.node}{where} (up {time.time() - status.started_unix:.0f}s)"
+          + (f", {status.membership}" if getattr(status, "membership", "") not in ("", "member", "leader") else ""))
+    for s in getattr(status, "supervision", None) or []:
+        print(f"{indent}  engine {s.get('deployment')}[{s.get('replica')}] restarted {s.get('restarts', 0)} time(s), "
+              f"now {s.get('state', '?')}")
     for e in status.engines:
         print(f"{indent}  {e.deployment}[{e.replica}]  queued={e.queued} busy={e.busy_workers}/{e.workers} "
               f"accepted={e.accepted} completed={e.completed} failed={e.failed} circuit={e.circuit}")
@@ -57,6 +62,17 @@ def _keyring(secret_file: str | None = None, explicit: bool = False, node: bool 
     return keyring or wire.host_keyring(create=node)
 
 
+def _key_environment(config) -> dict[str, str]:
+    """The variables that give this node's wire key to a process of our own (the HTTP listener)."""
+    from actors.security import wire
+
+    found = {name: os.environ[name] for name in (wire.ENV_SECRET, wire.ENV_SECRET_PREVIOUS, wire.ENV_SECRET_FILE)
+             if os.environ.get(name)}
+    if not found and config.cluster.secret_file:
+        found[wire.ENV_SECRET_FILE] = config.cluster.secret_file
+    return found
+
+
 def _need_key(keyring, port: int):
     """Clients: without a cluster secret or a host key no node here can be talked to."""
     from actors.security import wire
@@ -72,6 +88,7 @@ def run_node(args: argparse.Namespace) -> int:
     from actors.ops.system import start_node
 
     config = load_config(args.config)
+    key_environment = _key_environment(config)
     keyring = _keyring(config.cluster.secret_file, node=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -79,6 +96,7 @@ def run_node(args: argparse.Namespace) -> int:
     node = start_node(config, admin_port=args.admin_port, name=args.name,
                       leader=args.leader if args.convention == "member" else None, advertise=args.advertise,
                       keyring=keyring)
+    http = None
     try:
         print(f"node {node.name} serving on admin port {node.admin_port}: "
               + ", ".join(f"{d.name} ({d.provider} {d.provider_model}, {d.workers} workers x {d.replicas})"
@@ -86,6 +104,12 @@ def run_node(args: argparse.Namespace) -> int:
         print(node.wire, flush=True)
         if node.mock is not None:
             print(f"built-in mock provider on {node.mock.url}", flush=True)
+        if args.http or config.http is not None:
+            from actors.ops.http_process import start_http
+
+            http = start_http(config, node.admin_port, listen=args.http, key_environment=key_environment,
+                              log_file=config.node.log_file and config.node.log_file + ".http")
+            print(f"HTTP (OpenAI and Anthropic APIs) on {http.url}", flush=True)
         while not stop.wait(0.5):
             if node.admin_pid is not None and not node.admin_alive():
                 print(f"error: the node's admin process (pid {node.admin_pid}) died; stopping what is left of "
@@ -94,6 +118,8 @@ def run_node(args: argparse.Namespace) -> int:
                 return 1
         print("stopping: draining in-flight requests", flush=True)
     finally:
+        if http is not None:
+            http.stop()  # first, so its streams finish while the node still serves them
         node.stop(drain_timeout_s=config.node.drain_timeout_s)
     print("stopped", flush=True)
     return 0
@@ -150,11 +176,14 @@ def _check_node(port: int) -> None:
 
 
 def _print_cluster(cluster) -> None:
-    by_node = {m.node: m for m in cluster.members}
+    # Keyed by node id (name@address:port): nodes may share a name.
+    by_id = {m.node_id or m.node: m for m in cluster.members}
     print(f"cluster led by {cluster.leader or '(leader unreachable)'}: {len(cluster.members)} node(s)")
     for status in cluster.nodes:
-        member = by_node.get(status.node)
-        seen = f" at {member.host or '?'}, last heartbeat {member.last_seen_s:.1f}s ago" if member else ""
+        member = by_id.get(getattr(status, "node_id", "") or status.node)
+        address = (f"{member.host or '?'}:{member.admin_port}" if member and member.admin_port
+                   else member.host or '?' if member else "")
+        seen = f" at {address}, last heartbeat {member.last_seen_s:.1f}s ago" if member else ""
         print(f"- {status.node}{' (leader)' if status.node == cluster.leader else ''}{seen}")
         _print_status(status, indent="  ")
     for node in cluster.unreachable:
@@ -198,6 +227,7 @@ def demo(args: argparse.Namespace) -> int:
     from actors.ops.system import start_node
 
     config = load_config(args.config)
+    key_environment = _key_environment(config)
     # The demo's node and client live in this process and share its key: the cluster
     # secret if one is set, else this host's key (made if need be).
     keyring = _keyring(config.cluster.secret_file, node=True)
@@ -225,12 +255,35 @@ def demo(args: argparse.Namespace) -> int:
                 client.complete("demo", [{"role": "user", "content": "[[mock status=400]] a bad request"}])
             except InferenceError as exc:
                 print(f"\n> a request the provider rejects ends in one typed error:\n{type(exc).__name__}: {exc}")
+            _demo_http(config, port, key_environment, log_file + ".http")
             print()
             _print_cluster(client.cluster_status())
     finally:
         node.stop(drain_timeout_s=5)
     print("\ndemo finished; node stopped")
     return 0
+
+
+def _demo_http(config, admin_port: int, key_environment: dict[str, str], log_file: str) -> None:
+    """The same node over HTTP, in the OpenAI dialect: one call with plain `requests`."""
+    import requests
+
+    from actors.ops.http_process import start_http
+    from actors.ops.procs import port_is_listening
+
+    listen_port = next(p for p in range(4000, 4100) if not port_is_listening(p))
+    http = start_http(config, admin_port, listen=f"127.0.0.1:{listen_port}", key_environment=key_environment,
+                      log_file=log_file)
+    try:
+        reply = requests.post(f"{http.url}/v1/chat/completions", timeout=30, json={
+            "model": "demo", "max_tokens": 12, "messages": [{"role": "user", "content": "Hello over HTTP"}]})
+        body = reply.json()
+        print(f"\n> over HTTP: POST {http.url}/v1/chat/completions -> {reply.status_code}: "
+              f"{body['choices'][0]['message']['content']!r} ({body['usage']['completion_tokens']} tokens)")
+        print(f"  the openai SDK works the same: OpenAI(base_url=\"{http.url}/v1\", api_key=\"unused\")"
+              f" (this loopback listener has no keys; `python launch.py key new` makes one)")
+    finally:
+        http.stop()
 
 
 def secret(args: argparse.Namespace) -> int:
@@ -249,6 +302,14 @@ def secret(args: argparse.Namespace) -> int:
         fh.write("# atomr cluster keys: [KEYID:]SECRET, one per line; the first signs, all are accepted.\n")
         fh.write(line + "\n")
     print(f"wrote a new cluster key (id {line.split(':', 1)[0]}) to {args.out}")
+    return 0
+
+
+def key(args: argparse.Namespace) -> int:
+    """``key new``: a fresh API key for the HTTP front door, and the ``sha256:`` line for the config."""
+    from actors.http.keys import new_key_text
+
+    print(new_key_text(), end="")
     return 0
 
 
@@ -300,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leader", default=None, help="HOST:PORT of the convention leader (members)")
     parser.add_argument("--advertise", default=None, help="routable IP peers reach this node on")
     parser.add_argument("--name", default=None, help="node name (default: config, else node-PORT)")
+    parser.add_argument("--http", default=None, metavar="HOST:PORT",
+                        help="serve the OpenAI and Anthropic HTTP APIs here (overrides http.listen)")
     sub = parser.add_subparsers(dest="command")
     p_ask = sub.add_parser("ask", help="send one prompt to a running node")
     p_ask.add_argument("prompt", nargs="+")
@@ -323,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     p_secret = sub.add_parser("secret", help="generate a cluster key (KEYID:SECRET) for ATOMR_CLUSTER_SECRET or a file")
     p_secret.add_argument("--key-id", default=None, help="the key's id (default: kYYYYMMDD)")
     p_secret.add_argument("--out", default=None, help="write a new key file (mode 600) instead of printing")
+    p_key = sub.add_parser("key", help="HTTP front door API keys: `key new` prints one and its config line")
+    p_key.add_argument("action", choices=("new",))
     args = parser.parse_args(argv)
     if args.convention == "member" and args.command is None and not args.leader:
         parser.error("--convention member needs --leader HOST:PORT")
@@ -337,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             return secret(args)
         if args.command == "stop":
             return stop_node(args)
+        if args.command == "key":
+            return key(args)
         return run_node(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stdin", action="store_true", help="read {http, models} as JSON from stdin")
     parser.add_argument("--admin-port", type=int, required=True, help="the node's Thespian admin port")
     parser.add_argument("--listen", help="HOST:PORT, overriding http.listen")
+    parser.add_argument("--parent-pid", type=int, help="drain and exit when this process (the launcher) is gone")
     parser.add_argument("--log-file")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"http: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"http listening on {server.url}", flush=True)
-    server.run()
+    server.run(parent_pid=args.parent_pid)
     return 0
 
 

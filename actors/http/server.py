@@ -58,10 +58,13 @@ class HttpServer:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.server.effective_port}"
 
-    def run(self) -> None:
-        """Serve until SIGTERM/SIGINT, then drain (a second signal stops at once)."""
+    def run(self, parent_pid: int | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or until ``parent_pid``, the launcher, is gone), then drain;
+        a second signal stops at once."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        if parent_pid:
+            threading.Thread(target=self._watch_parent, args=(parent_pid,), name="http-parent", daemon=True).start()
         try:
             self.server.run()
         except KeyboardInterrupt:
@@ -70,6 +73,15 @@ class HttpServer:
             self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
             self.app.close()
             self.client.close()
+
+    def _watch_parent(self, parent_pid: int) -> None:
+        # A launcher that died without stopping us must not leave a listener behind.
+        while not self._draining.is_set():
+            if os.getppid() != parent_pid:
+                log.warning("the launcher (pid %d) is gone: draining and exiting", parent_pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(1.0)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._stopped or self._draining.is_set():

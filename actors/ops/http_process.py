@@ -59,12 +59,14 @@ def _models(config: GatewayConfig) -> list[str]:
 
 def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: str | None = None,
                models: list[str] | None = None, log_file: str | None = None, log_level: str = "INFO",
-               start_timeout_s: float = 30.0) -> HttpProcess:
+               start_timeout_s: float = 30.0, key_environment: dict[str, str] | None = None) -> HttpProcess:
     """Start ``python -m actors.http`` for the node on ``admin_port`` and wait until it listens.
 
     ``config`` is the node's whole config (its ``http`` section, and its deployments' models
     for ``/v1/models``) or just an HttpConfig; ``listen`` overrides ``http.listen``. A config
     with no ``http`` section and a loopback ``listen`` serves without keys (``auth: none``).
+    ``key_environment`` names the node's wire key for the listener (the launcher removes the
+    secret variables from its own environment, so that no actor inherits them).
     """
     if isinstance(config, GatewayConfig):
         if config.http is None and listen is None:
@@ -81,12 +83,13 @@ def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: s
             raise ConfigError(str(exc).partition(": ")[2] or str(exc), path="--http") from None
     if http.listen is None:
         raise ConfigError("the HTTP listener needs an address: set http.listen or --http HOST:PORT", path="http.listen")
-    cmd = [sys.executable, "-m", "actors.http", "--stdin", "--admin-port", str(admin_port), "--log-level", log_level]
+    cmd = [sys.executable, "-m", "actors.http", "--stdin", "--admin-port", str(admin_port), "--log-level", log_level,
+           "--parent-pid", str(os.getpid())]
     if log_file:
         cmd += ["--log-file", log_file]
     doc = {"http": dataclasses.asdict(http), "models": list(models or [])}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True, env=dict(os.environ))
+                            start_new_session=True, env={**os.environ, **(key_environment or {})})
     proc.stdin.write(json.dumps(doc))
     proc.stdin.close()
     lines: queue.Queue = queue.Queue()

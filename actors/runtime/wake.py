@@ -30,7 +30,7 @@ class WakePipe:
         try:
             os.write(self.write_fd, b"\0")
         except OSError:
-            pass  # full (already readable: one wake-up is enough) or closed (the worker is exiting)
+            pass  # full: already readable, and one wake-up is enough
 
     def drain(self) -> None:
         try:
@@ -39,12 +39,6 @@ class WakePipe:
         except OSError:
             pass
 
-    def close(self) -> None:
-        for fd in (self.read_fd, self.write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def open_process_fd(pid: int) -> int | None:

@@ -261,7 +261,8 @@ class RemoteWorkerActor(Stepping, GatewayActor):
 
     def _check_parent(self) -> None:
         if os.getppid() == self.parent_pid:
-            self.wakeupAfter(PARENT_CHECK, payload="parent")
+            if self.parent_fd is None:  # no pidfd: poll
+                self.wakeupAfter(PARENT_CHECK, payload="parent")
             return
         log.warning("worker %d (pid %d): its engine (pid %d) is gone; exiting", self.index, os.getpid(),
                     self.parent_pid)
@@ -278,9 +279,7 @@ class RemoteWorkerActor(Stepping, GatewayActor):
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self.job is not None:
             self.job.attempt.stop()
-        self.http.close()
-        if self.wake is not None:
-            self.wake.close()
+        self.http.close()  # the wake pipe stays open: a stopping reader may still write to it
 
     def _report(self, dispatch: Dispatch, *, acc: StreamAccumulator | None = None,
                 error: InferenceError | None = None, sent: bool = True, chunks: int = 0,

@@ -51,9 +51,12 @@ STDLIB_ALLOWED: dict[str, tuple[str, ...]] = {
 # The project's modules whose value classes travel: every dataclass, Enum and InferenceError
 # defined there (never a function, an actor, or a class that does work when built), and the
 # few explicit extras below.
-WIRE_MODULES = ("actors.types", "actors.runtime.protocol", "actors.errors", "actors.settings.schema", "actors.core.breaker", "actors.core.ratelimit",
-                "actors.core.retry", "actors.core.credentials", "actors.core.gcounter", "actors.core.priority_queue",
-                "actors.core.pricing", "actors.runtime.watchdog")
+WIRE_MODULES = ("actors.types", "actors.errors",
+                "actors.runtime.protocol.breaker", "actors.runtime.protocol.bringup", "actors.runtime.protocol.budget",
+                "actors.runtime.protocol.cluster", "actors.runtime.protocol.routing", "actors.runtime.protocol.session",
+                "actors.runtime.protocol.work", "actors.runtime.watchdog",
+                "actors.settings.schema", "actors.core.breaker", "actors.core.ratelimit", "actors.core.retry",
+                "actors.core.credentials", "actors.core.gcounter", "actors.core.priority_queue", "actors.core.pricing")
 WIRE_EXTRAS = {("actors.core.credentials", "Secret"), ("actors.core.gcounter", "GCounter")}
 
 

@@ -42,30 +42,30 @@ PEER_ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("thespian.actors", "PoisonMessage"),                       # only wrapping a peer-allowed message
     ("logging", "LogRecord"),                                   # members forward WARNING+ to the leader's log
     # Cluster membership.
-    ("actors.runtime.protocol", "Locate"),
-    ("actors.runtime.protocol", "RegistrarIs"),
-    ("actors.runtime.protocol", "Heartbeat"),
-    ("actors.runtime.protocol", "Membership"),
+    ("actors.runtime.protocol.cluster", "Locate"),
+    ("actors.runtime.protocol.cluster", "RegistrarIs"),
+    ("actors.runtime.protocol.cluster", "Heartbeat"),
+    ("actors.runtime.protocol.cluster", "Membership"),
     # Approximate budgets between limiter hubs.
-    ("actors.runtime.protocol", "LimiterDelta"),
-    ("actors.runtime.protocol", "LimiterStateRequest"),
+    ("actors.runtime.protocol.budget", "LimiterDelta"),
+    ("actors.runtime.protocol.budget", "LimiterStateRequest"),
     # Strict budgets: member engines and the leader's strict limiter.
-    ("actors.runtime.protocol", "StrictAcquire"),
-    ("actors.runtime.protocol", "StrictSettle"),
-    ("actors.runtime.protocol", "StrictGrant"),
-    ("actors.runtime.protocol", "StrictDenied"),
+    ("actors.runtime.protocol.budget", "StrictAcquire"),
+    ("actors.runtime.protocol.budget", "StrictSettle"),
+    ("actors.runtime.protocol.budget", "StrictGrant"),
+    ("actors.runtime.protocol.budget", "StrictDenied"),
     # Status, gathered by the leader's registrar (also from a status client on another host).
-    ("actors.runtime.protocol", "ClusterStatusRequest"),
-    ("actors.runtime.protocol", "ClusterStatus"),
-    ("actors.runtime.protocol", "StatusRequest"),
-    ("actors.runtime.protocol", "NodeStatus"),
+    ("actors.runtime.protocol.cluster", "ClusterStatusRequest"),
+    ("actors.runtime.protocol.cluster", "ClusterStatus"),
+    ("actors.runtime.protocol.routing", "StatusRequest"),
+    ("actors.runtime.protocol.routing", "NodeStatus"),
 })
 
 # The only actor a peer may have created here: the cluster's leader locator.
 PEER_CREATABLE = frozenset({"actors.runtime.cluster.LeaderLocator"})
 
 # Messages that make a node run what its configuration says: only with this start's capability.
-CAPABILITY_CHECKED = frozenset({("actors.runtime.protocol", "Deploy"), ("actors.runtime.protocol", "SessionInit"),
+CAPABILITY_CHECKED = frozenset({("actors.runtime.protocol.bringup", "Deploy"), ("actors.runtime.protocol.bringup", "SessionInit"),
                                 ("actors.runtime.watchdog", "WatchLauncher")})
 
 _ADDRESS_TYPES = ("TCPv4ActorAddress", "TCPv6ActorAddress", "RoutedTCPv4ActorAddress", "TXOnlyAdminTCPv4ActorAddress")

@@ -364,3 +364,38 @@ def test_a_config_without_an_http_section_serves_keyless_on_loopback_when_asked(
         assert oai(handle.url, key="anything").chat.completions.create(model="gpt", messages=HI, max_tokens=2).choices
     finally:
         handle.stop(timeout_s=10)
+
+
+def test_the_listener_leaves_when_its_launcher_dies(gateway, mock, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    node, _ = gateway([deployment(mock.url, "gpt")])
+    script = tmp_path / "launcher.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path[:0] = {sys.path!r}
+        from actors.ops.http_process import start_http
+        from actors.settings.schema import HttpConfig
+        handle = start_http(HttpConfig(listen="127.0.0.1:0", auth="none"), {node.admin_port})
+        print(handle.pid, flush=True)
+        time.sleep(600)
+    """))
+    launcher = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(launcher.stdout.readline())
+        launcher.kill()  # no stop(): the launcher crashed
+        launcher.wait(10)
+        wait_for(lambda: not _alive(pid), timeout_s=20, message="the orphaned listener to exit")
+    finally:
+        launcher.kill()
+        launcher.stdout.close()
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

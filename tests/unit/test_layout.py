@@ -11,6 +11,7 @@
 | runtime            | runtime, core, settings, providers, errors, types                 |
 | ops                | ops, runtime, security, settings, core, errors, types             |
 | client             | runtime.protocol, security, ops, core, errors, types              |
+| http               | http, client, settings, core, errors, types                      |
 | testing            | anything; imported by nothing above (ops.system only lazily)      |
 """
 
@@ -41,6 +42,8 @@ ALLOWED = {
     "actors.client": {"actors.client", "actors.correlator", "actors.runtime.protocol", "actors.runtime.node",
                       "actors.security", "actors.ops", "actors.core", "actors.errors", "actors.types"},
     "actors.correlator": {"actors.correlator"},  # client side: files an endpoint's messages by request
+    "actors.http": {"actors.http", "actors.client", "actors.correlator", "actors.settings", "actors.core",
+                    "actors.errors", "actors.types"},
     "actors": {"actors"},  # the package's __init__: the public API re-exports anything
     "actors.testing": {"actors"},
 }

@@ -408,7 +408,7 @@ def test_the_allow_list_holds_what_crosses_the_wire_and_only_values():
     for needed in ("thespian.actors.ActorAddress", "thespian.system.transport.IPBase.TCPv4ActorAddress",
                    "thespian.system.messages.convention.ConventionRegister", "thespian.actors.PoisonMessage",
                    "logging.LogRecord", "datetime.timedelta", "socket.AddressFamily",
-                   "actors.runtime.protocol.Heartbeat", "actors.runtime.watchdog.WatchLauncher",
+                   "actors.runtime.protocol.cluster.Heartbeat", "actors.runtime.watchdog.WatchLauncher",
                    "actors.errors.RateLimited", "actors.errors._restore", "actors.settings.schema.DeploymentConfig",
                    "actors.core.breaker.CircuitState", "actors.core.credentials.Secret"):
         assert needed in names

@@ -1,0 +1,75 @@
+"""Bringing a node's actors up from its own configuration (local only: see actors/security/trust.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Deploy:
+    node: str
+    deployments: list[Any]  # DeploymentConfig
+    cluster: Any = None     # ClusterConfig
+    leader: bool = True
+    host: str = ""          # the address this node advertises to its peers
+    # The launcher's per-start capability (actors.security): only the node's own launcher,
+    # which read the config, may deploy; the wire layer refuses a Deploy without it.
+    capability: str = ""
+    launcher_pid: int = 0   # the node exits when this process is gone
+    admin_port: int = 0     # part of the node's identity; 0: read from the admin's address
+
+
+@dataclass
+class Deployed:
+    node: str
+    deployments: list[str]
+    engines: int
+
+
+@dataclass
+class EngineInit:
+    deployment: Any  # DeploymentConfig
+    replica: int
+    node: str
+    registry: Any
+    session: Any
+    breaker: Any
+    limiter: Any
+    sync_interval_s: float = 0.05
+    failure_timeout_s: float = 5.0
+
+
+@dataclass
+class EngineReady:
+    deployment: str
+    replica: int
+
+
+@dataclass
+class BreakerInit:
+    provider: str
+    endpoint: str
+    config: Any  # BreakerConfig
+
+
+@dataclass
+class SessionInit:
+    deployment: str
+    provider: str
+    source: Any  # CredentialSource | None
+    capability: str = ""    # copied from the Deploy: a credential source only ever comes from local config
+
+
+@dataclass
+class LimiterInit:
+    node: str
+    sync_interval_s: float = 0.05
+
+
+@dataclass
+class WorkerInit:
+    deployment: Any  # DeploymentConfig
+    engine: Any
+    session: Any
+    worker_index: int

@@ -1,0 +1,92 @@
+"""Budgets: GCounter deltas between engines and hubs, and the strict limiter on the leader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actors.errors import InferenceError
+
+
+@dataclass
+class LimiterRegister:
+    engine: Any
+    key: str
+    limits: Any  # ratelimit.RateLimits
+
+
+@dataclass
+class LimiterDelta:
+    """Absolute per-replica counts for one budget key: {window: {counter: {replica: n}}}."""
+
+    key: str
+    delta: dict[int, dict[str, dict[str, int]]]
+    origin: str = ""
+    limits: Any = None  # RateLimits, so a hub that never saw the key can still keep it
+    sent_unix: float | None = None  # when the counts left the engine that admitted them
+
+
+@dataclass
+class LimiterQuery:
+    pass
+
+
+@dataclass
+class LimiterUsage:
+    node: str
+    usage: list[dict[str, Any]]
+
+
+@dataclass
+class LimiterPeers:
+    """The other nodes' limiter hubs, replacing the previous list."""
+
+    peers: list[Any]
+
+
+@dataclass
+class LimiterStateRequest:
+    key: str
+
+
+@dataclass
+class StrictLimiterIs:
+    """Where strict admission goes; None while the leader cannot be reached."""
+
+    address: Any
+    nodes: int = 1
+
+
+@dataclass
+class StrictAcquire:
+    key: str
+    limits: Any  # RateLimits
+    reservation_id: str
+    tokens: int
+
+
+@dataclass
+class StrictGrant:
+    reservation_id: str
+    window: int
+    tokens: int
+
+
+@dataclass
+class StrictDenied:
+    reservation_id: str
+    error: InferenceError
+
+
+@dataclass
+class StrictSettle:
+    key: str
+    reservation_id: str
+    actual_tokens: int | None
+    sent: bool
+
+
+@dataclass
+class StrictInit:
+    node: str
+    hub: Any

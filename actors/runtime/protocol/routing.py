@@ -1,0 +1,107 @@
+"""Routing, status and drain: what clients and operators ask a node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Route:
+    model: str
+    token: str = ""   # echoed in Routes, so a client files the answer with its lookup
+
+
+@dataclass
+class EngineCheck:
+    """From a client whose request has been silent: is the engine it sent to still the live one?"""
+
+    engine: Any
+    token: str = ""
+
+
+@dataclass
+class EngineLiveness:
+    token: str
+    engine: Any
+    alive: bool
+    reason: str = ""        # why not, e.g. "engine d1/0 died; restarting" or "not an engine of this node"
+
+
+@dataclass
+class RouteEntry:
+    deployment: str
+    model: str
+    engine: Any  # ActorAddress
+    node: str
+    queue_depth: int = 0
+    circuit: str = "closed"
+
+
+@dataclass
+class Routes:
+    model: str
+    entries: list[RouteEntry]
+    token: str = ""
+    restarting: list[str] = field(default_factory=list)  # deployments serving the model whose engine is coming back
+
+
+@dataclass
+class StatusRequest:
+    token: str = ""   # echoed in NodeStatus
+
+
+@dataclass
+class EngineStatus:
+    deployment: str
+    replica: int
+    node: str
+    queued: int
+    in_flight: int
+    busy_workers: int
+    workers: int
+    accepted: int
+    completed: int
+    failed: int
+    depth_by_priority: dict[str, int]
+    circuit: str
+    draining: bool = False
+
+
+@dataclass
+class NodeStatus:
+    node: str
+    started_unix: float
+    engines: list[EngineStatus]
+    breakers: list[Any]  # BreakerSnapshot
+    limits: list[dict[str, Any]]
+    peers: list[dict[str, Any]] = field(default_factory=list)
+    token: str = ""
+    node_id: str = ""       # unique in the cluster: name@address:admin_port
+    address: str = ""       # host:admin_port this node is reached at
+    # One line per engine that died: {"deployment", "replica", "restarts", "state", "last_exit_unix", "next_restart_s"}
+    supervision: list[dict[str, Any]] = field(default_factory=list)
+    membership: str = ""    # "member", "leader", "refused: <why>", "alone"
+
+
+@dataclass
+class Drain:
+    """Stop accepting new requests; finish what is in flight."""
+
+    timeout_s: float = 30.0
+
+
+@dataclass
+class Drained:
+    node: str
+    in_flight: int
+
+
+@dataclass
+class NotReady:
+    """The answer of an actor asked something before its init message arrived."""
+
+    actor: str
+    message: str
+    request_id: str = ""
+    token: str = ""
