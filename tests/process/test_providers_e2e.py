@@ -14,6 +14,7 @@ from actors.types import Completed
 from conftest import deployment
 
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}]
+HELLO_DRIP = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello [[mock drip_ms=5]]"}]
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
@@ -45,8 +46,9 @@ def every_provider(mock_url):
 def test_every_provider_streams_and_completes_with_equal_text_usage_and_cost(gateway, mock):
     node, client = gateway(every_provider(mock.url))
     for provider in PROVIDERS:
-        whole = client.complete(provider, HELLO, max_tokens=12)
-        stream = client.stream(provider, HELLO, max_tokens=12)
+        # Tokens 5 ms apart, so the stream really is one (a burst may be coalesced into one chunk).
+        whole = client.complete(provider, HELLO_DRIP, max_tokens=12)
+        stream = client.stream(provider, HELLO_DRIP, max_tokens=12)
         chunks = list(stream)
         streamed = stream.result
         assert isinstance(whole, Completed) and whole.deployment == provider, provider
