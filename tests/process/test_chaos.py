@@ -3,9 +3,9 @@
 Every request must end exactly once (the call returns or raises once), within its deadline
 plus a small bound, with no duplicated or missing token: a completed stream's chunks are
 numbered 0..n-1 and spell the same text the upstream sends for that prompt, and a stream
-cut by a crash delivered a prefix of it. Afterwards every deployment serves again.
-(A worker frozen while idle is only found when a request is dispatched to it: the test does
-not wait for its replacement.)
+cut by a crash delivered a prefix of it. Afterwards every deployment serves again, and the
+frozen worker has been found and replaced (a worker frozen while idle is found when a request
+is dispatched to it).
 """
 
 from __future__ import annotations
@@ -119,13 +119,16 @@ def test_every_request_ends_once_on_time_through_worker_kills_a_freeze_and_an_en
             thread.join(timeout=PER_THREAD * (DEADLINE_S + BOUND_S) + 60)
         agent.join(timeout=30)
         assert not any(t.is_alive() for t in threads), "a caller never got an answer"
+        _check_records_and_recovery(client, node, models, expected, records, killed, frozen)
     finally:
-        for pid in frozen:
+        for pid in frozen:  # never leave a stopped process behind, whatever failed
             try:
                 os.kill(pid, signal.SIGCONT)
             except OSError:
                 pass
 
+
+def _check_records_and_recovery(client, node, models, expected, records, killed, frozen) -> None:
     assert len(records) == THREADS * PER_THREAD
     assert len(killed) == 3 and len(frozen) == 1
     outcomes: dict[str, int] = {}
@@ -155,4 +158,28 @@ def test_every_request_ends_once_on_time_through_worker_kills_a_freeze_and_an_en
         except E.InferenceError:
             return False
     wait_for(all_serve, timeout_s=30, interval_s=0.5, message="every deployment serving again")
+    # The frozen worker may have been idle since it froze: slow calls as wide as the deployment
+    # take every worker, so the engine dispatches to it, meets the deadline and replaces it.
+    burst = [threading.Thread(target=_slow_call, args=(client, "a"), daemon=True) for _ in range(12)]
+    for thread in burst:
+        thread.start()
+    for thread in burst:
+        thread.join(timeout=30)
+    wait_for(lambda: all(_gone(pid) for pid in frozen), timeout_s=20, message="the frozen worker replaced")
     print(f"chaos outcomes: {outcomes}")
+
+
+def _slow_call(client, model: str) -> None:
+    try:
+        client.complete(model, [{"role": "user", "content": "slow [[mock delay_ms=1500 words=3]]"}], max_tokens=4,
+                        timeout_s=3)
+    except E.InferenceError:
+        pass
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
