@@ -45,7 +45,7 @@ if __name__ == "__main__":
 
     sys.exit(bench_auth.main())
 
-from thespian.actors import Actor, ActorExitRequest, ActorSystem  # noqa: E402
+from thespian.actors import Actor, ActorSystem  # noqa: E402
 
 from actors.security import wire  # noqa: E402
 from actors.types import Completed, InferenceRequest, TokenChunk, Usage  # noqa: E402

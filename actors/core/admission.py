@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from actors.core.breaker import BreakerView
 from actors.core.engine_events import AskProbe, AskStrict, ReportOutcomes

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from actors.core.breaker import BreakerConfig
 from actors.core.credentials import CredentialSource
 from actors.core.pricing import Price
-from actors.errors import ConfigError
 from actors.core.ratelimit import RateLimits
 from actors.core.retry import RetryPolicy
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from actors.types import Completed, Failed, InferenceRequest
+
+if TYPE_CHECKING:
+    from actors.client import GatewayClient
+
 
 def open_loop(client: GatewayClient, model: str, rate_per_s: float, seconds: float, results: list,
               deadline_s: float = 0.5, drain_s: float = 5.0) -> int:

@@ -15,7 +15,6 @@ from actors import errors as E
 from actors.testing.load import open_loop
 from actors.types import Completed, Failed
 from actors.runtime.protocol import LimiterDelta, LimiterStateRequest
-from actors.ops.procs import pids_in_group
 
 from conftest import deployment, free_port, wait_for
 

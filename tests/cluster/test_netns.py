@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import netns
 from conftest import OutputLines, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,43 +23,10 @@ IP_A, IP_B = f"10.77.{SUBNET}.1", f"10.77.{SUBNET}.2"
 LEADER_PORT, MEMBER_PORT = 19390, 19391
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-
-
-def _ns_pids(ns: str) -> list[int]:
-    out = _ip("netns", "pids", ns).stdout.split()
-    return [int(p) for p in out if p.isdigit()]
-
-
 @pytest.fixture
 def two_hosts():
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 (`ip`) is not installed")
-    created = _ip("netns", "add", NS_A)
-    if created.returncode != 0:
-        pytest.skip(f"network namespaces are not available here: {created.stderr.strip()}")
-    try:
-        steps = [("netns", "add", NS_B),
-                 ("link", "add", VETH_A, "type", "veth", "peer", "name", VETH_B),
-                 ("link", "set", VETH_A, "netns", NS_A), ("link", "set", VETH_B, "netns", NS_B),
-                 ("-n", NS_A, "addr", "add", f"{IP_A}/24", "dev", VETH_A),
-                 ("-n", NS_B, "addr", "add", f"{IP_B}/24", "dev", VETH_B),
-                 ("-n", NS_A, "link", "set", "lo", "up"), ("-n", NS_B, "link", "set", "lo", "up"),
-                 ("-n", NS_A, "link", "set", VETH_A, "up"), ("-n", NS_B, "link", "set", VETH_B, "up")]
-        for step in steps:
-            result = _ip(*step)
-            if result.returncode != 0:
-                pytest.skip(f"could not build the veth pair ({' '.join(step)}): {result.stderr.strip()}")
+    with netns.two_hosts(NS_A, NS_B, VETH_A, VETH_B, IP_A, IP_B):
         yield
-    finally:
-        for ns in (NS_A, NS_B):
-            for pid in _ns_pids(ns):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            _ip("netns", "del", ns)
 
 
 def _config(tmp_path: Path, name: str, port: int) -> Path:
@@ -116,4 +83,4 @@ def test_leader_and_member_on_two_hosts(two_hosts, tmp_path):
                 finally:
                     if proc.poll() is None:
                         proc.kill()
-    wait_for(lambda: not _ns_pids(NS_A) and not _ns_pids(NS_B), timeout_s=15, message="no process left in either host")
+    wait_for(lambda: not netns.ns_pids(NS_A) and not netns.ns_pids(NS_B), timeout_s=15, message="no process left in either host")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import yaml
 
 from actors.ops.procs import listening_ports
 
+import netns
 from conftest import OutputLines, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,40 +31,10 @@ SUBNET = 10 + (os.getpid() + 97) % 200
 IP_A, IP_B = f"10.78.{SUBNET}.1", f"10.78.{SUBNET}.2"
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-
-
-def _ns_pids(ns: str) -> list[int]:
-    return [int(p) for p in _ip("netns", "pids", ns).stdout.split() if p.isdigit()]
-
-
 @pytest.fixture(scope="module")
 def two_hosts():
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 (`ip`) is not installed")
-    created = _ip("netns", "add", NS_A)
-    if created.returncode != 0:
-        pytest.skip(f"network namespaces are not available here: {created.stderr.strip()}")
-    try:
-        for step in [("netns", "add", NS_B), ("link", "add", VETH_A, "type", "veth", "peer", "name", VETH_B),
-                     ("link", "set", VETH_A, "netns", NS_A), ("link", "set", VETH_B, "netns", NS_B),
-                     ("-n", NS_A, "addr", "add", f"{IP_A}/24", "dev", VETH_A),
-                     ("-n", NS_B, "addr", "add", f"{IP_B}/24", "dev", VETH_B),
-                     ("-n", NS_A, "link", "set", "lo", "up"), ("-n", NS_B, "link", "set", "lo", "up"),
-                     ("-n", NS_A, "link", "set", VETH_A, "up"), ("-n", NS_B, "link", "set", VETH_B, "up")]:
-            result = _ip(*step)
-            if result.returncode != 0:
-                pytest.skip(f"could not build the veth pair ({' '.join(step)}): {result.stderr.strip()}")
+    with netns.two_hosts(NS_A, NS_B, VETH_A, VETH_B, IP_A, IP_B):
         yield
-    finally:
-        for ns in (NS_A, NS_B):
-            for pid in _ns_pids(ns):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            _ip("netns", "del", ns)
 
 
 def _node_config(tmp_path: Path, name: str, port: int, marker: Path) -> Path:
@@ -87,7 +57,7 @@ def _launch(ns: str, args: list[str], env: dict[str, str]) -> tuple[subprocess.P
 def _served_ports(ns: str, admin_port: int) -> set[int]:
     """The node's ports: each held by one process only (inherited sockets are held by many), and the admin's."""
     held: dict[int, int] = {}
-    for pid in _ns_pids(ns):
+    for pid in netns.ns_pids(ns):
         for port in listening_ports(pid):
             held[port] = held.get(port, 0) + 1
     return {port for port, n in held.items() if n == 1} | {admin_port}

@@ -80,7 +80,6 @@ def test_launcher_stops_with_one_clear_message(tmp_path):
 import contextlib  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
-import time  # noqa: E402
 
 from actors.ops.procs import admin_process, kill_group, process_start_ticks  # noqa: E402
 

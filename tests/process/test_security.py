@@ -22,11 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 from thespian.actors import ActorAddress, ActorExitRequest, ActorTypeDispatcher
-from thespian.system.messages.admin import PendingActor, SystemShutdown
 from thespian.system.transport.IPBase import TCPv4ActorAddress
 
 from actors.security import wire
-from actors.client import GatewayClient
 from actors.ops.remote_status import cluster_status_from
 from actors.settings.loader import parse_config
 from actors.errors import ConfigError

@@ -1,11 +1,8 @@
 """Configuration is validated once, at the edge, with one clear message naming file, field and expectation."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from actors.settings.loader import load_config, parse_config
 from actors.errors import ConfigError

@@ -12,7 +12,7 @@ from actors.core.breaker import CircuitState
 from actors.core.engine_core import ABANDON_GRACE_S, SESSION_WAIT_S
 from actors.core.retry import RetryPolicy
 from actors.runtime.protocol import WorkerResult
-from actors.types import Completed, Failed, InferenceRequest, Usage
+from actors.types import Completed, InferenceRequest, Usage
 from harness import Rig, limits
 
 UNKNOWN = Usage(reported=False)
