@@ -7,6 +7,7 @@ caller's own short deadline never counts against the provider's circuit.
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -19,12 +20,15 @@ CAP = 6
 
 
 def _window_with_room(min_left_s: float = 120.0) -> float:
-    """A window length whose current (wall-clock aligned) window has room for the whole test."""
-    now = time.time()
-    for window_s in (600.0, 900.0, 1200.0, 1800.0, 3600.0):
-        if window_s - now % window_s > min_left_s:
-            return window_s
-    raise AssertionError("unreachable: these windows cannot all be about to roll over")
+    """A window length whose current (wall-clock aligned) window began a second ago.
+
+    Windows are aligned on ``floor(unix_time / window_s)``; any fixed set of round lengths
+    rolls over together at the top of an hour, so the length is derived from the clock.
+    """
+    started = time.time() - 1.0
+    window_s = started / math.floor(started / 900.0)
+    assert window_s - time.time() % window_s > min_left_s
+    return window_s
 
 
 @pytest.mark.parametrize("phase", ["before headers", "after headers"])
