@@ -29,12 +29,13 @@ from actors.core.breaker import BreakerView, CircuitState
 from actors.core.pricing import cost_usd
 from actors.core.priority_queue import Priority, RequestQueue
 from actors.core.ratelimit import Reservation, WindowedLimiter, estimate_tokens
+from actors.core.records import TerminalRecord, terminal_record
 from actors.core.retry import RetryEngine
 from actors.core.settlement import AttemptId, Settle, Settlement, apply_settlement, attempt_tokens, settlement
 from actors.core.validation import validate_request
 from actors.errors import (AuthenticationError, BadRequest, Cancelled, DeadlineExceeded, InferenceError,
                            InternalError, QueueFull, ShuttingDown, Timeout, WorkerCrashed)
-from actors.types import Completed, Failed
+from actors.types import Completed, Failed, Usage
 
 __all__ = ["EngineCore", "Job", "Attempt", "ABANDON_GRACE_S", "TICK_S", "SESSION_WAIT_S"]
 
@@ -54,6 +55,7 @@ class Job:
     deadline: float | None      # on the core's monotonic clock
     estimate: int
     attempts: int = 0
+    charged_tokens: int = 0     # summed over attempts, as each one was settled
     chunks: int = 0
     first_token_unix: float | None = None
     min_session_version: int = 0
@@ -114,12 +116,13 @@ class Counters:
 
 
 class EngineCore:
-    def __init__(self, deployment: Any, *, slot: str, price: Any = None, sync_interval_s: float = 0.05,
+    def __init__(self, deployment: Any, *, slot: str, node: str = "", price: Any = None, sync_interval_s: float = 0.05,
                  failure_timeout_s: float = 5.0, has_session: bool = False, has_hub: bool = False,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.dep = deployment
         self.slot = slot
+        self.node = node
         self.price = price
         self.sync_interval_s = sync_interval_s
         self.has_session = has_session
@@ -139,6 +142,8 @@ class EngineCore:
         self.delayed: dict[str, Job] = {}
         self.parked: dict[str, Job] = {}
         self.counters = Counters()
+        # One TerminalRecord per terminal, until the shell takes them (statistics, the ledger).
+        self.records: list[TerminalRecord] = []
         self.outcomes: list[tuple[int, InferenceError | None]] = []
         self.flush_at: float | None = None
         self.pump_at: float | None = None
@@ -406,6 +411,7 @@ class EngineCore:
         answered = r.error is not None and r.error.status is not None
         decided = self._settle(attempt, settlement(r.sent, attempt_tokens(r.usage, r.error, r.chunks, answered)))
         job = attempt.job
+        job.charged_tokens += decided.charged(job.estimate)
         if attempt.abandoned_at is not None:
             self._release_probe(attempt, r.error, now)
         else:
@@ -633,9 +639,29 @@ class EngineCore:
             self.counters.completed += 1
         else:
             self.counters.failed += 1
+        self.records.append(self._record(job, message))
         self.emit(ev.Reply(job.reply_to, message))
         if self.draining and not self.jobs:
             self.emit(ev.ReportDrained(self.drainer, 0))
+
+    def _record(self, job: Job, message: Completed | Failed) -> TerminalRecord:
+        now = self.clock()
+        if isinstance(message, Completed):
+            cost = message.cost_usd
+        else:
+            partial = getattr(message.error, "partial_usage", None)
+            cost = cost_usd(Usage.from_fields(partial), self.price) if partial else None
+        first = job.first_token_unix
+        return terminal_record(message, at_unix=self.wall(), node=self.node, model=self.dep.model,
+                               provider=self.dep.provider, metadata=getattr(job.request, "metadata", None) or {},
+                               streamed=bool(getattr(job.request, "stream", False)),
+                               latency_s=now - job.accepted_mono,
+                               ttft_s=(first - job.accepted_unix) if first else None,
+                               charged_tokens=job.charged_tokens, cost_usd=cost)
+
+    def take_records(self) -> list[TerminalRecord]:
+        records, self.records = self.records, []
+        return records
 
     def _fail(self, job: Job, error: InferenceError, chunks: Any = _KNOWN) -> None:
         """``chunks=None`` when the count is unknown (the worker may still have chunks in flight)."""

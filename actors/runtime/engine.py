@@ -73,7 +73,7 @@ class RemoteEngineCoreActor(GatewayActor):
             log.exception("engine %s cannot start", dep.name)
             self.broken = InternalError(f"the engine of {dep.name} could not start: {type(exc).__name__}: {exc}")
             return
-        self.core = EngineCore(dep, slot=slot, price=price, sync_interval_s=msg.sync_interval_s,
+        self.core = EngineCore(dep, slot=slot, node=msg.node, price=price, sync_interval_s=msg.sync_interval_s,
                                failure_timeout_s=msg.failure_timeout_s, has_session=msg.session is not None,
                                has_hub=msg.limiter is not None)
         self.send(msg.breaker, BreakerSubscribe(self.myAddress))
@@ -164,6 +164,11 @@ class RemoteEngineCoreActor(GatewayActor):
     def _run(self, effects: list[Any]) -> None:
         for effect in effects:
             getattr(self, "_do_" + type(effect).__name__)(effect)
+        if self.core.records:
+            self._recorded(self.core.take_records())
+
+    def _recorded(self, records: list[Any]) -> None:
+        """Terminal records of this step: counted into the statistics, sent to the ledger."""
 
     def _do_StartWorker(self, e: ev.StartWorker) -> None:
         worker = self.workers[e.index] = self.createActor(RemoteWorkerActor)
