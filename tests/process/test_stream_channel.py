@@ -53,8 +53,8 @@ def test_a_request_whose_channel_cannot_be_reached_gets_its_chunks_as_messages(g
     chunks = [m for m in seen if isinstance(m, TokenChunk)]
     terminal = seen[-1]
     assert isinstance(terminal, Completed), seen
-    assert [c.seq for c in chunks] == list(range(terminal.chunks)) and terminal.chunks == WORDS
-    assert "".join(c.text for c in chunks) == terminal.text
+    assert [c.seq for c in chunks] == list(range(terminal.chunks)) and terminal.chunks >= 1
+    assert "".join(c.text for c in chunks) == terminal.text and len(terminal.text.split()) == WORDS
 
 
 def _ring(secret: str) -> wire.KeyRing:
