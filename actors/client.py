@@ -26,6 +26,7 @@ from typing import Any
 from thespian.actors import ActorSystem, InvalidActorAddress, PoisonMessage
 
 from actors.correlator import Correlator
+from actors.stream_receiver import Inbox, StreamReceiver, shared_receiver
 from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, GatewayTimeout, GatewayUnavailable,
                            InferenceError, InternalError, NotFound, QueueFull)
 from actors.ops.procs import port_is_listening
@@ -195,7 +196,8 @@ def _timeout(timeout_s: Any, default: float) -> float:
 class GatewayClient:
     def __init__(self, admin_port: int = 1900, *, host: str = "127.0.0.1", timeout_s: float = 60.0,
                  system_base: str = "multiprocTCPBase", keyring: Any = wire.FROM_ENVIRONMENT,
-                 route_ttl_s: float = ROUTE_TTL_S, liveness_after_s: float = LIVENESS_AFTER_S) -> None:
+                 route_ttl_s: float = ROUTE_TTL_S, liveness_after_s: float = LIVENESS_AFTER_S,
+                 stream_channel: bool = True) -> None:
         # ActorSystem() silently starts a fresh admin when none listens on the port: check first.
         if not port_is_listening(admin_port, host):
             raise GatewayUnavailable(f"no gateway node is listening on {host}:{admin_port}")
@@ -205,6 +207,8 @@ class GatewayClient:
         self.timeout_s = timeout_s
         self.route_ttl_s = route_ttl_s
         self.liveness_after_s = liveness_after_s
+        # Streamed chunks on a signed loopback socket instead of one Thespian message each.
+        self.stream_channel = stream_channel
         try:
             self.asys = ActorSystem(system_base, {"Admin Port": admin_port}, transientUnique=True)
         except InvalidActorAddress:
@@ -232,10 +236,18 @@ class GatewayClient:
         correlator = getattr(self._local, "correlator", None)
         if correlator is None:
             manager = self.asys.private()
-            correlator = self._local.correlator = Correlator(manager.__enter__())
+            receiver = self._stream_receiver()
+            inbox = Inbox() if receiver is not None else None
+            correlator = self._local.correlator = Correlator(manager.__enter__(), inbox)
             with self._lock:
                 self._contexts.append(manager)
         return correlator
+
+    def _stream_receiver(self) -> StreamReceiver | None:
+        if not self.stream_channel:
+            return None
+        serializer = wire.current()
+        return shared_receiver(serializer.keyring if serializer is not None else None)
 
     def _endpoint(self) -> Any:
         """This thread's endpoint, for raw asks (messages nobody waits for are dropped by the correlator)."""
@@ -407,6 +419,10 @@ class GatewayClient:
         rid = request.request_id
         deadline = time.monotonic() + timeout_s
         correlator.open(rid)
+        receiver = self._stream_receiver() if request.stream and correlator.inbox is not None else None
+        if receiver is not None:
+            request.channel = receiver.spec
+            receiver.route(rid, correlator.inbox)
         try:
             for resend in itertools.count():
                 try:
@@ -420,6 +436,8 @@ class GatewayClient:
                                             retryable=not state.chunks) from None
         finally:
             state.done = True
+            if receiver is not None:
+                receiver.unroute(rid)
             correlator.close(rid)
 
     def _over_routes(self, correlator: Correlator, request: InferenceRequest, deadline: float,

@@ -13,7 +13,9 @@ import time
 from collections import deque
 from typing import Any
 
-from thespian.actors import PoisonMessage
+from thespian.actors import ActorSystemFailure, ActorSystemRequestTimeout, PoisonMessage
+
+from actors.security.thespian_hooks import WATCHED, listen_or_watch
 
 __all__ = ["Correlator", "key_of"]
 
@@ -35,8 +37,9 @@ def key_of(message: Any) -> str:
 class Correlator:
     """Not thread-safe, like the endpoint it wraps: one per thread."""
 
-    def __init__(self, endpoint: Any) -> None:
+    def __init__(self, endpoint: Any, inbox: Any = None) -> None:
         self.endpoint = endpoint
+        self.inbox = inbox          # the stream channel's chunks for this thread (stream_receiver.Inbox)
         self.boxes: dict[str, deque] = {}
         self.dropped = 0
 
@@ -61,6 +64,14 @@ class Correlator:
         """
         self.open(key)
         deadline = time.monotonic() + timeout_s
+        if self.inbox is not None and getattr(message, "channel", None) is not None:
+            # Its chunks come on the stream channel, not to this endpoint: an ask would sleep
+            # through them. ``tell`` returns once the message is delivered and raises if it is not.
+            try:
+                self.endpoint.tell(target, message)
+            except (ActorSystemFailure, ActorSystemRequestTimeout):
+                return None
+            return self.wait(key, deadline - time.monotonic())
         reply = self.endpoint.ask(target, message, max(0.001, timeout_s))
         if reply is None:
             return None
@@ -73,15 +84,27 @@ class Correlator:
         box = self.boxes.get(key)
         if box is None:
             box = self.boxes[key] = deque(maxlen=MAILBOX_LIMIT)
+        if self.inbox is not None:
+            self._take_inbox()
         while not box:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            message = self.endpoint.listen(remaining)
+            if self.inbox is None:
+                message = self.endpoint.listen(remaining)
+            else:
+                message = listen_or_watch(self.endpoint, [self.inbox.fileno()], remaining)
+                if message is WATCHED:
+                    self._take_inbox()
+                    continue
             if message is None:
                 return None
             self.file(message)
         return box.popleft()
+
+    def _take_inbox(self) -> None:
+        for chunk in self.inbox.drain():
+            self.file(chunk)
 
     def request(self, target: Any, message: Any, key: str, timeout_s: float) -> Any:
         """A one-off lookup: ask, take the answer, close the mailbox."""

@@ -75,6 +75,9 @@ class InferenceRequest:
     idempotent: bool = True
     request_id: str = field(default_factory=new_request_id)
     metadata: dict[str, str] = field(default_factory=dict)
+    # Where the worker may write this request's chunks instead of sending them as messages:
+    # {"port": <loopback port>, "token": <the caller process's channel token>}; set by the client.
+    channel: dict[str, Any] | None = None
 
 
 @dataclass

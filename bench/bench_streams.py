@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--no-unary", action="store_true", help="skip the non-streamed comparison")
     parser.add_argument("--unary-only", action="store_true", help="only the non-streamed comparison")
     parser.add_argument("--json", help="write the figures here as JSON")
+    parser.add_argument("--no-messages", action="store_true",
+                        help="skip the node run with the stream channel off (chunks as Thespian messages)")
     args = parser.parse_args()
     ks = args.k or ([16, 64] if args.quick else [16, 64, 256])
     chunk_counts = args.chunks or ([20] if args.quick else [20, 200])
@@ -202,15 +204,17 @@ def main() -> None:
                 row["direct"] = summary(rec, drive(k, secs, direct_stream(chunks), rec))
                 row["direct"]["client_cpu_ms_per_stream"] = (self_cpu() - c0) * 1000 / max(1, rec.done)
                 print(f"  direct  {fmt(row['direct'])}", flush=True)
-                row["node"] = node_run(args, mock.url, k, chunks, secs)
-                print(f"  node    {fmt(row['node'])}", flush=True)
-                d, n = row["direct"], row["node"]
-                row["ratios"] = {"streams_per_s": n["streams_per_s"] / d["streams_per_s"],
-                                 "ttft_p50_added_ms": n["ttft_p50_ms"] - d["ttft_p50_ms"],
-                                 "gap_p99": n["gap_p99_ms"] / d["gap_p99_ms"]}
-                r = row["ratios"]
-                print(f"  ratios  streams/s {r['streams_per_s']:.2f}x  ttft p50 {r['ttft_p50_added_ms']:+.1f} ms  "
-                      f"gap p99 {r['gap_p99']:.2f}x", flush=True)
+                paths = [("node", True)] + ([] if args.no_messages else [("node_messages", False)])
+                for name, channel in paths:
+                    row[name] = node_run(args, mock.url, k, chunks, secs, channel=channel)
+                    print(f"  {'node' if channel else 'node, chunks as messages'}  {fmt(row[name])}", flush=True)
+                    d, n = row["direct"], row[name]
+                    row["ratios" if channel else "ratios_messages"] = r = {
+                        "streams_per_s": n["streams_per_s"] / d["streams_per_s"],
+                        "ttft_p50_added_ms": n["ttft_p50_ms"] - d["ttft_p50_ms"],
+                        "gap_p99": n["gap_p99_ms"] / d["gap_p99_ms"]}
+                    print(f"  ratios  streams/s {r['streams_per_s']:.2f}x  ttft p50 {r['ttft_p50_added_ms']:+.1f} ms  "
+                          f"gap p99 {r['gap_p99']:.2f}x", flush=True)
                 figures["runs"].append(row)
         if not args.no_unary:
             figures["unary"] = unary_run(args, mock.url, runner)
@@ -230,13 +234,13 @@ def fmt(s: dict) -> str:
     return out
 
 
-def node_run(args, url: str, k: int, chunks: int, secs: float) -> dict:
+def node_run(args, url: str, k: int, chunks: int, secs: float, channel: bool = True) -> dict:
     port = free_port()
     config = make_config(port, url, workers=k, replicas=args.replicas, coalesce_ms=args.coalesce_ms)
     t0 = time.monotonic()
     node = start_node(config, console_log=False, log_file=f"/tmp/atomr-bench-streams-{port}.log",
                       deploy_timeout_s=max(60.0, k * 0.5))
-    client = GatewayClient(port, timeout_s=120)
+    client = GatewayClient(port, timeout_s=120, stream_channel=channel)
     try:
         # Warm: every worker has its connection and every thread its endpoint.
         warm = Recorder()

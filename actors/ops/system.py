@@ -16,6 +16,7 @@ from typing import Any
 from thespian.actors import ActorSystem, PoisonMessage
 
 from actors.security import wire
+from actors.runtime import stream_sender
 from actors.runtime.cluster import LEADER_CAPABILITY
 from actors.settings.schema import MOCK_ENDPOINT, GatewayConfig
 from actors.errors import ConfigError, InternalError
@@ -183,6 +184,7 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
         raise ConfigError(f"admin port {port} is already in use (another node running?)", path="node.admin_port")
     # Before the ActorSystem exists: its admin, logger and every actor are forked from here.
     serializer = wire.install(keyring)
+    stream_sender.use_keyring(serializer.keyring)  # workers sign stream-channel frames with the same keys
     capability = wire.new_capability()  # inherited in memory by the admin and every actor; never sent off-host
     described = wire.describe(serializer)
     log.info("node %s: %s", name, described)

@@ -18,6 +18,7 @@ from actors.core.streaming import END, HttpStatus, Opened, Overflow, TransportFa
 from actors.core.transport import classify_transport, deadline_verdict
 from actors.errors import InferenceError, InternalError
 from actors.providers.base import StreamAccumulator
+from actors.runtime import stream_sender
 from actors.runtime.protocol import Dispatch, FirstToken
 from actors.runtime.upstream import Attempt
 from actors.types import TokenChunk
@@ -142,8 +143,12 @@ class Stepping:
         # Only text or tool-call deltas are pending: a chunk is never empty. Tool-call deltas
         # travel in ``tool_calls`` (with text ""), as OpenAI's own stream carries them.
         text, tools = job.acc.take_pending()
-        request_id = job.dispatch.request.request_id
-        self.send(job.dispatch.reply_to, TokenChunk(request_id, job.chunks, text, tools))
+        request = job.dispatch.request
+        request_id = request.request_id
+        channel = getattr(request, "channel", None)
+        out = stream_sender.sender() if channel is not None else None
+        if out is None or not out.send(channel, request_id, job.chunks, text, tools):
+            self.send(job.dispatch.reply_to, TokenChunk(request_id, job.chunks, text, tools))
         if job.chunks == 0:
             job.first_token_unix = time.time()
             self.send(self.engine, FirstToken(request_id, job.dispatch.attempt, job.first_token_unix))

@@ -15,6 +15,10 @@
   forks (``multiprocCommon.startChild``, looked up by name at each ``mp.Process``) asks Linux for
   ``PR_SET_PDEATHSIG`` = SIGKILL first, so a killed engine takes its workers with it. Not the
   admin (it daemonizes on purpose: the launcher watchdog covers it, actors/runtime/watchdog.py).
+- **An external endpoint that also wakes on a file descriptor** (:func:`listen_or_watch`): the
+  TCP transport's ``set_watch`` (what ``ThespianWatch`` sets for an actor) on a private
+  endpoint's own transport, for one receive, so a client thread blocked on its endpoint wakes
+  when the stream channel has chunks for it (``actors/stream_receiver.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import weakref
 from typing import Any
 
 __all__ = ["die_with_parent", "install_serializer", "current_serializer", "frame_peer", "DeferredLines", "emit_after_this_step",
-           "quiet_thespian_log", "THESPIAN_VERSION"]
+           "quiet_thespian_log", "listen_or_watch", "WATCHED", "THESPIAN_VERSION"]
 
 THESPIAN_VERSION = "4.0.1"
 
@@ -254,3 +258,41 @@ def quiet_thespian_log() -> None:
 
     _wrap_thesplog(TCPTransport, _quiet_refusals)
     _wrap_thesplog(convention, _explain_refused_registration)
+
+
+WATCHED = object()   # listen_or_watch: one of the watched descriptors is readable
+
+
+def listen_or_watch(endpoint: Any, fds: list[int], timeout_s: float) -> Any:
+    """``endpoint.listen(timeout_s)`` that returns WATCHED once one of ``fds`` is readable.
+
+    ``endpoint`` is a private endpoint (``ActorSystem.private()``); its transport is its own,
+    so the watch never affects another thread. Without watch support: a plain listen.
+    """
+    import time
+    from datetime import timedelta
+
+    from thespian.actors import WatchMessage
+    from thespian.system import isInternalActorSystemMessage
+    from thespian.system.transport import ReceiveEnvelope
+
+    base = getattr(endpoint, "_systemBase", None)
+    transport = getattr(base, "transport", None)
+    if not hasattr(transport, "set_watch") or not hasattr(base, "_run_transport"):
+        return endpoint.listen(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    transport.set_watch(list(fds))
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            response = base._run_transport(timedelta(seconds=remaining))
+            if not isinstance(response, ReceiveEnvelope):
+                return None
+            if isinstance(response.message, WatchMessage):
+                return WATCHED
+            if not isInternalActorSystemMessage(response.message):
+                return response.message
+    finally:
+        transport.set_watch([])

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import netns
-from conftest import OutputLines, wait_for
+from conftest import OutputLines, fresh_window_s, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = f"{os.getpid() % 10000}"
@@ -29,12 +29,12 @@ def two_hosts():
         yield
 
 
-def _config(tmp_path: Path, name: str, port: int) -> Path:
+def _config(tmp_path: Path, name: str, port: int, window_s: float = 60.0) -> Path:
     config = {"node": {"admin_port": port, "name": name, "log_file": str(tmp_path / f"{name}.log")},
               "cluster": {"heartbeat_s": 0.5, "failure_timeout_s": 3.0, "reregistration_s": 2},
               "mock_provider": {"port": 0},
               "deployments": [{"name": "d1", "model": "d1", "provider": "openai", "upstream_model": "mock-gpt",
-                               "endpoint": "mock", "workers": 1, "limits": {"rpm": 1000, "key": "shared"}}]}
+                               "endpoint": "mock", "workers": 1, "limits": {"rpm": 1000, "key": "shared", "window_s": window_s}}]}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -50,13 +50,14 @@ def _start(ns: str, *args: str) -> tuple[subprocess.Popen, OutputLines]:
 
 
 def test_leader_and_member_on_two_hosts(two_hosts, tmp_path):
-    leader, leader_out = _start(NS_A, "--convention", "leader", "--config", str(_config(tmp_path, "ha", LEADER_PORT)),
+    window_s = fresh_window_s()   # the two asks and the status below fall in one window
+    leader, leader_out = _start(NS_A, "--convention", "leader", "--config", str(_config(tmp_path, "ha", LEADER_PORT, window_s)),
                                 "--advertise", IP_A)
     member = None
     try:
         leader_out.wait_for(f"serving on admin port {LEADER_PORT}")
         member, member_out = _start(NS_B, "--convention", "member", "--leader", f"{IP_A}:{LEADER_PORT}",
-                                    "--config", str(_config(tmp_path, "hb", MEMBER_PORT)), "--advertise", IP_B)
+                                    "--config", str(_config(tmp_path, "hb", MEMBER_PORT, window_s)), "--advertise", IP_B)
         member_out.wait_for(f"serving on admin port {MEMBER_PORT}")
         for ns, port in ((NS_A, LEADER_PORT), (NS_B, MEMBER_PORT)):
             ask = subprocess.run(_in(ns, "ask", "--admin-port", str(port), "--model", "d1", "--max-tokens", "3", "hi"),

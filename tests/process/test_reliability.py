@@ -7,34 +7,20 @@ caller's own short deadline never counts against the provider's circuit.
 
 from __future__ import annotations
 
-import math
-import time
 
 import pytest
 
 from actors import errors as E
 
-from conftest import deployment
+from conftest import deployment, fresh_window_s
 
 CAP = 6
-
-
-def _window_with_room(min_left_s: float = 120.0) -> float:
-    """A window length whose current (wall-clock aligned) window began a second ago.
-
-    Windows are aligned on ``floor(unix_time / window_s)``; any fixed set of round lengths
-    rolls over together at the top of an hour, so the length is derived from the clock.
-    """
-    started = time.time() - 1.0
-    window_s = started / math.floor(started / 900.0)
-    assert window_s - time.time() % window_s > min_left_s
-    return window_s
 
 
 @pytest.mark.parametrize("phase", ["before headers", "after headers"])
 @pytest.mark.parametrize("mode", ["strict", "approximate"])
 def test_a_budget_cap_holds_under_read_timeouts(gateway, mock, mode, phase):
-    limits = {"rpm": CAP, "window_s": _window_with_room(), "mode": mode}
+    limits = {"rpm": CAP, "window_s": fresh_window_s(), "mode": mode}
     node, client = gateway([deployment(mock.url, "capped", limits=limits,
                                        retry={"max_retries": 2, "base_delay_s": 0.01, "max_delay_s": 0.02},
                                        timeouts={"connect_s": 2, "read_s": 0.2, "total_s": 5},

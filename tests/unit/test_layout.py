@@ -11,6 +11,7 @@
 | runtime            | runtime, core, settings, providers, errors, types                 |
 | ops                | ops, runtime, security, settings, core, errors, types             |
 | client             | runtime.protocol, security, ops, core, errors, types              |
+| stream_receiver    | core, types (the client's end of the stream channel)              |
 | http               | http, client, settings, core, errors, types                      |
 | testing            | anything; imported by nothing above (ops.system only lazily)      |
 """
@@ -39,9 +40,12 @@ ALLOWED = {
                        "actors.types"},
     "actors.ops": {"actors.ops", "actors.runtime", "actors.security", "actors.settings", "actors.core",
                    "actors.errors", "actors.types", "actors.providers"},
-    "actors.client": {"actors.client", "actors.correlator", "actors.runtime.protocol", "actors.runtime.node",
-                      "actors.security", "actors.ops", "actors.core", "actors.errors", "actors.types"},
-    "actors.correlator": {"actors.correlator"},  # client side: files an endpoint's messages by request
+    "actors.client": {"actors.client", "actors.correlator", "actors.stream_receiver", "actors.runtime.protocol",
+                      "actors.runtime.node", "actors.security", "actors.ops", "actors.core", "actors.errors",
+                      "actors.types"},
+    # client side: files an endpoint's messages by request (and watches the stream channel's pipe)
+    "actors.correlator": {"actors.correlator", "actors.security.thespian_hooks"},
+    "actors.stream_receiver": {"actors.stream_receiver", "actors.core", "actors.types"},
     "actors.http": {"actors.http", "actors.client", "actors.correlator", "actors.settings", "actors.core",
                     "actors.errors", "actors.types"},
     "actors": {"actors"},  # the package's __init__: the public API re-exports anything

@@ -1,0 +1,216 @@
+"""The caller's end of the stream channel: one loopback listener per process, one thread.
+
+Workers connect here and write each chunk of the streams this process asked for as a
+signed frame (``actors/core/frames.py``; the sender is ``actors/runtime/stream_sender.py``).
+The thread checks each connection's first frame (it must carry this process's token, signed
+with a key of the wire's ring), files every chunk in the :class:`Inbox` of the thread whose
+request it belongs to, and wakes that thread through its inbox's pipe: the thread is blocked
+in its Thespian endpoint, which watches the pipe (``thespian_hooks.listen_or_watch``), so a
+chunk and a terminal message wake it alike. A chunk for a request nobody waits for is dropped.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import selectors
+import socket
+import threading
+from collections import deque
+from typing import Any
+
+from actors.core.frames import FrameCodec, FrameDecoder, FrameRefused, chunk_fields
+from actors.types import TokenChunk
+
+__all__ = ["Inbox", "StreamReceiver", "shared_receiver"]
+
+log = logging.getLogger("atomr.client")
+
+READ_BYTES = 256 * 1024
+MAX_CONNECTIONS = 4096
+
+
+class Inbox:
+    """One client thread's chunks, and the pipe that wakes it when some arrive."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._chunks: deque[TokenChunk] = deque()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._read
+
+    def put(self, chunk: TokenChunk) -> None:
+        """From the receiver thread."""
+        self._chunks.append(chunk)
+        try:
+            os.write(self._write, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (its reader is awake already) or closed
+
+    def drain(self) -> list[TokenChunk]:
+        """From the owning thread: what arrived since the last drain."""
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        out = []
+        while self._chunks:
+            out.append(self._chunks.popleft())
+        return out
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for fd in (self._read, self._write):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+class _Connection:
+    __slots__ = ("decoder", "greeted")
+
+    def __init__(self, codec: FrameCodec) -> None:
+        self.decoder = FrameDecoder(codec)
+        self.greeted = False
+
+
+class StreamReceiver:
+    def __init__(self, keyring: Any) -> None:
+        self.codec = FrameCodec(keyring)
+        self.token = secrets.token_hex(16)
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(256)
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        self.spec = {"port": self.port, "token": self.token}
+        self._routes: dict[str, Inbox] = {}
+        self._lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._stop_read, self._stop_write = os.pipe()
+        self._selector.register(self._stop_read, selectors.EVENT_READ, "stop")
+        self.refused = 0          # connections dropped for a bad frame, key or token
+        self.delivered = 0        # chunks filed in a waiting thread's inbox
+        self.connections = 0
+        self._thread = threading.Thread(target=self._run, name="atomr-stream-receiver", daemon=True)
+        self._thread.start()
+
+    def route(self, request_id: str, inbox: Inbox) -> None:
+        with self._lock:
+            self._routes[request_id] = inbox
+
+    def unroute(self, request_id: str) -> None:
+        with self._lock:
+            self._routes.pop(request_id, None)
+
+    def close(self) -> None:
+        try:
+            os.write(self._stop_write, b"\0")
+        except OSError:
+            pass
+        self._thread.join(timeout=2)
+
+    # -- the thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                for key, _ in self._selector.select():
+                    if key.data == "stop":
+                        return
+                    if key.fileobj is self._listener:
+                        self._accept()
+                    else:
+                        self._read(key.fileobj, key.data)
+        except Exception:  # noqa: BLE001 - logged; streams then fall back to waiting on the terminal
+            log.exception("the stream receiver stopped")
+        finally:
+            for key in list(self._selector.get_map().values()):
+                if isinstance(key.fileobj, socket.socket):
+                    key.fileobj.close()
+            self._selector.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if self.connections >= MAX_CONNECTIONS:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self.connections += 1
+            self._selector.register(conn, selectors.EVENT_READ, _Connection(self.codec))
+
+    def _drop(self, conn: socket.socket) -> None:
+        self._selector.unregister(conn)
+        conn.close()
+        self.connections -= 1
+
+    def _read(self, conn: socket.socket, state: _Connection) -> None:
+        try:
+            data = conn.recv(READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self._drop(conn)
+        try:
+            bodies = state.decoder.feed(data)
+        except FrameRefused as exc:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("stream channel: refused a connection's frames (%s); %d so far", exc, self.refused)
+            return self._drop(conn)
+        for body in bodies:
+            if not state.greeted:
+                token = body.get("hello")
+                if not isinstance(token, str) or not hmac.compare_digest(token, self.token):
+                    self.refused += 1
+                    return self._drop(conn)
+                state.greeted = True
+                continue
+            fields = chunk_fields(body)
+            if fields is None:
+                continue
+            request_id, seq, text, tools = fields
+            with self._lock:
+                inbox = self._routes.get(request_id)
+            if inbox is not None:
+                self.delivered += 1
+                inbox.put(TokenChunk(request_id, seq, text, tools))
+
+
+_shared: tuple[int, StreamReceiver] | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_receiver(keyring: Any) -> StreamReceiver | None:
+    """This process's receiver (made on first use; a forked child makes its own), or None."""
+    global _shared
+    if keyring is None:
+        return None
+    with _shared_lock:
+        if _shared is not None and _shared[0] == os.getpid():
+            return _shared[1]
+        try:
+            receiver = StreamReceiver(keyring)
+        except OSError as exc:
+            log.warning("no stream channel (%s): chunks come as messages", exc)
+            return None
+        _shared = (os.getpid(), receiver)
+        return receiver

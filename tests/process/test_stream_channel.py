@@ -1,0 +1,104 @@
+"""The stream channel: chunks on a signed loopback socket, with Thespian messages as the fallback."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+from actors.core.frames import FrameCodec, chunk_body
+from actors.security import wire
+from actors.stream_receiver import Inbox, StreamReceiver, shared_receiver
+from actors.types import Completed, Failed, TokenChunk
+
+from conftest import deployment, free_port, wait_for
+
+WORDS = 12
+
+
+def _prompt(tag: str) -> list[dict]:
+    return [{"role": "user", "content": f"[[mock drip_ms=5 words={WORDS}]] {tag}"}]
+
+
+def test_streamed_chunks_travel_on_the_channel_once_each(gateway, mock):
+    node, client = gateway([deployment(mock.url, "d1", workers=2, coalesce_ms=0)])
+    receiver = shared_receiver(wire.current().keyring)
+    before = receiver.delivered
+    counts = []
+    for i in range(3):
+        with client.stream("d1", _prompt(f"t{i}"), timeout_s=30) as stream:
+            chunks = list(stream)
+        assert [c.seq for c in chunks] == list(range(stream.result.chunks))
+        assert "".join(c.text for c in chunks) == stream.result.text
+        assert len(stream.result.text.split()) == WORDS
+        counts.append(stream.result.chunks)
+    # Every chunk of every stream came on the channel, and only once: none as a message.
+    assert receiver.delivered - before == sum(counts) >= 3
+    assert receiver.refused == 0
+
+
+def test_a_request_whose_channel_cannot_be_reached_gets_its_chunks_as_messages(gateway, mock):
+    node, client = gateway([deployment(mock.url, "d1", workers=1, coalesce_ms=0)])
+    engine = client.routes("d1")[0].engine
+    request = client.request("d1", _prompt("fallback"), stream=True, timeout_s=30)
+    request.channel = {"port": free_port(), "token": "nobody-listens"}   # closed: connection refused
+    endpoint = client._endpoint()
+    endpoint.tell(engine, request)
+    seen = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(isinstance(m, (Completed, Failed)) for m in seen):
+        message = endpoint.listen(5)
+        if message is not None:
+            seen.append(message)
+    chunks = [m for m in seen if isinstance(m, TokenChunk)]
+    terminal = seen[-1]
+    assert isinstance(terminal, Completed), seen
+    assert [c.seq for c in chunks] == list(range(terminal.chunks)) and terminal.chunks >= 1
+    assert "".join(c.text for c in chunks) == terminal.text and len(terminal.text.split()) == WORDS
+
+
+def _ring(secret: str) -> wire.KeyRing:
+    return wire.KeyRing(wire.parse_keys(f"k{secret[0]}:{secret * 40}", "test"), "test")
+
+
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_the_receiver_drops_connections_with_a_wrong_key_token_or_frame_and_files_only_open_requests():
+    receiver = StreamReceiver(_ring("a"))
+    inbox = Inbox()
+    try:
+        receiver.route("req_open", inbox)
+        mine, other = FrameCodec(_ring("a")), FrameCodec(_ring("b"))
+        attempts = [
+            other.encode({"hello": receiver.token}) + other.encode(chunk_body("req_open", 0, "forged", [])),
+            mine.encode({"hello": "a guess"}) + mine.encode(chunk_body("req_open", 0, "forged", [])),
+            mine.encode(chunk_body("req_open", 0, "no hello first", [])),
+            struct.pack(">I", 1 << 30),                          # a length no frame may have
+        ]
+        for data in attempts:
+            sock = _connect(receiver.port)
+            sock.sendall(data)
+            assert _closed_by_peer(sock)
+            sock.close()
+        assert receiver.refused == len(attempts)
+        assert inbox.drain() == []
+
+        sock = _connect(receiver.port)
+        sock.sendall(mine.encode({"hello": receiver.token}) + mine.encode(chunk_body("req_gone", 0, "late", []))
+                     + mine.encode(chunk_body("req_open", 0, "hi", [])) + mine.encode({"r": 5}))
+        wait_for(lambda: receiver.delivered == 1, timeout_s=5, message="the chunk of the open request")
+        assert inbox.drain() == [TokenChunk("req_open", 0, "hi", [])]
+        sock.close()
+    finally:
+        receiver.close()
+        inbox.close()
