@@ -333,3 +333,42 @@ class BudgetBook:
             if b.scope in ("deployment", "provider") and self._exhausted(self.limiters[key], max(1, self.typical_nano)):
                 out.append(b.id)
         return out
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """One ``budgets:`` entry as written: exactly one of key, team, deployment, provider; usd; period; mode."""
+
+    usd: float
+    period: str
+    key: str | None = None
+    team: str | None = None
+    deployment: str | None = None
+    provider: str | None = None
+    mode: Literal["approximate", "strict"] = "approximate"
+
+    def __post_init__(self) -> None:
+        given = [s for s in SCOPES if getattr(self, s) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of key, team, deployment, provider"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if not str(getattr(self, given[0])).strip():
+            raise ValueError(f"{given[0]}: must not be empty, got ''")
+        if isinstance(self.usd, bool) or not isinstance(self.usd, (int, float)) or not math.isfinite(self.usd) \
+                or self.usd <= 0:
+            raise ValueError(f"usd: must be > 0, got {self.usd!r}")
+        from actors.core.periods import parse_period
+
+        parse_period(self.period)
+        if self.mode not in ("approximate", "strict"):
+            raise ValueError(f"mode: must be approximate or strict, got {self.mode!r}")
+
+    @property
+    def scope(self) -> str:
+        return next(s for s in SCOPES if getattr(self, s) is not None)
+
+    def budget(self) -> Budget:
+        from actors.core.periods import parse_period
+
+        return Budget(self.scope, str(getattr(self, self.scope)), float(self.usd), parse_period(self.period),
+                      self.mode)

@@ -46,6 +46,7 @@ class SpendQuery:
     since_unix: float
     by: str = "key"         # key | team | model | deployment | provider | node
     token: str = ""
+    reply_to: Any = None    # set by the registry that forwards it to its ledger
 
 
 @dataclass
