@@ -200,7 +200,7 @@ class RemoteEngineCoreActor(GatewayActor):
     def _flush_records(self) -> None:
         if self.unrecorded and self.init is not None and getattr(self.init, "ledger", None) is not None:
             batch, self.unrecorded = self.unrecorded, []
-            self.send(self.init.ledger, LedgerRecords(self.core.book.slot if self.core.book else "", batch))
+            self.send(self.init.ledger, LedgerRecords(getattr(self.init, "budget_slot", "") or self.core.slot, batch))
 
     def _do_PublishSpend(self, e: PublishSpend) -> None:
         self.send(self.init.limiter, LimiterDelta(e.key, e.delta, self.core.book.slot, e.limits, sent_unix=e.sent_unix))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from actors.types import Completed, Failed, InferenceRequest
 
 from conftest import deployment, free_port, wait_for
 
+ROOT = Path(__file__).resolve().parents[2]
 FAST_CLUSTER = {"heartbeat_s": 0.5, "failure_timeout_s": 3.0, "reregistration_s": 2}
 # mock-gpt ($0.15 in, $0.60 out per million): "hi" with max_tokens 1 costs 4 in + 1 out = $0.0000012.
 COST = 0.0000012
@@ -130,7 +133,7 @@ def test_approximate_team_budget_stays_within_5_percent_and_a_killed_node_s_flus
     wait_for(seen, message="the restarted node to count its flushed spend")
 
 
-def test_strict_team_budget_is_never_over(spend_cluster, mock):
+def test_strict_team_budget_is_never_over(spend_cluster, mock, tmp_path):
     nodes, _, _ = spend_cluster("strict")
     # A new strict limiter first waits (SETTLE_S) to seed itself from the cluster's counters.
     assert nodes[1][1].complete("d1", [{"role": "user", "content": "hi"}], max_tokens=1, timeout_s=20,
@@ -144,3 +147,14 @@ def test_strict_team_budget_is_never_over(spend_cluster, mock):
     total = sum(spent(ledger_rows(ledger)) for _, _, ledger in nodes)
     assert total <= BUDGET + 1e-12, (total, BUDGET)
     assert total >= BUDGET * 0.8, (total, BUDGET)
+    # launch.py spend --cluster asks every node and sums what their ledgers say.
+    config = tmp_path / "ask.yaml"
+    config.write_text("deployments:\n  - {name: x, model: x, provider: openai, endpoint: 'http://127.0.0.1:9/v1'}\n"
+                      f"node: {{admin_port: {nodes[0][0].admin_port}}}\n")
+    out = subprocess.run([sys.executable, str(ROOT / "launch.py"), "spend", "--cluster", "--config", str(config),
+                          "--since", "1h", "--by", "team"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "3 node(s)" in out.stdout
+    search = next(line for line in out.stdout.splitlines() if line.startswith("search"))
+    assert int(search.split()[1]) == sum(len(ledger_rows(ledger)) for _, _, ledger in nodes)
+    assert float(search.split()[3]) == pytest.approx(total, abs=1e-6)
