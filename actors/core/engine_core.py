@@ -26,7 +26,7 @@ from typing import Any
 from actors.core import engine_events as ev
 from actors.core.admission import Admission, Denied, NeedProbe, Refuse, Reserved, Wait
 from actors.core.breaker import BreakerView, CircuitState
-from actors.core.budget import NANO, BudgetBook, SettleStrictSpend, SpendHold
+from actors.core.budget import NANO, STRICT_ASK_TIMEOUT_S as STRICT_SPEND_ASK_S, BudgetBook, SettleStrictSpend, SpendHold
 from actors.core.pricing import cost_usd
 from actors.core.priority_queue import Priority, RequestQueue
 from actors.core.ratelimit import Reservation, WindowedLimiter, estimate_tokens
@@ -325,7 +325,7 @@ class EngineCore:
         if verdict == "ask":
             for ask in detail:
                 self.emit(ask)
-            return Wait(hold.strict_asked + 2.0)
+            return Wait(hold.strict_asked + STRICT_SPEND_ASK_S)
         return Wait(detail)
 
     def _dispatch(self, job: Job, gate: Any, now: float) -> None:

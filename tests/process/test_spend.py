@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 import requests
@@ -118,6 +119,10 @@ def test_a_key_budget_refuses_over_http_once_spent_and_the_sdk_does_not_retry(sp
     body = info.value.response.json()["error"]
     assert body["code"] == "budget_exceeded" and "budget key=search-bot/1d is spent" in body["message"]
     assert mock.stats()["total"] == sent  # refused before any upstream call, and not retried by the SDK
+    claude = anthropic.Anthropic(base_url=http.url, api_key=KEY, max_retries=3, timeout=30)
+    with pytest.raises(anthropic.RateLimitError) as info:
+        claude.messages.create(model="gpt", messages=HI, max_tokens=6)
+    assert "budget key=search-bot/1d is spent" in info.value.message and mock.stats()["total"] == sent
     # The Python client (no key) is not held by the key's budget ...
     assert isinstance(client.complete("gpt", HI, max_tokens=6), Completed)
     # ... and the ledger knows the key and its team; /v1/spend reports it.
@@ -172,3 +177,35 @@ def test_a_corrupted_ledger_stops_the_launch_with_a_clear_message(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 2
     assert f"configuration error: node.ledger: ledger {ledger} is corrupted" in out.stderr
+
+
+def test_an_engine_killed_with_its_budget_spent_comes_back_still_refusing_and_counts_it_once(gateway, mock,
+                                                                                               tmp_path):
+    import os
+    import signal
+
+    from proctree import engines_and_workers
+
+    ledger = str(tmp_path / "ledger.db")
+    node, client = gateway([deployment(mock.url, "capped", retry=NO_RETRY)], node={"ledger": ledger},
+                           budgets=[{"deployment": "capped", "usd": THREE_CALLS, "period": "1d"}])
+    for _ in range(3):
+        assert isinstance(client.complete("capped", HI, max_tokens=6), Completed)
+    wait_for(lambda: len(rows(ledger)) == 3, message="the calls in the ledger")
+    (engine,) = engines_and_workers(node.admin_port, node.pgid)
+    os.kill(engine, signal.SIGKILL)
+    wait_for(lambda: any(s.get("restarts") for s in client.status().supervision) and
+             client.routes("capped", refresh=True), timeout_s=20, message="the engine to be restarted")
+
+    def refused():
+        try:
+            client.complete("capped", HI, max_tokens=6)
+        except E.BudgetExceeded:
+            return True
+        except E.InferenceError:
+            return False  # e.g. EngineCrashed on a stale route
+        raise AssertionError("a call passed a spent budget after the engine restarted")
+    wait_for(refused, timeout_s=10, message="the restarted engine to refuse")
+    # Seeded from the ledger and merged with the hub's count for the same slot: counted once, not twice.
+    spend = {b["budget"]: b["spent_usd"] for b in client.status().spend["budgets"]}
+    assert spend["deployment=capped/1d"] == pytest.approx(3 * 0.0000042)
