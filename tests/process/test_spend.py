@@ -126,14 +126,14 @@ def test_a_key_budget_refuses_over_http_once_spent_and_the_sdk_does_not_retry(sp
     # The Python client (no key) is not held by the key's budget ...
     assert isinstance(client.complete("gpt", HI, max_tokens=6), Completed)
     # ... and the ledger knows the key and its team; /v1/spend reports it.
-    wait_for(lambda: len(rows(ledger, key="search-bot")) == 4, message="the key's calls in the ledger")
+    wait_for(lambda: len(rows(ledger, key="search-bot")) == 5, message="the key's calls in the ledger")
     assert {r["team"] for r in rows(ledger, key="search-bot")} == {"search"}
     report = requests.get(f"{http.url}/v1/spend?since=1d&by=key", headers={"Authorization": f"Bearer {KEY}"},
                           timeout=30).json()
     by_key = {r["group"]: r for r in report["rows"]}
-    assert by_key["search-bot"]["requests"] == 4 and by_key["search-bot"]["failed"] == 1
+    assert by_key["search-bot"]["requests"] == 5 and by_key["search-bot"]["failed"] == 2
     assert by_key["search-bot"]["cost_usd"] == pytest.approx(3 * 0.0000042)
-    assert report["total"]["requests"] == 5
+    assert report["total"]["requests"] == 6
     bad = requests.get(f"{http.url}/v1/spend?by=prompt", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
     assert bad.status_code == 400 and "by" in bad.json()["error"]["message"]
     assert requests.get(f"{http.url}/v1/spend", timeout=30).status_code == 401
