@@ -275,3 +275,45 @@ def test_a_strict_budget_without_a_leader_fails_closed():
 def test_budget_spec_refuses_a_bool_for_usd():
     with pytest.raises(ValueError, match="usd"):
         BudgetSpec(usd=True, period="1d", team="a")
+
+
+# -- no reservation leaks, whatever happens ---------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from test_engine_core import OPS  # noqa: E402
+
+
+@settings(max_examples=150)
+@given(OPS, st.sampled_from([0.00001, 0.0005, 1.0]))
+def test_what_the_budget_counts_is_exactly_what_the_requests_were_charged(ops, usd):
+    """Through retries, crashes, cancels, deadlines and refusals, once every request has ended the
+    budget's counter holds the sum of the charges in the ledger records: nothing leaks or is lost."""
+    budget = key_budget(usd, period="1d")
+    rig = BudgetRig([budget], workers=2, queue_capacity=3, wall_at=utc(2026, 12, 1, 1))
+    for op, n in ops:
+        rid = f"r{n}"
+        live = rig.core.jobs.get(rid)
+        attempt = live.attempt if live else None
+        if op == "submit":
+            rig.submit(rid, deadline_in=5 + n, metadata={"http_key": "k1"})
+        elif op in ("ok", "fail", "stream_fail") and attempt is not None:
+            error = {"ok": None, "fail": E.ServerError("503", status=503), "stream_fail": E.StreamError("cut")}[op]
+            usage = Usage(10 * n, n) if op == "ok" or n % 2 else Usage(reported=False)
+            rig.report(rid, error=error, chunks=1 if op == "stream_fail" else 0, usage=usage)
+        elif op == "crash" and rig.core.slots:
+            rig.feed(ev.WorkerGone(n % 2))
+            rig.feed(ev.WorkerUp(n % 2, pid=5000 + n))
+        elif op == "cancel":
+            rig.feed(ev.CancelRequested(rid))
+        elif op == "tick":
+            rig.advance(0.3 * n)
+        elif op == "freeze":
+            rig.advance(3)
+    rig.advance(60)
+    assert not rig.core.jobs
+    charged = sum(round(r.charged_usd * NANO) for r in rig.core.take_records())
+    limiter = rig.core.book.limiters[budget.counter_key]
+    assert limiter.usage().tokens == charged
+    assert charged <= budget.limits.tpm + 20 * BudgetBook.estimate([{"role": "user", "content": "hello"}], 10, 256,
+                                                                   PRICE) * 10
