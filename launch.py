@@ -7,6 +7,7 @@
     python launch.py demo                                             # all of it, end to end, then stop
     python launch.py secret --out cluster.key                         # a new cluster key (mode 600)
     python launch.py stop --admin-port 1900                           # stop a node whose launcher is gone
+    python launch.py spend --config CONFIG --since 1d --by key        # what the ledger says was spent
 
 Every message between a node's processes, other nodes and clients is signed and unpickled
 through an allow-list; see docs/security.md. With a cluster secret (ATOMR_CLUSTER_SECRET,
@@ -46,6 +47,13 @@ def _print_status(status, indent: str = "") -> None:
     for lim in status.limits:
         print(f"{indent}  limit {lim['key']} ({lim['mode']}): requests {lim['requests']}/{lim['rpm'] or '-'} "
               f"tokens {lim['tokens']}/{lim['tpm'] or '-'} this window")
+    spend = getattr(status, "spend", None) or {}
+    ledger = spend.get("ledger")
+    if ledger:
+        print(f"{indent}  ledger {ledger['path']}: {ledger['state']}, {ledger['written']} written, "
+              f"{ledger['dropped']} lost, {ledger['queued']} queued" + (f" ({ledger['error']})" if ledger['error'] else ""))
+    for b in spend.get("budgets", []):
+        print(f"{indent}  budget {b['budget']} ({b['mode']}): ${b['spent_usd']:.6f} of ${b['usd']:g} this period")
 
 
 def _keyring(secret_file: str | None = None, explicit: bool = False, node: bool = False):
@@ -313,6 +321,30 @@ def key(args: argparse.Namespace) -> int:
     return 0
 
 
+def spend(args: argparse.Namespace) -> int:
+    """Spend from the ledger the config names (``--cluster``: every node's, summed), with a total line."""
+    from actors.ops.spend import format_report, local_report, merged, parse_since
+
+    config = load_config(args.config, credentials=False)
+    since = parse_since(args.since)
+    title = f"spend since {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(since))} by {args.by}"
+    if not args.cluster:
+        print(format_report(local_report(config, since, args.by), args.by, f"{title} ({config.node.ledger})"))
+        return 0
+    from actors.client import GatewayClient
+
+    port = args.admin_port or config.node.admin_port
+    _check_node(port)
+    with GatewayClient(port, keyring=_need_key(_keyring(args.secret_file or config.cluster.secret_file,
+                                                        explicit=bool(args.secret_file)), port)) as client:
+        reports = client.spend(since, args.by, cluster=True)
+    print(format_report(merged([r.rows for r in reports]), args.by, f"{title}, {len(reports)} node(s)"))
+    for r in reports:
+        if r.error:
+            print(f"node {r.node}: {r.error}", file=sys.stderr)
+    return 0
+
+
 def _unavailable(message: str):
     from actors.errors import GatewayUnavailable
 
@@ -388,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     p_secret.add_argument("--out", default=None, help="write a new key file (mode 600) instead of printing")
     p_key = sub.add_parser("key", help="HTTP front door API keys: `key new` prints one and its config line")
     p_key.add_argument("action", choices=("new",))
+    p_spend = sub.add_parser("spend", help="spend from the ledger, by key, team, model or deployment")
+    p_spend.add_argument("--config", default=DEFAULT_CONFIG, help="the node's config (names its ledger)")
+    p_spend.add_argument("--since", default="1d", help="1h, 1d, 30d, 1mo (this calendar month) ...")
+    p_spend.add_argument("--by", default="key", choices=("key", "team", "model", "deployment", "provider", "node"))
+    p_spend.add_argument("--cluster", action="store_true", help="ask every node of the cluster and sum")
+    p_spend.add_argument("--admin-port", type=int, default=None, help="a node on this host (--cluster)")
+    p_spend.add_argument("--secret-file", default=None, help="cluster key file (default: $ATOMR_CLUSTER_SECRET)")
     args = parser.parse_args(argv)
     if args.convention == "member" and args.command is None and not args.leader:
         parser.error("--convention member needs --leader HOST:PORT")
@@ -404,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
             return stop_node(args)
         if args.command == "key":
             return key(args)
+        if args.command == "spend":
+            return spend(args)
         return run_node(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

@@ -33,6 +33,7 @@ from actors.ops.procs import port_is_listening
 from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
 from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, EngineCheck, EngineLiveness, NodeStatus,
                                      Route, Routes, StatusRequest)
+from actors.runtime.protocol.ledger import SpendQuery, SpendReport
 from actors.security import wire
 from actors.types import Cancel, Completed, Failed, InferenceRequest, TokenChunk
 
@@ -316,6 +317,20 @@ class GatewayClient:
 
     def status(self, timeout_s: float = 10.0) -> NodeStatus:
         return self._lookup(StatusRequest(), NodeStatus, timeout_s, "a status request")
+
+    def spend(self, since_unix: float, by: str = "key", timeout_s: float = 10.0,
+              cluster: bool = False) -> list[SpendReport]:
+        """Spend since ``since_unix`` grouped by ``by``, from this node's ledger, or each node's (``cluster``)."""
+        if not cluster:
+            return [self._lookup(SpendQuery(since_unix, by), SpendReport, timeout_s, "a spend query")]
+        reports = []
+        for member in self.cluster_status(timeout_s, members_only=True).members:
+            token = "q_" + secrets.token_hex(8)
+            reply = self._correlator().request(member.registry, SpendQuery(since_unix, by, token=token), token,
+                                               timeout_s)
+            reports.append(reply if isinstance(reply, SpendReport) else
+                           SpendReport(member.node_id or member.node, [], error="did not answer"))
+        return reports
 
     # -- calls ---------------------------------------------------------------------------
 

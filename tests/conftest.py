@@ -119,9 +119,11 @@ def gateway(tmp_path, request):
 
     started = []
 
-    def make(deployments, node=None, cluster=None, mock_provider=None, name="n1", port=None, **start):
+    def make(deployments, node=None, cluster=None, mock_provider=None, name="n1", port=None, budgets=None, **start):
         port = port or free_port()
         data = {"deployments": deployments, "node": {"admin_port": port, "name": name, **(node or {})}}
+        if budgets:
+            data["budgets"] = budgets
         if cluster:
             data["cluster"] = cluster
         if mock_provider is not None:

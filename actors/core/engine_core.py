@@ -26,6 +26,7 @@ from typing import Any
 from actors.core import engine_events as ev
 from actors.core.admission import Admission, Denied, NeedProbe, Refuse, Reserved, Wait
 from actors.core.breaker import BreakerView, CircuitState
+from actors.core.budget import NANO, STRICT_ASK_TIMEOUT_S as STRICT_SPEND_ASK_S, BudgetBook, SettleStrictSpend, SpendHold
 from actors.core.pricing import cost_usd
 from actors.core.priority_queue import Priority, RequestQueue
 from actors.core.ratelimit import Reservation, WindowedLimiter, estimate_tokens
@@ -72,6 +73,7 @@ class Job:
     strict_asked: float | None = None
     strict_first_ask: float | None = None
     strict_denied: InferenceError | None = None
+    spend: SpendHold | None = None   # the spend budgets' hold, and what the request was charged
 
     @property
     def request_id(self) -> str:
@@ -118,6 +120,7 @@ class Counters:
 class EngineCore:
     def __init__(self, deployment: Any, *, slot: str, node: str = "", price: Any = None, sync_interval_s: float = 0.05,
                  failure_timeout_s: float = 5.0, has_session: bool = False, has_hub: bool = False,
+                 budgets: Any = (), budget_slot: str = "", budget_seed: Any = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.dep = deployment
@@ -136,6 +139,9 @@ class EngineCore:
                                                                      sync_interval_s=sync_interval_s,
                                                                      rand=rand, clock=clock)
         self.admission = Admission(self, failure_timeout_s)
+        self.book = BudgetBook(budgets, slot=budget_slot or slot, deployment=deployment.name,
+                               provider=deployment.provider, wall=wall, clock=clock, sync_interval_s=sync_interval_s,
+                               rand=rand, seed=budget_seed, failure_timeout_s=failure_timeout_s) if budgets else None
         self.jobs: dict[str, Job] = {}
         self.slots: dict[int, Slot] = {}
         self.idle: list[int] = []
@@ -178,7 +184,8 @@ class EngineCore:
     def next_wakeup(self) -> float | None:
         while self._timers and not self._timer_live(self._timers[0]):
             heapq.heappop(self._timers)
-        candidates = [t for t in (self.flush_at, self.pump_at, self._sync_due()) if t is not None]
+        spend_due = self.book.sync_due() if self.book is not None and self.has_hub else None
+        candidates = [t for t in (self.flush_at, self.pump_at, self._sync_due(), spend_due) if t is not None]
         if self._timers:
             candidates.append(self._timers[0][0])
         return min(candidates, default=None)
@@ -188,7 +195,8 @@ class EngineCore:
         return dict(queued=len(self.queue), in_flight=busy, busy_workers=busy, workers=len(self.slots),
                     accepted=self.counters.accepted, completed=self.counters.completed,
                     failed=self.counters.failed, depth_by_priority=self.queue.depth_by_priority(),
-                    circuit=self.view.state.value, draining=self.draining)
+                    circuit=self.view.state.value, draining=self.draining,
+                    budget_spent=self.book.spent() if self.book is not None else [])
 
     def _effects(self) -> list[Any]:
         out, self._out = self._out, []
@@ -245,6 +253,10 @@ class EngineCore:
         deadline = None if msg.deadline_unix is None else now + (msg.deadline_unix - wall)
         job = Job(msg, sender, Priority.parse(msg.priority), now, wall, deadline,
                   estimate_tokens(msg.messages, msg.params.get("max_tokens"), self.dep.estimate_output_tokens))
+        job.spend = SpendHold(BudgetBook.estimate(msg.messages, msg.params.get("max_tokens"),
+                                                  self.dep.estimate_output_tokens, self.price),
+                              self.book.applicable(msg.metadata or {}, self.dep.name, self.dep.provider)
+                              if self.book is not None else [])
         if len(self.queue) == 0 and self.idle and self.view.state is CircuitState.CLOSED:
             # Straight to a worker: the capacity bounds waiting requests, and this one won't wait.
             self.queue.push_front(job.request_id, job, job.priority)
@@ -282,7 +294,9 @@ class EngineCore:
                 gate = self.admission.take_probe(now)
                 if gate is None:
                     break
-            budget = self.admission.budget(job, now)
+            budget = self._spend_gate(job, now)
+            if budget is None:
+                budget = self.admission.budget(job, now)
             if not isinstance(budget, Reserved):
                 self.admission.put_back(gate)
             if isinstance(budget, Denied):
@@ -295,6 +309,24 @@ class EngineCore:
             self.queue.pop()
             self._dispatch(job, gate, now)
         self.admission.end()
+
+    def _spend_gate(self, job: Job, now: float) -> Wait | Denied | None:
+        """The spend budgets, before the rate limit: None when admitted (once for all attempts)."""
+        hold = job.spend
+        if self.book is None or hold is None or not hold.budgets or hold.admitted:
+            return None
+        verdict, detail = self.book.admit(hold, now, self.admission.leader_available, self.admission.leader_lost,
+                                          job.request_id)
+        if verdict == "ok":
+            return None
+        if verdict == "denied":
+            detail.provider = self.dep.provider
+            return Denied(detail)
+        if verdict == "ask":
+            for ask in detail:
+                self.emit(ask)
+            return Wait(hold.strict_asked + STRICT_SPEND_ASK_S)
+        return Wait(detail)
 
     def _dispatch(self, job: Job, gate: Any, now: float) -> None:
         index = self.idle.pop()
@@ -331,6 +363,9 @@ class EngineCore:
         self._pump(now)
 
     def _on_StrictGranted(self, e: ev.StrictGranted, now: float) -> None:
+        spend = BudgetBook.parse_reservation(e.reservation_id)
+        if spend is not None:
+            return self._spend_granted(spend, e, now)
         parsed = AttemptId.parse(e.reservation_id)
         live = self.jobs.get(parsed.request_id) if parsed else None
         if live is not None and parsed in (live.strict_id, live.attempt and live.attempt.strict_id):
@@ -347,7 +382,22 @@ class EngineCore:
         self.dirty = True
         self._pump(now)
 
+    def _spend_granted(self, spend: tuple[str, str], e: ev.StrictGranted, now: float) -> None:
+        job = self.jobs.get(spend[0])
+        hold = job.spend if job is not None else None
+        if self.book is not None and hold is not None and self.book.granted(hold, spend[1], e.window, e.tokens):
+            return self._pump(now)
+        # Nobody wants it any more (ended, or refused elsewhere): give it straight back.
+        self.emit(SettleStrictSpend(spend[1], e.reservation_id, 0, False))
+
     def _on_StrictRefused(self, e: ev.StrictRefused, now: float) -> None:
+        spend = BudgetBook.parse_reservation(e.reservation_id)
+        if spend is not None:
+            job = self.jobs.get(spend[0])
+            if self.book is not None and job is not None and job.spend is not None and not job.spend.admitted:
+                self.book.refused(job.spend, spend[1], e.error)
+                self._pump(now)
+            return
         job = self._strict_job(e.reservation_id)
         if job is not None:
             job.strict_asked = job.strict_first_ask = None
@@ -363,6 +413,8 @@ class EngineCore:
         return job
 
     def _on_PeerCounts(self, e: ev.PeerCounts, now: float) -> None:
+        if self.book is not None and e.origin != self.book.slot and self.book.merge(e.key, e.delta, e.sent_unix):
+            return
         if self.limiter is not None and e.key == self.dep.limit_key and e.origin != self.slot:
             self.limiter.merge(e.delta, e.sent_unix)
 
@@ -372,6 +424,9 @@ class EngineCore:
         return self.last_sync + self.sync_interval_s
 
     def _publish(self, now: float) -> None:
+        if self.book is not None and self.has_hub:
+            for effect in self.book.publish(now):
+                self.emit(effect)
         if self.limiter is None or not self.has_hub:
             return
         self.last_sync, self.dirty = now, False
@@ -409,7 +464,8 @@ class EngineCore:
             return self._pump(now)  # a replaced worker's late report, or a duplicate
         self._free(r.worker_index)
         answered = r.error is not None and r.error.status is not None
-        decided = self._settle(attempt, settlement(r.sent, attempt_tokens(r.usage, r.error, r.chunks, answered)))
+        decided = self._settle(attempt, settlement(r.sent, attempt_tokens(r.usage, r.error, r.chunks, answered)),
+                               r.usage)
         job = attempt.job
         job.charged_tokens += decided.charged(job.estimate)
         if attempt.abandoned_at is not None:
@@ -438,7 +494,11 @@ class EngineCore:
             self._outcome(attempt.generation, error if error is None else Cancelled("probe abandoned"),
                           urgent=True, now=now)
 
-    def _settle(self, attempt: Attempt, decided: Settlement) -> Settlement:
+    def _settle(self, attempt: Attempt, decided: Settlement, usage: Any = None) -> Settlement:
+        hold = attempt.job.spend
+        if hold is not None and attempt.number > 0 and attempt.abandoned_at is None:
+            hold.spent_nano += BudgetBook.attempt_charge(decided, usage, hold.estimate_nano, self.price)
+            hold.sent = hold.sent or decided.action is not Settle.RELEASE
         if attempt.strict_id is not None:
             self.emit(ev.SettleStrict(str(attempt.strict_id), decided.tokens, decided.action is not Settle.RELEASE))
         if attempt.reservation is not None and attempt.held_by is not None:
@@ -566,6 +626,10 @@ class EngineCore:
     def _abandon(self, job: Job, now: float) -> None:
         attempt, job.attempt = job.attempt, None
         attempt.abandoned_at = now
+        if job.spend is not None:
+            # Its report may come after the terminal settles the budgets: it is charged its estimate now.
+            job.spend.spent_nano += job.spend.estimate_nano
+            job.spend.sent = True
         self._at(attempt.kill_at, "attempt", attempt)
         self.emit(ev.AbandonOnWorker(attempt.worker, job.request_id))
 
@@ -576,7 +640,8 @@ class EngineCore:
         if self.flush_at is not None and self.flush_at <= now:
             self._flush()
         due = self._sync_due()
-        if due is not None and due <= now:
+        spend_due = self.book.sync_due() if self.book is not None and self.has_hub else None
+        if (due is not None and due <= now) or (spend_due is not None and spend_due <= now):
             self._publish(now)
         if self.pump_at is not None and self.pump_at <= now:
             self.pump_at = None
@@ -635,6 +700,9 @@ class EngineCore:
 
     def _terminal(self, job: Job, message: Completed | Failed) -> None:
         self._detach(job)
+        if self.book is not None and job.spend is not None:
+            for effect in self.book.settle(job.spend, job.request_id):
+                self.emit(effect)
         if isinstance(message, Completed):
             self.counters.completed += 1
         else:
@@ -657,7 +725,8 @@ class EngineCore:
                                streamed=bool(getattr(job.request, "stream", False)),
                                latency_s=now - job.accepted_mono,
                                ttft_s=(first - job.accepted_unix) if first else None,
-                               charged_tokens=job.charged_tokens, cost_usd=cost)
+                               charged_tokens=job.charged_tokens, cost_usd=cost,
+                               charged_usd=job.spend.spent_nano / NANO if job.spend is not None else None)
 
     def take_records(self) -> list[TerminalRecord]:
         records, self.records = self.records, []

@@ -25,6 +25,7 @@ from typing import Literal
 
 from actors.errors import BudgetExceeded
 from actors.core.gcounter import GCounter
+from actors.core.periods import Period
 from actors.core.settlement import apply_settlement, settlement
 
 __all__ = ["RateLimits", "Reservation", "WindowedLimiter", "WindowUsage", "estimate_tokens", "COUNTERS"]
@@ -49,6 +50,9 @@ class RateLimits:
     # Strict mode only, when the leader cannot be reached: refuse, or admit against
     # this node's share (budget / nodes) until it is back.
     leader_unavailable: Literal["fail", "local_share"] = "fail"
+    # Spend budgets (core/budget.py): windows are these periods (calendar months included)
+    # instead of floor(t / window_s); tpm then counts nano-USD.
+    period: Period | None = None
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm"):
@@ -139,6 +143,8 @@ class WindowedLimiter:
     # -- windows ---------------------------------------------------------------------
 
     def _window_at(self, now: float) -> tuple[int, float]:
+        if self.limits.period is not None:
+            return self.limits.period.at(now)
         window_s = self.limits.window_s
         index = math.floor(now / window_s)
         return index, (now - index * window_s) / window_s
@@ -315,7 +321,9 @@ class WindowedLimiter:
     def usage(self) -> WindowUsage:
         window, _ = self._window_at(self._wall())
         requests, tokens = self._spent(window)
-        return WindowUsage(window, window * self.limits.window_s, requests, tokens,
+        period = self.limits.period
+        start = period.start(window) if period is not None else window * self.limits.window_s
+        return WindowUsage(window, start, requests, tokens,
                            self.limits.rpm, self.limits.tpm)
 
 

@@ -43,6 +43,7 @@ class TerminalRecord:
     cost_usd: float | None    # None: the price is unknown
     latency_s: float
     ttft_s: float | None
+    charged_usd: float | None = None  # what the spend budgets were charged (the estimate when unknown)
 
     @property
     def failed(self) -> bool:
@@ -51,7 +52,7 @@ class TerminalRecord:
 
 def terminal_record(message: Completed | Failed, *, at_unix: float, node: str, model: str, provider: str,
                     metadata: dict[str, str], streamed: bool, latency_s: float, ttft_s: float | None,
-                    charged_tokens: int, cost_usd: float | None) -> TerminalRecord:
+                    charged_tokens: int, cost_usd: float | None, charged_usd: float | None = None) -> TerminalRecord:
     if isinstance(message, Completed):
         usage, error = message.usage, None
     else:
@@ -67,4 +68,4 @@ def terminal_record(message: Completed | Failed, *, at_unix: float, node: str, m
         input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
         output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens,
         usage_reported=usage.reported, charged_tokens=charged_tokens, cost_usd=cost_usd,
-        latency_s=latency_s, ttft_s=ttft_s)
+        latency_s=latency_s, ttft_s=ttft_s, charged_usd=charged_usd)

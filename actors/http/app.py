@@ -18,7 +18,9 @@ from actors.client import GatewayClient, Stream
 from actors.errors import InferenceError, ShuttingDown
 from actors.http import anthropic_dialect, openai_dialect
 from actors.http.errors import FrontDoorError, HttpError, anthropic_body, encode, http_error, openai_body, status_line
+from actors.core.records import KEY_METADATA, TEAM_METADATA
 from actors.http.keys import Caller, KeyRing, presented_key
+from actors.http.spend import spend_document
 from actors.http.translate import Call, parse_json
 from actors.http.watcher import Watcher
 from actors.settings.schema import HttpConfig
@@ -57,6 +59,13 @@ class _Dialect:
 
 OPENAI = _Dialect("openai", openai_dialect, openai_body)
 ANTHROPIC = _Dialect("anthropic", anthropic_dialect, anthropic_body)
+
+
+def _caller_metadata(caller: Caller) -> dict[str, str]:
+    metadata = {KEY_METADATA: caller.name}
+    if caller.team:
+        metadata[TEAM_METADATA] = caller.team
+    return metadata
 
 
 class FrontDoor:
@@ -131,7 +140,7 @@ class FrontDoor:
             return self._json(start_response, 200 if ready else 503,
                               {"status": "ready" if ready else "not ready", "detail": why}, request_id)
         routes = {"/v1/chat/completions": ("POST", OPENAI), "/v1/messages": ("POST", ANTHROPIC),
-                  "/v1/models": ("GET", dialect)}
+                  "/v1/models": ("GET", dialect), "/v1/spend": ("GET", OPENAI)}
         if path not in routes:
             raise FrontDoorError(404, f"no such endpoint {path!r}; this gateway serves /v1/chat/completions, "
                                  f"/v1/messages and /v1/models", kind="not_found_error", code="unknown_url")
@@ -143,6 +152,10 @@ class FrontDoor:
         if path == "/v1/models":
             done(200, caller.name)
             return self._json(start_response, 200, self._models(caller, dialect), request_id)
+        if path == "/v1/spend":
+            doc = spend_document(self.client, environ.get("QUERY_STRING", ""))
+            done(200, caller.name)
+            return self._json(start_response, 200, doc, request_id)
         if self.draining:
             raise ShuttingDown("this node's HTTP listener is draining; send to another node", retryable=True)
         call = dialect.module.parse(parse_json(self._body(environ)))
@@ -244,7 +257,7 @@ class FrontDoor:
         kw = {k: call.params[k] for k in _CLIENT_PARAMS if k in call.params}
         extra = {k: v for k, v in call.params.items() if k not in _CLIENT_PARAMS}
         request = self.client.request(call.model, call.messages, stream=call.stream, timeout_s=call.timeout_s,
-                                      metadata={"http_key": caller.name}, request_id=request_id,
+                                      metadata=_caller_metadata(caller), request_id=request_id,
                                       extra_body=extra or None, **kw)
         return Stream(self.client, request, call.timeout_s)
 

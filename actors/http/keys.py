@@ -38,6 +38,7 @@ class Caller:
 
     name: str
     models: frozenset[str] | None
+    team: str = ""      # the key's team (its calls count against the team's spend budgets)
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -75,7 +76,7 @@ class KeyRing:
         self._entries: list[tuple[bytes, Caller]] = []
         for i, entry in enumerate(config.keys):
             models = frozenset(entry.models) if entry.models is not None else None
-            self._entries.append((_resolve(entry, f"http.keys[{i}]", environ), Caller(entry.name, models)))
+            self._entries.append((_resolve(entry, f"http.keys[{i}]", environ), Caller(entry.name, models, entry.team or "")))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -23,6 +23,8 @@ from actors.errors import ConfigError, InternalError
 from actors.runtime.protocol import Deploy, Deployed, Drain, Drained
 from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
 from actors.runtime.watchdog import LauncherWatchdog, WatchLauncher, Watching
+from actors.ops.spend import spend_ledger
+from actors.settings.budgets import budgets_of
 from actors.ops.procs import (admin_process, group_is_ours, kill_group, listening_pids, pids_in_group,
                               port_is_listening, process_start_ticks, wait_until)
 
@@ -182,6 +184,7 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
                          "leader": leader.rpartition(":")[0] if leader else None})
     if port_is_listening(port) or listening_pids(port):
         raise ConfigError(f"admin port {port} is already in use (another node running?)", path="node.admin_port")
+    ledger = spend_ledger(config)  # a corrupted or unwritable ledger stops the start here, saying so
     # Before the ActorSystem exists: its admin, logger and every actor are forked from here.
     serializer = wire.install(keyring)
     stream_sender.use_keyring(serializer.keyring)  # workers sign stream-channel frames with the same keys
@@ -226,7 +229,8 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
         registry = asys.createActor(NodeRegistry, globalName=NODE_GLOBAL_NAME)
         host = os.environ.get("THESPIAN_BASE_IPADDR", "")
         reply = asys.ask(registry, Deploy(name, config.deployments, config.cluster, leader=not leader, host=host,
-                                          capability=capability, launcher_pid=os.getpid()), deploy_timeout_s)
+                                          capability=capability, launcher_pid=os.getpid(),
+                                          budgets=budgets_of(config), ledger=ledger), deploy_timeout_s)
         if isinstance(reply, PoisonMessage):
             raise InternalError(f"node {name} failed to start: {str(reply.details)[-800:]}")
         if not isinstance(reply, Deployed):

@@ -13,11 +13,13 @@ import os
 import secrets
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
 
 from actors.core import engine_events as ev
+from actors.core.budget import AskStrictSpend, PublishSpend, SettleStrictSpend
 from actors.core.engine_core import EngineCore
 from actors.errors import InternalError, ShuttingDown
 from actors.providers import make_runner
@@ -25,7 +27,8 @@ from actors.runtime.base import GatewayActor
 from actors.runtime.logs import logger
 from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutcome, BreakerOutcomes, BreakerRefused,
                                      BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit, EngineReady,
-                                     EngineStatus, FirstToken, LimiterDelta, LimiterRegister, SessionRefresh,
+                                     EngineStatus, FirstToken, LedgerRecords, LimiterDelta, LimiterRegister,
+                                     SessionRefresh,
                                      SessionSubscribe, SessionVersion, StrictAcquire, StrictDenied, StrictGrant,
                                      StrictSettle, WorkerInit, WorkerResult)
 from actors.runtime.timers import Alarm
@@ -33,6 +36,10 @@ from actors.runtime.worker import RemoteWorkerActor
 from actors.types import Cancel, Failed
 
 log = logger("atomr.engine")
+
+LEDGER_BATCH = 64        # records sent to the ledger at once at most ...
+LEDGER_FLUSH_S = 0.25    # ... and at the latest this long after a terminal
+LEDGER_FLUSH = "ledger-flush"
 
 # Messages that carry nothing but an event for the core (no address to keep, no reply).
 _EVENTS: dict[type, Callable[[Any], Any]] = {
@@ -58,6 +65,8 @@ class RemoteEngineCoreActor(GatewayActor):
         self.strict_address: Any = None
         self.broken: InternalError | None = None  # why EngineInit failed, told to every caller
         self.alarm = Alarm(self, "engine")
+        self.unrecorded: list[Any] = []   # terminal records not yet sent to the ledger
+        self.ledger_timer = False
 
     def receiveMsg_EngineInit(self, msg: EngineInit, sender: Any) -> None:
         if self.init is not None:
@@ -75,12 +84,17 @@ class RemoteEngineCoreActor(GatewayActor):
             return
         self.core = EngineCore(dep, slot=slot, node=msg.node, price=price, sync_interval_s=msg.sync_interval_s,
                                failure_timeout_s=msg.failure_timeout_s, has_session=msg.session is not None,
-                               has_hub=msg.limiter is not None)
+                               has_hub=msg.limiter is not None, budgets=getattr(msg, "budgets", None) or (),
+                               budget_slot=getattr(msg, "budget_slot", "") or slot,
+                               budget_seed=getattr(msg, "budget_seed", None))
         self.send(msg.breaker, BreakerSubscribe(self.myAddress))
         if msg.session is not None:
             self.send(msg.session, SessionSubscribe(self.myAddress, wants_secret=False))
         if self.core.limiter is not None and msg.limiter is not None:
             self.send(msg.limiter, LimiterRegister(self.myAddress, dep.limit_key, dep.limits))
+        if self.core.book is not None and msg.limiter is not None:
+            for key, budget in self.core.book.budgets.items():
+                self.send(msg.limiter, LimiterRegister(self.myAddress, key, budget.limits))
         self._run(self.core.start())
 
     # -- messages in: each becomes one core event ----------------------------------------
@@ -145,9 +159,13 @@ class RemoteEngineCoreActor(GatewayActor):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if self.alarm.fired(msg.payload):
             self._feed(ev.Tick())
+        elif msg.payload == LEDGER_FLUSH:
+            self.ledger_timer = False
+            self._flush_records()
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._feed(ev.Stop())
+        self._flush_records()
 
     def receiveMsg_StatusRequest(self, msg: Any, sender: Any) -> None:
         if self.core is None:
@@ -169,6 +187,31 @@ class RemoteEngineCoreActor(GatewayActor):
 
     def _recorded(self, records: list[Any]) -> None:
         """Terminal records of this step: counted into the statistics, sent to the ledger."""
+        if self.init is None or getattr(self.init, "ledger", None) is None:
+            return
+        # Batched: a message costs about a millisecond of CPU, so never one per request.
+        self.unrecorded.extend(records)
+        if len(self.unrecorded) >= LEDGER_BATCH:
+            self._flush_records()
+        elif not self.ledger_timer:
+            self.ledger_timer = True
+            self.wakeupAfter(timedelta(seconds=LEDGER_FLUSH_S), payload=LEDGER_FLUSH)
+
+    def _flush_records(self) -> None:
+        if self.unrecorded and self.init is not None and getattr(self.init, "ledger", None) is not None:
+            batch, self.unrecorded = self.unrecorded, []
+            self.send(self.init.ledger, LedgerRecords(getattr(self.init, "budget_slot", "") or self.core.slot, batch))
+
+    def _do_PublishSpend(self, e: PublishSpend) -> None:
+        self.send(self.init.limiter, LimiterDelta(e.key, e.delta, self.core.book.slot, e.limits, sent_unix=e.sent_unix))
+
+    def _do_AskStrictSpend(self, e: AskStrictSpend) -> None:
+        if self.strict_address is not None:
+            self.send(self.strict_address, StrictAcquire(e.key, e.limits, e.reservation_id, e.nano))
+
+    def _do_SettleStrictSpend(self, e: SettleStrictSpend) -> None:
+        if self.strict_address is not None:
+            self.send(self.strict_address, StrictSettle(e.key, e.reservation_id, e.actual_nano, e.sent))
 
     def _do_StartWorker(self, e: ev.StartWorker) -> None:
         worker = self.workers[e.index] = self.createActor(RemoteWorkerActor)
@@ -222,6 +265,7 @@ class RemoteEngineCoreActor(GatewayActor):
         self.send(self.init.registry, EngineReady(self.init.deployment.name, self.init.replica))
 
     def _do_ReportDrained(self, e: ev.ReportDrained) -> None:
+        self._flush_records()  # before the node is told: its ledger flushes on drain
         self.send(e.to, Drained(self.init.node, e.in_flight))
 
     def _do_WakeAt(self, e: ev.WakeAt) -> None:

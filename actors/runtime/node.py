@@ -19,10 +19,11 @@ from actors.core.gather import Gathering
 from actors.core.supervision import Supervisor
 from actors.runtime.breaker import CircuitBreakerActor
 from actors.runtime.engine import RemoteEngineCoreActor
+from actors.runtime.ledger import LedgerActor, engine_seed, spend_status
 from actors.runtime.limiter import RateLimiterActor
 from actors.runtime.logs import logger
 from actors.runtime.node_cluster import ClusterMember
-from actors.runtime.protocol import (BreakerInit, BreakerQuery, BreakerState, ClusterStatus, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineReady, EngineStatus, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
+from actors.runtime.protocol import (LedgerFlush, LedgerState, SpendQuery, SpendReport, BreakerInit, BreakerQuery, BreakerState, ClusterStatus, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineReady, EngineStatus, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
 from actors.runtime.session import RemoteSessionActor
 from actors.settings.schema import ClusterConfig
 
@@ -57,6 +58,9 @@ class NodeRegistry(ClusterMember):
         self.drain_waiter = None
         self.drain_left = 0
         self.draining = False   # once drained, a node never restarts an engine: it is stopping
+        self.budgets: list[Any] = []    # core.budget.Budget, from the Deploy
+        self.ledger = None              # the LedgerActor, when node.ledger is set
+        self.ledger_path: str | None = None
 
     # -- deployment --------------------------------------------------------------------
 
@@ -68,6 +72,12 @@ class NodeRegistry(ClusterMember):
             self.limiter = self.createActor(RateLimiterActor)
             self.send(self.limiter, LimiterInit(self.node_id, self.cluster.sync_interval_ms / 1000))
         self.deploy_waiter = sender
+        self.budgets = list(getattr(msg, "budgets", None) or [])
+        ledger = getattr(msg, "ledger", None)
+        if ledger is not None and self.ledger is None:
+            self.ledger, self.ledger_path = self.createActor(LedgerActor), ledger.path
+            ledger.node = self.node_id
+            self.send(self.ledger, ledger)
         for dep in msg.deployments:
             self.deployments.append(dep)
             key = (dep.provider, dep.endpoint)
@@ -90,11 +100,17 @@ class NodeRegistry(ClusterMember):
         dep, session, breaker = self.specs[(name, replica)]
         engine = self.createActor(RemoteEngineCoreActor)
         self.engines.append((dep, engine, replica))
+        slot = f"{self.node_id}/{dep.name}/{replica}"  # stable: a restart resumes its count (docs/spend.md)
         self.send(engine, EngineInit(dep, replica, self.node, self.myAddress, session, breaker, self.limiter,
-                                     self.cluster.sync_interval_ms / 1000, self.cluster.failure_timeout_s))
-        if dep.limits.mode == "strict" and self.strict is not None:
+                                     self.cluster.sync_interval_ms / 1000, self.cluster.failure_timeout_s,
+                                     budgets=self.budgets, budget_slot=slot, ledger=self.ledger,
+                                     budget_seed=engine_seed(self.ledger_path, slot, self.budgets, time.time())))
+        if self._wants_strict(dep) and self.strict is not None:
             self.send(engine, StrictLimiterIs(self.strict, max(1, len(self.members))))
         return engine
+
+    def _wants_strict(self, dep: Any) -> bool:
+        return dep.limits.mode == "strict" or any(b.mode == "strict" for b in self.budgets)
 
     def receiveMsg_EngineReady(self, msg: EngineReady, sender: Any) -> None:
         self.pending_ready.discard((msg.deployment, msg.replica))
@@ -179,6 +195,7 @@ class NodeRegistry(ClusterMember):
         queries = [(engine, StatusRequest()) for _, engine, _ in self.engines]
         queries += [(breaker, BreakerQuery()) for breaker in self.breakers.values()]
         queries += [(self.limiter, LimiterQuery())] if self.limiter is not None else []
+        queries += [(self.ledger, StatusRequest())] if self.ledger is not None else []
         self.gathering = Gathering([address for address, _ in queries], [waiter])
         for address, query in queries:
             self.send(address, query)
@@ -206,8 +223,9 @@ class NodeRegistry(ClusterMember):
             return  # answered already; this is the timeout of that collection
         parts = gathering.parts
         engines = sorted((p for p in parts if isinstance(p, EngineStatus)), key=lambda e: (e.deployment, e.replica))
-        limits = [u for p in parts if isinstance(p, list) for u in p]
-        breakers = [p for p in parts if not isinstance(p, (EngineStatus, list))]
+        limits, spend = spend_status([u for p in parts if isinstance(p, list) for u in p],
+                                     next((p for p in parts if isinstance(p, LedgerState)), None))
+        breakers = [p for p in parts if not isinstance(p, (EngineStatus, list, LedgerState))]
         supervision = []
         for line in self.supervisor.lines():
             name, replica = line.pop("child")
@@ -215,7 +233,7 @@ class NodeRegistry(ClusterMember):
         for waiter, token, kind in gathering.waiters:
             status = NodeStatus(self.node, self.started, engines, breakers, limits, token=token,
                                 node_id=self.node_id, address=self.address, supervision=supervision,
-                                membership=self.membership_state())
+                                membership=self.membership_state(), spend=spend)
             if kind == "cluster":
                 self.send(waiter, ClusterStatus("", [self._member_info()], [status], [], token))
             else:
@@ -246,10 +264,27 @@ class NodeRegistry(ClusterMember):
         for _, engine, _ in self.engines:
             self.send(engine, msg)
         if not self.engines:
-            self.send(sender, Drained(self.node, 0))
+            self.drain_left = 1
+            self.receiveMsg_Drained(Drained(self.node, 0), self.myAddress)
 
     def receiveMsg_Drained(self, msg: Drained, sender: Any) -> None:
         self.drain_left -= 1
         if self.drain_left == 0 and self.drain_waiter is not None:
+            if self.ledger is not None:
+                return self.send(self.ledger, LedgerFlush("drain"))  # answered once the ledger is on disk
             self.send(self.drain_waiter, Drained(self.node, 0))
             self.drain_waiter = None
+
+    def receiveMsg_LedgerState(self, msg: LedgerState, sender: Any) -> None:
+        if msg.token == "drain" and self.drain_waiter is not None:
+            self.send(self.drain_waiter, Drained(self.node, 0))
+            self.drain_waiter = None
+        else:
+            self._status_part(sender, msg)
+
+    def receiveMsg_SpendQuery(self, msg: SpendQuery, sender: Any) -> None:
+        if self.ledger is None:
+            return self.send(sender, SpendReport(self.node_id, [], error="this node keeps no ledger (node.ledger "
+                                                 "is not set)", token=msg.token))
+        msg.reply_to = sender
+        self.send(self.ledger, msg)

@@ -152,7 +152,7 @@ class ClusterMember(GatewayActor):
         self.strict = address
         nodes = max(1, len(self.members))
         for dep, engine, _ in self.engines:
-            if dep.limits.mode == "strict":
+            if dep.limits.mode == "strict" or any(b.mode == "strict" for b in getattr(self, "budgets", ())):
                 self.send(engine, StrictLimiterIs(address, nodes))
 
     def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate, sender: Any) -> None:

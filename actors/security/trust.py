@@ -59,6 +59,9 @@ PEER_ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("actors.runtime.protocol.cluster", "ClusterStatus"),
     ("actors.runtime.protocol.routing", "StatusRequest"),
     ("actors.runtime.protocol.routing", "NodeStatus"),
+    # Spend reports (launch.py spend --cluster): sums by key, team, model, deployment; no secrets.
+    ("actors.runtime.protocol.ledger", "SpendQuery"),
+    ("actors.runtime.protocol.ledger", "SpendReport"),
 })
 
 # The only actor a peer may have created here: the cluster's leader locator.

@@ -17,6 +17,7 @@ import yaml
 
 from actors.core.credentials import looks_secret
 from actors.errors import ConfigError
+from actors.settings.budgets import check_budgets
 from actors.settings.schema import GatewayConfig
 
 __all__ = ["build", "parse_config", "load_config", "check_credentials", "check_http_keys", "config_warnings", "UniqueKeyLoader"]
@@ -162,6 +163,11 @@ def parse_config(data: Any, source: str = "<config>", *, credentials: bool = Tru
 
     try:
         config = build(GatewayConfig, data)
+        try:
+            check_budgets(config)
+        except ValueError as exc:
+            head, _, rest = str(exc).partition(": ")
+            raise ConfigError(rest, path=head) from None
         for i, dep in enumerate(config.deployments):
             try:
                 make_runner(dep)
@@ -240,4 +246,7 @@ def load_config(path: str | os.PathLike, **kw: Any) -> GatewayConfig:
         # Relative to the config file, so a deployment directory can be moved whole.
         secret_file = os.path.join(os.path.dirname(os.path.abspath(source)), os.path.expanduser(secret_file))
         config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, secret_file=secret_file))
+    if config.node.ledger is not None:  # relative to the config file too
+        ledger = os.path.join(os.path.dirname(os.path.abspath(source)), os.path.expanduser(config.node.ledger))
+        config = dataclasses.replace(config, node=dataclasses.replace(config.node, ledger=ledger))
     return config

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from actors.core.breaker import BreakerConfig
+from actors.core.budget import BudgetSpec
 from actors.core.credentials import CredentialSource
 from actors.core.pricing import Price
 from actors.core.ratelimit import RateLimits
@@ -159,11 +160,16 @@ class NodeConfig:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_file: str | None = None
     drain_timeout_s: float = 30.0
+    ledger: str | None = None              # SQLite file of spend records (docs/spend.md); relative to the config
+    ledger_retention_days: float = 90.0    # records older than this are deleted (>= the longest budget period)
 
     def __post_init__(self) -> None:
         if not 1 <= self.admin_port <= 65535:
             raise ValueError(f"admin_port: must be in 1..65535, got {self.admin_port!r}")
         _at_least("drain_timeout_s", self.drain_timeout_s, 0)
+        if self.ledger is not None and not self.ledger.strip():
+            raise ValueError(f"ledger: must be a file path, got {self.ledger!r}")
+        _at_least("ledger_retention_days", self.ledger_retention_days, 1)
 
 
 @dataclass(frozen=True)
@@ -258,6 +264,7 @@ class HttpKey:
     name: str
     key: ApiKeySource
     models: list[str] | None = None
+    team: str | None = None     # its calls count against the team's spend budgets too
 
     def __post_init__(self) -> None:
         if not self.name.strip():
@@ -326,6 +333,7 @@ class GatewayConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     mock_provider: MockProviderConfig | None = None
     http: HttpConfig | None = None
+    budgets: list[BudgetSpec] = field(default_factory=list)   # spend budgets in USD (docs/spend.md)
 
     def __post_init__(self) -> None:
         if not self.deployments:

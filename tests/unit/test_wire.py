@@ -230,7 +230,7 @@ PEER_OK = [
     P.Membership("n", "i", [], None), P.LimiterDelta("k", {}), P.LimiterStateRequest("k"),
     P.StrictAcquire("k", None, "r", 1), P.StrictSettle("k", "r", 1, True), P.StrictGrant("r", 1, 1),
     P.StrictDenied("r", RateLimited("no")), P.ClusterStatusRequest(), P.ClusterStatus("n", [], [], []),
-    P.StatusRequest(), P.NodeStatus("n", 0.0, [], [], []),
+    P.StatusRequest(), P.NodeStatus("n", 0.0, [], [], []), P.SpendQuery(0.0), P.SpendReport("n"),
     PendingActor("actors.runtime.cluster.LeaderLocator", None, 1, None, None),
     PoisonMessage(P.StatusRequest()), ChildActorExited(addr("10.9.9.9", 45000)),
 ]

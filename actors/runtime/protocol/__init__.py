@@ -60,6 +60,7 @@ from actors.runtime.protocol.budget import (
     StrictSettle,
     StrictInit,
 )
+from actors.runtime.protocol.ledger import LedgerInit, LedgerRecords, LedgerFlush, LedgerState, SpendQuery, SpendReport
 from actors.runtime.protocol.cluster import (
     Locate,
     Introduce,
@@ -132,4 +133,10 @@ __all__ = [
     'ClusterStatus',
     'RegistrarConfig',
     'MemberRefused',
+    'LedgerInit',
+    'LedgerRecords',
+    'LedgerFlush',
+    'LedgerState',
+    'SpendQuery',
+    'SpendReport',
 ]

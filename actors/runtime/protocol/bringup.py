@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -18,6 +18,8 @@ class Deploy:
     capability: str = ""
     launcher_pid: int = 0   # the node exits when this process is gone
     admin_port: int = 0     # part of the node's identity; 0: read from the admin's address
+    budgets: list[Any] = field(default_factory=list)  # core.budget.Budget
+    ledger: Any = None      # LedgerInit, when node.ledger is set
 
 
 @dataclass
@@ -38,6 +40,10 @@ class EngineInit:
     limiter: Any
     sync_interval_s: float = 0.05
     failure_timeout_s: float = 5.0
+    budgets: list[Any] = field(default_factory=list)  # core.budget.Budget
+    budget_slot: str = ""   # stable per node, deployment and replica (docs/spend.md)
+    budget_seed: dict[str, int] = field(default_factory=dict)  # counter key -> nano-USD from the ledger
+    ledger: Any = None      # the node's LedgerActor, when it has one
 
 
 @dataclass

@@ -66,6 +66,7 @@ class EngineStatus:
     depth_by_priority: dict[str, int]
     circuit: str
     draining: bool = False
+    budget_spent: list[str] = field(default_factory=list)  # deployment/provider spend budgets run out: route elsewhere
 
 
 @dataclass
@@ -82,6 +83,8 @@ class NodeStatus:
     # One line per engine that died: {"deployment", "replica", "restarts", "state", "last_exit_unix", "next_restart_s"}
     supervision: list[dict[str, Any]] = field(default_factory=list)
     membership: str = ""    # "member", "leader", "refused: <why>", "alone"
+    # Spend (docs/spend.md): {"budgets": [{"budget", "spent_usd", "usd", "mode", ...}], "ledger": {...} | None}
+    spend: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,0 +1,374 @@
+"""Spend budgets in USD per key, team, deployment or provider, over periods (core/periods.py).
+
+A budget is counted exactly like a token budget of the rate limits: each engine keeps a
+:class:`~actors.core.ratelimit.WindowedLimiter` replica whose "tokens" are nano-USD, and
+exchanges GCounter deltas with the node's limiter hub, which merges them across the
+convention. So approximate budgets converge the way rate limits do and overshoot by the
+same bound (about one sync interval of the cluster's spend, less with the share rule).
+
+A request reserves its *estimated* cost before it is dispatched (prompt and max_tokens at
+the deployment's price, :data:`UNKNOWN_PRICE` when the price is unknown), once for all its
+attempts; at its terminal the reservation is settled to what it cost: the reported usage
+at the price, the estimate for every attempt whose usage is unknown (never zero), nothing
+for attempts that never reached the provider. ``mode: strict`` budgets are reserved and
+settled at the leader's strict limiter instead, one round trip per request.
+
+Counter slots are stable per node, deployment and replica (not per incarnation), so a
+restarted engine merges its predecessor's count from the hub, and a restarted node seeds
+its slots from its ledger: spend that was flushed is not forgotten.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from actors.core.periods import Period
+from actors.core.pricing import Price, cost_usd
+from actors.core.ratelimit import RateLimits, Reservation, WindowedLimiter, estimate_tokens
+from actors.core.settlement import Settle, Settlement
+from actors.errors import BudgetExceeded, InferenceError, LeaderUnavailable
+
+__all__ = ["Budget", "BudgetBook", "SpendHold", "NANO", "UNKNOWN_PRICE", "SPEND_PREFIX", "SCOPES",
+           "AskStrictSpend", "SettleStrictSpend", "PublishSpend", "to_nano", "budget_exceeded"]
+
+NANO = 1_000_000_000          # counters hold nano-USD: integers, as GCounters need
+SPEND_PREFIX = "spend:"       # the hub's key of a spend budget (beside the deployments' rate-limit keys)
+SCOPES = ("key", "team", "deployment", "provider")
+# What a call is charged per million tokens when its model has no price: the dearest
+# common list price, so an unknown price can only make a budget run out early, never late.
+UNKNOWN_PRICE = Price(input=15.0, output=75.0)
+STRICT_ASK_TIMEOUT_S = 2.0
+
+
+def to_nano(usd: float) -> int:
+    return max(0, int(round(usd * NANO)))
+
+
+@dataclass(frozen=True)
+class Budget:
+    scope: Literal["key", "team", "deployment", "provider"]
+    name: str
+    usd: float
+    period: Period
+    mode: Literal["approximate", "strict"] = "approximate"
+
+    @property
+    def id(self) -> str:
+        """How it is named to people (errors, status, reports): ``team=search/1d``."""
+        return f"{self.scope}={self.name}/{self.period.text}"
+
+    @property
+    def counter_key(self) -> str:
+        return SPEND_PREFIX + self.id
+
+    @property
+    def limits(self) -> RateLimits:
+        return RateLimits(tpm=max(1, to_nano(self.usd)), window_s=self.period.nominal_s, period=self.period,
+                          mode=self.mode, key=self.counter_key)
+
+    def applies(self, key: str, team: str, deployment: str, provider: str) -> bool:
+        return {"key": key, "team": team, "deployment": deployment, "provider": provider}[self.scope] == self.name
+
+
+def budget_exceeded(budget: Budget, spent_nano: int, now: float, cost_nano: int | None = None) -> BudgetExceeded:
+    """The refusal callers see: names the budget, what is spent, and when it resets (not before)."""
+    index = budget.period.index(now)
+    resets = budget.period.end(index)
+    when = datetime.fromtimestamp(resets, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    need = f"; this request would need about ${cost_nano / NANO:.6f}" if cost_nano else ""
+    return BudgetExceeded(f"budget {budget.id} is spent: ${spent_nano / NANO:.6f} of ${budget.usd:g} in this "
+                          f"{budget.period.text} period{need}; it resets at {when}",
+                          limit=budget.id, retryable=False, retry_after_s=max(0.0, resets - now))
+
+
+# -- effects for the engine shell ------------------------------------------------------
+
+@dataclass(frozen=True)
+class PublishSpend:
+    key: str
+    delta: dict
+    sent_unix: float
+    limits: RateLimits
+
+
+@dataclass(frozen=True)
+class AskStrictSpend:
+    key: str
+    limits: RateLimits
+    reservation_id: str
+    nano: int
+
+
+@dataclass(frozen=True)
+class SettleStrictSpend:
+    key: str
+    reservation_id: str
+    actual_nano: int
+    sent: bool
+
+
+# -- one request's hold ----------------------------------------------------------------
+
+@dataclass(eq=False)
+class SpendHold:
+    """What one request holds against the budgets, from admission to its terminal."""
+
+    estimate_nano: int
+    budgets: list[Budget]
+    reserved: list[tuple[Budget, Reservation]] = field(default_factory=list)
+    strict_wanted: list[Budget] = field(default_factory=list)
+    strict_granted: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (window, nano) mirrored
+    strict_asked: float | None = None
+    strict_denied: InferenceError | None = None
+    admitted: bool = False
+    spent_nano: int = 0        # charged so far, attempt by attempt
+    sent: bool = False         # some attempt (may have) reached the provider
+
+
+class BudgetBook:
+    """One engine's view of every budget that can apply to its requests."""
+
+    def __init__(self, budgets: Iterable[Budget], *, slot: str, deployment: str, provider: str,
+                 wall: Callable[[], float], clock: Callable[[], float], sync_interval_s: float = 0.05,
+                 rand: Callable[[], float] | None = None, seed: Mapping[str, int] | None = None,
+                 failure_timeout_s: float = 5.0) -> None:
+        self.slot = slot
+        self.wall, self.clock = wall, clock
+        self.failure_timeout_s = failure_timeout_s
+        self.started = clock()
+        mine = [b for b in budgets if b.scope in ("key", "team")
+                or (b.scope == "deployment" and b.name == deployment) or (b.scope == "provider" and b.name == provider)]
+        self.budgets: dict[str, Budget] = {b.counter_key: b for b in mine}
+        self.limiters: dict[str, WindowedLimiter] = {}
+        extra = {} if rand is None else {"rand": rand}
+        for key, b in self.budgets.items():
+            limiter = WindowedLimiter(slot, b.limits, wall_clock=wall, sync_interval_s=sync_interval_s, clock=clock,
+                                      **extra)
+            self.limiters[key] = limiter
+            seeded = (seed or {}).get(key, 0)
+            if seeded > 0:
+                # This slot's spend in the current period before the restart, from the ledger.
+                limiter.record(seeded, requests=1)
+        self.dirty = bool(seed)
+        self.last_sync = clock()
+        self.sync_interval_s = sync_interval_s
+        self.typical_nano = 0
+        self._strict_ids = 0
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.budgets)
+
+    def applicable(self, metadata: Mapping[str, Any], deployment: str, provider: str) -> list[Budget]:
+        key, team = str(metadata.get("http_key", "") or ""), str(metadata.get("http_team", "") or "")
+        return [b for b in self.budgets.values() if b.applies(key, team, deployment, provider)]
+
+    # -- admission -----------------------------------------------------------------------
+
+    def admit(self, hold: SpendHold, now: float, leader_available: bool, leader_lost: bool,
+              request_id: str) -> tuple[str, Any]:
+        """("ok", None) | ("wait", until) | ("denied", error) | ("ask", [AskStrictSpend...])."""
+        if hold.admitted:
+            return "ok", None
+        wall = self.wall()
+        cost = hold.estimate_nano
+        self.typical_nano = cost
+        if not hold.reserved:
+            for b in hold.budgets:
+                if b.mode == "strict":
+                    continue
+                limiter = self.limiters[b.counter_key]
+                verdict = limiter.try_acquire(cost, 1)
+                self.dirty = True
+                if isinstance(verdict, Reservation):
+                    hold.reserved.append((b, verdict))
+                    continue
+                self._release(hold)
+                if self._exhausted(limiter, cost):
+                    return "denied", budget_exceeded(b, limiter.usage().tokens, wall, cost)
+                return "wait", now + max(0.005, min(verdict.retry_after_s or 0.05, 1.0))
+            hold.strict_wanted = [b for b in hold.budgets if b.mode == "strict"]
+            if not hold.strict_wanted:
+                hold.admitted = True
+                return "ok", None
+        if hold.strict_denied is not None:
+            error, hold.strict_denied = hold.strict_denied, None
+            self._release(hold)
+            return "denied", error
+        missing = [b for b in hold.strict_wanted if b.counter_key not in hold.strict_granted]
+        if not missing:
+            hold.admitted = True
+            return "ok", None
+        if not leader_available:
+            if not leader_lost and now - self.started < self.failure_timeout_s:
+                return "wait", now + 0.05
+            self._release(hold)
+            return "denied", LeaderUnavailable("a strict spend budget needs the convention leader, which is "
+                                               "unreachable", retry_after_s=self.failure_timeout_s)
+        if hold.strict_asked is None or now - hold.strict_asked >= STRICT_ASK_TIMEOUT_S:
+            hold.strict_asked = now
+            return "ask", [AskStrictSpend(b.counter_key, b.limits, self.reservation_id(request_id, b), cost)
+                           for b in missing]
+        return "wait", hold.strict_asked + STRICT_ASK_TIMEOUT_S
+
+    @staticmethod
+    def reservation_id(request_id: str, budget: Budget) -> str:
+        return f"spend|{request_id}|{budget.counter_key}"
+
+    @staticmethod
+    def parse_reservation(reservation_id: str) -> tuple[str, str] | None:
+        if not reservation_id.startswith("spend|"):
+            return None
+        _, request_id, key = reservation_id.split("|", 2)
+        return request_id, key
+
+    def granted(self, hold: SpendHold | None, key: str, window: int, nano: int) -> bool:
+        """A strict grant; False when nobody holds it any more (the caller gives it back)."""
+        if hold is None or key not in self.limiters:
+            return False
+        if key in hold.strict_granted:
+            return True  # a repeated ask answered twice: the leader holds one reservation, and so do we
+        if hold.admitted or key not in {b.counter_key for b in hold.strict_wanted}:
+            return False
+        # Mirrored into this replica, so the cluster's view (and a new leader's seed) includes it.
+        self.limiters[key].record(nano, window=window)
+        self.dirty = True
+        hold.strict_granted[key] = (window, nano)
+        return True
+
+    def refused(self, hold: SpendHold | None, key: str, error: InferenceError) -> None:
+        if hold is None:
+            return
+        budget = self.budgets.get(key)
+        if isinstance(error, BudgetExceeded) and budget is not None:
+            limiter = self.limiters[key]
+            error = budget_exceeded(budget, max(limiter.usage().tokens, budget.limits.tpm), self.wall(),
+                                    hold.estimate_nano)
+        hold.strict_denied = error
+
+    def _exhausted(self, limiter: WindowedLimiter, cost: int) -> bool:
+        return limiter.usage().tokens + cost > limiter.limits.tpm
+
+    def _release(self, hold: SpendHold) -> None:
+        for b, reservation in hold.reserved:
+            self.limiters[b.counter_key].release(reservation)
+        hold.reserved = []
+        self.dirty = True
+
+    # -- charging ------------------------------------------------------------------------
+
+    @staticmethod
+    def estimate(messages: Any, max_tokens: int | None, default_output: int, price: Price | None) -> int:
+        """Nano-USD a request may cost: its prompt (~4 characters a token) and its whole output allowance."""
+        price = price or UNKNOWN_PRICE
+        prompt = estimate_tokens(messages, 0, 0)
+        output = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else default_output
+        return max(1, math.ceil((prompt * price.input + output * price.output) * NANO / 1e6))
+
+    @staticmethod
+    def attempt_charge(decided: Settlement, usage: Any, estimate_nano: int, price: Price | None) -> int:
+        """What one finished attempt is charged: its usage at the price, the estimate when unknown."""
+        if decided.action is Settle.RELEASE:
+            return 0
+        if decided.action is Settle.KEEP:
+            return estimate_nano
+        if usage is not None and getattr(usage, "reported", False):
+            usd = cost_usd(usage, price or UNKNOWN_PRICE)
+            return to_nano(usd) if usd is not None else estimate_nano
+        return 0  # the provider answered with an error before any output: nothing generated
+
+    def settle(self, hold: SpendHold, request_id: str) -> list[SettleStrictSpend]:
+        """At the terminal: replace every reservation by what the request was charged."""
+        actual = hold.spent_nano
+        for b, reservation in hold.reserved:
+            limiter = self.limiters[b.counter_key]
+            if hold.sent:
+                limiter.reconcile(reservation, actual)
+            else:
+                limiter.release(reservation)
+        hold.reserved = []
+        out = []
+        for key, (window, nano) in hold.strict_granted.items():
+            mirrored = Reservation(window, 1, nano)
+            limiter = self.limiters[key]
+            if hold.sent:
+                limiter.reconcile(mirrored, actual)
+            else:
+                limiter.release(mirrored)
+            out.append(SettleStrictSpend(key, self.reservation_id(request_id, self.budgets[key]), actual, hold.sent))
+        hold.strict_granted = {}
+        self.dirty = True
+        return out
+
+    # -- sync and status -----------------------------------------------------------------
+
+    def sync_due(self) -> float | None:
+        return self.last_sync + self.sync_interval_s if self.dirty else None
+
+    def publish(self, now: float) -> list[PublishSpend]:
+        self.last_sync, self.dirty = now, False
+        out = []
+        for key, limiter in self.limiters.items():
+            oldest = limiter.unpublished_since
+            delta = limiter.take_delta()
+            if delta:
+                out.append(PublishSpend(key, delta, oldest or self.wall(), limiter.limits))
+        return out
+
+    def merge(self, key: str, delta: Mapping, sent_unix: float | None) -> bool:
+        limiter = self.limiters.get(key)
+        if limiter is None:
+            return False
+        limiter.merge(delta, sent_unix)
+        return True
+
+    def spent(self) -> list[str]:
+        """Deployment and provider budgets with too little left for a typical request (routing skips them)."""
+        out = []
+        for key, b in self.budgets.items():
+            if b.scope in ("deployment", "provider") and self._exhausted(self.limiters[key], max(1, self.typical_nano)):
+                out.append(b.id)
+        return out
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """One ``budgets:`` entry as written: exactly one of key, team, deployment, provider; usd; period; mode."""
+
+    usd: float
+    period: str
+    key: str | None = None
+    team: str | None = None
+    deployment: str | None = None
+    provider: str | None = None
+    mode: Literal["approximate", "strict"] = "approximate"
+
+    def __post_init__(self) -> None:
+        given = [s for s in SCOPES if getattr(self, s) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of key, team, deployment, provider"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if not str(getattr(self, given[0])).strip():
+            raise ValueError(f"{given[0]}: must not be empty, got ''")
+        if isinstance(self.usd, bool) or not isinstance(self.usd, (int, float)) or not math.isfinite(self.usd) \
+                or self.usd <= 0:
+            raise ValueError(f"usd: must be > 0, got {self.usd!r}")
+        from actors.core.periods import parse_period
+
+        parse_period(self.period)
+        if self.mode not in ("approximate", "strict"):
+            raise ValueError(f"mode: must be approximate or strict, got {self.mode!r}")
+
+    @property
+    def scope(self) -> str:
+        return next(s for s in SCOPES if getattr(self, s) is not None)
+
+    def budget(self) -> Budget:
+        from actors.core.periods import parse_period
+
+        return Budget(self.scope, str(getattr(self, self.scope)), float(self.usd), parse_period(self.period),
+                      self.mode)

@@ -1,0 +1,160 @@
+"""Three nodes sharing a team budget at 10x the load it allows: approximate and strict, and a SIGKILL."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from actors import errors as E
+from actors.types import Completed, Failed, InferenceRequest
+
+from conftest import deployment, free_port, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST_CLUSTER = {"heartbeat_s": 0.5, "failure_timeout_s": 3.0, "reregistration_s": 2}
+# mock-gpt ($0.15 in, $0.60 out per million): "hi" with max_tokens 1 costs 4 in + 1 out = $0.0000012.
+COST = 0.0000012
+CALLS = 40
+BUDGET = CALLS * COST
+
+
+def ledger_rows(path):
+    if not Path(path).exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT cost_usd, charged_usd, outcome, slot FROM spend WHERE team = 'search'").fetchall()
+    finally:
+        db.close()
+
+
+def flood(client, model, rate_per_s, seconds, results, stop=None, deadline_s=1.0):
+    """Open loop, as actors.testing.load.open_loop, with the team's metadata on every request."""
+    endpoint = client._endpoint()
+    engine = client.routes(model)[0].engine
+    start, sent, pending = time.monotonic(), 0, set()
+    while time.monotonic() - start < seconds + 5 and (time.monotonic() - start < seconds or pending):
+        if stop is not None and stop.is_set():
+            return
+        elapsed = time.monotonic() - start
+        if elapsed < seconds and sent < elapsed * rate_per_s:
+            request = InferenceRequest(model=model, messages=[{"role": "user", "content": "hi"}],
+                                       params={"max_tokens": 1}, deadline_unix=time.time() + deadline_s,
+                                       metadata={"http_key": f"bot-{sent % 3}", "http_team": "search"})
+            endpoint.tell(engine, request)
+            pending.add(request.request_id)
+            sent += 1
+            continue
+        reply = endpoint.listen(0.005)
+        if isinstance(reply, (Completed, Failed)) and reply.request_id in pending:
+            pending.discard(reply.request_id)
+            results.append(reply)
+
+
+@pytest.fixture
+def spend_cluster(gateway, mock, tmp_path):
+    def make(mode, n=3):
+        # Not across the top of the hour: the 1h budget's period must not roll during the test.
+        if 3600 - time.time() % 3600 < 45:
+            time.sleep(3600 - time.time() % 3600 + 1)
+        dep = deployment(mock.url, "d1", workers=2, queue_capacity=1024)
+        budgets = [{"team": "search", "usd": BUDGET, "period": "1h", "mode": mode}]
+        nodes, leader_port = [], free_port()
+        for i in range(n):
+            ledger = str(tmp_path / f"n{i}.db")
+            node, client = gateway([dep], name=f"n{i}", port=leader_port if i == 0 else None, cluster=FAST_CLUSTER,
+                                   leader=None if i == 0 else f"127.0.0.1:{leader_port}", budgets=budgets,
+                                   node={"ledger": ledger})
+            nodes.append((node, client, ledger))
+        wait_for(lambda: len(nodes[0][1].cluster_status(members_only=True).members) == n, timeout_s=20,
+                 message=f"{n} members")
+        return nodes, dep, budgets
+
+    return make
+
+
+def run_flood(nodes, seconds=4.0, kill_after_s=None):
+    results: list = []
+    rate = 10 * CALLS / seconds / len(nodes)  # ten times what the budget allows, spread over the nodes
+    stop = threading.Event()
+    threads = [threading.Thread(target=flood, args=(client, "d1", rate, seconds, results,
+                                                     stop if i == len(nodes) - 1 else None))
+               for i, (_, client, _) in enumerate(nodes)]
+    for t in threads:
+        t.start()
+    if kill_after_s is not None:
+        time.sleep(kill_after_s)
+        stop.set()
+        nodes[-1][0].kill()  # SIGKILL to every process of the last node, mid-load
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def spent(rows):
+    return sum(c for c, _, _, _ in rows if c is not None)
+
+
+def test_approximate_team_budget_stays_within_5_percent_and_a_killed_node_s_flushed_spend_counts(
+        spend_cluster, gateway, mock):
+    nodes, dep, budgets = spend_cluster("approximate")
+    assert nodes[1][1].complete("d1", [{"role": "user", "content": "warm"}], max_tokens=1).text  # no team: free
+    results = run_flood(nodes, kill_after_s=2.0)
+    refused = [r for r in results if isinstance(r, Failed) and isinstance(r.error, E.BudgetExceeded)]
+    assert refused and all(not r.error.retryable or "share" in r.error.message for r in refused)
+    victim, _, victim_ledger = nodes[-1]
+    for _, client, _ in nodes[:-1]:
+        client.status()  # the survivors answer
+    for node, _, _ in nodes[:-1]:
+        node.drain(5)  # flush their ledgers
+    wait_for(lambda: all(client.status().spend["ledger"]["queued"] == 0 for _, client, _ in nodes[:-1]),
+             message="the ledgers to be written")
+    victim_rows = ledger_rows(victim_ledger)
+    total = sum(spent(ledger_rows(ledger)) for _, _, ledger in nodes)
+    assert total <= BUDGET * 1.05, (total, BUDGET)
+    assert total >= BUDGET * 0.8, (total, BUDGET)  # and the budget was really used
+    assert mock.stats()["total"] - 1 <= CALLS * 1.05
+    # The killed node had flushed part of its spend; restarted on its port (alone: nobody else's
+    # memory helps), it seeds its counters from its ledger and counts that spend again.
+    assert victim_rows, "the killed node had flushed nothing in 2 s"
+    charged = sum(ch for _, ch, _, _ in victim_rows)
+    _, again = gateway([dep], name=victim.name, port=victim.admin_port, cluster=FAST_CLUSTER, budgets=budgets,
+                       node={"ledger": victim_ledger})
+
+    def seen():
+        lines = {b["budget"]: b["spent_usd"] for b in again.status().spend["budgets"]}
+        return lines.get("team=search/1h", 0) >= charged * 0.999
+    wait_for(seen, message="the restarted node to count its flushed spend")
+
+
+def test_strict_team_budget_is_never_over(spend_cluster, mock, tmp_path):
+    nodes, _, _ = spend_cluster("strict")
+    # A new strict limiter first waits (SETTLE_S) to seed itself from the cluster's counters.
+    assert nodes[1][1].complete("d1", [{"role": "user", "content": "hi"}], max_tokens=1, timeout_s=20,
+                                metadata={"http_team": "search"}).text
+    results = run_flood(nodes)
+    assert any(isinstance(r, Failed) and isinstance(r.error, E.BudgetExceeded) for r in results)
+    for node, _, _ in nodes:
+        node.drain(5)
+    wait_for(lambda: all(client.status().spend["ledger"]["queued"] == 0 for _, client, _ in nodes),
+             message="the ledgers to be written")
+    total = sum(spent(ledger_rows(ledger)) for _, _, ledger in nodes)
+    assert total <= BUDGET + 1e-12, (total, BUDGET)
+    assert total >= BUDGET * 0.8, (total, BUDGET)
+    # launch.py spend --cluster asks every node and sums what their ledgers say.
+    config = tmp_path / "ask.yaml"
+    config.write_text("deployments:\n  - {name: x, model: x, provider: openai, endpoint: 'http://127.0.0.1:9/v1'}\n"
+                      f"node: {{admin_port: {nodes[0][0].admin_port}}}\n")
+    out = subprocess.run([sys.executable, str(ROOT / "launch.py"), "spend", "--cluster", "--config", str(config),
+                          "--since", "1h", "--by", "team"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "3 node(s)" in out.stdout
+    search = next(line for line in out.stdout.splitlines() if line.startswith("search"))
+    assert int(search.split()[1]) == sum(len(ledger_rows(ledger)) for _, _, ledger in nodes)
+    assert float(search.split()[3]) == pytest.approx(total, abs=1e-6)

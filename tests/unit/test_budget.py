@@ -1,0 +1,319 @@
+"""Spend budgets: periods, the engine core's admission and settlement against them, seeds, strict mode."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from actors import errors as E
+from actors.core import engine_events as ev
+from actors.core.budget import NANO, UNKNOWN_PRICE, AskStrictSpend, Budget, BudgetBook, BudgetSpec, SettleStrictSpend
+from actors.core.engine_core import EngineCore
+from actors.core.periods import parse_period
+from actors.core.pricing import Price
+from actors.errors import ConfigError
+from actors.runtime.ledger_store import LedgerStore, seed_for
+from actors.settings.loader import parse_config
+from actors.types import Completed, Failed, Usage
+from harness import Rig
+
+PRICE = Price(input=1.0, output=2.0)   # USD per million tokens
+
+
+def utc(*args) -> float:
+    return datetime(*args, tzinfo=timezone.utc).timestamp()
+
+
+# -- periods ----------------------------------------------------------------------------
+
+def test_fixed_periods_are_aligned_on_unix_time():
+    hour, day = parse_period("1h"), parse_period("1d")
+    t = utc(2026, 12, 1, 17, 30)
+    assert hour.start(hour.index(t)) == utc(2026, 12, 1, 17) and hour.end(hour.index(t)) == utc(2026, 12, 1, 18)
+    assert day.start(day.index(t)) == utc(2026, 12, 1) and day.at(t)[1] == pytest.approx(17.5 / 24)
+    thirty = parse_period("30d")
+    assert thirty.end(thirty.index(t)) - thirty.start(thirty.index(t)) == 30 * 86400
+
+
+def test_calendar_months_roll_over_the_year_and_have_their_own_lengths():
+    month = parse_period("1mo")
+    dec = month.index(utc(2026, 12, 31, 23, 59))
+    assert month.start(dec) == utc(2026, 12, 1) and month.end(dec) == utc(2027, 1, 1)
+    assert month.index(utc(2027, 1, 1)) == dec + 1
+    feb = month.index(utc(2028, 2, 15))
+    assert month.end(feb) - month.start(feb) == 29 * 86400  # a leap year
+    quarter = parse_period("3mo")
+    assert quarter.start(quarter.index(utc(2026, 5, 20))) == utc(2026, 4, 1)
+
+
+@pytest.mark.parametrize("text", ["", "1", "0d", "5mo", "1w", "d1", "1.5h"])
+def test_bad_periods_are_refused(text):
+    with pytest.raises(ValueError, match="period"):
+        parse_period(text)
+
+
+# -- configuration ----------------------------------------------------------------------
+
+DEP = {"name": "gpt4o-east", "model": "gpt-4o", "provider": "openai", "endpoint": "http://127.0.0.1:9/v1"}
+
+
+def config(budgets, **extra):
+    return parse_config({"deployments": [DEP], "budgets": budgets, **extra}, "spend.yaml", credentials=False)
+
+
+def test_the_issue_s_budgets_load():
+    cfg = config([{"team": "search", "usd": 200, "period": "1d"},
+                  {"key": "team-search", "usd": 20, "period": "1h"},
+                  {"deployment": "gpt4o-east", "usd": 1000, "period": "30d", "mode": "strict"}])
+    assert [b.budget().id for b in cfg.budgets] == ["team=search/1d", "key=team-search/1h", "deployment=gpt4o-east/30d"]
+    assert cfg.budgets[2].budget().mode == "strict" and cfg.budgets[0].usd == 200.0
+
+
+@pytest.mark.parametrize("budget, message", [
+    ({"usd": 5, "period": "1d"}, "budgets[0]: give exactly one of key, team, deployment, provider"),
+    ({"team": "a", "key": "b", "usd": 5, "period": "1d"}, "exactly one"),
+    ({"team": "a", "usd": 0, "period": "1d"}, "budgets[0].usd: must be > 0"),
+    ({"team": "a", "usd": 5, "period": "1week"}, "budgets[0].period"),
+    ({"team": "a", "usd": 5, "period": "1d", "mode": "exact"}, "budgets[0].mode"),
+    ({"deployment": "nope", "usd": 5, "period": "1d"}, "budgets[0].deployment: no deployment is named 'nope'"),
+    ({"provider": "gemini", "usd": 5, "period": "1d"}, "budgets[0].provider: no deployment uses provider"),
+    ({"team": "a", "usd": 5, "period": "1d", "cap": 1}, "budgets[0].cap: unknown key"),
+])
+def test_bad_budgets_name_the_file_the_field_and_the_value(budget, message):
+    with pytest.raises(ConfigError) as info:
+        config([budget])
+    assert "spend.yaml" in str(info.value) and message in str(info.value)
+
+
+def test_a_period_longer_than_the_ledger_keeps_records_is_refused():
+    with pytest.raises(ConfigError, match="longer than node.ledger_retention_days"):
+        config([{"team": "a", "usd": 5, "period": "30d"}], node={"ledger": "/tmp/x.db", "ledger_retention_days": 7})
+
+
+# -- the engine core against budgets ----------------------------------------------------
+
+class BudgetRig(Rig):
+    """The harness's Rig with spend budgets (and a price) in its engine core."""
+
+    def __init__(self, budgets, seed=None, price=PRICE, wall_at=None, **overrides):
+        super().__init__(up=False, **overrides)
+        if wall_at is not None:
+            self.wall_offset = wall_at - self.mono
+        self.core = EngineCore(self.dep, slot="n1/d1/0/abc", node="n1", price=price, clock=lambda: self.mono,
+                               wall=lambda: self.mono + self.wall_offset, rand=lambda: 0.5, failure_timeout_s=5.0,
+                               budgets=budgets, budget_slot="n1@h:1/d1/0", budget_seed=seed)
+        self.log = []
+        self._record(self.core.start())
+        for index in range(self.dep.workers):
+            self.feed(ev.WorkerUp(index, pid=1000 + index))
+
+    def call(self, rid, key="k1", usage=None, **kw):
+        self.submit(rid, metadata={"http_key": key}, **kw)
+        if self.dispatches(rid):
+            self.report(rid, usage=usage or Usage(100, 50))
+        return self.terminal(rid)
+
+
+def key_budget(usd, period="1h", name="k1", mode="approximate"):
+    return Budget("key", name, usd, parse_period(period), mode)
+
+
+def cost_of(usage, price=PRICE):
+    return (usage.input_tokens * price.input + usage.output_tokens * price.output) / 1e6
+
+
+def test_calls_succeed_until_the_key_budget_is_spent_then_budget_exceeded_until_the_period_rolls():
+    # Each call: 100 in + 50 out = $0.0002; the estimate (prompt + max_tokens 10) is smaller.
+    budget = key_budget(0.001)
+    rig = BudgetRig([budget], wall_at=utc(2026, 12, 1, 17, 0, 1))
+    results = [rig.call(f"r{i}") for i in range(8)]
+    done = [r for r in results if isinstance(r, Completed)]
+    refused = [r for r in results if isinstance(r, Failed)]
+    assert len(done) == 5 and len(refused) == 3  # $0.001 / $0.0002: five calls, then refused
+    error = refused[0].error
+    assert isinstance(error, E.BudgetExceeded) and not error.retryable and error.limit == "key=k1/1h"
+    assert "budget key=k1/1h is spent" in error.message and "resets at 2026-12-01T18:00:00Z" in error.message
+    assert error.retry_after_s == pytest.approx(3599, abs=1)
+    assert len(rig.dispatches()) == 5  # nothing refused was sent
+    # another key is not held back by k1's budget
+    assert isinstance(rig.call("other", key="k2"), Completed)
+    # the next hour: allowed again
+    rig.wall_offset += 3600
+    assert isinstance(rig.call("next-hour"), Completed)
+
+
+def test_records_carry_what_the_budget_was_charged():
+    rig = BudgetRig([key_budget(1.0)])
+    rig.call("r1", usage=Usage(100, 50))
+    (record,) = rig.core.take_records()
+    assert record.cost_usd == pytest.approx(cost_of(Usage(100, 50)))
+    assert record.charged_usd == pytest.approx(record.cost_usd) and record.key == "k1"
+
+
+def test_unknown_usage_is_charged_the_estimate_never_zero():
+    rig = BudgetRig([key_budget(1.0)])
+    rig.call("r1", usage=Usage(reported=False), params={"max_tokens": 1000})
+    (record,) = rig.core.take_records()
+    assert record.cost_usd is None and not record.usage_reported
+    assert record.charged_usd * NANO == BudgetBook.estimate([{"role": "user", "content": "hello"}], 1000, 256, PRICE)
+    assert record.charged_usd >= 1000 * PRICE.output / 1e6
+
+
+def test_an_unknown_price_is_recorded_unknown_and_charged_by_estimate():
+    rig = BudgetRig([key_budget(1.0)], price=None)
+    rig.call("r1", usage=Usage(100, 50))
+    (record,) = rig.core.take_records()
+    assert record.cost_usd is None
+    assert record.charged_usd == pytest.approx(cost_of(Usage(100, 50), UNKNOWN_PRICE)) and record.charged_usd > 0
+
+
+def test_an_attempt_that_never_reached_the_provider_costs_nothing():
+    rig = BudgetRig([key_budget(1.0)])
+    rig.submit("r1", metadata={"http_key": "k1"})
+    rig.report("r1", error=E.NetworkError("connection refused"), sent=False, usage=Usage(reported=False))
+    rig.advance(1.0)  # the retry goes out
+    assert len(rig.dispatches("r1")) == 2
+    rig.report("r1", usage=Usage(10, 10))
+    (record,) = rig.core.take_records()
+    assert record.attempts == 2 and record.charged_usd == pytest.approx(cost_of(Usage(10, 10)))
+
+
+def test_a_restarted_engine_seeded_from_the_ledger_still_refuses_in_the_same_period(tmp_path):
+    budget = key_budget(0.001)
+    t0 = utc(2026, 12, 1, 17, 0, 1)
+    rig = BudgetRig([budget], wall_at=t0)
+    for i in range(5):
+        assert isinstance(rig.call(f"r{i}"), Completed)
+    store = LedgerStore(str(tmp_path / "ledger.db"))
+    store.write(("n1@h:1/d1/0", r) for r in rig.core.take_records())
+    store.close()
+    seed = seed_for(str(tmp_path / "ledger.db"), "n1@h:1/d1/0", [budget], t0 + 60)
+    assert seed == {budget.counter_key: 5 * round(cost_of(Usage(100, 50)) * NANO)}
+    restarted = BudgetRig([budget], seed=seed, wall_at=t0 + 60)
+    assert isinstance(restarted.call("after-restart").error, E.BudgetExceeded)
+    # an hour later the ledger's rows are in the previous period: nothing to seed, calls pass
+    assert seed_for(str(tmp_path / "ledger.db"), "n1@h:1/d1/0", [budget], t0 + 3600) == {}
+    later = BudgetRig([budget], seed={}, wall_at=t0 + 3600)
+    assert isinstance(later.call("next-period"), Completed)
+
+
+def test_team_deployment_and_provider_budgets_apply_to_the_callers_they_name():
+    team = Budget("team", "search", 0.0002, parse_period("1d"))
+    rig = BudgetRig([team])
+    rig.submit("t1", metadata={"http_key": "a", "http_team": "search"})
+    rig.report("t1", usage=Usage(100, 50))
+    rig.submit("t2", metadata={"http_key": "b", "http_team": "search"})
+    assert isinstance(rig.terminal("t2").error, E.BudgetExceeded)
+    assert isinstance(rig.call("python-client", key=""), Completed)  # no team: not this budget's
+    dep = Budget("deployment", "d1", 0.0002, parse_period("1d"))
+    rig = BudgetRig([dep, Budget("deployment", "other", 0.0000001, parse_period("1d"))])
+    assert isinstance(rig.call("d1", key=""), Completed)  # "other" is not this engine's
+    assert rig.core.status()["budget_spent"] == ["deployment=d1/1d"]  # what routing reads to skip it
+    assert isinstance(rig.call("d2", key="").error, E.BudgetExceeded)
+
+
+def test_a_request_whose_estimate_exceeds_the_whole_budget_is_refused_without_sending():
+    rig = BudgetRig([key_budget(0.000001)])
+    result = rig.call("big", params={"max_tokens": 5000})
+    assert isinstance(result.error, E.BudgetExceeded) and rig.dispatches() == []
+
+
+def test_budget_deltas_are_published_to_the_hub_and_peers_counts_are_merged():
+    budget = key_budget(0.001)
+    rig = BudgetRig([budget], has_hub=True)
+    rig.core.has_hub = True
+    rig.call("r1")
+    published = [e for e in rig.advance(0.2) if type(e).__name__ == "PublishSpend"]
+    assert published and published[-1].key == budget.counter_key
+    window = budget.period.index(rig.wall())
+    # another node spent the rest: this engine refuses from then on
+    rig.feed(ev.PeerCounts(budget.counter_key, {window: {"tokens": {"n2@h:2/d1/0": 10 ** 6},
+                                                           "requests": {"n2@h:2/d1/0": 5}}}, "n2@h:2/d1/0"))
+    assert isinstance(rig.call("r2").error, E.BudgetExceeded)
+
+
+# -- strict budgets ---------------------------------------------------------------------
+
+def test_a_strict_budget_reserves_at_the_leader_and_settles_the_real_cost():
+    budget = key_budget(1.0, mode="strict")
+    rig = BudgetRig([budget])
+    rig.feed(ev.StrictLeader(True, 1))
+    effects = rig.submit("r1", metadata={"http_key": "k1"})
+    (ask,) = [e for e in effects if isinstance(e, AskStrictSpend)]
+    assert ask.key == budget.counter_key and ask.nano > 0 and rig.dispatches() == []
+    window = budget.period.index(rig.wall())
+    rig.feed(ev.StrictGranted(ask.reservation_id, window, ask.nano))
+    assert rig.dispatches("r1")
+    effects = rig.report("r1", usage=Usage(100, 50))
+    (settle,) = [e for e in effects if isinstance(e, SettleStrictSpend)]
+    assert settle == SettleStrictSpend(budget.counter_key, ask.reservation_id,
+                                       round(cost_of(Usage(100, 50)) * NANO), True)
+
+
+def test_a_strict_refusal_is_budget_exceeded_naming_the_budget_and_a_late_grant_is_given_back():
+    budget = key_budget(1.0, mode="strict")
+    rig = BudgetRig([budget])
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
+    rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("tpm budget spent", limit="tpm")))
+    error = rig.terminal("r1").error
+    assert isinstance(error, E.BudgetExceeded) and error.limit == "key=k1/1h" and not error.retryable
+    effects = rig.feed(ev.StrictGranted(ask.reservation_id, 0, ask.nano))
+    assert [e for e in effects if isinstance(e, SettleStrictSpend)] == [
+        SettleStrictSpend(budget.counter_key, ask.reservation_id, 0, False)]
+
+
+def test_a_strict_budget_without_a_leader_fails_closed():
+    rig = BudgetRig([key_budget(1.0, mode="strict")])
+    rig.feed(ev.StrictLeader(False, 1))
+    rig.submit("r1", metadata={"http_key": "k1"})
+    rig.advance(0.1)
+    assert isinstance(rig.terminal("r1").error, E.LeaderUnavailable)
+
+
+def test_budget_spec_refuses_a_bool_for_usd():
+    with pytest.raises(ValueError, match="usd"):
+        BudgetSpec(usd=True, period="1d", team="a")
+
+
+# -- no reservation leaks, whatever happens ---------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from test_engine_core import OPS  # noqa: E402
+
+
+@settings(max_examples=150)
+@given(OPS, st.sampled_from([0.00001, 0.0005, 1.0]))
+def test_what_the_budget_counts_is_exactly_what_the_requests_were_charged(ops, usd):
+    """Through retries, crashes, cancels, deadlines and refusals, once every request has ended the
+    budget's counter holds the sum of the charges in the ledger records: nothing leaks or is lost."""
+    budget = key_budget(usd, period="1d")
+    rig = BudgetRig([budget], workers=2, queue_capacity=3, wall_at=utc(2026, 12, 1, 1))
+    for op, n in ops:
+        rid = f"r{n}"
+        live = rig.core.jobs.get(rid)
+        attempt = live.attempt if live else None
+        if op == "submit":
+            rig.submit(rid, deadline_in=5 + n, metadata={"http_key": "k1"})
+        elif op in ("ok", "fail", "stream_fail") and attempt is not None:
+            error = {"ok": None, "fail": E.ServerError("503", status=503), "stream_fail": E.StreamError("cut")}[op]
+            usage = Usage(10 * n, n) if op == "ok" or n % 2 else Usage(reported=False)
+            rig.report(rid, error=error, chunks=1 if op == "stream_fail" else 0, usage=usage)
+        elif op == "crash" and rig.core.slots:
+            rig.feed(ev.WorkerGone(n % 2))
+            rig.feed(ev.WorkerUp(n % 2, pid=5000 + n))
+        elif op == "cancel":
+            rig.feed(ev.CancelRequested(rid))
+        elif op == "tick":
+            rig.advance(0.3 * n)
+        elif op == "freeze":
+            rig.advance(3)
+    rig.advance(60)
+    assert not rig.core.jobs
+    charged = sum(round(r.charged_usd * NANO) for r in rig.core.take_records())
+    limiter = rig.core.book.limiters[budget.counter_key]
+    assert limiter.usage().tokens == charged
+    assert charged <= budget.limits.tpm + 20 * BudgetBook.estimate([{"role": "user", "content": "hello"}], 10, 256,
+                                                                   PRICE) * 10
