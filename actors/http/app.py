@@ -19,6 +19,7 @@ from actors.errors import InferenceError, ShuttingDown
 from actors.http import anthropic_dialect, openai_dialect
 from actors.http.errors import FrontDoorError, HttpError, anthropic_body, encode, http_error, openai_body, status_line
 from actors.http.keys import Caller, KeyRing, presented_key
+from actors.http.observe import Observatory
 from actors.http.translate import Call, parse_json
 from actors.http.watcher import Watcher
 from actors.settings.schema import HttpConfig
@@ -75,6 +76,7 @@ class FrontDoor:
         self.served = 0
         self._ready: tuple[float, bool, str] = (0.0, False, "")
         self._local = threading.local()
+        self.observe = Observatory(client, self.keys)   # /metrics, /v1/status, /ui
 
     # -- WSGI ------------------------------------------------------------------------
 
@@ -94,6 +96,7 @@ class FrontDoor:
             self.in_flight += 1
         counted = [True]
         self._local.caller = "-"
+        self._local.started = started
 
         def done(status: int, caller: str | None = None) -> None:
             caller = caller or self._local.caller
@@ -130,6 +133,8 @@ class FrontDoor:
             done(200 if ready else 503, "-")
             return self._json(start_response, 200 if ready else 503,
                               {"status": "ready" if ready else "not ready", "detail": why}, request_id)
+        if self.observe.handles(path):
+            return self.observe.serve(method, path, headers, environ, request_id, start_response, done)
         routes = {"/v1/chat/completions": ("POST", OPENAI), "/v1/messages": ("POST", ANTHROPIC),
                   "/v1/models": ("GET", dialect)}
         if path not in routes:
@@ -259,6 +264,7 @@ class FrontDoor:
                         pass
             finally:
                 self.watcher.remove(request_id)
+            self._overhead(stream)
             done(200, caller.name)
             return self._json(start_response, 200, dialect.module.render(stream.result, call.model), request_id)
         # Read up to the first chunk before answering: an error before any output is a real
@@ -297,10 +303,17 @@ class FrontDoor:
                     log.warning("stream %s failed after its first byte: %s", request_id, exc)
                     yield from encoder.error(err)
                     return
+                self._overhead(stream)
                 yield from encoder.end(stream.result)
         finally:
             self.watcher.remove(request_id)
             done(status, caller.name)
+
+    def _overhead(self, stream: Stream) -> None:
+        result = stream.result
+        latency = getattr(result, "latency_s", None)
+        if latency is not None:
+            self.observe.overhead.observe(result.deployment, time.monotonic() - self._local.started - latency)
 
     @staticmethod
     def _id_headers(request_id: str) -> list[tuple[str, str]]:

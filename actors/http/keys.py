@@ -38,6 +38,7 @@ class Caller:
 
     name: str
     models: frozenset[str] | None
+    admin: bool = False     # may read the node's metrics, status and dashboard
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -75,7 +76,11 @@ class KeyRing:
         self._entries: list[tuple[bytes, Caller]] = []
         for i, entry in enumerate(config.keys):
             models = frozenset(entry.models) if entry.models is not None else None
-            self._entries.append((_resolve(entry, f"http.keys[{i}]", environ), Caller(entry.name, models)))
+            self._entries.append((_resolve(entry, f"http.keys[{i}]", environ), Caller(entry.name, models, entry.admin)))
+
+    @property
+    def has_admin(self) -> bool:
+        return any(caller.admin for _, caller in self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -258,6 +258,7 @@ class HttpKey:
     name: str
     key: ApiKeySource
     models: list[str] | None = None
+    admin: bool = False         # may read /metrics, /v1/status and /ui (docs/observability.md)
 
     def __post_init__(self) -> None:
         if not self.name.strip():

@@ -66,6 +66,10 @@ class EngineStatus:
     depth_by_priority: dict[str, int]
     circuit: str
     draining: bool = False
+    model: str = ""
+    provider: str = ""
+    endpoint: str = ""      # the breaker's endpoint label (no password)
+    stats: dict[str, Any] = field(default_factory=dict)   # actors.core.stats.DeploymentStats.snapshot(): plain data
 
 
 @dataclass
