@@ -91,7 +91,7 @@ function renderKeys(doc) {
 
 function chart(svg, lines, now, fmt) {
   // lines: [{color, dash, points: [[t, v], ...]}] over the last 15 minutes.
-  const W = 300, H = 90, L = 34, B = 12, start = now - 900;
+  const W = 300, H = 90, L = 40, B = 12, start = now - 900;
   let max = 0;
   for (const l of lines) for (const p of l.points) if (p[1] !== null && p[1] > max) max = p[1];
   max = max > 0 ? max * 1.1 : 1;
