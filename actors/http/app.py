@@ -105,8 +105,10 @@ class FrontDoor:
                 with self._lock:
                     self.in_flight -= 1
                     self.served += 1
-                log.info("%s %s %d key=%s id=%s %.1fms", method, path, status, caller, request_id,
-                         (time.monotonic() - started) * 1000)
+                elapsed = time.monotonic() - started
+                log.info("%s %s %d key=%s id=%s %.1fms", method, path, status, caller, request_id, elapsed * 1000,
+                         extra={"request_id": request_id, "method": method, "path": path, "http_status": status,
+                                "key": caller, "latency_s": round(elapsed, 6)})
 
         try:
             body = self._route(method, path, headers, environ, dialect, request_id, start_response, done)

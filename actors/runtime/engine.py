@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+from datetime import timedelta
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from actors.core.engine_core import EngineCore
 from actors.errors import InternalError, ShuttingDown
 from actors.providers import make_runner
 from actors.runtime.base import GatewayActor
-from actors.runtime.logs import logger
+from actors.runtime.logs import logger, request_fields
 from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutcome, BreakerOutcomes, BreakerRefused,
                                      BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit, EngineReady,
                                      EngineStatus, FirstToken, LimiterDelta, LimiterRegister, SessionRefresh,
@@ -33,6 +34,8 @@ from actors.runtime.worker import RemoteWorkerActor
 from actors.types import Cancel, Failed
 
 log = logger("atomr.engine")
+request_log = logger("atomr.requests")
+REQUEST_LOG_S = 1.0     # terminals are logged in one record per this long: a log record is a message
 
 # Messages that carry nothing but an event for the core (no address to keep, no reply).
 _EVENTS: dict[type, Callable[[Any], Any]] = {
@@ -58,6 +61,7 @@ class RemoteEngineCoreActor(GatewayActor):
         self.strict_address: Any = None
         self.broken: InternalError | None = None  # why EngineInit failed, told to every caller
         self.alarm = Alarm(self, "engine")
+        self.request_lines: list[dict[str, Any]] = []
 
     def receiveMsg_EngineInit(self, msg: EngineInit, sender: Any) -> None:
         if self.init is not None:
@@ -145,9 +149,12 @@ class RemoteEngineCoreActor(GatewayActor):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if self.alarm.fired(msg.payload):
             self._feed(ev.Tick())
+        elif msg.payload == "request-log":
+            self._flush_request_log()
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._feed(ev.Stop())
+        self._flush_request_log()
 
     def receiveMsg_StatusRequest(self, msg: Any, sender: Any) -> None:
         if self.core is None:
@@ -169,6 +176,17 @@ class RemoteEngineCoreActor(GatewayActor):
 
     def _recorded(self, records: list[Any]) -> None:
         """Terminal records of this step: counted into the statistics, sent to the ledger."""
+        # (The core counted them into its DeploymentStats already.) Logged in batches, one per second.
+        if not self.request_lines:
+            self.wakeupAfter(timedelta(seconds=REQUEST_LOG_S), payload="request-log")
+        self.request_lines.extend(request_fields(r) for r in records)
+        if len(self.request_lines) >= 1000:
+            self._flush_request_log()
+
+    def _flush_request_log(self) -> None:
+        lines, self.request_lines = self.request_lines, []
+        if lines:
+            request_log.info("%d request(s) ended", len(lines), extra={"requests": lines})
 
     def _do_StartWorker(self, e: ev.StartWorker) -> None:
         worker = self.workers[e.index] = self.createActor(RemoteWorkerActor)

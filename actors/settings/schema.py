@@ -159,6 +159,7 @@ class NodeConfig:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_file: str | None = None
     drain_timeout_s: float = 30.0
+    log_format: Literal["text", "json"] = "text"   # json: one JSON object per line (docs/observability.md)
 
     def __post_init__(self) -> None:
         if not 1 <= self.admin_port <= 65535:

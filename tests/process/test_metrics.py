@@ -157,3 +157,38 @@ def test_without_admin_keys_loopback_may_observe(observed, mock):
     reply = requests.get(handle.url + "/v1/status", timeout=10)
     assert reply.status_code == 200 and [d["deployment"] for d in reply.json()["deployments"]] == ["d1"]
     assert requests.post(handle.url + "/v1/status", timeout=10).status_code == 405
+
+
+def test_json_logs_one_object_per_line_with_the_request_fields(gateway, mock, tmp_path):
+    import json
+
+    node, client = gateway([deployment(mock.url, "d1", retry={"max_retries": 0})], node={"log_format": "json"})
+    http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "keys": [{"name": "team", "key": {"value": KEY}}]},
+                            "http"), node.admin_port, models=["d1"], log_file=str(tmp_path / "http.log"),
+                      log_format="json")
+    try:
+        sdk = openai.OpenAI(base_url=http.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
+        sdk.chat.completions.create(model="d1", messages=[{"role": "user", "content": "a secret plan"}], max_tokens=5)
+        with pytest.raises(openai.InternalServerError):
+            sdk.chat.completions.create(model="d1", messages=[{"role": "user", "content": "[[mock status=500]] plan"}])
+    finally:
+        http.stop(timeout_s=10)
+    log = tmp_path / "n1.log"
+
+    def request_lines():
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        found = [line for line in lines if line.get("event") == "request"]
+        return found if len(found) == 2 else None
+    ok, failed = sorted(wait_for(request_lines, message="two request lines in the node log"),
+                        key=lambda r: r["outcome"])
+    assert (ok["outcome"], ok["deployment"], ok["attempts"], ok["output_tokens"], ok["key"]) == (
+        "completed", "d1", 1, 5, "team")
+    assert ok["request_id"].startswith("req_") and ok["latency_s"] > 0 and ok["cost_usd"] > 0
+    assert (failed["outcome"], failed["error_kind"], failed["status"]) == ("failed", "ServerError", 500)
+    assert {"ts", "level", "logger"} <= set(ok) and ok["logger"] == "atomr.requests"
+    http_lines = [json.loads(line) for line in (tmp_path / "http.log").read_text().splitlines() if line.strip()]
+    calls = [line for line in http_lines if line.get("path") == "/v1/chat/completions"]
+    assert [c["http_status"] for c in calls] == [200, 502] and {c["request_id"] for c in calls} == {
+        ok["request_id"], failed["request_id"]}
+    for text in (log.read_text(), (tmp_path / "http.log").read_text()):
+        assert "plan" not in text and KEY not in text   # neither prompt text nor the key
