@@ -192,7 +192,7 @@ class EngineCore:
                     failed=self.counters.failed, depth_by_priority=self.queue.depth_by_priority(),
                     circuit=self.view.state.value, draining=self.draining, model=self.dep.model,
                     provider=self.dep.provider, endpoint=self.dep.endpoint_label,
-                    stats=self.stats.snapshot(self.wall(), self.counters.rejected))
+                    stats=self.stats.snapshot(self.wall()))
 
     def _effects(self) -> list[Any]:
         out, self._out = self._out, []
@@ -265,6 +265,7 @@ class EngineCore:
     def _reject(self, msg: Any, sender: Any, error: InferenceError) -> None:
         request_id = str(getattr(msg, "request_id", "") or "")
         self.counters.rejected[error.kind] = self.counters.rejected.get(error.kind, 0) + 1
+        self.stats.reject(type(error).__name__)
         self.emit(ev.Reply(sender, Failed(request_id, error, 0, self.dep.name)))
 
     def _pump(self, now: float) -> None:

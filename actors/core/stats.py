@@ -95,6 +95,11 @@ class DeploymentStats:
         self.last_failure_unix: float | None = None
         self.failing_since_unix: float | None = None       # first failure after the last success
         self.series: deque[list[Any]] = deque(maxlen=points)
+        self.rejected: dict[str, int] = {}                 # error class -> requests refused before acceptance
+
+    def reject(self, error_kind: str) -> None:
+        """A request refused at admission (bad input, queue full, draining): it has no TerminalRecord."""
+        self.rejected[error_kind] = self.rejected.get(error_kind, 0) + 1
 
     def record(self, r: TerminalRecord) -> None:
         kinds = self.outcomes.setdefault(r.outcome, {})
@@ -156,11 +161,11 @@ class DeploymentStats:
         self.series.append(point)
         return point
 
-    def snapshot(self, now_unix: float, rejected: dict[str, int] | None = None) -> dict[str, Any]:
+    def snapshot(self, now_unix: float) -> dict[str, Any]:
         horizon = now_unix - self.step_s * self.points
         return {
             "outcomes": {o: dict(k) for o, k in self.outcomes.items()},
-            "rejected": dict(rejected or {}),
+            "rejected": dict(self.rejected),
             "retries": self.retries, "fallbacks": self.fallbacks,
             "latency": self.latency.as_dict(), "ttft": self.ttft.as_dict(),
             "tokens": dict(self.tokens), "cost_usd": self.cost_usd, "unpriced": self.unpriced,
