@@ -212,14 +212,14 @@ def status(args: argparse.Namespace) -> int:
         host, _, port = args.leader.rpartition(":")
         if host in ("127.0.0.1", "localhost") and port_is_listening(int(port)):
             client = GatewayClient(int(port), keyring=_need_key(keyring, int(port)))
-        else:
-            def fetch():
-                return cluster_status_from(args.leader, advertise=args.advertise, keyring=keyring)
     else:
         _check_node(args.admin_port)
         client = GatewayClient(args.admin_port, keyring=_need_key(keyring, args.admin_port))
     if client is not None:
         fetch = client.cluster_status
+    else:  # from a host that runs no node of the cluster: a short-lived admin joins it for each look
+        def fetch():
+            return cluster_status_from(args.leader, advertise=args.advertise, keyring=keyring)
     try:
         if getattr(args, "watch", False):
             from actors.http.status_view import cluster_document

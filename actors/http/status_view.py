@@ -49,7 +49,8 @@ def _breaker_entry(b: Any, node_id: str, now: float) -> dict[str, Any]:
     state = _state(b.state)
     retry_in = max(0.0, b.retry_at_unix_ms / 1000 - now) if state != "closed" and b.retry_at_unix_ms else 0.0
     return {"provider": b.provider, "endpoint": b.endpoint, "node": node_id, "state": state,
-            "value": CIRCUIT_VALUE.get(state, 0), "trips": b.trips, "opens": getattr(b, "opens", 0), "opened_at_unix": b.opened_at_unix_ms / 1000,
+            "value": CIRCUIT_VALUE.get(state, 0), "trips": b.trips, "opens": getattr(b, "opens", 0),
+            "opened_at_unix": b.opened_at_unix_ms / 1000,
             "retry_at_unix": b.retry_at_unix_ms / 1000, "half_open_in_s": retry_in if state == "open" else 0.0,
             "consecutive_failures": b.consecutive_failures, "window_calls": b.window_calls,
             "window_failures": b.window_failures,

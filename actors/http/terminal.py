@@ -35,7 +35,8 @@ def _bar(used: float, limit: float | None, width: int = 20) -> Text:
     fraction = used / limit
     filled = min(width, round(fraction * width))
     style = "red" if fraction >= 1 else "yellow" if fraction >= 0.8 else "green"
-    return Text.assemble(("█" * filled, style), ("░" * (width - filled), "dim"), f" {used:g}/{limit:g} ({fraction:.0%})")
+    return Text.assemble(("█" * filled, style), ("░" * (width - filled), "dim"),
+                         f" {used:g}/{limit:g} ({fraction:.0%})")
 
 
 def render(doc: dict[str, Any], refreshes: int = 0) -> Group:

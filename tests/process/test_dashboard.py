@@ -78,7 +78,8 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(gateway, mock, 
             return [r.text for r in browser.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")]
 
         def budget_seen(_):
-            return any("requests: 3 / 100" in b.text for b in browser.find_elements(By.CSS_SELECTOR, "#budgets .budget"))
+            budgets = browser.find_elements(By.CSS_SELECTOR, "#budgets .budget")
+            return any("requests: 3 / 100" in b.text for b in budgets)
         WebDriverWait(browser, 20).until(budget_seen)   # the hub merges the engines' counts every 50 ms
         deployments = {r.split()[0]: r for r in rows("deployments")}
         assert set(deployments) == {"chat", "claude"}
