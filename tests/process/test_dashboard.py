@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import openai
@@ -61,7 +62,10 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(gateway, mock, 
                             "http"), node.admin_port, models=["chat", "claude"], log_file=str(tmp_path / "http.log"))
     try:
         sdk = openai.OpenAI(base_url=http.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
-        for _ in range(3):
+        for i in range(3):
+            if i == 1:  # the rest in the charts' next 10 s bucket, so that they draw lines, not dots
+                bucket = time.time() // 10
+                wait_for(lambda: time.time() // 10 != bucket, timeout_s=11, interval_s=0.1, message="the next bucket")
             sdk.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hello there"}],
                                         max_tokens=8)
             list(sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
@@ -95,7 +99,8 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(gateway, mock, 
         assert bar.get_attribute("style").replace(" ", "") == "width:3%;"
         assert any(r.startswith("n1@") and "leader" in r for r in rows("nodes"))
         assert any(r.startswith("team") for r in rows("keys"))
-        assert browser.find_elements(By.CSS_SELECTOR, "#chart-rps polyline, #chart-rps circle")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-rps polyline")) == 2   # one line per deployment
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-latency polyline")) == 4  # p50 and p99 each
         SCREENSHOT.parent.mkdir(exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT))
         assert SCREENSHOT.stat().st_size > 10_000

@@ -55,7 +55,8 @@ function timeline(b, now) {
     out += `<rect x="${x(at)}" width="${Math.max(0.5, x(t.at_unix) - x(at))}" height="${h}" fill="${STATE_COLOR[state] || "#999"}"/>`;
     state = t.to; at = t.at_unix;
   }
-  out += `<rect x="${x(at)}" width="${Math.max(0.5, w - x(at))}" height="${h}" fill="${STATE_COLOR[state] || "#999"}"/>`;
+  const from = Math.min(x(at), w - 3); // the current state is always visible, however recent
+  out += `<rect x="${from}" width="${w - from}" height="${h}" fill="${STATE_COLOR[state] || "#999"}"/>`;
   return `<svg class="timeline" viewBox="0 0 ${w} ${h}" preserveAspectRatio="none"><title>${ts.length} transition(s) in the last hour</title>${out}</svg>`;
 }
 
@@ -90,15 +91,19 @@ function renderKeys(doc) {
 }
 
 function chart(svg, lines, now, fmt) {
-  // lines: [{color, dash, points: [[t, v], ...]}] over the last 15 minutes.
-  const W = 300, H = 90, L = 40, B = 12, start = now - 900;
+  // lines: [{color, dash, points: [[t, v], ...]}] over the last 15 minutes, or over the span
+  // the data covers when it is shorter (at least a minute), so a young node's charts are legible.
+  let first = now;
+  for (const l of lines) for (const p of l.points) if (p[1] !== null && p[0] < first) first = p[0];
+  const span = Math.max(60, Math.min(900, now - first + 10));
+  const W = 300, H = 90, L = 40, B = 12, start = now - span;
   let max = 0;
   for (const l of lines) for (const p of l.points) if (p[1] !== null && p[1] > max) max = p[1];
   max = max > 0 ? max * 1.1 : 1;
-  const x = (t) => L + ((t - start) / 900) * (W - L), y = (v) => H - B - (v / max) * (H - B - 4);
+  const x = (t) => L + ((t - start) / span) * (W - L), y = (v) => H - B - (v / max) * (H - B - 4);
   let out = `<line x1="${L}" y1="${H - B}" x2="${W}" y2="${H - B}" stroke="#ccc"/>` +
             `<text x="${L - 3}" y="10" text-anchor="end">${fmt(max)}</text><text x="${L - 3}" y="${H - B}" text-anchor="end">0</text>` +
-            `<text x="${L}" y="${H - 1}">-15 min</text><text x="${W}" y="${H - 1}" text-anchor="end">now</text>`;
+            `<text x="${L}" y="${H - 1}">-${span >= 120 ? Math.round(span / 60) + " min" : Math.round(span) + " s"}</text><text x="${W}" y="${H - 1}" text-anchor="end">now</text>`;
   for (const l of lines) {
     const pts = l.points.filter((p) => p[1] !== null && p[0] >= start).map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`);
     if (pts.length === 1) out += `<circle cx="${pts[0].split(",")[0]}" cy="${pts[0].split(",")[1]}" r="1.8" fill="${l.color}"/>`;
@@ -109,7 +114,7 @@ function chart(svg, lines, now, fmt) {
 
 function renderCharts(doc, now) {
   const deps = doc.deployments;
-  const mid = (p) => p.t + 5; // the middle of a 10 s bucket
+  const mid = (p) => Math.min(p.t + 5, now); // the middle of a 10 s bucket (the current one: now)
   const lines = (field, dash) => deps.map((d, i) => ({ color: COLORS[i % COLORS.length], dash,
                                                         points: d.series.map((p) => [mid(p), p[field]]) }));
   chart($("chart-rps"), lines("requests_per_s"), now, (v) => v.toFixed(1));
