@@ -4,6 +4,7 @@
     python launch.py --convention leader --config config/demo.yaml   # a node, in the foreground
     python launch.py ask --model demo "Say hello"                     # stream an answer from a node
     python launch.py status                                           # what a node is doing
+    python launch.py status --watch                                   # the same, live, until Ctrl-C
     python launch.py demo                                             # all of it, end to end, then stop
     python launch.py secret --out cluster.key                         # a new cluster key (mode 600)
     python launch.py stop --admin-port 1900                           # stop a node whose launcher is gone
@@ -214,18 +215,30 @@ def status(args: argparse.Namespace) -> int:
     from actors.ops.procs import port_is_listening
 
     keyring = _keyring(args.secret_file, explicit=True)
+    client = None
     if args.leader:
         host, _, port = args.leader.rpartition(":")
         if host in ("127.0.0.1", "localhost") and port_is_listening(int(port)):
-            with GatewayClient(int(port), keyring=_need_key(keyring, int(port))) as client:
-                _print_cluster(client.cluster_status())
-        else:
-            _print_cluster(cluster_status_from(args.leader, advertise=args.advertise, keyring=keyring))
+            client = GatewayClient(int(port), keyring=_need_key(keyring, int(port)))
+    else:
+        _check_node(args.admin_port)
+        client = GatewayClient(args.admin_port, keyring=_need_key(keyring, args.admin_port))
+    if client is not None:
+        fetch = client.cluster_status
+    else:  # from a host that runs no node of the cluster: a short-lived admin joins it for each look
+        def fetch():
+            return cluster_status_from(args.leader, advertise=args.advertise, keyring=keyring)
+    try:
+        if getattr(args, "watch", False):
+            from actors.http.status_view import cluster_document
+            from actors.http.terminal import watch
+
+            return watch(lambda: cluster_document(fetch()))
+        _print_cluster(fetch())
         return 0
-    _check_node(args.admin_port)
-    with GatewayClient(args.admin_port, keyring=_need_key(keyring, args.admin_port)) as client:
-        _print_cluster(client.cluster_status())
-    return 0
+    finally:
+        if client is not None:
+            client.close()
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -409,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--leader", default=None, help="HOST:PORT of the leader (from any host)")
     p_status.add_argument("--advertise", default=None, help="this host's routable IP (remote --leader)")
     p_status.add_argument("--secret-file", default=None, help="cluster key file (default: $ATOMR_CLUSTER_SECRET)")
+    p_status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
     p_demo = sub.add_parser("demo", help="run the end-to-end demo on the built-in mock provider")
     p_demo.add_argument("--config", default=DEFAULT_CONFIG)
     p_demo.add_argument("--admin-port", type=int, default=None)

@@ -29,6 +29,8 @@ from actors.errors import CircuitOpen, InferenceError
 __all__ = ["BreakerConfig", "BreakerSnapshot", "CircuitBreaker", "CircuitState"]
 
 T = TypeVar("T")
+HISTORY_LENGTH = 120    # transitions kept for the dashboard's timeline (bounded, whatever the flapping)
+HISTORY_S = 3600.0
 
 
 class CircuitState(str, Enum):
@@ -75,6 +77,9 @@ class BreakerSnapshot:
     consecutive_failures: int
     window_calls: int
     window_failures: int
+    # The last transitions, oldest first: (unix_ms, from state, to state), the last hour at most.
+    transitions: tuple[tuple[int, str, str], ...] = ()
+    opens: int = 0          # times the circuit opened since the breaker started (``trips`` resets)
 
     def circuit_open_error(self, now_unix_ms: float | None = None) -> CircuitOpen:
         now_ms = time.time() * 1000 if now_unix_ms is None else now_unix_ms
@@ -111,6 +116,8 @@ class CircuitBreaker:
         self._closed_since = clock()
         self._probe_deadlines: list[float] = []
         self._probe_successes = 0
+        self._opens = 0
+        self._history: deque[tuple[int, str, str]] = deque(maxlen=HISTORY_LENGTH)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -132,8 +139,13 @@ class CircuitBreaker:
             opened_at_unix_ms=int(self._opened_at_wall * 1000),
             retry_at_unix_ms=self._retry_at_unix_ms(),
             trips=self._trips, consecutive_failures=self._consecutive,
-            window_calls=calls, window_failures=failures,
+            window_calls=calls, window_failures=failures, transitions=self._recent_transitions(),
+            opens=self._opens,
         )
+
+    def _recent_transitions(self) -> tuple[tuple[int, str, str], ...]:
+        since = int((self._wall() - HISTORY_S) * 1000)
+        return tuple(t for t in self._history if t[0] >= since)
 
     # -- admission -------------------------------------------------------------------
 
@@ -289,6 +301,8 @@ class CircuitBreaker:
             return
         self._state = new
         self.generation += 1
+        self._history.append((int(self._wall() * 1000), old.value, new.value))
+        self._opens += new is CircuitState.OPEN
         self._probe_deadlines = []
         self._probe_successes = 0
         if new is CircuitState.CLOSED:

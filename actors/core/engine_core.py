@@ -32,6 +32,7 @@ from actors.core.priority_queue import Priority, RequestQueue
 from actors.core.ratelimit import Reservation, WindowedLimiter, estimate_tokens
 from actors.core.records import TerminalRecord, terminal_record
 from actors.core.retry import RetryEngine
+from actors.core.stats import DeploymentStats
 from actors.core.settlement import AttemptId, Settle, Settlement, apply_settlement, attempt_tokens, settlement
 from actors.core.validation import validate_request
 from actors.errors import (AuthenticationError, BadRequest, Cancelled, DeadlineExceeded, InferenceError,
@@ -150,6 +151,7 @@ class EngineCore:
         self.counters = Counters()
         # One TerminalRecord per terminal, until the shell takes them (statistics, the ledger).
         self.records: list[TerminalRecord] = []
+        self.stats = DeploymentStats()   # the same records, counted for /metrics and the dashboard
         self.outcomes: list[tuple[int, InferenceError | None]] = []
         self.flush_at: float | None = None
         self.pump_at: float | None = None
@@ -195,7 +197,9 @@ class EngineCore:
         return dict(queued=len(self.queue), in_flight=busy, busy_workers=busy, workers=len(self.slots),
                     accepted=self.counters.accepted, completed=self.counters.completed,
                     failed=self.counters.failed, depth_by_priority=self.queue.depth_by_priority(),
-                    circuit=self.view.state.value, draining=self.draining,
+                    circuit=self.view.state.value, draining=self.draining, model=self.dep.model,
+                    provider=self.dep.provider, endpoint=self.dep.endpoint_label,
+                    stats=self.stats.snapshot(self.wall()),
                     budget_spent=self.book.spent() if self.book is not None else [])
 
     def _effects(self) -> list[Any]:
@@ -273,6 +277,7 @@ class EngineCore:
     def _reject(self, msg: Any, sender: Any, error: InferenceError) -> None:
         request_id = str(getattr(msg, "request_id", "") or "")
         self.counters.rejected[error.kind] = self.counters.rejected.get(error.kind, 0) + 1
+        self.stats.reject(type(error).__name__)
         self.emit(ev.Reply(sender, Failed(request_id, error, 0, self.dep.name)))
 
     def _pump(self, now: float) -> None:
@@ -707,7 +712,9 @@ class EngineCore:
             self.counters.completed += 1
         else:
             self.counters.failed += 1
-        self.records.append(self._record(job, message))
+        record = self._record(job, message)
+        self.records.append(record)
+        self.stats.record(record)
         self.emit(ev.Reply(job.reply_to, message))
         if self.draining and not self.jobs:
             self.emit(ev.ReportDrained(self.drainer, 0))

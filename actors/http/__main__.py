@@ -13,6 +13,7 @@ import logging
 import sys
 
 from actors.errors import ConfigError, InferenceError
+from actors.core.log_format import JsonFormatter, TextFormatter
 from actors.settings.loader import build, load_config
 from actors.settings.schema import HttpConfig
 
@@ -26,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, help="drain and exit when this process (the launcher) is gone")
     parser.add_argument("--log-file")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if args.log_format == "json" else TextFormatter())
     for name in ("atomr", "waitress"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)

@@ -21,6 +21,7 @@ from actors.http.errors import FrontDoorError, HttpError, anthropic_body, encode
 from actors.core.records import KEY_METADATA, TEAM_METADATA
 from actors.http.keys import Caller, KeyRing, presented_key
 from actors.http.spend import spend_document
+from actors.http.observe import Observatory
 from actors.http.translate import Call, parse_json
 from actors.http.watcher import Watcher
 from actors.settings.schema import HttpConfig
@@ -84,6 +85,7 @@ class FrontDoor:
         self.served = 0
         self._ready: tuple[float, bool, str] = (0.0, False, "")
         self._local = threading.local()
+        self.observe = Observatory(client, self.keys)   # /metrics, /v1/status, /ui
 
     # -- WSGI ------------------------------------------------------------------------
 
@@ -103,6 +105,7 @@ class FrontDoor:
             self.in_flight += 1
         counted = [True]
         self._local.caller = "-"
+        self._local.started = started
 
         def done(status: int, caller: str | None = None) -> None:
             caller = caller or self._local.caller
@@ -111,8 +114,10 @@ class FrontDoor:
                 with self._lock:
                     self.in_flight -= 1
                     self.served += 1
-                log.info("%s %s %d key=%s id=%s %.1fms", method, path, status, caller, request_id,
-                         (time.monotonic() - started) * 1000)
+                elapsed = time.monotonic() - started
+                log.info("%s %s %d key=%s id=%s %.1fms", method, path, status, caller, request_id, elapsed * 1000,
+                         extra={"request_id": request_id, "method": method, "path": path, "http_status": status,
+                                "key": caller, "latency_s": round(elapsed, 6)})
 
         try:
             body = self._route(method, path, headers, environ, dialect, request_id, start_response, done)
@@ -139,6 +144,8 @@ class FrontDoor:
             done(200 if ready else 503, "-")
             return self._json(start_response, 200 if ready else 503,
                               {"status": "ready" if ready else "not ready", "detail": why}, request_id)
+        if self.observe.handles(path):
+            return self.observe.serve(method, path, headers, environ, request_id, start_response, done)
         routes = {"/v1/chat/completions": ("POST", OPENAI), "/v1/messages": ("POST", ANTHROPIC),
                   "/v1/models": ("GET", dialect), "/v1/spend": ("GET", OPENAI)}
         if path not in routes:
@@ -272,6 +279,7 @@ class FrontDoor:
                         pass
             finally:
                 self.watcher.remove(request_id)
+            self._overhead(stream)
             done(200, caller.name)
             return self._json(start_response, 200, dialect.module.render(stream.result, call.model), request_id)
         # Read up to the first chunk before answering: an error before any output is a real
@@ -310,10 +318,17 @@ class FrontDoor:
                     log.warning("stream %s failed after its first byte: %s", request_id, exc)
                     yield from encoder.error(err)
                     return
+                self._overhead(stream)
                 yield from encoder.end(stream.result)
         finally:
             self.watcher.remove(request_id)
             done(status, caller.name)
+
+    def _overhead(self, stream: Stream) -> None:
+        result = stream.result
+        latency = getattr(result, "latency_s", None)
+        if latency is not None:
+            self.observe.overhead.observe(result.deployment, time.monotonic() - self._local.started - latency)
 
     @staticmethod
     def _id_headers(request_id: str) -> list[tuple[str, str]]:

@@ -39,6 +39,7 @@ class Caller:
     name: str
     models: frozenset[str] | None
     team: str = ""      # the key's team (its calls count against the team's spend budgets)
+    admin: bool = False     # may read the node's metrics, status and dashboard
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -76,7 +77,12 @@ class KeyRing:
         self._entries: list[tuple[bytes, Caller]] = []
         for i, entry in enumerate(config.keys):
             models = frozenset(entry.models) if entry.models is not None else None
-            self._entries.append((_resolve(entry, f"http.keys[{i}]", environ), Caller(entry.name, models, entry.team or "")))
+            self._entries.append((_resolve(entry, f"http.keys[{i}]", environ),
+                                  Caller(entry.name, models, entry.team or "", entry.admin)))
+
+    @property
+    def has_admin(self) -> bool:
+        return any(caller.admin for _, caller in self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -59,7 +59,8 @@ def _models(config: GatewayConfig) -> list[str]:
 
 def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: str | None = None,
                models: list[str] | None = None, log_file: str | None = None, log_level: str = "INFO",
-               start_timeout_s: float = 30.0, key_environment: dict[str, str] | None = None) -> HttpProcess:
+               start_timeout_s: float = 30.0, key_environment: dict[str, str] | None = None,
+               log_format: str | None = None) -> HttpProcess:
     """Start ``python -m actors.http`` for the node on ``admin_port`` and wait until it listens.
 
     ``config`` is the node's whole config (its ``http`` section, and its deployments' models
@@ -69,6 +70,7 @@ def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: s
     secret variables from its own environment, so that no actor inherits them).
     """
     if isinstance(config, GatewayConfig):
+        log_format = log_format or config.node.log_format
         if config.http is None and listen is None:
             raise ConfigError("no http section in the config", path="http")
         # No section but an address (launch.py --http, the demo): keyless, which the
@@ -84,7 +86,7 @@ def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: s
     if http.listen is None:
         raise ConfigError("the HTTP listener needs an address: set http.listen or --http HOST:PORT", path="http.listen")
     cmd = [sys.executable, "-m", "actors.http", "--stdin", "--admin-port", str(admin_port), "--log-level", log_level,
-           "--parent-pid", str(os.getpid())]
+           "--parent-pid", str(os.getpid()), "--log-format", log_format or "text"]
     if log_file:
         cmd += ["--log-file", log_file]
     doc = {"http": dataclasses.asdict(http), "models": list(models or [])}

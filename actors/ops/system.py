@@ -18,6 +18,7 @@ from thespian.actors import ActorSystem, PoisonMessage
 from actors.security import wire
 from actors.runtime import stream_sender
 from actors.runtime.cluster import LEADER_CAPABILITY
+from actors.runtime.logs import formatter_definition
 from actors.settings.schema import MOCK_ENDPOINT, GatewayConfig
 from actors.errors import ConfigError, InternalError
 from actors.runtime.protocol import Deploy, Deployed, Drain, Drained
@@ -71,7 +72,7 @@ class ShutdownNoiseFilter(logging.Filter):
         return not (message.startswith("Pending Actor create for") and "failed (3585)" in message)
 
 
-def log_definitions(log_file: str | None, level: str, console: bool = True) -> dict[str, Any]:
+def log_definitions(log_file: str | None, level: str, console: bool = True, log_format: str = "text") -> dict[str, Any]:
     handlers: dict[str, Any] = {}
     if console:
         handlers["console"] = {"class": "logging.StreamHandler", "formatter": "plain", "level": level,
@@ -81,7 +82,7 @@ def log_definitions(log_file: str | None, level: str, console: bool = True) -> d
                             "level": level, "filters": ["shutdown-noise"]}
     return {
         "version": 1,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}},
+        "formatters": {"plain": formatter_definition(log_format)},
         "filters": {"shutdown-noise": {"()": "actors.ops.system.ShutdownNoiseFilter"}},
         "handlers": handlers,
         "loggers": {"atomr": {"level": level, "handlers": list(handlers), "propagate": False},
@@ -216,7 +217,8 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
     pgid = admin_pid = admin_ticks = None
     try:
         asys = ActorSystem("multiprocTCPBase", capabilities,
-                           logDefs=log_definitions(log_file or node_cfg.log_file, node_cfg.log_level, console_log),
+                           logDefs=log_definitions(log_file or node_cfg.log_file, node_cfg.log_level, console_log,
+                                                   node_cfg.log_format),
                            transientUnique=True)
         admin_pid, admin_ticks, pgid = admin_process(port) or (None, None, None)
         if mock is not None:

@@ -24,7 +24,7 @@ from actors.core.engine_core import EngineCore
 from actors.errors import InternalError, ShuttingDown
 from actors.providers import make_runner
 from actors.runtime.base import GatewayActor
-from actors.runtime.logs import logger
+from actors.runtime.logs import logger, request_fields
 from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutcome, BreakerOutcomes, BreakerRefused,
                                      BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit, EngineReady,
                                      EngineStatus, FirstToken, LedgerRecords, LimiterDelta, LimiterRegister,
@@ -36,6 +36,8 @@ from actors.runtime.worker import RemoteWorkerActor
 from actors.types import Cancel, Failed
 
 log = logger("atomr.engine")
+request_log = logger("atomr.requests")
+REQUEST_LOG_S = 1.0     # terminals are logged in one record per this long: a log record is a message
 
 LEDGER_BATCH = 64        # records sent to the ledger at once at most ...
 LEDGER_FLUSH_S = 0.25    # ... and at the latest this long after a terminal
@@ -67,6 +69,7 @@ class RemoteEngineCoreActor(GatewayActor):
         self.alarm = Alarm(self, "engine")
         self.unrecorded: list[Any] = []   # terminal records not yet sent to the ledger
         self.ledger_timer = False
+        self.request_lines: list[dict[str, Any]] = []
 
     def receiveMsg_EngineInit(self, msg: EngineInit, sender: Any) -> None:
         if self.init is not None:
@@ -162,10 +165,13 @@ class RemoteEngineCoreActor(GatewayActor):
         elif msg.payload == LEDGER_FLUSH:
             self.ledger_timer = False
             self._flush_records()
+        elif msg.payload == "request-log":
+            self._flush_request_log()
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._feed(ev.Stop())
         self._flush_records()
+        self._flush_request_log()
 
     def receiveMsg_StatusRequest(self, msg: Any, sender: Any) -> None:
         if self.core is None:
@@ -187,8 +193,21 @@ class RemoteEngineCoreActor(GatewayActor):
 
     def _recorded(self, records: list[Any]) -> None:
         """Terminal records of this step: counted into the statistics, sent to the ledger."""
-        if self.init is None or getattr(self.init, "ledger", None) is None:
-            return
+        if self.init is not None and getattr(self.init, "ledger", None) is not None:
+            self._to_ledger(records)
+        # (The core counted them into its DeploymentStats already.) Logged in batches, one per second.
+        if not self.request_lines:
+            self.wakeupAfter(timedelta(seconds=REQUEST_LOG_S), payload="request-log")
+        self.request_lines.extend(request_fields(r) for r in records)
+        if len(self.request_lines) >= 1000:
+            self._flush_request_log()
+
+    def _flush_request_log(self) -> None:
+        lines, self.request_lines = self.request_lines, []
+        if lines:
+            request_log.info("%d request(s) ended", len(lines), extra={"requests": lines})
+
+    def _to_ledger(self, records: list[Any]) -> None:
         # Batched: a message costs about a millisecond of CPU, so never one per request.
         self.unrecorded.extend(records)
         if len(self.unrecorded) >= LEDGER_BATCH:

@@ -113,5 +113,6 @@ class RateLimiterActor(GatewayActor):
             u = budget.view.usage()
             usage.append({"key": key, "window_start_unix": u.window_start_unix, "requests": u.requests,
                           "tokens": u.tokens, "rpm": u.rpm, "tpm": u.tpm, "mode": budget.view.limits.mode,
+                          "window_s": budget.view.limits.window_s,
                           "engines": len(budget.engines), "slots": budget.view.participants() - 1})
         self.send(sender, LimiterUsage(self.node, usage))

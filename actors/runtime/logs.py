@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["logger"]
+from actors.core.log_format import (LOG_FIELDS, JsonFormatter, TextFormatter, formatter_definition,  # noqa: F401
+                                    request_fields)
+
+__all__ = ["logger", "JsonFormatter", "TextFormatter", "request_fields", "formatter_definition", "LOG_FIELDS"]
 
 
 class _ActorLogger:
@@ -26,3 +29,4 @@ class _ActorLogger:
 
 def logger(name: str) -> Any:
     return _ActorLogger(name)
+

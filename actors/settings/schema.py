@@ -162,6 +162,7 @@ class NodeConfig:
     drain_timeout_s: float = 30.0
     ledger: str | None = None              # SQLite file of spend records (docs/spend.md); relative to the config
     ledger_retention_days: float = 90.0    # records older than this are deleted (>= the longest budget period)
+    log_format: Literal["text", "json"] = "text"   # json: one JSON object per line (docs/observability.md)
 
     def __post_init__(self) -> None:
         if not 1 <= self.admin_port <= 65535:
@@ -265,6 +266,7 @@ class HttpKey:
     key: ApiKeySource
     models: list[str] | None = None
     team: str | None = None     # its calls count against the team's spend budgets too
+    admin: bool = False         # may read /metrics, /v1/status and /ui (docs/observability.md)
 
     def __post_init__(self) -> None:
         if not self.name.strip():

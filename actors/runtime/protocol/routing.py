@@ -67,6 +67,10 @@ class EngineStatus:
     circuit: str
     draining: bool = False
     budget_spent: list[str] = field(default_factory=list)  # deployment/provider spend budgets run out: route elsewhere
+    model: str = ""
+    provider: str = ""
+    endpoint: str = ""      # the breaker's endpoint label (no password)
+    stats: dict[str, Any] = field(default_factory=dict)   # actors.core.stats.DeploymentStats.snapshot(): plain data
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""GET /ui in a real headless browser (Debian's chromium + chromedriver, driven by selenium).
+
+A node and its HTTP listener serve a few calls, a 500 storm opens one circuit, and the
+browser loads the dashboard, waits for the data and reads what an operator would see.
+The screenshot is the README's (docs/dashboard.png).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from actors.ops.http_process import start_http
+from actors.settings.loader import build
+from actors.settings.schema import HttpConfig
+
+from conftest import deployment, wait_for
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+KEY = "sk-atomr-dashboard-0123456789"
+
+
+@pytest.fixture
+def browser():
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.fail("chromium and chromium-driver are needed: apt-get install -y chromium chromium-driver "
+                    "(.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="atomr-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1440,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_dashboard_shows_deployments_an_open_breaker_and_budgets(gateway, mock, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    deps = [deployment(mock.url, "chat", retry={"max_retries": 0},
+                       breaker={"consecutive_failures": 3, "open_s": 120, "max_open_s": 120}),
+            deployment(mock.url, "claude", provider="anthropic", limits={"rpm": 100, "tpm": 20000})]
+    node, client = gateway(deps)
+    http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "keys": [{"name": "team", "key": {"value": KEY}}]},
+                            "http"), node.admin_port, models=["chat", "claude"], log_file=str(tmp_path / "http.log"))
+    try:
+        sdk = openai.OpenAI(base_url=http.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
+        for i in range(3):
+            if i == 1:  # the rest in the charts' next 10 s bucket, so that they draw lines, not dots
+                bucket = time.time() // 10
+                wait_for(lambda: time.time() // 10 != bucket, timeout_s=11, interval_s=0.1, message="the next bucket")
+            sdk.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hello there"}],
+                                        max_tokens=8)
+            list(sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
+                                             max_tokens=5, stream=True))
+        for _ in range(3):
+            with pytest.raises(openai.InternalServerError):
+                sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "[[mock status=500]]"}])
+        wait_for(lambda: any(b.state.value == "open" for b in client.status().breakers), message="the open circuit")
+
+        browser.get(http.url + "/ui")   # a loopback caller, and no admin key configured: no key needed
+        WebDriverWait(browser, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
+
+        def rows(table):
+            return [r.text for r in browser.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")]
+
+        def budget_seen(_):
+            budgets = browser.find_elements(By.CSS_SELECTOR, "#budgets .budget")
+            return any("requests: 3 / 100" in b.text for b in budgets)
+        WebDriverWait(browser, 20).until(budget_seen)   # the hub merges the engines' counts every 50 ms
+        deployments = {r.split()[0]: r for r in rows("deployments")}
+        assert set(deployments) == {"chat", "claude"}
+        assert "open" in deployments["chat"] and "since" in deployments["chat"]   # failing, and since when
+        assert "ok" in deployments["claude"].split() and "anthropic" in deployments["claude"]
+        assert "50%" in deployments["chat"]                 # 3 of 6 failed
+        breakers = rows("breakers")
+        assert any(r.startswith("openai") and "open" in r and "half-open in" in r for r in breakers), breakers
+        assert any(r.startswith("anthropic") and "closed" in r for r in breakers), breakers
+        timeline = browser.find_elements(By.CSS_SELECTOR, "#breakers svg.timeline rect")
+        assert {t.get_attribute("fill") for t in timeline} >= {"#2f9e5b", "#d23f3f"}   # closed, then open
+        bar = browser.find_element(By.CSS_SELECTOR, "#budgets .bar > div")
+        assert bar.get_attribute("style").replace(" ", "") == "width:3%;"
+        assert any(r.startswith("n1@") and "leader" in r for r in rows("nodes"))
+        assert any(r.startswith("team") for r in rows("keys"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-rps polyline")) == 2   # one line per deployment
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-latency polyline")) == 4  # p50 and p99 each
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOT))
+        assert SCREENSHOT.stat().st_size > 10_000
+    finally:
+        http.stop(timeout_s=10)

@@ -1,0 +1,275 @@
+"""Deployment statistics, the breaker's transition history, the status document, the metrics
+collector, the operator routes' access rule and the log formats: pure parts, no socket."""
+
+from __future__ import annotations
+
+import json
+import logging
+import types
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors.core.breaker import BreakerConfig, CircuitBreaker, CircuitState
+from actors.core.log_format import JsonFormatter, TextFormatter
+from actors.core.records import TerminalRecord
+from actors.core.stats import LATENCY_BOUNDS, OTHER_KEY, DeploymentStats, merge_snapshots, quantile
+from actors.errors import ServerError
+from actors.http import metrics
+from actors.http.keys import KeyRing
+from actors.http.observe import may_observe
+from actors.http.status_view import node_document, public, status_document
+from actors.settings.loader import build
+from actors.settings.schema import HttpConfig
+from actors.types import Usage
+
+from harness import WALL0, Rig
+
+
+def record(**kw) -> TerminalRecord:
+    base = dict(at_unix=WALL0, request_id="r", node="n1", deployment="d1", model="m", provider="openai", key="team",
+                team="", outcome="completed", error_kind="", status=None, attempts=1, streamed=True, input_tokens=10,
+                cached_input_tokens=4, output_tokens=5, reasoning_tokens=1, usage_reported=True, charged_tokens=15,
+                cost_usd=0.5, latency_s=0.3, ttft_s=0.04)
+    base.update(kw)
+    return TerminalRecord(**base)
+
+
+# -- DeploymentStats -------------------------------------------------------------------------
+
+def test_counts_outcomes_retries_tokens_cost_and_histograms():
+    stats = DeploymentStats()
+    stats.record(record())
+    stats.record(record(outcome="failed", error_kind="ServerError", status=500, attempts=3, output_tokens=0,
+                        cost_usd=None, latency_s=2.0, ttft_s=None))
+    stats.reject("QueueFull")
+    stats.reject("QueueFull")
+    s = stats.snapshot(WALL0 + 1)
+    assert s["outcomes"] == {"completed": {"": 1}, "failed": {"ServerError": 1}}
+    assert s["rejected"] == {"QueueFull": 2}
+    assert s["retries"] == 2 and s["fallbacks"] == 0
+    assert s["tokens"] == {"input": 20, "cached_input": 8, "output": 5, "reasoning": 2}
+    assert s["cost_usd"] == 0.5 and s["unpriced"] == 1
+    assert s["latency"]["count"] == 2 and s["latency"]["sum"] == pytest.approx(2.3)
+    # 0.3 s is in the (0.25, 0.5] bucket, 2.0 s in (1, 2.5]; TTFT only for the one with a token.
+    assert s["latency"]["counts"][LATENCY_BOUNDS.index(0.5)] == 1
+    assert s["latency"]["counts"][LATENCY_BOUNDS.index(2.5)] == 1
+    assert s["ttft"]["count"] == 1
+    assert s["keys"] == {"team": {"requests": 2, "failed": 1, "input_tokens": 20, "output_tokens": 5,
+                                  "cost_usd": 0.5}}
+    json.dumps(s)  # plain data: it crosses processes in EngineStatus
+
+
+def test_failing_since_is_the_first_failure_after_the_last_success():
+    stats = DeploymentStats()
+    stats.record(record(at_unix=WALL0 + 1, outcome="failed", error_kind="ServerError"))
+    stats.record(record(at_unix=WALL0 + 2, outcome="failed", error_kind="ServerError"))
+    assert stats.snapshot(WALL0 + 3)["failing_since_unix"] == WALL0 + 1
+    stats.record(record(at_unix=WALL0 + 4))
+    assert stats.snapshot(WALL0 + 5)["failing_since_unix"] is None
+
+
+def test_keys_are_bounded():
+    stats = DeploymentStats(max_keys=3)
+    for i in range(10):
+        stats.record(record(key=f"k{i}"))
+    keys = stats.snapshot(WALL0)["keys"]
+    assert set(keys) == {"k0", "k1", "k2", OTHER_KEY} and keys[OTHER_KEY]["requests"] == 7
+
+
+def test_series_is_a_ring_of_fixed_steps_over_15_minutes():
+    stats = DeploymentStats()
+    for i in range(200):                       # 200 buckets of 10 s: only the last 90 are kept
+        stats.record(record(at_unix=WALL0 + 10 * i + 3))
+    series = stats.snapshot(WALL0 + 10 * 199 + 5)["series"]
+    assert len(series) == 90 and series[0][0] == WALL0 + 10 * 110 and series[-1][0] == WALL0 + 10 * 199
+    assert all(p[1] == 1 for p in series)
+    # Older buckets drop out of the snapshot as time passes, even with no traffic.
+    assert len(stats.snapshot(WALL0 + 10 * 199 + 600)["series"]) == 30
+
+
+def test_quantile_interpolates_within_a_bucket():
+    counts = [0] * (len(LATENCY_BOUNDS) + 1)
+    counts[LATENCY_BOUNDS.index(0.5)] = 10     # all in (0.25, 0.5]
+    assert quantile(counts, 0.5) == pytest.approx(0.375)
+    assert quantile([0] * len(counts), 0.5) is None
+    counts[-1] = 1000                          # above the last bound: reported as that bound
+    assert quantile(counts, 0.99) == LATENCY_BOUNDS[-1]
+
+
+def test_merge_adds_replicas_exactly():
+    a, b = DeploymentStats(), DeploymentStats()
+    a.record(record(at_unix=WALL0 + 1))
+    b.record(record(at_unix=WALL0 + 2, key="other", outcome="failed", error_kind="Timeout", attempts=2))
+    merged = merge_snapshots([a.snapshot(WALL0 + 3), b.snapshot(WALL0 + 3), {}])
+    assert merged["outcomes"] == {"completed": {"": 1}, "failed": {"Timeout": 1}}
+    assert merged["retries"] == 1 and merged["latency"]["count"] == 2 and merged["tokens"]["input"] == 20
+    assert set(merged["keys"]) == {"team", "other"}
+    assert len(merged["series"]) == 1 and merged["series"][0][1] == 2
+    assert merged["failing_since_unix"] is None   # one replica still succeeds
+
+
+# -- the engine core counts its terminals -----------------------------------------------------
+
+def test_engine_core_status_carries_the_statistics():
+    rig = Rig()
+    rig.submit("r1")
+    rig.report("r1", usage=Usage(7, 3))
+    rig.submit("r2")
+    rig.report("r2", error=ServerError("boom", status=500, provider="openai"))
+    rig.advance(0.2)                           # r2's retry goes out
+    rig.report("r2", usage=Usage(7, 3))
+    status = rig.core.status()
+    s = status["stats"]
+    assert s["outcomes"] == {"completed": {"": 2}} and s["retries"] == 1
+    assert s["tokens"]["output"] == 6 and s["latency"]["count"] == 2
+    assert (status["model"], status["provider"]) == ("d1", "openai")
+    for i in range(7):
+        rig.submit(f"q{i}")                    # 2 on workers, 4 queued: one over the queue's capacity
+    assert rig.core.status()["stats"]["rejected"] == {"QueueFull": 1}
+
+
+# -- the breaker keeps its transitions --------------------------------------------------------
+
+def test_breaker_snapshot_lists_the_last_hours_transitions():
+    mono, wall = [0.0], [WALL0]
+    breaker = CircuitBreaker("openai", "e", BreakerConfig(consecutive_failures=1, open_s=5),
+                             clock=lambda: mono[0], wall_clock=lambda: wall[0])
+    breaker.record_failure()
+    mono[0] += 6
+    wall[0] += 6
+    assert breaker.state is CircuitState.HALF_OPEN
+    breaker.record_success()
+    snap = breaker.snapshot()
+    assert [(t[1], t[2]) for t in snap.transitions] == [("closed", "open"), ("open", "half_open"),
+                                                        ("half_open", "closed")]
+    assert snap.transitions[0][0] == WALL0 * 1000 and snap.opens == 1
+    wall[0] += 3601                            # an hour later the timeline is empty, the count stays
+    assert breaker.snapshot().transitions == () and breaker.snapshot().opens == 1
+    for _ in range(500):                       # bounded however much it flaps
+        breaker.force_open(1)
+    assert len(breaker.snapshot().transitions) <= 120
+
+
+# -- the status document and the metrics built from it ----------------------------------------
+
+def fake_node(now: float) -> types.SimpleNamespace:
+    stats = DeploymentStats()
+    stats.record(record(at_unix=now - 5))
+    stats.record(record(at_unix=now - 4, outcome="failed", error_kind="ServerError"))
+    stats.reject("QueueFull")
+    breaker = CircuitBreaker("openai", "https://api.example/v1", BreakerConfig(consecutive_failures=1, open_s=30),
+                             clock=lambda: 0.0, wall_clock=lambda: now)
+    breaker.record_failure()
+    engine = types.SimpleNamespace(deployment="d1", replica=0, node="n1", queued=3, in_flight=1, busy_workers=1,
+                                   workers=4, accepted=5, completed=1, failed=1, depth_by_priority={"normal": 3},
+                                   circuit="open", draining=False, model="m", provider="openai",
+                                   endpoint="https://api.example/v1",
+                                   stats=stats.snapshot(now))
+    limits = [{"key": "openai:m", "mode": "approximate", "requests": 30, "rpm": 120, "tokens": 900, "tpm": None,
+               "window_s": 60.0, "window_start_unix": now - 10}]
+    return types.SimpleNamespace(node="n1", node_id="n1@10.0.0.1:1900", address="10.0.0.1:1900",
+                                 membership="leader", started_unix=now - 100, engines=[engine],
+                                 breakers=[breaker.snapshot()], limits=limits, supervision=[])
+
+
+def test_status_document_rows():
+    now = WALL0 + 1000
+    member = types.SimpleNamespace(node="n1", node_id="n1@10.0.0.1:1900", last_seen_s=0.4, host="10.0.0.1",
+                                   admin_port=1900, started_unix=now - 100)
+    gone = types.SimpleNamespace(
+        node="n2", node_id="n2@10.0.0.2:1900", last_seen_s=4.5, host="10.0.0.2", admin_port=1900,
+        started_unix=now - 50)
+    doc = public(status_document([fake_node(now)], [member, gone], "n1", ["n2"], now=now))
+    json.dumps(doc)
+    (row,) = doc["deployments"]
+    assert (row["state"], row["queued"], row["workers"], row["requests"], row["error_rate"]) == ("open", 3, 4, 3,
+                                                                                                  pytest.approx(2 / 3))
+    assert row["failing_since_unix"] == now - 4     # the first failure after the last success
+    assert doc["breakers"][0]["state"] == "open" and doc["breakers"][0]["half_open_in_s"] == pytest.approx(30)
+    (budget,) = doc["budgets"]
+    assert budget["requests_fraction"] == 0.25 and budget["tokens_fraction"] is None
+    assert budget["window_end_unix"] == now + 50
+    assert [(n["node"], n["leader"], n["heartbeat_age_s"]) for n in doc["nodes"]] == [("n1", True, 0.4),
+                                                                                      ("n2", False, 4.5)]
+    assert doc["keys"] == [{"key": "team", "requests": 2, "failed": 1, "input_tokens": 20, "output_tokens": 10,
+                            "cost_usd": 1.0}]
+
+
+def test_metrics_collector_output_parses_and_bounds_labels():
+    now = WALL0 + 1000
+    doc = node_document(fake_node(now), now=now)
+    text = metrics.render(lambda: (doc, {})).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    labels = (("deployment", "d1"), ("model", "m"), ("node", "n1@10.0.0.1:1900"), ("provider", "openai"))
+
+    def get(name, *extra):
+        return samples[(name, tuple(sorted(labels + extra)))]
+    assert get("atomr_requests_total", ("outcome", "completed"), ("error_kind", "")) == 1
+    assert get("atomr_requests_total", ("outcome", "failed"), ("error_kind", "ServerError")) == 1
+    assert get("atomr_requests_total", ("outcome", "rejected"), ("error_kind", "QueueFull")) == 1
+    assert get("atomr_request_latency_seconds_bucket", ("le", "+Inf")) == 2
+    assert get("atomr_workers", ("state", "idle")) == 3 and get("atomr_queue_depth") == 3
+    assert get("atomr_deployment_circuit_state") == 2
+    assert samples[("atomr_breaker_state", (("endpoint", "https://api.example/v1"), ("node", "n1@10.0.0.1:1900"),
+                                            ("provider", "openai")))] == 2
+    assert samples[("atomr_budget_requests_limit", (("budget", "openai:m"), ("mode", "approximate"),
+                                                    ("node", "n1@10.0.0.1:1900")))] == 120
+    assert not any(name == "atomr_budget_tokens_limit" for name, _ in samples)  # unlimited: no series
+    names = {k for _, ls in samples for k, _ in ls}
+    assert names <= {"deployment", "model", "provider", "node", "outcome", "error_kind", "le", "kind", "state",
+                     "endpoint", "budget", "mode", "member", "key"}
+
+
+# -- who may read the operator's routes --------------------------------------------------------
+
+def _ring(*keys):
+    return KeyRing(build(HttpConfig, {"listen": "127.0.0.1:0", "keys": list(keys)}, "http"))
+
+
+@pytest.mark.parametrize("headers, remote, expected", [
+    ({}, "127.0.0.1", (True, 200)),
+    ({}, "10.1.2.3", (False, 401)),
+    ({"authorization": "Bearer sk-user"}, "127.0.0.1", (False, 403)),   # a key is given: it must be an admin one
+    ({"authorization": "Bearer wrong"}, "127.0.0.1", (False, 401)),
+])
+def test_without_an_admin_key_loopback_callers_may_observe(headers, remote, expected):
+    ring = _ring({"name": "user", "key": {"value": "sk-user"}})
+    assert may_observe(ring, headers, remote)[:2] == expected
+
+
+@pytest.mark.parametrize("headers, remote, expected", [
+    ({}, "127.0.0.1", (False, 401)),                                     # once an admin key exists, loopback too
+    ({"authorization": "Bearer sk-user"}, "10.1.2.3", (False, 403)),
+    ({"authorization": "Bearer sk-admin"}, "10.1.2.3", (True, 200)),
+    ({"x-api-key": "sk-admin"}, "10.1.2.3", (True, 200)),
+    ({"authorization": "Basic b3BzOnNrLWFkbWlu"}, "10.1.2.3", (True, 200)),   # ops:sk-admin, as a browser sends it
+    ({"authorization": "Basic !!!"}, "10.1.2.3", (False, 401)),
+])
+def test_with_an_admin_key_it_is_needed_from_everywhere(headers, remote, expected):
+    ring = _ring({"name": "user", "key": {"value": "sk-user"}}, {"name": "ops", "key": {"value": "sk-admin"},
+                                                                 "admin": True})
+    allowed, status, why = may_observe(ring, headers, remote)
+    assert (allowed, status) == expected and "sk-admin" not in why
+
+
+# -- log formats -------------------------------------------------------------------------------
+
+def _log_record(**extra) -> logging.LogRecord:
+    rec = logging.LogRecord("atomr.requests", logging.INFO, __file__, 1, "%d request(s) ended", (2,), None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_json_formatter_writes_one_object_per_request_and_only_allowed_fields():
+    lines = [{"request_id": "req_1", "deployment": "d1", "outcome": "completed", "attempts": 1, "prompt": "secret"},
+             {"request_id": "req_2", "deployment": "d1", "outcome": "failed", "error_kind": "Timeout"}]
+    out = JsonFormatter().format(_log_record(requests=lines)).splitlines()
+    parsed = [json.loads(line) for line in out]
+    assert [p["request_id"] for p in parsed] == ["req_1", "req_2"] and all(p["event"] == "request" for p in parsed)
+    assert "prompt" not in parsed[0] and parsed[1]["error_kind"] == "Timeout"
+    plain = json.loads(JsonFormatter().format(_log_record(http_status=200, password="x")))
+    assert plain["message"] == "2 request(s) ended" and plain["http_status"] == 200 and "password" not in plain
+    text = TextFormatter().format(_log_record(requests=lines)).splitlines()
+    assert len(text) == 2 and "request_id=req_1" in text[0] and "secret" not in text[0]
