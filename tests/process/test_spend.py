@@ -13,7 +13,6 @@ import pytest
 import requests
 
 from actors import errors as E
-from actors.client import GatewayClient
 from actors.ops.http_process import start_http
 from actors.settings.loader import build
 from actors.settings.schema import PROVIDERS, HttpConfig
