@@ -51,6 +51,17 @@ class ToolCall:
     arguments: str
 
 
+@dataclass(frozen=True)
+class AttemptInfo:
+    """One line of a terminal's attempt list: where an attempt went and how it ended."""
+
+    deployment: str
+    error_kind: str = ""          # "" for the attempt that served; else the error's kind
+    status: int | None = None     # the upstream's HTTP status, when it answered
+    delay_s: float = 0.0          # waited before the next attempt
+    sent: bool = True             # False: refused before anything went upstream (circuit, queue, budget)
+
+
 # --- the public contract -------------------------------------------------------------
 
 def new_request_id() -> str:
@@ -75,6 +86,11 @@ class InferenceRequest:
     idempotent: bool = True
     request_id: str = field(default_factory=new_request_id)
     metadata: dict[str, str] = field(default_factory=dict)
+    # Routing (docs/routing.md): models to fall back to, replacing routing.fallbacks for this
+    # call; and the retries this request may still make here (None: the deployment's policy),
+    # so retries are one budget across every deployment and fallback the call visits.
+    fallbacks: list[str] | None = None
+    retry_budget: int | None = None
 
 
 @dataclass
@@ -109,6 +125,7 @@ class Completed:
     # Tokens the rate limiter was charged: the reported usage, or the estimate when the
     # provider reported none (usage.reported is False), never zero for a call that ran.
     charged_tokens: int = 0
+    attempt_log: list[AttemptInfo] = field(default_factory=list)   # every attempt, the serving one last
 
 
 @dataclass
@@ -120,6 +137,7 @@ class Failed:
     attempts: int = 0
     deployment: str = ""
     chunks: int | None = 0
+    attempt_log: list[AttemptInfo] = field(default_factory=list)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,20 +20,24 @@ from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, W
 
 from actors.core import engine_events as ev
 from actors.core.engine_core import EngineCore
+from actors.core.load import LoadTracker, headroom
 from actors.errors import InternalError, ShuttingDown
 from actors.providers import make_runner
 from actors.runtime.base import GatewayActor
 from actors.runtime.logs import logger
 from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutcome, BreakerOutcomes, BreakerRefused,
-                                     BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit, EngineReady,
+                                     BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit, EngineLoad,
+                                     EngineReady,
                                      EngineStatus, FirstToken, LimiterDelta, LimiterRegister, SessionRefresh,
                                      SessionSubscribe, SessionVersion, StrictAcquire, StrictDenied, StrictGrant,
                                      StrictSettle, WorkerInit, WorkerResult)
 from actors.runtime.timers import Alarm
 from actors.runtime.worker import RemoteWorkerActor
-from actors.types import Cancel, Failed
+from actors.types import Cancel, Failed, InferenceRequest
 
 log = logger("atomr.engine")
+
+PROBE_PREFIX = "probe_"   # request ids of active health probes (kept out of statistics and the ledger)
 
 # Messages that carry nothing but an event for the core (no address to keep, no reply).
 _EVENTS: dict[type, Callable[[Any], Any]] = {
@@ -58,6 +63,10 @@ class RemoteEngineCoreActor(GatewayActor):
         self.strict_address: Any = None
         self.broken: InternalError | None = None  # why EngineInit failed, told to every caller
         self.alarm = Alarm(self, "engine")
+        self.load: LoadTracker | None = None       # what the node's router reads (core/load.py)
+        self.load_alarm = Alarm(self, "load")
+        self.health_alarm = Alarm(self, "health")
+        self.last_activity = time.monotonic()
 
     def receiveMsg_EngineInit(self, msg: EngineInit, sender: Any) -> None:
         if self.init is not None:
@@ -76,6 +85,9 @@ class RemoteEngineCoreActor(GatewayActor):
         self.core = EngineCore(dep, slot=slot, node=msg.node, price=price, sync_interval_s=msg.sync_interval_s,
                                failure_timeout_s=msg.failure_timeout_s, has_session=msg.session is not None,
                                has_hub=msg.limiter is not None)
+        self.load = LoadTracker(clock=time.monotonic)
+        if dep.health_check is not None:
+            self.health_alarm.at(time.monotonic() + dep.health_check.interval_s)
         self.send(msg.breaker, BreakerSubscribe(self.myAddress))
         if msg.session is not None:
             self.send(msg.session, SessionSubscribe(self.myAddress, wants_secret=False))
@@ -114,7 +126,30 @@ class RemoteEngineCoreActor(GatewayActor):
         if self.core is None:
             error = self.broken or ShuttingDown("the engine is not initialised yet", retryable=True)
             return self.send(sender, Failed(str(getattr(msg, "request_id", "")), error, 0, ""))
+        self.last_activity = time.monotonic()
         self._feed(ev.Accept(msg, sender))
+
+    # -- active health probes (routing): a one-token call while idle; its outcome feeds the breaker
+
+    def _probe(self) -> None:
+        check = self.init.deployment.health_check
+        now = time.monotonic()
+        if self.core is None or check is None or self.core.draining:
+            return
+        if not self.core.jobs and now - self.last_activity >= check.interval_s * 0.9:
+            self.last_activity = now
+            probe = InferenceRequest(model=self.init.deployment.model, messages=[{"role": "user", "content": "ping"}],
+                                     params={"max_tokens": 1}, priority="low", deadline_unix=time.time() + check.timeout_s,
+                                     request_id=PROBE_PREFIX + secrets.token_hex(8), retry_budget=0)
+            self._feed(ev.Accept(probe, self.myAddress))
+        self.health_alarm.at(max(now, self.last_activity) + check.interval_s)
+
+    def receiveMsg_Completed(self, msg: Any, sender: Any) -> None:
+        log.debug("%s: health probe answered", self.init.deployment.name if self.init else "engine")
+
+    def receiveMsg_Failed(self, msg: Any, sender: Any) -> None:
+        if self.init is not None and str(msg.request_id).startswith(PROBE_PREFIX):
+            log.warning("%s: health probe failed: %s", self.init.deployment.name, msg.error)
 
     def receiveMsg_WorkerReady(self, msg: Any, sender: Any) -> None:
         if self.workers.get(msg.worker_index) == sender:
@@ -145,6 +180,10 @@ class RemoteEngineCoreActor(GatewayActor):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if self.alarm.fired(msg.payload):
             self._feed(ev.Tick())
+        elif self.load_alarm.fired(msg.payload):
+            self._push_load()
+        elif self.health_alarm.fired(msg.payload):
+            self._probe()
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._feed(ev.Stop())
@@ -165,8 +204,31 @@ class RemoteEngineCoreActor(GatewayActor):
         for effect in effects:
             getattr(self, "_do_" + type(effect).__name__)(effect)
         if self.core.records:
-            self._recorded(self.core.take_records())
+            records = self.core.take_records()
+            self.last_activity = time.monotonic()
+            self.load.observe(records)
+            self._recorded([r for r in records if not r.request_id.startswith(PROBE_PREFIX)])
+        self._push_load()
 
+    def _push_load(self) -> None:
+        """The router's view of this engine, to the node when it changed, at most every ~150 ms."""
+        core, init = self.core, self.init
+        if core is None or self.load is None or init.registry is None:
+            return
+        busy = sum(1 for slot in core.slots.values() if slot.attempt is not None)
+        price = core.price
+        state = self.load.state(queued=len(core.queue), in_flight=busy, circuit=core.view.state.value,
+                                headroom=headroom(core.limiter.usage()) if core.limiter is not None else None,
+                                price_in=getattr(price, "input", None), price_out=getattr(price, "output", None),
+                                at_unix=time.time())
+        due = self.load.due(state)
+        if due is None:
+            return
+        if due <= time.monotonic():
+            self.load.mark_pushed(state)
+            self.send(init.registry, EngineLoad(init.deployment.name, init.replica, state))
+        else:
+            self.load_alarm.at(due)
     def _recorded(self, records: list[Any]) -> None:
         """Terminal records of this step: counted into the statistics, sent to the ledger."""
 

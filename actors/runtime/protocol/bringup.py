@@ -18,6 +18,7 @@ class Deploy:
     capability: str = ""
     launcher_pid: int = 0   # the node exits when this process is gone
     admin_port: int = 0     # part of the node's identity; 0: read from the admin's address
+    routing: Any = None     # core.routing.RoutingPolicy (strategy, fallbacks), given to clients with routes
 
 
 @dataclass
