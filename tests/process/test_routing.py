@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 
+import anthropic
 import openai
 import pytest
 
@@ -247,6 +248,9 @@ def test_a_requests_own_fallbacks_from_the_client_and_over_http(gateway, mock, t
         assert reply.choices[0].message.content and hits(mock, "safe") == 2 and hits(mock, "claude") == 0
         reply = sdk.chat.completions.create(model="gpt", messages=HI, max_tokens=2)   # the configured list
         assert hits(mock, "claude") == 1
+        ant = anthropic.Anthropic(base_url=http.url, api_key=key, max_retries=0, timeout=30)
+        message = ant.messages.create(model="gpt", messages=HI, max_tokens=2, extra_body={"fallbacks": ["safe"]})
+        assert message.content[0].text and hits(mock, "safe") == 3 and hits(mock, "claude") == 1
         with pytest.raises(openai.BadRequestError, match="fallbacks"):
             sdk.chat.completions.create(model="gpt", messages=HI, max_tokens=2, extra_body={"fallbacks": "safe"})
         narrow = openai.OpenAI(base_url=http.url + "/v1", api_key=key + "x", max_retries=0, timeout=30)
