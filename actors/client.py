@@ -28,7 +28,6 @@ from typing import Any
 from thespian.actors import ActorSystem, InvalidActorAddress, PoisonMessage
 
 from actors.core import routing
-from actors.core.ratelimit import estimate_tokens
 from actors.correlator import Correlator
 from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, GatewayTimeout, GatewayUnavailable,
                            InferenceError, InternalError, NotFound, QueueFull)
@@ -223,7 +222,6 @@ class GatewayClient:
                                      f"{_key_hint()}") from None
         self._local = threading.local()
         self._routes: dict[str, tuple[float, list[Any]]] = {}
-        self._rr = itertools.count()
         self._registry = self.asys.createActor(NodeRegistry, globalName=NODE_GLOBAL_NAME)
         self._contexts: list[Any] = []
         self._lock = threading.Lock()
@@ -500,12 +498,16 @@ class GatewayClient:
                     policy: routing.RoutingPolicy, budget: routing.RetryBudget, log: list[AttemptInfo],
                     deadline: float, state: _State) -> Iterator[TokenChunk]:
         """Try the group's deployments in the strategy's order; None when one served, else the last error."""
-        input_tokens = estimate_tokens(request.messages, 0)
+        input_tokens = routing.input_estimate(request.messages)
         max_tokens = request.params.get("max_tokens")
         output_tokens = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else 256
-        candidates = self._candidates(entries)
-        skipped = {c.deployment: why for c in candidates if (why := routing.skip_reason(c, input_tokens))}
-        usable = [c for c in candidates if c.deployment not in skipped]
+        usable, skipped = [], {}
+        for candidate in self._candidates(entries):
+            why = routing.skip_reason(candidate, input_tokens)
+            if why is None:
+                usable.append(candidate)
+            else:
+                skipped.setdefault(candidate.deployment, why)
         if not usable:
             for name, why in sorted(skipped.items()):
                 log.append(AttemptInfo(name, why, None, 0.0, False))

@@ -24,7 +24,7 @@ from actors.errors import (AuthenticationError, BadRequest, Cancelled, CircuitOp
                            NotFound, PermissionDenied, QueueFull, BudgetExceeded)
 
 __all__ = ["STRATEGIES", "Strategy", "HealthCheck", "ModelRouting", "RoutingPolicy", "Candidate",
-           "order", "skip_reason", "fallback_kind", "FallbackPlan", "RetryBudget", "context_window",
+           "order", "skip_reason", "input_estimate", "fallback_kind", "FallbackPlan", "RetryBudget", "context_window",
            "context_windows", "all_open_error", "check_models"]
 
 STRATEGIES = ("weighted", "least-busy", "latency", "cost", "usage")
@@ -142,6 +142,25 @@ class Candidate:
     @property
     def busy(self) -> int:
         return self.queued + self.in_flight
+
+
+def input_estimate(messages: Iterable[Mapping[str, Any]]) -> int:
+    """The prompt's size for the pre-call check: its text at ~4 characters a token.
+
+    It errs low on purpose (images, tool definitions and framing are not counted; CJK text
+    has more tokens than this says): a prompt near a window is sent, and the provider's own
+    ContextLengthExceeded then takes ``context_window_fallbacks``. Skipping a deployment that
+    would have served is the worse mistake.
+    """
+    chars = 0
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(part["text"]) for part in content
+                         if isinstance(part, Mapping) and isinstance(part.get("text"), str))
+    return chars // 4
 
 
 def skip_reason(c: Candidate, input_tokens: int | None = None) -> str | None:

@@ -357,3 +357,11 @@ def test_headroom_is_the_tighter_of_requests_and_tokens():
     assert headroom(WindowUsage(0, 0.0, 1, 900, 100, 1000)) == pytest.approx(0.1)
     assert headroom(WindowUsage(0, 0.0, 200, 0, 100, None)) == 0.0
     assert headroom(WindowUsage(0, 0.0, 5, 5, None, None)) is None
+
+
+def test_the_pre_call_estimate_counts_text_only_and_errs_low():
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 400_000}}
+    messages = [{"role": "system", "content": "x" * 400},
+                {"role": "user", "content": [{"type": "text", "text": "y" * 800}, image]}]
+    assert R.input_estimate(messages) == 300   # a large image never makes a prompt look too long
+    assert R.input_estimate([{"role": "assistant", "content": None, "tool_calls": []}]) == 0
