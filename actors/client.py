@@ -482,7 +482,9 @@ class GatewayClient:
         for entry in entries:
             key = str(entry.engine)
             own = self._busy.get(key, 0)
-            circuit = "open" if self._open_until.get(key, 0.0) > now else getattr(entry, "circuit", "closed")
+            held = self._open_until.get(key, 0.0) > now
+            circuit = "open" if held else getattr(entry, "circuit", "closed")
+            retry_at = None if held else getattr(entry, "retry_at_unix", None)
             # The engine's pushed load counts every caller's calls as of its last push; this
             # client's own count is current. The larger of the two is the better estimate.
             busy = max(entry.queue_depth + getattr(entry, "in_flight", 0), own)
@@ -491,7 +493,7 @@ class GatewayClient:
                 in_flight=busy, circuit=circuit, latency_s=getattr(entry, "latency_s", None),
                 ttft_s=getattr(entry, "ttft_s", None), headroom=getattr(entry, "headroom", None),
                 price_in=getattr(entry, "price_in", None), price_out=getattr(entry, "price_out", None),
-                max_input_tokens=getattr(entry, "max_input_tokens", None)))
+                max_input_tokens=getattr(entry, "max_input_tokens", None), retry_at_unix=retry_at))
         return out
 
     def _over_group(self, correlator: Correlator, request: InferenceRequest, model: str, entries: list[Any],
@@ -503,7 +505,7 @@ class GatewayClient:
         output_tokens = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else 256
         usable, skipped = [], {}
         for candidate in self._candidates(entries):
-            why = routing.skip_reason(candidate, input_tokens)
+            why = routing.skip_reason(candidate, input_tokens, time.time())
             if why is None:
                 usable.append(candidate)
             else:

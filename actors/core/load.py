@@ -30,6 +30,7 @@ class LoadState:
     price_in: float | None = None     # USD per million tokens
     price_out: float | None = None
     at_unix: float = 0.0              # when the engine took it (freshness, shown in docs/status)
+    retry_at_unix: float | None = None   # an open circuit admits a probe from then on
 
 
 class Decayed:
@@ -92,9 +93,10 @@ class LoadTracker:
                 self.latency.add(r.latency_s, now)
 
     def state(self, *, queued: int, in_flight: int, circuit: str, headroom: float | None,
-              price_in: float | None, price_out: float | None, at_unix: float) -> LoadState:
+              price_in: float | None, price_out: float | None, at_unix: float,
+              retry_at_unix: float | None = None) -> LoadState:
         return LoadState(queued, in_flight, circuit, self.latency.value, self.ttft.value, headroom,
-                         price_in, price_out, at_unix)
+                         price_in, price_out, at_unix, retry_at_unix)
 
     def due(self, state: LoadState) -> float | None:
         """When ``state`` should be pushed: now (a clock reading <= now), later, or None (nothing new)."""

@@ -138,6 +138,7 @@ class Candidate:
     price_in: float | None = None
     price_out: float | None = None
     max_input_tokens: int | None = None
+    retry_at_unix: float | None = None   # an open circuit admits a probe from then on
 
     @property
     def busy(self) -> int:
@@ -163,9 +164,13 @@ def input_estimate(messages: Iterable[Mapping[str, Any]]) -> int:
     return chars // 4
 
 
-def skip_reason(c: Candidate, input_tokens: int | None = None) -> str | None:
-    """Why ``c`` is left out before any strategy runs, or None. Nothing is sent to a skipped one."""
-    if c.circuit == "open":
+def skip_reason(c: Candidate, input_tokens: int | None = None, now_unix: float | None = None) -> str | None:
+    """Why ``c`` is left out before any strategy runs, or None. Nothing is sent to a skipped one.
+
+    An open circuit past its retry time is not skipped: the next call there is the breaker's
+    half-open probe, and skipping it would keep an idle circuit open for good.
+    """
+    if c.circuit == "open" and (c.retry_at_unix is None or now_unix is None or now_unix < c.retry_at_unix):
         return "circuit_open"
     # The budget hook: rate-limit headroom now; a USD budget plugs in as one more reason here.
     if c.headroom is not None and c.headroom <= 0:

@@ -215,12 +215,14 @@ class RemoteEngineCoreActor(GatewayActor):
         core, init = self.core, self.init
         if core is None or self.load is None or init.registry is None:
             return
-        busy = sum(1 for slot in core.slots.values() if slot.attempt is not None)
+        # In flight: every request this engine holds that is not queued (on a worker, waiting
+        # for a retry or for a fresh credential).
+        queued = len(core.queue)
         price = core.price
-        state = self.load.state(queued=len(core.queue), in_flight=busy, circuit=core.view.state.value,
+        state = self.load.state(queued=queued, in_flight=max(0, len(core.jobs) - queued), circuit=core.view.state.value,
                                 headroom=headroom(core.limiter.usage()) if core.limiter is not None else None,
                                 price_in=getattr(price, "input", None), price_out=getattr(price, "output", None),
-                                at_unix=time.time())
+                                at_unix=time.time(), retry_at_unix=_retry_at(core.view.snapshot))
         due = self.load.due(state)
         if due is None:
             return
@@ -229,6 +231,7 @@ class RemoteEngineCoreActor(GatewayActor):
             self.send(init.registry, EngineLoad(init.deployment.name, init.replica, state))
         else:
             self.load_alarm.at(due)
+
     def _recorded(self, records: list[Any]) -> None:
         """Terminal records of this step: counted into the statistics, sent to the ledger."""
 
@@ -288,6 +291,13 @@ class RemoteEngineCoreActor(GatewayActor):
 
     def _do_WakeAt(self, e: ev.WakeAt) -> None:
         self.alarm.at(e.at)
+
+
+def _retry_at(snapshot: Any) -> float | None:
+    """When an open circuit starts admitting a probe (unix seconds), or None when it is not open."""
+    if snapshot is None or snapshot.state.value != "open":
+        return None
+    return snapshot.retry_at_unix_ms / 1000
 
 
 def _is_my_child(pid: int) -> bool:

@@ -180,6 +180,7 @@ class NodeRegistry(ClusterMember):
             entry.latency_s, entry.ttft_s, entry.headroom = state.latency_s, state.ttft_s, state.headroom
             entry.price_in, entry.price_out = state.price_in, state.price_out
             entry.load_age_s = time.monotonic() - at
+            entry.retry_at_unix = state.retry_at_unix
         return entry
 
     def receiveMsg_Route(self, msg: Route, sender: Any) -> None:

@@ -365,3 +365,10 @@ def test_the_pre_call_estimate_counts_text_only_and_errs_low():
                 {"role": "user", "content": [{"type": "text", "text": "y" * 800}, image]}]
     assert R.input_estimate(messages) == 300   # a large image never makes a prompt look too long
     assert R.input_estimate([{"role": "assistant", "content": None, "tool_calls": []}]) == 0
+
+
+def test_an_open_circuit_past_its_retry_time_is_tried_so_its_probe_can_close_it():
+    open_until_20 = cand("a", circuit="open", retry_at_unix=20.0)
+    assert R.skip_reason(open_until_20, now_unix=19.9) == "circuit_open"
+    assert R.skip_reason(open_until_20, now_unix=20.0) is None
+    assert R.skip_reason(cand("a", circuit="open"), now_unix=99.0) == "circuit_open"   # no retry time known

@@ -47,6 +47,7 @@ class RouteEntry:
     price_in: float | None = None
     price_out: float | None = None
     load_age_s: float | None = None   # how old the pushed state was when the node answered; None: none yet
+    retry_at_unix: float | None = None   # an open circuit admits a probe from then on (not skipped past it)
 
 
 @dataclass
