@@ -89,6 +89,26 @@ def test_least_busy_sends_around_a_deployment_that_holds_its_calls(gateway, mock
     assert served["slow"] <= 40, served
 
 
+def test_least_busy_sees_other_callers_load_through_the_engines_pushed_state(gateway, mock):
+    node, _ = gateway([dep(mock, "x", "m", workers=4), dep(mock, "y", "m", workers=4)],
+                      routing={"strategy": "least-busy"})
+    held = [{"role": "user", "content": "hold [[mock delay_ms=4000]]"}]
+    with fresh_client(node) as other, fresh_client(node) as client:
+        threads = [threading.Thread(target=other.complete, args=("x", held), kwargs={"max_tokens": 2})
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            # This client has nothing in flight anywhere: only the pushed state can show x is busy.
+            wait_for(lambda: entry(client, "x", "m").in_flight + entry(client, "x", "m").queue_depth >= 4,
+                     message="x's load in the routes")
+            served = Counter(client.complete("m", HI, max_tokens=2).deployment for _ in range(20))
+        finally:
+            for t in threads:
+                t.join(30)
+    assert served == {"y": 20}, served
+
+
 def test_latency_reads_ttft_for_streams_and_latency_for_calls(gateway, mock):
     # dripper: a stream's first token at once, then 25 ms per token; a whole reply one byte per ms.
     # laggard: 50 ms before anything, then everything at once.
@@ -96,13 +116,13 @@ def test_latency_reads_ttft_for_streams_and_latency_for_calls(gateway, mock):
                        dep(mock, "laggard", "m", fault="delay_ms=50;words=5")], routing={"strategy": "latency"})
     with fresh_client(node) as client:
         streams = []
-        for _ in range(50):
+        for _ in range(100):
             with client.stream("m", HI, max_tokens=5) as stream:
                 stream.text()
             streams.append(stream.result.deployment)
-        calls = [client.complete("m", HI, max_tokens=5).deployment for _ in range(50)]
-    assert Counter(streams[-30:])["dripper"] >= 27, Counter(streams)
-    assert Counter(calls[-30:])["laggard"] >= 27, Counter(calls)
+        calls = [client.complete("m", HI, max_tokens=5).deployment for _ in range(100)]
+    assert Counter(streams[-50:])["dripper"] >= 45, Counter(streams)
+    assert Counter(calls[-50:])["laggard"] >= 45, Counter(calls)
 
 
 def test_cost_sends_every_call_to_the_cheapest_for_its_estimate(gateway, mock):
@@ -110,8 +130,8 @@ def test_cost_sends_every_call_to_the_cheapest_for_its_estimate(gateway, mock):
                             dep(mock, "cheap", "m", pricing={"input": 0.1, "output": 0.4}),
                             dep(mock, "unpriced", "m", upstream_model="nobody-prices-this")],
                            routing={"models": {"m": {"strategy": "cost"}}})
-    served = Counter(client.complete("m", HI, max_tokens=2).deployment for _ in range(50))
-    assert served == {"cheap": 50}, served
+    served = Counter(client.complete("m", HI, max_tokens=2).deployment for _ in range(200))
+    assert served == {"cheap": 200}, served
     assert hits(mock, "pricey") == hits(mock, "unpriced") == 0
 
 
@@ -127,8 +147,8 @@ def test_usage_prefers_headroom_and_a_spent_budget_is_skipped(gateway, mock):
             client.complete("spent", HI, max_tokens=2)
         wait_for(lambda: (entry(client, "tight", "m").headroom or 1) <= 0.75
                  and entry(client, "spent", "w").headroom == 0, message="the budgets' use in the routes")
-        served = Counter(client.complete("m", HI, max_tokens=2).deployment for _ in range(40))
-        assert served == {"roomy": 40}, served
+        served = Counter(client.complete("m", HI, max_tokens=2).deployment for _ in range(200))
+        assert served == {"roomy": 200}, served
         # A spent budget is skipped before any strategy (here the default, weighted): not even refused.
         results = [client.complete("w", HI, max_tokens=2) for _ in range(20)]
     assert {r.deployment for r in results} == {"spare"}
@@ -144,10 +164,11 @@ def test_each_fallback_kind_triggers_on_its_error_and_only_on_it(gateway, mock):
         dep(mock, "filtering", "filtered", fault="status=400;code=content_filter", retry=RETRY2),
         dep(mock, "small", "mini", fault="context=30", retry=RETRY2),
         dep(mock, "other500", "plain", fault="status=500", retry=RETRY2),
-        dep(mock, "claude", "claude"), dep(mock, "safe", "safe"), dep(mock, "big", "big"),
-    ], routing={"fallbacks": {"gpt": ["claude"], "filtered": ["claude"], "mini": ["claude"]},
-                "content_policy_fallbacks": {"filtered": ["safe"], "plain": ["safe"]},
-                "context_window_fallbacks": {"mini": ["big"], "plain": ["big"]}})
+        dep(mock, "limited", "rl", fault="status=429", retry=RETRY2),
+        dep(mock, "claude", "claude"), dep(mock, "safe", "safe"), dep(mock, "big", "big"), dep(mock, "spare", "spare"),
+    ], routing={"fallbacks": {"gpt": ["claude"], "filtered": ["claude"], "mini": ["claude"], "rl": ["spare"]},
+                "content_policy_fallbacks": {"filtered": ["safe"], "plain": ["safe"], "rl": ["safe"]},
+                "context_window_fallbacks": {"mini": ["big"], "plain": ["big"], "rl": ["big"]}})
     served = client.complete("gpt", HI, max_tokens=2)
     assert served.deployment == "claude" and hits(mock, "p500") == 3 and served.attempts == 4
     assert [(a.deployment, a.error_kind, a.status) for a in served.attempt_log] == \
@@ -168,6 +189,11 @@ def test_each_fallback_kind_triggers_on_its_error_and_only_on_it(gateway, mock):
         client.complete("plain", HI, max_tokens=2)
     assert hits(mock, "safe") == 1 and hits(mock, "big") == 1 and hits(mock, "other500") == 3
     assert [a.deployment for a in info.value.attempt_log] == ["other500"] * 3
+
+    served = client.complete("rl", HI, max_tokens=2)     # 429: retried, then the generic list only
+    assert served.deployment == "spare" and hits(mock, "limited") == 3
+    assert [(a.error_kind, a.status) for a in served.attempt_log[:3]] == [("rate_limited", 429)] * 3
+    assert hits(mock, "safe") == 1 and hits(mock, "big") == 1
 
 
 def test_retries_and_fallbacks_share_one_budget(gateway, mock):
