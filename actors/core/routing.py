@@ -279,7 +279,8 @@ class FallbackPlan:
     def __init__(self, model: str, policy: RoutingPolicy, request_fallbacks: Sequence[str] | None = None) -> None:
         self.model = model
         self.policy = policy
-        self.request_fallbacks = list(request_fallbacks) if request_fallbacks else None
+        # The caller's own list replaces the configured one; an empty list means none for this call.
+        self.request_fallbacks = list(request_fallbacks) if request_fallbacks is not None else None
         self.visited: list[str] = [model]
 
     def targets(self, kind: str) -> list[str]:

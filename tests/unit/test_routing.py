@@ -182,6 +182,8 @@ def test_a_requests_own_fallbacks_replace_the_configured_ones():
     assert plan.next_model(E.ServerError("500")) == "x"
     assert plan.next_model(E.ContentFiltered("no")) == "c"     # only the generic list is replaced
     assert plan.next_model(E.ServerError("500")) == "y"
+    none = R.FallbackPlan("a", policy(fallbacks={"a": ["b"]}), [])
+    assert none.next_model(E.ServerError("500")) is None    # an empty list turns them off for the call
 
 
 def test_one_retry_budget_adds_deployments_to_retries_instead_of_multiplying():
