@@ -221,11 +221,13 @@ def order(strategy: str, candidates: Sequence[Candidate], *, rand: Callable[[], 
     if strategy == "least-busy":
         return _ranked(cands, lambda c: c.busy, rand)
     if strategy == "latency":
-        # Unknown latency ranks first: a deployment nobody has timed yet gets tried, and timed.
-        def latency(c: Candidate) -> float:
-            value = c.ttft_s if streamed and c.ttft_s is not None else c.latency_s
-            return -1.0 if value is None else value
-        return _ranked(cands, latency, rand)
+        def timed(c: Candidate) -> float | None:
+            return c.ttft_s if streamed and c.ttft_s is not None else c.latency_s
+        known = [t for c in cands if (t := timed(c)) is not None]
+        # A deployment not timed yet ties with the fastest: it gets tried (and timed) without
+        # taking every call at once, as it would if unknown ranked first (a restarted engine).
+        fastest = min(known, default=0.0)
+        return _ranked(cands, lambda c: fastest if timed(c) is None else timed(c), rand)
     if strategy == "cost":
         def cost(c: Candidate) -> float:
             if c.price_in is None or c.price_out is None:

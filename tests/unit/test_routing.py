@@ -85,9 +85,11 @@ def test_latency_reads_ttft_for_streams_and_latency_for_calls():
     assert names(R.order("latency", cands, rand=seq(0.5), streamed=True))[0] == "b"
 
 
-def test_latency_tries_an_untimed_deployment_first_and_a_stream_without_ttft_uses_latency():
-    cands = [cand("timed", latency_s=0.01), cand("new")]
-    assert names(R.order("latency", cands, rand=seq(0.5))) == ["new", "timed"]
+def test_latency_ties_an_untimed_deployment_with_the_fastest_and_a_stream_without_ttft_uses_latency():
+    cands = [cand("fast", latency_s=0.01), cand("new"), cand("slow", latency_s=0.5)]
+    assert names(R.order("latency", cands, rand=seq(0.9, 0.1, 0.5))) == ["new", "fast", "slow"]
+    assert names(R.order("latency", cands, rand=seq(0.1, 0.9, 0.5))) == ["fast", "new", "slow"]
+    assert names(R.order("latency", [cand("a"), cand("b")], rand=seq(0.9, 0.1))) == ["b", "a"]
     cands = [cand("a", latency_s=0.3), cand("b", latency_s=0.1)]
     assert names(R.order("latency", cands, rand=seq(0.5), streamed=True)) == ["b", "a"]
 
