@@ -30,7 +30,7 @@ from thespian.actors import ActorSystem, InvalidActorAddress, PoisonMessage
 from actors.core import routing
 from actors.correlator import Correlator
 from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, GatewayTimeout, GatewayUnavailable,
-                           InferenceError, InternalError, NotFound, QueueFull)
+                           InferenceError, InternalError, NotFound)
 from actors.ops.procs import port_is_listening
 from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
 from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, EngineCheck, EngineLiveness, NodeStatus,

@@ -4,7 +4,6 @@ it (the retry budget a request brings, the attempt list, the pushed load)."""
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections import Counter
 from types import SimpleNamespace
