@@ -170,8 +170,11 @@ def _usage_text(result) -> str:
 def _summary(result) -> str:
     cost = f"${result.cost_usd:.6f}" if result.cost_usd is not None else "unknown"
     ttft = f", first token {result.ttft_s * 1000:.0f} ms" if result.ttft_s is not None else ""
+    log = getattr(result, "attempt_log", None) or []
+    tried = (", attempts: " + ", ".join(f"{a.deployment} {a.error_kind or 'ok'}" + (f" {a.status}" if a.status else "")
+                                        for a in log)) if len(log) > 1 else ""
     return (f"[{result.deployment}: {_usage_text(result)}, cost {cost}, {result.latency_s * 1000:.0f} ms{ttft}, "
-            f"finish {result.finish_reason}]")
+            f"finish {result.finish_reason}{tried}]")
 
 
 def _check_node(port: int) -> None:

@@ -14,7 +14,7 @@ from actors.errors import (AuthenticationError, BadRequest, BudgetExceeded, Canc
                            EngineCrashed, GatewayTimeout, GatewayUnavailable, InferenceError, InternalError,
                            LeaderUnavailable, NetworkError, NotFound, Overloaded, PermissionDenied, QueueFull,
                            RateLimited, ServerError, ShuttingDown, StreamError, Timeout, WorkerCrashed)
-from actors.types import Cancel, Completed, Failed, InferenceRequest, TokenChunk, ToolCall, Usage
+from actors.types import AttemptInfo, Cancel, Completed, Failed, InferenceRequest, TokenChunk, ToolCall, Usage
 
 __version__ = "0.1.0"
 
@@ -22,7 +22,7 @@ __all__ = [
     # the client
     "GatewayClient", "Stream", "NOT_GIVEN",
     # what goes in and comes out
-    "InferenceRequest", "TokenChunk", "Completed", "Failed", "Cancel", "Usage", "ToolCall",
+    "InferenceRequest", "TokenChunk", "Completed", "Failed", "Cancel", "Usage", "ToolCall", "AttemptInfo",
     # errors: the base, then by who is at fault
     "InferenceError",
     "GatewayUnavailable", "GatewayTimeout", "EngineCrashed", "WorkerCrashed", "ShuttingDown", "InternalError",

@@ -14,8 +14,10 @@ and it is idempotent.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import random
 import secrets
 import threading
 import time
@@ -25,21 +27,26 @@ from typing import Any
 
 from thespian.actors import ActorSystem, InvalidActorAddress, PoisonMessage
 
+from actors.core import routing
 from actors.correlator import Correlator
 from actors.stream_receiver import Inbox, StreamReceiver, shared_receiver
 from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, GatewayTimeout, GatewayUnavailable,
-                           InferenceError, InternalError, NotFound, QueueFull)
+                           InferenceError, InternalError, NotFound)
 from actors.ops.procs import port_is_listening
 from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
 from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, EngineCheck, EngineLiveness, NodeStatus,
                                      Route, Routes, StatusRequest)
 from actors.runtime.protocol.ledger import SpendQuery, SpendReport
 from actors.security import wire
-from actors.types import Cancel, Completed, Failed, InferenceRequest, TokenChunk
+from actors.types import AttemptInfo, Cancel, Completed, Failed, InferenceRequest, TokenChunk
 
 __all__ = ["GatewayClient", "Stream", "NOT_GIVEN"]
 
-ROUTE_TTL_S = 5.0
+# How long a route lookup (engines, their pushed load, the routing policy) is reused. Short,
+# so least-busy and latency see the engines' state within about a second; the client's own
+# in-flight count per engine is always current (docs/routing.md).
+ROUTE_TTL_S = 1.0
+CIRCUIT_HOLD_S = 1.0       # an engine that answered CircuitOpen is skipped this long when it gave no retry time
 STRAGGLER_WAIT_S = 2.0     # for streamed chunks that their terminal message overtook
 TERMINAL_GRACE_S = 2.0     # the engine owes a terminal even at the deadline: wait a little past it
 SEND_ATTEMPTS = 3
@@ -87,6 +94,7 @@ class _State:
         self.result: Completed | None = None
         self.exchange: Iterator[TokenChunk] | None = None
         self.done = False
+        self.failed: Failed | None = None   # the last Failed terminal (its attempts, for routing)
 
 
 def _drop(state: _State) -> bool:
@@ -219,12 +227,15 @@ class GatewayClient:
                                      f"{_key_hint()}") from None
         self._local = threading.local()
         self._routes: dict[str, tuple[float, list[Any]]] = {}
-        self._rr = itertools.count()
         self._registry = self.asys.createActor(NodeRegistry, globalName=NODE_GLOBAL_NAME)
         self._contexts: list[Any] = []
         self._lock = threading.Lock()
         self._sent_to: dict[str, Any] = {}
         self._route_locks: dict[str, threading.Lock] = {}
+        self._policy = routing.RoutingPolicy()          # the node's, as its last Routes said
+        self._busy: dict[str, int] = {}                 # this client's calls in flight, per engine
+        self._open_until: dict[str, float] = {}         # engines that answered CircuitOpen, until when
+        self._rand = random.Random()
         # Cancels may come from any thread (close(), a finalizer): one endpoint for them, under a lock.
         self._cancel_lock = threading.Lock()
         self._cancel_manager = self.asys.private()
@@ -302,6 +313,8 @@ class GatewayClient:
             if cached and not refresh and time.monotonic() - cached[0] < self.route_ttl_s:
                 return Routes(model, cached[1])  # looked up by another thread while this one waited
             reply = self._lookup(Route(model), Routes, LOOKUP_TIMEOUT_S, "a route lookup")
+            if reply.policy is not None:
+                self._policy = reply.policy
             if reply.entries:
                 self._routes[model] = (time.monotonic(), reply.entries)
             else:
@@ -340,9 +353,11 @@ class GatewayClient:
                 n: Any = NOT_GIVEN, presence_penalty: Any = NOT_GIVEN, frequency_penalty: Any = NOT_GIVEN,
                 response_format: Any = NOT_GIVEN, user: Any = NOT_GIVEN, metadata: dict[str, str] | None = None,
                 priority: int | str = "normal", timeout_s: Any = NOT_GIVEN, idempotent: bool = True,
-                request_id: str | None = None, extra_body: dict[str, Any] | None = None) -> InferenceRequest:
+                request_id: str | None = None, extra_body: dict[str, Any] | None = None,
+                fallbacks: list[str] | None = None) -> InferenceRequest:
         """Build a request. Parameters left out are not sent; ``extra_body`` carries any other
-        provider parameter as is. ``timeout_s`` <= 0 raises DeadlineExceeded at once."""
+        provider parameter as is. ``timeout_s`` <= 0 raises DeadlineExceeded at once.
+        ``fallbacks`` replaces ``routing.fallbacks`` of the model for this call."""
         given = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop,
                  "tools": tools, "tool_choice": tool_choice, "seed": seed, "n": n,
                  "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
@@ -359,6 +374,10 @@ class GatewayClient:
         request = InferenceRequest(model=model, messages=messages, params=params, stream=stream, priority=priority,
                                    deadline_unix=time.time() + timeout, idempotent=idempotent,
                                    metadata=dict(metadata or {}))
+        if fallbacks is not None:
+            if not isinstance(fallbacks, (list, tuple)) or not all(isinstance(m, str) and m for m in fallbacks):
+                raise TypeError(f"fallbacks must be a list of model names, got {fallbacks!r}")
+            request.fallbacks = list(fallbacks)
         if request_id:
             request.request_id = request_id
         if timeout <= 0:
@@ -373,7 +392,8 @@ class GatewayClient:
                  presence_penalty: Any = NOT_GIVEN, frequency_penalty: Any = NOT_GIVEN,
                  response_format: Any = NOT_GIVEN, user: Any = NOT_GIVEN, metadata: dict[str, str] | None = None,
                  priority: int | str = "normal", timeout_s: Any = NOT_GIVEN, idempotent: bool = True,
-                 request_id: str | None = None, extra_body: dict[str, Any] | None = None) -> Completed:
+                 request_id: str | None = None, extra_body: dict[str, Any] | None = None,
+                 fallbacks: list[str] | None = None) -> Completed:
         """One whole completion; raises the typed InferenceError on failure."""
         kw = dict(locals())
         del kw["self"], kw["model"], kw["messages"]
@@ -385,7 +405,8 @@ class GatewayClient:
                presence_penalty: Any = NOT_GIVEN, frequency_penalty: Any = NOT_GIVEN,
                response_format: Any = NOT_GIVEN, user: Any = NOT_GIVEN, metadata: dict[str, str] | None = None,
                priority: int | str = "normal", timeout_s: Any = NOT_GIVEN, idempotent: bool = True,
-               request_id: str | None = None, extra_body: dict[str, Any] | None = None) -> Stream:
+               request_id: str | None = None, extra_body: dict[str, Any] | None = None,
+               fallbacks: list[str] | None = None) -> Stream:
         """Chunks as they arrive: ``with client.stream(...) as s: for chunk in s: ...``; raises on failure."""
         kw = dict(locals())
         del kw["self"], kw["model"], kw["messages"]
@@ -457,19 +478,122 @@ class GatewayClient:
 
     def _over_routes(self, correlator: Correlator, request: InferenceRequest, deadline: float,
                      state: _State) -> Iterator[TokenChunk]:
+        """Route over the model's group, then its fallbacks (docs/routing.md), until one serves.
+
+        Only before the first chunk reached the caller; every deployment tried gets one
+        attempt and retries anywhere share one budget, so a chain cannot multiply them.
+        """
         entries = self._wait_for_routes(request.model, deadline)
-        start = next(self._rr)
-        error: InferenceError | None = None
-        for attempt in range(len(entries)):
-            entry = entries[(start + attempt) % len(entries)]
+        policy = self._policy
+        plan = routing.FallbackPlan(request.model, policy, request.fallbacks)
+        budget = routing.RetryBudget(policy.num_retries)
+        log: list[AttemptInfo] = []
+        model: str | None = request.model
+        error = yield from self._over_group(correlator, request, model, entries, policy, budget, log, deadline, state)
+        while error is not None and not state.chunks and time.monotonic() < deadline:
+            model = plan.next_model(error)
+            if model is None:
+                break
             try:
-                yield from self._follow(correlator, entry.engine, request, deadline, state)
-                return
-            except (CircuitOpen, QueueFull) as exc:
-                if state.chunks:
-                    raise
-                error = exc  # nothing was sent anywhere: another deployment may take it
+                entries = self._wait_for_routes(model, deadline)
+            except (NotFound, EngineCrashed) as exc:
+                log.append(AttemptInfo(model, exc.kind, None, 0.0, False))
+                continue  # that fallback has no live deployment here: the next one, for the same error
+            error = yield from self._over_group(correlator, request, model, entries, policy, budget, log,
+                                                deadline, state)
+        if error is None:
+            return
+        error.attempt_log = log
         raise error
+
+    def _candidates(self, entries: list[Any]) -> list[routing.Candidate]:
+        replicas: dict[str, int] = {}
+        for entry in entries:
+            replicas[entry.deployment] = replicas.get(entry.deployment, 0) + 1
+        now = time.monotonic()
+        out = []
+        for entry in entries:
+            key = str(entry.engine)
+            own = self._busy.get(key, 0)
+            held = self._open_until.get(key, 0.0) > now
+            circuit = "open" if held else getattr(entry, "circuit", "closed")
+            retry_at = None if held else getattr(entry, "retry_at_unix", None)
+            # The engine's pushed load counts every caller's calls as of its last push; this
+            # client's own count is current. The larger of the two is the better estimate.
+            busy = max(entry.queue_depth + getattr(entry, "in_flight", 0), own)
+            out.append(routing.Candidate(
+                entry.deployment, key=entry, weight=getattr(entry, "weight", 1.0) / replicas[entry.deployment],
+                in_flight=busy, circuit=circuit, latency_s=getattr(entry, "latency_s", None),
+                ttft_s=getattr(entry, "ttft_s", None), headroom=getattr(entry, "headroom", None),
+                price_in=getattr(entry, "price_in", None), price_out=getattr(entry, "price_out", None),
+                max_input_tokens=getattr(entry, "max_input_tokens", None), retry_at_unix=retry_at))
+        return out
+
+    def _over_group(self, correlator: Correlator, request: InferenceRequest, model: str, entries: list[Any],
+                    policy: routing.RoutingPolicy, budget: routing.RetryBudget, log: list[AttemptInfo],
+                    deadline: float, state: _State) -> Iterator[TokenChunk]:
+        """Try the group's deployments in the strategy's order; None when one served, else the last error."""
+        input_tokens = routing.input_estimate(request.messages)
+        max_tokens = request.params.get("max_tokens")
+        output_tokens = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else 256
+        usable, skipped = [], {}
+        for candidate in self._candidates(entries):
+            why = routing.skip_reason(candidate, input_tokens, time.time())
+            if why is None:
+                usable.append(candidate)
+            else:
+                skipped.setdefault(candidate.deployment, why)
+        if not usable:
+            for name, why in sorted(skipped.items()):
+                log.append(AttemptInfo(name, why, None, 0.0, False))
+            return routing.all_open_error(model, skipped) if skipped else NotFound(
+                f"no deployment serves model {model!r}")
+        ordered = routing.order(policy.strategy_for(model), usable, rand=self._rand.random, streamed=request.stream,
+                                input_tokens=input_tokens, output_tokens=output_tokens)
+        error: InferenceError | None = None
+        for candidate in ordered:
+            entry = candidate.key
+            budget.start(getattr(entry, "max_retries", 0))
+            if error is not None and (time.monotonic() >= deadline or not routing.moves_within_group(error)):
+                break
+            attempt = dataclasses.replace(request, retry_budget=budget.left)
+            key = str(entry.engine)
+            with self._lock:
+                self._busy[key] = self._busy.get(key, 0) + 1
+            state.failed = None
+            try:
+                yield from self._follow(correlator, entry.engine, attempt, deadline, state)
+            except InferenceError as exc:
+                failed = state.failed
+                budget.charge(failed.attempts if failed is not None else 1)
+                log.extend(failed.attempt_log if failed is not None and failed.attempt_log
+                           else [AttemptInfo(entry.deployment, exc.kind, exc.status, 0.0, failed is None)])
+                if isinstance(exc, CircuitOpen):
+                    hold = (exc.retry_at_unix_ms / 1000 - time.time()) if exc.retry_at_unix_ms else CIRCUIT_HOLD_S
+                    self._open_until[key] = time.monotonic() + max(0.05, min(hold, 30.0))
+                if state.chunks or isinstance(exc, GatewayTimeout):
+                    exc.attempt_log = log
+                    raise  # a token reached the caller (or the deadline is spent): no other deployment
+                sent = failed is None or any(a.sent for a in failed.attempt_log)
+                if not request.idempotent and sent:
+                    exc.attempt_log = log
+                    raise  # it may have run upstream: only an idempotent call goes elsewhere
+                error = exc
+                continue
+            finally:
+                with self._lock:
+                    left = self._busy.get(key, 1) - 1
+                    if left > 0:
+                        self._busy[key] = left
+                    else:
+                        self._busy.pop(key, None)
+            result = state.result
+            earlier = sum(1 for a in log if a.sent)
+            log.extend(result.attempt_log or [AttemptInfo(entry.deployment)])
+            result.attempt_log = log
+            result.attempts += earlier
+            return None
+        return error
 
     def _wait_for_routes(self, model: str, deadline: float) -> list[Any]:
         while True:
@@ -550,5 +674,6 @@ class GatewayClient:
                 self._tell_cancel(engine, rid)
             self._sent_to.pop(rid, None)
         if isinstance(terminal, Failed):
+            state.failed = terminal
             raise terminal.error
         state.result = terminal

@@ -51,6 +51,17 @@ class ToolCall:
     arguments: str
 
 
+@dataclass(frozen=True)
+class AttemptInfo:
+    """One line of a terminal's attempt list: where an attempt went and how it ended."""
+
+    deployment: str
+    error_kind: str = ""          # "" for the attempt that served; else the error's kind
+    status: int | None = None     # the upstream's HTTP status, when it answered
+    delay_s: float = 0.0          # waited before the next attempt
+    sent: bool = True             # False: refused before anything went upstream (circuit, queue, budget)
+
+
 # --- the public contract -------------------------------------------------------------
 
 def new_request_id() -> str:
@@ -78,6 +89,11 @@ class InferenceRequest:
     # Where the worker may write this request's chunks instead of sending them as messages:
     # {"port": <loopback port>, "token": <the caller process's channel token>}; set by the client.
     channel: dict[str, Any] | None = None
+    # Routing (docs/routing.md): models to fall back to, replacing routing.fallbacks for this
+    # call; and the retries this request may still make here (None: the deployment's policy),
+    # so retries are one budget across every deployment and fallback the call visits.
+    fallbacks: list[str] | None = None
+    retry_budget: int | None = None
 
 
 @dataclass
@@ -112,6 +128,7 @@ class Completed:
     # Tokens the rate limiter was charged: the reported usage, or the estimate when the
     # provider reported none (usage.reported is False), never zero for a call that ran.
     charged_tokens: int = 0
+    attempt_log: list[AttemptInfo] = field(default_factory=list)   # every attempt, the serving one last
 
 
 @dataclass
@@ -123,6 +140,7 @@ class Failed:
     attempts: int = 0
     deployment: str = ""
     chunks: int | None = 0
+    attempt_log: list[AttemptInfo] = field(default_factory=list)
 
 
 @dataclass

@@ -119,13 +119,16 @@ def gateway(tmp_path, request):
 
     started = []
 
-    def make(deployments, node=None, cluster=None, mock_provider=None, name="n1", port=None, budgets=None, **start):
+    def make(deployments, node=None, cluster=None, mock_provider=None, name="n1", port=None, budgets=None,
+             routing=None, **start):
         port = port or free_port()
         data = {"deployments": deployments, "node": {"admin_port": port, "name": name, **(node or {})}}
         if budgets:
             data["budgets"] = budgets
         if cluster:
             data["cluster"] = cluster
+        if routing is not None:
+            data["routing"] = routing
         if mock_provider is not None:
             data["mock_provider"] = mock_provider
         config = parse_config(data, f"<{request.node.name}>")

@@ -37,7 +37,7 @@ from actors.core.settlement import AttemptId, Settle, Settlement, apply_settleme
 from actors.core.validation import validate_request
 from actors.errors import (AuthenticationError, BadRequest, Cancelled, DeadlineExceeded, InferenceError,
                            InternalError, QueueFull, ShuttingDown, Timeout, WorkerCrashed)
-from actors.types import Completed, Failed, Usage
+from actors.types import AttemptInfo, Completed, Failed, Usage
 
 __all__ = ["EngineCore", "Job", "Attempt", "ABANDON_GRACE_S", "TICK_S", "SESSION_WAIT_S"]
 
@@ -75,6 +75,7 @@ class Job:
     strict_first_ask: float | None = None
     strict_denied: InferenceError | None = None
     spend: SpendHold | None = None   # the spend budgets' hold, and what the request was charged
+    log: list[AttemptInfo] = field(default_factory=list)   # the terminal's attempt list
 
     @property
     def request_id(self) -> str:
@@ -278,7 +279,8 @@ class EngineCore:
         request_id = str(getattr(msg, "request_id", "") or "")
         self.counters.rejected[error.kind] = self.counters.rejected.get(error.kind, 0) + 1
         self.stats.reject(type(error).__name__)
-        self.emit(ev.Reply(sender, Failed(request_id, error, 0, self.dep.name)))
+        self.emit(ev.Reply(sender, Failed(request_id, error, 0, self.dep.name,
+                                          attempt_log=[AttemptInfo(self.dep.name, error.kind, None, 0.0, False)])))
 
     def _pump(self, now: float) -> None:
         """Move queued jobs to idle workers, in priority order, as far as breaker and budget allow."""
@@ -521,13 +523,14 @@ class EngineCore:
 
     def _complete(self, job: Job, r: Any, decided: Settlement, now: float) -> None:
         first = r.first_token_unix or job.first_token_unix
+        job.log.append(AttemptInfo(self.dep.name))
         self._terminal(job, Completed(
             request_id=job.request_id, text=r.text, finish_reason=r.finish_reason or "stop",
             usage=r.usage, raw_finish_reason=r.raw_finish_reason, tool_calls=r.tool_calls,
             cost_usd=cost_usd(r.usage, self.price), attempts=job.attempts, latency_s=now - job.accepted_mono,
             ttft_s=(first - job.accepted_unix) if first else None, deployment=self.dep.name,
             provider_model=self.dep.provider_model, chunks=r.chunks,
-            charged_tokens=decided.charged(job.estimate)))
+            charged_tokens=decided.charged(job.estimate), attempt_log=job.log))
 
     def _after_error(self, job: Job, error: InferenceError, r: Any, now: float) -> None:
         if job.chunks:
@@ -536,6 +539,7 @@ class EngineCore:
             return self._fail(job, error)
         if isinstance(error, AuthenticationError) and not job.auth_refreshed and self.has_session:
             job.auth_refreshed, job.last_error = True, error
+            job.log.append(AttemptInfo(self.dep.name, error.kind, error.status))
             job.parked_on_version, job.parked_until = r.session_version, now + SESSION_WAIT_S
             self.parked[job.request_id] = job
             self._at(job.parked_until, "parked", job)
@@ -544,10 +548,14 @@ class EngineCore:
         self._retry_or_fail(job, error, now)
 
     def _retry_or_fail(self, job: Job, error: InferenceError, now: float) -> None:
+        budget = getattr(job.request, "retry_budget", None)
+        if isinstance(budget, int) and not isinstance(budget, bool) and job.attempts - 1 >= budget:
+            return self._fail(job, error)  # the request's retries are one budget across deployments (routing)
         decision = self.retry.decide(error, job.attempts, deadline=job.deadline,
                                      idempotent=job.request.idempotent and self.dep.idempotent)
         if not decision.retry:
             return self._fail(job, error)
+        job.log.append(AttemptInfo(self.dep.name, error.kind, error.status, decision.delay_s))
         job.last_error = error
         job.retry_at = now + decision.delay_s
         self.delayed[job.request_id] = job
@@ -744,7 +752,10 @@ class EngineCore:
         sent_chunks = job.chunks if chunks is _KNOWN else chunks
         if job.chunks or sent_chunks:
             error.retryable = False  # tokens already reached the caller: a retry would duplicate them
-        self._terminal(job, Failed(job.request_id, error, job.attempts, self.dep.name, sent_chunks))
+        job.log.append(AttemptInfo(self.dep.name, error.kind, error.status, 0.0,
+                                   sent=job.attempts > len(job.log)))
+        self._terminal(job, Failed(job.request_id, error, job.attempts, self.dep.name, sent_chunks,
+                                   attempt_log=job.log))
 
     # -- drain and stop --------------------------------------------------------------
 

@@ -7,13 +7,13 @@ import json
 from typing import Any, Iterator
 
 from actors.http.errors import HttpError, anthropic_body, encode
-from actors.http.translate import Call, bad, need
+from actors.http.translate import Call, bad, fallbacks_of, need
 from actors.types import Completed, TokenChunk, Usage
 
 __all__ = ["parse", "render", "StreamEncoder"]
 
 _KNOWN = {"model", "messages", "system", "max_tokens", "stream", "temperature", "top_p", "top_k",
-          "stop_sequences", "tools", "tool_choice", "metadata"}
+          "stop_sequences", "tools", "tool_choice", "metadata", "fallbacks"}
 STOP_REASON = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
 
@@ -147,7 +147,7 @@ def parse(doc: dict[str, Any]) -> Call:
     metadata = need(doc, "metadata", dict) or {}
     if isinstance(metadata.get("user_id"), str):
         params["user"] = metadata["user_id"]
-    return Call(model, messages, params, bool(need(doc, "stream", bool)))
+    return Call(model, messages, params, bool(need(doc, "stream", bool)), fallbacks=fallbacks_of(doc))
 
 
 def message_id(request_id: str) -> str:

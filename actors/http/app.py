@@ -169,6 +169,10 @@ class FrontDoor:
         if not caller.may_use(call.model):
             raise FrontDoorError(403, f"key {caller.name!r} may not use model {call.model!r}",
                                  kind="permission_error", code="model_not_allowed", param="model")
+        for i, model in enumerate(call.fallbacks or ()):
+            if not caller.may_use(model):  # a caller's own fallbacks stay within its allow-list
+                raise FrontDoorError(403, f"key {caller.name!r} may not use model {model!r}",
+                                     kind="permission_error", code="model_not_allowed", param=f"fallbacks[{i}]")
         call.timeout_s = self._timeout(headers)
         with self._lock:
             full = self.calls >= self.config.call_limit
@@ -265,7 +269,7 @@ class FrontDoor:
         extra = {k: v for k, v in call.params.items() if k not in _CLIENT_PARAMS}
         request = self.client.request(call.model, call.messages, stream=call.stream, timeout_s=call.timeout_s,
                                       metadata=_caller_metadata(caller), request_id=request_id,
-                                      extra_body=extra or None, **kw)
+                                      extra_body=extra or None, fallbacks=call.fallbacks, **kw)
         return Stream(self.client, request, call.timeout_s)
 
     def _serve(self, call: Call, dialect: _Dialect, caller: Caller, environ: dict[str, Any], request_id: str,

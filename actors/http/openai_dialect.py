@@ -6,7 +6,7 @@ import time
 from typing import Any, Iterator
 
 from actors.http.errors import HttpError, encode, openai_body
-from actors.http.translate import Call, bad, need
+from actors.http.translate import Call, bad, fallbacks_of, need
 from actors.types import Completed, TokenChunk, Usage
 
 __all__ = ["parse", "render", "StreamEncoder"]
@@ -18,7 +18,7 @@ _PASSED = ("stop", "tools", "tool_choice", "response_format", "user", "parallel_
            "reasoning_effort", "metadata")
 # Accepted and dropped: they change nothing a caller can observe through this gateway.
 _IGNORED = ("store", "service_tier", "prompt_cache_key", "safety_identifier")
-_KNOWN = {"model", "messages", "stream", "stream_options", "n", "max_completion_tokens", *_NUMBERS, *_INTS,
+_KNOWN = {"model", "messages", "stream", "stream_options", "n", "max_completion_tokens", "fallbacks", *_NUMBERS, *_INTS,
           *_PASSED, *_IGNORED}
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -71,7 +71,8 @@ def parse(doc: dict[str, Any]) -> Call:
         if doc.get(name) is not None:
             params[name] = doc[name]
     need(doc, "tools", list)
-    return Call(model, [_message(i, m) for i, m in enumerate(messages)], params, stream, include_usage)
+    return Call(model, [_message(i, m) for i, m in enumerate(messages)], params, stream, include_usage,
+                fallbacks=fallbacks_of(doc))
 
 
 def _usage(usage: Usage) -> dict[str, Any]:

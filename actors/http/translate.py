@@ -9,7 +9,7 @@ from typing import Any
 
 from actors.http.errors import FrontDoorError
 
-__all__ = ["Call", "bad", "need", "parse_json"]
+__all__ = ["Call", "bad", "need", "parse_json", "fallbacks_of"]
 
 
 @dataclass
@@ -22,6 +22,19 @@ class Call:
     stream: bool = False
     include_usage: bool = False      # OpenAI's stream_options.include_usage
     timeout_s: float | None = None
+    fallbacks: list[str] | None = None   # the extra body field `fallbacks` (docs/routing.md)
+
+
+def fallbacks_of(doc: dict) -> list[str] | None:
+    """The request's own fallback models: an array of model names, or a 400 naming the field."""
+    models = need(doc, "fallbacks", list)
+    if models is None:
+        return None
+    for i, model in enumerate(models):
+        if not isinstance(model, str) or not model.strip():
+            raise bad(f"fallbacks[{i}]: must be a model name, got {_type_name(model)}", param=f"fallbacks[{i}]",
+                      code="invalid_type")
+    return list(models)
 
 
 def bad(message: str, param: str | None = None, code: str | None = None) -> FrontDoorError:

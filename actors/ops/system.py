@@ -232,7 +232,8 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
         host = os.environ.get("THESPIAN_BASE_IPADDR", "")
         reply = asys.ask(registry, Deploy(name, config.deployments, config.cluster, leader=not leader, host=host,
                                           capability=capability, launcher_pid=os.getpid(),
-                                          budgets=budgets_of(config), ledger=ledger), deploy_timeout_s)
+                                          budgets=budgets_of(config), ledger=ledger, routing=config.routing),
+                     deploy_timeout_s)
         if isinstance(reply, PoisonMessage):
             raise InternalError(f"node {name} failed to start: {str(reply.details)[-800:]}")
         if not isinstance(reply, Deployed):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
@@ -21,14 +21,16 @@ from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, W
 from actors.core import engine_events as ev
 from actors.core.budget import AskStrictSpend, PublishSpend, SettleStrictSpend
 from actors.core.engine_core import EngineCore
+from actors.core.load import LoadTracker
 from actors.errors import InternalError, ShuttingDown
 from actors.providers import make_runner
 from actors.runtime.base import GatewayActor
-from actors.runtime.logs import logger, request_fields
+from actors.runtime.engine_reports import LEDGER_FLUSH, REQUEST_LOG, Reporting
+from actors.runtime.logs import logger
 from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutcome, BreakerOutcomes, BreakerRefused,
-                                     BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit, EngineReady,
-                                     EngineStatus, FirstToken, LedgerRecords, LimiterDelta, LimiterRegister,
-                                     SessionRefresh,
+                                     BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit,
+                                     EngineReady, EngineStatus, FirstToken, LimiterDelta,
+                                     LimiterRegister, SessionRefresh,
                                      SessionSubscribe, SessionVersion, StrictAcquire, StrictDenied, StrictGrant,
                                      StrictSettle, WorkerInit, WorkerResult)
 from actors.runtime.timers import Alarm
@@ -36,13 +38,6 @@ from actors.runtime.worker import RemoteWorkerActor
 from actors.types import Cancel, Failed
 
 log = logger("atomr.engine")
-request_log = logger("atomr.requests")
-REQUEST_LOG_S = 1.0     # terminals are logged in one record per this long: a log record is a message
-
-LEDGER_BATCH = 64        # records sent to the ledger at once at most ...
-LEDGER_FLUSH_S = 0.25    # ... and at the latest this long after a terminal
-LEDGER_FLUSH = "ledger-flush"
-
 # Messages that carry nothing but an event for the core (no address to keep, no reply).
 _EVENTS: dict[type, Callable[[Any], Any]] = {
     WorkerResult: ev.WorkerReported,
@@ -58,7 +53,7 @@ _EVENTS: dict[type, Callable[[Any], Any]] = {
 }
 
 
-class RemoteEngineCoreActor(GatewayActor):
+class RemoteEngineCoreActor(Reporting, GatewayActor):
     def __init__(self) -> None:
         super().__init__()
         self.core: EngineCore | None = None
@@ -70,6 +65,10 @@ class RemoteEngineCoreActor(GatewayActor):
         self.unrecorded: list[Any] = []   # terminal records not yet sent to the ledger
         self.ledger_timer = False
         self.request_lines: list[dict[str, Any]] = []
+        self.load: LoadTracker | None = None       # what the node's router reads (core/load.py)
+        self.load_alarm = Alarm(self, "load")
+        self.health_alarm = Alarm(self, "health")
+        self.last_activity = time.monotonic()
 
     def receiveMsg_EngineInit(self, msg: EngineInit, sender: Any) -> None:
         if self.init is not None:
@@ -90,6 +89,9 @@ class RemoteEngineCoreActor(GatewayActor):
                                has_hub=msg.limiter is not None, budgets=getattr(msg, "budgets", None) or (),
                                budget_slot=getattr(msg, "budget_slot", "") or slot,
                                budget_seed=getattr(msg, "budget_seed", None))
+        self.load = LoadTracker(clock=time.monotonic)
+        if dep.health_check is not None:
+            self.health_alarm.at(time.monotonic() + dep.health_check.interval_s)
         self.send(msg.breaker, BreakerSubscribe(self.myAddress))
         if msg.session is not None:
             self.send(msg.session, SessionSubscribe(self.myAddress, wants_secret=False))
@@ -131,6 +133,7 @@ class RemoteEngineCoreActor(GatewayActor):
         if self.core is None:
             error = self.broken or ShuttingDown("the engine is not initialised yet", retryable=True)
             return self.send(sender, Failed(str(getattr(msg, "request_id", "")), error, 0, ""))
+        self.last_activity = time.monotonic()
         self._feed(ev.Accept(msg, sender))
 
     def receiveMsg_WorkerReady(self, msg: Any, sender: Any) -> None:
@@ -165,8 +168,12 @@ class RemoteEngineCoreActor(GatewayActor):
         elif msg.payload == LEDGER_FLUSH:
             self.ledger_timer = False
             self._flush_records()
-        elif msg.payload == "request-log":
+        elif msg.payload == REQUEST_LOG:
             self._flush_request_log()
+        elif self.load_alarm.fired(msg.payload):
+            self._push_load()
+        elif self.health_alarm.fired(msg.payload):
+            self._probe()
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._feed(ev.Stop())
@@ -189,37 +196,8 @@ class RemoteEngineCoreActor(GatewayActor):
         for effect in effects:
             getattr(self, "_do_" + type(effect).__name__)(effect)
         if self.core.records:
-            self._recorded(self.core.take_records())
-
-    def _recorded(self, records: list[Any]) -> None:
-        """Terminal records of this step: counted into the statistics, sent to the ledger."""
-        if self.init is not None and getattr(self.init, "ledger", None) is not None:
-            self._to_ledger(records)
-        # (The core counted them into its DeploymentStats already.) Logged in batches, one per second.
-        if not self.request_lines:
-            self.wakeupAfter(timedelta(seconds=REQUEST_LOG_S), payload="request-log")
-        self.request_lines.extend(request_fields(r) for r in records)
-        if len(self.request_lines) >= 1000:
-            self._flush_request_log()
-
-    def _flush_request_log(self) -> None:
-        lines, self.request_lines = self.request_lines, []
-        if lines:
-            request_log.info("%d request(s) ended", len(lines), extra={"requests": lines})
-
-    def _to_ledger(self, records: list[Any]) -> None:
-        # Batched: a message costs about a millisecond of CPU, so never one per request.
-        self.unrecorded.extend(records)
-        if len(self.unrecorded) >= LEDGER_BATCH:
-            self._flush_records()
-        elif not self.ledger_timer:
-            self.ledger_timer = True
-            self.wakeupAfter(timedelta(seconds=LEDGER_FLUSH_S), payload=LEDGER_FLUSH)
-
-    def _flush_records(self) -> None:
-        if self.unrecorded and self.init is not None and getattr(self.init, "ledger", None) is not None:
-            batch, self.unrecorded = self.unrecorded, []
-            self.send(self.init.ledger, LedgerRecords(getattr(self.init, "budget_slot", "") or self.core.slot, batch))
+            self._reported(self.core.take_records())
+        self._push_load()
 
     def _do_PublishSpend(self, e: PublishSpend) -> None:
         self.send(self.init.limiter, LimiterDelta(e.key, e.delta, self.core.book.slot, e.limits, sent_unix=e.sent_unix))

@@ -16,6 +16,7 @@ from typing import Any
 from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
 
 from actors.core.gather import Gathering
+from actors.core.routing import RoutingPolicy, context_window
 from actors.core.supervision import Supervisor
 from actors.runtime.breaker import CircuitBreakerActor
 from actors.runtime.engine import RemoteEngineCoreActor
@@ -23,7 +24,7 @@ from actors.runtime.ledger import LedgerActor, engine_seed, spend_status
 from actors.runtime.limiter import RateLimiterActor
 from actors.runtime.logs import logger
 from actors.runtime.node_cluster import ClusterMember
-from actors.runtime.protocol import (LedgerFlush, LedgerState, SpendQuery, SpendReport, BreakerInit, BreakerQuery, BreakerState, ClusterStatus, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineReady, EngineStatus, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
+from actors.runtime.protocol import (LedgerFlush, LedgerState, SpendQuery, SpendReport, BreakerInit, BreakerQuery, BreakerState, ClusterStatus, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineLoad, EngineReady, EngineStatus, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
 from actors.runtime.session import RemoteSessionActor
 from actors.settings.schema import ClusterConfig
 
@@ -61,6 +62,9 @@ class NodeRegistry(ClusterMember):
         self.budgets: list[Any] = []    # core.budget.Budget, from the Deploy
         self.ledger = None              # the LedgerActor, when node.ledger is set
         self.ledger_path: str | None = None
+        self.routing = RoutingPolicy()
+        # (deployment, replica) -> (LoadState, monotonic time it arrived): what routes carry.
+        self.loads: dict[tuple[str, int], tuple[Any, float]] = {}
 
     # -- deployment --------------------------------------------------------------------
 
@@ -68,6 +72,7 @@ class NodeRegistry(ClusterMember):
         self._set_identity(msg)
         self.cluster = msg.cluster or ClusterConfig()
         self.capability = msg.capability
+        self.routing = msg.routing or RoutingPolicy()
         if self.limiter is None:
             self.limiter = self.createActor(RateLimiterActor)
             self.send(self.limiter, LimiterInit(self.node_id, self.cluster.sync_interval_ms / 1000))
@@ -98,6 +103,7 @@ class NodeRegistry(ClusterMember):
 
     def _start_engine(self, name: str, replica: int) -> Any:
         dep, session, breaker = self.specs[(name, replica)]
+        self.loads.pop((name, replica), None)  # a new engine starts with no history
         engine = self.createActor(RemoteEngineCoreActor)
         self.engines.append((dep, engine, replica))
         slot = f"{self.node_id}/{dep.name}/{replica}"  # stable: a restart resumes its count (docs/spend.md)
@@ -175,13 +181,31 @@ class NodeRegistry(ClusterMember):
 
     # -- routing -------------------------------------------------------------------------
 
+    def receiveMsg_EngineLoad(self, msg: EngineLoad, sender: Any) -> None:
+        if (msg.deployment, msg.replica) in self.specs:
+            self.loads[(msg.deployment, msg.replica)] = (msg.state, time.monotonic())
+
+    def _route_entry(self, dep: Any, engine: Any, replica: int) -> RouteEntry:
+        entry = RouteEntry(dep.name, dep.model, engine, self.node, weight=dep.weight,
+                           max_input_tokens=dep.max_input_tokens or context_window(dep.provider, dep.provider_model),
+                           max_retries=dep.retry.max_retries)
+        load = self.loads.get((dep.name, replica))
+        if load is not None:
+            state, at = load
+            entry.queue_depth, entry.in_flight, entry.circuit = state.queued, state.in_flight, state.circuit
+            entry.latency_s, entry.ttft_s, entry.headroom = state.latency_s, state.ttft_s, state.headroom
+            entry.price_in, entry.price_out = state.price_in, state.price_out
+            entry.load_age_s = time.monotonic() - at
+            entry.retry_at_unix = state.retry_at_unix
+        return entry
+
     def receiveMsg_Route(self, msg: Route, sender: Any) -> None:
-        entries = [RouteEntry(dep.name, dep.model, engine, self.node) for dep, engine, replica in self.engines
+        entries = [self._route_entry(dep, engine, replica) for dep, engine, replica in self.engines
                    if msg.model in (dep.model, dep.name) and (dep.name, replica) not in self.warming]
         restarting = sorted({name for (name, replica), (dep, _, _) in self.specs.items()
                              if msg.model in (dep.model, dep.name) and
                              (self.supervisor.restarting((name, replica)) or (name, replica) in self.warming)})
-        self.send(sender, Routes(msg.model, entries, token=msg.token, restarting=restarting))
+        self.send(sender, Routes(msg.model, entries, token=msg.token, restarting=restarting, policy=self.routing))
 
     # -- status: one gathering over engines, breakers and the limiter --------------------
 

@@ -57,7 +57,8 @@ WIRE_MODULES = ("actors.types", "actors.errors",
                 "actors.runtime.protocol.work", "actors.runtime.watchdog",
                 "actors.settings.schema", "actors.core.breaker", "actors.core.ratelimit", "actors.core.retry",
                 "actors.core.credentials", "actors.core.gcounter", "actors.core.priority_queue", "actors.core.pricing",
-                "actors.core.periods", "actors.core.budget", "actors.core.records", "actors.runtime.protocol.ledger")
+                "actors.core.periods", "actors.core.budget", "actors.core.records", "actors.runtime.protocol.ledger",
+                "actors.core.routing", "actors.core.load")
 WIRE_EXTRAS = {("actors.core.credentials", "Secret"), ("actors.core.gcounter", "GCounter")}
 
 

@@ -22,7 +22,7 @@ from actors.settings.schema import GatewayConfig
 
 __all__ = ["build", "parse_config", "load_config", "check_credentials", "check_http_keys", "config_warnings", "UniqueKeyLoader"]
 
-_FIELD_HEAD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[\d+\])?(?:\.[A-Za-z0-9_\[\].]+)?$")
+_FIELD_HEAD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[\d+\])?(?:\.[A-Za-z0-9_\-\[\].]+)?$")
 
 # --- the validator -------------------------------------------------------------------
 

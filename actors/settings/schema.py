@@ -19,6 +19,7 @@ from actors.core.credentials import CredentialSource
 from actors.core.pricing import Price
 from actors.core.ratelimit import RateLimits
 from actors.core.retry import RetryPolicy
+from actors.core.routing import HealthCheck, RoutingPolicy, check_models
 
 __all__ = [
     "CredentialSource", "Timeouts", "Price", "DeploymentConfig", "NodeConfig", "MockProviderConfig",
@@ -121,8 +122,15 @@ class DeploymentConfig:
     pricing: Price | None = None
     headers: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    # Routing (docs/routing.md): share under `weighted`, the pre-call context check, active probes.
+    weight: float = 1.0
+    max_input_tokens: int | None = None    # overrides actors/data/context_windows.yaml
+    health_check: HealthCheck | None = None
 
     def __post_init__(self) -> None:
+        _at_least("weight", self.weight, 0)
+        if self.max_input_tokens is not None:
+            _at_least("max_input_tokens", self.max_input_tokens, 1)
         for name in ("name", "model"):
             if not getattr(self, name).strip():
                 raise ValueError(f"{name}: must not be empty, got {getattr(self, name)!r}")
@@ -336,10 +344,12 @@ class GatewayConfig:
     mock_provider: MockProviderConfig | None = None
     http: HttpConfig | None = None
     budgets: list[BudgetSpec] = field(default_factory=list)   # spend budgets in USD (docs/spend.md)
+    routing: RoutingPolicy = field(default_factory=RoutingPolicy)
 
     def __post_init__(self) -> None:
         if not self.deployments:
             raise ValueError("deployments: at least one deployment is needed, got none")
+        check_models(self.routing, [d.model for d in self.deployments], [d.name for d in self.deployments])
         first: dict[str, int] = {}
         for i, d in enumerate(self.deployments):
             if d.name in first:

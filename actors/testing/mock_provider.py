@@ -22,7 +22,14 @@ requests through ``POST /_mock/faults``. Directive keys:
 - ``huge_line=B``: a stream whose first event is one data line of B bytes;
   ``huge_body=B``: a non-streamed body of B bytes (stats' ``last_bytes_sent`` says how much
   was written before the client stopped reading);
-- ``empty=1``: 200 with an empty body (streamed or not).
+- ``empty=1``: 200 with an empty body (streamed or not);
+- ``code=C``: the error body's ``code`` (with ``status``), e.g. ``content_filter``;
+- ``context=N``: a prompt of more than N tokens is refused with 400 ``context_length_exceeded``.
+
+The same directives in a path segment ``/mock:key=value;key=value/`` before the API path
+(``endpoint: http://127.0.0.1:PORT/mock:status=500/v1``) apply to every request on that
+path: one mock server plays several deployments that fail in known ways, and ``stats()``
+counts requests per path, so per deployment.
 
 A request that offers tools and says ``[[tool]]`` gets one tool call (``get_weather``-like
 arguments), unless the conversation already holds a tool result.
@@ -47,6 +54,7 @@ from actors.providers.aws import encode_event
 __all__ = ["MockProvider", "Fault"]
 
 _DIRECTIVE = re.compile(r"\[\[mock\s+([^\]]*)\]\]")
+_PATH_DIRECTIVE = re.compile(r"/mock:([^/]*)")
 _WORDS = ("Hello", "from", "the", "mock", "provider.", "Streaming", "tokens", "arrive", "one", "by", "one,",
           "exactly", "as", "a", "real", "model", "would", "send", "them,", "with", "usage", "and", "a",
           "finish", "reason", "at", "the", "end.")
@@ -64,6 +72,11 @@ def _parse_directive(text: str) -> Fault:
         key, _, value = item.partition("=")
         fault[key] = int(value) if value.lstrip("-").isdigit() else value
     return fault
+
+
+def _path_directive(path: str) -> Fault:
+    match = _PATH_DIRECTIVE.search(path)
+    return _parse_directive(f"[[mock {match.group(1).replace(';', ' ')}]]") if match else {}
 
 
 def _text_of(content: Any) -> str:
@@ -173,7 +186,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, wire: "Wire", body: dict[str, Any], stream_path: bool) -> None:
         prompt = wire.prompt(body)
-        fault = {**self.server.next_fault(), **_parse_directive(prompt)}
+        fault = {**self.server.next_fault(), **_path_directive(self.path), **_parse_directive(prompt)}
+        context = fault.get("context")
+        if isinstance(context, int) and wire.prompt_tokens(body) > context:
+            fault = {**fault, "status": 400, "code": "context_length_exceeded",
+                     "message": f"This model's maximum context length is {context} tokens. However, your "
+                                f"messages resulted in {wire.prompt_tokens(body)} tokens."}
         key = wire.key(self.headers)
         if fault.get("fail_times") is not None:
             if self.server.count_failure(str(fault.get("key", "")), int(fault["fail_times"])):
@@ -191,7 +209,12 @@ class _Handler(BaseHTTPRequestHandler):
             if "retry_after_ms" in fault:
                 headers["retry-after-ms"] = str(fault["retry_after_ms"])
             headers.update(wire.error_headers(status))
-            return self._send(status, json.dumps(wire.error_body(status)).encode(), headers=headers)
+            error = wire.error_body(status)
+            inner = error.get("error") if isinstance(error.get("error"), dict) else None
+            if inner is not None and "code" in fault:
+                inner["code"] = str(fault["code"])
+                inner["message"] = fault.get("message") or f"mock error {status} ({fault['code']})"
+            return self._send(status, json.dumps(error).encode(), headers=headers)
         if self._misbehave(wire, body, fault, stream_path or bool(body.get("stream"))):
             return
         n_words = int(fault.get("words") or wire.max_tokens(body) or DEFAULT_WORDS)

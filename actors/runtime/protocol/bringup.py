@@ -20,6 +20,7 @@ class Deploy:
     admin_port: int = 0     # part of the node's identity; 0: read from the admin's address
     budgets: list[Any] = field(default_factory=list)  # core.budget.Budget
     ledger: Any = None      # LedgerInit, when node.ledger is set
+    routing: Any = None     # core.routing.RoutingPolicy (strategy, fallbacks), given to clients with routes
 
 
 @dataclass

@@ -36,6 +36,27 @@ class RouteEntry:
     node: str
     queue_depth: int = 0
     circuit: str = "closed"
+    # What the router reads (docs/routing.md): config, and the load the engine last pushed.
+    in_flight: int = 0
+    weight: float = 1.0
+    max_input_tokens: int | None = None
+    max_retries: int = 0
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    headroom: float | None = None
+    price_in: float | None = None
+    price_out: float | None = None
+    load_age_s: float | None = None   # how old the pushed state was when the node answered; None: none yet
+    retry_at_unix: float | None = None   # an open circuit admits a probe from then on (not skipped past it)
+
+
+@dataclass
+class EngineLoad:
+    """From an engine to its node's registry when its load changed (at most every ~150 ms)."""
+
+    deployment: str
+    replica: int
+    state: Any   # core.load.LoadState
 
 
 @dataclass
@@ -44,6 +65,7 @@ class Routes:
     entries: list[RouteEntry]
     token: str = ""
     restarting: list[str] = field(default_factory=list)  # deployments serving the model whose engine is coming back
+    policy: Any = None   # core.routing.RoutingPolicy of the node (strategy, fallbacks)
 
 
 @dataclass

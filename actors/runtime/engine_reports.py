@@ -1,0 +1,122 @@
+"""What an engine reports besides its terminals: load to its node's router, records to the
+ledger and the request log, and the active health probes that keep an idle deployment's
+circuit honest. Mixed into RemoteEngineCoreActor (which provides core, init, the alarms,
+send and wakeupAfter).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import timedelta
+from typing import Any
+
+from actors.core import engine_events as ev
+from actors.core.load import headroom
+from actors.runtime.logs import logger, request_fields
+from actors.runtime.protocol import EngineLoad, LedgerRecords
+from actors.types import InferenceRequest
+
+__all__ = ["Reporting", "PROBE_PREFIX", "LEDGER_FLUSH", "REQUEST_LOG"]
+
+log = logger("atomr.engine")
+request_log = logger("atomr.requests")
+REQUEST_LOG_S = 1.0     # terminals are logged in one record per this long: a log record is a message
+
+LEDGER_BATCH = 64        # records sent to the ledger at once at most ...
+LEDGER_FLUSH_S = 0.25    # ... and at the latest this long after a terminal
+LEDGER_FLUSH = "ledger-flush"
+REQUEST_LOG = "request-log"
+
+PROBE_PREFIX = "probe_"   # request ids of active health probes (kept out of statistics and the ledger)
+
+
+class Reporting:
+    def _reported(self, records: list[Any]) -> None:
+        """One step's terminal records: the router's latency view, then statistics, ledger, log."""
+        self.last_activity = time.monotonic()
+        self.load.observe(records)
+        self._recorded([r for r in records if not r.request_id.startswith(PROBE_PREFIX)])
+
+    # -- active health probes: a one-token call while idle; its outcome feeds the breaker
+
+    def _probe(self) -> None:
+        check = self.init.deployment.health_check
+        now = time.monotonic()
+        if self.core is None or check is None or self.core.draining:
+            return
+        if not self.core.jobs and now - self.last_activity >= check.interval_s * 0.9:
+            self.last_activity = now
+            probe = InferenceRequest(model=self.init.deployment.model, messages=[{"role": "user", "content": "ping"}],
+                                     params={"max_tokens": 1}, priority="low", deadline_unix=time.time() + check.timeout_s,
+                                     request_id=PROBE_PREFIX + secrets.token_hex(8), retry_budget=0)
+            self._feed(ev.Accept(probe, self.myAddress))
+        self.health_alarm.at(max(now, self.last_activity) + check.interval_s)
+
+    def receiveMsg_Completed(self, msg: Any, sender: Any) -> None:
+        log.debug("%s: health probe answered", self.init.deployment.name if self.init else "engine")
+
+    def receiveMsg_Failed(self, msg: Any, sender: Any) -> None:
+        if self.init is not None and str(msg.request_id).startswith(PROBE_PREFIX):
+            log.warning("%s: health probe failed: %s", self.init.deployment.name, msg.error)
+
+    def _push_load(self) -> None:
+        """The router's view of this engine, to the node when it changed, at most every ~150 ms."""
+        core, init = self.core, self.init
+        if core is None or self.load is None or init.registry is None:
+            return
+        # In flight: every request this engine holds that is not queued (on a worker, waiting
+        # for a retry or for a fresh credential).
+        queued = len(core.queue)
+        price = core.price
+        state = self.load.state(queued=queued, in_flight=max(0, len(core.jobs) - queued), circuit=core.view.state.value,
+                                headroom=headroom(core.limiter.usage()) if core.limiter is not None else None,
+                                price_in=getattr(price, "input", None), price_out=getattr(price, "output", None),
+                                at_unix=time.time(), retry_at_unix=_retry_at(core.view.snapshot))
+        due = self.load.due(state)
+        if due is None:
+            return
+        if due <= time.monotonic():
+            self.load.mark_pushed(state)
+            self.send(init.registry, EngineLoad(init.deployment.name, init.replica, state))
+        else:
+            self.load_alarm.at(due)
+
+    def _recorded(self, records: list[Any]) -> None:
+        """Terminal records of this step: counted into the statistics, sent to the ledger."""
+        if self.init is not None and getattr(self.init, "ledger", None) is not None:
+            self._to_ledger(records)
+        # (The core counted them into its DeploymentStats already.) Logged in batches, one per second.
+        if not self.request_lines:
+            self.wakeupAfter(timedelta(seconds=REQUEST_LOG_S), payload=REQUEST_LOG)
+        self.request_lines.extend(request_fields(r) for r in records)
+        if len(self.request_lines) >= 1000:
+            self._flush_request_log()
+
+    def _flush_request_log(self) -> None:
+        lines, self.request_lines = self.request_lines, []
+        if lines:
+            request_log.info("%d request(s) ended", len(lines), extra={"requests": lines})
+
+    def _to_ledger(self, records: list[Any]) -> None:
+        # Batched: a message costs about a millisecond of CPU, so never one per request.
+        self.unrecorded.extend(records)
+        if len(self.unrecorded) >= LEDGER_BATCH:
+            self._flush_records()
+        elif not self.ledger_timer:
+            self.ledger_timer = True
+            self.wakeupAfter(timedelta(seconds=LEDGER_FLUSH_S), payload=LEDGER_FLUSH)
+
+    def _flush_records(self) -> None:
+        if self.unrecorded and self.init is not None and getattr(self.init, "ledger", None) is not None:
+            batch, self.unrecorded = self.unrecorded, []
+            self.send(self.init.ledger, LedgerRecords(getattr(self.init, "budget_slot", "") or self.core.slot, batch))
+
+
+def _retry_at(snapshot: Any) -> float | None:
+    """When an open circuit starts admitting a probe (unix seconds), or None when it is not open."""
+    if snapshot is None or snapshot.state.value != "open":
+        return None
+    return snapshot.retry_at_unix_ms / 1000
+
+
