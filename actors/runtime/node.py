@@ -22,7 +22,7 @@ from actors.runtime.engine import RemoteEngineCoreActor
 from actors.runtime.limiter import RateLimiterActor
 from actors.runtime.logs import logger
 from actors.runtime.node_cluster import ClusterMember
-from actors.runtime.protocol import (BreakerInit, BreakerQuery, BreakerState, ClusterStatus, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineReady, EngineStatus, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
+from actors.runtime.protocol import (BreakerInit, BreakerQuery, BreakerState, ClusterStatus, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineReady, EngineStatus, LimiterHubIs, LimiterHubRequest, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
 from actors.runtime.session import RemoteSessionActor
 from actors.settings.schema import ClusterConfig
 
@@ -166,6 +166,10 @@ class NodeRegistry(ClusterMember):
                              if msg.model in (dep.model, dep.name) and
                              (self.supervisor.restarting((name, replica)) or (name, replica) in self.warming)})
         self.send(sender, Routes(msg.model, entries, token=msg.token, restarting=restarting))
+
+    def receiveMsg_LimiterHubRequest(self, msg: LimiterHubRequest, sender: Any) -> None:
+        # The HTTP front door's key budgets go through this node's hub (actors/http/key_sync.py).
+        self.send(sender, LimiterHubIs(self.limiter, self.node_id, self.cluster.sync_interval_ms / 1000, msg.token))
 
     # -- status: one gathering over engines, breakers and the limiter --------------------
 
