@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from actors import errors as E
+import actors.errors as E
 from actors.core.ratelimit import RateLimits, Reservation, WindowedLimiter, estimate_tokens
 from actors.core.settlement import Settlement, apply_settlement, settlement
 from actors.http.errors import FrontDoorError

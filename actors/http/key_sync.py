@@ -21,8 +21,6 @@ import time
 from typing import Any
 
 from actors.http.key_limits import KeyLimits
-from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
-from actors.runtime.protocol import LimiterDelta, LimiterHubIs, LimiterHubRequest, LimiterRegister
 
 log = logging.getLogger("atomr.http")
 
@@ -38,6 +36,7 @@ class KeySync:
         self.refresh_s = refresh_s
         self.interval_s = 0.05      # until the node says its cluster.sync_interval_ms
         self.hub: Any = None
+        self.P: Any = None          # actors.runtime.protocol, once the thread runs
         self.node = ""
         self.published = 0
         self.merged = 0
@@ -51,6 +50,12 @@ class KeySync:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        # The node's messages are the client layer's (client.py imports them the same way): this
+        # thread is a client of the node, so they are imported here rather than by the HTTP layer.
+        from actors.runtime import protocol
+        from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
+
+        self.P = protocol
         while not self._stop.is_set():
             try:
                 with self.asys.private() as endpoint:
@@ -67,20 +72,20 @@ class KeySync:
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_ask:
-                endpoint.tell(registry, LimiterHubRequest("kl_" + secrets.token_hex(6)))
+                endpoint.tell(registry, self.P.LimiterHubRequest("kl_" + secrets.token_hex(6)))
                 next_ask = now + self.refresh_s
             if now >= next_publish:
                 if self.hub is not None:
                     self._publish(endpoint)
                 next_publish = now + self.interval_s
             message = endpoint.listen(max(0.001, min(next_ask, next_publish) - time.monotonic()))
-            if isinstance(message, LimiterDelta):
+            if isinstance(message, self.P.LimiterDelta):
                 if self.limits.merge(message.key, message.delta, message.sent_unix):
                     self.merged += 1
-            elif isinstance(message, LimiterHubIs):
+            elif isinstance(message, self.P.LimiterHubIs):
                 self._hub_is(endpoint, message)
 
-    def _hub_is(self, endpoint: Any, message: LimiterHubIs) -> None:
+    def _hub_is(self, endpoint: Any, message: Any) -> None:
         if message.hub is None:
             return  # not deployed yet: asked again at the next renewal
         if message.hub != self.hub:
@@ -92,13 +97,13 @@ class KeySync:
             self.limits.set_sync_interval(message.sync_interval_s)
         states = self.limits.states()
         for budget, limits in self.limits.budgets():
-            endpoint.tell(self.hub, LimiterRegister(None, budget, limits))
+            endpoint.tell(self.hub, self.P.LimiterRegister(None, budget, limits))
             if states.get(budget):
-                endpoint.tell(self.hub, LimiterDelta(budget, states[budget], self.limits.slot, limits))
+                endpoint.tell(self.hub, self.P.LimiterDelta(budget, states[budget], self.limits.slot, limits))
         self.registered.set()
 
     def _publish(self, endpoint: Any) -> None:
         limits = dict(self.limits.budgets())
         for budget, delta, sent_unix in self.limits.take_deltas():
-            endpoint.tell(self.hub, LimiterDelta(budget, delta, self.limits.slot, limits[budget], sent_unix))
+            endpoint.tell(self.hub, self.P.LimiterDelta(budget, delta, self.limits.slot, limits[budget], sent_unix))
             self.published += 1
