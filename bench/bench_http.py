@@ -5,7 +5,11 @@ One node (an ``openai_compatible`` deployment on the mock provider, in its own p
 its HTTP listener (actors/ops/http_process.py). Three paths make the same call:
 - ``direct``: ``requests`` straight to the mock (what the upstream itself costs);
 - ``client``: ``GatewayClient`` from Python (the node's own path);
-- ``ingress``: ``requests`` to the listener's ``/v1/chat/completions`` (client -> HTTP -> node).
+- ``ingress``: ``requests`` to the listener's ``/v1/chat/completions`` (client -> HTTP -> node);
+- ``floor`` (sequential only): ``requests`` to a bare waitress process with the listener's
+  settings whose application makes the same GatewayClient call and nothing else: what any
+  HTTP hop in front of the client costs here. ingress - floor is the front door's own work
+  (routing, keys, limits, dialects, JSON); floor - client is the HTTP hop itself.
 
 Printed per path: sequential non-streamed latency p50/p99 (and the ingress's added p50 over
 the client path), throughput with 4 and 16 client threads, sequential streams (TTFT and full
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -70,6 +75,10 @@ class Paths:
     def client(self) -> None:
         assert self.gateway.complete("bench", MESSAGES, max_tokens=self.max_tokens).text
 
+    def floor(self) -> None:
+        r = self.session().post(self.floor_url + "/v1/chat/completions", json=self.body(False), timeout=60)
+        assert r.status_code == 200, r.text
+
     def ingress(self) -> None:
         r = self.session().post(self.http_url + "/v1/chat/completions", json=self.body(False),
                                 headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
@@ -101,6 +110,39 @@ class Paths:
 
     def ingress_stream(self) -> tuple[float, float]:
         return self._sse(self.http_url + "/v1/chat/completions", self.body(True), {"Authorization": f"Bearer {KEY}"})
+
+
+def serve_floor(admin_port: int) -> int:
+    """The floor path's server (run as ``bench_http.py --serve-floor PORT``): waitress with the
+    listener's settings and an application that only makes the call."""
+    import waitress
+
+    from actors.http.server import waitress_options
+
+    client = GatewayClient(admin_port, timeout_s=60)
+
+    def app(environ: dict, start_response) -> list[bytes]:
+        doc = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+        result = client.complete(doc["model"], doc["messages"], max_tokens=doc["max_tokens"])
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": result.text}}]}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    config = build(HttpConfig, {"listen": "127.0.0.1:0", "auth": "none"}, "http")
+    server = waitress.create_server(app, host="127.0.0.1", port=0, **waitress_options(config))
+    print(f"floor listening on http://127.0.0.1:{server.effective_port}", flush=True)
+    server.run()
+    return 0
+
+
+def start_floor(admin_port: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(admin_port)], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    line = proc.stdout.readline()
+    if not line.startswith("floor listening on "):
+        proc.kill()
+        raise RuntimeError(f"the floor server did not start: {line!r}")
+    return proc, line.split()[-1]
 
 
 def throughput(fn, threads: int, seconds: float) -> float:
@@ -148,8 +190,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="per throughput measurement (default 5, quick 2)")
     parser.add_argument("--k", type=int, default=16, help="concurrent streams")
     parser.add_argument("--drip-ms", type=float, default=10.0, help="between streamed tokens")
+    parser.add_argument("--sequential-only", action="store_true", help="only the sequential latency (profiling)")
+    parser.add_argument("--http-threads", type=int, default=64, help="the listener's worker threads")
+    parser.add_argument("--hold", type=float, default=0.0,
+                        help="seconds of extra ingress-only calls after the figures (to attach py-spy)")
+    parser.add_argument("--http-log", help="the listener's access log (INFO: each call's time in the app)")
+    parser.add_argument("--serve-floor", type=int, metavar="ADMIN_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.serve_floor:
+        return serve_floor(args.serve_floor)
     calls = args.calls or (100 if args.quick else 300)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
@@ -161,29 +211,49 @@ def main() -> int:
                                             "workers": 16, "coalesce_ms": 0}],
                            "node": {"admin_port": port, "name": "bench"}})
     node = start_node(config, console_log=False, log_file="/tmp/bench_http_node.log")
-    http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "threads": 64,
+    http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "threads": args.http_threads,
                                          "keys": [{"name": "bench", "key": {"value": KEY}}]}, "http"),
-                      port, models=["bench"], log_level="WARNING")
+                      port, models=["bench"], log_level="INFO" if args.http_log else "WARNING",
+                      log_file=args.http_log)
+    floor, floor_url = start_floor(port)
     figures: dict = {"calls": calls, "seconds": seconds, "k": args.k, "drip_ms": args.drip_ms, "cpus": os.cpu_count()}
     try:
         paths = Paths(mock.url, port, http.url, max_tokens=8)
+        paths.floor_url = floor_url
         names = ("direct", "client", "ingress")
-        for name in names:
+        sequential = names + ("floor",)
+        for name in sequential:
             for _ in range(20):
                 getattr(paths, name)()
-        lat: dict[str, list[float]] = {n: [] for n in names}
+        lat: dict[str, list[float]] = {n: [] for n in sequential}
         for i in range(calls):
-            for name in names[i % 3:] + names[:i % 3]:
+            k = i % len(sequential)
+            for name in sequential[k:] + sequential[:k]:
                 t = time.perf_counter()
                 getattr(paths, name)()
                 lat[name].append(time.perf_counter() - t)
         figures["sequential_ms"] = {n: {"p50": pct(v, 0.5) * 1000, "p99": pct(v, 0.99) * 1000} for n, v in lat.items()}
         figures["ingress_added_p50_ms_over_client"] = (figures["sequential_ms"]["ingress"]["p50"]
                                                        - figures["sequential_ms"]["client"]["p50"])
-        for n in names:
-            s = figures["sequential_ms"][n]
-            print(f"sequential {n:8s} p50 {s['p50']:6.2f} ms  p99 {s['p99']:6.2f} ms", flush=True)
-        print(f"ingress adds {figures['ingress_added_p50_ms_over_client']:+.2f} ms p50 over the client path")
+        seq_ms = figures["sequential_ms"]
+        figures["floor_added_p50_ms_over_client"] = seq_ms["floor"]["p50"] - seq_ms["client"]["p50"]
+        figures["ingress_added_p50_ms_over_floor"] = seq_ms["ingress"]["p50"] - seq_ms["floor"]["p50"]
+        for n in sequential:
+            s = seq_ms[n]
+            print(f"sequential {n:8s} p50 {s['p50']:6.2f} ms  p99 {s['p99']:6.2f} ms  "
+                  f"ratio to client {s['p50'] / seq_ms['client']['p50']:.3f}", flush=True)
+        print(f"the HTTP hop (floor - client) {figures['floor_added_p50_ms_over_client']:+.2f} ms; the front door's "
+              f"own work (ingress - floor) {figures['ingress_added_p50_ms_over_floor']:+.2f} ms", flush=True)
+        figures["ingress_p50_ratio_to_client"] = (figures["sequential_ms"]["ingress"]["p50"]
+                                                  / figures["sequential_ms"]["client"]["p50"])
+        print(f"ingress adds {figures['ingress_added_p50_ms_over_client']:+.2f} ms p50 over the client path "
+              f"(ratio {figures['ingress_p50_ratio_to_client']:.3f}; listener pid {http.pid})", flush=True)
+        if args.hold:
+            stop = time.monotonic() + args.hold
+            while time.monotonic() < stop:
+                paths.ingress()
+        if args.sequential_only:
+            return 0
         figures["throughput_rps"] = {}
         for threads in (4, 16):
             row = figures["throughput_rps"][threads] = {n: throughput(getattr(paths, n), threads, seconds) for n in names}
@@ -203,11 +273,13 @@ def main() -> int:
             print(f"K={args.k} streams {n:8s} {row['streams_per_s']:6.1f} streams/s  ttft p99 {row['ttft_p99_ms']:6.1f} ms",
                   flush=True)
     finally:
+        floor.terminate()
+        floor.wait(timeout=10)
         http.stop(timeout_s=5)
         node.stop(kill_after_s=10)
         mock.stop()
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 
