@@ -18,6 +18,8 @@ machine noise hits them alike.
 
     python bench/bench_http.py --quick          # ~1 min
     python bench/bench_http.py --json out.json
+    python bench/bench_http.py --sequential-only [--floor-server stdlib]   # latency only, ~30 s
+    python bench/bench_http.py --door-cpu       # the FrontDoor's own CPU per call, no node
 """
 
 from __future__ import annotations
@@ -135,8 +137,106 @@ def serve_floor(admin_port: int) -> int:
     return 0
 
 
-def start_floor(admin_port: int) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(admin_port)], stdout=subprocess.PIPE,
+def serve_stdlib_floor(admin_port: int) -> int:
+    """The floor on http.server's ThreadingHTTPServer instead: one thread per connection reads,
+    calls and writes, with no hand-off between an I/O thread and a worker (for comparison only:
+    it bounds neither slow clients nor threads)."""
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    client = GatewayClient(admin_port, timeout_s=60)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as waitress does
+
+        def do_POST(self) -> None:
+            doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            result = client.complete(doc["model"], doc["messages"], max_tokens=doc["max_tokens"])
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": result.text}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(f"floor listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def door_cpu(calls: int) -> int:
+    """The FrontDoor's own CPU per non-streamed call (``--door-cpu``): the WSGI application
+    called in-process with a stand-in client that answers at once, so no node and no socket."""
+    import io
+
+    import actors.http.app as app_module
+    from actors.http.app import FrontDoor
+    from actors.types import Completed, InferenceRequest, Usage
+
+    class Answered:
+        def __init__(self, client, request, timeout_s) -> None:
+            self.request, self.result = request, None
+
+        def __iter__(self):
+            self.result = Completed(self.request.request_id, "You said: Benchmark prompt", "stop", Usage(12, 8),
+                                    charged_tokens=20)
+            return iter(())
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def cancel(self) -> None:
+            pass
+
+    class StandIn:
+        asys = None
+
+        def request(self, model, messages, **kw):
+            return InferenceRequest(model=model, messages=messages, request_id=kw["request_id"],
+                                    stream=kw.get("stream", False), metadata=kw.get("metadata") or {})
+
+    app_module.Stream = Answered
+    door = FrontDoor(build(HttpConfig, {"listen": "127.0.0.1:0", "keys": [{"name": "bench", "key": {"value": KEY}}]},
+                           "http"), StandIn(), ["bench"])
+    body = json.dumps({"model": "bench", "messages": MESSAGES, "max_tokens": 8}).encode()
+
+    def call() -> None:
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/chat/completions", "CONTENT_LENGTH": str(len(body)),
+                   "CONTENT_TYPE": "application/json", "HTTP_AUTHORIZATION": f"Bearer {KEY}",
+                   "HTTP_HOST": "127.0.0.1", "HTTP_USER_AGENT": "python-requests", "HTTP_ACCEPT": "*/*",
+                   "wsgi.input": io.BytesIO(body), "waitress.client_disconnected": lambda: False}
+        b"".join(door(environ, lambda status, headers: None))
+
+    try:
+        for _ in range(500):
+            call()
+        for _ in range(3):
+            started = time.process_time()
+            for _ in range(calls):
+                call()
+            print(f"front door's own CPU: {1e6 * (time.process_time() - started) / calls:.1f} us per call", flush=True)
+    finally:
+        door.close()
+    return 0
+
+
+def start_floor(admin_port: int, server: str) -> tuple[subprocess.Popen, str]:
+    flag = "--serve-floor" if server == "waitress" else "--serve-stdlib-floor"
+    proc = subprocess.Popen([sys.executable, __file__, flag, str(admin_port)], stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     line = proc.stdout.readline()
     if not line.startswith("floor listening on "):
@@ -195,11 +295,19 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=0.0,
                         help="seconds of extra ingress-only calls after the figures (to attach py-spy)")
     parser.add_argument("--http-log", help="the listener's access log (INFO: each call's time in the app)")
+    parser.add_argument("--floor-server", choices=("waitress", "stdlib"), default="waitress",
+                        help="what the floor path runs on (stdlib: http.server, a thread per connection)")
+    parser.add_argument("--door-cpu", action="store_true", help="only the front door's own CPU per call, in-process")
     parser.add_argument("--serve-floor", type=int, metavar="ADMIN_PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-stdlib-floor", type=int, metavar="ADMIN_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.serve_floor:
         return serve_floor(args.serve_floor)
+    if args.serve_stdlib_floor:
+        return serve_stdlib_floor(args.serve_stdlib_floor)
+    if args.door_cpu:
+        return door_cpu(args.calls or 5000)
     calls = args.calls or (100 if args.quick else 300)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
@@ -215,7 +323,7 @@ def main() -> int:
                                          "keys": [{"name": "bench", "key": {"value": KEY}}]}, "http"),
                       port, models=["bench"], log_level="INFO" if args.http_log else "WARNING",
                       log_file=args.http_log)
-    floor, floor_url = start_floor(port)
+    floor, floor_url = start_floor(port, args.floor_server)
     figures: dict = {"calls": calls, "seconds": seconds, "k": args.k, "drip_ms": args.drip_ms, "cpus": os.cpu_count()}
     try:
         paths = Paths(mock.url, port, http.url, max_tokens=8)
