@@ -7,8 +7,11 @@ with the same keys; the calls go over HTTP with the real openai and anthropic SD
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import anthropic
 import openai
@@ -20,6 +23,7 @@ from actors.settings.schema import HttpConfig
 
 from conftest import deployment, free_port, wait_for
 
+ROOT = Path(__file__).resolve().parents[2]
 SHARED, FREE = "sk-atomr-shared-key-0123456789", "sk-atomr-free-key-abcdefghij"
 HI = [{"role": "user", "content": "hi"}]
 CAP = 10
@@ -85,7 +89,6 @@ def test_two_nodes_share_one_keys_budget_and_a_key_without_limits_is_unaffected(
         except (openai.RateLimitError, anthropic.RateLimitError) as exc:
             refused.append(exc)
     total = sum(admitted)
-    print("admitted per node", admitted)
     # One budget for both: each node alone would have admitted CAP (2 * CAP in all).
     assert CAP - 2 <= total <= CAP + 2, admitted
     assert admitted[0] > 0 and admitted[1] > 0, admitted
@@ -100,6 +103,10 @@ def test_two_nodes_share_one_keys_budget_and_a_key_without_limits_is_unaffected(
     for _, client in nodes:
         wait_for(lambda: _key_budget(client, "shared")["requests"] == total, timeout_s=10,
                  message="the hubs to agree on the key's count")
+    proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), "status", "--leader",
+                           f"127.0.0.1:{nodes[0][0].admin_port}"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"budget key:shared (approximate), cluster-wide this window: requests {total}/{CAP}" in proc.stdout
     # The key without limits, on both nodes, right after: never refused.
     for url in (door0.url, door1.url):
         free = openai.OpenAI(base_url=url + "/v1", api_key=FREE, max_retries=0, timeout=30)
