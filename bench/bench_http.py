@@ -20,6 +20,7 @@ machine noise hits them alike.
     python bench/bench_http.py --json out.json
     python bench/bench_http.py --sequential-only [--floor-server stdlib]   # latency only, ~30 s
     python bench/bench_http.py --door-cpu       # the FrontDoor's own CPU per call, no node
+    python bench/bench_http.py --bare-cpu       # a bare HTTP round trip (requests -> waitress, no-op app)
 """
 
 from __future__ import annotations
@@ -234,6 +235,54 @@ def door_cpu(calls: int) -> int:
     return 0
 
 
+def bare_cpu(calls: int) -> int:
+    """An HTTP round trip and nothing else (``--bare-cpu``): ``requests`` to waitress, with the
+    listener's settings, running a no-op application; the CPU each side spends per call."""
+    import waitress
+
+    from actors.http.server import waitress_options
+
+    body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "hello there"}}]}).encode()
+
+    def app(environ: dict, start_response) -> list[bytes]:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    options = waitress_options(build(HttpConfig, {"listen": "127.0.0.1:0", "auth": "none"}, "http"))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the server in a child of its own (its threads started there), as the listener is
+        server = waitress.create_server(app, host="127.0.0.1", port=0, **options)
+        os.write(write_end, str(server.effective_port).encode())
+        server.run()
+        os._exit(0)
+    url = f"http://127.0.0.1:{int(os.read(read_end, 16))}/v1/chat/completions"
+
+    def cpu_s() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        session = requests.Session()
+        doc = {"model": "bench", "messages": MESSAGES, "max_tokens": 8}
+        for _ in range(100):
+            session.post(url, json=doc, timeout=10)
+        for _ in range(3):
+            server_before, client_before, lat = cpu_s(), time.process_time(), []
+            for _ in range(calls):
+                started = time.perf_counter()
+                session.post(url, json=doc, timeout=10)
+                lat.append(time.perf_counter() - started)
+            print(f"bare HTTP round trip p50 {pct(lat, 0.5) * 1000:.2f} ms; CPU per call: waitress "
+                  f"{(cpu_s() - server_before) / calls * 1000:.3f} ms, the requests client "
+                  f"{(time.process_time() - client_before) / calls * 1000:.3f} ms", flush=True)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    return 0
+
+
 def start_floor(admin_port: int, server: str) -> tuple[subprocess.Popen, str]:
     flag = "--serve-floor" if server == "waitress" else "--serve-stdlib-floor"
     proc = subprocess.Popen([sys.executable, __file__, flag, str(admin_port)], stdout=subprocess.PIPE,
@@ -298,6 +347,7 @@ def main() -> int:
     parser.add_argument("--floor-server", choices=("waitress", "stdlib"), default="waitress",
                         help="what the floor path runs on (stdlib: http.server, a thread per connection)")
     parser.add_argument("--door-cpu", action="store_true", help="only the front door's own CPU per call, in-process")
+    parser.add_argument("--bare-cpu", action="store_true", help="only a bare HTTP round trip: its p50 and CPU per call")
     parser.add_argument("--serve-floor", type=int, metavar="ADMIN_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-stdlib-floor", type=int, metavar="ADMIN_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--json")
@@ -308,6 +358,8 @@ def main() -> int:
         return serve_stdlib_floor(args.serve_stdlib_floor)
     if args.door_cpu:
         return door_cpu(args.calls or 5000)
+    if args.bare_cpu:
+        return bare_cpu(args.calls or 1000)
     calls = args.calls or (100 if args.quick else 300)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
