@@ -25,6 +25,7 @@ from conftest import deployment, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED, FREE = "sk-atomr-shared-key-0123456789", "sk-atomr-free-key-abcdefghij"
+METERED, TPM = "sk-atomr-metered-key-klmnopqrs", 100_000
 HI = [{"role": "user", "content": "hi"}]
 CAP = 10
 NO_RETRY = {"max_retries": 0, "base_delay_s": 0.05, "max_delay_s": 0.2}
@@ -46,12 +47,14 @@ def _key_budget(client, name):
 
 @pytest.fixture
 def two_doors(gateway, mock, tmp_path):
-    """Two nodes in a convention, each with a front door; both serve key 'shared' (rpm CAP) and 'free'."""
+    """Two nodes in a convention, each with a front door; both serve keys 'shared' (rpm CAP), 'free'
+    (no limits) and 'metered' (tpm TPM)."""
     doors = []
     leader_port = free_port()
     section = {"listen": "127.0.0.1:0", "keys": [
         {"name": "shared", "key": {"value": SHARED}, "limits": {"rpm": CAP, "window_s": _window_with_room()}},
-        {"name": "free", "key": {"value": FREE}}]}
+        {"name": "free", "key": {"value": FREE}},
+        {"name": "metered", "key": {"value": METERED}, "limits": {"tpm": TPM, "window_s": _window_with_room()}}]}
     nodes = []
     for i in range(2):
         node, client = gateway([deployment(mock.url, "gpt", retry=NO_RETRY)], name=f"n{i}", cluster=FAST_CLUSTER,
@@ -142,3 +145,26 @@ def test_a_concurrent_burst_through_both_nodes_stays_near_the_keys_budget(two_do
     # (max_retries=0) gave up at once instead of coming back after the retry-after it said.
     assert CAP // 2 <= admitted <= CAP + 3, admitted
     assert mock.stats()["total"] == admitted
+
+
+def test_a_keys_tokens_are_reserved_by_estimate_and_charged_what_the_calls_used(two_doors, mock):
+    (door0, door1), nodes = two_doors
+    clients = [openai.OpenAI(base_url=door.url + "/v1", api_key=METERED, max_retries=0, timeout=30)
+               for door in (door0, door1)]
+    # Each call reserves its estimate (1000 tokens of output allowed) but the mock answers with 2
+    # words: once the calls are over the key is charged what they used, on both nodes' hubs.
+    ask = [{"role": "user", "content": "hi [[mock words=2]]"}]
+    used = 0
+    for i in range(10):
+        reply = clients[i % 2].chat.completions.create(model="gpt", messages=ask, max_tokens=1000)
+        used += reply.usage.total_tokens
+    assert 10 <= used < 200  # against 10 reservations of over 1000
+    for _, client in nodes:
+        wait_for(lambda: _key_budget(client, "metered")["tokens"] == used, timeout_s=10,
+                 message="the key's token count to be the calls' usage")
+    # One call that could use more than the whole budget: refused, and not worth retrying.
+    with pytest.raises(openai.RateLimitError) as caught:
+        clients[0].chat.completions.create(model="gpt", messages=ask, max_tokens=2 * TPM)
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert f"against a tpm budget of {TPM}" in caught.value.message
+    assert _key_budget(nodes[0][1], "metered")["requests"] == 10
