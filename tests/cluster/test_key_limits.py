@@ -70,14 +70,14 @@ def two_doors(gateway, mock, tmp_path):
         for _, client in nodes:  # each front door registered its key budget with its node's hub
             wait_for(lambda: (_key_budget(client, "shared") or {}).get("engines") == 1, timeout_s=15,
                      message="the key budget registered with the hub")
-        yield doors, nodes
+        yield doors, nodes, section
     finally:
         for door in doors:
             door.stop(timeout_s=10)
 
 
 def test_two_nodes_share_one_keys_budget_and_a_key_without_limits_is_unaffected(two_doors, mock):
-    (door0, door1), nodes = two_doors
+    (door0, door1), nodes, section = two_doors
     via_openai = openai.OpenAI(base_url=door0.url + "/v1", api_key=SHARED, max_retries=0, timeout=30)
     via_anthropic = anthropic.Anthropic(base_url=door1.url, api_key=SHARED, max_retries=0, timeout=30)
     admitted = [0, 0]
@@ -119,7 +119,7 @@ def test_two_nodes_share_one_keys_budget_and_a_key_without_limits_is_unaffected(
 
 
 def test_a_concurrent_burst_through_both_nodes_stays_near_the_keys_budget(two_doors, mock):
-    (door0, door1), nodes = two_doors
+    (door0, door1), nodes, section = two_doors
     clients = [openai.OpenAI(base_url=door.url + "/v1", api_key=SHARED, max_retries=0, timeout=30)
                for door in (door0, door1)]
     outcomes: list = []
@@ -148,7 +148,7 @@ def test_a_concurrent_burst_through_both_nodes_stays_near_the_keys_budget(two_do
 
 
 def test_a_keys_tokens_are_reserved_by_estimate_and_charged_what_the_calls_used(two_doors, mock):
-    (door0, door1), nodes = two_doors
+    (door0, door1), nodes, section = two_doors
     clients = [openai.OpenAI(base_url=door.url + "/v1", api_key=METERED, max_retries=0, timeout=30)
                for door in (door0, door1)]
     # Each call reserves its estimate (1000 tokens of output allowed) but the mock answers with 2
@@ -168,3 +168,28 @@ def test_a_keys_tokens_are_reserved_by_estimate_and_charged_what_the_calls_used(
     assert caught.value.response.headers["x-should-retry"] == "false"
     assert f"against a tpm budget of {TPM}" in caught.value.message
     assert _key_budget(nodes[0][1], "metered")["requests"] == 10
+
+
+def test_a_restarted_listener_keeps_spending_from_the_keys_budget(two_doors, tmp_path):
+    (door0, door1), nodes, section = two_doors
+
+    def admitted_until_refused(url, limit):
+        client = openai.OpenAI(base_url=url + "/v1", api_key=SHARED, max_retries=0, timeout=30)
+        for n in range(limit):
+            try:
+                client.chat.completions.create(model="gpt", messages=HI, max_tokens=2)
+            except openai.RateLimitError:
+                return n
+        return limit
+
+    assert admitted_until_refused(door0.url, 2 * CAP) == CAP
+    door0.stop(timeout_s=10)
+    again = start_http(build(HttpConfig, section, "http"), nodes[0][0].admin_port, models=["gpt"],
+                       log_file=str(tmp_path / "http0-again.log"))
+    try:
+        # Its fresh slot starts from the hub's view of the window, not from an empty budget
+        # (at most the calls it admits before the hub's state reaches it).
+        assert admitted_until_refused(again.url, CAP) <= 1
+        assert admitted_until_refused(door1.url, CAP) == 0
+    finally:
+        again.stop(timeout_s=10)
