@@ -40,7 +40,6 @@ class KeySync:
         self.node = ""
         self.published = 0
         self.merged = 0
-        self.registered = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="http-key-sync", daemon=True)
         self._thread.start()
@@ -100,7 +99,6 @@ class KeySync:
             endpoint.tell(self.hub, self.P.LimiterRegister(None, budget, limits))
             if states.get(budget):
                 endpoint.tell(self.hub, self.P.LimiterDelta(budget, states[budget], self.limits.slot, limits))
-        self.registered.set()
 
     def _publish(self, endpoint: Any) -> None:
         limits = dict(self.limits.budgets())
