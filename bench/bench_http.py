@@ -5,7 +5,11 @@ One node (an ``openai_compatible`` deployment on the mock provider, in its own p
 its HTTP listener (actors/ops/http_process.py). Three paths make the same call:
 - ``direct``: ``requests`` straight to the mock (what the upstream itself costs);
 - ``client``: ``GatewayClient`` from Python (the node's own path);
-- ``ingress``: ``requests`` to the listener's ``/v1/chat/completions`` (client -> HTTP -> node).
+- ``ingress``: ``requests`` to the listener's ``/v1/chat/completions`` (client -> HTTP -> node);
+- ``floor`` (sequential only): ``requests`` to a bare waitress process with the listener's
+  settings whose application makes the same GatewayClient call and nothing else: what any
+  HTTP hop in front of the client costs here. ingress - floor is the front door's own work
+  (routing, keys, limits, dialects, JSON); floor - client is the HTTP hop itself.
 
 Printed per path: sequential non-streamed latency p50/p99 (and the ingress's added p50 over
 the client path), throughput with 4 and 16 client threads, sequential streams (TTFT and full
@@ -14,6 +18,9 @@ machine noise hits them alike.
 
     python bench/bench_http.py --quick          # ~1 min
     python bench/bench_http.py --json out.json
+    python bench/bench_http.py --sequential-only [--floor-server stdlib]   # latency only, ~30 s
+    python bench/bench_http.py --door-cpu       # the FrontDoor's own CPU per call, no node
+    python bench/bench_http.py --bare-cpu       # a bare HTTP round trip (requests -> waitress, no-op app)
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -70,6 +78,10 @@ class Paths:
     def client(self) -> None:
         assert self.gateway.complete("bench", MESSAGES, max_tokens=self.max_tokens).text
 
+    def floor(self) -> None:
+        r = self.session().post(self.floor_url + "/v1/chat/completions", json=self.body(False), timeout=60)
+        assert r.status_code == 200, r.text
+
     def ingress(self) -> None:
         r = self.session().post(self.http_url + "/v1/chat/completions", json=self.body(False),
                                 headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
@@ -101,6 +113,185 @@ class Paths:
 
     def ingress_stream(self) -> tuple[float, float]:
         return self._sse(self.http_url + "/v1/chat/completions", self.body(True), {"Authorization": f"Bearer {KEY}"})
+
+
+def serve_floor(admin_port: int) -> int:
+    """The floor path's server (run as ``bench_http.py --serve-floor PORT``): waitress with the
+    listener's settings and an application that only makes the call."""
+    import waitress
+
+    from actors.http.server import waitress_options
+
+    client = GatewayClient(admin_port, timeout_s=60)
+
+    def app(environ: dict, start_response) -> list[bytes]:
+        doc = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+        result = client.complete(doc["model"], doc["messages"], max_tokens=doc["max_tokens"])
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": result.text}}]}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    config = build(HttpConfig, {"listen": "127.0.0.1:0", "auth": "none"}, "http")
+    server = waitress.create_server(app, host="127.0.0.1", port=0, **waitress_options(config))
+    print(f"floor listening on http://127.0.0.1:{server.effective_port}", flush=True)
+    server.run()
+    return 0
+
+
+def serve_stdlib_floor(admin_port: int) -> int:
+    """The floor on http.server's ThreadingHTTPServer instead: one thread per connection reads,
+    calls and writes, with no hand-off between an I/O thread and a worker (for comparison only:
+    it bounds neither slow clients nor threads)."""
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    client = GatewayClient(admin_port, timeout_s=60)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as waitress does
+
+        def do_POST(self) -> None:
+            doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            result = client.complete(doc["model"], doc["messages"], max_tokens=doc["max_tokens"])
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": result.text}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(f"floor listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def door_cpu(calls: int) -> int:
+    """The FrontDoor's own CPU per non-streamed call (``--door-cpu``): the WSGI application
+    called in-process with a stand-in client that answers at once, so no node and no socket."""
+    import io
+
+    import actors.http.app as app_module
+    from actors.http.app import FrontDoor
+    from actors.types import Completed, InferenceRequest, Usage
+
+    class Answered:
+        def __init__(self, client, request, timeout_s) -> None:
+            self.request, self.result = request, None
+
+        def __iter__(self):
+            self.result = Completed(self.request.request_id, "You said: Benchmark prompt", "stop", Usage(12, 8),
+                                    charged_tokens=20)
+            return iter(())
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def cancel(self) -> None:
+            pass
+
+    class StandIn:
+        asys = None
+
+        def request(self, model, messages, **kw):
+            return InferenceRequest(model=model, messages=messages, request_id=kw["request_id"],
+                                    stream=kw.get("stream", False), metadata=kw.get("metadata") or {})
+
+    app_module.Stream = Answered
+    door = FrontDoor(build(HttpConfig, {"listen": "127.0.0.1:0", "keys": [{"name": "bench", "key": {"value": KEY}}]},
+                           "http"), StandIn(), ["bench"])
+    body = json.dumps({"model": "bench", "messages": MESSAGES, "max_tokens": 8}).encode()
+
+    def call() -> None:
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/chat/completions", "CONTENT_LENGTH": str(len(body)),
+                   "CONTENT_TYPE": "application/json", "HTTP_AUTHORIZATION": f"Bearer {KEY}",
+                   "HTTP_HOST": "127.0.0.1", "HTTP_USER_AGENT": "python-requests", "HTTP_ACCEPT": "*/*",
+                   "wsgi.input": io.BytesIO(body), "waitress.client_disconnected": lambda: False}
+        b"".join(door(environ, lambda status, headers: None))
+
+    try:
+        for _ in range(500):
+            call()
+        for _ in range(3):
+            started = time.process_time()
+            for _ in range(calls):
+                call()
+            print(f"front door's own CPU: {1e6 * (time.process_time() - started) / calls:.1f} us per call", flush=True)
+    finally:
+        door.close()
+    return 0
+
+
+def bare_cpu(calls: int) -> int:
+    """An HTTP round trip and nothing else (``--bare-cpu``): ``requests`` to waitress, with the
+    listener's settings, running a no-op application; the CPU each side spends per call."""
+    import waitress
+
+    from actors.http.server import waitress_options
+
+    body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "hello there"}}]}).encode()
+
+    def app(environ: dict, start_response) -> list[bytes]:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    options = waitress_options(build(HttpConfig, {"listen": "127.0.0.1:0", "auth": "none"}, "http"))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the server in a child of its own (its threads started there), as the listener is
+        server = waitress.create_server(app, host="127.0.0.1", port=0, **options)
+        os.write(write_end, str(server.effective_port).encode())
+        server.run()
+        os._exit(0)
+    url = f"http://127.0.0.1:{int(os.read(read_end, 16))}/v1/chat/completions"
+
+    def cpu_s() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    try:
+        session = requests.Session()
+        doc = {"model": "bench", "messages": MESSAGES, "max_tokens": 8}
+        for _ in range(100):
+            session.post(url, json=doc, timeout=10)
+        for _ in range(3):
+            server_before, client_before, lat = cpu_s(), time.process_time(), []
+            for _ in range(calls):
+                started = time.perf_counter()
+                session.post(url, json=doc, timeout=10)
+                lat.append(time.perf_counter() - started)
+            print(f"bare HTTP round trip p50 {pct(lat, 0.5) * 1000:.2f} ms; CPU per call: waitress "
+                  f"{(cpu_s() - server_before) / calls * 1000:.3f} ms, the requests client "
+                  f"{(time.process_time() - client_before) / calls * 1000:.3f} ms", flush=True)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    return 0
+
+
+def start_floor(admin_port: int, server: str) -> tuple[subprocess.Popen, str]:
+    flag = "--serve-floor" if server == "waitress" else "--serve-stdlib-floor"
+    proc = subprocess.Popen([sys.executable, __file__, flag, str(admin_port)], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    line = proc.stdout.readline()
+    if not line.startswith("floor listening on "):
+        proc.kill()
+        raise RuntimeError(f"the floor server did not start: {line!r}")
+    return proc, line.split()[-1]
 
 
 def throughput(fn, threads: int, seconds: float) -> float:
@@ -148,8 +339,27 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="per throughput measurement (default 5, quick 2)")
     parser.add_argument("--k", type=int, default=16, help="concurrent streams")
     parser.add_argument("--drip-ms", type=float, default=10.0, help="between streamed tokens")
+    parser.add_argument("--sequential-only", action="store_true", help="only the sequential latency (profiling)")
+    parser.add_argument("--http-threads", type=int, default=64, help="the listener's worker threads")
+    parser.add_argument("--hold", type=float, default=0.0,
+                        help="seconds of extra ingress-only calls after the figures (to attach py-spy)")
+    parser.add_argument("--http-log", help="the listener's access log (INFO: each call's time in the app)")
+    parser.add_argument("--floor-server", choices=("waitress", "stdlib"), default="waitress",
+                        help="what the floor path runs on (stdlib: http.server, a thread per connection)")
+    parser.add_argument("--door-cpu", action="store_true", help="only the front door's own CPU per call, in-process")
+    parser.add_argument("--bare-cpu", action="store_true", help="only a bare HTTP round trip: its p50 and CPU per call")
+    parser.add_argument("--serve-floor", type=int, metavar="ADMIN_PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-stdlib-floor", type=int, metavar="ADMIN_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.serve_floor:
+        return serve_floor(args.serve_floor)
+    if args.serve_stdlib_floor:
+        return serve_stdlib_floor(args.serve_stdlib_floor)
+    if args.door_cpu:
+        return door_cpu(args.calls or 5000)
+    if args.bare_cpu:
+        return bare_cpu(args.calls or 1000)
     calls = args.calls or (100 if args.quick else 300)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
@@ -161,29 +371,49 @@ def main() -> int:
                                             "workers": 16, "coalesce_ms": 0}],
                            "node": {"admin_port": port, "name": "bench"}})
     node = start_node(config, console_log=False, log_file="/tmp/bench_http_node.log")
-    http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "threads": 64,
+    http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "threads": args.http_threads,
                                          "keys": [{"name": "bench", "key": {"value": KEY}}]}, "http"),
-                      port, models=["bench"], log_level="WARNING")
+                      port, models=["bench"], log_level="INFO" if args.http_log else "WARNING",
+                      log_file=args.http_log)
+    floor, floor_url = start_floor(port, args.floor_server)
     figures: dict = {"calls": calls, "seconds": seconds, "k": args.k, "drip_ms": args.drip_ms, "cpus": os.cpu_count()}
     try:
         paths = Paths(mock.url, port, http.url, max_tokens=8)
+        paths.floor_url = floor_url
         names = ("direct", "client", "ingress")
-        for name in names:
+        sequential = names + ("floor",)
+        for name in sequential:
             for _ in range(20):
                 getattr(paths, name)()
-        lat: dict[str, list[float]] = {n: [] for n in names}
+        lat: dict[str, list[float]] = {n: [] for n in sequential}
         for i in range(calls):
-            for name in names[i % 3:] + names[:i % 3]:
+            k = i % len(sequential)
+            for name in sequential[k:] + sequential[:k]:
                 t = time.perf_counter()
                 getattr(paths, name)()
                 lat[name].append(time.perf_counter() - t)
         figures["sequential_ms"] = {n: {"p50": pct(v, 0.5) * 1000, "p99": pct(v, 0.99) * 1000} for n, v in lat.items()}
         figures["ingress_added_p50_ms_over_client"] = (figures["sequential_ms"]["ingress"]["p50"]
                                                        - figures["sequential_ms"]["client"]["p50"])
-        for n in names:
-            s = figures["sequential_ms"][n]
-            print(f"sequential {n:8s} p50 {s['p50']:6.2f} ms  p99 {s['p99']:6.2f} ms", flush=True)
-        print(f"ingress adds {figures['ingress_added_p50_ms_over_client']:+.2f} ms p50 over the client path")
+        seq_ms = figures["sequential_ms"]
+        figures["floor_added_p50_ms_over_client"] = seq_ms["floor"]["p50"] - seq_ms["client"]["p50"]
+        figures["ingress_added_p50_ms_over_floor"] = seq_ms["ingress"]["p50"] - seq_ms["floor"]["p50"]
+        for n in sequential:
+            s = seq_ms[n]
+            print(f"sequential {n:8s} p50 {s['p50']:6.2f} ms  p99 {s['p99']:6.2f} ms  "
+                  f"ratio to client {s['p50'] / seq_ms['client']['p50']:.3f}", flush=True)
+        print(f"the HTTP hop (floor - client) {figures['floor_added_p50_ms_over_client']:+.2f} ms; the front door's "
+              f"own work (ingress - floor) {figures['ingress_added_p50_ms_over_floor']:+.2f} ms", flush=True)
+        figures["ingress_p50_ratio_to_client"] = (figures["sequential_ms"]["ingress"]["p50"]
+                                                  / figures["sequential_ms"]["client"]["p50"])
+        print(f"ingress adds {figures['ingress_added_p50_ms_over_client']:+.2f} ms p50 over the client path "
+              f"(ratio {figures['ingress_p50_ratio_to_client']:.3f}; listener pid {http.pid})", flush=True)
+        if args.hold:
+            stop = time.monotonic() + args.hold
+            while time.monotonic() < stop:
+                paths.ingress()
+        if args.sequential_only:
+            return 0
         figures["throughput_rps"] = {}
         for threads in (4, 16):
             row = figures["throughput_rps"][threads] = {n: throughput(getattr(paths, n), threads, seconds) for n in names}
@@ -203,11 +433,13 @@ def main() -> int:
             print(f"K={args.k} streams {n:8s} {row['streams_per_s']:6.1f} streams/s  ttft p99 {row['ttft_p99_ms']:6.1f} ms",
                   flush=True)
     finally:
+        floor.terminate()
+        floor.wait(timeout=10)
         http.stop(timeout_s=5)
         node.stop(kill_after_s=10)
         mock.stop()
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 

@@ -19,6 +19,7 @@ from actors.errors import InferenceError, ShuttingDown
 from actors.http import anthropic_dialect, openai_dialect
 from actors.http.errors import FrontDoorError, HttpError, anthropic_body, encode, http_error, openai_body, status_line
 from actors.core.records import KEY_METADATA, TEAM_METADATA
+from actors.http.key_limits import NO_HOLD, KeyHold, KeyLimits
 from actors.http.keys import Caller, KeyRing, presented_key
 from actors.http.spend import spend_document
 from actors.http.observe import Observatory
@@ -78,6 +79,12 @@ class FrontDoor:
         self.models = sorted(set(models))
         self.keys = keys if keys is not None else KeyRing(config)
         self.watcher = Watcher()
+        self.key_limits = KeyLimits(config.keys)
+        self.key_sync = None
+        if self.key_limits:
+            from actors.http.key_sync import KeySync
+
+            self.key_sync = KeySync(client.asys, self.key_limits)
         self.draining = False
         self._lock = threading.Lock()
         self.in_flight = 0      # requests of any kind being answered (the drain waits for 0)
@@ -194,9 +201,13 @@ class FrontDoor:
             release()
             done(status, who)
 
+        hold = NO_HOLD
         try:
-            return self._serve(call, dialect, caller, environ, request_id, start_response, finished)
-        except BaseException:
+            # The key's own budget, cluster-wide (key_limits.py): before any work reaches the node.
+            hold = self.key_limits.admit(caller.name, call.messages, call.params.get("max_tokens"))
+            return self._serve(call, dialect, caller, environ, request_id, start_response, finished, hold)
+        except BaseException as exc:
+            hold.settle(exc)
             release()
             raise
 
@@ -273,7 +284,7 @@ class FrontDoor:
         return Stream(self.client, request, call.timeout_s)
 
     def _serve(self, call: Call, dialect: _Dialect, caller: Caller, environ: dict[str, Any], request_id: str,
-               start_response: Callable, done: Callable[[int, str], None]) -> Any:
+               start_response: Callable, done: Callable[[int, str], None], hold: KeyHold = NO_HOLD) -> Any:
         stream = self._start_call(call, caller, request_id)
         self.watcher.add(request_id, environ.get("waitress.client_disconnected"), stream)
         if not call.stream:
@@ -284,6 +295,7 @@ class FrontDoor:
             finally:
                 self.watcher.remove(request_id)
             self._overhead(stream)
+            hold.settle(stream.result)
             done(200, caller.name)
             return self._json(start_response, 200, dialect.module.render(stream.result, call.model), request_id)
         # Read up to the first chunk before answering: an error before any output is a real
@@ -298,11 +310,13 @@ class FrontDoor:
         start_response(status_line(200), [("Content-Type", "text/event-stream; charset=utf-8"),
                                           ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"),
                                           *self._id_headers(request_id)])
-        body = self._stream_body(stream, chunks, first, call, dialect, caller, request_id, done)
-        return _Body(body, lambda: (self.watcher.remove(request_id), stream.close(), done(499, caller.name)))
+        body = self._stream_body(stream, chunks, first, call, dialect, caller, request_id, done, hold)
+        return _Body(body, lambda: (self.watcher.remove(request_id), stream.close(), hold.settle(),
+                                    done(499, caller.name)))
 
     def _stream_body(self, stream: Stream, chunks: Iterator, first: Any, call: Call, dialect: _Dialect,
-                     caller: Caller, request_id: str, done: Callable[[int, str], None]) -> Iterator[bytes]:
+                     caller: Caller, request_id: str, done: Callable[[int, str], None],
+                     hold: KeyHold = NO_HOLD) -> Iterator[bytes]:
         encoder = dialect.module.StreamEncoder(request_id, call.model, call.include_usage)
         status = 200
         try:
@@ -317,14 +331,17 @@ class FrontDoor:
                         if data:
                             yield data
                 except InferenceError as exc:
+                    hold.settle(exc)
                     err = http_error(exc)
                     status = err.status
                     log.warning("stream %s failed after its first byte: %s", request_id, exc)
                     yield from encoder.error(err)
                     return
                 self._overhead(stream)
+                hold.settle(stream.result)
                 yield from encoder.end(stream.result)
         finally:
+            hold.settle()  # left early (the caller went away): the estimate stays charged
             self.watcher.remove(request_id)
             done(status, caller.name)
 
@@ -350,4 +367,6 @@ class FrontDoor:
         return self._json(start_response, err.status, dialect.body(err), request_id, err.headers())
 
     def close(self) -> None:
+        if self.key_sync is not None:
+            self.key_sync.stop()
         self.watcher.stop()

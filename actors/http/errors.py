@@ -23,7 +23,8 @@ class FrontDoorError(Exception):
     """A refusal by the front door itself (before any call): bad key, bad JSON, too large, ..."""
 
     def __init__(self, status: int, message: str, *, kind: str, code: str | None = None,
-                 param: str | None = None, retry_after_s: float | None = None) -> None:
+                 param: str | None = None, retry_after_s: float | None = None,
+                 retryable: bool | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -31,6 +32,7 @@ class FrontDoorError(Exception):
         self.code = code
         self.param = param
         self.retry_after_s = retry_after_s
+        self.retryable = retryable  # None: a 429 or 503 is worth retrying, nothing else
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def _retry_after(error: e.InferenceError, default: float | None) -> float | None
 def http_error(error: BaseException) -> HttpError:
     """The HTTP form of any error: front-door refusals, typed InferenceErrors, and bugs (500)."""
     if isinstance(error, FrontDoorError):
-        retryable = error.status in (429, 503) or None
+        retryable = error.retryable if error.retryable is not None else (error.status in (429, 503) or None)
         return HttpError(error.status, error.kind, _OPENAI_TYPE.get(error.kind, "invalid_request_error"),
                          error.code, error.message, error.param, error.retry_after_s, retryable)
     if isinstance(error, e.InferenceError):

@@ -25,7 +25,18 @@ from actors.settings.schema import HttpConfig
 
 log = logging.getLogger("atomr.http")
 
-__all__ = ["HttpServer"]
+__all__ = ["HttpServer", "waitress_options"]
+
+
+def waitress_options(config: HttpConfig) -> dict[str, Any]:
+    """The server's settings (also what bench/bench_http.py's floor path runs with)."""
+    # The body limit is the application's (a 413 in the caller's dialect); waitress's, at
+    # twice that, only stops bodies that announce no length from being buffered forever.
+    return dict(threads=config.threads, connection_limit=config.connection_limit,
+                max_request_body_size=2 * config.max_body_bytes, max_request_header_size=config.max_header_bytes,
+                channel_timeout=config.read_timeout_s, cleanup_interval=max(1, min(30, int(config.read_timeout_s / 2))),
+                channel_request_lookahead=1, ident="atomr", clear_untrusted_proxy_headers=True,
+                expose_tracebacks=False, asyncore_use_poll=True, backlog=1024)
 
 
 class HttpServer:
@@ -41,14 +52,7 @@ class HttpServer:
         self.client = GatewayClient(admin_port, host=host, timeout_s=config.request_timeout_s)
         self.app = FrontDoor(config, self.client, models)
         bind_host, port = config.address
-        # The body limit is the application's (a 413 in the caller's dialect); waitress's, at
-        # twice that, only stops bodies that announce no length from being buffered forever.
-        self.server = waitress.create_server(
-            self.app, host=bind_host, port=port, threads=config.threads, connection_limit=config.connection_limit,
-            max_request_body_size=2 * config.max_body_bytes, max_request_header_size=config.max_header_bytes,
-            channel_timeout=config.read_timeout_s, cleanup_interval=max(1, min(30, int(config.read_timeout_s / 2))),
-            channel_request_lookahead=1, ident="atomr", clear_untrusted_proxy_headers=True, expose_tracebacks=False,
-            asyncore_use_poll=True, backlog=1024)
+        self.server = waitress.create_server(self.app, host=bind_host, port=port, **waitress_options(config))
         self._draining = threading.Event()
         self._stopped = False
 

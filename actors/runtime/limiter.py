@@ -10,6 +10,7 @@ counts: loss, duplication and reordering only delay convergence, never corrupt i
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -25,12 +26,25 @@ from actors.core.ratelimit import RateLimits, WindowedLimiter
 log = logger("atomr.limiter")
 
 ANTI_ENTROPY_S = 1.0
+# A registration without an engine address is a lease of its sender (an HTTP front door's
+# endpoint, which re-registers every few seconds): a front door that went away stops being
+# sent deltas once its lease lapses.
+LEASE_S = 10.0
 
 
 @dataclass
 class _Budget:
     view: WindowedLimiter
     engines: list[Any] = field(default_factory=list)
+    leases: list[tuple[Any, float]] = field(default_factory=list)  # (endpoint, lapses at, monotonic)
+
+    def lease(self, endpoint: Any, until: float) -> None:
+        self.leases = [(e, t) for e, t in self.leases if e != endpoint] + [(endpoint, until)]
+
+    def targets(self, now: float) -> list[Any]:
+        if self.leases:
+            self.leases = [(e, t) for e, t in self.leases if t > now]
+        return self.engines + [e for e, _ in self.leases]
 
 
 class RateLimiterActor(GatewayActor):
@@ -59,17 +73,21 @@ class RateLimiterActor(GatewayActor):
 
     def receiveMsg_LimiterRegister(self, msg: LimiterRegister, sender: Any) -> None:
         budget = self._budget(msg.key, msg.limits)
-        if msg.engine not in budget.engines:
-            budget.engines.append(msg.engine)
+        engine = msg.engine
+        if engine is None:
+            engine = sender
+            budget.lease(sender, time.monotonic() + LEASE_S)
+        elif engine not in budget.engines:
+            budget.engines.append(engine)
         state = budget.view.state()
         if state:
-            self.send(msg.engine, LimiterDelta(msg.key, state, self.origin, budget.view.limits))
+            self.send(engine, LimiterDelta(msg.key, state, self.origin, budget.view.limits))
 
     def receiveMsg_LimiterDelta(self, msg: LimiterDelta, sender: Any) -> None:
         budget = self._budget(msg.key, msg.limits)
         budget.view.merge(msg.delta)
         from_peer = msg.origin.startswith("hub:")
-        for engine in budget.engines:
+        for engine in budget.targets(time.monotonic()):
             if from_peer or engine != sender:
                 self.send(engine, msg)
         if not from_peer:
@@ -114,5 +132,5 @@ class RateLimiterActor(GatewayActor):
             usage.append({"key": key, "window_start_unix": u.window_start_unix, "requests": u.requests,
                           "tokens": u.tokens, "rpm": u.rpm, "tpm": u.tpm, "mode": budget.view.limits.mode,
                           "window_s": budget.view.limits.window_s,
-                          "engines": len(budget.engines), "slots": budget.view.participants() - 1})
+                          "engines": len(budget.targets(time.monotonic())), "slots": budget.view.participants() - 1})
         self.send(sender, LimiterUsage(self.node, usage))

@@ -24,7 +24,7 @@ from actors.runtime.ledger import LedgerActor, engine_seed, spend_status
 from actors.runtime.limiter import RateLimiterActor
 from actors.runtime.logs import logger
 from actors.runtime.node_cluster import ClusterMember
-from actors.runtime.protocol import (LedgerFlush, LedgerState, SpendQuery, SpendReport, BreakerInit, BreakerQuery, BreakerState, ClusterStatus, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineLoad, EngineReady, EngineStatus, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
+from actors.runtime.protocol import (LedgerFlush, LedgerState, SpendQuery, SpendReport, BreakerInit, BreakerQuery, BreakerState, ClusterStatus, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineLoad, EngineReady, EngineStatus, LimiterHubIs, LimiterHubRequest, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
 from actors.runtime.session import RemoteSessionActor
 from actors.settings.schema import ClusterConfig
 
@@ -206,6 +206,10 @@ class NodeRegistry(ClusterMember):
                              if msg.model in (dep.model, dep.name) and
                              (self.supervisor.restarting((name, replica)) or (name, replica) in self.warming)})
         self.send(sender, Routes(msg.model, entries, token=msg.token, restarting=restarting, policy=self.routing))
+
+    def receiveMsg_LimiterHubRequest(self, msg: LimiterHubRequest, sender: Any) -> None:
+        # The HTTP front door's key budgets go through this node's hub (actors/http/key_sync.py).
+        self.send(sender, LimiterHubIs(self.limiter, self.node_id, self.cluster.sync_interval_ms / 1000, msg.token))
 
     # -- status: one gathering over engines, breakers and the limiter --------------------
 

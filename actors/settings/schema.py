@@ -24,7 +24,7 @@ from actors.core.routing import HealthCheck, RoutingPolicy, check_models
 __all__ = [
     "CredentialSource", "Timeouts", "Price", "DeploymentConfig", "NodeConfig", "MockProviderConfig",
     "ClusterConfig", "GatewayConfig", "PROVIDERS", "MOCK_ENDPOINT",
-    "ApiKeySource", "HttpKey", "HttpConfig", "parse_listen",
+    "ApiKeySource", "HttpKey", "KeyLimits", "KEY_BUDGET_PREFIX", "HttpConfig", "parse_listen",
 ]
 
 PROVIDERS = ("openai", "openai_responses", "azure_openai", "openai_compatible", "anthropic", "gemini",
@@ -266,6 +266,34 @@ class ApiKeySource:
         return "ApiKeySource(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
+# Key budgets share the limiter hubs with deployment budgets: their names must not meet.
+KEY_BUDGET_PREFIX = "key:"
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """One HTTP key's own budget, cluster-wide (approximate, like a deployment's; docs/http.md)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    burst: float | None = None
+    window_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("expected rpm, tpm or both, got neither")
+        for name in ("rpm", "tpm"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        if self.burst is not None and not (_number(self.burst) and 0 < self.burst <= 1):
+            raise ValueError(f"burst: must be in (0, 1], got {_shown(self.burst)}")
+        _positive("window_s", self.window_s)
+
+    def rate_limits(self, key_name: str) -> RateLimits:
+        return RateLimits(rpm=self.rpm, tpm=self.tpm, burst=self.burst, window_s=self.window_s,
+                          key=KEY_BUDGET_PREFIX + key_name)
+
+
 @dataclass(frozen=True)
 class HttpKey:
     """One caller of the HTTP front door; ``models`` (when given) is all it may use."""
@@ -275,6 +303,7 @@ class HttpKey:
     models: list[str] | None = None
     team: str | None = None     # its calls count against the team's spend budgets too
     admin: bool = False         # may read /metrics, /v1/status and /ui (docs/observability.md)
+    limits: KeyLimits | None = None
 
     def __post_init__(self) -> None:
         if not self.name.strip():
@@ -357,6 +386,9 @@ class GatewayConfig:
                                  f"again (first at deployments[{first[d.name]}].name)")
             first[d.name] = i
         for i, d in enumerate(self.deployments):
+            if not d.limits.unlimited and d.limit_key.startswith(KEY_BUDGET_PREFIX):
+                raise ValueError(f"deployments[{i}].limits.key: budget names starting with {KEY_BUDGET_PREFIX!r} "
+                                 f"are the HTTP keys' own budgets; got {d.limit_key!r}")
             if self.mock_provider is None and d.endpoint == MOCK_ENDPOINT:
                 raise ValueError(f"deployments[{i}].endpoint: endpoint {MOCK_ENDPOINT!r} needs a "
                                  f"mock_provider section")

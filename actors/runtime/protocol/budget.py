@@ -10,7 +10,7 @@ from actors.errors import InferenceError
 
 @dataclass
 class LimiterRegister:
-    engine: Any
+    engine: Any  # None: the sender, for a lease renewed by re-registering (the HTTP front door's key budgets)
     key: str
     limits: Any  # ratelimit.RateLimits
 
@@ -47,6 +47,21 @@ class LimiterPeers:
 @dataclass
 class LimiterStateRequest:
     key: str
+
+
+@dataclass
+class LimiterHubRequest:
+    """Asked of a node's registry by its HTTP front door, whose key budgets go through the node's hub."""
+
+    token: str = ""
+
+
+@dataclass
+class LimiterHubIs:
+    hub: Any  # None until the node is deployed
+    node: str
+    sync_interval_s: float
+    token: str = ""
 
 
 @dataclass
