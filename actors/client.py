@@ -526,7 +526,8 @@ class GatewayClient:
                 in_flight=busy, circuit=circuit, latency_s=getattr(entry, "latency_s", None),
                 ttft_s=getattr(entry, "ttft_s", None), headroom=getattr(entry, "headroom", None),
                 price_in=getattr(entry, "price_in", None), price_out=getattr(entry, "price_out", None),
-                max_input_tokens=getattr(entry, "max_input_tokens", None), retry_at_unix=retry_at))
+                max_input_tokens=getattr(entry, "max_input_tokens", None), retry_at_unix=retry_at,
+                budget_spent=tuple(getattr(entry, "budget_spent", ()) or ())))
         return out
 
     def _over_group(self, correlator: Correlator, request: InferenceRequest, model: str, entries: list[Any],

@@ -31,6 +31,7 @@ class LoadState:
     price_out: float | None = None
     at_unix: float = 0.0              # when the engine took it (freshness, shown in docs/status)
     retry_at_unix: float | None = None   # an open circuit admits a probe from then on
+    budget_spent: tuple[str, ...] = ()   # USD budgets (deployment, provider) without room for a typical call
 
 
 class Decayed:
@@ -94,9 +95,9 @@ class LoadTracker:
 
     def state(self, *, queued: int, in_flight: int, circuit: str, headroom: float | None,
               price_in: float | None, price_out: float | None, at_unix: float,
-              retry_at_unix: float | None = None) -> LoadState:
+              retry_at_unix: float | None = None, budget_spent: tuple[str, ...] = ()) -> LoadState:
         return LoadState(queued, in_flight, circuit, self.latency.value, self.ttft.value, headroom,
-                         price_in, price_out, at_unix, retry_at_unix)
+                         price_in, price_out, at_unix, retry_at_unix, budget_spent)
 
     def due(self, state: LoadState) -> float | None:
         """When ``state`` should be pushed: now (a clock reading <= now), later, or None (nothing new)."""

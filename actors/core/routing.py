@@ -139,6 +139,7 @@ class Candidate:
     price_out: float | None = None
     max_input_tokens: int | None = None
     retry_at_unix: float | None = None   # an open circuit admits a probe from then on
+    budget_spent: tuple[str, ...] = ()   # USD budgets (docs/spend.md) with no room left this period
 
     @property
     def busy(self) -> int:
@@ -172,8 +173,8 @@ def skip_reason(c: Candidate, input_tokens: int | None = None, now_unix: float |
     """
     if c.circuit == "open" and (c.retry_at_unix is None or now_unix is None or now_unix < c.retry_at_unix):
         return "circuit_open"
-    # The budget hook: rate-limit headroom now; a USD budget plugs in as one more reason here.
-    if c.headroom is not None and c.headroom <= 0:
+    # No room in the rate-limit window, or a spend budget of the deployment or its provider is spent.
+    if (c.headroom is not None and c.headroom <= 0) or c.budget_spent:
         return "no_budget"
     if input_tokens is not None and c.max_input_tokens is not None and input_tokens > c.max_input_tokens:
         return "context_window"

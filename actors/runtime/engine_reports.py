@@ -72,7 +72,8 @@ class Reporting:
         state = self.load.state(queued=queued, in_flight=max(0, len(core.jobs) - queued), circuit=core.view.state.value,
                                 headroom=headroom(core.limiter.usage()) if core.limiter is not None else None,
                                 price_in=getattr(price, "input", None), price_out=getattr(price, "output", None),
-                                at_unix=time.time(), retry_at_unix=_retry_at(core.view.snapshot))
+                                at_unix=time.time(), retry_at_unix=_retry_at(core.view.snapshot),
+                                budget_spent=tuple(core.book.spent()) if core.book is not None else ())
         due = self.load.due(state)
         if due is None:
             return

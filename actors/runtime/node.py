@@ -197,6 +197,7 @@ class NodeRegistry(ClusterMember):
             entry.price_in, entry.price_out = state.price_in, state.price_out
             entry.load_age_s = time.monotonic() - at
             entry.retry_at_unix = state.retry_at_unix
+            entry.budget_spent = tuple(getattr(state, "budget_spent", ()) or ())
         return entry
 
     def receiveMsg_Route(self, msg: Route, sender: Any) -> None:

@@ -316,3 +316,25 @@ def test_health_probes_find_a_dead_idle_deployment_before_a_user_does(gateway, m
     results = [client.complete("m", HI, max_tokens=2) for _ in range(20)]
     assert {r.deployment for r in results} == {"live"}
     assert all(a.deployment == "live" for r in results for a in r.attempt_log)
+
+
+def test_a_deployment_whose_usd_budget_is_spent_is_skipped_not_refused(gateway, mock):
+    # "free" weighs a thousandth of "capped": without the skip, nearly every call would go to "capped".
+    node, _ = gateway([dep(mock, "capped", "m"), dep(mock, "free", "m", weight=0.001)],
+                      budgets=[{"deployment": "capped", "usd": 0.000013, "period": "1d"}])   # ~3 calls
+    with fresh_client(node) as client:
+        refused = None
+        for _ in range(20):   # by name, straight to it, until its budget refuses
+            try:
+                client.complete("capped", HI, max_tokens=2)
+            except E.BudgetExceeded as exc:
+                refused = exc
+                break
+        assert refused is not None and "capped" in str(refused)
+        wait_for(lambda: entry(client, "capped", "m").budget_spent, timeout_s=10, interval_s=0.05,
+                 message="the spent budget in the routes")
+        before = hits(mock, "capped")
+        results = [client.complete("m", HI, max_tokens=2) for _ in range(20)]
+    assert {r.deployment for r in results} == {"free"}
+    assert all(a.deployment == "free" for r in results for a in r.attempt_log)   # skipped, not tried and refused
+    assert hits(mock, "capped") == before

@@ -123,6 +123,8 @@ def test_open_circuit_no_budget_and_too_small_a_window_are_skipped():
     assert R.skip_reason(cand("a", circuit="open")) == "circuit_open"
     assert R.skip_reason(cand("a", circuit="half_open")) is None
     assert R.skip_reason(cand("a", headroom=0.0)) == "no_budget"
+    assert R.skip_reason(cand("a", budget_spent=("deployment=a/1d",))) == "no_budget"
+    assert R.skip_reason(cand("a", headroom=0.5, budget_spent=())) is None
     assert R.skip_reason(cand("a", headroom=0.01)) is None
     assert R.skip_reason(cand("a", max_input_tokens=100), input_tokens=101) == "context_window"
     assert R.skip_reason(cand("a", max_input_tokens=100), input_tokens=100) is None

@@ -48,6 +48,7 @@ class RouteEntry:
     price_out: float | None = None
     load_age_s: float | None = None   # how old the pushed state was when the node answered; None: none yet
     retry_at_unix: float | None = None   # an open circuit admits a probe from then on (not skipped past it)
+    budget_spent: tuple[str, ...] = ()   # its USD budgets that ran out this period: skipped
 
 
 @dataclass
