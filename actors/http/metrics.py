@@ -155,7 +155,7 @@ class StatusCollector(Collector):
             half_open.add_metric(labels, b["half_open_in_s"])
         yield from (state, opens, trips, half_open)
 
-        blabels = ["budget", "mode", "node"]
+        blabels = ["budget", "scope", "mode", "node"]
         used_r = g("atomr_budget_requests_used", "Requests admitted in the current window, cluster-wide "
                    "(this node's merged view)", labels=blabels)
         limit_r = g("atomr_budget_requests_limit", "Requests allowed per window (absent: unlimited)", labels=blabels)
@@ -164,7 +164,7 @@ class StatusCollector(Collector):
         limit_t = g("atomr_budget_tokens_limit", "Tokens allowed per window (absent: unlimited)", labels=blabels)
         window = g("atomr_budget_window_seconds", "Length of the budget's window", labels=blabels)
         for lim in doc.get("budgets", []):
-            labels = [lim["key"], lim["mode"], node]
+            labels = [lim["key"], lim["scope"], lim["mode"], node]
             used_r.add_metric(labels, lim["requests"])
             used_t.add_metric(labels, lim["tokens"])
             window.add_metric(labels, lim["window_s"])
@@ -173,6 +173,32 @@ class StatusCollector(Collector):
             if lim["tpm"]:
                 limit_t.add_metric(labels, lim["tpm"])
         yield from (used_r, limit_r, used_t, limit_t, window)
+
+        slabels = ["budget", "scope", "period", "mode", "node"]
+        spent = g("atomr_spend_used_usd", "USD charged to a spend budget in its current period, cluster-wide "
+                  "(this node's merged view)", labels=slabels)
+        spend_limit = g("atomr_spend_limit_usd", "USD a spend budget allows per period", labels=slabels)
+        spend_end = g("atomr_spend_period_end_seconds", "Unix time the budget's current period ends (it resets then)",
+                      labels=slabels)
+        spend = doc.get("spend") or {}
+        for b in spend.get("budgets", []):
+            labels = [b["budget"], b["scope"], b["period"], b["mode"], node]
+            spent.add_metric(labels, b["spent_usd"])
+            spend_limit.add_metric(labels, b["usd"])
+            if b["period_end_unix"] is not None:
+                spend_end.add_metric(labels, b["period_end_unix"])
+        ledger_state = g("atomr_ledger_degraded", "1 when the node's spend ledger is losing records (disk full, I/O "
+                         "error, queue full), 0 when ok; absent without a ledger", labels=["node"])
+        written = c("atomr_ledger_records_written", "Terminal records committed to the ledger", labels=["node"])
+        dropped = c("atomr_ledger_records_dropped", "Terminal records the ledger lost", labels=["node"])
+        queued = g("atomr_ledger_records_queued", "Terminal records waiting for the ledger's writer", labels=["node"])
+        for ledger in spend.get("ledgers", []):
+            if ledger["state"] in ("ok", "degraded"):
+                ledger_state.add_metric([node], 1 if ledger["state"] == "degraded" else 0)
+                written.add_metric([node], ledger["written"])
+                dropped.add_metric([node], ledger["dropped"])
+                queued.add_metric([node], ledger["queued"])
+        yield from (spent, spend_limit, spend_end, ledger_state, written, dropped, queued)
 
         members = g("atomr_cluster_members", "Nodes in the cluster, as this node knows it", labels=["node"])
         members.add_metric([node], len(doc.get("nodes", [])))
