@@ -318,3 +318,19 @@ def test_json_formatter_writes_one_object_per_request_and_only_allowed_fields():
     assert plain["message"] == "2 request(s) ended" and plain["http_status"] == 200 and "password" not in plain
     text = TextFormatter().format(_log_record(requests=lines)).splitlines()
     assert len(text) == 2 and "request_id=req_1" in text[0] and "secret" not in text[0]
+
+
+def test_the_terminal_view_draws_spend_budgets_and_the_ledger():
+    from rich.console import Console
+
+    from actors.http import terminal
+
+    now = WALL0 + 1000
+    console = Console(record=True, width=200, color_system=None)
+    console.print(terminal.render(status_document([fake_node(now)], now=now)))
+    text = console.export_text()
+    assert "spend budgets" in text
+    team = next(line for line in text.splitlines() if "team=search/1d" in line)
+    assert "team search" in team and "$0.25/$1 (25%)" in team
+    assert "$2.5/$2 (125%)" in next(line for line in text.splitlines() if "deployment=d1/1h (strict)" in line)
+    assert "ledger of n1@10.0.0.1:1900: degraded · 7 written, 3 dropped, 1 queued" in text
