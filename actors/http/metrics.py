@@ -106,6 +106,8 @@ class StatusCollector(Collector):
                     "1 half-open, 2 open (the worst replica)", labels=DEPLOYMENT_LABELS)
         failing = g("atomr_deployment_failing_since_seconds", "Unix time since which the deployment fails "
                     "(no success since, or its circuit opened); absent when healthy", labels=DEPLOYMENT_LABELS)
+        spent = g("atomr_deployment_budget_spent", "1 for each spend budget of the deployment or its provider "
+                  "that is spent (routing skips the deployment until it resets)", labels=DEPLOYMENT_LABELS + ["budget"])
         by_key = {}
         for row in doc.get("deployments", []):
             labels = [row["deployment"], row["model"], row["provider"], node]
@@ -133,12 +135,14 @@ class StatusCollector(Collector):
             circuit.add_metric(labels, {"closed": 0, "half_open": 1, "open": 2}.get(row["circuit"], 0))
             if row["failing_since_unix"] is not None:
                 failing.add_metric(labels, row["failing_since_unix"])
+            for budget in row.get("budget_spent", []):
+                spent.add_metric(labels + [budget], 1)
             for key, per in stats["keys"].items():
                 mine_key = by_key.setdefault(key, {})
                 for name, n in per.items():
                     mine_key[name] = mine_key.get(name, 0) + n
         yield from (requests, retries, fallbacks, latency, ttft, gateway, tokens, cost, unpriced, queue, in_flight,
-                    workers, circuit, failing)
+                    workers, circuit, failing, spent)
 
         state = g("atomr_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
                   labels=["provider", "endpoint", "node"])

@@ -31,16 +31,18 @@ CALL_USD = 0.0000042
 @pytest.fixture
 def front(gateway, mock, tmp_path):
     deployments = [deployment(mock.url + "/primary/mock:status=500", "primary", model="gpt", retry=NO_RETRY),
-                   deployment(mock.url + "/backup", "backup", model="backup", retry=NO_RETRY)]
+                   deployment(mock.url + "/backup", "backup", model="backup", retry=NO_RETRY),
+                   deployment(mock.url + "/capped", "capped", retry=NO_RETRY)]
     budgets = [{"key": "team", "usd": 1.0, "period": "1d"},
                {"team": "search", "usd": 0.5, "period": "30d"},
-               {"deployment": "backup", "usd": 0.0001, "period": "1h"}]
+               {"deployment": "backup", "usd": 0.0001, "period": "1h"},
+               {"deployment": "capped", "usd": 3 * CALL_USD + 0.0000004, "period": "1d"}]   # three calls
     node, client = gateway(deployments, node={"ledger": str(tmp_path / "ledger.db")}, budgets=budgets,
                            routing={"fallbacks": {"gpt": ["backup"]}})
     section = {"listen": "127.0.0.1:0",
                "keys": [{"name": "team", "key": {"value": KEY}, "team": "search", "limits": {"rpm": 50, "tpm": 5000}},
                         {"name": "ops", "key": {"value": ADMIN}, "admin": True}]}
-    http = start_http(build(HttpConfig, section, "http"), node.admin_port, models=["gpt", "backup"],
+    http = start_http(build(HttpConfig, section, "http"), node.admin_port, models=["gpt", "backup", "capped"],
                       log_file=str(tmp_path / "http.log"))
     try:
         yield http, node, client
@@ -62,6 +64,7 @@ def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, moc
         s = scrape(http.url, ADMIN)
         views = [value(s, "atomr_spend_used_usd", budget=b) for b in ("key=team/1d", "team=search/30d",
                                                                       "deployment=backup/1h")]
+        assert value(s, "atomr_spend_used_usd", budget="deployment=capped/1d") == 0
         ledger = value(s, "atomr_ledger_records_written_total")
         key_requests = value(s, "atomr_budget_requests_used", budget="key:team")
         # The hub merges the engines' and the front door's counts every sync interval; the ledger commits in batches.
@@ -100,7 +103,7 @@ def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, moc
 
     doc = requests.get(http.url + "/v1/status", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).json()
     budgets = {b["budget"]: b for b in doc["spend"]["budgets"]}
-    assert set(budgets) == {"key=team/1d", "team=search/30d", "deployment=backup/1h"}
+    assert set(budgets) == {"key=team/1d", "team=search/30d", "deployment=backup/1h", "deployment=capped/1d"}
     capped = budgets["deployment=backup/1h"]
     assert (capped["scope"], capped["name"], capped["period"]) == ("deployment", "backup", "1h")
     assert capped["fraction"] == pytest.approx(spent / 0.0001, rel=1e-6)
@@ -113,3 +116,16 @@ def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, moc
     assert (key_limit["key"], key_limit["requests"], key_limit["rpm"]) == ("key:team", 3, 50)
     labels = {v for (_, ls) in s for _, v in ls}
     assert not any(v.startswith("req_") or "ledger.db" in v for v in labels), labels
+
+    # A deployment whose USD budget is spent: flagged, so an operator sees why routing skips it.
+    assert not any(n == "atomr_deployment_budget_spent" for (n, _) in s)
+    for _ in range(3):
+        client.complete("capped", HI, max_tokens=6)
+
+    def flagged():
+        s = scrape(http.url, ADMIN)
+        return s if any(n == "atomr_deployment_budget_spent" for (n, _) in s) else None
+    s = wait_for(flagged, timeout_s=10, message="the spent budget flagged on its deployment")
+    assert value(s, "atomr_deployment_budget_spent", deployment="capped", budget="deployment=capped/1d") == 1
+    assert [(n, dict(ls)["deployment"]) for (n, ls) in s if n == "atomr_deployment_budget_spent"] == [
+        ("atomr_deployment_budget_spent", "capped")]

@@ -245,6 +245,7 @@ def test_metrics_collector_output_parses_and_bounds_labels():
     assert get("atomr_request_latency_seconds_bucket", ("le", "+Inf")) == 2
     assert get("atomr_workers", ("state", "idle")) == 3 and get("atomr_queue_depth") == 3
     assert get("atomr_deployment_circuit_state") == 2
+    assert get("atomr_deployment_budget_spent", ("budget", "deployment=d1/1h")) == 1
     assert samples[("atomr_breaker_state", (("endpoint", "https://api.example/v1"), ("node", "n1@10.0.0.1:1900"),
                                             ("provider", "openai")))] == 2
     node = ("node", "n1@10.0.0.1:1900")
