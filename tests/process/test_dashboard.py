@@ -57,7 +57,8 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(gateway, mock, 
 
     deps = [deployment(mock.url, "chat", retry={"max_retries": 0},
                        breaker={"consecutive_failures": 3, "open_s": 120, "max_open_s": 120}),
-            deployment(mock.url, "claude", provider="anthropic", limits={"rpm": 100, "tpm": 20000})]
+            deployment(mock.url, "claude", provider="anthropic", limits={"rpm": 100, "tpm": 20000, "window_s": 3600})]
+    # The budgets' windows are aligned on Unix time: an hour's, so the calls and the page's wait never straddle one.
     node, client = gateway(deps, node={"ledger": str(tmp_path / "ledger.db")},
                            budgets=[{"deployment": "claude", "usd": 0.001, "period": "1d"}])
     http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "keys": [{"name": "team", "key": {"value": KEY}}]},
