@@ -28,6 +28,7 @@ from typing import Any
 from thespian.actors import ActorSystem, InvalidActorAddress, PoisonMessage
 
 from actors.core import routing
+from actors.core.records import FALLBACK_METADATA
 from actors.correlator import Correlator
 from actors.stream_receiver import Inbox, StreamReceiver, shared_receiver
 from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, GatewayTimeout, GatewayUnavailable,
@@ -499,7 +500,9 @@ class GatewayClient:
             except (NotFound, EngineCrashed) as exc:
                 log.append(AttemptInfo(model, exc.kind, None, 0.0, False))
                 continue  # that fallback has no live deployment here: the next one, for the same error
-            error = yield from self._over_group(correlator, request, model, entries, policy, budget, log,
+            # Marked, so the serving engine counts it as a fallback (records.FALLBACK_METADATA).
+            fallback = dataclasses.replace(request, metadata={**request.metadata, FALLBACK_METADATA: request.model})
+            error = yield from self._over_group(correlator, fallback, model, entries, policy, budget, log,
                                                 deadline, state)
         if error is None:
             return

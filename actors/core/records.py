@@ -12,11 +12,14 @@ from dataclasses import dataclass
 from actors.errors import InferenceError
 from actors.types import Completed, Failed, Usage
 
-__all__ = ["TerminalRecord", "terminal_record", "KEY_METADATA", "TEAM_METADATA"]
+__all__ = ["TerminalRecord", "terminal_record", "KEY_METADATA", "TEAM_METADATA", "FALLBACK_METADATA"]
 
 # Request metadata the front door sets from the authenticated key (callers cannot choose them there).
 KEY_METADATA = "http_key"
 TEAM_METADATA = "http_team"
+# Set by the client on a request it re-sends to a fallback model (docs/routing.md): the model
+# the caller asked for. Only the client knows a call is a fallback; the engine only counts it.
+FALLBACK_METADATA = "fallback_from"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class TerminalRecord:
     latency_s: float
     ttft_s: float | None
     charged_usd: float | None = None  # what the spend budgets were charged (the estimate when unknown)
+    fallback_from: str = ""   # the model the caller asked for, when this deployment served it as a fallback
 
     @property
     def failed(self) -> bool:
@@ -68,4 +72,5 @@ def terminal_record(message: Completed | Failed, *, at_unix: float, node: str, m
         input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
         output_tokens=usage.output_tokens, reasoning_tokens=usage.reasoning_tokens,
         usage_reported=usage.reported, charged_tokens=charged_tokens, cost_usd=cost_usd,
-        latency_s=latency_s, ttft_s=ttft_s, charged_usd=charged_usd)
+        latency_s=latency_s, ttft_s=ttft_s, charged_usd=charged_usd,
+        fallback_from=str(metadata.get(FALLBACK_METADATA, "") or ""))

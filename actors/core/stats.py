@@ -84,7 +84,7 @@ class DeploymentStats:
         self.bounds = bounds
         self.outcomes: dict[str, dict[str, int]] = {}      # outcome -> error kind ("" on success) -> n
         self.retries = 0                                   # attempts beyond the first, summed
-        self.fallbacks = 0
+        self.fallbacks = 0                                 # requests that came here as a fallback of another model
         self.latency = Histogram(bounds)
         self.ttft = Histogram(bounds)
         self.tokens = {"input": 0, "cached_input": 0, "output": 0, "reasoning": 0}
@@ -105,7 +105,7 @@ class DeploymentStats:
         kinds = self.outcomes.setdefault(r.outcome, {})
         kinds[r.error_kind] = kinds.get(r.error_kind, 0) + 1
         self.retries += max(0, r.attempts - 1)
-        self.fallbacks += 1 if getattr(r, "fallback", False) else 0  # set once routing falls back
+        self.fallbacks += 1 if r.fallback_from else 0   # the client marked it (records.FALLBACK_METADATA)
         self.latency.observe(r.latency_s)
         if r.ttft_s is not None:
             self.ttft.observe(r.ttft_s)

@@ -106,6 +106,8 @@ class StatusCollector(Collector):
                     "1 half-open, 2 open (the worst replica)", labels=DEPLOYMENT_LABELS)
         failing = g("atomr_deployment_failing_since_seconds", "Unix time since which the deployment fails "
                     "(no success since, or its circuit opened); absent when healthy", labels=DEPLOYMENT_LABELS)
+        spent = g("atomr_deployment_budget_spent", "1 for each spend budget of the deployment or its provider "
+                  "that is spent (routing skips the deployment until it resets)", labels=DEPLOYMENT_LABELS + ["budget"])
         by_key = {}
         for row in doc.get("deployments", []):
             labels = [row["deployment"], row["model"], row["provider"], node]
@@ -133,12 +135,14 @@ class StatusCollector(Collector):
             circuit.add_metric(labels, {"closed": 0, "half_open": 1, "open": 2}.get(row["circuit"], 0))
             if row["failing_since_unix"] is not None:
                 failing.add_metric(labels, row["failing_since_unix"])
+            for budget in row.get("budget_spent", []):
+                spent.add_metric(labels + [budget], 1)
             for key, per in stats["keys"].items():
                 mine_key = by_key.setdefault(key, {})
                 for name, n in per.items():
                     mine_key[name] = mine_key.get(name, 0) + n
         yield from (requests, retries, fallbacks, latency, ttft, gateway, tokens, cost, unpriced, queue, in_flight,
-                    workers, circuit, failing)
+                    workers, circuit, failing, spent)
 
         state = g("atomr_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
                   labels=["provider", "endpoint", "node"])
@@ -155,7 +159,7 @@ class StatusCollector(Collector):
             half_open.add_metric(labels, b["half_open_in_s"])
         yield from (state, opens, trips, half_open)
 
-        blabels = ["budget", "mode", "node"]
+        blabels = ["budget", "scope", "mode", "node"]
         used_r = g("atomr_budget_requests_used", "Requests admitted in the current window, cluster-wide "
                    "(this node's merged view)", labels=blabels)
         limit_r = g("atomr_budget_requests_limit", "Requests allowed per window (absent: unlimited)", labels=blabels)
@@ -164,7 +168,7 @@ class StatusCollector(Collector):
         limit_t = g("atomr_budget_tokens_limit", "Tokens allowed per window (absent: unlimited)", labels=blabels)
         window = g("atomr_budget_window_seconds", "Length of the budget's window", labels=blabels)
         for lim in doc.get("budgets", []):
-            labels = [lim["key"], lim["mode"], node]
+            labels = [lim["key"], lim["scope"], lim["mode"], node]
             used_r.add_metric(labels, lim["requests"])
             used_t.add_metric(labels, lim["tokens"])
             window.add_metric(labels, lim["window_s"])
@@ -173,6 +177,32 @@ class StatusCollector(Collector):
             if lim["tpm"]:
                 limit_t.add_metric(labels, lim["tpm"])
         yield from (used_r, limit_r, used_t, limit_t, window)
+
+        slabels = ["budget", "scope", "period", "mode", "node"]
+        spent = g("atomr_spend_used_usd", "USD charged to a spend budget in its current period, cluster-wide "
+                  "(this node's merged view)", labels=slabels)
+        spend_limit = g("atomr_spend_limit_usd", "USD a spend budget allows per period", labels=slabels)
+        spend_end = g("atomr_spend_period_end_seconds", "Unix time the budget's current period ends (it resets then)",
+                      labels=slabels)
+        spend = doc.get("spend") or {}
+        for b in spend.get("budgets", []):
+            labels = [b["budget"], b["scope"], b["period"], b["mode"], node]
+            spent.add_metric(labels, b["spent_usd"])
+            spend_limit.add_metric(labels, b["usd"])
+            if b["period_end_unix"] is not None:
+                spend_end.add_metric(labels, b["period_end_unix"])
+        ledger_state = g("atomr_ledger_degraded", "1 when the node's spend ledger is losing records (disk full, I/O "
+                         "error, queue full), 0 when ok; absent without a ledger", labels=["node"])
+        written = c("atomr_ledger_records_written", "Terminal records committed to the ledger", labels=["node"])
+        dropped = c("atomr_ledger_records_dropped", "Terminal records the ledger lost", labels=["node"])
+        queued = g("atomr_ledger_records_queued", "Terminal records waiting for the ledger's writer", labels=["node"])
+        for ledger in spend.get("ledgers", []):
+            if ledger["state"] in ("ok", "degraded"):
+                ledger_state.add_metric([node], 1 if ledger["state"] == "degraded" else 0)
+                written.add_metric([node], ledger["written"])
+                dropped.add_metric([node], ledger["dropped"])
+                queued.add_metric([node], ledger["queued"])
+        yield from (spent, spend_limit, spend_end, ledger_state, written, dropped, queued)
 
         members = g("atomr_cluster_members", "Nodes in the cluster, as this node knows it", labels=["node"])
         members.add_metric([node], len(doc.get("nodes", [])))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from actors.core.periods import parse_period
 from actors.core.stats import LATENCY_BOUNDS, merge_snapshots, quantile
+from actors.settings.schema import KEY_BUDGET_PREFIX
 
 __all__ = ["status_document", "node_document", "CIRCUIT_VALUE"]
 
@@ -42,6 +44,7 @@ def _engine_entry(e: Any, node_id: str) -> dict[str, Any]:
             "queued": e.queued, "in_flight": e.in_flight, "busy_workers": e.busy_workers, "workers": e.workers,
             "accepted": e.accepted, "completed": e.completed, "failed": e.failed,
             "depth_by_priority": dict(e.depth_by_priority or {}), "circuit": e.circuit, "draining": e.draining,
+            "budget_spent": list(getattr(e, "budget_spent", None) or []),
             "stats": getattr(e, "stats", None) or {}}
 
 
@@ -61,10 +64,49 @@ def _breaker_entry(b: Any, node_id: str, now: float) -> dict[str, Any]:
 def _budget_entry(lim: dict[str, Any], node_id: str) -> dict[str, Any]:
     window_s = float(lim.get("window_s") or 60.0)
     start = float(lim.get("window_start_unix") or 0.0)
-    return {"key": lim["key"], "mode": lim.get("mode", ""), "node": node_id, "window_s": window_s,
+    key = str(lim["key"])
+    return {"key": key, "scope": "key" if key.startswith(KEY_BUDGET_PREFIX) else "deployment",
+            "mode": lim.get("mode", ""), "node": node_id, "window_s": window_s,
             "window_start_unix": start, "window_end_unix": start + window_s,
             "requests": lim.get("requests", 0), "rpm": lim.get("rpm"),
             "tokens": lim.get("tokens", 0), "tpm": lim.get("tpm")}
+
+
+def _spend_entry(b: dict[str, Any], node_id: str) -> dict[str, Any]:
+    """One spend budget line of ``NodeStatus.spend`` (docs/spend.md); its id is ``scope=name/period``."""
+    ident = str(b.get("budget", ""))
+    scope, _, rest = ident.partition("=")
+    name, _, period = rest.rpartition("/")
+    start = float(b.get("period_start_unix") or 0.0)
+    try:
+        p = parse_period(period)
+        end = p.end(p.index(start + 1e-6)) if start else None
+    except ValueError:
+        end = None
+    used, limit = float(b.get("spent_usd") or 0.0), float(b.get("usd") or 0.0)
+    return {"budget": ident, "scope": scope, "name": name, "period": period, "mode": b.get("mode", ""),
+            "node": node_id, "spent_usd": used, "usd": limit, "period_start_unix": start, "period_end_unix": end}
+
+
+def _ledger_entry(ledger: dict[str, Any] | None, node_id: str) -> dict[str, Any]:
+    if not ledger:
+        return {"node": node_id, "state": "none", "written": 0, "dropped": 0, "queued": 0, "error": "", "path": ""}
+    return {"node": node_id, "state": ledger.get("state", ""), "written": ledger.get("written", 0),
+            "dropped": ledger.get("dropped", 0), "queued": ledger.get("queued", 0),
+            "error": ledger.get("error", ""), "path": ledger.get("path", "")}
+
+
+def _spend(entries: list[dict[str, Any]], ledgers: list[dict[str, Any]]) -> dict[str, Any]:
+    best: dict[str, dict[str, Any]] = {}
+    for b in entries:
+        # As for the rate limits: every hub merges the cluster's counts; the most advanced view wins.
+        mine = best.get(b["budget"])
+        if mine is None or (b["period_start_unix"], b["spent_usd"]) > (mine["period_start_unix"], mine["spent_usd"]):
+            best[b["budget"]] = b
+    budgets = [{**{k: v for k, v in b.items() if k != "node"},
+                "fraction": b["spent_usd"] / b["usd"] if b["usd"] else None}
+               for _, b in sorted(best.items())]
+    return {"budgets": budgets, "budgets_by_node": entries, "ledgers": ledgers}
 
 
 def _summary(stats: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +163,7 @@ def _deployments(engines: list[dict[str, Any]], breakers: list[dict[str, Any]]) 
                      "busy_workers": sum(e["busy_workers"] for e in group),
                      "workers": sum(e["workers"] for e in group), **{k: v for k, v in summary.items()
                                                                      if k != "failing_since_unix"},
+                     "budget_spent": sorted({b for e in group for b in e["budget_spent"]}),
                      "keys": stats.get("keys", {}), "series": _series(stats),
                      "latency_hist": stats.get("latency", {}), "ttft_hist": stats.get("ttft", {})})
     return rows
@@ -157,13 +200,16 @@ def status_document(nodes: list[Any], members: list[Any] = (), leader: str = "",
     """The whole picture from the nodes' status replies (one node's, or the cluster's)."""
     now = time.time() if now is None else now
     table = _member_table(list(members))
-    node_rows, engines, breakers, limits = [], [], [], []
+    node_rows, engines, breakers, limits, spend, ledgers = [], [], [], [], [], []
     for status in nodes:
         node_id = status.node_id or status.node
         node_rows.append(_node_entry(status, table.get(node_id), leader, now))
         engines += [_engine_entry(e, node_id) for e in status.engines if e.deployment]
         breakers += [_breaker_entry(b, node_id, now) for b in status.breakers]
         limits += [_budget_entry(lim, node_id) for lim in status.limits]
+        node_spend = getattr(status, "spend", None) or {}
+        spend += [_spend_entry(b, node_id) for b in node_spend.get("budgets", [])]
+        ledgers.append(_ledger_entry(node_spend.get("ledger"), node_id))
     seen = {row["node_id"] for row in node_rows}
     for node_id, m in table.items():
         if node_id not in seen:  # a member that did not answer the status gathering
@@ -177,6 +223,7 @@ def status_document(nodes: list[Any], members: list[Any] = (), leader: str = "",
             "engines": [{k: v for k, v in e.items() if k != "stats"} for e in engines],
             "breakers": sorted(breakers, key=lambda b: (b["provider"], b["endpoint"], b["node"])),
             "budgets": _budgets(limits), "budgets_by_node": limits, "keys": _keys(engines),
+            "spend": _spend(spend, ledgers),
             "_engines_stats": engines}
 
 

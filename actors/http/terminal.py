@@ -29,14 +29,14 @@ def _secs(v: float | None) -> str:
     return f"{v:.1f}s" if v < 120 else f"{v / 60:.0f}min"
 
 
-def _bar(used: float, limit: float | None, width: int = 20) -> Text:
+def _bar(used: float, limit: float | None, width: int = 20, unit: str = "") -> Text:
     if not limit:
-        return Text(f"{used:g} (no limit)")
+        return Text(f"{unit}{used:g} (no limit)")
     fraction = used / limit
     filled = min(width, round(fraction * width))
     style = "red" if fraction >= 1 else "yellow" if fraction >= 0.8 else "green"
     return Text.assemble(("█" * filled, style), ("░" * (width - filled), "dim"),
-                         f" {used:g}/{limit:g} ({fraction:.0%})")
+                         f" {unit}{used:.6g}/{unit}{limit:g} ({fraction:.0%})")
 
 
 def render(doc: dict[str, Any], refreshes: int = 0) -> Group:
@@ -70,9 +70,22 @@ def render(doc: dict[str, Any], refreshes: int = 0) -> Group:
     for lim in doc["budgets"]:
         budgets.add_row(f"{lim['key']} ({lim['mode']})", _bar(lim["requests"], lim["rpm"]),
                         _bar(lim["tokens"], lim["tpm"]), _secs(max(0.0, lim["window_end_unix"] - now)))
+    spend = doc.get("spend") or {}
+    spent = Table("spend budget", "scope", "period", "USD", "resets in", title="spend budgets (cluster-wide, this "
+                  "period)", title_justify="left")
+    for b in spend.get("budgets", []):
+        resets = _secs(max(0.0, b["period_end_unix"] - now)) if b["period_end_unix"] else "-"
+        spent.add_row(f"{b['budget']} ({b['mode']})", f"{b['scope']} {b['name']}", b["period"],
+                      _bar(b["spent_usd"], b["usd"], unit="$"), resets)
+    ledgers = [Text.assemble(f"ledger of {x['node']}: ", (x["state"], "green" if x["state"] == "ok" else "bold red"),
+                             f" · {x['written']} written, {x['dropped']} dropped, {x['queued']} queued")
+               for x in spend.get("ledgers", []) if x["state"] != "none"]
     parts: list[Any] = [head, nodes, deps, breakers]
     if doc["budgets"]:
         parts.append(budgets)
+    if spend.get("budgets"):
+        parts.append(spent)
+    parts += ledgers
     return Group(*parts)
 
 

@@ -57,8 +57,10 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(gateway, mock, 
 
     deps = [deployment(mock.url, "chat", retry={"max_retries": 0},
                        breaker={"consecutive_failures": 3, "open_s": 120, "max_open_s": 120}),
-            deployment(mock.url, "claude", provider="anthropic", limits={"rpm": 100, "tpm": 20000})]
-    node, client = gateway(deps)
+            deployment(mock.url, "claude", provider="anthropic", limits={"rpm": 100, "tpm": 20000, "window_s": 3600})]
+    # The budgets' windows are aligned on Unix time: an hour's, so the calls and the page's wait never straddle one.
+    node, client = gateway(deps, node={"ledger": str(tmp_path / "ledger.db")},
+                           budgets=[{"deployment": "claude", "usd": 0.001, "period": "1d"}])
     http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "keys": [{"name": "team", "key": {"value": KEY}}]},
                             "http"), node.admin_port, models=["chat", "claude"], log_file=str(tmp_path / "http.log"))
     try:
@@ -98,6 +100,24 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(gateway, mock, 
         assert {t.get_attribute("fill") for t in timeline} >= {"#2f9e5b", "#d23f3f"}   # closed, then open
         bar = browser.find_element(By.CSS_SELECTOR, "#budgets .bar > div")
         assert bar.get_attribute("style").replace(" ", "") == "width:3%;"
+        # The USD budget: a bar of what the cluster spent of it this period, as the status document says.
+        import re
+
+        import requests
+
+        def spend_bar(_):
+            bars = browser.find_elements(By.CSS_SELECTOR, '#spend .budget[data-budget="deployment=claude/1d"] .bar')
+            width = re.search(r"width:\s*([0-9.e+-]+)%", bars[0].find_element(By.TAG_NAME, "div").get_attribute(
+                "style")) if bars else None
+            (spent,) = requests.get(http.url + "/v1/status", timeout=10).json()["spend"]["budgets"]
+            if not width or float(width.group(1)) != pytest.approx(100 * spent["fraction"], rel=1e-3):
+                return None   # not drawn yet, or the hub's view moved on since the page's last poll
+            return bars[0], spent
+        usd_bar, spent = WebDriverWait(browser, 20).until(spend_bar)
+        assert spent["budget"] == "deployment=claude/1d" and 0 < spent["spent_usd"] < 0.001
+        card = browser.find_element(By.CSS_SELECTOR, '#spend .budget[data-budget="deployment=claude/1d"]').text
+        assert "deployment claude, 1d period, approximate, resets in" in card and "/ $0.00100 (" in usd_bar.text
+        assert "ok" in browser.find_element(By.CSS_SELECTOR, "#ledgers .ledger").text
         assert any(r.startswith("n1@") and "leader" in r for r in rows("nodes"))
         assert any(r.startswith("team") for r in rows("keys"))
         assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-rps polyline")) == 2   # one line per deployment

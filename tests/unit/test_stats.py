@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.core.breaker import BreakerConfig, CircuitBreaker, CircuitState
 from actors.core.log_format import JsonFormatter, TextFormatter
-from actors.core.records import TerminalRecord
+from actors.core.records import FALLBACK_METADATA, KEY_METADATA, TerminalRecord, terminal_record
 from actors.core.stats import LATENCY_BOUNDS, OTHER_KEY, DeploymentStats, merge_snapshots, quantile
 from actors.errors import ServerError
 from actors.http import metrics
@@ -21,7 +21,7 @@ from actors.http.observe import may_observe
 from actors.http.status_view import node_document, public, status_document
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
-from actors.types import Usage
+from actors.types import Completed, Usage
 
 from harness import WALL0, Rig
 
@@ -58,6 +58,21 @@ def test_counts_outcomes_retries_tokens_cost_and_histograms():
     assert s["keys"] == {"team": {"requests": 2, "failed": 1, "input_tokens": 20, "output_tokens": 5,
                                   "cost_usd": 0.5}}
     json.dumps(s)  # plain data: it crosses processes in EngineStatus
+
+
+def test_a_request_the_client_marked_as_a_fallback_is_counted_as_one():
+    marked = {KEY_METADATA: "team", FALLBACK_METADATA: "gpt-4o"}
+    done = Completed("r1", "hi", "stop", Usage(input_tokens=3, output_tokens=2), deployment="claude")
+    common = dict(at_unix=WALL0, node="n1", model="claude", provider="anthropic", streamed=False, latency_s=0.1,
+                  ttft_s=None, charged_tokens=5, cost_usd=0.0)
+    fallback = terminal_record(done, metadata=marked, **common)
+    plain = terminal_record(done, metadata={KEY_METADATA: "team"}, **common)
+    assert (fallback.fallback_from, plain.fallback_from) == ("gpt-4o", "")
+    stats = DeploymentStats()
+    for r in (fallback, plain, plain):
+        stats.record(r)
+    assert stats.snapshot(WALL0)["fallbacks"] == 1
+    assert merge_snapshots([stats.snapshot(WALL0), stats.snapshot(WALL0)])["fallbacks"] == 2
 
 
 def test_failing_since_is_the_first_failure_after_the_last_success():
@@ -164,13 +179,22 @@ def fake_node(now: float) -> types.SimpleNamespace:
     engine = types.SimpleNamespace(deployment="d1", replica=0, node="n1", queued=3, in_flight=1, busy_workers=1,
                                    workers=4, accepted=5, completed=1, failed=1, depth_by_priority={"normal": 3},
                                    circuit="open", draining=False, model="m", provider="openai",
-                                   endpoint="https://api.example/v1",
+                                   endpoint="https://api.example/v1", budget_spent=["deployment=d1/1h"],
                                    stats=stats.snapshot(now))
     limits = [{"key": "openai:m", "mode": "approximate", "requests": 30, "rpm": 120, "tokens": 900, "tpm": None,
+               "window_s": 60.0, "window_start_unix": now - 10},
+              {"key": "key:team", "mode": "approximate", "requests": 2, "rpm": 10, "tokens": 50, "tpm": 1000,
                "window_s": 60.0, "window_start_unix": now - 10}]
+    hour = (now // 3600) * 3600
+    spend = {"budgets": [{"budget": "team=search/1d", "spent_usd": 0.25, "usd": 1.0, "mode": "approximate",
+                          "period_start_unix": (now // 86400) * 86400},
+                         {"budget": "deployment=d1/1h", "spent_usd": 2.5, "usd": 2.0, "mode": "strict",
+                          "period_start_unix": hour}],
+             "ledger": {"path": "/var/lib/atomr/spend.db", "state": "degraded", "written": 7, "dropped": 3,
+                        "queued": 1, "error": "ENOSPC on write", "token": ""}}
     return types.SimpleNamespace(node="n1", node_id="n1@10.0.0.1:1900", address="10.0.0.1:1900",
                                  membership="leader", started_unix=now - 100, engines=[engine],
-                                 breakers=[breaker.snapshot()], limits=limits, supervision=[])
+                                 breakers=[breaker.snapshot()], limits=limits, supervision=[], spend=spend)
 
 
 def test_status_document_rows():
@@ -187,9 +211,18 @@ def test_status_document_rows():
                                                                                                   pytest.approx(2 / 3))
     assert row["failing_since_unix"] == now - 4     # the first failure after the last success
     assert doc["breakers"][0]["state"] == "open" and doc["breakers"][0]["half_open_in_s"] == pytest.approx(30)
-    (budget,) = doc["budgets"]
+    key_budget, budget = doc["budgets"]
     assert budget["requests_fraction"] == 0.25 and budget["tokens_fraction"] is None
-    assert budget["window_end_unix"] == now + 50
+    assert budget["window_end_unix"] == now + 50 and budget["scope"] == "deployment"
+    assert (key_budget["key"], key_budget["scope"], key_budget["requests_fraction"]) == ("key:team", "key", 0.2)
+    team, dep = sorted(doc["spend"]["budgets"], key=lambda b: b["scope"] != "team")
+    assert (team["scope"], team["name"], team["period"], team["fraction"]) == ("team", "search", "1d", 0.25)
+    assert team["period_end_unix"] == (now // 86400 + 1) * 86400
+    assert (dep["budget"], dep["mode"], dep["period_end_unix"]) == ("deployment=d1/1h", "strict",
+                                                                    (now // 3600 + 1) * 3600)
+    (ledger,) = doc["spend"]["ledgers"]
+    assert (ledger["state"], ledger["dropped"], ledger["queued"]) == ("degraded", 3, 1)
+    assert row["budget_spent"] == ["deployment=d1/1h"]
     assert [(n["node"], n["leader"], n["heartbeat_age_s"]) for n in doc["nodes"]] == [("n1", True, 0.4),
                                                                                       ("n2", False, 4.5)]
     assert doc["keys"] == [{"key": "team", "requests": 2, "failed": 1, "input_tokens": 20, "output_tokens": 10,
@@ -212,14 +245,27 @@ def test_metrics_collector_output_parses_and_bounds_labels():
     assert get("atomr_request_latency_seconds_bucket", ("le", "+Inf")) == 2
     assert get("atomr_workers", ("state", "idle")) == 3 and get("atomr_queue_depth") == 3
     assert get("atomr_deployment_circuit_state") == 2
+    assert get("atomr_deployment_budget_spent", ("budget", "deployment=d1/1h")) == 1
     assert samples[("atomr_breaker_state", (("endpoint", "https://api.example/v1"), ("node", "n1@10.0.0.1:1900"),
                                             ("provider", "openai")))] == 2
-    assert samples[("atomr_budget_requests_limit", (("budget", "openai:m"), ("mode", "approximate"),
-                                                    ("node", "n1@10.0.0.1:1900")))] == 120
-    assert not any(name == "atomr_budget_tokens_limit" for name, _ in samples)  # unlimited: no series
+    node = ("node", "n1@10.0.0.1:1900")
+    assert samples[("atomr_budget_requests_limit", (("budget", "openai:m"), ("mode", "approximate"), node,
+                                                    ("scope", "deployment")))] == 120
+    assert not any(name == "atomr_budget_tokens_limit" and ("budget", "openai:m") in ls
+                   for name, ls in samples)  # unlimited: no series
+    assert samples[("atomr_budget_tokens_used", (("budget", "key:team"), ("mode", "approximate"), node,
+                                                 ("scope", "key")))] == 50
+    team = (("budget", "team=search/1d"), ("mode", "approximate"), node, ("period", "1d"), ("scope", "team"))
+    assert samples[("atomr_spend_used_usd", team)] == 0.25 and samples[("atomr_spend_limit_usd", team)] == 1.0
+    assert samples[("atomr_spend_period_end_seconds", team)] == (now // 86400 + 1) * 86400
+    assert samples[("atomr_ledger_degraded", (node,))] == 1
+    assert samples[("atomr_ledger_records_dropped_total", (node,))] == 3
+    assert samples[("atomr_ledger_records_written_total", (node,))] == 7
+    assert samples[("atomr_ledger_records_queued", (node,))] == 1
+    assert "/var/lib" not in text and "ENOSPC" not in text     # no paths or messages as label values
     names = {k for _, ls in samples for k, _ in ls}
     assert names <= {"deployment", "model", "provider", "node", "outcome", "error_kind", "le", "kind", "state",
-                     "endpoint", "budget", "mode", "member", "key"}
+                     "endpoint", "budget", "mode", "member", "key", "scope", "period"}
 
 
 # -- who may read the operator's routes --------------------------------------------------------
@@ -273,3 +319,19 @@ def test_json_formatter_writes_one_object_per_request_and_only_allowed_fields():
     assert plain["message"] == "2 request(s) ended" and plain["http_status"] == 200 and "password" not in plain
     text = TextFormatter().format(_log_record(requests=lines)).splitlines()
     assert len(text) == 2 and "request_id=req_1" in text[0] and "secret" not in text[0]
+
+
+def test_the_terminal_view_draws_spend_budgets_and_the_ledger():
+    from rich.console import Console
+
+    from actors.http import terminal
+
+    now = WALL0 + 1000
+    console = Console(record=True, width=200, color_system=None)
+    console.print(terminal.render(status_document([fake_node(now)], now=now)))
+    text = console.export_text()
+    assert "spend budgets" in text
+    team = next(line for line in text.splitlines() if "team=search/1d" in line)
+    assert "team search" in team and "$0.25/$1 (25%)" in team
+    assert "$2.5/$2 (125%)" in next(line for line in text.splitlines() if "deployment=d1/1h (strict)" in line)
+    assert "ledger of n1@10.0.0.1:1900: degraded · 7 written, 3 dropped, 1 queued" in text

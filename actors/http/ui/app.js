@@ -37,13 +37,14 @@ function renderDeployments(doc, now) {
   $("deployments").tBodies[0].innerHTML = doc.deployments.map((d) => {
     let state = `<span class="badge ${d.state}">${esc(d.state.replace("_", "-"))}</span>`;
     if (d.failing_since_unix) state += ` <span class="muted">since ${clock(d.failing_since_unix)}</span>`;
+    if ((d.budget_spent || []).length) state += ` <span class="badge open" title="${esc(d.budget_spent.join(", "))}">budget spent</span>`;
     return row([
       `<b>${esc(d.deployment)}</b>`, `${esc(d.model)} · ${esc(d.provider)}`, state, n(d.queued),
-      n(`${d.busy_workers}/${d.workers}`), n(num(d.requests)), n(pct(d.error_rate)),
+      n(`${d.busy_workers}/${d.workers}`), n(num(d.requests)), n(pct(d.error_rate)), n(`${d.retries} / ${d.fallbacks}`),
       n(`${secs(d.latency_p50_s)} / ${secs(d.latency_p99_s)}`), n(`${secs(d.ttft_p50_s)} / ${secs(d.ttft_p99_s)}`),
       n(`${num(d.tokens.input || 0)} / ${num(d.tokens.output || 0)}`), n(usd(d.cost_usd)),
     ]);
-  }).join("") || row(['<span class="muted">no deployments</span>', "", "", "", "", "", "", "", "", "", ""]);
+  }).join("") || row(['<span class="muted">no deployments</span>', "", "", "", "", "", "", "", "", "", "", ""]);
 }
 
 function timeline(b, now) {
@@ -69,19 +70,35 @@ function renderBreakers(doc, now) {
   }).join("") || row(['<span class="muted">no breakers</span>', "", "", "", ""]);
 }
 
-function bar(label, used, limit) {
-  if (!limit) return `<div class="bar"><span>${label}: ${num(used)} (no limit)</span></div>`;
+function bar(label, used, limit, fmt = num) {
+  if (!limit) return `<div class="bar"><span>${label}: ${fmt(used)} (no limit)</span></div>`;
   const f = used / limit, cls = f >= 1 ? "full" : f >= 0.8 ? "high" : "";
   return `<div class="bar ${cls}" title="${used} of ${limit}"><div style="width:${Math.min(100, 100 * f)}%"></div>` +
-         `<span>${label}: ${num(used)} / ${num(limit)} (${pct(f)})</span></div>`;
+         `<span>${label}: ${fmt(used)} / ${fmt(limit)} (${pct(f)})</span></div>`;
 }
 
 function renderBudgets(doc, now) {
   $("budgets").innerHTML = doc.budgets.map((b) =>
-    `<div class="budget"><b>${esc(b.key)}</b> <span class="muted">${esc(b.mode)}, ${b.window_s}s window, ` +
-    `resets in ${secs(Math.max(0, b.window_end_unix - now))}</span>` +
+    `<div class="budget"><b>${esc(b.key)}</b> <span class="muted">${b.scope === "key" ? "API key, " : ""}` +
+    `${esc(b.mode)}, ${b.window_s}s window, resets in ${secs(Math.max(0, b.window_end_unix - now))}</span>` +
     bar("requests", b.requests, b.rpm) + bar("tokens", b.tokens, b.tpm) + "</div>").join("") ||
-    '<p class="muted">no rate-limited deployments</p>';
+    '<p class="muted">no rate limits</p>';
+}
+
+function usd6(v) { return "$" + (v >= 1 ? v.toFixed(2) : v >= 0.01 ? v.toFixed(4) : v.toPrecision(3)); }
+
+function renderSpend(doc, now) {
+  const spend = doc.spend || { budgets: [], ledgers: [] };
+  $("spend").innerHTML = spend.budgets.map((b) => {
+    const resets = b.period_end_unix ? `, resets in ${secs(Math.max(0, b.period_end_unix - now))}` : "";
+    return `<div class="budget spend" data-budget="${esc(b.budget)}"><b>${esc(b.budget)}</b> <span class="muted">` +
+      `${esc(b.scope)} ${esc(b.name)}, ${esc(b.period)} period, ${esc(b.mode)}${resets}</span>` +
+      bar("USD", b.spent_usd, b.usd, usd6) + "</div>";
+  }).join("") || '<p class="muted">no spend budgets</p>';
+  $("ledgers").innerHTML = spend.ledgers.filter((l) => l.state !== "none").map((l) =>
+    `<div class="ledger ${l.state}">ledger of ${esc(l.node)}: <span class="badge ${l.state === "ok" ? "ok" : "open"}">` +
+    `${esc(l.state)}</span> <span class="muted">${num(l.written)} written, ${num(l.dropped)} dropped, ` +
+    `${num(l.queued)} queued${l.error ? " · " + esc(l.error) : ""}</span></div>`).join("");
 }
 
 function renderKeys(doc) {
@@ -138,7 +155,7 @@ async function refresh() {
     const leader = doc.leader ? `led by ${esc(doc.leader)}` : "single node";
     $("cluster").innerHTML = `${doc.nodes.length} node(s), ${leader}, ${doc.deployments.length} deployment(s)`;
     renderCharts(doc, now); renderDeployments(doc, now); renderBreakers(doc, now);
-    renderBudgets(doc, now); renderNodes(doc, now); renderKeys(doc);
+    renderBudgets(doc, now); renderSpend(doc, now); renderNodes(doc, now); renderKeys(doc);
     document.body.dataset.loaded = "1";
   } catch (err) {
     $("error").hidden = false;
