@@ -21,7 +21,7 @@ from actors.ops.http_process import start_http
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
 
-from conftest import deployment, wait_for
+from conftest import deployment, fresh_window_s, wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
@@ -57,7 +57,7 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(gateway, mock, 
 
     deps = [deployment(mock.url, "chat", retry={"max_retries": 0},
                        breaker={"consecutive_failures": 3, "open_s": 120, "max_open_s": 120}),
-            deployment(mock.url, "claude", provider="anthropic", limits={"rpm": 100, "tpm": 20000, "window_s": 3600})]
+            deployment(mock.url, "claude", provider="anthropic", limits={"rpm": 100, "tpm": 20000, "window_s": fresh_window_s()})]
     # The budgets' windows are aligned on Unix time: an hour's, so the calls and the page's wait never straddle one.
     node, client = gateway(deps, node={"ledger": str(tmp_path / "ledger.db")},
                            budgets=[{"deployment": "claude", "usd": 0.001, "period": "1d"}])

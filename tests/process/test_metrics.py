@@ -15,7 +15,7 @@ from actors.ops.http_process import start_http
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
 
-from conftest import deployment, wait_for
+from conftest import deployment, fresh_window_s, wait_for
 
 KEY = "sk-atomr-metrics-team-0123456789"
 ADMIN = "sk-atomr-metrics-admin-abcdefgh"
@@ -72,7 +72,7 @@ def test_metrics_show_exactly_the_calls_made(observed, mock):
                     breaker={"consecutive_failures": 3, "open_s": 60, "max_open_s": 60})
     d2 = deployment(mock.url, "d2", provider="anthropic",
                     retry={"max_retries": 2, "base_delay_s": 0.01, "max_delay_s": 0.02},
-                    limits={"rpm": 1000, "tpm": 100000, "window_s": 3600})
+                    limits={"rpm": 1000, "tpm": 100000, "window_s": fresh_window_s()})
     handle, node, client = observed([d1, d2])
     sdk = openai.OpenAI(base_url=handle.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
     sdk.chat.completions.create(model="d1", messages=HI, max_tokens=6)

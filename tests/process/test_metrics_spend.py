@@ -35,7 +35,7 @@ def front(gateway, mock, tmp_path):
                    deployment(mock.url + "/capped", "capped", retry=NO_RETRY)]
     budgets = [{"key": "team", "usd": 1.0, "period": "1d"},
                {"team": "search", "usd": 0.5, "period": "30d"},
-               {"deployment": "backup", "usd": 0.0001, "period": "1h"},
+               {"deployment": "backup", "usd": 0.0001, "period": "2d"},
                {"deployment": "capped", "usd": 3 * CALL_USD + 0.0000004, "period": "1d"}]   # three calls
     node, client = gateway(deployments, node={"ledger": str(tmp_path / "ledger.db")}, budgets=budgets,
                            routing={"fallbacks": {"gpt": ["backup"]}})
@@ -63,7 +63,7 @@ def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, moc
     def settled():
         s = scrape(http.url, ADMIN)
         views = [value(s, "atomr_spend_used_usd", budget=b) for b in ("key=team/1d", "team=search/30d",
-                                                                      "deployment=backup/1h")]
+                                                                      "deployment=backup/2d")]
         assert value(s, "atomr_spend_used_usd", budget="deployment=capped/1d") == 0
         ledger = value(s, "atomr_ledger_records_written_total")
         key_requests = value(s, "atomr_budget_requests_used", budget="key:team")
@@ -83,8 +83,8 @@ def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, moc
     team = {"budget": "team=search/30d", "scope": "team", "period": "30d", "mode": "approximate"}
     assert value(s, "atomr_spend_limit_usd", **team) == 0.5
     assert value(s, "atomr_spend_limit_usd", budget="key=team/1d", scope="key", period="1d") == 1.0
-    assert value(s, "atomr_spend_limit_usd", budget="deployment=backup/1h", scope="deployment") == 0.0001
-    assert value(s, "atomr_spend_period_end_seconds", budget="deployment=backup/1h") % 3600 == 0
+    assert value(s, "atomr_spend_limit_usd", budget="deployment=backup/2d", scope="deployment") == 0.0001
+    assert value(s, "atomr_spend_period_end_seconds", budget="deployment=backup/2d") % (2 * 86400) == 0
     assert value(s, "atomr_ledger_degraded") == 0
     assert value(s, "atomr_ledger_records_dropped_total") == 0
     assert value(s, "atomr_ledger_records_queued") == 0
@@ -103,11 +103,11 @@ def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, moc
 
     doc = requests.get(http.url + "/v1/status", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).json()
     budgets = {b["budget"]: b for b in doc["spend"]["budgets"]}
-    assert set(budgets) == {"key=team/1d", "team=search/30d", "deployment=backup/1h", "deployment=capped/1d"}
-    capped = budgets["deployment=backup/1h"]
-    assert (capped["scope"], capped["name"], capped["period"]) == ("deployment", "backup", "1h")
+    assert set(budgets) == {"key=team/1d", "team=search/30d", "deployment=backup/2d", "deployment=capped/1d"}
+    capped = budgets["deployment=backup/2d"]
+    assert (capped["scope"], capped["name"], capped["period"]) == ("deployment", "backup", "2d")
     assert capped["fraction"] == pytest.approx(spent / 0.0001, rel=1e-6)
-    assert capped["period_end_unix"] - capped["period_start_unix"] == 3600
+    assert capped["period_end_unix"] - capped["period_start_unix"] == 2 * 86400
     (ledger,) = doc["spend"]["ledgers"]
     assert (ledger["state"], ledger["written"], ledger["dropped"]) == ("ok", 5, 0)
     rows = {d["deployment"]: d for d in doc["deployments"]}
