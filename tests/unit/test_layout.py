@@ -147,3 +147,10 @@ def test_runtime_modules_stay_small():
     big = {name: n for name, path in modules().items()
            if name.startswith("actors.runtime.") and (n := len(path.read_text().splitlines())) > 330}
     assert not big, big
+
+
+def test_test_files_have_unique_names():
+    # pytest imports test modules by basename (no __init__.py in tests/): two of the same
+    # name in different tiers stop the whole run at collection.
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
