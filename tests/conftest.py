@@ -247,3 +247,12 @@ def fresh_window_s(min_left_s: float = 120.0) -> float:
     window_s = started / math.floor(started / 900.0)
     assert window_s - time.time() % window_s > min_left_s
     return window_s
+
+
+def upstream_caller_pid(mock) -> int:
+    """The pid of the process whose request is in flight at the mock: the worker serving it."""
+    from actors.ops.procs import connected_pids
+
+    peers = wait_for(lambda: mock.stats()["peers_in_flight"], message="an upstream request in flight")
+    mock_port = int(mock.url.rsplit(":", 1)[1])
+    return wait_for(lambda: next(iter(connected_pids(peers[0], mock_port)), None), message="the worker's pid")

@@ -20,8 +20,8 @@ __all__ = ["listening_pids", "connected_pids", "admin_pgid", "admin_process", "p
 LISTEN, ESTABLISHED = "0A", "01"  # /proc/net/tcp socket states
 
 
-def _socket_inodes(port: int, state: str) -> set[str]:
-    """Inodes of the TCP sockets in ``state`` whose local port is ``port``."""
+def _socket_inodes(port: int, state: str, remote_port: int | None = None) -> set[str]:
+    """Inodes of the TCP sockets in ``state`` whose local port is ``port`` (and remote, ``remote_port``)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -29,7 +29,9 @@ def _socket_inodes(port: int, state: str) -> set[str]:
                 next(fh)
                 for line in fh:
                     fields = line.split()
-                    if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    if fields[3] != state or int(fields[1].rsplit(":", 1)[1], 16) != port:
+                        continue
+                    if remote_port is None or int(fields[2].rsplit(":", 1)[1], 16) == remote_port:
                         inodes.add(fields[9])
         except OSError:
             continue
@@ -73,9 +75,13 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def connected_pids(local_port: int) -> list[int]:
-    """PIDs owning a connected TCP socket whose local port is ``local_port``."""
-    inodes = _socket_inodes(local_port, ESTABLISHED)
+def connected_pids(local_port: int, remote_port: int | None = None) -> list[int]:
+    """PIDs owning a connected TCP socket whose local port is ``local_port`` (to ``remote_port``).
+
+    An ephemeral port number is unique per destination only: the same local port may also
+    be another process's connection elsewhere, so name the remote port when it is known.
+    """
+    inodes = _socket_inodes(local_port, ESTABLISHED, remote_port)
     return _pids_with_inodes(inodes) if inodes else []
 
 

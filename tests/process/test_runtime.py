@@ -11,9 +11,9 @@ import pytest
 
 from actors import errors as E
 from actors.types import Completed, Failed, InferenceRequest, TokenChunk
-from actors.ops.procs import connected_pids, pids_in_group, port_is_listening
+from actors.ops.procs import pids_in_group, port_is_listening
 
-from conftest import deployment, wait_for
+from conftest import deployment, upstream_caller_pid, wait_for
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 
@@ -231,11 +231,6 @@ def test_failed_probe_reopens_the_circuit(gateway, mock):
     assert again.retry_at_unix_ms - again.opened_at_unix_ms == pytest.approx(1000, abs=50)  # escalated
 
 
-def _worker_pid_serving(mock):
-    peers = wait_for(lambda: mock.stats()["peers_in_flight"], message="an upstream request in flight")
-    return wait_for(lambda: connected_pids(peers[0]), message="the worker's pid")[0]
-
-
 def test_worker_killed_mid_stream_ends_in_exactly_one_terminal(gateway, mock):
     node, client = gateway([deployment(mock.url, "d1", workers=1)])
     endpoint = client._endpoint()
@@ -244,7 +239,7 @@ def test_worker_killed_mid_stream_ends_in_exactly_one_terminal(gateway, mock):
                                stream=True, deadline_unix=time.time() + 30)
     first = endpoint.ask(engine, request, 10)
     assert isinstance(first, TokenChunk)
-    pid = _worker_pid_serving(mock)
+    pid = upstream_caller_pid(mock)
     assert pid in pids_in_group(node.pgid)
     os.kill(pid, signal.SIGKILL)
     terminals = []
@@ -267,7 +262,7 @@ def test_worker_killed_before_any_token_is_retried_on_a_new_worker(gateway, mock
     t = threading.Thread(target=lambda: results.setdefault(
         "r", _send(client, client.request("d1", msgs("[[mock delay_ms=1500 fail_times=1 key=kill]] x"), max_tokens=3))))
     t.start()
-    pid = _worker_pid_serving(mock)
+    pid = upstream_caller_pid(mock)
     os.kill(pid, signal.SIGKILL)
     t.join(30)
     assert isinstance(results["r"], Completed) and results["r"].attempts == 2
@@ -337,7 +332,7 @@ def test_a_frozen_worker_does_not_hold_a_request_past_its_deadline_and_is_replac
     thread = threading.Thread(target=lambda: results.setdefault("r", _send(
         client, client.request("d1", msgs("[[mock delay_ms=20000]] stuck"), max_tokens=2, timeout_s=1.5))))
     thread.start()
-    pid = _worker_pid_serving(mock)
+    pid = upstream_caller_pid(mock)
     os.kill(pid, signal.SIGSTOP)
     try:
         thread.join(15)

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from actors import errors as E
-from actors.ops.procs import connected_pids, parent_pid
+from actors.ops.procs import parent_pid
 
-from conftest import deployment, wait_for
+from conftest import deployment, upstream_caller_pid, wait_for
 
 MIB = 1024 * 1024
 
@@ -46,8 +46,7 @@ def the_only_worker(client, mock) -> int:
 
     thread = threading.Thread(target=slow, daemon=True)
     thread.start()
-    peers = wait_for(lambda: mock.stats()["peers_in_flight"], message="the request in flight")
-    pid = wait_for(lambda: next(iter(connected_pids(peers[0])), None), message="the worker's pid")
+    pid = upstream_caller_pid(mock)
     assert done.wait(20) and pid != os.getpid()
     return pid
 
@@ -132,8 +131,7 @@ def test_a_worker_whose_engine_died_exits(gateway, mock):
             pass
 
     threading.Thread(target=consume, daemon=True).start()
-    peers = wait_for(lambda: mock.stats()["peers_in_flight"], message="the request in flight")
-    worker = wait_for(lambda: next(iter(connected_pids(peers[0])), None), message="the worker's pid")
+    worker = upstream_caller_pid(mock)
     engine = parent_pid(worker)
     assert engine and engine not in (1, os.getpid())
     os.kill(engine, signal.SIGKILL)
