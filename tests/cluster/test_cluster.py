@@ -16,7 +16,7 @@ from actors.testing.load import open_loop
 from actors.types import Completed, Failed
 from actors.runtime.protocol import LimiterDelta, LimiterStateRequest
 
-from conftest import deployment, free_port, wait_for
+from conftest import deployment, free_port, fresh_window_s, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HI = [{"role": "user", "content": "hi"}]
@@ -43,7 +43,7 @@ def cluster(gateway, mock):
 
 
 def test_nodes_join_and_status_shows_the_whole_cluster(cluster, mock):
-    nodes = cluster([deployment(mock.url, "d1", workers=1, limits={"rpm": 1000})])
+    nodes = cluster([deployment(mock.url, "d1", workers=1, limits={"rpm": 1000, "window_s": fresh_window_s()})])
     for node, client in nodes:
         assert client.complete("d1", HI, max_tokens=2).text
     status = nodes[2][1].cluster_status()  # asked of a member, answered by the leader's registrar
@@ -171,7 +171,7 @@ def test_a_killed_member_is_noticed_and_dropped_within_seconds(cluster, mock):
 
 
 def test_leader_loss_fails_strict_admission_closed_and_a_restarted_leader_is_rejoined(cluster, gateway, mock):
-    strict = deployment(mock.url, "s1", workers=1, limits={"rpm": 1000, "mode": "strict"})
+    strict = deployment(mock.url, "s1", workers=1, limits={"rpm": 1000, "mode": "strict", "window_s": fresh_window_s()})
     nodes = cluster([strict], n=2)
     member_client = nodes[1][1]
     assert member_client.complete("s1", HI, max_tokens=2).text  # strict admission via the leader
@@ -206,7 +206,7 @@ def test_leader_loss_fails_strict_admission_closed_and_a_restarted_leader_is_rej
 
 
 def test_one_config_with_one_name_on_three_nodes_makes_three_members_sharing_the_budget(gateway, mock):
-    dep = deployment(mock.url, "d1", workers=1, limits={"rpm": 1000})
+    dep = deployment(mock.url, "d1", workers=1, limits={"rpm": 1000, "window_s": fresh_window_s()})
     leader_port = free_port()
     nodes = [gateway([dep], name="demo", port=leader_port if i == 0 else None, cluster=FAST_CLUSTER,
                      leader=None if i == 0 else f"127.0.0.1:{leader_port}") for i in range(3)]

@@ -6,11 +6,9 @@ with the same keys; the calls go over HTTP with the real openai and anthropic SD
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import anthropic
@@ -21,7 +19,7 @@ from actors.ops.http_process import start_http
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
 
-from conftest import deployment, free_port, wait_for
+from conftest import deployment, free_port, fresh_window_s, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED, FREE = "sk-atomr-shared-key-0123456789", "sk-atomr-free-key-abcdefghij"
@@ -30,14 +28,6 @@ HI = [{"role": "user", "content": "hi"}]
 CAP = 10
 NO_RETRY = {"max_retries": 0, "base_delay_s": 0.05, "max_delay_s": 0.2}
 FAST_CLUSTER = {"heartbeat_s": 0.5, "failure_timeout_s": 3.0, "reregistration_s": 2}
-
-
-def _window_with_room(min_left_s: float = 120.0) -> float:
-    """A window length whose current (wall-clock aligned) window began a second ago (see test_reliability)."""
-    started = time.time() - 1.0
-    window_s = started / math.floor(started / 900.0)
-    assert window_s - time.time() % window_s > min_left_s
-    return window_s
 
 
 def _key_budget(client, name):
@@ -52,9 +42,9 @@ def two_doors(gateway, mock, tmp_path):
     doors = []
     leader_port = free_port()
     section = {"listen": "127.0.0.1:0", "keys": [
-        {"name": "shared", "key": {"value": SHARED}, "limits": {"rpm": CAP, "window_s": _window_with_room()}},
+        {"name": "shared", "key": {"value": SHARED}, "limits": {"rpm": CAP, "window_s": fresh_window_s()}},
         {"name": "free", "key": {"value": FREE}},
-        {"name": "metered", "key": {"value": METERED}, "limits": {"tpm": TPM, "window_s": _window_with_room()}}]}
+        {"name": "metered", "key": {"value": METERED}, "limits": {"tpm": TPM, "window_s": fresh_window_s()}}]}
     nodes = []
     for i in range(2):
         node, client = gateway([deployment(mock.url, "gpt", retry=NO_RETRY)], name=f"n{i}", cluster=FAST_CLUSTER,

@@ -9,14 +9,14 @@ from actors.ops.http_process import start_http
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
 
-from conftest import deployment, free_port, wait_for
+from conftest import deployment, free_port, fresh_window_s, wait_for
 
 FAST_CLUSTER = {"heartbeat_s": 0.5, "failure_timeout_s": 3.0, "reregistration_s": 2}
 HI = [{"role": "user", "content": "hi"}]
 
 
 def test_status_from_a_member_covers_the_cluster_and_metrics_its_node(gateway, mock, tmp_path):
-    deps = [deployment(mock.url, "d1", workers=1, limits={"rpm": 1000})]
+    deps = [deployment(mock.url, "d1", workers=1, limits={"rpm": 1000, "window_s": fresh_window_s()})]
     leader_port = free_port()
     leader, leader_client = gateway(deps, name="n0", port=leader_port, cluster=FAST_CLUSTER)
     member, member_client = gateway(deps, name="n1", cluster=FAST_CLUSTER, leader=f"127.0.0.1:{leader_port}")

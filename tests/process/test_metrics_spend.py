@@ -16,7 +16,7 @@ from actors.ops.http_process import start_http
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
 
-from conftest import deployment, wait_for
+from conftest import deployment, fresh_window_s, wait_for
 from test_metrics import scrape, value
 
 KEY = "sk-atomr-metrics-spend-0123456789"
@@ -40,7 +40,7 @@ def front(gateway, mock, tmp_path):
     node, client = gateway(deployments, node={"ledger": str(tmp_path / "ledger.db")}, budgets=budgets,
                            routing={"fallbacks": {"gpt": ["backup"]}})
     section = {"listen": "127.0.0.1:0",
-               "keys": [{"name": "team", "key": {"value": KEY}, "team": "search", "limits": {"rpm": 50, "tpm": 5000}},
+               "keys": [{"name": "team", "key": {"value": KEY}, "team": "search", "limits": {"rpm": 50, "tpm": 5000, "window_s": fresh_window_s()}},
                         {"name": "ops", "key": {"value": ADMIN}, "admin": True}]}
     http = start_http(build(HttpConfig, section, "http"), node.admin_port, models=["gpt", "backup", "capped"],
                       log_file=str(tmp_path / "http.log"))
