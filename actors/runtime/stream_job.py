@@ -190,6 +190,7 @@ class Stepping:
                 break
             if isinstance(item, Relayed):
                 _log_fallback(job)
+                job.relay_to = None   # the channel failed: the rest goes as messages, from this thread
                 self.send(job.dispatch.reply_to, TokenChunk(job.dispatch.request.request_id, item.seq, item.text,
                                                             item.tool_calls))
                 continue
