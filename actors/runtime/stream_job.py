@@ -52,6 +52,15 @@ class Relayed:
         self.seq, self.text, self.tool_calls = seq, text, tool_calls
 
 
+class FlushSoon:
+    """From a relaying reader: text is pending within the coalescing window; arm the flush timer."""
+
+    __slots__ = ()
+
+
+FLUSH_SOON = FlushSoon()
+
+
 class RelayFailed:
     """The body's decoding failed on the reader thread: the attempt's outcome."""
 
@@ -78,7 +87,7 @@ class Job:
         self.lock = threading.RLock()   # the actor thread and a relaying reader (see the module doc)
         self.finished = False           # the actor has ended the job: nothing more is relayed
         self.relaying = False           # the reader may relay (the first chunk is out, the channel works)
-        self.relay_to: tuple[Any, Any, Any, str] | None = None   # (sender, channel, runner, provider)
+        self.relay_to: tuple[Any, Any, Any, str, float] | None = None   # (sender, channel, runner, provider, coalesce_s)
         self.fallback_logged = False
 
     def relay(self, data: bytes) -> bool | None:
@@ -88,12 +97,17 @@ class Job:
                 return False
             if not self.relaying or not self.attempt.events.empty():
                 return None
-            sender, channel, runner, provider = self.relay_to
+            sender, channel, runner, provider, coalesce_s = self.relay_to
             error = self.consume(data, runner, provider)
             if error is not CONTINUE:
                 self.attempt.put(RelayFailed(error))
                 return False
-            if self.acc.has_pending:
+            if self.acc.has_pending and not streaming.flush_due(True, self.chunks, self.last_flush, coalesce_s,
+                                                                   time.monotonic()):
+                if not self.flush_armed:
+                    self.flush_armed = True   # so that one FlushSoon is queued, and the next piece relays
+                    self.attempt.put(FLUSH_SOON)
+            elif self.acc.has_pending:
                 text, tools = self.acc.take_pending()
                 request_id = self.dispatch.request.request_id
                 if not sender.send(channel, request_id, self.chunks, text, tools):
@@ -119,6 +133,8 @@ class Job:
             return CONTINUE
         if isinstance(item, RelayFailed):
             return item.error
+        if isinstance(item, FlushSoon):
+            return CONTINUE
         if item is END:
             return streaming.end_of_stream(self.decoder, self.acc, self.deltas, self.chunks, provider)
         if isinstance(item, WholeBody):
@@ -203,10 +219,11 @@ class Stepping:
             now = time.monotonic()
             if streaming.flush_due(True, job.chunks, job.last_flush, coalesce_s, now):
                 self._flush(job)
-            elif not job.flush_armed:
+            elif not job.flush_armed or job.relaying:
+                # (A relaying reader set flush_armed when it queued FlushSoon: the timer is armed here.)
                 job.flush_armed = True
                 self.wakeupAfter(timedelta(seconds=job.last_flush + coalesce_s - now), payload=("flush", job))
-        if job.relay_to is not None and job.chunks > 0 and not acc.has_pending:
+        if job.relay_to is not None and job.chunks > 0:
             job.relaying = True   # all that was queued is consumed, the first chunk is out: the reader takes over
 
     def _flush(self, job: Job) -> None:

@@ -173,7 +173,7 @@ class RemoteWorkerActor(Stepping, GatewayActor):
         out = stream_sender.sender() if channel is not None and self.wake is not None else None
         if out is not None:
             # After the first chunk, the reader writes the chunks to the channel itself (stream_job.py).
-            self.job.relay_to = (out, channel, self.runner, dep.provider)
+            self.job.relay_to = (out, channel, self.runner, dep.provider, dep.coalesce_ms / 1000)
             attempt.on_data = self.job.relay
         attempt.start(self.http, f"reader-{request.request_id}")
         if self.wake is None:

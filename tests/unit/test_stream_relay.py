@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 
 from actors.errors import InferenceError
 from actors.runtime.protocol import Dispatch
@@ -48,7 +49,7 @@ def job(sender: FakeSender) -> tuple[Job, FakeAttempt]:
                                channel={"port": 4000, "token": "t"})
     attempt = FakeAttempt()
     j = Job(Dispatch(request, None, 1), attempt, deadline=1e12, decoder=runner.stream_decoder(), total_s=30)
-    j.relay_to = (sender, request.channel, runner, "openai")
+    j.relay_to = (sender, request.channel, runner, "openai", 0.0)
     return j, attempt
 
 
@@ -96,3 +97,18 @@ def test_a_body_that_fails_to_decode_becomes_the_attempts_outcome():
     outcome = attempt.events.get_nowait()
     assert isinstance(outcome, RelayFailed) and isinstance(outcome.error, InferenceError)
     assert j.consume(outcome, None, "openai") is outcome.error
+
+
+def test_within_the_coalescing_window_the_reader_keeps_text_pending_and_asks_once_for_the_timer():
+    from actors.runtime.stream_job import FlushSoon
+
+    sender = FakeSender()
+    j, attempt = job(sender)
+    j.relay_to = j.relay_to[:4] + (60.0,)          # coalesce_ms: a minute, so nothing is due
+    j.chunks, j.relaying = 1, True
+    j.last_flush = time.monotonic()
+    assert j.relay(sse("one")) is True
+    assert isinstance(attempt.events.get_nowait(), FlushSoon) and j.flush_armed
+    assert j.relay(sse(" two")) is True            # the timer is asked for already: nothing more queued
+    assert attempt.events.empty() and sender.frames == []
+    assert j.acc.take_pending()[0] == "one two"    # what the actor's timer will flush, as one chunk
