@@ -29,6 +29,8 @@ __all__ = ["Inbox", "StreamReceiver", "shared_receiver"]
 log = logging.getLogger("atomr.client")
 
 READ_BYTES = 256 * 1024
+# Past this many worker connections the listener stops accepting until one closes. A worker's
+# connection is never accepted and then closed unread: its chunks would be lost, not resent.
 MAX_CONNECTIONS = 4096
 
 
@@ -99,6 +101,7 @@ class StreamReceiver:
         self._selector.register(self._listener, selectors.EVENT_READ, None)
         self._stop_read, self._stop_write = os.pipe()
         self._selector.register(self._stop_read, selectors.EVENT_READ, "stop")
+        self.paused = False       # at MAX_CONNECTIONS: not accepting (new connections wait in the backlog)
         self.refused = 0          # connections dropped for a bad frame, key or token
         self.delivered = 0        # chunks filed in a waiting thread's inbox
         self.connections = 0
@@ -142,15 +145,16 @@ class StreamReceiver:
 
     def _accept(self) -> None:
         while True:
+            if self.connections >= MAX_CONNECTIONS:
+                self.paused = True
+                self._selector.unregister(self._listener)
+                return
             try:
                 conn, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
-            if self.connections >= MAX_CONNECTIONS:
-                conn.close()
-                continue
             conn.setblocking(False)
             self.connections += 1
             self._selector.register(conn, selectors.EVENT_READ, _Connection(self.codec))
@@ -159,6 +163,9 @@ class StreamReceiver:
         self._selector.unregister(conn)
         conn.close()
         self.connections -= 1
+        if self.paused and self.connections < MAX_CONNECTIONS:
+            self.paused = False
+            self._selector.register(self._listener, selectors.EVENT_READ, None)
 
     def _read(self, conn: socket.socket, state: _Connection) -> None:
         try:

@@ -16,14 +16,12 @@ whichever way each came.
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
 from actors.core.frames import FrameCodec, chunk_body
-from actors.runtime.logs import logger
 
 __all__ = ["StreamSender", "use_keyring", "sender"]
-
-log = logger("atomr.worker")
 
 CONNECT_TIMEOUT_S = 1.0
 SEND_TIMEOUT_S = 2.0        # a consumer this far behind gets its chunks as Thespian messages
@@ -65,6 +63,9 @@ class StreamSender:
         self.codec = codec
         self.connections: dict[tuple[int, str], socket.socket] = {}
         self.failed: set[tuple[int, str]] = set()   # refused once: Thespian for the rest of this process
+        # The actor thread and a relaying reader thread (runtime/stream_job.py) both write frames.
+        self._lock = threading.Lock()
+        self.last_failure = ""
 
     def send(self, channel: Any, request_id: str, seq: int, text: str, tool_calls: list[dict[str, Any]]) -> bool:
         """True when the chunk was written to the channel; False: send it another way."""
@@ -72,6 +73,10 @@ class StreamSender:
         if target is None or target in self.failed:
             return False
         frame = self.codec.encode(chunk_body(request_id, seq, text, tool_calls))
+        with self._lock:
+            return self._send(target, frame)
+
+    def _send(self, target: tuple[int, str], frame: bytes) -> bool:
         sock = self.connections.get(target)
         try:
             if sock is None:
@@ -79,11 +84,12 @@ class StreamSender:
             sock.sendall(frame)
             return True
         except OSError as exc:
+            # Not logged here: a relaying reader thread may be the caller, and only the actor
+            # thread may log (a log record is a Thespian message). The actor logs the fallback.
             self._drop(target)
             if sock is None:
                 self.failed.add(target)
-            log.info("stream channel to port %d unusable (%s): chunks go as messages", target[0],
-                     type(exc).__name__)
+            self.last_failure = f"port {target[0]}: {type(exc).__name__}"
             return False
 
     def _connect(self, target: tuple[int, str]) -> socket.socket:

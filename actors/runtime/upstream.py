@@ -15,6 +15,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -146,9 +147,13 @@ class Attempt:
     there, as a timeout."""
 
     def __init__(self, http: HttpRequest, timeouts: tuple[float, float], max_body_bytes: int,
-                 deadline: float, whole: bool = False, notify: Any = None) -> None:
+                 deadline: float, whole: bool = False, notify: Any = None,
+                 on_data: Callable[[bytes], bool | None] | None = None) -> None:
         self.http = http
         self.notify = notify    # called (on the reader thread) after each event is queued: wakes the actor
+        # Called on the reader thread with each piece of the body instead of queueing it: True when
+        # it took the piece, None to queue it after all, False to stop reading (it queued the outcome).
+        self.on_data = on_data
         self.queued_at: float | None = None  # monotonic time of the oldest event the actor has not looked at
         self.timeouts = timeouts
         self.max_body_bytes = max_body_bytes
@@ -167,6 +172,10 @@ class Attempt:
     def start(self, session: requests.Session, name: str) -> None:
         self.thread = threading.Thread(target=self.run, args=(session,), name=name, daemon=True)
         self.thread.start()
+
+    def put(self, item: Any) -> bool:
+        """Queue an event for the actor (from the reader thread); False once the attempt is stopped."""
+        return self._put(item)
 
     def _put(self, item: Any) -> bool:
         while not self.cancelled.is_set():
@@ -213,8 +222,14 @@ class Attempt:
                     return
                 if self.whole:
                     parts.append(data)
-                else:
+                elif self.on_data is None:
                     self._put(data)
+                else:
+                    taken = self.on_data(data)
+                    if taken is False:
+                        return
+                    if taken is None:
+                        self._put(data)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes one event for the actor thread
             if not self.cancelled.is_set():
                 self._put(TransportFailed(self.tracker.phase, _timed_out(exc), _names(exc)))

@@ -38,6 +38,7 @@ from actors.core import streaming
 from actors.errors import AuthenticationError, Cancelled, InferenceError, InternalError
 from actors.providers import make_runner
 from actors.providers.base import ModelRunner, StreamAccumulator
+from actors.runtime import stream_sender
 from actors.runtime.base import GatewayActor
 from actors.runtime.logs import logger
 from actors.runtime.protocol import (Dispatch, SessionSnapshot, SessionSubscribe, WorkerInit, WorkerReady,
@@ -168,6 +169,12 @@ class RemoteWorkerActor(Stepping, GatewayActor):
                 error = InternalError("the attempt ended without an outcome", provider=dep.provider)
             return self._finish(job, error)
         self.job = Job(dispatch, attempt, deadline, self.runner.stream_decoder(), dep.timeouts.total_s)
+        channel = getattr(request, "channel", None)
+        out = stream_sender.sender() if channel is not None and self.wake is not None else None
+        if out is not None:
+            # After the first chunk, the reader writes the chunks to the channel itself (stream_job.py).
+            self.job.relay_to = (out, channel, self.runner, dep.provider, dep.coalesce_ms / 1000)
+            attempt.on_data = self.job.relay
         attempt.start(self.http, f"reader-{request.request_id}")
         if self.wake is None:
             return self._step()
@@ -234,12 +241,16 @@ class RemoteWorkerActor(Stepping, GatewayActor):
                                                              provider=self.deployment.provider), sent=False)
 
     def _finish_at_deadline(self, job: Job) -> None:
-        job.attempt.stop()
-        if job.acc.has_pending:
-            self._flush(job)
-        self._finish(job, job.deadline_error(self.deployment.provider))
+        with job.lock:
+            job.finished = True
+            job.attempt.stop()
+            if job.acc.has_pending:
+                self._flush(job)
+            self._finish(job, job.deadline_error(self.deployment.provider))
 
     def _finish(self, job: Job, error: InferenceError | None) -> None:
+        with job.lock:   # a relaying reader is between two chunks, never inside one
+            job.finished = True
         self.job = None
         job.attempt.stop()
         if error is not None and job.chunks:
@@ -268,6 +279,8 @@ class RemoteWorkerActor(Stepping, GatewayActor):
                     self.parent_pid)
         self.parent_fd = None  # stays readable: watch it no more
         if self.job is not None:
+            with self.job.lock:
+                self.job.finished = True
             self.job.attempt.stop()
             self.job = None
         # Thespian's own exit may wait on transmits to the dead parent: make sure the process ends.
@@ -278,6 +291,8 @@ class RemoteWorkerActor(Stepping, GatewayActor):
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self.job is not None:
+            with self.job.lock:
+                self.job.finished = True
             self.job.attempt.stop()
         self.http.close()  # the wake pipe stays open: a stopping reader may still write to it
 

@@ -107,3 +107,28 @@ def test_the_receiver_drops_connections_with_a_wrong_key_token_or_frame_and_file
     finally:
         receiver.close()
         inbox.close()
+
+
+def test_past_its_connection_limit_the_receiver_makes_workers_wait_and_loses_nothing(monkeypatch):
+    import actors.stream_receiver as receiver_module
+
+    monkeypatch.setattr(receiver_module, "MAX_CONNECTIONS", 1)
+    receiver = StreamReceiver(_ring("a"))
+    inbox = Inbox()
+    codec = FrameCodec(_ring("a"))
+    try:
+        receiver.route("req_1", inbox)
+        first = _connect(receiver.port)
+        first.sendall(codec.encode({"hello": receiver.token}) + codec.encode(chunk_body("req_1", 0, "a", [])))
+        wait_for(lambda: receiver.delivered == 1, timeout_s=5, message="the first connection's chunk")
+        second = _connect(receiver.port)      # completes in the backlog; its frames wait there
+        second.sendall(codec.encode({"hello": receiver.token}) + codec.encode(chunk_body("req_1", 1, "b", [])))
+        wait_for(lambda: receiver.paused, timeout_s=5, message="the listener to pause")
+        assert receiver.delivered == 1
+        first.close()
+        wait_for(lambda: receiver.delivered == 2, timeout_s=5, message="the waiting connection's chunk")
+        assert [c.text for c in inbox.drain()] == ["a", "b"]
+        second.close()
+    finally:
+        receiver.close()
+        inbox.close()
