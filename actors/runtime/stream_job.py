@@ -91,7 +91,12 @@ class Job:
         self.fallback_logged = False
 
     def relay(self, data: bytes) -> bool | None:
-        """Reader thread: decode ``data`` and write its chunk to the channel; None: queue it instead."""
+        """Reader thread: decode ``data`` and write its chunk to the channel; None: queue it instead.
+
+        It holds the lock while it writes (at most the sender's timeouts, ~3 s, which is then how
+        long a cancel may wait) and while it queues, which never blocks: it only relays with the
+        queue empty and queues one event at most.
+        """
         with self.lock:
             if self.finished:
                 return False
