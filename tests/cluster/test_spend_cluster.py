@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from actors import errors as E
-from actors.types import Completed, Failed, InferenceRequest
+from actors.testing.load import open_loop
+from actors.types import Failed
 
 from conftest import deployment, free_port, wait_for
 
@@ -35,26 +36,9 @@ def ledger_rows(path):
 
 
 def flood(client, model, rate_per_s, seconds, results, stop=None, deadline_s=1.0):
-    """Open loop, as actors.testing.load.open_loop, with the team's metadata on every request."""
-    endpoint = client._endpoint()
-    engine = client.routes(model)[0].engine
-    start, sent, pending = time.monotonic(), 0, set()
-    while time.monotonic() - start < seconds + 5 and (time.monotonic() - start < seconds or pending):
-        if stop is not None and stop.is_set():
-            return
-        elapsed = time.monotonic() - start
-        if elapsed < seconds and sent < elapsed * rate_per_s:
-            request = InferenceRequest(model=model, messages=[{"role": "user", "content": "hi"}],
-                                       params={"max_tokens": 1}, deadline_unix=time.time() + deadline_s,
-                                       metadata={"http_key": f"bot-{sent % 3}", "http_team": "search"})
-            endpoint.tell(engine, request)
-            pending.add(request.request_id)
-            sent += 1
-            continue
-        reply = endpoint.listen(0.005)
-        if isinstance(reply, (Completed, Failed)) and reply.request_id in pending:
-            pending.discard(reply.request_id)
-            results.append(reply)
+    """An open loop with the team's metadata on every request."""
+    open_loop(client, model, rate_per_s, seconds, results, deadline_s, stop=stop,
+              metadata=lambda n: {"http_key": f"bot-{n % 3}", "http_team": "search"})
 
 
 @pytest.fixture

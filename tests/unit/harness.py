@@ -296,7 +296,7 @@ class InProcessEngine:
         from actors.runtime.breaker import CircuitBreakerActor
         from actors.runtime.engine import RemoteEngineCoreActor
         self.dep = deployment_config
-        self.asys = ActorSystem("simpleSystemBase", logDefs=False, transientUnique=True)
+        self.asys = in_process_system()
         self.registry = self.asys.createActor(Recorder)
         self.breaker = self.asys.createActor(CircuitBreakerActor)
         self.asys.tell(self.breaker, BreakerInit(self.dep.provider, self.dep.endpoint, breaker or BreakerConfig()))
@@ -377,3 +377,19 @@ class InProcessEngine:
 def actor_instance(asys: Any, address: Any) -> Any:
     """The live object behind an address on simpleSystemBase (to reach an engine's workers)."""
     return asys._systemBase.actorRegistry[address.actorAddressString].instance
+
+
+def ask(asys: Any, target: Any, message: Any, kind: type, timeout_s: float = 5.0) -> Any:
+    """Tell ``target`` and wait for the first reply of type ``kind`` (others are skipped)."""
+    end = time.monotonic() + timeout_s
+    asys.tell(target, message)
+    while time.monotonic() < end:
+        reply = asys.listen(0) or asys.listen(0.05)
+        if isinstance(reply, kind):
+            return reply
+    raise AssertionError(f"no {kind.__name__} within {timeout_s}s")
+
+
+def in_process_system() -> Any:
+    """An in-process Thespian system (simpleSystemBase): every actor in this thread, no sockets."""
+    return ActorSystem("simpleSystemBase", logDefs=False, transientUnique=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from thespian.actors import ActorSystem
 
 from actors import errors as E
 from actors.core.settlement import Settle
@@ -171,13 +170,6 @@ class Teller(Recorder):
             self.send(msg[1], msg[2])
         else:
             super().receiveMessage(msg, sender)
-
-
-@pytest.fixture
-def asys():
-    system = ActorSystem("simpleSystemBase", logDefs=False, transientUnique=True)
-    yield system
-    system.shutdown()
 
 
 def _deltas(asys, actor):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections import deque
 
-import pytest
-from thespian.actors import ActorSystem
 
 from actors.correlator import Correlator, key_of
 from actors.core.membership import node_id
@@ -15,13 +13,6 @@ from actors.runtime.protocol import (BreakerCheck, BreakerQuery, BreakerRefused,
                                      Membership, NotReady, RegistrarConfig, Routes)
 from actors.types import Completed, TokenChunk, Usage
 from harness import Recorder
-
-
-@pytest.fixture
-def asys():
-    system = ActorSystem("simpleSystemBase", logDefs=False, transientUnique=True)
-    yield system
-    system.shutdown()
 
 
 def _seen(asys, recorder):

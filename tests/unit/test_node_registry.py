@@ -4,31 +4,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from thespian.actors import ActorExitRequest, ActorSystem
+from thespian.actors import ActorExitRequest
 
-from actors.runtime.node import NodeRegistry
 from actors.runtime.protocol import (Deploy, Deployed, EngineCheck, EngineLiveness, NodeStatus, Route, Routes,
                                      StatusRequest)
-from harness import deployment
+from harness import ask, deployment
 
 
-@pytest.fixture
-def node():
-    asys = ActorSystem("simpleSystemBase", logDefs=False, transientUnique=True)
-    registry = asys.createActor(NodeRegistry)
-    yield asys, registry
-    asys.shutdown()
-
-
-def ask(asys, target, message, kind, timeout_s=5.0):
-    end = time.monotonic() + timeout_s
-    asys.tell(target, message)
-    while time.monotonic() < end:
-        reply = asys.listen(0) or asys.listen(0.05)
-        if isinstance(reply, kind):
-            return reply
-    raise AssertionError(f"no {kind.__name__} within {timeout_s}s")
 
 
 def routes(asys, registry, token):

@@ -3,34 +3,10 @@ load the engines push, and the node's routing policy."""
 
 from __future__ import annotations
 
-import time
-
-import pytest
-from thespian.actors import ActorSystem
-
 from actors.core.load import LoadState
 from actors.core.routing import RoutingPolicy
-from actors.runtime.node import NodeRegistry
 from actors.runtime.protocol import Deploy, Deployed, EngineLoad, Route, Routes
-from harness import deployment
-
-
-@pytest.fixture
-def node():
-    asys = ActorSystem("simpleSystemBase", logDefs=False, transientUnique=True)
-    registry = asys.createActor(NodeRegistry)
-    yield asys, registry
-    asys.shutdown()
-
-
-def ask(asys, target, message, kind, timeout_s=5.0):
-    end = time.monotonic() + timeout_s
-    asys.tell(target, message)
-    while time.monotonic() < end:
-        reply = asys.listen(0) or asys.listen(0.05)
-        if isinstance(reply, kind):
-            return reply
-    raise AssertionError(f"no {kind.__name__} within {timeout_s}s")
+from harness import ask, deployment
 
 
 def test_routes_carry_config_pushed_load_and_the_policy(node):
