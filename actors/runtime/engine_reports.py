@@ -65,6 +65,8 @@ class Reporting:
         core, init = self.core, self.init
         if core is None or self.load is None or init.registry is None:
             return
+        if self.load_alarm.due is not None:
+            return  # a push is scheduled: it reads the state when it fires (this runs after every message)
         # In flight: every request this engine holds that is not queued (on a worker, waiting
         # for a retry or for a fresh credential).
         queued = len(core.queue)
