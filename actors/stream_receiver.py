@@ -29,6 +29,7 @@ __all__ = ["Inbox", "StreamReceiver", "shared_receiver"]
 log = logging.getLogger("atomr.client")
 
 READ_BYTES = 256 * 1024
+HELLO_BYTES = 512    # a connection's first frame: the greeting (key id, token, MAC)
 # Past this many worker connections the listener stops accepting until one closes. A worker's
 # connection is never accepted and then closed unread: its chunks would be lost, not resent.
 MAX_CONNECTIONS = 4096
@@ -81,7 +82,7 @@ class _Connection:
     __slots__ = ("decoder", "greeted")
 
     def __init__(self, codec: FrameCodec) -> None:
-        self.decoder = FrameDecoder(codec)
+        self.decoder = FrameDecoder(codec, first_frame_bytes=HELLO_BYTES)
         self.greeted = False
 
 

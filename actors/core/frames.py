@@ -72,9 +72,13 @@ class FrameCodec:
 class FrameDecoder:
     """Bytes of one connection in, whole frames' bodies out."""
 
-    def __init__(self, codec: FrameCodec, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+    def __init__(self, codec: FrameCodec, max_frame_bytes: int = MAX_FRAME_BYTES,
+                 first_frame_bytes: int | None = None) -> None:
         self.codec = codec
         self.max_frame_bytes = max_frame_bytes
+        # A bound for the first frame alone (a connection's greeting), so that an unauthenticated
+        # peer cannot make the reader buffer a large frame before its MAC is checked.
+        self._next_limit = first_frame_bytes or max_frame_bytes
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
@@ -85,12 +89,13 @@ class FrameDecoder:
         try:
             while len(view) - offset >= _LENGTH.size:
                 (length,) = _LENGTH.unpack_from(view, offset)
-                if length > self.max_frame_bytes:
-                    raise FrameRefused(f"a frame of {length} bytes (at most {self.max_frame_bytes})")
+                if length > self._next_limit:
+                    raise FrameRefused(f"a frame of {length} bytes (at most {self._next_limit})")
                 end = offset + _LENGTH.size + length
                 if len(view) < end:
                     break
                 bodies.append(self.codec.decode(view[offset + _LENGTH.size:end]))
+                self._next_limit = self.max_frame_bytes
                 offset = end
         finally:
             view.release()

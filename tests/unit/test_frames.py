@@ -75,3 +75,12 @@ def test_a_worker_only_takes_a_port_and_a_token_from_a_request():
                 {"port": True, "token": "t"}, {"port": "4000", "token": "t"}, {"port": 4000, "token": ""},
                 {"port": 4000, "token": "t" * 65}, {"port": 4000}):
         assert _target(bad) is None, bad
+
+
+def test_a_first_frame_bound_applies_to_the_greeting_only():
+    codec = FrameCodec(ring(A))
+    hello, big = codec.encode({"hello": "t"}), codec.encode(chunk_body("req_1", 0, "x" * 5000, []))
+    decoder = FrameDecoder(FrameCodec(ring(A)), first_frame_bytes=512)
+    assert len(decoder.feed(hello + big)) == 2        # the greeting, then a chunk larger than its bound
+    with pytest.raises(FrameRefused, match="at most 512"):
+        FrameDecoder(FrameCodec(ring(A)), first_frame_bytes=512).feed(big)
