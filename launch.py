@@ -113,6 +113,7 @@ def run_node(args: argparse.Namespace) -> int:
         print(node.wire, flush=True)
         if node.mock is not None:
             print(f"built-in mock provider on {node.mock.url}", flush=True)
+        print(node.standing(wait_s=min(3.0, config.cluster.failure_timeout_s)), flush=True)
         if args.http or config.http is not None:
             from actors.ops.http_process import start_http
 

@@ -5,7 +5,9 @@ Typed verdicts, so a caller cannot mistake a generation for an error: the breake
 half-open probe), :class:`Refuse` or :class:`NeedProbe`; the budget says
 :class:`Reserved`, :class:`Wait` (until when) or :class:`Denied` (the typed error).
 Budget comes from the local limiter replica (approximate mode) or one round trip to the
-strict limiter on the leader, with this node's share as the fallback when configured.
+strict limiter on the leader. While the leader is out of reach (strict) or this node is
+outside the cluster (approximate), ``limits.leader_unavailable`` decides: refuse, or admit
+within this node's share; a node that has never been in the cluster has no share to take.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class Admission:
         self.leader_available = False
         self.leader_lost = False
         self.leader_down_since: float | None = core.clock()  # unknown until the registry says
-        self.nodes = 1
+        self.in_cluster = True   # until the registry says otherwise (a leader's node always is)
+        self.shares = 0          # what a budget splits into while outside: unknown until the registry says
         self.fallback: WindowedLimiter | None = None
         self.probe_grant: int | None = None
         self.probe_token = ""
@@ -137,6 +140,8 @@ class Admission:
             return Reserved(job.reservation)
         if self.strict:
             return self._strict(job, now)
+        if not self.in_cluster:
+            return self._outside(job, core.limiter, now)
         return self._local(job, core.limiter, now)
 
     def _local(self, job: "Job", limiter: WindowedLimiter, now: float) -> Reserved | Wait | Denied:
@@ -156,13 +161,58 @@ class Admission:
             return Denied(verdict)
         return Wait(now + min(max(wait, 0.005), 1.0))
 
-    def leader(self, available: bool, nodes: int, now: float) -> None:
-        self.leader_available = available
-        self.nodes = max(1, nodes)
-        self.leader_lost = not available
-        self.leader_down_since = None if available else now
-        if available:
+    def leader(self, available: bool, shares: int, now: float, in_cluster: bool = True) -> None:
+        known = available or shares > 0  # no shares: this node has not been in the cluster yet (still starting)
+        self.leader_available, self.shares, self.in_cluster = available, shares, in_cluster
+        self.leader_lost = not available and known
+        if available or known:
+            self.leader_down_since = None if available else now
+        if (available if self.strict else in_cluster):
             self.fallback = None
+
+    def _starting(self, now: float) -> bool:
+        """Not told where the leader is yet, and not for long: the registry will say."""
+        return (not self.leader_lost and self.leader_down_since is not None
+                and now - self.leader_down_since < self.failure_timeout_s)
+
+    def _outside(self, job: "Job", replica: WindowedLimiter, now: float) -> Reserved | Wait | Denied:
+        """An approximate budget while this node is outside the cluster: its replica sees only
+        part of the cluster, so it is never spent as if it were the whole budget."""
+        if self._starting(now):
+            return Wait(now + BUDGET_POLL_S)
+        if self.core.dep.limits.leader_unavailable == "local_share":
+            return self._shared(job, now, replica)
+        return Denied(LeaderUnavailable("this node is not in the cluster (its leader is unreachable) and the budget "
+                                        "is limits.leader_unavailable: fail", provider=self.core.dep.provider,
+                                        retry_after_s=self.failure_timeout_s))
+
+    def _shared(self, job: "Job", now: float, replica: WindowedLimiter | None = None) -> Reserved | Wait | Denied:
+        """Admission within this node's share (``local_share``); approximate budgets also within their replica."""
+        if self.shares < 1:
+            return self._no_share()
+        fallback = self._fallback()
+        if replica is None:  # strict: the share alone
+            return self._local(job, fallback, now)
+        share = fallback.try_acquire(job.estimate)
+        if not isinstance(share, Reservation):
+            return self._verdict(job, share, now)
+        held = self._local(job, replica, now)  # counted where the cluster sees it once back
+        if not isinstance(held, Reserved):
+            fallback.release(share)
+        return held
+
+    def _no_share(self) -> Denied:
+        return Denied(LeaderUnavailable("this node has not been in the cluster since it started, so it does not "
+                                        "know its share of the budget", provider=self.core.dep.provider,
+                                        retry_after_s=self.failure_timeout_s))
+
+    def spend_outside(self, now: float) -> Wait | Denied | None:
+        """Approximate spend budgets of a node never in the cluster: its replica knows no one
+        else's spend, so wait while starting, then refuse. (After a loss the replica still holds
+        the cluster's spend for the period, and admission goes on against it.)"""
+        if self.in_cluster or self.shares > 0:
+            return None
+        return Wait(now + BUDGET_POLL_S) if self._starting(now) else self._no_share()
 
     def _strict(self, job: "Job", now: float) -> Reserved | Wait | Denied:
         """Exact admission: one round trip to the strict limiter on the leader per attempt."""
@@ -172,12 +222,11 @@ class Admission:
         unanswered = (job.strict_first_ask is not None
                       and now - job.strict_first_ask >= self.failure_timeout_s + STRICT_ASK_TIMEOUT_S)
         if not self.leader_available or unanswered:
-            starting = self.leader_down_since is not None and now - self.leader_down_since < self.failure_timeout_s
-            if starting and not self.leader_lost and not unanswered:
+            if self._starting(now) and not unanswered:
                 return Wait(now + BUDGET_POLL_S)  # still starting up: the registry will say where it is
             job.strict_asked = job.strict_first_ask = None
             if self.core.dep.limits.leader_unavailable == "local_share":
-                return self._local(job, self._fallback(), now)
+                return self._shared(job, now)
             return Denied(LeaderUnavailable("strict rate limiting needs the convention leader, which is "
                                             "unreachable", provider=self.core.dep.provider,
                                             retry_after_s=self.failure_timeout_s))
@@ -189,9 +238,9 @@ class Admission:
         return Wait(job.strict_asked + STRICT_ASK_TIMEOUT_S)
 
     def _fallback(self) -> WindowedLimiter:
-        """This node's share of a strict budget while the leader is away (``leader_unavailable: local_share``)."""
+        """This engine's share of the budget while away from the cluster (``leader_unavailable: local_share``)."""
         if self.fallback is None:
-            core, share = self.core, self.nodes
+            core, share = self.core, self.shares
             limits = core.dep.limits
             scaled = RateLimits(rpm=max(1, limits.rpm // share) if limits.rpm else None,
                                 tpm=max(1, limits.tpm // share) if limits.tpm else None,

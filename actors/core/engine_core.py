@@ -322,6 +322,10 @@ class EngineCore:
         hold = job.spend
         if self.book is None or hold is None or not hold.budgets or hold.admitted:
             return None
+        if not hold.reserved and any(b.mode != "strict" for b in hold.budgets):
+            outside = self.admission.spend_outside(now)
+            if outside is not None:
+                return outside
         verdict, detail = self.book.admit(hold, now, self.admission.leader_available, self.admission.leader_lost,
                                           job.request_id)
         if verdict == "ok":
@@ -366,7 +370,7 @@ class EngineCore:
         self.admission.probe_refused(e.token, now)
 
     def _on_StrictLeader(self, e: ev.StrictLeader, now: float) -> None:
-        self.admission.leader(e.available, e.nodes, now)
+        self.admission.leader(e.available, e.shares, now, e.in_cluster)
         self._pump(now)
 
     def _on_StrictGranted(self, e: ev.StrictGranted, now: float) -> None:

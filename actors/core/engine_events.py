@@ -93,8 +93,11 @@ class ProbeRefused:
 
 @dataclass(frozen=True)
 class StrictLeader:
+    """Where the cluster is: see protocol.StrictLimiterIs."""
+
     available: bool
-    nodes: int = 1
+    shares: int = 1
+    in_cluster: bool = True
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ nodes claim one id, e.g. two hosts advertising the same address). The newcomer i
 until that is decided: refused if the old incarnation is heard from after the newcomer
 first claimed the id, admitted in the old one's place if it stays silent for
 ``confirm_s``. A member silent for ``failure_timeout_s`` is dropped.
+
+:class:`Standing` is the other side: one node's own place in the cluster (in it, joining,
+outside since its leader went quiet, refused), when to try joining again and when to warn.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-__all__ = ["Verdict", "Heard", "MemberTable", "node_id"]
+__all__ = ["Verdict", "Heard", "MemberTable", "Standing", "node_id", "WARN_EVERY_S"]
+
+WARN_EVERY_S = 30.0   # how often a node outside the cluster repeats its WARNING
 
 
 def node_id(name: str, host: str, admin_port: int) -> str:
@@ -113,3 +118,100 @@ class MemberTable:
 
     def __len__(self) -> int:
         return len(self._members)
+
+
+class Standing:
+    """One node's own standing: the leader is always in; a member is in while memberships
+    counting it keep arriving within ``failure_timeout_s``.
+
+    A member outside retries joining every ``retry_s`` and warns after ``failure_timeout_s``
+    outside, then every ``warn_every_s``: bounded, whatever the traffic.
+    """
+
+    def __init__(self, leader: bool, failure_timeout_s: float = 5.0, retry_s: float = 3.0,
+                 warn_every_s: float = WARN_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.leader = leader
+        self.failure_timeout_s = failure_timeout_s
+        self.retry_s = retry_s
+        self.warn_every_s = warn_every_s
+        self.clock = clock
+        self.started = now = clock()
+        self.outside_since: float | None = None if leader else now
+        self.heard_at: float | None = None     # the last membership that counted this node
+        self.quiet = False                     # the leader has gone quiet since (reported once)
+        self.leader_node = ""
+        self.lost_why = ""
+        self.refused = ""
+        self.next_retry = now + retry_s
+        self.next_warning = now + failure_timeout_s
+
+    @property
+    def in_cluster(self) -> bool:
+        return self.leader or (self.outside_since is None and not self.refused)
+
+    def heard(self, leader_node: str) -> float | None:
+        """A membership that counts this node; when it (re)joins with it, how long it was outside."""
+        now = self.clock()
+        first = self.heard_at is None
+        self.heard_at, self.leader_node, self.refused, self.quiet = now, leader_node, "", False
+        if self.outside_since is None:
+            return 0.0 if first else None
+        outside, self.outside_since = now - self.outside_since, None
+        return outside
+
+    def silent_for(self) -> float | None:
+        """Seconds since the last membership, once that exceeds the failure timeout (the leader is lost)."""
+        if self.quiet or self.heard_at is None:
+            return None
+        silent = self.clock() - self.heard_at
+        return silent if silent > self.failure_timeout_s else None
+
+    def since_heard(self) -> float | None:
+        return None if self.heard_at is None else self.clock() - self.heard_at
+
+    def lost(self, why: str) -> None:
+        self.quiet = True
+        if self.leader or self.outside_since is not None:
+            return
+        now = self.clock()
+        self.outside_since, self.lost_why = now, why
+        self.next_retry = now  # at the next tick
+        self.next_warning = now + self.warn_every_s  # the loss itself is logged as it happens
+
+    def refuse(self, reason: str) -> bool:
+        """The cluster refused this node; True the first time (log it then)."""
+        first = reason != self.refused
+        self.refused = reason
+        if self.outside_since is None and not self.leader:
+            self.outside_since = self.clock()
+        return first
+
+    def retry_due(self) -> bool:
+        """Time to ask the leader to take this node in again (once per ``retry_s`` while outside)."""
+        now = self.clock()
+        if self.in_cluster or now < self.next_retry:
+            return False
+        self.next_retry = now + self.retry_s
+        return True
+
+    def warning_due(self) -> str | None:
+        """The WARNING to log now, if one is due: at most one per ``warn_every_s``."""
+        now = self.clock()
+        if self.in_cluster or self.refused or now < self.next_warning:
+            return None
+        self.next_warning = now + self.warn_every_s
+        return self.describe()
+
+    def describe(self) -> str:
+        """What status shows: ``leader``, ``member``, ``refused: ...`` or ``not in cluster: ...``."""
+        if self.leader:
+            return "leader"
+        if self.refused:
+            return f"refused: {self.refused}"
+        if self.outside_since is None:
+            return "member"
+        outside = self.clock() - self.outside_since
+        if self.heard_at is None:
+            return f"not in cluster: joining, no membership from the leader in {outside:.0f}s since start"
+        return (f"not in cluster: leader {self.leader_node or '?'} unreachable for {outside:.0f}s"
+                + (f" ({self.lost_why})" if self.lost_why else ""))

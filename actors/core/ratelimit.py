@@ -47,9 +47,10 @@ class RateLimits:
     mode: Literal["approximate", "strict"] = "approximate"
     # Deployments naming the same key share one budget (default: the deployment name).
     key: str | None = None
-    # Strict mode only, when the leader cannot be reached: refuse, or admit against
-    # this node's share (budget / nodes) until it is back.
-    leader_unavailable: Literal["fail", "local_share"] = "fail"
+    # When the leader cannot be reached (strict), or this node is outside the cluster
+    # (approximate): refuse, or admit within this node's share (budget / nodes) until it is
+    # back. Default: fail for strict, local_share for approximate (docs/cluster.md).
+    leader_unavailable: Literal["fail", "local_share"] | None = None
     # Spend budgets (core/budget.py): windows are these periods (calendar months included)
     # instead of floor(t / window_s); tpm then counts nano-USD.
     period: Period | None = None
@@ -65,6 +66,8 @@ class RateLimits:
             raise ValueError("window_s must be > 0")
         if self.mode not in ("approximate", "strict"):
             raise ValueError("mode must be approximate or strict")
+        if self.leader_unavailable is None:
+            object.__setattr__(self, "leader_unavailable", "fail" if self.mode == "strict" else "local_share")
         if self.leader_unavailable not in ("fail", "local_share"):
             raise ValueError("leader_unavailable must be fail or local_share")
 

@@ -32,7 +32,8 @@ def _member_table(members: list[Any]) -> dict[str, Any]:
 def _node_entry(status: Any, member: Any, leader: str, now: float) -> dict[str, Any]:
     return {"node": status.node, "node_id": status.node_id or status.node, "address": status.address,
             "leader": bool(leader) and status.node == leader,
-            "membership": status.membership, "started_unix": status.started_unix,
+            "membership": status.membership, "in_cluster": getattr(status, "in_cluster", True),
+            "started_unix": status.started_unix,
             "up_s": max(0.0, now - status.started_unix),
             "heartbeat_age_s": None if member is None else float(member.last_seen_s),
             "supervision": list(status.supervision or [])}
@@ -214,7 +215,8 @@ def status_document(nodes: list[Any], members: list[Any] = (), leader: str = "",
     for node_id, m in table.items():
         if node_id not in seen:  # a member that did not answer the status gathering
             node_rows.append({"node": m.node, "node_id": node_id, "address": f"{m.host}:{m.admin_port}",
-                              "leader": m.node == leader, "membership": "unreachable", "started_unix": m.started_unix,
+                              "leader": m.node == leader, "membership": "unreachable", "in_cluster": None,
+                              "started_unix": m.started_unix,
                               "up_s": max(0.0, now - m.started_unix), "heartbeat_age_s": float(m.last_seen_s),
                               "supervision": []})
     return {"generated_unix": now, "leader": leader, "unreachable": list(unreachable),

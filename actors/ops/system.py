@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from actors.runtime.cluster import LEADER_CAPABILITY
 from actors.runtime.logs import formatter_definition
 from actors.settings.schema import MOCK_ENDPOINT, GatewayConfig
 from actors.errors import ConfigError, InternalError
-from actors.runtime.protocol import Deploy, Deployed, Drain, Drained
+from actors.runtime.protocol import ClusterStatus, ClusterStatusRequest, Deploy, Deployed, Drain, Drained, NodeStatus, StatusRequest
 from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
 from actors.runtime.watchdog import LauncherWatchdog, WatchLauncher, Watching
 from actors.ops.spend import spend_ledger
@@ -128,6 +129,21 @@ class Node:
             kill_group(self.pgid)
             wait_until(lambda: not pids_in_group(self.pgid), 5)
 
+    def standing(self, wait_s: float) -> str:
+        """One line for the launcher: the cluster this node is in, waiting up to ``wait_s`` for it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            view = self.asys.ask(self.registry, ClusterStatusRequest(members_only=True), 5)
+            if isinstance(view, ClusterStatus) and view.leader:
+                return f"in the cluster led by {view.leader}: {len(view.members)} node(s)"
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        status = self.asys.ask(self.registry, StatusRequest(), 5)
+        why = status.membership if isinstance(status, NodeStatus) else "no answer"
+        return (f"NOT in the cluster yet ({why}): it keeps trying to join and logs a WARNING while it is "
+                f"outside; its budgets follow limits.leader_unavailable meanwhile (docs/cluster.md)")
+
     def drain(self, timeout_s: float) -> bool:
         reply = self.asys.ask(self.registry, Drain(timeout_s), timeout_s + 1)
         return isinstance(reply, Drained)
@@ -186,6 +202,11 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
     if port_is_listening(port) or listening_pids(port):
         raise ConfigError(f"admin port {port} is already in use (another node running?)", path="node.admin_port")
     ledger = spend_ledger(config)  # a corrupted or unwritable ledger stops the start here, saying so
+    # First: Thespian reads its convention timers when its convention module is imported, and
+    # installing the wire imports it (thespian_hooks). Set after that, a member whose first
+    # registration found no leader listening would retry only after Thespian's 7m22s default.
+    log_dir = os.path.dirname(log_file) if log_file else tempfile.gettempdir()
+    thespian_environment(advertise, log_dir, config.cluster.reregistration_s)
     # Before the ActorSystem exists: its admin, logger and every actor are forked from here.
     serializer = wire.install(keyring)
     stream_sender.use_keyring(serializer.keyring)  # workers sign stream-channel frames with the same keys
@@ -194,8 +215,6 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
     log.info("node %s: %s", name, described)
     for warning in _config_warnings(config):
         log.warning("node %s: %s", name, warning)
-    log_dir = os.path.dirname(log_file) if log_file else tempfile.gettempdir()
-    thespian_environment(advertise, log_dir, config.cluster.reregistration_s)
     mock = None
     if config.mock_provider is not None:
         # Bound now (its URL goes into the deployments), served once the admin has forked:

@@ -11,11 +11,15 @@ considers the leader gone and keeps locating it until it answers again.
 Members are keyed by node id (``name@host:admin_port``, see actors/core/membership.py),
 so one config on several hosts makes several members; a second live node claiming an id
 already held is refused with ``MemberRefused``.
+
+Cluster status is gathered by whoever answers it (:class:`ClusterGather`): the registrar
+from every current member, a member that has lost the leader from every node it learned of.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -49,7 +53,59 @@ class LeaderLocator(GatewayActor):
             self.send(self.myAddress, ActorExitRequest())
 
 
-class ClusterRegistrar(GatewayActor):
+class ClusterGather:
+    """Mixin of an actor that answers ``ClusterStatus``: asks every node it knows of for its
+    ``NodeStatus`` and answers each waiter once, naming the nodes that did not answer in
+    ``STATUS_TIMEOUT_S``. The actor says who it knows of (``_known_cluster``) and routes
+    its ``("cluster-status", token)`` wakeups to ``cluster_gather_wakeup``."""
+
+    cluster_gathering: Gathering | None = None
+    cluster_gather_token = ""
+    send: Callable[..., None]          # the actor's own
+    wakeupAfter: Callable[..., None]
+
+    def _known_cluster(self) -> tuple[str, list[MemberInfo]]:
+        """(the leader's name, or "" if unreachable; the nodes to ask)."""
+        raise NotImplementedError
+
+    def gather_cluster(self, waiter: Any, token: str) -> None:
+        if self.cluster_gathering is not None:
+            self.cluster_gathering.waiters.append((waiter, token))
+            return
+        _, members = self._known_cluster()
+        self.cluster_gathering = Gathering([m.node_id or m.node for m in members], [(waiter, token)])
+        self.cluster_gather_token = secrets.token_hex(4)
+        for member in members:
+            self.send(member.registry, StatusRequest(token=self.cluster_gather_token))
+        self.wakeupAfter(timedelta(seconds=STATUS_TIMEOUT_S), payload=("cluster-status", self.cluster_gather_token))
+        if self.cluster_gathering.done:
+            self._answer_cluster()
+
+    def receiveMsg_NodeStatus(self, msg: NodeStatus, sender: Any) -> None:
+        if self.cluster_gathering is not None and msg.token == self.cluster_gather_token and \
+                self.cluster_gathering.add(msg.node_id or msg.node, msg):
+            self._answer_cluster()
+
+    def cluster_gather_wakeup(self, payload: Any) -> bool:
+        if not (isinstance(payload, tuple) and payload[0] == "cluster-status"):
+            return False
+        if payload[1] == self.cluster_gather_token:
+            self._answer_cluster()  # with whatever arrived
+        return True
+
+    def _answer_cluster(self) -> None:
+        gathering, self.cluster_gathering = self.cluster_gathering, None
+        if gathering is None:
+            return
+        leader, members = self._known_cluster()
+        nodes = sorted(gathering.parts, key=lambda n: (n.node, n.node_id))
+        names = {m.node_id: m.node for m in members}
+        unreachable = sorted(names.get(key, key) for key in gathering.pending)
+        for waiter, token in gathering.waiters:
+            self.send(waiter, ClusterStatus(leader, members, nodes, unreachable, token))
+
+
+class ClusterRegistrar(ClusterGather, GatewayActor):
     """The leader's view of the cluster; owner of the strict limiter singleton."""
 
     def __init__(self) -> None:
@@ -61,8 +117,6 @@ class ClusterRegistrar(GatewayActor):
         self.leader_node = ""
         self.heartbeat_s = 1.0
         self.ticking = False
-        self.gathering: Gathering | None = None
-        self.gather_token = ""
         self.refusals_logged: set[tuple[str, str]] = set()
         self.stopping = False
 
@@ -125,8 +179,8 @@ class ClusterRegistrar(GatewayActor):
             if gone:
                 self._broadcast()
             self.wakeupAfter(timedelta(seconds=self.heartbeat_s), payload="sweep")
-        elif isinstance(msg.payload, tuple) and msg.payload[0] == "status" and msg.payload[1] == self.gather_token:
-            self._answer_status()
+        else:
+            self.cluster_gather_wakeup(msg.payload)
 
     # -- cluster-wide status ------------------------------------------------------------
 
@@ -134,34 +188,11 @@ class ClusterRegistrar(GatewayActor):
         if msg.members_only:
             membership = self._membership()
             self.send(msg.reply_to or sender, ClusterStatus(self.leader_node, membership.members, [], [], msg.token))
-            return
-        if self.gathering is not None:
-            self.gathering.waiters.append((msg.reply_to or sender, msg.token))
-            return
-        members = self.table.members()
-        self.gathering = Gathering([key for key, _, _ in members], [(msg.reply_to or sender, msg.token)])
-        self.gather_token = secrets.token_hex(4)
-        for _, info, _ in members:
-            self.send(info.registry, StatusRequest(token=self.gather_token))
-        self.wakeupAfter(timedelta(seconds=STATUS_TIMEOUT_S), payload=("status", self.gather_token))
-        if self.gathering.done:
-            self._answer_status()
+        else:
+            self.gather_cluster(msg.reply_to or sender, msg.token)
 
-    def receiveMsg_NodeStatus(self, msg: NodeStatus, sender: Any) -> None:
-        if self.gathering is not None and msg.token == self.gather_token and \
-                self.gathering.add(msg.node_id or msg.node, msg):
-            self._answer_status()
-
-    def _answer_status(self) -> None:
-        gathering, self.gathering = self.gathering, None
-        if gathering is None:
-            return
-        membership = self._membership()
-        nodes = sorted(gathering.parts, key=lambda n: (n.node, n.node_id))
-        names = {m.node_id: m.node for m in membership.members}
-        unreachable = sorted(names.get(key, key) for key in gathering.pending)
-        for waiter, token in gathering.waiters:
-            self.send(waiter, ClusterStatus(self.leader_node, membership.members, nodes, unreachable, token))
+    def _known_cluster(self) -> tuple[str, list[MemberInfo]]:
+        return self.leader_node, self._membership().members
 
     def receiveMsg_RegistrarConfig(self, msg: RegistrarConfig, sender: Any) -> None:
         self.leader_node = msg.leader_node

@@ -155,7 +155,7 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
 
     def receiveMsg_StrictLimiterIs(self, msg: Any, sender: Any) -> None:
         self.strict_address = msg.address
-        self._feed(ev.StrictLeader(msg.address is not None, msg.nodes))
+        self._feed(ev.StrictLeader(msg.address is not None, msg.shares, msg.in_cluster))
 
     def receiveMsg_Drain(self, msg: Any, sender: Any) -> None:
         if self.core is None:

@@ -24,7 +24,7 @@ from actors.runtime.ledger import LedgerActor, engine_seed, spend_status
 from actors.runtime.limiter import RateLimiterActor
 from actors.runtime.logs import logger
 from actors.runtime.node_cluster import ClusterMember
-from actors.runtime.protocol import (LedgerFlush, LedgerState, SpendQuery, SpendReport, BreakerInit, BreakerQuery, BreakerState, ClusterStatus, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineLoad, EngineReady, EngineStatus, LimiterHubIs, LimiterHubRequest, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest, StrictLimiterIs)
+from actors.runtime.protocol import (LedgerFlush, LedgerState, SpendQuery, SpendReport, BreakerInit, BreakerQuery, BreakerState, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineLoad, EngineReady, EngineStatus, LimiterHubIs, LimiterHubRequest, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest)
 from actors.runtime.session import RemoteSessionActor
 from actors.settings.schema import ClusterConfig
 
@@ -111,12 +111,9 @@ class NodeRegistry(ClusterMember):
                                      self.cluster.sync_interval_ms / 1000, self.cluster.failure_timeout_s,
                                      budgets=self.budgets, budget_slot=slot, ledger=self.ledger,
                                      budget_seed=engine_seed(self.ledger_path, slot, self.budgets, time.time())))
-        if self._wants_strict(dep) and self.strict is not None:
-            self.send(engine, StrictLimiterIs(self.strict, max(1, len(self.members))))
+        if self.budgeted(dep):
+            self.send(engine, self.cluster_news(dep))
         return engine
-
-    def _wants_strict(self, dep: Any) -> bool:
-        return dep.limits.mode == "strict" or any(b.mode == "strict" for b in self.budgets)
 
     def receiveMsg_EngineReady(self, msg: EngineReady, sender: Any) -> None:
         self.pending_ready.discard((msg.deployment, msg.replica))
@@ -215,9 +212,9 @@ class NodeRegistry(ClusterMember):
     # -- status: one gathering over engines, breakers and the limiter --------------------
 
     def receiveMsg_StatusRequest(self, msg: StatusRequest, sender: Any) -> None:
-        self._gather_status((sender, msg.token, "node"))
+        self._gather_status((sender, msg.token))
 
-    def _gather_status(self, waiter: tuple[Any, str, str]) -> None:
+    def _gather_status(self, waiter: tuple[Any, str]) -> None:
         if self.gathering is not None:
             self.gathering.waiters.append(waiter)  # a collection is under way; this caller gets its result too
             return
@@ -259,20 +256,11 @@ class NodeRegistry(ClusterMember):
         for line in self.supervisor.lines():
             name, replica = line.pop("child")
             supervision.append({"deployment": name, "replica": replica, **line})
-        for waiter, token, kind in gathering.waiters:
-            status = NodeStatus(self.node, self.started, engines, breakers, limits, token=token,
-                                node_id=self.node_id, address=self.address, supervision=supervision,
-                                membership=self.membership_state(), spend=spend)
-            if kind == "cluster":
-                self.send(waiter, ClusterStatus("", [self._member_info()], [status], [], token))
-            else:
-                self.send(waiter, status)
-
-    def _answer_alone(self, waiter: Any, members_only: bool, token: str) -> None:
-        if members_only:
-            self.send(waiter, ClusterStatus("", [self._member_info()], [], [], token))
-        else:
-            self._gather_status((waiter, token, "cluster"))
+        for waiter, token in gathering.waiters:
+            self.send(waiter, NodeStatus(self.node, self.started, engines, breakers, limits, token=token,
+                                         node_id=self.node_id, address=self.address, supervision=supervision,
+                                         membership=self.membership_state(), spend=spend,
+                                         in_cluster=self.standing.in_cluster))
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         payload = msg.payload

@@ -1,6 +1,6 @@
 """The member table and failure detector on a fake clock."""
 
-from actors.core.membership import MemberTable, Verdict, node_id
+from actors.core.membership import MemberTable, Standing, Verdict, node_id
 
 
 class Clock:
@@ -93,3 +93,71 @@ def test_a_gathering_answers_once_everyone_answered_and_ignores_strangers():
     assert not gathering.add("stranger", 1) and not gathering.add("a", 2)
     assert not gathering.add("a", 3)  # a repeat is not a second part
     assert gathering.add("b", 4) and gathering.done and gathering.parts == [2, 4]
+
+
+# -- one node's own standing ----------------------------------------------------------------
+
+def standing(clock, leader=False):
+    return Standing(leader, failure_timeout_s=5.0, retry_s=3.0, warn_every_s=30.0, clock=clock)
+
+
+def tick(clock, node, seconds, step=0.5):
+    """Ticks every ``step`` (as the registry's heartbeat does): (retries, warnings) in that time."""
+    retries, warnings = 0, []
+    end = clock.t + seconds
+    while clock.t < end - 1e-9:
+        clock.t += step
+        retries += node.retry_due()
+        warning = node.warning_due()
+        if warning:
+            warnings.append((round(clock.t - 1000.0, 1), warning))
+    return retries, warnings
+
+
+def test_a_member_not_yet_joined_says_so_retries_every_period_and_warns_at_a_bounded_rate():
+    clock = Clock()
+    node = standing(clock)
+    assert not node.in_cluster and node.describe().startswith("not in cluster: joining")
+    retries, warnings = tick(clock, node, 100.0)
+    assert retries == 33  # every 3 s, from 3 s on: 3, 6, ..., 99
+    # the first after the failure timeout, then one per 30 s, however often it is asked
+    assert [at for at, _ in warnings] == [5.0, 35.0, 65.0, 95.0]
+    assert warnings[0][1] == "not in cluster: joining, no membership from the leader in 5s since start"
+    assert node.heard("n0") == 100.0  # joined after 100 s outside
+    assert node.in_cluster and node.describe() == "member"
+    assert tick(clock, node, 100.0) == (0, [])  # in the cluster: no retries, no warnings
+
+
+def test_a_member_whose_leader_goes_quiet_is_outside_until_it_hears_again():
+    clock = Clock()
+    node = standing(clock)
+    assert node.heard("n0") == 0.0 and node.in_cluster  # quickly: a join, said once
+    assert node.heard("n0") is None  # a heartbeat's answer like any other
+    clock.t += 5.0
+    assert node.silent_for() is None  # not longer than the failure timeout yet
+    clock.t += 0.5
+    assert node.silent_for() == 5.5
+    node.lost("no answer from the registrar for 5.5s")
+    assert node.silent_for() is None  # reported once
+    assert not node.in_cluster
+    assert node.describe() == "not in cluster: leader n0 unreachable for 0s (no answer from the registrar for 5.5s)"
+    assert node.retry_due() and not node.retry_due()  # at once, then every retry_s
+    retries, warnings = tick(clock, node, 31.0)
+    assert retries == 10 and [at for at, _ in warnings] == [35.5]  # 30 s after the loss (logged as it happened)
+    assert node.since_heard() == 36.5
+    assert node.heard("n0") == 31.0 and node.in_cluster
+
+
+def test_the_leader_is_always_in_and_a_refused_member_says_why_without_repeating_it():
+    clock = Clock()
+    leader = standing(clock, leader=True)
+    assert leader.in_cluster and leader.describe() == "leader"
+    leader.heard("n0")
+    clock.t += 6.0
+    assert leader.silent_for() == 6.0
+    leader.lost("its registrar is silent")
+    assert leader.in_cluster and leader.silent_for() is None and tick(clock, leader, 60.0) == (0, [])
+    member = standing(clock)
+    assert member.refuse("node id n1@h:1 is already held") and not member.refuse("node id n1@h:1 is already held")
+    assert not member.in_cluster and member.describe() == "refused: node id n1@h:1 is already held"
+    assert tick(clock, member, 60.0)[1] == []  # the refusal is logged once, as an ERROR, by the registry

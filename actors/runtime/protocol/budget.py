@@ -66,10 +66,13 @@ class LimiterHubIs:
 
 @dataclass
 class StrictLimiterIs:
-    """Where strict admission goes; None while the leader cannot be reached."""
+    """To an engine with a budget: where strict admission goes (None while the leader cannot be
+    reached), whether this node is in the cluster, and in how many shares a budget splits
+    while it is not (``limits.leader_unavailable: local_share``; 0: never in the cluster)."""
 
     address: Any
-    nodes: int = 1
+    shares: int = 1
+    in_cluster: bool = True
 
 
 @dataclass

@@ -109,7 +109,8 @@ class NodeStatus:
     address: str = ""       # host:admin_port this node is reached at
     # One line per engine that died: {"deployment", "replica", "restarts", "state", "last_exit_unix", "next_restart_s"}
     supervision: list[dict[str, Any]] = field(default_factory=list)
-    membership: str = ""    # "member", "leader", "refused: <why>", "alone"
+    membership: str = ""    # "member", "leader", "refused: <why>", "not in cluster: <why>"
+    in_cluster: bool = True  # False while a member is outside the cluster (joining, leader lost, refused)
     # Spend (docs/spend.md): {"budgets": [{"budget", "spent_usd", "usd", "mode", ...}], "ledger": {...} | None}
     spend: dict[str, Any] = field(default_factory=dict)
 
