@@ -19,9 +19,10 @@ def _pid_of(engine) -> int:
 
 
 def _call(gw, i, outcomes, progress):
-    """Streams; the even ones not idempotent (never sent twice)."""
+    """Streams of about 6 s (none can end before the kill, even on a loaded machine); the even ones
+    not idempotent (never sent twice)."""
     try:
-        with gw.stream("d1", [{"role": "user", "content": f"[[mock drip_ms=100 words=20]] s{i}"}],
+        with gw.stream("d1", [{"role": "user", "content": f"[[mock drip_ms=100 words=60]] s{i}"}],
                        idempotent=bool(i % 2), timeout_s=60) as stream:
             for _ in stream:
                 progress[i] = progress.get(i, 0) + 1
@@ -48,7 +49,8 @@ def test_a_killed_engine_is_restarted_and_every_request_it_held_ends_once(gatewa
         orphans = [pid for pid in pids_in_group(node.pgid) if parent_pid(pid) == victim]
         assert len(orphans) == 2  # its workers
         os.kill(victim, signal.SIGKILL)
-        at_kill = dict(progress)
+        # Streams already ended are no evidence either way (their terminal left before the kill).
+        at_kill = {i: n for i, n in progress.items() if i not in outcomes}
         for t in threads:
             t.join(90)
         assert not any(t.is_alive() for t in threads)
