@@ -39,7 +39,8 @@ from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, Engine
                                      Route, Routes, StatusRequest)
 from actors.runtime.protocol.ledger import SpendQuery, SpendReport
 from actors.security import wire
-from actors.types import AttemptInfo, Cancel, Completed, Failed, InferenceRequest, TokenChunk
+from actors.types import (AttemptInfo, Cancel, Completed, EmbeddingResult, Failed, InferenceRequest, TokenChunk,
+                          Usage)
 
 __all__ = ["GatewayClient", "Stream", "NOT_GIVEN"]
 
@@ -414,6 +415,50 @@ class GatewayClient:
         request = self.request(model, messages, stream=True, **kw)
         return Stream(self, request, request.deadline_unix - time.time())
 
+    def embed(self, model: str, input: str | list[str], *, dimensions: Any = NOT_GIVEN, user: Any = NOT_GIVEN,
+              metadata: dict[str, str] | None = None, priority: int | str = "normal", timeout_s: Any = NOT_GIVEN,
+              request_id: str | None = None, extra_body: dict[str, Any] | None = None,
+              fallbacks: list[str] | None = None, batch_size: int | None = None) -> EmbeddingResult:
+        """Embeddings of ``input`` (one text or a list), one vector per text, in order.
+
+        More texts than the deployments take in one call (``RouteEntry.embed_batch``: 2048 for
+        OpenAI, 96 for Cohere, 1 for Bedrock Titan, ...) are sent as several calls, one after
+        the other, each through admission, budgets and the ledger like any call; ``timeout_s``
+        bounds the whole. ``extra_body`` carries provider options (``input_type``, ``task_type``).
+        """
+        texts = [input] if isinstance(input, str) else list(input) if isinstance(input, (list, tuple)) else None
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("input must be a string or a non-empty list of strings")
+        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                       or batch_size < 1):
+            raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
+        limit = batch_size or self._embed_batch(model)
+        timeout = _timeout(timeout_s, self.timeout_s)
+        deadline = time.time() + timeout
+        calls: list[Completed] = []
+        for start in range(0, len(texts), limit):
+            part = texts[start:start + limit]
+            rid = request_id and (request_id if len(texts) <= limit else f"{request_id}-{start // limit}")
+            request = self.request(model, [{"role": "user", "content": t} for t in part], stream=False,
+                                   user=user, metadata=metadata, priority=priority, timeout_s=deadline - time.time(),
+                                   request_id=rid, extra_body=extra_body, fallbacks=fallbacks)
+            if dimensions is not NOT_GIVEN:
+                request.params["dimensions"] = dimensions
+            request.operation = "embed"
+            calls.append(self.send(request))
+        vectors = [v for call in calls for v in (call.embeddings or [])]
+        usage = Usage(sum(c.usage.input_tokens for c in calls), 0,
+                      reported=all(c.usage.reported for c in calls))
+        costs = [c.cost_usd for c in calls]
+        return EmbeddingResult(vectors, usage, None if None in costs else round(sum(costs), 10), calls)
+
+    def _embed_batch(self, model: str) -> int:
+        try:
+            sizes = [e.embed_batch for e in self._route_lookup(model).entries if getattr(e, "embed_batch", 0)]
+        except InferenceError:
+            sizes = []
+        return min(sizes) if sizes else 2048   # no route yet: the send below says why
+
     def send(self, request: InferenceRequest, timeout_s: float | None = None) -> Completed:
         """Send a prepared request and wait for its terminal message."""
         if timeout_s is None:
@@ -456,7 +501,9 @@ class GatewayClient:
         rid = request.request_id
         deadline = time.monotonic() + timeout_s
         correlator.open(rid)
-        receiver = self._stream_receiver() if request.stream and correlator.inbox is not None else None
+        # Chunks with log probabilities travel as messages (the channel's frames carry text and tool calls).
+        receiver = (self._stream_receiver() if request.stream and correlator.inbox is not None
+                    and not request.params.get("logprobs") else None)
         if receiver is not None:
             request.channel = receiver.spec
             receiver.route(rid, correlator.inbox)

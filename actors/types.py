@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from actors.errors import InferenceError
 
@@ -62,6 +62,22 @@ class AttemptInfo:
     sent: bool = True             # False: refused before anything went upstream (circuit, queue, budget)
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One more answer of a call made with ``n`` > 1 (``Completed`` itself is choice 0)."""
+
+    index: int
+    text: str
+    finish_reason: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] | None = None
+
+
+# What a request asks the provider for: a chat completion, or embeddings of ``params["input"]``.
+Operation = Literal["chat", "embed"]
+OPERATIONS: tuple[str, ...] = ("chat", "embed")
+
+
 # --- the public contract -------------------------------------------------------------
 
 def new_request_id() -> str:
@@ -94,6 +110,9 @@ class InferenceRequest:
     # so retries are one budget across every deployment and fallback the call visits.
     fallbacks: list[str] | None = None
     retry_budget: int | None = None
+    # "embed": the texts are ``params["input"]`` (a list of strings; ``messages`` holds them as
+    # user turns, so validation, estimates and routing treat them like a prompt). Never streamed.
+    operation: Operation = "chat"
 
 
 @dataclass
@@ -106,6 +125,9 @@ class TokenChunk:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
+    # Per-token log probabilities of this chunk's text (OpenAI's ``logprobs.content`` items),
+    # when the request asked for them and the provider gave them.
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -129,6 +151,23 @@ class Completed:
     # provider reported none (usage.reported is False), never zero for a call that ran.
     charged_tokens: int = 0
     attempt_log: list[AttemptInfo] = field(default_factory=list)   # every attempt, the serving one last
+    logprobs: list[dict[str, Any]] | None = None      # OpenAI's logprobs.content items, when asked for
+    choices: list[Choice] = field(default_factory=list)   # choices 1..n-1 of a call with n > 1
+    embeddings: list[list[float]] | None = None       # operation "embed": one vector per input, in order
+
+
+@dataclass
+class EmbeddingResult:
+    """What ``GatewayClient.embed`` returns: one vector per input, in order, over its batches."""
+
+    embeddings: list[list[float]]
+    usage: Usage                       # summed over the batches; reported only if every batch's was
+    cost_usd: float | None             # None when any batch's cost is unknown
+    calls: list[Completed] = field(default_factory=list)   # one per batch sent, in order
+
+    @property
+    def deployment(self) -> str:
+        return self.calls[-1].deployment if self.calls else ""
 
 
 @dataclass

@@ -51,6 +51,7 @@ class OpenAIResponsesRunner(OpenAIChatRunner):
     # Responses are stored for 30 days unless told otherwise; a gateway keeps no state upstream.
     options_schema = {**OpenAIChatRunner.options_schema, "store": (bool, False)}
     path = "/responses"
+    features = frozenset()   # no n; log probabilities would need include[] and are not wired
 
     def build_request(self, request: InferenceRequest, credential: Secret | None) -> HttpRequest:
         params = request.params
