@@ -154,6 +154,7 @@ class Completed:
     logprobs: list[dict[str, Any]] | None = None      # OpenAI's logprobs.content items, when asked for
     choices: list[Choice] = field(default_factory=list)   # choices 1..n-1 of a call with n > 1
     embeddings: list[list[float]] | None = None       # operation "embed": one vector per input, in order
+    stop_sequence: str | None = None                  # which stop sequence ended the answer, when the provider said
 
 
 @dataclass

@@ -535,7 +535,7 @@ class EngineCore:
             provider_model=self.dep.provider_model, chunks=r.chunks,
             charged_tokens=decided.charged(job.estimate), attempt_log=job.log,
             logprobs=getattr(r, "logprobs", None), choices=list(getattr(r, "choices", None) or ()),
-            embeddings=getattr(r, "embeddings", None)))
+            embeddings=getattr(r, "embeddings", None), stop_sequence=getattr(r, "stop_sequence", None)))
 
     def _after_error(self, job: Job, error: InferenceError, r: Any, now: float) -> None:
         if job.chunks:

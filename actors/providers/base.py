@@ -57,6 +57,7 @@ class Delta:
     logprobs: list[dict[str, Any]] | None = None     # OpenAI's logprobs.content items for this text
     choices: list[Choice] = field(default_factory=list)   # choices 1..n-1 (n > 1, whole responses only)
     embeddings: list[list[float]] | None = None      # an embeddings response: one vector per input
+    stop_sequence: str | None = None                 # the stop sequence the answer ended at, when told
 
 
 class StreamDecoder(Protocol):
@@ -391,6 +392,7 @@ class StreamAccumulator:
         self._pending_logprobs: list[dict[str, Any]] = []
         self.choices: list[Choice] = []
         self.embeddings: list[list[float]] | None = None
+        self.stop_sequence: str | None = None
 
     def add(self, delta: Delta) -> None:
         if delta.text:
@@ -419,6 +421,8 @@ class StreamAccumulator:
             self._pending_logprobs.extend(delta.logprobs)
         if delta.choices:
             self.choices.extend(delta.choices)
+        if delta.stop_sequence:
+            self.stop_sequence = delta.stop_sequence
         if delta.embeddings is not None:
             self.embeddings = delta.embeddings
             self.produced = True

@@ -305,6 +305,6 @@ class RemoteWorkerActor(Stepping, GatewayActor):
             request_id=dispatch.request.request_id, attempt=dispatch.attempt, worker_index=self.index,
             error=error, text=acc.text, tool_calls=acc.tool_calls(), finish_reason=acc.finish_reason,
             raw_finish_reason=acc.raw_finish_reason, usage=acc.usage, chunks=chunks, logprobs=acc.logprobs,
-            choices=acc.choices, embeddings=acc.embeddings,
+            choices=acc.choices, embeddings=acc.embeddings, stop_sequence=acc.stop_sequence,
             first_token_unix=first_token_unix, session_version=self.snapshot.version if self.snapshot else 0,
             sent=sent))

@@ -43,6 +43,7 @@ class WorkerResult:
     logprobs: list[dict[str, Any]] | None = None
     choices: list[Choice] = field(default_factory=list)
     embeddings: list[list[float]] | None = None
+    stop_sequence: str | None = None
 
 
 @dataclass
