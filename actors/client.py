@@ -97,6 +97,8 @@ class _State:
         self.exchange: Iterator[TokenChunk] | None = None
         self.done = False
         self.failed: Failed | None = None   # the last Failed terminal (its attempts, for routing)
+        self.deployment = ""                # the deployment the call went to last (the one serving it)
+        self.fallback = False               # that deployment serves another model than the one asked for
 
 
 def _drop(state: _State) -> bool:
@@ -139,6 +141,16 @@ class Stream:
     @property
     def closed(self) -> bool:
         return self._state.done
+
+    @property
+    def deployment(self) -> str:
+        """The deployment serving the call (once a chunk or the result arrived), else the last one tried."""
+        return self._state.deployment
+
+    @property
+    def fallback(self) -> bool:
+        """True when the serving deployment is one of the model's fallbacks (docs/routing.md)."""
+        return self._state.fallback
 
     def __iter__(self) -> Iterator[TokenChunk]:
         state = self._state
@@ -612,6 +624,7 @@ class GatewayClient:
             with self._lock:
                 self._busy[key] = self._busy.get(key, 0) + 1
             state.failed = None
+            state.deployment, state.fallback = entry.deployment, model != request.model
             try:
                 yield from self._follow(correlator, entry.engine, attempt, deadline, state)
             except InferenceError as exc:
