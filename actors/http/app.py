@@ -17,10 +17,11 @@ from typing import Any
 
 from actors.client import GatewayClient, Stream
 from actors.errors import InferenceError, ShuttingDown
-from actors.http import (anthropic_dialect, completions_dialect, embeddings_dialect, models, openai_dialect,
+from actors.http import (anthropic_dialect, completions_dialect, embeddings_dialect, openai_dialect,
                          responses_dialect)
 from actors.http.errors import FrontDoorError, HttpError, anthropic_body, encode, http_error, openai_body, status_line
 from actors.core.records import KEY_METADATA, TEAM_METADATA
+from actors.http import models as model_cards
 from actors.http.key_limits import NO_HOLD, KeyHold, KeyLimits
 from actors.http.keys import Caller, KeyRing, presented_key
 from actors.http.spend import spend_document
@@ -103,7 +104,7 @@ class FrontDoor:
         self._ready: tuple[float, bool, str] = (0.0, False, "")
         self._local = threading.local()
         self.observe = Observatory(client, self.keys)   # /metrics, /v1/status, /ui
-        self.cards = models.ModelCards(self.models, upstreams or {})
+        self.cards = model_cards.ModelCards(self.models, upstreams or {})
 
     # -- WSGI ------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class FrontDoor:
             done(200, caller.name)
             return self._json(start_response, 200, doc, request_id)
         if path == "/v1/messages/count_tokens":
-            doc = models.count_tokens(parse_json(self._body(environ)), self.models, caller)
+            doc = model_cards.count_tokens(parse_json(self._body(environ)), self.models, caller)
             done(200, caller.name)
             return self._json(start_response, 200, doc, request_id)
         if path == "/v1/spend":

@@ -3,6 +3,7 @@ OpenAI-compatible gateway (LiteLLM proxy, vLLM, an internal gateway)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from urllib.parse import quote
 
@@ -145,6 +146,13 @@ class OpenAIChatRunner(SseRunner):
         return [delta]
 
 
+def _flattened(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return {**message, "content": "\n\n".join(str(p.get("text", "")) for p in content)}
+    return message
+
+
 class OpenAICompatibleRunner(OpenAIChatRunner):
     """LiteLLM proxy, vLLM, an internal gateway: same wire format, configurable auth and path."""
 
@@ -162,6 +170,14 @@ class OpenAICompatibleRunner(OpenAIChatRunner):
 
     def embed_batch_for(self) -> int:
         return self.options["embed_batch"]
+
+    def build_request(self, request: InferenceRequest, credential: Secret | None) -> HttpRequest:
+        # Many compatible servers (llama.cpp's among them) take a message's content as a string
+        # only: text parts are joined; a list with other parts is passed on as it is.
+        messages = [_flattened(m) for m in request.messages]
+        if any(a is not b for a, b in zip(messages, request.messages)):
+            request = dataclasses.replace(request, messages=messages)
+        return super().build_request(request, credential)
 
     def auth_headers(self, credential: Secret | None) -> dict[str, str]:
         if credential is None:

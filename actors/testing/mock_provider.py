@@ -25,6 +25,7 @@ requests through ``POST /_mock/faults``. Directive keys:
 - ``empty=1``: 200 with an empty body (streamed or not);
 - ``code=C``: the error body's ``code`` (with ``status``), e.g. ``content_filter``;
 - ``context=N``: a prompt of more than N tokens is refused with 400 ``context_length_exceeded``;
+- ``string_content=1``: a 500 for a message whose content is a list (llama.cpp's server);
 - ``no_usage=1``: the OpenAI-compatible server reports no usage at all (llama.cpp's habit), and
   an embeddings answer carries none.
 
@@ -272,6 +273,10 @@ class _Handler(BaseHTTPRequestHandler):
             fault = {**fault, "status": 400, "code": "context_length_exceeded",
                      "message": f"This model's maximum context length is {context} tokens. However, your "
                                 f"messages resulted in {wire.prompt_tokens(body)} tokens."}
+        if fault.get("string_content") and any(isinstance(m.get("content"), list) for m in wire.messages(body)):
+            # llama.cpp's server on a list of content parts
+            fault = {**fault, "status": 500, "code": "server_error",
+                     "message": 'can only concatenate str (not "list") to str'}
         key = wire.key(self.headers)
         if fault.get("fail_times") is not None:
             if self.server.count_failure(str(fault.get("key", "")), int(fault["fail_times"])):
