@@ -55,7 +55,7 @@ class ModelCards:
 
     def _anthropic(self, model: str) -> dict[str, Any]:
         at = dt.datetime.fromtimestamp(self.created(model), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return {"type": "model", "id": model, "display_name": model, "created_at": at}
+        return {"type": "model", "id": model, "display_name": model, "created_at": at, "lifecycle": "active"}
 
     def listing(self, caller: Caller, anthropic: bool) -> dict[str, Any]:
         allowed = [m for m in self.models if caller.may_use(m)]

@@ -176,7 +176,7 @@ def response_id(request_id: str) -> str:
 
 def _usage(shown: Shown) -> dict[str, Any]:
     u = shown.usage
-    return shown.mark({"input_tokens": u.input_tokens, "input_tokens_details": {"cached_tokens": u.cached_input_tokens},
+    return shown.mark({"input_tokens": u.input_tokens, "input_tokens_details": {"cached_tokens": u.cached_input_tokens, "cache_write_tokens": 0},
                        "output_tokens": u.output_tokens,
                        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
                        "total_tokens": u.total_tokens})
