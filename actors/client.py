@@ -216,6 +216,36 @@ def _timeout(timeout_s: Any, default: float) -> float:
     return float(timeout_s)
 
 
+DEFAULT_EMBED_BATCH = 2048   # OpenAI's limit: the batch when no route names one
+
+
+def embed_batch_of(entries: list[Any]) -> int:
+    """The most texts one embeddings call may carry to whichever of ``entries`` serves it: the
+    smallest of their limits (a call may land on any of them), ignoring those with none."""
+    sizes = [e.embed_batch for e in entries if getattr(e, "embed_batch", 0) > 0]
+    return min(sizes) if sizes else DEFAULT_EMBED_BATCH
+
+
+def embed_batches(texts: list[str], limit: int, request_id: str | None = None) -> list[tuple[str | None, list[str]]]:
+    """``texts`` in order, cut into calls of at most ``limit``, each with its request id: the
+    caller's own when one call holds them all, else that id suffixed ``-0``, ``-1``, ..."""
+    if limit < 1:
+        raise ValueError(f"an embeddings batch holds at least one text, got {limit}")
+    parts = [texts[start:start + limit] for start in range(0, len(texts), limit)]
+    if request_id is None or len(parts) == 1:
+        return [(request_id, part) for part in parts]
+    return [(f"{request_id}-{i}", part) for i, part in enumerate(parts)]
+
+
+def merged_embeddings(calls: list[Completed]) -> EmbeddingResult:
+    """One result from the calls of one ``embed``: vectors in order, usage summed (reported only
+    when every call's was), cost unknown when any call's is."""
+    vectors = [v for call in calls for v in (call.embeddings or [])]
+    usage = Usage(sum(c.usage.input_tokens for c in calls), 0, reported=all(c.usage.reported for c in calls))
+    costs = [c.cost_usd for c in calls]
+    return EmbeddingResult(vectors, usage, None if None in costs else round(sum(costs), 10), calls)
+
+
 class GatewayClient:
     def __init__(self, admin_port: int = 1900, *, host: str = "127.0.0.1", timeout_s: float = 60.0,
                  system_base: str = "multiprocTCPBase", keyring: Any = wire.FROM_ENVIRONMENT,
@@ -444,13 +474,14 @@ class GatewayClient:
         if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
                                        or batch_size < 1):
             raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
-        limit = batch_size or self._embed_batch(model)
+        try:
+            entries = self._route_lookup(model).entries
+        except InferenceError:
+            entries = []   # no route yet: the send below says why
         timeout = _timeout(timeout_s, self.timeout_s)
         deadline = time.time() + timeout
         calls: list[Completed] = []
-        for start in range(0, len(texts), limit):
-            part = texts[start:start + limit]
-            rid = request_id and (request_id if len(texts) <= limit else f"{request_id}-{start // limit}")
+        for rid, part in embed_batches(texts, batch_size or embed_batch_of(entries), request_id):
             request = self.request(model, [{"role": "user", "content": t} for t in part], stream=False,
                                    user=user, metadata=metadata, priority=priority, timeout_s=deadline - time.time(),
                                    request_id=rid, extra_body=extra_body, fallbacks=fallbacks)
@@ -458,18 +489,7 @@ class GatewayClient:
                 request.params["dimensions"] = dimensions
             request.operation = "embed"
             calls.append(self.send(request))
-        vectors = [v for call in calls for v in (call.embeddings or [])]
-        usage = Usage(sum(c.usage.input_tokens for c in calls), 0,
-                      reported=all(c.usage.reported for c in calls))
-        costs = [c.cost_usd for c in calls]
-        return EmbeddingResult(vectors, usage, None if None in costs else round(sum(costs), 10), calls)
-
-    def _embed_batch(self, model: str) -> int:
-        try:
-            sizes = [e.embed_batch for e in self._route_lookup(model).entries if getattr(e, "embed_batch", 0)]
-        except InferenceError:
-            sizes = []
-        return min(sizes) if sizes else 2048   # no route yet: the send below says why
+        return merged_embeddings(calls)
 
     def send(self, request: InferenceRequest, timeout_s: float | None = None) -> Completed:
         """Send a prepared request and wait for its terminal message."""

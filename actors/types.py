@@ -73,7 +73,7 @@ class Choice:
     logprobs: list[dict[str, Any]] | None = None
 
 
-# What a request asks the provider for: a chat completion, or embeddings of ``params["input"]``.
+# What a request asks the provider for: a chat completion, or embeddings of its messages' texts.
 Operation = Literal["chat", "embed"]
 OPERATIONS: tuple[str, ...] = ("chat", "embed")
 
@@ -110,8 +110,8 @@ class InferenceRequest:
     # so retries are one budget across every deployment and fallback the call visits.
     fallbacks: list[str] | None = None
     retry_budget: int | None = None
-    # "embed": the texts are ``params["input"]`` (a list of strings; ``messages`` holds them as
-    # user turns, so validation, estimates and routing treat them like a prompt). Never streamed.
+    # "embed": one user turn per text to embed (so validation, estimates and routing treat
+    # them like a prompt); never streamed.
     operation: Operation = "chat"
 
 

@@ -23,8 +23,9 @@ _STATEFUL = {"previous_response_id": "stored responses", "conversation": "stored
              "background": "background responses", "prompt": "stored prompt templates"}
 _KNOWN = {"model", "input", "instructions", "tools", "tool_choice", "max_output_tokens", "temperature", "top_p",
           "stream", "parallel_tool_calls", "metadata", "user", "store", "text", "truncation", "reasoning",
-          "include", "service_tier", "fallbacks", "safety_identifier", "prompt_cache_key", "stream_options",
-          *_STATEFUL}
+          "include", "top_logprobs", "service_tier", "fallbacks", "safety_identifier", "prompt_cache_key",
+          "stream_options", *_STATEFUL}
+LOGPROBS = "message.output_text.logprobs"   # the one include[] value served: the answer's log probabilities
 FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -128,8 +129,10 @@ def parse(doc: dict[str, Any]) -> Call:
     unknown = sorted(set(doc) - _KNOWN)
     if unknown:
         raise bad(f"{unknown[0]}: unsupported parameter", param=unknown[0], code="unsupported_parameter")
-    if need(doc, "include", list):
-        raise bad("include: no extra output is available here", param="include", code="unsupported_parameter")
+    logprobs = _include(need(doc, "include", list) or [])
+    top = need(doc, "top_logprobs", int)
+    if top is not None and not 0 <= top <= 20:
+        raise bad(f"top_logprobs: must be in [0, 20], got {top}", param="top_logprobs", code="invalid_value")
     truncation = need(doc, "truncation", str)
     if truncation not in (None, "disabled"):
         raise bad("truncation: only disabled is supported", param="truncation", code="unsupported_value")
@@ -161,13 +164,27 @@ def parse(doc: dict[str, Any]) -> Call:
         params["reasoning_effort"] = effort
     if need(doc, "user", str):
         params["user"] = doc["user"]
+    if logprobs:   # as the API: top_logprobs alone returns none
+        params["logprobs"] = True
+        if top is not None:
+            params["top_logprobs"] = top
     metadata = need(doc, "metadata", dict) or {}
     echo = {"instructions": instructions, "tools": tools or [], "tool_choice": doc.get("tool_choice") or "auto",
             "temperature": doc.get("temperature"), "top_p": doc.get("top_p"), "metadata": metadata,
             "max_output_tokens": doc.get("max_output_tokens"),
             "parallel_tool_calls": doc.get("parallel_tool_calls", True), "text": doc.get("text") or
-            {"format": {"type": "text"}}, "user": doc.get("user")}
-    return Call(model, messages, params, bool(need(doc, "stream", bool)), fallbacks=fallbacks_of(doc), echo=echo)
+            {"format": {"type": "text"}}, "user": doc.get("user"), "top_logprobs": top}
+    return Call(model, messages, params, bool(need(doc, "stream", bool)), fallbacks=fallbacks_of(doc), echo=echo,
+                logprobs=logprobs)
+
+
+def _include(values: list[Any]) -> bool:
+    """Whether ``include`` asks for log probabilities; anything else it names is output not kept here."""
+    for i, value in enumerate(values):
+        if value != LOGPROBS:
+            raise bad(f"include[{i}]: only {LOGPROBS!r} is available here, got {value!r}", param=f"include[{i}]",
+                      code="unsupported_value")
+    return bool(values)
 
 
 def response_id(request_id: str) -> str:
@@ -182,8 +199,27 @@ def _usage(shown: Shown) -> dict[str, Any]:
                        "total_tokens": u.total_tokens})
 
 
-def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}] if status == "completed" else []
+def _token(item: dict[str, Any], with_bytes: bool) -> dict[str, Any]:
+    token = str(item.get("token", ""))
+    doc = {"token": token, "logprob": float(item.get("logprob") or 0.0)}
+    if with_bytes:
+        raw = item.get("bytes")
+        doc["bytes"] = raw if isinstance(raw, list) else list(token.encode())
+    return doc
+
+
+def logprobs_doc(items: list[dict[str, Any]] | None, stream_event: bool = False) -> list[dict[str, Any]]:
+    """Chat's ``logprobs.content`` items as an ``output_text`` part's ``logprobs`` (with ``bytes``), or
+    as a text delta event's (without: the API's ``ResponseLogProb``)."""
+    return [{**_token(x, not stream_event),
+             "top_logprobs": [_token(t, not stream_event) for t in x.get("top_logprobs") or ()]}
+            for x in items or ()]
+
+
+def _message_item(item_id: str, text: str, status: str = "completed",
+                  logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    content = ([{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs_doc(logprobs)}]
+               if status == "completed" else [])
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
 
@@ -203,7 +239,7 @@ def _snapshot(rid: str, call: Call, created: float, status: str, output: list[di
             "top_p": e.get("top_p"), "tool_choice": e.get("tool_choice") or "auto", "tools": e.get("tools") or [],
             "max_output_tokens": e.get("max_output_tokens"), "text": e.get("text"), "truncation": "disabled",
             "store": False, "background": False, "previous_response_id": None, "reasoning": None,
-            "service_tier": "default", "user": e.get("user")}
+            "service_tier": "default", "user": e.get("user"), "top_logprobs": e.get("top_logprobs")}
 
 
 def _status(result: Completed) -> tuple[str, str | None]:
@@ -215,7 +251,8 @@ def render(result: Completed, call: Call, served: Served = Served()) -> dict[str
     rid = result.request_id
     output: list[dict[str, Any]] = []
     if result.text:
-        output.append(_message_item("msg_" + rid.removeprefix("req_"), result.text))
+        output.append(_message_item("msg_" + rid.removeprefix("req_"), result.text,
+                                   logprobs=result.logprobs if call.logprobs else None))
     for i, tc in enumerate(result.tool_calls):
         output.append(_call_item(f"fc_{rid.removeprefix('req_')}_{i}", tc.id, tc.name, tc.arguments))
     status, reason = _status(result)
@@ -250,11 +287,12 @@ class StreamEncoder:
             return b""
         index = len(self._items)
         if item["type"] == "message":
-            done = _message_item(item["id"], item["text"])
+            done = _message_item(item["id"], item["text"], logprobs=item["logprobs"])
             self._items.append(done)
             part = done["content"][0]
             return (self._event("response.output_text.done", item_id=item["id"], output_index=index,
-                                content_index=0, text=item["text"], logprobs=[])
+                                content_index=0, text=item["text"],
+                                logprobs=logprobs_doc(item["logprobs"], stream_event=True))
                     + self._event("response.content_part.done", item_id=item["id"], output_index=index,
                                   content_index=0, part=part)
                     + self._event("response.output_item.done", output_index=index, item=done))
@@ -270,7 +308,7 @@ class StreamEncoder:
             if self._open is None or self._open["type"] != "message":
                 out += self._close()
                 item_id = f"msg_{self._rid.removeprefix('req_')}"
-                self._open = {"type": "message", "id": item_id, "text": ""}
+                self._open = {"type": "message", "id": item_id, "text": "", "logprobs": []}
                 index = len(self._items)
                 out += self._event("response.output_item.added", output_index=index,
                                    item=_message_item(item_id, "", "in_progress"))
@@ -278,8 +316,10 @@ class StreamEncoder:
                                    content_index=0, part={"type": "output_text", "text": "", "annotations": [],
                                                           "logprobs": []})
             self._open["text"] += chunk.text
+            logprobs = chunk.logprobs if self._call.logprobs else None
+            self._open["logprobs"] += logprobs or []
             out += self._event("response.output_text.delta", item_id=self._open["id"], output_index=len(self._items),
-                               content_index=0, delta=chunk.text, logprobs=[])
+                               content_index=0, delta=chunk.text, logprobs=logprobs_doc(logprobs, stream_event=True))
         for tc in chunk.tool_calls:
             key = int(tc.get("index", 0))
             if self._open is None or self._open["type"] != "function_call" or self._tool_key != key:

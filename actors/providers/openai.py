@@ -55,6 +55,13 @@ def logprob_items(logprobs: dict[str, Any] | None) -> list[dict[str, Any]] | Non
     return [item for item in content if isinstance(item, dict)] or None if isinstance(content, list) else None
 
 
+def stop_named(choice: dict[str, Any]) -> str | None:
+    """The stop string that ended a choice, where the server says which (vLLM's ``stop_reason``;
+    OpenAI itself never does, and an integer there is a stop token, not a sequence)."""
+    named = choice.get("stop_reason")
+    return named if choice.get("finish_reason") == "stop" and isinstance(named, str) and named else None
+
+
 class OpenAIChatRunner(SseRunner):
     provider = "openai"
     finish_map = FINISH
@@ -108,7 +115,8 @@ class OpenAIChatRunner(SseRunner):
                                logprob_items(other.get("logprobs"))))
         return Delta(text=message.get("content") or "", tool_calls=tool_call_deltas(message.get("tool_calls")),
                      finish_reason=finish, raw_finish_reason=raw, usage=usage_fields(doc.get("usage")),
-                     done=True, logprobs=logprob_items(choice.get("logprobs")), choices=more)
+                     done=True, logprobs=logprob_items(choice.get("logprobs")), choices=more,
+                     stop_sequence=stop_named(choice))
 
     def embeddings_url(self) -> str:
         return self.endpoint + self.embeddings_path
@@ -143,6 +151,7 @@ class OpenAIChatRunner(SseRunner):
             delta.tool_calls = tool_call_deltas(part.get("tool_calls"))
             delta.logprobs = logprob_items(choice.get("logprobs"))
             delta.finish_reason, delta.raw_finish_reason = self.finish(choice.get("finish_reason"))
+            delta.stop_sequence = stop_named(choice)
         return [delta]
 
 

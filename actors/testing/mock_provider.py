@@ -31,7 +31,8 @@ requests through ``POST /_mock/faults``. Directive keys:
 
 It also honours ``stop``/``stop_sequences`` (the answer ends before the first word holding one;
 Anthropic reports which), ``n`` and ``logprobs``/``top_logprobs`` (OpenAI; ``candidateCount`` and
-``responseLogprobs`` for Gemini), and serves embeddings in each format that has them: OpenAI
+``responseLogprobs`` for Gemini; ``include: ["message.output_text.logprobs"]`` and ``top_logprobs``
+for Responses; streamed too), and serves embeddings in each format that has them: OpenAI
 ``/embeddings`` (also Azure and compatible servers; ``encoding_format`` float or base64), Gemini
 ``:batchEmbedContents`` (no usage, as Google's), Cohere v2 ``/embed`` (``input_type`` required)
 and Bedrock ``/invoke`` (Titan with its token count, Cohere Embed without). Vectors are
@@ -128,8 +129,9 @@ class _Reply:
         """A deterministic log probability for token ``i``, with ``top`` alternatives."""
         value = -round(0.05 * (i % 7 + 1), 4)
         item = {"token": token, "logprob": value, "bytes": list(token.encode())}
-        return {**item, "top_logprobs": [item] + [{"token": f"alt{j}", "logprob": value - j, "bytes": list(f"alt{j}".encode())}
-                                                   for j in range(1, top)]}
+        alternatives = [{"token": f"alt{j}", "logprob": value - j, "bytes": list(f"alt{j}".encode())}
+                        for j in range(1, top)]
+        return {**item, "top_logprobs": ([item] if top else []) + alternatives}
 
     def variant(self, index: int) -> list[str]:
         """Choice ``index`` of an n > 1 answer: the same length, its own words."""
@@ -622,16 +624,24 @@ class ResponsesWire(OpenAIChatWire):
                 "output_tokens": reply.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": reply.input_tokens + reply.output_tokens}
 
-    def _message(self, text: str, status: str = "completed") -> dict[str, Any]:
+    def _message(self, text: str, status: str = "completed", logprobs: list | None = None) -> dict[str, Any]:
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
         return {"type": "message", "id": "msg_mock", "status": status, "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []}
+                "content": [part] if status == "completed" else []}
+
+    @staticmethod
+    def _logprobs(body, reply, tokens, start: int = 0) -> list[dict[str, Any]]:
+        """``include: ["message.output_text.logprobs"]``: each token's, with ``top_logprobs`` alternatives."""
+        if "message.output_text.logprobs" not in (body.get("include") or ()):
+            return []
+        return [reply.logprob(start + i, t, int(body.get("top_logprobs") or 0)) for i, t in enumerate(tokens)]
 
     def _call(self, reply, arguments: str, status: str = "completed") -> dict[str, Any]:
         return {"type": "function_call", "id": "fc_mock1", "call_id": "call_mock1", "name": reply.tool["name"],
                 "arguments": arguments, "status": status}
 
     def complete(self, body, reply):
-        output = [self._message("".join(reply.tokens))]
+        output = [self._message("".join(reply.tokens), logprobs=self._logprobs(body, reply, reply.tokens))]
         if reply.tool:
             output.append(self._call(reply, reply.tool["arguments"]))
         return {"id": "resp_mock", "object": "response", "created_at": int(time.time()), "status": "completed",
@@ -643,6 +653,7 @@ class ResponsesWire(OpenAIChatWire):
         return _sse({"type": kind, "sequence_number": state["seq"], **fields}, kind)
 
     def stream_head(self, body, reply, state):
+        state["body"], state["reply"] = body, reply
         created = {"id": "resp_mock", "object": "response", "status": "in_progress", "model": body.get("model"),
                    "output": [], "usage": None}
         return [self._event("response.created", state, response=created),
@@ -650,17 +661,24 @@ class ResponsesWire(OpenAIChatWire):
                 self._event("response.output_item.added", state, output_index=0,
                             item=self._message("", "in_progress")),
                 self._event("response.content_part.added", state, item_id="msg_mock", output_index=0,
-                            content_index=0, part={"type": "output_text", "text": "", "annotations": []})]
+                            content_index=0, part={"type": "output_text", "text": "", "annotations": [],
+                                                   "logprobs": []})]
 
     def stream_token(self, token, i, state):
+        # Stream events carry each token's figures without its bytes, as the API's do.
+        logprobs = [{k: v for k, v in x.items() if k != "bytes"} | {"top_logprobs": [
+                        {"token": t["token"], "logprob": t["logprob"]} for t in x["top_logprobs"]]}
+                    for x in self._logprobs(state["body"], state["reply"], [token], i)]
         return self._event("response.output_text.delta", state, item_id="msg_mock", output_index=0,
-                           content_index=0, delta=token)
+                           content_index=0, delta=token, logprobs=logprobs)
 
     def stream_tail(self, body, reply, state):
         text = "".join(reply.tokens)
+        logprobs = self._logprobs(body, reply, reply.tokens)
         frames = [self._event("response.output_text.done", state, item_id="msg_mock", output_index=0,
-                              content_index=0, text=text),
-                  self._event("response.output_item.done", state, output_index=0, item=self._message(text))]
+                              content_index=0, text=text, logprobs=logprobs),
+                  self._event("response.output_item.done", state, output_index=0,
+                              item=self._message(text, logprobs=logprobs))]
         if reply.tool:
             args = reply.tool["arguments"]
             frames += [self._event("response.output_item.added", state, output_index=1,
@@ -708,7 +726,11 @@ class GeminiWire(Wire):
         config = body.get("generationConfig") or {}
         if not config.get("responseLogprobs"):
             return None
-        items = [reply.logprob(i, t, int(config.get("logprobs") or 0)) for i, t in enumerate(tokens)]
+        return GeminiWire._logprobs_result([reply.logprob(i, t, int(config.get("logprobs") or 0))
+                                            for i, t in enumerate(tokens)])
+
+    @staticmethod
+    def _logprobs_result(items: list[dict[str, Any]]) -> dict[str, Any]:
         return {"chosenCandidates": [{"token": x["token"], "logProbability": x["logprob"]} for x in items],
                 "topCandidates": [{"candidates": [{"token": t["token"], "logProbability": t["logprob"]}
                                                   for t in x["top_logprobs"]]} for x in items]}
@@ -751,11 +773,16 @@ class GeminiWire(Wire):
         return doc
 
     def stream_head(self, body, reply, state):
-        state["reply"] = reply  # every chunk reports the usage so far
+        state["reply"], state["body"] = reply, body  # every chunk reports the usage so far
         return []
 
     def stream_token(self, token, i, state):
-        return _sse(self._response([{"text": token}], self._usage(state["reply"], i + 1)))
+        doc = self._response([{"text": token}], self._usage(state["reply"], i + 1))
+        config = state["body"].get("generationConfig") or {}
+        if config.get("responseLogprobs"):   # each chunk carries the log probabilities of its own tokens
+            item = state["reply"].logprob(i, token, int(config.get("logprobs") or 0))
+            doc["candidates"][0]["logprobsResult"] = self._logprobs_result([item])
+        return _sse(doc)
 
     def stream_tail(self, body, reply, state):
         parts = self._tool_parts(reply) or [{"text": ""}]

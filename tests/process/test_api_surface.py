@@ -279,7 +279,7 @@ def test_real_creation_dates_where_known(surface):
 
 # --- fidelity in Chat Completions and Messages -------------------------------------------
 
-@pytest.mark.parametrize("model", ["gpt", "azure", "llama", "gem"])
+@pytest.mark.parametrize("model", ["gpt", "azure", "llama", "gem", "resp"])
 def test_logprobs_and_n_where_the_provider_has_them(surface, model):
     url, _, _ = surface
     whole = oai(url).chat.completions.create(model=model, messages=HI, max_tokens=5, logprobs=True, top_logprobs=2)
@@ -289,8 +289,9 @@ def test_logprobs_and_n_where_the_provider_has_them(surface, model):
     streamed = oai(url).chat.completions.create(model=model, messages=HI, max_tokens=5, logprobs=True, top_logprobs=2,
                                                 stream=True)
     tokens = [i.token for c in streamed if c.choices and c.choices[0].logprobs for i in c.choices[0].logprobs.content]
-    if model != "gem":   # the mock's Gemini stream carries no logprobsResult
-        assert tokens == [i.token for i in items]
+    assert tokens == [i.token for i in items]
+    if model == "resp":   # the Responses API has log probabilities but no n
+        return
     two = oai(url).chat.completions.create(model=model, messages=HI, max_tokens=4, n=2)
     assert [c.index for c in two.choices] == [0, 1] and two.choices[0].message.content != two.choices[1].message.content
     ChatCompletion.model_validate(post(url, "/v1/chat/completions", {"model": model, "messages": HI, "n": 2,
@@ -298,14 +299,36 @@ def test_logprobs_and_n_where_the_provider_has_them(surface, model):
                                   strict=True)
 
 
-@pytest.mark.parametrize("model", ["claude", "coh", "bed", "resp"])
-def test_logprobs_and_n_refused_only_where_the_deployment_cannot(surface, model):
+@pytest.mark.parametrize("model, refused", [("claude", ("logprobs", "n")), ("coh", ("logprobs", "n")),
+                                            ("bed", ("logprobs", "n")), ("resp", ("n",))])
+def test_logprobs_and_n_refused_only_where_the_deployment_cannot(surface, model, refused):
     url, mock, _ = surface
     assert oai(url).chat.completions.create(model=model, messages=HI, max_tokens=3, logprobs=False).choices
-    for kw in ({"logprobs": True}, {"n": 2}):
+    for kw in [{"logprobs": True} if name == "logprobs" else {"n": 2} for name in refused]:
         with pytest.raises(openai.BadRequestError) as caught:
             oai(url).chat.completions.create(model=model, messages=HI, max_tokens=3, **kw)
         assert caught.value.body["message"].startswith(next(iter(kw)))
+
+
+@pytest.mark.parametrize("model", ["gpt", "resp", "gem"])
+def test_responses_logprobs_with_include(surface, model):
+    url, _, _ = surface
+    ask = {"include": ["message.output_text.logprobs"], "top_logprobs": 2, "max_output_tokens": 5}
+    whole = oai(url).responses.create(model=model, input="hi there", **ask)
+    part = whole.output[0].content[0]
+    assert "".join(p.token for p in part.logprobs) == part.text == whole.output_text
+    assert all(len(p.top_logprobs) == 2 and p.logprob < 0 for p in part.logprobs)
+    raw = post(url, "/v1/responses", {"model": model, "input": "hi there", "stream": True, **ask})
+    events = sse(raw)
+    for name, event in events:
+        assert EVENTS.validate_python(event, strict=True).type == name
+    streamed = [x["token"] for name, e in events if name == "response.output_text.delta" for x in e["logprobs"]]
+    assert streamed == [p.token for p in part.logprobs]
+    plain = oai(url).responses.create(model=model, input="hi there", max_output_tokens=5, top_logprobs=2)
+    assert plain.output[0].content[0].logprobs == []      # as the API: top_logprobs alone asks for none
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai(url).responses.create(model="claude", input="hi there", **ask)
+    assert caught.value.body["message"].startswith("logprobs")
 
 
 def test_usage_is_never_a_made_up_zero(surface):
