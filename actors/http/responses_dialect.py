@@ -100,6 +100,13 @@ def _tools(tools: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _tool_echo(tool: dict[str, Any]) -> dict[str, Any]:
+    """A function tool as a response repeats it: every field the API's ``FunctionTool`` has, and
+    ``strict`` null when the caller did not set it (the gateway enforces nothing about it)."""
+    return {"type": "function", "name": tool["name"], "description": tool.get("description"),
+            "parameters": tool.get("parameters"), "strict": tool.get("strict")}
+
+
 def _tool_choice(choice: Any) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
@@ -169,7 +176,7 @@ def parse(doc: dict[str, Any]) -> Call:
         if top is not None:
             params["top_logprobs"] = top
     metadata = need(doc, "metadata", dict) or {}
-    echo = {"instructions": instructions, "tools": tools or [], "tool_choice": doc.get("tool_choice") or "auto",
+    echo = {"instructions": instructions, "tools": [_tool_echo(t) for t in tools or ()], "tool_choice": doc.get("tool_choice") or "auto",
             "temperature": doc.get("temperature"), "top_p": doc.get("top_p"), "metadata": metadata,
             "max_output_tokens": doc.get("max_output_tokens"),
             "parallel_tool_calls": doc.get("parallel_tool_calls", True), "text": doc.get("text") or
@@ -231,15 +238,19 @@ def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: st
 def _snapshot(rid: str, call: Call, created: float, status: str, output: list[dict[str, Any]],
               usage: dict[str, Any] | None, incomplete: str | None = None) -> dict[str, Any]:
     e = call.echo
+    # ``user`` is a string or absent (never null, by OpenAI's schema).
+    user = {"user": e["user"]} if isinstance(e.get("user"), str) else {}
+    # Usage only once there is some: the schema's ``usage`` is an object, never null.
+    counted = {"usage": usage} if usage is not None else {}
     return {"id": response_id(rid), "object": "response", "created_at": created, "status": status,
-            "model": call.model, "output": output, "usage": usage, "error": None,
+            "model": call.model, "output": output, "error": None,
             "incomplete_details": {"reason": incomplete} if incomplete else None,
             "instructions": e.get("instructions"), "metadata": e.get("metadata") or {},
             "parallel_tool_calls": bool(e.get("parallel_tool_calls", True)), "temperature": e.get("temperature"),
             "top_p": e.get("top_p"), "tool_choice": e.get("tool_choice") or "auto", "tools": e.get("tools") or [],
             "max_output_tokens": e.get("max_output_tokens"), "text": e.get("text"), "truncation": "disabled",
             "store": False, "background": False, "previous_response_id": None, "reasoning": None,
-            "service_tier": "default", "user": e.get("user"), "top_logprobs": e.get("top_logprobs")}
+            "service_tier": "default", "top_logprobs": e.get("top_logprobs"), **user, **counted}
 
 
 def _status(result: Completed) -> tuple[str, str | None]:

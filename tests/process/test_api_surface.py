@@ -2,7 +2,8 @@
 requests, against one node whose deployments cover every provider family on the mock provider.
 
 Every answer and every streamed event is validated against the SDKs' own types with strict
-validation (``model_validate(..., strict=True)``), on the raw JSON the gateway sent.
+validation (``model_validate(..., strict=True)``), on the raw JSON the gateway sent, and the
+OpenAI-shaped ones against OpenAI's OpenAPI schemas too (tests/openai_spec.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from actors.ops.system import start_node
 from actors.core.tokens import count_messages
 
 from conftest import deployment, free_port, wait_for
+from openai_spec import check, check_event
 
 KEY = "sk-atomr-api-surface-0123456789"
 ADMIN = "sk-atomr-api-surface-admin-abcd"
@@ -397,3 +399,45 @@ def test_a_fallback_is_named_in_the_headers(surface):
     assert (reply.headers["x-atomr-deployment"], reply.headers["x-atomr-fallback"]) == ("gpt", "true")
     direct = post(url, "/v1/chat/completions", {"model": "gpt", "messages": HI, "max_tokens": 3, "stream": True})
     assert (direct.headers["x-atomr-deployment"], direct.headers["x-atomr-fallback"]) == ("gpt", "false")
+
+
+# --- OpenAI's OpenAPI document -------------------------------------------------------------
+
+WEATHER_TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+
+
+@pytest.mark.parametrize("model", CHAT)
+def test_what_every_family_answers_matches_openais_schemas(surface, model):
+    url, _, _ = surface
+    ask = [{"role": "user", "content": "weather? [[tool]]"}]
+    chat_tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    check("CreateChatCompletionResponse", post(url, "/v1/chat/completions", {"model": model, "messages": HI,
+                                                                              "max_tokens": 5}).json())
+    check("CreateChatCompletionResponse", post(url, "/v1/chat/completions", {"model": model, "messages": ask,
+                                                                              "tools": chat_tools}).json())
+    frames = sse(post(url, "/v1/chat/completions", {"model": model, "messages": ask, "tools": chat_tools,
+                                                    "stream": True, "stream_options": {"include_usage": True}}))
+    assert frames[-1] == (None, "[DONE]")
+    for _, chunk in frames[:-1]:
+        check("CreateChatCompletionStreamResponse", chunk)
+    check("CreateCompletionResponse", post(url, "/v1/completions", {"model": model, "prompt": "hi there",
+                                                                    "max_tokens": 4}).json())
+    check("Response", post(url, "/v1/responses", {"model": model, "input": "weather? [[tool]]",
+                                                  "tools": [WEATHER_TOOL]}).json())
+    events = sse(post(url, "/v1/responses", {"model": model, "input": "weather? [[tool]]", "tools": [WEATHER_TOOL],
+                                             "stream": True}))
+    assert events[-1][0] == "response.completed"
+    for _, event in events:
+        check_event(event)
+    check("Model", requests.get(f"{url}/v1/models/{model}", headers={"Authorization": f"Bearer {KEY}"},
+                                timeout=10).json())
+    refused = post(url, "/v1/responses", {"model": model, "input": "x", "previous_response_id": "resp_1"})
+    assert refused.status_code == 400
+    check("ErrorResponse", refused.json())
+
+
+@pytest.mark.parametrize("model", EMBED)
+def test_embeddings_match_openais_schema(surface, model):
+    url, _, _ = surface
+    check("CreateEmbeddingResponse", post(url, "/v1/embeddings", {"model": model, "input": ["a text", "another"],
+                                                                  "encoding_format": "float"}).json())
