@@ -127,7 +127,7 @@ class TokenChunk:
     usage: Usage | None = None
     # Per-token log probabilities of this chunk's text (OpenAI's ``logprobs.content`` items),
     # when the request asked for them and the provider gave them.
-    logprobs: list[dict[str, Any]] | None = None
+    logprobs: list[dict[str, Any]] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -151,9 +151,11 @@ class Completed:
     # provider reported none (usage.reported is False), never zero for a call that ran.
     charged_tokens: int = 0
     attempt_log: list[AttemptInfo] = field(default_factory=list)   # every attempt, the serving one last
-    logprobs: list[dict[str, Any]] | None = None      # OpenAI's logprobs.content items, when asked for
+    # Bulky payloads stay out of the repr: Thespian formats every message it sends and receives
+    # (str(), for a debug line it may not even write), and 32 vectors of 1536 floats took ~10 ms a time.
+    logprobs: list[dict[str, Any]] | None = field(default=None, repr=False)   # logprobs.content items, when asked
     choices: list[Choice] = field(default_factory=list)   # choices 1..n-1 of a call with n > 1
-    embeddings: list[list[float]] | None = None       # operation "embed": one vector per input, in order
+    embeddings: list[list[float]] | None = field(default=None, repr=False)   # "embed": one vector per input, in order
     stop_sequence: str | None = None                  # which stop sequence ended the answer, when the provider said
 
 

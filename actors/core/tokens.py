@@ -66,7 +66,8 @@ def count_messages(messages: list[dict[str, Any]], tools: Any = None) -> int:
     """The prompt tokens of chat ``messages`` (and tool definitions), as OpenAI counts its chat format."""
     total = PER_REPLY
     for message in messages:
-        total += PER_MESSAGE + count_text(str(message.get("role", ""))) + count_text(_content_text(message.get("content")))
+        total += (PER_MESSAGE + count_text(str(message.get("role", "")))
+                  + count_text(_content_text(message.get("content"))))
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             total += count_text(str(function.get("name", ""))) + count_text(str(function.get("arguments", "")))

@@ -176,7 +176,8 @@ def parse(doc: dict[str, Any]) -> Call:
         if top is not None:
             params["top_logprobs"] = top
     metadata = need(doc, "metadata", dict) or {}
-    echo = {"instructions": instructions, "tools": [_tool_echo(t) for t in tools or ()], "tool_choice": doc.get("tool_choice") or "auto",
+    echo = {"instructions": instructions, "tools": [_tool_echo(t) for t in tools or ()],
+            "tool_choice": doc.get("tool_choice") or "auto",
             "temperature": doc.get("temperature"), "top_p": doc.get("top_p"), "metadata": metadata,
             "max_output_tokens": doc.get("max_output_tokens"),
             "parallel_tool_calls": doc.get("parallel_tool_calls", True), "text": doc.get("text") or
@@ -200,7 +201,8 @@ def response_id(request_id: str) -> str:
 
 def _usage(shown: Shown) -> dict[str, Any]:
     u = shown.usage
-    return shown.mark({"input_tokens": u.input_tokens, "input_tokens_details": {"cached_tokens": u.cached_input_tokens, "cache_write_tokens": 0},
+    return shown.mark({"input_tokens": u.input_tokens,
+                       "input_tokens_details": {"cached_tokens": u.cached_input_tokens, "cache_write_tokens": 0},
                        "output_tokens": u.output_tokens,
                        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
                        "total_tokens": u.total_tokens})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from array import array
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,10 +50,15 @@ def vectors_of(items: Any, count: int, provider: str, key: str = "embedding") ->
         vector = item.get(key) if isinstance(item, dict) else item
         if isinstance(vector, str):
             vector = floats_from_base64(vector)
-        if not isinstance(vector, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                   for x in vector):
-            raise StreamError(f"{provider} sent an embedding that is not a list of numbers", provider=provider)
-        out.append([float(x) for x in vector])
+        try:
+            # array() checks and converts every number in C: a Python loop over 1536 of them per
+            # text was half the cost of reading a large answer.
+            if not isinstance(vector, list):
+                raise TypeError
+            out.append(array("d", vector).tolist())
+        except (TypeError, OverflowError):
+            raise StreamError(f"{provider} sent an embedding that is not a list of numbers",
+                              provider=provider) from None
     return out
 
 

@@ -363,13 +363,23 @@ def test_openai_family_embeddings_on_the_wire():
     call = _embed("openai", ["a", "b"])
     http = call.build_request(InferenceRequest("m", [], {"dimensions": 16, "user": "u"}), credential("openai"))
     assert http.url == "https://api.openai.com/v1/embeddings"
-    assert json.loads(http.body) == {"model": "gpt-4o-mini", "input": ["a", "b"], "encoding_format": "float",
+    # OpenAI and Azure are asked for base64 (half the bytes, cheap to read); compatible servers
+    # for JSON numbers unless configured, since not all of them take base64.
+    assert json.loads(http.body) == {"model": "gpt-4o-mini", "input": ["a", "b"], "encoding_format": "base64",
                                      "dimensions": 16, "user": "u"}
     azure = _embed("azure_openai", ["a"], options={"api_version": "2024-10-21", "azure_deployment": "emb"})
     assert azure.build_request(InferenceRequest("m", []), credential("azure_openai")).url == (
         "https://contoso.openai.azure.com/openai/deployments/emb/embeddings?api-version=2024-10-21")
     compatible = _embed("openai_compatible", ["a"], options={"embeddings_path": "/v2/embed"})
-    assert compatible.build_request(InferenceRequest("m", []), None).url == "http://litellm.internal:4000/v1/v2/embed"
+    http = compatible.build_request(InferenceRequest("m", []), None)
+    assert http.url == "http://litellm.internal:4000/v1/v2/embed"
+    assert json.loads(http.body)["encoding_format"] == "float"
+    packed_ok = _embed("openai_compatible", ["a"], options={"embeddings_encoding": "base64"})
+    assert json.loads(packed_ok.build_request(InferenceRequest("m", []), None).body)["encoding_format"] == "base64"
+    for options, field in (({"embeddings_encoding": "int8"}, "embeddings_encoding"), ({"embed_batch": 0}, "embed_batch")):
+        with pytest.raises(E.ConfigError) as caught:
+            runner_for("openai_compatible", options=options)
+        assert field in str(caught.value)
     packed = base64.b64encode(struct.pack("<2f", 0.5, -1.0)).decode()
     delta = call.parse_response(json.dumps({"object": "list", "data": [   # out of order, one as base64
         {"object": "embedding", "index": 1, "embedding": packed},

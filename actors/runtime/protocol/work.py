@@ -40,9 +40,10 @@ class WorkerResult:
     session_version: int = 0
     # False when the attempt never reached the provider (e.g. connection refused).
     sent: bool = True
-    logprobs: list[dict[str, Any]] | None = None
+    # Out of the repr, as in Completed (actors/types.py): Thespian formats each message it moves.
+    logprobs: list[dict[str, Any]] | None = field(default=None, repr=False)
     choices: list[Choice] = field(default_factory=list)
-    embeddings: list[list[float]] | None = None
+    embeddings: list[list[float]] | None = field(default=None, repr=False)
     stop_sequence: str | None = None
 
 
