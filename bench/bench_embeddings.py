@@ -30,7 +30,6 @@ import json
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import requests
@@ -44,7 +43,7 @@ from actors.ops.system import start_node  # noqa: E402
 from actors.settings.loader import build, parse_config  # noqa: E402
 from actors.settings.schema import HttpConfig  # noqa: E402
 from actors.testing.mock_provider import MockProcess  # noqa: E402
-from bench_http import pct, throughput  # noqa: E402
+from bench_http import alternating_latency, pct, thread_session, throughput  # noqa: E402
 
 KEY = "sk-atomr-bench-0123456789abcdef"
 NAMES = ("direct", "client", "ingress")
@@ -57,10 +56,7 @@ class Paths:
         self.local = threading.local()
 
     def session(self) -> requests.Session:
-        s = getattr(self.local, "session", None)
-        if s is None:
-            s = self.local.session = requests.Session()
-        return s
+        return thread_session(self.local)
 
     def _body(self, model: str) -> dict:
         return {"model": model, "input": self.texts, "dimensions": self.dims, "encoding_format": "base64"}
@@ -80,16 +76,7 @@ class Paths:
 
 
 def measure(paths: Paths, calls: int, seconds: float) -> dict:
-    for name in NAMES:
-        for _ in range(10):
-            getattr(paths, name)()
-    lat: dict[str, list[float]] = {n: [] for n in NAMES}
-    for i in range(calls):
-        k = i % len(NAMES)
-        for name in NAMES[k:] + NAMES[:k]:
-            started = time.perf_counter()
-            getattr(paths, name)()
-            lat[name].append(time.perf_counter() - started)
+    lat = alternating_latency(paths, NAMES, calls, warmup=10)
     seq = {n: {"p50": pct(v, 0.5) * 1000, "p99": pct(v, 0.99) * 1000} for n, v in lat.items()}
     rps = {n: throughput(getattr(paths, n), 4, seconds) for n in NAMES}
     return {"sequential_ms": seq, "throughput_4_threads_rps": rps,

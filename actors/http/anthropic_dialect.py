@@ -7,7 +7,7 @@ import json
 from typing import Any, Iterator
 
 from actors.http.errors import HttpError, anthropic_body, encode
-from actors.http.translate import Call, Served, bad, fallbacks_of, need
+from actors.http.translate import Call, Served, bad, fallbacks_of, known_only, need
 from actors.http.usage import COUNTED_BY, Shown, prompt_tokens, shown_usage
 from actors.types import Completed, TokenChunk
 
@@ -112,9 +112,7 @@ def _tool_choice(choice: dict[str, Any]) -> Any:
 
 
 def parse(doc: dict[str, Any]) -> Call:
-    unknown = sorted(set(doc) - _KNOWN)
-    if unknown:
-        raise bad(f"{unknown[0]}: unsupported parameter", param=unknown[0])
+    known_only(doc, _KNOWN)
     model = need(doc, "model", str, required=True)
     max_tokens = need(doc, "max_tokens", int, required=True)
     if max_tokens < 1:

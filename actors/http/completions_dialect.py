@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from actors.http.errors import HttpError, encode, openai_body
 from actors.http.openai_dialect import usage_doc
-from actors.http.translate import Call, Served, bad, fallbacks_of, need
+from actors.http.translate import Call, Served, bad, fallbacks_of, known_only, need
 from actors.http.usage import shown_usage
 from actors.types import Completed, TokenChunk
 
@@ -22,9 +22,7 @@ DEFAULT_MAX_TOKENS = 16   # the API's own default for this endpoint
 
 
 def parse(doc: dict[str, Any]) -> Call:
-    unknown = sorted(set(doc) - _KNOWN)
-    if unknown:
-        raise bad(f"{unknown[0]}: unsupported parameter", param=unknown[0], code="unsupported_parameter")
+    known_only(doc, _KNOWN)
     model = need(doc, "model", str, required=True)
     prompt = need(doc, "prompt", (str, list), required=True)
     if isinstance(prompt, list):

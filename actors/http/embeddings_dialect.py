@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.http.translate import bad, fallbacks_of, need
+from actors.http.translate import bad, fallbacks_of, known_only, need
 from actors.http.usage import Shown, shown_usage
 from actors.types import Completed, EmbeddingResult, Usage
 
@@ -36,9 +36,7 @@ class EmbedCall:
 
 
 def parse(doc: dict[str, Any]) -> EmbedCall:
-    unknown = sorted(set(doc) - _KNOWN)
-    if unknown:
-        raise bad(f"{unknown[0]}: unsupported parameter", param=unknown[0], code="unsupported_parameter")
+    known_only(doc, _KNOWN)
     model = need(doc, "model", str, required=True)
     value = need(doc, "input", (str, list), required=True)
     texts = [value] if isinstance(value, str) else value

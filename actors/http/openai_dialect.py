@@ -6,7 +6,7 @@ import time
 from typing import Any, Iterator
 
 from actors.http.errors import HttpError, encode, openai_body
-from actors.http.translate import Call, Served, bad, fallbacks_of, need
+from actors.http.translate import Call, Served, bad, fallbacks_of, known_only, need
 from actors.http.usage import Shown, shown_usage
 from actors.types import Completed, TokenChunk
 
@@ -46,9 +46,7 @@ def _message(i: int, message: Any) -> dict[str, Any]:
 
 
 def parse(doc: dict[str, Any]) -> Call:
-    unknown = sorted(set(doc) - _KNOWN)
-    if unknown:
-        raise bad(f"{unknown[0]}: unsupported parameter", param=unknown[0], code="unsupported_parameter")
+    known_only(doc, _KNOWN)
     model = need(doc, "model", str, required=True)
     messages = need(doc, "messages", list, required=True)
     if not messages:

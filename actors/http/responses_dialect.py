@@ -13,7 +13,7 @@ import time
 from typing import Any, Iterator
 
 from actors.http.errors import HttpError, encode
-from actors.http.translate import Call, Served, bad, fallbacks_of, need
+from actors.http.translate import Call, Served, bad, fallbacks_of, known_only, need
 from actors.http.usage import Shown, shown_usage
 from actors.types import Completed, TokenChunk
 
@@ -133,9 +133,7 @@ def parse(doc: dict[str, Any]) -> Call:
         if doc.get(name) not in (None, False):
             raise bad(f"{name}: this gateway is stateless and keeps no {what}; send the whole conversation in "
                       f"input", param=name, code="unsupported_parameter")
-    unknown = sorted(set(doc) - _KNOWN)
-    if unknown:
-        raise bad(f"{unknown[0]}: unsupported parameter", param=unknown[0], code="unsupported_parameter")
+    known_only(doc, _KNOWN)
     logprobs = _include(need(doc, "include", list) or [])
     top = need(doc, "top_logprobs", int)
     if top is not None and not 0 <= top <= 20:

@@ -10,7 +10,7 @@ from typing import Any
 
 from actors.http.errors import FrontDoorError
 
-__all__ = ["Call", "Served", "bad", "need", "parse_json", "fallbacks_of"]
+__all__ = ["Call", "Served", "bad", "need", "known_only", "parse_json", "fallbacks_of"]
 
 
 @dataclass
@@ -63,6 +63,13 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> Fron
 
 _KINDS = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
           dict: "an object"}
+
+
+def known_only(doc: dict, known: set[str] | frozenset[str]) -> None:
+    """A 400 naming the first field (alphabetically) that ``known`` does not hold."""
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise bad(f"{unknown[0]}: unsupported parameter", param=unknown[0], code="unsupported_parameter")
 
 
 def _type_name(value: Any) -> str:

@@ -33,6 +33,7 @@ from actors.core.tokens import count_messages
 
 from conftest import deployment, free_port, wait_for
 from openai_spec import check, check_event
+from sse_events import sse_events
 
 KEY = "sk-atomr-api-surface-0123456789"
 ADMIN = "sk-atomr-api-surface-admin-abcd"
@@ -105,17 +106,7 @@ def post(url, path, doc, stream=False, anthropic_style=False):
 
 
 def sse(reply) -> list[tuple[str | None, dict | str]]:
-    out = []
-    for frame in reply.text.split("\n\n"):
-        event, data = None, None
-        for line in frame.splitlines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-        if data is not None:
-            out.append((event, data if data == "[DONE]" else json.loads(data)))
-    return out
+    return sse_events(reply.text)
 
 
 # --- embeddings ------------------------------------------------------------------------

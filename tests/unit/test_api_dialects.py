@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import struct
 
 import pytest
@@ -26,6 +25,9 @@ from actors.http.keys import Caller
 from actors.http.translate import Served
 from actors.types import Choice, Completed, EmbeddingResult, TokenChunk, ToolCall, Usage
 
+from sse_events import sse_events
+from test_http_dialects import refused
+
 EVENTS = TypeAdapter(ResponseStreamEvent)
 WEATHER = {"type": "function", "name": "get_weather", "description": "weather",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -35,28 +37,6 @@ LOGPROBS = [{"token": "He", "logprob": -0.25, "bytes": [72, 101],
                               {"token": "Hi", "logprob": -1.5, "bytes": [72, 105]}]},
             {"token": "llo", "logprob": -0.5, "bytes": None,
              "top_logprobs": [{"token": "llo", "logprob": -0.5, "bytes": None}]}]
-
-
-def refused(parse, doc) -> FrontDoorError:
-    with pytest.raises(FrontDoorError) as caught:
-        parse(doc)
-    assert caught.value.status == 400
-    return caught.value
-
-
-def events(frames: bytes) -> list[tuple[str | None, dict | str]]:
-    """An SSE body as (event name, data) pairs; ``[DONE]`` stays a string."""
-    out = []
-    for frame in frames.split(b"\n\n"):
-        name, data = None, None
-        for line in frame.decode().splitlines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-        if data is not None:
-            out.append((name, data if data == "[DONE]" else json.loads(data)))
-    return out
 
 
 # --- Responses: request -> normalized call ------------------------------------------------
@@ -197,7 +177,7 @@ def test_responses_logprobs_in_the_output_text_part_when_asked():
 def _stream(call, chunks, result) -> list[tuple[str | None, dict | str]]:
     enc = rd.StreamEncoder("req_s", call)
     body = enc.start() + b"".join(enc.chunk(c) for c in chunks) + b"".join(enc.end(result))
-    return events(body)
+    return sse_events(body)
 
 
 def test_responses_stream_text_then_a_call_is_typed_sequenced_and_ends_with_the_whole_response():
@@ -261,7 +241,7 @@ def test_responses_stream_that_hit_the_limit_ends_incomplete_and_an_error_is_an_
     EVENTS.validate_python(last, strict=True)
     enc = rd.StreamEncoder("req_s", _responses_call())
     (frame,) = list(enc.error(HttpError(502, "api_error", "api_error", "upstream_error", "upstream failed")))
-    (name, event), = events(frame)
+    (name, event), = sse_events(frame)
     assert name == "error" and event["code"] == "upstream_error" and event["message"] == "upstream failed"
     EVENTS.validate_python(event, strict=True)
 
@@ -319,7 +299,7 @@ def test_completions_stream_frames_then_usage_then_done():
             + enc.chunk(TokenChunk("req_c", 1, tool_calls=[{"index": 0, "arguments": "{}"}]))   # no text: no frame
             + enc.chunk(TokenChunk("req_c", 2, "llo", logprobs=LOGPROBS[1:]))
             + b"".join(enc.end(Completed("req_c", "Hello", "stop", Usage(4, 2)))))
-    got = events(body)
+    got = sse_events(body)
     assert got[-1] == (None, "[DONE]")
     # The API streams "finish_reason": null until the last text frame, which its own schema (and
     # so the SDK's type) does not allow: those frames are checked with the reason filled in.

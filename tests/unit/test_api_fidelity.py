@@ -25,10 +25,12 @@ from actors.http.translate import Call, Served
 from actors.http.usage import COUNTED_BY, shown_usage, usage_header
 from actors.providers.base import StreamAccumulator
 from actors.providers.embeddings import EmbeddingCall
+from actors.runtime.protocol import WorkerResult
 from actors.runtime.protocol.routing import RouteEntry
 from actors.types import Choice, Completed, InferenceRequest, TokenChunk, ToolCall, Usage
 
 from harness import Rig
+from sse_events import sse_events
 from test_providers_wire import body_of, credential, runner_for
 
 HI = [{"role": "user", "content": "hello world"}]
@@ -38,20 +40,6 @@ STREAM_EVENTS = TypeAdapter(RawMessageStreamEvent)
 
 def event(name: str, doc: dict) -> SseChunk:
     return SseChunk(name, json.dumps(doc), "", None)
-
-
-def sse_docs(frames: bytes) -> list[tuple[str | None, dict | str]]:
-    out = []
-    for frame in frames.split(b"\n\n"):
-        name, data = None, None
-        for line in frame.decode().splitlines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-        if data is not None:
-            out.append((name, data if data == "[DONE]" else json.loads(data)))
-    return out
 
 
 # --- the gateway's own token counts and their marker --------------------------------------------
@@ -95,7 +83,7 @@ def test_openai_whole_and_streamed_usage_agree_and_carry_the_marker():
     assert (whole["usage"]["prompt_tokens"], whole["usage"]["completion_tokens"]) == (count_messages(HI),
                                                                                        count_text("Hi there"))
     enc = od.StreamEncoder("req_u", call, Served("llama"))
-    docs = [d for _, d in sse_docs(enc.start() + enc.chunk(TokenChunk("req_u", 0, "Hi there"))
+    docs = [d for _, d in sse_events(enc.start() + enc.chunk(TokenChunk("req_u", 0, "Hi there"))
                                    + b"".join(enc.end(result)))]
     assert docs[-1] == "[DONE]"
     for doc in docs[:-1]:
@@ -110,7 +98,7 @@ def test_anthropic_stream_starts_with_the_counted_prompt_and_ends_with_the_whole
     call = ad.parse({"model": "m", "max_tokens": 20, "system": "be brief", "messages": HI, "stream": True})
     result = Completed("req_a", "Hi there", "stop", UNREPORTED)
     enc = ad.StreamEncoder("req_a", call)
-    got = sse_docs(enc.start() + enc.chunk(TokenChunk("req_a", 0, "Hi there")) + b"".join(enc.end(result)))
+    got = sse_events(enc.start() + enc.chunk(TokenChunk("req_a", 0, "Hi there")) + b"".join(enc.end(result)))
     for name, event in got:
         assert STREAM_EVENTS.validate_python(event, strict=True).type == name
     start = got[0][1]["message"]["usage"]
@@ -170,7 +158,7 @@ def test_stop_reason_and_sequence(result, call, expected):
     Message.model_validate(rendered, strict=True)
     assert (rendered["stop_reason"], rendered["stop_sequence"]) == expected
     enc = ad.StreamEncoder("r", call)
-    (delta,) = [e for n, e in sse_docs(enc.start() + b"".join(enc.end(result))) if n == "message_delta"]
+    (delta,) = [e for n, e in sse_events(enc.start() + b"".join(enc.end(result))) if n == "message_delta"]
     assert (delta["delta"]["stop_reason"], delta["delta"]["stop_sequence"]) == expected
 
 
@@ -223,11 +211,11 @@ def test_chat_logprobs_rendered_in_their_place_only_when_asked():
     assert "logprobs" not in plain.params                 # false is the default: not sent on
     assert od.render(result, plain)["choices"][0]["logprobs"] is None
     enc = od.StreamEncoder("req_l", od.parse({"model": "m", "messages": HI, "logprobs": True, "stream": True}))
-    (chunk,) = [d for _, d in sse_docs(enc.chunk(TokenChunk("req_l", 0, "Hel", logprobs=ITEMS[:1])))]
+    (chunk,) = [d for _, d in sse_events(enc.chunk(TokenChunk("req_l", 0, "Hel", logprobs=ITEMS[:1])))]
     ChatCompletionChunk.model_validate(chunk, strict=True)
     assert chunk["choices"][0]["logprobs"]["content"][0]["token"] == "Hel"
     quiet = od.StreamEncoder("req_l", od.parse({"model": "m", "messages": HI, "stream": True}))
-    (chunk,) = [d for _, d in sse_docs(quiet.chunk(TokenChunk("req_l", 0, "Hel", logprobs=ITEMS[:1])))]
+    (chunk,) = [d for _, d in sse_events(quiet.chunk(TokenChunk("req_l", 0, "Hel", logprobs=ITEMS[:1])))]
     assert chunk["choices"][0]["logprobs"] is None
 
 
@@ -476,3 +464,15 @@ def test_an_embeddings_call_is_estimated_as_its_input_alone():
     # Same messages: the chat call's estimate adds the deployment's expected output; an embedding has none.
     assert chat.charged_tokens - embed.charged_tokens == rig.dep.estimate_output_tokens
     assert embed.charged_tokens > 0
+
+
+def test_messages_carrying_vectors_or_logprobs_keep_them_out_of_their_repr():
+    """Thespian formats every message it sends or receives (``str()``, for a debug line): a repr
+    holding 32 vectors of 1536 numbers cost ~10 ms each time, several times a call."""
+    vectors = [[0.123456789] * 1536 for _ in range(32)]
+    done = Completed("req_1", "", "stop", Usage(5, 0), embeddings=vectors, logprobs=[{"token": "x"}] * 1000)
+    result = WorkerResult(request_id="req_1", attempt=1, worker_index=0, embeddings=vectors, logprobs=[{"t": 1}] * 99)
+    for message in (done, result, TokenChunk("req_1", 0, "x", logprobs=[{"token": "x"}] * 1000)):
+        shown = repr(message)
+        assert len(shown) < 1000 and "0.123456789" not in shown and "'token'" not in shown
+    assert "req_1" in repr(done) and done.embeddings is vectors      # the rest is shown; the data is all there

@@ -6,8 +6,6 @@ short, filtered, several choices, log probabilities, usage the gateway counted).
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from actors.http import completions_dialect as cd
@@ -22,6 +20,7 @@ from actors import errors as E
 from actors.types import Choice, Completed, EmbeddingResult, TokenChunk, ToolCall, Usage
 
 from openai_spec import check, check_event
+from sse_events import sse_events
 
 HI = [{"role": "user", "content": "hi"}]
 LP = [{"token": "He", "logprob": -0.25, "bytes": [72, 101],
@@ -48,12 +47,7 @@ CHUNKS = [TokenChunk("req_1", 0, "He", logprobs=LP[:1]), TokenChunk("req_1", 1, 
 
 
 def data_frames(body: bytes) -> list[dict]:
-    out = []
-    for frame in body.split(b"\n\n"):
-        for line in frame.decode().splitlines():
-            if line.startswith("data: {"):
-                out.append(json.loads(line[6:]))
-    return out
+    return [data for _, data in sse_events(body) if isinstance(data, dict)]
 
 
 @pytest.mark.parametrize("asked", [{}, {"logprobs": True, "top_logprobs": 2, "n": 2}])
