@@ -242,8 +242,8 @@ def merged_embeddings(calls: list[Completed]) -> EmbeddingResult:
     when every call's was), cost unknown when any call's is."""
     vectors = [v for call in calls for v in (call.embeddings or [])]
     usage = Usage(sum(c.usage.input_tokens for c in calls), 0, reported=all(c.usage.reported for c in calls))
-    costs = [c.cost_usd for c in calls]
-    return EmbeddingResult(vectors, usage, None if None in costs else round(sum(costs), 10), calls)
+    costs = [c.cost_usd for c in calls if c.cost_usd is not None]
+    return EmbeddingResult(vectors, usage, round(sum(costs), 10) if len(costs) == len(calls) else None, calls)
 
 
 class GatewayClient:

@@ -104,7 +104,9 @@ class OpenAIResponsesRunner(OpenAIChatRunner):
 
     def parse_response(self, body: bytes) -> Delta:
         doc = loads_json(body, self.provider)
-        text, tools, logprobs = [], [], []
+        text: list[str] = []
+        tools: list[dict[str, Any]] = []
+        logprobs: list[dict[str, Any]] = []
         for item in doc.get("output") or ():
             if item.get("type") == "message":
                 parts = [p for p in item.get("content") or () if p.get("type") == "output_text"]
