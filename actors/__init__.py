@@ -14,7 +14,8 @@ from actors.errors import (AuthenticationError, BadRequest, BudgetExceeded, Canc
                            EngineCrashed, GatewayTimeout, GatewayUnavailable, InferenceError, InternalError,
                            LeaderUnavailable, NetworkError, NotFound, Overloaded, PermissionDenied, QueueFull,
                            RateLimited, ServerError, ShuttingDown, StreamError, Timeout, WorkerCrashed)
-from actors.types import AttemptInfo, Cancel, Completed, Failed, InferenceRequest, TokenChunk, ToolCall, Usage
+from actors.types import (AttemptInfo, Cancel, Choice, Completed, EmbeddingResult, Failed, InferenceRequest, TokenChunk,
+                          ToolCall, Usage)
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ __all__ = [
     "GatewayClient", "Stream", "NOT_GIVEN",
     # what goes in and comes out
     "InferenceRequest", "TokenChunk", "Completed", "Failed", "Cancel", "Usage", "ToolCall", "AttemptInfo",
+    "Choice", "EmbeddingResult",
     # errors: the base, then by who is at fault
     "InferenceError",
     "GatewayUnavailable", "GatewayTimeout", "EngineCrashed", "WorkerCrashed", "ShuttingDown", "InternalError",

@@ -39,7 +39,8 @@ from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, Engine
                                      Route, Routes, StatusRequest)
 from actors.runtime.protocol.ledger import SpendQuery, SpendReport
 from actors.security import wire
-from actors.types import AttemptInfo, Cancel, Completed, Failed, InferenceRequest, TokenChunk
+from actors.types import (AttemptInfo, Cancel, Completed, EmbeddingResult, Failed, InferenceRequest, TokenChunk,
+                          Usage)
 
 __all__ = ["GatewayClient", "Stream", "NOT_GIVEN"]
 
@@ -96,6 +97,8 @@ class _State:
         self.exchange: Iterator[TokenChunk] | None = None
         self.done = False
         self.failed: Failed | None = None   # the last Failed terminal (its attempts, for routing)
+        self.deployment = ""                # the deployment the call went to last (the one serving it)
+        self.fallback = False               # that deployment serves another model than the one asked for
 
 
 def _drop(state: _State) -> bool:
@@ -138,6 +141,16 @@ class Stream:
     @property
     def closed(self) -> bool:
         return self._state.done
+
+    @property
+    def deployment(self) -> str:
+        """The deployment serving the call (once a chunk or the result arrived), else the last one tried."""
+        return self._state.deployment
+
+    @property
+    def fallback(self) -> bool:
+        """True when the serving deployment is one of the model's fallbacks (docs/routing.md)."""
+        return self._state.fallback
 
     def __iter__(self) -> Iterator[TokenChunk]:
         state = self._state
@@ -201,6 +214,36 @@ def _timeout(timeout_s: Any, default: float) -> float:
     if math.isnan(timeout_s) or math.isinf(timeout_s):
         raise ValueError(f"timeout_s must be finite, got {timeout_s}")
     return float(timeout_s)
+
+
+DEFAULT_EMBED_BATCH = 2048   # OpenAI's limit: the batch when no route names one
+
+
+def embed_batch_of(entries: list[Any]) -> int:
+    """The most texts one embeddings call may carry to whichever of ``entries`` serves it: the
+    smallest of their limits (a call may land on any of them), ignoring those with none."""
+    sizes = [e.embed_batch for e in entries if getattr(e, "embed_batch", 0) > 0]
+    return min(sizes) if sizes else DEFAULT_EMBED_BATCH
+
+
+def embed_batches(texts: list[str], limit: int, request_id: str | None = None) -> list[tuple[str | None, list[str]]]:
+    """``texts`` in order, cut into calls of at most ``limit``, each with its request id: the
+    caller's own when one call holds them all, else that id suffixed ``-0``, ``-1``, ..."""
+    if limit < 1:
+        raise ValueError(f"an embeddings batch holds at least one text, got {limit}")
+    parts = [texts[start:start + limit] for start in range(0, len(texts), limit)]
+    if request_id is None or len(parts) == 1:
+        return [(request_id, part) for part in parts]
+    return [(f"{request_id}-{i}", part) for i, part in enumerate(parts)]
+
+
+def merged_embeddings(calls: list[Completed]) -> EmbeddingResult:
+    """One result from the calls of one ``embed``: vectors in order, usage summed (reported only
+    when every call's was), cost unknown when any call's is."""
+    vectors = [v for call in calls for v in (call.embeddings or [])]
+    usage = Usage(sum(c.usage.input_tokens for c in calls), 0, reported=all(c.usage.reported for c in calls))
+    costs = [c.cost_usd for c in calls if c.cost_usd is not None]
+    return EmbeddingResult(vectors, usage, round(sum(costs), 10) if len(costs) == len(calls) else None, calls)
 
 
 class GatewayClient:
@@ -414,6 +457,40 @@ class GatewayClient:
         request = self.request(model, messages, stream=True, **kw)
         return Stream(self, request, request.deadline_unix - time.time())
 
+    def embed(self, model: str, input: str | list[str], *, dimensions: Any = NOT_GIVEN, user: Any = NOT_GIVEN,
+              metadata: dict[str, str] | None = None, priority: int | str = "normal", timeout_s: Any = NOT_GIVEN,
+              request_id: str | None = None, extra_body: dict[str, Any] | None = None,
+              fallbacks: list[str] | None = None, batch_size: int | None = None) -> EmbeddingResult:
+        """Embeddings of ``input`` (one text or a list), one vector per text, in order.
+
+        More texts than the deployments take in one call (``RouteEntry.embed_batch``: 2048 for
+        OpenAI, 96 for Cohere, 1 for Bedrock Titan, ...) are sent as several calls, one after
+        the other, each through admission, budgets and the ledger like any call; ``timeout_s``
+        bounds the whole. ``extra_body`` carries provider options (``input_type``, ``task_type``).
+        """
+        texts = [input] if isinstance(input, str) else list(input) if isinstance(input, (list, tuple)) else None
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("input must be a string or a non-empty list of strings")
+        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
+                                       or batch_size < 1):
+            raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
+        try:
+            entries = self._route_lookup(model).entries
+        except InferenceError:
+            entries = []   # no route yet: the send below says why
+        timeout = _timeout(timeout_s, self.timeout_s)
+        deadline = time.time() + timeout
+        calls: list[Completed] = []
+        for rid, part in embed_batches(texts, batch_size or embed_batch_of(entries), request_id):
+            request = self.request(model, [{"role": "user", "content": t} for t in part], stream=False,
+                                   user=user, metadata=metadata, priority=priority, timeout_s=deadline - time.time(),
+                                   request_id=rid, extra_body=extra_body, fallbacks=fallbacks)
+            if dimensions is not NOT_GIVEN:
+                request.params["dimensions"] = dimensions
+            request.operation = "embed"
+            calls.append(self.send(request))
+        return merged_embeddings(calls)
+
     def send(self, request: InferenceRequest, timeout_s: float | None = None) -> Completed:
         """Send a prepared request and wait for its terminal message."""
         if timeout_s is None:
@@ -456,7 +533,9 @@ class GatewayClient:
         rid = request.request_id
         deadline = time.monotonic() + timeout_s
         correlator.open(rid)
-        receiver = self._stream_receiver() if request.stream and correlator.inbox is not None else None
+        # Chunks with log probabilities travel as messages (the channel's frames carry text and tool calls).
+        receiver = (self._stream_receiver() if request.stream and correlator.inbox is not None
+                    and not request.params.get("logprobs") else None)
         if receiver is not None:
             request.channel = receiver.spec
             receiver.route(rid, correlator.inbox)
@@ -565,6 +644,7 @@ class GatewayClient:
             with self._lock:
                 self._busy[key] = self._busy.get(key, 0) + 1
             state.failed = None
+            state.deployment, state.fallback = entry.deployment, model != request.model
             try:
                 yield from self._follow(correlator, entry.engine, attempt, deadline, state)
             except InferenceError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from actors.errors import InferenceError
 
@@ -62,6 +62,22 @@ class AttemptInfo:
     sent: bool = True             # False: refused before anything went upstream (circuit, queue, budget)
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One more answer of a call made with ``n`` > 1 (``Completed`` itself is choice 0)."""
+
+    index: int
+    text: str
+    finish_reason: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] | None = None
+
+
+# What a request asks the provider for: a chat completion, or embeddings of its messages' texts.
+Operation = Literal["chat", "embed"]
+OPERATIONS: tuple[str, ...] = ("chat", "embed")
+
+
 # --- the public contract -------------------------------------------------------------
 
 def new_request_id() -> str:
@@ -94,6 +110,9 @@ class InferenceRequest:
     # so retries are one budget across every deployment and fallback the call visits.
     fallbacks: list[str] | None = None
     retry_budget: int | None = None
+    # "embed": one user turn per text to embed (so validation, estimates and routing treat
+    # them like a prompt); never streamed.
+    operation: Operation = "chat"
 
 
 @dataclass
@@ -106,6 +125,9 @@ class TokenChunk:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
+    # Per-token log probabilities of this chunk's text (OpenAI's ``logprobs.content`` items),
+    # when the request asked for them and the provider gave them.
+    logprobs: list[dict[str, Any]] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -129,6 +151,26 @@ class Completed:
     # provider reported none (usage.reported is False), never zero for a call that ran.
     charged_tokens: int = 0
     attempt_log: list[AttemptInfo] = field(default_factory=list)   # every attempt, the serving one last
+    # Bulky payloads stay out of the repr: Thespian formats every message it sends and receives
+    # (str(), for a debug line it may not even write), and 32 vectors of 1536 floats took ~10 ms a time.
+    logprobs: list[dict[str, Any]] | None = field(default=None, repr=False)   # logprobs.content items, when asked
+    choices: list[Choice] = field(default_factory=list)   # choices 1..n-1 of a call with n > 1
+    embeddings: list[list[float]] | None = field(default=None, repr=False)   # "embed": one vector per input, in order
+    stop_sequence: str | None = None                  # which stop sequence ended the answer, when the provider said
+
+
+@dataclass
+class EmbeddingResult:
+    """What ``GatewayClient.embed`` returns: one vector per input, in order, over its batches."""
+
+    embeddings: list[list[float]]
+    usage: Usage                       # summed over the batches; reported only if every batch's was
+    cost_usd: float | None             # None when any batch's cost is unknown
+    calls: list[Completed] = field(default_factory=list)   # one per batch sent, in order
+
+    @property
+    def deployment(self) -> str:
+        return self.calls[-1].deployment if self.calls else ""
 
 
 @dataclass

@@ -55,6 +55,14 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def thread_session(local: threading.local) -> requests.Session:
+    """This thread's own HTTP session (kept alive across calls, as a real client's would be)."""
+    s = getattr(local, "session", None)
+    if s is None:
+        s = local.session = requests.Session()
+    return s
+
+
 class Paths:
     def __init__(self, mock_url: str, admin_port: int, http_url: str, max_tokens: int) -> None:
         self.mock_url, self.http_url, self.max_tokens = mock_url, http_url, max_tokens
@@ -62,10 +70,7 @@ class Paths:
         self.local = threading.local()
 
     def session(self) -> requests.Session:
-        s = getattr(self.local, "session", None)
-        if s is None:
-            s = self.local.session = requests.Session()
-        return s
+        return thread_session(self.local)
 
     def body(self, stream: bool) -> dict:
         return {"model": "bench", "messages": MESSAGES, "max_tokens": self.max_tokens, "stream": stream}
@@ -294,6 +299,22 @@ def start_floor(admin_port: int, server: str) -> tuple[subprocess.Popen, str]:
     return proc, line.split()[-1]
 
 
+def alternating_latency(paths: object, names: tuple[str, ...], calls: int, warmup: int) -> dict[str, list[float]]:
+    """``calls`` sequential calls per path (after ``warmup`` each), in rounds whose order rotates,
+    so that machine noise hits every path alike: each path's latencies in seconds."""
+    for name in names:
+        for _ in range(warmup):
+            getattr(paths, name)()
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(calls):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            started = time.perf_counter()
+            getattr(paths, name)()
+            lat[name].append(time.perf_counter() - started)
+    return lat
+
+
 def throughput(fn, threads: int, seconds: float) -> float:
     stop = time.monotonic() + seconds
     counts = [0] * threads
@@ -382,16 +403,7 @@ def main() -> int:
         paths.floor_url = floor_url
         names = ("direct", "client", "ingress")
         sequential = names + ("floor",)
-        for name in sequential:
-            for _ in range(20):
-                getattr(paths, name)()
-        lat: dict[str, list[float]] = {n: [] for n in sequential}
-        for i in range(calls):
-            k = i % len(sequential)
-            for name in sequential[k:] + sequential[:k]:
-                t = time.perf_counter()
-                getattr(paths, name)()
-                lat[name].append(time.perf_counter() - t)
+        lat = alternating_latency(paths, sequential, calls, warmup=20)
         figures["sequential_ms"] = {n: {"p50": pct(v, 0.5) * 1000, "p99": pct(v, 0.99) * 1000} for n, v in lat.items()}
         figures["ingress_added_p50_ms_over_client"] = (figures["sequential_ms"]["ingress"]["p50"]
                                                        - figures["sequential_ms"]["client"]["p50"])

@@ -256,10 +256,13 @@ class EngineCore:
         if error is not None:
             return self._reject(msg, sender, error)
         deadline = None if msg.deadline_unix is None else now + (msg.deadline_unix - wall)
+        # An embeddings call generates nothing: its estimate is its input alone.
+        embed = getattr(msg, "operation", "chat") == "embed"
+        max_tokens = None if embed else msg.params.get("max_tokens")
+        default_output = 0 if embed else self.dep.estimate_output_tokens
         job = Job(msg, sender, Priority.parse(msg.priority), now, wall, deadline,
-                  estimate_tokens(msg.messages, msg.params.get("max_tokens"), self.dep.estimate_output_tokens))
-        job.spend = SpendHold(BudgetBook.estimate(msg.messages, msg.params.get("max_tokens"),
-                                                  self.dep.estimate_output_tokens, self.price),
+                  estimate_tokens(msg.messages, max_tokens, default_output))
+        job.spend = SpendHold(BudgetBook.estimate(msg.messages, max_tokens, default_output, self.price),
                               self.book.applicable(msg.metadata or {}, self.dep.name, self.dep.provider)
                               if self.book is not None else [])
         if len(self.queue) == 0 and self.idle and self.view.state is CircuitState.CLOSED:
@@ -534,7 +537,9 @@ class EngineCore:
             cost_usd=cost_usd(r.usage, self.price), attempts=job.attempts, latency_s=now - job.accepted_mono,
             ttft_s=(first - job.accepted_unix) if first else None, deployment=self.dep.name,
             provider_model=self.dep.provider_model, chunks=r.chunks,
-            charged_tokens=decided.charged(job.estimate), attempt_log=job.log))
+            charged_tokens=decided.charged(job.estimate), attempt_log=job.log,
+            logprobs=getattr(r, "logprobs", None), choices=list(getattr(r, "choices", None) or ()),
+            embeddings=getattr(r, "embeddings", None), stop_sequence=getattr(r, "stop_sequence", None)))
 
     def _after_error(self, job: Job, error: InferenceError, r: Any, now: float) -> None:
         if job.chunks:

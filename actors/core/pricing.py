@@ -6,6 +6,7 @@ import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Mapping, TypeVar
 
 import yaml
 
@@ -30,7 +31,10 @@ def price_table() -> dict[str, dict[str, Price]]:
     return {family: {model: Price(**entry) for model, entry in models.items()} for family, models in raw.items()}
 
 
-def _match(models: dict[str, Price], name: str) -> Price | None:
+T = TypeVar("T")
+
+
+def _match(models: Mapping[str, T], name: str) -> T | None:
     """The exact entry, else the longest entry that ``name`` is a versioned form of."""
     if name in models:
         return models[name]

@@ -9,7 +9,7 @@ from typing import Any
 from actors.core.classify import redact
 from actors.core.priority_queue import Priority
 from actors.errors import BadRequest, InferenceError
-from actors.types import InferenceRequest
+from actors.types import OPERATIONS, InferenceRequest
 
 
 def _shown(value: Any) -> str:
@@ -60,7 +60,9 @@ _PARAMS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "top_k": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "max_tokens": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
     "max_completion_tokens": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "n": (lambda v: _is_int(v) and v == 1, "1 (one choice per call is supported)"),
+    "n": (lambda v: _is_int(v) and 1 <= v <= 128, "an integer in [1, 128]"),
+    "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
+    "top_logprobs": (lambda v: _is_int(v) and 0 <= v <= 20, "an integer in [0, 20]"),
     "seed": (_is_int, "an integer"),
     "presence_penalty": (_in_range(-2.0, 2.0), "a number in [-2, 2]"),
     "frequency_penalty": (_in_range(-2.0, 2.0), "a number in [-2, 2]"),
@@ -95,6 +97,8 @@ def validate_request(request: Any) -> InferenceError | None:
             return BadRequest(f"messages[{i}] has no content")
     if not isinstance(request.params, dict):
         return BadRequest("params must be a mapping")
+    if getattr(request, "operation", "chat") not in OPERATIONS:
+        return BadRequest(f"operation must be one of {', '.join(OPERATIONS)}, got {_shown(request.operation)}")
     error = validate_params(request.params)
     if error is not None:
         return error

@@ -41,17 +41,19 @@ def main(argv: list[str] | None = None) -> int:
             doc = json.loads(sys.stdin.read())
             config = build(HttpConfig, doc["http"], "http")
             models = list(doc.get("models") or [])
+            upstreams = dict(doc.get("upstreams") or {})
         elif args.config:
             full = load_config(args.config, credentials=False)
             if full.http is None and not args.listen:
                 raise ConfigError("no http section: nothing to serve (or give --listen)", path=args.config)
             config = full.http or HttpConfig(auth="none")
             models = [d.model for d in full.deployments]
+            upstreams = {d.model: d.provider_model for d in full.deployments}
         else:
             parser.error("give --config FILE or --stdin")
         from actors.http.server import HttpServer  # imports the client (Thespian) only once the config is good
 
-        server = HttpServer(config, args.admin_port, models, listen=args.listen)
+        server = HttpServer(config, args.admin_port, models, listen=args.listen, upstreams=upstreams)
     except (ConfigError, InferenceError, ValueError) as exc:
         print(f"http: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -7,8 +7,9 @@ import json
 from typing import Any, Iterator
 
 from actors.http.errors import HttpError, anthropic_body, encode
-from actors.http.translate import Call, bad, fallbacks_of, need
-from actors.types import Completed, TokenChunk, Usage
+from actors.http.translate import Call, Served, bad, fallbacks_of, known_only, need
+from actors.http.usage import COUNTED_BY, Shown, prompt_tokens, shown_usage
+from actors.types import Completed, TokenChunk
 
 __all__ = ["parse", "render", "StreamEncoder"]
 
@@ -111,9 +112,7 @@ def _tool_choice(choice: dict[str, Any]) -> Any:
 
 
 def parse(doc: dict[str, Any]) -> Call:
-    unknown = sorted(set(doc) - _KNOWN)
-    if unknown:
-        raise bad(f"{unknown[0]}: unsupported parameter", param=unknown[0])
+    known_only(doc, _KNOWN)
     model = need(doc, "model", str, required=True)
     max_tokens = need(doc, "max_tokens", int, required=True)
     if max_tokens < 1:
@@ -138,6 +137,7 @@ def parse(doc: dict[str, Any]) -> Call:
     stops = need(doc, "stop_sequences", list)
     if stops:
         params["stop"] = stops
+    echo = {"stop_sequences": list(stops or [])}
     tools = need(doc, "tools", list)
     if tools:
         params["tools"] = _tools(tools)
@@ -147,17 +147,34 @@ def parse(doc: dict[str, Any]) -> Call:
     metadata = need(doc, "metadata", dict) or {}
     if isinstance(metadata.get("user_id"), str):
         params["user"] = metadata["user_id"]
-    return Call(model, messages, params, bool(need(doc, "stream", bool)), fallbacks=fallbacks_of(doc))
+    return Call(model, messages, params, bool(need(doc, "stream", bool)), fallbacks=fallbacks_of(doc), echo=echo)
+
+
+def stop_of(result: Completed, call: Call) -> tuple[str, str | None]:
+    """``stop_reason`` and ``stop_sequence`` as Anthropic reports them.
+
+    A provider that names the sequence (Anthropic) is believed; one that only says a stop
+    sequence ended the answer (Bedrock, Cohere) names it when the caller gave just one."""
+    stops = call.echo.get("stop_sequences") or []
+    sequence = result.stop_sequence
+    raw = (result.raw_finish_reason or "").lower()
+    if sequence is None and raw == "stop_sequence" and len(stops) == 1:
+        sequence = stops[0]
+    if sequence is not None and result.finish_reason == "stop":
+        return "stop_sequence", sequence
+    return STOP_REASON.get(result.finish_reason, "end_turn"), None
 
 
 def message_id(request_id: str) -> str:
     return "msg_" + request_id.removeprefix("req_")
 
 
-def _usage(usage: Usage) -> dict[str, Any]:
+def _usage(shown: Shown) -> dict[str, Any]:
     # Anthropic's input_tokens leaves out cache reads; ours counts the whole prompt.
-    return {"input_tokens": usage.input_tokens - usage.cached_input_tokens, "output_tokens": usage.output_tokens,
-            "cache_read_input_tokens": usage.cached_input_tokens, "cache_creation_input_tokens": 0}
+    usage = shown.usage
+    return shown.mark({"input_tokens": usage.input_tokens - usage.cached_input_tokens,
+                       "output_tokens": usage.output_tokens,
+                       "cache_read_input_tokens": usage.cached_input_tokens, "cache_creation_input_tokens": 0})
 
 
 def _arguments(text: str) -> Any:
@@ -167,15 +184,16 @@ def _arguments(text: str) -> Any:
         return {"_unparsed_arguments": text}
 
 
-def render(result: Completed, model: str) -> dict[str, Any]:
+def render(result: Completed, call: Call, served: Served = Served()) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if result.text:
         content.append({"type": "text", "text": result.text})
     for tc in result.tool_calls:
         content.append({"type": "tool_use", "id": tc.id, "name": tc.name, "input": _arguments(tc.arguments)})
-    return {"id": message_id(result.request_id), "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": STOP_REASON.get(result.finish_reason, "end_turn"),
-            "stop_sequence": None, "usage": _usage(result.usage)}
+    stop_reason, stop_sequence = stop_of(result, call)
+    return {"id": message_id(result.request_id), "type": "message", "role": "assistant", "model": call.model,
+            "content": content, "stop_reason": stop_reason, "stop_sequence": stop_sequence,
+            "usage": _usage(shown_usage(result, call.messages, call.params))}
 
 
 def _event(name: str, doc: dict[str, Any]) -> bytes:
@@ -187,16 +205,21 @@ class StreamEncoder:
 
     content_type = "text/event-stream"
 
-    def __init__(self, request_id: str, model: str, include_usage: bool = False) -> None:
+    def __init__(self, request_id: str, call: Call, served: Served = Served()) -> None:
         self._id = message_id(request_id)
-        self._model = model
+        self._model = call.model
+        self._call = call
         self._open: tuple[str, int] | None = None   # ("text", -1) or ("tool", tool index), with its block index
         self._block = -1
 
     def start(self) -> bytes:
+        # The provider's own count comes with the answer's end (message_delta), which the SDKs take;
+        # before it the gateway counts the prompt as sent, and says so.
+        usage = {"input_tokens": prompt_tokens(self._call.messages, self._call.params), "output_tokens": 0,
+                 "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0, "counted_by": COUNTED_BY}
         return _event("message_start", {"message": {
             "id": self._id, "type": "message", "role": "assistant", "model": self._model, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}})
+            "stop_reason": None, "stop_sequence": None, "usage": usage}})
 
     def _close(self) -> bytes:
         if self._open is None:
@@ -231,9 +254,10 @@ class StreamEncoder:
         closing = self._close()
         if closing:
             yield closing
-        usage = _usage(result.usage)
-        yield _event("message_delta", {"delta": {"stop_reason": STOP_REASON.get(result.finish_reason, "end_turn"),
-                                                 "stop_sequence": None}, "usage": usage})
+        usage = _usage(shown_usage(result, self._call.messages, self._call.params))
+        stop_reason, stop_sequence = stop_of(result, self._call)
+        yield _event("message_delta", {"delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                                       "usage": usage})
         yield _event("message_stop", {})
 
     def error(self, err: HttpError) -> Iterator[bytes]:

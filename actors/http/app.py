@@ -8,6 +8,7 @@ stream stops being generated and billed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,14 +17,17 @@ from typing import Any
 
 from actors.client import GatewayClient, Stream
 from actors.errors import InferenceError, ShuttingDown
-from actors.http import anthropic_dialect, openai_dialect
+from actors.http import (anthropic_dialect, completions_dialect, embeddings_dialect, openai_dialect,
+                         responses_dialect)
 from actors.http.errors import FrontDoorError, HttpError, anthropic_body, encode, http_error, openai_body, status_line
 from actors.core.records import KEY_METADATA, TEAM_METADATA
+from actors.http import models as model_cards
 from actors.http.key_limits import NO_HOLD, KeyHold, KeyLimits
 from actors.http.keys import Caller, KeyRing, presented_key
 from actors.http.spend import spend_document
 from actors.http.observe import Observatory
-from actors.http.translate import Call, parse_json
+from actors.http.translate import Call, Served, parse_json
+from actors.http.usage import shown_usage, usage_header
 from actors.http.watcher import Watcher
 from actors.settings.schema import HttpConfig
 from actors.types import new_request_id
@@ -61,6 +65,12 @@ class _Dialect:
 
 OPENAI = _Dialect("openai", openai_dialect, openai_body)
 ANTHROPIC = _Dialect("anthropic", anthropic_dialect, anthropic_body)
+RESPONSES = _Dialect("responses", responses_dialect, openai_body)      # OpenAI's error shape
+COMPLETIONS = _Dialect("completions", completions_dialect, openai_body)
+EMBEDDINGS = _Dialect("embeddings", embeddings_dialect, openai_body)
+# Calls to the node, by endpoint; GET /v1/models/{id} is matched by its prefix.
+_CALLS = {"/v1/chat/completions": OPENAI, "/v1/messages": ANTHROPIC, "/v1/responses": RESPONSES,
+          "/v1/completions": COMPLETIONS, "/v1/embeddings": EMBEDDINGS}
 
 
 def _caller_metadata(caller: Caller) -> dict[str, str]:
@@ -73,7 +83,8 @@ def _caller_metadata(caller: Caller) -> dict[str, str]:
 class FrontDoor:
     """``FrontDoor(config, client, models)`` is the WSGI callable the server runs."""
 
-    def __init__(self, config: HttpConfig, client: GatewayClient, models: list[str], keys: KeyRing | None = None) -> None:
+    def __init__(self, config: HttpConfig, client: GatewayClient, models: list[str], keys: KeyRing | None = None,
+                 upstreams: dict[str, str] | None = None) -> None:
         self.config = config
         self.client = client
         self.models = sorted(set(models))
@@ -93,6 +104,7 @@ class FrontDoor:
         self._ready: tuple[float, bool, str] = (0.0, False, "")
         self._local = threading.local()
         self.observe = Observatory(client, self.keys)   # /metrics, /v1/status, /ui
+        self.cards = model_cards.ModelCards(self.models, upstreams or {})
 
     # -- WSGI ------------------------------------------------------------------------
 
@@ -100,8 +112,8 @@ class FrontDoor:
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "GET")
         headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
-        if path == "/v1/chat/completions":
-            dialect = OPENAI
+        if path in _CALLS and path != "/v1/messages":
+            dialect = _CALLS[path]
         elif path.startswith("/v1/messages") or "anthropic-version" in headers:
             dialect = ANTHROPIC
         else:
@@ -153,12 +165,13 @@ class FrontDoor:
                               {"status": "ready" if ready else "not ready", "detail": why}, request_id)
         if self.observe.handles(path):
             return self.observe.serve(method, path, headers, environ, request_id, start_response, done)
-        routes = {"/v1/chat/completions": ("POST", OPENAI), "/v1/messages": ("POST", ANTHROPIC),
+        routes = {**{p: ("POST", d) for p, d in _CALLS.items()}, "/v1/messages/count_tokens": ("POST", ANTHROPIC),
                   "/v1/models": ("GET", dialect), "/v1/spend": ("GET", OPENAI)}
-        if path not in routes:
-            raise FrontDoorError(404, f"no such endpoint {path!r}; this gateway serves /v1/chat/completions, "
-                                 f"/v1/messages and /v1/models", kind="not_found_error", code="unknown_url")
-        wanted, _ = routes[path]
+        card = path[len("/v1/models/"):] if path.startswith("/v1/models/") else None
+        if path not in routes and not card:
+            raise FrontDoorError(404, f"no such endpoint {path!r}; this gateway serves {', '.join(sorted(routes))} "
+                                 f"and /v1/models/{{model}}", kind="not_found_error", code="unknown_url")
+        wanted, _ = routes.get(path, ("GET", dialect))
         if method != wanted:
             raise FrontDoorError(405, f"{path} takes {wanted}, not {method}", kind="invalid_request_error",
                                  code="method_not_allowed")
@@ -166,6 +179,14 @@ class FrontDoor:
         if path == "/v1/models":
             done(200, caller.name)
             return self._json(start_response, 200, self._models(caller, dialect), request_id)
+        if card:
+            doc = self.cards.card(card, caller, dialect is ANTHROPIC)
+            done(200, caller.name)
+            return self._json(start_response, 200, doc, request_id)
+        if path == "/v1/messages/count_tokens":
+            doc = model_cards.count_tokens(parse_json(self._body(environ)), self.models, caller)
+            done(200, caller.name)
+            return self._json(start_response, 200, doc, request_id)
         if path == "/v1/spend":
             doc = spend_document(self.client, environ.get("QUERY_STRING", ""))
             done(200, caller.name)
@@ -204,6 +225,9 @@ class FrontDoor:
         hold = NO_HOLD
         try:
             # The key's own budget, cluster-wide (key_limits.py): before any work reaches the node.
+            if dialect is EMBEDDINGS:
+                hold = self.key_limits.admit(caller.name, call.messages, 0)
+                return self._serve_embed(call, caller, request_id, start_response, finished, hold)
             hold = self.key_limits.admit(caller.name, call.messages, call.params.get("max_tokens"))
             return self._serve(call, dialect, caller, environ, request_id, start_response, finished, hold)
         except BaseException as exc:
@@ -248,13 +272,25 @@ class FrontDoor:
         return min(timeout, announced) if announced > 0 else timeout
 
     def _models(self, caller: Caller, dialect: _Dialect) -> dict[str, Any]:
-        allowed = [m for m in self.models if caller.may_use(m)]
-        if dialect is ANTHROPIC:
-            data = [{"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"} for m in allowed]
-            return {"data": data, "has_more": False, "first_id": allowed[0] if allowed else None,
-                    "last_id": allowed[-1] if allowed else None}
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "atomr"}
-                                           for m in allowed]}
+        return self.cards.listing(caller, dialect is ANTHROPIC)
+
+    def _serve_embed(self, call: Any, caller: Caller, request_id: str, start_response: Callable,
+                     done: Callable[[int, str], None], hold: KeyHold = NO_HOLD) -> Any:
+        """Embeddings: one whole answer (no stream to watch); GatewayClient.embed batches per provider."""
+        kw = {"dimensions": call.dimensions} if call.dimensions is not None else {}
+        if call.user is not None:
+            kw["user"] = call.user
+        result = self.client.embed(call.model, call.texts, timeout_s=call.timeout_s, request_id=request_id,
+                                   metadata=_caller_metadata(caller), extra_body=call.extra or None,
+                                   fallbacks=call.fallbacks, **kw)
+        hold.settle(result.calls[-1] if len(result.calls) == 1 else dataclasses.replace(
+            result.calls[-1], charged_tokens=sum(c.charged_tokens for c in result.calls)))
+        done(200, caller.name)
+        last = result.calls[-1]
+        routes = {e.deployment for e in self.client.routes(call.model)}
+        served = Served(last.deployment, last.deployment not in routes)
+        extra = served.headers() + [usage_header(embeddings_dialect.shown(result, call))]
+        return self._json(start_response, 200, embeddings_dialect.render(result, call), request_id, extra)
 
     def _is_ready(self) -> tuple[bool, str]:
         at, ready, why = self._ready
@@ -297,7 +333,10 @@ class FrontDoor:
             self._overhead(stream)
             hold.settle(stream.result)
             done(200, caller.name)
-            return self._json(start_response, 200, dialect.module.render(stream.result, call.model), request_id)
+            served = self._served(stream, call)
+            doc = dialect.module.render(stream.result, call, served)
+            extra = served.headers() + [usage_header(shown_usage(stream.result, call.messages, call.params))]
+            return self._json(start_response, 200, doc, request_id, extra)
         # Read up to the first chunk before answering: an error before any output is a real
         # HTTP status (what the SDKs retry on), not a 200 with an error event.
         chunks = iter(stream)
@@ -309,7 +348,7 @@ class FrontDoor:
             raise
         start_response(status_line(200), [("Content-Type", "text/event-stream; charset=utf-8"),
                                           ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"),
-                                          *self._id_headers(request_id)])
+                                          *self._id_headers(request_id), *self._served(stream, call).headers()])
         body = self._stream_body(stream, chunks, first, call, dialect, caller, request_id, done, hold)
         return _Body(body, lambda: (self.watcher.remove(request_id), stream.close(), hold.settle(),
                                     done(499, caller.name)))
@@ -317,7 +356,7 @@ class FrontDoor:
     def _stream_body(self, stream: Stream, chunks: Iterator, first: Any, call: Call, dialect: _Dialect,
                      caller: Caller, request_id: str, done: Callable[[int, str], None],
                      hold: KeyHold = NO_HOLD) -> Iterator[bytes]:
-        encoder = dialect.module.StreamEncoder(request_id, call.model, call.include_usage)
+        encoder = dialect.module.StreamEncoder(request_id, call, self._served(stream, call))
         status = 200
         try:
             with stream:
@@ -344,6 +383,10 @@ class FrontDoor:
             hold.settle()  # left early (the caller went away): the estimate stays charged
             self.watcher.remove(request_id)
             done(status, caller.name)
+
+    def _served(self, stream: Stream, call: Call) -> Served:
+        """The deployment serving the call (known once it streams or ends), and whether it was a fallback."""
+        return Served(stream.deployment, stream.fallback)
 
     def _overhead(self, stream: Stream) -> None:
         result = stream.result

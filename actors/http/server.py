@@ -43,14 +43,14 @@ class HttpServer:
     """A waitress server running a FrontDoor for the node on ``admin_port``."""
 
     def __init__(self, config: HttpConfig, admin_port: int, models: list[str], *, listen: str | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", upstreams: dict[str, str] | None = None) -> None:
         if listen is not None:
             config = config.with_listen(listen)
         if config.address is None:
             raise ValueError("http.listen: the HTTP listener needs an address, got none")
         self.config = config
         self.client = GatewayClient(admin_port, host=host, timeout_s=config.request_timeout_s)
-        self.app = FrontDoor(config, self.client, models)
+        self.app = FrontDoor(config, self.client, models, upstreams=upstreams)
         bind_host, port = config.address
         self.server = waitress.create_server(self.app, host=bind_host, port=port, **waitress_options(config))
         self._draining = threading.Event()

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors.http.errors import FrontDoorError
 
-__all__ = ["Call", "bad", "need", "parse_json", "fallbacks_of"]
+__all__ = ["Call", "Served", "bad", "need", "known_only", "parse_json", "fallbacks_of"]
 
 
 @dataclass
@@ -23,6 +24,25 @@ class Call:
     include_usage: bool = False      # OpenAI's stream_options.include_usage
     timeout_s: float | None = None
     fallbacks: list[str] | None = None   # the extra body field `fallbacks` (docs/routing.md)
+    logprobs: bool = False               # the caller asked for log probabilities (rendered in its place)
+    echo: dict[str, Any] = field(default_factory=dict)   # request fields a dialect repeats in its answer
+
+
+@dataclass(frozen=True)
+class Served:
+    """Which deployment served a call, and whether it was a fallback (another model than the one asked for)."""
+
+    deployment: str = ""
+    fallback: bool = False
+
+    def fingerprint(self) -> str:
+        """OpenAI's ``system_fingerprint`` (a string): names the serving configuration, here the deployment."""
+        return "fp_" + hashlib.sha256(self.deployment.encode()).hexdigest()[:10]
+
+    def headers(self) -> list[tuple[str, str]]:
+        if not self.deployment:
+            return []
+        return [("x-atomr-deployment", self.deployment), ("x-atomr-fallback", "true" if self.fallback else "false")]
 
 
 def fallbacks_of(doc: dict) -> list[str] | None:
@@ -43,6 +63,13 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> Fron
 
 _KINDS = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
           dict: "an object"}
+
+
+def known_only(doc: dict, known: set[str] | frozenset[str]) -> None:
+    """A 400 naming the first field (alphabetically) that ``known`` does not hold."""
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise bad(f"{unknown[0]}: unsupported parameter", param=unknown[0], code="unsupported_parameter")
 
 
 def _type_name(value: Any) -> str:

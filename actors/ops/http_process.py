@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 import os
 import queue
 import signal
@@ -53,6 +54,11 @@ class HttpProcess:
         return self.proc.returncode
 
 
+def _upstreams(config: Any) -> dict[str, str]:
+    """Each model's upstream model (for real creation dates in /v1/models)."""
+    return {d.model: d.provider_model for d in getattr(config, "deployments", None) or ()}
+
+
 def _models(config: GatewayConfig) -> list[str]:
     return sorted({d.model for d in config.deployments})
 
@@ -60,7 +66,7 @@ def _models(config: GatewayConfig) -> list[str]:
 def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: str | None = None,
                models: list[str] | None = None, log_file: str | None = None, log_level: str = "INFO",
                start_timeout_s: float = 30.0, key_environment: dict[str, str] | None = None,
-               log_format: str | None = None) -> HttpProcess:
+               log_format: str | None = None, upstreams: dict[str, str] | None = None) -> HttpProcess:
     """Start ``python -m actors.http`` for the node on ``admin_port`` and wait until it listens.
 
     ``config`` is the node's whole config (its ``http`` section, and its deployments' models
@@ -89,7 +95,7 @@ def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: s
            "--parent-pid", str(os.getpid()), "--log-format", log_format or "text"]
     if log_file:
         cmd += ["--log-file", log_file]
-    doc = {"http": dataclasses.asdict(http), "models": list(models or [])}
+    doc = {"http": dataclasses.asdict(http), "models": list(models or []), "upstreams": upstreams if upstreams is not None else _upstreams(config)}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, **(key_environment or {})})
     proc.stdin.write(json.dumps(doc))

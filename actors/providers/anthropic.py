@@ -101,7 +101,7 @@ class AnthropicRunner(SseRunner):
                 tools.append(object_tool_call(len(tools), block.get("id"), block.get("name"), block.get("input")))
         finish, raw = self.finish(doc.get("stop_reason"))
         return Delta(text="".join(text), tool_calls=tools, finish_reason=finish, raw_finish_reason=raw,
-                     usage=usage_fields(doc.get("usage")), done=True)
+                     usage=usage_fields(doc.get("usage")), done=True, stop_sequence=doc.get("stop_sequence"))
 
     def translate(self, event: SseChunk, state: dict[str, Any]) -> list[Delta]:
         kind = event.event
@@ -128,8 +128,10 @@ class AnthropicRunner(SseRunner):
                                            "arguments": part.get("partial_json", "")}])]
             return []  # thinking, signature and citation deltas carry no answer text
         if kind == "message_delta":
-            finish, raw = self.finish((doc.get("delta") or {}).get("stop_reason"))
-            return [Delta(finish_reason=finish, raw_finish_reason=raw, usage=usage_fields(doc.get("usage")))]
+            part = doc.get("delta") or {}
+            finish, raw = self.finish(part.get("stop_reason"))
+            return [Delta(finish_reason=finish, raw_finish_reason=raw, usage=usage_fields(doc.get("usage")),
+                          stop_sequence=part.get("stop_sequence"))]
         if kind == "message_stop":
             return [Delta(done=True)]
         return []

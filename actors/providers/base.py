@@ -17,7 +17,7 @@ from actors.settings.schema import DeploymentConfig
 from actors.core.pricing import Price
 from actors.core.credentials import Secret
 from actors.errors import BadRequest, ConfigError, InferenceError, StreamError
-from actors.types import InferenceRequest, ToolCall, Usage
+from actors.types import Choice, InferenceRequest, ToolCall, Usage
 from actors.core.sse import SseChunk, SseDecoder
 
 __all__ = [
@@ -54,6 +54,10 @@ class Delta:
     usage: dict[str, int] | None = None
     error: InferenceError | None = None
     done: bool = False
+    logprobs: list[dict[str, Any]] | None = None     # OpenAI's logprobs.content items for this text
+    choices: list[Choice] = field(default_factory=list)   # choices 1..n-1 (n > 1, whole responses only)
+    embeddings: list[list[float]] | None = None      # an embeddings response: one vector per input
+    stop_sequence: str | None = None                 # the stop sequence the answer ended at, when told
 
 
 class StreamDecoder(Protocol):
@@ -228,6 +232,11 @@ class ModelRunner:
     finish_map: ClassVar[Mapping[str, str]] = {}
     # Option name -> (type, default). Unknown options are configuration errors.
     options_schema: ClassVar[Mapping[str, tuple[type, Any]]] = {}
+    # What the provider's API can do beyond one plain answer: "logprobs", "n" (several choices).
+    # A request asking for one the provider lacks is a BadRequest that never leaves the node.
+    features: ClassVar[frozenset[str]] = frozenset()
+    # The most texts one embeddings call takes; 0: the provider has no embeddings API here.
+    embed_batch: ClassVar[int] = 0
 
     def __init__(self, deployment: DeploymentConfig) -> None:
         self.deployment = deployment
@@ -261,7 +270,39 @@ class ModelRunner:
     def stream_decoder(self) -> StreamDecoder:
         raise NotImplementedError
 
+    def build_embed_request(self, texts: list[str], params: Mapping[str, Any],
+                            credential: Secret | None) -> HttpRequest:
+        """The provider's embeddings call for ``texts`` (at most ``embed_batch`` of them)."""
+        raise BadRequest(f"{self.provider} has no embeddings API behind this gateway", provider=self.provider)
+
+    def parse_embed_response(self, body: bytes, texts: list[str]) -> Delta:
+        raise NotImplementedError
+
+    def embed_batch_for(self) -> int:
+        """``embed_batch`` for this deployment (a model may take fewer texts than its provider)."""
+        return self.embed_batch
+
     # -- shared ------------------------------------------------------------------------
+
+    def for_request(self, request: InferenceRequest) -> Any:
+        """What the worker builds and parses this request with: the runner itself for a chat
+        call, an :class:`actors.providers.embeddings.EmbeddingCall` for embeddings. A
+        feature the provider lacks is refused here, before anything is sent."""
+        params = request.params
+        wanted = [name for name, on in (("logprobs", params.get("logprobs") or params.get("top_logprobs")),
+                                        ("n", isinstance(params.get("n"), int) and params["n"] > 1)) if on]
+        for name in wanted:
+            if name not in self.features:
+                raise BadRequest(f"{name}: {self.provider} deployments cannot return "
+                                 f"{'log probabilities' if name == 'logprobs' else 'several choices'}",
+                                 provider=self.provider)
+        if "n" in wanted and request.stream:
+            raise BadRequest("n: several choices are served whole, not streamed", provider=self.provider)
+        if getattr(request, "operation", "chat") == "embed":
+            from actors.providers.embeddings import EmbeddingCall
+
+            return EmbeddingCall(self, request)
+        return self
 
     def headers(self, auth: Mapping[str, str]) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -347,6 +388,11 @@ class StreamAccumulator:
         self._tools: dict[int, dict[str, Any]] = {}
         self._pending_text: list[str] = []
         self._pending_tools: list[dict[str, Any]] = []
+        self.logprobs: list[dict[str, Any]] | None = None
+        self._pending_logprobs: list[dict[str, Any]] = []
+        self.choices: list[Choice] = []
+        self.embeddings: list[list[float]] | None = None
+        self.stop_sequence: str | None = None
 
     def add(self, delta: Delta) -> None:
         if delta.text:
@@ -370,6 +416,16 @@ class StreamAccumulator:
         if delta.error is not None and self.error is None:
             self.error = delta.error
         self.done = self.done or delta.done
+        if delta.logprobs:
+            self.logprobs = (self.logprobs or []) + delta.logprobs
+            self._pending_logprobs.extend(delta.logprobs)
+        if delta.choices:
+            self.choices.extend(delta.choices)
+        if delta.stop_sequence:
+            self.stop_sequence = delta.stop_sequence
+        if delta.embeddings is not None:
+            self.embeddings = delta.embeddings
+            self.produced = True
 
     @property
     def complete(self) -> bool:
@@ -378,6 +434,11 @@ class StreamAccumulator:
     @property
     def has_pending(self) -> bool:
         return bool(self._pending_text or self._pending_tools)
+
+    def take_pending_logprobs(self) -> list[dict[str, Any]] | None:
+        """The log probabilities of the text taken with the last ``take_pending`` (None: none asked)."""
+        taken, self._pending_logprobs = self._pending_logprobs, []
+        return taken or None
 
     def take_pending(self) -> tuple[str, list[dict[str, Any]]]:
         text, tools = "".join(self._pending_text), self._pending_tools

@@ -15,6 +15,7 @@ from actors.core.classify import header
 from actors.core.credentials import Secret
 from actors.errors import (AuthenticationError, BadRequest, ConfigError, InferenceError, NotFound, Overloaded, PermissionDenied, RateLimited, ServerError, StreamError, Timeout)
 from actors.types import InferenceRequest
+from actors.providers.embeddings import vectors_of
 from actors.providers.base import (Delta, FramedStream, HttpRequest, ModelRunner, StreamDecoder, bare_message, bare_message_error, fold_turns, function_tools, loads_json, object_tool_call, plain_text, renamed_params, split_system, tool_arguments, tool_choice, tool_index)
 from actors.providers.aws import EventStreamDecoder, amz_date, aws_credentials, sign_v4
 
@@ -111,6 +112,40 @@ class BedrockRunner(ModelRunner):
         http.headers.update(sign_v4("POST", http.url, http.body, credentials, self.options["region"], "bedrock",
                                     amz_date()))
         return http
+
+    def _titan(self) -> bool:
+        return "titan-embed" in self.model
+
+    def embed_batch_for(self) -> int:
+        # Titan embeds one text per InvokeModel call; Cohere's Embed on Bedrock takes 96.
+        return 1 if self._titan() else 96 if "embed" in self.model else 0
+
+    def build_embed_request(self, texts: list[str], params: Any, credential: Secret | None) -> HttpRequest:
+        credentials = aws_credentials(credential, self.provider)
+        if self._titan():
+            payload: dict[str, Any] = {"inputText": texts[0]}
+            if params.get("dimensions") is not None:
+                payload["dimensions"] = params["dimensions"]
+        else:
+            if params.get("dimensions") is not None:
+                raise BadRequest("dimensions: Cohere Embed on Bedrock has a fixed size", provider=self.provider)
+            payload = {"texts": texts, "input_type": params.get("input_type") or "search_document",
+                       "embedding_types": ["float"]}
+        http = self.post(f"{self.endpoint}/model/{quote(self.model, safe='')}/invoke", {}, payload, False)
+        http.headers.update(sign_v4("POST", http.url, http.body, credentials, self.options["region"], "bedrock",
+                                    amz_date()))
+        return http
+
+    def parse_embed_response(self, body: bytes, texts: list[str]) -> Delta:
+        doc = loads_json(body, self.provider)
+        if self._titan():
+            count = doc.get("inputTextTokenCount")
+            return Delta(embeddings=vectors_of([doc.get("embedding")], len(texts), self.provider),
+                         usage={"input_tokens": int(count)} if isinstance(count, int) else None)
+        vectors = doc.get("embeddings")
+        if isinstance(vectors, dict):
+            vectors = vectors.get("float")
+        return Delta(embeddings=vectors_of(vectors, len(texts), self.provider))   # no usage in the body
 
     def parse_response(self, body: bytes) -> Delta:
         doc = loads_json(body, self.provider)

@@ -9,6 +9,7 @@ from actors.core.classify import redact
 from actors.core.credentials import Secret
 from actors.errors import InferenceError, ServerError, StreamError
 from actors.types import InferenceRequest
+from actors.providers.embeddings import vectors_of
 from actors.providers.base import (Delta, HttpRequest, SseRunner, bare_message, bare_message_error, function_tools, loads_json, plain_text, renamed_params, tool_choice, tool_index)
 from actors.core.sse import SseChunk
 from actors.providers.openai import tool_call_deltas
@@ -52,6 +53,9 @@ def to_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class CohereRunner(SseRunner):
     provider = PROVIDER
     finish_map = FINISH
+    # input_type is required by Cohere's v3+ embedding models; a request may name its own.
+    options_schema = {"input_type": (str, "search_document")}
+    embed_batch = 96   # v2 /embed: at most 96 texts per call
 
     def build_request(self, request: InferenceRequest, credential: Secret | None) -> HttpRequest:
         params = request.params
@@ -67,6 +71,21 @@ class CohereRunner(SseRunner):
             payload["tool_choice"] = "NONE" if choice[0] == "none" else "REQUIRED"
         auth = {"authorization": f"Bearer {credential.reveal()}"} if credential is not None else {}
         return self.post(self.endpoint + "/chat", auth, payload, request.stream)
+
+    def build_embed_request(self, texts: list[str], params: Any, credential: Secret | None) -> HttpRequest:
+        payload: dict[str, Any] = {"model": self.model, "texts": texts, "embedding_types": ["float"],
+                                   "input_type": params.get("input_type") or self.options["input_type"]}
+        if params.get("dimensions") is not None:
+            payload["output_dimension"] = params["dimensions"]
+        auth = {"authorization": f"Bearer {credential.reveal()}"} if credential is not None else {}
+        return self.post(self.endpoint + "/embed", auth, payload, False)
+
+    def parse_embed_response(self, body: bytes, texts: list[str]) -> Delta:
+        doc = loads_json(body, self.provider)
+        vectors = doc.get("embeddings")
+        if isinstance(vectors, dict):
+            vectors = vectors.get("float")
+        return Delta(embeddings=vectors_of(vectors, len(texts), self.provider), usage=usage_fields(doc.get("meta")))
 
     def parse_response(self, body: bytes) -> Delta:
         doc = loads_json(body, self.provider)

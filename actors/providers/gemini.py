@@ -14,7 +14,8 @@ from urllib.parse import quote
 
 from actors.core.credentials import Secret
 from actors.errors import BadRequest, ConfigError, ContentFiltered, InferenceError
-from actors.types import InferenceRequest
+from actors.types import Choice, InferenceRequest
+from actors.providers.embeddings import vectors_of
 from actors.providers.base import (Delta, HttpRequest, SseRunner, fold_turns, function_tools, json_or_none, loads_json, object_tool_call, plain_text, renamed_params, split_system, tool_arguments, tool_choice)
 from actors.core.sse import SseChunk
 
@@ -90,10 +91,30 @@ def _retry_delay(body: bytes) -> float | None:
     return None
 
 
+def _logprob_items(result: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """A candidate's ``logprobsResult`` as OpenAI's ``logprobs.content`` items."""
+    if not isinstance(result, dict):
+        return None
+    chosen = result.get("chosenCandidates") or []
+    tops = result.get("topCandidates") or []
+
+    def item(c: dict[str, Any]) -> dict[str, Any]:
+        token = str(c.get("token", ""))
+        return {"token": token, "logprob": float(c.get("logProbability") or 0.0), "bytes": list(token.encode())}
+
+    out = []
+    for i, c in enumerate(chosen):
+        top = tops[i].get("candidates") if i < len(tops) and isinstance(tops[i], dict) else []
+        out.append({**item(c), "top_logprobs": [item(t) for t in top or ()]})
+    return out or None
+
+
 class GeminiRunner(SseRunner):
     provider = PROVIDER
     finish_map = FINISH
     options_schema = {"auth": (str, "api-key"), "safety_settings": (list, None)}
+    features = frozenset({"logprobs", "n"})
+    embed_batch = 100   # batchEmbedContents: at most 100 requests per batch
 
     def __init__(self, deployment) -> None:
         super().__init__(deployment)
@@ -108,6 +129,12 @@ class GeminiRunner(SseRunner):
         if system:
             payload["systemInstruction"] = {"parts": [{"text": system}]}
         config = renamed_params(params, GENERATION_CONFIG, stop="stopSequences")
+        if isinstance(params.get("n"), int) and params["n"] > 1:
+            config["candidateCount"] = params["n"]
+        if params.get("logprobs") or params.get("top_logprobs"):
+            config["responseLogprobs"] = True
+            if params.get("top_logprobs"):
+                config["logprobs"] = params["top_logprobs"]
         if config:
             payload["generationConfig"] = config
         if params.get("tools"):
@@ -120,13 +147,36 @@ class GeminiRunner(SseRunner):
             payload["toolConfig"] = {"functionCallingConfig": mode}
         if self.options["safety_settings"]:
             payload["safetySettings"] = self.options["safety_settings"]
-        auth = {}
-        if credential is not None:
-            key = credential.reveal()
-            auth = {"authorization": f"Bearer {key}"} if self.options["auth"] == "bearer" else {"x-goog-api-key": key}
         method = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
-        return self.post(f"{self.endpoint}/models/{quote(self.model, safe='-._~')}:{method}", auth, payload,
-                         request.stream)
+        return self.post(self._url(method), self._auth(credential), payload, request.stream)
+
+    def _url(self, method: str) -> str:
+        return f"{self.endpoint}/models/{quote(self.model, safe='-._~')}:{method}"
+
+    def _auth(self, credential: Secret | None) -> dict[str, str]:
+        if credential is None:
+            return {}
+        key = credential.reveal()
+        return {"authorization": f"Bearer {key}"} if self.options["auth"] == "bearer" else {"x-goog-api-key": key}
+
+    def build_embed_request(self, texts: list[str], params: Any, credential: Secret | None) -> HttpRequest:
+        extra: dict[str, Any] = {}
+        if params.get("dimensions") is not None:
+            extra["outputDimensionality"] = params["dimensions"]
+        if params.get("task_type"):
+            extra["taskType"] = params["task_type"]
+        requests = [{"model": f"models/{self.model}", "content": {"parts": [{"text": t}]}, **extra} for t in texts]
+        return self.post(self._url("batchEmbedContents"), self._auth(credential), {"requests": requests}, False)
+
+    def parse_embed_response(self, body: bytes, texts: list[str]) -> Delta:
+        doc = loads_json(body, self.provider)
+        if "error" in doc:
+            return Delta(error=self.stream_error(doc))
+        meta = doc.get("usageMetadata") or {}
+        # batchEmbedContents reports no usage today; a promptTokenCount is taken when present.
+        usage = {"input_tokens": int(meta["promptTokenCount"])} if "promptTokenCount" in meta else None
+        return Delta(embeddings=vectors_of(doc.get("embeddings"), len(texts), self.provider, key="values"),
+                     usage=usage)
 
     def classify_error(self, status: int, headers: Mapping[str, str], body: bytes) -> InferenceError:
         error = super().classify_error(status, headers, body)
@@ -151,7 +201,15 @@ class GeminiRunner(SseRunner):
         if blocked:
             delta.error = ContentFiltered(f"the prompt was blocked: {blocked}", reason=blocked, provider=self.provider)
             return delta
-        candidate = (doc.get("candidates") or [{}])[0]
+        candidates = doc.get("candidates") or [{}]
+        candidate = candidates[0]
+        delta.logprobs = _logprob_items(candidate.get("logprobsResult"))
+        for other in candidates[1:]:
+            parts = (other.get("content") or {}).get("parts") or ()
+            delta.choices.append(Choice(int(other.get("index", len(delta.choices) + 1)),
+                                        "".join(p.get("text", "") for p in parts if not p.get("thought")),
+                                        self.finish(other.get("finishReason"))[0] or "stop", [],
+                                        _logprob_items(other.get("logprobsResult"))))
         for part in (candidate.get("content") or {}).get("parts") or ():
             if part.get("thought"):
                 continue  # a thought summary, not the answer

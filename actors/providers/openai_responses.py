@@ -18,6 +18,7 @@ from actors.providers.openai import OpenAIChatRunner, usage_fields
 PROVIDER = "openai_responses"
 # Raw finish values: the response status, or for an incomplete response the reason it stopped.
 FINISH = {"completed": "stop", "max_output_tokens": "length", "content_filter": "content_filter"}
+LOGPROBS_INCLUDE = "message.output_text.logprobs"   # what include[] asks for to get log probabilities
 PASS_THROUGH = ("temperature", "top_p", "parallel_tool_calls", "metadata", "user", "service_tier")
 # Codes of a failed response that are the service's fault; every other code names a problem
 # with the request (invalid_prompt, the image_* family).
@@ -45,12 +46,32 @@ def to_input(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
+def _logprob(item: dict[str, Any]) -> dict[str, Any]:
+    token = str(item.get("token", ""))
+    raw = item.get("bytes")
+    return {"token": token, "logprob": float(item.get("logprob") or 0.0),
+            "bytes": raw if isinstance(raw, list) else list(token.encode())}
+
+
+def logprob_items(items: Any) -> list[dict[str, Any]] | None:
+    """An ``output_text`` part's (or a text delta's) ``logprobs`` as Chat's ``logprobs.content`` items.
+
+    Whole answers carry ``bytes`` with each token; stream events may not: they are derived."""
+    if not isinstance(items, list):
+        return None
+    out = [{**_logprob(x), "top_logprobs": [_logprob(t) for t in x.get("top_logprobs") or () if isinstance(t, dict)]}
+           for x in items if isinstance(x, dict)]
+    return out or None
+
+
 class OpenAIResponsesRunner(OpenAIChatRunner):
     provider = PROVIDER
     finish_map = FINISH
     # Responses are stored for 30 days unless told otherwise; a gateway keeps no state upstream.
     options_schema = {**OpenAIChatRunner.options_schema, "store": (bool, False)}
     path = "/responses"
+    # Log probabilities are asked for with include[] (and top_logprobs); there is no n.
+    features = frozenset({"logprobs"})
 
     def build_request(self, request: InferenceRequest, credential: Secret | None) -> HttpRequest:
         params = request.params
@@ -67,6 +88,10 @@ class OpenAIResponsesRunner(OpenAIChatRunner):
         payload.update({k: params[k] for k in PASS_THROUGH if k in params})
         if params.get("reasoning_effort"):
             payload["reasoning"] = {"effort": params["reasoning_effort"]}
+        if params.get("logprobs"):
+            payload["include"] = [LOGPROBS_INCLUDE]
+            if params.get("top_logprobs") is not None:
+                payload["top_logprobs"] = params["top_logprobs"]
         if params.get("response_format"):
             fmt = params["response_format"]  # chat nests the schema under json_schema; Responses flattens it
             payload["text"] = {"format": {"type": fmt.get("type"), **(fmt.get("json_schema") or {})}}
@@ -79,20 +104,24 @@ class OpenAIResponsesRunner(OpenAIChatRunner):
 
     def parse_response(self, body: bytes) -> Delta:
         doc = loads_json(body, self.provider)
-        text, tools = [], []
+        text: list[str] = []
+        tools: list[dict[str, Any]] = []
+        logprobs: list[dict[str, Any]] = []
         for item in doc.get("output") or ():
             if item.get("type") == "message":
-                text += [p.get("text", "") for p in item.get("content") or () if p.get("type") == "output_text"]
+                parts = [p for p in item.get("content") or () if p.get("type") == "output_text"]
+                text += [p.get("text", "") for p in parts]
+                logprobs += [x for p in parts for x in logprob_items(p.get("logprobs")) or ()]
             elif item.get("type") == "function_call":
                 tools.append({"index": len(tools), "id": item.get("call_id"), "name": item.get("name"),
                               "arguments": item.get("arguments") or ""})
-        return self._final(doc, Delta(text="".join(text), tool_calls=tools), bool(tools))
+        return self._final(doc, Delta(text="".join(text), tool_calls=tools, logprobs=logprobs or None), bool(tools))
 
     def translate(self, event: SseChunk, state: dict[str, Any]) -> list[Delta]:
         doc = loads_json(event.data, self.provider)
         kind = doc.get("type", event.event)
         if kind == "response.output_text.delta":
-            return [Delta(text=doc.get("delta", ""))]
+            return [Delta(text=doc.get("delta", ""), logprobs=logprob_items(doc.get("logprobs")))]
         if kind == "response.output_item.added":
             item = doc.get("item") or {}
             if item.get("type") != "function_call":

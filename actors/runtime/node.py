@@ -185,7 +185,7 @@ class NodeRegistry(ClusterMember):
     def _route_entry(self, dep: Any, engine: Any, replica: int) -> RouteEntry:
         entry = RouteEntry(dep.name, dep.model, engine, self.node, weight=dep.weight,
                            max_input_tokens=dep.max_input_tokens or context_window(dep.provider, dep.provider_model),
-                           max_retries=dep.retry.max_retries)
+                           max_retries=dep.retry.max_retries, embed_batch=_embed_batch(dep))
         load = self.loads.get((dep.name, replica))
         if load is not None:
             state, at = load
@@ -305,3 +305,13 @@ class NodeRegistry(ClusterMember):
                                                  "is not set)", token=msg.token))
         msg.reply_to = sender
         self.send(self.ledger, msg)
+
+
+def _embed_batch(dep: Any) -> int:
+    """How many texts one embeddings call to ``dep`` takes (0: none), for GatewayClient.embed's batches."""
+    from actors.providers import make_runner
+
+    try:
+        return make_runner(dep).embed_batch_for()
+    except Exception:  # noqa: BLE001 - a deployment the node cannot describe still routes chat
+        return 0

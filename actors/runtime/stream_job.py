@@ -235,15 +235,16 @@ class Stepping:
         # Only text or tool-call deltas are pending: a chunk is never empty. Tool-call deltas
         # travel in ``tool_calls`` (with text ""), as OpenAI's own stream carries them.
         text, tools = job.acc.take_pending()
+        logprobs = job.acc.take_pending_logprobs()   # chunks with log probabilities go as messages
         request = job.dispatch.request
         request_id = request.request_id
         channel = getattr(request, "channel", None)
-        out = stream_sender.sender() if channel is not None else None
+        out = stream_sender.sender() if channel is not None and logprobs is None else None
         if out is None or not out.send(channel, request_id, job.chunks, text, tools):
             if out is not None:
                 _log_fallback(job)
             job.relay_to = None   # no working channel: the reader never relays this job
-            self.send(job.dispatch.reply_to, TokenChunk(request_id, job.chunks, text, tools))
+            self.send(job.dispatch.reply_to, TokenChunk(request_id, job.chunks, text, tools, logprobs=logprobs))
         if job.chunks == 0:
             job.first_token_unix = time.time()
             self.send(self.engine, FirstToken(request_id, job.dispatch.attempt, job.first_token_unix))

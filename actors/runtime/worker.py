@@ -147,7 +147,8 @@ class RemoteWorkerActor(Stepping, GatewayActor):
         dep = self.deployment
         request = dispatch.request
         try:
-            http = self.runner.build_request(request, self.snapshot.credential)
+            runner = self.runner.for_request(request)   # the runner, or its embeddings call
+            http = runner.build_request(request, self.snapshot.credential)
         except InferenceError as exc:
             return self._report(dispatch, error=exc, sent=False)
         except Exception as exc:  # noqa: BLE001 - a bad request shape must not kill the slot
@@ -164,7 +165,7 @@ class RemoteWorkerActor(Stepping, GatewayActor):
             job = Job(dispatch, attempt, deadline, None, dep.timeouts.total_s)
             attempt.run(self.http)
             try:
-                error = job.consume(attempt.events.get_nowait(), self.runner, dep.provider)
+                error = job.consume(attempt.events.get_nowait(), runner, dep.provider)
             except queue.Empty:
                 error = InternalError("the attempt ended without an outcome", provider=dep.provider)
             return self._finish(job, error)
@@ -303,6 +304,7 @@ class RemoteWorkerActor(Stepping, GatewayActor):
         self.send(self.engine, WorkerResult(
             request_id=dispatch.request.request_id, attempt=dispatch.attempt, worker_index=self.index,
             error=error, text=acc.text, tool_calls=acc.tool_calls(), finish_reason=acc.finish_reason,
-            raw_finish_reason=acc.raw_finish_reason, usage=acc.usage, chunks=chunks,
+            raw_finish_reason=acc.raw_finish_reason, usage=acc.usage, chunks=chunks, logprobs=acc.logprobs,
+            choices=acc.choices, embeddings=acc.embeddings, stop_sequence=acc.stop_sequence,
             first_token_unix=first_token_unix, session_version=self.snapshot.version if self.snapshot else 0,
             sent=sent))

@@ -24,7 +24,19 @@ requests through ``POST /_mock/faults``. Directive keys:
   was written before the client stopped reading);
 - ``empty=1``: 200 with an empty body (streamed or not);
 - ``code=C``: the error body's ``code`` (with ``status``), e.g. ``content_filter``;
-- ``context=N``: a prompt of more than N tokens is refused with 400 ``context_length_exceeded``.
+- ``context=N``: a prompt of more than N tokens is refused with 400 ``context_length_exceeded``;
+- ``string_content=1``: a 500 for a message whose content is a list (llama.cpp's server);
+- ``no_usage=1``: the OpenAI-compatible server reports no usage at all (llama.cpp's habit), and
+  an embeddings answer carries none.
+
+It also honours ``stop``/``stop_sequences`` (the answer ends before the first word holding one;
+Anthropic reports which), ``n`` and ``logprobs``/``top_logprobs`` (OpenAI; ``candidateCount`` and
+``responseLogprobs`` for Gemini; ``include: ["message.output_text.logprobs"]`` and ``top_logprobs``
+for Responses; streamed too), and serves embeddings in each format that has them: OpenAI
+``/embeddings`` (also Azure and compatible servers; ``encoding_format`` float or base64), Gemini
+``:batchEmbedContents`` (no usage, as Google's), Cohere v2 ``/embed`` (``input_type`` required)
+and Bedrock ``/invoke`` (Titan with its token count, Cohere Embed without). Vectors are
+deterministic unit vectors of the text (8 numbers unless ``dimensions`` asks for more).
 
 The same directives in a path segment ``/mock:key=value;key=value/`` before the API path
 (``endpoint: http://127.0.0.1:PORT/mock:status=500/v1``) apply to every request on that
@@ -90,13 +102,43 @@ def _text_of(content: Any) -> str:
 class _Reply:
     """What to say for one request, independent of the wire format."""
 
-    def __init__(self, prompt_words: int, n_words: int, prompt: str, tool: dict | None) -> None:
+    def __init__(self, prompt_words: int, n_words: int, prompt: str, tool: dict | None,
+                 stops: list[str] | None = None, fault: Fault | None = None) -> None:
         self.words = [_WORDS[i % len(_WORDS)] for i in range(n_words)]
         if prompt:
             self.words[:0] = ["You", "said:"] + prompt.split()[:4]
             self.words = self.words[:n_words]
         self.input_tokens = prompt_words
         self.tool = tool  # {"name":..., "arguments": "..."} when the request offered tools and asked for one
+        self.fault = fault or {}
+        self.stop_sequence: str | None = None  # the stop sequence the answer ended at, as the provider says
+        for i, word in enumerate(self.words):
+            hit = next((s for s in stops or () if s and s in word), None)
+            if hit is not None:
+                kept = word[:word.index(hit)]
+                self.words = self.words[:i] + ([kept] if kept else [])
+                self.stop_sequence = hit
+                break
+
+    @property
+    def usage(self) -> bool:
+        """False for ``no_usage=1``: a server that reports no usage at all (llama.cpp's habit)."""
+        return not self.fault.get("no_usage")
+
+    def logprob(self, i: int, token: str, top: int) -> dict[str, Any]:
+        """A deterministic log probability for token ``i``, with ``top`` alternatives."""
+        value = -round(0.05 * (i % 7 + 1), 4)
+        item = {"token": token, "logprob": value, "bytes": list(token.encode())}
+        alternatives = [{"token": f"alt{j}", "logprob": value - j, "bytes": list(f"alt{j}".encode())}
+                        for j in range(1, top)]
+        return {**item, "top_logprobs": ([item] if top else []) + alternatives}
+
+    def variant(self, index: int) -> list[str]:
+        """Choice ``index`` of an n > 1 answer: the same length, its own words."""
+        if index == 0:
+            return self.tokens
+        words = [f"choice{index}"] + self.words[1:]
+        return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
     @property
     def tokens(self) -> list[str]:
@@ -155,6 +197,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path.startswith("/_mock/"):
             return self._control(path, raw)
+        embedder = self.server.embed_route(path)
+        if embedder is not None:
+            return self._embed(embedder, raw)
         route = self.server.route(path)
         if route is None:
             return self._send(404, json.dumps({"error": {"message": f"no such route {path}"}}).encode())
@@ -167,6 +212,44 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.begin(path, dict(self.headers), peer)
         try:
             self._serve(wire, body, stream_path)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        finally:
+            self.server.end(peer)
+
+    def _embed(self, embedder: "EmbedWire", raw: bytes) -> None:
+        try:
+            body = json.loads(raw or b"{}")
+            texts = embedder.texts(body)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            return self._send(400, json.dumps({"error": {"message": f"bad embeddings request: {exc}"}}).encode())
+        peer = self.client_address[1]
+        self.server.begin(self.path.split("?", 1)[0], dict(self.headers), peer)
+        try:
+            fault = {**self.server.next_fault(), **_path_directive(self.path), **_parse_directive(" ".join(texts))}
+            chat = embedder.chat
+            if chat.auth_problem(self.headers) or (self.server.accepted_keys is not None
+                                                   and chat.key(self.headers) not in self.server.accepted_keys):
+                fault = {"status": 401}
+            problem = embedder.problem(body)
+            if problem and "status" not in fault:
+                fault = {"status": 400, "message": problem}
+            if fault.get("delay_ms"):
+                time.sleep(int(fault["delay_ms"]) / 1000)
+            status = int(fault.get("status", 200))
+            if status != 200:
+                error = chat.error_body(status)
+                if fault.get("message"):
+                    inner = error.get("error") if isinstance(error.get("error"), dict) else error
+                    inner["message"] = fault["message"]
+                headers = dict(chat.error_headers(status))
+                if "retry_after" in fault:
+                    headers["Retry-After"] = str(fault["retry_after"])
+                return self._send(status, json.dumps(error).encode(), headers=headers)
+            dims = embedder.dimensions(body) or 8
+            vectors = [_vector(t, dims) for t in texts]
+            tokens = sum(len(t.split()) for t in texts)
+            self._send(200, json.dumps(embedder.answer(body, vectors, tokens, not fault.get("no_usage"))).encode())
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
@@ -192,6 +275,10 @@ class _Handler(BaseHTTPRequestHandler):
             fault = {**fault, "status": 400, "code": "context_length_exceeded",
                      "message": f"This model's maximum context length is {context} tokens. However, your "
                                 f"messages resulted in {wire.prompt_tokens(body)} tokens."}
+        if fault.get("string_content") and any(isinstance(m.get("content"), list) for m in wire.messages(body)):
+            # llama.cpp's server on a list of content parts
+            fault = {**fault, "status": 500, "code": "server_error",
+                     "message": 'can only concatenate str (not "list") to str'}
         key = wire.key(self.headers)
         if fault.get("fail_times") is not None:
             if self.server.count_failure(str(fault.get("key", "")), int(fault["fail_times"])):
@@ -222,7 +309,8 @@ class _Handler(BaseHTTPRequestHandler):
         names = wire.tool_names(body)
         if names and "[[tool]]" in prompt and wire.result_marker not in json.dumps(body):
             tool = {"name": names[0], "arguments": json.dumps({"city": "Paris", "unit": "c"})}
-        reply = _Reply(wire.prompt_tokens(body), min(n_words, 4096), _DIRECTIVE.sub("", prompt).strip(), tool)
+        reply = _Reply(wire.prompt_tokens(body), min(n_words, 4096), _DIRECTIVE.sub("", prompt).strip(), tool,
+                       wire.stops(body), fault)
         if not (stream_path or body.get("stream")):
             return self._send(200, json.dumps(wire.complete(body, reply)).encode())
         self._stream(wire, body, reply, fault)
@@ -355,6 +443,10 @@ class Wire:
     def tool_names(self, body: dict[str, Any]) -> list[str]:
         return [(tool.get("function") or tool).get("name", "tool") for tool in body.get("tools") or ()]
 
+    def stops(self, body: dict[str, Any]) -> list[str]:
+        stop = body.get("stop")
+        return [stop] if isinstance(stop, str) else list(stop or [])
+
     def key(self, headers: Any) -> str | None:
         auth = headers.get("authorization") or ""
         return auth[7:] if auth.lower().startswith("bearer ") else headers.get("api-key")
@@ -385,24 +477,45 @@ class OpenAIChatWire(Wire):
         return [{"index": 0, "id": "call_mock1", "type": "function",
                  "function": {"name": reply.tool["name"], "arguments": reply.tool["arguments"]}}]
 
-    def complete(self, body: dict[str, Any], reply: _Reply) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(reply.tokens)}
-        if reply.tool:
-            message["tool_calls"] = self._tool_calls(reply)
-        return {"id": "chatcmpl-mock", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model"), "choices": [{"index": 0, "message": message,
-                "finish_reason": "tool_calls" if reply.tool else "stop"}], "usage": self._usage(reply)}
+    def _logprobs(self, body: dict[str, Any], reply: _Reply, tokens: list[str]) -> dict[str, Any] | None:
+        if not body.get("logprobs"):
+            return None
+        return {"content": [reply.logprob(i, t, int(body.get("top_logprobs") or 0)) for i, t in enumerate(tokens)],
+                "refusal": None}
 
-    def _chunk(self, body_model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def complete(self, body: dict[str, Any], reply: _Reply) -> dict[str, Any]:
+        choices = []
+        for index in range(int(body.get("n") or 1)):
+            tokens = reply.variant(index)
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens)}
+            if reply.tool:
+                message["tool_calls"] = self._tool_calls(reply)
+            choices.append({"index": index, "message": message, "logprobs": self._logprobs(body, reply, tokens),
+                            "finish_reason": "tool_calls" if reply.tool else "stop"})
+        doc = {"id": "chatcmpl-mock", "object": "chat.completion", "created": int(time.time()),
+               "model": body.get("model"), "choices": choices}
+        if reply.usage:
+            doc["usage"] = self._usage(reply)
+        return doc
+
+    def _chunk(self, body_model: str, delta: dict[str, Any], finish: str | None = None,
+               logprobs: dict[str, Any] | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprobs is not None:
+            choice["logprobs"] = logprobs
         return _sse({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": body_model,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": None})
+                     "choices": [choice], "usage": None})
 
     def stream_head(self, body, reply, state):
         state["model"] = body.get("model", "")
+        state["body"], state["reply"] = body, reply
         return [self._chunk(state["model"], {"role": "assistant", "content": ""})]
 
     def stream_token(self, token, i, state):
-        return self._chunk(state["model"], {"content": token})
+        body, reply = state["body"], state["reply"]
+        logprobs = ({"content": [reply.logprob(i, token, int(body.get("top_logprobs") or 0))]}
+                    if body.get("logprobs") else None)
+        return self._chunk(state["model"], {"content": token}, logprobs=logprobs)
 
     def stream_tail(self, body, reply, state):
         frames = []
@@ -413,7 +526,7 @@ class OpenAIChatWire(Wire):
             frames.append(self._chunk(state["model"], {"tool_calls": [first]}))
             frames.append(self._chunk(state["model"], {"tool_calls": [{"index": 0, "function": {"arguments": args[5:]}}]}))
         frames.append(self._chunk(state["model"], {}, "tool_calls" if reply.tool else "stop"))
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if (body.get("stream_options") or {}).get("include_usage") and reply.usage:
             frames.append(_sse({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0,
                                 "model": state["model"], "choices": [], "usage": self._usage(reply)}))
         frames.append(_sse("[DONE]"))
@@ -426,6 +539,13 @@ class OpenAIChatWire(Wire):
 
 class AnthropicWire(Wire):
     result_marker = '"type": "tool_result"'
+
+    def stops(self, body):
+        return list(body.get("stop_sequences") or [])
+
+    @staticmethod
+    def _stop_reason(reply: _Reply) -> str:
+        return "tool_use" if reply.tool else "stop_sequence" if reply.stop_sequence else "end_turn"
 
     def key(self, headers: Any) -> str | None:
         return headers.get("x-api-key")
@@ -442,7 +562,7 @@ class AnthropicWire(Wire):
             content.append({"type": "tool_use", "id": "toolu_mock1", "name": reply.tool["name"],
                             "input": json.loads(reply.tool["arguments"])})
         return {"id": "msg_mock", "type": "message", "role": "assistant", "model": body.get("model"),
-                "content": content, "stop_reason": "tool_use" if reply.tool else "end_turn", "stop_sequence": None,
+                "content": content, "stop_reason": self._stop_reason(reply), "stop_sequence": reply.stop_sequence,
                 "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
                           "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}
 
@@ -472,8 +592,9 @@ class AnthropicWire(Wire):
                 _sse({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta",
                       "partial_json": args[5:]}}, "content_block_delta"),
                 _sse({"type": "content_block_stop", "index": 1}, "content_block_stop")]
-        frames += [_sse({"type": "message_delta", "delta": {"stop_reason": "tool_use" if reply.tool else "end_turn",
-                         "stop_sequence": None}, "usage": {"output_tokens": reply.output_tokens}}, "message_delta"),
+        frames += [_sse({"type": "message_delta", "delta": {"stop_reason": self._stop_reason(reply),
+                         "stop_sequence": reply.stop_sequence}, "usage": {"output_tokens": reply.output_tokens}},
+                        "message_delta"),
                    _sse({"type": "message_stop"}, "message_stop")]
         return frames
 
@@ -503,16 +624,24 @@ class ResponsesWire(OpenAIChatWire):
                 "output_tokens": reply.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": reply.input_tokens + reply.output_tokens}
 
-    def _message(self, text: str, status: str = "completed") -> dict[str, Any]:
+    def _message(self, text: str, status: str = "completed", logprobs: list | None = None) -> dict[str, Any]:
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
         return {"type": "message", "id": "msg_mock", "status": status, "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []}
+                "content": [part] if status == "completed" else []}
+
+    @staticmethod
+    def _logprobs(body, reply, tokens, start: int = 0) -> list[dict[str, Any]]:
+        """``include: ["message.output_text.logprobs"]``: each token's, with ``top_logprobs`` alternatives."""
+        if "message.output_text.logprobs" not in (body.get("include") or ()):
+            return []
+        return [reply.logprob(start + i, t, int(body.get("top_logprobs") or 0)) for i, t in enumerate(tokens)]
 
     def _call(self, reply, arguments: str, status: str = "completed") -> dict[str, Any]:
         return {"type": "function_call", "id": "fc_mock1", "call_id": "call_mock1", "name": reply.tool["name"],
                 "arguments": arguments, "status": status}
 
     def complete(self, body, reply):
-        output = [self._message("".join(reply.tokens))]
+        output = [self._message("".join(reply.tokens), logprobs=self._logprobs(body, reply, reply.tokens))]
         if reply.tool:
             output.append(self._call(reply, reply.tool["arguments"]))
         return {"id": "resp_mock", "object": "response", "created_at": int(time.time()), "status": "completed",
@@ -524,6 +653,7 @@ class ResponsesWire(OpenAIChatWire):
         return _sse({"type": kind, "sequence_number": state["seq"], **fields}, kind)
 
     def stream_head(self, body, reply, state):
+        state["body"], state["reply"] = body, reply
         created = {"id": "resp_mock", "object": "response", "status": "in_progress", "model": body.get("model"),
                    "output": [], "usage": None}
         return [self._event("response.created", state, response=created),
@@ -531,17 +661,24 @@ class ResponsesWire(OpenAIChatWire):
                 self._event("response.output_item.added", state, output_index=0,
                             item=self._message("", "in_progress")),
                 self._event("response.content_part.added", state, item_id="msg_mock", output_index=0,
-                            content_index=0, part={"type": "output_text", "text": "", "annotations": []})]
+                            content_index=0, part={"type": "output_text", "text": "", "annotations": [],
+                                                   "logprobs": []})]
 
     def stream_token(self, token, i, state):
+        # Stream events carry each token's figures without its bytes, as the API's do.
+        logprobs = [{k: v for k, v in x.items() if k != "bytes"} | {"top_logprobs": [
+                        {"token": t["token"], "logprob": t["logprob"]} for t in x["top_logprobs"]]}
+                    for x in self._logprobs(state["body"], state["reply"], [token], i)]
         return self._event("response.output_text.delta", state, item_id="msg_mock", output_index=0,
-                           content_index=0, delta=token)
+                           content_index=0, delta=token, logprobs=logprobs)
 
     def stream_tail(self, body, reply, state):
         text = "".join(reply.tokens)
+        logprobs = self._logprobs(body, reply, reply.tokens)
         frames = [self._event("response.output_text.done", state, item_id="msg_mock", output_index=0,
-                              content_index=0, text=text),
-                  self._event("response.output_item.done", state, output_index=0, item=self._message(text))]
+                              content_index=0, text=text, logprobs=logprobs),
+                  self._event("response.output_item.done", state, output_index=0,
+                              item=self._message(text, logprobs=logprobs))]
         if reply.tool:
             args = reply.tool["arguments"]
             frames += [self._event("response.output_item.added", state, output_index=1,
@@ -578,8 +715,25 @@ class GeminiWire(Wire):
     def max_tokens(self, body):
         return (body.get("generationConfig") or {}).get("maxOutputTokens")
 
+    def stops(self, body):
+        return list((body.get("generationConfig") or {}).get("stopSequences") or [])
+
     def tool_names(self, body):
         return [d.get("name", "tool") for t in body.get("tools") or () for d in t.get("functionDeclarations") or ()]
+
+    @staticmethod
+    def _logprobs(body, reply, tokens) -> dict[str, Any] | None:
+        config = body.get("generationConfig") or {}
+        if not config.get("responseLogprobs"):
+            return None
+        return GeminiWire._logprobs_result([reply.logprob(i, t, int(config.get("logprobs") or 0))
+                                            for i, t in enumerate(tokens)])
+
+    @staticmethod
+    def _logprobs_result(items: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"chosenCandidates": [{"token": x["token"], "logProbability": x["logprob"]} for x in items],
+                "topCandidates": [{"candidates": [{"token": t["token"], "logProbability": t["logprob"]}
+                                                  for t in x["top_logprobs"]]} for x in items]}
 
     def key(self, headers):
         return headers.get("x-goog-api-key") or super().key(headers)
@@ -606,15 +760,29 @@ class GeminiWire(Wire):
         return [{"functionCall": {"name": reply.tool["name"], "args": json.loads(reply.tool["arguments"])}}]
 
     def complete(self, body, reply):
-        parts = [{"text": "".join(reply.tokens)}] + self._tool_parts(reply)
-        return self._response(parts, self._usage(reply, reply.output_tokens), "STOP")
+        doc = self._response([{"text": "".join(reply.tokens)}] + self._tool_parts(reply),
+                             self._usage(reply, reply.output_tokens), "STOP")
+        count = int((body.get("generationConfig") or {}).get("candidateCount") or 1)
+        doc["candidates"] = [{"content": {"parts": [{"text": "".join(reply.variant(i))}], "role": "model"},
+                              "index": i, "finishReason": "STOP"} for i in range(count)]
+        doc["candidates"][0]["content"]["parts"] += self._tool_parts(reply)
+        for i, candidate in enumerate(doc["candidates"]):
+            logprobs = self._logprobs(body, reply, reply.variant(i))
+            if logprobs is not None:
+                candidate["logprobsResult"] = logprobs
+        return doc
 
     def stream_head(self, body, reply, state):
-        state["reply"] = reply  # every chunk reports the usage so far
+        state["reply"], state["body"] = reply, body  # every chunk reports the usage so far
         return []
 
     def stream_token(self, token, i, state):
-        return _sse(self._response([{"text": token}], self._usage(state["reply"], i + 1)))
+        doc = self._response([{"text": token}], self._usage(state["reply"], i + 1))
+        config = state["body"].get("generationConfig") or {}
+        if config.get("responseLogprobs"):   # each chunk carries the log probabilities of its own tokens
+            item = state["reply"].logprob(i, token, int(config.get("logprobs") or 0))
+            doc["candidates"][0]["logprobsResult"] = self._logprobs_result([item])
+        return _sse(doc)
 
     def stream_tail(self, body, reply, state):
         parts = self._tool_parts(reply) or [{"text": ""}]
@@ -767,6 +935,118 @@ class BedrockWire(Wire):
         return bytes(frame)
 
 
+def _vector(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector for ``text``: the same text always embeds the same."""
+    import hashlib
+    import math
+
+    seed = hashlib.sha256(text.encode()).digest()
+    raw = [(seed[i % 32] + 7 * i) % 256 / 127.5 - 1.0 for i in range(dims)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [round(x / norm, 6) for x in raw]
+
+
+class EmbedWire:
+    """One provider's embeddings format: the texts in, the vectors (and usage) out."""
+
+    chat: Wire
+
+    def texts(self, body: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def dimensions(self, body: dict[str, Any]) -> int | None:
+        return None
+
+    def problem(self, body: dict[str, Any]) -> str | None:
+        return None
+
+    def answer(self, body: dict[str, Any], vectors: list[list[float]], tokens: int, usage: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class OpenAIEmbedWire(EmbedWire):
+    chat = OpenAIChatWire()
+
+    def texts(self, body):
+        value = body["input"]
+        return [value] if isinstance(value, str) else [str(t) for t in value]
+
+    def dimensions(self, body):
+        return body.get("dimensions")
+
+    def problem(self, body):
+        return None if body.get("encoding_format", "float") in ("float", "base64") else "bad encoding_format"
+
+    def answer(self, body, vectors, tokens, usage):
+        import base64
+        import struct
+
+        b64 = body.get("encoding_format") == "base64"
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if b64 else v}
+                for i, v in enumerate(vectors)]
+        doc = {"object": "list", "data": data, "model": body.get("model")}
+        if usage:
+            doc["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return doc
+
+
+class GeminiEmbedWire(EmbedWire):
+    chat = GeminiWire()
+
+    def texts(self, body):
+        return ["".join(p.get("text", "") for p in r["content"]["parts"]) for r in body["requests"]]
+
+    def dimensions(self, body):
+        return (body.get("requests") or [{}])[0].get("outputDimensionality")
+
+    def problem(self, body):
+        return "at most 100 requests per batch" if len(body.get("requests") or ()) > 100 else None
+
+    def answer(self, body, vectors, tokens, usage):
+        return {"embeddings": [{"values": v} for v in vectors]}   # batchEmbedContents reports no usage
+
+
+class CohereEmbedWire(EmbedWire):
+    chat = CohereWire()
+
+    def texts(self, body):
+        return [str(t) for t in body["texts"]]
+
+    def dimensions(self, body):
+        return body.get("output_dimension")
+
+    def problem(self, body):
+        if not body.get("input_type"):
+            return "invalid request: input_type is required for embed models v3 and higher."
+        return "invalid request: too many texts (at most 96)" if len(body.get("texts") or ()) > 96 else None
+
+    def answer(self, body, vectors, tokens, usage):
+        doc = {"id": "mock-embed", "embeddings": {"float": vectors}, "texts": body.get("texts"),
+               "response_type": "embeddings_by_type", "meta": {"api_version": {"version": "2"}}}
+        if usage:
+            doc["meta"]["billed_units"] = {"input_tokens": tokens}
+        return doc
+
+
+class BedrockEmbedWire(EmbedWire):
+    """InvokeModel for embeddings: Titan (one text, with its token count) or Cohere Embed (no usage)."""
+
+    chat = BedrockWire()
+
+    def texts(self, body):
+        return [body["inputText"]] if "inputText" in body else [str(t) for t in body["texts"]]
+
+    def dimensions(self, body):
+        return body.get("dimensions")
+
+    def answer(self, body, vectors, tokens, usage):
+        if "inputText" in body:
+            return {"embedding": vectors[0], "inputTextTokenCount": tokens}
+        return {"id": "mock-embed", "embeddings": {"float": vectors}, "texts": body.get("texts"),
+                "response_type": "embeddings_by_type"}
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -786,6 +1066,8 @@ class _Server(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self.reset()
         gemini, bedrock = GeminiWire(), BedrockWire()
+        self._embed_wires: dict[str, EmbedWire] = {"openai": OpenAIEmbedWire(), "gemini": GeminiEmbedWire(),
+                                                   "cohere": CohereEmbedWire(), "bedrock": BedrockEmbedWire()}
         # (path matcher, wire, whether the URL itself asks for a stream)
         self.routes: list[tuple[Callable[[str], bool], Wire, bool]] = [
             (lambda p: p.endswith("/chat/completions"), OpenAIChatWire(), False),
@@ -797,6 +1079,17 @@ class _Server(ThreadingHTTPServer):
             (lambda p: p.endswith("/converse-stream"), bedrock, True),
             (lambda p: p.endswith("/converse"), bedrock, False),
         ]
+
+    def embed_route(self, path: str) -> EmbedWire | None:
+        if path.endswith("/embeddings"):
+            return self._embed_wires["openai"]
+        if path.endswith(":batchEmbedContents"):
+            return self._embed_wires["gemini"]
+        if path.endswith("/embed"):
+            return self._embed_wires["cohere"]
+        if path.endswith("/invoke"):
+            return self._embed_wires["bedrock"]
+        return None
 
     def reset(self) -> None:
         with self._lock:

@@ -204,7 +204,7 @@ def test_bad_requests_are_400s_naming_the_field(front, mock):
     handle, _ = front()
     client = oai(handle.url)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="gpt", messages=HI, n=2)
+        client.chat.completions.create(model="gpt", messages=HI, n=2, stream=True)   # several choices: whole only
     assert caught.value.body["param"] == "n"
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="gpt", messages=HI, temperature="hot")

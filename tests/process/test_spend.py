@@ -126,6 +126,7 @@ def test_a_key_budget_refuses_over_http_once_spent_and_the_sdk_does_not_retry(sp
     assert isinstance(client.complete("gpt", HI, max_tokens=6), Completed)
     # ... and the ledger knows the key and its team; /v1/spend reports it.
     wait_for(lambda: len(rows(ledger, key="search-bot")) == 5, message="the key's calls in the ledger")
+    wait_for(lambda: len(rows(ledger)) == 6, message="the Python client's call in the ledger too")
     assert {r["team"] for r in rows(ledger, key="search-bot")} == {"search"}
     report = requests.get(f"{http.url}/v1/spend?since=1d&by=key", headers={"Authorization": f"Bearer {KEY}"},
                           timeout=30).json()

@@ -12,13 +12,14 @@ from actors.http import anthropic_dialect as ad
 from actors.http import openai_dialect as od
 from actors.http.errors import FrontDoorError, anthropic_body, http_error, openai_body
 from actors.http.keys import KeyRing, new_key, presented_key
-from actors.http.translate import parse_json
+from actors.http.translate import Call, parse_json
 from actors.providers.anthropic import to_anthropic_messages
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
 from actors.types import Completed, TokenChunk, ToolCall, Usage
 
 HI = [{"role": "user", "content": "hi"}]
+CALL = Call("m", HI)
 
 
 def refused(parse, doc) -> FrontDoorError:
@@ -41,7 +42,7 @@ def test_openai_request_to_the_normalized_call():
 
 
 @pytest.mark.parametrize("doc, param", [
-    ({"model": "m", "messages": HI, "n": 2}, "n"),
+    ({"model": "m", "messages": HI, "n": 2, "stream": True}, "n"),
     ({"model": "m", "messages": HI, "temperature": "hot"}, "temperature"),
     ({"model": "m", "messages": HI, "max_tokens": True}, "max_tokens"),
     ({"model": 3, "messages": HI}, "model"),
@@ -49,7 +50,7 @@ def test_openai_request_to_the_normalized_call():
     ({"model": "m", "messages": []}, "messages"),
     ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
     ({"model": "m", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
-    ({"model": "m", "messages": HI, "logprobs": True}, "logprobs"),
+    ({"model": "m", "messages": HI, "logprobs": "yes"}, "logprobs"),
 ])
 def test_openai_bad_requests_name_the_field(doc, param):
     assert refused(od.parse, doc).param == param
@@ -63,12 +64,12 @@ def test_parse_json_refuses_what_is_not_an_object():
 def test_openai_render_and_stream_frames():
     done = Completed("req_abc", "", "tool_calls", Usage(3, 4, cached_input_tokens=1),
                      tool_calls=[ToolCall(0, "call_1", "f", '{"a":1}')])
-    doc = od.render(done, "m")
+    doc = od.render(done, CALL)
     message = doc["choices"][0]["message"]
     assert doc["id"] == "chatcmpl-abc" and message["content"] is None
     assert message["tool_calls"] == [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]
     assert doc["usage"]["total_tokens"] == 7 and doc["usage"]["prompt_tokens_details"]["cached_tokens"] == 1
-    enc = od.StreamEncoder("req_abc", "m", include_usage=True)
+    enc = od.StreamEncoder("req_abc", Call("m", HI, include_usage=True))
     frames = [enc.start(), enc.chunk(TokenChunk("req_abc", 0, "He")),
               enc.chunk(TokenChunk("req_abc", 1, tool_calls=[{"index": 0, "id": "c", "name": "f", "arguments": ""}])),
               *enc.end(Completed("req_abc", "He", "stop", Usage(1, 2)))]
@@ -134,7 +135,7 @@ def _events(frames: list[bytes]) -> list[tuple[str, dict]]:
 
 
 def test_anthropic_stream_blocks_text_then_a_tool_call():
-    enc = ad.StreamEncoder("req_x", "m")
+    enc = ad.StreamEncoder("req_x", CALL)
     frames = [enc.start(), enc.chunk(TokenChunk("req_x", 0, "Hel")), enc.chunk(TokenChunk("req_x", 1, "lo")),
               enc.chunk(TokenChunk("req_x", 2, tool_calls=[{"index": 0, "id": "t", "name": "f", "arguments": '{"a"'}])),
               enc.chunk(TokenChunk("req_x", 3, tool_calls=[{"index": 0, "arguments": ":1}"}])),
@@ -154,7 +155,7 @@ def test_anthropic_stream_blocks_text_then_a_tool_call():
 
 
 def test_anthropic_render_reports_cache_reads_apart():
-    doc = ad.render(Completed("req_y", "hi", "length", Usage(10, 2, cached_input_tokens=4)), "m")
+    doc = ad.render(Completed("req_y", "hi", "length", Usage(10, 2, cached_input_tokens=4)), CALL)
     assert doc["stop_reason"] == "max_tokens" and doc["content"] == [{"type": "text", "text": "hi"}]
     assert doc["usage"]["input_tokens"] == 6 and doc["usage"]["cache_read_input_tokens"] == 4
 

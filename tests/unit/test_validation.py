@@ -17,7 +17,7 @@ def req(**params):
     ("temperature", "hot"), ("temperature", 2.5), ("temperature", -0.1), ("temperature", math.nan),
     ("temperature", True), ("top_p", "x"), ("top_p", 1.01), ("top_k", -1), ("top_k", 1.5),
     ("max_tokens", 0), ("max_tokens", True), ("max_tokens", "10"), ("max_completion_tokens", -3),
-    ("n", 2), ("seed", 1.5), ("seed", False), ("presence_penalty", 3), ("frequency_penalty", "low"),
+    ("n", 0), ("n", 129), ("logprobs", "yes"), ("top_logprobs", 21), ("seed", 1.5), ("seed", False), ("presence_penalty", 3), ("frequency_penalty", "low"),
     ("stop", 5), ("stop", ["ok", 3]), ("stop", [""]), ("stop", ["s"] * 17),
     ("tools", {"name": "f"}), ("tools", [{"type": "function", "function": {"description": "no name"}}]),
     ("tools", [{"type": "retrieval"}]), ("tools", [{"function": {"name": "f", "parameters": "x"}}]),

@@ -49,6 +49,7 @@ class RouteEntry:
     load_age_s: float | None = None   # how old the pushed state was when the node answered; None: none yet
     retry_at_unix: float | None = None   # an open circuit admits a probe from then on (not skipped past it)
     budget_spent: tuple[str, ...] = ()   # its USD budgets that ran out this period: skipped
+    embed_batch: int = 0    # the most texts one embeddings call takes there (0: no embeddings API)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.errors import InferenceError
-from actors.types import InferenceRequest, ToolCall, Usage
+from actors.types import Choice, InferenceRequest, ToolCall, Usage
 
 
 @dataclass
@@ -40,6 +40,11 @@ class WorkerResult:
     session_version: int = 0
     # False when the attempt never reached the provider (e.g. connection refused).
     sent: bool = True
+    # Out of the repr, as in Completed (actors/types.py): Thespian formats each message it moves.
+    logprobs: list[dict[str, Any]] | None = field(default=None, repr=False)
+    choices: list[Choice] = field(default_factory=list)
+    embeddings: list[list[float]] | None = field(default=None, repr=False)
+    stop_sequence: str | None = None
 
 
 @dataclass
