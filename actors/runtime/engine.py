@@ -22,6 +22,7 @@ from actors.core import engine_events as ev
 from actors.core.budget import AskStrictSpend, PublishSpend, SettleStrictSpend
 from actors.core.engine_core import EngineCore
 from actors.core.load import LoadTracker
+from actors.core.procstat import live_stat
 from actors.errors import InternalError, ShuttingDown
 from actors.providers import make_runner
 from actors.runtime.base import GatewayActor
@@ -273,9 +274,6 @@ def _is_my_child(pid: int) -> bool:
     """Only a live child of this process is ever signalled (a pid may be reused after an exit)."""
     if pid <= 0 or pid == os.getpid():
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
-    except (OSError, ValueError, IndexError):
-        return False
+    stat = live_stat(pid)
+    return stat is not None and stat.ppid == os.getpid()
 

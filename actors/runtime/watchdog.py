@@ -19,12 +19,13 @@ from typing import Any
 
 from thespian.actors import WakeupMessage
 
+from actors.core.procstat import group_members, live_stat
 from actors.runtime.base import GatewayActor
 from actors.runtime.logs import logger
 
 log = logger("atomr.watchdog")
 
-__all__ = ["LauncherWatchdog", "WatchLauncher", "Watching", "process_start_ticks"]
+__all__ = ["LauncherWatchdog", "WatchLauncher", "Watching"]
 
 
 # Its messages live here, not in protocol.py: this module is in the wire's WIRE_MODULES.
@@ -42,34 +43,6 @@ class WatchLauncher:
 class Watching:
     pid: int
     pgid: int
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    stat = fh.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-                members.append(int(entry))
-    return members
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or None if no such live process."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
 class LauncherWatchdog(GatewayActor):
@@ -100,7 +73,8 @@ class LauncherWatchdog(GatewayActor):
 
     def _gone(self) -> str | None:
         watch = self.watch
-        if process_start_ticks(watch.pid) != watch.start_ticks:
+        launcher = live_stat(watch.pid)
+        if launcher is None or launcher.start_ticks != watch.start_ticks:
             return f"the node's launcher (pid {watch.pid}) is gone"
         if os.getppid() != self.admin_pid:
             return f"the node's admin (pid {self.admin_pid}) is gone"
@@ -113,7 +87,7 @@ class LauncherWatchdog(GatewayActor):
         pgid, me = os.getpgid(0), os.getpid()
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            others = [pid for pid in _group_members(pgid) if pid != me]
+            others = [pid for pid in group_members(pgid) if pid != me]
             if not others:
                 break
             for pid in others:
