@@ -16,10 +16,9 @@ already held is refused with ``MemberRefused``.
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage, requireCapability
+from thespian.actors import ActorExitRequest, ChildActorExited, requireCapability
 
 from actors.core.gather import Gathering
 from actors.core.membership import MemberTable, Verdict
@@ -42,11 +41,10 @@ class LeaderLocator(GatewayActor):
     def receiveMsg_Locate(self, msg: Locate, sender: Any) -> None:
         registrar = self.createActor(ClusterRegistrar, globalName=REGISTRAR_NAME)  # local lookup on the leader
         self.send(registrar, Introduce(reply_to=sender))
-        self.wakeupAfter(timedelta(seconds=2), payload="exit")
+        self.timers.after("exit", 2.0)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload == "exit":
-            self.send(self.myAddress, ActorExitRequest())
+    def timer_exit(self, _: Any) -> None:
+        self.send(self.myAddress, ActorExitRequest())
 
 
 class ClusterRegistrar(GatewayActor):
@@ -60,7 +58,6 @@ class ClusterRegistrar(GatewayActor):
         self.hub = None
         self.leader_node = ""
         self.heartbeat_s = 1.0
-        self.ticking = False
         self.gathering: Gathering | None = None
         self.gather_token = ""
         self.refusals_logged: set[tuple[str, str]] = set()
@@ -84,9 +81,7 @@ class ClusterRegistrar(GatewayActor):
 
     def receiveMsg_Introduce(self, msg: Introduce, sender: Any) -> None:
         self.send(msg.reply_to, RegistrarIs(self.myAddress, self._strict(), self.leader_node, self.incarnation))
-        if not self.ticking:
-            self.ticking = True
-            self.wakeupAfter(timedelta(seconds=self.heartbeat_s), payload="sweep")
+        self.timers.after("sweep", self.heartbeat_s)
 
     def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Any) -> None:
         info = msg.member
@@ -116,17 +111,17 @@ class ClusterRegistrar(GatewayActor):
         for member in membership.members:
             self.send(member.registry, membership)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload == "sweep":
-            gone = self.table.sweep()
-            for key in gone:
-                log.warning("node %s missed heartbeats for %.1fs: dropped from the cluster", key,
-                            self.table.failure_timeout_s)
-            if gone:
-                self._broadcast()
-            self.wakeupAfter(timedelta(seconds=self.heartbeat_s), payload="sweep")
-        elif isinstance(msg.payload, tuple) and msg.payload[0] == "status" and msg.payload[1] == self.gather_token:
-            self._answer_status()
+    def timer_sweep(self, _: Any) -> None:
+        gone = self.table.sweep()
+        for key in gone:
+            log.warning("node %s missed heartbeats for %.1fs: dropped from the cluster", key,
+                        self.table.failure_timeout_s)
+        if gone:
+            self._broadcast()
+        self.timers.after("sweep", self.heartbeat_s)
+
+    def timer_status(self, _: Any) -> None:
+        self._answer_status()   # with whatever arrived
 
     # -- cluster-wide status ------------------------------------------------------------
 
@@ -143,7 +138,7 @@ class ClusterRegistrar(GatewayActor):
         self.gather_token = secrets.token_hex(4)
         for _, info, _ in members:
             self.send(info.registry, StatusRequest(token=self.gather_token))
-        self.wakeupAfter(timedelta(seconds=STATUS_TIMEOUT_S), payload=("status", self.gather_token))
+        self.timers.after("status", STATUS_TIMEOUT_S)
         if self.gathering.done:
             self._answer_status()
 
@@ -154,6 +149,7 @@ class ClusterRegistrar(GatewayActor):
 
     def _answer_status(self) -> None:
         gathering, self.gathering = self.gathering, None
+        self.timers.cancel("status")   # a new collection's timeout starts afresh
         if gathering is None:
             return
         membership = self._membership()

@@ -14,16 +14,14 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
-
-from thespian.actors import WakeupMessage
 
 from actors.core.procstat import group_members, live_stat
 from actors.runtime.base import GatewayActor
 from actors.runtime.logs import logger
 
 log = logger("atomr.watchdog")
+LOG_GRACE_S = 0.3   # for the last log line to reach the logger before the group is killed
 
 __all__ = ["LauncherWatchdog", "WatchLauncher", "Watching"]
 
@@ -56,20 +54,19 @@ class LauncherWatchdog(GatewayActor):
         self.watch = msg
         self.send(sender, Watching(msg.pid, os.getpgid(0)))
         if first:
-            self.wakeupAfter(timedelta(seconds=msg.interval_s), payload="watchdog")
+            self.timers.after("check", msg.interval_s)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload == "kill":
-            self._kill_group()
-        if msg.payload != "watchdog" or self.watch is None:
-            return
+    def timer_check(self, _: Any) -> None:
         why = self._gone()
         if why is None:
-            self.wakeupAfter(timedelta(seconds=self.watch.interval_s), payload="watchdog")
+            self.timers.after("check", self.watch.interval_s)
             return
         log.warning("%s: stopping this node (process group %d)", why, os.getpgid(0))
         # The line is a message to the logger process, sent once this handler returns.
-        self.wakeupAfter(timedelta(seconds=0.3), payload="kill")
+        self.timers.after("kill", LOG_GRACE_S)
+
+    def timer_kill(self, _: Any) -> None:
+        self._kill_group()
 
     def _gone(self) -> str | None:
         watch = self.watch
