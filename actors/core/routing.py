@@ -24,7 +24,7 @@ from actors.errors import (AuthenticationError, BadRequest, Cancelled, CircuitOp
                            NotFound, PermissionDenied, QueueFull, BudgetExceeded)
 
 __all__ = ["STRATEGIES", "Strategy", "HealthCheck", "ModelRouting", "RoutingPolicy", "Candidate",
-           "order", "skip_reason", "input_estimate", "fallback_kind", "FallbackPlan", "RetryBudget", "context_window",
+           "order", "skip_reason", "input_estimate", "fallback_kind", "FallbackPlan", "RequestRetries", "context_window",
            "context_windows", "all_open_error", "check_models"]
 
 STRATEGIES = ("weighted", "least-busy", "latency", "cost", "usage")
@@ -303,8 +303,9 @@ class FallbackPlan:
 
 
 @dataclass
-class RetryBudget:
-    """One budget of retries for the whole request: every deployment tried gets its first
+class RequestRetries:
+    """The retries one request may still make, across every deployment it visits (not
+    ``core.retry.RetryBudget``, the engine's cap on retries against retry storms): every deployment tried gets its first
     attempt; a second attempt anywhere (a retry on the same deployment, or the engine's
     crash retry) spends one. So attempts <= deployments tried + retries, never their product."""
 

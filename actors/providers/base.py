@@ -343,7 +343,6 @@ class StreamAccumulator:
         self.raw_finish_reason: str | None = None
         self.error: InferenceError | None = None
         self.done = False
-        self.produced = False  # any text or tool-call delta
         self._tools: dict[int, dict[str, Any]] = {}
         self._pending_text: list[str] = []
         self._pending_tools: list[dict[str, Any]] = []
@@ -352,9 +351,7 @@ class StreamAccumulator:
         if delta.text:
             self.text_parts.append(delta.text)
             self._pending_text.append(delta.text)
-            self.produced = True
         for tc in delta.tool_calls:
-            self.produced = True
             self._pending_tools.append(tc)
             slot = self._tools.setdefault(int(tc.get("index", 0)), {"id": "", "name": "", "arguments": ""})
             if tc.get("id"):

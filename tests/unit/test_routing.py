@@ -190,7 +190,7 @@ def test_a_requests_own_fallbacks_replace_the_configured_ones():
 
 
 def test_one_retry_budget_adds_deployments_to_retries_instead_of_multiplying():
-    budget = R.RetryBudget()
+    budget = R.RequestRetries()
     budget.start(2)
     budget.start(5)                   # the first deployment's policy sets it
     assert budget.left == 2
@@ -198,7 +198,7 @@ def test_one_retry_budget_adds_deployments_to_retries_instead_of_multiplying():
     assert budget.left == 0
     budget.charge(1)                  # a fallback's one attempt spends no retry
     assert budget.left == 0 and budget.spent == 2
-    configured = R.RetryBudget(1)
+    configured = R.RequestRetries(1)
     configured.start(9)
     assert configured.left == 1
 
