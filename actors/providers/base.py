@@ -222,9 +222,10 @@ def bare_message_error(status: int | None, headers: Mapping[str, str] | None, me
 
 
 class ModelRunner:
-    """Base of every provider runner. Subclasses set ``provider`` and ``finish_map``."""
+    """Base of every provider runner. Subclasses set ``provider``, ``family`` and ``finish_map``."""
 
-    provider: ClassVar[str]
+    provider: ClassVar[str]         # the deployment's ``provider:``, registered in actors/providers/__init__.py
+    family: ClassVar[str | None]    # the price and context-window table of its models; None: any table
     finish_map: ClassVar[Mapping[str, str]] = {}
     # Option name -> (type, default). Unknown options are configuration errors.
     options_schema: ClassVar[Mapping[str, tuple[type, Any]]] = {}
@@ -296,7 +297,7 @@ class ModelRunner:
     def price(self) -> Price | None:
         from actors.core.pricing import lookup_price
 
-        return self.deployment.pricing or lookup_price(self.provider, self.model)
+        return self.deployment.pricing or lookup_price(self.family, self.model)
 
 
 class SseRunner(ModelRunner):

@@ -51,6 +51,7 @@ def to_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 class CohereRunner(SseRunner):
     provider = PROVIDER
+    family = "cohere"
     finish_map = FINISH
 
     def build_request(self, request: InferenceRequest, credential: Secret | None) -> HttpRequest:

@@ -92,6 +92,7 @@ def _retry_delay(body: bytes) -> float | None:
 
 class GeminiRunner(SseRunner):
     provider = PROVIDER
+    family = "gemini"
     finish_map = FINISH
     options_schema = {"auth": (str, "api-key"), "safety_settings": (list, None)}
 

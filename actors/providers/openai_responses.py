@@ -47,6 +47,7 @@ def to_input(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 class OpenAIResponsesRunner(OpenAIChatRunner):
     provider = PROVIDER
+    family = "openai"
     finish_map = FINISH
     # Responses are stored for 30 days unless told otherwise; a gateway keeps no state upstream.
     options_schema = {**OpenAIChatRunner.options_schema, "store": (bool, False)}

@@ -17,6 +17,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage
 from actors.core.gather import Gathering
 from actors.core.routing import RoutingPolicy, context_window
 from actors.core.supervision import Supervisor
+from actors.providers import runner_class
 from actors.runtime.breaker import CircuitBreakerActor
 from actors.runtime.engine import RemoteEngineCoreActor
 from actors.runtime.ledger import LedgerActor, engine_seed, spend_status
@@ -186,7 +187,7 @@ class NodeRegistry(ClusterMember):
 
     def _route_entry(self, dep: Any, engine: Any, replica: int) -> RouteEntry:
         entry = RouteEntry(dep.name, dep.model, engine, self.node, weight=dep.weight,
-                           max_input_tokens=dep.max_input_tokens or context_window(dep.provider, dep.provider_model),
+                           max_input_tokens=dep.max_input_tokens or context_window(runner_class(dep.provider).family, dep.provider_model),
                            max_retries=dep.retry.max_retries)
         load = self.loads.get((dep.name, replica))
         if load is not None:

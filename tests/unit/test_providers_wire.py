@@ -11,7 +11,7 @@ import requests
 import responses
 
 from actors import errors as E
-from actors.settings.schema import PROVIDERS
+from actors.providers import PROVIDERS
 from actors.settings.loader import parse_config
 from actors.core.credentials import Secret
 from actors.types import InferenceRequest
