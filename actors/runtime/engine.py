@@ -9,6 +9,7 @@ breaker, the limiter hub, the strict limiter and the session.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -139,7 +140,10 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         index = self._index_of(msg.childAddress)
         if index is not None:
-            log.warning("%s worker %d exited", self.init.deployment.name, index)
+            # Stopping, every worker exits: that is the plan, not news. Any other exit is.
+            stopping = self.core is None or self.core.stopping
+            log.log(logging.INFO if stopping else logging.WARNING, "%s worker %d exited%s",
+                    self.init.deployment.name, index, " (the engine is stopping)" if stopping else "")
             self._feed(ev.WorkerGone(index))
 
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:

@@ -85,7 +85,7 @@ def test_a_stalled_stream_ends_at_its_deadline_and_the_worker_serves_again(engin
     e.tell(request("s1", stream=True, deadline_unix=time.time() + 0.5))
     chunks, done = e.collect("s1")
     assert isinstance(done, Failed) and isinstance(done.error, E.DeadlineExceeded)
-    assert len(chunks) == 1 and done.chunks == 1 and not done.error.retryable
+    assert len(chunks) == 1 and done.chunks in (1, None) and not done.error.retryable   # None: the engine's deadline came first
     assert time.monotonic() - started < 3.0  # the deadline, not the 5 s stall, ended it
     never.set()
     e.tell(request("r2"))
@@ -162,7 +162,7 @@ def test_a_frozen_worker_is_replaced_after_the_grace_and_the_next_request_is_ser
     assert first is not None and first.request_id == "s1"
     frozen.update(id(w) for w in workers)
     _, done = e.collect("s1")
-    assert isinstance(done.error, E.DeadlineExceeded) and done.chunks == 1
+    assert isinstance(done.error, E.DeadlineExceeded) and done.chunks is None   # the frozen worker's count is unknown
     e.tell(request("r2"))
     _, after = e.collect("r2")
     never.set()

@@ -305,3 +305,30 @@ def test_chunks_messages_carry_the_request_id_and_nothing_follows_the_terminal(e
     messages, done = e.collect("s1")
     assert all(isinstance(m, TokenChunk) and m.request_id == "s1" for m in messages)
     assert [m for m in e.drain_extra(0.2) if getattr(m, "request_id", None) == "s1"] == []
+
+
+def test_a_worker_killed_mid_stream_ends_the_request_with_an_unknown_count_and_nothing_after(engine, upstream):
+    """The raw protocol's rule (README): a terminal whose ``chunks`` is None means the answer is
+    what arrived before it; the dead worker sends nothing after it."""
+    from thespian.actors import ActorExitRequest
+
+    from harness import actor_instance
+    gate = threading.Event()
+    answer = stream_answer(["a ", "b ", "c "], pause_s=0.01)
+    answer.parts.insert(4, gate)
+    upstream.then(answer)
+    e = engine(workers=1, coalesce_ms=0)
+    e.tell(request("s1", stream=True))
+    got = []
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        message = e.listen(0.05)
+        if isinstance(message, TokenChunk):
+            got.append(message)
+    e.asys.tell(actor_instance(e.asys, e.engine).workers[0], ActorExitRequest())
+    gate.set()
+    rest, done = e.collect("s1")
+    assert isinstance(done, Failed) and isinstance(done.error, E.WorkerCrashed) and not done.error.retryable
+    assert done.chunks is None and len(got) == 2
+    assert [m for m in e.drain_extra(0.3) if getattr(m, "request_id", None) == "s1"] == []
+
