@@ -21,7 +21,7 @@ import yaml
 from actors.ops.procs import listening_ports
 
 import netns
-from conftest import OutputLines, wait_for
+from conftest import OutputLines, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = f"{os.getpid() % 10000}"
@@ -139,7 +139,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_a_peer_cannot_deploy_drain_or_stop_a_node(two_hosts, tmp_path, mode):
     """With the cluster key (a member gone bad) nothing but cluster messages are accepted from a peer;
     with only a host key (even a stolen copy) nothing at all is."""
-    port = 19480 if mode == "cluster secret" else 19481
+    port = free_port()
     marker = tmp_path / "pwned"
     env = dict(os.environ)
     args = ["--config", str(_node_config(tmp_path, "victim", port, marker))]
