@@ -332,3 +332,27 @@ def test_a_worker_killed_mid_stream_ends_the_request_with_an_unknown_count_and_n
     assert done.chunks is None and len(got) == 2
     assert [m for m in e.drain_extra(0.3) if getattr(m, "request_id", None) == "s1"] == []
 
+
+
+def test_a_dispatch_the_worker_fails_on_twice_still_gets_its_one_terminal_and_the_worker_serves_on(
+        engine, upstream, monkeypatch):
+    """Thespian returns a message its handler failed on twice to the sender as a PoisonMessage:
+    the engine turns that into the request's terminal (tests/unit/test_thespian_contract.py)."""
+    from actors.runtime.worker import RemoteWorkerActor
+
+    original = RemoteWorkerActor.receiveMsg_Dispatch
+
+    def poisoned(self, msg, sender):
+        if msg.request.request_id == "poison":
+            raise RuntimeError("a bug outside the worker's own guard")
+        return original(self, msg, sender)
+
+    monkeypatch.setattr(RemoteWorkerActor, "receiveMsg_Dispatch", poisoned)
+    e = engine(workers=1)
+    e.tell(request("poison"))
+    _, failed = e.collect("poison")
+    assert isinstance(failed, Failed) and type(failed.error) is E.InternalError
+    e.tell(request("next"))
+    _, done = e.collect("next")
+    assert isinstance(done, Completed) and upstream.requests and len(upstream.requests) == 1
+    assert [m for m in e.drain_extra(0.2) if getattr(m, "request_id", None) == "poison"] == []
