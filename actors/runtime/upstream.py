@@ -177,7 +177,6 @@ class HttpExchange:
         self.whole = whole
         self.tracker = _Tracker()
         self.cancelled = threading.Event()
-        self.response: requests.Response | None = None
         self.thread: threading.Thread | None = None
 
     @property
@@ -195,7 +194,6 @@ class HttpExchange:
             http = self.http
             resp = session.request(http.method, http.url, data=http.body, headers=http.headers, stream=True,
                                    timeout=self.timeouts)
-            self.response = resp
             self.tracker.headers = True
             if self.cancelled.is_set():
                 return
@@ -250,17 +248,16 @@ class HttpExchange:
         return b"".join(parts)
 
     def stop(self) -> None:
-        """End the exchange now: a blocked read returns at once, the connection is discarded."""
+        """End the exchange now: a blocked read returns at once, and the reader discards the connection.
+
+        Only the socket is shut down here; the response is closed by the reader thread, which
+        owns it. Closing it from this thread too would race the reader's own close: that one
+        could close the pooled connection object after the next exchange took it from the pool.
+        """
         self.cancelled.set()
         sock = self.tracker.sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
-                pass
-        resp = self.response
-        if resp is not None:
-            try:
-                resp.close()
-            except Exception:  # noqa: BLE001 - closing from another thread may race the reader
                 pass
