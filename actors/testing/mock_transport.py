@@ -83,9 +83,11 @@ class MockRequest:
 
     @property
     def url(self) -> str:
+        """The URL asked for (the scheme told by the port: the transport sees no TLS)."""
         if "://" in self.target:
             return self.target
-        return f"http://{self.headers.get('host', f'{self.host}:{self.port}')}{self.target}"
+        scheme = "https" if self.port == 443 else "http"
+        return f"{scheme}://{self.headers.get('host', f'{self.host}:{self.port}')}{self.target}"
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
