@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
-from harness import CHANNEL_PORT, TEST_KEYRING, ChannelEnd, FakeUpstream, in_process_system
+from harness import (
+    CHANNEL_PORT,
+    TEST_KEYRING,
+    ChannelEnd,
+    FakeUpstream,
+    in_process_system,
+)
 
 
 @pytest.fixture
@@ -46,3 +51,22 @@ def channel(upstream):
         yield ChannelEnd(upstream.transport.listen(CHANNEL_PORT))
     finally:
         stream_sender.use_keyring(None)
+
+
+@pytest.fixture
+def engine():
+    """Factory: engine(breaker=None, **deployment fields) -> a real InProcessEngine, closed at teardown."""
+    from harness import InProcessEngine, deployment
+
+    from actors.core.retry import RetryPolicy
+
+    made = []
+
+    def make(breaker=None, **overrides):
+        overrides.setdefault("retry", RetryPolicy(max_retries=2, base_delay_s=0.01, max_delay_s=0.05, jitter="none"))
+        made.append(InProcessEngine(deployment(**overrides), breaker=breaker))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()

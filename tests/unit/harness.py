@@ -128,18 +128,18 @@ def replace(config: Any, **kw: Any) -> Any:
 # Actors on Thespian's in-process simpleSystemBase, with a scripted upstream and no socket
 # ======================================================================================
 
-import json  # noqa: E402
-import time  # noqa: E402
-from collections import deque  # noqa: E402
+import json
+import time
+from collections import deque
 
-from thespian.actors import Actor, ActorExitRequest, ActorSystem  # noqa: E402
+from thespian.actors import Actor, ActorExitRequest, ActorSystem
 
-from actors.core.breaker import BreakerConfig  # noqa: E402
-from actors.core.frames import FrameCodec, chunk_fields  # noqa: E402
-from actors.runtime.protocol import BreakerInit, EngineInit  # noqa: E402
-from actors.security.keys import KeyRing, WireKey  # noqa: E402
-from actors.testing.mock_transport import MockListener, MockResponse, MockTransport  # noqa: E402
-from actors.types import TERMINAL, TokenChunk  # noqa: E402
+from actors.core.breaker import BreakerConfig
+from actors.core.frames import FrameCodec, chunk_fields
+from actors.runtime.protocol import BreakerInit, EngineInit
+from actors.security.keys import KeyRing, WireKey
+from actors.testing.mock_transport import MockListener, MockResponse, MockTransport
+from actors.types import TERMINAL, TokenChunk
 
 Answer = MockResponse   # one scripted upstream answer (actors/testing/mock_transport.py)
 
@@ -156,7 +156,7 @@ class FakeUpstream:
         self.default = MockResponse(200, openai_completion("ok"))
         self.transport = MockTransport(self._answer)
 
-    def then(self, *answers: MockResponse) -> "FakeUpstream":
+    def then(self, *answers: MockResponse) -> FakeUpstream:
         self.script.extend(answers)
         return self
 
@@ -318,6 +318,13 @@ class InProcessEngine:
 
     def close(self) -> None:
         self.asys.shutdown()
+
+
+def request(rid: str, **fields: Any) -> InferenceRequest:
+    """A small call to deployment "d1" (max_tokens 5 unless said otherwise)."""
+    fields.setdefault("params", {"max_tokens": 5})
+    fields.setdefault("messages", [{"role": "user", "content": "hello"}])
+    return InferenceRequest(model="d1", request_id=rid, **fields)
 
 
 def actor_instance(asys: Any, address: Any) -> Any:

@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from actors import errors as E
-from actors.core.retry import RetryPolicy
 from actors.runtime.protocol import Drain, Drained, EngineReady, EngineStatus, StatusRequest
-from actors.types import Cancel, Completed, Failed, InferenceRequest
-from harness import Answer, InProcessEngine, deployment, openai_completion, stream_answer
+from actors.types import Cancel, Completed, Failed
+from harness import Answer, InProcessEngine, deployment, openai_completion, request, stream_answer
 
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-def engine():
-    made = []
-
-    def make(**overrides):
-        overrides.setdefault("retry", RetryPolicy(max_retries=2, base_delay_s=0.01, max_delay_s=0.05, jitter="none"))
-        made.append(InProcessEngine(deployment(**overrides)))
-        return made[-1]
-
-    yield make
-    for e in made:
-        e.close()
-
-
-def request(rid, **kw):
-    kw.setdefault("params", {"max_tokens": 5})
-    return InferenceRequest(model="d1", messages=HELLO, request_id=rid, **kw)
 
 
 def test_a_503_is_retried_and_the_200_completes(engine, upstream):
@@ -173,9 +151,8 @@ def test_a_frozen_worker_is_replaced_after_the_grace_and_the_next_request_is_ser
 
 
 def test_a_worker_that_dies_before_any_token_is_replaced_and_the_request_retried(engine, upstream):
-    from thespian.actors import ActorExitRequest
-
     from harness import actor_instance
+    from thespian.actors import ActorExitRequest
     slow = stream_answer(["late"])
     slow.parts.insert(0, 2.0)  # the upstream thinks before its first token
     upstream.then(slow, stream_answer(["retried"]))

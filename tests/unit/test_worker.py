@@ -17,32 +17,13 @@ from actors import errors as E
 from actors.core.breaker import BreakerConfig, CircuitState
 from actors.core.ratelimit import RateLimits
 from actors.core.retry import RetryPolicy
-from actors.runtime.protocol import BreakerQuery, BreakerState
+from actors.runtime.protocol import BreakerQuery
 from actors.testing.mock_transport import EOF, REFUSE, RESET_ON_SEND, MockResponse
-from actors.types import Completed, Failed, InferenceRequest, TokenChunk
-from harness import InProcessEngine, deployment, openai_completion, openai_stream, stream_answer
+from actors.types import Completed, Failed, TokenChunk
+from harness import deployment, openai_completion, openai_stream, request, stream_answer
 
 HELLO = [{"role": "user", "content": "hello"}]
 WORDS = ["one ", "two ", "three ", "four ", "five"]
-
-
-@pytest.fixture
-def engine():
-    made = []
-
-    def make(breaker=None, **overrides):
-        overrides.setdefault("retry", RetryPolicy(max_retries=2, base_delay_s=0.01, max_delay_s=0.05, jitter="none"))
-        made.append(InProcessEngine(deployment(**overrides), breaker=breaker))
-        return made[-1]
-
-    yield make
-    for e in made:
-        e.close()
-
-
-def request(rid, **kw):
-    kw.setdefault("params", {"max_tokens": 5})
-    return InferenceRequest(model="d1", messages=HELLO, request_id=rid, **kw)
 
 
 def everything(e, channel, rid):
@@ -221,9 +202,10 @@ class LoneWorker:
     """A worker on its own: its engine and its session are recorders."""
 
     def __init__(self, asys, dep) -> None:
+        from harness import Recorder
+
         from actors.runtime.protocol import WorkerInit
         from actors.runtime.worker import RemoteWorkerActor
-        from harness import Recorder
 
         self.asys = asys
         self.engine, self.session = asys.createActor(Recorder), asys.createActor(Recorder)
@@ -310,9 +292,8 @@ def test_chunks_messages_carry_the_request_id_and_nothing_follows_the_terminal(e
 def test_a_worker_killed_mid_stream_ends_the_request_with_an_unknown_count_and_nothing_after(engine, upstream):
     """The raw protocol's rule (README): a terminal whose ``chunks`` is None means the answer is
     what arrived before it; the dead worker sends nothing after it."""
-    from thespian.actors import ActorExitRequest
-
     from harness import actor_instance
+    from thespian.actors import ActorExitRequest
     gate = threading.Event()
     answer = stream_answer(["a ", "b ", "c "], pause_s=0.01)
     answer.parts.insert(4, gate)
