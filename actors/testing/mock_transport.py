@@ -257,6 +257,8 @@ class _SocketBase:
         self._rfd, self._wfd = os.pipe()
         self._fds_lock = threading.Lock()
         self.closed = False
+        self._files = 0             # open makefile()s: as a real socket's, close() waits for them
+        self._close_asked = False
 
     def fileno(self) -> int:
         return self._rfd
@@ -290,6 +292,20 @@ class _SocketBase:
         self._hang_up()   # as a real socket's: readable (at its end) from now on
 
     def close(self) -> None:
+        with self._fds_lock:
+            self._close_asked = True
+            if self._files:
+                return   # http.client closes a "Connection: close" socket while its response still reads
+        self._close_now()
+
+    def _file_closed(self) -> None:
+        with self._fds_lock:
+            self._files -= 1
+            last = self._files == 0 and self._close_asked
+        if last:
+            self._close_now()
+
+    def _close_now(self) -> None:
         self._shut.set()
         with self._fds_lock:
             if self.closed:
@@ -304,6 +320,8 @@ class _SocketBase:
     def makefile(self, mode: str = "rb", buffering: int | None = None, **_: Any) -> Any:
         if "r" not in mode:
             raise ValueError("the mock socket's file is for reading")
+        with self._fds_lock:
+            self._files += 1
         return io.BufferedReader(_SocketReader(self), buffer_size=8192)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
@@ -340,6 +358,11 @@ class _SocketReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock._file_closed()
+        super().close()
 
 
 class _MockSocket(_SocketBase):
