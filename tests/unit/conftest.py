@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from harness import (
-    CHANNEL_PORT,
-    TEST_KEYRING,
-    ChannelEnd,
-    FakeUpstream,
-    in_process_system,
-)
+
+from harness import CHANNEL_PORT, TEST_KEYRING, ChannelEnd, FakeUpstream, in_process_system
 
 
 @pytest.fixture

@@ -128,18 +128,18 @@ def replace(config: Any, **kw: Any) -> Any:
 # Actors on Thespian's in-process simpleSystemBase, with a scripted upstream and no socket
 # ======================================================================================
 
-import json
-import time
-from collections import deque
+import json  # noqa: E402
+import time  # noqa: E402
+from collections import deque  # noqa: E402
 
-from thespian.actors import Actor, ActorExitRequest, ActorSystem
+from thespian.actors import Actor, ActorExitRequest, ActorSystem  # noqa: E402
 
-from actors.core.breaker import BreakerConfig
-from actors.core.frames import FrameCodec, chunk_fields
-from actors.runtime.protocol import BreakerInit, EngineInit
-from actors.security.keys import KeyRing, WireKey
-from actors.testing.mock_transport import MockListener, MockResponse, MockTransport
-from actors.types import TERMINAL, TokenChunk
+from actors.core.breaker import BreakerConfig  # noqa: E402
+from actors.core.frames import FrameCodec, chunk_fields  # noqa: E402
+from actors.runtime.protocol import BreakerInit, EngineInit  # noqa: E402
+from actors.security.keys import KeyRing, WireKey  # noqa: E402
+from actors.testing.mock_transport import MockListener, MockResponse, MockTransport  # noqa: E402
+from actors.types import TERMINAL, TokenChunk  # noqa: E402
 
 Answer = MockResponse   # one scripted upstream answer (actors/testing/mock_transport.py)
 
@@ -156,7 +156,7 @@ class FakeUpstream:
         self.default = MockResponse(200, openai_completion("ok"))
         self.transport = MockTransport(self._answer)
 
-    def then(self, *answers: MockResponse) -> FakeUpstream:
+    def then(self, *answers: MockResponse) -> "FakeUpstream":
         self.script.extend(answers)
         return self
 
