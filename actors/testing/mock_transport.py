@@ -223,7 +223,7 @@ class MockTransport:
             if listener.refuse:
                 raise ConnectionRefusedError(111, "Connection refused")
             listener.connections += 1
-            return _ChannelSocket(listener, timeout)
+            return self._opened(_ChannelSocket(listener, timeout))
         fault = self._take_fault(_CONNECT_FAULTS)
         if fault == REFUSE:
             raise ConnectionRefusedError(111, "Connection refused")
@@ -232,16 +232,20 @@ class MockTransport:
             raise socket.timeout("timed out")
         with self._lock:
             self.connects += 1
-            sock = _MockSocket(self, host, port, timeout)
+        return self._opened(_MockSocket(self, host, port, timeout))
+
+    def _opened(self, sock: Any) -> Any:
+        with self._lock:
             self._open = [s for s in self._open if not s.closed] + [sock]
         return sock
 
     def close(self) -> None:
-        """Hang up every connection still open (a test's end)."""
+        """Hang up every connection still open (a test's end): blocked reads return, fds are freed."""
         with self._lock:
             open_now, self._open = self._open, []
         for sock in open_now:
-            sock.close()
+            sock.shutdown(socket.SHUT_RDWR)
+            sock._close_now()
 
     # called by the sockets
     def _answer(self, request: MockRequest) -> MockResponse:
