@@ -141,7 +141,7 @@ class Delivery:
         if not self.relay:
             self._wake()          # the actor cuts: the first chunk, or chunks as messages
         elif streaming.flush_due(True, self.chunks, self.last_flush, self.coalesce_s, time.monotonic()):
-            self._cut(by_reader=True)
+            self._cut(None)
         elif self.flush_at is None:
             self._wake()          # text held back within the window: the actor arms the timer
 
@@ -175,9 +175,10 @@ class Delivery:
 
     # -- either thread, under the lock ---------------------------------------------------
 
-    def _cut(self, outlet: Outlet | None = None, by_reader: bool = False) -> None:
+    def _cut(self, outlet: Outlet | None) -> None:
         """Send what is pending as the next chunk: a frame on the channel if it works, else a
-        message (from the actor; the reader hands it over through the outbox)."""
+        message. ``outlet`` is the actor's; None on the reader thread, which hands a chunk it
+        cannot write to the actor through the outbox (it never cuts the first: see ``relay``)."""
         text, tools = self.acc.take_pending()
         chunk = TokenChunk(self.request_id, self.chunks, text, tools)
         self.chunks += 1
@@ -187,12 +188,12 @@ class Delivery:
             if self.channel is not None:
                 self.channel_failed = True
             self.relay = False
-            if by_reader:
+            if outlet is None:
                 self.outbox.append(chunk)
                 self._wake()
             else:
                 outlet.to_caller(chunk)
-        if chunk.seq == 0:
+        if chunk.seq == 0 and outlet is not None:
             self.first_token_unix = time.time()
             outlet.first_token(self.first_token_unix)
 

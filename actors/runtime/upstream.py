@@ -204,7 +204,8 @@ class HttpExchange:
                 return
             if not self.whole and not sink(Opened()):
                 return
-            raw, total, limit, parts = resp.raw, 0, self.max_body_bytes, []
+            raw, total, limit = resp.raw, 0, self.max_body_bytes
+            parts: list[bytes] = []
             while not self.cancelled.is_set():
                 data = self._read(raw, READ_CHUNK)
                 if not data:

@@ -195,18 +195,19 @@ class RemoteWorkerActor(GatewayActor):
             deadline = min(deadline, request.deadline_unix)
         exchange = HttpExchange(http, self._timeouts(deadline), dep.response_limits.max_body_bytes, deadline,
                                 whole=not http.stream)
-        common = dict(deadline=deadline, total_s=dep.timeouts.total_s, coalesce_s=dep.coalesce_ms / 1000)
+        total_s, coalesce_s = dep.timeouts.total_s, dep.coalesce_ms / 1000
         if not http.stream:
             # Nothing to deliver before it ends, so read in this handler (no thread hand-offs);
             # the exchange's own deadline bounds it, however slowly the body trickles.
-            delivery = Delivery(dispatch, exchange, runner, **common)
+            delivery = Delivery(dispatch, exchange, runner, deadline=deadline, total_s=total_s, coalesce_s=coalesce_s)
             exchange.run(self.http, delivery.take)
             return self._finish(delivery, delivery.end(self._bug(RuntimeError("the exchange ended without an outcome"))))
         channel = getattr(request, "channel", None)
         out = stream_sender.sender() if channel is not None else None
-        delivery = Delivery(dispatch, exchange, runner, decoder=runner.stream_decoder(),
+        delivery = Delivery(dispatch, exchange, runner, deadline=deadline, total_s=total_s, coalesce_s=coalesce_s,
+                            decoder=runner.stream_decoder(),
                             channel=stream_sender.ChannelTo(out, channel) if out is not None else None,
-                            wake=self.wake.notify if self.wake is not None else None, **common)
+                            wake=self.wake.notify if self.wake is not None else None)
         self.delivery, self.outlet = delivery, _ToCaller(self, delivery)
         exchange.start(self.http, delivery.take, f"reader-{request.request_id}")
         # The reader's reads end at the deadline too; this is the backstop should it hang. One

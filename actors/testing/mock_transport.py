@@ -378,7 +378,7 @@ class _MockSocket(_SocketBase):
         self._inbox = bytearray()
         self._out = bytearray()
         self._wire: Iterator[Any] | None = None
-        self._hold: tuple[Any, float] | None = None   # the pause or hold being waited out, and when it ends
+        self._hold: tuple[threading.Event | None, float | None] | None = None   # what is waited out, until when
         self._answered = threading.Event()
         self._hung_up = False
         self._fault: str | None = None                # a send fault taken for the request being written
@@ -448,6 +448,7 @@ class _MockSocket(_SocketBase):
     def _advance(self) -> bool:
         """Take the answer's next item; False when the read timed out waiting on it."""
         if self._hold is None:
+            assert self._wire is not None
             item = next(self._wire, None)
             if item is None:
                 self._wire = None     # answered in full: the connection may carry the next request
