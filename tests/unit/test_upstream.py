@@ -45,7 +45,7 @@ def answering(*answers: MockResponse) -> MockTransport:
 ])
 def test_failures_before_the_request_is_written_are_not_sent(fault, phase, timed_out, sent, error):
     network = answering(MockResponse(200)).fail_next(fault)
-    events, run = exchange(network)
+    events, run = exchange(network, timeouts=(0.2, 0.2))
     (failed,) = events
     assert isinstance(failed, TransportFailed) and (failed.phase, failed.timed_out) == (phase, timed_out), failed
     verdict = classify_transport(failed.phase, timed_out=failed.timed_out)
