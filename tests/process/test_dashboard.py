@@ -62,7 +62,7 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_dashboard_shows_deployments_an_open_breaker_and_budgets(gateway, mock, tmp_path, browser):
+def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gateway, mock, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
