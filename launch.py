@@ -280,7 +280,7 @@ def demo(args: argparse.Namespace) -> int:
                 client.complete("demo", [{"role": "user", "content": "[[mock status=400]] a bad request"}])
             except InferenceError as exc:
                 print(f"\n> a request the provider rejects ends in one typed error:\n{type(exc).__name__}: {exc}")
-            _demo_http(config, port, key_environment, log_file + ".http")
+            _demo_http(config, port, key_environment, log_file + ".http", args.http_port)
             print()
             _print_cluster(client.cluster_status())
     finally:
@@ -289,14 +289,18 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_http(config, admin_port: int, key_environment: dict[str, str], log_file: str) -> None:
+def _demo_http(config, admin_port: int, key_environment: dict[str, str], log_file: str,
+               listen_port: int | None = None) -> None:
     """The same node over HTTP, in the OpenAI dialect: one call with plain `requests`."""
     import requests
 
     from actors.ops.http_process import start_http
     from actors.ops.procs import port_is_listening
 
-    listen_port = next(p for p in range(4000, 4100) if not port_is_listening(p))
+    if listen_port is None:
+        listen_port = next(p for p in range(4000, 4100) if not port_is_listening(p))
+    elif port_is_listening(listen_port):
+        raise ConfigError(f"port {listen_port} is in use: choose another --http-port", path="--http-port")
     http = start_http(config, admin_port, listen=f"127.0.0.1:{listen_port}", key_environment=key_environment,
                       log_file=log_file)
     try:
@@ -430,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="run the end-to-end demo on the built-in mock provider")
     p_demo.add_argument("--config", default=DEFAULT_CONFIG)
     p_demo.add_argument("--admin-port", type=int, default=None)
+    p_demo.add_argument("--http-port", type=int, default=None,
+                        help="the demo's HTTP front door, on 127.0.0.1 (default: the first free port from 4000)")
     p_stop = sub.add_parser("stop", help="stop the node on this host's --admin-port (e.g. its launcher is gone)")
     p_stop.add_argument("--admin-port", type=int, default=1900)
     p_stop.add_argument("--secret-file", default=None, help="cluster key file (default: $ATOMR_CLUSTER_SECRET)")

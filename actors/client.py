@@ -566,7 +566,7 @@ class GatewayClient:
         entries = self._wait_for_routes(request.model, deadline)
         policy = self._policy
         plan = routing.FallbackPlan(request.model, policy, request.fallbacks)
-        budget = routing.RetryBudget(policy.num_retries)
+        budget = routing.RequestRetries(policy.num_retries)
         log: list[AttemptInfo] = []
         model: str | None = request.model
         error = yield from self._over_group(correlator, request, model, entries, policy, budget, log, deadline, state)
@@ -613,7 +613,7 @@ class GatewayClient:
         return out
 
     def _over_group(self, correlator: Correlator, request: InferenceRequest, model: str, entries: list[Any],
-                    policy: routing.RoutingPolicy, budget: routing.RetryBudget, log: list[AttemptInfo],
+                    policy: routing.RoutingPolicy, budget: routing.RequestRetries, log: list[AttemptInfo],
                     deadline: float, state: _State) -> Iterator[TokenChunk]:
         """Try the group's deployments in the strategy's order; None when one served, else the last error."""
         input_tokens = routing.input_estimate(request.messages)

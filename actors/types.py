@@ -175,7 +175,9 @@ class EmbeddingResult:
 
 @dataclass
 class Failed:
-    """Terminal: the call failed. ``chunks`` TokenChunks were streamed before it did."""
+    """Terminal: the call failed. ``chunks`` TokenChunks were streamed before it did; None when
+    the gateway cannot know (the attempt was cut off on its worker: a cancel, the deadline, the
+    worker's death). What a raw caller then does with late chunks: README, "The raw protocol"."""
 
     request_id: str
     error: InferenceError

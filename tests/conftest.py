@@ -42,6 +42,7 @@ os.environ["ATOMR_CLUSTER_SECRET"] = TEST_KEY_LINE
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from actors.core.procstat import live_stat  # noqa: E402
 from actors.ops.procs import port_is_listening, listening_pids  # noqa: E402
 
 # Below the ephemeral range (32768+), so no client socket can be sitting on our ports.
@@ -70,10 +71,9 @@ def marked_pids() -> list[int]:
             with open(f"/proc/{entry}/environ", "rb") as fh:
                 if needle not in fh.read():
                     continue
-            with open(f"/proc/{entry}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
         except OSError:
+            continue
+        if live_stat(int(entry)) is None:
             continue
         found.append(int(entry))
     return found

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import os
 
+from actors.core.procstat import live_stat
 from actors.ops.procs import listening_pids, pids_in_group
 
 
 def _ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[1]) if fields[0] != "Z" else None
+    stat = live_stat(pid)
+    return stat.ppid if stat is not None else None
 
 
 def children(pgid: int) -> dict[int, list[int]]:

@@ -110,7 +110,6 @@ class CircuitBreaker:
         self._consecutive = 0
         # One bucket per whole second: [second, calls, failures]; bounded by window_s.
         self._buckets: deque[list[int]] = deque()
-        self._opened_at = 0.0          # monotonic
         self._open_until = 0.0         # monotonic
         self._opened_at_wall = 0.0
         self._closed_since = clock()
@@ -290,7 +289,6 @@ class CircuitBreaker:
 
     def _open(self, duration_s: float) -> None:
         now = self._clock()
-        self._opened_at = now
         self._open_until = now + duration_s
         self._opened_at_wall = self._wall()
         self._transition(CircuitState.OPEN, force=True)

@@ -157,7 +157,6 @@ class BudgetBook:
         self.last_sync = clock()
         self.sync_interval_s = sync_interval_s
         self.typical_nano = 0
-        self._strict_ids = 0
 
     @property
     def keys(self) -> list[str]:

@@ -628,7 +628,7 @@ class EngineCore:
         error = WorkerCrashed(f"{why} during attempt {attempt.number}", provider=self.dep.provider,
                               retryable=job.chunks == 0)
         if job.chunks:
-            return self._fail(job, error)
+            return self._fail(job, error, chunks=None)   # how many it sent died with it
         self._retry_or_fail(job, error, now)
 
     # -- cancel, deadlines, time -----------------------------------------------------
@@ -687,7 +687,8 @@ class EngineCore:
         if job.attempt is not None:
             stage = "mid-stream" if job.chunks else "during the call"
             self._abandon(job, now)
-            return self._fail(job, DeadlineExceeded(f"the deadline passed {stage}", provider=provider))
+            # The worker may still have chunks in flight: the count is unknown.
+            return self._fail(job, DeadlineExceeded(f"the deadline passed {stage}", provider=provider), chunks=None)
         stage = ("waiting for a retry" if job.request_id in self.delayed else
                  "waiting for a credential" if job.request_id in self.parked else "while queued")
         self._fail(job, DeadlineExceeded(f"the deadline passed {stage}", provider=provider))

@@ -12,11 +12,8 @@ import yaml
 
 from actors.types import Usage
 
-__all__ = ["lookup_price", "cost_usd", "price_table"]
+__all__ = ["lookup_price", "cost_usd", "price_table", "families"]
 
-# Which table a provider's model names live in; gateways may serve anything.
-_FAMILY = {"openai": ("openai",), "openai_responses": ("openai",), "azure_openai": ("openai",),
-           "anthropic": ("anthropic",), "gemini": ("gemini",), "cohere": ("cohere",), "bedrock": ("bedrock",)}
 # What may follow a table name in a priced model id: dates, version numbers and tags
 # ("-2024-07-18", "-20240620-v1:0", "@20241022", "-latest", "-preview-05-20"). A word such as
 # "-mini" or "-8b" names another model, whose cost is then unknown rather than wrong.
@@ -64,12 +61,16 @@ class Price:
             raise ValueError("prices must be >= 0")
 
 
-def lookup_price(provider: str, model: str) -> Price | None:
+def families(family: str | None, tables: dict[str, object]) -> tuple[str, ...]:
+    """The tables a model of ``family`` is looked up in (a runner's ``family``; None: all of them)."""
+    return ((family,) if family is not None else tuple(tables)) + ("mock",)
+
+
+def lookup_price(family: str | None, model: str) -> Price | None:
     table = price_table()
-    families = _FAMILY.get(provider, tuple(table)) + ("mock",)
     for name in _names(model):
-        for family in families:
-            price = _match(table.get(family, {}), name)
+        for name_of_table in families(family, table):
+            price = _match(table.get(name_of_table, {}), name)
             if price is not None:
                 return price
     return None

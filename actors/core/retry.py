@@ -99,11 +99,6 @@ class RetryBudget:
         self._prune(now)
         self._calls.append(now)
 
-    def allowance(self) -> float:
-        """Retries allowed in the current window, whether spent or not."""
-        self._prune(self._clock())
-        return self.min_retries + self.ratio * len(self._calls)
-
     def try_spend(self) -> bool:
         now = self._clock()
         self._prune(now)

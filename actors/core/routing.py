@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 import yaml
 
-from actors.core.pricing import _FAMILY, _match, _names
+from actors.core.pricing import _match, _names, families
 from actors.errors import (AuthenticationError, BadRequest, Cancelled, CircuitOpen, ContentFiltered,
                            ContextLengthExceeded, CredentialUnavailable, DeadlineExceeded, InferenceError,
                            NotFound, PermissionDenied, QueueFull, BudgetExceeded)
 
 __all__ = ["STRATEGIES", "Strategy", "HealthCheck", "ModelRouting", "RoutingPolicy", "Candidate",
-           "order", "skip_reason", "input_estimate", "fallback_kind", "FallbackPlan", "RetryBudget", "context_window",
+           "order", "skip_reason", "input_estimate", "fallback_kind", "FallbackPlan", "RequestRetries", "context_window",
            "context_windows", "all_open_error", "check_models"]
 
 STRATEGIES = ("weighted", "least-busy", "latency", "cost", "usage")
@@ -303,8 +303,9 @@ class FallbackPlan:
 
 
 @dataclass
-class RetryBudget:
-    """One budget of retries for the whole request: every deployment tried gets its first
+class RequestRetries:
+    """The retries one request may still make, across every deployment it visits (not
+    ``core.retry.RetryBudget``, the engine's cap on retries against retry storms): every deployment tried gets its first
     attempt; a second attempt anywhere (a retry on the same deployment, or the engine's
     crash retry) spends one. So attempts <= deployments tried + retries, never their product."""
 
@@ -332,13 +333,13 @@ def context_windows() -> dict[str, dict[str, int]]:
     return {family: {model: int(size) for model, size in models.items()} for family, models in raw.items()}
 
 
-def context_window(provider: str, model: str) -> int | None:
-    """The model's input window in tokens from the package table, or None when unknown."""
+def context_window(family: str | None, model: str) -> int | None:
+    """The model's input window in tokens from the package table, or None when unknown
+    (``family``: the runner's, ``ModelRunner.family``)."""
     table = context_windows()
-    families = _FAMILY.get(provider, tuple(table)) + ("mock",)
     for name in _names(model):
-        for family in families:
-            size = _match(table.get(family, {}), name)
+        for name_of_table in families(family, table):
+            size = _match(table.get(name_of_table, {}), name)
             if size is not None:
                 return size
     return None

@@ -1,4 +1,5 @@
-"""The worker's stream policy, pure: typed reader events, coalescing, and size limits.
+"""The worker's stream policy, pure: typed reader events, coalescing, size limits, and how a
+runner's own failure is told.
 
 The reader thread (``actors.runtime.upstream``) turns one HTTP attempt into a sequence of
 events: body bytes travel as plain ``bytes`` (the hot path), everything else as one of the
@@ -12,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.core.transport import Phase
-from actors.errors import EmptyResponse, InferenceError, ResponseTooLarge, StreamError
+from actors.errors import EmptyResponse, InferenceError, InternalError, ResponseTooLarge, StreamError
 
 __all__ = ["Opened", "WholeBody", "HttpStatus", "TransportFailed", "Overflow", "END", "ReaderEvent",
-           "flush_due", "block_for", "too_large", "end_of_stream", "end_of_body", "Lag", "adaptive_window",
-           "ADAPTIVE_MAX_S"]
+           "flush_due", "too_large", "end_of_stream", "end_of_body", "Lag", "adaptive_window",
+           "ADAPTIVE_MAX_S", "runner_failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +101,6 @@ def adaptive_window(configured_s: float, lag_s: float) -> float:
     return max(configured_s, min(ADAPTIVE_MAX_S, ADAPTIVE_FACTOR * lag_s))
 
 
-def block_for(has_pending: bool, chunks_sent: int, last_flush: float, coalesce_s: float, now: float,
-              max_block_s: float, until_deadline_s: float) -> float:
-    """How long the actor thread may wait for the reader before it must act again."""
-    if has_pending and chunks_sent:
-        wait = max(0.0, last_flush + coalesce_s - now)
-    else:
-        wait = max_block_s
-    return max(0.0, min(wait, max_block_s, until_deadline_s))
-
-
 def too_large(limit: str, limit_bytes: int, provider: str = "") -> ResponseTooLarge:
     """The typed error for a response that passed ``limit`` (``max_line_bytes`` or ``max_body_bytes``)."""
     what = {"max_line_bytes": "an event-stream line or event", "max_body_bytes": "the response body"}.get(limit, limit)
@@ -120,6 +111,20 @@ def too_large(limit: str, limit_bytes: int, provider: str = "") -> ResponseTooLa
 def describe(event: Any) -> str:
     """A short, secret-free name of a reader event, for logs."""
     return f"{len(event)} bytes" if isinstance(event, bytes) else repr(event)
+
+
+def runner_failed(exc: BaseException, provider: str, doing: str, detail: bool = True) -> InternalError:
+    """The one verdict on an exception that is not an :class:`InferenceError`, raised by a
+    runner (building a request, decoding a stream, parsing a body) or by the worker itself.
+
+    A runner turns every bad answer it recognises into a typed error (a body that is not
+    JSON is a ``StreamError``); anything else it raises is a bug in this gateway, whichever
+    thread or path met it: an :class:`InternalError`, never counted against the provider's
+    circuit (``counts_for_breaker`` is False) and not retried (the same answer would meet the
+    same bug). ``detail=False`` leaves the exception's text out (a request builder's may hold
+    the credential it was given)."""
+    what = f"{type(exc).__name__}: {str(exc)[:200]}" if detail else type(exc).__name__
+    return InternalError(f"{doing} failed: {what}", provider=provider, retryable=False)
 
 
 def end_of_stream(decoder: Any, acc: Any, deltas: int, chunks_sent: int, provider: str) -> InferenceError | None:
@@ -134,6 +139,8 @@ def end_of_stream(decoder: Any, acc: Any, deltas: int, chunks_sent: int, provide
             deltas += 1
     except InferenceError as exc:
         return exc
+    except Exception as exc:  # noqa: BLE001 - see runner_failed
+        return runner_failed(exc, provider, "decoding the end of the stream")
     if acc.error is not None:
         return acc.error
     if deltas == 0:
@@ -152,6 +159,6 @@ def end_of_body(parse: Any, body: bytes, acc: Any, provider: str) -> InferenceEr
         acc.add(parse(body))
     except InferenceError as exc:
         return exc
-    except Exception as exc:  # noqa: BLE001 - a body the runner cannot read is the provider's fault
-        return StreamError(f"unparseable response: {type(exc).__name__}", provider=provider)
+    except Exception as exc:  # noqa: BLE001 - see runner_failed
+        return runner_failed(exc, provider, "parsing the response")
     return acc.error

@@ -20,7 +20,6 @@ class _Record:
     restarts: int = 0
     streak: int = 0
     last_exit_unix: float = 0.0
-    last_exit: float = 0.0
     last_start: float = 0.0
     restart_at: float | None = None
 
@@ -37,7 +36,7 @@ class Supervisor:
         now = self.clock()
         record = self._records.setdefault(key, _Record(last_start=now))
         record.streak = 1 if now - record.last_start >= self.stable_s else record.streak + 1
-        record.last_exit, record.last_exit_unix = now, self.wall()
+        record.last_exit_unix = self.wall()
         delay = min(self.max_s, self.base_s * 2 ** (record.streak - 1))
         record.restart_at = now + delay
         return delay

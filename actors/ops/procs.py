@@ -13,6 +13,8 @@ import signal
 import socket
 import time
 
+from actors.core.procstat import group_members, live_stat
+
 __all__ = ["listening_pids", "connected_pids", "admin_pgid", "admin_process", "pids_in_group", "kill_group",
            "port_is_listening", "wait_until", "listening_ports", "process_start_ticks", "parent_pid", "group_is_ours", "cmdline"]
 
@@ -100,26 +102,15 @@ def admin_pgid(port: int) -> int | None:
     return None
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: fields start after the last ')'.
-    fields = stat[stat.rfind(")") + 2:].split()
-    return fields if len(fields) > 20 and fields[0] not in ("Z", "X") else None
-
-
 def process_start_ticks(pid: int) -> int | None:
     """When a live process started (clock ticks since boot): a pid plus this names one process."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None
+    stat = live_stat(pid)
+    return stat.start_ticks if stat is not None else None
 
 
 def parent_pid(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[1]) if fields else None
+    stat = live_stat(pid)
+    return stat.ppid if stat is not None else None
 
 
 def cmdline(pid: int) -> list[str]:
@@ -158,20 +149,7 @@ def group_is_ours(pgid: int, admin_pid: int | None = None, admin_ticks: int | No
 
 
 def pids_in_group(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: fields start after the last ')'.
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
+    return group_members(pgid)
 
 
 def kill_group(pgid: int, settle_s: float = 2.0) -> None:

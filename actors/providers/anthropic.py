@@ -60,6 +60,7 @@ PARAMS = (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")
 
 class AnthropicRunner(SseRunner):
     provider = "anthropic"
+    family = "anthropic"
     finish_map = FINISH
     options_schema = {"anthropic_version": (str, "2023-06-01"), "default_max_tokens": (int, 1024),
                       "beta": (str, None)}

@@ -226,9 +226,10 @@ def bare_message_error(status: int | None, headers: Mapping[str, str] | None, me
 
 
 class ModelRunner:
-    """Base of every provider runner. Subclasses set ``provider`` and ``finish_map``."""
+    """Base of every provider runner. Subclasses set ``provider``, ``family`` and ``finish_map``."""
 
-    provider: ClassVar[str]
+    provider: ClassVar[str]         # the deployment's ``provider:``, registered in actors/providers/__init__.py
+    family: ClassVar[str | None]    # the price and context-window table of its models; None: any table
     finish_map: ClassVar[Mapping[str, str]] = {}
     # Option name -> (type, default). Unknown options are configuration errors.
     options_schema: ClassVar[Mapping[str, tuple[type, Any]]] = {}
@@ -337,7 +338,7 @@ class ModelRunner:
     def price(self) -> Price | None:
         from actors.core.pricing import lookup_price
 
-        return self.deployment.pricing or lookup_price(self.provider, self.model)
+        return self.deployment.pricing or lookup_price(self.family, self.model)
 
 
 class SseRunner(ModelRunner):
@@ -384,7 +385,6 @@ class StreamAccumulator:
         self.raw_finish_reason: str | None = None
         self.error: InferenceError | None = None
         self.done = False
-        self.produced = False  # any text or tool-call delta
         self._tools: dict[int, dict[str, Any]] = {}
         self._pending_text: list[str] = []
         self._pending_tools: list[dict[str, Any]] = []
@@ -398,9 +398,7 @@ class StreamAccumulator:
         if delta.text:
             self.text_parts.append(delta.text)
             self._pending_text.append(delta.text)
-            self.produced = True
         for tc in delta.tool_calls:
-            self.produced = True
             self._pending_tools.append(tc)
             slot = self._tools.setdefault(int(tc.get("index", 0)), {"id": "", "name": "", "arguments": ""})
             if tc.get("id"):

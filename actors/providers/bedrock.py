@@ -77,6 +77,7 @@ def _exception_name(name: str) -> str:
 
 class BedrockRunner(ModelRunner):
     provider = PROVIDER
+    family = "bedrock"
     finish_map = FINISH
     options_schema = {"region": (str, None)}
 

@@ -52,6 +52,7 @@ def to_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 class CohereRunner(SseRunner):
     provider = PROVIDER
+    family = "cohere"
     finish_map = FINISH
     # input_type is required by Cohere's v3+ embedding models; a request may name its own.
     options_schema = {"input_type": (str, "search_document")}

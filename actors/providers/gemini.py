@@ -111,6 +111,7 @@ def _logprob_items(result: dict[str, Any] | None) -> list[dict[str, Any]] | None
 
 class GeminiRunner(SseRunner):
     provider = PROVIDER
+    family = "gemini"
     finish_map = FINISH
     options_schema = {"auth": (str, "api-key"), "safety_settings": (list, None)}
     features = frozenset({"logprobs", "n"})

@@ -64,6 +64,7 @@ def stop_named(choice: dict[str, Any]) -> str | None:
 
 class OpenAIChatRunner(SseRunner):
     provider = "openai"
+    family = "openai"
     finish_map = FINISH
     options_schema = {"organization": (str, None), "project": (str, None)}
     path = "/chat/completions"
@@ -171,6 +172,7 @@ class OpenAICompatibleRunner(OpenAIChatRunner):
     """LiteLLM proxy, vLLM, an internal gateway: same wire format, configurable auth and path."""
 
     provider = "openai_compatible"
+    family = None   # a gateway (LiteLLM, vLLM, ...) may serve any model
     max_tokens_field = "max_tokens"
     options_schema = {"auth_header": (str, "authorization"), "auth_scheme": (str, "Bearer"),
                       "path": (str, "/chat/completions"), "embeddings_path": (str, "/embeddings"),
@@ -218,6 +220,7 @@ class AzureOpenAIRunner(OpenAIChatRunner):
     """Azure routes by deployment name in the URL and authenticates with ``api-key`` or an Entra token."""
 
     provider = "azure_openai"
+    family = "openai"
     max_tokens_field = "max_tokens"
     options_schema = {"api_version": (str, "2024-10-21"), "azure_deployment": (str, None),
                       "auth": (str, "api-key")}

@@ -66,6 +66,7 @@ def logprob_items(items: Any) -> list[dict[str, Any]] | None:
 
 class OpenAIResponsesRunner(OpenAIChatRunner):
     provider = PROVIDER
+    family = "openai"
     finish_map = FINISH
     # Responses are stored for 30 days unless told otherwise; a gateway keeps no state upstream.
     options_schema = {**OpenAIChatRunner.options_schema, "store": (bool, False)}

@@ -10,10 +10,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any, TypeVar
-
-from thespian.actors import WakeupMessage
 
 from actors.runtime.base import GatewayActor
 
@@ -44,7 +41,7 @@ class CircuitBreakerActor(GatewayActor):
             return False
         if isinstance(msg, BreakerCheck):
             self.send(sender, BreakerRefused(msg.token, InternalError("the breaker has not been initialised yet")))
-        elif not isinstance(msg, (BreakerOutcomes, WakeupMessage)):
+        elif not isinstance(msg, BreakerOutcomes):
             self.send(sender, NotReady(type(self).__name__, type(msg).__name__))
         return True
 
@@ -56,9 +53,13 @@ class CircuitBreakerActor(GatewayActor):
         for subscriber in self.subscribers:
             self.send(subscriber, BreakerState(snap))
         if new is CircuitState.OPEN:
-            # Wake when the open period ends, so half-open is pushed, not discovered.
-            delay = max(0.0, snap.retry_at_unix_ms / 1000 - time.time())
-            self.wakeupAfter(timedelta(seconds=delay + 0.001), payload="advance")
+            self._wake_at_half_open(snap)
+
+    def _wake_at_half_open(self, snap: BreakerSnapshot) -> None:
+        # Wake when the open period ends, so half-open is pushed, not discovered (a new trip
+        # moves the time: the wakeup is armed afresh).
+        self.timers.cancel("advance")
+        self.timers.after("advance", max(0.0, snap.retry_at_unix_ms / 1000 - time.time()) + 0.001)
 
     def receiveMsg_BreakerSubscribe(self, msg: BreakerSubscribe, sender: Any) -> None:
         if msg.subscriber not in self.subscribers:
@@ -96,11 +97,9 @@ class CircuitBreakerActor(GatewayActor):
             self.breaker.force_open(msg.open_s)
         self.send(sender, BreakerState(self.breaker.snapshot()))
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if self._not_ready(msg, sender):
-            return
-        if msg.payload == "advance":
-            self.breaker.state  # noqa: B018 - reading the state advances open -> half-open
+    def timer_advance(self, _: Any) -> None:
+        if self.breaker is not None and self.breaker.state is CircuitState.OPEN:  # reading it advances it
+            self._wake_at_half_open(self.breaker.snapshot())   # a hair early, or re-opened meanwhile
 
 
 class CircuitBreakerHandle:

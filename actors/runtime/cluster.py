@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage, requireCapability
+from thespian.actors import ActorExitRequest, ChildActorExited, requireCapability
 
 from actors.core.gather import Gathering
 from actors.core.membership import MemberTable, Verdict
@@ -31,6 +30,7 @@ from actors.runtime.base import GatewayActor
 from actors.runtime.logs import logger
 from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, Heartbeat, Introduce, Locate, MemberInfo, MemberRefused, Membership, NodeStatus, RegistrarConfig, RegistrarIs, StatusRequest, StrictInit)
 from actors.runtime.strict_limiter import StrictRateLimiterActor
+from actors.runtime.timers import Timers
 
 log = logger("atomr.cluster")
 
@@ -46,23 +46,22 @@ class LeaderLocator(GatewayActor):
     def receiveMsg_Locate(self, msg: Locate, sender: Any) -> None:
         registrar = self.createActor(ClusterRegistrar, globalName=REGISTRAR_NAME)  # local lookup on the leader
         self.send(registrar, Introduce(reply_to=sender))
-        self.wakeupAfter(timedelta(seconds=2), payload="exit")
+        self.timers.after("exit", 2.0)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload == "exit":
-            self.send(self.myAddress, ActorExitRequest())
+    def timer_exit(self, _: Any) -> None:
+        self.send(self.myAddress, ActorExitRequest())
 
 
 class ClusterGather:
     """Mixin of an actor that answers ``ClusterStatus``: asks every node it knows of for its
     ``NodeStatus`` and answers each waiter once, naming the nodes that did not answer in
-    ``STATUS_TIMEOUT_S``. The actor says who it knows of (``_known_cluster``) and routes
-    its ``("cluster-status", token)`` wakeups to ``cluster_gather_wakeup``."""
+    ``STATUS_TIMEOUT_S``. The actor says who it knows of (``_known_cluster``); the timeout is
+    its ``cluster_status`` timer."""
 
     cluster_gathering: Gathering | None = None
     cluster_gather_token = ""
     send: Callable[..., None]          # the actor's own
-    wakeupAfter: Callable[..., None]
+    timers: Timers
 
     def _known_cluster(self) -> tuple[str, list[MemberInfo]]:
         """(the leader's name, or "" if unreachable; the nodes to ask)."""
@@ -77,7 +76,7 @@ class ClusterGather:
         self.cluster_gather_token = secrets.token_hex(4)
         for member in members:
             self.send(member.registry, StatusRequest(token=self.cluster_gather_token))
-        self.wakeupAfter(timedelta(seconds=STATUS_TIMEOUT_S), payload=("cluster-status", self.cluster_gather_token))
+        self.timers.after("cluster_status", STATUS_TIMEOUT_S)
         if self.cluster_gathering.done:
             self._answer_cluster()
 
@@ -86,15 +85,12 @@ class ClusterGather:
                 self.cluster_gathering.add(msg.node_id or msg.node, msg):
             self._answer_cluster()
 
-    def cluster_gather_wakeup(self, payload: Any) -> bool:
-        if not (isinstance(payload, tuple) and payload[0] == "cluster-status"):
-            return False
-        if payload[1] == self.cluster_gather_token:
-            self._answer_cluster()  # with whatever arrived
-        return True
+    def timer_cluster_status(self, _: Any) -> None:
+        self._answer_cluster()  # with whatever arrived
 
     def _answer_cluster(self) -> None:
         gathering, self.cluster_gathering = self.cluster_gathering, None
+        self.timers.cancel("cluster_status")   # a new collection's timeout starts afresh
         if gathering is None:
             return
         leader, members = self._known_cluster()
@@ -116,7 +112,6 @@ class ClusterRegistrar(ClusterGather, GatewayActor):
         self.hub = None
         self.leader_node = ""
         self.heartbeat_s = 1.0
-        self.ticking = False
         self.refusals_logged: set[tuple[str, str]] = set()
         self.stopping = False
 
@@ -138,9 +133,7 @@ class ClusterRegistrar(ClusterGather, GatewayActor):
 
     def receiveMsg_Introduce(self, msg: Introduce, sender: Any) -> None:
         self.send(msg.reply_to, RegistrarIs(self.myAddress, self._strict(), self.leader_node, self.incarnation))
-        if not self.ticking:
-            self.ticking = True
-            self.wakeupAfter(timedelta(seconds=self.heartbeat_s), payload="sweep")
+        self.timers.after("sweep", self.heartbeat_s)
 
     def receiveMsg_Heartbeat(self, msg: Heartbeat, sender: Any) -> None:
         info = msg.member
@@ -170,17 +163,14 @@ class ClusterRegistrar(ClusterGather, GatewayActor):
         for member in membership.members:
             self.send(member.registry, membership)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload == "sweep":
-            gone = self.table.sweep()
-            for key in gone:
-                log.warning("node %s missed heartbeats for %.1fs: dropped from the cluster", key,
-                            self.table.failure_timeout_s)
-            if gone:
-                self._broadcast()
-            self.wakeupAfter(timedelta(seconds=self.heartbeat_s), payload="sweep")
-        else:
-            self.cluster_gather_wakeup(msg.payload)
+    def timer_sweep(self, _: Any) -> None:
+        gone = self.table.sweep()
+        for key in gone:
+            log.warning("node %s missed heartbeats for %.1fs: dropped from the cluster", key,
+                        self.table.failure_timeout_s)
+        if gone:
+            self._broadcast()
+        self.timers.after("sweep", self.heartbeat_s)
 
     # -- cluster-wide status ------------------------------------------------------------
 

@@ -9,6 +9,7 @@ breaker, the limiter hub, the strict limiter and the session.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -16,16 +17,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
+from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage
 
 from actors.core import engine_events as ev
 from actors.core.budget import AskStrictSpend, PublishSpend, SettleStrictSpend
 from actors.core.engine_core import EngineCore
 from actors.core.load import LoadTracker
+from actors.core.procstat import live_stat
 from actors.errors import InternalError, ShuttingDown
 from actors.providers import make_runner
 from actors.runtime.base import GatewayActor
-from actors.runtime.engine_reports import LEDGER_FLUSH, REQUEST_LOG, Reporting
+from actors.runtime.engine_reports import Reporting
 from actors.runtime.logs import logger
 from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutcome, BreakerOutcomes, BreakerRefused,
                                      BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit,
@@ -33,7 +35,6 @@ from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutco
                                      LimiterRegister, SessionRefresh,
                                      SessionSubscribe, SessionVersion, StrictAcquire, StrictDenied, StrictGrant,
                                      StrictSettle, WorkerInit, WorkerResult)
-from actors.runtime.timers import Alarm
 from actors.runtime.worker import RemoteWorkerActor
 from actors.types import Cancel, Failed
 
@@ -61,13 +62,9 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
         self.workers: dict[int, Any] = {}
         self.strict_address: Any = None
         self.broken: InternalError | None = None  # why EngineInit failed, told to every caller
-        self.alarm = Alarm(self, "engine")
         self.unrecorded: list[Any] = []   # terminal records not yet sent to the ledger
-        self.ledger_timer = False
         self.request_lines: list[dict[str, Any]] = []
         self.load: LoadTracker | None = None       # what the node's router reads (core/load.py)
-        self.load_alarm = Alarm(self, "load")
-        self.health_alarm = Alarm(self, "health")
         self.last_activity = time.monotonic()
 
     def receiveMsg_EngineInit(self, msg: EngineInit, sender: Any) -> None:
@@ -91,7 +88,7 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
                                budget_seed=getattr(msg, "budget_seed", None))
         self.load = LoadTracker(clock=time.monotonic)
         if dep.health_check is not None:
-            self.health_alarm.at(time.monotonic() + dep.health_check.interval_s)
+            self.timers.after("health", dep.health_check.interval_s)
         self.send(msg.breaker, BreakerSubscribe(self.myAddress))
         if msg.session is not None:
             self.send(msg.session, SessionSubscribe(self.myAddress, wants_secret=False))
@@ -143,7 +140,10 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         index = self._index_of(msg.childAddress)
         if index is not None:
-            log.warning("%s worker %d exited", self.init.deployment.name, index)
+            # Stopping, every worker exits: that is the plan, not news. Any other exit is.
+            stopping = self.core is None or self.core.stopping
+            log.log(logging.INFO if stopping else logging.WARNING, "%s worker %d exited%s",
+                    self.init.deployment.name, index, " (the engine is stopping)" if stopping else "")
             self._feed(ev.WorkerGone(index))
 
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
@@ -162,18 +162,8 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
             return self.send(sender, Drained("", 0))
         self._feed(ev.DrainRequested(sender))
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if self.alarm.fired(msg.payload):
-            self._feed(ev.Tick())
-        elif msg.payload == LEDGER_FLUSH:
-            self.ledger_timer = False
-            self._flush_records()
-        elif msg.payload == REQUEST_LOG:
-            self._flush_request_log()
-        elif self.load_alarm.fired(msg.payload):
-            self._push_load()
-        elif self.health_alarm.fired(msg.payload):
-            self._probe()
+    def timer_core(self, _: Any) -> None:
+        self._feed(ev.Tick())
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._feed(ev.Stop())
@@ -266,16 +256,13 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
         self.send(e.to, Drained(self.init.node, e.in_flight))
 
     def _do_WakeAt(self, e: ev.WakeAt) -> None:
-        self.alarm.at(e.at)
+        self.timers.at("core", e.at)
 
 
 def _is_my_child(pid: int) -> bool:
     """Only a live child of this process is ever signalled (a pid may be reused after an exit)."""
     if pid <= 0 or pid == os.getpid():
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[1]) == os.getpid()
-    except (OSError, ValueError, IndexError):
-        return False
+    stat = live_stat(pid)
+    return stat is not None and stat.ppid == os.getpid()
 

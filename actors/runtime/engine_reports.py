@@ -1,14 +1,12 @@
 """What an engine reports besides its terminals: load to its node's router, records to the
 ledger and the request log, and the active health probes that keep an idle deployment's
-circuit honest. Mixed into RemoteEngineCoreActor (which provides core, init, the alarms,
-send and wakeupAfter).
+circuit honest. Mixed into RemoteEngineCoreActor (which provides core, init, timers and send).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from datetime import timedelta
 from typing import Any
 
 from actors.core import engine_events as ev
@@ -17,7 +15,7 @@ from actors.runtime.logs import logger, request_fields
 from actors.runtime.protocol import EngineLoad, LedgerRecords
 from actors.types import InferenceRequest
 
-__all__ = ["Reporting", "PROBE_PREFIX", "LEDGER_FLUSH", "REQUEST_LOG"]
+__all__ = ["Reporting", "PROBE_PREFIX"]
 
 log = logger("atomr.engine")
 request_log = logger("atomr.requests")
@@ -25,8 +23,6 @@ REQUEST_LOG_S = 1.0     # terminals are logged in one record per this long: a lo
 
 LEDGER_BATCH = 64        # records sent to the ledger at once at most ...
 LEDGER_FLUSH_S = 0.25    # ... and at the latest this long after a terminal
-LEDGER_FLUSH = "ledger-flush"
-REQUEST_LOG = "request-log"
 
 PROBE_PREFIX = "probe_"   # request ids of active health probes (kept out of statistics and the ledger)
 
@@ -40,7 +36,7 @@ class Reporting:
 
     # -- active health probes: a one-token call while idle; its outcome feeds the breaker
 
-    def _probe(self) -> None:
+    def timer_health(self, _: Any) -> None:
         check = self.init.deployment.health_check
         now = time.monotonic()
         if self.core is None or check is None or self.core.draining:
@@ -51,7 +47,7 @@ class Reporting:
                                      params={"max_tokens": 1}, priority="low", deadline_unix=time.time() + check.timeout_s,
                                      request_id=PROBE_PREFIX + secrets.token_hex(8), retry_budget=0)
             self._feed(ev.Accept(probe, self.myAddress))
-        self.health_alarm.at(max(now, self.last_activity) + check.interval_s)
+        self.timers.at("health", max(now, self.last_activity) + check.interval_s)
 
     def receiveMsg_Completed(self, msg: Any, sender: Any) -> None:
         log.debug("%s: health probe answered", self.init.deployment.name if self.init else "engine")
@@ -60,12 +56,15 @@ class Reporting:
         if self.init is not None and str(msg.request_id).startswith(PROBE_PREFIX):
             log.warning("%s: health probe failed: %s", self.init.deployment.name, msg.error)
 
+    def timer_load(self, _: Any) -> None:
+        self._push_load()
+
     def _push_load(self) -> None:
         """The router's view of this engine, to the node when it changed, at most every ~150 ms."""
         core, init = self.core, self.init
         if core is None or self.load is None or init.registry is None:
             return
-        if self.load_alarm.due is not None:
+        if self.timers.due("load") is not None:
             return  # a push is scheduled: it reads the state when it fires (this runs after every message)
         # In flight: every request this engine holds that is not queued (on a worker, waiting
         # for a retry or for a fresh credential).
@@ -83,18 +82,23 @@ class Reporting:
             self.load.mark_pushed(state)
             self.send(init.registry, EngineLoad(init.deployment.name, init.replica, state))
         else:
-            self.load_alarm.at(due)
+            self.timers.at("load", due)
 
     def _recorded(self, records: list[Any]) -> None:
         """Terminal records of this step: counted into the statistics, sent to the ledger."""
         if self.init is not None and getattr(self.init, "ledger", None) is not None:
             self._to_ledger(records)
         # (The core counted them into its DeploymentStats already.) Logged in batches, one per second.
-        if not self.request_lines:
-            self.wakeupAfter(timedelta(seconds=REQUEST_LOG_S), payload=REQUEST_LOG)
+        self.timers.after("request_log", REQUEST_LOG_S)
         self.request_lines.extend(request_fields(r) for r in records)
         if len(self.request_lines) >= 1000:
             self._flush_request_log()
+
+    def timer_request_log(self, _: Any) -> None:
+        self._flush_request_log()
+
+    def timer_ledger(self, _: Any) -> None:
+        self._flush_records()
 
     def _flush_request_log(self) -> None:
         lines, self.request_lines = self.request_lines, []
@@ -106,9 +110,8 @@ class Reporting:
         self.unrecorded.extend(records)
         if len(self.unrecorded) >= LEDGER_BATCH:
             self._flush_records()
-        elif not self.ledger_timer:
-            self.ledger_timer = True
-            self.wakeupAfter(timedelta(seconds=LEDGER_FLUSH_S), payload=LEDGER_FLUSH)
+        else:
+            self.timers.after("ledger", LEDGER_FLUSH_S)
 
     def _flush_records(self) -> None:
         if self.unrecorded and self.init is not None and getattr(self.init, "ledger", None) is not None:

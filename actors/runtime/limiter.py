@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
-
-from thespian.actors import WakeupMessage
 
 from actors.runtime.base import GatewayActor
 
@@ -53,7 +50,6 @@ class RateLimiterActor(GatewayActor):
         self.node = ""
         self.budgets: dict[str, _Budget] = {}
         self.peers: list[Any] = []
-        self.ticking = False
 
     @property
     def origin(self) -> str:
@@ -100,9 +96,8 @@ class RateLimiterActor(GatewayActor):
         self.peers = list(msg.peers)
         for peer in new:
             self._send_state(peer)
-        if self.peers and not self.ticking:
-            self.ticking = True
-            self.wakeupAfter(timedelta(seconds=ANTI_ENTROPY_S), payload="anti-entropy")
+        if self.peers:
+            self.timers.after("anti_entropy", ANTI_ENTROPY_S)
 
     def _send_state(self, peer: Any) -> None:
         for key, budget in self.budgets.items():
@@ -110,15 +105,11 @@ class RateLimiterActor(GatewayActor):
             if state:
                 self.send(peer, LimiterDelta(key, state, self.origin, budget.view.limits))
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload != "anti-entropy":
-            return
+    def timer_anti_entropy(self, _: Any) -> None:
         for peer in self.peers:
             self._send_state(peer)
         if self.peers:
-            self.wakeupAfter(timedelta(seconds=ANTI_ENTROPY_S), payload="anti-entropy")
-        else:
-            self.ticking = False
+            self.timers.after("anti_entropy", ANTI_ENTROPY_S)
 
     def receiveMsg_LimiterStateRequest(self, msg: LimiterStateRequest, sender: Any) -> None:
         budget = self.budgets.get(msg.key)

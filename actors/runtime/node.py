@@ -10,14 +10,14 @@ lookups, assembles the node's status, and keeps the node in the cluster (node_cl
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
+from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage
 
 from actors.core.gather import Gathering
 from actors.core.routing import RoutingPolicy, context_window
 from actors.core.supervision import Supervisor
+from actors.providers import runner_class
 from actors.runtime.breaker import CircuitBreakerActor
 from actors.runtime.engine import RemoteEngineCoreActor
 from actors.runtime.ledger import LedgerActor, engine_seed, spend_status
@@ -55,7 +55,6 @@ class NodeRegistry(ClusterMember):
         self.warming: set[tuple[str, int]] = set()
         self.deploy_waiter = None
         self.gathering: Gathering | None = None
-        self.gathered = 0   # numbers the gatherings, so an old one's timeout cannot cut a new one short
         self.drain_waiter = None
         self.drain_left = 0
         self.draining = False   # once drained, a node never restarts an engine: it is stopping
@@ -160,9 +159,10 @@ class NodeRegistry(ClusterMember):
         self.dead.append((address, f"engine {dep.name}/{replica} died; restarting"))
         log.error("node %s: engine %s replica %d died (its requests end with EngineCrashed); restarting in %.1fs",
                   self.node, dep.name, replica, delay)
-        self.wakeupAfter(timedelta(seconds=delay), payload=("restart", dep.name, replica))
+        self.timers.after("restart", delay, key=(dep.name, replica))
 
-    def _restart(self, name: str, replica: int) -> None:
+    def timer_restart(self, key: tuple[str, int]) -> None:
+        name, replica = key
         if self.stopping or self.draining or (name, replica) not in self.specs:
             return
         self.warming.add((name, replica))
@@ -184,7 +184,7 @@ class NodeRegistry(ClusterMember):
 
     def _route_entry(self, dep: Any, engine: Any, replica: int) -> RouteEntry:
         entry = RouteEntry(dep.name, dep.model, engine, self.node, weight=dep.weight,
-                           max_input_tokens=dep.max_input_tokens or context_window(dep.provider, dep.provider_model),
+                           max_input_tokens=dep.max_input_tokens or context_window(runner_class(dep.provider).family, dep.provider_model),
                            max_retries=dep.retry.max_retries, embed_batch=_embed_batch(dep))
         load = self.loads.get((dep.name, replica))
         if load is not None:
@@ -225,8 +225,7 @@ class NodeRegistry(ClusterMember):
         self.gathering = Gathering([address for address, _ in queries], [waiter])
         for address, query in queries:
             self.send(address, query)
-        self.gathered += 1
-        self.wakeupAfter(timedelta(seconds=STATUS_TIMEOUT_S), payload=("status", self.gathered))
+        self.timers.after("status", STATUS_TIMEOUT_S)
         if self.gathering.done:
             self._answer_status()
 
@@ -245,8 +244,9 @@ class NodeRegistry(ClusterMember):
 
     def _answer_status(self) -> None:
         gathering, self.gathering = self.gathering, None
+        self.timers.cancel("status")   # a new collection's timeout starts afresh
         if gathering is None:
-            return  # answered already; this is the timeout of that collection
+            return
         parts = gathering.parts
         engines = sorted((p for p in parts if isinstance(p, EngineStatus)), key=lambda e: (e.deployment, e.replica))
         limits, spend = spend_status([u for p in parts if isinstance(p, list) for u in p],
@@ -262,15 +262,8 @@ class NodeRegistry(ClusterMember):
                                          membership=self.membership_state(), spend=spend,
                                          in_cluster=self.standing.in_cluster))
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        payload = msg.payload
-        if isinstance(payload, tuple) and payload[0] == "status":
-            if payload[1] == self.gathered:
-                self._answer_status()  # with whatever arrived
-        elif isinstance(payload, tuple) and payload[0] == "restart":
-            self._restart(payload[1], payload[2])
-        else:
-            self.cluster_wakeup(payload)
+    def timer_status(self, _: Any) -> None:
+        self._answer_status()  # with whatever arrived
 
     # -- drain ---------------------------------------------------------------------------
 

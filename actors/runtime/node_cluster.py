@@ -15,7 +15,6 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
 from thespian.actors import ActorSystemConventionUpdate
@@ -104,7 +103,7 @@ class ClusterMember(ClusterGather, GatewayActor):
                 self._locate()
         else:
             self.send(self.registrar, Heartbeat(self._member_info()))
-        self.wakeupAfter(timedelta(seconds=self.cluster.heartbeat_s), payload="cluster")
+        self.timers.after("cluster", self.cluster.heartbeat_s)
 
     def _rejoin(self) -> None:
         """Make this member's admin register with the convention leader now.
@@ -190,7 +189,7 @@ class ClusterMember(ClusterGather, GatewayActor):
         if msg.remoteAdded:
             # The leader (re)joined: register with it now. Thespian reports the join a moment
             # before it can place actors there, hence the short pause.
-            self.wakeupAfter(timedelta(seconds=LOCATE_AFTER_JOIN_S), payload="locate")
+            self.timers.after("locate", LOCATE_AFTER_JOIN_S)
         elif self.standing.in_cluster and not self.leader:
             self._leader_lost("the leader left the convention")
 
@@ -206,10 +205,11 @@ class ClusterMember(ClusterGather, GatewayActor):
         self.cluster_queries[token] = (waiter, msg.members_only, msg.token)
         self.send(self.registrar, ClusterStatusRequest(self.myAddress, msg.members_only, token))
         wait = self.cluster.heartbeat_s * 2 if msg.members_only else CLUSTER_STATUS_TIMEOUT_S + 1
-        self.wakeupAfter(timedelta(seconds=wait), payload=("cluster-query", token))
+        self.timers.after("cluster_query", wait, key=token)
 
     def receiveMsg_ClusterStatus(self, msg: ClusterStatus, sender: Any) -> None:
         query = self.cluster_queries.pop(msg.token, None)
+        self.timers.cancel("cluster_query", key=msg.token)
         if query is not None:
             self.send(query[0], replace(msg, token=query[2]))  # the asker files it under its own token
 
@@ -227,14 +227,14 @@ class ClusterMember(ClusterGather, GatewayActor):
         else:
             self.gather_cluster(waiter, token)
 
-    def cluster_wakeup(self, payload: Any) -> None:
-        if payload == "cluster":
-            self._cluster_tick()
-        elif payload == "locate" and self.registrar is None:
+    def timer_cluster(self, _: Any) -> None:
+        self._cluster_tick()
+
+    def timer_locate(self, _: Any) -> None:
+        if self.registrar is None:
             self._locate()
-        elif isinstance(payload, tuple) and payload[0] == "cluster-query":
-            query = self.cluster_queries.pop(payload[1], None)
-            if query is not None:
-                self._answer_alone(*query)
-        else:
-            self.cluster_gather_wakeup(payload)
+
+    def timer_cluster_query(self, token: str) -> None:
+        query = self.cluster_queries.pop(token, None)
+        if query is not None:
+            self._answer_alone(*query)

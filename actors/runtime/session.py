@@ -8,10 +8,7 @@ worker's call was answered 401 (then at most once per credential version).
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Any
-
-from thespian.actors import WakeupMessage
 
 from actors.runtime.logs import logger
 from actors.core.credentials import CredentialSource
@@ -34,7 +31,6 @@ class RemoteSessionActor(GatewayActor):
         self.error: InferenceError | None = None
         self.workers: list[Any] = []
         self.engines: list[Any] = []
-        self.refresh_at: float | None = None
 
     def receiveMsg_SessionInit(self, msg: SessionInit, sender: Any) -> None:
         self.name = msg.deployment
@@ -72,18 +68,11 @@ class RemoteSessionActor(GatewayActor):
         return SessionSnapshot(self.version, self.current.secret if self.current else None,
                                self.current.expires_unix if self.current else None)
 
-    def _schedule(self, at: float | None) -> None:
-        if at is None:
-            return
-        if self.refresh_at is not None and self.refresh_at <= at:
-            return
-        self.refresh_at = at
-        self.wakeupAfter(timedelta(seconds=max(0.0, at - time.time())), payload="refresh")
+    def _schedule(self, at_unix: float | None) -> None:
+        if at_unix is not None:
+            self.timers.after("refresh", max(0.0, at_unix - time.time()))
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload != "refresh" or self.refresh_at is None or time.time() < self.refresh_at - 0.01:
-            return
-        self.refresh_at = None
+    def timer_refresh(self, _: Any) -> None:
         if self._refresh("scheduled"):
             self._announce()
 

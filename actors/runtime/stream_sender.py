@@ -7,8 +7,8 @@ port and that process's token); the worker keeps one connection per such process
 writes each chunk there. Everything else (the request, FirstToken, the attempt's result,
 the terminal) stays a Thespian message, so the engine still owns the one terminal.
 
-A worker only ever connects to 127.0.0.1: a request cannot make it open a connection
-elsewhere. When the channel cannot be used (no key configured, refused, closed, slow to
+A worker only ever connects to 127.0.0.1 (through the process's transport,
+``actors.runtime.transport``): a request cannot make it open a connection elsewhere. When the channel cannot be used (no key configured, refused, closed, slow to
 drain) the chunk goes as a Thespian message instead; the caller orders chunks by ``seq``
 whichever way each came.
 """
@@ -20,8 +20,10 @@ import threading
 from typing import Any
 
 from actors.core.frames import FrameCodec, chunk_body
+from actors.runtime import transport
+from actors.types import TokenChunk
 
-__all__ = ["StreamSender", "use_keyring", "sender"]
+__all__ = ["StreamSender", "ChannelTo", "use_keyring", "sender"]
 
 CONNECT_TIMEOUT_S = 1.0
 SEND_TIMEOUT_S = 2.0        # a consumer this far behind gets its chunks as Thespian messages
@@ -43,7 +45,7 @@ def sender() -> "StreamSender | None":
     """This process's sender, or None when no key was configured (every chunk goes by Thespian)."""
     global _sender
     if _sender is None and _codec is not None:
-        _sender = StreamSender(_codec)
+        _sender = StreamSender(_codec, transport.installed())
     return _sender
 
 
@@ -58,12 +60,27 @@ def _target(channel: Any) -> tuple[int, str] | None:
     return port, token
 
 
+class ChannelTo:
+    """One request's stream channel (``InferenceRequest.channel``) through this process's sender."""
+
+    def __init__(self, out: "StreamSender", channel: Any) -> None:
+        self.out, self.channel = out, channel
+
+    def send(self, chunk: TokenChunk) -> bool:
+        return self.out.send(self.channel, chunk.request_id, chunk.seq, chunk.text, chunk.tool_calls)
+
+    @property
+    def last_failure(self) -> str:
+        return self.out.last_failure
+
+
 class StreamSender:
-    def __init__(self, codec: FrameCodec) -> None:
+    def __init__(self, codec: FrameCodec, network: transport.Transport | None = None) -> None:
         self.codec = codec
+        self.network = network or transport.TcpTransport()
         self.connections: dict[tuple[int, str], socket.socket] = {}
         self.failed: set[tuple[int, str]] = set()   # refused once: Thespian for the rest of this process
-        # The actor thread and a relaying reader thread (runtime/stream_job.py) both write frames.
+        # The actor thread and a relaying reader thread (runtime/delivery.py) both write frames.
         self._lock = threading.Lock()
         self.last_failure = ""
 
@@ -97,7 +114,7 @@ class StreamSender:
             oldest = next(iter(self.connections))
             self._drop(oldest)
         port, token = target
-        sock = socket.create_connection(("127.0.0.1", port), timeout=CONNECT_TIMEOUT_S)
+        sock = self.network.connect("127.0.0.1", port, CONNECT_TIMEOUT_S)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(SEND_TIMEOUT_S)

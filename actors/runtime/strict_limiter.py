@@ -9,10 +9,7 @@ window (engines mirror every strict grant into it) and seeds itself from that vi
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Any
-
-from thespian.actors import WakeupMessage
 
 from actors.runtime.base import GatewayActor
 
@@ -23,6 +20,7 @@ from actors.core.ratelimit import Reservation, StrictLedger
 log = logger("atomr.strict")
 
 SETTLE_S = 3.0
+SEED_TIMEOUT_S = 1.0     # how long the hub has to answer with the cluster's view
 EXPIRE_EVERY_S = 5.0
 
 
@@ -35,7 +33,6 @@ class StrictRateLimiterActor(GatewayActor):
         self.ledgers: dict[str, StrictLedger] = {}
         self.seeded: set[str] = set()
         self.waiting: list[tuple[StrictAcquire, Any]] = []
-        self.ticking = False
 
     def receiveMsg_StrictInit(self, msg: StrictInit, sender: Any) -> None:
         self.node = msg.node
@@ -44,16 +41,14 @@ class StrictRateLimiterActor(GatewayActor):
     def receiveMsg_StrictAcquire(self, msg: StrictAcquire, sender: Any) -> None:
         if msg.key not in self.ledgers:
             self.ledgers[msg.key] = StrictLedger(msg.limits)
-        if not self.ticking:
-            self.ticking = True
-            self.wakeupAfter(timedelta(seconds=EXPIRE_EVERY_S), payload="expire")
+        self.timers.after("expire", EXPIRE_EVERY_S)
         if msg.key not in self.seeded:
             self.waiting.append((msg, sender))
             remaining = SETTLE_S - (time.monotonic() - self.started)
             if remaining <= 0:
                 self._seed(msg.key)
             else:
-                self.wakeupAfter(timedelta(seconds=remaining), payload="seed")
+                self.timers.after("seed", remaining)
             return
         self._decide(msg, sender)
 
@@ -88,20 +83,21 @@ class StrictRateLimiterActor(GatewayActor):
         if ledger is not None:
             ledger.settle(msg.reservation_id, msg.actual_tokens, msg.sent)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload == "seed":
-            for key in {m.key for m, _ in self.waiting} - self.seeded:
-                self._seed(key)
-            # If the hub does not answer, proceed rather than hold admission forever.
-            self.wakeupAfter(timedelta(seconds=1), payload="seed-timeout")
-        elif msg.payload == "seed-timeout":
-            for key in {m.key for m, _ in self.waiting} - self.seeded:
-                log.warning("strict limiter: no cluster view for %s; starting from zero", key)
-                self._seeded(key)
-        elif msg.payload == "expire":
-            for key, ledger in self.ledgers.items():
-                expired = ledger.expire()
-                if expired:
-                    log.warning("strict limiter: %d reservation(s) for %s never settled; kept at their estimate",
-                                expired, key)
-            self.wakeupAfter(timedelta(seconds=EXPIRE_EVERY_S), payload="expire")
+    def timer_seed(self, _: Any) -> None:
+        for key in {m.key for m, _ in self.waiting} - self.seeded:
+            self._seed(key)
+        # If the hub does not answer, proceed rather than hold admission forever.
+        self.timers.after("seed_timeout", SEED_TIMEOUT_S)
+
+    def timer_seed_timeout(self, _: Any) -> None:
+        for key in {m.key for m, _ in self.waiting} - self.seeded:
+            log.warning("strict limiter: no cluster view for %s; starting from zero", key)
+            self._seeded(key)
+
+    def timer_expire(self, _: Any) -> None:
+        for key, ledger in self.ledgers.items():
+            expired = ledger.expire()
+            if expired:
+                log.warning("strict limiter: %d reservation(s) for %s never settled; kept at their estimate",
+                            expired, key)
+        self.timers.after("expire", EXPIRE_EVERY_S)

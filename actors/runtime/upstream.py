@@ -1,17 +1,19 @@
-"""One HTTP attempt on a reader thread: the phase it reached, bounded reads, prompt stops.
+"""One HTTP attempt (an exchange) on a reader thread: the phase it reached, bounded reads, prompt stops.
 
-The worker's actor thread never blocks on the network; this thread does nothing else. It
-reports every outcome as a reader event (``actors.core.streaming``) on a bounded queue, so a
-fast upstream is held back by TCP rather than buffered here, and it never touches Thespian.
+The worker's actor thread never blocks on the network for a stream; this thread does
+nothing else. It hands every outcome to a sink as a reader event (``actors.core.streaming``)
+and never touches Thespian (sends from another thread are lost, and a log record is a
+message).
 
 Where an attempt failed is recorded by the connection itself (connected, request written,
 headers received): requests folds all of those into ``ConnectionError``, and whether the
 provider has the request (``sent``) depends on exactly that (``actors.core.transport``).
+The connections come from the process's transport (``actors.runtime.transport``): real TCP
+on a node, an in-memory network in the unit tier, the same phase tracking on both.
 """
 
 from __future__ import annotations
 
-import queue
 import socket
 import threading
 import time
@@ -22,17 +24,17 @@ import requests
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
-from actors.core.streaming import END, HttpStatus, Opened, Overflow, TransportFailed, WholeBody
+from actors.core.streaming import END, HttpStatus, Opened, Overflow, ReaderEvent, TransportFailed, WholeBody
 from actors.core.transport import Phase
 from actors.providers.base import HttpRequest
+from actors.runtime.transport import Transport
 
-__all__ = ["Attempt", "PhaseAdapter", "QUEUE_ITEMS", "READ_CHUNK", "MAX_ERROR_BODY"]
+__all__ = ["HttpExchange", "PhaseAdapter", "READ_CHUNK", "MAX_ERROR_BODY"]
 
 READ_CHUNK = 64 * 1024      # one read's most; read1 returns whatever has arrived, so a token is not held back
-QUEUE_ITEMS = 32            # at most QUEUE_ITEMS * READ_CHUNK bytes wait for the actor thread
 MAX_ERROR_BODY = 64 * 1024
-_PUT_POLL_S = 0.05
 
 _current = threading.local()
 
@@ -54,10 +56,32 @@ class _Tracker:
 
 
 class _Tracked:
-    """Mixed into urllib3's connections: tells the attempt on this thread how far it got."""
+    """Mixed into urllib3's connections: opens them through the transport, and tells the
+    exchange on this thread how far it got."""
+
+    transport: Transport   # set on the per-adapter subclass (_pool_classes)
+
+    def _new_conn(self) -> Any:
+        # urllib3's own, with the transport in place of socket.create_connection.
+        try:
+            return self.transport.connect(self._dns_host, self.port, self.timeout,  # type: ignore[attr-defined]
+                                          source_address=self.source_address,  # type: ignore[attr-defined]
+                                          socket_options=self.socket_options)  # type: ignore[attr-defined]
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[attr-defined,arg-type]
+        except socket.timeout as exc:
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. "  # type: ignore[attr-defined]
+                                      f"(connect timeout={self.timeout})") from exc  # type: ignore[attr-defined]
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
 
     def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
+        if isinstance(self, HTTPSConnection) and getattr(self.transport, "terminates_tls", False):
+            # An in-memory transport (the unit tier's) is the far end itself: no TLS inside it.
+            HTTPConnection.connect(self)
+            self.is_verified = True
+        else:
+            super().connect()  # type: ignore[misc]
         tracker = getattr(_current, "tracker", None)
         if tracker is not None:
             tracker.connected, tracker.sock = True, self.sock  # type: ignore[attr-defined]
@@ -71,35 +95,28 @@ class _Tracked:
             tracker.written = True
 
 
-class _HTTPConnection(_Tracked, HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_Tracked, HTTPSConnection):
-    pass
-
-
-class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+def _pool_classes(transport: Transport) -> dict[str, type]:
+    """urllib3 pool classes whose connections go through ``transport`` and track their phase."""
+    http = type("TrackedHTTPConnection", (_Tracked, HTTPConnection), {"transport": transport})
+    https = type("TrackedHTTPSConnection", (_Tracked, HTTPSConnection), {"transport": transport})
+    return {"http": type("TrackedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+            "https": type("TrackedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https})}
 
 
 class PhaseAdapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter whose connections record the phase an attempt reached."""
+    """An HTTPAdapter whose connections come from ``transport`` and record the phase an attempt reached."""
+
+    def __init__(self, transport: Transport, **kw: Any) -> None:
+        self.pools = _pool_classes(transport)
+        super().__init__(**kw)
 
     def init_poolmanager(self, *args: Any, **kw: Any) -> None:
         super().init_poolmanager(*args, **kw)
-        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+        self.poolmanager.pool_classes_by_scheme = dict(self.pools)
 
     def proxy_manager_for(self, proxy: str, **kw: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **kw)
-        manager.pool_classes_by_scheme = dict(_POOLS)
+        manager.pool_classes_by_scheme = dict(self.pools)
         return manager
 
 
@@ -139,100 +156,75 @@ class _DeadlineReached(Exception):
     pass
 
 
-class Attempt:
-    """One attempt: :meth:`run` on the reader thread (or inline, for a non-streamed call:
-    its one event is then :class:`WholeBody` or a failure), :meth:`stop` from the actor thread.
+Sink = Callable[[ReaderEvent], bool]
 
-    No read outlasts ``deadline`` (unix time): a trickle that satisfies every read still ends
-    there, as a timeout."""
+
+class HttpExchange:
+    """One attempt's HTTP: :meth:`run` on the reader thread (or inline, for a non-streamed
+    call: its one event is then :class:`WholeBody` or a failure), :meth:`stop` from the actor thread.
+
+    Every event goes to ``sink``, which returns False to stop reading (the attempt was ended);
+    the last is exactly one of END, WholeBody, HttpStatus, Overflow or TransportFailed, unless
+    the exchange was stopped first. No read outlasts ``deadline`` (unix time): a trickle that
+    satisfies every read still ends there, as a timeout."""
 
     def __init__(self, http: HttpRequest, timeouts: tuple[float, float], max_body_bytes: int,
-                 deadline: float, whole: bool = False, notify: Any = None,
-                 on_data: Callable[[bytes], bool | None] | None = None) -> None:
+                 deadline: float, whole: bool = False) -> None:
         self.http = http
-        self.notify = notify    # called (on the reader thread) after each event is queued: wakes the actor
-        # Called on the reader thread with each piece of the body instead of queueing it: True when
-        # it took the piece, None to queue it after all, False to stop reading (it queued the outcome).
-        self.on_data = on_data
-        self.queued_at: float | None = None  # monotonic time of the oldest event the actor has not looked at
         self.timeouts = timeouts
         self.max_body_bytes = max_body_bytes
         self.deadline = deadline
         self.whole = whole
-        self.events: queue.Queue = queue.Queue(maxsize=QUEUE_ITEMS)
         self.tracker = _Tracker()
         self.cancelled = threading.Event()
-        self.response: requests.Response | None = None
         self.thread: threading.Thread | None = None
 
     @property
     def phase(self) -> Phase:
         return self.tracker.phase
 
-    def start(self, session: requests.Session, name: str) -> None:
-        self.thread = threading.Thread(target=self.run, args=(session,), name=name, daemon=True)
+    def start(self, session: requests.Session, sink: Sink, name: str) -> None:
+        self.thread = threading.Thread(target=self.run, args=(session, sink), name=name, daemon=True)
         self.thread.start()
 
-    def put(self, item: Any) -> bool:
-        """Queue an event for the actor (from the reader thread); False once the attempt is stopped."""
-        return self._put(item)
-
-    def _put(self, item: Any) -> bool:
-        while not self.cancelled.is_set():
-            try:
-                self.events.put(item, timeout=_PUT_POLL_S)
-                if self.queued_at is None:
-                    self.queued_at = time.monotonic()
-                if self.notify is not None:
-                    self.notify()
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run(self, session: requests.Session) -> None:
+    def run(self, session: requests.Session, sink: Sink) -> None:
         _current.tracker = self.tracker
         resp = None
         try:
             http = self.http
             resp = session.request(http.method, http.url, data=http.body, headers=http.headers, stream=True,
                                    timeout=self.timeouts)
-            self.response = resp
             self.tracker.headers = True
             if self.cancelled.is_set():
                 return
             if resp.status_code >= 300:
                 body = self._read_upto(resp, MAX_ERROR_BODY)
-                self._put(HttpStatus(resp.status_code, dict(resp.headers), body))
+                if not self.cancelled.is_set():
+                    sink(HttpStatus(resp.status_code, dict(resp.headers), body))
                 return
-            if not self.whole:
-                self._put(Opened())
-            raw, total, limit, parts = resp.raw, 0, self.max_body_bytes, []
+            if not self.whole and not sink(Opened()):
+                return
+            raw, total, limit = resp.raw, 0, self.max_body_bytes
+            parts: list[bytes] = []
             while not self.cancelled.is_set():
                 data = self._read(raw, READ_CHUNK)
                 if not data:
                     self.tracker.sock = None
                     raw.release_conn()  # read to the end: the connection goes back to the pool
                     resp = None
-                    self._put(WholeBody(b"".join(parts)) if self.whole else END)
+                    sink(WholeBody(b"".join(parts)) if self.whole else END)
                     return
                 total += len(data)
                 if total > limit:
-                    self._put(Overflow(limit))
+                    sink(Overflow(limit))
                     return
                 if self.whole:
                     parts.append(data)
-                elif self.on_data is None:
-                    self._put(data)
-                else:
-                    taken = self.on_data(data)
-                    if taken is False:
-                        return
-                    if taken is None:
-                        self._put(data)
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes one event for the actor thread
+                elif not sink(data):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes one event for the sink
             if not self.cancelled.is_set():
-                self._put(TransportFailed(self.tracker.phase, _timed_out(exc), _names(exc)))
+                sink(TransportFailed(self.tracker.phase, _timed_out(exc), _names(exc)))
         finally:
             _current.tracker = None
             if resp is not None:
@@ -257,17 +249,16 @@ class Attempt:
         return b"".join(parts)
 
     def stop(self) -> None:
-        """End the attempt now: a blocked read returns at once, the connection is discarded."""
+        """End the exchange now: a blocked read returns at once, and the reader discards the connection.
+
+        Only the socket is shut down here; the response is closed by the reader thread, which
+        owns it. Closing it from this thread too would race the reader's own close: that one
+        could close the pooled connection object after the next exchange took it from the pool.
+        """
         self.cancelled.set()
         sock = self.tracker.sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
-                pass
-        resp = self.response
-        if resp is not None:
-            try:
-                resp.close()
-            except Exception:  # noqa: BLE001 - closing from another thread may race the reader
                 pass

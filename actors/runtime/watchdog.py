@@ -14,17 +14,16 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from thespian.actors import WakeupMessage
-
+from actors.core.procstat import group_members, live_stat
 from actors.runtime.base import GatewayActor
 from actors.runtime.logs import logger
 
 log = logger("atomr.watchdog")
+LOG_GRACE_S = 0.3   # for the last log line to reach the logger before the group is killed
 
-__all__ = ["LauncherWatchdog", "WatchLauncher", "Watching", "process_start_ticks"]
+__all__ = ["LauncherWatchdog", "WatchLauncher", "Watching"]
 
 
 # Its messages live here, not in protocol.py: this module is in the wire's WIRE_MODULES.
@@ -44,34 +43,6 @@ class Watching:
     pgid: int
 
 
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    stat = fh.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-                members.append(int(entry))
-    return members
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or None if no such live process."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
 class LauncherWatchdog(GatewayActor):
     def __init__(self) -> None:
         super().__init__()
@@ -83,24 +54,24 @@ class LauncherWatchdog(GatewayActor):
         self.watch = msg
         self.send(sender, Watching(msg.pid, os.getpgid(0)))
         if first:
-            self.wakeupAfter(timedelta(seconds=msg.interval_s), payload="watchdog")
+            self.timers.after("check", msg.interval_s)
 
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
-        if msg.payload == "kill":
-            self._kill_group()
-        if msg.payload != "watchdog" or self.watch is None:
-            return
+    def timer_check(self, _: Any) -> None:
         why = self._gone()
         if why is None:
-            self.wakeupAfter(timedelta(seconds=self.watch.interval_s), payload="watchdog")
+            self.timers.after("check", self.watch.interval_s)
             return
         log.warning("%s: stopping this node (process group %d)", why, os.getpgid(0))
         # The line is a message to the logger process, sent once this handler returns.
-        self.wakeupAfter(timedelta(seconds=0.3), payload="kill")
+        self.timers.after("kill", LOG_GRACE_S)
+
+    def timer_kill(self, _: Any) -> None:
+        self._kill_group()
 
     def _gone(self) -> str | None:
         watch = self.watch
-        if process_start_ticks(watch.pid) != watch.start_ticks:
+        launcher = live_stat(watch.pid)
+        if launcher is None or launcher.start_ticks != watch.start_ticks:
             return f"the node's launcher (pid {watch.pid}) is gone"
         if os.getppid() != self.admin_pid:
             return f"the node's admin (pid {self.admin_pid}) is gone"
@@ -113,7 +84,7 @@ class LauncherWatchdog(GatewayActor):
         pgid, me = os.getpgid(0), os.getpid()
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            others = [pid for pid in _group_members(pgid) if pid != me]
+            others = [pid for pid in group_members(pgid) if pid != me]
             if not others:
                 break
             for pid in others:

@@ -19,19 +19,53 @@
   TCP transport's ``set_watch`` (what ``ThespianWatch`` sets for an actor) on a private
   endpoint's own transport, for one receive, so a client thread blocked on its endpoint wakes
   when the stream channel has chunks for it (``actors/stream_receiver.py``).
+
+**The version** (:func:`check_version`): every process that installs the wire checks that the
+installed Thespian is the one these hooks were written against, and refuses to start
+otherwise. An error, not a warning: the hooks reach into private names, and on another
+version the signed serializer could silently not be the one Thespian calls, which would make
+every port accept unsigned pickles again. ``ATOMR_THESPIAN_UNTESTED=1`` lets an engineer
+working through the upgrade checklist (docs/architecture.md, "The Thespian contract") run it
+anyway, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
+from collections.abc import Mapping
+from importlib import metadata
 from typing import Any
 
+from actors.errors import ConfigError
+
 __all__ = ["die_with_parent", "install_serializer", "current_serializer", "frame_peer", "DeferredLines", "emit_after_this_step",
-           "quiet_thespian_log", "listen_or_watch", "WATCHED", "THESPIAN_VERSION"]
+           "quiet_thespian_log", "listen_or_watch", "WATCHED", "THESPIAN_VERSION", "check_version"]
 
 THESPIAN_VERSION = "4.0.1"
+UNTESTED_ENV = "ATOMR_THESPIAN_UNTESTED"
+
+
+def check_version(installed: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """Raise ConfigError unless the installed Thespian is :data:`THESPIAN_VERSION`; with
+    ``ATOMR_THESPIAN_UNTESTED=1``, return the warning to log instead. None when it matches."""
+    if installed is None:
+        try:
+            installed = metadata.version("thespian")
+        except metadata.PackageNotFoundError:
+            installed = "unknown"
+    if installed == THESPIAN_VERSION:
+        return None
+    problem = (f"Thespian {installed} is installed; this gateway's hooks into Thespian's internals "
+               f"(actors/security/thespian_hooks.py) are written and tested against {THESPIAN_VERSION}")
+    if environ.get(UNTESTED_ENV) == "1":
+        return (f"{problem}: running anyway ({UNTESTED_ENV}=1); work through docs/architecture.md, "
+                f"'The Thespian contract', before trusting it")
+    raise ConfigError(f"{problem}: install thespian=={THESPIAN_VERSION} (pyproject.toml pins it), or set "
+                      f"{UNTESTED_ENV}=1 to try another version while checking docs/architecture.md, "
+                      f"'The Thespian contract'", path="thespian")
 
 _peer = threading.local()
 
@@ -144,6 +178,9 @@ def die_with_parent() -> None:
 def install_serializer(serializer: Any) -> None:
     from thespian.system.transport import TCPTransport
 
+    warning = check_version()
+    if warning is not None:
+        logging.getLogger("atomr.security").warning("%s", warning)
     _track_peers()
     die_with_parent()
     serializer.peer_of_frame = frame_peer

@@ -23,14 +23,10 @@ from actors.core.routing import HealthCheck, RoutingPolicy, check_models
 
 __all__ = [
     "CredentialSource", "Timeouts", "Price", "DeploymentConfig", "NodeConfig", "MockProviderConfig",
-    "ClusterConfig", "GatewayConfig", "PROVIDERS", "MOCK_ENDPOINT",
+    "ClusterConfig", "GatewayConfig", "MOCK_ENDPOINT",
     "ApiKeySource", "HttpKey", "KeyLimits", "KEY_BUDGET_PREFIX", "HttpConfig", "parse_listen",
 ]
 
-PROVIDERS = ("openai", "openai_responses", "azure_openai", "openai_compatible", "anthropic", "gemini",
-             "cohere", "bedrock")
-Provider = Literal["openai", "openai_responses", "azure_openai", "openai_compatible", "anthropic", "gemini",
-                   "cohere", "bedrock"]
 MOCK_ENDPOINT = "mock"
 
 # Checks raise ValueError("<field>: <problem>, got <value>"); the loader files the message
@@ -104,7 +100,7 @@ class ResponseLimits:
 class DeploymentConfig:
     name: str
     model: str
-    provider: Provider
+    provider: str                          # a runner's name: actors/providers/__init__.py, checked by the loader
     endpoint: str
     upstream_model: str | None = None
     credentials: CredentialSource | None = None

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import netns
-from conftest import OutputLines, fresh_window_s, wait_for
+from conftest import OutputLines, free_port, fresh_window_s, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = f"{os.getpid() % 10000}"
@@ -20,7 +20,6 @@ NS_A, NS_B = f"atomr{TAG}a", f"atomr{TAG}b"
 VETH_A, VETH_B = f"at{TAG}a", f"at{TAG}b"
 SUBNET = 10 + os.getpid() % 200
 IP_A, IP_B = f"10.77.{SUBNET}.1", f"10.77.{SUBNET}.2"
-LEADER_PORT, MEMBER_PORT = 19390, 19391
 
 
 @pytest.fixture
@@ -50,23 +49,24 @@ def _start(ns: str, *args: str) -> tuple[subprocess.Popen, OutputLines]:
 
 
 def test_leader_and_member_on_two_hosts(two_hosts, tmp_path):
+    leader_port, member_port = free_port(), free_port()
     window_s = fresh_window_s()   # the two asks and the status below fall in one window
-    leader, leader_out = _start(NS_A, "--convention", "leader", "--config", str(_config(tmp_path, "ha", LEADER_PORT, window_s)),
+    leader, leader_out = _start(NS_A, "--convention", "leader", "--config", str(_config(tmp_path, "ha", leader_port, window_s)),
                                 "--advertise", IP_A)
     member = None
     try:
-        leader_out.wait_for(f"serving on admin port {LEADER_PORT}")
-        member, member_out = _start(NS_B, "--convention", "member", "--leader", f"{IP_A}:{LEADER_PORT}",
-                                    "--config", str(_config(tmp_path, "hb", MEMBER_PORT, window_s)), "--advertise", IP_B)
-        member_out.wait_for(f"serving on admin port {MEMBER_PORT}")
-        for ns, port in ((NS_A, LEADER_PORT), (NS_B, MEMBER_PORT)):
+        leader_out.wait_for(f"serving on admin port {leader_port}")
+        member, member_out = _start(NS_B, "--convention", "member", "--leader", f"{IP_A}:{leader_port}",
+                                    "--config", str(_config(tmp_path, "hb", member_port, window_s)), "--advertise", IP_B)
+        member_out.wait_for(f"serving on admin port {member_port}")
+        for ns, port in ((NS_A, leader_port), (NS_B, member_port)):
             ask = subprocess.run(_in(ns, "ask", "--admin-port", str(port), "--model", "d1", "--max-tokens", "3", "hi"),
                                  capture_output=True, text=True, timeout=60, cwd=ROOT)
             assert ask.returncode == 0 and ask.stdout.startswith("You said: hi"), ask.stderr
 
         # From the member's host, through a short-lived admin that joins the convention remotely.
         def cluster_of_two():
-            status = subprocess.run(_in(NS_B, "status", "--leader", f"{IP_A}:{LEADER_PORT}", "--advertise", IP_B),
+            status = subprocess.run(_in(NS_B, "status", "--leader", f"{IP_A}:{leader_port}", "--advertise", IP_B),
                                     capture_output=True, text=True, timeout=60, cwd=ROOT)
             return status.stdout if "cluster led by ha: 2 node(s)" in status.stdout else None
         out = wait_for(cluster_of_two, timeout_s=30, interval_s=0.5, message="both nodes in the status")

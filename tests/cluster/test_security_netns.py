@@ -21,7 +21,7 @@ import yaml
 from actors.ops.procs import listening_ports
 
 import netns
-from conftest import OutputLines, wait_for
+from conftest import OutputLines, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = f"{os.getpid() % 10000}"
@@ -91,31 +91,38 @@ attacks = {
     "PendingActor": signed.dumps((me, PendingActor("actors.runtime.session.RemoteSessionActor", None, 1, None, None))),
     "malformed": signed.dumps(("", P.StatusRequest())),
 }
-replies = {}
+replies, refused = {}, []
 for port in ports:
-    for kind, body in attacks.items():
-        reply = b""
-        with socket.create_connection((host, port), timeout=5) as sock:
-            sock.sendall(b"%d>" % len(body) + body)
-            try:
-                while b"ACK" not in reply:
-                    chunk = sock.recv(256)
-                    if not chunk:
-                        break
-                    reply += chunk
-            except socket.timeout:
-                pass
-        replies[f"{port} {kind}"] = reply.decode("latin-1")
-print(json.dumps(replies))
+    answers = {}
+    try:
+        for kind, body in attacks.items():
+            reply = b""
+            with socket.create_connection((host, port), timeout=5) as sock:
+                sock.sendall(b"%d>" % len(body) + body)
+                try:
+                    while b"ACK" not in reply:
+                        chunk = sock.recv(256)
+                        if not chunk:
+                            break
+                        reply += chunk
+                except socket.timeout:
+                    pass
+            answers[f"{port} {kind}"] = reply.decode("latin-1")
+    except ConnectionRefusedError:
+        refused.append(port)   # closed since it was listed: a short-lived actor (a leader locator) exited
+        continue
+    replies.update(answers)
+print(json.dumps({"replies": replies, "refused": refused}))
 """
 
 
-def _attack(ports: set[int], marker: Path, key_file: str = "-") -> dict[str, str]:
+def _attack(ports: set[int], marker: Path, key_file: str = "-") -> tuple[dict[str, str], list[int]]:
     out = subprocess.run(["ip", "netns", "exec", NS_B, sys.executable, "-c", ATTACKER, IP_A, json.dumps(sorted(ports)),
                           str(marker), key_file], capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env={**os.environ, "ATTACKER_IP": IP_B, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    result = json.loads(out.stdout)
+    return result["replies"], result["refused"]
 
 
 def _ask(port: int, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -139,7 +146,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_a_peer_cannot_deploy_drain_or_stop_a_node(two_hosts, tmp_path, mode):
     """With the cluster key (a member gone bad) nothing but cluster messages are accepted from a peer;
     with only a host key (even a stolen copy) nothing at all is."""
-    port = 19480 if mode == "cluster secret" else 19481
+    port = free_port()
     marker = tmp_path / "pwned"
     env = dict(os.environ)
     args = ["--config", str(_node_config(tmp_path, "victim", port, marker))]
@@ -154,8 +161,12 @@ def test_a_peer_cannot_deploy_drain_or_stop_a_node(two_hosts, tmp_path, mode):
         assert _ask(port, env).stdout.startswith("You said: hi")
         ports = _served_ports(NS_A, port)
         assert port in ports and len(ports) >= 5, ports
-        replies = _attack(ports, marker, str(tmp_path / "keys" / "host.key") if mode == "host key" else "-")
+        replies, refused = _attack(ports, marker, str(tmp_path / "keys" / "host.key") if mode == "host key" else "-")
         assert all("ACK+DATAERR" in reply for reply in replies.values()), replies
+        # On a loaded machine a short-lived actor may exit between the listing and the attack:
+        # its port refuses. The node's own ports never do, and nothing that answered took a frame.
+        assert port not in refused and not set(refused) & _served_ports(NS_A, port), refused
+        assert len(ports) - len(refused) >= 5
         ask = _ask(port, env)  # not drained, not stopped, no actor lost
         assert ask.returncode == 0 and ask.stdout.startswith("You said: hi"), ask.stderr
         assert port in _served_ports(NS_A, port)
@@ -164,7 +175,7 @@ def test_a_peer_cannot_deploy_drain_or_stop_a_node(two_hosts, tmp_path, mode):
         log = wait_for(lambda: expected in (t := (tmp_path / "victim.log").read_text()) and t, timeout_s=20,
                        message="the refusals in the node's log")
         assert f"refused a frame from {IP_B}:" in log and "not a signed gateway frame" in log
-        assert len(replies) == 9 * len(ports)
+        assert len(replies) == 9 * (len(ports) - len(refused))
         assert "pwned" not in log and "echo tok" not in log
     finally:
         _stop(proc)

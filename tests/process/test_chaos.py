@@ -18,6 +18,7 @@ import time
 
 
 from actors import errors as E
+from actors.core.procstat import live_stat
 from actors.types import Completed
 
 from conftest import deployment, wait_for
@@ -178,8 +179,4 @@ def _slow_call(client, model: str) -> None:
 
 
 def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
+    return live_stat(pid) is None

@@ -1,5 +1,8 @@
 """GET /ui in a real headless browser (Debian's chromium + chromedriver, driven by selenium).
 
+Skipped, with the command that installs them, where they are missing; required under .ci/run
+(``ATOMR_REQUIRE_BROWSER=1``), which installs them.
+
 A node and its HTTP listener serve a few calls, a 500 storm opens one circuit, and the
 browser loads the dashboard, waits for the data and reads what an operator would see.
 The screenshot goes to a temporary file; ``ATOMR_UPDATE_SCREENSHOT=1`` writes the README's
@@ -28,11 +31,19 @@ README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.pn
 KEY = "sk-atomr-dashboard-0123456789"
 
 
+# .ci/run installs the browser and sets this, so there the test is required; elsewhere (the
+# README's command on a fresh machine, where pip cannot bring a browser) it is skipped, saying why.
+BROWSER_REQUIRED = os.environ.get("ATOMR_REQUIRE_BROWSER") == "1"
+INSTALL = "apt-get install -y chromium chromium-driver"
+
+
 @pytest.fixture
 def browser():
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.fail("chromium and chromium-driver are needed: apt-get install -y chromium chromium-driver "
-                    "(.ci/run installs them)")
+        why = f"the dashboard test needs Debian's chromium and chromedriver at {CHROMIUM}, {CHROMEDRIVER}: {INSTALL}"
+        if BROWSER_REQUIRED:
+            pytest.fail(why + " (ATOMR_REQUIRE_BROWSER=1: this run must have them)")
+        pytest.skip(why + " (.ci/run installs them and makes this test required)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -51,7 +62,7 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_dashboard_shows_deployments_an_open_breaker_and_budgets(gateway, mock, tmp_path, browser):
+def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gateway, mock, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from actors.client import GatewayClient
+from actors.core.procstat import live_stat
 from actors.ops.http_process import start_http
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
@@ -394,8 +395,4 @@ def test_the_listener_leaves_when_its_launcher_dies(gateway, mock, tmp_path):
 
 
 def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return live_stat(pid) is not None

@@ -237,3 +237,18 @@ def test_workers_die_with_their_engine(gateway, mock):
     os.kill(engine, signal.SIGKILL)
     wait_for(lambda: not [pid for pid in workers if process_start_ticks(pid) is not None], timeout_s=10,
              message="the engine's workers to exit with it")
+
+
+def test_the_demo_runs_end_to_end_on_the_ports_it_is_given(tmp_path):
+    port, http_port = free_port(), free_port()
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config["mock_provider"]["words_per_second"] = 500   # the demo streams for the eye; the test need not wait
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    demo = subprocess.run([sys.executable, str(ROOT / "launch.py"), "demo", "--config", str(path), "--admin-port",
+                           str(port), "--http-port", str(http_port)], capture_output=True, text=True, timeout=180,
+                          cwd=ROOT)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert f"POST http://127.0.0.1:{http_port}/v1/chat/completions -> 200" in demo.stdout, demo.stdout
+    assert "demo finished; node stopped" in demo.stdout
+    assert not port_is_listening(port) and not port_is_listening(http_port)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from actors import errors as E
-from actors.settings.schema import PROVIDERS
+from actors.providers import PROVIDERS
 from actors.types import Completed
 
 from conftest import deployment

@@ -283,15 +283,20 @@ def test_bad_requests_get_typed_errors(gateway, mock):
     assert mock.stats()["total"] == 0
 
 
-def test_clean_shutdown_leaves_no_process_or_port(gateway, mock):
+def test_clean_shutdown_leaves_no_process_or_port_and_says_so_at_info(gateway, mock, tmp_path):
     node, client = gateway([deployment(mock.url, "d1", workers=3)])
     assert client.complete("d1", HELLO, max_tokens=2).text
     pgid, port = node.pgid, node.admin_port
     assert len(pids_in_group(pgid)) >= 1 + 1 + 3  # admin, logger, workers...
     client.close()
-    node.stop()
+    node.stop(drain_timeout_s=5)   # as launch.py stops a node
     assert pids_in_group(pgid) == []
     assert not port_is_listening(port)
+    # A clean stop is the plan, not news: no line above INFO (a worker's exit, when its line
+    # reaches the log before the logger stops, says why at INFO).
+    lines = (tmp_path / "n1.log").read_text().splitlines()
+    assert [line for line in lines if " WARNING " in line or " ERROR " in line] == []
+    assert all("(the engine is stopping)" in line for line in lines if " exited" in line)
 
 
 def test_a_model_served_by_two_deployments_falls_back_past_an_open_circuit(gateway, mock):

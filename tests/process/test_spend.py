@@ -15,7 +15,8 @@ import requests
 from actors import errors as E
 from actors.ops.http_process import start_http
 from actors.settings.loader import build
-from actors.settings.schema import PROVIDERS, HttpConfig
+from actors.providers import PROVIDERS
+from actors.settings.schema import HttpConfig
 from actors.types import Completed
 
 from conftest import deployment, wait_for

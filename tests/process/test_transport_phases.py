@@ -4,6 +4,7 @@ to whether the provider has the request (``sent``)."""
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 import time
@@ -12,10 +13,11 @@ import pytest
 import requests
 
 from actors import errors as E
-from actors.core.streaming import END, HttpStatus, Opened, TransportFailed
+from actors.core.streaming import END, HttpStatus, Opened, TransportFailed, WholeBody
 from actors.core.transport import Phase, classify_transport
 from actors.providers.base import HttpRequest
-from actors.runtime.upstream import Attempt, PhaseAdapter
+from actors.runtime.transport import TcpTransport
+from actors.runtime.upstream import HttpExchange, PhaseAdapter
 
 BIG = 8 * 1024 * 1024  # more than the socket buffers hold, so a write can fail or block
 
@@ -81,18 +83,19 @@ class Misbehaving:
 def attempt(url: str, body: bytes = b'{"model": "m"}', timeouts=(2.0, 0.5), deadline_s: float = 30.0,
             whole: bool = False):
     session = requests.Session()
-    adapter = PhaseAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
+    adapter = PhaseAdapter(TcpTransport(), pool_connections=1, pool_maxsize=2, max_retries=0)
     session.mount("http://", adapter)
     session.trust_env = False
-    run = Attempt(HttpRequest("POST", url, {"content-type": "application/json"}, body, not whole), timeouts,
-                  1 << 30, time.time() + deadline_s, whole=whole)
-    run.start(session, "test-reader")
+    run = HttpExchange(HttpRequest("POST", url, {"content-type": "application/json"}, body, not whole), timeouts,
+                       1 << 30, time.time() + deadline_s, whole=whole)
+    arrived: queue.Queue = queue.Queue()
+    run.start(session, lambda event: arrived.put(event) or True, "test-reader")
     events = []
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        item = run.events.get(timeout=20)
+        item = arrived.get(timeout=20)
         events.append(item)
-        if item is END or isinstance(item, (HttpStatus, TransportFailed)):
+        if item is END or isinstance(item, (HttpStatus, TransportFailed, WholeBody)):
             break
     run.stop()
     run.thread.join(5)

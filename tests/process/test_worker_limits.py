@@ -12,6 +12,7 @@ import time
 import pytest
 
 from actors import errors as E
+from actors.core.procstat import live_stat
 from actors.ops.procs import parent_pid
 
 from conftest import deployment, upstream_caller_pid, wait_for
@@ -136,14 +137,7 @@ def test_a_worker_whose_engine_died_exits(gateway, mock):
     assert engine and engine not in (1, os.getpid())
     os.kill(engine, signal.SIGKILL)
 
-    def gone():
-        try:
-            with open(f"/proc/{worker}/stat") as fh:
-                return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except OSError:
-            return True
-
-    wait_for(gone, timeout_s=15, message="the orphaned worker to exit")
+    wait_for(lambda: live_stat(worker) is None, timeout_s=15, message="the orphaned worker to exit")
     stop.set()
 
 

@@ -128,123 +128,69 @@ def replace(config: Any, **kw: Any) -> Any:
 # Actors on Thespian's in-process simpleSystemBase, with a scripted upstream and no socket
 # ======================================================================================
 
-import io  # noqa: E402
 import json  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from collections import deque  # noqa: E402
 
-import requests  # noqa: E402
 from thespian.actors import Actor, ActorExitRequest, ActorSystem  # noqa: E402
 
 from actors.core.breaker import BreakerConfig  # noqa: E402
+from actors.core.frames import FrameCodec, chunk_fields  # noqa: E402
 from actors.runtime.protocol import BreakerInit, EngineInit  # noqa: E402
+from actors.security.keys import KeyRing, WireKey  # noqa: E402
+from actors.testing.mock_transport import MockListener, MockResponse, MockTransport  # noqa: E402
 from actors.types import TERMINAL, TokenChunk  # noqa: E402
 
-
-class Answer:
-    """One scripted upstream answer: a status and a body (bytes, a JSON value, or chunks to stream).
-
-    A chunk may be a float (pause that long), a threading.Event (wait until it is set, at
-    most ``hold_s``) or an exception (raised by the read): a stream can stall or break
-    mid-body as a slow or failing upstream would.
-    """
-
-    def __init__(self, status: int = 200, body: Any = None, headers: dict[str, str] | None = None,
-                 chunks: list[Any] | None = None, raises: BaseException | None = None, hold_s: float = 5.0) -> None:
-        self.status = status
-        if body is not None and not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-        self.chunks = list(chunks) if chunks is not None else [body or b""]
-        self.headers = {"content-type": "application/json", **(headers or {})}
-        self.raises = raises
-        self.hold_s = hold_s
-
-
-class _Body(io.RawIOBase):
-    """What urllib3 would hand requests: a readable body that yields the scripted chunks in order."""
-
-    def __init__(self, answer: Answer) -> None:
-        super().__init__()
-        self._items = deque(answer.chunks)
-        self._hold_s = answer.hold_s
-        self._buffer = b""
-        self.status = answer.status
-        self.reason = "OK" if answer.status < 300 else "Error"
-        self.headers = answer.headers
-        self._closed_by_reader = threading.Event()
-
-    # the slice of urllib3.HTTPResponse that requests and the worker use
-    def stream(self, amt: int | None = 2 ** 16, decode_content: bool | None = None):
-        while True:
-            data = self.read(amt)
-            if not data:
-                return
-            yield data
-
-    def read(self, amt: int | None = None, decode_content: bool | None = None, **_: Any) -> bytes:
-        while not self._buffer and self._items and not self._closed_by_reader.is_set():
-            item = self._items.popleft()
-            if isinstance(item, BaseException):
-                raise item
-            if isinstance(item, threading.Event):
-                until = time.monotonic() + self._hold_s  # a close (the worker giving up) ends the wait too
-                while not item.is_set() and not self._closed_by_reader.is_set() and time.monotonic() < until:
-                    item.wait(0.01)
-            elif isinstance(item, (int, float)):
-                self._closed_by_reader.wait(item)
-            else:
-                self._buffer = item
-        if self._closed_by_reader.is_set():
-            return b""
-        if amt is None or amt < 0:
-            data, self._buffer = self._buffer + b"".join(i for i in self._items if isinstance(i, bytes)), b""
-            self._items.clear()
-            return data
-        data, self._buffer = self._buffer[:amt], self._buffer[amt:]
-        return data
-
-    def read1(self, amt: int | None = None, decode_content: bool | None = None, **_: Any) -> bytes:
-        return self.read(amt if amt and amt > 0 else 2 ** 20)
-
-    def close(self) -> None:
-        self._closed_by_reader.set()
-        super().close()
-
-    def release_conn(self) -> None:
-        pass
-
-    def readable(self) -> bool:
-        return True
+Answer = MockResponse   # one scripted upstream answer (actors/testing/mock_transport.py)
 
 
 class FakeUpstream:
-    """Scripted answers at requests' transport adapter: the real runner and worker code runs, no socket opens."""
+    """Scripted answers through the worker's transport seam: the real worker, HTTP client and
+    phase tracking run against an in-memory network (``MockTransport``); no socket opens.
+
+    Install it with the ``upstream`` fixture (tests/unit/conftest.py) before the engine starts
+    its workers. Answers are taken in order; once the script is empty, ``default`` answers."""
 
     def __init__(self) -> None:
-        self.script: deque[Answer] = deque()
-        self.calls: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        self.default = Answer(200, openai_completion("ok"))
+        self.script: deque[MockResponse] = deque()
+        self.default = MockResponse(200, openai_completion("ok"))
+        self.transport = MockTransport(self._answer)
 
-    def then(self, *answers: Answer) -> "FakeUpstream":
+    def then(self, *answers: MockResponse) -> "FakeUpstream":
         self.script.extend(answers)
         return self
 
-    def install(self, monkeypatch: Any) -> "FakeUpstream":
-        upstream = self
+    def _answer(self, request: Any) -> MockResponse:
+        return self.script.popleft() if self.script else self.default
 
-        def send(adapter, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-            with upstream.lock:
-                upstream.calls.append({"url": request.url, "body": json.loads(request.body or b"{}"),
-                                       "stream": stream, "timeout": timeout, "at": time.monotonic()})
-                answer = upstream.script.popleft() if upstream.script else upstream.default
-            if answer.raises is not None:
-                raise answer.raises
-            return adapter.build_response(request, _Body(answer))
+    @property
+    def requests(self) -> list[Any]:
+        """Every request that reached the upstream (MockRequest: method, url, headers, body, at)."""
+        return self.transport.requests
 
-        monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
-        return self
+
+TEST_KEYRING = KeyRing([WireKey("unit", "a-unit-test-secret-of-enough-length-0123456789")], "unit tests")
+CHANNEL_PORT = 47001
+
+
+class ChannelEnd:
+    """The caller's end of a stream channel in the mock network: the frames the workers wrote."""
+
+    def __init__(self, listener: MockListener) -> None:
+        self.listener = listener
+        self.codec = FrameCodec(TEST_KEYRING)
+        self.address = {"port": listener.port, "token": "unit-token"}
+
+    def chunks(self, request_id: str) -> list[TokenChunk]:
+        found = []
+        for body in self.listener.frames(self.codec):
+            fields = chunk_fields(body)
+            if fields is not None and fields[0] == request_id:
+                found.append(TokenChunk(*fields))
+        return found
+
+    def hello_tokens(self) -> list[str]:
+        return [body["hello"] for body in self.listener.frames(self.codec) if "hello" in body]
 
 
 def openai_completion(text: str, prompt_tokens: int = 3, completion_tokens: int = 2) -> dict[str, Any]:
@@ -272,7 +218,7 @@ def openai_stream(words: list[str], usage: tuple[int, int] | None = (3, 2), paus
 
 
 def stream_answer(words: list[str], **kw: Any) -> Answer:
-    return Answer(200, chunks=openai_stream(words, **kw), headers={"content-type": "text/event-stream"})
+    return Answer(200, parts=openai_stream(words, **kw), headers={"content-type": "text/event-stream"})
 
 
 class Recorder(Actor):
@@ -339,7 +285,7 @@ class InProcessEngine:
             self.inbox.extend(stash)
 
     def collect(self, request_id: str, timeout_s: float = 10.0) -> tuple[list[TokenChunk], Any]:
-        """Everything the caller gets for one request, up to its terminal (bounded)."""
+        """The TokenChunk messages the caller gets for one request, up to its terminal (bounded)."""
         chunks: list[TokenChunk] = []
         end = time.monotonic() + timeout_s
         skipped = []
@@ -372,6 +318,13 @@ class InProcessEngine:
 
     def close(self) -> None:
         self.asys.shutdown()
+
+
+def request(rid: str, **fields: Any) -> InferenceRequest:
+    """A small call to deployment "d1" (max_tokens 5 unless said otherwise)."""
+    fields.setdefault("params", {"max_tokens": 5})
+    fields.setdefault("messages", [{"role": "user", "content": "hello"}])
+    return InferenceRequest(model="d1", request_id=rid, **fields)
 
 
 def actor_instance(asys: Any, address: Any) -> Any:

@@ -8,6 +8,8 @@ import pytest
 from actors.core.pricing import Price
 from actors.types import Usage
 from actors.core.pricing import cost_usd, lookup_price, price_table
+from actors.core.routing import context_windows
+from actors.providers import PROVIDERS, RUNNERS, runner_class
 
 from test_providers_wire import runner_for
 
@@ -39,7 +41,7 @@ from test_providers_wire import runner_for
 ])
 def test_versioned_names_find_their_entry(provider, model, entry):
     family, name = entry
-    assert lookup_price(provider, model) == price_table()[family][name]
+    assert lookup_price(runner_class(provider).family, model) == price_table()[family][name]
 
 
 @pytest.mark.parametrize("provider,model", [
@@ -52,7 +54,7 @@ def test_versioned_names_find_their_entry(provider, model, entry):
     ("gemini", "gpt-4o"),                    # the provider decides the table
 ])
 def test_unknown_models_have_no_price(provider, model):
-    assert lookup_price(provider, model) is None
+    assert lookup_price(runner_class(provider).family, model) is None
 
 
 def test_unknown_price_or_usage_is_an_unknown_cost_never_zero():
@@ -82,3 +84,11 @@ def test_a_deployment_pricing_section_overrides_the_table():
     assert runner_for("openai").price() == price_table()["openai"]["gpt-4o-mini"]
     assert runner_for("openai", upstream_model="my-fine-tune").price() is None
     assert runner_for("openai", upstream_model="my-fine-tune", pricing=override).price() == Price(**override)
+
+
+def test_one_registry_each_runner_names_its_provider_and_its_tables():
+    assert PROVIDERS == tuple(cls.provider for cls in RUNNERS) and len(set(PROVIDERS)) == len(PROVIDERS)
+    for cls in RUNNERS:
+        assert runner_class(cls.provider) is cls
+        if cls.family is not None:   # a gateway (None) looks in every table
+            assert cls.family in price_table() and cls.family in context_windows(), cls

@@ -1,5 +1,6 @@
-"""Runners on the wire: what each sends (body, URL, auth) through a real HTTP client against
-``responses``, how it reads whole responses and error bodies, and typed errors for bad input."""
+"""Runners on the wire: what each sends (body, URL, auth) through the worker's own HTTP session
+on the in-memory transport (actors/testing/mock_transport.py), how it reads whole responses and
+error bodies, and typed errors for bad input."""
 
 from __future__ import annotations
 
@@ -7,11 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-import requests
-import responses
 
 from actors import errors as E
-from actors.settings.schema import PROVIDERS
+from actors.providers import PROVIDERS
 from actors.settings.loader import parse_config
 from actors.core.credentials import Secret
 from actors.types import InferenceRequest
@@ -81,16 +80,20 @@ EXPECTED_AUTH = {
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@responses.activate
 def test_a_streamed_call_reaches_the_provider_url_with_its_auth_headers(provider):
+    from actors.runtime.worker import _session
+    from actors.testing.mock_transport import MockResponse, MockTransport
+
     runner = runner_for(provider, headers={"x-team": "search"})
     http = runner.build_request(InferenceRequest("m", CONVERSATION, {"max_tokens": 5}, stream=True),
                                 credential(provider))
-    responses.add(responses.POST, EXPECTED_URL[provider], body=b"", status=200)
-    requests.request(http.method, http.url, data=http.body, headers=http.headers, timeout=5)
-    sent = responses.calls[0].request
+    network = MockTransport(lambda request: MockResponse(200))
+    session = _session(ENDPOINTS[provider], network)    # the worker's session: its adapter, its transport
+    session.request(http.method, http.url, data=http.body, headers=http.headers, timeout=5).close()
+    session.close()
+    (sent,) = network.requests
     assert sent.url == EXPECTED_URL[provider]
-    headers = {k.lower(): v for k, v in sent.headers.items()}
+    headers = sent.headers
     for name, value in EXPECTED_AUTH[provider].items():
         assert headers[name] == value, name
     assert headers["x-team"] == "search" and headers["content-type"] == "application/json"

@@ -15,6 +15,7 @@ from actors.core import routing as R
 from actors.core.load import Decayed, LoadTracker, headroom
 from actors.core.ratelimit import WindowUsage
 from actors.errors import ConfigError
+from actors.providers import runner_class
 from actors.settings.loader import parse_config
 from actors.types import Completed, Failed, Usage
 from harness import Rig
@@ -190,7 +191,7 @@ def test_a_requests_own_fallbacks_replace_the_configured_ones():
 
 
 def test_one_retry_budget_adds_deployments_to_retries_instead_of_multiplying():
-    budget = R.RetryBudget()
+    budget = R.RequestRetries()
     budget.start(2)
     budget.start(5)                   # the first deployment's policy sets it
     assert budget.left == 2
@@ -198,7 +199,7 @@ def test_one_retry_budget_adds_deployments_to_retries_instead_of_multiplying():
     assert budget.left == 0
     budget.charge(1)                  # a fallback's one attempt spends no retry
     assert budget.left == 0 and budget.spent == 2
-    configured = R.RetryBudget(1)
+    configured = R.RequestRetries(1)
     configured.start(9)
     assert configured.left == 1
 
@@ -206,10 +207,11 @@ def test_one_retry_budget_adds_deployments_to_retries_instead_of_multiplying():
 # -- context windows ----------------------------------------------------------------------------
 
 def test_context_windows_come_from_the_package_table_like_prices():
-    assert R.context_window("openai", "gpt-4o-mini-2024-07-18") == 128000
-    assert R.context_window("anthropic", "claude-sonnet-4-5-20250929") == 200000
-    assert R.context_window("openai_compatible", "mock-gpt") == 128000
-    assert R.context_window("openai", "some-model-nobody-knows") is None
+    family = {p: runner_class(p).family for p in ("openai", "anthropic", "openai_compatible")}
+    assert R.context_window(family["openai"], "gpt-4o-mini-2024-07-18") == 128000
+    assert R.context_window(family["anthropic"], "claude-sonnet-4-5-20250929") == 200000
+    assert R.context_window(family["openai_compatible"], "mock-gpt") == 128000
+    assert R.context_window(family["openai"], "some-model-nobody-knows") is None
 
 
 # -- configuration ------------------------------------------------------------------------------

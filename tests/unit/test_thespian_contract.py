@@ -1,0 +1,117 @@
+"""What the project relies on Thespian 4.0.1 doing, pinned where the in-process base shows it
+(docs/architecture.md, "The Thespian contract", lists every behaviour and its test; the
+multiprocTCPBase ones are pinned in the process and cluster tiers)."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from thespian.actors import (Actor, ActorExitRequest, ChildActorExited, PoisonMessage, ThespianWatch, WakeupMessage,
+                             WatchMessage)
+
+from actors.errors import ConfigError
+from actors.runtime.wake import watch_supported
+from actors.security.thespian_hooks import THESPIAN_VERSION, UNTESTED_ENV, check_version
+
+
+def test_the_installed_thespian_is_the_one_the_hooks_were_written_for():
+    assert check_version() is None
+    with pytest.raises(ConfigError) as refused:
+        check_version("4.1.0", environ={})
+    assert "4.1.0" in str(refused.value) and THESPIAN_VERSION in str(refused.value)
+    warning = check_version("4.1.0", environ={UNTESTED_ENV: "1"})
+    assert warning is not None and "The Thespian contract" in warning
+
+
+class Probe(Actor):
+    """Records what Thespian hands it; ``("do", what)`` makes it act."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+        self.failures = 0
+
+    def receiveMessage(self, msg: Any, sender: Any) -> Any:
+        if msg == "seen?":
+            self.send(sender, list(self.seen))
+        elif msg == "two wakeups":
+            self.wakeupAfter(timedelta(milliseconds=20), payload="first")
+            self.wakeupAfter(timedelta(milliseconds=10), payload="second")   # no way to cancel the first
+        elif msg == "fail":
+            self.failures += 1
+            raise RuntimeError("a handler bug")
+        elif msg == "child":
+            self.seen.append(("child", self.createActor(Probe)))
+        elif msg == "watch":
+            self.seen.append(("watch supported", watch_supported(self)))
+            return ThespianWatch([0])
+        elif isinstance(msg, WakeupMessage):
+            self.seen.append(("wakeup", msg.payload))
+        elif isinstance(msg, ChildActorExited):
+            self.seen.append(("exited", msg.childAddress))
+        elif isinstance(msg, WatchMessage):
+            self.seen.append(("watched", msg.ready))
+        elif not isinstance(msg, ActorExitRequest):
+            self.seen.append(msg)
+        return None
+
+
+def _wait_for(asys, actor, condition, timeout_s: float = 5.0) -> list[Any]:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        seen = asys.ask(actor, "seen?", 1)
+        if condition(seen):
+            return seen
+        asys.listen(0.02)
+    raise AssertionError(f"not within {timeout_s}s: {asys.ask(actor, 'seen?', 1)}")
+
+
+def test_a_wakeup_cannot_be_cancelled_so_a_superseded_one_still_fires(asys):
+    """Why every actor's timers go through runtime/timers.py, which drops the superseded ones."""
+    probe = asys.createActor(Probe)
+    asys.tell(probe, "two wakeups")
+    seen = _wait_for(asys, probe, lambda s: len(s) >= 2)
+    assert seen == [("wakeup", "second"), ("wakeup", "first")]
+
+
+def test_a_handler_that_raises_on_a_message_twice_returns_it_to_its_sender_as_a_poison_message(asys):
+    """Why the engine handles PoisonMessage (a worker that failed on a Dispatch) and ends the request."""
+    probe = asys.createActor(Probe)
+    reply = asys.ask(probe, "fail", 5)
+    assert isinstance(reply, PoisonMessage) and reply.poisonMessage == "fail"
+    assert asys.ask(probe, "seen?", 1) == []      # the actor survives its bug
+
+
+def test_a_parent_hears_when_its_child_exits(asys):
+    """Why the engine learns of a dead worker at once (ChildActorExited), without polling."""
+    parent = asys.createActor(Probe)
+    asys.tell(parent, "child")
+    (_, child), = _wait_for(asys, parent, lambda s: len(s) >= 1)
+    asys.tell(child, ActorExitRequest())
+    seen = _wait_for(asys, parent, lambda s: len(s) >= 2)
+    assert seen[1] == ("exited", child)
+
+
+def test_the_in_process_base_has_no_watches(asys):
+    """Why the worker polls its reader on simpleSystemBase (and is woken by a pipe on multiprocTCPBase)."""
+    probe = asys.createActor(Probe)
+    asys.tell(probe, "watch")
+    asys.listen(0.1)
+    assert asys.ask(probe, "seen?", 1) == [("watch supported", False)]   # and no WatchMessage came
+
+
+def test_the_shutdown_noise_filter_drops_only_the_stale_pending_create():
+    import logging
+
+    from actors.ops.system import ShutdownNoiseFilter
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("Thespian", logging.ERROR, __file__, 1, message, None, None)
+
+    noise = ShutdownNoiseFilter()
+    assert not noise.filter(record("Pending Actor create for ActorAddr-(T|:1234) failed (3585): shutting down"))
+    assert noise.filter(record("Pending Actor create for ActorAddr-(T|:1234) failed (3586)"))
+    assert noise.filter(record("an actor failed"))
