@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 from actors.errors import BudgetExceeded, CircuitOpen, ContextLengthExceeded, InferenceError, QueueFull
 
-__all__ = ["QUEUE_RETRY_S", "queue_full", "displaced", "context_too_long", "as_of", "for_group", "Tally"]
+__all__ = ["QUEUE_RETRY_S", "queue_full", "displaced", "context_too_long", "as_of", "for_group", "Tally",
+           "add_counts"]
 
 QUEUE_RETRY_S = 1.0   # a full queue's retry-after: about one upstream call's time, not a promise
 
@@ -99,3 +101,17 @@ class Tally:
         counts, self.counts = self.counts, {}
         self.sent_at = now
         return counts
+
+
+def add_counts(into: dict[str, dict[str, int]], counts: Any, max_models: int = 256, max_reasons: int = 32) -> None:
+    """Add a client's reported counts (model -> reason -> n) to a node's, bounded whatever arrives:
+    a router only refuses models its node routes, for a handful of reasons."""
+    for model, reasons in (counts or {}).items() if isinstance(counts, dict) else ():
+        model = str(model)
+        if (model not in into and len(into) >= max_models) or not isinstance(reasons, dict):
+            continue
+        mine = into.setdefault(model, {})
+        for reason, n in reasons.items():
+            reason = str(reason)
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0 and (reason in mine or len(mine) < max_reasons):
+                mine[reason] = mine.get(reason, 0) + n

@@ -49,6 +49,9 @@ class RouteEntry:
     load_age_s: float | None = None   # how old the pushed state was when the node answered; None: none yet
     retry_at_unix: float | None = None   # an open circuit admits a probe from then on (not skipped past it)
     budget_spent: tuple[str, ...] = ()   # its USD budgets that ran out this period: skipped
+    provider: str = ""
+    refusal: Any = None                  # what its engine refuses with now (LoadState.refusal): skipped until ...
+    refusal_until_unix: float | None = None   # ... then
 
 
 @dataclass
@@ -112,6 +115,16 @@ class NodeStatus:
     membership: str = ""    # "member", "leader", "refused: <why>", "alone"
     # Spend (docs/spend.md): {"budgets": [{"budget", "spent_usd", "usd", "mode", ...}], "ledger": {...} | None}
     spend: dict[str, Any] = field(default_factory=dict)
+    # Requests the router refused in this node's clients (model -> error class -> n), as they reported them.
+    refusals: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class RouterRefusals:
+    """From a client process to its node: requests its router refused since the last report (by model
+    and error class). Router refusals happen in the callers' processes; the node keeps the counts."""
+
+    counts: dict[str, dict[str, int]]
 
 
 @dataclass
