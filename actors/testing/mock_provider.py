@@ -12,6 +12,7 @@ requests through ``POST /_mock/faults``. Directive keys:
   (``retry_after``/``retry_after_ms`` add those headers);
 - ``fail_times=N`` with ``key=K``: only the first N requests carrying key K fail;
 - ``delay_ms``: wait before the first byte; ``drip_ms``: wait between streamed tokens;
+- ``hold=NAME``: wait before answering until ``POST /_mock/release {"name": NAME}`` (at most 60 s);
 - ``words``: reply length in tokens;
 - ``cut_after=N``: drop the connection after N streamed tokens;
 - ``malformed_after=N``: send a broken frame (SSE, or event-stream with a bad CRC) after N tokens;
@@ -186,6 +187,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.script(doc.get("faults", []))
         elif path == "/_mock/rules":
             self.server.rules = list(doc.get("rules") or [])
+        elif path == "/_mock/release":
+            self.server.gate(str(doc.get("name", ""))).set()
         elif path == "/_mock/keys":
             self.server.accepted_keys = set(doc.get("keys") or ()) or None
         elif path == "/_mock/reset":
@@ -213,6 +216,8 @@ class _Handler(BaseHTTPRequestHandler):
             fault = {"status": 401}
         if fault.get("delay_ms"):
             time.sleep(int(fault["delay_ms"]) / 1000)
+        if fault.get("hold"):
+            self.server.gate(str(fault["hold"])).wait(timeout=60)
         status = int(fault.get("status", 200))
         if status != 200:
             headers = {}
@@ -852,6 +857,7 @@ class _Server(ThreadingHTTPServer):
             self.peers: set[int] = set()  # client ports of requests in flight
             self.last_bytes_sent = 0
             self.rules: list[dict[str, Any]] = []
+            self.gates: dict[str, threading.Event] = {}
             self.prompts: Counter[str] = Counter()
 
     def route(self, path: str) -> tuple[Wire, bool] | None:
@@ -873,6 +879,10 @@ class _Server(ThreadingHTTPServer):
             if _matches(body, rule.get("when") or {}):
                 return dict(rule.get("fault") or {})
         return {}
+
+    def gate(self, name: str) -> threading.Event:
+        with self._lock:
+            return self.gates.setdefault(name, threading.Event())
 
     def note_prompt(self, prompt: str) -> None:
         with self._lock:
@@ -989,6 +999,10 @@ class MockProcess:
     def rules(self, rules: list[dict[str, Any]]) -> None:
         """Faults by request shape: [{"when": {"response_format": "*"}, "fault": {"status": 500, "body": "vllm"}}]."""
         self._control("/_mock/rules", {"rules": rules})
+
+    def release(self, name: str) -> None:
+        """Let every request held by ``hold=NAME`` answer, and the next ones pass."""
+        self._control("/_mock/release", {"name": name})
 
     def accept_keys(self, keys: list[str] | None) -> None:
         self._control("/_mock/keys", {"keys": keys or []})
