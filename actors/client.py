@@ -503,10 +503,10 @@ class GatewayClient:
                     self._routes.pop(request.model, None)
                     if state.chunks or not request.idempotent or resend >= CRASH_RESENDS \
                             or time.monotonic() >= deadline:
-                        # It may have gone upstream, and an idempotent call was re-sent already:
-                        # a repeat by the caller would add to what the gateway tried.
+                        # An idempotent call was re-sent already (a repeat would add to the gateway's
+                        # tries); one that is not was never re-sent: its caller decides.
                         raise EngineCrashed(f"{gone.reason} while it held {rid}", request_id=rid,
-                                            retryable=False) from None
+                                            retryable=not state.chunks and not request.idempotent) from None
         except InferenceError as error:
             # The caller's verdict: repeat only what can help and duplicates no attempt (core/retry.py).
             error.retryable = caller_may_retry(error, getattr(error, "attempt_log", None) or ())
@@ -562,8 +562,9 @@ class GatewayClient:
             key = str(entry.engine)
             own = self._busy.get(key, 0)
             held = self._held.get(key)
-            if held is not None and held[0] > now:
-                refusal, until = held[1], held[0]
+            if held is not None and held[0] > now:   # its own answer, as it said (its retry-after from its probe time)
+                retry_at = getattr(held[1], "retry_at_unix_ms", 0) / 1000
+                refusal, until = held[1], retry_at if retry_at > now else held[0]
             else:
                 refusal, until = getattr(entry, "refusal", None), getattr(entry, "refusal_until_unix", None)
             # The engine's pushed load counts every caller's calls as of its last push; this

@@ -33,7 +33,7 @@ from actors.core.pricing import cost_usd
 from actors.core.priority_queue import Priority, RequestQueue
 from actors.core.ratelimit import Reservation, WindowedLimiter, estimate_tokens
 from actors.core.records import TerminalRecord, terminal_record
-from actors.core.refusals import context_too_long, displaced, queue_full
+from actors.core.refusals import context_too_long, current, displaced, queue_full
 from actors.core.retry import RetryEngine
 from actors.core.routing import context_window, input_estimate
 from actors.core.stats import DeploymentStats
@@ -221,21 +221,9 @@ class EngineCore:
                     budget_spent=self.book.spent() if self.book is not None else [])
 
     def refusal(self) -> tuple[InferenceError, float | None] | None:
-        """What this engine answers a typical request now without calling its provider, and when that
-        lifts (unix): an open circuit, a spent spend budget, a spent rate window. Pushed with its load,
-        so the router refuses with this very error (core/refusals.py)."""
-        wall = self.wall()
-        verdict, detail = self.view.admit(wall * 1000)
-        if verdict == BreakerView.REFUSE:
-            error, until = detail, detail.retry_at_unix_ms / 1000
-        elif self.book is not None and (spent := self.book.refusal()) is not None:
-            error, until = spent
-        elif self.limiter is not None and (error := self.limiter.refusal(1)) is not None:
-            until = None if error.retry_after_s is None else wall + error.retry_after_s
-        else:
-            return None
-        error.provider, error.retry_after_s = self.dep.provider, None  # the router computes it at its own time
-        return error, until
+        """What this engine answers a typical request now without calling its provider, and until when
+        (pushed with its load: the router refuses with this very error)."""
+        return current(self.view, self.book, self.limiter, self.dep.provider, self.wall())
 
     def _effects(self) -> list[Any]:
         out, self._out = self._out, []
@@ -283,7 +271,7 @@ class EngineCore:
         if error is None and msg.deadline_unix is not None and not math.isfinite(msg.deadline_unix):
             error = BadRequest("deadline_unix must be a finite number")
         if error is None and self.draining:
-            error = ShuttingDown("the engine is draining")
+            error = ShuttingDown("the engine is draining", retryable=True)  # nothing was sent: another may serve
         wall = self.wall()
         if error is None and msg.deadline_unix is not None and msg.deadline_unix <= wall:
             error = DeadlineExceeded("the deadline passed before the request arrived")

@@ -14,10 +14,11 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+from actors.core.breaker import BreakerView
 from actors.errors import BudgetExceeded, CircuitOpen, ContextLengthExceeded, InferenceError, QueueFull
 
-__all__ = ["QUEUE_RETRY_S", "queue_full", "displaced", "context_too_long", "as_of", "for_group", "Tally",
-           "add_counts"]
+__all__ = ["QUEUE_RETRY_S", "queue_full", "displaced", "context_too_long", "current", "as_of", "for_group",
+           "Tally", "add_counts"]
 
 QUEUE_RETRY_S = 1.0   # a full queue's retry-after: about one upstream call's time, not a promise
 
@@ -41,6 +42,24 @@ def context_too_long(deployment: str, provider: str, tokens: int, window: int) -
     return ContextLengthExceeded(f"the prompt (about {tokens} tokens) is longer than the {window}-token context "
                                  f"window of deployment {deployment}", tokens=tokens, max_tokens=window,
                                  provider=provider)
+
+
+def current(view: Any, book: Any, limiter: Any, provider: str, wall: float) -> tuple[InferenceError, float | None] | None:
+    """What an engine answers a typical request now without calling its provider, and when that lifts
+    (unix): an open circuit (``view``, a BreakerView), a spent spend budget (``book``), a spent rate
+    window (``limiter``), each built by the code that refuses a real request. Its retry-after is left
+    to whoever reads it later (:func:`as_of`), so the pushed state does not change every instant."""
+    verdict, detail = view.admit(wall * 1000)
+    if verdict == BreakerView.REFUSE:
+        error, until = detail, detail.retry_at_unix_ms / 1000
+    elif book is not None and (spent := book.refusal()) is not None:
+        error, until = spent
+    elif limiter is not None and (error := limiter.refusal(1)) is not None:
+        until = None if error.retry_after_s is None else wall + error.retry_after_s
+    else:
+        return None
+    error.provider, error.retry_after_s = provider, None
+    return error, until
 
 
 def as_of(error: InferenceError, until_unix: float | None, now_unix: float) -> InferenceError:
