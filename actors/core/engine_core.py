@@ -845,8 +845,7 @@ class EngineCore:
             # Ended another way (deadline, cancel, a refusal at its retry): still judged, for the breaker.
             suspect, job.suspect = job.suspect, None
             verdict = self.judge.register(suspect)
-            if verdict is not None:
-                self._judged([(suspect, verdict)], self.clock())
+            self._judged([(suspect, verdict)] if verdict is not None else [], self.clock())  # or a probe for it
         if job.request_id == self.probe_id:
             self.probe_id = None
             self._judged(self.judge.probe_over(job.attempt_seq), self.clock())
@@ -892,9 +891,9 @@ class EngineCore:
             self.emit(ev.ReportDrained(e.requester, 0))
 
     def _on_Stop(self, e: ev.Stop, now: float) -> None:
+        self.stopping = True   # (first: no probe starts while the rest end)
         for job in list(self.jobs.values()):
             self._fail(job, ShuttingDown("the engine stopped before the request finished",
                                          provider=self.dep.provider), chunks=None if job.attempt else _KNOWN)
         self._flush()
         self._publish(now)
-        self.stopping = True

@@ -5,7 +5,10 @@ over HTTP, and every refusal is counted by model and reason in /v1/status and /m
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -22,6 +25,7 @@ from actors.types import Failed
 
 from conftest import deployment, fresh_window_s, free_port, wait_for
 
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-atomr-refusals-0123456789"
 NO_RETRY = {"max_retries": 0}
 HI = "hi"
@@ -142,6 +146,13 @@ def test_each_router_refusal_is_the_engines_own_in_python_and_over_http_and_is_c
             assert f'atomr_refusals_total{{model="{model}",node=' in metrics
             assert any(line.startswith("atomr_refusals_total") and f'model="{model}"' in line
                        and f'reason="{reason}"' in line and 'where="router"' in line for line in metrics.splitlines())
+        # And in `launch.py status`, from the node's own status (the same rows).
+        shown = subprocess.run([sys.executable, str(ROOT / "launch.py"), "status", "--admin-port", str(node.admin_port)],
+                               capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert shown.returncode == 0, shown.stderr
+        for (model, reason), (by_engine, by_router) in expected.items():
+            assert f"refused {model}: {by_engine} {reason} (by the engine)" in shown.stdout, shown.stdout
+            assert f"refused {model}: {by_router} {reason} (by the router)" in shown.stdout, shown.stdout
         # The SDK sees what each refusal means: the open circuit is worth repeating after its probe time.
         with pytest.raises(openai.InternalServerError) as caught:
             openai.OpenAI(base_url=http.url + "/v1", api_key=KEY, max_retries=0).chat.completions.create(

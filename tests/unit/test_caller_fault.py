@@ -327,6 +327,9 @@ def test_judged_requests_end_once_count_at_most_once_and_a_rejection_never_count
             rig.feed(ev.WorkerUp(n % 2, pid=7000 + n))
     for _ in range(4):
         rig.advance(60)
+        for index, slot in rig.core.slots.items():   # workers replaced at a deadline come up again
+            if not slot.ready:
+                rig.feed(ev.WorkerUp(index, pid=9000 + index))
         for probe in probes():
             rig.report(probe)
     assert len(rig.terminals()) == len(submitted) and not rig.core.jobs and not rig.core.judging
@@ -336,3 +339,22 @@ def test_judged_requests_end_once_count_at_most_once_and_a_rejection_never_count
     rejected = {t.request_id for t in rig.terminals() if isinstance(t, Failed)
                 and isinstance(t.error, E.UpstreamRejected)}
     assert not rejected & set(counted)
+
+
+def test_a_suspect_that_ends_another_way_is_still_judged_for_the_breaker():
+    rig = Breakered(retry=RetryPolicy(max_retries=2, base_delay_s=5.0, max_delay_s=5.0, jitter="none"))
+    rig.submit("bad")
+    rig.report("bad", error=LLAMA_500, usage=UNKNOWN)   # waiting for its retry ...
+    rig.feed(ev.CancelRequested("bad"))                 # ... when its caller gives up
+    assert type(rig.terminal("bad").error) is E.Cancelled
+    (probe,) = rig.probes()                              # judged all the same: a probe goes out for it
+    rig.report(probe.request.request_id, error=E.ServerError("down", status=500), usage=UNKNOWN)
+    assert sorted(e.message for e in rig.counted) == sorted(["down", LLAMA_500.message])
+
+
+def test_stopping_starts_no_probe_and_ends_every_request():
+    rig = Breakered()
+    rig.submit("bad")
+    rig.report("bad", error=LLAMA_500, usage=UNKNOWN)
+    rig.feed(ev.Stop())
+    assert isinstance(rig.terminal("bad").error, E.ShuttingDown) and rig.probes() == [] and not rig.core.jobs
