@@ -647,6 +647,9 @@ def test_every_accepted_request_ends_exactly_once(ops, limited, retries):
     rig.breaker(CircuitState.CLOSED, generation=10 ** 6)
     for _ in range(4):
         rig.advance(60)  # every deadline, grace, retry and verdict is past; probes in flight answer
+        for index, slot in rig.core.slots.items():   # workers replaced at a deadline come up again
+            if not slot.ready:
+                rig.feed(ev.WorkerUp(index, pid=9000 + index))
         for probe in [j for j in rig.core.jobs.values() if j.known_good and j.attempt is not None]:
             rig.report(probe.request_id)
     for rid in set(submitted):
