@@ -45,6 +45,10 @@ def _print_status(status, indent: str = "") -> None:
     for b in status.breakers:
         print(f"{indent}  breaker {b.provider} {b.endpoint}: {b.state.value} trips={b.trips} "
               f"window={b.window_failures}/{b.window_calls} failed")
+    from actors.http.status_view import node_document
+
+    for row in node_document(status)["refusals"]:
+        print(f"{indent}  refused {row['model']}: {row['count']} {row['reason']} (by the {row['where']})")
     for lim in status.limits:
         print(f"{indent}  limit {lim['key']} ({lim['mode']}): requests {lim['requests']}/{lim['rpm'] or '-'} "
               f"tokens {lim['tokens']}/{lim['tpm'] or '-'} this window")

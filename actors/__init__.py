@@ -13,7 +13,8 @@ from actors.errors import (AuthenticationError, BadRequest, BudgetExceeded, Canc
                            Conflict, ContentFiltered, ContextLengthExceeded, CredentialUnavailable, DeadlineExceeded,
                            EngineCrashed, GatewayTimeout, GatewayUnavailable, InferenceError, InternalError,
                            LeaderUnavailable, NetworkError, NotFound, Overloaded, PermissionDenied, QueueFull,
-                           RateLimited, ServerError, ShuttingDown, StreamError, Timeout, WorkerCrashed)
+                           RateLimited, ServerError, ShuttingDown, StreamError, Timeout, UpstreamRejected,
+                           WorkerCrashed)
 from actors.types import (AttemptInfo, Cancel, Choice, Completed, EmbeddingResult, Failed, InferenceRequest, TokenChunk,
                           ToolCall, Usage)
 
@@ -30,7 +31,7 @@ __all__ = [
     "GatewayUnavailable", "GatewayTimeout", "EngineCrashed", "WorkerCrashed", "ShuttingDown", "InternalError",
     "RateLimited", "Overloaded", "ServerError", "Timeout", "NetworkError", "StreamError", "Conflict",
     "AuthenticationError", "CredentialUnavailable", "PermissionDenied", "NotFound", "BadRequest",
-    "ContextLengthExceeded", "ContentFiltered",
+    "ContextLengthExceeded", "ContentFiltered", "UpstreamRejected",
     "CircuitOpen", "BudgetExceeded", "LeaderUnavailable", "QueueFull", "Cancelled", "DeadlineExceeded",
     "ConfigError",
     "__version__",

@@ -14,6 +14,7 @@ and it is idempotent.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -27,8 +28,9 @@ from typing import Any
 
 from thespian.actors import ActorSystem, InvalidActorAddress, PoisonMessage
 
-from actors.core import routing
+from actors.core import refusals, routing
 from actors.core.records import FALLBACK_METADATA
+from actors.core.retry import caller_may_retry
 from actors.correlator import Correlator
 from actors.stream_receiver import Inbox, StreamReceiver, shared_receiver
 from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, GatewayTimeout, GatewayUnavailable,
@@ -36,7 +38,7 @@ from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, Gateway
 from actors.ops.procs import port_is_listening
 from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
 from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, EngineCheck, EngineLiveness, NodeStatus,
-                                     Route, Routes, StatusRequest)
+                                     Route, RouterRefusals, Routes, StatusRequest)
 from actors.runtime.protocol.ledger import SpendQuery, SpendReport
 from actors.security import wire
 from actors.types import (AttemptInfo, Cancel, Completed, EmbeddingResult, Failed, InferenceRequest, TokenChunk,
@@ -49,6 +51,7 @@ __all__ = ["GatewayClient", "Stream", "NOT_GIVEN"]
 # in-flight count per engine is always current (docs/routing.md).
 ROUTE_TTL_S = 1.0
 CIRCUIT_HOLD_S = 1.0       # an engine that answered CircuitOpen is skipped this long when it gave no retry time
+REFUSALS_EVERY_S = 0.25    # router refusals are reported to the node at most this often (core/refusals.py)
 STRAGGLER_WAIT_S = 2.0     # for streamed chunks that their terminal message overtook
 TERMINAL_GRACE_S = 2.0     # the engine owes a terminal even at the deadline: wait a little past it
 SEND_ATTEMPTS = 3
@@ -99,6 +102,7 @@ class _State:
         self.failed: Failed | None = None   # the last Failed terminal (its attempts, for routing)
         self.deployment = ""                # the deployment the call went to last (the one serving it)
         self.fallback = False               # that deployment serves another model than the one asked for
+        self.refused: InferenceError | None = None   # the router's own refusal of the last group tried
 
 
 def _drop(state: _State) -> bool:
@@ -278,13 +282,16 @@ class GatewayClient:
         self._route_locks: dict[str, threading.Lock] = {}
         self._policy = routing.RoutingPolicy()          # the node's, as its last Routes said
         self._busy: dict[str, int] = {}                 # this client's calls in flight, per engine
-        self._open_until: dict[str, float] = {}         # engines that answered CircuitOpen, until when
+        # Engines that answered CircuitOpen: until when (unix), and that answer, which the router repeats.
+        self._held: dict[str, tuple[float, InferenceError]] = {}
+        self._tally = refusals.Tally(REFUSALS_EVERY_S)  # router refusals not yet reported to the node
+        self._tally_timer: threading.Timer | None = None
         self._rand = random.Random()
         # Cancels may come from any thread (close(), a finalizer): one endpoint for them, under a lock.
         self._cancel_lock = threading.Lock()
         self._cancel_manager = self.asys.private()
         self._cancel_endpoint = self._cancel_manager.__enter__()
-        self._cancels_pending: list[tuple[Any, str]] = []
+        self._cancels_pending: list[tuple[Any, Any]] = []   # (engine, message) sends that wait for the lock
 
     # -- endpoints -----------------------------------------------------------------------
 
@@ -310,6 +317,7 @@ class GatewayClient:
         return self._correlator().endpoint
 
     def close(self) -> None:
+        self._report_refusals()
         with self._lock:
             managers, self._contexts = self._contexts + [self._cancel_manager], []
         for manager in managers:
@@ -508,22 +516,48 @@ class GatewayClient:
             self._tell_cancel(target, request_id)
 
     def _tell_cancel(self, engine: Any, request_id: str) -> None:
+        self._tell_any_thread(engine, Cancel(request_id))
+
+    def _tell_any_thread(self, target: Any, message: Any) -> None:
+        """A one-way send from any thread (a finalizer, a timer), on the shared endpoint under its lock."""
         if self.asys is None:
             return
         if not self._cancel_lock.acquire(blocking=False):
             # Held by this thread further up (a finalizer ran mid-cancel) or by another:
-            # sent with the next cancel.
-            self._cancels_pending.append((engine, request_id))
+            # sent with the next one.
+            self._cancels_pending.append((target, message))
             return
         try:
-            pending, self._cancels_pending = self._cancels_pending + [(engine, request_id)], []
-            for target, rid in pending:
+            pending, self._cancels_pending = self._cancels_pending + [(target, message)], []
+            for to, what in pending:
                 try:
-                    self._cancel_endpoint.tell(target, Cancel(rid))
+                    self._cancel_endpoint.tell(to, what)
                 except Exception:  # noqa: BLE001 - best effort; the engine's deadline still applies
                     pass
         finally:
             self._cancel_lock.release()
+
+    # -- router refusals: counted here, kept by the node (its status, /metrics) ---------------
+
+    def _refused(self, model: str, error: InferenceError) -> None:
+        with self._lock:
+            now_due = self._tally.add(model, type(error).__name__, time.monotonic())
+            later = not now_due and self._tally_timer is None
+            if later:
+                self._tally_timer = threading.Timer(max(0.0, self._tally.due() - time.monotonic()),
+                                                    self._report_refusals)
+                self._tally_timer.daemon = True
+        if now_due:
+            self._report_refusals()
+        elif later:
+            self._tally_timer.start()
+
+    def _report_refusals(self) -> None:
+        with self._lock:
+            counts = self._tally.take(time.monotonic())
+            self._tally_timer = None
+        if counts:
+            self._tell_any_thread(self._registry, RouterRefusals(counts))
 
     # -- one call --------------------------------------------------------------------------
 
@@ -548,8 +582,14 @@ class GatewayClient:
                     self._routes.pop(request.model, None)
                     if state.chunks or not request.idempotent or resend >= CRASH_RESENDS \
                             or time.monotonic() >= deadline:
+                        # An idempotent call was re-sent already (a repeat would add to the gateway's
+                        # tries); one that is not was never re-sent: its caller decides.
                         raise EngineCrashed(f"{gone.reason} while it held {rid}", request_id=rid,
-                                            retryable=not state.chunks) from None
+                                            retryable=not state.chunks and not request.idempotent) from None
+        except InferenceError as error:
+            # The caller's verdict: repeat only what can help and duplicates no attempt (core/retry.py).
+            error.retryable = caller_may_retry(error, getattr(error, "attempt_log", None) or ())
+            raise
         finally:
             state.done = True
             if receiver is not None:
@@ -571,9 +611,10 @@ class GatewayClient:
         model: str | None = request.model
         error = yield from self._over_group(correlator, request, model, entries, policy, budget, log, deadline, state)
         while error is not None and not state.chunks and time.monotonic() < deadline:
-            model = plan.next_model(error)
-            if model is None:
+            next_model = plan.next_model(error)
+            if next_model is None:
                 break
+            model = next_model
             try:
                 entries = self._wait_for_routes(model, deadline)
             except (NotFound, EngineCrashed) as exc:
@@ -586,30 +627,37 @@ class GatewayClient:
         if error is None:
             return
         error.attempt_log = log
+        if error is state.refused:
+            self._refused(model or request.model, error)
         raise error
 
     def _candidates(self, entries: list[Any]) -> list[routing.Candidate]:
         replicas: dict[str, int] = {}
         for entry in entries:
             replicas[entry.deployment] = replicas.get(entry.deployment, 0) + 1
-        now = time.monotonic()
+        now = time.time()
         out = []
         for entry in entries:
             key = str(entry.engine)
             own = self._busy.get(key, 0)
-            held = self._open_until.get(key, 0.0) > now
-            circuit = "open" if held else getattr(entry, "circuit", "closed")
-            retry_at = None if held else getattr(entry, "retry_at_unix", None)
+            held = self._held.get(key)
+            if held is not None and held[0] > now:   # its own answer, as it said (its retry-after from its probe time)
+                retry_at = getattr(held[1], "retry_at_unix_ms", 0) / 1000
+                refusal, until = held[1], retry_at if retry_at > now else held[0]
+            else:
+                refusal, until = getattr(entry, "refusal", None), getattr(entry, "refusal_until_unix", None)
             # The engine's pushed load counts every caller's calls as of its last push; this
             # client's own count is current. The larger of the two is the better estimate.
             busy = max(entry.queue_depth + getattr(entry, "in_flight", 0), own)
             out.append(routing.Candidate(
                 entry.deployment, key=entry, weight=getattr(entry, "weight", 1.0) / replicas[entry.deployment],
-                in_flight=busy, circuit=circuit, latency_s=getattr(entry, "latency_s", None),
+                in_flight=busy, circuit=getattr(entry, "circuit", "closed"), latency_s=getattr(entry, "latency_s", None),
                 ttft_s=getattr(entry, "ttft_s", None), headroom=getattr(entry, "headroom", None),
                 price_in=getattr(entry, "price_in", None), price_out=getattr(entry, "price_out", None),
-                max_input_tokens=getattr(entry, "max_input_tokens", None), retry_at_unix=retry_at,
-                budget_spent=tuple(getattr(entry, "budget_spent", ()) or ())))
+                max_input_tokens=getattr(entry, "max_input_tokens", None),
+                retry_at_unix=getattr(entry, "retry_at_unix", None),
+                budget_spent=tuple(getattr(entry, "budget_spent", ()) or ()), provider=getattr(entry, "provider", ""),
+                refusal=refusal, refusal_until_unix=until))
         return out
 
     def _over_group(self, correlator: Correlator, request: InferenceRequest, model: str, entries: list[Any],
@@ -620,17 +668,19 @@ class GatewayClient:
         max_tokens = request.params.get("max_tokens")
         output_tokens = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else 256
         usable, skipped = [], {}
+        now_unix = time.time()
         for candidate in self._candidates(entries):
-            why = routing.skip_reason(candidate, input_tokens, time.time())
-            if why is None:
+            refused = routing.refusal_of(candidate, input_tokens, now_unix)
+            if refused is None:
                 usable.append(candidate)
             else:
-                skipped.setdefault(candidate.deployment, why)
+                skipped.setdefault(candidate.deployment, refused)
         if not usable:
-            for name, why in sorted(skipped.items()):
-                log.append(AttemptInfo(name, why, None, 0.0, False))
-            return routing.all_open_error(model, skipped) if skipped else NotFound(
-                f"no deployment serves model {model!r}")
+            for name, refused in sorted(skipped.items()):
+                log.append(AttemptInfo(name, refused.kind, None, 0.0, False))
+            # Refused as the engine refuses the same condition: its own error (core/refusals.py).
+            state.refused = refusals.for_group(model, sorted(skipped.items())) if skipped else None
+            return state.refused or NotFound(f"no deployment serves model {model!r}")
         ordered = routing.order(policy.strategy_for(model), usable, rand=self._rand.random, streamed=request.stream,
                                 input_tokens=input_tokens, output_tokens=output_tokens)
         error: InferenceError | None = None
@@ -654,7 +704,7 @@ class GatewayClient:
                            else [AttemptInfo(entry.deployment, exc.kind, exc.status, 0.0, failed is None)])
                 if isinstance(exc, CircuitOpen):
                     hold = (exc.retry_at_unix_ms / 1000 - time.time()) if exc.retry_at_unix_ms else CIRCUIT_HOLD_S
-                    self._open_until[key] = time.monotonic() + max(0.05, min(hold, 30.0))
+                    self._held[key] = (time.time() + max(0.05, min(hold, 30.0)), copy.copy(exc))
                 if state.chunks or isinstance(exc, GatewayTimeout):
                     exc.attempt_log = log
                     raise  # a token reached the caller (or the deadline is spent): no other deployment

@@ -357,7 +357,17 @@ class ResponseTooLarge(InferenceError):
         self.limit_bytes = limit_bytes
 
 
-__all__ += ["EmptyResponse", "ResponseTooLarge"]
+class UpstreamRejected(BadRequest):
+    """The upstream failed this request with an HTTP 5xx and a message while it served calls sent
+    after it (docs/reliability.md, "Whose fault is a failure"): llama.cpp, vLLM and many internal
+    servers answer 500 to input they cannot handle. So it is the request the upstream rejects, not
+    the deployment that is sick: never retried, never counted against the circuit. ``status`` is
+    the upstream's own (e.g. 500); ``message`` says what the upstream said."""
+
+    kind = "upstream_rejected"
+
+
+__all__ += ["EmptyResponse", "ResponseTooLarge", "UpstreamRejected"]
 
 
 def _all_subclasses(cls: type) -> list[type]:

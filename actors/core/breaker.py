@@ -7,7 +7,9 @@ calls through: all succeed -> closed, any fails -> open again (longer).
 
 Only signs of an unhealthy upstream count (``InferenceError.counts_for_breaker``: 5xx,
 network errors, timeouts, broken streams). 429s, content-filter refusals and other 4xx
-neither count as failures nor reset the consecutive-failure streak.
+neither count as failures nor reset the consecutive-failure streak. What reaches it is already
+judged by the engine: each request counts once, and a 5xx the upstream answered with a message
+counts only once a known-good probe confirmed the deployment is sick (``core/caller_fault.py``).
 
 Every transition bumps ``generation``. Outcomes may be reported with the generation in
 which their call was admitted; a late outcome from an older generation is ignored, so a
@@ -26,7 +28,7 @@ from typing import TypeVar
 
 from actors.errors import CircuitOpen, InferenceError
 
-__all__ = ["BreakerConfig", "BreakerSnapshot", "CircuitBreaker", "CircuitState"]
+__all__ = ["BreakerConfig", "BreakerSnapshot", "CircuitBreaker", "CircuitState", "BreakerView", "probe_outcome"]
 
 T = TypeVar("T")
 HISTORY_LENGTH = 120    # transitions kept for the dashboard's timeline (bounded, whatever the flapping)
@@ -82,16 +84,26 @@ class BreakerSnapshot:
     opens: int = 0          # times the circuit opened since the breaker started (``trips`` resets)
 
     def circuit_open_error(self, now_unix_ms: float | None = None) -> CircuitOpen:
+        """The refusal every layer answers while the circuit is open (the engine, and the router from
+        the engine's pushed load): retryable, after the time to the half-open probe."""
         now_ms = time.time() * 1000 if now_unix_ms is None else now_unix_ms
         return CircuitOpen(
             f"circuit {self.state.value} for {self.provider} {self.endpoint}",
             provider=self.provider, endpoint=self.endpoint,
             opened_at_unix_ms=self.opened_at_unix_ms, retry_at_unix_ms=self.retry_at_unix_ms,
-            retry_after_s=max(0.0, (self.retry_at_unix_ms - now_ms) / 1000),
+            retry_after_s=max(0.0, (self.retry_at_unix_ms - now_ms) / 1000), retryable=True,
         )
 
 
 Listener = Callable[["CircuitBreaker", CircuitState, CircuitState], None]
+
+
+def probe_outcome(error: InferenceError | None, delivered: bool) -> InferenceError | None:
+    """What a half-open probe reports. One that streamed tokens proves the provider answers,
+    however its stream then ended: a success, which closes the circuit. Its cut is that call's
+    failure (the caller gets it); the circuit asks only whether the provider answers, and
+    re-opening with a doubled ``open_s`` would keep an answering provider away for longer."""
+    return None if delivered else error
 
 
 class CircuitBreaker:

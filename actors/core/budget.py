@@ -79,7 +79,10 @@ def budget_exceeded(budget: Budget, spent_nano: int, now: float, cost_nano: int 
     index = budget.period.index(now)
     resets = budget.period.end(index)
     when = datetime.fromtimestamp(resets, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    need = f"; this request would need about ${cost_nano / NANO:.6f}" if cost_nano else ""
+    # Only while some is left (a spent budget refuses whatever a request costs). The router refuses
+    # with what the engine pushed, built here with the last request's cost (core/refusals.py).
+    left = spent_nano < to_nano(budget.usd)
+    need = f"; this request would need about ${cost_nano / NANO:.6f}" if cost_nano and left else ""
     return BudgetExceeded(f"budget {budget.id} is spent: ${spent_nano / NANO:.6f} of ${budget.usd:g} in this "
                           f"{budget.period.text} period{need}; it resets at {when}",
                           limit=budget.id, retryable=False, retry_after_s=max(0.0, resets - now))
@@ -324,6 +327,16 @@ class BudgetBook:
             return False
         limiter.merge(delta, sent_unix)
         return True
+
+    def refusal(self) -> tuple[BudgetExceeded, float] | None:
+        """What a spent deployment or provider budget answers a typical request (the last one's cost),
+        and when it resets."""
+        wall = self.wall()
+        for key, b in self.budgets.items():
+            if b.scope in ("deployment", "provider") and self._exhausted(self.limiters[key], max(1, self.typical_nano)):
+                return (budget_exceeded(b, self.limiters[key].usage().tokens, wall, self.typical_nano),
+                        b.period.end(b.period.index(wall)))
+        return None
 
     def spent(self) -> list[str]:
         """Deployment and provider budgets with too little left for a typical request (routing skips them)."""

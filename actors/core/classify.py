@@ -248,6 +248,10 @@ def _body_message(body: Any) -> str | None:
         if isinstance(value, str) and value.strip():
             return redact(value.strip())
     detail = body.get("detail")  # FastAPI-style servers: {"detail": "..."}
+    if isinstance(detail, list):  # pydantic's validation errors: where, and what (never the input echoed)
+        said = "; ".join(f"{'.'.join(str(p) for p in d.get('loc') or ())}: {d.get('msg')}".lstrip(": ")
+                         for d in detail[:5] if isinstance(d, dict) and isinstance(d.get("msg"), str))
+        return redact(said) if said else None
     return redact(detail.strip()) if isinstance(detail, str) and detail.strip() else None
 
 

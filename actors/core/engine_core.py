@@ -25,18 +25,22 @@ from typing import Any
 
 from actors.core import engine_events as ev
 from actors.core.admission import Admission, Denied, NeedProbe, Refuse, Reserved, Wait
-from actors.core.breaker import BreakerView, CircuitState
+from actors.core.breaker import BreakerView, CircuitState, probe_outcome
+from actors.core.caller_fault import (CALLER, DEPLOYMENT, PROBE_PREFIX, Judge, Suspect, is_suspect, probe_request,
+                                      upstream_rejected)
 from actors.core.budget import NANO, STRICT_ASK_TIMEOUT_S as STRICT_SPEND_ASK_S, BudgetBook, SettleStrictSpend, SpendHold
 from actors.core.pricing import cost_usd
 from actors.core.priority_queue import Priority, RequestQueue
 from actors.core.ratelimit import Reservation, WindowedLimiter, estimate_tokens
 from actors.core.records import TerminalRecord, terminal_record
+from actors.core.refusals import context_too_long, current, displaced, queue_full
 from actors.core.retry import RetryEngine
+from actors.core.routing import context_window, input_estimate
 from actors.core.stats import DeploymentStats
 from actors.core.settlement import AttemptId, Settle, Settlement, apply_settlement, attempt_tokens, settlement
 from actors.core.validation import validate_request
 from actors.errors import (AuthenticationError, BadRequest, Cancelled, DeadlineExceeded, InferenceError,
-                           InternalError, QueueFull, ShuttingDown, Timeout, WorkerCrashed)
+                           InternalError, ShuttingDown, Timeout, WorkerCrashed)
 from actors.types import AttemptInfo, Completed, Failed, Usage
 
 __all__ = ["EngineCore", "Job", "Attempt", "ABANDON_GRACE_S", "TICK_S", "SESSION_WAIT_S"]
@@ -44,6 +48,8 @@ __all__ = ["EngineCore", "Job", "Attempt", "ABANDON_GRACE_S", "TICK_S", "SESSION
 TICK_S = 0.05             # how soon a success outcome reaches the breaker
 ABANDON_GRACE_S = 2.0     # how long a worker may take to report an attempt it was told to abandon
 SESSION_WAIT_S = 10.0     # how long a request waits for a refreshed credential after a 401
+JUDGE_WAIT_S = 10.0       # how long a failed request's answer waits for the verdict on a suspect 5xx
+SELF = "engine-core"      # reply_to of the core's own known-good probes: their terminal goes nowhere
 _KNOWN = object()         # Failed.chunks: what the engine counted
 
 
@@ -61,6 +67,10 @@ class Job:
     chunks: int = 0
     first_token_unix: float | None = None
     min_session_version: int = 0
+    known_good: bool = False    # the gateway's own probe: never suspect, not a caller's request
+    attempt_seq: int | None = None   # the dispatch number of its last attempt
+    counted: bool = False       # one of its failures reached the breaker: it counts once
+    suspect: Suspect | None = None   # its last answer was a suspect 5xx (core/caller_fault.py), not counted yet
     auth_refreshed: bool = False
     last_error: InferenceError | None = None
     attempt: "Attempt | None" = None
@@ -97,6 +107,7 @@ class Attempt:
     strict_id: AttemptId | None
     deadline_capped: bool       # the caller's deadline, not the provider, bounds its timeouts
     backstop: float             # past this the worker is presumed frozen
+    seq: int = 0                # dispatch number: orders attempts by when they were sent (evidence)
     abandoned_at: float | None = None
 
     @property
@@ -145,6 +156,12 @@ class EngineCore:
                                provider=deployment.provider, wall=wall, clock=clock, sync_interval_s=sync_interval_s,
                                rand=rand, seed=budget_seed, failure_timeout_s=failure_timeout_s) if budgets else None
         self.jobs: dict[str, Job] = {}
+        self.judge = Judge()        # whose fault each suspect 5xx is (core/caller_fault.py)
+        self.judging: dict[str, tuple[float, InferenceError]] = {}   # failed requests held for a verdict
+        self.probe_id: str | None = None   # the known-good probe in flight for the judge
+        self._sent = itertools.count(1)
+        self._probes = itertools.count(1)
+        self.window = deployment.max_input_tokens or context_window(deployment.provider, deployment.provider_model)
         self.slots: dict[int, Slot] = {}
         self.idle: list[int] = []
         self.delayed: dict[str, Job] = {}
@@ -203,6 +220,11 @@ class EngineCore:
                     stats=self.stats.snapshot(self.wall()),
                     budget_spent=self.book.spent() if self.book is not None else [])
 
+    def refusal(self) -> tuple[InferenceError, float | None] | None:
+        """What this engine answers a typical request now without calling its provider, and until when
+        (pushed with its load: the router refuses with this very error)."""
+        return current(self.view, self.book, self.limiter, self.dep.provider, self.wall())
+
     def _effects(self) -> list[Any]:
         out, self._out = self._out, []
         due = self.next_wakeup()
@@ -249,12 +271,34 @@ class EngineCore:
         if error is None and msg.deadline_unix is not None and not math.isfinite(msg.deadline_unix):
             error = BadRequest("deadline_unix must be a finite number")
         if error is None and self.draining:
-            error = ShuttingDown("the engine is draining")
+            error = ShuttingDown("the engine is draining", retryable=True)  # nothing was sent: another may serve
         wall = self.wall()
         if error is None and msg.deadline_unix is not None and msg.deadline_unix <= wall:
             error = DeadlineExceeded("the deadline passed before the request arrived")
+        if error is None and self.window is not None and (tokens := input_estimate(msg.messages)) > self.window:
+            error = context_too_long(self.dep.name, self.dep.provider, tokens, self.window)  # as the router would
         if error is not None:
             return self._reject(msg, sender, error)
+        job = self._job(msg, sender, now, wall)
+        job.known_good = e.known_good
+        victim = None
+        if len(self.queue) == 0 and self.idle and self.view.state is CircuitState.CLOSED:
+            # Straight to a worker: the capacity bounds waiting requests, and this one won't wait.
+            self.queue.push_front(job.request_id, job, job.priority)
+        elif not self.queue.push(job.request_id, job, job.priority):
+            # Full: a request of higher priority takes the place of the newest of the lowest level
+            # (one never sent: a retry keeps its place).
+            victim = self.queue.displace(job.priority, lambda queued: queued.attempts == 0)
+            if victim is None:
+                return self._reject(msg, sender, queue_full(self.dep.name, self.dep.queue_capacity, self.dep.provider))
+            self.queue.push(job.request_id, job, job.priority)
+        self._accepted(job)
+        if victim is not None:
+            self._fail(victim[1], displaced(self.dep.name, self.dep.queue_capacity, self.dep.provider,
+                                            job.priority.name.lower()))
+        self._pump(now)
+
+    def _job(self, msg: Any, sender: Any, now: float, wall: float) -> Job:
         deadline = None if msg.deadline_unix is None else now + (msg.deadline_unix - wall)
         # An embeddings call generates nothing: its estimate is its input alone.
         embed = getattr(msg, "operation", "chat") == "embed"
@@ -265,18 +309,27 @@ class EngineCore:
         job.spend = SpendHold(BudgetBook.estimate(msg.messages, max_tokens, default_output, self.price),
                               self.book.applicable(msg.metadata or {}, self.dep.name, self.dep.provider)
                               if self.book is not None else [])
-        if len(self.queue) == 0 and self.idle and self.view.state is CircuitState.CLOSED:
-            # Straight to a worker: the capacity bounds waiting requests, and this one won't wait.
-            self.queue.push_front(job.request_id, job, job.priority)
-        elif not self.queue.push(job.request_id, job, job.priority):
-            return self._reject(msg, sender, QueueFull(f"queue of {self.dep.name} is full "
-                                                       f"({self.dep.queue_capacity} waiting)",
-                                                       provider=self.dep.provider))
+        return job
+
+    def _accepted(self, job: Job) -> None:
         self.jobs[job.request_id] = job
         self.counters.accepted += 1
-        if deadline is not None:
-            self._at(deadline, "deadline", job)
-        self._pump(now)
+        if job.deadline is not None:
+            self._at(job.deadline, "deadline", job)
+
+    def _probe(self, now: float) -> None:
+        """Send the known-good probe the judge wants, ahead of every queued request."""
+        if not self.judge.wants_probe or self.stopping or self.draining:
+            return
+        request_id = f"{PROBE_PREFIX}{self.slot}/{next(self._probes)}"
+        while request_id in self.jobs:  # a caller chose that id: it is only a name
+            request_id = f"{PROBE_PREFIX}{self.slot}/{next(self._probes)}"
+        request = probe_request(self.dep.model, request_id)
+        job = self._job(request, SELF, now, self.wall())
+        job.known_good, self.probe_id = True, request.request_id
+        self.judge.probing = True
+        self.queue.push_front(job.request_id, job, job.priority)
+        self._accepted(job)
 
     def _reject(self, msg: Any, sender: Any, error: InferenceError) -> None:
         request_id = str(getattr(msg, "request_id", "") or "")
@@ -345,7 +398,7 @@ class EngineCore:
     def _dispatch(self, job: Job, gate: Any, now: float) -> None:
         index = self.idle.pop()
         job.attempts += 1
-        if job.attempts == 1:
+        if job.attempts == 1 and not job.known_good:
             self.retry.record_call()
         timeouts = self.dep.timeouts
         capped = job.deadline is not None and job.deadline - now < max(timeouts.connect_s, timeouts.read_s)
@@ -353,7 +406,8 @@ class EngineCore:
         if job.deadline is not None:
             backstop = min(backstop, job.deadline + ABANDON_GRACE_S)
         attempt = Attempt(job, job.attempts, index, gate.generation, gate.probe, job.reservation, job.held_by,
-                          job.strict_id, capped, backstop)
+                          job.strict_id, capped, backstop, next(self._sent))
+        job.attempt_seq = attempt.seq
         job.reservation = job.held_by = job.strict_id = job.strict_asked = job.strict_first_ask = None
         job.attempt = self.slots[index].attempt = attempt
         self._at(attempt.backstop, "attempt", attempt)
@@ -495,12 +549,43 @@ class EngineCore:
         self._pump(now)
 
     def _count_outcome(self, attempt: Attempt, error: InferenceError | None, now: float) -> None:
+        """What the breaker hears of one attempt: each request counts once, and an answered 5xx
+        only once the judge says it is the deployment's (core/caller_fault.py)."""
+        job = attempt.job
         if error is not None and error.counts_for_breaker and attempt.deadline_capped and isinstance(error, Timeout):
             # The caller's own short deadline cut the call: not a sign of an unhealthy provider.
             error = DeadlineExceeded("the caller's deadline bounded the call", provider=self.dep.provider)
-        counts = error is not None and error.counts_for_breaker
-        if error is None or counts or attempt.probe:
-            self._outcome(attempt.generation, error, urgent=counts or attempt.probe, now=now)
+        if attempt.probe:
+            error = probe_outcome(error, delivered=job.chunks > 0)
+        if error is None:
+            self._outcome(attempt.generation, None, urgent=attempt.probe, now=now)
+            return self._judged(self.judge.evidence(attempt.seq, ok=True), now)
+        if not error.counts_for_breaker:
+            if attempt.probe:
+                self._outcome(attempt.generation, error, urgent=True, now=now)  # frees its half-open slot
+            return
+        if job.known_good:
+            self._judged(self.judge.evidence(attempt.seq, ok=False), now)
+        elif is_suspect(error):
+            job.suspect = Suspect(job.request_id, error, attempt.generation, attempt.seq)
+            if attempt.probe:  # its slot goes to the next call; the verdict decides what this one says
+                self._outcome(attempt.generation, Cancelled("a suspect answer waits for its verdict"), urgent=True,
+                              now=now)
+            return
+        if attempt.probe or not job.counted:
+            job.counted = True
+            self._outcome(attempt.generation, error, urgent=True, now=now)
+
+    def _judged(self, verdicts: list[tuple[Suspect, str]], now: float) -> None:
+        """Carry out verdicts: the deployment's failures count once; held requests get their answer."""
+        for suspect, verdict in verdicts:
+            if verdict == DEPLOYMENT:
+                self._outcome(suspect.generation, suspect.error, urgent=True, now=now)
+            held = self.judging.pop(suspect.request_id, None)
+            job = self.jobs.get(suspect.request_id)
+            if held is not None and job is not None:
+                self._fail(job, upstream_rejected(suspect.error, job.attempts) if verdict == CALLER else held[1])
+        self._probe(now)
 
     def _release_probe(self, attempt: Attempt, error: InferenceError | None, now: float) -> None:
         if attempt.probe:
@@ -554,21 +639,36 @@ class EngineCore:
             self._at(job.parked_until, "parked", job)
             self.emit(ev.RefreshSession(r.session_version, "provider answered 401"))
             return
-        self._retry_or_fail(job, error, now)
+        self._retry_or_fail(job, error, now, sent=r.sent)
 
-    def _retry_or_fail(self, job: Job, error: InferenceError, now: float) -> None:
+    def _retry_or_fail(self, job: Job, error: InferenceError, now: float, sent: bool = True) -> None:
         budget = getattr(job.request, "retry_budget", None)
         if isinstance(budget, int) and not isinstance(budget, bool) and job.attempts - 1 >= budget:
-            return self._fail(job, error)  # the request's retries are one budget across deployments (routing)
+            return self._give_up(job, error, now)  # the request's retries are one budget across deployments
         decision = self.retry.decide(error, job.attempts, deadline=job.deadline,
-                                     idempotent=job.request.idempotent and self.dep.idempotent)
+                                     idempotent=job.request.idempotent and self.dep.idempotent, sent=sent)
         if not decision.retry:
-            return self._fail(job, error)
+            return self._give_up(job, error, now)
         job.log.append(AttemptInfo(self.dep.name, error.kind, error.status, decision.delay_s))
         job.last_error = error
         job.retry_at = now + decision.delay_s
         self.delayed[job.request_id] = job
         self._at(job.retry_at, "retry", job)
+
+    def _give_up(self, job: Job, error: InferenceError, now: float) -> None:
+        """The request failed after its attempts. If the upstream's last answer was a suspect 5xx,
+        whose fault it is decides what the caller is told: held for the verdict, at most JUDGE_WAIT_S."""
+        suspect = job.suspect
+        if suspect is None or suspect.error is not error or job.counted or self.draining:
+            return self._fail(job, error)  # (a suspect is still judged, for the breaker, at its terminal)
+        job.suspect = None
+        until = now + JUDGE_WAIT_S if job.deadline is None else min(now + JUDGE_WAIT_S, job.deadline)
+        self.judging[job.request_id] = (until, error)
+        verdict = self.judge.register(suspect)
+        if verdict is not None:
+            return self._judged([(suspect, verdict)], now)
+        self._at(until, "judging", job)
+        self._probe(now)
 
     def _on_SessionChanged(self, e: ev.SessionChanged, now: float) -> None:
         self.session_version = max(self.session_version, e.version)
@@ -678,12 +778,16 @@ class EngineCore:
             return self.jobs.get(subject.request_id) is subject
         if kind == "retry":
             return self.delayed.get(subject.request_id) is subject and subject.retry_at == when
+        if kind == "judging":
+            return self.jobs.get(subject.request_id) is subject and subject.request_id in self.judging
         return self.parked.get(subject.request_id) is subject and subject.parked_until == when
 
     def _due_deadline(self, job: Job, now: float) -> None:
         if self.jobs.get(job.request_id) is not job:
             return
         provider = self.dep.provider
+        if job.request_id in self.judging:
+            return self._due_judging(job, now)
         if job.attempt is not None:
             stage = "mid-stream" if job.chunks else "during the call"
             self._abandon(job, now)
@@ -698,6 +802,12 @@ class EngineCore:
             del self.delayed[job.request_id]
             job.retry_at = None
             self.queue.push_front(job.request_id, job, job.priority)
+
+    def _due_judging(self, job: Job, now: float) -> None:
+        """No verdict in time: the caller gets the upstream's answer as it was (the judge still counts it or not)."""
+        if self.jobs.get(job.request_id) is job and job.request_id in self.judging:
+            _, error = self.judging.pop(job.request_id)
+            self._fail(job, error)
 
     def _due_parked(self, job: Job, now: float) -> None:
         if self.parked.get(job.request_id) is job and job.parked_until is not None and job.parked_until <= now:
@@ -719,6 +829,7 @@ class EngineCore:
         self.queue.remove(job.request_id)
         self.delayed.pop(job.request_id, None)
         self.parked.pop(job.request_id, None)
+        self.judging.pop(job.request_id, None)
         self._give_back(job)
 
     def _terminal(self, job: Job, message: Completed | Failed) -> None:
@@ -732,10 +843,22 @@ class EngineCore:
             self.counters.failed += 1
         record = self._record(job, message)
         self.records.append(record)
-        self.stats.record(record)
-        self.emit(ev.Reply(job.reply_to, message))
+        if job.known_good:
+            self.stats.probe(isinstance(message, Completed))
+        else:
+            self.stats.record(record)
+        if job.reply_to is not SELF:
+            self.emit(ev.Reply(job.reply_to, message))
         if self.draining and not self.jobs:
             self.emit(ev.ReportDrained(self.drainer, 0))
+        if isinstance(message, Failed) and job.suspect is not None and not job.counted:
+            # Ended another way (deadline, cancel, a refusal at its retry): still judged, for the breaker.
+            suspect, job.suspect = job.suspect, None
+            verdict = self.judge.register(suspect)
+            self._judged([(suspect, verdict)] if verdict is not None else [], self.clock())  # or a probe for it
+        if job.request_id == self.probe_id:
+            self.probe_id = None
+            self._judged(self.judge.probe_over(job.attempt_seq), self.clock())
 
     def _record(self, job: Job, message: Completed | Failed) -> TerminalRecord:
         now = self.clock()
@@ -771,13 +894,16 @@ class EngineCore:
 
     def _on_DrainRequested(self, e: ev.DrainRequested, now: float) -> None:
         self.draining, self.drainer = True, e.requester  # the launcher bounds the wait
-        if not self.jobs:
+        held = [(self.jobs[request_id], error) for request_id, (_, error) in self.judging.items()]
+        for job, error in held:  # no probe while draining: answered as the upstream answered (the last one reports)
+            self._fail(job, error)
+        if not held and not self.jobs:
             self.emit(ev.ReportDrained(e.requester, 0))
 
     def _on_Stop(self, e: ev.Stop, now: float) -> None:
+        self.stopping = True   # (first: no probe starts while the rest end)
         for job in list(self.jobs.values()):
             self._fail(job, ShuttingDown("the engine stopped before the request finished",
                                          provider=self.dep.provider), chunks=None if job.attempt else _KNOWN)
         self._flush()
         self._publish(now)
-        self.stopping = True

@@ -21,6 +21,7 @@ from actors.types import InferenceRequest, Usage
 class Accept:
     request: Any            # validated by the core: anything may arrive
     reply_to: Any
+    known_good: bool = False  # the engine's own health probe (never a caller's: its failures are the deployment's)
 
 
 @dataclass(frozen=True)

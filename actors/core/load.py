@@ -32,6 +32,10 @@ class LoadState:
     at_unix: float = 0.0              # when the engine took it (freshness, shown in docs/status)
     retry_at_unix: float | None = None   # an open circuit admits a probe from then on
     budget_spent: tuple[str, ...] = ()   # USD budgets (deployment, provider) without room for a typical call
+    # What the engine refuses a typical request with now, its retry-after left to the reader, and
+    # when that lifts (unix): the router refuses with this very error (core/refusals.py).
+    refusal: Any = None
+    refusal_until_unix: float | None = None
 
 
 class Decayed:
@@ -95,9 +99,10 @@ class LoadTracker:
 
     def state(self, *, queued: int, in_flight: int, circuit: str, headroom: float | None,
               price_in: float | None, price_out: float | None, at_unix: float,
-              retry_at_unix: float | None = None, budget_spent: tuple[str, ...] = ()) -> LoadState:
+              retry_at_unix: float | None = None, budget_spent: tuple[str, ...] = (),
+              refusal: Any = None, refusal_until_unix: float | None = None) -> LoadState:
         return LoadState(queued, in_flight, circuit, self.latency.value, self.ttft.value, headroom,
-                         price_in, price_out, at_unix, retry_at_unix, budget_spent)
+                         price_in, price_out, at_unix, retry_at_unix, budget_spent, refusal, refusal_until_unix)
 
     def due(self, state: LoadState) -> float | None:
         """When ``state`` should be pushed: now (a clock reading <= now), later, or None (nothing new)."""

@@ -1,5 +1,7 @@
 """Bounded priority queue for one engine: strict priority between levels, FIFO within a level.
 
+When it is full, a higher-priority request may displace the newest of the lowest level (``displace``).
+
 Entries are removable by key in O(1) (cancellation) and expirable by deadline. Removal
 leaves a tombstone that ``pop`` skips, so the deques never need an O(n) delete.
 """
@@ -105,6 +107,20 @@ class RequestQueue(Generic[T]):
     def remove(self, key: Hashable) -> T | None:
         live = self._live.pop(key, None)
         return None if live is None else live[1]
+
+    def displace(self, priority: Priority, eligible: Callable[[T], bool] = lambda _: True) -> tuple[Hashable, T] | None:
+        """Remove and return the newest entry of the lowest level below ``priority`` (that ``eligible``
+        accepts), or None when every queued entry is of ``priority`` or above. Under overload a
+        higher-priority request takes the place of the request that waited least at the lowest
+        level, so a flood of low traffic never locks high traffic out, and the oldest low
+        requests keep their places (docs/reliability.md, "Priorities under overload")."""
+        for level in self._levels[:priority]:
+            for key, ticket in reversed(level):
+                live = self._live.get(key)
+                if live is not None and live[2] == ticket and eligible(live[1]):
+                    del self._live[key]  # its deque entry is now a tombstone
+                    return key, live[1]
+        return None
 
     def remove_where(self, predicate: Callable[[T], bool]) -> list[tuple[Hashable, T]]:
         """Remove (and return, in priority order) every entry whose item matches."""

@@ -177,13 +177,11 @@ class WindowedLimiter:
 
     def try_acquire(self, tokens: int, requests: int = 1) -> Reservation | BudgetExceeded:
         """Admit against the merged cluster view, or say why not and when to come back."""
-        now = self._wall()
-        window, elapsed = self._window_at(now)
+        refused = self.refusal(tokens, requests)
+        if refused is not None:
+            return refused
+        window, elapsed = self._window_at(self._wall())
         limits = self.limits
-        for name, limit, cost in (("rpm", limits.rpm, requests), ("tpm", limits.tpm, tokens)):
-            if limit is not None and cost > limit:
-                return BudgetExceeded(f"one request needs {cost} against a {name} budget of {limit}",
-                                      limit=name, retryable=False)
         spent_requests, spent_tokens = self._spent(window)
         participants = 1 if self.exclusive else self.participants(window)
         recent_requests, recent_tokens = self._recent_spend(window) if participants > 1 else (0, 0)
@@ -193,10 +191,6 @@ class WindowedLimiter:
             if limit is None:
                 continue
             allowed = limits.allowed(limit, elapsed)
-            if spent + cost > allowed:
-                wait = self._wait_for(limit, spent, cost, elapsed)
-                return BudgetExceeded(f"{name} budget spent in this window ({spent}/{limit})",
-                                      limit=name, retry_after_s=wait)
             # Every slot may be admitting on a view that misses what the others admitted
             # in the last ``staleness_s``. If each slot takes at most an equal share of
             # what was left before that, together they stay within the budget. A share
@@ -209,6 +203,23 @@ class WindowedLimiter:
                                           f"until the next sync", limit=name, retry_after_s=self.sync_interval_s)
         self.record(tokens, requests, window)
         return Reservation(window, requests, tokens)
+
+    def refusal(self, tokens: int, requests: int = 1) -> BudgetExceeded | None:
+        """Why the merged view has no room for this cost (changing nothing), or None. The engine's
+        refusal of a spent window, and what it pushes for the router to refuse with (core/refusals.py)."""
+        window, elapsed = self._window_at(self._wall())
+        limits = self.limits
+        for name, limit, cost in (("rpm", limits.rpm, requests), ("tpm", limits.tpm, tokens)):
+            if limit is not None and cost > limit:
+                return BudgetExceeded(f"one request needs {cost} against a {name} budget of {limit}",
+                                      limit=name, retryable=False)
+        spent_requests, spent_tokens = self._spent(window)
+        for name, limit, spent, cost in (("rpm", limits.rpm, spent_requests, requests),
+                                         ("tpm", limits.tpm, spent_tokens, tokens)):
+            if limit is not None and spent + cost > limits.allowed(limit, elapsed):
+                return BudgetExceeded(f"{name} budget spent in this window ({spent}/{limit})",
+                                      limit=name, retry_after_s=self._wait_for(limit, spent, cost, elapsed))
+        return None
 
     def record(self, tokens: int, requests: int = 1, window: int | None = None) -> Reservation:
         """Count spend without checking it (e.g. a strict limiter's grant mirrored here)."""

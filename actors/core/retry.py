@@ -10,13 +10,14 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from actors.errors import InferenceError
+from actors.types import AttemptInfo
 
-__all__ = ["RetryPolicy", "RetryDecision", "RetryBudget", "RetryEngine"]
+__all__ = ["RetryPolicy", "RetryDecision", "RetryBudget", "RetryEngine", "caller_may_retry"]
 
 Jitter = Literal["full", "equal", "none"]
 
@@ -125,16 +126,18 @@ class RetryEngine:
         self.budget.record_call()
 
     def decide(self, error: InferenceError, attempts: int, *, deadline: float | None = None,
-               idempotent: bool = True) -> RetryDecision:
+               idempotent: bool = True, sent: bool = True) -> RetryDecision:
         """``attempts`` is how many attempts have been made, the failed one included.
 
-        ``deadline`` is on the engine's clock (monotonic by default).
+        ``deadline`` is on the engine's clock (monotonic by default). ``sent``: the provider saw
+        the failed attempt (``core/transport.py``); a call that is not idempotent is retried only
+        when it did not (its connection was refused, its body never written).
         """
         policy = self.policy
         if not error.retryable:
             return RetryDecision(False, 0.0, f"{error.kind} is not retryable")
-        if not idempotent:
-            return RetryDecision(False, 0.0, "request is not idempotent")
+        if not idempotent and sent:
+            return RetryDecision(False, 0.0, "request is not idempotent and the provider saw it")
         # An error class may allow fewer retries than the policy (e.g. EmptyResponse: one).
         max_retries = min(policy.max_retries, getattr(type(error), "max_retries", policy.max_retries))
         if attempts > max_retries:
@@ -152,3 +155,11 @@ class RetryEngine:
         if not self.budget.try_spend():
             return RetryDecision(False, 0.0, "retry budget exhausted")
         return RetryDecision(True, delay, f"{why} after {error.kind} (retry {attempts} of {max_retries})")
+
+
+def caller_may_retry(error: InferenceError, attempts: Iterable[AttemptInfo]) -> bool:
+    """Whether the caller should repeat the whole call (``x-should-retry``, and ``retryable`` of the
+    error a GatewayClient raises): only when a repeat can help and the gateway made no attempt the
+    repeat would duplicate. Once an attempt went to a worker, the gateway has spent the call's
+    retries (the deployment's ``max_retries``); an SDK repeating it would multiply them."""
+    return bool(error.retryable) and not any(a.sent for a in attempts)

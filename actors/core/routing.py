@@ -18,14 +18,15 @@ from typing import Any, Literal
 
 import yaml
 
+from actors.core import refusals
 from actors.core.pricing import _match, _names, families
 from actors.errors import (AuthenticationError, BadRequest, Cancelled, CircuitOpen, ContentFiltered,
                            ContextLengthExceeded, CredentialUnavailable, DeadlineExceeded, InferenceError,
                            NotFound, PermissionDenied, QueueFull, BudgetExceeded)
 
 __all__ = ["STRATEGIES", "Strategy", "HealthCheck", "ModelRouting", "RoutingPolicy", "Candidate",
-           "order", "skip_reason", "input_estimate", "fallback_kind", "FallbackPlan", "RequestRetries", "context_window",
-           "context_windows", "all_open_error", "check_models"]
+           "order", "skip_reason", "refusal_of", "input_estimate", "fallback_kind", "FallbackPlan", "RequestRetries",
+           "context_window", "context_windows", "check_models"]
 
 STRATEGIES = ("weighted", "least-busy", "latency", "cost", "usage")
 Strategy = Literal["weighted", "least-busy", "latency", "cost", "usage"]
@@ -140,6 +141,11 @@ class Candidate:
     max_input_tokens: int | None = None
     retry_at_unix: float | None = None   # an open circuit admits a probe from then on
     budget_spent: tuple[str, ...] = ()   # USD budgets (docs/spend.md) with no room left this period
+    provider: str = ""
+    # What its engine refuses a typical request with now (an open circuit, a spent window or spend
+    # budget: core/refusals.py), pushed with its load, and when that lifts (unix; None: unknown).
+    refusal: InferenceError | None = None
+    refusal_until_unix: float | None = None
 
     @property
     def busy(self) -> int:
@@ -165,20 +171,28 @@ def input_estimate(messages: Iterable[Mapping[str, Any]]) -> int:
     return chars // 4
 
 
-def skip_reason(c: Candidate, input_tokens: int | None = None, now_unix: float | None = None) -> str | None:
-    """Why ``c`` is left out before any strategy runs, or None. Nothing is sent to a skipped one.
+def refusal_of(c: Candidate, input_tokens: int | None, now_unix: float) -> InferenceError | None:
+    """The refusal ``c`` answers now without calling its provider, or None; nothing is sent to it then.
 
-    An open circuit past its retry time is not skipped: the next call there is the breaker's
-    half-open probe, and skipping it would keep an idle circuit open for good.
+    Its engine's own refusal as pushed (retry-after as of ``now_unix``), until it lifts: an open
+    circuit past its retry time is not refused, since the next call there is the breaker's
+    half-open probe (skipping it would keep an idle circuit open for good). Else a prompt
+    longer than its window, refused as its engine would refuse it.
     """
-    if c.circuit == "open" and (c.retry_at_unix is None or now_unix is None or now_unix < c.retry_at_unix):
-        return "circuit_open"
-    # No room in the rate-limit window, or a spend budget of the deployment or its provider is spent.
-    if (c.headroom is not None and c.headroom <= 0) or c.budget_spent:
-        return "no_budget"
+    if c.refusal is not None and (c.refusal_until_unix is None or now_unix < c.refusal_until_unix):
+        return refusals.as_of(c.refusal, c.refusal_until_unix, now_unix)
     if input_tokens is not None and c.max_input_tokens is not None and input_tokens > c.max_input_tokens:
-        return "context_window"
+        return refusals.context_too_long(c.deployment, c.provider, input_tokens, c.max_input_tokens)
     return None
+
+
+_REASONS = {CircuitOpen: "circuit_open", BudgetExceeded: "no_budget", ContextLengthExceeded: "context_window"}
+
+
+def skip_reason(c: Candidate, input_tokens: int | None = None, now_unix: float = 0.0) -> str | None:
+    """Why ``c`` is left out before any strategy runs (circuit_open, no_budget, context_window), or None."""
+    refused = refusal_of(c, input_tokens, now_unix)
+    return None if refused is None else _REASONS.get(type(refused), refused.kind)
 
 
 def _weighted(cands: list[Candidate], rand: Callable[[], float]) -> list[Candidate]:
@@ -238,16 +252,6 @@ def order(strategy: str, candidates: Sequence[Candidate], *, rand: Callable[[], 
     if strategy == "usage":
         return _ranked(cands, lambda c: -(1.0 if c.headroom is None else c.headroom), rand)
     raise ValueError(f"unknown routing strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
-
-
-def all_open_error(model: str, skipped: Mapping[str, str]) -> InferenceError:
-    """One clear error when no deployment of a group may be tried (never a silent queue)."""
-    names = ", ".join(f"{name} ({why.replace('_', ' ')})" for name, why in sorted(skipped.items()))
-    if skipped and all(why == "context_window" for why in skipped.values()):
-        return ContextLengthExceeded(f"the prompt is too long for every deployment of model {model!r}: {names}")
-    if skipped and all(why == "no_budget" for why in skipped.values()):
-        return BudgetExceeded(f"no deployment of model {model!r} has budget left: {names}", retryable=True)
-    return CircuitOpen(f"no deployment of model {model!r} can take the request: {names}", retryable=True)
 
 
 # --- fallbacks and the shared retry budget -----------------------------------------------

@@ -27,6 +27,8 @@ __all__ = ["LATENCY_BOUNDS", "Histogram", "DeploymentStats", "merge_snapshots", 
 LATENCY_BOUNDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                                      60.0, 120.0, 300.0)
 OTHER_KEY = "(other)"
+# Ends without an attempt that are the caller's doing or its deadline's, not a refusal of the gateway's.
+_NOT_REFUSALS = ("Cancelled", "DeadlineExceeded")
 SERIES_STEP_S = 10
 SERIES_POINTS = 90          # 15 minutes of 10 s buckets
 
@@ -96,14 +98,24 @@ class DeploymentStats:
         self.failing_since_unix: float | None = None       # first failure after the last success
         self.series: deque[list[Any]] = deque(maxlen=points)
         self.rejected: dict[str, int] = {}                 # error class -> requests refused before acceptance
+        # error class -> requests that ended without any attempt, for a reason of the gateway's (queue
+        # full, circuit open, budget spent, prompt too long, bad input): rejected ones included.
+        self.refused: dict[str, int] = {}
+        self.probes = {"ok": 0, "failed": 0}              # the engine's own known-good calls (not requests)
 
     def reject(self, error_kind: str) -> None:
         """A request refused at admission (bad input, queue full, draining): it has no TerminalRecord."""
         self.rejected[error_kind] = self.rejected.get(error_kind, 0) + 1
+        self.refused[error_kind] = self.refused.get(error_kind, 0) + 1
+
+    def probe(self, ok: bool) -> None:
+        self.probes["ok" if ok else "failed"] += 1
 
     def record(self, r: TerminalRecord) -> None:
         kinds = self.outcomes.setdefault(r.outcome, {})
         kinds[r.error_kind] = kinds.get(r.error_kind, 0) + 1
+        if r.failed and r.attempts == 0 and r.error_kind not in _NOT_REFUSALS:
+            self.refused[r.error_kind] = self.refused.get(r.error_kind, 0) + 1
         self.retries += max(0, r.attempts - 1)
         self.fallbacks += 1 if r.fallback_from else 0   # the client marked it (records.FALLBACK_METADATA)
         self.latency.observe(r.latency_s)
@@ -165,7 +177,7 @@ class DeploymentStats:
         horizon = now_unix - self.step_s * self.points
         return {
             "outcomes": {o: dict(k) for o, k in self.outcomes.items()},
-            "rejected": dict(self.rejected),
+            "rejected": dict(self.rejected), "refused": dict(self.refused), "probes": dict(self.probes),
             "retries": self.retries, "fallbacks": self.fallbacks,
             "latency": self.latency.as_dict(), "ttft": self.ttft.as_dict(),
             "tokens": dict(self.tokens), "cost_usd": self.cost_usd, "unpriced": self.unpriced,
@@ -191,7 +203,7 @@ def _latest(a: float | None, b: float | None) -> float | None:
 def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     """One deployment's snapshots from several replicas or nodes, added up (empty ones skipped)."""
     snapshots = [s for s in snapshots if s]
-    out: dict[str, Any] = {"outcomes": {}, "rejected": {}, "retries": 0, "fallbacks": 0,
+    out: dict[str, Any] = {"outcomes": {}, "rejected": {}, "refused": {}, "probes": {"ok": 0, "failed": 0}, "retries": 0, "fallbacks": 0,
                            "latency": {"counts": [], "sum": 0.0, "count": 0},
                            "ttft": {"counts": [], "sum": 0.0, "count": 0},
                            "tokens": {}, "cost_usd": 0.0, "unpriced": 0, "keys": {},
@@ -204,8 +216,9 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
             mine = out["outcomes"].setdefault(outcome, {})
             for kind, n in kinds.items():
                 mine[kind] = mine.get(kind, 0) + n
-        for kind, n in s.get("rejected", {}).items():
-            out["rejected"][kind] = out["rejected"].get(kind, 0) + n
+        for name in ("rejected", "refused", "probes"):
+            for kind, n in s.get(name, {}).items():
+                out[name][kind] = out[name].get(kind, 0) + n
         out["retries"] += s.get("retries", 0)
         out["fallbacks"] += s.get("fallbacks", 0)
         for name in ("latency", "ttft"):

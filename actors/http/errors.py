@@ -4,7 +4,9 @@ The openai SDK raises by status (400 BadRequestError, 401 AuthenticationError, 4
 PermissionDeniedError, 404 NotFoundError, 409, 413, 422, 429 RateLimitError, >= 500
 InternalServerError) and retries 408/409/429/5xx after ``retry-after``; the anthropic SDK
 does the same and adds 529 OverloadedError. ``x-should-retry`` tells both SDKs whether a
-retry can help, so a refusal that will not change is not retried.
+repeat can help and duplicates nothing the gateway already sent upstream (the client sets
+``retryable`` so: ``core/retry.py: caller_may_retry``), so with the SDKs' default settings
+the upstream sees at most the deployment's ``max_retries + 1`` requests per SDK call.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ _OPENAI_TYPE = {"invalid_request_error": "invalid_request_error", "authenticatio
 _TABLE: list[tuple[type, int, str, str | None, float | None]] = [
     (e.ContextLengthExceeded, 400, "invalid_request_error", "context_length_exceeded", None),
     (e.ContentFiltered, 400, "invalid_request_error", "content_filter", None),
+    (e.UpstreamRejected, 400, "invalid_request_error", "upstream_rejected_request", None),
     (e.BadRequest, 400, "invalid_request_error", None, None),
     (e.CredentialUnavailable, 502, "api_error", "upstream_credential_unavailable", None),
     (e.AuthenticationError, 502, "api_error", "upstream_authentication_failed", None),
@@ -111,9 +114,9 @@ def http_error(error: BaseException) -> HttpError:
         for cls, status, kind, code, default_after in _TABLE:
             if isinstance(error, cls):
                 after = _retry_after(error, default_after) if status in (429, 503, 529) else None
-                # 429/5xx are retried by the SDKs unless told otherwise; say what the gateway knows.
+                # The SDKs retry 408/409/429/5xx unless told otherwise: say what the gateway knows, always.
                 return HttpError(status, kind, _OPENAI_TYPE[kind], code, error.message or error.kind,
-                                 retry_after_s=after, retryable=bool(error.retryable) if status >= 429 else None)
+                                 retry_after_s=after, retryable=bool(error.retryable))
         return HttpError(500, "api_error", "server_error", error.kind, error.message or error.kind,
                          retryable=bool(error.retryable))
     return HttpError(500, "api_error", "server_error", "internal_error",

@@ -213,6 +213,13 @@ class StatusCollector(Collector):
                 heartbeat.add_metric([n["node_id"], node], n["heartbeat_age_s"])
         yield from (members, heartbeat)
 
+        refused = c("atomr_refusals", "Requests refused without reaching a provider, by model, reason (the error "
+                    "class) and where it was decided: engine, or router (in a client process, reported to the node)",
+                    labels=["model", "reason", "where", "node"])
+        for row in doc.get("refusals", []):
+            refused.add_metric([row["model"], row["reason"], row["where"], node], row["count"])
+        yield refused
+
         key_requests = c("atomr_key_requests", "Requests ended, per API key (outcome: completed, failed)",
                          labels=["key", "outcome", "node"])
         key_tokens = c("atomr_key_tokens", "Tokens per API key (input, output)", labels=["key", "kind", "node"])

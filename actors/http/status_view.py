@@ -196,13 +196,28 @@ def _budgets(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _refusals(engines: list[dict[str, Any]], routers: list[dict[str, dict[str, int]]]) -> list[dict[str, Any]]:
+    """Every refused request by model, reason (the error class) and where it was decided: an engine
+    (its statistics), or the router in a client process (reported to its node: NodeStatus.refusals)."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for e in engines:
+        for reason, n in (e["stats"].get("refused") or {}).items():
+            counts[(e["model"], reason, "engine")] = counts.get((e["model"], reason, "engine"), 0) + n
+    for by_model in routers:
+        for model, reasons in (by_model or {}).items():
+            for reason, n in reasons.items():
+                counts[(model, reason, "router")] = counts.get((model, reason, "router"), 0) + n
+    return [{"model": m, "reason": r, "where": w, "count": n} for (m, r, w), n in sorted(counts.items())]
+
+
 def status_document(nodes: list[Any], members: list[Any] = (), leader: str = "", unreachable: list[str] = (),
                     now: float | None = None) -> dict[str, Any]:
     """The whole picture from the nodes' status replies (one node's, or the cluster's)."""
     now = time.time() if now is None else now
     table = _member_table(list(members))
-    node_rows, engines, breakers, limits, spend, ledgers = [], [], [], [], [], []
+    node_rows, engines, breakers, limits, spend, ledgers, routers = [], [], [], [], [], [], []
     for status in nodes:
+        routers.append(getattr(status, "refusals", None) or {})
         node_id = status.node_id or status.node
         node_rows.append(_node_entry(status, table.get(node_id), leader, now))
         engines += [_engine_entry(e, node_id) for e in status.engines if e.deployment]
@@ -225,7 +240,7 @@ def status_document(nodes: list[Any], members: list[Any] = (), leader: str = "",
             "engines": [{k: v for k, v in e.items() if k != "stats"} for e in engines],
             "breakers": sorted(breakers, key=lambda b: (b["provider"], b["endpoint"], b["node"])),
             "budgets": _budgets(limits), "budgets_by_node": limits, "keys": _keys(engines),
-            "spend": _spend(spend, ledgers),
+            "spend": _spend(spend, ledgers), "refusals": _refusals(engines, routers),
             "_engines_stats": engines}
 
 

@@ -10,10 +10,10 @@ import time
 from typing import Any
 
 from actors.core import engine_events as ev
+from actors.core.caller_fault import PROBE_PREFIX, probe_request
 from actors.core.load import headroom
 from actors.runtime.logs import logger, request_fields
 from actors.runtime.protocol import EngineLoad, LedgerRecords
-from actors.types import InferenceRequest
 
 __all__ = ["Reporting", "PROBE_PREFIX"]
 
@@ -24,7 +24,6 @@ REQUEST_LOG_S = 1.0     # terminals are logged in one record per this long: a lo
 LEDGER_BATCH = 64        # records sent to the ledger at once at most ...
 LEDGER_FLUSH_S = 0.25    # ... and at the latest this long after a terminal
 
-PROBE_PREFIX = "probe_"   # request ids of active health probes (kept out of statistics and the ledger)
 
 
 class Reporting:
@@ -43,10 +42,9 @@ class Reporting:
             return
         if not self.core.jobs and now - self.last_activity >= check.interval_s * 0.9:
             self.last_activity = now
-            probe = InferenceRequest(model=self.init.deployment.model, messages=[{"role": "user", "content": "ping"}],
-                                     params={"max_tokens": 1}, priority="low", deadline_unix=time.time() + check.timeout_s,
-                                     request_id=PROBE_PREFIX + secrets.token_hex(8), retry_budget=0)
-            self._feed(ev.Accept(probe, self.myAddress))
+            probe = probe_request(self.init.deployment.model, PROBE_PREFIX + secrets.token_hex(8),
+                                  deadline_unix=time.time() + check.timeout_s)
+            self._feed(ev.Accept(probe, self.myAddress, known_good=True))
         self.timers.at("health", max(now, self.last_activity) + check.interval_s)
 
     def receiveMsg_Completed(self, msg: Any, sender: Any) -> None:
@@ -70,11 +68,13 @@ class Reporting:
         # for a retry or for a fresh credential).
         queued = len(core.queue)
         price = core.price
+        refusal, until = core.refusal() or (None, None)
         state = self.load.state(queued=queued, in_flight=max(0, len(core.jobs) - queued), circuit=core.view.state.value,
                                 headroom=headroom(core.limiter.usage()) if core.limiter is not None else None,
                                 price_in=getattr(price, "input", None), price_out=getattr(price, "output", None),
                                 at_unix=time.time(), retry_at_unix=_retry_at(core.view.snapshot),
-                                budget_spent=tuple(core.book.spent()) if core.book is not None else ())
+                                budget_spent=tuple(core.book.spent()) if core.book is not None else (),
+                                refusal=refusal, refusal_until_unix=until)
         due = self.load.due(state)
         if due is None:
             return

@@ -15,6 +15,7 @@ from typing import Any
 from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage
 
 from actors.core.gather import Gathering
+from actors.core.refusals import add_counts
 from actors.core.routing import RoutingPolicy, context_window
 from actors.core.supervision import Supervisor
 from actors.providers import runner_class
@@ -24,7 +25,7 @@ from actors.runtime.ledger import LedgerActor, engine_seed, spend_status
 from actors.runtime.limiter import RateLimiterActor
 from actors.runtime.logs import logger
 from actors.runtime.node_cluster import ClusterMember
-from actors.runtime.protocol import (LedgerFlush, LedgerState, SpendQuery, SpendReport, BreakerInit, BreakerQuery, BreakerState, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineLoad, EngineReady, EngineStatus, LimiterHubIs, LimiterHubRequest, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, SessionInit, StatusRequest)
+from actors.runtime.protocol import (LedgerFlush, LedgerState, SpendQuery, SpendReport, BreakerInit, BreakerQuery, BreakerState, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineLoad, EngineReady, EngineStatus, LimiterHubIs, LimiterHubRequest, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, RouterRefusals, SessionInit, StatusRequest)
 from actors.runtime.session import RemoteSessionActor
 from actors.settings.schema import ClusterConfig
 
@@ -64,6 +65,7 @@ class NodeRegistry(ClusterMember):
         self.routing = RoutingPolicy()
         # (deployment, replica) -> (LoadState, monotonic time it arrived): what routes carry.
         self.loads: dict[tuple[str, int], tuple[Any, float]] = {}
+        self.refusals: dict[str, dict[str, int]] = {}   # the router's, reported by this node's clients
 
     # -- deployment --------------------------------------------------------------------
 
@@ -185,7 +187,7 @@ class NodeRegistry(ClusterMember):
     def _route_entry(self, dep: Any, engine: Any, replica: int) -> RouteEntry:
         entry = RouteEntry(dep.name, dep.model, engine, self.node, weight=dep.weight,
                            max_input_tokens=dep.max_input_tokens or context_window(runner_class(dep.provider).family, dep.provider_model),
-                           max_retries=dep.retry.max_retries, embed_batch=_embed_batch(dep))
+                           max_retries=dep.retry.max_retries, embed_batch=_embed_batch(dep), provider=dep.provider)
         load = self.loads.get((dep.name, replica))
         if load is not None:
             state, at = load
@@ -195,7 +197,11 @@ class NodeRegistry(ClusterMember):
             entry.load_age_s = time.monotonic() - at
             entry.retry_at_unix = state.retry_at_unix
             entry.budget_spent = tuple(getattr(state, "budget_spent", ()) or ())
+            entry.refusal, entry.refusal_until_unix = state.refusal, state.refusal_until_unix
         return entry
+
+    def receiveMsg_RouterRefusals(self, msg: RouterRefusals, sender: Any) -> None:
+        add_counts(self.refusals, msg.counts)
 
     def receiveMsg_Route(self, msg: Route, sender: Any) -> None:
         entries = [self._route_entry(dep, engine, replica) for dep, engine, replica in self.engines
@@ -260,7 +266,8 @@ class NodeRegistry(ClusterMember):
             self.send(waiter, NodeStatus(self.node, self.started, engines, breakers, limits, token=token,
                                          node_id=self.node_id, address=self.address, supervision=supervision,
                                          membership=self.membership_state(), spend=spend,
-                                         in_cluster=self.standing.in_cluster))
+                                         in_cluster=self.standing.in_cluster,
+                                         refusals={m: dict(r) for m, r in self.refusals.items()}))
 
     def timer_status(self, _: Any) -> None:
         self._answer_status()  # with whatever arrived

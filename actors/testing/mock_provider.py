@@ -12,6 +12,7 @@ requests through ``POST /_mock/faults``. Directive keys:
   (``retry_after``/``retry_after_ms`` add those headers);
 - ``fail_times=N`` with ``key=K``: only the first N requests carrying key K fail;
 - ``delay_ms``: wait before the first byte; ``drip_ms``: wait between streamed tokens;
+- ``hold=NAME``: wait before answering until ``POST /_mock/release {"name": NAME}`` (at most 60 s);
 - ``words``: reply length in tokens;
 - ``cut_after=N``: drop the connection after N streamed tokens;
 - ``malformed_after=N``: send a broken frame (SSE, or event-stream with a bad CRC) after N tokens;
@@ -37,6 +38,14 @@ for Responses; streamed too), and serves embeddings in each format that has them
 ``:batchEmbedContents`` (no usage, as Google's), Cohere v2 ``/embed`` (``input_type`` required)
 and Bedrock ``/invoke`` (Titan with its token count, Cohere Embed without). Vectors are
 deterministic unit vectors of the text (8 numbers unless ``dimensions`` asks for more).
+- ``body=STYLE`` (with ``status``): the error body a server of that style sends, not the
+  provider's own: ``llama.cpp``, ``vllm`` or ``pydantic`` (servers that answer 500, with a
+  message, to input they cannot handle), or a literal JSON object given through the API.
+
+Faults by request shape: ``POST /_mock/rules`` with ``{"rules": [{"when": {FIELD: VALUE}, "fault":
+{...}}]}`` applies ``fault`` to every request whose JSON body has each FIELD (a dotted path, list
+indexes included: ``messages.-1.role``) equal to VALUE, or present at all when VALUE is ``"*"``:
+one caller's request shape fails while everyone else is served. ``stats()["prompts"]`` counts requests by their last user message.
 
 The same directives in a path segment ``/mock:key=value;key=value/`` before the API path
 (``endpoint: http://127.0.0.1:PORT/mock:status=500/v1``) apply to every request on that
@@ -259,6 +268,10 @@ class _Handler(BaseHTTPRequestHandler):
         doc = json.loads(raw or b"{}")
         if path == "/_mock/faults":
             self.server.script(doc.get("faults", []))
+        elif path == "/_mock/rules":
+            self.server.rules = list(doc.get("rules") or [])
+        elif path == "/_mock/release":
+            self.server.gate(str(doc.get("name", ""))).set()
         elif path == "/_mock/keys":
             self.server.accepted_keys = set(doc.get("keys") or ()) or None
         elif path == "/_mock/reset":
@@ -269,7 +282,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, wire: "Wire", body: dict[str, Any], stream_path: bool) -> None:
         prompt = wire.prompt(body)
-        fault = {**self.server.next_fault(), **_path_directive(self.path), **_parse_directive(prompt)}
+        self.server.note_prompt(prompt)
+        fault = {**self.server.next_fault(), **self.server.rule_fault(body), **_path_directive(self.path),
+                 **_parse_directive(prompt)}
         context = fault.get("context")
         if isinstance(context, int) and wire.prompt_tokens(body) > context:
             fault = {**fault, "status": 400, "code": "context_length_exceeded",
@@ -288,6 +303,8 @@ class _Handler(BaseHTTPRequestHandler):
             fault = {"status": 401}
         if fault.get("delay_ms"):
             time.sleep(int(fault["delay_ms"]) / 1000)
+        if fault.get("hold"):
+            self.server.gate(str(fault["hold"])).wait(timeout=60)
         status = int(fault.get("status", 200))
         if status != 200:
             headers = {}
@@ -296,7 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
             if "retry_after_ms" in fault:
                 headers["retry-after-ms"] = str(fault["retry_after_ms"])
             headers.update(wire.error_headers(status))
-            error = wire.error_body(status)
+            error = _styled_body(fault["body"], status) if "body" in fault else wire.error_body(status)
             inner = error.get("error") if isinstance(error.get("error"), dict) else None
             if inner is not None and "code" in fault:
                 inner["code"] = str(fault["code"])
@@ -402,6 +419,36 @@ class _Handler(BaseHTTPRequestHandler):
         for frame in wire.stream_tail(body, reply, state):
             self._chunk(frame)
         self._end_stream()
+
+
+def _styled_body(style: Any, status: int) -> dict[str, Any]:
+    """An error body as a given kind of OpenAI-compatible server writes it (or a literal one)."""
+    if isinstance(style, dict):
+        return style
+    if style == "llama.cpp":  # llama.cpp's server: format_error_response
+        return {"error": {"code": status, "message": "JSON schema conversion failed: unrecognized schema type 'foo'",
+                          "type": "server_error"}}
+    if style == "vllm":       # vLLM's ErrorResponse, not nested
+        return {"object": "error", "message": "1 validation error for ChatCompletionRequest: logit_bias: "
+                "token ids must be integers", "type": "InternalServerError", "param": None, "code": status}
+    # A FastAPI server whose pydantic validation error surfaced as a 500.
+    return {"detail": [{"type": "missing", "loc": ["body", "messages", 1, "tool_call_id"], "msg": "Field required",
+                        "input": {"role": "tool"}}]}
+
+
+def _matches(body: Any, when: dict[str, Any]) -> bool:
+    for path, expected in when.items():
+        value: Any = body
+        for part in str(path).split("."):
+            if isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+                value = value[int(part)]
+            elif isinstance(value, dict) and part in value:
+                value = value[part]
+            else:
+                return False
+        if expected != "*" and value != expected:
+            return False
+    return True
 
 
 def _sse(data: Any, event: str | None = None) -> bytes:
@@ -1102,6 +1149,9 @@ class _Server(ThreadingHTTPServer):
             self.last_headers: dict[str, str] = {}
             self.peers: set[int] = set()  # client ports of requests in flight
             self.last_bytes_sent = 0
+            self.rules: list[dict[str, Any]] = []
+            self.gates: dict[str, threading.Event] = {}
+            self.prompts: Counter[str] = Counter()
 
     def route(self, path: str) -> tuple[Wire, bool] | None:
         for match, wire, stream_path in self.routes:
@@ -1116,6 +1166,21 @@ class _Server(ThreadingHTTPServer):
     def next_fault(self) -> Fault:
         with self._lock:
             return self._faults.popleft() if self._faults else {}
+
+    def rule_fault(self, body: Any) -> Fault:
+        for rule in self.rules:
+            if _matches(body, rule.get("when") or {}):
+                return dict(rule.get("fault") or {})
+        return {}
+
+    def gate(self, name: str) -> threading.Event:
+        with self._lock:
+            return self.gates.setdefault(name, threading.Event())
+
+    def note_prompt(self, prompt: str) -> None:
+        with self._lock:
+            if prompt in self.prompts or len(self.prompts) < 10_000:  # bounded: benches send many
+                self.prompts[prompt] += 1
 
     def count_failure(self, key: str, limit: int) -> bool:
         """True once ``key`` has already failed ``limit`` times (so this one succeeds)."""
@@ -1146,7 +1211,7 @@ class _Server(ThreadingHTTPServer):
                     "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
                     "keys_seen": dict(self.keys_seen), "last_headers": self.last_headers,
                     "faults_pending": len(self._faults), "peers_in_flight": sorted(self.peers),
-                    "last_bytes_sent": self.last_bytes_sent}
+                    "last_bytes_sent": self.last_bytes_sent, "prompts": dict(self.prompts)}
 
     def note_bytes(self, sent: int) -> None:
         self.last_bytes_sent = sent
@@ -1223,6 +1288,14 @@ class MockProcess:
 
     def script(self, faults: list[Fault]) -> None:
         self._control("/_mock/faults", {"faults": faults})
+
+    def rules(self, rules: list[dict[str, Any]]) -> None:
+        """Faults by request shape: [{"when": {"response_format": "*"}, "fault": {"status": 500, "body": "vllm"}}]."""
+        self._control("/_mock/rules", {"rules": rules})
+
+    def release(self, name: str) -> None:
+        """Let every request held by ``hold=NAME`` answer, and the next ones pass."""
+        self._control("/_mock/release", {"name": name})
 
     def accept_keys(self, keys: list[str] | None) -> None:
         self._control("/_mock/keys", {"keys": keys or []})

@@ -86,7 +86,7 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gatewa
                                              max_tokens=5, stream=True))
         for _ in range(3):
             with pytest.raises(openai.InternalServerError):
-                sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "[[mock status=500]]"}])
+                sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "[[mock status=503]]"}])
         wait_for(lambda: any(b.state.value == "open" for b in client.status().breakers), message="the open circuit")
 
         browser.get(http.url + "/ui")   # a loopback caller, and no admin key configured: no key needed

@@ -78,8 +78,8 @@ def test_metrics_show_exactly_the_calls_made(observed, mock):
     sdk.chat.completions.create(model="d1", messages=HI, max_tokens=6)
     assert len(list(sdk.chat.completions.create(model="d1", messages=HI, max_tokens=6, stream=True))) > 1
     fail(sdk, "[[mock status=429]]", openai.RateLimitError)
-    for _ in range(3):                               # the 500 storm: the circuit opens on the third
-        fail(sdk, "[[mock status=500]]", openai.InternalServerError)
+    for _ in range(3):                               # the 503 storm: the circuit opens on the third
+        fail(sdk, "[[mock status=503]]", openai.InternalServerError)
     wait_for(lambda: all(e.circuit == "open" for e in client.status().engines if e.deployment == "d1"),
              message="the open circuit pushed to the engine")
     fail(sdk, "", openai.APIStatusError)             # refused by the open circuit, never sent
@@ -171,7 +171,7 @@ def test_json_logs_one_object_per_line_with_the_request_fields(gateway, mock, tm
         sdk = openai.OpenAI(base_url=http.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
         sdk.chat.completions.create(model="d1", messages=[{"role": "user", "content": "a secret plan"}], max_tokens=5)
         with pytest.raises(openai.InternalServerError):
-            sdk.chat.completions.create(model="d1", messages=[{"role": "user", "content": "[[mock status=500]] plan"}])
+            sdk.chat.completions.create(model="d1", messages=[{"role": "user", "content": "[[mock status=503]] plan"}])
     finally:
         http.stop(timeout_s=10)
     log = tmp_path / "n1.log"
@@ -185,7 +185,7 @@ def test_json_logs_one_object_per_line_with_the_request_fields(gateway, mock, tm
     assert (ok["outcome"], ok["deployment"], ok["attempts"], ok["output_tokens"], ok["key"]) == (
         "completed", "d1", 1, 5, "team")
     assert ok["request_id"].startswith("req_") and ok["latency_s"] > 0 and ok["cost_usd"] > 0
-    assert (failed["outcome"], failed["error_kind"], failed["status"]) == ("failed", "ServerError", 500)
+    assert (failed["outcome"], failed["error_kind"], failed["status"]) == ("failed", "ServerError", 503)
     assert {"ts", "level", "logger"} <= set(ok) and ok["logger"] == "atomr.requests"
     http_lines = [json.loads(line) for line in (tmp_path / "http.log").read_text().splitlines() if line.strip()]
     calls = [line for line in http_lines if line.get("path") == "/v1/chat/completions"]

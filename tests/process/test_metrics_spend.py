@@ -1,6 +1,6 @@
 """/metrics and /v1/status of a node with USD budgets, a ledger, a per-key limit and a fallback.
 
-A deployment in a 500 storm falls back to another model's deployment; the scrape (parsed
+A deployment in a 503 storm falls back to another model's deployment; the scrape (parsed
 with prometheus_client's parser) must count the fallbacks on the deployment that served
 them, show each budget's spend against its limit, the ledger's state, the key's own limit,
 and agree with the ledger about what the key spent.
@@ -30,7 +30,7 @@ CALL_USD = 0.0000042
 
 @pytest.fixture
 def front(gateway, mock, tmp_path):
-    deployments = [deployment(mock.url + "/primary/mock:status=500", "primary", model="gpt", retry=NO_RETRY),
+    deployments = [deployment(mock.url + "/primary/mock:status=503", "primary", model="gpt", retry=NO_RETRY),
                    deployment(mock.url + "/backup", "backup", model="backup", retry=NO_RETRY),
                    deployment(mock.url + "/capped", "capped", retry=NO_RETRY)]
     budgets = [{"key": "team", "usd": 1.0, "period": "1d"},
@@ -53,7 +53,7 @@ def front(gateway, mock, tmp_path):
 def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, mock):
     http, node, client = front
     sdk = openai.OpenAI(base_url=http.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
-    for _ in range(2):   # the 500 storm on primary: each call falls back to the model "backup"
+    for _ in range(2):   # the 503 storm on primary: each call falls back to the model "backup"
         assert sdk.chat.completions.create(model="gpt", messages=HI, max_tokens=6).choices[0].message.content
     sdk.chat.completions.create(model="backup", messages=HI, max_tokens=6)   # asked for directly: no fallback
     assert mock.stats()["total"] == 2 + 3

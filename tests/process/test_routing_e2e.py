@@ -27,6 +27,9 @@ from conftest import deployment, free_port, wait_for
 HI = [{"role": "user", "content": "hi"}]
 LONG = [{"role": "user", "content": "word " * 400}]     # ~500 tokens by the client's estimate
 RETRY2 = {"max_retries": 2, "base_delay_s": 0.01, "max_delay_s": 0.02}
+# A deployment's own failure: a 502 counts at once, where a 500 would first be judged by a known-good
+# probe (one more request on its path: docs/reliability.md, "Whose fault is a failure").
+DOWN = "status=502"
 
 
 def dep(mock, name, model, fault=None, **kw):
@@ -159,10 +162,10 @@ def test_usage_prefers_headroom_and_a_spent_budget_is_skipped(gateway, mock):
 
 def test_each_fallback_kind_triggers_on_its_error_and_only_on_it(gateway, mock):
     node, client = gateway([
-        dep(mock, "p500", "gpt", fault="status=500", retry=RETRY2),
+        dep(mock, "p500", "gpt", fault=DOWN, retry=RETRY2),
         dep(mock, "filtering", "filtered", fault="status=400;code=content_filter", retry=RETRY2),
         dep(mock, "small", "mini", fault="context=30", retry=RETRY2),
-        dep(mock, "other500", "plain", fault="status=500", retry=RETRY2),
+        dep(mock, "other500", "plain", fault=DOWN, retry=RETRY2),
         dep(mock, "limited", "rl", fault="status=429", retry=RETRY2),
         dep(mock, "claude", "claude"), dep(mock, "safe", "safe"), dep(mock, "big", "big"), dep(mock, "spare", "spare"),
     ], routing={"fallbacks": {"gpt": ["claude"], "filtered": ["claude"], "mini": ["claude"], "rl": ["spare"]},
@@ -171,7 +174,7 @@ def test_each_fallback_kind_triggers_on_its_error_and_only_on_it(gateway, mock):
     served = client.complete("gpt", HI, max_tokens=2)
     assert served.deployment == "claude" and hits(mock, "p500") == 3 and served.attempts == 4
     assert [(a.deployment, a.error_kind, a.status) for a in served.attempt_log] == \
-        [("p500", "server_error", 500)] * 3 + [("claude", "", None)]
+        [("p500", "server_error", 502)] * 3 + [("claude", "", None)]
     assert served.attempt_log[0].delay_s > 0
 
     served = client.complete("filtered", HI, max_tokens=2)
@@ -196,8 +199,8 @@ def test_each_fallback_kind_triggers_on_its_error_and_only_on_it(gateway, mock):
 
 
 def test_retries_and_fallbacks_share_one_budget(gateway, mock):
-    node, client = gateway([dep(mock, "a", "a", fault="status=500", retry=RETRY2),
-                            dep(mock, "b", "b", fault="status=500", retry=RETRY2),
+    node, client = gateway([dep(mock, "a", "a", fault=DOWN, retry=RETRY2),
+                            dep(mock, "b", "b", fault=DOWN, retry=RETRY2),
                             dep(mock, "c", "c", fault="status=503", retry=RETRY2)],
                            routing={"fallbacks": {"a": ["b", "c"]}})
     with pytest.raises(E.ServerError) as info:
@@ -205,14 +208,14 @@ def test_retries_and_fallbacks_share_one_budget(gateway, mock):
     # 1 + 2 retries on a; one attempt each on b and c: 5, where retry x fallback would be 9.
     assert hits(mock) == {"a": 3, "b": 1, "c": 1}, hits(mock)
     assert [(x.deployment, x.status) for x in info.value.attempt_log] == \
-        [("a", 500)] * 3 + [("b", 500), ("c", 503)]
+        [("a", 502)] * 3 + [("b", 502), ("c", 503)]
     assert all(x.sent for x in info.value.attempt_log)
 
 
 def test_a_configured_num_retries_is_the_whole_requests_budget(gateway, mock):
-    node, client = gateway([dep(mock, "a", "a", fault="status=500", retry=RETRY2),
-                            dep(mock, "a2", "a", fault="status=500", retry=RETRY2),
-                            dep(mock, "b", "b", fault="status=500", retry=RETRY2)],
+    node, client = gateway([dep(mock, "a", "a", fault=DOWN, retry=RETRY2),
+                            dep(mock, "a2", "a", fault=DOWN, retry=RETRY2),
+                            dep(mock, "b", "b", fault=DOWN, retry=RETRY2)],
                            routing={"fallbacks": {"a": ["b"]}, "num_retries": 1})
     with pytest.raises(E.ServerError):
         client.complete("a", HI, max_tokens=2)
@@ -247,7 +250,7 @@ def test_the_pre_call_check_sends_a_long_prompt_where_it_fits_without_a_wasted_c
     served = client.complete("t", LONG, max_tokens=2)
     assert served.deployment == "big" and hits(mock, "tiny") == 0
     assert [(a.deployment, a.error_kind, a.sent) for a in served.attempt_log] == \
-        [("tiny", "context_window", False), ("big", "", True)]
+        [("tiny", "context_length_exceeded", False), ("big", "", True)]
     assert {client.complete("g", LONG, max_tokens=2).deployment for _ in range(20)} == {"g-large"}
     assert hits(mock, "g-small") == 0
     assert client.complete("t", HI, max_tokens=2).deployment == "tiny"

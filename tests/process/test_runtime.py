@@ -219,8 +219,8 @@ def test_failed_probe_reopens_the_circuit(gateway, mock):
     dep = deployment(mock.url, "d1", retry={"max_retries": 0},
                      breaker={"consecutive_failures": 2, "open_s": 0.5, "max_open_s": 10})
     node, client = gateway([dep])
-    _trip_breaker(client, mock, 2, 500)
-    mock.script([{"status": 500}])  # for the probe
+    _trip_breaker(client, mock, 2, 503)   # (a 500 alone would be judged the caller's by a known-good probe)
+    mock.script([{"status": 503}])  # for the probe
     first = client.status().breakers[0]
     wait_for(lambda: time.time() * 1000 >= first.retry_at_unix_ms, timeout_s=5, message="open period")
     with pytest.raises(E.ServerError):
@@ -306,7 +306,7 @@ def test_a_model_served_by_two_deployments_falls_back_past_an_open_circuit(gatew
     flaky["model"] = steady["model"] = "shared-model"
     node, client = gateway([flaky, steady])
     assert {r.deployment for r in client.routes("shared-model")} == {"east", "west"}
-    mock.script([{"status": 500}])
+    mock.script([{"status": 503}])
     with pytest.raises(E.ServerError):
         client.complete("east", HELLO, max_tokens=1)
     wait_for(lambda: _engine(client, "east").circuit == "open", message="east's circuit to open")

@@ -218,3 +218,25 @@ def test_a_kept_message_is_bounded_and_redacted():
     body = {"error": {"message": "bad key sk-abcdefghijklmnopqrstuvwx " + "y" * 2000, "type": "weird"}}
     error = classify_http_status(500, {}, json.dumps(body).encode())
     assert "sk-abc" not in error.message and "[redacted]" in error.message and len(error.message) < 600
+
+
+# -- servers that answer 500 to input they cannot handle (docs/reliability.md, "Whose fault is a failure") --
+
+@pytest.mark.parametrize("body, said", [
+    # llama.cpp's server (format_error_response)
+    ({"error": {"code": 500, "message": "JSON schema conversion failed: unrecognized type 'foo'",
+                "type": "server_error"}}, "JSON schema conversion failed: unrecognized type 'foo'"),
+    # vLLM's ErrorResponse, flat
+    ({"object": "error", "message": "logit_bias: invalid token id 'abc'", "type": "InternalServerError",
+      "param": None, "code": 500}, "logit_bias: invalid token id 'abc'"),
+    # a FastAPI server whose pydantic validation error became a 500; the input it echoes is left out
+    ({"detail": [{"type": "missing", "loc": ["body", "messages", 1, "tool_call_id"], "msg": "Field required",
+                  "input": {"role": "tool", "content": "sk-secret-0123456789abcdef"}}]},
+     "body.messages.1.tool_call_id: Field required"),
+])
+def test_a_validation_500_keeps_what_the_server_said_and_is_a_suspect_server_error(body, said):
+    from actors.core.caller_fault import is_suspect
+
+    err = classify_http_status(500, {}, json.dumps(body).encode())
+    assert type(err) is E.ServerError and err.status == 500 and err.message == said
+    assert is_suspect(err) and "sk-secret" not in repr(err)

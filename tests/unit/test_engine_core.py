@@ -359,7 +359,8 @@ def test_a_timeout_after_sending_keeps_the_budget_charged():
 def test_an_error_the_provider_answered_charges_the_request_but_no_tokens():
     rig = Rig(limits=limits(rpm=100, tpm=10_000), retry=RetryPolicy(max_retries=0))
     rig.submit("r1")
-    rig.report("r1", error=E.ServerError("500", status=500), usage=UNKNOWN, sent=True)
+    # (a 502: a 500 would be judged by a known-good probe, which is charged as the call it is)
+    rig.report("r1", error=E.ServerError("502", status=502), usage=UNKNOWN, sent=True)
     assert spent(rig) == (1, 0)
 
 
@@ -598,14 +599,15 @@ def test_counts_are_published_after_the_sync_interval_and_peer_counts_merge():
 
 OPS = st.lists(st.tuples(st.sampled_from(["submit", "ok", "fail", "stream_fail", "crash", "cancel", "tick",
                                           "token", "freeze", "auth", "session", "open", "half_open", "close",
-                                          "probe"]),
+                                          "probe", "rejected", "known_good", "drain"]),
                          st.integers(0, 5)), max_size=40)
 
 
-@settings(max_examples=200)
-@given(OPS, st.booleans())
-def test_every_accepted_request_ends_exactly_once(ops, limited):
+@settings(max_examples=300)
+@given(OPS, st.booleans(), st.sampled_from([0, 2]))
+def test_every_accepted_request_ends_exactly_once(ops, limited, retries):
     rig = Rig(workers=2, queue_capacity=3, has_session=True,
+              retry=RetryPolicy(max_retries=retries, base_delay_s=0.1, max_delay_s=1.0, jitter="none"),
               **({"limits": limits(rpm=4, window_s=10)} if limited else {}))
     submitted = []
     for op, n in ops:
@@ -616,9 +618,15 @@ def test_every_accepted_request_ends_exactly_once(ops, limited):
             if rid not in rig.core.jobs:  # a resend of a live id is the same request
                 submitted.append(rid)
             rig.submit(rid, deadline_in=5 + n)
-        elif op in ("ok", "fail", "stream_fail") and attempt is not None:
-            error = {"ok": None, "fail": E.ServerError("503", status=503), "stream_fail": E.StreamError("cut")}[op]
+        elif op in ("ok", "fail", "stream_fail", "rejected") and attempt is not None:
+            error = {"ok": None, "fail": E.ServerError("503", status=503), "stream_fail": E.StreamError("cut"),
+                     "rejected": E.ServerError("validation failed", status=500)}[op]   # a suspect: judged by probes
             rig.report(rid, error=error, chunks=1 if op == "stream_fail" else 0)
+        elif op == "known_good":  # the engine's own probes answer as n says
+            for probe in [j for j in rig.core.jobs.values() if j.known_good and j.attempt is not None]:
+                rig.report(probe.request_id, error=None if n % 2 else E.ServerError("down", status=500))
+        elif op == "drain" and n == 5 and not rig.core.draining:
+            rig.feed(ev.DrainRequested("launcher"))
         elif op == "crash" and rig.core.slots:
             rig.feed(ev.WorkerGone(n % 2))
             rig.feed(ev.WorkerUp(n % 2, pid=5000 + n))
@@ -640,13 +648,20 @@ def test_every_accepted_request_ends_exactly_once(ops, limited):
         elif op == "probe" and rig.of(ev.AskProbe):
             rig.feed(ev.ProbeAdmitted(rig.of(ev.AskProbe)[-1].token, n))
     rig.breaker(CircuitState.CLOSED, generation=10 ** 6)
-    rig.advance(60)  # every deadline, grace and retry is past
+    for _ in range(4):
+        rig.advance(60)  # every deadline, grace, retry and verdict is past; probes in flight answer
+        for index, slot in rig.core.slots.items():   # workers replaced at a deadline come up again
+            if not slot.ready:
+                rig.feed(ev.WorkerUp(index, pid=9000 + index))
+        for probe in [j for j in rig.core.jobs.values() if j.known_good and j.attempt is not None]:
+            rig.report(probe.request_id)
     for rid in set(submitted):
         accepted_and_ended = rig.terminals(rid)
         assert accepted_and_ended, f"{rid} never ended"
     # A resubmitted id after its terminal is a new request: count per acceptance.
     assert len(rig.terminals()) == len(submitted)
-    assert not rig.core.jobs and not rig.core.queue
+    assert not rig.core.jobs and not rig.core.queue and not rig.core.judging
+    assert len(rig.of(ev.ReportDrained)) <= 1
 
 
 @pytest.mark.parametrize("error", [E.ServerError("503", status=503), E.Timeout("t"), E.StreamError("s")])

@@ -120,25 +120,24 @@ def test_an_unknown_strategy_name_is_refused():
 
 # -- skips before the strategy ---------------------------------------------------------------
 
-def test_open_circuit_no_budget_and_too_small_a_window_are_skipped():
-    assert R.skip_reason(cand("a", circuit="open")) == "circuit_open"
-    assert R.skip_reason(cand("a", circuit="half_open")) is None
-    assert R.skip_reason(cand("a", headroom=0.0)) == "no_budget"
-    assert R.skip_reason(cand("a", budget_spent=("deployment=a/1d",))) == "no_budget"
-    assert R.skip_reason(cand("a", headroom=0.5, budget_spent=())) is None
-    assert R.skip_reason(cand("a", headroom=0.01)) is None
+def test_what_the_engine_refuses_and_too_small_a_window_are_skipped():
+    circuit = E.CircuitOpen("circuit open for openai e", provider="openai", retryable=True)
+    spent = E.BudgetExceeded("rpm budget spent in this window (5/5)", limit="rpm", provider="openai")
+    assert R.skip_reason(cand("a", refusal=circuit, refusal_until_unix=30.0), now_unix=10.0) == "circuit_open"
+    assert R.skip_reason(cand("a", circuit="half_open"), now_unix=10.0) is None
+    assert R.skip_reason(cand("a", refusal=spent, refusal_until_unix=60.0), now_unix=10.0) == "no_budget"
+    assert R.skip_reason(cand("a", headroom=0.01), now_unix=10.0) is None
     assert R.skip_reason(cand("a", max_input_tokens=100), input_tokens=101) == "context_window"
     assert R.skip_reason(cand("a", max_input_tokens=100), input_tokens=100) is None
     assert R.skip_reason(cand("a"), input_tokens=10**9) is None  # no known window: no check
 
 
-def test_every_deployment_skipped_is_one_error_naming_them_all():
-    err = R.all_open_error("gpt-4o", {"east": "circuit_open", "west": "circuit_open"})
-    assert isinstance(err, E.CircuitOpen) and "east" in err.message and "west" in err.message
-    err = R.all_open_error("m", {"small": "context_window"})
-    assert isinstance(err, E.ContextLengthExceeded) and "small" in err.message
-    err = R.all_open_error("m", {"a": "no_budget"})
-    assert isinstance(err, E.BudgetExceeded) and "a" in err.message
+def test_the_router_refuses_with_the_engines_pushed_error_as_of_its_own_clock():
+    pushed = E.BudgetExceeded("budget deployment=a/1d is spent: $1 of $1 in this 1d period; it resets at X",
+                              limit="deployment=a/1d", provider="openai", retryable=False)
+    err = R.refusal_of(cand("a", refusal=pushed, refusal_until_unix=1000.0), None, 400.0)
+    assert err is not pushed and err.retry_after_s == 600.0 and err.message == pushed.message
+    assert not err.retryable and err.provider == "openai" and pushed.retry_after_s is None
 
 
 # -- fallbacks --------------------------------------------------------------------------------
@@ -375,7 +374,8 @@ def test_the_pre_call_estimate_counts_text_only_and_errs_low():
 
 
 def test_an_open_circuit_past_its_retry_time_is_tried_so_its_probe_can_close_it():
-    open_until_20 = cand("a", circuit="open", retry_at_unix=20.0)
+    open_until_20 = cand("a", refusal=E.CircuitOpen("open", retryable=True), refusal_until_unix=20.0)
     assert R.skip_reason(open_until_20, now_unix=19.9) == "circuit_open"
     assert R.skip_reason(open_until_20, now_unix=20.0) is None
-    assert R.skip_reason(cand("a", circuit="open"), now_unix=99.0) == "circuit_open"   # no retry time known
+    no_time = cand("a", refusal=E.CircuitOpen("open", retryable=True))
+    assert R.skip_reason(no_time, now_unix=99.0) == "circuit_open"   # no retry time known

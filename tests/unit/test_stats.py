@@ -194,7 +194,8 @@ def fake_node(now: float) -> types.SimpleNamespace:
                         "queued": 1, "error": "ENOSPC on write", "token": ""}}
     return types.SimpleNamespace(node="n1", node_id="n1@10.0.0.1:1900", address="10.0.0.1:1900",
                                  membership="leader", started_unix=now - 100, engines=[engine],
-                                 breakers=[breaker.snapshot()], limits=limits, supervision=[], spend=spend)
+                                 breakers=[breaker.snapshot()], limits=limits, supervision=[], spend=spend,
+                                 refusals={"m": {"CircuitOpen": 4}})
 
 
 def test_status_document_rows():
@@ -227,6 +228,9 @@ def test_status_document_rows():
                                                                                       ("n2", False, 4.5)]
     assert doc["keys"] == [{"key": "team", "requests": 2, "failed": 1, "input_tokens": 20, "output_tokens": 10,
                             "cost_usd": 1.0}]
+    # Every refusal by model and reason: the engine's own, and the router's its clients reported.
+    assert doc["refusals"] == [{"model": "m", "reason": "CircuitOpen", "where": "router", "count": 4},
+                               {"model": "m", "reason": "QueueFull", "where": "engine", "count": 1}]
 
 
 def test_metrics_collector_output_parses_and_bounds_labels():
@@ -243,6 +247,9 @@ def test_metrics_collector_output_parses_and_bounds_labels():
     assert get("atomr_requests_total", ("outcome", "failed"), ("error_kind", "ServerError")) == 1
     assert get("atomr_requests_total", ("outcome", "rejected"), ("error_kind", "QueueFull")) == 1
     assert get("atomr_request_latency_seconds_bucket", ("le", "+Inf")) == 2
+    node = ("node", "n1@10.0.0.1:1900")
+    assert samples[("atomr_refusals_total", (("model", "m"), node, ("reason", "CircuitOpen"), ("where", "router")))] == 4
+    assert samples[("atomr_refusals_total", (("model", "m"), node, ("reason", "QueueFull"), ("where", "engine")))] == 1
     assert get("atomr_workers", ("state", "idle")) == 3 and get("atomr_queue_depth") == 3
     assert get("atomr_deployment_circuit_state") == 2
     assert get("atomr_deployment_budget_spent", ("budget", "deployment=d1/1h")) == 1
@@ -265,7 +272,7 @@ def test_metrics_collector_output_parses_and_bounds_labels():
     assert "/var/lib" not in text and "ENOSPC" not in text     # no paths or messages as label values
     names = {k for _, ls in samples for k, _ in ls}
     assert names <= {"deployment", "model", "provider", "node", "outcome", "error_kind", "le", "kind", "state",
-                     "endpoint", "budget", "mode", "member", "key", "scope", "period"}
+                     "endpoint", "budget", "mode", "member", "key", "scope", "period", "reason", "where"}
 
 
 # -- who may read the operator's routes --------------------------------------------------------

@@ -50,6 +50,9 @@ class RouteEntry:
     retry_at_unix: float | None = None   # an open circuit admits a probe from then on (not skipped past it)
     budget_spent: tuple[str, ...] = ()   # its USD budgets that ran out this period: skipped
     embed_batch: int = 0    # the most texts one embeddings call takes there (0: no embeddings API)
+    provider: str = ""
+    refusal: Any = None                  # what its engine refuses with now (LoadState.refusal): skipped until ...
+    refusal_until_unix: float | None = None   # ... then
 
 
 @dataclass
@@ -114,6 +117,16 @@ class NodeStatus:
     in_cluster: bool = True  # False while a member is outside the cluster (joining, leader lost, refused)
     # Spend (docs/spend.md): {"budgets": [{"budget", "spent_usd", "usd", "mode", ...}], "ledger": {...} | None}
     spend: dict[str, Any] = field(default_factory=dict)
+    # Requests the router refused in this node's clients (model -> error class -> n), as they reported them.
+    refusals: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass
+class RouterRefusals:
+    """From a client process to its node: requests its router refused since the last report (by model
+    and error class). Router refusals happen in the callers' processes; the node keeps the counts."""
+
+    counts: dict[str, dict[str, int]]
 
 
 @dataclass
