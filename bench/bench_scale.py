@@ -130,6 +130,17 @@ class Node:
         self.url = self.http.url + "/v1"
         self.admin_pid = (admin_process(self.port) or (None,))[0]
 
+    def settle(self, cores: float = 0.15, timeout_s: float = 90.0) -> float:
+        """Wait until the node is idle again (below ``cores`` over a second): the last burst's tail done."""
+        t0 = time.monotonic()
+        pids = list(self.roles())
+        while time.monotonic() - t0 < timeout_s:
+            c0 = sum(cpu_of(p) for p in pids)
+            time.sleep(1.0)
+            if sum(cpu_of(p) for p in pids) - c0 < cores:
+                break
+        return time.monotonic() - t0
+
     def roles(self) -> dict[int, str]:
         from actors.ops.procs import parent_pid, pids_in_group
 
@@ -298,7 +309,12 @@ def gateway_child(spec: dict[str, Any]) -> None:
             rows.append(row)
 
     # A long-running caller has the route cached (expired or not): warm it, as the listener's warm-up does.
-    client._route_lookup("bench")
+    for attempt in range(6):
+        try:
+            client._route_lookup("bench")
+            break
+        except Exception as exc:  # noqa: BLE001 - a node still busy with the last burst: try again
+            print(f"route lookup failed ({exc}); retrying", file=sys.stderr, flush=True)
 
     def thread() -> None:
         client._correlator()  # this thread's endpoint, made before the clock starts
@@ -389,6 +405,8 @@ def burst_k(args: argparse.Namespace, mock: StreamMock, k: int) -> dict[str, Any
             row["door"] = s = {**s, **m.figures(k, s["tokens"])}
             show("door", s)
         if "client" in args.paths:
+            if "door" in args.paths:
+                print(f"  (settled in {node.settle():.1f} s)", flush=True)
             rows, wall, m, ccpu = client_run(node.port, k, args.chunks, args.bound, "burst", 0,
                                              lambda: Meter(node, mock))
             s = summarize(rows, k, args.chunks)
