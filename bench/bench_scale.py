@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from aio_sse import Pool, Result  # noqa: E402
 
-from actors.testing.stream_mock import StreamMock, expected_text  # noqa: E402
+from actors.testing.stream_mock import StreamMock, expected_text, realtime  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Benchmark prompt with a few words in it"}]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -177,9 +177,16 @@ class Meter:
         self.self0 = self_cpu()
         self.t0 = time.monotonic()
         self.load0 = loadavg()
+        self._late()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
+
+    def _late(self) -> dict[str, Any]:
+        try:
+            return self.mock.lateness()
+        except OSError:
+            return {}
 
     def _sample(self) -> None:
         while True:
@@ -199,10 +206,11 @@ class Meter:
         self.node_cpu = sum(by_role.values())
         self.mock_cpu = sum(cpu_of(p) for p in self.mock_pids) - self.mock0
         self.bench_cpu = self_cpu() - self.self0
+        self.mock_late = self._late()
 
     def figures(self, streams: int, chunks: int) -> dict[str, Any]:
         out = {"wall_s": self.wall, "mock_cores": self.mock_cpu / self.wall, "bench_cores": self.bench_cpu / self.wall,
-               "load_at_start": self.load0}
+               "load_at_start": self.load0, "mock_late_p99_ms": self.mock_late.get("late_p99_ms", float("nan"))}
         if self.roles:
             out.update(node_cpu_s=self.node_cpu, node_cores=self.node_cpu / self.wall,
                        node_cpu_ms_per_stream=1000 * self.node_cpu / max(1, streams),
@@ -266,12 +274,27 @@ async def _loop(url: str, model: str, k: int, chunks: int, seconds: float) -> tu
     return out, time.monotonic() - t0
 
 
+CALLER_RT = [False]   # the asyncio caller in SCHED_RR while it measures (--realtime)
+
+
+def _run_as_caller(coro):
+    """Run the asyncio caller, in SCHED_RR when asked: it stands for callers on other machines."""
+    if not CALLER_RT[0]:
+        return asyncio.run(coro)
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    realtime()
+    try:
+        return asyncio.run(coro)
+    finally:
+        os.sched_setscheduler(0, policy, param)
+
+
 def aio_burst(url: str, model: str, k: int, chunks: int, bound_s: float) -> list[dict[str, Any]]:
-    return [row_of(r, chunks) for r in asyncio.run(_burst(url, model, k, chunks, bound_s))]
+    return [row_of(r, chunks) for r in _run_as_caller(_burst(url, model, k, chunks, bound_s))]
 
 
 def aio_loop(url: str, model: str, k: int, chunks: int, seconds: float) -> tuple[list[dict[str, Any]], float]:
-    results, wall = asyncio.run(_loop(url, model, k, chunks, seconds))
+    results, wall = _run_as_caller(_loop(url, model, k, chunks, seconds))
     return [row_of(r, chunks) for r in results], wall
 
 
@@ -364,7 +387,8 @@ def client_run(port: int, k: int, chunks: int, bound_s: float, mode: str, second
 
 def show(name: str, s: dict[str, Any]) -> None:
     line = (f"  {name:7s} {s['completed']:4d}/{s['k']:<4d} ttft p50 {s['ttft_p50_ms']:7.0f} p99 {s['ttft_p99_ms']:7.0f} ms  "
-            f"gap p99 {s['gap_p99_ms']:6.0f} ms  done p99 {s['done_p99_s']:5.1f} s  mock {s['mock_cores']:.2f} cores, "
+            f"gap p99 {s['gap_p99_ms']:6.0f} ms  done p99 {s['done_p99_s']:5.1f} s  mock {s['mock_cores']:.2f} cores "
+            f"(late p99 {s['mock_late_p99_ms']:.0f} ms), "
             f"bench {s['bench_cores']:.2f}")
     if s.get("client_cores") is not None:
         line += f", client {s['client_cores']:.2f}"
@@ -396,22 +420,23 @@ def burst_k(args: argparse.Namespace, mock: StreamMock, k: int) -> dict[str, Any
         row["startup_s"], row["node_start_s"] = node.startup_s, node.node_start_s
         print(f"  start-up {node.startup_s:.1f} s (node {node.node_start_s:.1f} s)", flush=True)
     try:
-        if "door" in args.paths:
-            if args.warm:
-                aio_burst(node.url, "bench", k, 5, args.bound)
-            with Meter(node, mock) as m:
-                rows = aio_burst(node.url, "bench", k, args.chunks, args.bound)
-            s = summarize(rows, k, args.chunks)
-            row["door"] = s = {**s, **m.figures(k, s["tokens"])}
-            show("door", s)
-        if "client" in args.paths:
-            if "door" in args.paths:
+        for n, path in enumerate(p for p in args.paths if p != "direct"):
+            if n:
                 print(f"  (settled in {node.settle():.1f} s)", flush=True)
-            rows, wall, m, ccpu = client_run(node.port, k, args.chunks, args.bound, "burst", 0,
-                                             lambda: Meter(node, mock))
-            s = summarize(rows, k, args.chunks)
-            row["client"] = s = {**s, **m.figures(k, s["tokens"]), "client_cores": ccpu / m.wall}
-            show("client", s)
+            if path == "door":
+                if args.warm:
+                    aio_burst(node.url, "bench", k, 5, args.bound)
+                with Meter(node, mock) as m:
+                    rows = aio_burst(node.url, "bench", k, args.chunks, args.bound)
+                s = summarize(rows, k, args.chunks)
+                row["door"] = s = {**s, **m.figures(k, s["tokens"])}
+                show("door", s)
+            else:
+                rows, wall, m, ccpu = client_run(node.port, k, args.chunks, args.bound, "burst", 0,
+                                                 lambda: Meter(node, mock))
+                s = summarize(rows, k, args.chunks)
+                row["client"] = s = {**s, **m.figures(k, s["tokens"]), "client_cores": ccpu / m.wall}
+                show("client", s)
         if args.paths and args.paths[-1] != "direct" and node is not None and args.direct_after:
             direct()
     finally:
@@ -540,6 +565,10 @@ def main() -> None:
     parser.add_argument("--bound", type=float, default=60.0, help="seconds a burst may take; later is not completed")
     parser.add_argument("--coalesce-ms", type=float, default=0.0)
     parser.add_argument("--mock-procs", type=int, default=2)
+    parser.add_argument("--no-realtime", dest="realtime", action="store_false",
+                        help="leave the mock and the asyncio caller at normal priority (by default they run "
+                             "SCHED_RR, standing for other machines: a node with hundreds of runnable threads "
+                             "would otherwise starve them on a 2-core machine)")
     parser.add_argument("--no-warm", dest="warm", action="store_false",
                         help="no warm-up burst through the door (the listener's threads then make their endpoints)")
     parser.add_argument("--direct-after", action="store_true", help="direct again after the node's paths")
@@ -553,7 +582,8 @@ def main() -> None:
     args = parser.parse_args()
     figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_at_start": loadavg(), "args": vars(args), "bursts": []}
     print(f"load average {figures['load_at_start']}, {os.cpu_count()} cpus", flush=True)
-    mock = StreamMock(procs=args.mock_procs, drip_ms=args.drip_ms)
+    CALLER_RT[0] = args.realtime
+    mock = StreamMock(procs=args.mock_procs, drip_ms=args.drip_ms, realtime=args.realtime)
     try:
         if not args.no_burst:
             for k in args.k:

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import bench_scale  # noqa: E402
 from bench_scale import Meter, Node, aio_burst, client_run, loadavg, summarize  # noqa: E402
 
 from actors.testing.stream_mock import StreamMock  # noqa: E402
@@ -152,7 +153,8 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     print(f"load average {loadavg()}", flush=True)
-    mock = StreamMock(procs=2, drip_ms=50)
+    bench_scale.CALLER_RT[0] = True
+    mock = StreamMock(procs=2, drip_ms=50, realtime=True)
     node = Node(mock.url, workers=args.k, http_threads=args.k + 8, coalesce_ms=0.0)
     out: dict[str, Any] = {"k": args.k, "path": args.path, "load": loadavg()}
     try:

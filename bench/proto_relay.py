@@ -763,6 +763,7 @@ class Child:
 def main() -> None:
     if "--role" in sys.argv:
         return child_main()
+    import bench_scale
     from bench_scale import aio_burst, cpu_of, loadavg, pss_kib, summarize
 
     from actors.testing.stream_mock import StreamMock
@@ -780,11 +781,14 @@ def main() -> None:
     parser.add_argument("--drip-ms", type=float, default=50.0)
     parser.add_argument("--bound", type=float, default=60.0)
     parser.add_argument("--mock-procs", type=int, default=2)
+    parser.add_argument("--no-realtime", dest="realtime", action="store_false",
+                        help="the mock and the caller at normal priority (see bench_scale.py)")
     parser.add_argument("--no-direct", action="store_true")
     parser.add_argument("--kill-one-at", type=float, help="SIGKILL one worker process this many seconds into the burst")
     parser.add_argument("--json")
     args = parser.parse_args()
-    mock = StreamMock(procs=args.mock_procs, drip_ms=args.drip_ms)
+    bench_scale.CALLER_RT[0] = args.realtime
+    mock = StreamMock(procs=args.mock_procs, drip_ms=args.drip_ms, realtime=args.realtime)
     admin = None
     results = []
     try:
@@ -805,11 +809,14 @@ def main() -> None:
                   f"[load {row['load']}]", flush=True)
             if not args.no_direct:
                 m0, t0 = sum(cpu_of(p) for p in mock.pids()), time.monotonic()
+                mock.lateness()
                 s = summarize(aio_burst(mock.url + "/v1", "mock-gpt", k, args.chunks, args.bound), k, args.chunks)
+                s["mock_late"] = mock.lateness()
                 s["mock_cores"] = (sum(cpu_of(p) for p in mock.pids()) - m0) / (time.monotonic() - t0)
                 row["direct"] = s
                 print(f"  direct {s['completed']}/{k} ttft p50 {s['ttft_p50_ms']:.0f} p99 {s['ttft_p99_ms']:.0f} ms, "
-                      f"gap p99 {s['gap_p99_ms']:.0f} ms, mock {s['mock_cores']:.2f} cores", flush=True)
+                      f"gap p99 {s['gap_p99_ms']:.0f} ms, done p99 {s['done_p99_s']:.1f} s, mock {s['mock_cores']:.2f} cores, "
+                      f"its ticks late p99 {s['mock_late']['late_p99_ms']:.0f} ms", flush=True)
             children: list[tuple[str, Child]] = []
             try:
                 wports = []
@@ -855,7 +862,9 @@ def main() -> None:
                         os.kill(victim, signal.SIGKILL)
                         print(f"  killed worker process {victim} at {args.kill_one_at:g} s", flush=True)
                     threading.Thread(target=kill, daemon=True).start()
+                mock.lateness()
                 s = summarize(aio_burst(url, "bench", k, args.chunks, args.bound), k, args.chunks)
+                s["mock_late"] = mock.lateness()
                 stop.set()
                 sampler.join(5)
                 wall = time.monotonic() - t0
@@ -871,7 +880,8 @@ def main() -> None:
                       f"{'' if args.workers != 'synthetic' else ' (synthetic ' + format(s['us_per_chunk']['synthetic'], '.0f') + ' us)'}"
                       f" = {node_us:.0f} us; door {cpu['door'] / wall:.2f} cores, workers {cpu['workers'] / wall:.2f}; "
                       f"PSS {s['pss_mib']:.0f} MiB; start-up {row['startup_s']:.2f} s; mock {s['mock_cores']:.2f} cores; "
-                      f"events {s['events']} for {s['tokens']} tokens"
+                      f"events {s['events']} for {s['tokens']} tokens; mock ticks late p99 "
+                      f"{s['mock_late']['late_p99_ms']:.0f} ms, max {s['mock_late']['late_max_ms']:.0f} ms"
                       + (f"\n         errors {s['errors']}" if s["errors"] else ""), flush=True)
             finally:
                 for _, child in children:

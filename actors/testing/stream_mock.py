@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["StreamMock", "expected_text"]
+__all__ = ["StreamMock", "expected_text", "realtime"]
 
 TICK_S = 0.001
 MAX_HEAD = 64 * 1024
@@ -69,6 +69,7 @@ class _Ticker:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.buckets: dict[int, list["_Stream"]] = {}
+        self.late: list[float] = []     # how late each tick fired (s): is the mock itself keeping up?
 
     def at(self, when: float, stream: "_Stream") -> None:
         tick = int(when / TICK_S) + 1
@@ -79,6 +80,8 @@ class _Ticker:
         bucket.append(stream)
 
     def _fire(self, tick: int) -> None:
+        if len(self.late) < 200_000:
+            self.late.append(self.loop.time() - tick * TICK_S)
         for stream in self.buckets.pop(tick, ()):
             stream.next()
 
@@ -184,6 +187,12 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
     def handle(self, method: str, path: str, raw: bytes) -> None:
+        if method == "GET" and path == "/_mock/stats":
+            late = sorted(self.server.ticker.late)
+            self.server.ticker.late = []
+            q = (lambda f: 1000 * late[min(len(late) - 1, int(f * len(late)))] if late else 0.0)
+            return self._answer(200, {"pid": os.getpid(), "ticks": len(late), "late_p50_ms": q(0.5),
+                                      "late_p99_ms": q(0.99), "late_max_ms": 1000 * late[-1] if late else 0.0})
         if method != "POST" or not path.split("?")[0].endswith("/chat/completions"):
             return self._answer(404, {"error": {"message": f"no such route {path}"}})
         try:
@@ -217,8 +226,24 @@ class _Server:
             await server.serve_forever()
 
 
-def _serve(sock: socket.socket, drip_ms: float) -> None:
+def realtime(priority: int = 1) -> bool:
+    """Put the calling thread in SCHED_RR at a low real-time priority, where allowed.
+
+    A benchmark's upstream (and its caller) stand for machines of their own: on a shared
+    2-core machine, a node with hundreds of runnable threads would otherwise starve them, and
+    the benchmark would measure the mock's lateness instead of the node. Real-time tasks are
+    capped by the kernel (sched_rt_runtime_us), and the mock needs a fraction of a core."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+def _serve(sock: socket.socket, drip_ms: float, rt: bool = False) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    if rt:
+        realtime()
     try:
         asyncio.run(_Server(drip_ms).serve(sock))
     except KeyboardInterrupt:
@@ -231,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--procs", type=int, default=1, help="processes accepting on the one socket")
     parser.add_argument("--drip-ms", type=float, default=50.0)
+    parser.add_argument("--realtime", action="store_true", help="SCHED_RR where allowed (see realtime())")
     args = parser.parse_args(argv)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -241,12 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.procs - 1):
         pid = os.fork()
         if pid == 0:
-            _serve(sock, args.drip_ms)
+            _serve(sock, args.drip_ms, args.realtime)
             os._exit(0)
         children.append(pid)
     print(f"stream mock listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
     try:
-        _serve(sock, args.drip_ms)
+        _serve(sock, args.drip_ms, args.realtime)
     finally:
         for pid in children:
             try:
@@ -259,15 +285,23 @@ def main(argv: list[str] | None = None) -> int:
 class StreamMock:
     """The mock in its own process group (``procs`` processes); ``pids()`` for their CPU, ``stop()``."""
 
-    def __init__(self, procs: int = 1, drip_ms: float = 50.0, host: str = "127.0.0.1") -> None:
+    def __init__(self, procs: int = 1, drip_ms: float = 50.0, host: str = "127.0.0.1",
+                 realtime: bool = False) -> None:
         cmd = [sys.executable, "-m", "actors.testing.stream_mock", "--host", host, "--procs", str(procs),
-               "--drip-ms", str(drip_ms)]
+               "--drip-ms", str(drip_ms)] + (["--realtime"] if realtime else [])
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
         line = self._proc.stdout.readline().strip()
         if not line.startswith("stream mock listening on "):
             self.stop()
             raise RuntimeError(f"stream mock did not start: {line!r}")
         self.url = line.rsplit(" ", 1)[1]
+
+    def lateness(self) -> dict[str, Any]:
+        """How late the mock's ticks fired since the last look (one of its processes answers)."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/_mock/stats", timeout=10) as resp:
+            return json.loads(resp.read())
 
     def pids(self) -> list[int]:
         out = []
