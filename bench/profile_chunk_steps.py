@@ -166,10 +166,64 @@ def main() -> None:
     for name, cost in wake_steps(min(n, 2000)):
         rows.append(("http", name, cost))
 
+    for name, cost in call_steps(min(n, 1000)):
+        rows.append(("call", name, cost))
+
     width = max(len(s) for _, s, _ in rows)
     print(f"{'where':7s} {'step':{width}s}  us/chunk (thread CPU)")
     for where, step, cost in rows:
         print(f"{where:7s} {step:{width}s}  {cost:7.1f}")
+
+
+def call_steps(n: int) -> list[tuple[str, float]]:
+    """Per call, not per chunk: opening a stream with requests (as a slot does) against a bare
+    HTTP/1.1 request on a kept-alive socket, to the stream mock (a 1-token stream, read to its end)."""
+    import requests
+
+    from actors.testing.stream_mock import StreamMock
+    from actors.types import InferenceRequest
+
+    out = []
+    r = runner()
+    with StreamMock(procs=1, drip_ms=1) as mock:
+        r_url = mock.url
+        cfg = parse_config({"deployments": [{"name": "b", "model": "b", "provider": "openai_compatible",
+                                             "endpoint": r_url + "/v1", "upstream_model": "m"}]})
+        r = make_runner(cfg.deployments[0])
+        http = r.build_request(InferenceRequest(model="b", messages=[{"role": "user", "content": "hi"}],
+                                                params={"max_tokens": 1}, stream=True), None)
+        session = requests.Session()
+        session.trust_env = False
+
+        def with_requests() -> None:
+            with session.post(http.url, data=http.body, headers=http.headers, stream=True, timeout=10) as resp:
+                raw = resp.raw
+                while raw.read1(65536, decode_content=True):
+                    pass
+        out.append(("open a stream and read it: requests (Session.post, stream=True)", per_call(with_requests, n)))
+        host, port = r_url.split("//")[1].split(":")
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head = "".join(f"{k}: {v}\r\n" for k, v in http.headers.items() if k.lower() != "content-length")
+        request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(http.body)}\r\n{head}\r\n"
+                   .encode() + http.body)
+
+        def bare() -> None:
+            sock.sendall(request)
+            buf = b""
+            while not buf.endswith(b"0\r\n\r\n"):
+                buf += sock.recv(65536)
+        out.append(("open a stream and read it: a bare request on a kept-alive socket", per_call(bare, n)))
+        out.append(("build the provider request (runner.build_request)", per_call(
+            lambda: r.build_request(InferenceRequest(model="b", messages=[{"role": "user", "content": "hi"}],
+                                                     params={"max_tokens": 1}, stream=True), None), n)))
+
+        def thread_start() -> None:
+            t = threading.Thread(target=lambda: None)
+            t.start()
+            t.join()
+        out.append(("start and join a thread (a reader thread per attempt)", per_call(thread_start, n)))
+    return out
 
 
 def wake_steps(n: int) -> list[tuple[str, float]]:
