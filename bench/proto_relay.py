@@ -106,6 +106,13 @@ class Out:
                 return
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
 def end_body(req: dict[str, Any], finish: str, count: int, usage: dict[str, Any]) -> dict[str, Any]:
     """The end of a stream; for a door on today's StreamReceiver (which files chunks only), as a marked chunk."""
     if req.get("ch"):
@@ -180,7 +187,7 @@ def worker_serve(port: int, slots: int, mock_url: str, render: str, notify: int 
         return out
 
     read_mode = os.environ.get("PROTO_READ", "requests")
-    host, mport = mock_url.split("//")[1].split(":")
+    host, mport = _host_port(mock_url)
 
     def slot() -> None:
         session = requests.Session()
@@ -357,7 +364,7 @@ def worker_async_main(ports: list[int], mock_url: str, render: str) -> None:
                                          "endpoint": mock_url + "/v1", "upstream_model": "mock-gpt"}]})
     runner = make_runner(cfg.deployments[0])
     cod = codec()
-    host, mport = mock_url.split("//")[1].split(":")
+    host, mport = _host_port(mock_url)
     idle: list["Upstream"] = []
 
     class Sink:
@@ -784,10 +791,14 @@ def main() -> None:
     parser.add_argument("--no-realtime", dest="realtime", action="store_false",
                         help="the mock and the caller at normal priority (see bench_scale.py)")
     parser.add_argument("--no-direct", action="store_true")
+    parser.add_argument("--short", type=float, metavar="SECONDS",
+                        help="instead of a burst: K streams of 20 chunks x 25 ms back to back for SECONDS (streams/s)")
     parser.add_argument("--kill-one-at", type=float, help="SIGKILL one worker process this many seconds into the burst")
     parser.add_argument("--json")
     args = parser.parse_args()
     bench_scale.CALLER_RT[0] = args.realtime
+    if args.short:
+        args.chunks, args.drip_ms = 20, 25.0
     mock = StreamMock(procs=args.mock_procs, drip_ms=args.drip_ms, realtime=args.realtime)
     admin = None
     results = []
@@ -810,7 +821,14 @@ def main() -> None:
             if not args.no_direct:
                 m0, t0 = sum(cpu_of(p) for p in mock.pids()), time.monotonic()
                 mock.lateness()
-                s = summarize(aio_burst(mock.url + "/v1", "mock-gpt", k, args.chunks, args.bound), k, args.chunks)
+                if args.short:
+                    rows, swall = bench_scale.aio_loop(mock.url + "/v1", "mock-gpt", k, args.chunks, args.short)
+                    s = summarize(rows, k, args.chunks)
+                    s["streams_per_s"] = s["completed"] = sum(r["ok"] for r in rows)
+                    s["streams_per_s"] /= swall
+                    print(f"  direct {s['streams_per_s']:.1f} streams/s", flush=True)
+                else:
+                    s = summarize(aio_burst(mock.url + "/v1", "mock-gpt", k, args.chunks, args.bound), k, args.chunks)
                 s["mock_late"] = mock.lateness()
                 s["mock_cores"] = (sum(cpu_of(p) for p in mock.pids()) - m0) / (time.monotonic() - t0)
                 row["direct"] = s
@@ -863,7 +881,13 @@ def main() -> None:
                         print(f"  killed worker process {victim} at {args.kill_one_at:g} s", flush=True)
                     threading.Thread(target=kill, daemon=True).start()
                 mock.lateness()
-                s = summarize(aio_burst(url, "bench", k, args.chunks, args.bound), k, args.chunks)
+                if args.short:
+                    rows, swall = bench_scale.aio_loop(url, "bench", k, args.chunks, args.short)
+                    s = summarize(rows, k, args.chunks)
+                    s["streams_per_s"] = sum(r["ok"] for r in rows) / swall
+                    s["completed"] = sum(r["ok"] for r in rows)
+                else:
+                    s = summarize(aio_burst(url, "bench", k, args.chunks, args.bound), k, args.chunks)
                 s["mock_late"] = mock.lateness()
                 stop.set()
                 sampler.join(5)
@@ -873,6 +897,13 @@ def main() -> None:
                          pss_mib=peak[0] / 1024, cpu_s=cpu,
                          us_per_chunk={r: 1e6 * c / max(1, s["tokens"]) for r, c in cpu.items()})
                 row["proto"] = s
+                if args.short:
+                    per_stream = {r: 1000 * c / max(1, s["completed"]) for r, c in cpu.items()}
+                    base = row.get("direct", {}).get("streams_per_s")
+                    print(f"  proto  {s['streams_per_s']:.1f} streams/s" + (f" ({s['streams_per_s'] / base:.2f}x direct)" if base else "")
+                          + f", {len(rows) - s['completed']} failed; CPU per stream: door {per_stream['door']:.2f} ms, workers "
+                          f"{per_stream['workers']:.2f} ms", flush=True)
+                    s["cpu_ms_per_stream"] = per_stream
                 node_us = s["us_per_chunk"]["door"] + s["us_per_chunk"]["workers"]
                 print(f"  proto  {s['completed']}/{k} ttft p50 {s['ttft_p50_ms']:.0f} p99 {s['ttft_p99_ms']:.0f} ms, gap p99 "
                       f"{s['gap_p99_ms']:.0f} ms, done p99 {s['done_p99_s']:.1f} s; CPU per chunk: door "
