@@ -29,13 +29,13 @@ except ImportError:  # pragma: no cover - orjson is optional
     def _dumps(doc: Any) -> bytes:
         return json.dumps(doc, separators=(",", ":")).encode()
 
-__all__ = ["Result", "Pool", "stream_once"]
+__all__ = ["Pool", "Result", "stream_once"]
 
 
 class Result:
     """One exchange: status, arrival times of content events, text, and how it ended."""
 
-    __slots__ = ("started", "status", "times", "parts", "done", "error", "ended", "body", "events")
+    __slots__ = ("body", "done", "ended", "error", "events", "parts", "started", "status", "times")
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -270,7 +270,7 @@ class Pool:
                     loop.create_connection(_Conn, self.host, self.port), timeout=max(0.01, timeout_s))
             await asyncio.wait_for(conn.send(request, result), timeout=max(0.01, timeout_s - (time.monotonic()
                                                                                               - result.started)))
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             result.error = result.error or f"{type(exc).__name__}: {exc}"
             result.ended = time.monotonic()
             if conn is not None and conn.transport is not None:

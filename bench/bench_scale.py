@@ -45,9 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from aio_sse import Pool, Result  # noqa: E402
+from aio_sse import Pool, Result
 
-from actors.testing.stream_mock import StreamMock, expected_text, realtime  # noqa: E402
+from actors.testing.stream_mock import StreamMock, expected_text, realtime
 
 MESSAGES = [{"role": "user", "content": "Benchmark prompt with a few words in it"}]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -171,7 +171,7 @@ class Meter:
         self.peak_pss = 0
         self._stop = threading.Event()
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         self.cpu0 = {pid: cpu_of(pid) for pid in self.roles}
         self.mock0 = sum(cpu_of(p) for p in self.mock_pids)
         self.self0 = self_cpu()
@@ -195,7 +195,7 @@ class Meter:
             if self._stop.wait(1.0):
                 return
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
         self.wall = time.monotonic() - self.t0
@@ -432,8 +432,8 @@ def burst_k(args: argparse.Namespace, mock: StreamMock, k: int) -> dict[str, Any
                 row["door"] = s = {**s, **m.figures(k, s["tokens"])}
                 show("door", s)
             else:
-                rows, wall, m, ccpu = client_run(node.port, k, args.chunks, args.bound, "burst", 0,
-                                                 lambda: Meter(node, mock))
+                rows, _, m, ccpu = client_run(node.port, k, args.chunks, args.bound, "burst", 0,
+                                              lambda: Meter(node, mock))
                 s = summarize(rows, k, args.chunks)
                 row["client"] = s = {**s, **m.figures(k, s["tokens"]), "client_cores": ccpu / m.wall}
                 show("client", s)

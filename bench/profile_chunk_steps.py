@@ -31,13 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.core.frames import FrameCodec, FrameDecoder, chunk_body, chunk_fields  # noqa: E402
-from actors.providers import make_runner  # noqa: E402
-from actors.providers.base import StreamAccumulator  # noqa: E402
-from actors.security.keys import KeyRing, WireKey  # noqa: E402
-from actors.settings.loader import parse_config  # noqa: E402
-from actors.stream_receiver import Inbox  # noqa: E402
-from actors.types import TokenChunk  # noqa: E402
+from actors.core.frames import FrameCodec, FrameDecoder, chunk_body, chunk_fields
+from actors.providers import make_runner
+from actors.providers.base import StreamAccumulator
+from actors.security.keys import KeyRing, WireKey
+from actors.settings.loader import parse_config
+from actors.stream_receiver import Inbox
+from actors.types import TokenChunk
 
 EVENT = (b'data: {"id":"chatcmpl-mock","object":"chat.completion.chunk","created":0,"model":"mock-gpt",'
          b'"choices":[{"index":0,"delta":{"content":"w17 "},"finish_reason":null}]}\n\n')

@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import bench_scale  # noqa: E402
-from bench_scale import Meter, Node, aio_burst, client_run, loadavg, summarize  # noqa: E402
+import bench_scale
+from bench_scale import Meter, Node, aio_burst, client_run, loadavg, summarize
 
-from actors.testing.stream_mock import StreamMock  # noqa: E402
+from actors.testing.stream_mock import StreamMock
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -65,10 +65,10 @@ def thread_names(pid: int) -> dict[int, str]:
     """tid -> Python thread name, from py-spy dump."""
     try:
         text = subprocess.run(["py-spy", "dump", "--pid", str(pid), "--nonblocking"], capture_output=True,
-                              text=True, timeout=30).stdout
+                              text=True, timeout=30, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    return {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', text, re.M)}
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', text, re.MULTILINE)}
 
 
 def group_of(role: str, name: str, is_main: bool) -> str:
@@ -94,11 +94,8 @@ def fold(path: Path, n: int = 18) -> None:
             continue
         frames = stack.split(";")
         head = frames[0]
-        m = re.match(r'thread \((0x[0-9a-fA-F]+)\)', head)
-        name = ""
-        if m:
-            frames = frames[1:]
-            name = head
+        if re.match(r'thread \((0x[0-9a-fA-F]+)\)', head):
+            frames = frames[1:]   # py-spy --threads puts the thread first; grouped by what it runs instead
         group = "waitress worker" if any("handler_thread" in f for f in frames) else \
             "waitress I/O loop" if any("asyncore" in f or "wasyncore" in f for f in frames[:6]) else \
             "reader" if any("Attempt.run" in f or "run (actors/runtime/upstream.py" in f for f in frames) else \

@@ -41,12 +41,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_scale import cpu_of, loadavg, self_cpu  # noqa: E402
-from proto_control_actors import SECRET, _codec  # noqa: E402
+from bench_scale import cpu_of, loadavg, self_cpu
+from proto_control_actors import _codec
 
-from actors.core.frames import FrameDecoder  # noqa: E402
-from actors.testing.stream_mock import StreamMock  # noqa: E402
-from actors.types import InferenceRequest  # noqa: E402
+from actors.core.frames import FrameDecoder
+from actors.testing.stream_mock import StreamMock
+from actors.types import InferenceRequest
 
 MESSAGES = [{"role": "user", "content": "Benchmark prompt with a few words in it"}]
 

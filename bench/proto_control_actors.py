@@ -96,7 +96,7 @@ class MsgEngine(Actor):
 
 
 class _Conn:
-    __slots__ = ("sock", "decoder", "kind")
+    __slots__ = ("decoder", "kind", "sock")
 
     def __init__(self, sock: socket.socket, decoder: FrameDecoder) -> None:
         self.sock, self.decoder, self.kind = sock, decoder, "?"

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_scale import pss_kib  # noqa: E402
+from bench_scale import pss_kib
 
 
 def rss_kib() -> int:

@@ -55,8 +55,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from actors.core.frames import FrameCodec, FrameDecoder  # noqa: E402
-from actors.security.keys import KeyRing, WireKey  # noqa: E402
+from actors.core.frames import FrameCodec, FrameDecoder
+from actors.security.keys import KeyRing, WireKey
 
 SECRET = "proto-relay-secret-0123456789abcdef"
 MESSAGES = [{"role": "user", "content": "Benchmark prompt with a few words in it"}]
@@ -128,8 +128,8 @@ def worker_main(ports: list[int], slots: int, mock_url: str, render: str) -> Non
     its actors): ``slots`` slot threads each. Prints ready once every process listens."""
     import requests  # noqa: F401 - imported before the forks, shared copy-on-write
 
-    import actors.http.openai_dialect  # noqa: F401
-    import actors.providers  # noqa: F401
+    import actors.http.openai_dialect
+    import actors.providers
     import actors.runtime.worker  # noqa: F401 - a real worker's imports (Thespian, the runtime), for its memory
 
     t0 = time.monotonic()
@@ -365,7 +365,7 @@ def worker_async_main(ports: list[int], mock_url: str, render: str) -> None:
     runner = make_runner(cfg.deployments[0])
     cod = codec()
     host, mport = _host_port(mock_url)
-    idle: list["Upstream"] = []
+    idle: list[Upstream] = []
 
     class Sink:
         def __init__(self, transport: Any) -> None:
@@ -564,8 +564,8 @@ def asyncio_door_main(port: int, worker_ports: list[int]) -> None:
     from actors.types import TokenChunk
 
     cod = codec()
-    streams: dict[str, "Caller"] = {}
-    links: list["Link"] = []
+    streams: dict[str, Caller] = {}
+    links: list[Link] = []
     rr = [0]
 
     class Link(asyncio.Protocol):
@@ -865,7 +865,7 @@ def main() -> None:
                 peak = [0]
                 stop = threading.Event()
 
-                def sample() -> None:
+                def sample(peak=peak, pids=pids, stop=stop) -> None:
                     while True:
                         peak[0] = max(peak[0], pss_kib(pids["door"] + pids["workers"]))
                         if stop.wait(1.0):
@@ -875,7 +875,7 @@ def main() -> None:
                 if args.kill_one_at is not None and args.workers == "threads":
                     victim = max(pids["workers"])
 
-                    def kill() -> None:
+                    def kill(victim: int = victim) -> None:
                         time.sleep(args.kill_one_at)
                         os.kill(victim, signal.SIGKILL)
                         print(f"  killed worker process {victim} at {args.kill_one_at:g} s", flush=True)

@@ -68,10 +68,10 @@ class _Ticker:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.buckets: dict[int, list["_Stream"]] = {}
+        self.buckets: dict[int, list[_Stream]] = {}
         self.late: list[float] = []     # how late each tick fired (s): is the mock itself keeping up?
 
-    def at(self, when: float, stream: "_Stream") -> None:
+    def at(self, when: float, stream: _Stream) -> None:
         tick = int(when / TICK_S) + 1
         bucket = self.buckets.get(tick)
         if bucket is None:
@@ -87,9 +87,9 @@ class _Ticker:
 
 
 class _Stream:
-    __slots__ = ("conn", "model", "n", "i", "drip", "usage", "ticker", "due")
+    __slots__ = ("conn", "drip", "due", "i", "model", "n", "ticker", "usage")
 
-    def __init__(self, conn: "_Conn", model: str, n: int, drip: float, usage: bool, ticker: _Ticker) -> None:
+    def __init__(self, conn: _Conn, model: str, n: int, drip: float, usage: bool, ticker: _Ticker) -> None:
         self.conn, self.model, self.n, self.i, self.drip, self.usage, self.ticker = conn, model, n, 0, drip, usage, ticker
         self.due = 0.0
 
@@ -131,7 +131,7 @@ def _usage(n: int) -> dict[str, int]:
 
 
 class _Conn(asyncio.Protocol):
-    def __init__(self, server: "_Server") -> None:
+    def __init__(self, server: _Server) -> None:
         self.server = server
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -329,10 +329,10 @@ class StreamMock:
         if self._proc.stdout is not None:
             self._proc.stdout.close()
 
-    def __enter__(self) -> "StreamMock":
+    def __enter__(self) -> StreamMock:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
