@@ -100,6 +100,10 @@ class Delivery:
         self.woken_at: float | None = None  # monotonic time the reader first asked for the actor since its last pump
         self.flush_at: float | None = None  # the coalescing timer the actor armed (monotonic), until the next cut
         self.channel_failed = False
+        # The actor's pump saw the outcome and cut the text pending with it. The actor finishes on
+        # this, never on ``outcome`` alone: the reader may decide between a pump and the actor's
+        # next look, and the text it left pending would then never be sent.
+        self.settled = False
 
     # -- the reader thread ---------------------------------------------------------------
 
@@ -215,6 +219,7 @@ class Delivery:
             if self.outcome is not UNDECIDED:
                 if self.acc.has_pending:
                     self._cut(outlet)      # the last text goes before the outcome is reported
+                self.settled = True
                 return None
             due = None
             if self.acc.has_pending:

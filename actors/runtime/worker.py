@@ -37,7 +37,7 @@ from actors.providers import make_runner
 from actors.providers.base import ModelRunner, StreamAccumulator
 from actors.runtime import stream_sender, transport
 from actors.runtime.base import GatewayActor
-from actors.runtime.delivery import UNDECIDED, Delivery
+from actors.runtime.delivery import Delivery
 from actors.runtime.logs import logger
 from actors.runtime.protocol import (Dispatch, FirstToken, SessionSnapshot, SessionSubscribe, WorkerInit, WorkerReady,
                                      WorkerResult)
@@ -257,7 +257,7 @@ class RemoteWorkerActor(GatewayActor):
             if time.time() >= delivery.deadline:
                 return self._finish(delivery, delivery.end(delivery.deadline_error(), self.outlet))
             due = delivery.pump(self.outlet, self.lag)
-            if delivery.outcome is not UNDECIDED:
+            if delivery.settled:
                 return self._finish(delivery, delivery.end(None))
             if due is not None:
                 self.timers.at("flush", due)

@@ -212,3 +212,20 @@ def test_the_outcome_of_each_ending_event():
     assert type(d.outcome) is E.InternalError
     d, _ = delivery()
     assert d.outcome is UNDECIDED and d.end(None) is None
+
+
+def test_an_outcome_decided_after_a_pump_is_settled_by_the_next_pump_with_the_text_left_pending():
+    """The reader may decide between the actor's pump and its next look: the actor must not take
+    the outcome then (it finishes on ``settled``), or the text held back would never be sent."""
+    outlet, lag = Outlet(), streaming.Lag()
+    lag.value = 0.01                                          # a window: the second piece is held back
+    d, wakes = delivery(channel=None)
+    d.take(sse("a"))
+    d.pump(outlet, lag)
+    d.take(sse("b"))
+    assert d.pump(outlet, lag) is not None and not d.settled  # held back, the outcome still open
+    woken = len(wakes)
+    assert d.take(FINISH) and not d.take(END) and d.outcome is None   # the reader decides right after
+    assert not d.settled and len(wakes) == woken + 1          # not settled: the actor is woken for it
+    assert d.pump(outlet, lag) is None and d.settled
+    assert outlet.messages == [(0, "a"), (1, "b")]            # nothing lost
