@@ -3,6 +3,10 @@
 - **The serializer.** ``thespian.system.transport.TCPTransport`` takes its serializer from one
   module-level name, ``serializer`` (``serializer.dumps`` for every frame it sends,
   ``serializer.loads`` for every frame and ACK it reads): :func:`install_serializer` puts ours there.
+- **Children placed on another node** (:func:`placed_elsewhere`): a ``ChildActorExited`` from
+  outside the node is only believed about a child this process had created on another node
+  (``MultiProcReplicator.init_replicator`` is wrapped to remember this process's actor
+  manager; its ``_children`` and ``_child_procs`` say which children are remote).
 - **The peer of each frame.** Thespian deserializes in exactly two methods of ``TCPTransport``:
   ``_addedDataToIncoming(inc, ...)`` (``inc.data`` -> ``ReceiveBuffer.completed()``; every
   accepted connection, trailing data, and data read back on a send socket all pass here) and
@@ -28,7 +32,7 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["die_with_parent", "install_serializer", "current_serializer", "frame_peer", "DeferredLines", "emit_after_this_step",
+__all__ = ["die_with_parent", "install_serializer", "placed_elsewhere", "current_serializer", "frame_peer", "DeferredLines", "emit_after_this_step",
            "quiet_thespian_log", "listen_or_watch", "WATCHED", "THESPIAN_VERSION"]
 
 THESPIAN_VERSION = "4.0.1"
@@ -141,12 +145,46 @@ def die_with_parent() -> None:
     multiprocCommon.startChild = startChild
 
 
+_manager: Any = None   # weakref to this process's actor manager (or admin), once it exists
+
+
+def _remember_manager() -> None:
+    from thespian.system.multiprocCommon import MultiProcReplicator
+
+    original = MultiProcReplicator.init_replicator
+    if getattr(original, "_atomr_manager", False):
+        return
+
+    def init_replicator(self: Any, *args: Any, **kw: Any) -> Any:
+        global _manager
+        _manager = weakref.ref(self)
+        return original(self, *args, **kw)
+
+    init_replicator._atomr_manager = True  # type: ignore[attr-defined]
+    init_replicator.__wrapped__ = original  # type: ignore[attr-defined]
+    MultiProcReplicator.init_replicator = init_replicator
+
+
+def placed_elsewhere(address: Any) -> bool:
+    """Is ``address`` a child this process created on another node (not one it forked itself)?"""
+    manager = _manager() if _manager is not None else None
+    if manager is None or address is None:
+        return False
+    try:
+        forked = [getattr(c, "childRealAddr", c.childAddr) for c in getattr(manager, "_child_procs", [])]
+        return address in list(getattr(manager, "_children", [])) and address not in forked
+    except Exception:  # noqa: BLE001 - an address that does not compare: not one of ours
+        return False
+
+
 def install_serializer(serializer: Any) -> None:
     from thespian.system.transport import TCPTransport
 
     _track_peers()
     die_with_parent()
+    _remember_manager()
     serializer.peer_of_frame = frame_peer
+    serializer.placed_elsewhere = placed_elsewhere
     serializer.refusals.emit = emit_after_this_step
     TCPTransport.serializer = serializer
     quiet_thespian_log()

@@ -1,4 +1,4 @@
-"""Bringing a node's actors up from its own configuration (local only: see actors/security/trust.py)."""
+"""Bringing a node's actors up from its own configuration (node-only: see actors/security/permissions.py)."""
 
 from __future__ import annotations
 
