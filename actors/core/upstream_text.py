@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["strip_internals"]
+__all__ = ["strip_internals", "trimmed", "for_log", "LOG_BODY_CHARS"]
+
+LOG_BODY_CHARS = 16 * 1024    # of an upstream's error body, in the node's log
 
 # One line of a stack trace, in the languages servers are written in.
 _FRAME_LINES = re.compile(
@@ -65,3 +67,24 @@ def strip_internals(text: str) -> str:
     if dropped:
         out = (out + " (stack trace removed)") if out else "the upstream answered with a stack trace (removed)"
     return out
+
+
+def _text(body: bytes | str | None) -> str:
+    if isinstance(body, (bytes, bytearray)):
+        return bytes(body).decode("utf-8", "replace")
+    return body if isinstance(body, str) else ""
+
+
+def trimmed(body: bytes | str | None, caller_chars: int = 500) -> bool:
+    """Did the caller get less than this body says (a trace or path removed, or cut to length)?"""
+    text = _text(body).strip()
+    return len(text) > caller_chars or strip_internals(text) != text
+
+
+def for_log(body: bytes | str | None, limit: int = LOG_BODY_CHARS) -> str:
+    """An upstream's whole error body for the node's log: secrets masked, bounded, on one line."""
+    from actors.core.classify import _SECRET_PATTERNS   # the masks of every message (classify imports this module)
+
+    text = _SECRET_PATTERNS.sub("[redacted]", _text(body))
+    cut = len(text) > limit
+    return text[:limit].replace("\n", "\\n") + ("…" if cut else "")

@@ -23,7 +23,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from actors.core import streaming
+from actors.core import streaming, upstream_text
 from actors.core.streaming import END, HttpStatus, Opened, Overflow, TransportFailed, WholeBody
 from actors.core.transport import classify_transport, deadline_verdict
 from actors.errors import InferenceError, InternalError
@@ -145,7 +145,11 @@ class Job:
         if isinstance(item, WholeBody):
             return streaming.end_of_body(runner.parse_response, item.data, self.acc, provider)
         if isinstance(item, HttpStatus):
-            return runner.classify_error(item.status, item.headers, item.body)
+            error = runner.classify_error(item.status, item.headers, item.body)
+            if upstream_text.trimmed(item.body):  # the caller got the message without the rest: the log keeps it
+                log.warning("%s answered HTTP %d; the caller was told %r; the whole body: %s", provider, item.status,
+                            error.message, upstream_text.for_log(item.body))
+            return error
         if isinstance(item, Overflow):
             return streaming.too_large("max_body_bytes", item.limit_bytes, provider)
         if isinstance(item, TransportFailed):

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from actors.core.log_limit import LineLimiter
 from actors.security import trust
 from actors.security.allow_list import AllowList, Refused, default_allow_list, printable, unpickler_for
 from actors.security.keys import KeyRing, WireKey
@@ -56,36 +57,16 @@ def _log_now(line: str) -> None:
     _log().warning("%s", line)
 
 
-class RefusalLog:
+class RefusalLog(LineLimiter):
     """At most one line per (peer host, reason kind) every ``interval_s``, counting the rest."""
 
     def __init__(self, interval_s: float = LOG_INTERVAL_S, clock=time.monotonic,
                  emit: Callable[[str], None] = _log_now) -> None:
-        self.interval_s = interval_s
-        self.clock = clock
-        self.emit = emit
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
-        self._lock = threading.Lock()
-        self.total = 0
+        super().__init__(emit, interval_s, clock)
 
     def refused(self, peer: str, kind: str, reason: str, line: str | None = None) -> bool:
         """Log one refusal (or count it); True if a line was written."""
-        head, sep, port = peer.rpartition(":")
-        host = head if sep and port.rstrip(")").isdigit() else peer  # a flood from one host: any source port
-        now = self.clock()
-        with self._lock:
-            self.total += 1
-            last, held = self._last.get((host, kind), (None, 0))
-            if last is not None and now - last < self.interval_s:
-                self._last[(host, kind)] = (last, held + 1)
-                return False
-            self._last[(host, kind)] = (now, 0)
-            if len(self._last) > 1024:  # many peers: forget the quiet ones
-                for key in [k for k, (t, _) in self._last.items() if now - t >= self.interval_s]:
-                    del self._last[key]
-        more = f" (+{held} more like it in the last {self.interval_s:g}s)" if held else ""
-        self.emit((line or f"refused a frame from {peer}: {reason}; dropped unread") + more)
-        return True
+        return self.note(peer, kind, line or f"refused a frame from {peer}: {reason}; dropped unread")
 
 
 def _thespian_acks() -> dict[bytes, str]:
