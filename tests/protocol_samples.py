@@ -19,7 +19,7 @@ from actors.security.permissions import TABLE
 
 # Sent last by the tests, and only once: they stop what they reach.
 DESTRUCTIVE = {("actors.runtime.protocol.routing", "Drain"), ("thespian.system.messages.admin", "SystemShutdown"),
-               ("thespian.actors", "ActorExitRequest")}
+               ("thespian.actors", "ActorExitRequest"), ("thespian.system.logdirector", "LoggerExitRequest")}
 
 
 def address(host: str = "127.0.0.1", port: int = 1) -> ActorAddress:

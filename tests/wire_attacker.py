@@ -1,12 +1,14 @@
 """A process that holds the wire key but is not the node: it sends frames raw, the way an attacker would.
 
 ``python tests/wire_attacker.py SPEC`` (SPEC is JSON: ``host``, ``ports``, ``my_ip``, ``rows``: which
-rows of the table to send, or "all", ``skip``: rows not to send, ``model``, ``capability``) sends
+rows of the table to send, or "all", ``skip``: rows not to send, ``model``, ``sentinel_port``: a
+registry to ask for its status once all is sent; ``main(spec)`` from a node's launcher with
+``as_node`` signs as that node) sends
 one sample of each row (tests/protocol_samples.py), signed with this process's wire key, to
 every port, and listens on its own address, named as the sender and as every reply-to and
 subscriber, for whatever the node sends back. It prints JSON: ``replies`` ("port module.Class" ->
 "ACK", "ACK+DATAERR" or "closed"), ``received`` (the classes that came back) and ``secrets`` (how
-many ``Secret`` values came back: what must always be 0).
+many ``Secret`` values came back: what must always be 0), ``senders`` (class -> the ports it came from).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Recorder:
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
         self.received: list[str] = []
+        self.senders: dict[str, list[int]] = {}   # class -> the ports of the actors that sent one
         self.secrets = 0
         self.lock = threading.Lock()
         self.sentinel = threading.Event()
@@ -92,8 +95,12 @@ class Recorder:
             Secret.__init__ = original
         name = "refused" if not isinstance(envelope, tuple) else \
             f"{type(envelope[1]).__module__}.{type(envelope[1]).__qualname__}"
+        sockname = getattr(getattr(envelope[0], "addressDetails", None), "sockname", None) \
+            if isinstance(envelope, tuple) else None
         with self.lock:
             self.received.append(name)
+            if isinstance(sockname, tuple):
+                self.senders.setdefault(name, []).append(sockname[1])
             self.secrets += len(found) + (1 if "SessionSnapshot" in name else 0)
         if getattr(envelope[1] if isinstance(envelope, tuple) else None, "token", None) == "sentinel":
             self.sentinel.set()
@@ -115,9 +122,14 @@ def send(host: str, port: int, body: bytes, timeout_s: float = 5.0) -> str:
 
 
 def main(spec: dict) -> dict:
-    keys = wire.load_keyring()
-    trust.set_capability(None)  # whatever this process inherited: it is not the node
-    signer = wire.WireSerializer(keys, node_key=lambda: None, enforce_table=lambda: False)
+    """``spec["as_node"]``: sign as the node this process launched (its tag); else as a mere key holder."""
+    keys = wire.installed_keyring() or wire.load_keyring()
+    if spec.get("as_node"):
+        signer = wire.WireSerializer(keys, enforce_table=lambda: False)   # tags with this process's node key
+        spec = {**spec, "capability": trust.capability()}
+    else:
+        trust.set_capability(None)  # whatever this process inherited: it is not the node
+        signer = wire.WireSerializer(keys, node_key=lambda: None, enforce_table=lambda: False)
     recorder = Recorder(spec["my_ip"], wire.WireSerializer(keys, node_key=lambda: None, enforce_table=lambda: False))
     me = address(spec["my_ip"], recorder.port)
     table = samples(me, capability=spec.get("capability", ""), model=spec.get("model", "d1"))
@@ -136,10 +148,17 @@ def main(spec: dict) -> dict:
 
         send(spec["host"], spec["sentinel_port"], signer.dumps((me, StatusRequest(token="sentinel"))))
         recorder.sentinel.wait(20)
-    time.sleep(spec.get("listen_s", 1.0))
+    # ``until``: a class whose arrival ends the wait at once (``listen_s`` then bounds it).
+    deadline = time.monotonic() + spec.get("listen_s", 1.0)
+    until = spec.get("until")
+    while time.monotonic() < deadline:
+        with recorder.lock:
+            if until and any(name.endswith("." + until) for name in recorder.received):
+                break
+        time.sleep(0.05)
     with recorder.lock:
-        return {"replies": replies, "received": list(recorder.received), "secrets": recorder.secrets,
-                "pid": os.getpid()}
+        return {"replies": replies, "received": list(recorder.received), "senders": dict(recorder.senders),
+                "secrets": recorder.secrets, "pid": os.getpid()}
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 from actors.security.allow_list import Refused, printable
 from actors.security.trust import LOCAL, NODE, PEER, capability
 
-__all__ = ["NODE", "LOCAL", "PEER", "TABLE", "column", "PEER_ALLOWED", "CREATABLE", "CAPABILITY_CHECKED",
+__all__ = ["NODE", "LOCAL", "PEER", "TABLE", "column", "PEER_ALLOWED", "CREATABLE", "ADMIN_ONLY", "CAPABILITY_CHECKED",
            "check_envelope"]
 
 _N, _L, _P = NODE, LOCAL, PEER
@@ -129,6 +129,13 @@ CREATABLE: dict[str, dict[str, str | None]] = {
     LOCAL: {"actors.runtime.cluster.LeaderLocator": None, "actors.runtime.node.NodeRegistry": "atomr-node"},
 }
 
+# What clients and other admins say to an admin: from outside the node, read by an admin only.
+ADMIN_ONLY = frozenset({("thespian.system.messages.admin", "PendingActor"),
+                        ("thespian.system.messages.admin", "QueryExists"),
+                        ("thespian.system.messages.admin", "SystemShutdown"),
+                        ("thespian.system.messages.convention", "ConventionRegister"),
+                        ("thespian.system.messages.convention", "ConventionDeRegister")})
+
 # Messages that make a node run what its configuration says: only with this start's capability.
 CAPABILITY_CHECKED = frozenset({("actors.runtime.protocol.bringup", "Deploy"),
                                 ("actors.runtime.protocol.bringup", "SessionInit"),
@@ -172,7 +179,7 @@ _FROM = {LOCAL: "from a local process that is not one of this node's", PEER: "fr
 
 
 def _check_message(message: Any, principal: str, peer_host: str | None, placed_elsewhere: Callable[[Any], bool],
-                   depth: int = 0) -> None:
+                   in_admin: Callable[[], bool], awaits_child: Callable[[Any], bool], depth: int = 0) -> None:
     name = _qualname(message)
     if principal not in TABLE.get(name, ()):
         if name not in TABLE:
@@ -184,6 +191,14 @@ def _check_message(message: Any, principal: str, peer_host: str | None, placed_e
                       kind=f"{name[1]} from {principal}")
     if principal == NODE:
         return
+    if name in ADMIN_ONLY and not in_admin():
+        raise Refused(f"{name[1]} {_FROM[principal]} is for the admin, not an actor", kind=f"{name[1]} to an actor")
+    if name == ("thespian.system.messages.admin", "PendingActorResponse") and not in_admin() \
+            and not awaits_child(getattr(message, "instanceNum", None)):
+        # An actor takes it as news of its own child ("creating child N failed": a supervisor
+        # restarts it); from another node only while that child's creation there is awaited.
+        raise Refused(f"PendingActorResponse {_FROM[principal]} about a child this actor is not waiting for",
+                      kind=f"PendingActorResponse from {principal}")
     if name == ("thespian.system.messages.admin", "PendingActor"):
         cls = getattr(message, "actorClassName", None)
         creatable = CREATABLE[principal]
@@ -201,11 +216,14 @@ def _check_message(message: Any, principal: str, peer_host: str | None, placed_e
     elif name == ("thespian.actors", "PoisonMessage"):
         if depth >= 2:
             raise Refused(f"nested PoisonMessage {_FROM[principal]}", kind=f"not accepted from {principal}")
-        _check_message(message.poisonMessage, principal, peer_host, placed_elsewhere, depth + 1)
+        _check_message(message.poisonMessage, principal, peer_host, placed_elsewhere, in_admin, awaits_child,
+                       depth + 1)
 
 
 def check_envelope(envelope: Any, principal: str, peer_host: str | None = None, *, enforce_table: bool = True,
-                   placed_elsewhere: Callable[[Any], bool] = lambda address: False) -> None:
+                   placed_elsewhere: Callable[[Any], bool] = lambda address: False,
+                   in_admin: Callable[[], bool] = lambda: False,
+                   awaits_child: Callable[[Any], bool] = lambda instance: False) -> None:
     """Refuse an envelope that is malformed, or whose message ``principal`` may not send.
 
     ``enforce_table`` is true in the node's processes. A process that hosts no actor (a
@@ -218,7 +236,7 @@ def check_envelope(envelope: Any, principal: str, peer_host: str | None = None, 
     sender, message = envelope
     _check_sender(sender)
     if enforce_table or principal == PEER:
-        _check_message(message, principal, peer_host, placed_elsewhere)
+        _check_message(message, principal, peer_host, placed_elsewhere, in_admin, awaits_child)
     name = _qualname(message)
     if name in CAPABILITY_CHECKED:
         _check_capability(message, name[1])

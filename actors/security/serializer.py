@@ -95,7 +95,9 @@ class WireSerializer:
                  peer_of_frame: Callable[[], tuple[str, int] | None] = lambda: None,
                  node_key: Callable[[], WireKey | None] = trust.current_node_key,
                  enforce_table: Callable[[], bool] = trust.in_node_process,
-                 placed_elsewhere: Callable[[Any], bool] = lambda address: False) -> None:
+                 placed_elsewhere: Callable[[Any], bool] = lambda address: False,
+                 in_admin: Callable[[], bool] = lambda: False,
+                 awaits_child: Callable[[Any], bool] = lambda instance: False) -> None:
         from thespian.system.transport.streamBuffer import ackDataErrPacket
 
         from actors.errors import ConfigError
@@ -114,6 +116,8 @@ class WireSerializer:
         self.node_key = node_key
         self.enforce_table = enforce_table
         self.placed_elsewhere = placed_elsewhere  # set by thespian_hooks: a child this process placed on another node
+        self.in_admin = in_admin                  # set by thespian_hooks: this process is an admin
+        self.awaits_child = awaits_child          # set by thespian_hooks: a child creation is still pending
         self._acks = _thespian_acks()
         self.refused_packet = ackDataErrPacket
         self._actor_classes: set[str] = set()
@@ -189,7 +193,8 @@ class WireSerializer:
             except Exception as exc:  # noqa: BLE001 - a corrupt or hostile payload, whatever it raised
                 raise Refused(f"malformed payload ({type(exc).__name__})") from None
             check_envelope(envelope, principal, peer[0] if peer else None, enforce_table=self.enforce_table(),
-                           placed_elsewhere=self.placed_elsewhere)
+                           placed_elsewhere=self.placed_elsewhere, in_admin=self.in_admin,
+                           awaits_child=self.awaits_child)
             message = envelope[1]
             if type(message).__name__ == "PendingActor":
                 self._check_actor_creation(message)

@@ -6,7 +6,11 @@
 - **Children placed on another node** (:func:`placed_elsewhere`): a ``ChildActorExited`` from
   outside the node is only believed about a child this process had created on another node
   (``MultiProcReplicator.init_replicator`` is wrapped to remember this process's actor
-  manager; its ``_children`` and ``_child_procs`` say which children are remote).
+  manager; its ``_children`` and ``_child_procs`` say which children are remote), and whether
+  the process reading a frame is the admin (:func:`in_admin`): what the admins of a convention
+  say to each other is only read from outside the node by an admin; and whether an actor is
+  still waiting for news of a child it asked to be created (:func:`awaits_child`: its address
+  manager's ``_managed`` slot is still empty), the one time another node's admin answers it.
 - **The peer of each frame.** Thespian deserializes in exactly two methods of ``TCPTransport``:
   ``_addedDataToIncoming(inc, ...)`` (``inc.data`` -> ``ReceiveBuffer.completed()``; every
   accepted connection, trailing data, and data read back on a send socket all pass here) and
@@ -28,11 +32,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from typing import Any
 
-__all__ = ["die_with_parent", "install_serializer", "placed_elsewhere", "current_serializer", "frame_peer", "DeferredLines", "emit_after_this_step",
+__all__ = ["die_with_parent", "install_serializer", "placed_elsewhere", "in_admin", "awaits_child", "current_serializer", "frame_peer", "DeferredLines", "emit_after_this_step",
            "quiet_thespian_log", "listen_or_watch", "WATCHED", "THESPIAN_VERSION"]
 
 THESPIAN_VERSION = "4.0.1"
@@ -145,7 +150,13 @@ def die_with_parent() -> None:
     multiprocCommon.startChild = startChild
 
 
-_manager: Any = None   # weakref to this process's actor manager (or admin), once it exists
+_manager: Any = None   # (pid, weakref) of this process's actor manager (or admin), once it exists
+
+
+def _this_manager() -> Any:
+    # A process forked from another (the logger from its admin) inherits the pair: not its manager.
+    pid, ref = _manager if _manager is not None else (None, None)
+    return ref() if pid == os.getpid() else None
 
 
 def _remember_manager() -> None:
@@ -157,7 +168,7 @@ def _remember_manager() -> None:
 
     def init_replicator(self: Any, *args: Any, **kw: Any) -> Any:
         global _manager
-        _manager = weakref.ref(self)
+        _manager = (os.getpid(), weakref.ref(self))
         return original(self, *args, **kw)
 
     init_replicator._atomr_manager = True  # type: ignore[attr-defined]
@@ -167,7 +178,7 @@ def _remember_manager() -> None:
 
 def placed_elsewhere(address: Any) -> bool:
     """Is ``address`` a child this process created on another node (not one it forked itself)?"""
-    manager = _manager() if _manager is not None else None
+    manager = _this_manager()
     if manager is None or address is None:
         return False
     try:
@@ -175,6 +186,21 @@ def placed_elsewhere(address: Any) -> bool:
         return address in list(getattr(manager, "_children", [])) and address not in forked
     except Exception:  # noqa: BLE001 - an address that does not compare: not one of ours
         return False
+
+
+def awaits_child(instance: Any) -> bool:
+    """Is this process's actor still waiting to learn where its child number ``instance`` was created?"""
+    manager = _this_manager()
+    managed = getattr(getattr(manager, "_addrManager", None), "_managed", None)
+    return (isinstance(instance, int) and not isinstance(instance, bool) and isinstance(managed, list)
+            and 0 <= instance < len(managed) and managed[instance] is None)
+
+
+def in_admin() -> bool:
+    """Is this process an actor system's admin (not an actor, not a client)?"""
+    from thespian.system.admin.adminCore import AdminCore
+
+    return isinstance(_this_manager(), AdminCore)
 
 
 def install_serializer(serializer: Any) -> None:
@@ -185,6 +211,8 @@ def install_serializer(serializer: Any) -> None:
     _remember_manager()
     serializer.peer_of_frame = frame_peer
     serializer.placed_elsewhere = placed_elsewhere
+    serializer.in_admin = in_admin
+    serializer.awaits_child = awaits_child
     serializer.refusals.emit = emit_after_this_step
     TCPTransport.serializer = serializer
     quiet_thespian_log()

@@ -52,10 +52,15 @@ def launched():
     trust.set_capability(before)
 
 
-def node_side(placed=lambda child: False) -> wire.WireSerializer:
-    """What one of the node's processes reads frames with: the table enforced."""
+def node_side(placed=lambda child: False, admin: bool = False, awaited=()) -> wire.WireSerializer:
+    """What one of the node's processes (its admin, with ``admin``) reads frames with: the table enforced.
+    ``awaited``: the numbers of the children this actor waits to hear about."""
     return wire.WireSerializer(KEYS, local=trust.LocalAddresses(can_bind=lambda host: False),
-                               enforce_table=lambda: True, placed_elsewhere=placed)
+                               enforce_table=lambda: True, placed_elsewhere=placed, in_admin=lambda: admin,
+                               awaits_child=lambda instance: instance in awaited)
+
+
+ADMIN_ROWS = permissions.ADMIN_ONLY | {("thespian.system.messages.admin", "PendingActorResponse")}
 
 
 def sender(tag_capability: str | None) -> wire.WireSerializer:
@@ -126,7 +131,36 @@ def test_each_principal_may_send_its_column_and_nothing_else(principal):
         expected = principal in permissions.TABLE[row]
         if row == ("thespian.actors", "ChildActorExited") and principal != trust.NODE:
             expected = False  # about no child this process placed elsewhere: refused (below)
-        assert delivered(message, principal) is expected, (principal, row)
+        reader = node_side(admin=row in ADMIN_ROWS)
+        assert delivered(message, principal, reader=reader) is expected, (principal, row)
+
+
+def test_what_admins_say_to_each_other_reaches_no_actor_from_outside_the_node():
+    from thespian.system.messages.admin import QueryExists, SystemShutdown
+    from thespian.system.messages.convention import ConventionRegister
+
+    for message in (SystemShutdown(), QueryExists(), ConventionRegister(ME, {}, False),
+                    PendingActor("actors.runtime.cluster.LeaderLocator", ME, 1, None, None)):
+        for principal in (trust.LOCAL, trust.PEER):
+            if principal in permissions.TABLE[(type(message).__module__, type(message).__name__)]:
+                assert delivered(message, principal, reader=node_side(admin=True)), (principal, message)
+                assert not delivered(message, principal, reader=node_side(admin=False)), (principal, message)
+        assert delivered(message, trust.NODE, reader=node_side(admin=False))
+
+
+def test_news_of_a_child_from_another_node_only_while_the_actor_waits_for_it():
+    """"Creating your child 1 failed", forged from another host, made a registrar start a second
+    strict limiter (its first child). Another node's admin answers an actor once: about the child
+    it asked that node for (a leader locator), while it waits."""
+    from thespian.system.messages.admin import PendingActorResponse
+
+    failed = PendingActorResponse(ME, 1, None, errorCode=1)
+    for principal in (trust.LOCAL, trust.PEER):
+        assert not delivered(failed, principal, reader=node_side())
+        assert not delivered(failed, principal, reader=node_side(awaited={2}))
+        assert delivered(failed, principal, reader=node_side(awaited={1}))
+        assert delivered(failed, principal, reader=node_side(admin=True))
+    assert delivered(failed, trust.NODE, reader=node_side())
 
 
 def test_what_no_column_names_is_refused_even_from_the_node(caplog):
@@ -215,6 +249,7 @@ def test_a_child_exited_from_outside_the_node_is_only_about_a_child_placed_elsew
 
 
 def test_actor_creation_from_outside_the_node():
+    admin = node_side(admin=True)
     locator = PendingActor("actors.runtime.cluster.LeaderLocator", ME, 1, None, None)
     registry = PendingActor("actors.runtime.node.NodeRegistry", ME, 1, None, "atomr-node")
     for principal, message, expected in [
@@ -225,7 +260,8 @@ def test_actor_creation_from_outside_the_node():
         (trust.LOCAL, PendingActor("actors.runtime.cluster.LeaderLocator", ME, 1, None, "a-name"), False),
         (trust.NODE, PendingActor("actors.runtime.session.RemoteSessionActor", ME, 1, None, None), True),
     ]:
-        assert delivered(message, principal) is expected, (principal, message.actorClassName, message.globalName)
+        assert delivered(message, principal, reader=admin) is expected, (principal, message.actorClassName,
+                                                                          message.globalName)
 
 
 def test_a_poison_message_carries_only_what_its_sender_may_send():
