@@ -322,9 +322,7 @@ def guard_cost(calls: int, rounds: int, threads: int = 16, seconds: float = 2.0)
                     sessions[kind].post(url, json=doc, timeout=10)
                     lat.append(time.perf_counter() - started)
                 cpu = (_cpu_s(pid) - before) / calls
-                local = threading.local()
-
-                def call(url=url) -> None:
+                def call(url=url, local=threading.local()) -> None:
                     if not hasattr(local, "s"):
                         local.s = requests.Session()
                     local.s.post(url, json=doc, timeout=10)

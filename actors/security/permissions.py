@@ -19,14 +19,13 @@ no actor, refuses only what a peer may not send.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from actors.security.allow_list import Refused, printable
 from actors.security.trust import LOCAL, NODE, PEER, capability
 
 __all__ = ["NODE", "LOCAL", "PEER", "TABLE", "column", "PEER_ALLOWED", "CREATABLE", "ADMIN_ONLY", "CAPABILITY_CHECKED",
-           "check_envelope"]
+           "Receiver", "NO_ACTOR", "check_envelope"]
 
 _N, _L, _P = NODE, LOCAL, PEER
 
@@ -141,6 +140,34 @@ CAPABILITY_CHECKED = frozenset({("actors.runtime.protocol.bringup", "Deploy"),
                                 ("actors.runtime.protocol.bringup", "SessionInit"),
                                 ("actors.runtime.watchdog", "WatchLauncher")})
 
+class Receiver(Protocol):
+    """What the guards need to know about the process reading a frame (thespian_hooks.THIS_PROCESS)."""
+
+    def is_admin(self) -> bool:
+        """Is it an actor system's admin?"""
+
+    def placed_elsewhere(self, address: Any) -> bool:
+        """Is ``address`` a child its actor had created on another node?"""
+
+    def awaits_child(self, instance: Any) -> bool:
+        """Is its actor still waiting to learn where its child number ``instance`` was created?"""
+
+
+class _NoActor:
+    """A process that hosts no actor (a client): none of it."""
+
+    def is_admin(self) -> bool:
+        return False
+
+    def placed_elsewhere(self, address: Any) -> bool:
+        return False
+
+    def awaits_child(self, instance: Any) -> bool:
+        return False
+
+
+NO_ACTOR: Receiver = _NoActor()
+
 _ADDRESS_TYPES = ("TCPv4ActorAddress", "TCPv6ActorAddress", "RoutedTCPv4ActorAddress", "TXOnlyAdminTCPv4ActorAddress")
 
 
@@ -178,8 +205,7 @@ _WHO = {NODE: "this node's own processes", LOCAL: "local processes", PEER: "othe
 _FROM = {LOCAL: "from a local process that is not one of this node's", PEER: "from another host"}
 
 
-def _check_message(message: Any, principal: str, peer_host: str | None, placed_elsewhere: Callable[[Any], bool],
-                   in_admin: Callable[[], bool], awaits_child: Callable[[Any], bool], depth: int = 0) -> None:
+def _check_message(message: Any, principal: str, peer_host: str | None, receiver: Receiver, depth: int = 0) -> None:
     name = _qualname(message)
     if principal not in TABLE.get(name, ()):
         if name not in TABLE:
@@ -191,10 +217,10 @@ def _check_message(message: Any, principal: str, peer_host: str | None, placed_e
                       kind=f"{name[1]} from {principal}")
     if principal == NODE:
         return
-    if name in ADMIN_ONLY and not in_admin():
+    if name in ADMIN_ONLY and not receiver.is_admin():
         raise Refused(f"{name[1]} {_FROM[principal]} is for the admin, not an actor", kind=f"{name[1]} to an actor")
-    if name == ("thespian.system.messages.admin", "PendingActorResponse") and not in_admin() \
-            and not awaits_child(getattr(message, "instanceNum", None)):
+    if name == ("thespian.system.messages.admin", "PendingActorResponse") and not receiver.is_admin() \
+            and not receiver.awaits_child(getattr(message, "instanceNum", None)):
         # An actor takes it as news of its own child ("creating child N failed": a supervisor
         # restarts it); from another node only while that child's creation there is awaited.
         raise Refused(f"PendingActorResponse {_FROM[principal]} about a child this actor is not waiting for",
@@ -210,20 +236,17 @@ def _check_message(message: Any, principal: str, peer_host: str | None, placed_e
         # supervised: from outside the node only about a child this process placed on another
         # node (a leader locator saying goodbye), never about one of this node's own actors.
         child = getattr(message, "childAddress", None)
-        if not placed_elsewhere(child) or (principal == PEER and (peer_host is None or _host_of(child) != peer_host)):
+        if not receiver.placed_elsewhere(child) or (principal == PEER and (peer_host is None or _host_of(child) != peer_host)):
             raise Refused(f"ChildActorExited {_FROM[principal]} about an actor that is not its own",
                           kind=f"not accepted from {principal}")
     elif name == ("thespian.actors", "PoisonMessage"):
         if depth >= 2:
             raise Refused(f"nested PoisonMessage {_FROM[principal]}", kind=f"not accepted from {principal}")
-        _check_message(message.poisonMessage, principal, peer_host, placed_elsewhere, in_admin, awaits_child,
-                       depth + 1)
+        _check_message(message.poisonMessage, principal, peer_host, receiver, depth + 1)
 
 
 def check_envelope(envelope: Any, principal: str, peer_host: str | None = None, *, enforce_table: bool = True,
-                   placed_elsewhere: Callable[[Any], bool] = lambda address: False,
-                   in_admin: Callable[[], bool] = lambda: False,
-                   awaits_child: Callable[[Any], bool] = lambda instance: False) -> None:
+                   receiver: Receiver = NO_ACTOR) -> None:
     """Refuse an envelope that is malformed, or whose message ``principal`` may not send.
 
     ``enforce_table`` is true in the node's processes. A process that hosts no actor (a
@@ -236,7 +259,7 @@ def check_envelope(envelope: Any, principal: str, peer_host: str | None = None, 
     sender, message = envelope
     _check_sender(sender)
     if enforce_table or principal == PEER:
-        _check_message(message, principal, peer_host, placed_elsewhere, in_admin, awaits_child)
+        _check_message(message, principal, peer_host, receiver)
     name = _qualname(message)
     if name in CAPABILITY_CHECKED:
         _check_capability(message, name[1])

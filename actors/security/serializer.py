@@ -33,7 +33,7 @@ from actors.core.log_limit import LineLimiter
 from actors.security import trust
 from actors.security.allow_list import AllowList, Refused, default_allow_list, printable, unpickler_for
 from actors.security.keys import KeyRing, WireKey
-from actors.security.permissions import check_envelope
+from actors.security.permissions import NO_ACTOR, Receiver, check_envelope
 from actors.security.trust import LOCAL, NODE, PEER, LocalAddresses
 
 __all__ = ["MAGIC_SIGNED", "MAGIC_NODE", "MAC_LEN", "PROTOCOL", "LOG_INTERVAL_S", "WireSerializer", "RefusalLog",
@@ -95,9 +95,7 @@ class WireSerializer:
                  peer_of_frame: Callable[[], tuple[str, int] | None] = lambda: None,
                  node_key: Callable[[], WireKey | None] = trust.current_node_key,
                  enforce_table: Callable[[], bool] = trust.in_node_process,
-                 placed_elsewhere: Callable[[Any], bool] = lambda address: False,
-                 in_admin: Callable[[], bool] = lambda: False,
-                 awaits_child: Callable[[Any], bool] = lambda instance: False) -> None:
+                 receiver: Receiver = NO_ACTOR) -> None:
         from thespian.system.transport.streamBuffer import ackDataErrPacket
 
         from actors.errors import ConfigError
@@ -115,9 +113,7 @@ class WireSerializer:
         # wire, and a process that launched two nodes signs with the last one's.
         self.node_key = node_key
         self.enforce_table = enforce_table
-        self.placed_elsewhere = placed_elsewhere  # set by thespian_hooks: a child this process placed on another node
-        self.in_admin = in_admin                  # set by thespian_hooks: this process is an admin
-        self.awaits_child = awaits_child          # set by thespian_hooks: a child creation is still pending
+        self.receiver = receiver     # set by thespian_hooks: what the guards ask of this process's actor
         self._acks = _thespian_acks()
         self.refused_packet = ackDataErrPacket
         self._actor_classes: set[str] = set()
@@ -193,8 +189,7 @@ class WireSerializer:
             except Exception as exc:  # noqa: BLE001 - a corrupt or hostile payload, whatever it raised
                 raise Refused(f"malformed payload ({type(exc).__name__})") from None
             check_envelope(envelope, principal, peer[0] if peer else None, enforce_table=self.enforce_table(),
-                           placed_elsewhere=self.placed_elsewhere, in_admin=self.in_admin,
-                           awaits_child=self.awaits_child)
+                           receiver=self.receiver)
             message = envelope[1]
             if type(message).__name__ == "PendingActor":
                 self._check_actor_creation(message)

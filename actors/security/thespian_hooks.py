@@ -3,14 +3,14 @@
 - **The serializer.** ``thespian.system.transport.TCPTransport`` takes its serializer from one
   module-level name, ``serializer`` (``serializer.dumps`` for every frame it sends,
   ``serializer.loads`` for every frame and ACK it reads): :func:`install_serializer` puts ours there.
-- **Children placed on another node** (:func:`placed_elsewhere`): a ``ChildActorExited`` from
+- **What the guards ask of this process's actor** (:data:`THIS_PROCESS`): a ``ChildActorExited`` from
   outside the node is only believed about a child this process had created on another node
   (``MultiProcReplicator.init_replicator`` is wrapped to remember this process's actor
   manager; its ``_children`` and ``_child_procs`` say which children are remote), and whether
-  the process reading a frame is the admin (:func:`in_admin`): what the admins of a convention
-  say to each other is only read from outside the node by an admin; and whether an actor is
-  still waiting for news of a child it asked to be created (:func:`awaits_child`: its address
-  manager's ``_managed`` slot is still empty), the one time another node's admin answers it.
+  the process reading a frame is the admin: what the admins of a convention say to each other
+  is only read from outside the node by an admin; and whether an actor is still waiting for
+  news of a child it asked to be created (its address manager's ``_managed`` slot is still
+  empty), the one time another node's admin answers it.
 - **The peer of each frame.** Thespian deserializes in exactly two methods of ``TCPTransport``:
   ``_addedDataToIncoming(inc, ...)`` (``inc.data`` -> ``ReceiveBuffer.completed()``; every
   accepted connection, trailing data, and data read back on a send socket all pass here) and
@@ -37,7 +37,7 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ["die_with_parent", "install_serializer", "placed_elsewhere", "in_admin", "awaits_child", "current_serializer", "frame_peer", "DeferredLines", "emit_after_this_step",
+__all__ = ["die_with_parent", "install_serializer", "THIS_PROCESS", "current_serializer", "frame_peer", "DeferredLines", "emit_after_this_step",
            "quiet_thespian_log", "listen_or_watch", "WATCHED", "THESPIAN_VERSION"]
 
 THESPIAN_VERSION = "4.0.1"
@@ -176,31 +176,33 @@ def _remember_manager() -> None:
     MultiProcReplicator.init_replicator = init_replicator
 
 
-def placed_elsewhere(address: Any) -> bool:
-    """Is ``address`` a child this process created on another node (not one it forked itself)?"""
-    manager = _this_manager()
-    if manager is None or address is None:
-        return False
-    try:
-        forked = [getattr(c, "childRealAddr", c.childAddr) for c in getattr(manager, "_child_procs", [])]
-        return address in list(getattr(manager, "_children", [])) and address not in forked
-    except Exception:  # noqa: BLE001 - an address that does not compare: not one of ours
-        return False
+class _ThisProcess:
+    """What the wire's guards ask of the actor (or admin) of the process reading a frame."""
+
+    def is_admin(self) -> bool:
+        from thespian.system.admin.adminCore import AdminCore
+
+        return isinstance(_this_manager(), AdminCore)
+
+    def placed_elsewhere(self, address: Any) -> bool:
+        """Is ``address`` a child this process created on another node (not one it forked itself)?"""
+        manager = _this_manager()
+        if manager is None or address is None:
+            return False
+        try:
+            forked = [getattr(c, "childRealAddr", c.childAddr) for c in getattr(manager, "_child_procs", [])]
+            return address in list(getattr(manager, "_children", [])) and address not in forked
+        except Exception:  # noqa: BLE001 - an address that does not compare: not one of ours
+            return False
+
+    def awaits_child(self, instance: Any) -> bool:
+        """Is this process's actor still waiting to learn where its child number ``instance`` was created?"""
+        managed = getattr(getattr(_this_manager(), "_addrManager", None), "_managed", None)
+        return (isinstance(instance, int) and not isinstance(instance, bool) and isinstance(managed, list)
+                and 0 <= instance < len(managed) and managed[instance] is None)
 
 
-def awaits_child(instance: Any) -> bool:
-    """Is this process's actor still waiting to learn where its child number ``instance`` was created?"""
-    manager = _this_manager()
-    managed = getattr(getattr(manager, "_addrManager", None), "_managed", None)
-    return (isinstance(instance, int) and not isinstance(instance, bool) and isinstance(managed, list)
-            and 0 <= instance < len(managed) and managed[instance] is None)
-
-
-def in_admin() -> bool:
-    """Is this process an actor system's admin (not an actor, not a client)?"""
-    from thespian.system.admin.adminCore import AdminCore
-
-    return isinstance(_this_manager(), AdminCore)
+THIS_PROCESS = _ThisProcess()
 
 
 def install_serializer(serializer: Any) -> None:
@@ -210,9 +212,7 @@ def install_serializer(serializer: Any) -> None:
     die_with_parent()
     _remember_manager()
     serializer.peer_of_frame = frame_peer
-    serializer.placed_elsewhere = placed_elsewhere
-    serializer.in_admin = in_admin
-    serializer.awaits_child = awaits_child
+    serializer.receiver = THIS_PROCESS
     serializer.refusals.emit = emit_after_this_step
     TCPTransport.serializer = serializer
     quiet_thespian_log()

@@ -10,7 +10,6 @@ keys; and the listener itself, which must hold the wire key and never the node's
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import selectors

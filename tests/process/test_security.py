@@ -96,6 +96,24 @@ def node_ports(pgid: int, admin_port: int) -> set[int]:
     return {port for port, n in held.items() if n == 1} | {admin_port}
 
 
+def attack_every_port(node, bodies: dict[str, bytes]) -> tuple[dict[tuple[int, str], bytes], set[int]]:
+    """Each body to each of the node's ports: the replies, and the ports that still listen afterwards.
+
+    A node that has just started may still have its short-lived leader locator (it exits two
+    seconds after answering): a port that went away meanwhile answers nothing, and is not counted."""
+    ports = node_ports(node.pgid, node.admin_port)
+    replies = {}
+    for port in sorted(ports):
+        for kind, body in bodies.items():
+            try:
+                replies[(port, kind)] = send_raw(port, body)
+            except ConnectionRefusedError:
+                replies[(port, kind)] = b"(gone)"
+    live = node_ports(node.pgid, node.admin_port)
+    assert len(ports - live) <= 1, (ports, live)
+    return {k: v for k, v in replies.items() if k[0] in live}, ports & live
+
+
 def log_text(tmp_path: Path, name: str) -> str:
     path = tmp_path / f"{name}.log"
     return path.read_text() if path.exists() else ""
@@ -227,8 +245,6 @@ def test_the_remote_deploy_attack_runs_no_command_on_any_port(gateway, mock, tmp
     """Issue 9: an allow-listed Deploy (and SessionInit) carrying a command credential, unsigned and
     signed with the cluster key, from loopback, to the admin port and to every actor port."""
     node, client = gateway([deployment(mock.url, "d1", credentials={"value": "sk-local"})])
-    ports = node_ports(node.pgid, node.admin_port)
-    assert node.admin_port in ports and len(ports) >= 6, ports  # admin, logger, registry, engine, workers, ...
     marker = tmp_path / "pwned"
     deployments = attack_deployment(marker)
     attacks = {
@@ -237,10 +253,10 @@ def test_the_remote_deploy_attack_runs_no_command_on_any_port(gateway, mock, tmp
         "signed Deploy, a guessed capability": SIGNED.dumps((SENDER, P.Deploy("n1", deployments, capability="0" * 64))),
         "signed SessionInit": SIGNED.dumps((SENDER, P.SessionInit("pwn", "openai", deployments[0].credentials))),
     }
-    for port in sorted(ports):
-        for kind, body in attacks.items():
-            reply = send_raw(port, body)
-            assert b"ACK+DATAERR" in reply, (port, kind, reply)
+    replies, ports = attack_every_port(node, attacks)
+    assert node.admin_port in ports and len(ports) >= 6, ports  # admin, logger, registry, engine, workers, ...
+    for (port, kind), reply in replies.items():
+        assert b"ACK+DATAERR" in reply, (port, kind, reply)
     assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")  # still serving
     assert [d.name for d in node.config.deployments] == ["d1"]
     assert {r.deployment for r in client.routes("pwn", refresh=True)} == set()
@@ -267,11 +283,10 @@ MALFORMED = {
 def test_malformed_frames_are_refused_on_every_port_and_the_node_serves(gateway, mock, tmp_path):
     """Issue 17 item 4: a frame with an empty sender used to kill whichever actor received it."""
     node, client = gateway([deployment(mock.url, "d1", workers=2)])
-    ports = node_ports(node.pgid, node.admin_port)
     before = client.status()
-    for port in sorted(ports):
-        for kind, envelope in MALFORMED.items():
-            assert b"ACK+DATAERR" in send_raw(port, SIGNED.dumps(envelope)), (port, kind)
+    replies, ports = attack_every_port(node, {kind: SIGNED.dumps(envelope) for kind, envelope in MALFORMED.items()})
+    for (port, kind), reply in replies.items():
+        assert b"ACK+DATAERR" in reply, (port, kind)
     assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")
     after = client.status()
     assert [(e.deployment, e.workers) for e in after.engines] == [(e.deployment, e.workers) for e in before.engines]
@@ -306,8 +321,9 @@ def test_a_local_key_holder_gets_no_credential_from_any_port_but_may_call_drain_
     rows = [r for r in CREDENTIAL_ROWS if r != "actors.runtime.protocol.session:SessionInit"]
     result = attack_from({"host": "127.0.0.1", "ports": ports, "my_ip": "127.0.0.1", "rows": rows,
                           "sentinel_port": node.registry.addressDetails.sockname[1]})
-    assert len(result["replies"]) == len(rows) * len(ports)
-    assert set(result["replies"].values()) == {"ACK+DATAERR"}, result["replies"]
+    live = node_ports(node.pgid, node.admin_port)    # less a leader locator that ended meanwhile, if any
+    assert len(result["replies"]) == len(rows) * len(ports) and len(set(ports) - live) <= 1
+    assert {r for sent, r in result["replies"].items() if int(sent.split()[0]) in live} == {"ACK+DATAERR"}
     assert result["secrets"] == 0 and "actors.runtime.protocol.session.SessionSnapshot" not in result["received"]
     assert "actors.runtime.protocol.routing.NodeStatus" in result["received"]  # what a local caller may ask
     assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")  # nothing was acted on

@@ -52,12 +52,28 @@ def launched():
     trust.set_capability(before)
 
 
-def node_side(placed=lambda child: False, admin: bool = False, awaited=()) -> wire.WireSerializer:
-    """What one of the node's processes (its admin, with ``admin``) reads frames with: the table enforced.
-    ``awaited``: the numbers of the children this actor waits to hear about."""
+@dataclasses.dataclass
+class Receiver:
+    """The process reading the frames, as the guards see it (thespian_hooks.THIS_PROCESS in a node)."""
+
+    admin: bool = False
+    placed: tuple = ()      # children its actor placed on another node
+    awaited: tuple = ()     # the numbers of the children its actor waits to hear about
+
+    def is_admin(self) -> bool:
+        return self.admin
+
+    def placed_elsewhere(self, address) -> bool:
+        return address in self.placed
+
+    def awaits_child(self, instance) -> bool:
+        return instance in self.awaited
+
+
+def node_side(placed=(), admin: bool = False, awaited=()) -> wire.WireSerializer:
+    """What one of the node's processes reads frames with: the table enforced."""
     return wire.WireSerializer(KEYS, local=trust.LocalAddresses(can_bind=lambda host: False),
-                               enforce_table=lambda: True, placed_elsewhere=placed, in_admin=lambda: admin,
-                               awaits_child=lambda instance: instance in awaited)
+                               enforce_table=lambda: True, receiver=Receiver(admin, tuple(placed), tuple(awaited)))
 
 
 ADMIN_ROWS = permissions.ADMIN_ONLY | {("thespian.system.messages.admin", "PendingActorResponse")}
@@ -240,7 +256,7 @@ def test_a_child_exited_from_outside_the_node_is_only_about_a_child_placed_elsew
     outside the node it is believed only about a leader locator this process placed on another node."""
     locator, engine = address("127.0.0.1", 45001), address("127.0.0.1", 45002)
     remote_locator = address("10.9.9.9", 45001)
-    placed = node_side(placed=lambda child: child in (locator, remote_locator))
+    placed = node_side(placed=(locator, remote_locator))
     assert delivered(ChildActorExited(locator), trust.LOCAL, reader=placed)
     assert not delivered(ChildActorExited(engine), trust.LOCAL, reader=placed)
     assert delivered(ChildActorExited(remote_locator), trust.PEER, reader=placed)
