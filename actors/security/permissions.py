@@ -168,6 +168,23 @@ class _NoActor:
 
 NO_ACTOR: Receiver = _NoActor()
 
+
+class _NotANode:
+    """A process that is no node's (a client, ``status --leader``'s own admin): the guards that keep a
+    node's actors and supervision safe have nothing to keep here; only the peer column applies."""
+
+    def is_admin(self) -> bool:
+        return True
+
+    def placed_elsewhere(self, address: Any) -> bool:
+        return True
+
+    def awaits_child(self, instance: Any) -> bool:
+        return True
+
+
+_NOT_A_NODE: Receiver = _NotANode()
+
 _ADDRESS_TYPES = ("TCPv4ActorAddress", "TCPv6ActorAddress", "RoutedTCPv4ActorAddress", "TXOnlyAdminTCPv4ActorAddress")
 
 
@@ -258,8 +275,10 @@ def check_envelope(envelope: Any, principal: str, peer_host: str | None = None, 
                       kind="malformed envelope")
     sender, message = envelope
     _check_sender(sender)
-    if enforce_table or principal == PEER:
+    if enforce_table:
         _check_message(message, principal, peer_host, receiver)
+    elif principal == PEER:
+        _check_message(message, principal, peer_host, _NOT_A_NODE)
     name = _qualname(message)
     if name in CAPABILITY_CHECKED:
         _check_capability(message, name[1])

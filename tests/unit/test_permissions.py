@@ -289,12 +289,21 @@ def test_a_poison_message_carries_only_what_its_sender_may_send():
 
 
 def test_a_client_process_enforces_only_the_peer_column():
-    """A process that hosts no actor (a client, a launcher) reads what its node sends it."""
+    """A process that hosts no actor of a node (a client, a launcher, ``status --leader``'s admin)
+    reads what its node sends it; from another host, what the peer column names (the leader's admin
+    answers its locator's creation directly: no guard of a node's supervision applies)."""
+    from thespian.system.messages.admin import PendingActorResponse
+
     client = wire.WireSerializer(KEYS, local=trust.LocalAddresses(can_bind=lambda host: False),
                                  node_key=lambda: None, enforce_table=lambda: False)
     assert delivered(P.Routes("m", []), trust.LOCAL, reader=client)
     assert delivered(P.SessionSnapshot(1, None), trust.LOCAL, reader=client)
     assert not delivered(P.Routes("m", []), trust.PEER, reader=client)
+    assert delivered(PendingActorResponse(REMOTE_ME, 1, None, actualAddress=REMOTE_ME), trust.PEER, reader=client)
+    assert delivered(ChildActorExited(address("10.9.9.9", 45001)), trust.PEER, reader=client)
+    assert not delivered(ChildActorExited(address("127.0.0.1", 45001)), trust.PEER, reader=client)
+    assert not delivered(PendingActor("actors.runtime.session.RemoteSessionActor", ME, 1, None, None), trust.PEER,
+                         reader=client)
 
 
 def test_the_capability_is_still_checked_for_the_node():
