@@ -10,7 +10,7 @@ of tokens no call could ever use.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from actors.core.classify import redact
@@ -94,6 +94,7 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, (list, tuple)):

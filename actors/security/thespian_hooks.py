@@ -155,8 +155,9 @@ _manager: Any = None   # (pid, weakref) of this process's actor manager (or admi
 
 def _this_manager() -> Any:
     # A process forked from another (the logger from its admin) inherits the pair: not its manager.
-    pid, ref = _manager if _manager is not None else (None, None)
-    return ref() if pid == os.getpid() else None
+    if _manager is None or _manager[0] != os.getpid():
+        return None
+    return _manager[1]()
 
 
 def _remember_manager() -> None:
