@@ -101,6 +101,11 @@ def run_node(args: argparse.Namespace) -> int:
     from actors.ops.system import start_node
 
     config = load_config(args.config)
+    serve_http = bool(args.http) or (config.http is not None and config.http.listen is not None)
+    if serve_http:
+        from actors.settings.loader import http_section
+
+        http_section(config, args.http)  # refused before anything starts: never a listener without keys by accident
     key_environment = _key_environment(config)
     keyring = _keyring(config.cluster.secret_file, node=True)
     stop = threading.Event()
@@ -118,7 +123,7 @@ def run_node(args: argparse.Namespace) -> int:
         if node.mock is not None:
             print(f"built-in mock provider on {node.mock.url}", flush=True)
         print(node.standing(wait_s=min(3.0, config.cluster.failure_timeout_s)), flush=True)
-        if args.http or config.http is not None:
+        if serve_http:
             from actors.ops.http_process import start_http
 
             http = start_http(config, node.admin_port, listen=args.http, key_environment=key_environment,
@@ -314,7 +319,8 @@ def _demo_http(config, admin_port: int, key_environment: dict[str, str], log_fil
         print(f"\n> over HTTP: POST {http.url}/v1/chat/completions -> {reply.status_code}: "
               f"{body['choices'][0]['message']['content']!r} ({body['usage']['completion_tokens']} tokens)")
         print(f"  the openai SDK works the same: OpenAI(base_url=\"{http.url}/v1\", api_key=\"unused\")"
-              f" (this loopback listener has no keys; `python launch.py key new` makes one)")
+              f" (config/demo.yaml says `http: {{auth: none}}`: a loopback listener without keys; "
+              f"`python launch.py key new` makes one)")
     finally:
         http.stop()
 

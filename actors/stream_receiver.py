@@ -18,6 +18,7 @@ import secrets
 import selectors
 import socket
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -30,6 +31,9 @@ log = logging.getLogger("atomr.client")
 
 READ_BYTES = 256 * 1024
 HELLO_BYTES = 512    # a connection's first frame: the greeting (key id, token, MAC)
+# A worker greets at once; a connection that has not within this long is closed. Without it an
+# unauthenticated connection announcing a greeting and falling silent held a slot forever.
+HELLO_TIMEOUT_S = 5.0
 # Past this many worker connections the listener stops accepting until one closes. A worker's
 # connection is never accepted and then closed unread: its chunks would be lost, not resent.
 MAX_CONNECTIONS = 4096
@@ -79,15 +83,17 @@ class Inbox:
 
 
 class _Connection:
-    __slots__ = ("decoder", "greeted")
+    __slots__ = ("decoder", "greeted", "greet_by", "open")
 
-    def __init__(self, codec: FrameCodec) -> None:
+    def __init__(self, codec: FrameCodec, greet_by: float) -> None:
         self.decoder = FrameDecoder(codec, first_frame_bytes=HELLO_BYTES)
         self.greeted = False
+        self.greet_by = greet_by
+        self.open = True
 
 
 class StreamReceiver:
-    def __init__(self, keyring: Any) -> None:
+    def __init__(self, keyring: Any, hello_timeout_s: float = HELLO_TIMEOUT_S) -> None:
         self.codec = FrameCodec(keyring)
         self.token = secrets.token_hex(16)
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -104,8 +110,11 @@ class StreamReceiver:
         self._selector.register(self._stop_read, selectors.EVENT_READ, "stop")
         self.paused = False       # at MAX_CONNECTIONS: not accepting (new connections wait in the backlog)
         self.refused = 0          # connections dropped for a bad frame, key or token
+        self.timed_out = 0        # connections dropped for not greeting within hello_timeout_s
         self.delivered = 0        # chunks filed in a waiting thread's inbox
         self.connections = 0
+        self.hello_timeout_s = hello_timeout_s
+        self._greeting: deque[tuple[socket.socket, _Connection]] = deque()   # by deadline (accept order)
         self._thread = threading.Thread(target=self._run, name="atomr-stream-receiver", daemon=True)
         self._thread.start()
 
@@ -129,13 +138,15 @@ class StreamReceiver:
     def _run(self) -> None:
         try:
             while True:
-                for key, _ in self._selector.select():
+                wait = (max(0.0, self._greeting[0][1].greet_by - time.monotonic()) + 0.01) if self._greeting else None
+                for key, _ in self._selector.select(wait):
                     if key.data == "stop":
                         return
                     if key.fileobj is self._listener:
                         self._accept()
                     else:
                         self._read(key.fileobj, key.data)
+                self._expire(time.monotonic())
         except Exception:  # noqa: BLE001 - logged; streams then fall back to waiting on the terminal
             log.exception("the stream receiver stopped")
         finally:
@@ -158,9 +169,26 @@ class StreamReceiver:
                 return
             conn.setblocking(False)
             self.connections += 1
-            self._selector.register(conn, selectors.EVENT_READ, _Connection(self.codec))
+            state = _Connection(self.codec, time.monotonic() + self.hello_timeout_s)
+            self._selector.register(conn, selectors.EVENT_READ, state)
+            self._greeting.append((conn, state))
+
+    def _expire(self, now: float) -> None:
+        """Close the connections that have not greeted by their deadline (a worker greets at once)."""
+        while self._greeting and (self._greeting[0][1].greeted or not self._greeting[0][1].open
+                                  or self._greeting[0][1].greet_by <= now):
+            conn, state = self._greeting.popleft()
+            if state.open and not state.greeted:
+                self.timed_out += 1
+                if self.timed_out == 1 or self.timed_out % 1000 == 0:
+                    log.warning("stream channel: closed a connection that did not greet within %gs; %d so far",
+                                self.hello_timeout_s, self.timed_out)
+                self._drop(conn)
 
     def _drop(self, conn: socket.socket) -> None:
+        state = self._selector.get_key(conn).data
+        if isinstance(state, _Connection):
+            state.open = False
         self._selector.unregister(conn)
         conn.close()
         self.connections -= 1

@@ -18,6 +18,7 @@ over rounds is reported, with ratios against ``off``:
   mock provider in its own process): one thread sequentially, and 4 client threads.
 
 Run: python bench/bench_auth.py [--quick] [--json out.json]      (about 4 min; --quick 30 s)
+     python bench/bench_auth.py --node-tag                        (the node tag's CPU per frame, seconds)
 Only loopback addresses are used.
 """
 
@@ -233,12 +234,47 @@ class Gateway:
 
 # --- the run -----------------------------------------------------------------------------
 
+def node_tag_cpu(n: int = 20000) -> dict[str, dict[str, float]]:
+    """``--node-tag``: microseconds per dumps + loads, in-process, of a frame without the node tag
+    (what a client sends), with it (what the node's processes send), and with it read where the
+    table is enforced (a node's process). Best of 5 repeats: scheduling noise only ever adds."""
+    import timeit
+
+    from thespian.actors import ActorAddress
+    from thespian.system.transport.IPBase import TCPv4ActorAddress
+
+    from actors.security.keys import node_key
+
+    me = ActorAddress(TCPv4ActorAddress("127.0.0.1", 4000, external=True))
+    tag = node_key("c" * 64)
+    WireSerializer = wire.WireSerializer
+    readers = {"no tag (a client's frame)": WireSerializer(BENCH_KEY, node_key=lambda: None, enforce_table=lambda: False),
+               "node tag": WireSerializer(BENCH_KEY, node_key=lambda: tag, enforce_table=lambda: False),
+               "node tag, table enforced": WireSerializer(BENCH_KEY, node_key=lambda: tag, enforce_table=lambda: True)}
+    out: dict[str, dict[str, float]] = {}
+    for name, message in (("chunk", TokenChunk("r" * 32, 3, "tokens of a coalesced chunk ")),
+                          ("request", InferenceRequest(model="bench", messages=MESSAGES, params={"max_tokens": 8}))):
+        envelope = (me, message)
+        for label, serializer in readers.items():
+            def pair(serializer: wire.WireSerializer = serializer) -> None:
+                serializer.loads(serializer.dumps(envelope), peer=("127.0.0.1", 5000))
+            out.setdefault(name, {})[label] = min(timeit.repeat(pair, number=n, repeat=5)) / n * 1e6
+        print(f"{name}: " + ", ".join(f"{label} {us:.2f} us" for label, us in out[name].items()), flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="5 rounds, smaller turns")
     parser.add_argument("--json", help="write the figures here as JSON")
+    parser.add_argument("--node-tag", action="store_true", help="only the node tag's CPU per frame, in-process")
     args = parser.parse_args()
+    if args.node_tag:
+        figures = node_tag_cpu()
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+        return 0
     asks, burst, sequential, per_thread, cpu_n = 60, 200, 40, 15, 10000
     if args.quick:
         args.rounds, asks, burst, sequential, per_thread, cpu_n = 5, 40, 100, 20, 8, 5000

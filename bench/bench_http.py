@@ -6,8 +6,9 @@ its HTTP listener (actors/ops/http_process.py). Three paths make the same call:
 - ``direct``: ``requests`` straight to the mock (what the upstream itself costs);
 - ``client``: ``GatewayClient`` from Python (the node's own path);
 - ``ingress``: ``requests`` to the listener's ``/v1/chat/completions`` (client -> HTTP -> node);
-- ``floor`` (sequential only): ``requests`` to a bare waitress process with the listener's
-  settings whose application makes the same GatewayClient call and nothing else: what any
+- ``floor`` (sequential only): ``requests`` to a process running the listener's own server
+  (waitress with its settings, deadlines and per-client cap) whose application makes the same
+  GatewayClient call and nothing else: what any
   HTTP hop in front of the client costs here. ingress - floor is the front door's own work
   (routing, keys, limits, dialects, JSON); floor - client is the HTTP hop itself.
 
@@ -21,6 +22,7 @@ machine noise hits them alike.
     python bench/bench_http.py --sequential-only [--floor-server stdlib]   # latency only, ~30 s
     python bench/bench_http.py --door-cpu       # the FrontDoor's own CPU per call, no node
     python bench/bench_http.py --bare-cpu       # a bare HTTP round trip (requests -> waitress, no-op app)
+    python bench/bench_http.py --guard-cost     # the listener's server against plain waitress, no-op app
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -121,11 +124,10 @@ class Paths:
 
 
 def serve_floor(admin_port: int) -> int:
-    """The floor path's server (run as ``bench_http.py --serve-floor PORT``): waitress with the
-    listener's settings and an application that only makes the call."""
-    import waitress
-
-    from actors.http.server import waitress_options
+    """The floor path's server (run as ``bench_http.py --serve-floor PORT``): the listener's own
+    server (waitress with its settings, deadlines and per-client cap) and an application that only
+    makes the call."""
+    from actors.http.server import guarded_server
 
     client = GatewayClient(admin_port, timeout_s=60)
 
@@ -137,7 +139,7 @@ def serve_floor(admin_port: int) -> int:
         return [body]
 
     config = build(HttpConfig, {"listen": "127.0.0.1:0", "auth": "none"}, "http")
-    server = waitress.create_server(app, host="127.0.0.1", port=0, **waitress_options(config))
+    server = guarded_server(app, config)
     print(f"floor listening on http://127.0.0.1:{server.effective_port}", flush=True)
     server.run()
     return 0
@@ -240,13 +242,7 @@ def door_cpu(calls: int) -> int:
     return 0
 
 
-def bare_cpu(calls: int) -> int:
-    """An HTTP round trip and nothing else (``--bare-cpu``): ``requests`` to waitress, with the
-    listener's settings, running a no-op application; the CPU each side spends per call."""
-    import waitress
-
-    from actors.http.server import waitress_options
-
+def _bare_app():
     body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "hello there"}}]}).encode()
 
     def app(environ: dict, start_response) -> list[bytes]:
@@ -254,38 +250,105 @@ def bare_cpu(calls: int) -> int:
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 
-    options = waitress_options(build(HttpConfig, {"listen": "127.0.0.1:0", "auth": "none"}, "http"))
+    return app
+
+
+def _fork_bare_server(kind: str) -> tuple[int, str]:
+    """A no-op application in a child process of its own (its threads started there, as the listener's
+    are): ``kind`` "waitress" is plain waitress with the listener's settings, "guarded" the listener's
+    own server (actors/http/server.py: deadlines and the per-client cap on top)."""
+    import waitress
+
+    from actors.http.server import guarded_server, waitress_options
+
+    config = build(HttpConfig, {"listen": "127.0.0.1:0", "auth": "none"}, "http")
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the server in a child of its own (its threads started there), as the listener is
-        server = waitress.create_server(app, host="127.0.0.1", port=0, **options)
+    if pid == 0:
+        if kind == "guarded":
+            server = guarded_server(_bare_app(), config)
+        else:
+            server = waitress.create_server(_bare_app(), host="127.0.0.1", port=0, **waitress_options(config))
         os.write(write_end, str(server.effective_port).encode())
         server.run()
         os._exit(0)
-    url = f"http://127.0.0.1:{int(os.read(read_end, 16))}/v1/chat/completions"
+    return pid, f"http://127.0.0.1:{int(os.read(read_end, 16))}/v1/chat/completions"
 
-    def cpu_s() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bare_cpu(calls: int) -> int:
+    """An HTTP round trip and nothing else (``--bare-cpu``): ``requests`` to waitress, with the
+    listener's settings, running a no-op application; the CPU each side spends per call."""
+    pid, url = _fork_bare_server("waitress")
     try:
         session = requests.Session()
         doc = {"model": "bench", "messages": MESSAGES, "max_tokens": 8}
         for _ in range(100):
             session.post(url, json=doc, timeout=10)
         for _ in range(3):
-            server_before, client_before, lat = cpu_s(), time.process_time(), []
+            server_before, client_before, lat = _cpu_s(pid), time.process_time(), []
             for _ in range(calls):
                 started = time.perf_counter()
                 session.post(url, json=doc, timeout=10)
                 lat.append(time.perf_counter() - started)
             print(f"bare HTTP round trip p50 {pct(lat, 0.5) * 1000:.2f} ms; CPU per call: waitress "
-                  f"{(cpu_s() - server_before) / calls * 1000:.3f} ms, the requests client "
+                  f"{(_cpu_s(pid) - server_before) / calls * 1000:.3f} ms, the requests client "
                   f"{(time.process_time() - client_before) / calls * 1000:.3f} ms", flush=True)
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
     return 0
+
+
+def guard_cost(calls: int, rounds: int, threads: int = 16, seconds: float = 2.0) -> dict:
+    """``--guard-cost``: the listener's server (header and body deadlines, the per-client cap) against
+    plain waitress, a no-op application on each, in turns in one run: sequential p50, the server's CPU
+    per call, and ``threads``-thread throughput. Ratios are per round (guarded / plain), then the median."""
+    servers = {kind: _fork_bare_server(kind) for kind in ("waitress", "guarded")}
+    doc = {"model": "bench", "messages": MESSAGES, "max_tokens": 8}
+    seen: dict[str, dict[str, list[float]]] = {k: {"p50": [], "cpu": [], "rps": []} for k in servers}
+    ratios: dict[str, list[float]] = {"p50": [], "cpu": [], "rps": []}
+    try:
+        sessions = {kind: requests.Session() for kind in servers}
+        for kind, (_, url) in servers.items():
+            for _ in range(100):
+                sessions[kind].post(url, json=doc, timeout=10)
+        for r in range(rounds):
+            this: dict[str, dict[str, float]] = {}
+            for kind in (("waitress", "guarded") if r % 2 == 0 else ("guarded", "waitress")):
+                pid, url = servers[kind]
+                before, lat = _cpu_s(pid), []
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    sessions[kind].post(url, json=doc, timeout=10)
+                    lat.append(time.perf_counter() - started)
+                cpu = (_cpu_s(pid) - before) / calls
+                def call(url=url, local=threading.local()) -> None:
+                    if not hasattr(local, "s"):
+                        local.s = requests.Session()
+                    local.s.post(url, json=doc, timeout=10)
+                rps = throughput(call, threads, seconds)
+                this[kind] = {"p50": pct(lat, 0.5), "cpu": cpu, "rps": rps}
+                for key, value in this[kind].items():
+                    seen[kind][key].append(value)
+            for key in ratios:
+                ratios[key].append(this["guarded"][key] / this["waitress"][key] if this["waitress"][key] else 1.0)
+            print(f"round {r + 1}: " + "; ".join(
+                f"{kind} p50 {v['p50'] * 1000:.2f} ms, server CPU {v['cpu'] * 1000:.3f} ms/call, {v['rps']:.0f} req/s "
+                f"({threads} threads)" for kind, v in this.items()), flush=True)
+    finally:
+        for pid, _ in servers.values():
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    out = {"median": {kind: {k: statistics.median(v) for k, v in values.items()} for kind, values in seen.items()},
+           "ratio": {k: statistics.median(v) for k, v in ratios.items()}}
+    print(f"guarded / plain waitress, median of per-round ratios: p50 {out['ratio']['p50']:.3f}x, server CPU per "
+          f"call {out['ratio']['cpu']:.3f}x, throughput {out['ratio']['rps']:.3f}x", flush=True)
+    return out
 
 
 def start_floor(admin_port: int, server: str) -> tuple[subprocess.Popen, str]:
@@ -369,6 +432,9 @@ def main() -> int:
                         help="what the floor path runs on (stdlib: http.server, a thread per connection)")
     parser.add_argument("--door-cpu", action="store_true", help="only the front door's own CPU per call, in-process")
     parser.add_argument("--bare-cpu", action="store_true", help="only a bare HTTP round trip: its p50 and CPU per call")
+    parser.add_argument("--guard-cost", action="store_true",
+                        help="only the listener's server against plain waitress (deadlines, per-client cap)")
+    parser.add_argument("--rounds", type=int, default=6, help="--guard-cost rounds")
     parser.add_argument("--serve-floor", type=int, metavar="ADMIN_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-stdlib-floor", type=int, metavar="ADMIN_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--json")
@@ -381,6 +447,11 @@ def main() -> int:
         return door_cpu(args.calls or 5000)
     if args.bare_cpu:
         return bare_cpu(args.calls or 1000)
+    if args.guard_cost:
+        result = guard_cost(args.calls or 500, args.rounds, seconds=args.seconds or 2.0)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
     calls = args.calls or (100 if args.quick else 300)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from actors.core.upstream_text import strip_internals
 from actors.errors import (AuthenticationError, BadRequest, Conflict, ContentFiltered, ContextLengthExceeded, InferenceError, NotFound, Overloaded, PermissionDenied, RateLimited, ServerError, Timeout)
 
 __all__ = [
@@ -36,8 +37,9 @@ _SECRET_PATTERNS = re.compile(
 
 
 def redact(text: str) -> str:
-    """Bound ``text`` and mask anything shaped like an API key or bearer token."""
-    text = _SECRET_PATTERNS.sub("[redacted]", text)
+    """Bound ``text`` and mask anything shaped like an API key or bearer token; stack traces and
+    file paths go (actors/core/upstream_text.py: the node's log keeps the whole body)."""
+    text = _SECRET_PATTERNS.sub("[redacted]", strip_internals(text))
     if len(text) > MAX_MESSAGE_CHARS:
         text = text[:MAX_MESSAGE_CHARS] + "…"
     return text

@@ -14,7 +14,7 @@ import sys
 
 from actors.errors import ConfigError, InferenceError
 from actors.core.log_format import JsonFormatter, TextFormatter
-from actors.settings.loader import build, load_config
+from actors.settings.loader import build, http_section, load_config
 from actors.settings.schema import HttpConfig
 
 
@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             upstreams = dict(doc.get("upstreams") or {})
         elif args.config:
             full = load_config(args.config, credentials=False)
-            if full.http is None and not args.listen:
-                raise ConfigError("no http section: nothing to serve (or give --listen)", path=args.config)
-            config = full.http or HttpConfig(auth="none")
+            config = http_section(full, args.listen)     # no keys, no explicit auth: none: refused
             models = [d.model for d in full.deployments]
             upstreams = {d.model: d.provider_model for d in full.deployments}
         else:

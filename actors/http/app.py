@@ -22,6 +22,7 @@ from actors.http import (anthropic_dialect, completions_dialect, embeddings_dial
 from actors.http.errors import FrontDoorError, HttpError, anthropic_body, encode, http_error, openai_body, status_line
 from actors.core.records import KEY_METADATA, TEAM_METADATA
 from actors.http import models as model_cards
+from actors.core.validation import MAX_NESTING, param_problem, too_deep
 from actors.http.key_limits import NO_HOLD, KeyHold, KeyLimits
 from actors.http.keys import Caller, KeyRing, presented_key
 from actors.http.spend import spend_document
@@ -193,7 +194,11 @@ class FrontDoor:
             return self._json(start_response, 200, doc, request_id)
         if self.draining:
             raise ShuttingDown("this node's HTTP listener is draining; send to another node", retryable=True)
-        call = dialect.module.parse(parse_json(self._body(environ)))
+        call = dialect.module.parse(self._document(environ))
+        problem = param_problem(call.params)
+        if problem is not None:
+            # Before the key's budget: an absurd max_tokens is the caller's mistake, not a spend.
+            raise FrontDoorError(400, problem[1], kind="invalid_request_error", code="invalid_value", param=problem[0])
         if not caller.may_use(call.model):
             raise FrontDoorError(403, f"key {caller.name!r} may not use model {call.model!r}",
                                  kind="permission_error", code="model_not_allowed", param="model")
@@ -261,6 +266,19 @@ class FrontDoor:
             raise FrontDoorError(413, f"the request body is over the limit of {limit} bytes",
                                  kind="request_too_large", code="request_too_large")
         return raw
+
+    def _document(self, environ: dict[str, Any]) -> dict[str, Any]:
+        """The request's JSON object, or a 400: not JSON, not an object, or nested too deeply."""
+        try:
+            doc = parse_json(self._body(environ))
+        except RecursionError:  # deeper than the parser itself goes (about a thousand levels)
+            raise FrontDoorError(400, f"the request body nests deeper than {MAX_NESTING} levels",
+                                 kind="invalid_request_error", code="invalid_json") from None
+        for name, value in doc.items():
+            if too_deep(value, MAX_NESTING - 1):
+                raise FrontDoorError(400, f"{name}: nests deeper than {MAX_NESTING} levels",
+                                     kind="invalid_request_error", code="invalid_json", param=str(name)[:64])
+        return doc
 
     def _timeout(self, headers: dict[str, str]) -> float:
         # The openai and anthropic SDKs announce their own timeout: no point running past it.

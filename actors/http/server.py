@@ -6,37 +6,204 @@ asynchronous reader. A request reaches a worker only once its headers and body a
 read, so a slow or stalled client (slowloris) holds a connection slot, never a worker; body
 and header sizes are bounded before the application runs; idle connections are closed after
 ``read_timeout_s``; and it tells a worker when its client has disconnected.
+
+What waitress does not bound, :class:`GuardedServer` adds (docs/http.md, "Limits"): the time a
+request's headers and then its body may take to arrive (a client sending a byte every few
+seconds is never idle, so ``read_timeout_s`` never closes it; past the deadline: 408, closed),
+and the connections one client address may hold open (past ``max_connections_per_client``:
+429 at accept, closed), so one client cannot take every slot of ``connection_limit``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from typing import Any
 
-import waitress
+import waitress  # noqa: F401 - the package; its parts below
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from actors.client import GatewayClient
+from actors.core.log_limit import LineLimiter
 from actors.http.app import FrontDoor
 from actors.settings.schema import HttpConfig
 
 log = logging.getLogger("atomr.http")
 
-__all__ = ["HttpServer", "waitress_options"]
+__all__ = ["HttpServer", "GuardedServer", "waitress_options", "guarded_server"]
+
+ACCEPTS_PER_WAKE = 64     # connections taken from the backlog per readable listening socket
 
 
 def waitress_options(config: HttpConfig) -> dict[str, Any]:
     """The server's settings (also what bench/bench_http.py's floor path runs with)."""
     # The body limit is the application's (a 413 in the caller's dialect); waitress's, at
     # twice that, only stops bodies that announce no length from being buffered forever.
+    # Maintenance every second: it is also what enforces the header and body deadlines.
     return dict(threads=config.threads, connection_limit=config.connection_limit,
                 max_request_body_size=2 * config.max_body_bytes, max_request_header_size=config.max_header_bytes,
-                channel_timeout=config.read_timeout_s, cleanup_interval=max(1, min(30, int(config.read_timeout_s / 2))),
+                channel_timeout=config.read_timeout_s, cleanup_interval=1,
                 channel_request_lookahead=1, ident="atomr", clear_untrusted_proxy_headers=True,
                 expose_tracebacks=False, asyncore_use_poll=True, backlog=1024)
+
+
+def _raw_error(status: str, kind: str, code: str, message: str, extra: str = "") -> bytes:
+    """A whole response for a connection the application never sees (the dialect is not known yet)."""
+    body = json.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}}).encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n{extra}\r\n").encode() + body
+
+
+class GuardedChannel(HTTPChannel):
+    """A waitress channel that knows when its current request began and when its headers were complete."""
+
+    def __init__(self, server: "GuardedServer", sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
+        super().__init__(server, sock, addr, adj, map=map)
+        self.client_host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
+        self.request_started: float | None = self.creation_time   # the first request: from the accept
+        self.headers_at: float | None = None
+        self._counted = True
+        server.opened(self.client_host)
+
+    def received(self, data: bytes) -> bool:
+        now = time.time()
+        if self.request is None and self.request_started is None:
+            self.request_started = now       # the first byte of a request on a kept-alive connection
+        before = self.request
+        result = super().received(data)
+        if self.request is None:
+            self.request_started = self.headers_at = None
+        else:
+            if before is not None and self.request is not before:
+                self.request_started, self.headers_at = now, None   # one ended and the next began
+            if self.headers_at is None and self.request.headers_finished:
+                self.headers_at = now
+        return result
+
+    def overdue(self, now: float, header_s: float, body_s: float) -> str | None:
+        """"headers" or "body" when the request being read is past its deadline; None otherwise."""
+        if self.requests or self.will_close or self.close_when_flushed or self.request_started is None:
+            return None      # being served, closing, or idle between requests (read_timeout_s's)
+        if self.headers_at is None:
+            return "headers" if now - self.request_started > header_s else None
+        return "body" if now - self.headers_at > body_s else None
+
+    def answer_and_close(self, payload: bytes) -> None:
+        """From the I/O thread, with no request being served: write ``payload``, then close."""
+        self.request = None
+        with self.outbuf_lock:
+            self.outbufs[-1].append(payload)
+            self.current_outbuf_count += len(payload)
+            self.total_outbufs_len += len(payload)
+        self.close_when_flushed = True
+
+    def del_channel(self, map: Any = None) -> None:
+        super().del_channel(map)
+        if self._counted:
+            self._counted = False
+            self.server.closed(self.client_host)
+
+
+class GuardedServer(TcpWSGIServer):
+    """waitress's TCP server, with a cap per client address and deadlines for headers and body."""
+
+    channel_class = GuardedChannel
+
+    def __init__(self, application: Any, config: HttpConfig, *, host: str, port: int,
+                 emit: Any = log.warning) -> None:
+        adj = Adjustments(host=host, port=port, **waitress_options(config))
+        dispatcher = ThreadedTaskDispatcher()
+        dispatcher.set_thread_count(adj.threads)
+        self.config = config
+        self.per_client: dict[str, int] = {}
+        self.notes = LineLimiter(emit)
+        self.refused_connections = 0   # over max_connections_per_client
+        self.timed_out = 0             # headers or body past their deadline
+        super().__init__(application, map={}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
+
+    def opened(self, host: str) -> None:
+        self.per_client[host] = self.per_client.get(host, 0) + 1
+
+    def closed(self, host: str) -> None:
+        left = self.per_client.get(host, 0) - 1
+        if left > 0:
+            self.per_client[host] = left
+        else:
+            self.per_client.pop(host, None)
+
+    def handle_accept(self) -> None:
+        # Several per wake-up: a backlog of a thousand slow connections is taken (and refused) quickly.
+        for _ in range(ACCEPTS_PER_WAKE):
+            if len(self._map) >= self.adj.connection_limit:
+                return
+            try:
+                accepted = self.accept()
+                if accepted is None:
+                    return
+                conn, addr = accepted
+                self.set_socket_options(conn)
+            except OSError:
+                return
+            addr = self.fix_addr(addr)
+            host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
+            held = self.per_client.get(host, 0)
+            if held >= self.config.max_connections_per_client:
+                self._refuse(conn, host, held)
+                continue
+            self.channel_class(self, conn, addr, self.adj, map=self._map)
+
+    def _refuse(self, conn: socket.socket, host: str, held: int) -> None:
+        limit = self.config.max_connections_per_client
+        self.refused_connections += 1
+        self.notes.note(host, "connections per client",
+                        f"refused a connection from {host}: it has {held} open, http.max_connections_per_client "
+                        f"is {limit}; answered 429")
+        payload = _raw_error("429 Too Many Requests", "rate_limit_error", "too_many_connections",
+                             f"this client already has {held} connections open (the limit is {limit}); "
+                             f"reuse one, or close some", "Retry-After: 1\r\n")
+        try:
+            conn.setblocking(False)
+            conn.send(payload)              # a few hundred bytes: the socket's buffer takes them at once
+            conn.shutdown(socket.SHUT_WR)
+            for _ in range(4):              # what it sent already: read, so the close is a FIN, not a reset
+                if not conn.recv(65536):
+                    break
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)            # idle between requests: read_timeout_s
+        header_s, body_s = self.config.header_timeout_s, self.config.body_timeout_s
+        for channel in list(self.active_channels.values()):
+            overdue = channel.overdue(now, header_s, body_s) if isinstance(channel, GuardedChannel) else None
+            if overdue is None:
+                continue
+            self.timed_out += 1
+            limit, field = (header_s, "header_timeout_s") if overdue == "headers" else (body_s, "body_timeout_s")
+            what = "headers" if overdue == "headers" else "body"
+            self.notes.note(channel.client_host, f"{what} timeout",
+                            f"closed a connection from {channel.client_host}: its request's {what} did not all "
+                            f"arrive within http.{field} ({limit:g}s); answered 408")
+            channel.answer_and_close(_raw_error("408 Request Timeout", "timeout_error", "request_timeout",
+                                                f"the request's {what} did not all arrive within {limit:g}s"))
+
+
+def guarded_server(application: Any, config: HttpConfig) -> GuardedServer:
+    """The front door's server for ``config`` (also what bench/bench_http.py's floor path runs)."""
+    if config.address is None:
+        raise ValueError("http.listen: the HTTP listener needs an address, got none")
+    host, port = config.address
+    return GuardedServer(application, config, host=host, port=port)
 
 
 class HttpServer:
@@ -51,8 +218,7 @@ class HttpServer:
         self.config = config
         self.client = GatewayClient(admin_port, host=host, timeout_s=config.request_timeout_s)
         self.app = FrontDoor(config, self.client, models, upstreams=upstreams)
-        bind_host, port = config.address
-        self.server = waitress.create_server(self.app, host=bind_host, port=port, **waitress_options(config))
+        self.server = guarded_server(self.app, config)
         self._draining = threading.Event()
         self._stopped = False
 

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from actors.errors import ConfigError
+from actors.settings.loader import http_section
 from actors.settings.schema import GatewayConfig, HttpConfig
 
 __all__ = ["HttpProcess", "start_http"]
@@ -70,27 +71,16 @@ def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: s
     """Start ``python -m actors.http`` for the node on ``admin_port`` and wait until it listens.
 
     ``config`` is the node's whole config (its ``http`` section, and its deployments' models
-    for ``/v1/models``) or just an HttpConfig; ``listen`` overrides ``http.listen``. A config
-    with no ``http`` section and a loopback ``listen`` serves without keys (``auth: none``).
-    ``key_environment`` names the node's wire key for the listener (the launcher removes the
-    secret variables from its own environment, so that no actor inherits them).
+    for ``/v1/models``) or just an HttpConfig; ``listen`` overrides ``http.listen``
+    (``settings.loader.http_section``). ``key_environment`` names the node's wire key for the listener
+    (the launcher removes the secret variables from its own environment, so that no actor
+    inherits them). The listener is a program of its own (``exec``): it holds the wire key, never
+    the node's launch capability, so on the wire it is a local caller (docs/security.md).
     """
+    http = http_section(config, listen)
     if isinstance(config, GatewayConfig):
         log_format = log_format or config.node.log_format
-        if config.http is None and listen is None:
-            raise ConfigError("no http section in the config", path="http")
-        # No section but an address (launch.py --http, the demo): keyless, which the
-        # section's own check allows on a loopback address only.
-        http, models = config.http or HttpConfig(auth="none"), models if models is not None else _models(config)
-    else:
-        http = config
-    if listen is not None:
-        try:
-            http = http.with_listen(listen)
-        except ValueError as exc:
-            raise ConfigError(str(exc).partition(": ")[2] or str(exc), path="--http") from None
-    if http.listen is None:
-        raise ConfigError("the HTTP listener needs an address: set http.listen or --http HOST:PORT", path="http.listen")
+        models = models if models is not None else _models(config)
     cmd = [sys.executable, "-m", "actors.http", "--stdin", "--admin-port", str(admin_port), "--log-level", log_level,
            "--parent-pid", str(os.getpid()), "--log-format", log_format or "text"]
     if log_file:

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from actors.core import streaming
+from actors.core import streaming, upstream_text
 from actors.core.streaming import END, HttpStatus, Opened, Overflow, TransportFailed, WholeBody
 from actors.core.transport import classify_transport, deadline_verdict
 from actors.errors import InferenceError
@@ -104,6 +104,9 @@ class Delivery:
         # this, never on ``outcome`` alone: the reader may decide between a pump and the actor's
         # next look, and the text it left pending would then never be sent.
         self.settled = False
+        # (status, what the caller was told, the whole body for the log) when the caller got less
+        # than the upstream said; logged by the actor (the reader never logs: a record is a message).
+        self.upstream_body: tuple[int, str, str] | None = None
 
     # -- the reader thread ---------------------------------------------------------------
 
@@ -158,9 +161,12 @@ class Delivery:
             return streaming.end_of_body(self.runner.parse_response, event.data, self.acc, provider)
         if isinstance(event, HttpStatus):
             try:
-                return self.runner.classify_error(event.status, event.headers, event.body)
+                error = self.runner.classify_error(event.status, event.headers, event.body)
             except Exception as exc:  # noqa: BLE001 - see streaming.runner_failed
                 return streaming.runner_failed(exc, provider, f"classifying an HTTP {event.status}")
+            if upstream_text.trimmed(event.body):   # the caller got the message without the rest: the log keeps it
+                self.upstream_body = (event.status, error.message, upstream_text.for_log(event.body))
+            return error
         if isinstance(event, Overflow):
             return streaming.too_large("max_body_bytes", event.limit_bytes, provider)
         if isinstance(event, TransportFailed):

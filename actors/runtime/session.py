@@ -1,7 +1,8 @@
 """RemoteSessionActor: one deployment's credential on this node, resolved and refreshed here.
 
 Workers subscribe for snapshots carrying the secret; engines subscribe for the version
-number only. A refresh happens ahead of expiry, on the configured schedule, and when a
+number only. Only the node's own processes may send any session message (the wire's table,
+docs/security.md), and each subscribes itself. A refresh happens ahead of expiry, on the configured schedule, and when a
 worker's call was answered 401 (then at most once per credential version).
 """
 
@@ -77,6 +78,12 @@ class RemoteSessionActor(GatewayActor):
             self._announce()
 
     def receiveMsg_SessionSubscribe(self, msg: SessionSubscribe, sender: Any) -> None:
+        if msg.subscriber != sender:
+            # Only the node's processes may send this at all (actors/security/permissions.py); and
+            # each subscribes itself, so the credential only ever goes to whoever asked for it.
+            log.warning("session %s: refused a subscription for %s sent by %s (one subscribes itself)",
+                        self.name, msg.subscriber, sender)
+            return
         group = self.workers if msg.wants_secret else self.engines
         if msg.subscriber not in group:
             group.append(msg.subscriber)

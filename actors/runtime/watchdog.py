@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from actors.core.procstat import group_members, live_stat
@@ -33,7 +33,7 @@ class WatchLauncher:
 
     pid: int
     start_ticks: int          # /proc/<pid>/stat starttime: a reused pid is not the launcher
-    capability: str = ""      # the launch capability, like Deploy's: only the launcher may send it
+    capability: str = field(default="", repr=False)   # the launch capability, like Deploy's: never in a log
     interval_s: float = 0.5
 
 

@@ -10,15 +10,13 @@ response cannot be read in one long handler: a reader thread (``upstream.py``) r
 decodes it, and ``delivery.py`` (the stream half, one design) says what each thread sends.
 The actor is woken when the reader has something for it: through a self-pipe it watches
 (``ThespianWatch``, ``wake.py``) on ``multiprocTCPBase``, by a 1 ms poll on the in-process
-``simpleSystemBase``, which has no watches; either way it runs ``Delivery.pump``, seeing any
-Cancel between wake-ups. A non-streamed call has nothing to deliver before it ends, so it
-is read in the handler. ``timeouts.total_s`` and the caller's deadline bound the whole call
-however slowly the upstream trickles (the reader's reads end there, and a backstop timer
-here), and the size limits bound what one response can make this process hold.
+``simpleSystemBase`` (no watches); either way it runs ``Delivery.pump``, seeing any Cancel
+between wake-ups. A non-streamed call is read in the handler (nothing to deliver before it ends). ``timeouts.total_s`` and the caller's deadline bound the whole call
+however slowly the upstream trickles (the reader's reads end there; a backstop timer here),
+and the size limits bound what one response can make this process hold.
 
-A worker is forked by its engine's process; when that process dies the worker is
-reparented, notices (its parent's pidfd turns readable; without pidfds, within
-``PARENT_CHECK_S``), and exits rather than live on as an orphan.
+A worker is forked by its engine's process; when that process dies the worker notices (its
+parent's pidfd turns readable; else within ``PARENT_CHECK_S``) and exits, never an orphan.
 """
 
 from __future__ import annotations
@@ -273,6 +271,9 @@ class RemoteWorkerActor(GatewayActor):
             self.delivery = self.outlet = None
             self.timers.cancel("flush")
             self.timers.cancel("poll")
+        if delivery.upstream_body is not None:   # the caller was told less than the upstream said
+            log.warning("%s answered HTTP %d; the caller was told %r; the whole body: %s", self.deployment.provider,
+                        *delivery.upstream_body)
         if error is not None and delivery.chunks:
             error.retryable = False  # the caller has part of the answer: replaying would repeat it
         # HTTP statuses and body errors come after the headers, so the phase says it all.

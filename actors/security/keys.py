@@ -23,7 +23,7 @@ from typing import Any
 from actors.errors import ConfigError
 
 __all__ = ["ENV_SECRET", "ENV_SECRET_PREVIOUS", "ENV_SECRET_FILE", "ENV_HOST_KEY_DIR", "CLUSTER", "HOST",
-           "WireKey", "KeyRing", "parse_keys", "load_keyring", "resolve_keyring", "host_key_path", "host_keyring",
+           "WireKey", "KeyRing", "node_key", "parse_keys", "load_keyring", "resolve_keyring", "host_key_path", "host_keyring",
            "generate_key_line", "FROM_ENVIRONMENT", "is_loopback", "require_secret", "describe"]
 
 ENV_SECRET = "ATOMR_CLUSTER_SECRET"
@@ -38,6 +38,7 @@ HOST = "host"         # made by a node for its host: only local processes
 MIN_SECRET_CHARS = 32
 KEY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _KDF_LABEL = b"atomr-wire-v1 hmac-sha256"
+_NODE_LABEL = b"atomr-wire-v1 node tag"
 
 
 class WireKey:
@@ -45,10 +46,10 @@ class WireKey:
 
     __slots__ = ("key_id", "_mac_key", "_keyed")
 
-    def __init__(self, key_id: str, secret: str) -> None:
+    def __init__(self, key_id: str, secret: str, label: bytes = _KDF_LABEL) -> None:
         self.key_id = key_id
         # Derived, so the secret is only ever used for this (domain separation).
-        self._mac_key = hmac.digest(secret.encode("utf-8"), _KDF_LABEL, "sha256")
+        self._mac_key = hmac.digest(secret.encode("utf-8"), label, "sha256")
         self._keyed = hmac.new(self._mac_key, digestmod=hashlib.sha256)  # copied per frame: no re-keying
 
     def mac(self, data: Any) -> bytes:
@@ -66,6 +67,11 @@ class WireKey:
 
     def __reduce__(self):
         raise TypeError("a WireKey is never pickled: it would carry the cluster secret")
+
+
+def node_key(capability: str) -> WireKey:
+    """The node-only key: derived from the launch capability, so only the launcher and its forks hold it."""
+    return WireKey("node", capability, label=_NODE_LABEL)
 
 
 def _derived_key_id(secret: str) -> str:

@@ -3,11 +3,15 @@
 Frame body (Thespian adds its own ``<length>>`` prefix)::
 
     b"ATS1" | len(key_id): 1 byte | key_id (ASCII) | pickle (protocol 4) | HMAC-SHA256: 32 bytes
+    b"ATN1" | the same ...                                                | HMAC-SHA256 | node tag: 32 bytes
 
-The MAC covers everything before it. There is no unsigned format. Reading a frame: the key
-id, the MAC (constant time), only then the pickle through the allow-list, then the envelope
-(a ``(sender, message)`` pair, the sender a Thespian TCP address) and the message against
-the sender's trust (:mod:`actors.security.trust`). A refused frame is never handed on:
+The MAC covers everything before it, with a wire key. A node's own processes (which hold
+the node key, :mod:`actors.security.trust`) send ``ATN1`` frames, whose node tag is an
+HMAC-SHA256 of the same bytes with the node key; a process without that key checks the MAC
+and ignores the tag. There is no unsigned format. Reading a frame: the key id, the MAC
+(constant time), the node tag, only then the pickle through the allow-list, then the
+envelope (a ``(sender, message)`` pair, the sender a Thespian TCP address) and the message
+against the sender's principal (:mod:`actors.security.permissions`). A refused frame is never handed on:
 ``loads`` returns Thespian's own data-error ACK value, so Thespian answers the sender with
 ``ACK+DATAERR`` and drops it. Refusals are logged at most once per peer host and reason
 every ``LOG_INTERVAL_S``, never with the frame's contents.
@@ -25,17 +29,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from actors.core.log_limit import LineLimiter
+from actors.security import trust
 from actors.security.allow_list import AllowList, Refused, default_allow_list, printable, unpickler_for
-from actors.security.keys import KeyRing
-from actors.security.trust import LOCAL, PEER, LocalAddresses, check_envelope
+from actors.security.keys import KeyRing, WireKey
+from actors.security.permissions import NO_ACTOR, Receiver, check_envelope
+from actors.security.trust import LOCAL, NODE, PEER, LocalAddresses
 
-__all__ = ["MAGIC_SIGNED", "MAC_LEN", "PROTOCOL", "LOG_INTERVAL_S", "WireSerializer", "RefusalLog", "ENV_RECORD"]
+__all__ = ["MAGIC_SIGNED", "MAGIC_NODE", "MAC_LEN", "PROTOCOL", "LOG_INTERVAL_S", "WireSerializer", "RefusalLog",
+           "ENV_RECORD"]
 
 MAGIC_SIGNED = b"ATS1"
+MAGIC_NODE = b"ATN1"      # signed, and tagged by one of the node's own processes
 MAC_LEN = 32
 PROTOCOL = 4              # fixed, so no peer ever needs copyreg._reconstructor (protocols 0-1)
 LOG_INTERVAL_S = 10.0
-ENV_RECORD = "ATOMR_WIRE_RECORD"  # a file: append "trust module.Class" for every accepted frame (diagnostics)
+ENV_RECORD = "ATOMR_WIRE_RECORD"  # a file: append "pid principal module.Class peer" per accepted frame (diagnostics)
 
 
 def _log() -> logging.Logger:
@@ -48,36 +57,16 @@ def _log_now(line: str) -> None:
     _log().warning("%s", line)
 
 
-class RefusalLog:
+class RefusalLog(LineLimiter):
     """At most one line per (peer host, reason kind) every ``interval_s``, counting the rest."""
 
     def __init__(self, interval_s: float = LOG_INTERVAL_S, clock=time.monotonic,
                  emit: Callable[[str], None] = _log_now) -> None:
-        self.interval_s = interval_s
-        self.clock = clock
-        self.emit = emit
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
-        self._lock = threading.Lock()
-        self.total = 0
+        super().__init__(emit, interval_s, clock)
 
     def refused(self, peer: str, kind: str, reason: str, line: str | None = None) -> bool:
         """Log one refusal (or count it); True if a line was written."""
-        head, sep, port = peer.rpartition(":")
-        host = head if sep and port.rstrip(")").isdigit() else peer  # a flood from one host: any source port
-        now = self.clock()
-        with self._lock:
-            self.total += 1
-            last, held = self._last.get((host, kind), (None, 0))
-            if last is not None and now - last < self.interval_s:
-                self._last[(host, kind)] = (last, held + 1)
-                return False
-            self._last[(host, kind)] = (now, 0)
-            if len(self._last) > 1024:  # many peers: forget the quiet ones
-                for key in [k for k, (t, _) in self._last.items() if now - t >= self.interval_s]:
-                    del self._last[key]
-        more = f" (+{held} more like it in the last {self.interval_s:g}s)" if held else ""
-        self.emit((line or f"refused a frame from {peer}: {reason}; dropped unread") + more)
-        return True
+        return self.note(peer, kind, line or f"refused a frame from {peer}: {reason}; dropped unread")
 
 
 def _thespian_acks() -> dict[bytes, str]:
@@ -103,7 +92,10 @@ class WireSerializer:
 
     def __init__(self, keyring: KeyRing, allow: AllowList | None = None, refusals: RefusalLog | None = None,
                  local: LocalAddresses | None = None,
-                 peer_of_frame: Callable[[], tuple[str, int] | None] = lambda: None) -> None:
+                 peer_of_frame: Callable[[], tuple[str, int] | None] = lambda: None,
+                 node_key: Callable[[], WireKey | None] = trust.current_node_key,
+                 enforce_table: Callable[[], bool] = trust.in_node_process,
+                 receiver: Receiver = NO_ACTOR) -> None:
         from thespian.system.transport.streamBuffer import ackDataErrPacket
 
         from actors.errors import ConfigError
@@ -117,6 +109,11 @@ class WireSerializer:
         self.refusals = refusals or RefusalLog()
         self.local = local or LocalAddresses()
         self.peer_of_frame = peer_of_frame  # set by thespian_hooks: the TCP peer of the frame being read
+        # Read at each frame, not once: the launcher makes its capability after installing the
+        # wire, and a process that launched two nodes signs with the last one's.
+        self.node_key = node_key
+        self.enforce_table = enforce_table
+        self.receiver = receiver     # set by thespian_hooks: what the guards ask of this process's actor
         self._acks = _thespian_acks()
         self.refused_packet = ackDataErrPacket
         self._actor_classes: set[str] = set()
@@ -132,16 +129,23 @@ class WireSerializer:
         return True
 
     def dumps(self, obj: Any) -> bytes:
-        payload = self._header + pickle.dumps(obj, protocol=PROTOCOL)
-        return payload + self._sign(payload)
+        node = self.node_key()
+        if node is None:
+            payload = self._header + pickle.dumps(obj, protocol=PROTOCOL)
+            return payload + self._sign(payload)
+        payload = MAGIC_NODE + self._header[4:] + pickle.dumps(obj, protocol=PROTOCOL)
+        return payload + self._sign(payload) + node.mac(payload)
 
-    def verify(self, data: Any) -> memoryview:
-        """The payload of a frame that passes this process's authentication; else Refused."""
+    def verify(self, data: Any) -> tuple[memoryview, bool]:
+        """The payload of a frame that passes this process's authentication, and whether it carries
+        this node's tag; else Refused."""
         view = memoryview(data)
-        if bytes(view[:4]) != MAGIC_SIGNED:
+        magic = bytes(view[:4])
+        tagged = magic == MAGIC_NODE
+        if magic != MAGIC_SIGNED and not tagged:
             raise Refused("not a signed gateway frame (a plain Thespian pickle, an older unsigned frame, or a probe)",
                           kind="not a gateway frame")
-        if len(view) < 5 + MAC_LEN:
+        if len(view) < 5 + (2 if tagged else 1) * MAC_LEN:
             raise Refused("truncated signed frame")
         id_len = view[4]
         key_id = bytes(view[5:5 + id_len])
@@ -150,11 +154,15 @@ class WireSerializer:
             raise Refused(f"signed with key id {printable(key_id.decode('ascii', 'replace'), 32)!r}, which "
                           f"this node does not accept (it accepts {', '.join(self.keyring.key_ids)}): "
                           f"a different cluster secret", kind="unknown key id")
-        body = view[:-MAC_LEN]
-        if len(body) < 5 + id_len or not hmac.compare_digest(key.mac(body), view[-MAC_LEN:]):
+        end = len(view) - (2 if tagged else 1) * MAC_LEN
+        body = view[:end]
+        if end < 5 + id_len or not hmac.compare_digest(key.mac(body), view[end:end + MAC_LEN]):
             raise Refused(f"bad signature for key id {key.key_id!r}: a wrong cluster secret, or altered in "
                           f"transit")
-        return body[5 + id_len:]
+        node = self.node_key() if tagged else None
+        # A tag this process cannot check (it is not that node) is ignored: the frame is then local or a peer's.
+        ours = node is not None and hmac.compare_digest(node.mac(body), view[end + MAC_LEN:])
+        return body[5 + id_len:], ours
 
     def trust_of(self, peer: tuple[str, int] | None) -> str:
         trust = self.local.trust_of(peer)
@@ -170,21 +178,24 @@ class WireSerializer:
         if peer is None:
             peer = self.peer_of_frame()
         try:
-            payload = self.verify(data)
-            trust = self.trust_of(peer)
+            payload, tagged = self.verify(data)
+            principal = self.trust_of(peer)
+            if principal == LOCAL and tagged:
+                principal = NODE  # from this host, and tagged by a process of this node
             try:
                 envelope = self._unpickler(io.BytesIO(payload)).load()
             except Refused:
                 raise
             except Exception as exc:  # noqa: BLE001 - a corrupt or hostile payload, whatever it raised
                 raise Refused(f"malformed payload ({type(exc).__name__})") from None
-            check_envelope(envelope, trust, peer[0] if peer else None)
+            check_envelope(envelope, principal, peer[0] if peer else None, enforce_table=self.enforce_table(),
+                           receiver=self.receiver)
             message = envelope[1]
             if type(message).__name__ == "PendingActor":
                 self._check_actor_creation(message)
             if self._record is not None:
-                self._record.write(f"{os.getpid()} {trust} {type(message).__module__}.{type(message).__qualname__}"
-                                   f" {_show_peer(peer)}\n")
+                self._record.write(f"{os.getpid()} {principal} {type(message).__module__}."
+                                   f"{type(message).__qualname__} {_show_peer(peer)}\n")
             return envelope
         except Refused as refused:
             self.refusals.refused(_show_peer(peer), refused.kind, refused.reason)
@@ -224,4 +235,4 @@ class WireSerializer:
         return flag
 
 
-__all__ += ["LOCAL", "PEER"]
+__all__ += ["NODE", "LOCAL", "PEER"]

@@ -3,6 +3,14 @@
 - **The serializer.** ``thespian.system.transport.TCPTransport`` takes its serializer from one
   module-level name, ``serializer`` (``serializer.dumps`` for every frame it sends,
   ``serializer.loads`` for every frame and ACK it reads): :func:`install_serializer` puts ours there.
+- **What the guards ask of this process's actor** (:data:`THIS_PROCESS`): a ``ChildActorExited`` from
+  outside the node is only believed about a child this process had created on another node
+  (``MultiProcReplicator.init_replicator`` is wrapped to remember this process's actor
+  manager; its ``_children`` and ``_child_procs`` say which children are remote), and whether
+  the process reading a frame is the admin: what the admins of a convention say to each other
+  is only read from outside the node by an admin; and whether an actor is still waiting for
+  news of a child it asked to be created (its address manager's ``_managed`` slot is still
+  empty), the one time another node's admin answers it.
 - **The peer of each frame.** Thespian deserializes in exactly two methods of ``TCPTransport``:
   ``_addedDataToIncoming(inc, ...)`` (``inc.data`` -> ``ReceiveBuffer.completed()``; every
   accepted connection, trailing data, and data read back on a send socket all pass here) and
@@ -41,8 +49,8 @@ from typing import Any
 
 from actors.errors import ConfigError
 
-__all__ = ["die_with_parent", "install_serializer", "current_serializer", "frame_peer", "DeferredLines", "emit_after_this_step",
-           "quiet_thespian_log", "listen_or_watch", "WATCHED", "THESPIAN_VERSION", "check_version"]
+__all__ = ["die_with_parent", "install_serializer", "THIS_PROCESS", "current_serializer", "frame_peer", "DeferredLines",
+           "emit_after_this_step", "quiet_thespian_log", "listen_or_watch", "WATCHED", "THESPIAN_VERSION", "check_version"]
 
 THESPIAN_VERSION = "4.0.1"
 UNTESTED_ENV = "ATOMR_THESPIAN_UNTESTED"
@@ -175,6 +183,62 @@ def die_with_parent() -> None:
     multiprocCommon.startChild = startChild
 
 
+_manager: Any = None   # (pid, weakref) of this process's actor manager (or admin), once it exists
+
+
+def _this_manager() -> Any:
+    # A process forked from another (the logger from its admin) inherits the pair: not its manager.
+    if _manager is None or _manager[0] != os.getpid():
+        return None
+    return _manager[1]()
+
+
+def _remember_manager() -> None:
+    from thespian.system.multiprocCommon import MultiProcReplicator
+
+    original = MultiProcReplicator.init_replicator
+    if getattr(original, "_atomr_manager", False):
+        return
+
+    def init_replicator(self: Any, *args: Any, **kw: Any) -> Any:
+        global _manager
+        _manager = (os.getpid(), weakref.ref(self))
+        return original(self, *args, **kw)
+
+    init_replicator._atomr_manager = True  # type: ignore[attr-defined]
+    init_replicator.__wrapped__ = original  # type: ignore[attr-defined]
+    MultiProcReplicator.init_replicator = init_replicator
+
+
+class _ThisProcess:
+    """What the wire's guards ask of the actor (or admin) of the process reading a frame."""
+
+    def is_admin(self) -> bool:
+        from thespian.system.admin.adminCore import AdminCore
+
+        return isinstance(_this_manager(), AdminCore)
+
+    def placed_elsewhere(self, address: Any) -> bool:
+        """Is ``address`` a child this process created on another node (not one it forked itself)?"""
+        manager = _this_manager()
+        if manager is None or address is None:
+            return False
+        try:
+            forked = [getattr(c, "childRealAddr", c.childAddr) for c in getattr(manager, "_child_procs", [])]
+            return address in list(getattr(manager, "_children", [])) and address not in forked
+        except Exception:  # noqa: BLE001 - an address that does not compare: not one of ours
+            return False
+
+    def awaits_child(self, instance: Any) -> bool:
+        """Is this process's actor still waiting to learn where its child number ``instance`` was created?"""
+        managed = getattr(getattr(_this_manager(), "_addrManager", None), "_managed", None)
+        return (isinstance(instance, int) and not isinstance(instance, bool) and isinstance(managed, list)
+                and 0 <= instance < len(managed) and managed[instance] is None)
+
+
+THIS_PROCESS = _ThisProcess()
+
+
 def install_serializer(serializer: Any) -> None:
     from thespian.system.transport import TCPTransport
 
@@ -183,7 +247,9 @@ def install_serializer(serializer: Any) -> None:
         logging.getLogger("atomr.security").warning("%s", warning)
     _track_peers()
     die_with_parent()
+    _remember_manager()
     serializer.peer_of_frame = frame_peer
+    serializer.receiver = THIS_PROCESS
     serializer.refusals.emit = emit_after_this_step
     TCPTransport.serializer = serializer
     quiet_thespian_log()

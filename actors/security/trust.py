@@ -1,77 +1,33 @@
-"""Who may send what: trust by TCP peer, the peer table, the launch capability, envelope checks.
+"""Who sent a frame: this node, another process of this host, or another host.
 
 A frame whose TCP peer is an address of this host (loopback, or one a socket can bind to
-here) is LOCAL: one of this node's processes, its launcher, or a local client holding the
-key. Anything else is a PEER: another node of the cluster, which can only get here with a
-cluster secret configured on purpose. A peer may send only the messages the cluster needs
-(:data:`PEER_ALLOWED`); everything else (deploy, drain, shutdown, credential refresh, actor
-init, breaker force, ...) is LOCAL only. A ``Deploy`` or ``SessionInit`` must also carry
-this node's launch capability, made by its launcher before the ActorSystem was forked, so
-held in memory by the node's processes only; it never leaves the host.
+here) is LOCAL; anything else comes from a PEER, and is only read at all when a cluster
+secret was configured on purpose. A LOCAL frame is from the **node** itself when it also
+carries the node tag: a MAC keyed from this start's launch capability, which the launcher
+makes before it forks the node's admin, so only the launcher and its forks hold it (in
+memory: it is never sent, written or put in an environment, and a program the node
+``exec``s, the HTTP listener or a credential command, does not have it).
+
+What each may send is decided in :mod:`actors.security.permissions`.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
+import os
 import secrets
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
 
-from actors.security.allow_list import Refused, printable
+from actors.security.keys import WireKey, node_key
 
-__all__ = ["LOCAL", "PEER", "PEER_ALLOWED", "PEER_CREATABLE", "CAPABILITY_CHECKED", "LocalAddresses",
-           "new_capability", "set_capability", "capability", "check_envelope"]
+__all__ = ["NODE", "LOCAL", "PEER", "LocalAddresses", "new_capability", "set_capability", "capability",
+           "current_node_key", "in_node_process"]
 
-LOCAL = "local"
-PEER = "peer"
-
-# What another node may send (module, class). Observed by running the cluster tests (two
-# network namespaces, strict and approximate limits, status from a third host) with a
-# recording hook; see docs/security.md for why each is needed.
-PEER_ALLOWED: frozenset[tuple[str, str]] = frozenset({
-    # Thespian's convention: a member registers with the leader, the leader answers; a
-    # member's admin asks the leader's to create the locator (and is told the result).
-    ("thespian.system.messages.convention", "ConventionRegister"),
-    ("thespian.system.messages.convention", "ConventionDeRegister"),
-    ("thespian.system.messages.admin", "PendingActor"),          # LeaderLocator only (PEER_CREATABLE)
-    ("thespian.system.messages.admin", "PendingActorResponse"),
-    ("thespian.actors", "ChildActorExited"),                    # a locator on the leader ended (its own host)
-    ("thespian.actors", "PoisonMessage"),                       # only wrapping a peer-allowed message
-    ("logging", "LogRecord"),                                   # members forward WARNING+ to the leader's log
-    # Cluster membership.
-    ("actors.runtime.protocol.cluster", "Locate"),
-    ("actors.runtime.protocol.cluster", "RegistrarIs"),
-    ("actors.runtime.protocol.cluster", "Heartbeat"),
-    ("actors.runtime.protocol.cluster", "Membership"),
-    # Approximate budgets between limiter hubs.
-    ("actors.runtime.protocol.budget", "LimiterDelta"),
-    ("actors.runtime.protocol.budget", "LimiterStateRequest"),
-    # Strict budgets: member engines and the leader's strict limiter.
-    ("actors.runtime.protocol.budget", "StrictAcquire"),
-    ("actors.runtime.protocol.budget", "StrictSettle"),
-    ("actors.runtime.protocol.budget", "StrictGrant"),
-    ("actors.runtime.protocol.budget", "StrictDenied"),
-    # Status, gathered by the leader's registrar (also from a status client on another host).
-    ("actors.runtime.protocol.cluster", "ClusterStatusRequest"),
-    ("actors.runtime.protocol.cluster", "ClusterStatus"),
-    ("actors.runtime.protocol.routing", "StatusRequest"),
-    ("actors.runtime.protocol.routing", "NodeStatus"),
-    # Spend reports (launch.py spend --cluster): sums by key, team, model, deployment; no secrets.
-    ("actors.runtime.protocol.ledger", "SpendQuery"),
-    ("actors.runtime.protocol.ledger", "SpendReport"),
-})
-
-# The only actor a peer may have created here: the cluster's leader locator.
-PEER_CREATABLE = frozenset({"actors.runtime.cluster.LeaderLocator"})
-
-# Messages that make a node run what its configuration says: only with this start's capability.
-CAPABILITY_CHECKED = frozenset({("actors.runtime.protocol.bringup", "Deploy"), ("actors.runtime.protocol.bringup", "SessionInit"),
-                                ("actors.runtime.watchdog", "WatchLauncher")})
-
-_ADDRESS_TYPES = ("TCPv4ActorAddress", "TCPv6ActorAddress", "RoutedTCPv4ActorAddress", "TXOnlyAdminTCPv4ActorAddress")
+NODE = "node"      # one of this node's own processes
+LOCAL = "local"    # another process of this host holding the wire key
+PEER = "peer"      # another host holding the cluster secret
 
 
 def _can_bind(host: str) -> bool:
@@ -118,90 +74,45 @@ class LocalAddresses:
         return LOCAL if peer is not None and self.is_local(peer[0]) else PEER
 
 
-# --- the launch capability --------------------------------------------------------------
+# --- the launch capability and the node tag ----------------------------------------------
 
 _capability: str | None = None
+_node_key: WireKey | None = None
+_node_process = False      # a fork of the launcher (its admin, logger or an actor): enforces the table
+_fork_hook = False
+
+
+def _forked() -> None:
+    global _node_process
+    _node_process = _node_key is not None
 
 
 def new_capability() -> str:
     """Made by the launcher before its ActorSystem exists, so every process of the node inherits it."""
-    global _capability
-    _capability = secrets.token_hex(32)
-    return _capability
+    global _fork_hook
+    value = secrets.token_hex(32)
+    set_capability(value)
+    if not _fork_hook:
+        _fork_hook = True
+        os.register_at_fork(after_in_child=_forked)
+    return value
 
 
 def set_capability(value: str | None) -> None:
-    global _capability
+    global _capability, _node_key
     _capability = value
+    _node_key = node_key(value) if value else None
 
 
 def capability() -> str | None:
     return _capability
 
 
-def _check_capability(message: Any, name: str) -> None:
-    mine = _capability
-    given = getattr(message, "capability", None)
-    if not mine or not isinstance(given, str) or not hmac.compare_digest(given.encode(), mine.encode()):
-        raise Refused(f"{name} refused: it does not carry this node's launch capability (only the node's own "
-                      f"launcher deploys, from its own configuration)", kind=f"{name} without capability")
+def current_node_key() -> WireKey | None:
+    """The key of the node tag this process signs with and accepts, if it is (or launched) a node."""
+    return _node_key
 
 
-# --- envelopes ----------------------------------------------------------------------------
-
-def _qualname(obj: Any) -> tuple[str, str]:
-    cls = type(obj)
-    return cls.__module__, cls.__qualname__
-
-
-def _check_sender(sender: Any) -> None:
-    from thespian.actors import ActorAddress
-
-    details = getattr(sender, "addressDetails", None) if type(sender) is ActorAddress else None
-    if details is None or type(details).__name__ not in _ADDRESS_TYPES \
-            or type(details).__module__ not in ("thespian.system.transport.IPBase",
-                                                "thespian.system.transport.TCPTransport"):
-        raise Refused(f"malformed envelope: the sender is {printable(type(sender).__name__, 40)}, not a Thespian "
-                      f"TCP address", kind="malformed envelope")
-
-
-def _host_of(address: Any) -> str | None:
-    details = getattr(address, "addressDetails", None)
-    sockname = getattr(details, "sockname", None)
-    return str(sockname[0]) if isinstance(sockname, tuple) and sockname else None
-
-
-def _check_peer_message(message: Any, peer_host: str | None = None, depth: int = 0) -> None:
-    name = _qualname(message)
-    if name not in PEER_ALLOWED:
-        raise Refused(f"{printable(name[1], 60)} is not accepted from another host (local processes only)",
-                      kind="not accepted from a peer")
-    if name == ("thespian.system.messages.admin", "PendingActor"):
-        cls = getattr(message, "actorClassName", None)
-        if cls not in PEER_CREATABLE or getattr(message, "globalName", None):
-            raise Refused(f"actor creation refused: another host may not create {printable(cls)} here",
-                          kind="actor creation from a peer")
-    elif name == ("thespian.actors", "ChildActorExited"):
-        # Only about an actor of the sender's own host (a locator ending): never "your engine died".
-        if peer_host is None or _host_of(message.childAddress) != peer_host:
-            raise Refused("ChildActorExited from another host about an actor not on that host",
-                          kind="not accepted from a peer")
-    elif name == ("thespian.actors", "PoisonMessage") and depth < 2:
-        _check_peer_message(message.poisonMessage, peer_host, depth + 1)
-    elif name == ("thespian.actors", "PoisonMessage"):
-        raise Refused("nested PoisonMessage from another host", kind="not accepted from a peer")
-
-
-def check_envelope(envelope: Any, trust: str, peer_host: str | None = None) -> None:
-    """Refuse an envelope that is malformed, or whose message ``trust`` may not send."""
-    if type(envelope) is not tuple or len(envelope) != 2:
-        raise Refused(f"malformed envelope: {printable(type(envelope).__name__, 40)}"
-                      f"{'' if type(envelope) is not tuple else f' of {len(envelope)}'}, not (sender, message)",
-                      kind="malformed envelope")
-    sender, message = envelope
-    _check_sender(sender)
-    name = _qualname(message)
-    if trust != LOCAL:
-        _check_peer_message(message, peer_host)
-    if name in CAPABILITY_CHECKED:
-        _check_capability(message, name[1])
+def in_node_process() -> bool:
+    """True in the node's admin, logger and actors: the processes forked from a launcher."""
+    return _node_process

@@ -6,7 +6,9 @@ process (and everything it forks afterwards) speak the gateway's wire instead:
 
 - :mod:`actors.security.keys`: where keys come from (a cluster secret, or this host's key);
 - :mod:`actors.security.allow_list`: which classes may be unpickled at all;
-- :mod:`actors.security.trust`: who may send what (LOCAL vs PEER, the launch capability);
+- :mod:`actors.security.trust`: who sent a frame (the node itself, this host, another host; the
+  launch capability and the node tag);
+- :mod:`actors.security.permissions`: what each of them may send (the one table);
 - :mod:`actors.security.serializer`: the signed frame format and the checks, in order;
 - :mod:`actors.security.thespian_hooks`: every hook into Thespian's internals.
 
@@ -24,15 +26,17 @@ from actors.security.keys import (CLUSTER, ENV_HOST_KEY_DIR, ENV_SECRET, ENV_SEC
                                   FROM_ENVIRONMENT, HOST, KeyRing, WireKey, describe, generate_key_line,
                                   host_key_path, host_keyring, is_loopback, load_keyring, parse_keys,
                                   require_secret, resolve_keyring)
-from actors.security.serializer import LOG_INTERVAL_S, MAC_LEN, MAGIC_SIGNED, PROTOCOL, RefusalLog, WireSerializer
-from actors.security.trust import LOCAL, PEER, PEER_ALLOWED, PEER_CREATABLE, capability, new_capability
+from actors.security.permissions import PEER_ALLOWED, TABLE
+from actors.security.serializer import (LOG_INTERVAL_S, MAC_LEN, MAGIC_NODE, MAGIC_SIGNED, PROTOCOL, RefusalLog,
+                                        WireSerializer)
+from actors.security.trust import LOCAL, NODE, PEER, capability, new_capability
 
 __all__ = [
     "ENV_SECRET", "ENV_SECRET_PREVIOUS", "ENV_SECRET_FILE", "ENV_HOST_KEY_DIR", "CLUSTER", "HOST", "WireKey",
     "KeyRing", "AllowList", "default_allow_list", "WireSerializer", "Refused", "RefusalLog", "FROM_ENVIRONMENT",
     "parse_keys", "load_keyring", "resolve_keyring", "host_key_path", "host_keyring", "generate_key_line",
-    "install", "current", "is_loopback", "require_secret", "describe", "LOCAL", "PEER", "PEER_ALLOWED",
-    "PEER_CREATABLE", "new_capability", "capability", "MAGIC_SIGNED", "MAC_LEN", "PROTOCOL", "LOG_INTERVAL_S",
+    "install", "current", "is_loopback", "require_secret", "describe", "NODE", "LOCAL", "PEER", "PEER_ALLOWED",
+    "TABLE", "new_capability", "capability", "MAGIC_SIGNED", "MAGIC_NODE", "MAC_LEN", "PROTOCOL", "LOG_INTERVAL_S",
     "THESPIAN_ALLOWED", "STDLIB_ALLOWED", "WIRE_MODULES", "WIRE_EXTRAS",
 ]
 

@@ -18,9 +18,9 @@ import yaml
 from actors.core.credentials import looks_secret
 from actors.errors import ConfigError
 from actors.settings.budgets import check_budgets
-from actors.settings.schema import GatewayConfig
+from actors.settings.schema import GatewayConfig, HttpConfig
 
-__all__ = ["build", "parse_config", "load_config", "check_credentials", "check_http_keys", "config_warnings", "UniqueKeyLoader"]
+__all__ = ["build", "parse_config", "load_config", "check_credentials", "check_http_keys", "config_warnings", "http_section", "UniqueKeyLoader"]
 
 _FIELD_HEAD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[\d+\])?(?:\.[A-Za-z0-9_\-\[\].]+)?$")
 
@@ -213,6 +213,12 @@ _OPENAI_HOSTS = ("api.openai.com",)
 def config_warnings(config: GatewayConfig) -> list[str]:
     """Things that start but are probably not what was meant; the launcher prints them."""
     warnings = []
+    served = {d.model for d in config.deployments} | {d.name for d in config.deployments}
+    for i, key in enumerate(config.http.keys if config.http is not None else []):
+        unserved = [m for m in key.models or [] if m not in served]
+        if unserved:  # some served (none served is an error): a typo, or a model of another node
+            warnings.append(f"http.keys[{i}] ({key.name}): no deployment of this node serves "
+                            f"{', '.join(repr(m) for m in unserved)}; calls to it will be 404")
     for i, dep in enumerate(config.deployments):
         where = f"deployments[{i}] ({dep.name})"
         if dep.provider != "openai" or dep.endpoint == "mock":
@@ -226,6 +232,34 @@ def config_warnings(config: GatewayConfig) -> list[str]:
             warnings.append(f"{where}: provider openai with no credentials: every call will be refused "
                             f"with 401 unless {dep.endpoint_label} needs no key")
     return warnings
+
+
+def http_section(config: GatewayConfig | HttpConfig, listen: str | None = None) -> HttpConfig:
+    """The listener's settings: the config's ``http`` section (or ``config`` itself) on ``listen``.
+
+    Never silently open: a config without an ``http`` section has no keys, so ``--http`` on it
+    is refused with how to add them; serving without keys takes an explicit ``auth: none``,
+    which the section allows on a loopback address only.
+    """
+    if isinstance(config, GatewayConfig):
+        if config.http is None:
+            where = f"--http {listen}" if listen else "the HTTP listener"
+            raise ConfigError(
+                f"{where} needs an http section with its callers' keys, and this config has none: add one "
+                f"(`python launch.py key new` prints a key and the line to paste), e.g.\n"
+                f"  http:\n    keys:\n      - name: my-app\n        key: {{sha256: <the line key new printed>}}\n"
+                f"or, to serve without keys on a loopback address, say so: `http: {{auth: none}}`", path="http")
+        http = config.http
+    else:
+        http = config
+    if listen is not None:
+        try:
+            http = http.with_listen(listen)
+        except ValueError as exc:
+            raise ConfigError(str(exc), path="--http") from None
+    if http.listen is None:
+        raise ConfigError("the HTTP listener needs an address: set http.listen or --http HOST:PORT", path="http.listen")
+    return http
 
 
 def load_config(path: str | os.PathLike, **kw: Any) -> GatewayConfig:

@@ -318,9 +318,12 @@ class HttpConfig:
     threads: int = 64                       # worker threads (a stream holds one for its length)
     max_in_flight: int | None = None        # calls at once, beyond: 429 + retry-after (default threads - 4)
     connection_limit: int = 1000            # open connections, idle or slow ones included
+    max_connections_per_client: int = 100   # open connections from one client address; beyond: 429 at accept
     max_body_bytes: int = 4 * 1024 * 1024
     max_header_bytes: int = 64 * 1024
-    read_timeout_s: float = 30.0            # a connection silent this long is closed (slow clients)
+    read_timeout_s: float = 30.0            # a connection silent this long between requests is closed
+    header_timeout_s: float = 10.0          # a request's headers must arrive within this long; beyond: 408
+    body_timeout_s: float = 60.0            # its body within this long of its headers; beyond: 408
     request_timeout_s: float = 600.0        # a call's deadline at the node when the caller gives none
     drain_timeout_s: float = 30.0           # on stop: finish what is in flight for up to this long
 
@@ -343,7 +346,11 @@ class HttpConfig:
             raise ValueError(f"max_in_flight: must be in 1..threads ({self.threads}), got {self.max_in_flight!r}")
         _at_least("max_body_bytes", self.max_body_bytes, 1024)
         _at_least("max_header_bytes", self.max_header_bytes, 1024)
-        for name in ("read_timeout_s", "request_timeout_s"):
+        _at_least("max_connections_per_client", self.max_connections_per_client, 1)
+        if self.max_connections_per_client > self.connection_limit:
+            raise ValueError(f"max_connections_per_client: must be at most connection_limit ({self.connection_limit}), "
+                             f"got {self.max_connections_per_client!r}")
+        for name in ("read_timeout_s", "request_timeout_s", "header_timeout_s", "body_timeout_s"):
             _positive(name, getattr(self, name))
         _at_least("drain_timeout_s", self.drain_timeout_s, 0)
 
@@ -381,6 +388,16 @@ class GatewayConfig:
                 raise ValueError(f"deployments[{i}].name: deployment names must be unique, got {d.name!r} "
                                  f"again (first at deployments[{first[d.name]}].name)")
             first[d.name] = i
+        if self.http is not None:
+            served = {d.model for d in self.deployments} | {d.name for d in self.deployments}
+            for i, key in enumerate(self.http.keys):
+                if key.models is not None and not served & set(key.models):
+                    # Requests are not routed between nodes: a key whose models this node does
+                    # not serve can call nothing here, which is never what was meant.
+                    raise ValueError(
+                        f"http.keys[{i}].models: key {key.name!r} may use only models no deployment of this node "
+                        f"serves ({', '.join(repr(m) for m in key.models) or 'none'}); served here: "
+                        f"{', '.join(sorted({d.model for d in self.deployments}))}")
         for i, d in enumerate(self.deployments):
             if not d.limits.unlimited and d.limit_key.startswith(KEY_BUDGET_PREFIX):
                 raise ValueError(f"deployments[{i}].limits.key: budget names starting with {KEY_BUDGET_PREFIX!r} "

@@ -361,16 +361,6 @@ def _served(handle):
         return False
 
 
-def test_a_config_without_an_http_section_serves_keyless_on_loopback_when_asked(gateway, mock):
-    node, _ = gateway([deployment(mock.url, "gpt")])
-    handle = start_http(node.config, node.admin_port, listen="127.0.0.1:0")  # as launch.py --http / the demo
-    try:
-        assert [m["id"] for m in requests.get(handle.url + "/v1/models", timeout=5).json()["data"]] == ["gpt"]
-        assert oai(handle.url, key="anything").chat.completions.create(model="gpt", messages=HI, max_tokens=2).choices
-    finally:
-        handle.stop(timeout_s=10)
-
-
 def test_the_listener_leaves_when_its_launcher_dies(gateway, mock, tmp_path):
     import subprocess
     import sys

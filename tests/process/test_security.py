@@ -10,6 +10,7 @@ tests/cluster/test_security_netns.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import signal
@@ -45,7 +46,9 @@ def keyring(text: str) -> wire.KeyRing:
 
 
 RUN_KEYS = keyring(TEST_KEY_LINE)
-SIGNED = wire.WireSerializer(RUN_KEYS)          # frames signed with the run's cluster key
+# Frames signed with the run's cluster key, as a local key holder signs them: without the node tag
+# (this test process launches the nodes, so its own serializer tags its frames as theirs).
+SIGNED = wire.WireSerializer(RUN_KEYS, node_key=lambda: None)
 SENDER = ActorAddress(TCPv4ActorAddress("127.0.0.1", 1, external=True))
 
 
@@ -91,6 +94,24 @@ def node_ports(pgid: int, admin_port: int) -> set[int]:
         for port in listening_ports(pid):
             held[port] = held.get(port, 0) + 1
     return {port for port, n in held.items() if n == 1} | {admin_port}
+
+
+def attack_every_port(node, bodies: dict[str, bytes]) -> tuple[dict[tuple[int, str], bytes], set[int]]:
+    """Each body to each of the node's ports: the replies, and the ports that still listen afterwards.
+
+    A node that has just started may still have its short-lived leader locator (it exits two
+    seconds after answering): a port that went away meanwhile answers nothing, and is not counted."""
+    ports = node_ports(node.pgid, node.admin_port)
+    replies = {}
+    for port in sorted(ports):
+        for kind, body in bodies.items():
+            try:
+                replies[(port, kind)] = send_raw(port, body)
+            except ConnectionRefusedError:
+                replies[(port, kind)] = b"(gone)"
+    live = node_ports(node.pgid, node.admin_port)
+    assert len(ports - live) <= 1, (ports, live)
+    return {k: v for k, v in replies.items() if k[0] in live}, ports & live
 
 
 def log_text(tmp_path: Path, name: str) -> str:
@@ -155,24 +176,27 @@ def member_args(tmp_path: Path, mock, name: str, port: int, leader_port: int) ->
 
 
 class WireProbe(ActorTypeDispatcher):
-    """Reports which serializer its process uses; "nested" asks a child of its own too."""
+    """Reports which serializer its process uses; "nested" asks a child of its own too.
 
-    def receiveMsg_str(self, msg, sender):
+    It speaks the protocol's own messages (a StatusRequest in, a NodeStatus out): the node's
+    processes accept nothing else (docs/security.md, the table)."""
+
+    def receiveMsg_StatusRequest(self, msg, sender):
         from thespian.system.transport import TCPTransport
 
         serializer = TCPTransport.serializer
         me = {"pid": os.getpid(), "serializer": f"{type(serializer).__module__}.{type(serializer).__name__}",
               "key_ids": serializer.keyring.key_ids if getattr(serializer, "keyring", None) else None}
-        if msg == "nested":
+        if msg.token == "nested":
             self.reply_to = sender
             self.me = me
             self.child = self.createActor(WireProbe)
-            self.send(self.child, "probe")
+            self.send(self.child, P.StatusRequest("probe"))
         else:
-            self.send(sender, me)
+            self.send(sender, P.NodeStatus(json.dumps(me), 0.0, [], [], []))
 
-    def receiveMsg_dict(self, msg, sender):
-        self.send(self.reply_to, [self.me, msg])
+    def receiveMsg_NodeStatus(self, msg, sender):
+        self.send(self.reply_to, P.NodeStatus(json.dumps([self.me, json.loads(msg.node)]), 0.0, [], [], []))
         self.send(self.child, ActorExitRequest())
 
 
@@ -181,7 +205,7 @@ def test_every_process_of_a_node_uses_the_signed_wire(gateway, mock):
     assert node.wire.startswith("wire: HMAC-SHA256 authenticated, signing with key id test-run")
     probe = client.asys.createActor(WireProbe)
     try:
-        parent, child = client.asys.ask(probe, "nested", 10)
+        parent, child = json.loads(client.asys.ask(probe, P.StatusRequest("nested"), 10).node)
     finally:
         client.asys.tell(probe, ActorExitRequest())
     for seen in (parent, child):
@@ -201,7 +225,8 @@ def test_a_malicious_pickle_runs_nowhere_and_the_node_keeps_serving(gateway, moc
         bodies = {
             "plain pickle": pickle.dumps((None, evil)),                          # what Thespian would take
             "signed, not allowed": SIGNED.dumps((SENDER, evil)),
-            "wrong key": wire.WireSerializer(keyring(f"test-run:{OTHER_SECRET}")).dumps((SENDER, evil)),
+            "wrong key": wire.WireSerializer(keyring(f"test-run:{OTHER_SECRET}"), node_key=lambda: None).dumps(
+                (SENDER, evil)),
         }
         for kind, body in bodies.items():
             reply = send_raw(port, body)
@@ -220,8 +245,6 @@ def test_the_remote_deploy_attack_runs_no_command_on_any_port(gateway, mock, tmp
     """Issue 9: an allow-listed Deploy (and SessionInit) carrying a command credential, unsigned and
     signed with the cluster key, from loopback, to the admin port and to every actor port."""
     node, client = gateway([deployment(mock.url, "d1", credentials={"value": "sk-local"})])
-    ports = node_ports(node.pgid, node.admin_port)
-    assert node.admin_port in ports and len(ports) >= 6, ports  # admin, logger, registry, engine, workers, ...
     marker = tmp_path / "pwned"
     deployments = attack_deployment(marker)
     attacks = {
@@ -230,17 +253,17 @@ def test_the_remote_deploy_attack_runs_no_command_on_any_port(gateway, mock, tmp
         "signed Deploy, a guessed capability": SIGNED.dumps((SENDER, P.Deploy("n1", deployments, capability="0" * 64))),
         "signed SessionInit": SIGNED.dumps((SENDER, P.SessionInit("pwn", "openai", deployments[0].credentials))),
     }
-    for port in sorted(ports):
-        for kind, body in attacks.items():
-            reply = send_raw(port, body)
-            assert b"ACK+DATAERR" in reply, (port, kind, reply)
+    replies, ports = attack_every_port(node, attacks)
+    assert node.admin_port in ports and len(ports) >= 6, ports  # admin, logger, registry, engine, workers, ...
+    for (port, kind), reply in replies.items():
+        assert b"ACK+DATAERR" in reply, (port, kind, reply)
     assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")  # still serving
     assert [d.name for d in node.config.deployments] == ["d1"]
     assert {r.deployment for r in client.routes("pwn", refresh=True)} == set()
-    log = wait_for(lambda: (t := log_text(tmp_path, "n1")).count("launch capability") >= 2 * len(ports) and t,
+    local = "is not accepted from a local process that is not one of this node's (only this node's own processes"
+    log = wait_for(lambda: (t := log_text(tmp_path, "n1")).count(local) >= 2 * len(ports) and t,
                    timeout_s=20, message="every port's refusals in the node's log")
-    assert "Deploy refused: it does not carry this node's launch capability" in log
-    assert "SessionInit refused: it does not carry this node's launch capability" in log
+    assert f"Deploy {local}" in log and f"SessionInit {local}" in log
     assert "not a signed gateway frame" in log
     assert not marker.exists()
 
@@ -260,11 +283,10 @@ MALFORMED = {
 def test_malformed_frames_are_refused_on_every_port_and_the_node_serves(gateway, mock, tmp_path):
     """Issue 17 item 4: a frame with an empty sender used to kill whichever actor received it."""
     node, client = gateway([deployment(mock.url, "d1", workers=2)])
-    ports = node_ports(node.pgid, node.admin_port)
     before = client.status()
-    for port in sorted(ports):
-        for kind, envelope in MALFORMED.items():
-            assert b"ACK+DATAERR" in send_raw(port, SIGNED.dumps(envelope)), (port, kind)
+    replies, ports = attack_every_port(node, {kind: SIGNED.dumps(envelope) for kind, envelope in MALFORMED.items()})
+    for (port, kind), reply in replies.items():
+        assert b"ACK+DATAERR" in reply, (port, kind)
     assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")
     after = client.status()
     assert [(e.deployment, e.workers) for e in after.engines] == [(e.deployment, e.workers) for e in before.engines]
@@ -277,17 +299,48 @@ def test_malformed_frames_are_refused_on_every_port_and_the_node_serves(gateway,
     assert "the sender is str, not a Thespian TCP address" in log
 
 
-def test_a_local_key_holder_cannot_deploy_but_may_drain(gateway, mock, tmp_path):
-    """Deploy needs the launcher's capability even from this host; LOCAL control (Drain) still works."""
-    node, client = gateway([deployment(mock.url, "d1")])
-    marker = tmp_path / "pwned"
-    from thespian.actors import ActorSystemFailure
+def attack_from(spec: dict, env: dict | None = None) -> dict:
+    """tests/wire_attacker.py in its own process: the run's key, no capability (a local key holder)."""
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "wire_attacker.py"), json.dumps(spec)],
+                         capture_output=True, text=True, timeout=180, cwd=ROOT, env=env or dict(os.environ))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
 
-    with pytest.raises(ActorSystemFailure, match="BadPacket"):  # refused at the registry's socket
-        client.asys.ask(node.registry, P.Deploy("n1", attack_deployment(marker)), 3)
-    assert client.complete("d1", HI, max_tokens=3).text
-    assert not marker.exists()
-    assert isinstance(client.asys.ask(node.registry, P.Drain(1.0), 10), P.Drained)
+
+CREDENTIAL_ROWS = ["actors.runtime.protocol.session:SessionSubscribe", "actors.runtime.protocol.session:SessionRefresh",
+                   "actors.runtime.protocol.session:SessionInit", "actors.runtime.protocol.bringup:SessionInit",
+                   "actors.runtime.protocol.bringup:WorkerInit", "actors.runtime.protocol.work:Dispatch",
+                   "thespian.actors:ActorExitRequest", "thespian.actors:WakeupMessage"]
+
+
+def test_a_local_key_holder_gets_no_credential_from_any_port_but_may_call_drain_and_stop(gateway, mock, tmp_path):
+    """Issue 21: SessionSubscribe(subscriber=me, wants_secret=True), signed with the key every local
+    application holds, sent to every port of a node, used to come back with the provider's key."""
+    node, client = gateway([deployment(mock.url, "d1", credentials={"value": "sk-the-real-provider-key"})])
+    ports = sorted(node_ports(node.pgid, node.admin_port))
+    rows = [r for r in CREDENTIAL_ROWS if r != "actors.runtime.protocol.session:SessionInit"]
+    result = attack_from({"host": "127.0.0.1", "ports": ports, "my_ip": "127.0.0.1", "rows": rows,
+                          "sentinel_port": node.registry.addressDetails.sockname[1]})
+    live = node_ports(node.pgid, node.admin_port)    # less a leader locator that ended meanwhile, if any
+    assert len(result["replies"]) == len(rows) * len(ports) and len(set(ports) - live) <= 1
+    assert {r for sent, r in result["replies"].items() if int(sent.split()[0]) in live} == {"ACK+DATAERR"}
+    assert result["secrets"] == 0 and "actors.runtime.protocol.session.SessionSnapshot" not in result["received"]
+    assert "actors.runtime.protocol.routing.NodeStatus" in result["received"]  # what a local caller may ask
+    assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")  # nothing was acted on
+    log = wait_for(lambda: "SessionSubscribe is not accepted from a local process" in (t := log_text(tmp_path, "n1"))
+                   and t, message="the refusal in the node's log")
+    assert "sk-the-real-provider-key" not in log
+    # What a local caller may do: call a model, drain, stop (launch.py ask, status, stop).
+    script = (f"from actors.client import GatewayClient\nfrom actors.runtime.protocol import Drain, Drained\n"
+              f"with GatewayClient({node.admin_port}) as c:\n"
+              f"    print(c.complete('d1', [{{'role': 'user', 'content': 'hi'}}], max_tokens=3).text)\n"
+              f"    print(type(c.asys.ask(c._registry, Drain(1.0), 10)).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.split("\n")[:2] == ["You said: hi", "Drained"], out.stderr[-2000:]
+    stop = subprocess.run([sys.executable, str(ROOT / "launch.py"), "stop", "--admin-port", str(node.admin_port)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stderr
+    assert wait_for(lambda: not pids_in_group(node.pgid), timeout_s=30, message="the node to stop")
 
 
 def test_a_member_with_the_wrong_secret_cannot_join_and_the_leader_says_why(gateway, mock, tmp_path):

@@ -132,3 +132,29 @@ def test_past_its_connection_limit_the_receiver_makes_workers_wait_and_loses_not
     finally:
         receiver.close()
         inbox.close()
+
+
+def test_a_connection_that_announces_a_greeting_and_falls_silent_is_closed_while_workers_stream():
+    """Issue 21: a greeting announcing 400 bytes, then silence, held its connection open forever."""
+    receiver = StreamReceiver(_ring("a"), hello_timeout_s=0.5)
+    inbox = Inbox()
+    codec = FrameCodec(_ring("a"))
+    try:
+        receiver.route("req_1", inbox)
+        silent = _connect(receiver.port)
+        silent.sendall(struct.pack(">I", 400) + b"\x02k")     # a greeting's length and two of its bytes
+        idle = _connect(receiver.port)                         # connects and never says anything
+        worker = _connect(receiver.port)
+        worker.sendall(codec.encode({"hello": receiver.token}) + codec.encode(chunk_body("req_1", 0, "a", [])))
+        wait_for(lambda: receiver.delivered == 1, timeout_s=5, message="the greeted connection's chunk")
+        assert _closed_by_peer(silent) and _closed_by_peer(idle)
+        assert receiver.timed_out == 2 and receiver.refused == 0
+        # The greeted connection stays: a worker's chunks keep arriving on it after the deadline.
+        worker.sendall(codec.encode(chunk_body("req_1", 1, "b", [])))
+        wait_for(lambda: receiver.delivered == 2, timeout_s=5, message="a chunk after the greeting deadline")
+        assert [c.text for c in inbox.drain()] == ["a", "b"] and receiver.connections == 1
+        for sock in (silent, idle, worker):
+            sock.close()
+    finally:
+        receiver.close()
+        inbox.close()

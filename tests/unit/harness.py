@@ -6,6 +6,7 @@ Every test of the core talks to it through events and reads effects, as the acto
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from actors.core import engine_events as ev
@@ -221,6 +222,14 @@ def stream_answer(words: list[str], **kw: Any) -> Answer:
     return Answer(200, parts=openai_stream(words, **kw), headers={"content-type": "text/event-stream"})
 
 
+@dataclass(frozen=True)
+class SendAs:
+    """Asks a :class:`Recorder` to send ``message`` to ``to`` itself."""
+
+    to: Any
+    message: Any
+
+
 class Recorder(Actor):
     """Stands in for the registry: keeps what it is sent, hands it over when asked."""
 
@@ -231,6 +240,8 @@ class Recorder(Actor):
     def receiveMessage(self, msg: Any, sender: Any) -> None:
         if msg == "seen?":
             self.send(sender, list(self.seen))
+        elif isinstance(msg, SendAs):
+            self.send(msg.to, msg.message)   # as itself: e.g. a session takes subscriptions from the subscriber only
         elif not isinstance(msg, ActorExitRequest):
             self.seen.append(msg)
 

@@ -17,7 +17,7 @@ from actors.runtime.protocol import (BreakerInit, BreakerOutcome, BreakerOutcome
                                      LimiterDelta, LimiterStateRequest, SessionInit, SessionRefresh, SessionSnapshot,
                                      SessionSubscribe, SessionVersion, StrictAcquire, StrictDenied, StrictGrant,
                                      StrictInit, StrictSettle)
-from harness import Recorder
+from harness import Recorder, SendAs
 
 
 def messages(asys, recorder, kind: type, count: int = 1, timeout_s: float = 5.0) -> list[Any]:
@@ -48,8 +48,8 @@ def session(asys, tmp_path):
 def test_a_session_gives_workers_the_secret_and_engines_only_the_version(asys, session):
     actor, worker, engine, key = session
     asys.tell(actor, SessionInit("d1", "openai", CredentialSource(file=str(key))))
-    asys.tell(actor, SessionSubscribe(worker, wants_secret=True))
-    asys.tell(actor, SessionSubscribe(engine, wants_secret=False))
+    asys.tell(worker, SendAs(actor, SessionSubscribe(worker, wants_secret=True)))
+    asys.tell(engine, SendAs(actor, SessionSubscribe(engine, wants_secret=False)))
     (snapshot,) = messages(asys, worker, SessionSnapshot)
     assert snapshot.version == 1 and snapshot.credential.reveal() == "sk-one"
     (version,) = messages(asys, engine, SessionVersion)
@@ -59,8 +59,8 @@ def test_a_session_gives_workers_the_secret_and_engines_only_the_version(asys, s
 def test_after_a_401_a_changed_credential_is_published_to_workers_and_engines(asys, session):
     actor, worker, engine, key = session
     asys.tell(actor, SessionInit("d1", "openai", CredentialSource(file=str(key))))
-    asys.tell(actor, SessionSubscribe(worker, wants_secret=True))
-    asys.tell(actor, SessionSubscribe(engine, wants_secret=False))
+    asys.tell(worker, SendAs(actor, SessionSubscribe(worker, wants_secret=True)))
+    asys.tell(engine, SendAs(actor, SessionSubscribe(engine, wants_secret=False)))
     messages(asys, engine, SessionVersion)
     key.write_text("sk-two\n")
     asys.tell(actor, SessionRefresh(1, "401"))
@@ -86,10 +86,10 @@ def test_a_credential_that_cannot_be_read_is_a_typed_error_and_is_retried_on_sch
     actor, worker, engine, key = session
     key.unlink()
     asys.tell(actor, SessionInit("d1", "openai", CredentialSource(file=str(key))))
-    asys.tell(actor, SessionSubscribe(engine, wants_secret=False))
+    asys.tell(engine, SendAs(actor, SessionSubscribe(engine, wants_secret=False)))
     (version,) = messages(asys, engine, SessionVersion)
     assert not version.ok and isinstance(version.error, E.CredentialUnavailable)
-    asys.tell(actor, SessionSubscribe(worker, wants_secret=True))
+    asys.tell(worker, SendAs(actor, SessionSubscribe(worker, wants_secret=True)))
     key.write_text("sk-late\n")                   # the retry timer finds it
     (snapshot,) = messages(asys, worker, SessionSnapshot)
     assert snapshot.version == 1 and snapshot.credential.reveal() == "sk-late"
@@ -99,7 +99,7 @@ def test_a_credential_that_cannot_be_read_is_a_typed_error_and_is_retried_on_sch
 def test_a_scheduled_refresh_publishes_a_rotated_credential(asys, session):
     actor, worker, _, key = session
     asys.tell(actor, SessionInit("d1", "openai", CredentialSource(file=str(key), refresh_s=0.05)))
-    asys.tell(actor, SessionSubscribe(worker, wants_secret=True))
+    asys.tell(worker, SendAs(actor, SessionSubscribe(worker, wants_secret=True)))
     messages(asys, worker, SessionSnapshot)
     key.write_text("sk-rotated\n")
     snapshots = messages(asys, worker, SessionSnapshot, 2)

@@ -1,5 +1,7 @@
 """The wire's pure parts: frame format, allow-list, trust by peer, the launch capability, envelope checks.
 
+Who may send what (the table, the node tag) is in tests/unit/test_permissions.py.
+
 No sockets: frames are built and read in-process, and the peer of each frame is given
 explicitly (the TCP peer Thespian's socket would report).
 """
@@ -15,15 +17,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited, PoisonMessage
-from thespian.system.messages.admin import PendingActor, SystemShutdown
+from thespian.actors import ActorAddress
+from thespian.system.messages.admin import PendingActor
 from thespian.system.transport.IPBase import TCPv4ActorAddress
 
 from actors.errors import ConfigError, RateLimited
 from actors.runtime import protocol as P
 from actors.runtime.watchdog import WatchLauncher
 from actors.security import trust, wire
-from actors.types import Cancel, Failed, InferenceRequest
+from actors.types import Failed, InferenceRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 HI = [{"role": "user", "content": "hi"}]
@@ -41,8 +43,10 @@ HOST_KEYS = keyring(f"host-1:{'h' * 43}", scope=wire.HOST)
 
 
 def serializer(keys: wire.KeyRing = KEYS) -> wire.WireSerializer:
-    # 10.0.0.0/8 is never this host's here; loopback always is.
-    return wire.WireSerializer(keys, local=trust.LocalAddresses(can_bind=lambda host: False))
+    """A client's serializer (no node key, the table not enforced: tests/unit/test_permissions.py has that).
+    10.0.0.0/8 is never this host's here; loopback always is."""
+    return wire.WireSerializer(keys, local=trust.LocalAddresses(can_bind=lambda host: False), node_key=lambda: None,
+                               enforce_table=lambda: False)
 
 
 def addr(host: str = "127.0.0.1", port: int = 40001) -> ActorAddress:
@@ -197,57 +201,6 @@ def test_local_means_an_address_of_this_host():
     assert not local.is_local("") and not local.is_local(None) and not local.is_local("not-an-ip")
     assert not local.is_local("0.0.0.0") and not local.is_local("224.0.0.1")
     assert local.trust_of(None) == trust.PEER  # a frame whose peer is unknown is not trusted
-
-
-LOCAL_ONLY = [
-    P.Deploy("n", [], capability="c" * 64), P.Drain(1.0), P.SessionInit("d", "openai", None, capability="c" * 64),
-    P.SessionRefresh(0), P.EngineInit(None, 0, "n", None, None, None, None), P.WorkerInit(None, None, None, 0),
-    P.BreakerInit("p", "e", None), P.BreakerForce(5.0), P.LimiterInit("n"), P.StrictInit("n", None),
-    P.RegistrarConfig("n", 1.0, 5.0, None), P.Introduce(None), P.Route("m"), P.SessionSnapshot(1, None),
-    P.LimiterRegister(None, "k", None), P.LimiterPeers([]), P.StrictLimiterIs(None),
-    InferenceRequest(model="m", messages=HI), Cancel("r1"), WatchLauncher(1, 1, "c" * 64),
-    SystemShutdown(), ActorExitRequest(), "a string", {"a": 1},
-    PendingActor("actors.runtime.session.RemoteSessionActor", None, 1, None, None),
-    PendingActor("actors.runtime.node.NodeRegistry", None, 1, None, "atomr-node"),
-    PendingActor("actors.runtime.cluster.LeaderLocator", None, 1, None, "a-global-name"),
-    PoisonMessage(P.Deploy("n", [], capability="c" * 64)),
-    ChildActorExited(addr("127.0.0.1", 45000)),  # "your actor died", about an actor not on the sender's host
-]
-
-
-@pytest.mark.parametrize("message", LOCAL_ONLY, ids=lambda m: type(m).__name__)
-def test_what_only_local_processes_may_send_is_refused_from_a_peer(message, caplog):
-    body = serializer().dumps((addr("10.9.9.9"), message))
-    with caplog.at_level("WARNING", logger="atomr.wire"):
-        assert accepted(body, peer=REMOTE_PEER) is None
-    assert "refused a frame from 10.9.9.9:40001" in caplog.text
-    # The same message from this host goes through (Deploy and SessionInit with this start's capability).
-    assert accepted(serializer().dumps((SENDER, message)), peer=LOCAL_PEER) is not None
-
-
-PEER_OK = [
-    P.Locate(), P.RegistrarIs(None, None, "n", "i"), P.Heartbeat(P.MemberInfo("n", None, None, 0.0, "i")),
-    P.Membership("n", "i", [], None), P.LimiterDelta("k", {}), P.LimiterStateRequest("k"),
-    P.StrictAcquire("k", None, "r", 1), P.StrictSettle("k", "r", 1, True), P.StrictGrant("r", 1, 1),
-    P.StrictDenied("r", RateLimited("no")), P.ClusterStatusRequest(), P.ClusterStatus("n", [], [], []),
-    P.StatusRequest(), P.NodeStatus("n", 0.0, [], [], []), P.SpendQuery(0.0), P.SpendReport("n"),
-    PendingActor("actors.runtime.cluster.LeaderLocator", None, 1, None, None),
-    PoisonMessage(P.StatusRequest()), ChildActorExited(addr("10.9.9.9", 45000)),
-]
-
-
-@pytest.mark.parametrize("message", PEER_OK, ids=lambda m: type(m).__name__)
-def test_what_the_cluster_needs_is_accepted_from_a_peer(message):
-    assert accepted(serializer().dumps((addr("10.9.9.9"), message)), peer=REMOTE_PEER) is not None
-
-
-def test_the_peer_table_is_what_the_tests_check():
-    listed = {name for _, name in trust.PEER_ALLOWED}
-    checked = {type(m).__name__ for m in PEER_OK} | {"ConventionRegister", "ConventionDeRegister",
-                                                      "PendingActorResponse", "LogRecord"}
-    assert listed == checked
-    assert not listed & {type(m).__name__ for m in LOCAL_ONLY if not isinstance(m, (PendingActor, PoisonMessage,
-                                                                                       ChildActorExited))}
 
 
 def test_a_host_key_admits_no_other_host(caplog):

@@ -5,7 +5,7 @@ its ``request_id``.
 Messages that may leave their node never hold a secret; the only one that carries one is
 ``SessionSnapshot``, sent from a node's session actor to that node's workers. A message's
 module path is part of the wire format: the allow-list (``actors/security/allow_list.py``)
-and the peer table (``actors/security/trust.py``) name them by it.
+and the table of who may send what (``actors/security/permissions.py``) name them by it.
 """
 
 from __future__ import annotations

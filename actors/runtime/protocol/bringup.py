@@ -1,4 +1,4 @@
-"""Bringing a node's actors up from its own configuration (local only: see actors/security/trust.py)."""
+"""Bringing a node's actors up from its own configuration (node-only: see actors/security/permissions.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class Deploy:
     host: str = ""          # the address this node advertises to its peers
     # The launcher's per-start capability (actors.security): only the node's own launcher,
     # which read the config, may deploy; the wire layer refuses a Deploy without it.
-    capability: str = ""
+    capability: str = field(default="", repr=False)   # never in a log line, whoever logs the message
     launcher_pid: int = 0   # the node exits when this process is gone
     admin_port: int = 0     # part of the node's identity; 0: read from the admin's address
     budgets: list[Any] = field(default_factory=list)  # core.budget.Budget
@@ -65,7 +65,7 @@ class SessionInit:
     deployment: str
     provider: str
     source: Any  # CredentialSource | None
-    capability: str = ""    # copied from the Deploy: a credential source only ever comes from local config
+    capability: str = field(default="", repr=False)   # copied from the Deploy: a credential source only ever comes from local config
 
 
 @dataclass

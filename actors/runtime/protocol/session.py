@@ -1,4 +1,5 @@
-"""Credentials: the session actor and its subscribers (the snapshot never leaves its node)."""
+"""Credentials: the session actor and its subscribers. Node-only, every one of them: no process but
+the node's own may send them (actors/security/permissions.py), so a credential never leaves its node."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from actors.errors import InferenceError
 
 @dataclass
 class SessionSubscribe:
-    subscriber: Any
+    subscriber: Any     # must be the sender: an actor subscribes itself
     wants_secret: bool = True
 
 
 @dataclass
 class SessionSnapshot:
-    """Node-local only: carries the credential to this node's workers."""
+    """Node-only: carries the credential to this node's workers."""
 
     version: int
     credential: Any  # credentials.Secret | None
