@@ -195,7 +195,7 @@ class FrontDoor:
         if self.draining:
             raise ShuttingDown("this node's HTTP listener is draining; send to another node", retryable=True)
         call = dialect.module.parse(self._document(environ))
-        problem = param_problem(call.params)
+        problem = param_problem(getattr(call, "params", {}))   # an embeddings call has no generation params
         if problem is not None:
             # Before the key's budget: an absurd max_tokens is the caller's mistake, not a spend.
             raise FrontDoorError(400, problem[1], kind="invalid_request_error", code="invalid_value", param=problem[0])
