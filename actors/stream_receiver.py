@@ -134,7 +134,7 @@ class StreamReceiver:
                         return
                     if key.fileobj is self._listener:
                         self._accept()
-                    else:
+                    elif isinstance(key.fileobj, socket.socket):
                         self._read(key.fileobj, key.data)
         except Exception:  # noqa: BLE001 - logged; streams then fall back to waiting on the terminal
             log.exception("the stream receiver stopped")
