@@ -559,6 +559,7 @@ class GatewayClient:
         except InferenceError as error:
             # The caller's verdict: repeat only what can help and duplicates no attempt (core/retry.py).
             error.retryable = caller_may_retry(error, error.attempt_log)
+            error.request_id = error.request_id or rid
             raise
         finally:
             state.done = True

@@ -22,7 +22,8 @@
 - **A private endpoint of the in-process system** (:class:`InProcessEndpoint`): on
   ``simpleSystemBase``, ``private()`` neither runs the actors nor honours its timeout (its
   ``listen`` blocks for good); ours takes its own address from ``external_clone()`` and, while
-  it waits, runs the system's pending sends and due wakeups (``_runSends``) in its thread.
+  it waits, runs the system's pending sends and due wakeups (``_runSends``) in its thread. Its
+  ``ask`` to an actor that exited returns None at once, as the TCP transport's does.
 
 **The version** (:func:`check_version`): every process that installs the wire checks that the
 installed Thespian is the one these hooks were written against, and refuses to start
@@ -365,8 +366,15 @@ class InProcessEndpoint:
             self._base._runSends()
 
     def ask(self, target: Any, message: Any, timeout: float) -> Any:
+        if not self._deliverable(target):
+            return None   # at once, as multiprocTCPBase's ask when the transmit fails (an actor that exited)
         self.tell(target, message)
         return self.listen(timeout)
+
+    def _deliverable(self, target: Any) -> bool:
+        with self._lock:
+            known = self._base.actorRegistry.get(getattr(target, "actorAddressString", None))
+        return known is not None and known.instance is not None
 
     def listen(self, timeout: float) -> Any:
         import queue
