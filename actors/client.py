@@ -29,7 +29,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, Unpack, cast
+from typing import Any, Self, TypeVar, Unpack, cast
 
 from thespian.actors import PoisonMessage
 
@@ -164,7 +164,7 @@ class Stream:
         if not _drop(self._state):
             self.cancel()  # another thread is iterating: its iteration ends with Cancelled
 
-    def __enter__(self) -> Stream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -308,7 +308,7 @@ class GatewayClient:
         self.link.close()
         self.asys = None
 
-    def __enter__(self) -> GatewayClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

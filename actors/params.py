@@ -10,7 +10,7 @@ a parameter left out is not sent. Only ``typing`` here: nothing runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, Literal, Required, TypeAlias, TypedDict, Union
+from typing import Final, Literal, Required, Self, TypeAlias, TypedDict
 
 __all__ = [
     "NotGiven", "NOT_GIVEN",
@@ -30,8 +30,8 @@ class NotGiven:
 
     _instance: NotGiven | None = None
 
-    def __new__(cls) -> NotGiven:
-        if cls._instance is None:
+    def __new__(cls) -> Self:
+        if not isinstance(cls._instance, cls):
             cls._instance = super().__new__(cls)
         return cls._instance
 
@@ -67,7 +67,7 @@ class ImagePart(TypedDict):
     image_url: ImageURL
 
 
-ContentPart: TypeAlias = Union[TextPart, ImagePart]
+ContentPart: TypeAlias = TextPart | ImagePart
 
 
 class SystemMessage(TypedDict, total=False):
@@ -118,7 +118,7 @@ class ToolMessage(TypedDict):
     tool_call_id: str
 
 
-MessageParam: TypeAlias = Union[SystemMessage, DeveloperMessage, UserMessage, AssistantMessage, ToolMessage]
+MessageParam: TypeAlias = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
 
 
 # --- tools -------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class NamedToolChoice(TypedDict):
     function: _ToolName
 
 
-ToolChoiceParam: TypeAlias = Union[Literal["none", "auto", "required"], NamedToolChoice]
+ToolChoiceParam: TypeAlias = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 # --- response format ---------------------------------------------------------------------
@@ -171,10 +171,10 @@ class ResponseFormatJSONSchema(TypedDict):
     json_schema: JSONSchema
 
 
-ResponseFormatParam: TypeAlias = Union[ResponseFormatText, ResponseFormatJSONObject, ResponseFormatJSONSchema]
+ResponseFormatParam: TypeAlias = ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema
 
 # A level's name, or its number (0 background .. 4 critical; ``core.priority_queue.Priority`` is one).
-PriorityParam: TypeAlias = Union[Literal["background", "low", "normal", "high", "critical"], int]
+PriorityParam: TypeAlias = Literal["background", "low", "normal", "high", "critical"] | int
 
 
 # --- the call's parameters ---------------------------------------------------------------

@@ -42,7 +42,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from importlib import metadata
-from typing import Any
+from typing import Any, ClassVar
 
 from actors.errors import ConfigError
 
@@ -349,8 +349,8 @@ class InProcessEndpoint:
     a lock of that system's (one thread runs its actors at a time)."""
 
     STEP_S = 0.002   # how often a waiting endpoint looks for due wakeups and sends from other threads
-    _locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-    _locks_lock = threading.Lock()
+    _locks: ClassVar[weakref.WeakKeyDictionary[Any, threading.Lock]] = weakref.WeakKeyDictionary()
+    _locks_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, system: Any) -> None:
         self._base = system._systemBase

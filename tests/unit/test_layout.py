@@ -14,7 +14,7 @@
 | node_link          | runtime.node, security, ops, stream_receiver, errors (its seam)   |
 | params             | nothing (the types of a call's parameters)                        |
 | stream_receiver    | core, types (the client's end of the stream channel)              |
-| http               | http, client, settings, core, errors, types                      |
+| http               | http, client, params, settings, core, errors, types              |
 | testing            | anything; imported by nothing above (ops.system only lazily)      |
 """
 
@@ -52,8 +52,8 @@ ALLOWED = {
     # client side: files an endpoint's messages by request (and watches the stream channel's pipe)
     "actors.correlator": {"actors.correlator", "actors.security.thespian_hooks"},
     "actors.stream_receiver": {"actors.stream_receiver", "actors.core", "actors.types"},
-    "actors.http": {"actors.http", "actors.client", "actors.correlator", "actors.settings", "actors.core",
-                    "actors.errors", "actors.types"},
+    "actors.http": {"actors.http", "actors.client", "actors.correlator", "actors.params", "actors.settings",
+                    "actors.core", "actors.errors", "actors.types"},
     "actors": {"actors"},  # the package's __init__: the public API re-exports anything
     "actors.testing": {"actors"},
 }
