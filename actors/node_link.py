@@ -133,6 +133,8 @@ class InProcessLink:
         self.system = system
         self._registry = registry if registry is not None else system.createActor(NodeRegistry,
                                                                                   globalName=NODE_GLOBAL_NAME)
+        self._lock = threading.Lock()
+        self._endpoints: list[InProcessEndpoint] = []
 
     @property
     def registry(self) -> Any:
@@ -143,10 +145,16 @@ class InProcessLink:
         return "the in-process node"
 
     def endpoint(self) -> Endpoint:
-        return InProcessEndpoint(self.system)
+        endpoint = InProcessEndpoint(self.system)
+        with self._lock:
+            self._endpoints.append(endpoint)
+        return endpoint
 
     def stream_receiver(self) -> StreamReceiver | None:
         return None
 
     def close(self) -> None:
-        pass   # its endpoints hold nothing outside the system, which belongs to whoever made it
+        with self._lock:
+            endpoints, self._endpoints = self._endpoints, []
+        for endpoint in endpoints:
+            endpoint.close()

@@ -371,6 +371,10 @@ class InProcessEndpoint:
         self.tell(target, message)
         return self.listen(timeout)
 
+    def close(self) -> None:
+        with self._lock:
+            self._private.exit_context()   # its address no longer takes messages
+
     def _deliverable(self, target: Any) -> bool:
         with self._lock:
             known = self._base.actorRegistry.get(getattr(target, "actorAddressString", None))
