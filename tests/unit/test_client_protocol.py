@@ -356,27 +356,32 @@ def test_the_router_refuses_a_group_whose_engines_pushed_a_refusal_and_reports_i
     assert scripted.seen(scripted.node, RouterRefusals)[0].counts == {"d1": {"CircuitOpen": 1}}
 
 
-def test_refusals_are_reported_at_most_every_quarter_second_and_flushed_on_close(scripted):
+def refused_too_long(scripted: Scripted, times: int) -> GatewayClient:
+    """A client whose router refused ``times`` prompts too long for d1's window."""
     scripted.engine("d1", max_input_tokens=1)
     gw = scripted.client()
-    for _ in range(3):
+    for _ in range(times):
         with pytest.raises(E.ContextLengthExceeded):
             gw.complete("d1", [{"role": "user", "content": "a prompt far longer than one token"}])
+    return gw
+
+
+def reported(scripted: Scripted) -> int:
+    return sum(r.counts["d1"]["ContextLengthExceeded"] for r in scripted.seen(scripted.node, RouterRefusals))
+
+
+def test_refusals_are_reported_at_most_every_quarter_second_and_flushed_on_close(scripted):
+    gw = refused_too_long(scripted, 3)
     reports = scripted.seen(scripted.node, RouterRefusals)
     assert reports[0].counts == {"d1": {"ContextLengthExceeded": 1}}   # the first at once, the rest held back
     gw.close()                                         # the rest go out with the close, not lost
-    reports = scripted.seen(scripted.node, RouterRefusals)
-    assert sum(r.counts["d1"]["ContextLengthExceeded"] for r in reports) == 3
+    assert reported(scripted) == 3
 
 
 def test_refusals_held_back_go_out_on_their_timer(scripted):
-    scripted.engine("d1", max_input_tokens=1)
-    gw = scripted.client()
-    for _ in range(2):
-        with pytest.raises(E.ContextLengthExceeded):
-            gw.complete("d1", [{"role": "user", "content": "a prompt far longer than one token"}])
+    refused_too_long(scripted, 2)
     end = time.monotonic() + 5
-    while sum(r.counts["d1"]["ContextLengthExceeded"] for r in scripted.seen(scripted.node, RouterRefusals)) < 2:
+    while reported(scripted) < 2:
         assert time.monotonic() < end, "the held-back refusal was never reported"
         time.sleep(0.02)
 
