@@ -27,6 +27,8 @@ __all__ = ["Endpoint", "NodeLink", "ThespianLink", "InProcessLink"]
 
 
 class NodeLink(Protocol):
+    """What a GatewayClient needs of its way to the node; any object with these will do."""
+
     @property
     def registry(self) -> Any:
         """The node's registry (``NodeRegistry``): routes, liveness, status."""
