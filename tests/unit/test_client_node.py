@@ -230,6 +230,8 @@ def test_lookups_status_and_spend_of_a_real_node(node_client):
     assert status.node == "n1" and [e.deployment for e in status.engines] == ["d1"]
     (report,) = gw.spend(0.0)
     assert report.error           # this node keeps no ledger, and says so
+    (member,) = gw.spend(0.0, cluster=True)     # each member's own answer
+    assert member.error == report.error
     assert gw.routes("d1", refresh=True)[0].deployment == "d1"
     with pytest.raises(E.NotFound, match="no deployment serves model 'nothing'"):
         gw.complete("nothing", HI)
