@@ -246,7 +246,7 @@ def test_leaving_a_stream_in_each_way_cancels_it_at_its_engine(scripted):
     engine = scripted.engine(answer=replies(chunk(0, "a")))   # then silent: the call is still running
     gw = scripted.client()
 
-    for chunk_ in gw.stream("d1", HI):
+    for _ in gw.stream("d1", HI):
         break                                             # a for loop left early
     with gw.stream("d1", HI) as stream:
         next(iter(stream))                                # a with block left

@@ -84,7 +84,7 @@ def wrong(gw: GatewayClient) -> None:
 
 
 def _mypy(tmp_path: Path, *programs: str) -> str:
-    for name, source in zip(("good.py", "bad.py"), programs):
+    for name, source in zip(("good.py", "bad.py"), programs, strict=False):
         (tmp_path / name).write_text(textwrap.dedent(source))
     # As a caller's checker sees an installed package: this tree's, its own errors not reported.
     env = {**os.environ, "MYPYPATH": str(ROOT)}
