@@ -7,7 +7,7 @@ Importing this package imports the client lazily, so ``actors.core`` stays free 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.errors import (AuthenticationError, BadRequest, BudgetExceeded, Cancelled, CircuitOpen, ConfigError,
                            Conflict, ContentFiltered, ContextLengthExceeded, CredentialUnavailable, DeadlineExceeded,
@@ -15,14 +15,21 @@ from actors.errors import (AuthenticationError, BadRequest, BudgetExceeded, Canc
                            LeaderUnavailable, NetworkError, NotFound, Overloaded, PermissionDenied, QueueFull,
                            RateLimited, ServerError, ShuttingDown, StreamError, Timeout, UpstreamRejected,
                            WorkerCrashed)
+from actors.params import NOT_GIVEN, CallParams, MessageParam, NotGiven
 from actors.types import (AttemptInfo, Cancel, Choice, Completed, EmbeddingResult, Failed, InferenceRequest, TokenChunk,
                           ToolCall, Usage)
+
+if TYPE_CHECKING:   # what the lazy names below are, for type checkers
+    from actors.client import GatewayClient, Stream
+    from actors.node_link import InProcessLink, NodeLink, ThespianLink
 
 __version__ = "0.1.0"
 
 __all__ = [
-    # the client
-    "GatewayClient", "Stream", "NOT_GIVEN",
+    # the client, and the links it talks to its node through
+    "GatewayClient", "Stream", "NodeLink", "ThespianLink", "InProcessLink",
+    # what a call takes (actors.params has every message, tool and format type)
+    "NOT_GIVEN", "NotGiven", "MessageParam", "CallParams",
     # what goes in and comes out
     "InferenceRequest", "TokenChunk", "Completed", "Failed", "Cancel", "Usage", "ToolCall", "AttemptInfo",
     "Choice", "EmbeddingResult",
@@ -37,15 +44,16 @@ __all__ = [
     "__version__",
 ]
 
-_CLIENT_NAMES = ("GatewayClient", "Stream", "NOT_GIVEN")
+_LAZY = {"GatewayClient": "actors.client", "Stream": "actors.client", "NodeLink": "actors.node_link",
+         "ThespianLink": "actors.node_link", "InProcessLink": "actors.node_link"}
 
 
 def __getattr__(name: str) -> Any:
     # The client imports Thespian and the runtime; load it only when asked for.
-    if name in _CLIENT_NAMES:
-        from actors import client
+    if name in _LAZY:
+        import importlib
 
-        return getattr(client, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'actors' has no attribute {name!r}")
 
 

@@ -1,19 +1,23 @@
 """GatewayClient: call a node from any process; Stream: one streamed call.
 
-Every thread gets its own private Thespian endpoint wrapped in a Correlator, which files
-each arriving message under its request id or lookup token: no call or lookup ever sees
-another one's message (a late chunk of an abandoned stream, say). A call that is left
-(``close()``, leaving the ``with`` block or the ``for`` loop, a client-side timeout, the
-Stream garbage-collected) is cancelled upstream, never left running and billed.
+The client talks to its node through a link (``actors/node_link.py``): over TCP by default,
+or any link handed to it (``GatewayClient(link=...)``). Every thread gets its own endpoint
+wrapped in a Correlator, which files each arriving message under its request id or lookup
+token: no call or lookup ever sees another one's message (a late chunk of an abandoned
+stream, say). A call that is left (``close()``, leaving the ``with`` block or the ``for``
+loop, a client-side timeout, the Stream garbage-collected) is cancelled upstream, never
+left running and billed.
 
 A request silent for ``liveness_after_s`` makes the client ask the node whether the
 engine it was sent to is still the live one; if that engine died, the request fails
 with EngineCrashed, or is sent again to the restarted engine when no token had arrived
-and it is idempotent.
+and it is idempotent. Which deployment to try, in which order, and where a failure leads
+are decided by ``core/routing.py``; this module carries the calls.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -23,34 +27,35 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from typing import Any
+from collections import Counter
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Self, TypeVar, Unpack, cast
 
-from thespian.actors import ActorSystem, InvalidActorAddress, PoisonMessage
+from thespian.actors import PoisonMessage
 
 from actors.core import refusals, routing
 from actors.core.records import FALLBACK_METADATA
 from actors.core.retry import caller_may_retry
 from actors.correlator import Correlator
-from actors.stream_receiver import Inbox, StreamReceiver, shared_receiver
 from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, GatewayTimeout, GatewayUnavailable,
                            InferenceError, InternalError, NotFound)
-from actors.ops.procs import port_is_listening
-from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
+from actors.node_link import NodeLink, ThespianLink
+from actors.params import (CALL_PARAMS, GENERATION_PARAMS, NOT_GIVEN, CallParams, MessageParam, NotGiven,
+                           PriorityParam)
 from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, EngineCheck, EngineLiveness, NodeStatus,
-                                     Route, RouterRefusals, Routes, StatusRequest)
+                                     Route, RouteEntry, RouterRefusals, Routes, StatusRequest)
 from actors.runtime.protocol.ledger import SpendQuery, SpendReport
 from actors.security import wire
+from actors.stream_receiver import Inbox
 from actors.types import (AttemptInfo, Cancel, Completed, EmbeddingResult, Failed, InferenceRequest, TokenChunk,
                           Usage)
 
-__all__ = ["GatewayClient", "Stream", "NOT_GIVEN"]
+__all__ = ["GatewayClient", "Stream", "NOT_GIVEN", "NotGiven"]
 
 # How long a route lookup (engines, their pushed load, the routing policy) is reused. Short,
 # so least-busy and latency see the engines' state within about a second; the client's own
 # in-flight count per engine is always current (docs/routing.md).
 ROUTE_TTL_S = 1.0
-CIRCUIT_HOLD_S = 1.0       # an engine that answered CircuitOpen is skipped this long when it gave no retry time
 REFUSALS_EVERY_S = 0.25    # router refusals are reported to the node at most this often (core/refusals.py)
 STRAGGLER_WAIT_S = 2.0     # for streamed chunks that their terminal message overtook
 TERMINAL_GRACE_S = 2.0     # the engine owes a terminal even at the deadline: wait a little past it
@@ -60,28 +65,8 @@ LIVENESS_AFTER_S = 1.0
 CRASH_RESENDS = 2
 LOOKUP_TIMEOUT_S = 10.0
 
-
-class _NotGiven:
-    """``NOT_GIVEN``: a parameter left out (None may be a value the provider understands)."""
-
-    _instance = None
-
-    def __new__(cls) -> "_NotGiven":
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return "NOT_GIVEN"
-
-    def __reduce__(self):
-        return (_NotGiven, ())
-
-
-NOT_GIVEN: Any = _NotGiven()
+_Reply = TypeVar("_Reply")
+Chunks = Generator[TokenChunk, None, None]
 
 
 class _EngineGone(Exception):
@@ -97,7 +82,7 @@ class _State:
     def __init__(self) -> None:
         self.chunks: list[TokenChunk] = []
         self.result: Completed | None = None
-        self.exchange: Iterator[TokenChunk] | None = None
+        self.exchange: Chunks | None = None
         self.done = False
         self.failed: Failed | None = None   # the last Failed terminal (its attempts, for routing)
         self.deployment = ""                # the deployment the call went to last (the one serving it)
@@ -123,7 +108,7 @@ class Stream:
     still running. Leaving a ``for`` loop early cancels it too; so does dropping the Stream.
     """
 
-    def __init__(self, client: "GatewayClient", request: InferenceRequest, timeout_s: float) -> None:
+    def __init__(self, client: GatewayClient, request: InferenceRequest, timeout_s: float) -> None:
         self._client = client
         self.request = request
         self.timeout_s = timeout_s
@@ -162,7 +147,7 @@ class Stream:
             return iter(())
         if state.exchange is None:
             state.exchange = self._client._exchange(self.request, self.timeout_s, state)
-        return _consume(state, self)
+        return _consume(state, state.exchange, self)
 
     def text(self) -> str:
         """Consume the stream and return the whole text."""
@@ -179,22 +164,22 @@ class Stream:
         if not _drop(self._state):
             self.cancel()  # another thread is iterating: its iteration ends with Cancelled
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
         return f"Stream({self.request_id}, {len(self.chunks)} chunks, {'done' if self.closed else 'open'})"
 
 
-def _consume(state: _State, stream: Stream) -> Iterator[TokenChunk]:
+def _consume(state: _State, exchange: Chunks, stream: Stream) -> Iterator[TokenChunk]:
     # A fresh generator per loop: when the loop is left early, CPython closes it at once.
     # It holds the Stream, so ``for chunk in client.stream(...)`` keeps its Stream alive.
     finished = False
     try:
-        for chunk in state.exchange:
+        for chunk in exchange:
             yield chunk
         finished = True
     finally:
@@ -202,15 +187,7 @@ def _consume(state: _State, stream: Stream) -> Iterator[TokenChunk]:
             _drop(state)
 
 
-def _key_hint() -> str:
-    serializer = wire.current()
-    if serializer is None or serializer.keyring is None:
-        return f"this client has no cluster secret; set {wire.ENV_SECRET} to the nodes' key"
-    return (f"this client signs with key id {serializer.keyring.signing.key_id}; {wire.ENV_SECRET} must hold "
-            f"a key the node accepts (the node's log names the refused frames)")
-
-
-def _timeout(timeout_s: Any, default: float) -> float:
+def _timeout(timeout_s: object, default: float) -> float:
     if timeout_s is NOT_GIVEN or timeout_s is None:
         return default
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
@@ -220,10 +197,18 @@ def _timeout(timeout_s: Any, default: float) -> float:
     return float(timeout_s)
 
 
+def _message_list(messages: Iterable[MessageParam]) -> list[dict[str, Any]]:
+    """The messages as the request carries them. Anything but a sequence of messages is passed
+    as it is, so the engine's check names what is wrong (core/validation.py)."""
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
+        return cast("list[dict[str, Any]]", messages)
+    return cast("list[dict[str, Any]]", list(messages))
+
+
 DEFAULT_EMBED_BATCH = 2048   # OpenAI's limit: the batch when no route names one
 
 
-def embed_batch_of(entries: list[Any]) -> int:
+def embed_batch_of(entries: Sequence[Any]) -> int:
     """The most texts one embeddings call may carry to whichever of ``entries`` serves it: the
     smallest of their limits (a call may land on any of them), ignoring those with none."""
     sizes = [e.embed_batch for e in entries if getattr(e, "embed_batch", 0) > 0]
@@ -251,66 +236,62 @@ def merged_embeddings(calls: list[Completed]) -> EmbeddingResult:
 
 
 class GatewayClient:
+    """Calls to a gateway node: ``complete()``, ``stream()``, ``embed()``, and its status.
+
+    ``GatewayClient(admin_port, host=..., keyring=...)`` joins this process to the node over TCP
+    (``ThespianLink.connect``). ``GatewayClient(link=...)`` talks through the link given instead
+    (``actors/node_link.py``): a Thespian system this process already runs, or the in-process
+    system of a test. Safe to share between threads; close it (or use ``with``) when done.
+    """
+
     def __init__(self, admin_port: int = 1900, *, host: str = "127.0.0.1", timeout_s: float = 60.0,
                  system_base: str = "multiprocTCPBase", keyring: Any = wire.FROM_ENVIRONMENT,
                  route_ttl_s: float = ROUTE_TTL_S, liveness_after_s: float = LIVENESS_AFTER_S,
-                 stream_channel: bool = True) -> None:
-        # ActorSystem() silently starts a fresh admin when none listens on the port: check first.
-        if not port_is_listening(admin_port, host):
-            raise GatewayUnavailable(f"no gateway node is listening on {host}:{admin_port}")
-        # Sign and allow-list this process's messages like the nodes' (before its ActorSystem).
-        wire.install(wire.resolve_keyring(keyring))
+                 stream_channel: bool = True, link: NodeLink | None = None,
+                 straggler_wait_s: float = STRAGGLER_WAIT_S, terminal_grace_s: float = TERMINAL_GRACE_S) -> None:
+        if link is None:
+            link = ThespianLink.connect(admin_port, host=host, system_base=system_base, keyring=keyring,
+                                        stream_channel=stream_channel)
+        elif (admin_port, host, system_base, stream_channel) != (1900, "127.0.0.1", "multiprocTCPBase", True) \
+                or keyring is not wire.FROM_ENVIRONMENT:
+            raise TypeError("admin_port, host, system_base, keyring and stream_channel describe the link the "
+                            "client makes; with link=..., they are the link's own")
+        self.link = link
         self.admin_port = admin_port
+        # The Thespian system of a ThespianLink or InProcessLink (for tools that send raw messages).
+        self.asys: Any = getattr(link, "system", None)
         self.timeout_s = timeout_s
         self.route_ttl_s = route_ttl_s
         self.liveness_after_s = liveness_after_s
-        # Streamed chunks on a signed loopback socket instead of one Thespian message each.
-        self.stream_channel = stream_channel
-        try:
-            self.asys = ActorSystem(system_base, {"Admin Port": admin_port}, transientUnique=True)
-        except InvalidActorAddress:
-            # Something listens there but never answered: with the wire installed, almost
-            # always a node that refuses this client's key (its log says which it accepts).
-            raise GatewayUnavailable(f"the node on {host}:{admin_port} did not accept this client's messages: "
-                                     f"{_key_hint()}") from None
+        self.straggler_wait_s = straggler_wait_s
+        self.terminal_grace_s = terminal_grace_s
+        self._closed = False
         self._local = threading.local()
-        self._routes: dict[str, tuple[float, list[Any]]] = {}
-        self._registry = self.asys.createActor(NodeRegistry, globalName=NODE_GLOBAL_NAME)
-        self._contexts: list[Any] = []
+        self._routes: dict[str, tuple[float, list[RouteEntry]]] = {}
+        self._registry = link.registry
         self._lock = threading.Lock()
         self._sent_to: dict[str, Any] = {}
         self._route_locks: dict[str, threading.Lock] = {}
         self._policy = routing.RoutingPolicy()          # the node's, as its last Routes said
         self._busy: dict[str, int] = {}                 # this client's calls in flight, per engine
         # Engines that answered CircuitOpen: until when (unix), and that answer, which the router repeats.
-        self._held: dict[str, tuple[float, InferenceError]] = {}
+        self._held: dict[str, tuple[float, CircuitOpen]] = {}
         self._tally = refusals.Tally(REFUSALS_EVERY_S)  # router refusals not yet reported to the node
         self._tally_timer: threading.Timer | None = None
         self._rand = random.Random()
         # Cancels may come from any thread (close(), a finalizer): one endpoint for them, under a lock.
         self._cancel_lock = threading.Lock()
-        self._cancel_manager = self.asys.private()
-        self._cancel_endpoint = self._cancel_manager.__enter__()
+        self._cancel_endpoint = link.endpoint()
         self._cancels_pending: list[tuple[Any, Any]] = []   # (engine, message) sends that wait for the lock
 
     # -- endpoints -----------------------------------------------------------------------
 
     def _correlator(self) -> Correlator:
-        correlator = getattr(self._local, "correlator", None)
+        correlator: Correlator | None = getattr(self._local, "correlator", None)
         if correlator is None:
-            manager = self.asys.private()
-            receiver = self._stream_receiver()
-            inbox = Inbox() if receiver is not None else None
-            correlator = self._local.correlator = Correlator(manager.__enter__(), inbox)
-            with self._lock:
-                self._contexts.append(manager)
+            inbox = Inbox() if self.link.stream_receiver() is not None else None
+            correlator = self._local.correlator = Correlator(self.link.endpoint(), inbox)
         return correlator
-
-    def _stream_receiver(self) -> StreamReceiver | None:
-        if not self.stream_channel:
-            return None
-        serializer = wire.current()
-        return shared_receiver(serializer.keyring if serializer is not None else None)
 
     def _endpoint(self) -> Any:
         """This thread's endpoint, for raw asks (messages nobody waits for are dropped by the correlator)."""
@@ -319,32 +300,32 @@ class GatewayClient:
     def close(self) -> None:
         self._report_refusals()
         with self._lock:
-            managers, self._contexts = self._contexts + [self._cancel_manager], []
-        for manager in managers:
-            try:
-                manager.__exit__(None, None, None)
-            except Exception:  # noqa: BLE001
-                pass
-        # Detaches this process only: the node's admin keeps running.
+            timer, self._tally_timer = self._tally_timer, None
+        if timer is not None:
+            timer.cancel()
+        self._closed = True
+        # Detaches this process only: the node keeps running.
+        self.link.close()
         self.asys = None
 
-    def __enter__(self) -> "GatewayClient":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- lookups -------------------------------------------------------------------------
 
-    def _lookup(self, message: Any, expected: type, timeout_s: float, what: str) -> Any:
+    def _lookup(self, message: Any, expected: type[_Reply], timeout_s: float, what: str,
+                target: Any = None) -> _Reply:
         token = message.token = "q_" + secrets.token_hex(8)
-        reply = self._correlator().request(self._registry, message, token, timeout_s)
+        reply = self._correlator().request(self._registry if target is None else target, message, token, timeout_s)
         if not isinstance(reply, expected):
             got = "nothing" if reply is None else type(reply).__name__
-            raise GatewayUnavailable(f"the node on port {self.admin_port} did not answer {what} (got {got})")
+            raise GatewayUnavailable(f"{self.link.where} did not answer {what} (got {got})")
         return reply
 
-    def routes(self, model: str, refresh: bool = False) -> list[Any]:
+    def routes(self, model: str, refresh: bool = False) -> list[RouteEntry]:
         return self._route_lookup(model, refresh).entries
 
     def _route_lookup(self, model: str, refresh: bool = False) -> Routes:
@@ -359,7 +340,7 @@ class GatewayClient:
             if not lock.acquire(blocking=False):
                 return Routes(model, cached[1])  # another thread is refreshing it: the last answer serves meanwhile
         elif not lock.acquire(timeout=LOOKUP_TIMEOUT_S):
-            raise GatewayUnavailable(f"the route lookup for {model!r} on port {self.admin_port} did not finish")
+            raise GatewayUnavailable(f"the route lookup for {model!r} on {self.link.where} did not finish")
         try:
             cached = self._routes.get(model)
             if cached and not refresh and time.monotonic() - cached[0] < self.route_ttl_s:
@@ -390,85 +371,73 @@ class GatewayClient:
             return [self._lookup(SpendQuery(since_unix, by), SpendReport, timeout_s, "a spend query")]
         reports = []
         for member in self.cluster_status(timeout_s, members_only=True).members:
-            token = "q_" + secrets.token_hex(8)
-            reply = self._correlator().request(member.registry, SpendQuery(since_unix, by, token=token), token,
-                                               timeout_s)
-            reports.append(reply if isinstance(reply, SpendReport) else
-                           SpendReport(member.node_id or member.node, [], error="did not answer"))
+            try:
+                reports.append(self._lookup(SpendQuery(since_unix, by), SpendReport, timeout_s, "a spend query",
+                                            target=member.registry))
+            except GatewayUnavailable:
+                reports.append(SpendReport(member.node_id or member.node, [], error="did not answer"))
         return reports
 
     # -- calls ---------------------------------------------------------------------------
 
-    def request(self, model: str, messages: list[dict[str, Any]], *, stream: bool = False,
-                max_tokens: Any = NOT_GIVEN, temperature: Any = NOT_GIVEN, top_p: Any = NOT_GIVEN,
-                stop: Any = NOT_GIVEN, tools: Any = NOT_GIVEN, tool_choice: Any = NOT_GIVEN, seed: Any = NOT_GIVEN,
-                n: Any = NOT_GIVEN, presence_penalty: Any = NOT_GIVEN, frequency_penalty: Any = NOT_GIVEN,
-                response_format: Any = NOT_GIVEN, user: Any = NOT_GIVEN, metadata: dict[str, str] | None = None,
-                priority: int | str = "normal", timeout_s: Any = NOT_GIVEN, idempotent: bool = True,
-                request_id: str | None = None, extra_body: dict[str, Any] | None = None,
-                fallbacks: list[str] | None = None) -> InferenceRequest:
+    def request(self, model: str, messages: Iterable[MessageParam], *, stream: bool = False,
+                **params: Unpack[CallParams]) -> InferenceRequest:
         """Build a request. Parameters left out are not sent; ``extra_body`` carries any other
         provider parameter as is. ``timeout_s`` <= 0 raises DeadlineExceeded at once.
         ``fallbacks`` replaces ``routing.fallbacks`` of the model for this call."""
-        given = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop,
-                 "tools": tools, "tool_choice": tool_choice, "seed": seed, "n": n,
-                 "presence_penalty": presence_penalty, "frequency_penalty": frequency_penalty,
-                 "response_format": response_format, "user": user}
-        params = {k: v for k, v in given.items() if v is not NOT_GIVEN}
+        return self._build("request", model, messages, stream, params)
+
+    def complete(self, model: str, messages: Iterable[MessageParam], **params: Unpack[CallParams]) -> Completed:
+        """One whole completion; raises the typed InferenceError on failure."""
+        return self.send(self._build("complete", model, messages, False, params))
+
+    def stream(self, model: str, messages: Iterable[MessageParam], **params: Unpack[CallParams]) -> Stream:
+        """Chunks as they arrive: ``with client.stream(...) as s: for chunk in s: ...``; raises on failure."""
+        request = self._build("stream", model, messages, True, params)
+        return Stream(self, request, self._time_left(request))
+
+    def _build(self, method: str, model: str, messages: Iterable[MessageParam], stream: bool,
+               params: CallParams) -> InferenceRequest:
+        unknown = sorted(set(params) - CALL_PARAMS)
+        if unknown:
+            raise TypeError(f"{method}() got an unexpected keyword argument {unknown[0]!r}")
+        given: Mapping[str, object] = params
+        sent = {name: given[name] for name in GENERATION_PARAMS if given.get(name, NOT_GIVEN) is not NOT_GIVEN}
+        extra_body = params.get("extra_body")
         if extra_body is not None:
-            if not isinstance(extra_body, dict):
+            if not isinstance(extra_body, Mapping):
                 raise TypeError(f"extra_body must be a dict, got {type(extra_body).__name__}")
-            clash = sorted(set(extra_body) & set(params))
+            clash = sorted(set(extra_body) & set(sent))
             if clash:
                 raise TypeError(f"{', '.join(clash)} given both as a parameter and in extra_body")
-            params.update(extra_body)
-        timeout = _timeout(timeout_s, self.timeout_s)
-        request = InferenceRequest(model=model, messages=messages, params=params, stream=stream, priority=priority,
-                                   deadline_unix=time.time() + timeout, idempotent=idempotent,
-                                   metadata=dict(metadata or {}))
+            sent.update(extra_body)
+        timeout = _timeout(params.get("timeout_s", NOT_GIVEN), self.timeout_s)
+        request = InferenceRequest(model=model, messages=_message_list(messages), params=sent, stream=stream,
+                                   priority=params.get("priority", "normal"), deadline_unix=time.time() + timeout,
+                                   idempotent=params.get("idempotent", True),
+                                   metadata=dict(params.get("metadata") or {}))
+        fallbacks = params.get("fallbacks")
         if fallbacks is not None:
             if not isinstance(fallbacks, (list, tuple)) or not all(isinstance(m, str) and m for m in fallbacks):
                 raise TypeError(f"fallbacks must be a list of model names, got {fallbacks!r}")
             request.fallbacks = list(fallbacks)
+        request_id = params.get("request_id")
         if request_id:
             request.request_id = request_id
         if timeout <= 0:
             # A spent budget (e.g. a parent's deadline handed down) is the deadline already passed.
-            raise DeadlineExceeded(f"timeout_s={timeout_s:g}: the deadline passed before the call was sent",
+            raise DeadlineExceeded(f"timeout_s={timeout:g}: the deadline passed before the call was sent",
                                    request_id=request.request_id)
         return request
 
-    def complete(self, model: str, messages: list[dict[str, Any]], *, max_tokens: Any = NOT_GIVEN,
-                 temperature: Any = NOT_GIVEN, top_p: Any = NOT_GIVEN, stop: Any = NOT_GIVEN, tools: Any = NOT_GIVEN,
-                 tool_choice: Any = NOT_GIVEN, seed: Any = NOT_GIVEN, n: Any = NOT_GIVEN,
-                 presence_penalty: Any = NOT_GIVEN, frequency_penalty: Any = NOT_GIVEN,
-                 response_format: Any = NOT_GIVEN, user: Any = NOT_GIVEN, metadata: dict[str, str] | None = None,
-                 priority: int | str = "normal", timeout_s: Any = NOT_GIVEN, idempotent: bool = True,
-                 request_id: str | None = None, extra_body: dict[str, Any] | None = None,
-                 fallbacks: list[str] | None = None) -> Completed:
-        """One whole completion; raises the typed InferenceError on failure."""
-        kw = dict(locals())
-        del kw["self"], kw["model"], kw["messages"]
-        return self.send(self.request(model, messages, stream=False, **kw))
+    def _time_left(self, request: InferenceRequest) -> float:
+        return request.deadline_unix - time.time() if request.deadline_unix is not None else self.timeout_s
 
-    def stream(self, model: str, messages: list[dict[str, Any]], *, max_tokens: Any = NOT_GIVEN,
-               temperature: Any = NOT_GIVEN, top_p: Any = NOT_GIVEN, stop: Any = NOT_GIVEN, tools: Any = NOT_GIVEN,
-               tool_choice: Any = NOT_GIVEN, seed: Any = NOT_GIVEN, n: Any = NOT_GIVEN,
-               presence_penalty: Any = NOT_GIVEN, frequency_penalty: Any = NOT_GIVEN,
-               response_format: Any = NOT_GIVEN, user: Any = NOT_GIVEN, metadata: dict[str, str] | None = None,
-               priority: int | str = "normal", timeout_s: Any = NOT_GIVEN, idempotent: bool = True,
-               request_id: str | None = None, extra_body: dict[str, Any] | None = None,
-               fallbacks: list[str] | None = None) -> Stream:
-        """Chunks as they arrive: ``with client.stream(...) as s: for chunk in s: ...``; raises on failure."""
-        kw = dict(locals())
-        del kw["self"], kw["model"], kw["messages"]
-        request = self.request(model, messages, stream=True, **kw)
-        return Stream(self, request, request.deadline_unix - time.time())
-
-    def embed(self, model: str, input: str | list[str], *, dimensions: Any = NOT_GIVEN, user: Any = NOT_GIVEN,
-              metadata: dict[str, str] | None = None, priority: int | str = "normal", timeout_s: Any = NOT_GIVEN,
-              request_id: str | None = None, extra_body: dict[str, Any] | None = None,
-              fallbacks: list[str] | None = None, batch_size: int | None = None) -> EmbeddingResult:
+    def embed(self, model: str, input: str | Sequence[str], *, dimensions: int | NotGiven = NOT_GIVEN,
+              user: str | NotGiven = NOT_GIVEN, metadata: Mapping[str, str] | None = None,
+              priority: PriorityParam = "normal", timeout_s: float | None | NotGiven = NOT_GIVEN,
+              request_id: str | None = None, extra_body: Mapping[str, object] | None = None,
+              fallbacks: list[str] | tuple[str, ...] | None = None, batch_size: int | None = None) -> EmbeddingResult:
         """Embeddings of ``input`` (one text or a list), one vector per text, in order.
 
         More texts than the deployments take in one call (``RouteEntry.embed_batch``: 2048 for
@@ -486,8 +455,7 @@ class GatewayClient:
             entries = self._route_lookup(model).entries
         except InferenceError:
             entries = []   # no route yet: the send below says why
-        timeout = _timeout(timeout_s, self.timeout_s)
-        deadline = time.time() + timeout
+        deadline = time.time() + _timeout(timeout_s, self.timeout_s)
         calls: list[Completed] = []
         for rid, part in embed_batches(texts, batch_size or embed_batch_of(entries), request_id):
             request = self.request(model, [{"role": "user", "content": t} for t in part], stream=False,
@@ -501,12 +469,13 @@ class GatewayClient:
 
     def send(self, request: InferenceRequest, timeout_s: float | None = None) -> Completed:
         """Send a prepared request and wait for its terminal message."""
-        if timeout_s is None:
-            timeout_s = request.deadline_unix - time.time() if request.deadline_unix else self.timeout_s
-        with Stream(self, request, timeout_s) as holder:
+        with Stream(self, request, self._time_left(request) if timeout_s is None else timeout_s) as holder:
             for _ in holder:
                 pass
-            return holder.result
+        if holder.result is None:   # never: an exchange that ends without raising has set its result
+            raise InternalError(f"{request.request_id} ended without its terminal message",
+                                request_id=request.request_id)
+        return holder.result
 
     def cancel(self, request_id: str) -> None:
         """Cancel a call of this client; safe from any thread."""
@@ -520,7 +489,7 @@ class GatewayClient:
 
     def _tell_any_thread(self, target: Any, message: Any) -> None:
         """A one-way send from any thread (a finalizer, a timer), on the shared endpoint under its lock."""
-        if self.asys is None:
+        if self._closed:
             return
         if not self._cancel_lock.acquire(blocking=False):
             # Held by this thread further up (a finalizer ran mid-cancel) or by another:
@@ -540,17 +509,17 @@ class GatewayClient:
     # -- router refusals: counted here, kept by the node (its status, /metrics) ---------------
 
     def _refused(self, model: str, error: InferenceError) -> None:
+        timer = None
         with self._lock:
             now_due = self._tally.add(model, type(error).__name__, time.monotonic())
-            later = not now_due and self._tally_timer is None
-            if later:
-                self._tally_timer = threading.Timer(max(0.0, self._tally.due() - time.monotonic()),
-                                                    self._report_refusals)
-                self._tally_timer.daemon = True
+            if not now_due and self._tally_timer is None:
+                due = self._tally.due() or time.monotonic()
+                timer = self._tally_timer = threading.Timer(max(0.0, due - time.monotonic()), self._report_refusals)
+                timer.daemon = True
         if now_due:
             self._report_refusals()
-        elif later:
-            self._tally_timer.start()
+        elif timer is not None:
+            timer.start()
 
     def _report_refusals(self) -> None:
         with self._lock:
@@ -561,18 +530,19 @@ class GatewayClient:
 
     # -- one call --------------------------------------------------------------------------
 
-    def _exchange(self, request: InferenceRequest, timeout_s: float, state: _State) -> Iterator[TokenChunk]:
+    def _exchange(self, request: InferenceRequest, timeout_s: float, state: _State) -> Chunks:
         """Route, send, follow; on an engine crash resend (idempotent, nothing streamed yet) or fail."""
         correlator = self._correlator()
         rid = request.request_id
         deadline = time.monotonic() + timeout_s
         correlator.open(rid)
+        receiver = None
         # Chunks with log probabilities travel as messages (the channel's frames carry text and tool calls).
-        receiver = (self._stream_receiver() if request.stream and correlator.inbox is not None
-                    and not request.params.get("logprobs") else None)
-        if receiver is not None:
-            request.channel = receiver.spec
-            receiver.route(rid, correlator.inbox)
+        if request.stream and isinstance(correlator.inbox, Inbox) and not request.params.get("logprobs"):
+            receiver = self.link.stream_receiver()
+            if receiver is not None:
+                request.channel = receiver.spec
+                receiver.route(rid, correlator.inbox)
         try:
             for resend in itertools.count():
                 try:
@@ -588,7 +558,8 @@ class GatewayClient:
                                             retryable=not state.chunks and not request.idempotent) from None
         except InferenceError as error:
             # The caller's verdict: repeat only what can help and duplicates no attempt (core/retry.py).
-            error.retryable = caller_may_retry(error, getattr(error, "attempt_log", None) or ())
+            error.retryable = caller_may_retry(error, error.attempt_log)
+            error.request_id = error.request_id or rid
             raise
         finally:
             state.done = True
@@ -597,7 +568,7 @@ class GatewayClient:
             correlator.close(rid)
 
     def _over_routes(self, correlator: Correlator, request: InferenceRequest, deadline: float,
-                     state: _State) -> Iterator[TokenChunk]:
+                     state: _State) -> Chunks:
         """Route over the model's group, then its fallbacks (docs/routing.md), until one serves.
 
         Only before the first chunk reached the caller; every deployment tried gets one
@@ -608,7 +579,7 @@ class GatewayClient:
         plan = routing.FallbackPlan(request.model, policy, request.fallbacks)
         budget = routing.RequestRetries(policy.num_retries)
         log: list[AttemptInfo] = []
-        model: str | None = request.model
+        model = request.model
         error = yield from self._over_group(correlator, request, model, entries, policy, budget, log, deadline, state)
         while error is not None and not state.chunks and time.monotonic() < deadline:
             next_model = plan.next_model(error)
@@ -628,100 +599,73 @@ class GatewayClient:
             return
         error.attempt_log = log
         if error is state.refused:
-            self._refused(model or request.model, error)
+            self._refused(model, error)
         raise error
 
-    def _candidates(self, entries: list[Any]) -> list[routing.Candidate]:
-        replicas: dict[str, int] = {}
-        for entry in entries:
-            replicas[entry.deployment] = replicas.get(entry.deployment, 0) + 1
+    def _candidates(self, entries: list[RouteEntry]) -> list[routing.Candidate]:
+        replicas = Counter(entry.deployment for entry in entries)
         now = time.time()
         out = []
         for entry in entries:
             key = str(entry.engine)
-            own = self._busy.get(key, 0)
             held = self._held.get(key)
-            if held is not None and held[0] > now:   # its own answer, as it said (its retry-after from its probe time)
-                retry_at = getattr(held[1], "retry_at_unix_ms", 0) / 1000
-                refusal, until = held[1], retry_at if retry_at > now else held[0]
-            else:
-                refusal, until = getattr(entry, "refusal", None), getattr(entry, "refusal_until_unix", None)
+            holding = routing.held_refusal(held, now) if held is not None else None
+            refusal: InferenceError | None = entry.refusal
+            until = entry.refusal_until_unix
+            if holding is not None:   # its own answer, as it said (its retry-after from its probe time)
+                refusal, until = holding
             # The engine's pushed load counts every caller's calls as of its last push; this
             # client's own count is current. The larger of the two is the better estimate.
-            busy = max(entry.queue_depth + getattr(entry, "in_flight", 0), own)
+            busy = max(entry.queue_depth + entry.in_flight, self._busy.get(key, 0))
             out.append(routing.Candidate(
-                entry.deployment, key=entry, weight=getattr(entry, "weight", 1.0) / replicas[entry.deployment],
-                in_flight=busy, circuit=getattr(entry, "circuit", "closed"), latency_s=getattr(entry, "latency_s", None),
-                ttft_s=getattr(entry, "ttft_s", None), headroom=getattr(entry, "headroom", None),
-                price_in=getattr(entry, "price_in", None), price_out=getattr(entry, "price_out", None),
-                max_input_tokens=getattr(entry, "max_input_tokens", None),
-                retry_at_unix=getattr(entry, "retry_at_unix", None),
-                budget_spent=tuple(getattr(entry, "budget_spent", ()) or ()), provider=getattr(entry, "provider", ""),
-                refusal=refusal, refusal_until_unix=until))
+                entry.deployment, key=entry, weight=entry.weight / replicas[entry.deployment], in_flight=busy,
+                circuit=entry.circuit, latency_s=entry.latency_s, ttft_s=entry.ttft_s, headroom=entry.headroom,
+                price_in=entry.price_in, price_out=entry.price_out, max_input_tokens=entry.max_input_tokens,
+                retry_at_unix=entry.retry_at_unix, budget_spent=tuple(entry.budget_spent or ()),
+                provider=entry.provider, refusal=refusal, refusal_until_unix=until))
         return out
 
-    def _over_group(self, correlator: Correlator, request: InferenceRequest, model: str, entries: list[Any],
+    def _over_group(self, correlator: Correlator, request: InferenceRequest, model: str, entries: list[RouteEntry],
                     policy: routing.RoutingPolicy, budget: routing.RequestRetries, log: list[AttemptInfo],
-                    deadline: float, state: _State) -> Iterator[TokenChunk]:
-        """Try the group's deployments in the strategy's order; None when one served, else the last error."""
-        input_tokens = routing.input_estimate(request.messages)
-        max_tokens = request.params.get("max_tokens")
-        output_tokens = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else 256
-        usable, skipped = [], {}
-        now_unix = time.time()
-        for candidate in self._candidates(entries):
-            refused = routing.refusal_of(candidate, input_tokens, now_unix)
-            if refused is None:
-                usable.append(candidate)
-            else:
-                skipped.setdefault(candidate.deployment, refused)
-        if not usable:
-            for name, refused in sorted(skipped.items()):
-                log.append(AttemptInfo(name, refused.kind, None, 0.0, False))
+                    deadline: float, state: _State) -> Generator[TokenChunk, None, InferenceError | None]:
+        """Try the group's deployments in the plan's order; None when one served, else the error for the fallbacks."""
+        plan = routing.plan_group(model, self._candidates(entries), strategy=policy.strategy_for(model),
+                                  rand=self._rand.random, streamed=request.stream,
+                                  input_tokens=routing.input_estimate(request.messages),
+                                  output_tokens=routing.output_estimate(request.params.get("max_tokens")),
+                                  now_unix=time.time())
+        state.refused = plan.refusal
+        if not plan.ordered:
+            log.extend(AttemptInfo(name, refused.kind, None, 0.0, False) for name, refused in plan.refused)
             # Refused as the engine refuses the same condition: its own error (core/refusals.py).
-            state.refused = refusals.for_group(model, sorted(skipped.items())) if skipped else None
             return state.refused or NotFound(f"no deployment serves model {model!r}")
-        ordered = routing.order(policy.strategy_for(model), usable, rand=self._rand.random, streamed=request.stream,
-                                input_tokens=input_tokens, output_tokens=output_tokens)
         error: InferenceError | None = None
-        for candidate in ordered:
-            entry = candidate.key
-            budget.start(getattr(entry, "max_retries", 0))
-            if error is not None and (time.monotonic() >= deadline or not routing.moves_within_group(error)):
-                break
+        for candidate in plan.ordered:
+            entry: RouteEntry = candidate.key
+            budget.start(entry.max_retries)
             attempt = dataclasses.replace(request, retry_budget=budget.left)
-            key = str(entry.engine)
-            with self._lock:
-                self._busy[key] = self._busy.get(key, 0) + 1
             state.failed = None
             state.deployment, state.fallback = entry.deployment, model != request.model
             try:
-                yield from self._follow(correlator, entry.engine, attempt, deadline, state)
+                with self._in_flight(str(entry.engine)):
+                    result = yield from self._follow(correlator, entry.engine, attempt, deadline, state)
             except InferenceError as exc:
                 failed = state.failed
                 budget.charge(failed.attempts if failed is not None else 1)
                 log.extend(failed.attempt_log if failed is not None and failed.attempt_log
                            else [AttemptInfo(entry.deployment, exc.kind, exc.status, 0.0, failed is None)])
                 if isinstance(exc, CircuitOpen):
-                    hold = (exc.retry_at_unix_ms / 1000 - time.time()) if exc.retry_at_unix_ms else CIRCUIT_HOLD_S
-                    self._held[key] = (time.time() + max(0.05, min(hold, 30.0)), copy.copy(exc))
-                if state.chunks or isinstance(exc, GatewayTimeout):
+                    self._held[str(entry.engine)] = (routing.held_until(exc, time.time()), copy.copy(exc))
+                step = routing.after_failure(exc, streamed=bool(state.chunks), idempotent=request.idempotent,
+                                             sent=failed is None or any(a.sent for a in failed.attempt_log),
+                                             deadline_passed=time.monotonic() >= deadline)
+                if step == "end":
                     exc.attempt_log = log
-                    raise  # a token reached the caller (or the deadline is spent): no other deployment
-                sent = failed is None or any(a.sent for a in failed.attempt_log)
-                if not request.idempotent and sent:
-                    exc.attempt_log = log
-                    raise  # it may have run upstream: only an idempotent call goes elsewhere
+                    raise
                 error = exc
+                if step == "fallback":
+                    break
                 continue
-            finally:
-                with self._lock:
-                    left = self._busy.get(key, 1) - 1
-                    if left > 0:
-                        self._busy[key] = left
-                    else:
-                        self._busy.pop(key, None)
-            result = state.result
             earlier = sum(1 for a in log if a.sent)
             log.extend(result.attempt_log or [AttemptInfo(entry.deployment)])
             result.attempt_log = log
@@ -729,7 +673,22 @@ class GatewayClient:
             return None
         return error
 
-    def _wait_for_routes(self, model: str, deadline: float) -> list[Any]:
+    @contextlib.contextmanager
+    def _in_flight(self, key: str) -> Iterator[None]:
+        """Count this client's call on an engine while it runs there (least-busy reads it)."""
+        with self._lock:
+            self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._busy.get(key, 1) - 1
+                if left > 0:
+                    self._busy[key] = left
+                else:
+                    self._busy.pop(key, None)
+
+    def _wait_for_routes(self, model: str, deadline: float) -> list[RouteEntry]:
         while True:
             routes = self._route_lookup(model)
             if routes.entries:
@@ -765,49 +724,63 @@ class GatewayClient:
         return None
 
     def _follow(self, correlator: Correlator, engine: Any, request: InferenceRequest, deadline: float,
-                state: _State) -> Iterator[TokenChunk]:
+                state: _State) -> Generator[TokenChunk, None, Completed]:
+        """One attempt at one engine: its chunks as they come, then its result (or its error, raised)."""
         rid = request.request_id
-        grace = deadline + TERMINAL_GRACE_S
         self._sent_to[rid] = engine
-        received: dict[int, TokenChunk] = {}
-        next_seq = 0
-        terminal: Completed | Failed | None = None
-        gone = False
         try:
-            reply = self._send_request(correlator, engine, request, grace)
-            while True:
-                if reply is None:
-                    if terminal is not None:
-                        break  # stragglers never came: the terminal message is authoritative
-                    if time.monotonic() >= grace:
-                        raise GatewayTimeout(f"no answer for {rid} within its deadline (+{TERMINAL_GRACE_S:g}s grace)",
-                                             request_id=rid)
-                    reason = self._engine_gone(correlator, engine)
-                    if reason is not None:
-                        gone = True
-                        raise _EngineGone(reason)
-                elif isinstance(reply, PoisonMessage):
-                    raise InternalError(f"the gateway failed on a message: {str(reply.details)[:300]}")
-                elif isinstance(reply, TokenChunk):
-                    received[reply.seq] = reply
-                    while next_seq in received:
-                        chunk = received.pop(next_seq)
-                        next_seq += 1
-                        state.chunks.append(chunk)
-                        yield chunk
-                elif isinstance(reply, (Completed, Failed)):
-                    terminal = reply
-                if terminal is not None and (terminal.chunks is None or next_seq >= terminal.chunks):
-                    break
-                now = time.monotonic()
-                wait = STRAGGLER_WAIT_S if terminal is not None else min(self.liveness_after_s, grace - now)
-                reply = correlator.wait(rid, max(0.01, wait))
+            terminal = yield from self._receive(correlator, engine, request, deadline, state)
+        except _EngineGone:
+            raise   # nothing left there to cancel
+        except BaseException:
+            # Timed out, left early, or dropped: do not leave the call running upstream.
+            self._tell_cancel(engine, rid)
+            raise
         finally:
-            if terminal is None and not gone:
-                # Timed out, left early, or dropped: do not leave the call running upstream.
-                self._tell_cancel(engine, rid)
             self._sent_to.pop(rid, None)
         if isinstance(terminal, Failed):
             state.failed = terminal
             raise terminal.error
         state.result = terminal
+        return terminal
+
+    def _receive(self, correlator: Correlator, engine: Any, request: InferenceRequest, deadline: float,
+                 state: _State) -> Generator[TokenChunk, None, Completed | Failed]:
+        """Send, then yield the chunks in ``seq`` order and return the terminal.
+
+        Chunks come from the worker and the terminal from the engine, so they may cross: the
+        terminal's ``chunks`` says how many belong to the answer (README, "The raw protocol").
+        While the request is silent, the node is asked whether its engine is still alive.
+        """
+        rid = request.request_id
+        grace = deadline + self.terminal_grace_s
+        received: dict[int, TokenChunk] = {}
+        next_seq = 0
+        terminal: Completed | Failed | None = None
+        reply = self._send_request(correlator, engine, request, grace)
+        while True:
+            if reply is None:
+                if terminal is not None:
+                    return terminal  # stragglers never came: the terminal message is authoritative
+                if time.monotonic() >= grace:
+                    raise GatewayTimeout(f"no answer for {rid} within its deadline (+{self.terminal_grace_s:g}s "
+                                         f"grace)", request_id=rid)
+                reason = self._engine_gone(correlator, engine)
+                if reason is not None:
+                    raise _EngineGone(reason)
+            elif isinstance(reply, PoisonMessage):
+                raise InternalError(f"the gateway failed on a message: {str(reply.details)[:300]}")
+            elif isinstance(reply, TokenChunk):
+                received[reply.seq] = reply
+                while next_seq in received:
+                    chunk = received.pop(next_seq)
+                    next_seq += 1
+                    state.chunks.append(chunk)
+                    yield chunk
+            elif isinstance(reply, (Completed, Failed)):
+                terminal = reply
+            if terminal is not None and (terminal.chunks is None or next_seq >= terminal.chunks):
+                return terminal
+            wait = self.straggler_wait_s if terminal is not None else min(self.liveness_after_s,
+                                                                          grace - time.monotonic())
+            reply = correlator.wait(rid, max(0.01, wait))

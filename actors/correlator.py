@@ -11,13 +11,33 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from thespian.actors import ActorSystemFailure, ActorSystemRequestTimeout, PoisonMessage
 
 from actors.security.thespian_hooks import WATCHED, listen_or_watch
 
-__all__ = ["Correlator", "key_of"]
+__all__ = ["Correlator", "Endpoint", "Watched", "key_of"]
+
+
+class Endpoint(Protocol):
+    """One thread's own address on an actor system (``ActorSystem.private()``): what it is sent comes
+    to it alone. ``ask`` and ``listen`` return the next message that arrives (not necessarily the
+    answer), or None at the timeout; ``ask`` returns None at once when the message could not be delivered."""
+
+    def tell(self, target: Any, message: Any) -> None: ...
+
+    def ask(self, target: Any, message: Any, timeout: float) -> Any: ...
+
+    def listen(self, timeout: float) -> Any: ...
+
+
+class Watched(Protocol):
+    """Chunks that arrive beside the endpoint (``stream_receiver.Inbox``), and the descriptor that says so."""
+
+    def fileno(self) -> int: ...
+
+    def drain(self) -> list[Any]: ...
 
 # A mailbox nobody reads holds at most this many messages; older ones are dropped first.
 MAILBOX_LIMIT = 10_000
@@ -37,10 +57,10 @@ def key_of(message: Any) -> str:
 class Correlator:
     """Not thread-safe, like the endpoint it wraps: one per thread."""
 
-    def __init__(self, endpoint: Any, inbox: Any = None) -> None:
+    def __init__(self, endpoint: Endpoint, inbox: Watched | None = None) -> None:
         self.endpoint = endpoint
         self.inbox = inbox          # the stream channel's chunks for this thread (stream_receiver.Inbox)
-        self.boxes: dict[str, deque] = {}
+        self.boxes: dict[str, deque[Any]] = {}
         self.dropped = 0
 
     def open(self, key: str) -> None:
@@ -103,7 +123,7 @@ class Correlator:
         return box.popleft()
 
     def _take_inbox(self) -> None:
-        for chunk in self.inbox.drain():
+        for chunk in self.inbox.drain() if self.inbox is not None else ():
             self.file(chunk)
 
     def request(self, target: Any, message: Any, key: str, timeout_s: float) -> Any:

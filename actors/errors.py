@@ -9,7 +9,11 @@ the upstream itself is unhealthy trip a circuit).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from actors.types import AttemptInfo
 
 __all__ = [
     "InferenceError",
@@ -57,6 +61,8 @@ class InferenceError(Exception):
     kind: ClassVar[str] = "inference_error"
     default_retryable: ClassVar[bool] = False
     counts_for_breaker: ClassVar[bool] = False
+    # Every attempt of the call, on an error a GatewayClient raises (docs/routing.md); set per instance.
+    attempt_log: Sequence[AttemptInfo] = ()
 
     def __init__(
         self,

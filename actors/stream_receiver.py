@@ -144,7 +144,7 @@ class StreamReceiver:
                         return
                     if key.fileobj is self._listener:
                         self._accept()
-                    else:
+                    elif isinstance(key.fileobj, socket.socket):
                         self._read(key.fileobj, key.data)
                 self._expire(time.monotonic())
         except Exception:  # noqa: BLE001 - logged; streams then fall back to waiting on the terminal

@@ -21,11 +21,12 @@ import yaml
 from actors.core import refusals
 from actors.core.pricing import _match, _names, families
 from actors.errors import (AuthenticationError, BadRequest, Cancelled, CircuitOpen, ContentFiltered,
-                           ContextLengthExceeded, CredentialUnavailable, DeadlineExceeded, InferenceError,
-                           NotFound, PermissionDenied, QueueFull, BudgetExceeded)
+                           ContextLengthExceeded, CredentialUnavailable, DeadlineExceeded, GatewayTimeout,
+                           InferenceError, NotFound, PermissionDenied, QueueFull, BudgetExceeded)
 
 __all__ = ["STRATEGIES", "Strategy", "HealthCheck", "ModelRouting", "RoutingPolicy", "Candidate",
-           "order", "skip_reason", "refusal_of", "input_estimate", "fallback_kind", "FallbackPlan", "RequestRetries",
+           "order", "skip_reason", "refusal_of", "input_estimate", "output_estimate", "GroupPlan", "plan_group",
+           "Step", "after_failure", "held_until", "held_refusal", "fallback_kind", "FallbackPlan", "RequestRetries",
            "context_window", "context_windows", "check_models"]
 
 STRATEGIES = ("weighted", "least-busy", "latency", "cost", "usage")
@@ -252,6 +253,93 @@ def order(strategy: str, candidates: Sequence[Candidate], *, rand: Callable[[], 
     if strategy == "usage":
         return _ranked(cands, lambda c: -(1.0 if c.headroom is None else c.headroom), rand)
     raise ValueError(f"unknown routing strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+
+
+# --- one model group: the plan, and what a failure there leads to -------------------------
+
+DEFAULT_OUTPUT_TOKENS = 256   # the cost strategy's output estimate when the call sets no max_tokens
+
+
+def output_estimate(max_tokens: object) -> int:
+    """The answer's size for the cost strategy: the call's ``max_tokens``, else a typical answer."""
+    return max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else DEFAULT_OUTPUT_TOKENS
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """How the router takes one model group: the deployments to try, in order, and those it refuses.
+
+    ``refused`` holds one refusal per deployment (the first of its replicas), sorted by name:
+    its engine's own, as pushed (:func:`refusal_of`). Nothing is sent to a refused deployment.
+    """
+
+    model: str
+    ordered: list[Candidate]
+    refused: list[tuple[str, InferenceError]]
+
+    @property
+    def refusal(self) -> InferenceError | None:
+        """What the call fails with here when no deployment may be tried (None while one may, or
+        when the group has no deployment at all): the group's refusal, as an engine builds it."""
+        if self.ordered or not self.refused:
+            return None
+        return refusals.for_group(self.model, self.refused)
+
+
+def plan_group(model: str, candidates: Sequence[Candidate], *, strategy: str, rand: Callable[[], float],
+               streamed: bool, input_tokens: int, output_tokens: int, now_unix: float) -> GroupPlan:
+    """Drop the candidates that would refuse the call now; order the rest by ``strategy``."""
+    usable: list[Candidate] = []
+    refused: dict[str, InferenceError] = {}
+    for candidate in candidates:
+        refusal = refusal_of(candidate, input_tokens, now_unix)
+        if refusal is None:
+            usable.append(candidate)
+        else:
+            refused.setdefault(candidate.deployment, refusal)
+    ordered = order(strategy, usable, rand=rand, streamed=streamed, input_tokens=input_tokens,
+                    output_tokens=output_tokens) if usable else []
+    return GroupPlan(model, ordered, sorted(refused.items(), key=lambda item: item[0]))
+
+
+Step = Literal["end", "next", "fallback"]
+
+
+def after_failure(error: InferenceError, *, streamed: bool, idempotent: bool, sent: bool,
+                  deadline_passed: bool) -> Step:
+    """Where a call goes after a deployment of its group failed it with ``error``.
+
+    ``end``: nowhere, the caller gets ``error``: a token already reached the caller (retries happen
+    only before the first), the deadline's grace is spent (GatewayTimeout), or the call is not
+    idempotent and may have run upstream (``sent``). ``next``: the group's next deployment, when
+    the error says something about the deployment, not the request. ``fallback``: the model's
+    fallbacks for that error, if any (:class:`FallbackPlan`), else the caller gets it.
+    """
+    if streamed or isinstance(error, GatewayTimeout) or (sent and not idempotent):
+        return "end"
+    if deadline_passed or not moves_within_group(error):
+        return "fallback"
+    return "next"
+
+
+CIRCUIT_HOLD_S = 1.0      # an engine that answered CircuitOpen is skipped this long when it gave no retry time
+MAX_CIRCUIT_HOLD_S = 30.0
+
+
+def held_until(error: CircuitOpen, now_unix: float) -> float:
+    """Until when (unix) to skip an engine that answered ``error``: its retry time, within bounds."""
+    hold = error.retry_at_unix_ms / 1000 - now_unix if error.retry_at_unix_ms else CIRCUIT_HOLD_S
+    return now_unix + max(0.05, min(hold, MAX_CIRCUIT_HOLD_S))
+
+
+def held_refusal(held: tuple[float, CircuitOpen], now_unix: float) -> tuple[CircuitOpen, float] | None:
+    """An engine's own CircuitOpen answer, held until ``held[0]``: the refusal the router repeats
+    (until its retry time when that is later than ``now_unix``, else the hold's end), or None once over."""
+    until, error = held
+    if until <= now_unix:
+        return None
+    retry_at = error.retry_at_unix_ms / 1000
+    return error, retry_at if retry_at > now_unix else until
 
 
 # --- fallbacks and the shared retry budget -----------------------------------------------

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from actors.client import GatewayClient, Stream
 from actors.errors import InferenceError, ShuttingDown
@@ -30,6 +30,7 @@ from actors.http.observe import Observatory
 from actors.http.translate import Call, Served, parse_json
 from actors.http.usage import shown_usage, usage_header
 from actors.http.watcher import Watcher
+from actors.params import MessageParam
 from actors.settings.schema import HttpConfig
 from actors.types import new_request_id
 
@@ -332,7 +333,9 @@ class FrontDoor:
     def _start_call(self, call: Call, caller: Caller, request_id: str) -> Stream:
         kw = {k: call.params[k] for k in _CLIENT_PARAMS if k in call.params}
         extra = {k: v for k, v in call.params.items() if k not in _CLIENT_PARAMS}
-        request = self.client.request(call.model, call.messages, stream=call.stream, timeout_s=call.timeout_s,
+        # The dialect's parser checked each message's shape (openai_dialect.py, anthropic_dialect.py).
+        messages = cast("list[MessageParam]", call.messages)
+        request = self.client.request(call.model, messages, stream=call.stream, timeout_s=call.timeout_s,
                                       metadata=_caller_metadata(caller), request_id=request_id,
                                       extra_body=extra or None, fallbacks=call.fallbacks, **kw)
         return Stream(self.client, request, call.timeout_s)

@@ -27,6 +27,11 @@
   TCP transport's ``set_watch`` (what ``ThespianWatch`` sets for an actor) on a private
   endpoint's own transport, for one receive, so a client thread blocked on its endpoint wakes
   when the stream channel has chunks for it (``actors/stream_receiver.py``).
+- **A private endpoint of the in-process system** (:class:`InProcessEndpoint`): on
+  ``simpleSystemBase``, ``private()`` neither runs the actors nor honours its timeout (its
+  ``listen`` blocks for good); ours takes its own address from ``external_clone()`` and, while
+  it waits, runs the system's pending sends and due wakeups (``_runSends``) in its thread. Its
+  ``ask`` to an actor that exited returns None at once, as the TCP transport's does.
 
 **The version** (:func:`check_version`): every process that installs the wire checks that the
 installed Thespian is the one these hooks were written against, and refuses to start
@@ -45,12 +50,13 @@ import threading
 import weakref
 from collections.abc import Mapping
 from importlib import metadata
-from typing import Any
+from typing import Any, ClassVar
 
 from actors.errors import ConfigError
 
 __all__ = ["die_with_parent", "install_serializer", "THIS_PROCESS", "current_serializer", "frame_peer", "DeferredLines",
-           "emit_after_this_step", "quiet_thespian_log", "listen_or_watch", "WATCHED", "THESPIAN_VERSION", "check_version"]
+           "emit_after_this_step", "quiet_thespian_log", "listen_or_watch", "WATCHED", "THESPIAN_VERSION", "check_version",
+           "InProcessEndpoint"]
 
 THESPIAN_VERSION = "4.0.1"
 UNTESTED_ENV = "ATOMR_THESPIAN_UNTESTED"
@@ -399,3 +405,66 @@ def listen_or_watch(endpoint: Any, fds: list[int], timeout_s: float) -> Any:
                 return response.message
     finally:
         transport.set_watch([])
+
+
+class InProcessEndpoint:
+    """One thread's endpoint of an in-process ``simpleSystemBase`` system, as a private endpoint of
+    ``multiprocTCPBase`` behaves: its own address (replies to what it sends reach it alone), and a
+    ``listen`` that waits up to its timeout. That system runs every actor in whichever thread
+    calls it, so this endpoint runs the pending sends and due wakeups while it waits, under
+    a lock of that system's (one thread runs its actors at a time)."""
+
+    STEP_S = 0.002   # how often a waiting endpoint looks for due wakeups and sends from other threads
+    _locks: ClassVar[weakref.WeakKeyDictionary[Any, threading.Lock]] = weakref.WeakKeyDictionary()
+    _locks_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, system: Any) -> None:
+        self._base = system._systemBase
+        with self._locks_lock:
+            self._lock = self._locks.setdefault(self._base, threading.Lock())
+        with self._lock:
+            self._private = self._base.external_clone()
+        self._queue = self._private.my_instance.rcvq
+
+    def tell(self, target: Any, message: Any) -> None:
+        with self._lock:
+            self._private.tell(target, message)
+            self._base._runSends()
+
+    def ask(self, target: Any, message: Any, timeout: float) -> Any:
+        if not self._deliverable(target):
+            return None   # at once, as multiprocTCPBase's ask when the transmit fails (an actor that exited)
+        self.tell(target, message)
+        return self.listen(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            self._private.exit_context()   # its address no longer takes messages
+
+    def _deliverable(self, target: Any) -> bool:
+        with self._lock:
+            known = self._base.actorRegistry.get(getattr(target, "actorAddressString", None))
+        return known is not None and known.instance is not None
+
+    def listen(self, timeout: float) -> Any:
+        import queue
+        import time
+
+        from thespian.system import isInternalActorSystemMessage
+
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            started = time.monotonic()
+            with self._lock:
+                self._base._runSends(max(0.0, min(self.STEP_S, deadline - started)) or None)
+                try:
+                    message = self._queue.get_nowait()
+                except queue.Empty:
+                    message = None
+            if message is not None and not isInternalActorSystemMessage(message):
+                return message
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            if message is None:
+                time.sleep(max(0.0, min(self.STEP_S - (now - started), deadline - now)))

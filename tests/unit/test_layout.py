@@ -10,9 +10,11 @@
 | security           | security, core, errors, types                                     |
 | runtime            | runtime, core, settings, providers, errors, types                 |
 | ops                | ops, runtime, security, settings, core, errors, types             |
-| client             | runtime.protocol, security, ops, core, errors, types              |
+| client             | node_link, params, runtime.protocol, security, ops, core, errors, types |
+| node_link          | runtime.node, security, ops, stream_receiver, errors (its seam)   |
+| params             | nothing (the types of a call's parameters)                        |
 | stream_receiver    | core, types (the client's end of the stream channel)              |
-| http               | http, client, settings, core, errors, types                      |
+| http               | http, client, params, settings, core, errors, types              |
 | testing            | anything; imported by nothing above (ops.system only lazily)      |
 """
 
@@ -40,14 +42,18 @@ ALLOWED = {
                        "actors.types"},
     "actors.ops": {"actors.ops", "actors.runtime", "actors.security", "actors.settings", "actors.core",
                    "actors.errors", "actors.types", "actors.providers"},
-    "actors.client": {"actors.client", "actors.correlator", "actors.stream_receiver", "actors.runtime.protocol",
-                      "actors.runtime.node", "actors.security", "actors.ops", "actors.core", "actors.errors",
-                      "actors.types"},
+    "actors.client": {"actors.client", "actors.correlator", "actors.stream_receiver", "actors.node_link",
+                      "actors.params", "actors.runtime.protocol", "actors.security", "actors.ops", "actors.core",
+                      "actors.errors", "actors.types"},
+    # how a client reaches its node (over TCP, or into an in-process system): the client's seam
+    "actors.node_link": {"actors.node_link", "actors.correlator", "actors.stream_receiver", "actors.runtime.node",
+                         "actors.security", "actors.ops", "actors.errors"},
+    "actors.params": {"actors.params"},
     # client side: files an endpoint's messages by request (and watches the stream channel's pipe)
     "actors.correlator": {"actors.correlator", "actors.security.thespian_hooks"},
     "actors.stream_receiver": {"actors.stream_receiver", "actors.core", "actors.types"},
-    "actors.http": {"actors.http", "actors.client", "actors.correlator", "actors.settings", "actors.core",
-                    "actors.errors", "actors.types"},
+    "actors.http": {"actors.http", "actors.client", "actors.correlator", "actors.params", "actors.settings",
+                    "actors.core", "actors.errors", "actors.types"},
     "actors": {"actors"},  # the package's __init__: the public API re-exports anything
     "actors.testing": {"actors"},
 }

@@ -379,3 +379,71 @@ def test_an_open_circuit_past_its_retry_time_is_tried_so_its_probe_can_close_it(
     assert R.skip_reason(open_until_20, now_unix=20.0) is None
     no_time = cand("a", refusal=E.CircuitOpen("open", retryable=True))
     assert R.skip_reason(no_time, now_unix=99.0) == "circuit_open"   # no retry time known
+
+
+# -- one model group: the plan and where a failure leads (what GatewayClient._over_group runs) --
+
+def test_a_group_plan_drops_what_would_refuse_and_orders_the_rest_by_the_strategy():
+    circuit = E.CircuitOpen("circuit open for openai a", provider="openai", retryable=True)
+    cands = [cand("a", refusal=circuit, refusal_until_unix=50.0), cand("b", in_flight=3), cand("c", in_flight=1),
+             cand("small", max_input_tokens=10)]
+    plan = R.plan_group("m", cands, strategy="least-busy", rand=seq(0.5), streamed=False, input_tokens=100,
+                        output_tokens=10, now_unix=10.0)
+    assert names(plan.ordered) == ["c", "b"]
+    assert [(name, type(error)) for name, error in plan.refused] == [("a", E.CircuitOpen),
+                                                                     ("small", E.ContextLengthExceeded)]
+    assert plan.refusal is None   # something may be tried: no refusal for the group
+    # The strategy sees the request: a stream orders by time to first token.
+    timed = [cand("slow", latency_s=1.0, ttft_s=0.9), cand("fast", latency_s=2.0, ttft_s=0.1)]
+    assert names(R.plan_group("m", timed, strategy="latency", rand=seq(0.5), streamed=True, input_tokens=0,
+                              output_tokens=0, now_unix=0.0).ordered) == ["fast", "slow"]
+    assert names(R.plan_group("m", timed, strategy="latency", rand=seq(0.5), streamed=False, input_tokens=0,
+                              output_tokens=0, now_unix=0.0).ordered) == ["slow", "fast"]
+
+
+def test_a_group_with_nothing_usable_is_refused_with_its_engines_own_error_one_per_deployment():
+    later, sooner = (E.CircuitOpen("open", provider="openai", retryable=True) for _ in range(2))
+    cands = [cand("a", refusal=later, refusal_until_unix=100.0), cand("a", refusal=sooner, refusal_until_unix=20.0),
+             cand("b", refusal=E.BudgetExceeded("spent", limit="rpm"), refusal_until_unix=60.0)]
+    plan = R.plan_group("m", cands, strategy="weighted", rand=seq(0.5), streamed=False, input_tokens=0,
+                        output_tokens=0, now_unix=10.0)
+    assert plan.ordered == [] and [name for name, _ in plan.refused] == ["a", "b"]
+    assert plan.refused[0][1].retry_after_s == 90.0       # the first replica's refusal stands for its deployment
+    refusal = plan.refusal
+    assert isinstance(refusal, E.BudgetExceeded) and refusal.retry_after_s == 50.0   # the one that lifts first
+    assert "a (circuit open), b (no budget)" in refusal.message
+    empty = R.plan_group("m", [], strategy="weighted", rand=seq(0.5), streamed=False, input_tokens=0,
+                         output_tokens=0, now_unix=0.0)
+    assert empty.ordered == [] and empty.refusal is None   # no deployment at all: the caller says NotFound
+
+
+@pytest.mark.parametrize("error, streamed, idempotent, sent, late, step", [
+    (E.ServerError("500", status=500), False, True, True, False, "next"),      # the deployment's fault: the next one
+    (E.ServerError("500", status=500), True, True, True, False, "end"),        # a token reached the caller
+    (E.ServerError("500", status=500), False, False, True, False, "end"),      # may have run upstream
+    (E.QueueFull("full"), False, False, False, False, "next"),                 # never sent: safe elsewhere
+    (E.GatewayTimeout("no answer"), False, True, False, False, "end"),          # the deadline's grace is spent
+    (E.ServerError("500", status=500), False, True, True, True, "fallback"),    # no time for the group's next
+    (E.ContextLengthExceeded("long", status=400), False, True, True, False, "fallback"),   # its own kind of fallback
+    (E.BadRequest("bad", status=400), False, True, True, False, "fallback"),    # no fallback takes it: the caller's
+])
+def test_after_a_failure_the_call_ends_moves_within_its_group_or_goes_to_its_fallbacks(
+        error, streamed, idempotent, sent, late, step):
+    assert R.after_failure(error, streamed=streamed, idempotent=idempotent, sent=sent, deadline_passed=late) == step
+
+
+def test_an_engine_that_answered_circuit_open_is_held_until_its_retry_time_within_bounds():
+    now = 1000.0
+    assert R.held_until(E.CircuitOpen("open", retry_at_unix_ms=1_004_000), now) == 1004.0
+    assert R.held_until(E.CircuitOpen("open"), now) == now + R.CIRCUIT_HOLD_S          # no retry time given
+    assert R.held_until(E.CircuitOpen("open", retry_at_unix_ms=9_999_000_000), now) == now + R.MAX_CIRCUIT_HOLD_S
+    assert R.held_until(E.CircuitOpen("open", retry_at_unix_ms=999_000), now) == now + 0.05   # already past
+    answer = E.CircuitOpen("open", retry_at_unix_ms=1_004_000)
+    assert R.held_refusal((1004.0, answer), now) == (answer, 1004.0)
+    assert R.held_refusal((1001.0, E.CircuitOpen("open")), now)[1] == 1001.0   # no retry time: the hold's end
+    assert R.held_refusal((1004.0, answer), 1004.0) is None                      # over
+
+
+def test_the_output_estimate_is_the_calls_max_tokens_else_a_typical_answer():
+    assert R.output_estimate(50) == 50
+    assert R.output_estimate(None) == R.output_estimate(True) == R.output_estimate("50") == R.DEFAULT_OUTPUT_TOKENS

@@ -115,3 +115,25 @@ def test_the_shutdown_noise_filter_drops_only_the_stale_pending_create():
     assert not noise.filter(record("Pending Actor create for ActorAddr-(T|:1234) failed (3585): shutting down"))
     assert noise.filter(record("Pending Actor create for ActorAddr-(T|:1234) failed (3586)"))
     assert noise.filter(record("an actor failed"))
+
+
+def test_the_in_process_bases_private_endpoint_runs_nothing_so_the_client_brings_its_own(asys):
+    """Why InProcessLink's endpoints are ``thespian_hooks.InProcessEndpoint``, not ``private()``:
+    on simpleSystemBase a private endpoint's send waits for another thread to run the actors
+    (and its ``listen`` with a timeout blocks for good, not exercised here)."""
+    from actors.security.thespian_hooks import InProcessEndpoint
+    from harness import actor_instance
+
+    probe = asys.createActor(Probe)
+    with asys.private() as private:
+        private.tell(probe, "child")
+        assert actor_instance(asys, probe).seen == []          # queued, not delivered
+    endpoint = InProcessEndpoint(asys)
+    (made,) = endpoint.ask(probe, "seen?", 5)                 # ours runs the queue, then its own ask
+    assert made[0] == "child"
+    # An ask to an actor that exited returns None at once, as the TCP transport's does.
+    asys.tell(made[1], ActorExitRequest())
+    started = time.monotonic()
+    assert endpoint.ask(made[1], "seen?", 30) is None
+    assert time.monotonic() - started < 10                    # not its 30 s timeout
+    endpoint.close()
