@@ -22,6 +22,7 @@ and what last happened to it (``note``), for status.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -30,6 +31,7 @@ from typing import Any
 __all__ = ["Verdict", "Heard", "MemberTable", "Standing", "Stalls", "node_id", "WARN_EVERY_S"]
 
 WARN_EVERY_S = 30.0   # how often a node outside the cluster repeats its WARNING
+NOTES_KEPT = 3        # the events of a node's standing its status shows
 _DROPS_REMEMBERED = 256
 
 
@@ -185,7 +187,7 @@ class Standing:
                  tick_every_s: float = 1.0) -> None:
         self.leader = leader
         self.stalls = Stalls(tick_every_s, clock)
-        self.event: tuple[float, str] | None = None   # what last happened to this node's standing
+        self.events: deque[tuple[float, str]] = deque(maxlen=NOTES_KEPT)  # what last happened to it
         self.failure_timeout_s = failure_timeout_s
         self.retry_s = retry_s
         self.warn_every_s = warn_every_s
@@ -233,14 +235,12 @@ class Standing:
         self._note(f"the leader's registrar dropped this node and took it back: {what}")
 
     def note(self) -> str:
-        """What last happened to this node's standing and how long ago; "" when nothing did."""
-        if self.event is None:
-            return ""
-        at, text = self.event
-        return f"{text} ({self.clock() - at:.0f}s ago)"
+        """What last happened to this node's standing, newest first, each with how long ago ("" if nothing)."""
+        now = self.clock()
+        return "; ".join(f"{text} ({now - at:.0f}s ago)" for at, text in reversed(self.events))
 
     def _note(self, text: str) -> None:
-        self.event = (self.clock(), text)
+        self.events.append((self.clock(), text))
 
     def silent_for(self) -> float | None:
         """Seconds since the last membership, once that exceeds the failure timeout (the leader is lost)."""

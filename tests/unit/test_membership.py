@@ -254,10 +254,14 @@ def test_notes_say_what_last_happened_a_loss_a_return_and_a_drop():
     assert node.heard("n0") == 4.0
     clock.t += 20.0
     assert node.note() == ("back in the cluster led by n0 after 4.0s outside it (no answer from the registrar "
-                           "for 6.0s) (20s ago)")
+                           "for 6.0s) (20s ago); left the cluster: leader n0 unreachable (no answer from the "
+                           "registrar for 6.0s) (24s ago)")  # newest first
     node.dropped("back 7.1s after it was dropped for missed heartbeats")
-    assert node.in_cluster and node.note().startswith(
-        "the leader's registrar dropped this node and took it back: back 7.1s after it was dropped")
+    node.dropped("back 2.0s after it was dropped for missed heartbeats")
+    notes = node.note().split("; ")
+    assert node.in_cluster and len(notes) == 3 and notes[0].startswith(
+        "the leader's registrar dropped this node and took it back: back 2.0s after it was dropped")
+    assert notes[2].startswith("back in the cluster led by n0")  # the oldest kept; the loss before it forgotten
     leader = standing(clock, leader=True)
     leader.lost("no answer from the registrar for 6.0s")
     assert leader.in_cluster and leader.describe() == "leader"
