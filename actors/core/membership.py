@@ -187,7 +187,7 @@ class Standing:
                  tick_every_s: float = 1.0) -> None:
         self.leader = leader
         self.stalls = Stalls(tick_every_s, clock)
-        self.events: deque[tuple[float, str]] = deque(maxlen=NOTES_KEPT)  # what last happened to it
+        self.events: deque[tuple[float, str, str]] = deque(maxlen=NOTES_KEPT)  # (when, kind, text), oldest first
         self.failure_timeout_s = failure_timeout_s
         self.retry_s = retry_s
         self.warn_every_s = warn_every_s
@@ -215,7 +215,7 @@ class Standing:
             return 0.0 if first else None
         outside, self.outside_since = now - self.outside_since, None
         if not first:
-            self._note(f"back in the cluster led by {leader_node or '?'} after {outside:.1f}s outside it"
+            self._note("back", f"back in the cluster led by {leader_node or '?'} after {outside:.1f}s outside it"
                        + (f" ({self.lost_why})" if self.lost_why else ""))
         return outside
 
@@ -226,21 +226,23 @@ class Standing:
         if stall:
             if self.heard_at is not None:
                 self.heard_at = min(self.clock(), self.heard_at + stall)
-            self._note(f"this node stood still for {stall:.1f}s (not scheduled, stopped or blocked); "
-                       "that silence was not counted against the cluster")
+            self._note("stall", f"this node stood still for {stall:.1f}s (not scheduled, stopped or blocked), "
+                       "a silence not counted against the cluster")
         return stall
 
     def dropped(self, what: str) -> None:
         """The leader's registrar dropped this node and took it back (``what`` says when): noted."""
-        self._note(f"the leader's registrar dropped this node and took it back: {what}")
+        self._note("dropped", f"the leader's registrar dropped this node and took it back: {what}")
 
     def note(self) -> str:
         """What last happened to this node's standing, newest first, each with how long ago ("" if nothing)."""
         now = self.clock()
-        return "; ".join(f"{text} ({now - at:.0f}s ago)" for at, text in reversed(self.events))
+        return "; ".join(f"{text} ({now - at:.0f}s ago)" for at, _, text in reversed(self.events))
 
-    def _note(self, text: str) -> None:
-        self.events.append((self.clock(), text))
+    def _note(self, kind: str, text: str) -> None:
+        if self.events and self.events[-1][1] == kind:
+            self.events.pop()  # a repeat (stall after stall under a long load) keeps the older news in view
+        self.events.append((self.clock(), kind, text))
 
     def silent_for(self) -> float | None:
         """Seconds since the last membership, once that exceeds the failure timeout (the leader is lost)."""
@@ -255,13 +257,13 @@ class Standing:
     def lost(self, why: str) -> None:
         self.quiet = True
         if self.leader:
-            self._note(f"its own registrar did not answer ({why}); located again, still the leader")
+            self._note("registrar", f"its own registrar did not answer ({why}), located again: still the leader")
             return
         if self.outside_since is not None:
             return
         now = self.clock()
         self.outside_since, self.lost_why = now, why
-        self._note(f"left the cluster: leader {self.leader_node or '?'} unreachable ({why})")
+        self._note("lost", f"left the cluster: leader {self.leader_node or '?'} unreachable ({why})")
         self.next_retry = now  # at the next tick
         self.next_warning = now + self.warn_every_s  # the loss itself is logged as it happens
 
@@ -270,7 +272,7 @@ class Standing:
         first = reason != self.refused
         self.refused = reason
         if first:
-            self._note(f"refused by the cluster: {reason}")
+            self._note("refused", f"refused by the cluster: {reason}")
         if self.outside_since is None and not self.leader:
             self.outside_since = self.clock()
         return first

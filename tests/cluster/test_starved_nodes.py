@@ -180,8 +180,8 @@ def test_a_member_whose_leader_stood_still_serves_its_own_deployments_outside_an
                      message="calls served while outside the cluster")
         wait_for(lambda: client.status().in_cluster, timeout_s=30, interval_s=0.2,
                  message="the member to rejoin once its leader runs again")
+        assert "back in the cluster led by n0 after" in client.status().membership_note
     assert caller.failures() == []
-    assert "back in the cluster led by n0 after" in client.status().membership_note
     wait_for(lambda: set(_members(leader_client)) == {"n0", "m1"}, timeout_s=15, message="both in the membership")
     log = _log(tmp_path, "n0")
     assert f"node n0@127.0.0.1:{leader.admin_port} missed heartbeats" not in log  # the leader never dropped itself

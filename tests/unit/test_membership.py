@@ -235,8 +235,8 @@ def test_a_nodes_own_stall_is_not_its_leaders_silence_and_status_says_it_stood_s
     clock.t += 12.0  # the registry is not scheduled (or blocked in a send) for 12 s
     assert node.step() == 10.0
     assert node.silent_for() is None and node.in_cluster  # 3 s of its own running time: not lost
-    assert node.note() == ("this node stood still for 10.0s (not scheduled, stopped or blocked); that silence "
-                           "was not counted against the cluster (0s ago)")
+    assert node.note() == ("this node stood still for 10.0s (not scheduled, stopped or blocked), a silence not "
+                           "counted against the cluster (0s ago)")
     for _ in range(3):  # no membership any more while it runs: the leader really is gone
         clock.t += 1.0
         node.step()
@@ -257,13 +257,18 @@ def test_notes_say_what_last_happened_a_loss_a_return_and_a_drop():
                            "for 6.0s) (20s ago); left the cluster: leader n0 unreachable (no answer from the "
                            "registrar for 6.0s) (24s ago)")  # newest first
     node.dropped("back 7.1s after it was dropped for missed heartbeats")
-    node.dropped("back 2.0s after it was dropped for missed heartbeats")
+    node.dropped("back 2.0s after it was dropped for missed heartbeats")  # replaces the one before: a repeat
+    for _ in range(5):  # stall after stall under a long load: one note, the latest
+        node.step()
+        clock.t += 10.0
+        node.step()
     notes = node.note().split("; ")
-    assert node.in_cluster and len(notes) == 3 and notes[0].startswith(
-        "the leader's registrar dropped this node and took it back: back 2.0s after it was dropped")
+    assert node.in_cluster and len(notes) == 3
+    assert notes[0].startswith("this node stood still for 8.0s")
+    assert notes[1].startswith("the leader's registrar dropped this node and took it back: back 2.0s after")
     assert notes[2].startswith("back in the cluster led by n0")  # the oldest kept; the loss before it forgotten
     leader = standing(clock, leader=True)
     leader.lost("no answer from the registrar for 6.0s")
     assert leader.in_cluster and leader.describe() == "leader"
-    assert leader.note().startswith("its own registrar did not answer (no answer from the registrar for 6.0s); "
-                                    "located again, still the leader")
+    assert leader.note().startswith("its own registrar did not answer (no answer from the registrar for 6.0s), "
+                                    "located again: still the leader")
