@@ -36,6 +36,8 @@ def _print_status(status, indent: str = "") -> None:
     where = f" {status.node_id}" if getattr(status, "node_id", "") else ""
     print(f"{indent}node {status.node}{where} (up {time.time() - status.started_unix:.0f}s)"
           + (f", {status.membership}" if getattr(status, "membership", "") not in ("", "member", "leader") else ""))
+    if getattr(status, "membership_note", ""):
+        print(f"{indent}  membership: {status.membership_note}")
     for s in getattr(status, "supervision", None) or []:
         print(f"{indent}  engine {s.get('deployment')}[{s.get('replica')}] restarted {s.get('restarts', 0)} time(s), "
               f"now {s.get('state', '?')}")

@@ -35,6 +35,7 @@ from thespian.actors import PoisonMessage
 
 from actors.core import refusals, routing
 from actors.core.records import FALLBACK_METADATA
+from actors.core.liveness import SharedChecks
 from actors.core.retry import caller_may_retry
 from actors.correlator import Correlator
 from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, GatewayTimeout, GatewayUnavailable,
@@ -277,6 +278,7 @@ class GatewayClient:
         # Engines that answered CircuitOpen: until when (unix), and that answer, which the router repeats.
         self._held: dict[str, tuple[float, CircuitOpen]] = {}
         self._tally = refusals.Tally(REFUSALS_EVERY_S)  # router refusals not yet reported to the node
+        self._liveness = SharedChecks(liveness_after_s)  # one engine check at a time, its answer shared
         self._tally_timer: threading.Timer | None = None
         self._rand = random.Random()
         # Cancels may come from any thread (close(), a finalizer): one endpoint for them, under a lock.
@@ -716,12 +718,25 @@ class GatewayClient:
         return None
 
     def _engine_gone(self, correlator: Correlator, engine: Any) -> str | None:
-        """Why the engine is no longer the live one, or None (alive, or the node did not say)."""
-        token = "q_" + secrets.token_hex(8)
-        reply = correlator.request(self._registry, EngineCheck(engine, token), token, self.liveness_after_s)
-        if isinstance(reply, EngineLiveness) and not reply.alive:
-            return reply.reason or "the engine is gone"
-        return None
+        """Why the engine is no longer the live one, or None (alive, or the node did not say).
+
+        One check per engine at a time for the whole client, its answer shared by every request
+        silent on that engine for ``liveness_after_s`` (core/liveness.py says why)."""
+        key = str(engine)
+        with self._lock:
+            ask, answer = self._liveness.claim(key)
+        if not ask:
+            return answer
+        answer = None
+        try:
+            token = "q_" + secrets.token_hex(8)
+            reply = correlator.request(self._registry, EngineCheck(engine, token), token, self.liveness_after_s)
+            if isinstance(reply, EngineLiveness) and not reply.alive:
+                answer = reply.reason or "the engine is gone"
+        finally:
+            with self._lock:
+                self._liveness.answered(key, answer)
+        return answer
 
     def _follow(self, correlator: Correlator, engine: Any, request: InferenceRequest, deadline: float,
                 state: _State) -> Generator[TokenChunk, None, Completed]:

@@ -120,7 +120,9 @@ class Node:
         self.http = None
         try:
             http = build(HttpConfig, {"listen": "127.0.0.1:0", "auth": "none", "threads": http_threads,
-                                      "connection_limit": max(1000, http_threads + 64)}, "http")
+                                      "connection_limit": max(1000, http_threads + 64),
+                                      # every stream of the burst comes from this one address
+                                      "max_connections_per_client": max(1000, http_threads + 64)}, "http")
             self.http = start_http(http, self.port, models=["bench"], log_file=f"/tmp/atomr-bench-scale-http-{self.port}.log",
                                    log_level="WARNING", start_timeout_s=120)
         except BaseException:

@@ -5,8 +5,9 @@ Thespian notices a crashed node only after minutes, and its global names are per
 4.0.1). So members find the leader's registrar through a short-lived ``LeaderLocator``
 placed on the leader by capability, which looks the registrar up *locally* there, and
 every node's registry heartbeats the registrar. A member silent for
-``failure_timeout_s`` is dropped; a registry that hears nothing back for as long
-considers the leader gone and keeps locating it until it answers again.
+``failure_timeout_s`` is dropped (never the leader's own node, and silence is counted only
+while the registrar itself runs: actors/core/membership.py); a registry that hears nothing
+back for as long considers the leader gone and keeps locating it until it answers again.
 
 Members are keyed by node id (``name@host:admin_port``, see actors/core/membership.py),
 so one config on several hosts makes several members; a second live node claiming an id
@@ -147,6 +148,11 @@ class ClusterRegistrar(ClusterGather, GatewayActor):
         elif heard.verdict is Verdict.HELD:
             return  # decided within confirm_s: a restart, or a refusal
         elif heard.changed:
+            if heard.reason and heard.verdict is Verdict.JOINED:
+                log.warning("node %s (%s) is back in the cluster: %s (%d nodes)", info.node, key, heard.reason,
+                            len(self.table))
+                self._broadcast({key: heard.reason})
+                return
             what = "restarted" if heard.verdict is Verdict.REPLACED else "joined the cluster"
             log.info("node %s (%s) %s (%d nodes)", info.node, key, what, len(self.table))
             self._broadcast()
@@ -158,13 +164,17 @@ class ClusterRegistrar(ClusterGather, GatewayActor):
                               round(age, 3), i.host, i.node_id, i.admin_port) for _, i, age in self.table.members()]
         return Membership(self.leader_node, self.incarnation, members, self._strict())
 
-    def _broadcast(self) -> None:
+    def _broadcast(self, news: dict[str, str] | None = None) -> None:
         membership = self._membership()
+        membership.news = news or {}
         for member in membership.members:
             self.send(member.registry, membership)
 
     def timer_sweep(self, _: Any) -> None:
         gone = self.table.sweep()
+        if self.table.stalled_s:
+            log.warning("the registrar stood still for %.1fs (not scheduled, stopped or blocked): heartbeats it "
+                        "had not read meanwhile are not counted as missed", self.table.stalled_s)
         for key in gone:
             log.warning("node %s missed heartbeats for %.1fs: dropped from the cluster", key,
                         self.table.failure_timeout_s)
@@ -189,6 +199,9 @@ class ClusterRegistrar(ClusterGather, GatewayActor):
         self.heartbeat_s = msg.heartbeat_s
         self.table.failure_timeout_s = msg.failure_timeout_s
         self.table.confirm_s = min(2 * msg.heartbeat_s + 0.1, msg.failure_timeout_s)
+        self.table.stalls.every_s = msg.heartbeat_s
+        if msg.leader_id:
+            self.table.pin(msg.leader_id)  # a leader never drops itself, however late its heartbeats
         if self.hub is None:
             self.hub = msg.hub
             if self.strict is not None:

@@ -267,6 +267,7 @@ class NodeRegistry(ClusterMember):
                                          node_id=self.node_id, address=self.address, supervision=supervision,
                                          membership=self.membership_state(), spend=spend,
                                          in_cluster=self.standing.in_cluster,
+                                         membership_note=self.standing.note(),
                                          refusals={m: dict(r) for m, r in self.refusals.items()}))
 
     def timer_status(self, _: Any) -> None:

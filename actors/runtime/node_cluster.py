@@ -77,7 +77,8 @@ class ClusterMember(ClusterGather, GatewayActor):
         self.address = f"{self.host or '?'}:{self.admin_port or '?'}"
         if first:
             cluster = msg.cluster or ClusterConfig()
-            self.standing = Standing(self.leader, cluster.failure_timeout_s, float(cluster.reregistration_s))
+            self.standing = Standing(self.leader, cluster.failure_timeout_s, float(cluster.reregistration_s),
+                                     tick_every_s=cluster.heartbeat_s)
 
     def membership_state(self) -> str:
         return self.standing.describe()
@@ -85,6 +86,10 @@ class ClusterMember(ClusterGather, GatewayActor):
     def _cluster_tick(self) -> None:
         if self.stopping:
             return
+        stall = self.standing.step()
+        if stall:
+            log.warning("node %s stood still for %.1fs (not scheduled, stopped or blocked): not counted as its "
+                        "leader's silence", self.node, stall)
         silent = self.standing.silent_for()
         if silent is not None:
             self._leader_lost(f"no answer from the registrar for {silent:.1f}s")
@@ -127,9 +132,15 @@ class ClusterMember(ClusterGather, GatewayActor):
         self.send(self.createActor(LeaderLocator), Locate())
 
     def _leader_lost(self, why: str) -> None:
-        log.warning("node %s: leader unreachable (%s)", self.node, why)
         self.standing.lost(why)
         self.registrar = None
+        if self.leader:
+            # Its registrar is a process of this node: locate it again, but the node leads on, and
+            # the strict limiter (this node's too) stays the engines' until a membership names another.
+            log.warning("node %s: its own registrar did not answer (%s); locating it again (still the leader)",
+                        self.node, why)
+            return
+        log.warning("node %s: leader unreachable (%s)", self.node, why)
         self.strict = None
         self._tell_engines()
 
@@ -137,7 +148,8 @@ class ClusterMember(ClusterGather, GatewayActor):
         self.registrar = msg.registrar
         if self.leader:
             self.send(self.registrar, RegistrarConfig(self.node, self.cluster.heartbeat_s,
-                                                      self.cluster.failure_timeout_s, self.limiter))
+                                                      self.cluster.failure_timeout_s, self.limiter,
+                                                      leader_id=self.node_id))
         self.send(self.registrar, Heartbeat(self._member_info()))
 
     def receiveMsg_MemberRefused(self, msg: MemberRefused, sender: Any) -> None:
@@ -149,6 +161,8 @@ class ClusterMember(ClusterGather, GatewayActor):
         if not any(m.node_id == self.node_id and m.incarnation == self.incarnation for m in msg.members):
             return  # a broadcast that does not (yet) count this node in
         outside = self.standing.heard(msg.leader_node)
+        if self.node_id in msg.news:
+            self.standing.dropped(msg.news[self.node_id])
         if outside is not None:
             log.info("node %s (%s): in the cluster led by %s (%d nodes)%s", self.node, self.node_id,
                      msg.leader_node or "?", len(msg.members),

@@ -1,6 +1,6 @@
 """The member table and failure detector on a fake clock."""
 
-from actors.core.membership import MemberTable, Standing, Verdict, node_id
+from actors.core.membership import Heard, MemberTable, Standing, Verdict, node_id
 
 
 class Clock:
@@ -161,3 +161,114 @@ def test_the_leader_is_always_in_and_a_refused_member_says_why_without_repeating
     assert member.refuse("node id n1@h:1 is already held") and not member.refuse("node id n1@h:1 is already held")
     assert not member.in_cluster and member.describe() == "refused: node id n1@h:1 is already held"
     assert tick(clock, member, 60.0)[1] == []  # the refusal is logged once, as an ERROR, by the registry
+
+
+# -- starvation: a leader never drops itself; a stall is nobody's silence ---------------------
+
+def sweeping(clock, members, until, every=1.0):
+    """Sweeps every ``every`` until ``until`` (as the registrar's timer does): {time: dropped}."""
+    dropped = {}
+    while clock.t < until - 1e-9:
+        clock.t += every
+        gone = members.sweep()
+        if gone:
+            dropped[round(clock.t - 1000.0, 1)] = gone
+    return dropped
+
+
+def test_the_leaders_own_node_is_never_dropped_however_late_its_heartbeats():
+    clock = Clock()
+    members = MemberTable(3.0, 1.0, clock=clock)
+    members.pin("n0@h:1")
+    members.heartbeat("n0@h:1", "1", "leader")
+    members.heartbeat("m1@h:2", "1", "member")
+    members.sweep()
+    assert sweeping(clock, members, 1060.0) == {4.0: ["m1@h:2"]}  # the member after 3 s of silence, the leader never
+    assert [(key, round(age)) for key, _, age in members.members()] == [("n0@h:1", 60)]  # its age still shows it
+
+
+def test_a_stall_of_the_registrar_counts_against_no_one_and_real_silence_still_does():
+    clock = Clock()
+    members = MemberTable(3.0, 1.0, clock=clock, sweep_every_s=1.0)
+    members.sweep()
+    for _ in range(2):  # both heartbeat every second, swept on time
+        members.heartbeat("a", "1", "A")
+        members.heartbeat("b", "1", "B")
+        clock.t += 1.0
+        assert members.sweep() == [] and members.stalled_s == 0.0
+    members.heartbeat("a", "1", "A")
+    members.heartbeat("b", "1", "B")
+    clock.t += 10.0  # the registrar is not scheduled for 10 s: its next sweep comes late
+    assert members.sweep() == []  # counting wall time, both were 10 s silent: dropped both
+    assert members.stalled_s == 8.0  # all beyond two periods
+    members.heartbeat("a", "1", "A")  # a's heartbeat was queued meanwhile; b really went quiet
+    assert members.heartbeat("a", "1", "A").verdict is Verdict.KNOWN
+    clock.t += 1.0
+    assert members.sweep() == []       # b silent 3 s of the registrar's running time: not more than 3
+    clock.t += 1.0
+    assert members.sweep() == ["b"]    # 4 s: dropped
+    assert [key for key, _, _ in members.members()] == ["a"]
+
+
+def test_a_member_dropped_for_missed_heartbeats_is_taken_back_at_its_next_one_and_told_so():
+    clock = Clock()
+    members = table(clock)
+    members.heartbeat("m1", "1", "M")
+    members.sweep()
+    assert sweeping(clock, members, 1004.0) == {4.0: ["m1"]}
+    clock.t += 2.0
+    back = members.heartbeat("m1", "1", "M")  # the same incarnation: it was alive, only late
+    assert back.verdict is Verdict.JOINED and back.changed
+    assert back.reason == "back 2.0s after it was dropped for missed heartbeats"
+    assert members.heartbeat("m1", "1", "M") == Heard(Verdict.KNOWN)
+    assert members.heartbeat("m2", "1", "N").reason == ""  # a first join says nothing of the kind
+
+
+def test_a_nodes_own_stall_is_not_its_leaders_silence_and_status_says_it_stood_still():
+    clock = Clock()
+    node = Standing(False, failure_timeout_s=5.0, retry_s=3.0, clock=clock, tick_every_s=1.0)
+    node.step()
+    node.heard("n0")
+    assert node.note() == ""  # joining the first time is no news
+    clock.t += 1.0
+    assert node.step() == 0.0
+    clock.t += 12.0  # the registry is not scheduled (or blocked in a send) for 12 s
+    assert node.step() == 10.0
+    assert node.silent_for() is None and node.in_cluster  # 3 s of its own running time: not lost
+    assert node.note() == ("this node stood still for 10.0s (not scheduled, stopped or blocked), a silence not "
+                           "counted against the cluster (0s ago)")
+    for _ in range(3):  # no membership any more while it runs: the leader really is gone
+        clock.t += 1.0
+        node.step()
+    assert node.silent_for() == 6.0
+
+
+def test_notes_say_what_last_happened_a_loss_a_return_and_a_drop():
+    clock = Clock()
+    node = standing(clock)
+    node.heard("n0")
+    clock.t += 6.0
+    node.lost("no answer from the registrar for 6.0s")
+    assert node.note() == "left the cluster: leader n0 unreachable (no answer from the registrar for 6.0s) (0s ago)"
+    clock.t += 4.0
+    assert node.heard("n0") == 4.0
+    clock.t += 20.0
+    assert node.note() == ("back in the cluster led by n0 after 4.0s outside it (no answer from the registrar "
+                           "for 6.0s) (20s ago); left the cluster: leader n0 unreachable (no answer from the "
+                           "registrar for 6.0s) (24s ago)")  # newest first
+    node.dropped("back 7.1s after it was dropped for missed heartbeats")
+    node.dropped("back 2.0s after it was dropped for missed heartbeats")  # replaces the one before: a repeat
+    for _ in range(5):  # stall after stall under a long load: one note, the latest
+        node.step()
+        clock.t += 10.0
+        node.step()
+    notes = node.note().split("; ")
+    assert node.in_cluster and len(notes) == 3
+    assert notes[0].startswith("this node stood still for 8.0s")
+    assert notes[1].startswith("the leader's registrar dropped this node and took it back: back 2.0s after")
+    assert notes[2].startswith("back in the cluster led by n0")  # the oldest kept; the loss before it forgotten
+    leader = standing(clock, leader=True)
+    leader.lost("no answer from the registrar for 6.0s")
+    assert leader.in_cluster and leader.describe() == "leader"
+    assert leader.note().startswith("its own registrar did not answer (no answer from the registrar for 6.0s), "
+                                    "located again: still the leader")

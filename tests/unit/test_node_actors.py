@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
-
 
 from actors.correlator import Correlator, key_of
 from actors.core.membership import node_id
 from actors.runtime.breaker import CircuitBreakerActor
 from actors.runtime.cluster import ClusterRegistrar
-from actors.runtime.protocol import (BreakerCheck, BreakerQuery, BreakerRefused, Heartbeat, MemberInfo, MemberRefused,
-                                     Membership, NotReady, RegistrarConfig, Routes)
+from actors.runtime.protocol import (BreakerCheck, BreakerQuery, BreakerRefused, ClusterStatus, ClusterStatusRequest,
+                                     Heartbeat, Introduce, MemberInfo, MemberRefused, Membership, NotReady,
+                                     RegistrarConfig, Routes)
 from actors.types import Completed, TokenChunk, Usage
 from harness import Recorder
 
@@ -43,6 +44,33 @@ def test_one_name_on_three_hosts_makes_three_members_and_a_second_claimant_of_a_
     assert not any(isinstance(m, Membership) for m in _seen(asys, impostor))
     last = [m for m in _seen(asys, hosts[1]) if isinstance(m, Membership)][-1]
     assert [m.incarnation for m in last.members] == ["inc0", "inc1", "inc2"]
+
+
+def test_the_registrar_never_drops_the_leaders_own_node_and_tells_a_member_it_took_back(asys):
+    registrar = asys.createActor(ClusterRegistrar)
+    leader, member = asys.createActor(Recorder), asys.createActor(Recorder)
+    n0, m1 = _member("n0", leader, "inc0"), _member("m1", member, "inc1", host="10.0.0.2")
+    asys.tell(registrar, RegistrarConfig("n0", heartbeat_s=0.05, failure_timeout_s=0.3, hub=None,
+                                         leader_id=n0.node_id))
+    asys.tell(registrar, Introduce(reply_to=leader))  # as the leader's locator does: the sweeps start
+    asys.tell(registrar, Heartbeat(n0))
+    asys.tell(registrar, Heartbeat(m1))
+
+    def members():
+        view = asys.ask(registrar, ClusterStatusRequest(members_only=True, token="m"), 2)
+        assert isinstance(view, ClusterStatus)
+        return [m.node for m in view.members]
+
+    deadline = time.monotonic() + 10
+    while members() != ["n0"]:  # both went quiet: the member is dropped, the leader's own node never
+        assert time.monotonic() < deadline, "the silent member was never dropped"
+        time.sleep(0.05)
+    time.sleep(0.5)  # well past the failure timeout again: still there
+    assert members() == ["n0"]
+    asys.tell(registrar, Heartbeat(m1))  # alive after all: taken back at its first heartbeat
+    assert members() == ["m1", "n0"]
+    back = [m for m in _seen(asys, member) if isinstance(m, Membership)][-1]
+    assert back.news[m1.node_id].startswith("back ") and "dropped for missed heartbeats" in back.news[m1.node_id]
 
 
 def test_a_breaker_asked_before_its_init_answers_instead_of_failing(asys):

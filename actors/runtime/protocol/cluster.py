@@ -51,6 +51,8 @@ class Membership:
     incarnation: str
     members: list[MemberInfo]
     strict_limiter: Any
+    # node id -> what just happened to it, for its status: "back 7.1s after it was dropped ..."
+    news: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class RegistrarConfig:
     heartbeat_s: float
     failure_timeout_s: float
     hub: Any
+    leader_id: str = ""     # the leader's own node id: never dropped from its own cluster
 
 
 @dataclass

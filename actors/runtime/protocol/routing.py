@@ -115,6 +115,7 @@ class NodeStatus:
     supervision: list[dict[str, Any]] = field(default_factory=list)
     membership: str = ""    # "member", "leader", "refused: <why>", "not in cluster: <why>"
     in_cluster: bool = True  # False while a member is outside the cluster (joining, leader lost, refused)
+    membership_note: str = ""  # what last happened to its standing, and how long ago ("" when nothing did)
     # Spend (docs/spend.md): {"budgets": [{"budget", "spent_usd", "usd", "mode", ...}], "ledger": {...} | None}
     spend: dict[str, Any] = field(default_factory=dict)
     # Requests the router refused in this node's clients (model -> error class -> n), as they reported them.
