@@ -278,7 +278,7 @@ class GatewayClient:
         # Engines that answered CircuitOpen: until when (unix), and that answer, which the router repeats.
         self._held: dict[str, tuple[float, CircuitOpen]] = {}
         self._tally = refusals.Tally(REFUSALS_EVERY_S)  # router refusals not yet reported to the node
-        self._liveness = SharedChecks(liveness_after_s)  # one engine check at a time, its answer shared
+        self._liveness = SharedChecks[str](liveness_after_s)  # one engine check at a time, its answer shared
         self._tally_timer: threading.Timer | None = None
         self._rand = random.Random()
         # Cancels may come from any thread (close(), a finalizer): one endpoint for them, under a lock.
