@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from actors.core.admission import AdmissionHost, Denied, Leader, Wait
+from actors.core.engine_events import PeerCounts
 from actors.core.periods import Period
 from actors.core.pricing import Price, cost_usd
-from actors.core.ratelimit import RateLimits, Reservation, WindowedLimiter, estimate_tokens
+from actors.core.ratelimit import RateLimits, Reservation, SyncSchedule, WindowedLimiter, estimate_tokens
 from actors.core.settlement import Settle, Settlement
 from actors.errors import BudgetExceeded, InferenceError, LeaderUnavailable
 
-__all__ = ["Budget", "BudgetBook", "SpendHold", "NANO", "UNKNOWN_PRICE", "SPEND_PREFIX", "SCOPES",
+__all__ = ["Budget", "BudgetBook", "SpendGate", "SpendHold", "NANO", "UNKNOWN_PRICE", "SPEND_PREFIX", "SCOPES",
            "AskStrictSpend", "SettleStrictSpend", "PublishSpend", "to_nano", "budget_exceeded"]
 
 NANO = 1_000_000_000          # counters hold nano-USD: integers, as GCounters need
@@ -131,6 +133,20 @@ class SpendHold:
     spent_nano: int = 0        # charged so far, attempt by attempt
     sent: bool = False         # some attempt (may have) reached the provider
 
+    def charge(self, decided: Settlement, usage: Any, price: Price | None) -> None:
+        """One finished attempt's charge (:meth:`BudgetBook.attempt_charge`)."""
+        self.spent_nano += BudgetBook.attempt_charge(decided, usage, self.estimate_nano, price)
+        self.sent = self.sent or decided.action is not Settle.RELEASE
+
+    @property
+    def charged_usd(self) -> float:
+        return self.spent_nano / NANO
+
+    def charge_estimate(self) -> None:
+        """An attempt whose report may come after the terminal settles the budgets: its estimate, now."""
+        self.spent_nano += self.estimate_nano
+        self.sent = True
+
 
 class BudgetBook:
     """One engine's view of every budget that can apply to its requests."""
@@ -156,9 +172,7 @@ class BudgetBook:
             if seeded > 0:
                 # This slot's spend in the current period before the restart, from the ledger.
                 limiter.record(seeded, requests=1)
-        self.dirty = bool(seed)
-        self.last_sync = clock()
-        self.sync_interval_s = sync_interval_s
+        self.sync = SyncSchedule(sync_interval_s, clock(), dirty=bool(seed))
         self.typical_nano = 0
 
     @property
@@ -172,10 +186,10 @@ class BudgetBook:
     # -- admission -----------------------------------------------------------------------
 
     def admit(self, hold: SpendHold, now: float, leader_available: bool, leader_lost: bool,
-              request_id: str) -> tuple[str, Any]:
-        """("ok", None) | ("wait", until) | ("denied", error) | ("ask", [AskStrictSpend...])."""
+              request_id: str) -> Wait | Denied | list[AskStrictSpend] | None:
+        """None: admitted; or wait, refused, or ask the leader's strict limiter for these."""
         if hold.admitted:
-            return "ok", None
+            return None
         wall = self.wall()
         cost = hold.estimate_nano
         self.typical_nano = cost
@@ -185,37 +199,36 @@ class BudgetBook:
                     continue
                 limiter = self.limiters[b.counter_key]
                 verdict = limiter.try_acquire(cost, 1)
-                self.dirty = True
+                self.sync.touch()
                 if isinstance(verdict, Reservation):
                     hold.reserved.append((b, verdict))
                     continue
                 self._release(hold)
                 if self._exhausted(limiter, cost):
-                    return "denied", budget_exceeded(b, limiter.usage().tokens, wall, cost)
-                return "wait", now + max(0.005, min(verdict.retry_after_s or 0.05, 1.0))
+                    return Denied(budget_exceeded(b, limiter.usage().tokens, wall, cost))
+                return Wait(now + max(0.005, min(verdict.retry_after_s or 0.05, 1.0)))
             hold.strict_wanted = [b for b in hold.budgets if b.mode == "strict"]
             if not hold.strict_wanted:
                 hold.admitted = True
-                return "ok", None
+                return None
         if hold.strict_denied is not None:
             error, hold.strict_denied = hold.strict_denied, None
             self._release(hold)
-            return "denied", error
+            return Denied(error)
         missing = [b for b in hold.strict_wanted if b.counter_key not in hold.strict_granted]
         if not missing:
             hold.admitted = True
-            return "ok", None
+            return None
         if not leader_available:
             if not leader_lost and now - self.started < self.failure_timeout_s:
-                return "wait", now + 0.05
+                return Wait(now + 0.05)
             self._release(hold)
-            return "denied", LeaderUnavailable("a strict spend budget needs the convention leader, which is "
-                                               "unreachable", retry_after_s=self.failure_timeout_s)
+            return Denied(LeaderUnavailable("a strict spend budget needs the convention leader, which is "
+                                            "unreachable", retry_after_s=self.failure_timeout_s))
         if hold.strict_asked is None or now - hold.strict_asked >= STRICT_ASK_TIMEOUT_S:
             hold.strict_asked = now
-            return "ask", [AskStrictSpend(b.counter_key, b.limits, self.reservation_id(request_id, b), cost)
-                           for b in missing]
-        return "wait", hold.strict_asked + STRICT_ASK_TIMEOUT_S
+            return [AskStrictSpend(b.counter_key, b.limits, self.reservation_id(request_id, b), cost) for b in missing]
+        return Wait(hold.strict_asked + STRICT_ASK_TIMEOUT_S)
 
     @staticmethod
     def reservation_id(request_id: str, budget: Budget) -> str:
@@ -238,7 +251,7 @@ class BudgetBook:
             return False
         # Mirrored into this replica, so the cluster's view (and a new leader's seed) includes it.
         self.limiters[key].record(nano, window=window)
-        self.dirty = True
+        self.sync.touch()
         hold.strict_granted[key] = (window, nano)
         return True
 
@@ -259,7 +272,7 @@ class BudgetBook:
         for b, reservation in hold.reserved:
             self.limiters[b.counter_key].release(reservation)
         hold.reserved = []
-        self.dirty = True
+        self.sync.touch()
 
     # -- charging ------------------------------------------------------------------------
 
@@ -303,16 +316,16 @@ class BudgetBook:
                 limiter.release(mirrored)
             out.append(SettleStrictSpend(key, self.reservation_id(request_id, self.budgets[key]), actual, hold.sent))
         hold.strict_granted = {}
-        self.dirty = True
+        self.sync.touch()
         return out
 
     # -- sync and status -----------------------------------------------------------------
 
     def sync_due(self) -> float | None:
-        return self.last_sync + self.sync_interval_s if self.dirty else None
+        return self.sync.due()
 
     def publish(self, now: float) -> list[PublishSpend]:
-        self.last_sync, self.dirty = now, False
+        self.sync.sent(now)
         out = []
         for key, limiter in self.limiters.items():
             oldest = limiter.unpublished_since
@@ -345,6 +358,71 @@ class BudgetBook:
             if b.scope in ("deployment", "provider") and self._exhausted(self.limiters[key], max(1, self.typical_nano)):
                 out.append(b.id)
         return out
+
+
+class SpendGate:
+    """One engine's spend budgets at admission, before its rate limits: once per request, for all
+    its attempts. Approximate budgets reserve in the book's replicas; strict ones are one
+    handshake with the leader's strict limiter per request: asked (repeated every
+    ``STRICT_ASK_TIMEOUT_S`` under the same id), granted or refused, a grant nobody wants any
+    more given straight back, and settled at the request's terminal."""
+
+    def __init__(self, book: BudgetBook, host: AdmissionHost, leader: Leader, provider: str) -> None:
+        self.book = book
+        self.host = host
+        self.leader = leader
+        self.provider = provider
+
+    def admit(self, hold: SpendHold, request_id: str, now: float) -> Wait | Denied | None:
+        """None when admitted (or when no budget applies)."""
+        if not hold.budgets or hold.admitted:
+            return None
+        if not hold.reserved and any(b.mode != "strict" for b in hold.budgets):
+            outside = self.leader.spend_outside(now, self.provider)
+            if outside is not None:
+                return outside
+        verdict = self.book.admit(hold, now, self.leader.available, self.leader.lost, request_id)
+        if isinstance(verdict, list):
+            for ask in verdict:
+                self.host.emit(ask)
+            return Wait(now + STRICT_ASK_TIMEOUT_S)
+        if isinstance(verdict, Denied):
+            verdict.error.provider = self.provider
+        return verdict
+
+    def granted(self, hold: SpendHold | None, reservation_id: str, window: int, nano: int) -> bool:
+        """The leader's grant: True when the request holding ``hold`` took it (or had it already)."""
+        parsed = self.book.parse_reservation(reservation_id)
+        if parsed is not None and self.book.granted(hold, parsed[1], window, nano):
+            return True
+        self.host.emit(give_back(reservation_id))  # nobody wants it any more (ended, or refused elsewhere)
+        return False
+
+    def refused(self, hold: SpendHold | None, reservation_id: str, error: InferenceError) -> bool:
+        """The leader's refusal: True when the request was still waiting for it."""
+        parsed = self.book.parse_reservation(reservation_id)
+        if parsed is None or hold is None or hold.admitted:
+            return False
+        self.book.refused(hold, parsed[1], error)
+        return True
+
+    def settle(self, hold: SpendHold, request_id: str) -> None:
+        for effect in self.book.settle(hold, request_id):
+            self.host.emit(effect)
+
+    def publish(self, now: float) -> None:
+        for effect in self.book.publish(now):
+            self.host.emit(effect)
+
+    def merge(self, e: PeerCounts) -> bool:
+        """Another slot's counts of one of these budgets: True when they were one of its budgets."""
+        return e.origin != self.book.slot and self.book.merge(e.key, e.delta, e.sent_unix)
+
+
+def give_back(reservation_id: str) -> SettleStrictSpend:
+    """A strict spend grant nobody holds: released at the leader, nothing spent."""
+    parsed = BudgetBook.parse_reservation(reservation_id)
+    return SettleStrictSpend(parsed[1] if parsed else "", reservation_id, 0, False)
 
 
 @dataclass(frozen=True)

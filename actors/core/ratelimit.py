@@ -28,7 +28,8 @@ from actors.core.gcounter import GCounter
 from actors.core.periods import Period
 from actors.core.settlement import apply_settlement, settlement
 
-__all__ = ["RateLimits", "Reservation", "WindowedLimiter", "WindowUsage", "estimate_tokens", "COUNTERS"]
+__all__ = ["RateLimits", "Reservation", "WindowedLimiter", "WindowUsage", "SyncSchedule", "estimate_tokens",
+           "COUNTERS"]
 
 COUNTERS = ("requests", "tokens", "requests_refunded", "tokens_refunded")
 RETAINED_WINDOWS = 2
@@ -117,6 +118,25 @@ def estimate_tokens(messages: Iterable[Mapping] | str, max_output_tokens: int | 
             chars += 16  # role and framing tokens
     output = max_output_tokens if max_output_tokens is not None else default_output_tokens
     return max(1, math.ceil(chars / 4) + max(0, output))
+
+
+class SyncSchedule:
+    """When a replica's changes go to the hub: ``interval_s`` after the last delta went, once
+    something changed (an admission, a refund, a merge of a seed)."""
+
+    def __init__(self, interval_s: float, now: float, dirty: bool = False) -> None:
+        self.interval_s = interval_s
+        self.last = now
+        self.dirty = dirty
+
+    def touch(self) -> None:
+        self.dirty = True
+
+    def due(self) -> float | None:
+        return self.last + self.interval_s if self.dirty else None
+
+    def sent(self, now: float) -> None:
+        self.last, self.dirty = now, False
 
 
 class WindowedLimiter:

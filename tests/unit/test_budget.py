@@ -301,7 +301,7 @@ def test_what_the_budget_counts_is_exactly_what_the_requests_were_charged(ops, u
             error = {"ok": None, "fail": E.ServerError("503", status=503), "stream_fail": E.StreamError("cut")}[op]
             usage = Usage(10 * n, n) if op == "ok" or n % 2 else Usage(reported=False)
             rig.report(rid, error=error, chunks=1 if op == "stream_fail" else 0, usage=usage)
-        elif op == "crash" and rig.core.slots:
+        elif op == "crash" and rig.core.workers.slots:
             rig.feed(ev.WorkerGone(n % 2))
             rig.feed(ev.WorkerUp(n % 2, pid=5000 + n))
         elif op == "cancel":

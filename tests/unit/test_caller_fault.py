@@ -120,7 +120,7 @@ class Breakered(Rig):
 def fail_all_attempts(rig: Rig, rid: str, error: E.InferenceError, attempts: int = 3) -> None:
     for _ in range(attempts):
         rig.report(rid, error=error, usage=UNKNOWN)
-        if rig.terminals(rid) or rid in rig.core.judging:
+        if rig.terminals(rid) or rid in rig.core.hearing.held:
             return
         rig.advance(1.0)  # past the backoff: the retry goes out
 
@@ -138,7 +138,7 @@ def test_a_request_the_upstream_rejects_with_a_500_is_told_so_and_never_counted(
     assert rig.counted == [] and rig.breaker_core.state is CircuitState.CLOSED
     # The probe answered nobody and is not a request in the statistics.
     assert [r.message.request_id for r in rig.of(ev.Reply)] == ["bad"]
-    stats = rig.core.stats.snapshot(rig.wall())
+    stats = rig.core.terminals.stats.snapshot(rig.wall())
     assert stats["probes"] == {"ok": 1, "failed": 0} and stats["outcomes"] == {"failed": {"UpstreamRejected": 1}}
 
 
@@ -327,12 +327,12 @@ def test_judged_requests_end_once_count_at_most_once_and_a_rejection_never_count
             rig.feed(ev.WorkerUp(n % 2, pid=7000 + n))
     for _ in range(4):
         rig.advance(60)
-        for index, slot in rig.core.slots.items():   # workers replaced at a deadline come up again
+        for index, slot in rig.core.workers.slots.items():   # workers replaced at a deadline come up again
             if not slot.ready:
                 rig.feed(ev.WorkerUp(index, pid=9000 + index))
         for probe in probes():
             rig.report(probe)
-    assert len(rig.terminals()) == len(submitted) and not rig.core.jobs and not rig.core.judging
+    assert len(rig.terminals()) == len(submitted) and not rig.core.jobs and not rig.core.hearing.held
     counted = [owner[id(err)] for _, err in rig.outcomes() if err is not None and id(err) in owner
                and err.counts_for_breaker]
     assert len(counted) == len(set(counted)), f"a request counted twice: {counted}"

@@ -627,7 +627,7 @@ def test_every_accepted_request_ends_exactly_once(ops, limited, retries):
                 rig.report(probe.request_id, error=None if n % 2 else E.ServerError("down", status=500))
         elif op == "drain" and n == 5 and not rig.core.draining:
             rig.feed(ev.DrainRequested("launcher"))
-        elif op == "crash" and rig.core.slots:
+        elif op == "crash" and rig.core.workers.slots:
             rig.feed(ev.WorkerGone(n % 2))
             rig.feed(ev.WorkerUp(n % 2, pid=5000 + n))
         elif op == "cancel":
@@ -650,7 +650,7 @@ def test_every_accepted_request_ends_exactly_once(ops, limited, retries):
     rig.breaker(CircuitState.CLOSED, generation=10 ** 6)
     for _ in range(4):
         rig.advance(60)  # every deadline, grace, retry and verdict is past; probes in flight answer
-        for index, slot in rig.core.slots.items():   # workers replaced at a deadline come up again
+        for index, slot in rig.core.workers.slots.items():   # workers replaced at a deadline come up again
             if not slot.ready:
                 rig.feed(ev.WorkerUp(index, pid=9000 + index))
         for probe in [j for j in rig.core.jobs.values() if j.known_good and j.attempt is not None]:
@@ -660,7 +660,7 @@ def test_every_accepted_request_ends_exactly_once(ops, limited, retries):
         assert accepted_and_ended, f"{rid} never ended"
     # A resubmitted id after its terminal is a new request: count per acceptance.
     assert len(rig.terminals()) == len(submitted)
-    assert not rig.core.jobs and not rig.core.queue and not rig.core.judging
+    assert not rig.core.jobs and not rig.core.queue and not rig.core.hearing.held
     assert len(rig.of(ev.ReportDrained)) <= 1
 
 
@@ -678,4 +678,4 @@ def test_timers_of_ended_requests_do_not_pile_up():
     for i in range(2000):
         rig.submit(f"r{i}", deadline_in=600)
         rig.report(f"r{i}")
-    assert len(rig.core._timers) < 200 and len(rig.terminals()) == 2000
+    assert len(rig.core.timers) < 200 and len(rig.terminals()) == 2000

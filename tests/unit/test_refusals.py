@@ -56,7 +56,7 @@ def test_a_high_request_displaces_the_newest_queued_low_which_ends_once_with_que
         rig.report(rig.dispatches()[-1].request.request_id)
         served.append(rig.dispatches()[-1].request.request_id)
     assert served == ["high", "high2"] and not rig.core.queue
-    stats = rig.core.stats.snapshot(rig.wall())
+    stats = rig.core.terminals.stats.snapshot(rig.wall())
     assert stats["refused"] == {"QueueFull": 3}   # two displaced, one refused at the door
 
 
@@ -81,7 +81,7 @@ def test_a_prompt_too_long_for_the_window_is_refused_before_it_is_queued():
     assert err == refusals.context_too_long("d1", "openai", 101, 100) and rig.dispatches() == []
     rig.submit("fits", messages=[{"role": "user", "content": "x" * 400}])
     assert rig.dispatches("fits")
-    assert rig.core.stats.snapshot(rig.wall())["refused"] == {"ContextLengthExceeded": 1}
+    assert rig.core.terminals.stats.snapshot(rig.wall())["refused"] == {"ContextLengthExceeded": 1}
 
 
 def router_refusal(rig: Rig, now_unix: float, input_tokens: int | None = None) -> E.InferenceError:
