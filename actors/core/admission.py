@@ -424,7 +424,9 @@ class Admission:
         admitted = self.breaker.take_probe(now) if isinstance(gate, NeedProbe) else gate
         if admitted is None:
             return None
-        budget = self.spend.admit(job.spend, job.request_id, now) if self.spend is not None else None
+        budget: Reserved | Wait | Denied | None = None
+        if self.spend is not None:
+            budget = self.spend.admit(job.spend, job.request_id, now)
         if budget is None:
             budget = self.budget.admit(job, now)
         if isinstance(budget, Reserved):

@@ -21,6 +21,7 @@ its slots from its ledger: spend that was flushed is not forgotten.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,7 +31,8 @@ from actors.core.admission import AdmissionHost, Denied, Leader, Wait
 from actors.core.engine_events import PeerCounts
 from actors.core.periods import Period
 from actors.core.pricing import Price, cost_usd
-from actors.core.ratelimit import RateLimits, Reservation, SyncSchedule, WindowedLimiter, estimate_tokens
+from actors.core.ratelimit import (CounterDelta, RateLimits, Reservation, SyncSchedule, WindowedLimiter,
+                                   estimate_tokens)
 from actors.core.settlement import Settle, Settlement
 from actors.errors import BudgetExceeded, InferenceError, LeaderUnavailable
 
@@ -39,7 +41,8 @@ __all__ = ["Budget", "BudgetBook", "SpendGate", "SpendHold", "NANO", "UNKNOWN_PR
 
 NANO = 1_000_000_000          # counters hold nano-USD: integers, as GCounters need
 SPEND_PREFIX = "spend:"       # the hub's key of a spend budget (beside the deployments' rate-limit keys)
-SCOPES = ("key", "team", "deployment", "provider")
+Scope = Literal["key", "team", "deployment", "provider"]
+SCOPES: tuple[Scope, ...] = ("key", "team", "deployment", "provider")
 # What a call is charged per million tokens when its model has no price: the dearest
 # common list price, so an unknown price can only make a budget run out early, never late.
 UNKNOWN_PRICE = Price(input=15.0, output=75.0)
@@ -52,7 +55,7 @@ def to_nano(usd: float) -> int:
 
 @dataclass(frozen=True)
 class Budget:
-    scope: Literal["key", "team", "deployment", "provider"]
+    scope: Scope
     name: str
     usd: float
     period: Period
@@ -68,8 +71,13 @@ class Budget:
         return SPEND_PREFIX + self.id
 
     @property
+    def nano(self) -> int:
+        """The budget in nano-USD (at least 1)."""
+        return max(1, to_nano(self.usd))
+
+    @property
     def limits(self) -> RateLimits:
-        return RateLimits(tpm=max(1, to_nano(self.usd)), window_s=self.period.nominal_s, period=self.period,
+        return RateLimits(tpm=self.nano, window_s=self.period.nominal_s, period=self.period,
                           mode=self.mode, key=self.counter_key)
 
     def applies(self, key: str, team: str, deployment: str, provider: str) -> bool:
@@ -95,7 +103,7 @@ def budget_exceeded(budget: Budget, spent_nano: int, now: float, cost_nano: int 
 @dataclass(frozen=True)
 class PublishSpend:
     key: str
-    delta: dict
+    delta: CounterDelta
     sent_unix: float
     limits: RateLimits
 
@@ -163,10 +171,9 @@ class BudgetBook:
                 or (b.scope == "deployment" and b.name == deployment) or (b.scope == "provider" and b.name == provider)]
         self.budgets: dict[str, Budget] = {b.counter_key: b for b in mine}
         self.limiters: dict[str, WindowedLimiter] = {}
-        extra = {} if rand is None else {"rand": rand}
         for key, b in self.budgets.items():
             limiter = WindowedLimiter(slot, b.limits, wall_clock=wall, sync_interval_s=sync_interval_s, clock=clock,
-                                      **extra)
+                                      rand=random.random if rand is None else rand)
             self.limiters[key] = limiter
             seeded = (seed or {}).get(key, 0)
             if seeded > 0:
@@ -204,7 +211,7 @@ class BudgetBook:
                     hold.reserved.append((b, verdict))
                     continue
                 self._release(hold)
-                if self._exhausted(limiter, cost):
+                if self._exhausted(b, cost):
                     return Denied(budget_exceeded(b, limiter.usage().tokens, wall, cost))
                 return Wait(now + max(0.005, min(verdict.retry_after_s or 0.05, 1.0)))
             hold.strict_wanted = [b for b in hold.budgets if b.mode == "strict"]
@@ -261,12 +268,11 @@ class BudgetBook:
         budget = self.budgets.get(key)
         if isinstance(error, BudgetExceeded) and budget is not None:
             limiter = self.limiters[key]
-            error = budget_exceeded(budget, max(limiter.usage().tokens, budget.limits.tpm), self.wall(),
-                                    hold.estimate_nano)
+            error = budget_exceeded(budget, max(limiter.usage().tokens, budget.nano), self.wall(), hold.estimate_nano)
         hold.strict_denied = error
 
-    def _exhausted(self, limiter: WindowedLimiter, cost: int) -> bool:
-        return limiter.usage().tokens + cost > limiter.limits.tpm
+    def _exhausted(self, budget: Budget, cost: int) -> bool:
+        return self.limiters[budget.counter_key].usage().tokens + cost > budget.nano
 
     def _release(self, hold: SpendHold) -> None:
         for b, reservation in hold.reserved:
@@ -334,7 +340,7 @@ class BudgetBook:
                 out.append(PublishSpend(key, delta, oldest or self.wall(), limiter.limits))
         return out
 
-    def merge(self, key: str, delta: Mapping, sent_unix: float | None) -> bool:
+    def merge(self, key: str, delta: Mapping[int, Mapping[str, Mapping[str, int]]], sent_unix: float | None) -> bool:
         limiter = self.limiters.get(key)
         if limiter is None:
             return False
@@ -346,7 +352,7 @@ class BudgetBook:
         and when it resets."""
         wall = self.wall()
         for key, b in self.budgets.items():
-            if b.scope in ("deployment", "provider") and self._exhausted(self.limiters[key], max(1, self.typical_nano)):
+            if b.scope in ("deployment", "provider") and self._exhausted(b, max(1, self.typical_nano)):
                 return (budget_exceeded(b, self.limiters[key].usage().tokens, wall, self.typical_nano),
                         b.period.end(b.period.index(wall)))
         return None
@@ -355,7 +361,7 @@ class BudgetBook:
         """Deployment and provider budgets with too little left for a typical request (routing skips them)."""
         out = []
         for key, b in self.budgets.items():
-            if b.scope in ("deployment", "provider") and self._exhausted(self.limiters[key], max(1, self.typical_nano)):
+            if b.scope in ("deployment", "provider") and self._exhausted(b, max(1, self.typical_nano)):
                 out.append(b.id)
         return out
 
@@ -454,7 +460,7 @@ class BudgetSpec:
             raise ValueError(f"mode: must be approximate or strict, got {self.mode!r}")
 
     @property
-    def scope(self) -> str:
+    def scope(self) -> Scope:
         return next(s for s in SCOPES if getattr(self, s) is not None)
 
     def budget(self) -> Budget:

@@ -72,5 +72,5 @@ class GCounter:
     def __repr__(self) -> str:
         return f"GCounter({self._counts!r})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[GCounter], tuple[dict[str, int]]]:
         return (GCounter, (self._counts,))

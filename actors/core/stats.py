@@ -171,9 +171,10 @@ class DeploymentStats:
             return self.series[-1]
         if self.series and self.series[-1][0] > t0:
             # A record stamped a little in the past (clock step): counted in the bucket it fits, if kept.
-            for point in reversed(self.series):
-                if point[0] == t0:
-                    return point
+            kept: list[Any]
+            for kept in reversed(self.series):
+                if kept[0] == t0:
+                    return kept
             return _zero_series_point(t0, len(self.bounds) + 1)  # too old for the ring: not charted
         point = _zero_series_point(t0, len(self.bounds) + 1)
         self.series.append(point)
