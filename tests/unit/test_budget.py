@@ -251,6 +251,21 @@ def test_a_strict_budget_reserves_at_the_leader_and_settles_the_real_cost():
                                        round(cost_of(Usage(100, 50)) * NANO), True)
 
 
+def test_a_strict_spend_grant_is_mirrored_in_the_period_the_leader_counted_it_in():
+    budget = key_budget(1.0, mode="strict")
+    rig = BudgetRig([budget])
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
+    period = budget.period.index(rig.wall())
+    rig.feed(ev.StrictGranted(ask.reservation_id, period + 1, ask.nano))   # the leader is in the next hour
+    replica = rig.core.book.limiters[budget.counter_key]
+    assert replica.usage().tokens == 0 and replica.state()[period + 1]["tokens"] == {"n1@h:1/d1/0": ask.nano}
+    rig.report("r1", usage=Usage(100, 50))   # settled to its cost where it was counted
+    counted = replica.state()[period + 1]
+    spent = counted["tokens"]["n1@h:1/d1/0"] - counted["tokens_refunded"].get("n1@h:1/d1/0", 0)
+    assert spent == round(cost_of(Usage(100, 50)) * NANO) and replica.usage().tokens == 0
+
+
 def test_a_strict_refusal_is_budget_exceeded_naming_the_budget_and_a_late_grant_is_given_back():
     budget = key_budget(1.0, mode="strict")
     rig = BudgetRig([budget])

@@ -76,6 +76,42 @@ def test_half_open_needs_a_granted_probe_and_reports_its_outcome_at_once():
     assert (7, None) in [o for e in rig.of(ev.ReportOutcomes, effects) for o in e.outcomes]
 
 
+def _probe_on_a_worker(rig: Rig, generation: int = 7) -> ev.DispatchTo:
+    rig.breaker(CircuitState.OPEN, retry_in_s=0)
+    (ask,) = rig.of(ev.AskProbe, rig.submit("r1"))
+    rig.feed(ev.ProbeAdmitted(ask.token, generation))
+    return rig.dispatch_of("r1")
+
+
+def _reported(effects: list) -> list:
+    return [o for e in effects if isinstance(e, ev.ReportOutcomes) for o in e.outcomes]
+
+
+def test_a_probe_whose_worker_fails_on_it_frees_its_slot_and_is_no_success():
+    rig = Rig()
+    d = _probe_on_a_worker(rig)
+    effects = rig.feed(ev.WorkerFailedOn(d.index, "r1", d.attempt))   # Thespian's PoisonMessage
+    ((generation, outcome),) = _reported(effects)
+    assert generation == 7 and isinstance(outcome, E.Cancelled) and not outcome.counts_for_breaker
+    assert isinstance(rig.terminal("r1").error, E.InternalError)
+
+
+def test_a_probe_whose_worker_dies_frees_its_slot_and_is_no_success():
+    rig = Rig()
+    d = _probe_on_a_worker(rig)
+    effects = rig.feed(ev.WorkerGone(d.index))
+    assert [(g, type(o)) for g, o in _reported(effects)] == [(7, E.Cancelled)]
+
+
+def test_an_abandoned_probe_that_answers_later_reports_what_it_saw():
+    rig = Rig()
+    d = _probe_on_a_worker(rig)
+    rig.feed(ev.CancelRequested("r1"))
+    assert [(g, type(o)) for g, o in _reported(rig.log)] == []   # the caller left; the attempt is still out
+    effects = rig.report("r1")
+    assert _reported(effects) == [(7, None)] and d.index in rig.core.workers.idle
+
+
 def test_a_refused_probe_is_asked_again_later():
     rig = Rig()
     rig.breaker(CircuitState.OPEN, retry_in_s=0)
@@ -130,6 +166,16 @@ def test_strict_waits_for_the_leader_then_dispatches_on_grant():
     assert rig.dispatches("r1")
     effects = rig.report("r1", usage=Usage(4, 4))
     assert rig.of(ev.SettleStrict, effects) == [ev.SettleStrict("r1#1", 8, True)]
+
+
+def test_a_strict_grant_is_mirrored_in_the_window_the_leader_counted_it_in():
+    rig = strict_rig()
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = rig.of(ev.AskStrict, rig.submit("r1"))
+    window = int(rig.wall() // 60)
+    rig.feed(ev.StrictGranted("r1#1", window + 1, ask.tokens))   # the leader's clock is in the next window
+    replica = rig.core.limiter
+    assert replica.usage().requests == 0 and replica.state()[window + 1]["requests"] == {rig.core.slot: 1}
 
 
 def test_strict_asks_again_with_the_same_id_and_ignores_a_second_grant():

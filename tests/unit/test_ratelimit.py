@@ -274,3 +274,56 @@ def test_attempt_ids_round_trip_and_reject_what_is_not_one():
 
     assert AttemptId.parse(str(AttemptId("req#with#hashes", 3))) == AttemptId("req#with#hashes", 3)
     assert [AttemptId.parse(text) for text in ("", "r1", "r1#", "#2", "r1#x")] == [None] * 5
+
+
+def test_a_spent_window_is_waited_out_to_its_end_without_burst():
+    lim, clock = limiter(tpm=100)
+    clock.advance(15)
+    lim.try_acquire(tokens=100)
+    assert lim.try_acquire(tokens=1).retry_after_s == pytest.approx(45)
+
+
+def test_with_burst_the_wait_is_until_the_bucket_has_refilled_enough():
+    lim, clock = limiter(rpm=60, burst=0.1)
+    clock.advance(30)   # halfway: 60 * (0.1 + 0.5) = 36 may be spent
+    assert sum(isinstance(lim.try_acquire(tokens=1), Reservation) for _ in range(40)) == 36
+    assert lim.try_acquire(tokens=1).retry_after_s == pytest.approx(1.0)  # the 37th fits 1/60 of the window later
+    assert lim.try_acquire(tokens=1, requests=4).retry_after_s == pytest.approx(4.0)
+
+
+def test_with_burst_a_cost_that_fits_no_refill_of_this_window_waits_for_the_next():
+    lim, clock = limiter(tpm=100, burst=0.5)
+    clock.advance(30)
+    assert isinstance(lim.try_acquire(tokens=100), Reservation)
+    # 160 would need 110% of the window refilled: only the next window has room.
+    assert lim.try_acquire(tokens=60).retry_after_s == pytest.approx(30)
+
+
+def test_between_syncs_the_token_share_binds_too():
+    wall, mono = FakeClock(T0 + 30), FakeClock(0)
+    a = WindowedLimiter("a", RateLimits(tpm=1000), wall_clock=wall, clock=mono, sync_interval_s=0.05)
+    b = WindowedLimiter("b", RateLimits(tpm=1000), wall_clock=wall, clock=mono, sync_interval_s=0.05)
+    b.try_acquire(1)
+    a.merge(b.take_delta())   # two slots spend from this budget
+    assert isinstance(a.try_acquire(400), Reservation)   # within its share of the 999 left
+    denied = a.try_acquire(200)  # 600 from one slot before the other can have seen it: more than its half
+    assert isinstance(denied, BudgetExceeded) and denied.limit == "tpm" and "share" in denied.message
+    assert denied.retry_after_s == 0.05 and a.usage().tokens == 401
+    mono.advance(1.0)   # what it admitted is old enough for the other slot to have seen it
+    assert isinstance(a.try_acquire(200), Reservation)
+
+
+def test_a_strict_reservation_lives_for_its_ttl_and_not_longer():
+    from actors.core.ratelimit import StrictLedger
+
+    wall, mono = FakeClock(T0 + 1), FakeClock(0)
+    ledger = StrictLedger(RateLimits(rpm=10, tpm=1000), reservation_ttl_s=10, wall_clock=wall, clock=mono)
+    ledger.acquire("early", 100)
+    ledger.acquire("late", 100)
+    mono.advance(9.999)
+    assert ledger.expire() == 0 and set(ledger.outstanding) == {"early", "late"}
+    assert ledger.settle("early", 30, sent=True)   # reported within its TTL: settled to its usage
+    mono.advance(0.001)
+    assert ledger.expire() == 1 and ledger.outstanding == {}
+    assert not ledger.settle("late", 30, sent=True)   # too late: its estimate stays charged
+    assert ledger.limiter.usage().tokens == 130
