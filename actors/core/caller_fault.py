@@ -37,9 +37,8 @@ if TYPE_CHECKING:
     from actors.core.jobs import Attempt, Job
     from actors.core.timer_heap import TimerHeap
 
-__all__ = ["PROBE_PREFIX", "CALLER", "DEPLOYMENT", "UNJUDGED", "JUDGE_WAIT_S", "is_suspect", "is_probe",
-           "probe_request", "Suspect", "Fault", "Judge", "Hearing", "HearingHost", "upstream_rejected",
-           "judged_outcome"]
+__all__ = ["PROBE_PREFIX", "CALLER", "DEPLOYMENT", "UNJUDGED", "JUDGE_WAIT_S", "is_suspect", "probe_request",
+           "Suspect", "Fault", "Judge", "Hearing", "HearingHost", "upstream_rejected"]
 
 PROBE_PREFIX = "probe_"       # request ids of the gateway's own known-good calls (health and confirmation probes)
 Verdict: TypeAlias = Literal["caller", "deployment", "unjudged"]
@@ -56,10 +55,6 @@ def is_suspect(error: InferenceError | None) -> bool:
         return False
     status = error.status
     return status is not None and 500 <= status <= 599 and status not in _GATEWAY_STATUSES
-
-
-def is_probe(request_id: str) -> bool:
-    return str(request_id).startswith(PROBE_PREFIX)
 
 
 def probe_request(model: str, request_id: str, deadline_unix: float | None = None) -> InferenceRequest:
@@ -131,9 +126,6 @@ class Judge:
             del self.pending[s.request_id]
         return [(s, UNJUDGED) for s in dropped]
 
-    def forget(self, request_id: str) -> None:
-        self.pending.pop(request_id, None)
-
     @property
     def wants_probe(self) -> bool:
         return bool(self.pending) and not self.probing
@@ -146,12 +138,6 @@ def upstream_rejected(error: InferenceError, attempts: int) -> UpstreamRejected:
     return UpstreamRejected(f"the upstream answered HTTP {error.status} to this request {times} while it served "
                             f"calls sent after it, so it is this request it cannot handle; it said: {said}",
                             provider=error.provider, status=error.status, request_id=error.request_id)
-
-
-def judged_outcome(verdict: Verdict, suspect: Suspect) -> tuple[int, InferenceError] | None:
-    """The breaker outcome a verdict reports: the deployment's failures count once, the rest not at all."""
-    return (suspect.generation, suspect.error) if verdict == DEPLOYMENT else None
-
 
 
 class HearingHost(Protocol):

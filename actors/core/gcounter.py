@@ -63,9 +63,6 @@ class GCounter:
         self._dirty.clear()
         return delta
 
-    def copy(self) -> "GCounter":
-        return GCounter(self._counts)
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, GCounter) and self._counts == other._counts
 
