@@ -354,7 +354,8 @@ class BudgetGate:
         """The leader's grant of a strict ask: True when ``job`` took it. Nobody's any more (ended,
         cancelled): given straight back."""
         parsed = AttemptId.parse(reservation_id)
-        if job is not None and parsed in (job.held.strict_id, job.attempt and job.attempt.held.strict_id):
+        if job is not None and parsed is not None and parsed in (job.held.strict_id,
+                                                                 job.attempt and job.attempt.held.strict_id):
             return False  # a repeated ask answered twice: the ledger holds one reservation, and so do we
         if job is None or self.replica is None or not self.asking(job, reservation_id):
             self.host.emit(SettleStrict(reservation_id, None, False))

@@ -262,9 +262,8 @@ class BudgetBook:
         hold.strict_granted[key] = (window, nano)
         return True
 
-    def refused(self, hold: SpendHold | None, key: str, error: InferenceError) -> None:
-        if hold is None:
-            return
+    def refused(self, hold: SpendHold, key: str, error: InferenceError) -> None:
+        """A strict refusal: a spent budget is named as this engine names it, with what is spent."""
         budget = self.budgets.get(key)
         if isinstance(error, BudgetExceeded) and budget is not None:
             limiter = self.limiters[key]
@@ -396,20 +395,19 @@ class SpendGate:
             verdict.error.provider = self.provider
         return verdict
 
-    def granted(self, hold: SpendHold | None, reservation_id: str, window: int, nano: int) -> bool:
-        """The leader's grant: True when the request holding ``hold`` took it (or had it already)."""
-        parsed = self.book.parse_reservation(reservation_id)
-        if parsed is not None and self.book.granted(hold, parsed[1], window, nano):
+    def granted(self, hold: SpendHold | None, key: str, reservation_id: str, window: int, nano: int) -> bool:
+        """The leader's grant of budget ``key``: True when the request holding ``hold`` took it (or
+        had it already)."""
+        if self.book.granted(hold, key, window, nano):
             return True
-        self.host.emit(give_back(reservation_id))  # nobody wants it any more (ended, or refused elsewhere)
+        self.host.emit(give_back(key, reservation_id))  # nobody wants it any more (ended, or refused elsewhere)
         return False
 
-    def refused(self, hold: SpendHold | None, reservation_id: str, error: InferenceError) -> bool:
-        """The leader's refusal: True when the request was still waiting for it."""
-        parsed = self.book.parse_reservation(reservation_id)
-        if parsed is None or hold is None or hold.admitted:
+    def refused(self, hold: SpendHold | None, key: str, error: InferenceError) -> bool:
+        """The leader's refusal of budget ``key``: True when the request was still waiting for it."""
+        if hold is None or hold.admitted:
             return False
-        self.book.refused(hold, parsed[1], error)
+        self.book.refused(hold, key, error)
         return True
 
     def settle(self, hold: SpendHold, request_id: str) -> None:
@@ -425,10 +423,9 @@ class SpendGate:
         return e.origin != self.book.slot and self.book.merge(e.key, e.delta, e.sent_unix)
 
 
-def give_back(reservation_id: str) -> SettleStrictSpend:
+def give_back(key: str, reservation_id: str) -> SettleStrictSpend:
     """A strict spend grant nobody holds: released at the leader, nothing spent."""
-    parsed = BudgetBook.parse_reservation(reservation_id)
-    return SettleStrictSpend(parsed[1] if parsed else "", reservation_id, 0, False)
+    return SettleStrictSpend(key, reservation_id, 0, False)
 
 
 @dataclass(frozen=True)

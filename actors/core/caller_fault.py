@@ -224,10 +224,10 @@ class Hearing:
             self.probe_id = None
             self._rule(self.judge.probe_over(job.fault.last_sent), now)
 
-    def expired(self, request_id: str) -> InferenceError | None:
-        """No verdict in time: the held answer as the upstream gave it (the judge still counts it or not)."""
-        held = self.held.pop(request_id, None)
-        return held[0] if held is not None else None
+    def expired(self, request_id: str) -> InferenceError:
+        """No verdict in time for a held request: its answer as the upstream gave it (the judge still
+        counts it or not)."""
+        return self.held.pop(request_id)[0]
 
     def next_probe(self, model: str, taken: Callable[[str], bool]) -> InferenceRequest | None:
         """The known-good call the judge wants now, named apart from every id in use (``taken``)."""

@@ -318,10 +318,10 @@ class EngineCore:
         if (owner := BudgetBook.parse_reservation(rid)) is None:
             taken = budget.granted(self._asker(rid), rid, e.window, e.tokens)
         elif spend is not None:
-            taken = spend.granted(self._hold(owner[0]), rid, e.window, e.tokens)
+            taken = spend.granted(self._hold(owner[0]), owner[1], rid, e.window, e.tokens)
         else:
             taken = False
-            self.emit(give_back(rid))
+            self.emit(give_back(owner[1], rid))
         if taken:
             self._pump(now)
 
@@ -330,7 +330,7 @@ class EngineCore:
         if (owner := BudgetBook.parse_reservation(rid)) is None:
             waited = budget.refused(self._asker(rid), rid, e.error)
         else:
-            waited = spend is not None and spend.refused(self._hold(owner[0]), rid, e.error)
+            waited = spend is not None and spend.refused(self._hold(owner[0]), owner[1], e.error)
         if waited:
             self._pump(now)
 
@@ -502,8 +502,8 @@ class EngineCore:
 
     def _due_judging(self, job: Job, now: float) -> None:
         """No verdict in time: the caller gets the upstream's answer as it was."""
-        if self.jobs.get(job.request_id) is job and (error := self.hearing.expired(job.request_id)) is not None:
-            self._fail(job, error)
+        if self.jobs.get(job.request_id) is job and job.request_id in self.hearing.held:
+            self._fail(job, self.hearing.expired(job.request_id))
 
     def _due_attempt(self, attempt: Attempt, now: float) -> None:
         why = self.workers.overdue(attempt, now)

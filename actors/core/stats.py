@@ -217,7 +217,6 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
                            "last_success_unix": None, "last_failure_unix": None, "failing_since_unix": None,
                            "step_s": SERIES_STEP_S, "series": []}
     series: dict[int, list[Any]] = {}
-    failing: list[float | None] = []
     for s in snapshots:
         for outcome, kinds in s.get("outcomes", {}).items():
             mine = out["outcomes"].setdefault(outcome, {})
@@ -243,7 +242,6 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
                 mine[name] = mine.get(name, 0) + n
         out["last_success_unix"] = _latest(out["last_success_unix"], s.get("last_success_unix"))
         out["last_failure_unix"] = _latest(out["last_failure_unix"], s.get("last_failure_unix"))
-        failing.append(s.get("failing_since_unix"))
         out["step_s"] = s.get("step_s", out["step_s"])
         for p in s.get("series", []):
             mine = series.get(p[0])

@@ -352,3 +352,15 @@ def test_run_frees_its_probe_slot_on_an_unexpected_exception():
         b.run(lambda: {}["x"])
     b.record_success(b.check())   # the slot is free again
     assert b.state is CircuitState.CLOSED
+
+
+def test_reset_forgets_the_escalation_too():
+    b, tick, _ = make(open_s=5, max_open_s=40, half_open_probes=1)
+    fail(b, 3)
+    tick(5)
+    fail(b)                   # the probe failed: 10 s now
+    assert b.snapshot().trips == 2
+    b.reset()
+    fail(b, 3)
+    snap = b.snapshot()
+    assert snap.trips == 1 and snap.retry_at_unix_ms - snap.opened_at_unix_ms == 5000

@@ -8,7 +8,9 @@ import pytest
 
 from actors import errors as E
 from actors.core import engine_events as ev
-from actors.core.budget import NANO, UNKNOWN_PRICE, AskStrictSpend, Budget, BudgetBook, BudgetSpec, SettleStrictSpend
+from actors.core.admission import Denied
+from actors.core.budget import (NANO, UNKNOWN_PRICE, AskStrictSpend, Budget, BudgetBook, BudgetSpec, SettleStrictSpend,
+                                 SpendHold)
 from actors.core.engine_core import EngineCore
 from actors.core.periods import parse_period
 from actors.core.pricing import Price
@@ -332,3 +334,103 @@ def test_what_the_budget_counts_is_exactly_what_the_requests_were_charged(ops, u
     assert limiter.usage().tokens == charged
     assert charged <= budget.limits.tpm + 20 * BudgetBook.estimate([{"role": "user", "content": "hello"}], 10, 256,
                                                                    PRICE) * 10
+
+
+# -- the book alone ---------------------------------------------------------------------
+
+def book_of(*budgets, seed=None, wall=None):
+    from fakes import FakeClock
+
+    wall = wall or FakeClock(utc(2027, 1, 15, 8, 0, 30))
+    return BudgetBook(budgets, slot="n1@h:1/d1/0", deployment="d1", provider="openai", wall=wall,
+                      clock=FakeClock(0.0), seed=seed), wall
+
+
+def test_only_deployment_and_provider_budgets_make_the_engine_refuse_for_everyone():
+    per_key = key_budget(1.0)
+    mine = Budget("deployment", "d1", 1.0, parse_period("1h"))
+    book, _ = book_of(per_key, mine, seed={per_key.counter_key: NANO, mine.counter_key: NANO - 1})
+    assert book.refusal() is None and book.spent() == []      # one nano-USD is left for the next request
+    book, _ = book_of(per_key, mine, seed={per_key.counter_key: NANO, mine.counter_key: NANO})
+    error, resets = book.refusal()
+    assert book.spent() == ["deployment=d1/1h"] and error.limit == "deployment=d1/1h"
+    assert resets == utc(2027, 1, 15, 9) and "would need" not in error.message   # nothing is left at all
+
+
+def test_a_spent_budgets_refusal_says_what_a_typical_request_would_need_while_some_is_left():
+    mine = Budget("provider", "openai", 1.0, parse_period("1h"))
+    book, _ = book_of(mine, seed={mine.counter_key: NANO - 1000})
+    hold = SpendHold(5000, [mine])
+    assert isinstance(book.admit(hold, 0.0, True, False, "r1"), Denied)
+    error, _ = book.refusal()
+    assert "this request would need about $0.000005" in error.message
+
+
+def test_a_strict_refusal_names_the_budget_as_spent_at_least_in_full():
+    strict = key_budget(1.0, mode="strict")
+    book, _ = book_of(strict)
+    hold = SpendHold(700, [strict])
+    book.refused(hold, strict.counter_key, E.BudgetExceeded("tpm", limit="tpm"))
+    assert hold.strict_denied.limit == "key=k1/1h" and "$1.000000 of $1" in hold.strict_denied.message
+    other = E.LeaderUnavailable("leader gone")
+    book.refused(hold, strict.counter_key, other)
+    assert hold.strict_denied is other                       # not a budget's verdict: passed on as it is
+
+
+def test_a_grant_for_a_budget_the_request_did_not_ask_is_not_taken():
+    asked, other = key_budget(1.0, mode="strict"), Budget("team", "t", 1.0, parse_period("1h"), "strict")
+    book, wall = book_of(asked, other)
+    hold = SpendHold(100, [asked])
+    assert isinstance(book.admit(hold, 0.0, True, False, "r1"), list)
+    window = asked.period.index(wall())
+    assert not book.granted(hold, other.counter_key, window, 100) and book.granted(hold, asked.counter_key, window, 100)
+
+
+def test_the_book_publishes_each_budgets_changes_with_when_they_began_and_merges_only_its_own():
+    budget = key_budget(1.0)
+    book, wall = book_of(budget)
+    hold = SpendHold(100, [budget])
+    began = wall()
+    assert book.admit(hold, 0.0, True, False, "r1") is None
+    wall.advance(0.03)
+    (published,) = book.publish(1.0)
+    assert (published.key, published.sent_unix, published.limits) == (budget.counter_key, began, budget.limits)
+    assert list(published.delta.values())[0]["tokens"] == {"n1@h:1/d1/0": 100} and book.sync_due() is None
+    assert not book.merge("spend:team=nobody/1h", published.delta, None)
+    window = budget.period.index(wall())
+    assert book.merge(budget.counter_key, {window: {"tokens": {"n2": 7}}}, wall() - 2.0)
+    limiter = book.limiters[budget.counter_key]
+    assert limiter.usage().tokens == 107 and limiter.staleness_s > 4.0   # the 2 s lag it saw is remembered
+
+
+def test_a_budget_entry_says_exactly_what_is_wrong_with_it():
+    with pytest.raises(ValueError) as none:
+        BudgetSpec(usd=1, period="1d")
+    assert str(none.value) == "give exactly one of key, team, deployment, provider"
+    with pytest.raises(ValueError) as two:
+        BudgetSpec(usd=1, period="1d", key="k", team="t")
+    assert str(two.value) == "give exactly one of key, team, deployment, provider (got key, team)"
+    with pytest.raises(ValueError, match="^team: must not be empty, got ''$"):
+        BudgetSpec(usd=1, period="1d", team="  ")
+    for usd in (0, -1, float("inf"), float("nan"), "5"):
+        with pytest.raises(ValueError, match="^usd: must be > 0"):
+            BudgetSpec(usd=usd, period="1d", team="t")
+
+
+def test_an_engine_without_budgets_gives_a_stray_spend_grant_back():
+    rig = Rig()
+    effects = rig.feed(ev.StrictGranted("spend|r9|spend:key=k1/1h", 0, 500))
+    assert [e for e in effects if isinstance(e, SettleStrictSpend)] == [
+        SettleStrictSpend("spend:key=k1/1h", "spend|r9|spend:key=k1/1h", 0, False)]
+
+
+def test_a_late_spend_refusal_after_the_grant_changes_nothing():
+    budget = key_budget(1.0, mode="strict")
+    rig = BudgetRig([budget])
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
+    rig.feed(ev.StrictGranted(ask.reservation_id, budget.period.index(rig.wall()), ask.nano))
+    assert rig.dispatches("r1")
+    rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("late", limit="tpm")))
+    rig.report("r1", usage=Usage(100, 50))
+    assert isinstance(rig.terminal("r1"), Completed)

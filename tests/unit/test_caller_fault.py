@@ -85,6 +85,10 @@ def test_the_callers_error_is_a_400_class_error_naming_what_the_upstream_said():
     assert not err.retryable and not err.counts_for_breaker
     assert err.status == 500 and err.provider == "openai"
     assert "JSON schema conversion failed" in err.message and "3 attempts" in err.message
+    once = upstream_rejected(E.ServerError("bad tool message", status=500, provider="vllm", request_id="up-7"), 1)
+    assert once.message == ("the upstream answered HTTP 500 to this request once while it served calls sent after "
+                            "it, so it is this request it cannot handle; it said: bad tool message")
+    assert once.request_id == "up-7" and once.provider == "vllm"
 
 
 # -- through the engine core -------------------------------------------------------------------

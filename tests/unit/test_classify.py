@@ -240,3 +240,29 @@ def test_a_validation_500_keeps_what_the_server_said_and_is_a_suspect_server_err
     err = classify_http_status(500, {}, json.dumps(body).encode())
     assert type(err) is E.ServerError and err.status == 500 and err.message == said
     assert is_suspect(err) and "sk-secret" not in repr(err)
+
+
+@pytest.mark.parametrize("body, said", [
+    ({"error": "  upstream exploded  "}, "upstream exploded"),
+    ({"error": {"detail": "the model is loading"}}, "the model is loading"),
+    ({"error": {"Message": "Internal failure (AWS style)"}}, "Internal failure (AWS style)"),
+    ({"error": {"message": "   ", "detail": "blank message skipped"}}, "blank message skipped"),
+    ({"detail": [{"loc": ["body", "n"], "msg": "must be >= 1"}, {"msg": "no location"}, "junk",
+                 {"loc": ["x"], "msg": 3}]}, "body.n: must be >= 1; no location"),
+    ({"detail": [{"loc": [str(i)], "msg": f"m{i}"} for i in range(7)]}, "0: m0; 1: m1; 2: m2; 3: m3; 4: m4"),
+])
+def test_the_message_of_an_unrecognised_error_body_is_kept_wherever_it_is(body, said):
+    err = classify_http_status(500, {}, json.dumps(body).encode())
+    assert type(err) is E.ServerError and err.message == said
+
+
+@pytest.mark.parametrize("body", [{"detail": [{"loc": ["a"]}]}, {"detail": "   "}, {"error": 7}])
+def test_an_error_body_that_says_nothing_falls_back_to_the_status(body):
+    assert classify_http_status(500, {}, json.dumps(body).encode()).message == "HTTP 500"
+
+
+def test_a_zero_retry_after_is_now_and_a_negative_one_is_nonsense():
+    assert parse_retry_after({"retry-after": "0"}) == 0.0
+    assert parse_retry_after({"retry-after": "0.5"}) == 0.5
+    assert parse_retry_after({"retry-after": "-1"}) is None
+    assert parse_retry_after({"retry-after-ms": "0", "retry-after": "9"}) == 0.0

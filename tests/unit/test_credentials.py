@@ -94,3 +94,18 @@ def test_refresh_schedule():
     periodic = CredentialSource(file="/k", refresh_s=30)
     assert next_refresh_at(periodic, ResolvedCredential(Secret("t"), None), NOW) == NOW + 30
     assert next_refresh_at(CredentialSource(value="v"), ResolvedCredential(Secret("t"), None), NOW) is None
+
+
+def test_a_source_shows_where_it_reads_never_a_literal_value():
+    assert repr(CredentialSource(env="OPENAI_API_KEY")) == "CredentialSource({'env': 'OPENAI_API_KEY'})"
+    assert repr(CredentialSource(command=["vault", "read"], ttl_s=60)) == \
+        "CredentialSource({'command': ['vault', 'read']})"
+    assert repr(CredentialSource(value="sk-live-secret")) == "CredentialSource({'value': '***'})"
+
+
+def test_only_text_can_look_secret():
+    assert not looks_secret(12345678901234567890) and not looks_secret(None)
+
+
+def test_equal_secrets_hash_alike_and_never_by_value():
+    assert hash(Secret("a")) == hash(Secret("b")) and Secret("a") == Secret("a") and Secret("a") != Secret("b")

@@ -366,3 +366,102 @@ def test_a_worker_that_misses_its_grace_is_killed_and_replaced_with_its_attempt_
     assert pool.replace(0, kill=True) is attempt
     assert host.effects[-2:] == [ev.KillWorker(0, 100), ev.StartWorker(0)]
     assert pool.running(0) is None and not pool.slots[0].ready and pool.idle == []
+
+
+def test_away_from_the_cluster_this_node_admits_within_its_exclusive_share():
+    leader = Leader(0.0, 5.0)
+    gate, _, _ = budget_gate(RateLimits(rpm=10, tpm=1000, burst=0.5, leader_unavailable="local_share"), leader)
+    gate.leader_changed(False, 3, 1.0, in_cluster=False)    # lost, and the budget splits in three
+    assert isinstance(gate.admit(job("a", estimate=100), 1.0), Reserved)
+    share = gate.fallback
+    assert share is not None and share.node == "n1/d1/0/fallback" and share.exclusive
+    assert share.limits == RateLimits(rpm=3, tpm=333, burst=0.5, window_s=60.0)
+    assert share.usage().window == int(WALL0 // 60) and share.usage().tokens == 100   # on the engine's clocks
+    gate.leader_changed(True, 3, 2.0, in_cluster=True)
+    assert gate.fallback is None                            # back: the share is dropped
+
+
+def test_a_share_smaller_than_one_is_one():
+    leader = Leader(0.0, 5.0)
+    gate, _, _ = budget_gate(RateLimits(rpm=2, tpm=2, leader_unavailable="local_share"), leader)
+    gate.leader_changed(False, 3, 1.0, in_cluster=False)
+    gate.admit(job("a", estimate=1), 1.0)
+    assert gate.fallback.limits.rpm == 1 and gate.fallback.limits.tpm == 1
+
+
+def test_the_budget_gate_merges_only_its_own_key_from_other_slots_and_learns_their_lag():
+    gate, _, _ = budget_gate(RateLimits(rpm=100))
+    window = int(WALL0 // 60)
+    delta = {window: {"requests": {"n2/d1/0": 4}}}
+    gate.merge(ev.PeerCounts("other-deployment", delta, origin="n2/d1/0"))
+    gate.merge(ev.PeerCounts("d1", {window: {"requests": {"n1/d1/0": 9}}}, origin="n1/d1/0"))   # its own echo
+    assert gate.replica.usage().requests == 0
+    gate.merge(ev.PeerCounts("d1", delta, origin="n2/d1/0", sent_unix=WALL0 - 3.0))
+    assert gate.replica.usage().requests == 4 and gate.replica.staleness_s > 6.0
+
+
+def test_a_probe_refusal_holds_off_the_next_ask_from_when_it_came():
+    gate, host = breaker_gate(FakeClock(WALL0))
+    gate.take_probe(1.0)
+    (ask,) = host.of(ev.AskProbe)
+    gate.probe_refused("a stale token", 1.2)
+    assert gate.view.probe_requested and gate.probe_refused_at is None and host.pumps == [1.0 + PROBE_RETRY_S]
+    gate.probe_refused(ask.token, 1.2)
+    assert not gate.view.probe_requested and host.pumps[-1] == pytest.approx(1.2 + PROBE_RETRY_S)
+    gate.take_probe(1.3)
+    assert len(host.of(ev.AskProbe)) == 1                   # not before PROBE_RETRY_S after the refusal
+    gate.take_probe(1.2 + PROBE_RETRY_S)
+    assert len(host.of(ev.AskProbe)) == 2
+
+
+def test_a_granted_probe_is_no_longer_being_asked_for():
+    gate, host = breaker_gate(FakeClock(WALL0))
+    gate.take_probe(1.0)
+    gate.probe_admitted(host.of(ev.AskProbe)[0].token, 5)
+    assert not gate.view.probe_requested and gate.probe_grant == 5
+
+
+@pytest.mark.parametrize("case", ["not asking", "on a worker", "another attempt", "garbage id"])
+def test_a_strict_answer_nobody_is_waiting_for_is_given_back_and_changes_nothing(case):
+    leader = Leader(0.0, 5.0)
+    leader.update(True, 1, 0.0)
+    gate, host, _ = budget_gate(RateLimits(rpm=10, mode="strict"), leader)
+    waiting = job("r1", estimate=7)
+    gate.admit(waiting, 0.0)                               # asks for r1#1
+    rid = {"another attempt": "r1#2", "garbage id": "nonsense"}.get(case, "r1#1")
+    if case == "not asking":
+        waiting.strict.asked = None
+    if case == "on a worker":
+        waiting.attempt = Attempt(waiting, 1, 0, 0, False, waiting.held, False, 100.0)
+    assert not gate.granted(waiting, rid, int(WALL0 // 60), 7)
+    assert host.of(ev.SettleStrict) == [ev.SettleStrict(rid, None, False)] and waiting.held.reservation is None
+    assert not gate.refused(waiting, rid, E.BudgetExceeded("no")) and waiting.strict.denied is None
+
+
+def test_after_a_retryable_strict_refusal_the_leader_is_asked_again():
+    rig = _strict_engine()
+    (ask,) = rig.of(ev.AskStrict, rig.submit("r1"))
+    rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("rpm: try later", limit="rpm", retry_after_s=0.5)))
+    assert rig.terminals("r1") == []                       # waits for the window, then asks again
+    again = rig.of(ev.AskStrict, rig.advance(1.0))
+    assert [a.reservation_id for a in again] == ["r1#1"]
+
+
+def test_a_refused_probe_is_asked_for_again_a_full_interval_after_the_refusal():
+    from harness import Rig
+
+    rig = Rig()
+    rig.breaker(CircuitState.OPEN, retry_in_s=0)
+    (first,) = rig.of(ev.AskProbe, rig.submit("r1"))
+    rig.advance(0.2)
+    rig.feed(ev.ProbeRefused(first.token))
+    assert rig.of(ev.AskProbe, rig.advance(0.1)) == []      # an unanswered ask would go again at 0.25
+    assert len(rig.of(ev.AskProbe, rig.advance(0.2))) == 1
+
+
+def _strict_engine():
+    from harness import Rig, limits
+
+    rig = Rig(limits=limits(rpm=10, window_s=60, mode="strict"))
+    rig.feed(ev.StrictLeader(True, 1))
+    return rig

@@ -161,3 +161,19 @@ def test_the_leader_is_always_in_and_a_refused_member_says_why_without_repeating
     assert member.refuse("node id n1@h:1 is already held") and not member.refuse("node id n1@h:1 is already held")
     assert not member.in_cluster and member.describe() == "refused: node id n1@h:1 is already held"
     assert tick(clock, member, 60.0)[1] == []  # the refusal is logged once, as an ERROR, by the registry
+
+
+def test_a_refused_member_is_outside_from_its_first_refusal_until_it_is_heard_again():
+    clock = Clock()
+    member = standing(clock)
+    member.heard("n0")
+    clock.t += 10.0
+    member.refuse("node id n1@h:1 is already held")
+    clock.t += 5.0
+    member.refuse("another reason")          # still outside since the first one
+    clock.t += 5.0
+    assert member.heard("n0") == 10.0 and member.in_cluster
+    leader = standing(clock, leader=True)
+    leader.heard("n0")
+    leader.refuse("a stray refusal")
+    assert leader.in_cluster and leader.heard("n0") is None   # the leader is never outside

@@ -379,3 +379,36 @@ def test_an_open_circuit_past_its_retry_time_is_tried_so_its_probe_can_close_it(
     assert R.skip_reason(open_until_20, now_unix=20.0) is None
     no_time = cand("a", refusal=E.CircuitOpen("open", retryable=True))
     assert R.skip_reason(no_time, now_unix=99.0) == "circuit_open"   # no retry time known
+
+
+# -- edges the mutation run found unpinned (docs/architecture.md, "How the core is tested") ---------
+
+def test_the_input_estimate_counts_text_parts_only_and_rounds_down():
+    assert R.input_estimate([{"content": "abc"}]) == 0
+    assert R.input_estimate([{"content": "abcd"}, {"content": "efgh"}]) == 2
+    assert R.input_estimate([{"content": [{"type": "text", "text": "abcdefgh"}, {"type": "image_url"}]}]) == 2
+    assert R.input_estimate(({"content": "a" * 400},)) == 0           # not a list: nothing to count
+    assert R.input_estimate(["a" * 400, {"content": "abcd"}]) == 1      # not a message: skipped
+
+
+def test_a_pushed_refusal_of_another_kind_is_skipped_under_its_own_name():
+    full = E.QueueFull("queue of a is full", retry_after_s=1.0)
+    assert R.skip_reason(cand("a", refusal=full, refusal_until_unix=None)) == "queue_full"
+
+
+def test_a_model_without_fallbacks_has_none_and_retries_never_go_negative():
+    plan = R.FallbackPlan("m", R.RoutingPolicy())
+    assert plan.targets("fallbacks") == [] and plan.next_model(E.ServerError("x", status=500)) is None
+    retries = R.RequestRetries()
+    retries.start(-2)
+    assert retries.retries == 0 and retries.left == 0
+
+
+@pytest.mark.parametrize("value, ok", [(0.5, True), (1, True), (0, False), (-1, False), (float("inf"), False),
+                                       (float("nan"), False), (True, False), ("5", False)])
+def test_health_check_times_are_positive_finite_numbers(value, ok):
+    if ok:
+        assert R.HealthCheck(interval_s=value, timeout_s=value).timeout_s == value
+    else:
+        with pytest.raises(ValueError, match="must be > 0"):
+            R.HealthCheck(timeout_s=value)

@@ -74,3 +74,9 @@ def test_end_of_body():
 def test_too_large_names_the_limit():
     error = streaming.too_large("max_body_bytes", 1024, "openai")
     assert error.limit == "max_body_bytes" and error.limit_bytes == 1024 and not error.retryable
+    assert error.provider == "openai"
+    assert error.message == "the response body passed the deployment's max_body_bytes (1024 bytes); reading stopped"
+    line = streaming.too_large("max_line_bytes", 64)
+    assert line.message.startswith("an event-stream line or event passed the deployment's max_line_bytes (64 ")
+    assert line.provider == ""
+    assert streaming.too_large("max_frame_bytes", 8).message.startswith("max_frame_bytes passed")
