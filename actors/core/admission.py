@@ -170,11 +170,15 @@ class BreakerGate:
 
     # -- what the breaker hears -----------------------------------------------------------
 
-    def report(self, generation: int, error: InferenceError | None, urgent: bool, now: float) -> None:
+    def report(self, generation: int, error: InferenceError | None) -> None:
+        """An outcome the breaker must hear now (a failure, a probe's result), with any batched before it."""
         self.outcomes.append((generation, error))
-        if urgent:
-            self.flush()  # failures and probe results must reach the breaker now
-        elif self.flush_at is None:
+        self.flush()
+
+    def succeeded(self, generation: int, now: float) -> None:
+        """A success of a call that was no probe: batched, heard within ``TICK_S``."""
+        self.outcomes.append((generation, None))
+        if self.flush_at is None:
             self.flush_at = now + TICK_S
 
     def flush(self) -> None:
@@ -183,11 +187,11 @@ class BreakerGate:
             self.host.emit(ReportOutcomes(self.outcomes))
             self.outcomes = []
 
-    def lost(self, generation: int, probe: bool, error: InferenceError | None, now: float) -> None:
+    def lost(self, generation: int, probe: bool, error: InferenceError | None) -> None:
         """An attempt abandoned or lost with its worker: it says nothing about the provider, but a
-        probe's half-open slot is freed."""
+        probe's half-open slot is freed (a probe abandoned after it succeeded reports its success)."""
         if probe:
-            self.report(generation, error if error is None else Cancelled("probe abandoned"), urgent=True, now=now)
+            self.report(generation, error if error is None else Cancelled("probe abandoned"))
 
 
 # -- where the cluster is -------------------------------------------------------------------

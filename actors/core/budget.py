@@ -239,14 +239,18 @@ class BudgetBook:
 
     @staticmethod
     def reservation_id(request_id: str, budget: Budget) -> str:
-        return f"spend|{request_id}|{budget.counter_key}"
+        """The strict limiter's id of one request's hold on one budget: the request id's length
+        first, so a caller's request id may hold any character (a ``|`` too)."""
+        return f"spend|{len(request_id)}|{request_id}|{budget.counter_key}"
 
     @staticmethod
     def parse_reservation(reservation_id: str) -> tuple[str, str] | None:
-        if not reservation_id.startswith("spend|"):
+        """(request id, budget key) of a spend reservation id; None for any other (a rate-limit ask's)."""
+        kind, _, rest = reservation_id.partition("|")
+        size, _, rest = rest.partition("|")
+        if kind != "spend" or not size.isdigit() or rest[int(size):int(size) + 1] != "|":
             return None
-        _, request_id, key = reservation_id.split("|", 2)
-        return request_id, key
+        return rest[:int(size)], rest[int(size) + 1:]
 
     def granted(self, hold: SpendHold | None, key: str, window: int, nano: int) -> bool:
         """A strict grant; False when nobody holds it any more (the caller gives it back)."""

@@ -177,23 +177,25 @@ class Hearing:
         if attempt.probe:
             error = probe_outcome(error, delivered=job.chunks > 0)
         if error is None:
-            self.breaker.report(attempt.generation, None, urgent=attempt.probe, now=now)
+            if attempt.probe:
+                self.breaker.report(attempt.generation, None)   # a probe's success closes the circuit now
+            else:
+                self.breaker.succeeded(attempt.generation, now)
             return self._rule(self.judge.evidence(attempt.seq, ok=True), now)
         if not error.counts_for_breaker:
             if attempt.probe:
-                self.breaker.report(attempt.generation, error, urgent=True, now=now)  # frees its half-open slot
+                self.breaker.report(attempt.generation, error)  # frees its half-open slot
             return
         if job.known_good:
             self._rule(self.judge.evidence(attempt.seq, ok=False), now)
         elif is_suspect(error):
             job.fault.suspect = Suspect(job.request_id, error, attempt.generation, attempt.seq)
             if attempt.probe:  # its slot goes to the next call; the verdict decides what this one says
-                self.breaker.report(attempt.generation, Cancelled("a suspect answer waits for its verdict"),
-                                    urgent=True, now=now)
+                self.breaker.report(attempt.generation, Cancelled("a suspect answer waits for its verdict"))
             return
         if attempt.probe or not job.fault.counted:
             job.fault.counted = True
-            self.breaker.report(attempt.generation, error, urgent=True, now=now)
+            self.breaker.report(attempt.generation, error)
 
     def hold(self, job: Job, error: InferenceError, now: float) -> bool:
         """The request failed after its attempts. If the upstream's last answer was a suspect 5xx,
@@ -244,7 +246,7 @@ class Hearing:
         """Carry out verdicts: the deployment's failures count once; held requests get their answer."""
         for suspect, verdict in verdicts:
             if verdict == DEPLOYMENT:
-                self.breaker.report(suspect.generation, suspect.error, urgent=True, now=now)
+                self.breaker.report(suspect.generation, suspect.error)
             held = self.held.pop(suspect.request_id, None)
             if held is not None:
                 error, attempts = held

@@ -368,7 +368,7 @@ class EngineCore:
         job = attempt.job
         job.charged_tokens += decided.charged(job.estimate)
         if attempt.abandoned_at is not None:
-            self.breaker.lost(attempt.generation, attempt.probe, r.error, now)
+            self.breaker.lost(attempt.generation, attempt.probe, r.error)
         else:
             job.attempt = None
             job.chunks = max(job.chunks, r.chunks)
@@ -416,9 +416,8 @@ class EngineCore:
         if attempt is None:
             return
         self._settle(attempt, settlement(True, None))
-        self.breaker.lost(attempt.generation, attempt.probe, InternalError(), now)
+        self.breaker.lost(attempt.generation, attempt.probe, InternalError())
         if attempt.abandoned_at is None:
-            attempt.job.attempt = None
             self._fail(attempt.job, InternalError("the worker failed on this request", provider=self.dep.provider))
         self._pump(now)
 
@@ -432,7 +431,7 @@ class EngineCore:
         if attempt is None:
             return
         self._settle(attempt, settlement(True, None))  # whatever the lost attempt used stays charged
-        self.breaker.lost(attempt.generation, attempt.probe, WorkerCrashed(), now)
+        self.breaker.lost(attempt.generation, attempt.probe, WorkerCrashed())
         if attempt.abandoned_at is not None:
             return
         job = attempt.job

@@ -364,3 +364,59 @@ def test_reset_forgets_the_escalation_too():
     fail(b, 3)
     snap = b.snapshot()
     assert snap.trips == 1 and snap.retry_at_unix_ms - snap.opened_at_unix_ms == 5000
+
+
+def test_each_transition_is_one_generation_and_only_transitions_are():
+    b, tick, transitions = make(half_open_probes=1)
+    b.reset()                                   # already closed: nothing happens
+    assert b.generation == 0 and transitions == []
+    fail(b, 3)
+    tick(5)
+    assert b.state is CircuitState.HALF_OPEN and b.generation == 2
+    ok(b)
+    assert b.generation == 3
+    b.force_open(60)
+    b.force_open(90)                            # opened again while open: a new open period, a new generation
+    assert b.generation == 5 and transitions[-2:] == [(CircuitState.CLOSED, CircuitState.OPEN),
+                                                     (CircuitState.OPEN, CircuitState.OPEN)]
+    snap = b.snapshot()
+    assert snap.retry_at_unix_ms - snap.opened_at_unix_ms == 90_000
+
+
+def test_a_probe_slot_is_free_again_exactly_at_its_timeout():
+    b, tick, _ = make(half_open_probes=1, probe_timeout_s=30)
+    fail(b, 3)
+    tick(5)
+    b.check()
+    tick(30)
+    b.check()
+
+
+def test_a_failed_probe_with_a_retry_after_reopens_for_that_long():
+    b, tick, _ = make(open_s=5, max_open_s=40, half_open_probes=1)
+    fail(b, 3)
+    tick(5)
+    fail(b, 1, E.ServerError("busy", status=503, retry_after_s=25))
+    snap = b.snapshot()
+    assert snap.state is CircuitState.OPEN and snap.retry_at_unix_ms - snap.opened_at_unix_ms == 25_000
+
+
+def test_a_stale_uncounted_outcome_does_not_free_the_current_probes_slot():
+    b, tick, _ = make(half_open_probes=1)
+    old = b.check()
+    fail(b, 3)
+    tick(5)
+    b.check()                                   # the current probe
+    b.record_error(E.RateLimited("429", status=429), old)
+    with pytest.raises(E.CircuitOpen):
+        b.check()
+
+
+def test_the_escalation_is_forgotten_after_exactly_max_open_s_closed():
+    b, tick, _ = make(open_s=5, max_open_s=40, half_open_probes=1)
+    fail(b, 3)
+    tick(5)
+    ok(b)
+    tick(40)
+    fail(b, 3)
+    assert b.snapshot().trips == 1

@@ -419,9 +419,9 @@ def test_a_budget_entry_says_exactly_what_is_wrong_with_it():
 
 def test_an_engine_without_budgets_gives_a_stray_spend_grant_back():
     rig = Rig()
-    effects = rig.feed(ev.StrictGranted("spend|r9|spend:key=k1/1h", 0, 500))
+    effects = rig.feed(ev.StrictGranted("spend|2|r9|spend:key=k1/1h", 0, 500))
     assert [e for e in effects if isinstance(e, SettleStrictSpend)] == [
-        SettleStrictSpend("spend:key=k1/1h", "spend|r9|spend:key=k1/1h", 0, False)]
+        SettleStrictSpend("spend:key=k1/1h", "spend|2|r9|spend:key=k1/1h", 0, False)]
 
 
 def test_a_late_spend_refusal_after_the_grant_changes_nothing():
@@ -434,3 +434,24 @@ def test_a_late_spend_refusal_after_the_grant_changes_nothing():
     rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("late", limit="tpm")))
     rig.report("r1", usage=Usage(100, 50))
     assert isinstance(rig.terminal("r1"), Completed)
+
+
+@pytest.mark.parametrize("request_id", ["r1", "user|42", "spend|3|abc|x", "#1", "r" * 300])
+def test_a_spend_reservation_id_names_its_request_and_budget_whatever_either_holds(request_id):
+    budget = Budget("team", "a|b", 1.0, parse_period("1h"))
+    rid = BudgetBook.reservation_id(request_id, budget)
+    assert BudgetBook.parse_reservation(rid) == (request_id, "spend:team=a|b/1h")
+
+
+@pytest.mark.parametrize("other", ["r1#1", "spend|x#1", "spend|9|short|k", "spend|2|abck", "spend||r|k", "spend"])
+def test_anything_else_is_not_a_spend_reservation(other):
+    assert BudgetBook.parse_reservation(other) is None
+
+
+def test_a_request_id_with_a_bar_is_admitted_by_a_strict_spend_budget():
+    budget = key_budget(1.0, mode="strict")
+    rig = BudgetRig([budget])
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = [e for e in rig.submit("user|42", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
+    rig.feed(ev.StrictGranted(ask.reservation_id, budget.period.index(rig.wall()), ask.nano))
+    assert rig.dispatches("user|42")

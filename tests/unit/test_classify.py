@@ -266,3 +266,43 @@ def test_a_zero_retry_after_is_now_and_a_negative_one_is_nonsense():
     assert parse_retry_after({"retry-after": "0.5"}) == 0.5
     assert parse_retry_after({"retry-after": "-1"}) is None
     assert parse_retry_after({"retry-after-ms": "0", "retry-after": "9"}) == 0.0
+
+
+@pytest.mark.parametrize("headers, body, expected", [
+    ({"X-Request-Id": "a"}, None, "a"), ({"request-id": "b"}, None, "b"), ({"x-amzn-RequestId": "c"}, None, "c"),
+    ({"x-goog-request-id": "d"}, None, "d"), ({"apim-request-id": "e"}, None, "e"),
+    ({"x-request-id": "a", "request-id": "b"}, None, "a"),
+    ({}, {"request_id": "from-body"}, "from-body"), ({}, {"request_id": 5}, ""),
+    ({"x-request-id": "r" * 300}, None, "r" * 128), ({}, {"request_id": "q" * 300}, "q" * 128),
+])
+def test_the_providers_request_id_is_kept_from_any_of_its_names_bounded(headers, body, expected):
+    err = classify_http_status(500, headers, json.dumps(body).encode() if body else None)
+    assert err.request_id == expected
+
+
+@pytest.mark.parametrize("message, tokens, limit", [
+    ("This model's maximum context length is 128,000 tokens. However, your messages resulted in 130,512 tokens.",
+     130512, 128000),
+    ("prompt is too long: 210,345 tokens > 200000 maximum", 210345, 200000),
+    ("limit 4096 exceeded: the prompt has 5000 tokens", 5000, 4096),
+    ("input of 5000 tokens; the limit is 4096 tokens", 5000, 4096),
+])
+def test_context_length_counts_are_read_whichever_order_the_provider_says_them(message, tokens, limit):
+    err = classify_http_status(400, {}, json.dumps({"error": {"message": message, "code": "context_length_exceeded"}}))
+    assert isinstance(err, E.ContextLengthExceeded) and (err.tokens, err.max_tokens) == (tokens, limit)
+
+
+@pytest.mark.parametrize("status, cls", [(300, E.ServerError), (399, E.ServerError), (400, E.BadRequest),
+                                         (418, E.BadRequest), (499, E.BadRequest), (500, E.ServerError)])
+def test_statuses_outside_the_table_are_a_bad_request_below_500_and_a_server_error_otherwise(status, cls):
+    err = classify_http_status(status, {}, b"")
+    assert type(err) is cls and err.status == status and err.provider == ""
+
+
+def test_the_status_reaches_the_error_body_and_the_retry_after_reaches_the_error():
+    body = json.dumps({"error": {"message": "slow down", "type": "weird_type"}})
+    err = classify_http_status(429, {"retry-after": "7"}, body, provider="p")
+    assert type(err) is E.RateLimited and err.retry_after_s == 7.0 and err.status == 429 and err.provider == "p"
+    when = format_datetime(datetime.fromtimestamp(NOW + 12, timezone.utc), usegmt=True)
+    assert classify_http_status(503, {"retry-after": when}, b"", now=clock).retry_after_s == pytest.approx(12)
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00"}) is None   # no zone: not a date we trust

@@ -109,3 +109,10 @@ def test_only_text_can_look_secret():
 
 def test_equal_secrets_hash_alike_and_never_by_value():
     assert hash(Secret("a")) == hash(Secret("b")) and Secret("a") == Secret("a") and Secret("a") != Secret("b")
+
+
+def test_a_mapping_secret_is_a_copy_of_what_it_was_given():
+    given = {"access_key_id": "AKIA", "secret_access_key": "s"}
+    secret = Secret(given)
+    given["secret_access_key"] = "changed later"
+    assert secret.reveal() == {"access_key_id": "AKIA", "secret_access_key": "s"}

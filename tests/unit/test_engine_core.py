@@ -358,6 +358,16 @@ def test_a_worker_failing_on_a_dispatch_ends_that_request_and_frees_the_slot():
     assert isinstance(rig.terminal("r1").error, E.InternalError) and rig.dispatches("r2")
 
 
+def test_a_request_its_worker_failed_on_keeps_its_budget_charged_and_says_why():
+    rig = Rig(workers=1, limits=limits(rpm=10, window_s=60))
+    rig.submit("r1")
+    rig.feed(ev.WorkerFailedOn(0, "r1", 1))
+    error = rig.terminal("r1").error
+    assert (type(error), error.message, error.provider) == (E.InternalError, "the worker failed on this request",
+                                                           "openai")
+    assert rig.core.limiter.usage().requests == 1   # it may have reached the provider: its estimate stays charged
+
+
 # -- settlement --------------------------------------------------------------------------
 
 def spent(rig):

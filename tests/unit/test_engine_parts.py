@@ -158,11 +158,11 @@ def test_a_probe_is_asked_once_until_answered_or_overdue_and_an_unused_grant_is_
 
 def test_successes_are_batched_and_failures_go_at_once_with_them():
     gate, host = breaker_gate(FakeClock(WALL0))
-    gate.report(1, None, urgent=False, now=5.0)
-    gate.report(1, None, urgent=False, now=5.01)
+    gate.succeeded(1, now=5.0)
+    gate.succeeded(1, now=5.01)
     assert host.effects == [] and gate.flush_at == pytest.approx(5.0 + TICK_S)
     failure = E.ServerError("down", status=503)
-    gate.report(1, failure, urgent=True, now=5.02)
+    gate.report(1, failure)
     assert host.effects == [ev.ReportOutcomes([(1, None), (1, None), (1, failure)])] and gate.flush_at is None
 
 
@@ -465,3 +465,66 @@ def _strict_engine():
     rig = Rig(limits=limits(rpm=10, window_s=60, mode="strict"))
     rig.feed(ev.StrictLeader(True, 1))
     return rig
+
+
+def test_where_the_cluster_is_starts_unknown_and_follows_the_registry():
+    leader = Leader(10.0, 5.0)
+    assert leader.starting(14.9) and not leader.starting(15.0)       # unknown for failure_timeout_s at most
+    leader.update(False, 0, 11.0)                                    # never in the cluster yet: still unknown
+    assert not leader.lost and leader.down_since == 10.0 and leader.in_cluster
+    leader.update(True, 2, 12.0)
+    assert leader.available and leader.down_since is None and not leader.lost
+    leader.update(False, 2, 13.0, in_cluster=False)                  # it had a share: a loss, since now
+    assert leader.lost and leader.down_since == 13.0 and not leader.in_cluster and not leader.starting(13.0)
+    refused = leader.no_share("openai")
+    assert (refused.error.provider, refused.error.retry_after_s, refused.error.retryable) == ("openai", 5.0, True)
+    assert refused.error.message.startswith("this node has not been in the cluster since it started")
+
+
+def test_outside_the_cluster_an_approximate_budget_waits_while_starting_then_follows_leader_unavailable():
+    leader = Leader(0.0, 5.0)
+    fail, _, _ = budget_gate(RateLimits(rpm=10, leader_unavailable="fail"), leader)
+    fail.leader_changed(False, 0, 0.0, in_cluster=False)
+    assert fail.admit(job("a"), 1.0) == Wait(1.0 + 0.05)              # starting: looked at again shortly
+    refused = fail.admit(job("a"), 5.0)
+    assert isinstance(refused, Denied) and (refused.error.provider, refused.error.retry_after_s) == ("openai", 5.0)
+    assert refused.error.message == ("this node is not in the cluster (its leader is unreachable) and the budget "
+                                     "is limits.leader_unavailable: fail")
+    share, _, _ = budget_gate(RateLimits(rpm=10, leader_unavailable="local_share"), Leader(0.0, 5.0))
+    share.leader_changed(False, 0, 0.0, in_cluster=False)
+    assert share.admit(job("a"), 6.0) == share.leader.no_share("openai")   # no share known: refused
+    share.leader_changed(False, 1, 6.0, in_cluster=False)
+    assert isinstance(share.admit(job("b"), 6.0), Reserved)          # a share of one: the whole budget, exclusively
+
+
+def test_a_share_refused_by_the_replica_is_given_back_to_the_share():
+    gate, _, _ = budget_gate(RateLimits(rpm=2, leader_unavailable="local_share"), Leader(0.0, 5.0))
+    gate.replica.record(0, requests=2)                               # the cluster spent the window already
+    gate.leader_changed(False, 1, 1.0, in_cluster=False)
+    assert isinstance(gate.admit(job("a"), 1.0), Wait)
+    assert gate.fallback.usage().requests == 0                       # not kept by the share either
+
+
+def test_strict_admission_waits_for_the_leader_then_fails_closed_or_falls_back_to_a_share():
+    leader = Leader(0.0, 5.0)
+    closed, _, _ = budget_gate(RateLimits(rpm=10, mode="strict"), leader)
+    assert closed.admit(job("a"), 1.0) == Wait(1.0 + 0.05)           # the registry has not said yet
+    refused = closed.admit(job("a"), 5.0)
+    assert isinstance(refused, Denied) and refused.error.provider == "openai" and refused.error.retry_after_s == 5.0
+    assert refused.error.message == "strict rate limiting needs the convention leader, which is unreachable"
+    shared = Leader(0.0, 5.0)
+    gate, _, _ = budget_gate(RateLimits(rpm=10, mode="strict", leader_unavailable="local_share"), shared)
+    gate.leader_changed(False, 2, 1.0)
+    assert isinstance(gate.admit(job("a"), 1.0), Reserved) and gate.fallback.limits.rpm == 5
+
+
+def test_an_unanswered_strict_ask_is_repeated_and_after_the_failure_timeout_the_leader_is_presumed_lost():
+    leader = Leader(0.0, 5.0)
+    leader.update(True, 1, 0.0)
+    gate, host, _ = budget_gate(RateLimits(rpm=10, mode="strict"), leader)
+    waiting = job("r1")
+    assert gate.admit(waiting, 0.0) == Wait(2.0)                     # STRICT_ASK_TIMEOUT_S after the ask
+    assert gate.admit(waiting, 1.9) == Wait(2.0) and len(host.of(ev.AskStrict)) == 1
+    assert gate.admit(waiting, 2.0) == Wait(4.0) and len(host.of(ev.AskStrict)) == 2
+    assert isinstance(gate.admit(waiting, 6.9), Wait)                # 5 + 2 s since the first ask: not yet
+    assert isinstance(gate.admit(waiting, 7.0), Denied)              # never answered: as if the leader were gone

@@ -327,3 +327,49 @@ def test_a_strict_reservation_lives_for_its_ttl_and_not_longer():
     assert ledger.expire() == 1 and ledger.outstanding == {}
     assert not ledger.settle("late", 30, sent=True)   # too late: its estimate stays charged
     assert ledger.limiter.usage().tokens == 130
+
+
+def test_a_release_gives_back_what_this_slot_reserved_in_its_own_name():
+    lim, _ = limiter("n1", rpm=10, tpm=1000)
+    r = lim.try_acquire(tokens=40, requests=2)
+    lim.release(r)
+    (window,) = lim.state()
+    assert lim.state()[window]["requests_refunded"] == {"n1": 2}
+    assert lim.state()[window]["tokens_refunded"] == {"n1": 40}
+
+
+def test_a_merge_skips_counters_it_does_not_know_and_keeps_going():
+    lim, _ = limiter("n1", rpm=10)
+    window = int(T0 // 60)
+    lim.merge({window: {"bogus": {"n2": 9}, "requests": {"n2": 3}}})
+    assert lim.usage().requests == 3
+
+
+def test_a_recent_admission_is_forgotten_exactly_at_the_staleness_horizon():
+    wall, mono = FakeClock(T0 + 30), FakeClock(0)
+    a = WindowedLimiter("a", RateLimits(rpm=1000), wall_clock=wall, clock=mono, sync_interval_s=0.05,
+                        rand=lambda: 0.0)
+    b = WindowedLimiter("b", RateLimits(rpm=1000), wall_clock=wall, clock=mono, sync_interval_s=0.05)
+    b.try_acquire(1)
+    a.merge(b.take_delta())
+    assert isinstance(a.try_acquire(1, requests=400), Reservation)
+    assert not isinstance(a.try_acquire(1, requests=400), Reservation)   # its recent 400 count against its share
+    staleness = a.staleness_s
+    mono.advance(staleness)
+    # Exactly as old as the horizon: the other slot has seen it, so it no longer holds this one to a share.
+    assert isinstance(a.try_acquire(1, requests=400), Reservation)
+
+
+def test_the_strict_ledger_counts_in_its_own_slot_and_grants_what_was_asked():
+    from actors.core.ratelimit import StrictLedger
+
+    wall, mono = FakeClock(T0 + 1), FakeClock(0)
+    ledger = StrictLedger(RateLimits(rpm=10), wall_clock=wall, clock=mono)
+    granted = ledger.acquire("r1", tokens=5, requests=3)
+    assert granted.requests == 3 and ledger.limiter.usage().requests == 3
+    window = int((T0 + 1) // 60)
+    assert ledger.limiter.state()[window]["requests"] == {"strict": 3}
+    mono.advance(659)
+    assert ledger.expire() == 0            # the default TTL outlives a whole call (timeouts.total_s: 600 s)
+    mono.advance(1)
+    assert ledger.expire() == 1

@@ -47,3 +47,12 @@ def test_total_s_is_a_timeout_retryable_only_before_tokens():
     after = deadline_verdict(Phase.BODY, caller_deadline=False, total_s=10, delivered=True)
     assert type(before.error) is E.Timeout and "total timeout 10s" in before.error.message
     assert before.error.retryable and not after.error.retryable and before.sent
+
+
+def test_the_transport_error_says_where_and_why_and_for_whom():
+    verdict = classify_transport(Phase.CONNECT, timed_out=False, detail="refused", provider="openai")
+    assert verdict.error.message == "connection failed connecting (refused)" and verdict.error.provider == "openai"
+    bare = classify_transport(Phase.BODY, timed_out=False)
+    assert bare.error.message == "connection broke reading the response body" and bare.error.provider == ""
+    assert classify_transport(Phase.AWAIT_HEADERS, timed_out=True).error.message == (
+        "timed out waiting for the response headers")
