@@ -420,3 +420,12 @@ def test_the_escalation_is_forgotten_after_exactly_max_open_s_closed():
     tick(40)
     fail(b, 3)
     assert b.snapshot().trips == 1
+
+
+def test_the_refusal_while_open_names_the_circuit_and_counts_down_to_the_probe():
+    b, tick, _ = make(open_s=5)
+    fail(b, 3)
+    tick(2)
+    err = b.snapshot().circuit_open_error((WALL0 + 2) * 1000)
+    assert err.message == "circuit open for openai https://api.openai.com/v1" and err.retry_after_s == 3.0
+    assert b.snapshot().circuit_open_error((WALL0 + 9) * 1000).retry_after_s == 0.0   # the probe is due

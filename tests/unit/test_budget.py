@@ -8,7 +8,8 @@ import pytest
 
 from actors import errors as E
 from actors.core import engine_events as ev
-from actors.core.admission import Denied
+from actors.core.admission import Denied, Wait
+from actors.core.retry import RetryPolicy
 from actors.core.budget import (NANO, UNKNOWN_PRICE, AskStrictSpend, Budget, BudgetBook, BudgetSpec, SettleStrictSpend,
                                  SpendHold)
 from actors.core.engine_core import EngineCore
@@ -455,3 +456,98 @@ def test_a_request_id_with_a_bar_is_admitted_by_a_strict_spend_budget():
     (ask,) = [e for e in rig.submit("user|42", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
     rig.feed(ev.StrictGranted(ask.reservation_id, budget.period.index(rig.wall()), ask.nano))
     assert rig.dispatches("user|42")
+
+
+def test_an_engine_keeps_every_key_and_team_budget_and_only_its_own_deployment_and_provider_budgets():
+    from fakes import FakeClock
+
+    budgets = [key_budget(1.0), Budget("team", "t", 1.0, parse_period("1h")),
+               Budget("deployment", "d1", 1.0, parse_period("1h")), Budget("deployment", "d2", 1.0, parse_period("1h")),
+               Budget("provider", "openai", 1.0, parse_period("1h")), Budget("provider", "anthropic", 1.0,
+                                                                             parse_period("1h"))]
+    book = BudgetBook(budgets, slot="s", deployment="d1", provider="openai", wall=FakeClock(0.0), clock=FakeClock(0.0))
+    assert book.keys == ["spend:key=k1/1h", "spend:team=t/1h", "spend:deployment=d1/1h", "spend:provider=openai/1h"]
+    applying = book.applicable({"http_key": "k1", "http_team": "t"}, "d1", "openai")
+    assert [b.id for b in applying] == ["key=k1/1h", "team=t/1h", "deployment=d1/1h", "provider=openai/1h"]
+    assert [b.id for b in book.applicable({}, "d1", "openai")] == ["deployment=d1/1h", "provider=openai/1h"]
+    assert [b.id for b in book.applicable({"http_key": None}, "d1", "anthropic")] == ["deployment=d1/1h"]
+
+
+def test_a_seed_is_this_slots_spend_before_a_restart_and_is_published():
+    budget = key_budget(1.0)
+    book, _ = book_of(budget, seed={budget.counter_key: 1234, "spend:key=gone/1h": 5})
+    limiter = book.limiters[budget.counter_key]
+    assert (limiter.usage().tokens, limiter.usage().requests) == (1234, 1) and book.sync_due() is not None
+    empty, _ = book_of(budget, seed={budget.counter_key: 0})
+    assert empty.limiters[budget.counter_key].usage().requests == 0
+    fresh, _ = book_of(budget)
+    assert fresh.sync_due() is None and fresh.typical_nano == 0
+
+
+@pytest.mark.parametrize("sync_interval_s, wait", [(0.001, 0.005), (0.05, 0.05), (3.0, 1.0)])
+def test_a_spend_budget_held_to_its_share_is_looked_at_again_after_a_sync_bounded(sync_interval_s, wait):
+    from fakes import FakeClock
+
+    budget = key_budget(1.0)
+    wall = FakeClock(utc(2027, 1, 15, 8, 0, 30))
+    book = BudgetBook([budget], slot="n1", deployment="d1", provider="openai", wall=wall, clock=FakeClock(0.0),
+                      sync_interval_s=sync_interval_s, rand=lambda: 0.99)
+    period = budget.period.index(wall())
+    book.merge(budget.counter_key, {period: {"tokens": {"n2": NANO // 5}, "requests": {"n2": 1}}}, None)
+    verdict = book.admit(SpendHold(NANO // 2, [budget]), 10.0, True, False, "r1")
+    assert verdict == Wait(10.0 + wait)
+    assert book.limiters[budget.counter_key].usage().tokens == NANO // 5   # nothing kept while it waits
+
+
+def test_a_strict_spend_budget_waits_for_the_leader_while_starting_and_each_ask_is_repeated_on_time():
+    strict = key_budget(1.0, mode="strict")
+    book, _ = book_of(strict)
+    hold = SpendHold(100, [strict])
+    assert book.admit(hold, 1.0, False, False, "r1") == Wait(1.05)
+    (ask,) = book.admit(hold, 1.0, True, False, "r1")
+    assert (ask.key, ask.limits, ask.nano) == (strict.counter_key, strict.limits, 100)
+    assert book.admit(hold, 2.9, True, False, "r1") == Wait(3.0)
+    assert len(book.admit(hold, 3.0, True, False, "r1")) == 1
+    gone = book.admit(SpendHold(100, [strict]), 5.0, False, True, "r2")
+    assert isinstance(gone, Denied) and gone.error.retry_after_s == 5.0
+    assert gone.error.message == "a strict spend budget needs the convention leader, which is unreachable"
+
+
+def test_a_spent_budget_is_refused_naming_it_what_is_spent_and_when_it_resets():
+    budget = key_budget(1.0)
+    book, wall = book_of(budget, seed={budget.counter_key: NANO - 5000})
+    denied = book.admit(SpendHold(10_000, [budget]), 0.0, True, False, "r1")
+    assert isinstance(denied, Denied) and not denied.error.retryable and denied.error.limit == "key=k1/1h"
+    assert denied.error.message == ("budget key=k1/1h is spent: $0.999995 of $1 in this 1h period; this request "
+                                    "would need about $0.000010; it resets at 2027-01-15T09:00:00Z")
+    assert denied.error.retry_after_s == pytest.approx(utc(2027, 1, 15, 9) - wall())
+    assert book.limiters[budget.counter_key].usage().requests == 1   # the seed's; this request kept nothing
+
+
+def test_a_grant_is_taken_once_and_a_late_refusal_does_not_undo_an_admitted_request():
+    budget = key_budget(1.0, mode="strict")
+    rig = BudgetRig([budget], retry=RetryPolicy(max_retries=1, base_delay_s=0.1, jitter="none"))
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
+    rig.feed(ev.StrictGranted(ask.reservation_id, budget.period.index(rig.wall()), ask.nano))
+    rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("late", limit="tpm")))
+    rig.report("r1", error=E.ServerError("503", status=503), usage=Usage(reported=False))
+    rig.advance(0.2)                          # its retry needs no second admission
+    assert len(rig.dispatches("r1")) == 2
+
+
+def test_calendar_periods_are_utc_whatever_the_hosts_zone(monkeypatch):
+    import time as _time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    _time.tzset()
+    try:
+        month = parse_period("1mo")
+        jan_31_late = utc(2027, 1, 31, 23, 30)   # February 1st 00:30 UTC is still January in New York
+        assert month.start(month.index(jan_31_late)) == utc(2027, 1, 1)
+        assert month.end(month.index(jan_31_late)) == utc(2027, 2, 1)
+        assert month.index(utc(2027, 2, 1, 0, 30)) == month.index(jan_31_late) + 1
+        assert parse_period(" 2mo ").text == "2mo"
+    finally:
+        monkeypatch.delenv("TZ")
+        _time.tzset()

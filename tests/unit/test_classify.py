@@ -306,3 +306,43 @@ def test_the_status_reaches_the_error_body_and_the_retry_after_reaches_the_error
     when = format_datetime(datetime.fromtimestamp(NOW + 12, timezone.utc), usegmt=True)
     assert classify_http_status(503, {"retry-after": when}, b"", now=clock).retry_after_s == pytest.approx(12)
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00"}) is None   # no zone: not a date we trust
+
+
+@pytest.mark.parametrize("status, body, cls, attrs", [
+    (400, {"error": {"message": "too big", "code": "string_above_max_length"}}, E.ContextLengthExceeded, {}),
+    (400, {"error": {"message": "nope", "code": "content_filter"}}, E.ContentFiltered, {"reason": "content_filter"}),
+    (400, {"error": {"message": "nope", "type": "content_filter_results_violation"}}, E.ContentFiltered,
+     {"reason": "content_filter_results_violation"}),
+    (400, {"error": {"message": "nope", "innererror": {"code": "ResponsibleAIPolicyViolation"}}}, E.ContentFiltered,
+     {"reason": "content_filter"}),
+    (400, {"error": {"message": "blocked by safety settings", "status": "INVALID_ARGUMENT"}}, E.ContentFiltered,
+     {"reason": "INVALID_ARGUMENT"}),
+    (None, {"error": {"message": "busy", "status": "UNAVAILABLE"}}, E.Overloaded, {}),
+    (529, {"error": {"message": "busy", "status": "UNAVAILABLE"}}, E.Overloaded, {}),
+    (500, {"error": {"message": "busy", "status": "UNAVAILABLE"}}, E.ServerError, {}),
+    (429, {"error": {"message": "quota", "status": "RESOURCE_EXHAUSTED"}}, E.RateLimited, {"retryable": True}),
+    (400, {"error": {"message": "API key not valid. Please pass a valid API key."}}, E.AuthenticationError, {}),
+    (None, {"error": {"message": "boom", "code": 503, "status": "INTERNAL"}}, E.ServerError, {"status": 503}),
+    (None, {"type": "error", "error": "flat message"}, None, {}),
+    (None, {"type": "error", "message": "rate", "code": "rate_limit_exceeded"}, E.RateLimited, {}),
+    (300, {"error": {"message": "odd", "type": "api_error"}}, E.ServerError, {"status": 300}),
+])
+def test_error_bodies_are_typed_by_their_own_words_and_keep_their_message(status, body, cls, attrs):
+    from actors.core.classify import classify_error_body
+
+    err = classify_error_body(body, status, "p")
+    if cls is None:
+        assert err is None
+        return
+    assert type(err) is cls and err.provider == "p"
+    assert err.message in ("too big", "nope", "blocked by safety settings", "busy", "quota", "boom", "rate", "odd",
+                           "API key not valid. Please pass a valid API key.")
+    for name, value in attrs.items():
+        assert getattr(err, name) == value, name
+
+
+def test_an_error_shaped_body_in_a_2xx_answer_is_not_an_error_by_its_type():
+    from actors.core.classify import classify_error_body
+
+    body = {"error": {"message": "odd", "type": "api_error"}}
+    assert classify_error_body(body, 200, "p") is None and classify_error_body(body, 299, "p") is None

@@ -31,6 +31,15 @@ def test_a_request_goes_straight_to_an_idle_worker_and_completes_once():
     assert rig.core.status()["completed"] == 1 and not rig.core.jobs
 
 
+def test_a_refusal_before_acceptance_is_a_terminal_with_no_attempt():
+    rig = Rig()
+    rig.feed(ev.Accept("not a request", "caller"))
+    rig.submit("r1", params={"temperature": "hot"})
+    junk, bad = rig.terminals()
+    assert (junk.request_id, junk.attempts, junk.deployment) == ("", 0, "d1")
+    assert (bad.request_id, bad.attempts, bad.attempt_log[0].sent) == ("r1", 0, False)
+
+
 def test_a_full_queue_refuses_at_once_and_loses_nothing_queued():
     rig = Rig(workers=1, queue_capacity=1)
     rig.submit("busy")
@@ -488,7 +497,19 @@ def test_stop_fails_everything_still_open_with_shutting_down():
     rig.submit("r2")
     rig.feed(ev.Stop())
     assert all(isinstance(rig.terminal(r).error, E.ShuttingDown) for r in ("r1", "r2"))
+    on_worker, queued = rig.terminal("r1"), rig.terminal("r2")
+    assert on_worker.chunks is None and queued.chunks == 0   # a worker may have sent r1 chunks: unknown
+    assert on_worker.error.message == "the engine stopped before the request finished"
+    assert on_worker.error.provider == "openai"
     assert rig.feed(ev.WorkerGone(0)) == []
+
+
+def test_stop_publishes_what_the_replica_has_not_yet():
+    rig = Rig(has_hub=True, limits=limits(rpm=10, window_s=60))
+    rig.submit("r1")
+    rig.report("r1")
+    published = rig.of(ev.PublishCounts, rig.feed(ev.Stop()))
+    assert len(published) == 1 and published[0].sent_unix == rig.wall()
 
 
 # -- deadlines at each stage -------------------------------------------------------------

@@ -24,6 +24,7 @@ from actors.core.priority_queue import Priority
 from actors.core.ratelimit import RateLimits, WindowedLimiter
 from actors.core.recovery import SESSION_WAIT_S, Recovery
 from actors.core.retry import RetryEngine, RetryPolicy
+from actors.core.settlement import Settle, Settlement
 from actors.core.timer_heap import SLACK, TimerHeap
 from actors.core.workers import Workers
 from actors.runtime.protocol import WorkerResult
@@ -528,3 +529,31 @@ def test_an_unanswered_strict_ask_is_repeated_and_after_the_failure_timeout_the_
     assert gate.admit(waiting, 2.0) == Wait(4.0) and len(host.of(ev.AskStrict)) == 2
     assert isinstance(gate.admit(waiting, 6.9), Wait)                # 5 + 2 s since the first ask: not yet
     assert isinstance(gate.admit(waiting, 7.0), Denied)              # never answered: as if the leader were gone
+
+
+def test_a_replica_publishes_from_when_its_oldest_unpublished_admission_happened():
+    gate, host, _ = budget_gate(RateLimits(rpm=100))
+    first_job = job("a")
+    gate.admit(first_job, 0.0)
+    first = gate.wall()
+    gate.wall.advance(0.04)
+    gate.admit(job("b"), 0.04)
+    gate.publish(0.05)
+    (published,) = host.of(ev.PublishCounts)
+    assert published.sent_unix == first
+    gate.wall.advance(1.0)
+    gate.settle(first_job.held, Settlement(Settle.RELEASE))   # a refund only: nothing admitted since, so "now"
+    gate.publish(1.1)
+    assert host.of(ev.PublishCounts)[-1].sent_unix == gate.wall() == first + 1.04
+
+
+def test_a_window_reports_its_start_and_limits():
+    from actors.core.periods import parse_period
+
+    lim = WindowedLimiter("n1", RateLimits(rpm=5, tpm=50), wall_clock=FakeClock(WALL0 + 75))
+    usage = lim.usage()
+    assert (usage.window_start_unix, usage.rpm, usage.tpm) == (WALL0 + 60, 5, 50)
+    period = parse_period("1d")
+    spend = WindowedLimiter("n1", RateLimits(tpm=9, period=period, window_s=period.nominal_s),
+                            wall_clock=FakeClock(WALL0 + 75))
+    assert spend.usage().window_start_unix == period.start(period.index(WALL0 + 75))

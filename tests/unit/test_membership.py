@@ -177,3 +177,34 @@ def test_a_refused_member_is_outside_from_its_first_refusal_until_it_is_heard_ag
     leader.heard("n0")
     leader.refuse("a stray refusal")
     assert leader.in_cluster and leader.heard("n0") is None   # the leader is never outside
+
+
+def test_a_member_is_dropped_only_once_silent_longer_than_the_timeout_and_a_lone_claim_is_forgotten():
+    clock = Clock()
+    members = MemberTable(failure_timeout_s=5.0, confirm_s=1.0, clock=clock)
+    members.heartbeat("a", "inc-a", "info-a")
+    clock.t += 5.0
+    assert members.sweep() == [] and "a" in members          # exactly the timeout: still a member
+    clock.t += 0.01
+    assert members.sweep() == ["a"] and "a" not in members
+
+
+def test_a_claim_nobody_repeats_is_forgotten_after_twice_the_timeout_and_the_confirm_time():
+    clock = Clock()
+    members = MemberTable(failure_timeout_s=5.0, confirm_s=1.0, clock=clock)
+    members.heartbeat("n1", "old", "x")
+    claimed = clock.t
+    assert members.heartbeat("n1", "new", "y").verdict is Verdict.HELD
+    clock.t += 0.5
+    members.heartbeat("n1", "old", "x")                           # the holder is alive: the claim is refused
+    assert members.heartbeat("n1", "new", "y").verdict is Verdict.REFUSED
+    while clock.t < claimed + 10.5:                               # the holder keeps talking; the claimant does not
+        clock.t += 0.5
+        members.heartbeat("n1", "old", "x")
+    clock.t = claimed + 11.0
+    members.sweep()
+    assert members.heartbeat("n1", "new", "y").verdict is Verdict.REFUSED   # 11 s: not yet forgotten
+    clock.t = claimed + 11.01
+    members.heartbeat("n1", "old", "x")
+    members.sweep()
+    assert members.heartbeat("n1", "new", "y").verdict is Verdict.HELD       # forgotten: a new claim

@@ -80,3 +80,16 @@ def test_too_large_names_the_limit():
     assert line.message.startswith("an event-stream line or event passed the deployment's max_line_bytes (64 ")
     assert line.provider == ""
     assert streaming.too_large("max_frame_bytes", 8).message.startswith("max_frame_bytes passed")
+
+
+def test_the_ends_of_a_stream_say_what_happened_and_for_whom():
+    empty = streaming.end_of_stream(Decoder(), StreamAccumulator(), 0, 0, "openai")
+    assert (empty.message, empty.provider) == ("the stream ended without a single event", "openai")
+    acc = StreamAccumulator()
+    acc.add(Delta(text="hi"))
+    cut = streaming.end_of_stream(Decoder(), acc, 1, 0, "openai")
+    assert (cut.message, cut.provider) == ("stream ended before the provider finished", "openai")
+    # The deltas the close yields count: one is enough not to be empty, whatever came before.
+    late = StreamAccumulator()
+    assert streaming.end_of_stream(Decoder([Delta(text="x")]), late, 0, 0, "p").kind == "stream_error"
+    assert streaming.end_of_stream(Decoder([Delta(text="x")]), StreamAccumulator(), 1, 0, "p").kind == "stream_error"
