@@ -390,7 +390,7 @@ class BudgetGate:
     # -- sync with the node's hub ---------------------------------------------------------
 
     def sync_due(self) -> float | None:
-        return None if self.replica is None else self.sync.due()
+        return self.sync.due()   # (touched only where there is a replica)
 
     def publish(self, now: float) -> None:
         if self.replica is None:

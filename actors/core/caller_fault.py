@@ -146,7 +146,7 @@ class HearingHost(Protocol):
     def answer(self, request_id: str, error: InferenceError) -> None:
         """End the held request ``request_id``, failed with ``error``."""
 
-    def probe(self, now: float) -> None:
+    def probe(self) -> None:
         """Send the known-good probe now, if the judge wants one (:meth:`Hearing.next_probe`)."""
 
 
@@ -181,13 +181,13 @@ class Hearing:
                 self.breaker.report(attempt.generation, None)   # a probe's success closes the circuit now
             else:
                 self.breaker.succeeded(attempt.generation, now)
-            return self._rule(self.judge.evidence(attempt.seq, ok=True), now)
+            return self._rule(self.judge.evidence(attempt.seq, ok=True))
         if not error.counts_for_breaker:
             if attempt.probe:
                 self.breaker.report(attempt.generation, error)  # frees its half-open slot
             return
         if job.known_good:
-            self._rule(self.judge.evidence(attempt.seq, ok=False), now)
+            self._rule(self.judge.evidence(attempt.seq, ok=False))
         elif is_suspect(error):
             job.fault.suspect = Suspect(job.request_id, error, attempt.generation, attempt.seq)
             if attempt.probe:  # its slot goes to the next call; the verdict decides what this one says
@@ -208,23 +208,22 @@ class Hearing:
         self.held[job.request_id] = (error, job.attempts)
         verdict = self.judge.register(suspect)
         if verdict is not None:
-            self._rule([(suspect, verdict)], now)
+            self._rule([(suspect, verdict)])
             return True
-        self.timers.at(now + JUDGE_WAIT_S if job.deadline is None else min(now + JUDGE_WAIT_S, job.deadline),
-                       "judging", job)
-        self.host.probe(now)
+        self.timers.at(now + JUDGE_WAIT_S, "judging", job)   # (its deadline, if sooner, ends it the same way)
+        self.host.probe()
         return True
 
-    def ended(self, job: Job, failed: bool, now: float) -> None:
+    def ended(self, job: Job, failed: bool) -> None:
         """At a request's terminal: a suspect that ended another way (deadline, cancel, a refusal at
         its retry) is still judged, for the breaker; the probe's end judges what it did not."""
         if failed and job.fault.suspect is not None and not job.fault.counted:
             suspect, job.fault.suspect = job.fault.suspect, None
             verdict = self.judge.register(suspect)
-            self._rule([(suspect, verdict)] if verdict is not None else [], now)  # or a probe for it
+            self._rule([(suspect, verdict)] if verdict is not None else [])  # or a probe for it
         if job.request_id == self.probe_id:
             self.probe_id = None
-            self._rule(self.judge.probe_over(job.fault.last_sent), now)
+            self._rule(self.judge.probe_over(job.fault.last_sent))
 
     def expired(self, request_id: str) -> InferenceError:
         """No verdict in time for a held request: its answer as the upstream gave it (the judge still
@@ -242,7 +241,7 @@ class Hearing:
         self.judge.probing = True
         return probe_request(model, request_id)
 
-    def _rule(self, verdicts: list[tuple[Suspect, Verdict]], now: float) -> None:
+    def _rule(self, verdicts: list[tuple[Suspect, Verdict]]) -> None:
         """Carry out verdicts: the deployment's failures count once; held requests get their answer."""
         for suspect, verdict in verdicts:
             if verdict == DEPLOYMENT:
@@ -252,4 +251,4 @@ class Hearing:
                 error, attempts = held
                 self.host.answer(suspect.request_id, upstream_rejected(suspect.error, attempts)
                                  if verdict == CALLER else error)
-        self.host.probe(now)
+        self.host.probe()

@@ -179,13 +179,13 @@ class EngineCore:
         if job is not None:
             self._fail(job, error)
 
-    def probe(self, now: float) -> None:
+    def probe(self) -> None:
         """Send the known-good probe the judge wants, ahead of every queued request."""
         if self.stopping or self.draining:
             return
         request = self.hearing.next_probe(self.dep.model, self.jobs.__contains__)
         if request is not None:
-            job = self._job(request, SELF, now, self.wall())
+            job = self._job(request, SELF, self.clock(), self.wall())
             job.known_good = True
             self.queue.push_front(job.request_id, job, job.priority)
             self._accepted(job)
@@ -532,7 +532,7 @@ class EngineCore:
             self.emit(ev.Reply(job.reply_to, message))
         if self.draining and not self.jobs:
             self.emit(ev.ReportDrained(self.drainer, 0))
-        self.hearing.ended(job, isinstance(message, Failed), self.clock())
+        self.hearing.ended(job, isinstance(message, Failed))
 
     # -- drain and stop --------------------------------------------------------------
 

@@ -151,7 +151,6 @@ class WindowedLimiter:
         # An exclusive limiter is the only one admitting (the strict singleton): no shares.
         self.exclusive = exclusive
         self.limits = limits
-        self.sync_interval_s = sync_interval_s
         self._wall = wall_clock
         self._windows: dict[int, dict[str, GCounter]] = {}
         self._clock = clock

@@ -141,7 +141,6 @@ class Recovery:
 
     @staticmethod
     def stage(job: Job) -> str | None:
-        """What a waiting ``job`` waits for, in words (None: it is not waiting)."""
-        if job.recovery.retry_at is not None:
-            return "waiting for a retry"
+        """What a waiting ``job`` waits for at its deadline, in words (None: it is not waiting). Never
+        a retry: RetryEngine waits only for a retry that goes before the deadline."""
         return "waiting for a credential" if job.recovery.parked is not None else None

@@ -429,3 +429,12 @@ def test_the_refusal_while_open_names_the_circuit_and_counts_down_to_the_probe()
     err = b.snapshot().circuit_open_error((WALL0 + 2) * 1000)
     assert err.message == "circuit open for openai https://api.openai.com/v1" and err.retry_after_s == 3.0
     assert b.snapshot().circuit_open_error((WALL0 + 9) * 1000).retry_after_s == 0.0   # the probe is due
+
+
+def test_the_window_keeps_one_bucket_per_second_however_many_calls():
+    b, tick, _ = make(consecutive_failures=1000, min_calls=1000)
+    ok(b, 50)
+    fail(b, 50)
+    tick(1)
+    ok(b)
+    assert len(b._buckets) == 2 and b.snapshot().window_calls == 101

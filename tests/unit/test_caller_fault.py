@@ -362,3 +362,14 @@ def test_stopping_starts_no_probe_and_ends_every_request():
     rig.report("bad", error=LLAMA_500, usage=UNKNOWN)
     rig.feed(ev.Stop())
     assert isinstance(rig.terminal("bad").error, E.ShuttingDown) and rig.probes() == [] and not rig.core.jobs
+
+
+def test_the_known_good_call_is_critical_tiny_and_spends_no_retry():
+    probe = probe_request("gpt-4o", "probe_x/1", deadline_unix=123.0)
+    assert (probe.model, probe.request_id, probe.priority, probe.deadline_unix, probe.retry_budget) == (
+        "gpt-4o", "probe_x/1", "critical", 123.0, 0)
+    assert probe.params == {"max_tokens": 1} and probe.messages == [{"role": "user", "content": "ping"}]
+
+
+def test_only_an_http_5xx_can_be_a_suspect():
+    assert not is_suspect(E.ServerError("odd", status=600)) and is_suspect(E.ServerError("x", status=599))

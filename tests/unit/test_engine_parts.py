@@ -65,7 +65,7 @@ class Host:
     def give_up(self, job: Job, error: E.InferenceError, now: float) -> None:
         self.given_up.append((job.request_id, error))
 
-    def probe(self, now: float) -> None:
+    def probe(self) -> None:
         self.probes += 1
 
     def of(self, kind: type) -> list[Any]:

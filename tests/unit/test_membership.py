@@ -208,3 +208,25 @@ def test_a_claim_nobody_repeats_is_forgotten_after_twice_the_timeout_and_the_con
     members.heartbeat("n1", "old", "x")
     members.sweep()
     assert members.heartbeat("n1", "new", "y").verdict is Verdict.HELD       # forgotten: a new claim
+
+
+def test_what_a_claimant_is_told_and_exactly_when_a_silent_holder_is_replaced():
+    clock = Clock()
+    members = MemberTable(failure_timeout_s=5.0, confirm_s=2.0, clock=clock)
+    members.heartbeat("n1", "old", "x")
+    clock.t += 1.0
+    held = members.heartbeat("n1", "new", "y")
+    assert held.reason == ("node id n1 is already held by a live node (incarnation old, heard from 1.0s ago); "
+                           "waiting to see whether it is still alive")
+    members.heartbeat("n1", "old", "x")             # at the same moment as the claim: not proof the holder lives on
+    clock.t += 2.0
+    replaced = members.heartbeat("n1", "new", "y")   # holder silent for exactly confirm_s, claim as old
+    assert replaced.verdict is Verdict.REPLACED and replaced.reason == "node id n1 restarted (incarnation old -> new)"
+    refused_table = MemberTable(failure_timeout_s=5.0, confirm_s=2.0, clock=clock)
+    refused_table.heartbeat("n2", "a", "x")
+    refused_table.heartbeat("n2", "b", "y")
+    clock.t += 0.5
+    refused_table.heartbeat("n2", "a", "x")
+    refused = refused_table.heartbeat("n2", "b", "y")
+    assert refused.reason.endswith("; give this node another name (--name) or advertised address")
+    assert refused.reason.startswith("node id n2 is already held by a live node (incarnation a, heard from 0.0s")

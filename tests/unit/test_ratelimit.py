@@ -189,7 +189,8 @@ def test_between_syncs_each_slot_takes_at_most_its_share_of_what_is_left():
     assert not isinstance(nodes[1].try_acquire(1), Reservation)  # within the staleness bound: still held
     assert granted == [32, 32, 32]  # (100 - 3) / 3 each: together within the budget
     denied = nodes[0].try_acquire(1)
-    assert denied.retry_after_s == 0.05 and "share" in denied.message
+    assert denied.retry_after_s == 0.05 and denied.limit == "rpm"
+    assert denied.message == "rpm: this node's share of the rest of the window is taken until the next sync"
     sync = [lim.take_delta() for lim in nodes]
     for lim in nodes:
         for d in sync:
@@ -373,3 +374,48 @@ def test_the_strict_ledger_counts_in_its_own_slot_and_grants_what_was_asked():
     assert ledger.expire() == 0            # the default TTL outlives a whole call (timeouts.total_s: 600 s)
     mono.advance(1)
     assert ledger.expire() == 1
+
+
+def test_with_burst_a_window_never_allows_more_than_its_budget():
+    lim, clock = limiter(rpm=10, burst=0.5)
+    clock.advance(45)                      # 0.5 + 0.75 of the window would be more than all of it
+    assert sum(isinstance(lim.try_acquire(1), Reservation) for _ in range(20)) == 10
+
+
+def test_only_the_current_and_the_next_window_take_counts_and_two_old_windows_are_gone():
+    lim, clock = limiter(rpm=10)
+    window = int(T0 // 60)
+    lim.merge({window + 2: {"requests": {"far-ahead": 5}}})
+    lim.merge({window + 1: {"requests": {"a-bit-ahead": 5}}})
+    assert set(lim.state()) == {window + 1}
+    lim.try_acquire(1)
+    clock.advance(120)                     # two windows on: the window it spent in is gone
+    lim.try_acquire(1)
+    assert window not in lim.state()
+
+
+def test_a_slot_counts_as_a_participant_for_this_and_the_previous_window_only():
+    lim, clock = limiter("n1", rpm=100)
+    window = int(T0 // 60)
+    lim.merge({window - 1: {"requests": {"yesterday": 1}}})
+    assert lim.participants() == 2
+    clock.advance(60)
+    assert lim.participants() == 1          # two windows ago: not sharing this one
+    lim.merge({window + 2: {"requests": {"tomorrow": 1}}})
+    assert lim.participants() == 1
+
+
+def test_refusals_name_the_limit_that_refused():
+    lim, _ = limiter(rpm=1, tpm=100)
+    assert lim.refusal(tokens=101).limit == "tpm" and lim.refusal(tokens=1, requests=2).limit == "rpm"
+    lim.try_acquire(1)
+    assert lim.refusal(tokens=1).limit == "rpm"
+
+
+def test_what_a_slot_remembers_of_its_recent_admissions_stays_bounded():
+    wall, mono = FakeClock(T0 + 1), FakeClock(0)
+    lim = WindowedLimiter("a", RateLimits(rpm=10 ** 6), wall_clock=wall, clock=mono, sync_interval_s=0.05)
+    for _ in range(2000):
+        lim.try_acquire(1)
+        mono.advance(0.05)                  # 100 s of steady admissions
+    assert len(lim._recent) < 300          # the last few seconds' worth, not all of them

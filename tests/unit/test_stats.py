@@ -445,3 +445,11 @@ def test_the_terminal_view_draws_spend_budgets_and_the_ledger():
     assert "team search" in team and "$0.25/$1 (25%)" in team
     assert "$2.5/$2 (125%)" in next(line for line in text.splitlines() if "deployment=d1/1h (strict)" in line)
     assert "ledger of n1@10.0.0.1:1900: degraded · 7 written, 3 dropped, 1 queued" in text
+
+
+def test_probes_are_counted_apart_each_by_its_outcome():
+    stats = DeploymentStats()
+    stats.probe(True)
+    stats.probe(True)
+    stats.probe(False)
+    assert stats.snapshot(WALL0)["probes"] == {"ok": 2, "failed": 1}

@@ -93,3 +93,22 @@ def test_the_ends_of_a_stream_say_what_happened_and_for_whom():
     late = StreamAccumulator()
     assert streaming.end_of_stream(Decoder([Delta(text="x")]), late, 0, 0, "p").kind == "stream_error"
     assert streaming.end_of_stream(Decoder([Delta(text="x")]), StreamAccumulator(), 1, 0, "p").kind == "stream_error"
+
+
+def test_a_runners_bug_is_named_by_what_it_was_doing_and_its_exception():
+    err = streaming.runner_failed(KeyError("choices"), "openai", "decoding the stream")
+    assert (err.message, err.provider, err.retryable) == ("decoding the stream failed: KeyError: 'choices'", "openai",
+                                                          False)
+    assert streaming.runner_failed(ValueError("x" * 500), "p", "d").message == "d failed: ValueError: " + "x" * 200
+    hidden = streaming.runner_failed(ValueError("sk-secret"), "p", "building the request", detail=False)
+    assert hidden.message == "building the request failed: ValueError"
+
+
+def test_the_end_of_a_whole_body_says_what_happened():
+    empty = streaming.end_of_body(lambda body: [], b"  ", StreamAccumulator(), "openai")
+    assert (empty.message, empty.provider) == ("the provider answered with an empty body", "openai")
+
+    def broken(body):
+        raise KeyError("usage")
+    err = streaming.end_of_body(broken, b"{}", StreamAccumulator(), "openai")
+    assert (err.message, err.provider) == ("parsing the response failed: KeyError: 'usage'", "openai")

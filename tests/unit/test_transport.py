@@ -56,3 +56,14 @@ def test_the_transport_error_says_where_and_why_and_for_whom():
     assert bare.error.message == "connection broke reading the response body" and bare.error.provider == ""
     assert classify_transport(Phase.AWAIT_HEADERS, timed_out=True).error.message == (
         "timed out waiting for the response headers")
+
+
+def test_a_whole_attempt_out_of_time_says_whose_time_it_was():
+    caller = deadline_verdict(Phase.BODY, caller_deadline=True, total_s=30, provider="openai")
+    assert (type(caller.error), caller.error.message, caller.error.provider) == (
+        E.DeadlineExceeded, "the request's deadline passed reading the response body", "openai")
+    ours = deadline_verdict(Phase.AWAIT_HEADERS, caller_deadline=False, total_s=30, provider="openai")
+    assert (type(ours.error), ours.error.message, ours.error.provider, ours.error.retryable) == (
+        E.Timeout, "total timeout 30s exceeded waiting for the response headers", "openai", True)
+    late = deadline_verdict(Phase.BODY, caller_deadline=False, total_s=2.5, delivered=True)
+    assert late.error.retryable is False and late.error.provider == "" and "2.5s" in late.error.message
