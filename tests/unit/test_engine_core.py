@@ -757,3 +757,17 @@ def test_timers_of_ended_requests_do_not_pile_up():
         rig.submit(f"r{i}", deadline_in=600)
         rig.report(f"r{i}")
     assert len(rig.core.timers) < 200 and len(rig.terminals()) == 2000
+
+
+def test_a_first_token_counts_only_for_the_attempt_on_the_worker():
+    rig = Rig()
+    rig.submit("r1", stream=True)
+    rig.feed(ev.TokenStarted("r1", 2, rig.wall()))           # not its attempt: ignored
+    rig.feed(ev.TokenStarted("nobody", 1, rig.wall()))
+    assert rig.core.jobs["r1"].chunks == 0 and rig.core.jobs["r1"].first_token_unix is None
+    rig.advance(0.5)
+    rig.first_token("r1")
+    job = rig.core.jobs["r1"]
+    assert job.chunks == 1 and job.first_token_unix == rig.wall()
+    rig.report("r1", chunks=4)
+    assert rig.terminal("r1").ttft_s == pytest.approx(0.5)

@@ -230,3 +230,15 @@ def test_what_a_claimant_is_told_and_exactly_when_a_silent_holder_is_replaced():
     refused = refused_table.heartbeat("n2", "b", "y")
     assert refused.reason.endswith("; give this node another name (--name) or advertised address")
     assert refused.reason.startswith("node id n2 is already held by a live node (incarnation a, heard from 0.0s")
+
+
+def test_a_loss_is_counted_from_when_it_first_happened():
+    clock = Clock()
+    member = standing(clock)
+    member.heard("n0")
+    clock.t += 6.0
+    member.lost("silent")
+    clock.t += 4.0
+    member.lost("still silent")               # already outside: since the first loss
+    clock.t += 1.0
+    assert member.heard("n0") == 5.0

@@ -412,3 +412,14 @@ def test_health_check_times_are_positive_finite_numbers(value, ok):
     else:
         with pytest.raises(ValueError, match="must be > 0"):
             R.HealthCheck(timeout_s=value)
+
+
+def test_a_decayed_mean_weighs_each_sample_by_its_age():
+    mean = Decayed(half_life_s=10.0)
+    mean.add(10.0, 0.0)
+    mean.add(20.0, 0.0)
+    assert mean.value == 15.0                    # same moment: equal weights
+    mean.add(40.0, 10.0)                         # one half-life later: the first two weigh half
+    assert mean.value == pytest.approx((0.5 * 30.0 + 40.0) / (0.5 * 2 + 1))
+    mean.add(0.0, 5.0)                           # a sample from the past counts as now
+    assert mean.at == 5.0

@@ -453,3 +453,24 @@ def test_probes_are_counted_apart_each_by_its_outcome():
     stats.probe(True)
     stats.probe(False)
     assert stats.snapshot(WALL0)["probes"] == {"ok": 2, "failed": 1}
+
+
+def test_a_log_line_of_a_request_carries_its_record_fields_and_no_others():
+    from actors.core.log_format import LOG_FIELDS, request_fields
+
+    fields = request_fields(record(request_id="r9", status=502, outcome="failed"))
+    assert set(fields) <= set(LOG_FIELDS) and fields["request_id"] == "r9" and fields["status"] == 502
+    assert "charged_tokens" not in fields and "fallback_from" not in fields
+
+
+def test_engine_status_counts_what_it_holds():
+    rig = Rig(workers=1, queue_capacity=4)
+    rig.submit("r1")
+    rig.submit("r2", priority="high")
+    status = rig.core.status()
+    assert {k: status[k] for k in ("queued", "in_flight", "busy_workers", "workers", "accepted", "completed",
+                                   "failed", "circuit", "draining", "model", "provider", "endpoint")} == {
+        "queued": 1, "in_flight": 1, "busy_workers": 1, "workers": 1, "accepted": 2, "completed": 0, "failed": 0,
+        "circuit": "closed", "draining": False, "model": "d1", "provider": "openai",
+        "endpoint": rig.dep.endpoint_label}
+    assert status["depth_by_priority"]["high"] == 1 and status["budget_spent"] == []

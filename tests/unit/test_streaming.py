@@ -1,5 +1,7 @@
 """The worker's stream policy: coalescing, end of stream, end of body."""
 
+import pytest
+
 from actors import errors as E
 from actors.core import streaming
 from actors.providers.base import Delta, StreamAccumulator
@@ -112,3 +114,10 @@ def test_the_end_of_a_whole_body_says_what_happened():
         raise KeyError("usage")
     err = streaming.end_of_body(broken, b"{}", StreamAccumulator(), "openai")
     assert (err.message, err.provider) == ("parsing the response failed: KeyError: 'usage'", "openai")
+
+
+def test_a_chunk_is_due_exactly_one_window_after_the_last_and_light_lag_changes_nothing():
+    assert streaming.flush_due(True, 3, last_flush=1.0, coalesce_s=0.25, now=1.25)
+    assert not streaming.flush_due(True, 3, last_flush=1.0, coalesce_s=0.25, now=1.24)
+    assert streaming.adaptive_window(0.001, 0.0019) == 0.001
+    assert streaming.adaptive_window(0.001, 0.002) == pytest.approx(0.008)
