@@ -9,7 +9,7 @@ the upstream itself is unhealthy trip a circuit).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -86,7 +86,8 @@ class InferenceError(Exception):
         # so that accounting and billing never lose it.
         self.partial_usage = partial_usage
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[type[InferenceError], dict[str, Any]], InferenceError],
+                                  tuple[type[InferenceError], dict[str, Any]]]:
         return (_restore, (type(self), dict(self.__dict__)))
 
     def fields(self) -> dict[str, Any]:
@@ -315,7 +316,8 @@ class ConfigError(Exception):
         # Accepted for callers that pass InferenceError's keywords; kept so they pickle too.
         self.__dict__.update(kw)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[type[ConfigError], dict[str, Any]], ConfigError],
+                                  tuple[type[ConfigError], dict[str, Any]]]:
         return (_restore_config, (type(self), dict(self.__dict__)))
 
     def fields(self) -> dict[str, Any]:
@@ -333,7 +335,7 @@ class ConfigError(Exception):
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-def _restore_config(cls: type, fields: dict[str, Any]) -> "ConfigError":
+def _restore_config(cls: type["ConfigError"], fields: dict[str, Any]) -> "ConfigError":
     err = cls.__new__(cls)
     Exception.__init__(err, fields.get("message", ""))
     err.__dict__.update(fields)
@@ -376,8 +378,8 @@ class UpstreamRejected(BadRequest):
 __all__ += ["EmptyResponse", "ResponseTooLarge", "UpstreamRejected"]
 
 
-def _all_subclasses(cls: type) -> list[type]:
-    out = []
+def _all_subclasses(cls: type[InferenceError]) -> list[type[InferenceError]]:
+    out: list[type[InferenceError]] = []
     for sub in cls.__subclasses__():
         out.append(sub)
         out.extend(_all_subclasses(sub))

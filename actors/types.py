@@ -35,7 +35,9 @@ class Usage:
     def from_fields(cls, fields: dict[str, int]) -> "Usage":
         if not fields:
             return cls(reported=False)
-        return cls(**{k: int(fields.get(k) or 0) for k in USAGE_FIELDS})
+        counts = {name: int(fields.get(name) or 0) for name in USAGE_FIELDS}
+        return cls(input_tokens=counts["input_tokens"], output_tokens=counts["output_tokens"],
+                   cached_input_tokens=counts["cached_input_tokens"], reasoning_tokens=counts["reasoning_tokens"])
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in USAGE_FIELDS}

@@ -1,36 +1,44 @@
-"""Admission for the request at the head of an engine's queue: the breaker gate, then the budget.
+"""Admission for the request at the head of an engine's queue: the breaker gate, then the budget gate.
 
-Typed verdicts, so a caller cannot mistake a generation for an error: the breaker says
+Typed verdicts, so a caller cannot mistake a generation for an error: the breaker gate says
 :class:`Admit` (with the generation its outcome is reported under, and whether it is a
-half-open probe), :class:`Refuse` or :class:`NeedProbe`; the budget says
+half-open probe), :class:`Refuse` or :class:`NeedProbe`; the budget gate says
 :class:`Reserved`, :class:`Wait` (until when) or :class:`Denied` (the typed error).
 Budget comes from the local limiter replica (approximate mode) or one round trip to the
 strict limiter on the leader. While the leader is out of reach (strict) or this node is
 outside the cluster (approximate), ``limits.leader_unavailable`` decides: refuse, or admit
 within this node's share; a node that has never been in the cluster has no share to take.
+
+The gates do not know the engine: they put effects and wakeups through an
+:class:`AdmissionHost` (two methods), and read a request through its :class:`~actors.core.jobs.Job`.
+:class:`Admission` asks them in their order.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from actors.core.breaker import BreakerView
-from actors.core.engine_events import AskProbe, AskStrict, ReportOutcomes
-from actors.core.ratelimit import RateLimits, Reservation, WindowedLimiter
-from actors.core.settlement import AttemptId
-from actors.errors import Cancelled, InferenceError, LeaderUnavailable
+from actors.core.engine_events import AskProbe, AskStrict, PeerCounts, PublishCounts, ReportOutcomes, SettleStrict
+from actors.core.ratelimit import RateLimits, Reservation, SyncSchedule, WindowedLimiter
+from actors.core.settlement import AttemptId, Settle, Settlement, apply_settlement
+from actors.errors import Cancelled, CircuitOpen, InferenceError, LeaderUnavailable
 
 if TYPE_CHECKING:
-    from actors.core.engine_core import EngineCore, Job
+    from actors.core.budget import SpendGate
+    from actors.core.jobs import Job
 
-__all__ = ["Admission", "Admit", "Refuse", "NeedProbe", "Reserved", "Wait", "Denied",
-           "PROBE_RETRY_S", "STRICT_ASK_TIMEOUT_S", "BUDGET_POLL_S"]
+__all__ = ["Admission", "AdmissionHost", "BreakerGate", "BudgetGate", "Leader", "Held", "StrictAsk", "Admit", "Refuse",
+           "NeedProbe", "Reserved", "Wait", "Denied", "PROBE_RETRY_S", "STRICT_ASK_TIMEOUT_S", "BUDGET_POLL_S",
+           "TICK_S"]
 
 PROBE_RETRY_S = 0.25        # how soon an unanswered or refused probe ask is repeated
 STRICT_ASK_TIMEOUT_S = 2.0  # how soon an unanswered strict ask is repeated (same id: granted once)
 BUDGET_POLL_S = 0.05        # how soon a wait with no known end is looked at again
+TICK_S = 0.05               # how soon a success outcome reaches the breaker
 
 
 @dataclass(frozen=True)
@@ -64,31 +72,60 @@ class Denied:
     error: InferenceError
 
 
-class Admission:
-    def __init__(self, core: "EngineCore", failure_timeout_s: float) -> None:
-        self.core = core
-        self.failure_timeout_s = failure_timeout_s
-        dep = core.dep
-        self.strict = dep.limits.mode == "strict" and core.limiter is not None
-        self.leader_available = False
-        self.leader_lost = False
-        self.leader_down_since: float | None = core.clock()  # unknown until the registry says
-        self.in_cluster = True   # until the registry says otherwise (a leader's node always is)
-        self.shares = 0          # what a budget splits into while outside: unknown until the registry says
-        self.fallback: WindowedLimiter | None = None
+class AdmissionHost(Protocol):
+    """What a gate needs of the engine it admits for."""
+
+    def emit(self, effect: object) -> None:
+        """Carry out ``effect`` (an engine_events effect) after this step."""
+
+    def pump_soon(self, when: float) -> None:
+        """Look at the queue again at ``when`` (the core's monotonic clock) at the latest."""
+
+
+@dataclass(eq=False)
+class Held:
+    """Rate-limit budget held for one attempt until it is settled: a reservation in a replica
+    (the deployment's, or this node's share), and the strict grant it mirrors, if any."""
+
+    reservation: Reservation | None = None
+    limiter: WindowedLimiter | None = None
+    strict_id: AttemptId | None = None
+
+
+@dataclass(eq=False)
+class StrictAsk:
+    """A request's ask to the strict limiter for its next attempt."""
+
+    asked: float | None = None        # when the current ask went (repeated after STRICT_ASK_TIMEOUT_S)
+    first_ask: float | None = None    # when the first unanswered one went (the leader is presumed lost after)
+    denied: InferenceError | None = None
+
+
+# -- the breaker gate -----------------------------------------------------------------------
+
+class BreakerGate:
+    """The breaker as one engine sees it: the pushed view (a closed circuit admits with no
+    message), half-open probes asked of the breaker actor, and what the engine reports back
+    (failures and probes at once, successes batched for ``TICK_S``)."""
+
+    def __init__(self, host: AdmissionHost, view: BreakerView, *, slot: str, wall: Callable[[], float]) -> None:
+        self.host = host
+        self.view = view
+        self.slot = slot
+        self.wall = wall
         self.probe_grant: int | None = None
         self.probe_token = ""
         self.probe_asked_at = 0.0
         self.probe_refused_at: float | None = None
         self._tokens = itertools.count(1)
+        self.outcomes: list[tuple[int, InferenceError | None]] = []
+        self.flush_at: float | None = None
 
-    # -- breaker ---------------------------------------------------------------------
-
-    def breaker(self, now: float) -> Admit | Refuse | NeedProbe:
-        verdict, detail = self.core.view.admit(self.core.wall() * 1000)
-        if verdict == BreakerView.REFUSE:
+    def admit(self, now: float) -> Admit | Refuse | NeedProbe:
+        _, detail = self.view.admit(self.wall() * 1000)
+        if isinstance(detail, CircuitOpen):
             return Refuse(detail)
-        if verdict == BreakerView.NEED_PROBE:
+        if detail is None:
             return NeedProbe()
         return Admit(detail)
 
@@ -97,14 +134,13 @@ class Admission:
         if self.probe_grant is not None:
             grant, self.probe_grant = self.probe_grant, None
             return Admit(grant, probe=True)
-        view = self.core.view
-        holding_off = view.probe_requested or self.probe_refused_at is not None
+        holding_off = self.view.probe_requested or self.probe_refused_at is not None
         if not holding_off or now - max(self.probe_asked_at, self.probe_refused_at or 0.0) >= PROBE_RETRY_S:
-            view.probe_requested = True
+            self.view.probe_requested = True
             self.probe_asked_at, self.probe_refused_at = now, None
-            self.probe_token = f"{self.core.slot}:{next(self._tokens)}"
-            self.core.emit(AskProbe(self.probe_token))
-        self.core.pump_soon(max(self.probe_asked_at, self.probe_refused_at or 0.0) + PROBE_RETRY_S)
+            self.probe_token = f"{self.slot}:{next(self._tokens)}"
+            self.host.emit(AskProbe(self.probe_token))
+        self.host.pump_soon(max(self.probe_asked_at, self.probe_refused_at or 0.0) + PROBE_RETRY_S)
         return None
 
     def put_back(self, gate: Admit) -> None:
@@ -118,78 +154,152 @@ class Admission:
 
     def release_probe(self, generation: int) -> None:
         # An unused probe slot: a non-counted outcome frees it at the breaker.
-        self.core.emit(ReportOutcomes([(generation, Cancelled("probe not used"))]))
+        self.host.emit(ReportOutcomes([(generation, Cancelled("probe not used"))]))
 
     def probe_admitted(self, token: str, generation: int) -> None:
         if token != self.probe_token or self.probe_grant is not None:
             return self.release_probe(generation)  # a stale answer: the current ask is still out
-        self.core.view.probe_requested = False
+        self.view.probe_requested = False
         self.probe_grant = generation
 
     def probe_refused(self, token: str, now: float) -> None:
         if token == self.probe_token:
-            self.core.view.probe_requested = False
+            self.view.probe_requested = False
             self.probe_refused_at = now  # the next ask waits PROBE_RETRY_S
-            self.core.pump_soon(now + PROBE_RETRY_S)
+            self.host.pump_soon(now + PROBE_RETRY_S)
 
-    # -- budget ----------------------------------------------------------------------
+    # -- what the breaker hears -----------------------------------------------------------
 
-    def budget(self, job: "Job", now: float) -> Reserved | Wait | Denied:
-        core = self.core
-        if core.limiter is None or job.reservation is not None:
-            return Reserved(job.reservation)
+    def report(self, generation: int, error: InferenceError | None) -> None:
+        """An outcome the breaker must hear now (a failure, a probe's result), with any batched before it."""
+        self.outcomes.append((generation, error))
+        self.flush()
+
+    def succeeded(self, generation: int, now: float) -> None:
+        """A success of a call that was no probe: batched, heard within ``TICK_S``."""
+        self.outcomes.append((generation, None))
+        if self.flush_at is None:
+            self.flush_at = now + TICK_S
+
+    def flush(self) -> None:
+        self.flush_at = None
+        if self.outcomes:
+            self.host.emit(ReportOutcomes(self.outcomes))
+            self.outcomes = []
+
+    def lost(self, generation: int, probe: bool, error: InferenceError | None) -> None:
+        """An attempt abandoned or lost with its worker: it says nothing about the provider, but a
+        probe's half-open slot is freed (a probe abandoned after it succeeded reports its success)."""
+        if probe:
+            self.report(generation, error if error is None else Cancelled("probe abandoned"))
+
+
+# -- where the cluster is -------------------------------------------------------------------
+
+class Leader:
+    """Where the cluster is, as the registry last said (``StrictLeader``): whether the strict
+    limiter's leader answers, whether this node is in the cluster, and in how many shares a
+    budget splits while it is not (0: never in the cluster since it started)."""
+
+    def __init__(self, now: float, failure_timeout_s: float) -> None:
+        self.failure_timeout_s = failure_timeout_s
+        self.available = False
+        self.lost = False
+        self.down_since: float | None = now  # unknown until the registry says
+        self.in_cluster = True   # until the registry says otherwise (a leader's node always is)
+        self.shares = 0
+
+    def update(self, available: bool, shares: int, now: float, in_cluster: bool = True) -> None:
+        known = available or shares > 0  # no shares: this node has not been in the cluster yet (still starting)
+        self.available, self.shares, self.in_cluster = available, shares, in_cluster
+        self.lost = not available and known
+        if available or known:
+            self.down_since = None if available else now
+
+    def starting(self, now: float) -> bool:
+        """Not told where the leader is yet, and not for long: the registry will say."""
+        return not self.lost and self.down_since is not None and now - self.down_since < self.failure_timeout_s
+
+    def no_share(self, provider: str) -> Denied:
+        return Denied(LeaderUnavailable("this node has not been in the cluster since it started, so it does not "
+                                        "know its share of the budget", provider=provider,
+                                        retry_after_s=self.failure_timeout_s))
+
+    def spend_outside(self, now: float, provider: str) -> Wait | Denied | None:
+        """Approximate spend budgets of a node never in the cluster: its replica knows no one
+        else's spend, so wait while starting, then refuse. (After a loss the replica still holds
+        the cluster's spend for the period, and admission goes on against it.)"""
+        if self.in_cluster or self.shares > 0:
+            return None
+        return Wait(now + BUDGET_POLL_S) if self.starting(now) else self.no_share(provider)
+
+
+# -- the budget gate ------------------------------------------------------------------------
+
+class BudgetGate:
+    """The deployment's rate limits as one engine admits against them: its replica (synced with
+    the node's hub as GCounter deltas), strict asks to the leader, and this node's share while
+    away from the cluster."""
+
+    def __init__(self, host: AdmissionHost, limits: RateLimits, replica: WindowedLimiter | None, leader: Leader, *,
+                 provider: str, slot: str, key: str, clock: Callable[[], float], wall: Callable[[], float],
+                 sync_interval_s: float) -> None:
+        self.host = host
+        self.limits = limits
+        self.replica = replica
+        self.leader = leader
+        self.provider, self.slot, self.key = provider, slot, key
+        self.clock, self.wall = clock, wall
+        self.strict = limits.mode == "strict" and replica is not None
+        self.fallback: WindowedLimiter | None = None
+        self.sync = SyncSchedule(sync_interval_s, clock())
+
+    def admit(self, job: Job, now: float) -> Reserved | Wait | Denied:
+        if self.replica is None or job.held.reservation is not None:
+            return Reserved(job.held.reservation)
         if self.strict:
             return self._strict(job, now)
-        if not self.in_cluster:
-            return self._outside(job, core.limiter, now)
-        return self._local(job, core.limiter, now)
+        if not self.leader.in_cluster:
+            return self._outside(job, self.replica, now)
+        return self._local(job, self.replica, now)
 
-    def _local(self, job: "Job", limiter: WindowedLimiter, now: float) -> Reserved | Wait | Denied:
+    def _local(self, job: Job, limiter: WindowedLimiter, now: float) -> Reserved | Wait | Denied:
         verdict = limiter.try_acquire(job.estimate)
-        self.core.dirty = True
+        self.sync.touch()
         if isinstance(verdict, Reservation):
-            job.held_by = limiter
+            job.held.limiter = limiter
         return self._verdict(job, verdict, now)
 
-    def _verdict(self, job: "Job", verdict: Reservation | InferenceError, now: float) -> Reserved | Wait | Denied:
+    def _verdict(self, job: Job, verdict: Reservation | InferenceError, now: float) -> Reserved | Wait | Denied:
         if isinstance(verdict, Reservation):
-            job.reservation = verdict
+            job.held.reservation = verdict
             return Reserved(verdict)
         wait = verdict.retry_after_s if verdict.retry_after_s is not None and verdict.retry_after_s > 0 else BUDGET_POLL_S
-        verdict.provider = self.core.dep.provider
+        verdict.provider = self.provider
         if not verdict.retryable or (job.deadline is not None and now + wait >= job.deadline):
             return Denied(verdict)
         return Wait(now + min(max(wait, 0.005), 1.0))
 
-    def leader(self, available: bool, shares: int, now: float, in_cluster: bool = True) -> None:
-        known = available or shares > 0  # no shares: this node has not been in the cluster yet (still starting)
-        self.leader_available, self.shares, self.in_cluster = available, shares, in_cluster
-        self.leader_lost = not available and known
-        if available or known:
-            self.leader_down_since = None if available else now
-        if (available if self.strict else in_cluster):
+    def leader_changed(self, available: bool, shares: int, now: float, in_cluster: bool = True) -> None:
+        self.leader.update(available, shares, now, in_cluster)
+        if available if self.strict else in_cluster:
             self.fallback = None
 
-    def _starting(self, now: float) -> bool:
-        """Not told where the leader is yet, and not for long: the registry will say."""
-        return (not self.leader_lost and self.leader_down_since is not None
-                and now - self.leader_down_since < self.failure_timeout_s)
-
-    def _outside(self, job: "Job", replica: WindowedLimiter, now: float) -> Reserved | Wait | Denied:
+    def _outside(self, job: Job, replica: WindowedLimiter, now: float) -> Reserved | Wait | Denied:
         """An approximate budget while this node is outside the cluster: its replica sees only
         part of the cluster, so it is never spent as if it were the whole budget."""
-        if self._starting(now):
+        if self.leader.starting(now):
             return Wait(now + BUDGET_POLL_S)
-        if self.core.dep.limits.leader_unavailable == "local_share":
+        if self.limits.leader_unavailable == "local_share":
             return self._shared(job, now, replica)
         return Denied(LeaderUnavailable("this node is not in the cluster (its leader is unreachable) and the budget "
-                                        "is limits.leader_unavailable: fail", provider=self.core.dep.provider,
-                                        retry_after_s=self.failure_timeout_s))
+                                        "is limits.leader_unavailable: fail", provider=self.provider,
+                                        retry_after_s=self.leader.failure_timeout_s))
 
-    def _shared(self, job: "Job", now: float, replica: WindowedLimiter | None = None) -> Reserved | Wait | Denied:
+    def _shared(self, job: Job, now: float, replica: WindowedLimiter | None = None) -> Reserved | Wait | Denied:
         """Admission within this node's share (``local_share``); approximate budgets also within their replica."""
-        if self.shares < 1:
-            return self._no_share()
+        if self.leader.shares < 1:
+            return self.leader.no_share(self.provider)
         fallback = self._fallback()
         if replica is None:  # strict: the share alone
             return self._local(job, fallback, now)
@@ -201,50 +311,157 @@ class Admission:
             fallback.release(share)
         return held
 
-    def _no_share(self) -> Denied:
-        return Denied(LeaderUnavailable("this node has not been in the cluster since it started, so it does not "
-                                        "know its share of the budget", provider=self.core.dep.provider,
-                                        retry_after_s=self.failure_timeout_s))
-
-    def spend_outside(self, now: float) -> Wait | Denied | None:
-        """Approximate spend budgets of a node never in the cluster: its replica knows no one
-        else's spend, so wait while starting, then refuse. (After a loss the replica still holds
-        the cluster's spend for the period, and admission goes on against it.)"""
-        if self.in_cluster or self.shares > 0:
-            return None
-        return Wait(now + BUDGET_POLL_S) if self._starting(now) else self._no_share()
-
-    def _strict(self, job: "Job", now: float) -> Reserved | Wait | Denied:
-        """Exact admission: one round trip to the strict limiter on the leader per attempt."""
-        if job.strict_denied is not None:
-            denied, job.strict_denied = job.strict_denied, None
-            return self._verdict(job, denied, now)
-        unanswered = (job.strict_first_ask is not None
-                      and now - job.strict_first_ask >= self.failure_timeout_s + STRICT_ASK_TIMEOUT_S)
-        if not self.leader_available or unanswered:
-            if self._starting(now) and not unanswered:
-                return Wait(now + BUDGET_POLL_S)  # still starting up: the registry will say where it is
-            job.strict_asked = job.strict_first_ask = None
-            if self.core.dep.limits.leader_unavailable == "local_share":
-                return self._shared(job, now)
-            return Denied(LeaderUnavailable("strict rate limiting needs the convention leader, which is "
-                                            "unreachable", provider=self.core.dep.provider,
-                                            retry_after_s=self.failure_timeout_s))
-        if job.strict_asked is None or now - job.strict_asked >= STRICT_ASK_TIMEOUT_S:
-            job.strict_asked = now
-            if job.strict_first_ask is None:
-                job.strict_first_ask = now
-            self.core.emit(AskStrict(str(AttemptId(job.request_id, job.attempts + 1)), job.estimate))
-        return Wait(job.strict_asked + STRICT_ASK_TIMEOUT_S)
-
     def _fallback(self) -> WindowedLimiter:
         """This engine's share of the budget while away from the cluster (``leader_unavailable: local_share``)."""
         if self.fallback is None:
-            core, share = self.core, self.shares
-            limits = core.dep.limits
+            share, limits = self.leader.shares, self.limits
             scaled = RateLimits(rpm=max(1, limits.rpm // share) if limits.rpm else None,
                                 tpm=max(1, limits.tpm // share) if limits.tpm else None,
                                 burst=limits.burst, window_s=limits.window_s)
-            self.fallback = WindowedLimiter(core.slot + "/fallback", scaled, wall_clock=core.wall,
-                                            exclusive=True, clock=core.clock)
+            self.fallback = WindowedLimiter(self.slot + "/fallback", scaled, wall_clock=self.wall,
+                                            exclusive=True, clock=self.clock)
         return self.fallback
+
+    # -- strict: one round trip to the leader per attempt --------------------------------
+
+    def _strict(self, job: Job, now: float) -> Reserved | Wait | Denied:
+        ask = job.strict
+        if ask.denied is not None:
+            denied, ask.denied = ask.denied, None
+            return self._verdict(job, denied, now)
+        unanswered = (ask.first_ask is not None
+                      and now - ask.first_ask >= self.leader.failure_timeout_s + STRICT_ASK_TIMEOUT_S)
+        if not self.leader.available or unanswered:
+            if self.leader.starting(now) and not unanswered:
+                return Wait(now + BUDGET_POLL_S)  # still starting up: the registry will say where it is
+            ask.asked = ask.first_ask = None
+            if self.limits.leader_unavailable == "local_share":
+                return self._shared(job, now)
+            return Denied(LeaderUnavailable("strict rate limiting needs the convention leader, which is "
+                                            "unreachable", provider=self.provider,
+                                            retry_after_s=self.leader.failure_timeout_s))
+        if ask.asked is None or now - ask.asked >= STRICT_ASK_TIMEOUT_S:
+            ask.asked = now
+            if ask.first_ask is None:
+                ask.first_ask = now
+            self.host.emit(AskStrict(str(AttemptId(job.request_id, job.attempts + 1)), job.estimate))
+        return Wait(ask.asked + STRICT_ASK_TIMEOUT_S)
+
+    @staticmethod
+    def asking(job: Job | None, reservation_id: str) -> bool:
+        """Whether ``job`` is waiting for an answer to this very ask (its next attempt's, still out)."""
+        parsed = AttemptId.parse(reservation_id)
+        return (job is not None and parsed is not None and job.attempt is None and job.strict.asked is not None
+                and parsed.attempt == job.attempts + 1)
+
+    def granted(self, job: Job | None, reservation_id: str, window: int, tokens: int) -> bool:
+        """The leader's grant of a strict ask: True when ``job`` took it. Nobody's any more (ended,
+        cancelled): given straight back."""
+        parsed = AttemptId.parse(reservation_id)
+        if job is not None and parsed is not None and parsed in (job.held.strict_id,
+                                                                 job.attempt and job.attempt.held.strict_id):
+            return False  # a repeated ask answered twice: the ledger holds one reservation, and so do we
+        if job is None or self.replica is None or not self.asking(job, reservation_id):
+            self.host.emit(SettleStrict(reservation_id, None, False))
+            return False
+        job.strict.asked = job.strict.first_ask = None
+        # Mirrored into this engine's replica, so the cluster's GCounter view includes it.
+        job.held = Held(self.replica.record(tokens, window=window), self.replica, parsed)
+        self.sync.touch()
+        return True
+
+    def refused(self, job: Job | None, reservation_id: str, error: InferenceError) -> bool:
+        """The leader's refusal of a strict ask: True when ``job`` was waiting for it (its next look fails it)."""
+        if job is None or not self.asking(job, reservation_id):
+            return False
+        job.strict.asked = job.strict.first_ask = None
+        job.strict.denied = error
+        return True
+
+    def settle(self, held: Held, decided: Settlement) -> None:
+        """What an attempt's budget comes to: the strict grant at the leader, the reservation here."""
+        if held.strict_id is not None:
+            self.host.emit(SettleStrict(str(held.strict_id), decided.tokens, decided.action is not Settle.RELEASE))
+        if held.reservation is not None and held.limiter is not None:
+            apply_settlement(held.limiter, held.reservation, decided)
+            self.sync.touch()
+        held.reservation = held.limiter = held.strict_id = None
+
+    # -- sync with the node's hub ---------------------------------------------------------
+
+    def sync_due(self) -> float | None:
+        return self.sync.due()   # (touched only where there is a replica)
+
+    def publish(self, now: float) -> None:
+        if self.replica is None:
+            return
+        self.sync.sent(now)
+        oldest = self.replica.unpublished_since
+        delta = self.replica.take_delta()
+        if delta:
+            self.host.emit(PublishCounts(delta, oldest or self.wall()))
+
+    def merge(self, e: PeerCounts) -> None:
+        if self.replica is not None and e.key == self.key and e.origin != self.slot:
+            self.replica.merge(e.delta, e.sent_unix)
+
+
+# -- the gates in their order ---------------------------------------------------------------
+
+class Admission:
+    """For the request at the head of an engine's queue: the breaker gate, then the spend
+    budgets (:class:`~actors.core.budget.SpendGate`, once per request), then the rate limits
+    (once per attempt); and what comes back to them when an attempt or a request is over."""
+
+    def __init__(self, breaker: BreakerGate, budget: BudgetGate, spend: SpendGate | None) -> None:
+        self.breaker = breaker
+        self.budget = budget
+        self.spend = spend
+
+    def admit(self, job: Job, now: float, idle: bool) -> Admit | Refuse | Denied | Wait | None:
+        """``Admit``: dispatch it under that generation. ``Refuse``, ``Denied``: it fails now.
+        ``Wait``: look again then. None: no idle worker (``idle``), or no probe granted yet."""
+        gate = self.breaker.admit(now)
+        if isinstance(gate, Refuse):
+            return gate  # fail fast, worker or not: the caller may fall back to another deployment
+        if not idle:
+            return None
+        admitted = self.breaker.take_probe(now) if isinstance(gate, NeedProbe) else gate
+        if admitted is None:
+            return None
+        budget: Reserved | Wait | Denied | None = None
+        if self.spend is not None:
+            budget = self.spend.admit(job.spend, job.request_id, now)
+        if budget is None:
+            budget = self.budget.admit(job, now)
+        if isinstance(budget, Reserved):
+            return admitted
+        self.breaker.put_back(admitted)
+        return budget
+
+    def end(self) -> None:
+        """The queue was looked at: a probe granted and not used is given back."""
+        self.breaker.end()
+
+    def settle(self, held: Held, decided: Settlement) -> None:
+        self.budget.settle(held, decided)
+
+    def ended(self, job: Job) -> None:
+        """At ``job``'s terminal: what it held for an attempt that never went is released, and its
+        spend budgets are settled to what it was charged."""
+        self.budget.settle(job.held, Settlement(Settle.RELEASE))
+        if self.spend is not None:
+            self.spend.settle(job.spend, job.request_id)
+
+    def sync_dues(self) -> list[float | None]:
+        """When the replicas' changes are due at the node's hub."""
+        return [self.budget.sync_due(), self.spend.book.sync_due() if self.spend is not None else None]
+
+    def publish(self, now: float) -> None:
+        if self.spend is not None:
+            self.spend.publish(now)
+        self.budget.publish(now)
+
+    def merge(self, e: PeerCounts) -> None:
+        if self.spend is None or not self.spend.merge(e):
+            self.budget.merge(e)

@@ -83,15 +83,14 @@ class BreakerSnapshot:
     transitions: tuple[tuple[int, str, str], ...] = ()
     opens: int = 0          # times the circuit opened since the breaker started (``trips`` resets)
 
-    def circuit_open_error(self, now_unix_ms: float | None = None) -> CircuitOpen:
+    def circuit_open_error(self, now_unix_ms: float) -> CircuitOpen:
         """The refusal every layer answers while the circuit is open (the engine, and the router from
         the engine's pushed load): retryable, after the time to the half-open probe."""
-        now_ms = time.time() * 1000 if now_unix_ms is None else now_unix_ms
         return CircuitOpen(
             f"circuit {self.state.value} for {self.provider} {self.endpoint}",
             provider=self.provider, endpoint=self.endpoint,
             opened_at_unix_ms=self.opened_at_unix_ms, retry_at_unix_ms=self.retry_at_unix_ms,
-            retry_after_s=max(0.0, (self.retry_at_unix_ms - now_ms) / 1000), retryable=True,
+            retry_after_s=max(0.0, (self.retry_at_unix_ms - now_unix_ms) / 1000), retryable=True,
         )
 
 

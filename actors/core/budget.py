@@ -21,23 +21,28 @@ its slots from its ledger: spend that was flushed is not forgotten.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from actors.core.admission import AdmissionHost, Denied, Leader, Wait
+from actors.core.engine_events import PeerCounts
 from actors.core.periods import Period
 from actors.core.pricing import Price, cost_usd
-from actors.core.ratelimit import RateLimits, Reservation, WindowedLimiter, estimate_tokens
+from actors.core.ratelimit import (CounterDelta, RateLimits, Reservation, SyncSchedule, WindowedLimiter,
+                                   estimate_tokens)
 from actors.core.settlement import Settle, Settlement
 from actors.errors import BudgetExceeded, InferenceError, LeaderUnavailable
 
-__all__ = ["Budget", "BudgetBook", "SpendHold", "NANO", "UNKNOWN_PRICE", "SPEND_PREFIX", "SCOPES",
+__all__ = ["Budget", "BudgetBook", "SpendGate", "SpendHold", "NANO", "UNKNOWN_PRICE", "SPEND_PREFIX", "SCOPES",
            "AskStrictSpend", "SettleStrictSpend", "PublishSpend", "to_nano", "budget_exceeded"]
 
 NANO = 1_000_000_000          # counters hold nano-USD: integers, as GCounters need
 SPEND_PREFIX = "spend:"       # the hub's key of a spend budget (beside the deployments' rate-limit keys)
-SCOPES = ("key", "team", "deployment", "provider")
+Scope = Literal["key", "team", "deployment", "provider"]
+SCOPES: tuple[Scope, ...] = ("key", "team", "deployment", "provider")
 # What a call is charged per million tokens when its model has no price: the dearest
 # common list price, so an unknown price can only make a budget run out early, never late.
 UNKNOWN_PRICE = Price(input=15.0, output=75.0)
@@ -50,7 +55,7 @@ def to_nano(usd: float) -> int:
 
 @dataclass(frozen=True)
 class Budget:
-    scope: Literal["key", "team", "deployment", "provider"]
+    scope: Scope
     name: str
     usd: float
     period: Period
@@ -66,8 +71,13 @@ class Budget:
         return SPEND_PREFIX + self.id
 
     @property
+    def nano(self) -> int:
+        """The budget in nano-USD (at least 1)."""
+        return max(1, to_nano(self.usd))
+
+    @property
     def limits(self) -> RateLimits:
-        return RateLimits(tpm=max(1, to_nano(self.usd)), window_s=self.period.nominal_s, period=self.period,
+        return RateLimits(tpm=self.nano, window_s=self.period.nominal_s, period=self.period,
                           mode=self.mode, key=self.counter_key)
 
     def applies(self, key: str, team: str, deployment: str, provider: str) -> bool:
@@ -93,7 +103,7 @@ def budget_exceeded(budget: Budget, spent_nano: int, now: float, cost_nano: int 
 @dataclass(frozen=True)
 class PublishSpend:
     key: str
-    delta: dict
+    delta: CounterDelta
     sent_unix: float
     limits: RateLimits
 
@@ -131,6 +141,20 @@ class SpendHold:
     spent_nano: int = 0        # charged so far, attempt by attempt
     sent: bool = False         # some attempt (may have) reached the provider
 
+    def charge(self, decided: Settlement, usage: Any, price: Price | None) -> None:
+        """One finished attempt's charge (:meth:`BudgetBook.attempt_charge`)."""
+        self.spent_nano += BudgetBook.attempt_charge(decided, usage, self.estimate_nano, price)
+        self.sent = self.sent or decided.action is not Settle.RELEASE
+
+    @property
+    def charged_usd(self) -> float:
+        return self.spent_nano / NANO
+
+    def charge_estimate(self) -> None:
+        """An attempt whose report may come after the terminal settles the budgets: its estimate, now."""
+        self.spent_nano += self.estimate_nano
+        self.sent = True
+
 
 class BudgetBook:
     """One engine's view of every budget that can apply to its requests."""
@@ -147,18 +171,15 @@ class BudgetBook:
                 or (b.scope == "deployment" and b.name == deployment) or (b.scope == "provider" and b.name == provider)]
         self.budgets: dict[str, Budget] = {b.counter_key: b for b in mine}
         self.limiters: dict[str, WindowedLimiter] = {}
-        extra = {} if rand is None else {"rand": rand}
         for key, b in self.budgets.items():
             limiter = WindowedLimiter(slot, b.limits, wall_clock=wall, sync_interval_s=sync_interval_s, clock=clock,
-                                      **extra)
+                                      rand=random.random if rand is None else rand)
             self.limiters[key] = limiter
             seeded = (seed or {}).get(key, 0)
             if seeded > 0:
                 # This slot's spend in the current period before the restart, from the ledger.
                 limiter.record(seeded, requests=1)
-        self.dirty = bool(seed)
-        self.last_sync = clock()
-        self.sync_interval_s = sync_interval_s
+        self.sync = SyncSchedule(sync_interval_s, clock(), dirty=bool(seed))
         self.typical_nano = 0
 
     @property
@@ -172,10 +193,10 @@ class BudgetBook:
     # -- admission -----------------------------------------------------------------------
 
     def admit(self, hold: SpendHold, now: float, leader_available: bool, leader_lost: bool,
-              request_id: str) -> tuple[str, Any]:
-        """("ok", None) | ("wait", until) | ("denied", error) | ("ask", [AskStrictSpend...])."""
+              request_id: str) -> Wait | Denied | list[AskStrictSpend] | None:
+        """None: admitted; or wait, refused, or ask the leader's strict limiter for these."""
         if hold.admitted:
-            return "ok", None
+            return None
         wall = self.wall()
         cost = hold.estimate_nano
         self.typical_nano = cost
@@ -185,48 +206,51 @@ class BudgetBook:
                     continue
                 limiter = self.limiters[b.counter_key]
                 verdict = limiter.try_acquire(cost, 1)
-                self.dirty = True
+                self.sync.touch()
                 if isinstance(verdict, Reservation):
                     hold.reserved.append((b, verdict))
                     continue
                 self._release(hold)
-                if self._exhausted(limiter, cost):
-                    return "denied", budget_exceeded(b, limiter.usage().tokens, wall, cost)
-                return "wait", now + max(0.005, min(verdict.retry_after_s or 0.05, 1.0))
+                if self._exhausted(b, cost):
+                    return Denied(budget_exceeded(b, limiter.usage().tokens, wall, cost))
+                return Wait(now + max(0.005, min(verdict.retry_after_s or 0.05, 1.0)))
             hold.strict_wanted = [b for b in hold.budgets if b.mode == "strict"]
             if not hold.strict_wanted:
                 hold.admitted = True
-                return "ok", None
+                return None
         if hold.strict_denied is not None:
             error, hold.strict_denied = hold.strict_denied, None
             self._release(hold)
-            return "denied", error
+            return Denied(error)
         missing = [b for b in hold.strict_wanted if b.counter_key not in hold.strict_granted]
         if not missing:
             hold.admitted = True
-            return "ok", None
+            return None
         if not leader_available:
             if not leader_lost and now - self.started < self.failure_timeout_s:
-                return "wait", now + 0.05
+                return Wait(now + 0.05)
             self._release(hold)
-            return "denied", LeaderUnavailable("a strict spend budget needs the convention leader, which is "
-                                               "unreachable", retry_after_s=self.failure_timeout_s)
+            return Denied(LeaderUnavailable("a strict spend budget needs the convention leader, which is "
+                                            "unreachable", retry_after_s=self.failure_timeout_s))
         if hold.strict_asked is None or now - hold.strict_asked >= STRICT_ASK_TIMEOUT_S:
             hold.strict_asked = now
-            return "ask", [AskStrictSpend(b.counter_key, b.limits, self.reservation_id(request_id, b), cost)
-                           for b in missing]
-        return "wait", hold.strict_asked + STRICT_ASK_TIMEOUT_S
+            return [AskStrictSpend(b.counter_key, b.limits, self.reservation_id(request_id, b), cost) for b in missing]
+        return Wait(hold.strict_asked + STRICT_ASK_TIMEOUT_S)
 
     @staticmethod
     def reservation_id(request_id: str, budget: Budget) -> str:
-        return f"spend|{request_id}|{budget.counter_key}"
+        """The strict limiter's id of one request's hold on one budget: the request id's length
+        first, so a caller's request id may hold any character (a ``|`` too)."""
+        return f"spend|{len(request_id)}|{request_id}|{budget.counter_key}"
 
     @staticmethod
     def parse_reservation(reservation_id: str) -> tuple[str, str] | None:
-        if not reservation_id.startswith("spend|"):
+        """(request id, budget key) of a spend reservation id; None for any other (a rate-limit ask's)."""
+        kind, _, rest = reservation_id.partition("|")
+        size, _, rest = rest.partition("|")
+        if kind != "spend" or not size.isdigit() or rest[int(size):int(size) + 1] != "|":
             return None
-        _, request_id, key = reservation_id.split("|", 2)
-        return request_id, key
+        return rest[:int(size)], rest[int(size) + 1:]
 
     def granted(self, hold: SpendHold | None, key: str, window: int, nano: int) -> bool:
         """A strict grant; False when nobody holds it any more (the caller gives it back)."""
@@ -238,28 +262,26 @@ class BudgetBook:
             return False
         # Mirrored into this replica, so the cluster's view (and a new leader's seed) includes it.
         self.limiters[key].record(nano, window=window)
-        self.dirty = True
+        self.sync.touch()
         hold.strict_granted[key] = (window, nano)
         return True
 
-    def refused(self, hold: SpendHold | None, key: str, error: InferenceError) -> None:
-        if hold is None:
-            return
+    def refused(self, hold: SpendHold, key: str, error: InferenceError) -> None:
+        """A strict refusal: a spent budget is named as this engine names it, with what is spent."""
         budget = self.budgets.get(key)
         if isinstance(error, BudgetExceeded) and budget is not None:
             limiter = self.limiters[key]
-            error = budget_exceeded(budget, max(limiter.usage().tokens, budget.limits.tpm), self.wall(),
-                                    hold.estimate_nano)
+            error = budget_exceeded(budget, max(limiter.usage().tokens, budget.nano), self.wall(), hold.estimate_nano)
         hold.strict_denied = error
 
-    def _exhausted(self, limiter: WindowedLimiter, cost: int) -> bool:
-        return limiter.usage().tokens + cost > limiter.limits.tpm
+    def _exhausted(self, budget: Budget, cost: int) -> bool:
+        return self.limiters[budget.counter_key].usage().tokens + cost > budget.nano
 
     def _release(self, hold: SpendHold) -> None:
         for b, reservation in hold.reserved:
             self.limiters[b.counter_key].release(reservation)
         hold.reserved = []
-        self.dirty = True
+        self.sync.touch()
 
     # -- charging ------------------------------------------------------------------------
 
@@ -303,16 +325,16 @@ class BudgetBook:
                 limiter.release(mirrored)
             out.append(SettleStrictSpend(key, self.reservation_id(request_id, self.budgets[key]), actual, hold.sent))
         hold.strict_granted = {}
-        self.dirty = True
+        self.sync.touch()
         return out
 
     # -- sync and status -----------------------------------------------------------------
 
     def sync_due(self) -> float | None:
-        return self.last_sync + self.sync_interval_s if self.dirty else None
+        return self.sync.due()
 
     def publish(self, now: float) -> list[PublishSpend]:
-        self.last_sync, self.dirty = now, False
+        self.sync.sent(now)
         out = []
         for key, limiter in self.limiters.items():
             oldest = limiter.unpublished_since
@@ -321,7 +343,7 @@ class BudgetBook:
                 out.append(PublishSpend(key, delta, oldest or self.wall(), limiter.limits))
         return out
 
-    def merge(self, key: str, delta: Mapping, sent_unix: float | None) -> bool:
+    def merge(self, key: str, delta: Mapping[int, Mapping[str, Mapping[str, int]]], sent_unix: float | None) -> bool:
         limiter = self.limiters.get(key)
         if limiter is None:
             return False
@@ -333,7 +355,7 @@ class BudgetBook:
         and when it resets."""
         wall = self.wall()
         for key, b in self.budgets.items():
-            if b.scope in ("deployment", "provider") and self._exhausted(self.limiters[key], max(1, self.typical_nano)):
+            if b.scope in ("deployment", "provider") and self._exhausted(b, max(1, self.typical_nano)):
                 return (budget_exceeded(b, self.limiters[key].usage().tokens, wall, self.typical_nano),
                         b.period.end(b.period.index(wall)))
         return None
@@ -342,9 +364,72 @@ class BudgetBook:
         """Deployment and provider budgets with too little left for a typical request (routing skips them)."""
         out = []
         for key, b in self.budgets.items():
-            if b.scope in ("deployment", "provider") and self._exhausted(self.limiters[key], max(1, self.typical_nano)):
+            if b.scope in ("deployment", "provider") and self._exhausted(b, max(1, self.typical_nano)):
                 out.append(b.id)
         return out
+
+
+class SpendGate:
+    """One engine's spend budgets at admission, before its rate limits: once per request, for all
+    its attempts. Approximate budgets reserve in the book's replicas; strict ones are one
+    handshake with the leader's strict limiter per request: asked (repeated every
+    ``STRICT_ASK_TIMEOUT_S`` under the same id), granted or refused, a grant nobody wants any
+    more given straight back, and settled at the request's terminal."""
+
+    def __init__(self, book: BudgetBook, host: AdmissionHost, leader: Leader, provider: str) -> None:
+        self.book = book
+        self.host = host
+        self.leader = leader
+        self.provider = provider
+
+    def admit(self, hold: SpendHold, request_id: str, now: float) -> Wait | Denied | None:
+        """None when admitted (or when no budget applies)."""
+        if not hold.budgets or hold.admitted:
+            return None
+        if not hold.reserved and any(b.mode != "strict" for b in hold.budgets):
+            outside = self.leader.spend_outside(now, self.provider)
+            if outside is not None:
+                return outside
+        verdict = self.book.admit(hold, now, self.leader.available, self.leader.lost, request_id)
+        if isinstance(verdict, list):
+            for ask in verdict:
+                self.host.emit(ask)
+            return Wait(now + STRICT_ASK_TIMEOUT_S)
+        if isinstance(verdict, Denied):
+            verdict.error.provider = self.provider
+        return verdict
+
+    def granted(self, hold: SpendHold | None, key: str, reservation_id: str, window: int, nano: int) -> bool:
+        """The leader's grant of budget ``key``: True when the request holding ``hold`` took it (or
+        had it already)."""
+        if self.book.granted(hold, key, window, nano):
+            return True
+        self.host.emit(give_back(key, reservation_id))  # nobody wants it any more (ended, or refused elsewhere)
+        return False
+
+    def refused(self, hold: SpendHold | None, key: str, error: InferenceError) -> bool:
+        """The leader's refusal of budget ``key``: True when the request was still waiting for it."""
+        if hold is None or hold.admitted:
+            return False
+        self.book.refused(hold, key, error)
+        return True
+
+    def settle(self, hold: SpendHold, request_id: str) -> None:
+        for effect in self.book.settle(hold, request_id):
+            self.host.emit(effect)
+
+    def publish(self, now: float) -> None:
+        for effect in self.book.publish(now):
+            self.host.emit(effect)
+
+    def merge(self, e: PeerCounts) -> bool:
+        """Another slot's counts of one of these budgets: True when they were one of its budgets."""
+        return e.origin != self.book.slot and self.book.merge(e.key, e.delta, e.sent_unix)
+
+
+def give_back(key: str, reservation_id: str) -> SettleStrictSpend:
+    """A strict spend grant nobody holds: released at the leader, nothing spent."""
+    return SettleStrictSpend(key, reservation_id, 0, False)
 
 
 @dataclass(frozen=True)
@@ -376,7 +461,7 @@ class BudgetSpec:
             raise ValueError(f"mode: must be approximate or strict, got {self.mode!r}")
 
     @property
-    def scope(self) -> str:
+    def scope(self) -> Scope:
         return next(s for s in SCOPES if getattr(self, s) is not None)
 
     def budget(self) -> Budget:

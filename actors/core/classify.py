@@ -107,9 +107,8 @@ def _request_id(headers: Mapping[str, str] | None, body: Any) -> str:
         value = header(headers, name)
         if value:
             return value[:128]
-    if isinstance(body, dict) and isinstance(body.get("request_id"), str):
-        return body["request_id"][:128]
-    return ""
+    request_id = body.get("request_id") if isinstance(body, dict) else None
+    return request_id[:128] if isinstance(request_id, str) else ""
 
 
 def _parse_body(body: Any) -> Any:
@@ -142,13 +141,14 @@ _LIMIT_WORDS = ("maximum", "exceed", "limit", "up to")
 def _token_counts(message: str) -> tuple[int | None, int | None]:
     """Best effort: (tokens used, maximum) from a provider's context-length message."""
     lowered = message.lower()
-    numbers = [int(n.replace(",", "")) for n in _NUMBERS.findall(message)]
-    if len(numbers) < 2:
+    found = list(_NUMBERS.finditer(message))
+    if len(found) < 2:
         return None, None
+    numbers = [int(match.group().replace(",", "")) for match in found]
     # The limit comes first when a limit word precedes the first number: OpenAI's "maximum
     # context length is M ... resulted in N", Cohere's "cannot exceed M - received N".
     # Anthropic ("N tokens > M maximum") and Gemini ("count (N) exceeds ... (M)") say it last.
-    first_at = lowered.find(_NUMBERS.search(message).group())
+    first_at = lowered.find(found[0].group())
     if any(0 <= lowered.find(word) < first_at for word in _LIMIT_WORDS):
         return numbers[1], numbers[0]
     return numbers[0], numbers[1]
@@ -181,7 +181,8 @@ def classify_error_body(body: Any, status: int | None = None, provider: str = ""
     code = str(err.get("code") or "")
     gstatus = str(err.get("status") or "")  # Gemini / Google RPC status name
     message = redact(str(err.get("message") or etype or code or gstatus or "error"))
-    inner = err.get("innererror") if isinstance(err.get("innererror"), dict) else {}
+    inner = err.get("innererror")
+    inner = inner if isinstance(inner, dict) else {}
     kw = dict(kw, provider=provider, status=status)
     if status is None and isinstance(err.get("code"), int):
         kw["status"] = err["code"]
@@ -200,7 +201,8 @@ def classify_error_body(body: Any, status: int | None = None, provider: str = ""
     if etype == "rate_limit_error" or gstatus == "RESOURCE_EXHAUSTED" or code in ("rate_limit_exceeded", "insufficient_quota"):
         # A spent quota does not come back by retrying (OpenAI insufficient_quota,
         # Anthropic enforced_spend_limit_reached): surface it instead of hammering.
-        details = err.get("details") if isinstance(err.get("details"), dict) else {}
+        details = err.get("details")
+        details = details if isinstance(details, dict) else {}
         spent = code == "insufficient_quota" or details.get("error_code") == "enforced_spend_limit_reached"
         return RateLimited(message, retryable=False if spent else None, **kw)
     if "api key not valid" in message.lower() or code == "invalid_api_key":
@@ -281,9 +283,8 @@ def classify_http_status(status: int, headers: Mapping[str, str] | None = None, 
     if 200 <= status < 300:
         return None
     parsed = _parse_body(body)
-    common = dict(retry_after_s=parse_retry_after(headers, now),
-                  request_id=_request_id(headers, parsed))
-    error = classify_error_body(parsed, status, provider, **common)
+    retry_after_s, request_id = parse_retry_after(headers, now), _request_id(headers, parsed)
+    error = classify_error_body(parsed, status, provider, retry_after_s=retry_after_s, request_id=request_id)
     if error is None:
         cls = _BY_STATUS.get(status)
         if cls is None:
@@ -295,7 +296,7 @@ def classify_http_status(status: int, headers: Mapping[str, str] | None = None, 
             # internal_server_error, a Gemini-shaped body with a made-up status): the type
             # comes from the status, the provider's explanation is kept.
             message = _body_message(parsed) or f"HTTP {status}"
-        error = cls(message, provider=provider, status=status, **common)
+        error = cls(message, provider=provider, status=status, retry_after_s=retry_after_s, request_id=request_id)
     should_retry = parse_should_retry(headers)
     if should_retry is not None:
         error.retryable = should_retry

@@ -57,7 +57,7 @@ class Secret:
     def __hash__(self) -> int:
         return hash(repr(self))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[Secret], tuple[str | dict[str, str]]]:
         return (Secret, (self._value,))
 
 
@@ -106,7 +106,7 @@ def _from_command_output(output: str, source: CredentialSource, now: float) -> R
 
 def resolve(source: CredentialSource, *, environ: Mapping[str, str] = os.environ,
             now: Callable[[], float] = time.time,
-            run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> ResolvedCredential:
+            run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> ResolvedCredential:
     """Read the credential now. Errors name the source, never the value."""
     t = now()
     expires = t + source.ttl_s if source.ttl_s else None

@@ -9,10 +9,12 @@ send, one spawn or one signal. The shape follows tenacity's ``DoAttempt``/``DoSl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Protocol
 
+from actors.core.ratelimit import CounterDelta
 from actors.errors import InferenceError
-from actors.types import InferenceRequest, Usage
+from actors.types import InferenceRequest, ToolCall, Usage
 
 # --- events -------------------------------------------------------------------------
 
@@ -38,7 +40,7 @@ class AttemptReport(Protocol):
     worker_index: int
     error: InferenceError | None
     text: str
-    tool_calls: list
+    tool_calls: list[ToolCall]
     finish_reason: str | None
     raw_finish_reason: str | None
     usage: Usage
@@ -117,7 +119,7 @@ class StrictRefused:
 @dataclass(frozen=True)
 class PeerCounts:
     key: str
-    delta: dict
+    delta: Mapping[int, Mapping[str, Mapping[str, int]]]
     origin: str = ""
     sent_unix: float | None = None
 
@@ -211,7 +213,7 @@ class SettleStrict:
 
 @dataclass(frozen=True)
 class PublishCounts:
-    delta: dict
+    delta: CounterDelta
     sent_unix: float
 
 

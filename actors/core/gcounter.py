@@ -63,14 +63,11 @@ class GCounter:
         self._dirty.clear()
         return delta
 
-    def copy(self) -> "GCounter":
-        return GCounter(self._counts)
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, GCounter) and self._counts == other._counts
 
     def __repr__(self) -> str:
         return f"GCounter({self._counts!r})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[GCounter], tuple[dict[str, int]]]:
         return (GCounter, (self._counts,))

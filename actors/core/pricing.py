@@ -61,7 +61,7 @@ class Price:
             raise ValueError("prices must be >= 0")
 
 
-def families(family: str | None, tables: dict[str, object]) -> tuple[str, ...]:
+def families(family: str | None, tables: Mapping[str, object]) -> tuple[str, ...]:
     """The tables a model of ``family`` is looked up in (a runner's ``family``; None: all of them)."""
     return ((family,) if family is not None else tuple(tables)) + ("mock",)
 

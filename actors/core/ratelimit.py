@@ -21,16 +21,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from actors.errors import BudgetExceeded
 from actors.core.gcounter import GCounter
 from actors.core.periods import Period
 from actors.core.settlement import apply_settlement, settlement
 
-__all__ = ["RateLimits", "Reservation", "WindowedLimiter", "WindowUsage", "estimate_tokens", "COUNTERS"]
+__all__ = ["RateLimits", "Reservation", "WindowedLimiter", "WindowUsage", "SyncSchedule", "CounterDelta",
+           "estimate_tokens", "COUNTERS"]
 
 COUNTERS = ("requests", "tokens", "requests_refunded", "tokens_refunded")
+CounterDelta = dict[int, dict[str, dict[str, int]]]   # {window: {counter: {slot: absolute count}}}
 RETAINED_WINDOWS = 2
 LAG_MEMORY_S = 5.0     # how long an observed propagation delay keeps counting
 LAG_MARGIN_S = 0.01
@@ -100,7 +102,7 @@ class WindowUsage:
     tpm: int | None
 
 
-def estimate_tokens(messages: Iterable[Mapping] | str, max_output_tokens: int | None,
+def estimate_tokens(messages: Iterable[Mapping[str, Any]] | str, max_output_tokens: int | None,
                     default_output_tokens: int = 256) -> int:
     """A cheap upper-leaning estimate for reservation: ~4 characters per token, plus output.
 
@@ -119,6 +121,25 @@ def estimate_tokens(messages: Iterable[Mapping] | str, max_output_tokens: int | 
     return max(1, math.ceil(chars / 4) + max(0, output))
 
 
+class SyncSchedule:
+    """When a replica's changes go to the hub: ``interval_s`` after the last delta went, once
+    something changed (an admission, a refund, a merge of a seed)."""
+
+    def __init__(self, interval_s: float, now: float, dirty: bool = False) -> None:
+        self.interval_s = interval_s
+        self.last = now
+        self.dirty = dirty
+
+    def touch(self) -> None:
+        self.dirty = True
+
+    def due(self) -> float | None:
+        return self.last + self.interval_s if self.dirty else None
+
+    def sent(self, now: float) -> None:
+        self.last, self.dirty = now, False
+
+
 class WindowedLimiter:
     """One deployment's budget as seen by one node, mergeable with every other node's."""
 
@@ -130,7 +151,6 @@ class WindowedLimiter:
         # An exclusive limiter is the only one admitting (the strict singleton): no shares.
         self.exclusive = exclusive
         self.limits = limits
-        self.sync_interval_s = sync_interval_s
         self._wall = wall_clock
         self._windows: dict[int, dict[str, GCounter]] = {}
         self._clock = clock
@@ -293,17 +313,17 @@ class WindowedLimiter:
 
     # -- cluster sync ----------------------------------------------------------------
 
-    def take_delta(self) -> dict[int, dict[str, dict[str, int]]]:
+    def take_delta(self) -> CounterDelta:
         """This node's changes since the last call: {window: {counter: {node: absolute}}}."""
         self.unpublished_since = None
-        delta: dict[int, dict[str, dict[str, int]]] = {}
+        delta: CounterDelta = {}
         for window, counters in self._windows.items():
             changed = {name: d for name, counter in counters.items() if (d := counter.take_delta())}
             if changed:
                 delta[window] = changed
         return delta
 
-    def state(self) -> dict[int, dict[str, dict[str, int]]]:
+    def state(self) -> CounterDelta:
         """Full state, for a node that joins late or missed deltas."""
         self._drop_old_windows(self._window_at(self._wall())[0])
         return {window: {name: counter.state() for name, counter in counters.items()}

@@ -243,7 +243,7 @@ def order(strategy: str, candidates: Sequence[Candidate], *, rand: Callable[[], 
         # A deployment not timed yet ties with the fastest: it gets tried (and timed) without
         # taking every call at once, as it would if unknown ranked first (a restarted engine).
         fastest = min(known, default=0.0)
-        return _ranked(cands, lambda c: fastest if timed(c) is None else timed(c), rand)
+        return _ranked(cands, lambda c: fastest if (t := timed(c)) is None else t, rand)
     if strategy == "cost":
         def cost(c: Candidate) -> float:
             if c.price_in is None or c.price_out is None:

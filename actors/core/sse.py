@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
-from actors.errors import ResponseTooLarge
+from actors.core.streaming import too_large
 
 __all__ = ["SseChunk", "SseDecoder", "decode_sse_stream"]
 
@@ -116,7 +117,7 @@ class SseDecoder:
                 self._tail.append(data)
                 self._tail_len += len(data)
                 if max_line is not None and self._tail_len > max_line:
-                    self._too_large()
+                    self._too_large(max_line)
             return []
         block = data[:cut]
         if self._tail:
@@ -128,7 +129,7 @@ class SseDecoder:
             self._tail.append(data[cut:])
             self._tail_len = len(data) - cut
             if max_line is not None and self._tail_len > max_line:
-                self._too_large()
+                self._too_large(max_line)
         if cr >= 0:  # the tail never holds a terminator, so this covers the block
             self._skip_lf = cr == len(data) - 1
             block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -141,7 +142,7 @@ class SseDecoder:
         lines.pop()  # block ends with a terminator, so the last item is b""
         # No line can be longer than its block: only a big block is checked line by line.
         if max_line is not None and len(block) > max_line and max(map(len, lines)) > max_line:
-            self._too_large()
+            self._too_large(max_line)
 
         events: list[SseChunk] = []
         emit = events.append
@@ -177,7 +178,7 @@ class SseDecoder:
                     except ValueError:
                         pass  # more digits than sys.int_max_str_digits: unusable
         if max_line is not None and data_lines and sum(map(len, data_lines)) > max_line:
-            self._too_large()  # one event's data, spread over many lines and feeds
+            self._too_large(max_line)  # one event's data, spread over many lines and feeds
         self._data = data_lines
         self._event = event_type
         self._id = event_id
@@ -185,11 +186,9 @@ class SseDecoder:
         self._last_event_id = last_event_id
         return events
 
-    def _too_large(self) -> None:
-        limit = self._max_line
+    def _too_large(self, limit: int) -> NoReturn:
         self._reset()
-        raise ResponseTooLarge(f"an event-stream line or event passed the deployment's max_line_bytes "
-                               f"({limit} bytes); reading stopped", limit="max_line_bytes", limit_bytes=limit or 0)
+        raise too_large("max_line_bytes", limit)
 
     def close(self) -> list[SseChunk]:
         """End the stream: drop any unfinished event and get ready for a new stream.

@@ -16,12 +16,18 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from actors.core.records import TerminalRecord
+from actors.core.pricing import Price, cost_usd
+from actors.core.records import TerminalRecord, terminal_record
+from actors.types import Completed, Failed, Usage
 
-__all__ = ["LATENCY_BOUNDS", "Histogram", "DeploymentStats", "merge_snapshots", "quantile", "OTHER_KEY",
-           "SERIES_STEP_S", "SERIES_POINTS"]
+if TYPE_CHECKING:
+    from actors.core.jobs import Job
+
+__all__ = ["LATENCY_BOUNDS", "Histogram", "DeploymentStats", "Terminals", "merge_snapshots", "quantile",
+           "OTHER_KEY", "SERIES_STEP_S", "SERIES_POINTS"]
 
 # Upper bounds in seconds (Prometheus' "le"); one more bucket holds everything above.
 LATENCY_BOUNDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -165,9 +171,10 @@ class DeploymentStats:
             return self.series[-1]
         if self.series and self.series[-1][0] > t0:
             # A record stamped a little in the past (clock step): counted in the bucket it fits, if kept.
-            for point in reversed(self.series):
-                if point[0] == t0:
-                    return point
+            kept: list[Any]
+            for kept in reversed(self.series):
+                if kept[0] == t0:
+                    return kept
             return _zero_series_point(t0, len(self.bounds) + 1)  # too old for the ring: not charted
         point = _zero_series_point(t0, len(self.bounds) + 1)
         self.series.append(point)
@@ -210,7 +217,6 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
                            "last_success_unix": None, "last_failure_unix": None, "failing_since_unix": None,
                            "step_s": SERIES_STEP_S, "series": []}
     series: dict[int, list[Any]] = {}
-    failing: list[float | None] = []
     for s in snapshots:
         for outcome, kinds in s.get("outcomes", {}).items():
             mine = out["outcomes"].setdefault(outcome, {})
@@ -236,7 +242,6 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
                 mine[name] = mine.get(name, 0) + n
         out["last_success_unix"] = _latest(out["last_success_unix"], s.get("last_success_unix"))
         out["last_failure_unix"] = _latest(out["last_failure_unix"], s.get("last_failure_unix"))
-        failing.append(s.get("failing_since_unix"))
         out["step_s"] = s.get("step_s", out["step_s"])
         for p in s.get("series", []):
             mine = series.get(p[0])
@@ -252,3 +257,50 @@ def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         out["failing_since_unix"] = max(s["failing_since_unix"] for s in served)
     out["series"] = [series[t] for t in sorted(series)]
     return out
+
+
+class Terminals:
+    """One engine's requests counted three ways: accepted, completed and failed for its status;
+    a :class:`TerminalRecord` per terminal until the shell takes them (the ledger, the request
+    log); and the same records in its :class:`DeploymentStats` (the engine's own known-good
+    probes apart)."""
+
+    def __init__(self, *, node: str, model: str, provider: str, price: Price | None,
+                 clock: Callable[[], float], wall: Callable[[], float]) -> None:
+        self.node, self.model, self.provider, self.price = node, model, provider, price
+        self.clock, self.wall = clock, wall
+        self.accepted = 0
+        self.completed = 0
+        self.failed = 0
+        self.records: list[TerminalRecord] = []
+        self.stats = DeploymentStats()
+
+    def ended(self, job: Job, message: Completed | Failed) -> None:
+        record = self._record(job, message)
+        if record.failed:
+            self.failed += 1
+        else:
+            self.completed += 1
+        self.records.append(record)
+        if job.known_good:
+            self.stats.probe(not record.failed)
+        else:
+            self.stats.record(record)
+
+    def _record(self, job: Job, message: Completed | Failed) -> TerminalRecord:
+        if isinstance(message, Completed):
+            cost = message.cost_usd
+        else:
+            partial = message.error.partial_usage
+            cost = cost_usd(Usage.from_fields(partial), self.price) if partial else None
+        first = job.first_token_unix
+        return terminal_record(message, at_unix=self.wall(), node=self.node, model=self.model,
+                               provider=self.provider, metadata=job.request.metadata or {},
+                               streamed=bool(job.request.stream), latency_s=self.clock() - job.accepted_mono,
+                               ttft_s=(first - job.accepted_unix) if first else None,
+                               charged_tokens=job.charged_tokens, cost_usd=cost,
+                               charged_usd=job.spend.charged_usd)
+
+    def take(self) -> list[TerminalRecord]:
+        records, self.records = self.records, []
+        return records

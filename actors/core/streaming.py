@@ -9,13 +9,14 @@ non-streamed call), :class:`HttpStatus`, :class:`TransportFailed` or :class:`Ove
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from actors.core.transport import Phase
 from actors.errors import EmptyResponse, InferenceError, InternalError, ResponseTooLarge, StreamError
 
-__all__ = ["Opened", "WholeBody", "HttpStatus", "TransportFailed", "Overflow", "END", "ReaderEvent",
+__all__ = ["Accumulating", "Decoding", "Opened", "WholeBody", "HttpStatus", "TransportFailed", "Overflow", "END", "ReaderEvent",
            "flush_due", "too_large", "end_of_stream", "end_of_body", "Lag", "adaptive_window",
            "ADAPTIVE_MAX_S", "runner_failed"]
 
@@ -127,7 +128,25 @@ def runner_failed(exc: BaseException, provider: str, doing: str, detail: bool = 
     return InternalError(f"{doing} failed: {what}", provider=provider, retryable=False)
 
 
-def end_of_stream(decoder: Any, acc: Any, deltas: int, chunks_sent: int, provider: str) -> InferenceError | None:
+class Accumulating(Protocol):
+    """What the end of a call reads of its accumulator (``providers.base.StreamAccumulator``)."""
+
+    error: InferenceError | None
+
+    @property
+    def complete(self) -> bool: ...
+
+    def add(self, delta: Any) -> None: ...
+
+
+class Decoding(Protocol):
+    """A runner's stream decoder, as the end of a stream closes it."""
+
+    def close(self) -> Iterable[Any]: ...
+
+
+def end_of_stream(decoder: Decoding, acc: Accumulating, deltas: int, chunks_sent: int,
+                  provider: str) -> InferenceError | None:
     """The stream's bytes ended: its terminal error, or None when the provider finished it.
 
     ``acc`` is the stream's accumulator, ``deltas`` how many deltas the decoder produced. A
@@ -151,7 +170,7 @@ def end_of_stream(decoder: Any, acc: Any, deltas: int, chunks_sent: int, provide
     return None
 
 
-def end_of_body(parse: Any, body: bytes, acc: Any, provider: str) -> InferenceError | None:
+def end_of_body(parse: Callable[[bytes], Any], body: bytes, acc: Accumulating, provider: str) -> InferenceError | None:
     """A non-streamed body, read whole (within ``max_body_bytes``): parsed into ``acc``."""
     if not body.strip():
         return EmptyResponse("the provider answered with an empty body", provider=provider)

@@ -37,7 +37,7 @@ class Supervisor:
         record = self._records.setdefault(key, _Record(last_start=now))
         record.streak = 1 if now - record.last_start >= self.stable_s else record.streak + 1
         record.last_exit_unix = self.wall()
-        delay = min(self.max_s, self.base_s * 2 ** (record.streak - 1))
+        delay = min(self.max_s, self.base_s * 2.0 ** (record.streak - 1))
         record.restart_at = now + delay
         return delay
 

@@ -185,8 +185,9 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
     def _run(self, effects: list[Any]) -> None:
         for effect in effects:
             getattr(self, "_do_" + type(effect).__name__)(effect)
-        if self.core.records:
-            self._reported(self.core.take_records())
+        records = self.core.take_records()
+        if records:
+            self._reported(records)
         self._push_load()
 
     def _do_PublishSpend(self, e: PublishSpend) -> None:

@@ -53,6 +53,25 @@ def test_o200k_counts_are_the_real_tokenizers():
     assert count_messages(HI, tools) == count_messages(HI) + count_text(json.dumps(tools, separators=(",", ":")))
 
 
+def test_every_part_of_a_chat_prompt_is_counted_once():
+    c = count_text
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "look at "}, {"type": "image_url", "image_url": {}},
+                                     {"type": "text", "text": "this"}, "stray", {"type": "text", "text": 5}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+            {"id": "c2", "type": "function"}]},
+        {"role": "tool", "content": "18C", "tool_call_id": "c1"},
+        {"content": "no role"},
+    ]
+    expected = (3 + (3 + c("system") + c("be brief")) + (3 + c("user") + c("look at this"))
+                + (3 + c("assistant") + c("get_weather") + c('{"city":"Paris"}')) + (3 + c("tool") + c("18C"))
+                + (3 + c("no role")))
+    assert count_messages(messages) == expected
+    assert count_messages([]) == 3 and count_messages(messages, tools=[]) == expected
+
+
 def test_reported_usage_is_shown_as_reported_and_unmarked():
     usage = Usage(11, 7, cached_input_tokens=2)
     shown = shown_usage(Completed("r", "some answer", "stop", usage), HI)

@@ -255,3 +255,186 @@ def test_breaker_view_admits_locally_and_asks_for_probes():
     view.update(b.snapshot())
     view.update(old)  # an older push arriving late is ignored
     assert view.state is CircuitState.HALF_OPEN
+
+
+def test_the_failure_rate_trips_on_its_own_at_its_threshold():
+    b, _, _ = make(consecutive_failures=100, min_calls=4, failure_rate=0.5)
+    ok(b)
+    fail(b)
+    ok(b)      # 3 calls: under min_calls, whatever the rate
+    assert b.state is CircuitState.CLOSED
+    fail(b)    # 4 calls, 2 failures, never two in a row: exactly the rate
+    assert b.state is CircuitState.OPEN and b.snapshot().consecutive_failures == 1
+
+
+def test_a_failure_rate_under_the_threshold_does_not_trip():
+    b, _, _ = make(consecutive_failures=100, min_calls=4, failure_rate=0.75)
+    for _ in range(3):
+        ok(b)
+        fail(b)
+    assert b.state is CircuitState.CLOSED  # 3 of 6 failed: 50% < 75%
+
+
+def test_closing_forgets_the_failures_that_opened_the_circuit():
+    b, tick, _ = make(consecutive_failures=3, min_calls=4, failure_rate=0.5, half_open_probes=1)
+    ok(b)
+    fail(b)
+    ok(b)
+    fail(b)    # tripped on the rate
+    tick(5)
+    ok(b)      # the probe closes it
+    snap = b.snapshot()
+    assert snap.state is CircuitState.CLOSED and (snap.window_calls, snap.window_failures) == (0, 0)
+    fail(b, 2)  # a fresh window under min_calls, and a fresh streak under consecutive_failures
+    assert b.state is CircuitState.CLOSED
+    fail(b)
+    assert b.state is CircuitState.OPEN  # the third in a row
+
+
+def test_closing_forgets_the_streak_that_opened_the_circuit():
+    b, tick, _ = make(consecutive_failures=3, min_calls=100, half_open_probes=1)
+    fail(b, 3)
+    tick(5)
+    ok(b)
+    fail(b, 2)
+    assert b.state is CircuitState.CLOSED and b.snapshot().consecutive_failures == 2
+
+
+def _trip_and_half_open_while_running(b, tick):
+    """A call's fn during which the circuit opens (another caller's failures) and turns half-open."""
+    def during():
+        b.record_failure()
+        tick(5)
+        assert b.state is CircuitState.HALF_OPEN
+    return during
+
+
+def test_run_reports_a_success_under_the_generation_it_was_admitted_in():
+    b, tick, _ = make(consecutive_failures=1, half_open_probes=1)
+    during = _trip_and_half_open_while_running(b, tick)
+    b.run(lambda: during())   # admitted while closed, ends after the circuit reopened half-open
+    assert b.state is CircuitState.HALF_OPEN   # a late success must not close it
+
+
+def test_run_reports_a_failure_under_the_generation_it_was_admitted_in():
+    b, tick, _ = make(consecutive_failures=1, half_open_probes=1)
+    during = _trip_and_half_open_while_running(b, tick)
+
+    def fn():
+        during()
+        raise E.ServerError("late", status=500)
+    with pytest.raises(E.ServerError):
+        b.run(fn)
+    assert b.state is CircuitState.HALF_OPEN   # a late failure must not re-open it
+
+
+def test_run_frees_only_its_own_probe_slot_on_an_unexpected_exception():
+    b, tick, _ = make(consecutive_failures=1, half_open_probes=1)
+    b.record_failure()
+    tick(5)
+
+    def fn():  # admitted as the half-open probe; meanwhile the circuit re-opens and a new probe goes
+        b.record_failure(b.generation)
+        tick(10)
+        b.check()
+        raise KeyError("x")
+    with pytest.raises(KeyError):
+        b.run(fn)
+    with pytest.raises(E.CircuitOpen):
+        b.check()   # the new probe still holds the one slot
+
+
+def test_run_frees_its_probe_slot_on_an_unexpected_exception():
+    b, tick, _ = make(consecutive_failures=1, half_open_probes=1)
+    b.record_failure()
+    tick(5)
+    with pytest.raises(KeyError):
+        b.run(lambda: {}["x"])
+    b.record_success(b.check())   # the slot is free again
+    assert b.state is CircuitState.CLOSED
+
+
+def test_reset_forgets_the_escalation_too():
+    b, tick, _ = make(open_s=5, max_open_s=40, half_open_probes=1)
+    fail(b, 3)
+    tick(5)
+    fail(b)                   # the probe failed: 10 s now
+    assert b.snapshot().trips == 2
+    b.reset()
+    fail(b, 3)
+    snap = b.snapshot()
+    assert snap.trips == 1 and snap.retry_at_unix_ms - snap.opened_at_unix_ms == 5000
+
+
+def test_each_transition_is_one_generation_and_only_transitions_are():
+    b, tick, transitions = make(half_open_probes=1)
+    b.reset()                                   # already closed: nothing happens
+    assert b.generation == 0 and transitions == []
+    fail(b, 3)
+    tick(5)
+    assert b.state is CircuitState.HALF_OPEN and b.generation == 2
+    ok(b)
+    assert b.generation == 3
+    b.force_open(60)
+    b.force_open(90)                            # opened again while open: a new open period, a new generation
+    assert b.generation == 5 and transitions[-2:] == [(CircuitState.CLOSED, CircuitState.OPEN),
+                                                     (CircuitState.OPEN, CircuitState.OPEN)]
+    snap = b.snapshot()
+    assert snap.retry_at_unix_ms - snap.opened_at_unix_ms == 90_000
+
+
+def test_a_probe_slot_is_free_again_exactly_at_its_timeout():
+    b, tick, _ = make(half_open_probes=1, probe_timeout_s=30)
+    fail(b, 3)
+    tick(5)
+    b.check()
+    tick(30)
+    b.check()
+
+
+def test_a_failed_probe_with_a_retry_after_reopens_for_that_long():
+    b, tick, _ = make(open_s=5, max_open_s=40, half_open_probes=1)
+    fail(b, 3)
+    tick(5)
+    fail(b, 1, E.ServerError("busy", status=503, retry_after_s=25))
+    snap = b.snapshot()
+    assert snap.state is CircuitState.OPEN and snap.retry_at_unix_ms - snap.opened_at_unix_ms == 25_000
+
+
+def test_a_stale_uncounted_outcome_does_not_free_the_current_probes_slot():
+    b, tick, _ = make(half_open_probes=1)
+    old = b.check()
+    fail(b, 3)
+    tick(5)
+    b.check()                                   # the current probe
+    b.record_error(E.RateLimited("429", status=429), old)
+    with pytest.raises(E.CircuitOpen):
+        b.check()
+
+
+def test_the_escalation_is_forgotten_after_exactly_max_open_s_closed():
+    b, tick, _ = make(open_s=5, max_open_s=40, half_open_probes=1)
+    fail(b, 3)
+    tick(5)
+    ok(b)
+    tick(40)
+    fail(b, 3)
+    assert b.snapshot().trips == 1
+
+
+def test_the_refusal_while_open_names_the_circuit_and_counts_down_to_the_probe():
+    b, tick, _ = make(open_s=5)
+    fail(b, 3)
+    tick(2)
+    err = b.snapshot().circuit_open_error((WALL0 + 2) * 1000)
+    assert err.message == "circuit open for openai https://api.openai.com/v1" and err.retry_after_s == 3.0
+    assert b.snapshot().circuit_open_error((WALL0 + 9) * 1000).retry_after_s == 0.0   # the probe is due
+
+
+def test_the_window_keeps_one_bucket_per_second_however_many_calls():
+    b, tick, _ = make(consecutive_failures=1000, min_calls=1000)
+    ok(b, 50)
+    fail(b, 50)
+    tick(1)
+    ok(b)
+    assert len(b._buckets) == 2 and b.snapshot().window_calls == 101

@@ -8,7 +8,10 @@ import pytest
 
 from actors import errors as E
 from actors.core import engine_events as ev
-from actors.core.budget import NANO, UNKNOWN_PRICE, AskStrictSpend, Budget, BudgetBook, BudgetSpec, SettleStrictSpend
+from actors.core.admission import Denied, Wait
+from actors.core.retry import RetryPolicy
+from actors.core.budget import (NANO, UNKNOWN_PRICE, AskStrictSpend, Budget, BudgetBook, BudgetSpec, SettleStrictSpend,
+                                 SpendHold)
 from actors.core.engine_core import EngineCore
 from actors.core.periods import parse_period
 from actors.core.pricing import Price
@@ -251,6 +254,21 @@ def test_a_strict_budget_reserves_at_the_leader_and_settles_the_real_cost():
                                        round(cost_of(Usage(100, 50)) * NANO), True)
 
 
+def test_a_strict_spend_grant_is_mirrored_in_the_period_the_leader_counted_it_in():
+    budget = key_budget(1.0, mode="strict")
+    rig = BudgetRig([budget])
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
+    period = budget.period.index(rig.wall())
+    rig.feed(ev.StrictGranted(ask.reservation_id, period + 1, ask.nano))   # the leader is in the next hour
+    replica = rig.core.book.limiters[budget.counter_key]
+    assert replica.usage().tokens == 0 and replica.state()[period + 1]["tokens"] == {"n1@h:1/d1/0": ask.nano}
+    rig.report("r1", usage=Usage(100, 50))   # settled to its cost where it was counted
+    counted = replica.state()[period + 1]
+    spent = counted["tokens"]["n1@h:1/d1/0"] - counted["tokens_refunded"].get("n1@h:1/d1/0", 0)
+    assert spent == round(cost_of(Usage(100, 50)) * NANO) and replica.usage().tokens == 0
+
+
 def test_a_strict_refusal_is_budget_exceeded_naming_the_budget_and_a_late_grant_is_given_back():
     budget = key_budget(1.0, mode="strict")
     rig = BudgetRig([budget])
@@ -301,7 +319,7 @@ def test_what_the_budget_counts_is_exactly_what_the_requests_were_charged(ops, u
             error = {"ok": None, "fail": E.ServerError("503", status=503), "stream_fail": E.StreamError("cut")}[op]
             usage = Usage(10 * n, n) if op == "ok" or n % 2 else Usage(reported=False)
             rig.report(rid, error=error, chunks=1 if op == "stream_fail" else 0, usage=usage)
-        elif op == "crash" and rig.core.slots:
+        elif op == "crash" and rig.core.workers.slots:
             rig.feed(ev.WorkerGone(n % 2))
             rig.feed(ev.WorkerUp(n % 2, pid=5000 + n))
         elif op == "cancel":
@@ -317,3 +335,219 @@ def test_what_the_budget_counts_is_exactly_what_the_requests_were_charged(ops, u
     assert limiter.usage().tokens == charged
     assert charged <= budget.limits.tpm + 20 * BudgetBook.estimate([{"role": "user", "content": "hello"}], 10, 256,
                                                                    PRICE) * 10
+
+
+# -- the book alone ---------------------------------------------------------------------
+
+def book_of(*budgets, seed=None, wall=None):
+    from fakes import FakeClock
+
+    wall = wall or FakeClock(utc(2027, 1, 15, 8, 0, 30))
+    return BudgetBook(budgets, slot="n1@h:1/d1/0", deployment="d1", provider="openai", wall=wall,
+                      clock=FakeClock(0.0), seed=seed), wall
+
+
+def test_only_deployment_and_provider_budgets_make_the_engine_refuse_for_everyone():
+    per_key = key_budget(1.0)
+    mine = Budget("deployment", "d1", 1.0, parse_period("1h"))
+    book, _ = book_of(per_key, mine, seed={per_key.counter_key: NANO, mine.counter_key: NANO - 1})
+    assert book.refusal() is None and book.spent() == []      # one nano-USD is left for the next request
+    book, _ = book_of(per_key, mine, seed={per_key.counter_key: NANO, mine.counter_key: NANO})
+    error, resets = book.refusal()
+    assert book.spent() == ["deployment=d1/1h"] and error.limit == "deployment=d1/1h"
+    assert resets == utc(2027, 1, 15, 9) and "would need" not in error.message   # nothing is left at all
+
+
+def test_a_spent_budgets_refusal_says_what_a_typical_request_would_need_while_some_is_left():
+    mine = Budget("provider", "openai", 1.0, parse_period("1h"))
+    book, _ = book_of(mine, seed={mine.counter_key: NANO - 1000})
+    hold = SpendHold(5000, [mine])
+    assert isinstance(book.admit(hold, 0.0, True, False, "r1"), Denied)
+    error, _ = book.refusal()
+    assert "this request would need about $0.000005" in error.message
+
+
+def test_a_strict_refusal_names_the_budget_as_spent_at_least_in_full():
+    strict = key_budget(1.0, mode="strict")
+    book, _ = book_of(strict)
+    hold = SpendHold(700, [strict])
+    book.refused(hold, strict.counter_key, E.BudgetExceeded("tpm", limit="tpm"))
+    assert hold.strict_denied.limit == "key=k1/1h" and "$1.000000 of $1" in hold.strict_denied.message
+    other = E.LeaderUnavailable("leader gone")
+    book.refused(hold, strict.counter_key, other)
+    assert hold.strict_denied is other                       # not a budget's verdict: passed on as it is
+
+
+def test_a_grant_for_a_budget_the_request_did_not_ask_is_not_taken():
+    asked, other = key_budget(1.0, mode="strict"), Budget("team", "t", 1.0, parse_period("1h"), "strict")
+    book, wall = book_of(asked, other)
+    hold = SpendHold(100, [asked])
+    assert isinstance(book.admit(hold, 0.0, True, False, "r1"), list)
+    window = asked.period.index(wall())
+    assert not book.granted(hold, other.counter_key, window, 100) and book.granted(hold, asked.counter_key, window, 100)
+
+
+def test_the_book_publishes_each_budgets_changes_with_when_they_began_and_merges_only_its_own():
+    budget = key_budget(1.0)
+    book, wall = book_of(budget)
+    hold = SpendHold(100, [budget])
+    began = wall()
+    assert book.admit(hold, 0.0, True, False, "r1") is None
+    wall.advance(0.03)
+    (published,) = book.publish(1.0)
+    assert (published.key, published.sent_unix, published.limits) == (budget.counter_key, began, budget.limits)
+    assert list(published.delta.values())[0]["tokens"] == {"n1@h:1/d1/0": 100} and book.sync_due() is None
+    assert not book.merge("spend:team=nobody/1h", published.delta, None)
+    window = budget.period.index(wall())
+    assert book.merge(budget.counter_key, {window: {"tokens": {"n2": 7}}}, wall() - 2.0)
+    limiter = book.limiters[budget.counter_key]
+    assert limiter.usage().tokens == 107 and limiter.staleness_s > 4.0   # the 2 s lag it saw is remembered
+
+
+def test_a_budget_entry_says_exactly_what_is_wrong_with_it():
+    with pytest.raises(ValueError) as none:
+        BudgetSpec(usd=1, period="1d")
+    assert str(none.value) == "give exactly one of key, team, deployment, provider"
+    with pytest.raises(ValueError) as two:
+        BudgetSpec(usd=1, period="1d", key="k", team="t")
+    assert str(two.value) == "give exactly one of key, team, deployment, provider (got key, team)"
+    with pytest.raises(ValueError, match="^team: must not be empty, got ''$"):
+        BudgetSpec(usd=1, period="1d", team="  ")
+    for usd in (0, -1, float("inf"), float("nan"), "5"):
+        with pytest.raises(ValueError, match="^usd: must be > 0"):
+            BudgetSpec(usd=usd, period="1d", team="t")
+
+
+def test_an_engine_without_budgets_gives_a_stray_spend_grant_back():
+    rig = Rig()
+    effects = rig.feed(ev.StrictGranted("spend|2|r9|spend:key=k1/1h", 0, 500))
+    assert [e for e in effects if isinstance(e, SettleStrictSpend)] == [
+        SettleStrictSpend("spend:key=k1/1h", "spend|2|r9|spend:key=k1/1h", 0, False)]
+
+
+def test_a_late_spend_refusal_after_the_grant_changes_nothing():
+    budget = key_budget(1.0, mode="strict")
+    rig = BudgetRig([budget])
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
+    rig.feed(ev.StrictGranted(ask.reservation_id, budget.period.index(rig.wall()), ask.nano))
+    assert rig.dispatches("r1")
+    rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("late", limit="tpm")))
+    rig.report("r1", usage=Usage(100, 50))
+    assert isinstance(rig.terminal("r1"), Completed)
+
+
+@pytest.mark.parametrize("request_id", ["r1", "user|42", "spend|3|abc|x", "#1", "r" * 300])
+def test_a_spend_reservation_id_names_its_request_and_budget_whatever_either_holds(request_id):
+    budget = Budget("team", "a|b", 1.0, parse_period("1h"))
+    rid = BudgetBook.reservation_id(request_id, budget)
+    assert BudgetBook.parse_reservation(rid) == (request_id, "spend:team=a|b/1h")
+
+
+@pytest.mark.parametrize("other", ["r1#1", "spend|x#1", "spend|9|short|k", "spend|2|abck", "spend||r|k", "spend"])
+def test_anything_else_is_not_a_spend_reservation(other):
+    assert BudgetBook.parse_reservation(other) is None
+
+
+def test_a_request_id_with_a_bar_is_admitted_by_a_strict_spend_budget():
+    budget = key_budget(1.0, mode="strict")
+    rig = BudgetRig([budget])
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = [e for e in rig.submit("user|42", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
+    rig.feed(ev.StrictGranted(ask.reservation_id, budget.period.index(rig.wall()), ask.nano))
+    assert rig.dispatches("user|42")
+
+
+def test_an_engine_keeps_every_key_and_team_budget_and_only_its_own_deployment_and_provider_budgets():
+    from fakes import FakeClock
+
+    budgets = [key_budget(1.0), Budget("team", "t", 1.0, parse_period("1h")),
+               Budget("deployment", "d1", 1.0, parse_period("1h")), Budget("deployment", "d2", 1.0, parse_period("1h")),
+               Budget("provider", "openai", 1.0, parse_period("1h")), Budget("provider", "anthropic", 1.0,
+                                                                             parse_period("1h"))]
+    book = BudgetBook(budgets, slot="s", deployment="d1", provider="openai", wall=FakeClock(0.0), clock=FakeClock(0.0))
+    assert book.keys == ["spend:key=k1/1h", "spend:team=t/1h", "spend:deployment=d1/1h", "spend:provider=openai/1h"]
+    applying = book.applicable({"http_key": "k1", "http_team": "t"}, "d1", "openai")
+    assert [b.id for b in applying] == ["key=k1/1h", "team=t/1h", "deployment=d1/1h", "provider=openai/1h"]
+    assert [b.id for b in book.applicable({}, "d1", "openai")] == ["deployment=d1/1h", "provider=openai/1h"]
+    assert [b.id for b in book.applicable({"http_key": None}, "d1", "anthropic")] == ["deployment=d1/1h"]
+
+
+def test_a_seed_is_this_slots_spend_before_a_restart_and_is_published():
+    budget = key_budget(1.0)
+    book, _ = book_of(budget, seed={budget.counter_key: 1234, "spend:key=gone/1h": 5})
+    limiter = book.limiters[budget.counter_key]
+    assert (limiter.usage().tokens, limiter.usage().requests) == (1234, 1) and book.sync_due() is not None
+    empty, _ = book_of(budget, seed={budget.counter_key: 0})
+    assert empty.limiters[budget.counter_key].usage().requests == 0
+    fresh, _ = book_of(budget)
+    assert fresh.sync_due() is None and fresh.typical_nano == 0
+
+
+@pytest.mark.parametrize("sync_interval_s, wait", [(0.001, 0.005), (0.05, 0.05), (3.0, 1.0)])
+def test_a_spend_budget_held_to_its_share_is_looked_at_again_after_a_sync_bounded(sync_interval_s, wait):
+    from fakes import FakeClock
+
+    budget = key_budget(1.0)
+    wall = FakeClock(utc(2027, 1, 15, 8, 0, 30))
+    book = BudgetBook([budget], slot="n1", deployment="d1", provider="openai", wall=wall, clock=FakeClock(0.0),
+                      sync_interval_s=sync_interval_s, rand=lambda: 0.99)
+    period = budget.period.index(wall())
+    book.merge(budget.counter_key, {period: {"tokens": {"n2": NANO // 5}, "requests": {"n2": 1}}}, None)
+    verdict = book.admit(SpendHold(NANO // 2, [budget]), 10.0, True, False, "r1")
+    assert verdict == Wait(10.0 + wait)
+    assert book.limiters[budget.counter_key].usage().tokens == NANO // 5   # nothing kept while it waits
+
+
+def test_a_strict_spend_budget_waits_for_the_leader_while_starting_and_each_ask_is_repeated_on_time():
+    strict = key_budget(1.0, mode="strict")
+    book, _ = book_of(strict)
+    hold = SpendHold(100, [strict])
+    assert book.admit(hold, 1.0, False, False, "r1") == Wait(1.05)
+    (ask,) = book.admit(hold, 1.0, True, False, "r1")
+    assert (ask.key, ask.limits, ask.nano) == (strict.counter_key, strict.limits, 100)
+    assert book.admit(hold, 2.9, True, False, "r1") == Wait(3.0)
+    assert len(book.admit(hold, 3.0, True, False, "r1")) == 1
+    gone = book.admit(SpendHold(100, [strict]), 5.0, False, True, "r2")
+    assert isinstance(gone, Denied) and gone.error.retry_after_s == 5.0
+    assert gone.error.message == "a strict spend budget needs the convention leader, which is unreachable"
+
+
+def test_a_spent_budget_is_refused_naming_it_what_is_spent_and_when_it_resets():
+    budget = key_budget(1.0)
+    book, wall = book_of(budget, seed={budget.counter_key: NANO - 5000})
+    denied = book.admit(SpendHold(10_000, [budget]), 0.0, True, False, "r1")
+    assert isinstance(denied, Denied) and not denied.error.retryable and denied.error.limit == "key=k1/1h"
+    assert denied.error.message == ("budget key=k1/1h is spent: $0.999995 of $1 in this 1h period; this request "
+                                    "would need about $0.000010; it resets at 2027-01-15T09:00:00Z")
+    assert denied.error.retry_after_s == pytest.approx(utc(2027, 1, 15, 9) - wall())
+    assert book.limiters[budget.counter_key].usage().requests == 1   # the seed's; this request kept nothing
+
+
+def test_a_grant_is_taken_once_and_a_late_refusal_does_not_undo_an_admitted_request():
+    budget = key_budget(1.0, mode="strict")
+    rig = BudgetRig([budget], retry=RetryPolicy(max_retries=1, base_delay_s=0.1, jitter="none"))
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
+    rig.feed(ev.StrictGranted(ask.reservation_id, budget.period.index(rig.wall()), ask.nano))
+    rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("late", limit="tpm")))
+    rig.report("r1", error=E.ServerError("503", status=503), usage=Usage(reported=False))
+    rig.advance(0.2)                          # its retry needs no second admission
+    assert len(rig.dispatches("r1")) == 2
+
+
+def test_calendar_periods_are_utc_whatever_the_hosts_zone(monkeypatch):
+    import time as _time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    _time.tzset()
+    try:
+        month = parse_period("1mo")
+        jan_31_late = utc(2027, 1, 31, 23, 30)   # February 1st 00:30 UTC is still January in New York
+        assert month.start(month.index(jan_31_late)) == utc(2027, 1, 1)
+        assert month.end(month.index(jan_31_late)) == utc(2027, 2, 1)
+        assert month.index(utc(2027, 2, 1, 0, 30)) == month.index(jan_31_late) + 1
+        assert parse_period(" 2mo ").text == "2mo"
+    finally:
+        monkeypatch.delenv("TZ")
+        _time.tzset()

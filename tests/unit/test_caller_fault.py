@@ -85,6 +85,10 @@ def test_the_callers_error_is_a_400_class_error_naming_what_the_upstream_said():
     assert not err.retryable and not err.counts_for_breaker
     assert err.status == 500 and err.provider == "openai"
     assert "JSON schema conversion failed" in err.message and "3 attempts" in err.message
+    once = upstream_rejected(E.ServerError("bad tool message", status=500, provider="vllm", request_id="up-7"), 1)
+    assert once.message == ("the upstream answered HTTP 500 to this request once while it served calls sent after "
+                            "it, so it is this request it cannot handle; it said: bad tool message")
+    assert once.request_id == "up-7" and once.provider == "vllm"
 
 
 # -- through the engine core -------------------------------------------------------------------
@@ -120,7 +124,7 @@ class Breakered(Rig):
 def fail_all_attempts(rig: Rig, rid: str, error: E.InferenceError, attempts: int = 3) -> None:
     for _ in range(attempts):
         rig.report(rid, error=error, usage=UNKNOWN)
-        if rig.terminals(rid) or rid in rig.core.judging:
+        if rig.terminals(rid) or rid in rig.core.hearing.held:
             return
         rig.advance(1.0)  # past the backoff: the retry goes out
 
@@ -138,7 +142,7 @@ def test_a_request_the_upstream_rejects_with_a_500_is_told_so_and_never_counted(
     assert rig.counted == [] and rig.breaker_core.state is CircuitState.CLOSED
     # The probe answered nobody and is not a request in the statistics.
     assert [r.message.request_id for r in rig.of(ev.Reply)] == ["bad"]
-    stats = rig.core.stats.snapshot(rig.wall())
+    stats = rig.core.terminals.stats.snapshot(rig.wall())
     assert stats["probes"] == {"ok": 1, "failed": 0} and stats["outcomes"] == {"failed": {"UpstreamRejected": 1}}
 
 
@@ -327,12 +331,12 @@ def test_judged_requests_end_once_count_at_most_once_and_a_rejection_never_count
             rig.feed(ev.WorkerUp(n % 2, pid=7000 + n))
     for _ in range(4):
         rig.advance(60)
-        for index, slot in rig.core.slots.items():   # workers replaced at a deadline come up again
+        for index, slot in rig.core.workers.slots.items():   # workers replaced at a deadline come up again
             if not slot.ready:
                 rig.feed(ev.WorkerUp(index, pid=9000 + index))
         for probe in probes():
             rig.report(probe)
-    assert len(rig.terminals()) == len(submitted) and not rig.core.jobs and not rig.core.judging
+    assert len(rig.terminals()) == len(submitted) and not rig.core.jobs and not rig.core.hearing.held
     counted = [owner[id(err)] for _, err in rig.outcomes() if err is not None and id(err) in owner
                and err.counts_for_breaker]
     assert len(counted) == len(set(counted)), f"a request counted twice: {counted}"
@@ -358,3 +362,14 @@ def test_stopping_starts_no_probe_and_ends_every_request():
     rig.report("bad", error=LLAMA_500, usage=UNKNOWN)
     rig.feed(ev.Stop())
     assert isinstance(rig.terminal("bad").error, E.ShuttingDown) and rig.probes() == [] and not rig.core.jobs
+
+
+def test_the_known_good_call_is_critical_tiny_and_spends_no_retry():
+    probe = probe_request("gpt-4o", "probe_x/1", deadline_unix=123.0)
+    assert (probe.model, probe.request_id, probe.priority, probe.deadline_unix, probe.retry_budget) == (
+        "gpt-4o", "probe_x/1", "critical", 123.0, 0)
+    assert probe.params == {"max_tokens": 1} and probe.messages == [{"role": "user", "content": "ping"}]
+
+
+def test_only_an_http_5xx_can_be_a_suspect():
+    assert not is_suspect(E.ServerError("odd", status=600)) and is_suspect(E.ServerError("x", status=599))

@@ -240,3 +240,109 @@ def test_a_validation_500_keeps_what_the_server_said_and_is_a_suspect_server_err
     err = classify_http_status(500, {}, json.dumps(body).encode())
     assert type(err) is E.ServerError and err.status == 500 and err.message == said
     assert is_suspect(err) and "sk-secret" not in repr(err)
+
+
+@pytest.mark.parametrize("body, said", [
+    ({"error": "  upstream exploded  "}, "upstream exploded"),
+    ({"error": {"detail": "the model is loading"}}, "the model is loading"),
+    ({"error": {"Message": "Internal failure (AWS style)"}}, "Internal failure (AWS style)"),
+    ({"error": {"message": "   ", "detail": "blank message skipped"}}, "blank message skipped"),
+    ({"detail": [{"loc": ["body", "n"], "msg": "must be >= 1"}, {"msg": "no location"}, "junk",
+                 {"loc": ["x"], "msg": 3}]}, "body.n: must be >= 1; no location"),
+    ({"detail": [{"loc": [str(i)], "msg": f"m{i}"} for i in range(7)]}, "0: m0; 1: m1; 2: m2; 3: m3; 4: m4"),
+])
+def test_the_message_of_an_unrecognised_error_body_is_kept_wherever_it_is(body, said):
+    err = classify_http_status(500, {}, json.dumps(body).encode())
+    assert type(err) is E.ServerError and err.message == said
+
+
+@pytest.mark.parametrize("body", [{"detail": [{"loc": ["a"]}]}, {"detail": "   "}, {"error": 7}])
+def test_an_error_body_that_says_nothing_falls_back_to_the_status(body):
+    assert classify_http_status(500, {}, json.dumps(body).encode()).message == "HTTP 500"
+
+
+def test_a_zero_retry_after_is_now_and_a_negative_one_is_nonsense():
+    assert parse_retry_after({"retry-after": "0"}) == 0.0
+    assert parse_retry_after({"retry-after": "0.5"}) == 0.5
+    assert parse_retry_after({"retry-after": "-1"}) is None
+    assert parse_retry_after({"retry-after-ms": "0", "retry-after": "9"}) == 0.0
+
+
+@pytest.mark.parametrize("headers, body, expected", [
+    ({"X-Request-Id": "a"}, None, "a"), ({"request-id": "b"}, None, "b"), ({"x-amzn-RequestId": "c"}, None, "c"),
+    ({"x-goog-request-id": "d"}, None, "d"), ({"apim-request-id": "e"}, None, "e"),
+    ({"x-request-id": "a", "request-id": "b"}, None, "a"),
+    ({}, {"request_id": "from-body"}, "from-body"), ({}, {"request_id": 5}, ""),
+    ({"x-request-id": "r" * 300}, None, "r" * 128), ({}, {"request_id": "q" * 300}, "q" * 128),
+])
+def test_the_providers_request_id_is_kept_from_any_of_its_names_bounded(headers, body, expected):
+    err = classify_http_status(500, headers, json.dumps(body).encode() if body else None)
+    assert err.request_id == expected
+
+
+@pytest.mark.parametrize("message, tokens, limit", [
+    ("This model's maximum context length is 128,000 tokens. However, your messages resulted in 130,512 tokens.",
+     130512, 128000),
+    ("prompt is too long: 210,345 tokens > 200000 maximum", 210345, 200000),
+    ("limit 4096 exceeded: the prompt has 5000 tokens", 5000, 4096),
+    ("input of 5000 tokens; the limit is 4096 tokens", 5000, 4096),
+])
+def test_context_length_counts_are_read_whichever_order_the_provider_says_them(message, tokens, limit):
+    err = classify_http_status(400, {}, json.dumps({"error": {"message": message, "code": "context_length_exceeded"}}))
+    assert isinstance(err, E.ContextLengthExceeded) and (err.tokens, err.max_tokens) == (tokens, limit)
+
+
+@pytest.mark.parametrize("status, cls", [(300, E.ServerError), (399, E.ServerError), (400, E.BadRequest),
+                                         (418, E.BadRequest), (499, E.BadRequest), (500, E.ServerError)])
+def test_statuses_outside_the_table_are_a_bad_request_below_500_and_a_server_error_otherwise(status, cls):
+    err = classify_http_status(status, {}, b"")
+    assert type(err) is cls and err.status == status and err.provider == ""
+
+
+def test_the_status_reaches_the_error_body_and_the_retry_after_reaches_the_error():
+    body = json.dumps({"error": {"message": "slow down", "type": "weird_type"}})
+    err = classify_http_status(429, {"retry-after": "7"}, body, provider="p")
+    assert type(err) is E.RateLimited and err.retry_after_s == 7.0 and err.status == 429 and err.provider == "p"
+    when = format_datetime(datetime.fromtimestamp(NOW + 12, timezone.utc), usegmt=True)
+    assert classify_http_status(503, {"retry-after": when}, b"", now=clock).retry_after_s == pytest.approx(12)
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00"}) is None   # no zone: not a date we trust
+
+
+@pytest.mark.parametrize("status, body, cls, attrs", [
+    (400, {"error": {"message": "too big", "code": "string_above_max_length"}}, E.ContextLengthExceeded, {}),
+    (400, {"error": {"message": "nope", "code": "content_filter"}}, E.ContentFiltered, {"reason": "content_filter"}),
+    (400, {"error": {"message": "nope", "type": "content_filter_results_violation"}}, E.ContentFiltered,
+     {"reason": "content_filter_results_violation"}),
+    (400, {"error": {"message": "nope", "innererror": {"code": "ResponsibleAIPolicyViolation"}}}, E.ContentFiltered,
+     {"reason": "content_filter"}),
+    (400, {"error": {"message": "blocked by safety settings", "status": "INVALID_ARGUMENT"}}, E.ContentFiltered,
+     {"reason": "INVALID_ARGUMENT"}),
+    (None, {"error": {"message": "busy", "status": "UNAVAILABLE"}}, E.Overloaded, {}),
+    (529, {"error": {"message": "busy", "status": "UNAVAILABLE"}}, E.Overloaded, {}),
+    (500, {"error": {"message": "busy", "status": "UNAVAILABLE"}}, E.ServerError, {}),
+    (429, {"error": {"message": "quota", "status": "RESOURCE_EXHAUSTED"}}, E.RateLimited, {"retryable": True}),
+    (400, {"error": {"message": "API key not valid. Please pass a valid API key."}}, E.AuthenticationError, {}),
+    (None, {"error": {"message": "boom", "code": 503, "status": "INTERNAL"}}, E.ServerError, {"status": 503}),
+    (None, {"type": "error", "error": "flat message"}, None, {}),
+    (None, {"type": "error", "message": "rate", "code": "rate_limit_exceeded"}, E.RateLimited, {}),
+    (300, {"error": {"message": "odd", "type": "api_error"}}, E.ServerError, {"status": 300}),
+])
+def test_error_bodies_are_typed_by_their_own_words_and_keep_their_message(status, body, cls, attrs):
+    from actors.core.classify import classify_error_body
+
+    err = classify_error_body(body, status, "p")
+    if cls is None:
+        assert err is None
+        return
+    assert type(err) is cls and err.provider == "p"
+    assert err.message in ("too big", "nope", "blocked by safety settings", "busy", "quota", "boom", "rate", "odd",
+                           "API key not valid. Please pass a valid API key.")
+    for name, value in attrs.items():
+        assert getattr(err, name) == value, name
+
+
+def test_an_error_shaped_body_in_a_2xx_answer_is_not_an_error_by_its_type():
+    from actors.core.classify import classify_error_body
+
+    body = {"error": {"message": "odd", "type": "api_error"}}
+    assert classify_error_body(body, 200, "p") is None and classify_error_body(body, 299, "p") is None

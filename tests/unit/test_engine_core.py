@@ -31,6 +31,15 @@ def test_a_request_goes_straight_to_an_idle_worker_and_completes_once():
     assert rig.core.status()["completed"] == 1 and not rig.core.jobs
 
 
+def test_a_refusal_before_acceptance_is_a_terminal_with_no_attempt():
+    rig = Rig()
+    rig.feed(ev.Accept("not a request", "caller"))
+    rig.submit("r1", params={"temperature": "hot"})
+    junk, bad = rig.terminals()
+    assert (junk.request_id, junk.attempts, junk.deployment) == ("", 0, "d1")
+    assert (bad.request_id, bad.attempts, bad.attempt_log[0].sent) == ("r1", 0, False)
+
+
 def test_a_full_queue_refuses_at_once_and_loses_nothing_queued():
     rig = Rig(workers=1, queue_capacity=1)
     rig.submit("busy")
@@ -74,6 +83,42 @@ def test_half_open_needs_a_granted_probe_and_reports_its_outcome_at_once():
     assert rig.dispatches("r1")
     effects = rig.report("r1")
     assert (7, None) in [o for e in rig.of(ev.ReportOutcomes, effects) for o in e.outcomes]
+
+
+def _probe_on_a_worker(rig: Rig, generation: int = 7) -> ev.DispatchTo:
+    rig.breaker(CircuitState.OPEN, retry_in_s=0)
+    (ask,) = rig.of(ev.AskProbe, rig.submit("r1"))
+    rig.feed(ev.ProbeAdmitted(ask.token, generation))
+    return rig.dispatch_of("r1")
+
+
+def _reported(effects: list) -> list:
+    return [o for e in effects if isinstance(e, ev.ReportOutcomes) for o in e.outcomes]
+
+
+def test_a_probe_whose_worker_fails_on_it_frees_its_slot_and_is_no_success():
+    rig = Rig()
+    d = _probe_on_a_worker(rig)
+    effects = rig.feed(ev.WorkerFailedOn(d.index, "r1", d.attempt))   # Thespian's PoisonMessage
+    ((generation, outcome),) = _reported(effects)
+    assert generation == 7 and isinstance(outcome, E.Cancelled) and not outcome.counts_for_breaker
+    assert isinstance(rig.terminal("r1").error, E.InternalError)
+
+
+def test_a_probe_whose_worker_dies_frees_its_slot_and_is_no_success():
+    rig = Rig()
+    d = _probe_on_a_worker(rig)
+    effects = rig.feed(ev.WorkerGone(d.index))
+    assert [(g, type(o)) for g, o in _reported(effects)] == [(7, E.Cancelled)]
+
+
+def test_an_abandoned_probe_that_answers_later_reports_what_it_saw():
+    rig = Rig()
+    d = _probe_on_a_worker(rig)
+    rig.feed(ev.CancelRequested("r1"))
+    assert [(g, type(o)) for g, o in _reported(rig.log)] == []   # the caller left; the attempt is still out
+    effects = rig.report("r1")
+    assert _reported(effects) == [(7, None)] and d.index in rig.core.workers.idle
 
 
 def test_a_refused_probe_is_asked_again_later():
@@ -130,6 +175,16 @@ def test_strict_waits_for_the_leader_then_dispatches_on_grant():
     assert rig.dispatches("r1")
     effects = rig.report("r1", usage=Usage(4, 4))
     assert rig.of(ev.SettleStrict, effects) == [ev.SettleStrict("r1#1", 8, True)]
+
+
+def test_a_strict_grant_is_mirrored_in_the_window_the_leader_counted_it_in():
+    rig = strict_rig()
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = rig.of(ev.AskStrict, rig.submit("r1"))
+    window = int(rig.wall() // 60)
+    rig.feed(ev.StrictGranted("r1#1", window + 1, ask.tokens))   # the leader's clock is in the next window
+    replica = rig.core.limiter
+    assert replica.usage().requests == 0 and replica.state()[window + 1]["requests"] == {rig.core.slot: 1}
 
 
 def test_strict_asks_again_with_the_same_id_and_ignores_a_second_grant():
@@ -312,6 +367,16 @@ def test_a_worker_failing_on_a_dispatch_ends_that_request_and_frees_the_slot():
     assert isinstance(rig.terminal("r1").error, E.InternalError) and rig.dispatches("r2")
 
 
+def test_a_request_its_worker_failed_on_keeps_its_budget_charged_and_says_why():
+    rig = Rig(workers=1, limits=limits(rpm=10, window_s=60))
+    rig.submit("r1")
+    rig.feed(ev.WorkerFailedOn(0, "r1", 1))
+    error = rig.terminal("r1").error
+    assert (type(error), error.message, error.provider) == (E.InternalError, "the worker failed on this request",
+                                                           "openai")
+    assert rig.core.limiter.usage().requests == 1   # it may have reached the provider: its estimate stays charged
+
+
 # -- settlement --------------------------------------------------------------------------
 
 def spent(rig):
@@ -432,7 +497,19 @@ def test_stop_fails_everything_still_open_with_shutting_down():
     rig.submit("r2")
     rig.feed(ev.Stop())
     assert all(isinstance(rig.terminal(r).error, E.ShuttingDown) for r in ("r1", "r2"))
+    on_worker, queued = rig.terminal("r1"), rig.terminal("r2")
+    assert on_worker.chunks is None and queued.chunks == 0   # a worker may have sent r1 chunks: unknown
+    assert on_worker.error.message == "the engine stopped before the request finished"
+    assert on_worker.error.provider == "openai"
     assert rig.feed(ev.WorkerGone(0)) == []
+
+
+def test_stop_publishes_what_the_replica_has_not_yet():
+    rig = Rig(has_hub=True, limits=limits(rpm=10, window_s=60))
+    rig.submit("r1")
+    rig.report("r1")
+    published = rig.of(ev.PublishCounts, rig.feed(ev.Stop()))
+    assert len(published) == 1 and published[0].sent_unix == rig.wall()
 
 
 # -- deadlines at each stage -------------------------------------------------------------
@@ -445,7 +522,7 @@ def test_deadline_while_queued():
     assert rig.terminals("r1") == []
     rig.advance(0.2)
     failed = rig.terminal("r1")
-    assert isinstance(failed.error, E.DeadlineExceeded) and "queued" in failed.error.message
+    assert isinstance(failed.error, E.DeadlineExceeded) and failed.error.message == "the deadline passed while queued"
     rig.report("busy")
     assert rig.dispatches("r1") == []
 
@@ -475,7 +552,8 @@ def test_deadline_while_waiting_for_a_credential():
     rig.report("r1", error=E.AuthenticationError("401", status=401), usage=UNKNOWN)
     rig.advance(2.1)
     failed = rig.terminal("r1")
-    assert isinstance(failed.error, E.DeadlineExceeded) and "credential" in failed.error.message
+    assert isinstance(failed.error, E.DeadlineExceeded)
+    assert failed.error.message == "the deadline passed waiting for a credential"
 
 
 def test_deadline_while_dispatched_ends_the_request_whatever_the_worker_does():
@@ -627,7 +705,7 @@ def test_every_accepted_request_ends_exactly_once(ops, limited, retries):
                 rig.report(probe.request_id, error=None if n % 2 else E.ServerError("down", status=500))
         elif op == "drain" and n == 5 and not rig.core.draining:
             rig.feed(ev.DrainRequested("launcher"))
-        elif op == "crash" and rig.core.slots:
+        elif op == "crash" and rig.core.workers.slots:
             rig.feed(ev.WorkerGone(n % 2))
             rig.feed(ev.WorkerUp(n % 2, pid=5000 + n))
         elif op == "cancel":
@@ -650,7 +728,7 @@ def test_every_accepted_request_ends_exactly_once(ops, limited, retries):
     rig.breaker(CircuitState.CLOSED, generation=10 ** 6)
     for _ in range(4):
         rig.advance(60)  # every deadline, grace, retry and verdict is past; probes in flight answer
-        for index, slot in rig.core.slots.items():   # workers replaced at a deadline come up again
+        for index, slot in rig.core.workers.slots.items():   # workers replaced at a deadline come up again
             if not slot.ready:
                 rig.feed(ev.WorkerUp(index, pid=9000 + index))
         for probe in [j for j in rig.core.jobs.values() if j.known_good and j.attempt is not None]:
@@ -660,7 +738,7 @@ def test_every_accepted_request_ends_exactly_once(ops, limited, retries):
         assert accepted_and_ended, f"{rid} never ended"
     # A resubmitted id after its terminal is a new request: count per acceptance.
     assert len(rig.terminals()) == len(submitted)
-    assert not rig.core.jobs and not rig.core.queue and not rig.core.judging
+    assert not rig.core.jobs and not rig.core.queue and not rig.core.hearing.held
     assert len(rig.of(ev.ReportDrained)) <= 1
 
 
@@ -678,4 +756,18 @@ def test_timers_of_ended_requests_do_not_pile_up():
     for i in range(2000):
         rig.submit(f"r{i}", deadline_in=600)
         rig.report(f"r{i}")
-    assert len(rig.core._timers) < 200 and len(rig.terminals()) == 2000
+    assert len(rig.core.timers) < 200 and len(rig.terminals()) == 2000
+
+
+def test_a_first_token_counts_only_for_the_attempt_on_the_worker():
+    rig = Rig()
+    rig.submit("r1", stream=True)
+    rig.feed(ev.TokenStarted("r1", 2, rig.wall()))           # not its attempt: ignored
+    rig.feed(ev.TokenStarted("nobody", 1, rig.wall()))
+    assert rig.core.jobs["r1"].chunks == 0 and rig.core.jobs["r1"].first_token_unix is None
+    rig.advance(0.5)
+    rig.first_token("r1")
+    job = rig.core.jobs["r1"]
+    assert job.chunks == 1 and job.first_token_unix == rig.wall()
+    rig.report("r1", chunks=4)
+    assert rig.terminal("r1").ttft_s == pytest.approx(0.5)

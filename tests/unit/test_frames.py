@@ -84,3 +84,36 @@ def test_a_first_frame_bound_applies_to_the_greeting_only():
     assert len(decoder.feed(hello + big)) == 2        # the greeting, then a chunk larger than its bound
     with pytest.raises(FrameRefused, match="at most 512"):
         FrameDecoder(FrameCodec(ring(A)), first_frame_bytes=512).feed(big)
+
+
+def test_the_wire_form_of_a_frame_is_compact_utf8_json_after_the_key_id():
+    key = ring(A).signing
+    frame = FrameCodec(ring(A)).encode({"r": "x", "s": 0, "t": "é"})
+    signed = b"\x01a" + '{"r":"x","s":0,"t":"é"}'.encode("utf-8")
+    assert frame == struct.pack(">I", len(signed) + MAC_BYTES) + signed + key.mac(signed)
+
+
+def _signed(body: bytes) -> bytes:
+    key = ring(A).signing
+    signed = bytes([len(key.key_id)]) + key.key_id.encode() + body
+    return struct.pack(">I", len(signed) + MAC_BYTES) + signed + key.mac(signed)
+
+
+@pytest.mark.parametrize("frame, reason", [
+    (struct.pack(">I", MAC_BYTES) + b"\x00" * MAC_BYTES, "^truncated frame$"),
+    (struct.pack(">I", MAC_BYTES + 1) + b"\x00" * (MAC_BYTES + 1), "^signed with a key this process does not accept$"),
+    (_signed(b"{}")[:-1] + b"\x00", "^bad signature$"),
+    (_signed(b""), "^not JSON$"),
+    (_signed(b"[1]"), "^not a JSON object$"),
+])
+def test_each_refusal_says_why(frame, reason):
+    with pytest.raises(FrameRefused, match=reason):
+        FrameDecoder(FrameCodec(ring(A))).feed(frame)
+
+
+def test_a_frame_of_exactly_the_size_bound_is_read():
+    body = chunk_body("req_1", 0, "x" * 100, [])
+    frame = FrameCodec(ring(A)).encode(body)
+    exact = struct.unpack(">I", frame[:4])[0]
+    assert FrameDecoder(FrameCodec(ring(A)), max_frame_bytes=exact).feed(frame) == [body]
+    assert chunk_fields({"r": "r", "s": 1}) == ("r", 1, "", [])

@@ -81,3 +81,10 @@ def test_rejects_negative_values():
 def test_pickles():
     c = GCounter({"a": 1, "b": 2})
     assert pickle.loads(pickle.dumps(c)) == c
+
+
+def test_a_counter_reads_zero_for_a_slot_it_never_heard_of_and_equals_only_counters():
+    counter = GCounter()
+    assert counter.get("nobody") == 0 and counter != object() and counter == GCounter()
+    with pytest.raises(ValueError, match="only grows"):
+        counter.increment("a", -1)

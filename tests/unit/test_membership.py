@@ -272,3 +272,84 @@ def test_notes_say_what_last_happened_a_loss_a_return_and_a_drop():
     assert leader.in_cluster and leader.describe() == "leader"
     assert leader.note().startswith("its own registrar did not answer (no answer from the registrar for 6.0s), "
                                     "located again: still the leader")
+
+
+def test_a_refused_member_is_outside_from_its_first_refusal_until_it_is_heard_again():
+    clock = Clock()
+    member = standing(clock)
+    member.heard("n0")
+    clock.t += 10.0
+    member.refuse("node id n1@h:1 is already held")
+    clock.t += 5.0
+    member.refuse("another reason")          # still outside since the first one
+    clock.t += 5.0
+    assert member.heard("n0") == 10.0 and member.in_cluster
+    leader = standing(clock, leader=True)
+    leader.heard("n0")
+    leader.refuse("a stray refusal")
+    assert leader.in_cluster and leader.heard("n0") is None   # the leader is never outside
+
+
+def test_a_member_is_dropped_only_once_silent_longer_than_the_timeout_and_a_lone_claim_is_forgotten():
+    clock = Clock()
+    members = MemberTable(failure_timeout_s=5.0, confirm_s=1.0, clock=clock)
+    members.heartbeat("a", "inc-a", "info-a")
+    clock.t += 5.0
+    assert members.sweep() == [] and "a" in members          # exactly the timeout: still a member
+    clock.t += 0.01
+    assert members.sweep() == ["a"] and "a" not in members
+
+
+def test_a_claim_nobody_repeats_is_forgotten_after_twice_the_timeout_and_the_confirm_time():
+    clock = Clock()
+    members = MemberTable(failure_timeout_s=5.0, confirm_s=1.0, clock=clock)
+    members.heartbeat("n1", "old", "x")
+    claimed = clock.t
+    assert members.heartbeat("n1", "new", "y").verdict is Verdict.HELD
+    clock.t += 0.5
+    members.heartbeat("n1", "old", "x")                           # the holder is alive: the claim is refused
+    assert members.heartbeat("n1", "new", "y").verdict is Verdict.REFUSED
+    while clock.t < claimed + 10.5:                               # the holder keeps talking; the claimant does not
+        clock.t += 0.5
+        members.heartbeat("n1", "old", "x")
+    clock.t = claimed + 11.0
+    members.sweep()
+    assert members.heartbeat("n1", "new", "y").verdict is Verdict.REFUSED   # 11 s: not yet forgotten
+    clock.t = claimed + 11.01
+    members.heartbeat("n1", "old", "x")
+    members.sweep()
+    assert members.heartbeat("n1", "new", "y").verdict is Verdict.HELD       # forgotten: a new claim
+
+
+def test_what_a_claimant_is_told_and_exactly_when_a_silent_holder_is_replaced():
+    clock = Clock()
+    members = MemberTable(failure_timeout_s=5.0, confirm_s=2.0, clock=clock)
+    members.heartbeat("n1", "old", "x")
+    clock.t += 1.0
+    held = members.heartbeat("n1", "new", "y")
+    assert held.reason == ("node id n1 is already held by a live node (incarnation old, heard from 1.0s ago); "
+                           "waiting to see whether it is still alive")
+    members.heartbeat("n1", "old", "x")             # at the same moment as the claim: not proof the holder lives on
+    clock.t += 2.0
+    replaced = members.heartbeat("n1", "new", "y")   # holder silent for exactly confirm_s, claim as old
+    assert replaced.verdict is Verdict.REPLACED and replaced.reason == "node id n1 restarted (incarnation old -> new)"
+    refused_table = MemberTable(failure_timeout_s=5.0, confirm_s=2.0, clock=clock)
+    refused_table.heartbeat("n2", "a", "x")
+    refused_table.heartbeat("n2", "b", "y")
+    clock.t += 0.5
+    refused_table.heartbeat("n2", "a", "x")
+    refused = refused_table.heartbeat("n2", "b", "y")
+    assert refused.reason.endswith("; give this node another name (--name) or advertised address")
+    assert refused.reason.startswith("node id n2 is already held by a live node (incarnation a, heard from 0.0s")
+
+
+def test_a_loss_is_counted_from_when_it_first_happened():
+    clock = Clock()
+    member = standing(clock)
+    member.heard("n0")
+    clock.t += 6.0
+    member.lost("silent")
+    clock.t += 4.0
+    member.lost("still silent")               # already outside: since the first loss
+    clock.t += 1.0
+    assert member.heard("n0") == 5.0

@@ -41,3 +41,12 @@ def test_this_process_reads_as_alive_with_its_real_parent():
     me = live_stat(os.getpid())
     assert me is not None and me.ppid == os.getppid() and me.pgrp == os.getpgid(0)
     assert os.getpid() in group_members(os.getpgid(0))
+
+
+def test_exactly_twenty_fields_after_the_name_are_enough_and_the_pid_is_the_one_asked(tmp_path):
+    text = "42 (x) S 7 5 " + " ".join(["0"] * 16) + " 9001"
+    stat = parse_stat(42, text)
+    assert stat is not None and stat.start_ticks == 9001 and stat.pid == 42
+    assert parse_stat(42, text.rsplit(" ", 1)[0]) is None           # nineteen: not a stat line
+    write(tmp_path, 77, comm="w", state="R", ppid=1, pgrp=77, start=5)
+    assert read_stat(77, str(tmp_path)).pid == 77

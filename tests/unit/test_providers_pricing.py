@@ -92,3 +92,14 @@ def test_one_registry_each_runner_names_its_provider_and_its_tables():
         assert runner_class(cls.provider) is cls
         if cls.family is not None:   # a gateway (None) looks in every table
             assert cls.family in price_table() and cls.family in context_windows(), cls
+
+
+@pytest.mark.parametrize("prices", [dict(input=-1, output=1), dict(input=1, output=-0.01),
+                                    dict(input=1, output=1, cached_input=-1)])
+def test_a_negative_price_is_refused_whichever_it_is(prices):
+    with pytest.raises(ValueError, match="^prices must be >= 0$"):
+        Price(**prices)
+
+
+def test_zero_prices_are_prices():
+    assert Price(input=0, output=0, cached_input=0).cached_input == 0

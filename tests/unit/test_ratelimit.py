@@ -189,7 +189,8 @@ def test_between_syncs_each_slot_takes_at_most_its_share_of_what_is_left():
     assert not isinstance(nodes[1].try_acquire(1), Reservation)  # within the staleness bound: still held
     assert granted == [32, 32, 32]  # (100 - 3) / 3 each: together within the budget
     denied = nodes[0].try_acquire(1)
-    assert denied.retry_after_s == 0.05 and "share" in denied.message
+    assert denied.retry_after_s == 0.05 and denied.limit == "rpm"
+    assert denied.message == "rpm: this node's share of the rest of the window is taken until the next sync"
     sync = [lim.take_delta() for lim in nodes]
     for lim in nodes:
         for d in sync:
@@ -274,3 +275,147 @@ def test_attempt_ids_round_trip_and_reject_what_is_not_one():
 
     assert AttemptId.parse(str(AttemptId("req#with#hashes", 3))) == AttemptId("req#with#hashes", 3)
     assert [AttemptId.parse(text) for text in ("", "r1", "r1#", "#2", "r1#x")] == [None] * 5
+
+
+def test_a_spent_window_is_waited_out_to_its_end_without_burst():
+    lim, clock = limiter(tpm=100)
+    clock.advance(15)
+    lim.try_acquire(tokens=100)
+    assert lim.try_acquire(tokens=1).retry_after_s == pytest.approx(45)
+
+
+def test_with_burst_the_wait_is_until_the_bucket_has_refilled_enough():
+    lim, clock = limiter(rpm=60, burst=0.1)
+    clock.advance(30)   # halfway: 60 * (0.1 + 0.5) = 36 may be spent
+    assert sum(isinstance(lim.try_acquire(tokens=1), Reservation) for _ in range(40)) == 36
+    assert lim.try_acquire(tokens=1).retry_after_s == pytest.approx(1.0)  # the 37th fits 1/60 of the window later
+    assert lim.try_acquire(tokens=1, requests=4).retry_after_s == pytest.approx(4.0)
+
+
+def test_with_burst_a_cost_that_fits_no_refill_of_this_window_waits_for_the_next():
+    lim, clock = limiter(tpm=100, burst=0.5)
+    clock.advance(30)
+    assert isinstance(lim.try_acquire(tokens=100), Reservation)
+    # 160 would need 110% of the window refilled: only the next window has room.
+    assert lim.try_acquire(tokens=60).retry_after_s == pytest.approx(30)
+
+
+def test_between_syncs_the_token_share_binds_too():
+    wall, mono = FakeClock(T0 + 30), FakeClock(0)
+    a = WindowedLimiter("a", RateLimits(tpm=1000), wall_clock=wall, clock=mono, sync_interval_s=0.05)
+    b = WindowedLimiter("b", RateLimits(tpm=1000), wall_clock=wall, clock=mono, sync_interval_s=0.05)
+    b.try_acquire(1)
+    a.merge(b.take_delta())   # two slots spend from this budget
+    assert isinstance(a.try_acquire(400), Reservation)   # within its share of the 999 left
+    denied = a.try_acquire(200)  # 600 from one slot before the other can have seen it: more than its half
+    assert isinstance(denied, BudgetExceeded) and denied.limit == "tpm" and "share" in denied.message
+    assert denied.retry_after_s == 0.05 and a.usage().tokens == 401
+    mono.advance(1.0)   # what it admitted is old enough for the other slot to have seen it
+    assert isinstance(a.try_acquire(200), Reservation)
+
+
+def test_a_strict_reservation_lives_for_its_ttl_and_not_longer():
+    from actors.core.ratelimit import StrictLedger
+
+    wall, mono = FakeClock(T0 + 1), FakeClock(0)
+    ledger = StrictLedger(RateLimits(rpm=10, tpm=1000), reservation_ttl_s=10, wall_clock=wall, clock=mono)
+    ledger.acquire("early", 100)
+    ledger.acquire("late", 100)
+    mono.advance(9.999)
+    assert ledger.expire() == 0 and set(ledger.outstanding) == {"early", "late"}
+    assert ledger.settle("early", 30, sent=True)   # reported within its TTL: settled to its usage
+    mono.advance(0.001)
+    assert ledger.expire() == 1 and ledger.outstanding == {}
+    assert not ledger.settle("late", 30, sent=True)   # too late: its estimate stays charged
+    assert ledger.limiter.usage().tokens == 130
+
+
+def test_a_release_gives_back_what_this_slot_reserved_in_its_own_name():
+    lim, _ = limiter("n1", rpm=10, tpm=1000)
+    r = lim.try_acquire(tokens=40, requests=2)
+    lim.release(r)
+    (window,) = lim.state()
+    assert lim.state()[window]["requests_refunded"] == {"n1": 2}
+    assert lim.state()[window]["tokens_refunded"] == {"n1": 40}
+
+
+def test_a_merge_skips_counters_it_does_not_know_and_keeps_going():
+    lim, _ = limiter("n1", rpm=10)
+    window = int(T0 // 60)
+    lim.merge({window: {"bogus": {"n2": 9}, "requests": {"n2": 3}}})
+    assert lim.usage().requests == 3
+
+
+def test_a_recent_admission_is_forgotten_exactly_at_the_staleness_horizon():
+    wall, mono = FakeClock(T0 + 30), FakeClock(0)
+    a = WindowedLimiter("a", RateLimits(rpm=1000), wall_clock=wall, clock=mono, sync_interval_s=0.05,
+                        rand=lambda: 0.0)
+    b = WindowedLimiter("b", RateLimits(rpm=1000), wall_clock=wall, clock=mono, sync_interval_s=0.05)
+    b.try_acquire(1)
+    a.merge(b.take_delta())
+    assert isinstance(a.try_acquire(1, requests=400), Reservation)
+    assert not isinstance(a.try_acquire(1, requests=400), Reservation)   # its recent 400 count against its share
+    staleness = a.staleness_s
+    mono.advance(staleness)
+    # Exactly as old as the horizon: the other slot has seen it, so it no longer holds this one to a share.
+    assert isinstance(a.try_acquire(1, requests=400), Reservation)
+
+
+def test_the_strict_ledger_counts_in_its_own_slot_and_grants_what_was_asked():
+    from actors.core.ratelimit import StrictLedger
+
+    wall, mono = FakeClock(T0 + 1), FakeClock(0)
+    ledger = StrictLedger(RateLimits(rpm=10), wall_clock=wall, clock=mono)
+    granted = ledger.acquire("r1", tokens=5, requests=3)
+    assert granted.requests == 3 and ledger.limiter.usage().requests == 3
+    window = int((T0 + 1) // 60)
+    assert ledger.limiter.state()[window]["requests"] == {"strict": 3}
+    mono.advance(659)
+    assert ledger.expire() == 0            # the default TTL outlives a whole call (timeouts.total_s: 600 s)
+    mono.advance(1)
+    assert ledger.expire() == 1
+
+
+def test_with_burst_a_window_never_allows_more_than_its_budget():
+    lim, clock = limiter(rpm=10, burst=0.5)
+    clock.advance(45)                      # 0.5 + 0.75 of the window would be more than all of it
+    assert sum(isinstance(lim.try_acquire(1), Reservation) for _ in range(20)) == 10
+
+
+def test_only_the_current_and_the_next_window_take_counts_and_two_old_windows_are_gone():
+    lim, clock = limiter(rpm=10)
+    window = int(T0 // 60)
+    lim.merge({window + 2: {"requests": {"far-ahead": 5}}})
+    lim.merge({window + 1: {"requests": {"a-bit-ahead": 5}}})
+    assert set(lim.state()) == {window + 1}
+    lim.try_acquire(1)
+    clock.advance(120)                     # two windows on: the window it spent in is gone
+    lim.try_acquire(1)
+    assert window not in lim.state()
+
+
+def test_a_slot_counts_as_a_participant_for_this_and_the_previous_window_only():
+    lim, clock = limiter("n1", rpm=100)
+    window = int(T0 // 60)
+    lim.merge({window - 1: {"requests": {"yesterday": 1}}})
+    assert lim.participants() == 2
+    clock.advance(60)
+    assert lim.participants() == 1          # two windows ago: not sharing this one
+    lim.merge({window + 2: {"requests": {"tomorrow": 1}}})
+    assert lim.participants() == 1
+
+
+def test_refusals_name_the_limit_that_refused():
+    lim, _ = limiter(rpm=1, tpm=100)
+    assert lim.refusal(tokens=101).limit == "tpm" and lim.refusal(tokens=1, requests=2).limit == "rpm"
+    lim.try_acquire(1)
+    assert lim.refusal(tokens=1).limit == "rpm"
+
+
+def test_what_a_slot_remembers_of_its_recent_admissions_stays_bounded():
+    wall, mono = FakeClock(T0 + 1), FakeClock(0)
+    lim = WindowedLimiter("a", RateLimits(rpm=10 ** 6), wall_clock=wall, clock=mono, sync_interval_s=0.05)
+    for _ in range(2000):
+        lim.try_acquire(1)
+        mono.advance(0.05)                  # 100 s of steady admissions
+    assert len(lim._recent) < 300          # the last few seconds' worth, not all of them

@@ -56,7 +56,7 @@ def test_a_high_request_displaces_the_newest_queued_low_which_ends_once_with_que
         rig.report(rig.dispatches()[-1].request.request_id)
         served.append(rig.dispatches()[-1].request.request_id)
     assert served == ["high", "high2"] and not rig.core.queue
-    stats = rig.core.stats.snapshot(rig.wall())
+    stats = rig.core.terminals.stats.snapshot(rig.wall())
     assert stats["refused"] == {"QueueFull": 3}   # two displaced, one refused at the door
 
 
@@ -81,7 +81,7 @@ def test_a_prompt_too_long_for_the_window_is_refused_before_it_is_queued():
     assert err == refusals.context_too_long("d1", "openai", 101, 100) and rig.dispatches() == []
     rig.submit("fits", messages=[{"role": "user", "content": "x" * 400}])
     assert rig.dispatches("fits")
-    assert rig.core.stats.snapshot(rig.wall())["refused"] == {"ContextLengthExceeded": 1}
+    assert rig.core.terminals.stats.snapshot(rig.wall())["refused"] == {"ContextLengthExceeded": 1}
 
 
 def router_refusal(rig: Rig, now_unix: float, input_tokens: int | None = None) -> E.InferenceError:
@@ -213,3 +213,63 @@ def test_a_node_adds_its_clients_refusal_counts_bounded_whatever_arrives():
     refusals.add_counts(node, {f"model{i}": {"CircuitOpen": 1} for i in range(400)}, max_models=10)
     assert len(node) == 10
     refusals.add_counts(node, ["not", "a", "dict"])
+
+
+# -- the errors themselves: what every layer answers with ------------------------------------------
+
+def test_a_full_queue_is_retryable_after_about_one_call_and_names_the_deployment():
+    error = refusals.queue_full("d1", 8, "openai")
+    assert (type(error), error.message, error.provider, error.retryable, error.retry_after_s) == (
+        E.QueueFull, "queue of d1 is full (8 waiting)", "openai", True, refusals.QUEUE_RETRY_S)
+    taken = refusals.displaced("d1", 8, "openai", "high")
+    assert (taken.message, taken.provider, taken.retryable, taken.retry_after_s) == (
+        "queue of d1 is full (8 waiting): a high-priority request took this request's place", "openai", True,
+        refusals.QUEUE_RETRY_S)
+
+
+def test_a_prompt_too_long_names_its_estimate_and_the_window():
+    error = refusals.context_too_long("d1", "anthropic", 1200, 1000)
+    assert (error.message, error.tokens, error.max_tokens, error.provider, error.retryable) == (
+        "the prompt (about 1200 tokens) is longer than the 1000-token context window of deployment d1",
+        1200, 1000, "anthropic", False)
+
+
+def test_a_pushed_refusal_counts_its_retry_after_down_to_zero_and_leaves_the_original_alone():
+    pushed = E.CircuitOpen("open", provider="openai")
+    assert refusals.as_of(pushed, 1000.0, 990.5).retry_after_s == 9.5
+    assert refusals.as_of(pushed, 1000.0, 1000.5).retry_after_s == 0.0   # lifted a moment ago: try now
+    assert refusals.as_of(pushed, None, 5.0).retry_after_s is None and pushed.retry_after_s is None
+
+
+def test_a_group_refusal_prefers_one_that_says_when_it_lifts_and_names_unknown_kinds():
+    never = E.BudgetExceeded("budget deployment=a/1d is spent", provider="openai")   # no retry-after
+    later = E.QueueFull("queue of b is full", provider="openai", retry_after_s=30.0, retryable=True)
+    chosen = refusals.for_group("m", [("a", never), ("b", later)])
+    assert type(chosen) is E.QueueFull and chosen.retry_after_s == 30.0
+    assert chosen.message.startswith("no deployment of model 'm' can take the request: a (no budget), b (queue full); ")
+    assert chosen.args == (chosen.message,)
+    unknown = E.ContextLengthExceeded("long", max_tokens=None)
+    known = E.ContextLengthExceeded("long too", max_tokens=1)
+    assert refusals.for_group("m", [("u", unknown), ("k", known)]).message.endswith("long too")
+
+
+def test_the_tally_starts_sendable_adds_up_and_waits_its_interval_exactly():
+    tally = refusals.Tally()
+    assert tally.every_s == 0.25 and tally.add("m", "CircuitOpen", 0.0)
+    assert tally.add("m", "CircuitOpen", 0.0)   # not sent yet: still due
+    assert tally.take(0.0) == {"m": {"CircuitOpen": 2}}
+    assert not tally.add("m", "QueueFull", 0.1)
+    assert tally.add("m", "QueueFull", 0.25)   # exactly one interval after the last send
+
+
+def test_a_node_keeps_at_most_its_bounds_of_models_and_reasons_and_skips_junk_without_stopping():
+    node: dict[str, dict[str, int]] = {}
+    refusals.add_counts(node, {f"model{i}": {"CircuitOpen": 1} for i in range(300)})
+    assert len(node) == 256
+    refusals.add_counts(node, {"model0": {f"reason{i}": 1 for i in range(40)}})
+    assert len(node["model0"]) == 32
+    refusals.add_counts(node, {"model0": {"CircuitOpen": 5}})     # a reason it has: still counted when full
+    assert node["model0"]["CircuitOpen"] == 6
+    fresh: dict[str, dict[str, int]] = {}
+    refusals.add_counts(fresh, {"junk": "not counts", "zero": {"QueueFull": 0}, "m": {"QueueFull": 2}})
+    assert fresh == {"zero": {}, "m": {"QueueFull": 2}}

@@ -447,3 +447,47 @@ def test_an_engine_that_answered_circuit_open_is_held_until_its_retry_time_withi
 def test_the_output_estimate_is_the_calls_max_tokens_else_a_typical_answer():
     assert R.output_estimate(50) == 50
     assert R.output_estimate(None) == R.output_estimate(True) == R.output_estimate("50") == R.DEFAULT_OUTPUT_TOKENS
+
+
+# -- edges the mutation run found unpinned (docs/architecture.md, "How the core is tested") ---------
+
+def test_the_input_estimate_counts_text_parts_only_and_rounds_down():
+    assert R.input_estimate([{"content": "abc"}]) == 0
+    assert R.input_estimate([{"content": "abcd"}, {"content": "efgh"}]) == 2
+    assert R.input_estimate([{"content": [{"type": "text", "text": "abcdefgh"}, {"type": "image_url"}]}]) == 2
+    assert R.input_estimate(({"content": "a" * 400},)) == 0           # not a list: nothing to count
+    assert R.input_estimate(["a" * 400, {"content": "abcd"}]) == 1      # not a message: skipped
+
+
+def test_a_pushed_refusal_of_another_kind_is_skipped_under_its_own_name():
+    full = E.QueueFull("queue of a is full", retry_after_s=1.0)
+    assert R.skip_reason(cand("a", refusal=full, refusal_until_unix=None)) == "queue_full"
+
+
+def test_a_model_without_fallbacks_has_none_and_retries_never_go_negative():
+    plan = R.FallbackPlan("m", R.RoutingPolicy())
+    assert plan.targets("fallbacks") == [] and plan.next_model(E.ServerError("x", status=500)) is None
+    retries = R.RequestRetries()
+    retries.start(-2)
+    assert retries.retries == 0 and retries.left == 0
+
+
+@pytest.mark.parametrize("value, ok", [(0.5, True), (1, True), (0, False), (-1, False), (float("inf"), False),
+                                       (float("nan"), False), (True, False), ("5", False)])
+def test_health_check_times_are_positive_finite_numbers(value, ok):
+    if ok:
+        assert R.HealthCheck(interval_s=value, timeout_s=value).timeout_s == value
+    else:
+        with pytest.raises(ValueError, match="must be > 0"):
+            R.HealthCheck(timeout_s=value)
+
+
+def test_a_decayed_mean_weighs_each_sample_by_its_age():
+    mean = Decayed(half_life_s=10.0)
+    mean.add(10.0, 0.0)
+    mean.add(20.0, 0.0)
+    assert mean.value == 15.0                    # same moment: equal weights
+    mean.add(40.0, 10.0)                         # one half-life later: the first two weigh half
+    assert mean.value == pytest.approx((0.5 * 30.0 + 40.0) / (0.5 * 2 + 1))
+    mean.add(0.0, 5.0)                           # a sample from the past counts as now
+    assert mean.at == 5.0

@@ -8,6 +8,7 @@ import logging
 import types
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.core.breaker import BreakerConfig, CircuitBreaker, CircuitState
@@ -112,6 +113,17 @@ def test_quantile_interpolates_within_a_bucket():
     assert quantile(counts, 0.99) == LATENCY_BOUNDS[-1]
 
 
+def test_quantile_ranks_across_buckets_from_zero():
+    counts = [0] * (len(LATENCY_BOUNDS) + 1)
+    counts[0] = 10                              # (0, 0.005]
+    assert quantile(counts, 0.5) == pytest.approx(0.0025)
+    assert quantile(counts, 0.05) == pytest.approx(0.00025)      # under one observation into the bucket
+    counts[1] = 10                              # (0.005, 0.01]
+    assert quantile(counts, 0.75) == pytest.approx(0.0075)
+    counts[2] = 20                              # (0.01, 0.025]
+    assert quantile(counts, 0.75) == pytest.approx(0.01 + 0.015 * 10 / 20)
+
+
 def test_merge_adds_replicas_exactly():
     a, b = DeploymentStats(), DeploymentStats()
     a.record(record(at_unix=WALL0 + 1))
@@ -122,6 +134,63 @@ def test_merge_adds_replicas_exactly():
     assert set(merged["keys"]) == {"team", "other"}
     assert len(merged["series"]) == 1 and merged["series"][0][1] == 2
     assert merged["failing_since_unix"] is None   # one replica still succeeds
+
+
+_RECORDS = st.lists(st.tuples(
+    st.floats(0, 800), st.sampled_from(["completed", "failed"]), st.sampled_from(["", "k1", "k2"]),
+    st.integers(0, 50), st.integers(0, 50), st.one_of(st.none(), st.floats(0, 2)), st.floats(0, 400),
+    st.one_of(st.none(), st.floats(0, 40)), st.integers(1, 3), st.booleans(), st.booleans()), max_size=30)
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+@settings(max_examples=60)
+@given(_RECORDS, st.lists(st.sampled_from(["QueueFull", "BadRequest"]), max_size=4),
+       st.lists(st.booleans(), max_size=4))
+def test_merged_snapshots_are_the_snapshot_of_every_record_together(rows, rejects, probes):
+    """Replicas (or nodes) merge exactly: what two add up to is what one would have counted."""
+    replicas, together = [DeploymentStats(), DeploymentStats()], DeploymentStats()
+    for i, (at, outcome, key, tin, tout, cost, latency, ttft, attempts, fallback, on_b) in enumerate(
+            sorted(rows, key=lambda row: row[0])):
+        r = record(at_unix=WALL0 + at, outcome=outcome, error_kind="" if outcome == "completed" else "Timeout",
+                   key=key, input_tokens=tin, output_tokens=tout, cached_input_tokens=tin // 2,
+                   reasoning_tokens=tout // 3, cost_usd=cost, latency_s=latency, ttft_s=ttft, attempts=attempts,
+                   fallback_from="m0" if fallback else "")
+        replicas[on_b].record(r)
+        together.record(r)
+    for i, kind in enumerate(rejects):
+        replicas[i % 2].reject(kind)
+        together.reject(kind)
+    for i, ok in enumerate(probes):
+        replicas[i % 2].probe(ok)
+        together.probe(ok)
+    now = WALL0 + 801
+    merged = merge_snapshots([replicas[0].snapshot(now), {}, replicas[1].snapshot(now)])
+    expected = together.snapshot(now)
+    merged.pop("failing_since_unix"), expected.pop("failing_since_unix")   # its own rule: the test below
+    assert _rounded(merged) == _rounded(expected)
+
+
+def test_a_merged_deployment_is_failing_only_when_every_replica_that_served_is():
+    failing, also_failing, idle = DeploymentStats(), DeploymentStats(), DeploymentStats()
+    failing.record(record(at_unix=WALL0 + 1, outcome="failed", error_kind="Timeout"))
+    also_failing.record(record(at_unix=WALL0 + 2))
+    also_failing.record(record(at_unix=WALL0 + 5, outcome="failed", error_kind="Timeout"))
+    now = WALL0 + 10
+    merged = merge_snapshots([failing.snapshot(now), also_failing.snapshot(now), idle.snapshot(now)])
+    assert merged["failing_since_unix"] == WALL0 + 5     # since the latest of them began failing
+    assert merged["last_success_unix"] == WALL0 + 2 and merged["last_failure_unix"] == WALL0 + 5
+    also_failing.record(record(at_unix=WALL0 + 6))
+    assert merge_snapshots([failing.snapshot(now), also_failing.snapshot(now)])["failing_since_unix"] is None
+    assert merge_snapshots([]) == merge_snapshots([{}, {}]) and merge_snapshots([])["step_s"] == 10
 
 
 # -- the engine core counts its terminals -----------------------------------------------------
@@ -328,6 +397,40 @@ def test_json_formatter_writes_one_object_per_request_and_only_allowed_fields():
     assert len(text) == 2 and "request_id=req_1" in text[0] and "secret" not in text[0]
 
 
+def test_a_json_log_line_has_its_time_level_logger_and_exception():
+    rec = _log_record(http_status=201)
+    rec.created, rec.msecs = 1_800_000_000.25, 250.0
+    line = json.loads(JsonFormatter().format(rec))
+    assert line == {"ts": "2027-01-15T08:00:00.250Z", "level": "INFO", "logger": "atomr.requests",
+                    "message": "2 request(s) ended", "http_status": 201}
+    try:
+        raise ValueError("bad thing")
+    except ValueError:
+        import sys
+        failed = logging.LogRecord("atomr.engine", logging.ERROR, __file__, 1, "boom", (), sys.exc_info())
+    out = json.loads(JsonFormatter().format(failed))
+    assert out["level"] == "ERROR" and "ValueError: bad thing" in out["exception"] and "Traceback" in out["exception"]
+    assert json.loads(JsonFormatter().format(failed))["exception"] == out["exception"]   # formatted once, kept
+
+
+def test_log_lines_carry_values_json_cannot_as_text():
+    odd = _log_record(requests=[{"request_id": "r1", "cost_usd": ValueError("x")}], http_status=b"x")
+    (line,) = JsonFormatter().format(odd).splitlines()
+    assert json.loads(line)["cost_usd"] == "x"
+    assert json.loads(JsonFormatter().format(_log_record(http_status=ValueError("y"))))["http_status"] == "y"
+
+
+def test_a_text_log_line_is_the_plain_format_and_skips_empty_fields():
+    rec = _log_record()
+    plain = TextFormatter().format(rec)
+    assert plain.endswith(" INFO    atomr.requests: 2 request(s) ended") and plain[:4].isdigit()
+    batch = _log_record(requests=[{"request_id": "r1", "status": None, "key": "", "attempts": 2},
+                                  {"request_id": "r2"}, "not a request"])
+    lines = TextFormatter().format(batch).split("\n")
+    assert [line.split(" ", 2)[2] for line in lines] == ["INFO    atomr.requests: request request_id=r1 attempts=2",
+                                                         "INFO    atomr.requests: request request_id=r2"]
+
+
 def test_the_terminal_view_draws_spend_budgets_and_the_ledger():
     from rich.console import Console
 
@@ -342,3 +445,32 @@ def test_the_terminal_view_draws_spend_budgets_and_the_ledger():
     assert "team search" in team and "$0.25/$1 (25%)" in team
     assert "$2.5/$2 (125%)" in next(line for line in text.splitlines() if "deployment=d1/1h (strict)" in line)
     assert "ledger of n1@10.0.0.1:1900: degraded · 7 written, 3 dropped, 1 queued" in text
+
+
+def test_probes_are_counted_apart_each_by_its_outcome():
+    stats = DeploymentStats()
+    stats.probe(True)
+    stats.probe(True)
+    stats.probe(False)
+    assert stats.snapshot(WALL0)["probes"] == {"ok": 2, "failed": 1}
+
+
+def test_a_log_line_of_a_request_carries_its_record_fields_and_no_others():
+    from actors.core.log_format import LOG_FIELDS, request_fields
+
+    fields = request_fields(record(request_id="r9", status=502, outcome="failed"))
+    assert set(fields) <= set(LOG_FIELDS) and fields["request_id"] == "r9" and fields["status"] == 502
+    assert "charged_tokens" not in fields and "fallback_from" not in fields
+
+
+def test_engine_status_counts_what_it_holds():
+    rig = Rig(workers=1, queue_capacity=4)
+    rig.submit("r1")
+    rig.submit("r2", priority="high")
+    status = rig.core.status()
+    assert {k: status[k] for k in ("queued", "in_flight", "busy_workers", "workers", "accepted", "completed",
+                                   "failed", "circuit", "draining", "model", "provider", "endpoint")} == {
+        "queued": 1, "in_flight": 1, "busy_workers": 1, "workers": 1, "accepted": 2, "completed": 0, "failed": 0,
+        "circuit": "closed", "draining": False, "model": "d1", "provider": "openai",
+        "endpoint": rig.dep.endpoint_label}
+    assert status["depth_by_priority"]["high"] == 1 and status["budget_spent"] == []

@@ -1,5 +1,7 @@
 """The worker's stream policy: coalescing, end of stream, end of body."""
 
+import pytest
+
 from actors import errors as E
 from actors.core import streaming
 from actors.providers.base import Delta, StreamAccumulator
@@ -74,3 +76,48 @@ def test_end_of_body():
 def test_too_large_names_the_limit():
     error = streaming.too_large("max_body_bytes", 1024, "openai")
     assert error.limit == "max_body_bytes" and error.limit_bytes == 1024 and not error.retryable
+    assert error.provider == "openai"
+    assert error.message == "the response body passed the deployment's max_body_bytes (1024 bytes); reading stopped"
+    line = streaming.too_large("max_line_bytes", 64)
+    assert line.message.startswith("an event-stream line or event passed the deployment's max_line_bytes (64 ")
+    assert line.provider == ""
+    assert streaming.too_large("max_frame_bytes", 8).message.startswith("max_frame_bytes passed")
+
+
+def test_the_ends_of_a_stream_say_what_happened_and_for_whom():
+    empty = streaming.end_of_stream(Decoder(), StreamAccumulator(), 0, 0, "openai")
+    assert (empty.message, empty.provider) == ("the stream ended without a single event", "openai")
+    acc = StreamAccumulator()
+    acc.add(Delta(text="hi"))
+    cut = streaming.end_of_stream(Decoder(), acc, 1, 0, "openai")
+    assert (cut.message, cut.provider) == ("stream ended before the provider finished", "openai")
+    # The deltas the close yields count: one is enough not to be empty, whatever came before.
+    late = StreamAccumulator()
+    assert streaming.end_of_stream(Decoder([Delta(text="x")]), late, 0, 0, "p").kind == "stream_error"
+    assert streaming.end_of_stream(Decoder([Delta(text="x")]), StreamAccumulator(), 1, 0, "p").kind == "stream_error"
+
+
+def test_a_runners_bug_is_named_by_what_it_was_doing_and_its_exception():
+    err = streaming.runner_failed(KeyError("choices"), "openai", "decoding the stream")
+    assert (err.message, err.provider, err.retryable) == ("decoding the stream failed: KeyError: 'choices'", "openai",
+                                                          False)
+    assert streaming.runner_failed(ValueError("x" * 500), "p", "d").message == "d failed: ValueError: " + "x" * 200
+    hidden = streaming.runner_failed(ValueError("sk-secret"), "p", "building the request", detail=False)
+    assert hidden.message == "building the request failed: ValueError"
+
+
+def test_the_end_of_a_whole_body_says_what_happened():
+    empty = streaming.end_of_body(lambda body: [], b"  ", StreamAccumulator(), "openai")
+    assert (empty.message, empty.provider) == ("the provider answered with an empty body", "openai")
+
+    def broken(body):
+        raise KeyError("usage")
+    err = streaming.end_of_body(broken, b"{}", StreamAccumulator(), "openai")
+    assert (err.message, err.provider) == ("parsing the response failed: KeyError: 'usage'", "openai")
+
+
+def test_a_chunk_is_due_exactly_one_window_after_the_last_and_light_lag_changes_nothing():
+    assert streaming.flush_due(True, 3, last_flush=1.0, coalesce_s=0.25, now=1.25)
+    assert not streaming.flush_due(True, 3, last_flush=1.0, coalesce_s=0.25, now=1.24)
+    assert streaming.adaptive_window(0.001, 0.0019) == 0.001
+    assert streaming.adaptive_window(0.001, 0.002) == pytest.approx(0.008)

@@ -30,3 +30,12 @@ def test_repeated_deaths_back_off_and_a_stable_child_starts_over():
     sup.restarted("e")
     assert sup.lines()[0]["state"] == "running" and not sup.restarting("e")
     assert not sup.restarting("other") and len(sup.lines()) == 1
+
+
+def test_a_child_up_for_exactly_stable_s_starts_over():
+    clock = Clock()
+    sup = Supervisor(base_s=0.2, max_s=1.0, stable_s=10.0, clock=clock, wall=lambda: 5.0)
+    clock.t += sup.exited("e")
+    sup.restarted("e")
+    clock.t += 10.0
+    assert sup.exited("e") == 0.2

@@ -47,3 +47,23 @@ def test_total_s_is_a_timeout_retryable_only_before_tokens():
     after = deadline_verdict(Phase.BODY, caller_deadline=False, total_s=10, delivered=True)
     assert type(before.error) is E.Timeout and "total timeout 10s" in before.error.message
     assert before.error.retryable and not after.error.retryable and before.sent
+
+
+def test_the_transport_error_says_where_and_why_and_for_whom():
+    verdict = classify_transport(Phase.CONNECT, timed_out=False, detail="refused", provider="openai")
+    assert verdict.error.message == "connection failed connecting (refused)" and verdict.error.provider == "openai"
+    bare = classify_transport(Phase.BODY, timed_out=False)
+    assert bare.error.message == "connection broke reading the response body" and bare.error.provider == ""
+    assert classify_transport(Phase.AWAIT_HEADERS, timed_out=True).error.message == (
+        "timed out waiting for the response headers")
+
+
+def test_a_whole_attempt_out_of_time_says_whose_time_it_was():
+    caller = deadline_verdict(Phase.BODY, caller_deadline=True, total_s=30, provider="openai")
+    assert (type(caller.error), caller.error.message, caller.error.provider) == (
+        E.DeadlineExceeded, "the request's deadline passed reading the response body", "openai")
+    ours = deadline_verdict(Phase.AWAIT_HEADERS, caller_deadline=False, total_s=30, provider="openai")
+    assert (type(ours.error), ours.error.message, ours.error.provider, ours.error.retryable) == (
+        E.Timeout, "total timeout 30s exceeded waiting for the response headers", "openai", True)
+    late = deadline_verdict(Phase.BODY, caller_deadline=False, total_s=2.5, delivered=True)
+    assert late.error.retryable is False and late.error.provider == "" and "2.5s" in late.error.message

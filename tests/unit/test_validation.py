@@ -52,3 +52,23 @@ def test_a_deadline_that_can_never_pass_is_refused(deadline):
     r.deadline_unix = deadline
     error = validate_request(r)
     assert isinstance(error, BadRequest) and "deadline_unix must be a finite number" in error.message
+
+
+@pytest.mark.parametrize("params", [
+    {"tool_choice": "none"}, {"tool_choice": "required"}, {"tool_choice": {"name": "f"}},
+    {"stop": ["s"] * 16}, {"top_p": 0}, {"top_p": 1.0},
+])
+def test_the_edges_of_what_is_valid_pass(params):
+    assert validate_request(req(**params)) is None
+
+
+@pytest.mark.parametrize("params", [{"tools": ["not a tool"]}, {"tool_choice": "NONE"}, {"top_p": -0.01}])
+def test_just_past_the_edges_is_refused(params):
+    assert isinstance(validate_request(req(**params)), BadRequest)
+
+
+def test_a_long_value_is_cut_at_80_characters_with_an_ellipsis():
+    exactly = "y" * 78   # its repr is 80 characters: shown whole
+    assert validate_request(req(temperature=exactly)).message.endswith(f"got '{exactly}'")
+    longer = "z" * 79    # 81: cut to 80, and said so
+    assert validate_request(req(temperature=longer)).message.endswith("got '" + "z" * 79 + "…")
