@@ -2,7 +2,7 @@
 
 Two threads share a :class:`Delivery` under its lock, each with one job:
 
-- **The reader thread** (``upstream.HttpExchange``) hands it every reader event
+- **The reader thread** (the slot's, ``slot.py``, running ``upstream.HttpExchange``) hands it every reader event
   (:meth:`Delivery.take`): it decodes the body's bytes into the accumulator, and decides the
   attempt's outcome when the body ends or fails. Decoding happens here only, in body order.
 - **The actor thread** (``worker.py``) runs :meth:`Delivery.pump` when it is woken: it sends
@@ -148,6 +148,14 @@ class Delivery:
             self._cut(None)
         elif self.flush_at is None:
             self._wake()          # text held back within the window: the actor arms the timer
+
+    def crash(self, exc: BaseException) -> None:
+        """The slot's thread failed outside the exchange's own guard (a bug): that is the outcome."""
+        with self.lock:
+            if self.finished or self.outcome is not UNDECIDED:
+                return
+            self.outcome = streaming.runner_failed(exc, self.provider, "the slot")
+            self._wake()
 
     def _verdict(self, event: Any) -> InferenceError | None:
         """The attempt's outcome from the event that ended it."""

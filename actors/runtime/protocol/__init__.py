@@ -35,7 +35,7 @@ from actors.runtime.protocol.bringup import (
     LimiterInit,
     WorkerInit,
 )
-from actors.runtime.protocol.work import Dispatch, FirstToken, WorkerResult, WorkerReady
+from actors.runtime.protocol.work import Dispatch, FirstToken, RestartSlot, WorkerResult, WorkerReady
 from actors.runtime.protocol.session import SessionSubscribe, SessionSnapshot, SessionRefresh, SessionVersion
 from actors.runtime.protocol.breaker import (
     BreakerSubscribe,
@@ -104,6 +104,7 @@ __all__ = [
     'FirstToken',
     'WorkerResult',
     'WorkerReady',
+    'RestartSlot',
     'SessionSubscribe',
     'SessionSnapshot',
     'SessionRefresh',
