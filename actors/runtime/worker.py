@@ -187,12 +187,12 @@ class RemoteWorkerActor(GatewayActor):
             self.timers.after("poll", POLL_S)
 
     def _pump_asked(self) -> None:
-        seen = set()
-        while self.asked:
-            index = self.asked.popleft()
+        # Only what asked so far: a slot that asks again once pumped stays queued, with its own
+        # wake-up on the way (it asks once per pump, so dropping it would lose it for good).
+        asked = {self.asked.popleft() for _ in range(len(self.asked))}
+        for index in asked:
             slot = self.slots.get(index)
-            if index not in seen and slot is not None and slot.delivery is not None:
-                seen.add(index)
+            if slot is not None and slot.delivery is not None:
                 self._pump(slot)
 
     def timer_flush(self, index: int) -> None:

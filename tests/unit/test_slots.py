@@ -289,3 +289,32 @@ def test_a_worker_process_that_dies_ends_each_request_it_held_exactly_once(engin
     leftovers = e.drain_extra(0.3)
     assert [m for m in leftovers if isinstance(m, (Completed, Failed))] == []   # one terminal each
     assert victim in processes(e) and e.ask(StatusRequest(), EngineStatus).workers == 4
+
+
+def test_a_slot_that_asks_again_while_it_is_pumped_is_pumped_again(asys, upstream, monkeypatch):
+    """A slot asks for the actor once per pump: an ask that comes during its pump must not be
+    folded into the one being served, or the slot waits forever (no second ask comes)."""
+    from harness import Recorder, deployment
+
+    from actors.runtime.protocol import WorkerInit
+    from actors.runtime.worker import RemoteWorkerActor
+
+    address = asys.createActor(RemoteWorkerActor)
+    asys.tell(address, WorkerInit(deployment(workers=2), asys.createActor(Recorder), None, [0, 1]))
+    worker = actor_instance(asys, address)
+    pumped: list[int] = []
+
+    def pump(slot) -> None:
+        pumped.append(slot.index)
+        if len(pumped) == 1:
+            worker.asked.append(slot.index)   # its thread asks again meanwhile (and writes the pipe)
+
+    monkeypatch.setattr(worker, "_pump", pump)
+    worker.slots[0].delivery = "an attempt"
+    try:
+        worker.asked.append(0)
+        worker._pump_asked()                  # the first wake-up
+        worker._pump_asked()                  # the one the second ask wrote
+    finally:
+        worker.slots[0].delivery = None
+    assert pumped == [0, 0]
