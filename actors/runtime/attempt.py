@@ -15,16 +15,16 @@ from typing import Any
 
 from actors.core import streaming
 from actors.errors import InferenceError
-from actors.providers.base import ModelRunner
+from actors.providers.base import ModelRunner, StreamAccumulator
 from actors.runtime import stream_sender
 from actors.runtime.delivery import Delivery
 from actors.runtime.logs import logger
-from actors.runtime.protocol import Dispatch, FirstToken
+from actors.runtime.protocol import Dispatch, FirstToken, WorkerResult
 from actors.runtime.upstream import HttpExchange
 from actors.settings.schema import DeploymentConfig
 from actors.types import TokenChunk
 
-__all__ = ["prepare", "SlotAttempt", "ToCaller", "monotonic_of"]
+__all__ = ["prepare", "worker_result", "SlotAttempt", "ToCaller", "monotonic_of"]
 
 log = logger("atomr.worker")
 
@@ -56,6 +56,19 @@ def prepare(dispatch: Dispatch, dep: DeploymentConfig, runner: ModelRunner, cred
     return Delivery(dispatch, exchange, runner, deadline=deadline, total_s=dep.timeouts.total_s,
                     coalesce_s=dep.coalesce_ms / 1000, decoder=runner.stream_decoder() if http.stream else None,
                     channel=stream_sender.ChannelTo(out, channel) if out is not None else None, wake=wake)
+
+
+def worker_result(dispatch: Dispatch, *, acc: StreamAccumulator | None = None, error: InferenceError | None = None,
+                  sent: bool = True, chunks: int = 0, first_token_unix: float | None = None,
+                  session_version: int = 0) -> WorkerResult:
+    """The attempt's report to the engine: what it got, or why it ended, and whether the provider saw it."""
+    acc = acc or StreamAccumulator()
+    return WorkerResult(
+        request_id=dispatch.request.request_id, attempt=dispatch.attempt, worker_index=dispatch.slot,
+        error=error, text=acc.text, tool_calls=acc.tool_calls(), finish_reason=acc.finish_reason,
+        raw_finish_reason=acc.raw_finish_reason, usage=acc.usage, chunks=chunks, logprobs=acc.logprobs,
+        choices=acc.choices, embeddings=acc.embeddings, stop_sequence=acc.stop_sequence,
+        first_token_unix=first_token_unix, session_version=session_version, sent=sent)
 
 
 class SlotAttempt:

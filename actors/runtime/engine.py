@@ -31,7 +31,7 @@ from actors.runtime.engine_workers import WorkerProcesses
 from actors.runtime.logs import logger
 from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutcome, BreakerOutcomes, BreakerRefused,
                                      BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit,
-                                     EngineReady, EngineStatus, FirstToken, LimiterDelta,
+                                     EngineReady, EngineStatus, FirstToken, FirstTokenHeard, LimiterDelta,
                                      LimiterRegister, SessionRefresh,
                                      SessionSubscribe, SessionVersion, StrictAcquire, StrictDenied, StrictGrant,
                                      StrictSettle, WorkerResult)
@@ -41,7 +41,6 @@ log = logger("atomr.engine")
 # Messages that carry nothing but an event for the core (no address to keep, no reply).
 _EVENTS: dict[type, Callable[[Any], Any]] = {
     WorkerResult: ev.WorkerReported,
-    FirstToken: lambda m: ev.TokenStarted(m.request_id, m.attempt, m.at_unix),
     BreakerState: lambda m: ev.BreakerChanged(m.snapshot),
     BreakerAdmitted: lambda m: ev.ProbeAdmitted(m.token, m.generation),
     BreakerRefused: lambda m: ev.ProbeRefused(m.token),
@@ -144,6 +143,11 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         log.error("engine: %s failed on %s: %s", sender, type(dispatch).__name__, str(msg.details)[-300:])
         if isinstance(dispatch, Dispatch) and self._address_of(dispatch.slot) == sender:
             self._feed(ev.WorkerFailedOn(dispatch.slot, dispatch.request.request_id, dispatch.attempt))
+
+    def receiveMsg_FirstToken(self, msg: FirstToken, sender: Any) -> None:
+        """Heard before the token leaves its worker: a lost attempt is retried only if it had none."""
+        self._feed(ev.TokenStarted(msg.request_id, msg.attempt, msg.at_unix))
+        self.send(sender, FirstTokenHeard(msg.request_id, msg.attempt))
 
     def receiveMsg_StrictLimiterIs(self, msg: Any, sender: Any) -> None:
         self.strict_address = msg.address

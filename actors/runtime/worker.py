@@ -29,14 +29,14 @@ from thespian.actors import ActorExitRequest, ThespianWatch, WatchMessage
 from actors.core import streaming
 from actors.errors import AuthenticationError, Cancelled, InferenceError, InternalError
 from actors.providers import make_runner
-from actors.providers.base import ModelRunner, StreamAccumulator
+from actors.providers.base import ModelRunner
 from actors.runtime import transport
-from actors.runtime.attempt import SlotAttempt, ToCaller, monotonic_of, prepare
+from actors.runtime.attempt import SlotAttempt, ToCaller, monotonic_of, prepare, worker_result
 from actors.runtime.base import GatewayActor
 from actors.runtime.delivery import UNDECIDED, Delivery
 from actors.runtime.logs import logger
-from actors.runtime.protocol import (Dispatch, RestartSlot, SessionSnapshot, SessionSubscribe, WorkerInit,
-                                     WorkerReady, WorkerResult)
+from actors.runtime.protocol import (Dispatch, FirstTokenHeard, RestartSlot, SessionSnapshot, SessionSubscribe,
+                                     WorkerInit, WorkerReady)
 from actors.runtime.slot import Slot
 from actors.runtime.wake import WakePipe, open_process_fd, watch_supported
 from actors.settings.schema import DeploymentConfig
@@ -267,6 +267,13 @@ class RemoteWorkerActor(GatewayActor):
             self._clear(slot)
             self._report(dispatch, error=Cancelled("cancelled by the caller"), sent=False)
 
+    def receiveMsg_FirstTokenHeard(self, msg: FirstTokenHeard, sender: Any) -> None:
+        slot = self.by_request.get(msg.request_id)
+        delivery = slot.delivery if slot is not None else None
+        if delivery is not None and delivery.request_id == msg.request_id and delivery.dispatch.attempt == msg.attempt:
+            delivery.heard()
+            self._pump(slot)
+
     def receiveMsg_RestartSlot(self, msg: RestartSlot, sender: Any) -> None:
         old = self.slots.get(msg.slot)
         if old is None:
@@ -317,14 +324,6 @@ class RemoteWorkerActor(GatewayActor):
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._drop_all()  # (the wake pipe stays open: a stopping slot may still write to it)
 
-    def _report(self, dispatch: Dispatch, *, acc: StreamAccumulator | None = None,
-                error: InferenceError | None = None, sent: bool = True, chunks: int = 0,
-                first_token_unix: float | None = None) -> None:
-        acc = acc or StreamAccumulator()
-        self.send(self.engine, WorkerResult(
-            request_id=dispatch.request.request_id, attempt=dispatch.attempt, worker_index=dispatch.slot,
-            error=error, text=acc.text, tool_calls=acc.tool_calls(), finish_reason=acc.finish_reason,
-            raw_finish_reason=acc.raw_finish_reason, usage=acc.usage, chunks=chunks, logprobs=acc.logprobs,
-            choices=acc.choices, embeddings=acc.embeddings, stop_sequence=acc.stop_sequence,
-            first_token_unix=first_token_unix, session_version=self.snapshot.version if self.snapshot else 0,
-            sent=sent))
+    def _report(self, dispatch: Dispatch, **outcome: Any) -> None:
+        version = self.snapshot.version if self.snapshot else 0
+        self.send(self.engine, worker_result(dispatch, session_version=version, **outcome))

@@ -318,3 +318,28 @@ def test_a_slot_that_asks_again_while_it_is_pumped_is_pumped_again(asys, upstrea
     finally:
         worker.slots[0].delivery = None
     assert pumped == [0, 0]
+
+
+def test_no_chunk_leaves_a_slot_before_the_engine_has_heard_of_the_first_token(engine, upstream, channel, monkeypatch):
+    """So a process that dies at any moment cannot have given a caller tokens of an attempt the
+    engine would retry: the engine's answer (FirstTokenHeard) releases the first chunk."""
+    from actors.core import engine_events as ev
+    from actors.runtime.engine import RemoteEngineCoreActor
+    from actors.runtime.protocol import FirstTokenHeard
+
+    unanswered: list = []
+    monkeypatch.setattr(RemoteEngineCoreActor, "receiveMsg_FirstToken",
+                        lambda self, msg, sender: (self._feed(ev.TokenStarted(msg.request_id, msg.attempt,
+                                                                               msg.at_unix)),
+                                                   unanswered.append((sender, msg))))
+    upstream.then(stream_answer(["a ", "b ", "c"], pause_s=0.01))
+    e = engine(workers=1, coalesce_ms=0)
+    e.tell(request("s1", stream=True, channel=channel.address))
+    (proc,) = processes(e).values()
+    wait_until(lambda: unanswered and proc.slots[0].delivery.outcome is None, e, what="the whole answer read")
+    assert channel.chunks("s1") == [] and [m for m in e.inbox if getattr(m, "request_id", "") == "s1"] == []
+    sender, told = unanswered[0]
+    e.asys.tell(sender, FirstTokenHeard(told.request_id, told.attempt))
+    chunks, done = e.collect("s1")
+    assert isinstance(done, Completed) and done.text == "a b c" and done.ttft_s is not None
+    assert [c.text for c in channel.chunks("s1")] == ["a b c"]      # what came meanwhile went as the first chunk

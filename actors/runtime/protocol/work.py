@@ -24,9 +24,19 @@ class Dispatch:
 
 @dataclass
 class FirstToken:
+    """The attempt has its first text; it is held back until the engine answers (FirstTokenHeard)."""
+
     request_id: str
     attempt: int
     at_unix: float
+
+
+@dataclass
+class FirstTokenHeard:
+    """The engine knows the attempt has a token (it will not be retried): it may go to the caller."""
+
+    request_id: str
+    attempt: int
 
 
 @dataclass
