@@ -142,12 +142,15 @@ class Node:
         return time.monotonic() - t0
 
     def roles(self) -> dict[int, str]:
+        """The engine is the admin's grandchild with children of its own: its worker processes
+        (one per slot before issue 23's slots as threads, a few now)."""
         from actors.ops.procs import parent_pid, pids_in_group
 
         pids = pids_in_group(self.node.pgid)
         parents = {pid: parent_pid(pid) for pid in pids}
         children = collections.Counter(parents.values())
-        engine = children.most_common(1)[0][0] if children else None
+        tops = {pid for pid in pids if parents[pid] == self.admin_pid}
+        engine = next((pid for pid in pids if parents[pid] in tops and children[pid]), None)
         out = {pid: ("admin" if pid == self.admin_pid else "engine" if pid == engine else
                      "workers" if parents[pid] == engine else "other actors") for pid in pids}
         out[self.http.pid] = "http"
