@@ -97,7 +97,8 @@ def self_cpu() -> float:
 class Node:
     """One node with workers = K and its HTTP listener; its processes by role."""
 
-    def __init__(self, mock_url: str, workers: int, http_threads: int, coalesce_ms: float) -> None:
+    def __init__(self, mock_url: str, workers: int, http_threads: int, coalesce_ms: float,
+                 worker_processes: int | None = None) -> None:
         from actors.ops.http_process import start_http
         from actors.ops.procs import admin_process, port_is_listening
         from actors.ops.system import start_node
@@ -111,6 +112,7 @@ class Node:
             "deployments": [{"name": "bench", "model": "bench", "provider": "openai_compatible",
                              "upstream_model": "mock-gpt", "endpoint": mock_url + "/v1", "workers": workers,
                              "queue_capacity": 16384, "coalesce_ms": coalesce_ms,
+                             **({"worker_processes": worker_processes} if worker_processes else {}),
                              "timeouts": {"total_s": 600, "read_s": 120},
                              "limits": {"rpm": 10_000_000, "tpm": 10_000_000_000}}]})
         t0 = time.monotonic()
@@ -419,7 +421,8 @@ def burst_k(args: argparse.Namespace, mock: StreamMock, k: int) -> dict[str, Any
     node = None
     if {"door", "client"} & set(args.paths):
         print(f"  starting a node with {k} workers and a listener with {k + 8} threads ...", flush=True)
-        node = Node(mock.url, workers=k, http_threads=k + 8, coalesce_ms=args.coalesce_ms)
+        node = Node(mock.url, workers=k, http_threads=k + 8, coalesce_ms=args.coalesce_ms,
+                    worker_processes=args.worker_processes)
         row["startup_s"], row["node_start_s"] = node.startup_s, node.node_start_s
         print(f"  start-up {node.startup_s:.1f} s (node {node.node_start_s:.1f} s)", flush=True)
     try:
@@ -469,7 +472,8 @@ def short_runs(args: argparse.Namespace, mock: StreamMock) -> dict[str, Any]:
     with Meter(None, mock) as m:
         rows, wall = aio_loop(url, "mock-gpt", k, chunks, args.short_seconds)
     out["direct"] = line("direct", rows, wall, m)
-    node = Node(base, workers=k, http_threads=k + 8, coalesce_ms=args.coalesce_ms)
+    node = Node(base, workers=k, http_threads=k + 8, coalesce_ms=args.coalesce_ms,
+                worker_processes=args.worker_processes)
     try:
         aio_loop(node.url, "bench", k, 2, 2.0)
         with Meter(node, mock) as m:
@@ -489,7 +493,8 @@ def unary_runs(args: argparse.Namespace, mock: StreamMock) -> dict[str, Any]:
 
     from actors.client import GatewayClient
 
-    node = Node(mock.url, workers=4, http_threads=16, coalesce_ms=args.coalesce_ms)
+    node = Node(mock.url, workers=4, http_threads=16, coalesce_ms=args.coalesce_ms,
+                worker_processes=args.worker_processes)
     client = GatewayClient(node.port, timeout_s=60)
     local = threading.local()
     body = {"messages": MESSAGES, "max_tokens": 8}
@@ -567,6 +572,8 @@ def main() -> None:
     parser.add_argument("--drip-ms", type=float, default=50.0)
     parser.add_argument("--bound", type=float, default=60.0, help="seconds a burst may take; later is not completed")
     parser.add_argument("--coalesce-ms", type=float, default=0.0)
+    parser.add_argument("--worker-processes", type=int, default=None,
+                        help="the deployment's worker_processes (default: the node's own rule)")
     parser.add_argument("--mock-procs", type=int, default=2)
     parser.add_argument("--no-realtime", dest="realtime", action="store_false",
                         help="leave the mock and the asyncio caller at normal priority (by default they run "

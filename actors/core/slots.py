@@ -5,6 +5,12 @@ are threads of a few worker processes: by default one process per core, and more
 process would hold over ``MAX_SLOTS_PER_PROCESS`` (``worker_processes`` sets the count).
 Slot ``i`` lives in process ``i % processes``, so a run of consecutive slots spreads over
 every process: a crash takes down at most ``ceil(workers / processes)`` calls.
+
+Why 16: a process's slots share one Thespian connection to their engine, and Thespian sends
+one message at a time on a connection, each waiting for the receiver's acknowledgement. With
+128 slots a process, a burst of 256 calls waited ~10 s for its first tokens and cost the
+engine ~19 ms of CPU a call; with 16, ~2 s and ~5 ms (docs/performance.md, round 5). Memory
+is ~10 MiB a process. Once the control path leaves Thespian, far more slots a process will do.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 
 __all__ = ["SlotPlan", "MAX_SLOTS_PER_PROCESS"]
 
-MAX_SLOTS_PER_PROCESS = 250   # beyond this a process's GIL and scheduler queue serve its slots late
+MAX_SLOTS_PER_PROCESS = 16    # while the control path is on Thespian (above)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,9 @@ def test_the_plan_spreads_consecutive_slots_over_one_process_per_core_and_caps_a
     assert plan.processes == 2 and [plan.slots_of(p) for p in (0, 1)] == [[0, 2, 4], [1, 3, 5]]
     assert [plan.process_of(i) for i in range(6)] == [0, 1, 0, 1, 0, 1]
     assert SlotPlan.of(1, None, cores=8).processes == 1                     # never more processes than slots
-    assert SlotPlan.of(1000, None, cores=2).processes == 1000 // MAX_SLOTS_PER_PROCESS
+    assert SlotPlan.of(1000, None, cores=2).processes == -(-1000 // MAX_SLOTS_PER_PROCESS)   # capped slots a process
+    big = SlotPlan.of(1000, None, cores=2)
+    assert max(len(big.slots_of(p)) for p in range(big.processes)) <= MAX_SLOTS_PER_PROCESS
     assert SlotPlan.of(10, 3, cores=2).processes == 3                       # the configured count
     assert sum(len(SlotPlan.of(10, 3, 2).slots_of(p)) for p in range(3)) == 10
 
