@@ -97,7 +97,8 @@ def self_cpu() -> float:
 class Node:
     """One node with workers = K and its HTTP listener; its processes by role."""
 
-    def __init__(self, mock_url: str, workers: int, http_threads: int, coalesce_ms: float) -> None:
+    def __init__(self, mock_url: str, workers: int, http_threads: int, coalesce_ms: float,
+                 worker_processes: int | None = None) -> None:
         from actors.ops.http_process import start_http
         from actors.ops.procs import admin_process, port_is_listening
         from actors.ops.system import start_node
@@ -111,6 +112,7 @@ class Node:
             "deployments": [{"name": "bench", "model": "bench", "provider": "openai_compatible",
                              "upstream_model": "mock-gpt", "endpoint": mock_url + "/v1", "workers": workers,
                              "queue_capacity": 16384, "coalesce_ms": coalesce_ms,
+                             **({"worker_processes": worker_processes} if worker_processes else {}),
                              "timeouts": {"total_s": 600, "read_s": 120},
                              "limits": {"rpm": 10_000_000, "tpm": 10_000_000_000}}]})
         t0 = time.monotonic()
@@ -144,12 +146,15 @@ class Node:
         return time.monotonic() - t0
 
     def roles(self) -> dict[int, str]:
+        """The engine is the admin's grandchild with children of its own: its worker processes
+        (one per slot before issue 23's slots as threads, a few now)."""
         from actors.ops.procs import parent_pid, pids_in_group
 
         pids = pids_in_group(self.node.pgid)
         parents = {pid: parent_pid(pid) for pid in pids}
         children = collections.Counter(parents.values())
-        engine = children.most_common(1)[0][0] if children else None
+        tops = {pid for pid in pids if parents[pid] == self.admin_pid}
+        engine = next((pid for pid in pids if parents[pid] in tops and children[pid]), None)
         out = {pid: ("admin" if pid == self.admin_pid else "engine" if pid == engine else
                      "workers" if parents[pid] == engine else "other actors") for pid in pids}
         out[self.http.pid] = "http"
@@ -418,7 +423,8 @@ def burst_k(args: argparse.Namespace, mock: StreamMock, k: int) -> dict[str, Any
     node = None
     if {"door", "client"} & set(args.paths):
         print(f"  starting a node with {k} workers and a listener with {k + 8} threads ...", flush=True)
-        node = Node(mock.url, workers=k, http_threads=k + 8, coalesce_ms=args.coalesce_ms)
+        node = Node(mock.url, workers=k, http_threads=k + 8, coalesce_ms=args.coalesce_ms,
+                    worker_processes=args.worker_processes)
         row["startup_s"], row["node_start_s"] = node.startup_s, node.node_start_s
         print(f"  start-up {node.startup_s:.1f} s (node {node.node_start_s:.1f} s)", flush=True)
     try:
@@ -468,7 +474,8 @@ def short_runs(args: argparse.Namespace, mock: StreamMock) -> dict[str, Any]:
     with Meter(None, mock) as m:
         rows, wall = aio_loop(url, "mock-gpt", k, chunks, args.short_seconds)
     out["direct"] = line("direct", rows, wall, m)
-    node = Node(base, workers=k, http_threads=k + 8, coalesce_ms=args.coalesce_ms)
+    node = Node(base, workers=k, http_threads=k + 8, coalesce_ms=args.coalesce_ms,
+                worker_processes=args.worker_processes)
     try:
         aio_loop(node.url, "bench", k, 2, 2.0)
         with Meter(node, mock) as m:
@@ -488,7 +495,8 @@ def unary_runs(args: argparse.Namespace, mock: StreamMock) -> dict[str, Any]:
 
     from actors.client import GatewayClient
 
-    node = Node(mock.url, workers=4, http_threads=16, coalesce_ms=args.coalesce_ms)
+    node = Node(mock.url, workers=4, http_threads=16, coalesce_ms=args.coalesce_ms,
+                worker_processes=args.worker_processes)
     client = GatewayClient(node.port, timeout_s=60)
     local = threading.local()
     body = {"messages": MESSAGES, "max_tokens": 8}
@@ -566,6 +574,8 @@ def main() -> None:
     parser.add_argument("--drip-ms", type=float, default=50.0)
     parser.add_argument("--bound", type=float, default=60.0, help="seconds a burst may take; later is not completed")
     parser.add_argument("--coalesce-ms", type=float, default=0.0)
+    parser.add_argument("--worker-processes", type=int, default=None,
+                        help="the deployment's worker_processes (default: the node's own rule)")
     parser.add_argument("--mock-procs", type=int, default=2)
     parser.add_argument("--no-realtime", dest="realtime", action="store_false",
                         help="leave the mock and the asyncio caller at normal priority (by default they run "

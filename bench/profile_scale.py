@@ -147,12 +147,14 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="also a 2-chunk burst: CPU per call and per chunk")
     parser.add_argument("--py-spy", dest="pyspy", help="record py-spy profiles into this folder")
     parser.add_argument("--rate", type=int, default=100)
+    parser.add_argument("--worker-processes", type=int, default=None)
     parser.add_argument("--json")
     args = parser.parse_args()
     print(f"load average {loadavg()}", flush=True)
     bench_scale.CALLER_RT[0] = True
     mock = StreamMock(procs=2, drip_ms=50, realtime=True)
-    node = Node(mock.url, workers=args.k, http_threads=args.k + 8, coalesce_ms=0.0)
+    node = Node(mock.url, workers=args.k, http_threads=args.k + 8, coalesce_ms=0.0,
+                worker_processes=args.worker_processes)
     out: dict[str, Any] = {"k": args.k, "path": args.path, "load": loadavg()}
     try:
         aio_burst(node.url, "bench", args.k, 5, 30)   # warm: every listener thread has its endpoint

@@ -2,13 +2,18 @@
 
 Two threads share a :class:`Delivery` under its lock, each with one job:
 
-- **The reader thread** (``upstream.HttpExchange``) hands it every reader event
+- **The reader thread** (the slot's, ``slot.py``, running ``upstream.HttpExchange``) hands it every reader event
   (:meth:`Delivery.take`): it decodes the body's bytes into the accumulator, and decides the
   attempt's outcome when the body ends or fails. Decoding happens here only, in body order.
 - **The actor thread** (``worker.py``) runs :meth:`Delivery.pump` when it is woken: it sends
-  the chunks only it may send (the first, with ``FirstToken`` to the engine, so the engine
-  knows before the caller does; and every chunk that goes as a Thespian message), arms the
-  coalescing timer, and reports the outcome.
+  the chunks only it may send (the first, and every chunk that goes as a Thespian message),
+  arms the coalescing timer, and reports the outcome.
+
+**The engine hears of the first token before any chunk leaves.** Whether a lost attempt may be
+retried depends on it (never once the caller has a token), and a worker process may die at
+any moment: so the actor sends ``FirstToken`` when the first text is ready and holds it back
+until the engine answers (``FirstTokenHeard``, :meth:`heard`); it then goes out as the first
+chunk, with whatever arrived meanwhile. An attempt ended before that sends no text at all.
 
 Chunks are cut by one rule (:meth:`_cut`, ``streaming.flush_due``): the first at once, then
 at most one per coalescing window. Where a chunk goes is a mode of the request, not a path:
@@ -92,7 +97,8 @@ class Delivery:
         self.deltas = 0
         self.chunks = 0                     # chunks cut so far: the next one's seq
         self.last_flush = 0.0               # monotonic time of the last cut
-        self.first_token_unix: float | None = None
+        self.first_token_unix: float | None = None   # when the first text was ready (FirstToken sent)
+        self.cleared = False                # the engine heard of the first token: chunks may leave
         self.outcome: Any = UNDECIDED       # the attempt's terminal error, None for success
         self.finished = False               # the actor ended the delivery: the reader takes nothing more
         self.relay = False                  # the reader may cut and write chunks itself
@@ -152,6 +158,14 @@ class Delivery:
         elif self.flush_at is None:
             self._wake()          # text held back within the window: the actor arms the timer
 
+    def crash(self, exc: BaseException) -> None:
+        """The slot's thread failed outside the exchange's own guard (a bug): that is the outcome."""
+        with self.lock:
+            if self.finished or self.outcome is not UNDECIDED:
+                return
+            self.outcome = streaming.runner_failed(exc, self.provider, "the slot")
+            self._wake()
+
     def _verdict(self, event: Any) -> InferenceError | None:
         """The attempt's outcome from the event that ended it."""
         provider = self.provider
@@ -205,9 +219,6 @@ class Delivery:
                 self._wake()
             else:
                 outlet.to_caller(chunk)
-        if chunk.seq == 0 and outlet is not None:
-            self.first_token_unix = time.time()
-            outlet.first_token(self.first_token_unix)
 
     # -- the actor thread ------------------------------------------------------------------
 
@@ -222,6 +233,11 @@ class Delivery:
             for chunk in self.outbox:
                 outlet.to_caller(chunk)
             self.outbox.clear()
+            if self.acc.has_pending and not self.cleared:
+                if self.first_token_unix is None:
+                    self.first_token_unix = time.time()
+                    outlet.first_token(self.first_token_unix)
+                return None               # until the engine has heard (heard() pumps again)
             if self.outcome is not UNDECIDED:
                 if self.acc.has_pending:
                     self._cut(outlet)      # the last text goes before the outcome is reported
@@ -237,13 +253,18 @@ class Delivery:
             self.relay = self.chunks > 0 and self.channel is not None and not self.channel_failed
             return due
 
+    def heard(self) -> None:
+        """The engine heard of the first token (the actor thread, then pumps)."""
+        with self.lock:
+            self.cleared = True
+
     def end(self, outcome: InferenceError | None, outlet: Outlet | None = None) -> InferenceError | None:
         """The actor ends the delivery (cancel, deadline, or after its outcome): the reader stops
-        at its next event. With ``outlet``, pending text goes out first. Returns the outcome:
-        the one the reader decided, if it did, else ``outcome``."""
+        at its next event. With ``outlet``, pending text goes out first (if the engine has heard
+        of the first token). Returns the outcome: the one the reader decided, if it did, else ``outcome``."""
         with self.lock:
             self.finished = True
-            if outlet is not None and self.acc.has_pending:
+            if outlet is not None and self.acc.has_pending and self.cleared:
                 self._cut(outlet)
             if self.outcome is UNDECIDED:
                 self.outcome = outcome

@@ -2,47 +2,45 @@
 
 The core decides (queue, admission, retries, deadlines, settlement, the one terminal per
 request); this actor turns messages into core events and carries out the effects the
-core returns. It holds every address: its workers by index (a child's address is a
-placeholder until Thespian resolves it, so addresses are only compared on exit), the
-breaker, the limiter hub, the strict limiter and the session.
+core returns. It holds every address: its worker processes, the breaker, the limiter hub,
+the strict limiter and the session.
+The core's workers are slots, threads of a few worker processes: ``engine_workers.py``
+translates between the two.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage
+from thespian.actors import ActorExitRequest, PoisonMessage
 
 from actors.core import engine_events as ev
 from actors.core.budget import AskStrictSpend, PublishSpend, SettleStrictSpend
 from actors.core.engine_core import EngineCore
 from actors.core.load import LoadTracker
-from actors.core.procstat import live_stat
+from actors.core.slots import SlotPlan
 from actors.errors import InternalError, ShuttingDown
 from actors.providers import make_runner
 from actors.runtime.base import GatewayActor
 from actors.runtime.engine_reports import Reporting
+from actors.runtime.engine_workers import WorkerProcesses
 from actors.runtime.logs import logger
 from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutcome, BreakerOutcomes, BreakerRefused,
                                      BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit,
-                                     EngineReady, EngineStatus, FirstToken, LimiterDelta,
+                                     EngineReady, EngineStatus, FirstToken, FirstTokenHeard, LimiterDelta,
                                      LimiterRegister, SessionRefresh,
                                      SessionSubscribe, SessionVersion, StrictAcquire, StrictDenied, StrictGrant,
-                                     StrictSettle, WorkerInit, WorkerResult)
-from actors.runtime.worker import RemoteWorkerActor
+                                     StrictSettle, WorkerResult)
 from actors.types import Cancel, Failed
 
 log = logger("atomr.engine")
 # Messages that carry nothing but an event for the core (no address to keep, no reply).
 _EVENTS: dict[type, Callable[[Any], Any]] = {
     WorkerResult: ev.WorkerReported,
-    FirstToken: lambda m: ev.TokenStarted(m.request_id, m.attempt, m.at_unix),
     BreakerState: lambda m: ev.BreakerChanged(m.snapshot),
     BreakerAdmitted: lambda m: ev.ProbeAdmitted(m.token, m.generation),
     BreakerRefused: lambda m: ev.ProbeRefused(m.token),
@@ -54,12 +52,13 @@ _EVENTS: dict[type, Callable[[Any], Any]] = {
 }
 
 
-class RemoteEngineCoreActor(Reporting, GatewayActor):
+class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
     def __init__(self) -> None:
         super().__init__()
         self.core: EngineCore | None = None
         self.init: EngineInit | None = None
-        self.workers: dict[int, Any] = {}
+        self.plan: SlotPlan | None = None
+        self._init_processes()
         self.strict_address: Any = None
         self.broken: InternalError | None = None  # why EngineInit failed, told to every caller
         self.unrecorded: list[Any] = []   # terminal records not yet sent to the ledger
@@ -75,6 +74,8 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
         # from a lower value than the cluster already merged for its predecessor.
         slot = f"{msg.node}/{dep.name}/{msg.replica}/{secrets.token_hex(3)}"
         self.init = msg
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.plan = SlotPlan.of(dep.workers, dep.worker_processes, cores)
         try:
             price = make_runner(dep).price()
         except Exception as exc:  # noqa: BLE001 - answered to every request below, not retried by Thespian
@@ -104,12 +105,15 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
     def receiveMessage(self, msg: Any, sender: Any) -> None:
         translate = _EVENTS.get(type(msg))
         if translate is None:
-            return super().receiveMessage(msg, sender)
-        try:
-            event = translate(msg)
-        except (AttributeError, TypeError):  # a malformed message: logged, never fatal
-            return self.receiveUnrecognizedMessage(msg, sender)
-        self._feed(event)
+            super().receiveMessage(msg, sender)
+        else:
+            try:
+                event = translate(msg)
+            except (AttributeError, TypeError):  # a malformed message: logged, never fatal
+                return self.receiveUnrecognizedMessage(msg, sender)
+            self._feed(event)
+        if self.starting:
+            self._start_slots()   # once per message: a process's slots start together
 
     def _feed(self, event: Any) -> None:
         if self.core is None:
@@ -133,25 +137,17 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
         self.last_activity = time.monotonic()
         self._feed(ev.Accept(msg, sender))
 
-    def receiveMsg_WorkerReady(self, msg: Any, sender: Any) -> None:
-        if self.workers.get(msg.worker_index) == sender:
-            self._feed(ev.WorkerUp(msg.worker_index, msg.pid))
-
-    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
-        index = self._index_of(msg.childAddress)
-        if index is not None:
-            # Stopping, every worker exits: that is the plan, not news. Any other exit is.
-            stopping = self.core is None or self.core.stopping
-            log.log(logging.INFO if stopping else logging.WARNING, "%s worker %d exited%s",
-                    self.init.deployment.name, index, " (the engine is stopping)" if stopping else "")
-            self._feed(ev.WorkerGone(index))
-
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
         """A worker failed twice on a Dispatch: the request still gets its one terminal."""
-        dispatch, index = msg.poisonMessage, self._index_of(sender)
+        dispatch = msg.poisonMessage
         log.error("engine: %s failed on %s: %s", sender, type(dispatch).__name__, str(msg.details)[-300:])
-        if isinstance(dispatch, Dispatch) and index is not None:
-            self._feed(ev.WorkerFailedOn(index, dispatch.request.request_id, dispatch.attempt))
+        if isinstance(dispatch, Dispatch) and self._address_of(dispatch.slot) == sender:
+            self._feed(ev.WorkerFailedOn(dispatch.slot, dispatch.request.request_id, dispatch.attempt))
+
+    def receiveMsg_FirstToken(self, msg: FirstToken, sender: Any) -> None:
+        """Heard before the token leaves its worker: a lost attempt is retried only if it had none."""
+        self._feed(ev.TokenStarted(msg.request_id, msg.attempt, msg.at_unix))
+        self.send(sender, FirstTokenHeard(msg.request_id, msg.attempt))
 
     def receiveMsg_StrictLimiterIs(self, msg: Any, sender: Any) -> None:
         self.strict_address = msg.address
@@ -177,9 +173,6 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
         self.send(sender, EngineStatus(deployment=init.deployment.name, replica=init.replica, node=init.node,
                                        **self.core.status()))
 
-    def _index_of(self, address: Any) -> int | None:
-        return next((i for i, known in self.workers.items() if known == address), None)
-
     # -- effects out: each becomes a send, a spawn, a signal or a wakeup --------------------
 
     def _run(self, effects: list[Any]) -> None:
@@ -201,26 +194,11 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
         if self.strict_address is not None:
             self.send(self.strict_address, StrictSettle(e.key, e.reservation_id, e.actual_nano, e.sent))
 
-    def _do_StartWorker(self, e: ev.StartWorker) -> None:
-        worker = self.workers[e.index] = self.createActor(RemoteWorkerActor)
-        self.send(worker, WorkerInit(self.init.deployment, self.myAddress, self.init.session, e.index))
-
-    def _do_KillWorker(self, e: ev.KillWorker) -> None:
-        log.error("%s: replacing worker %d (pid %d): it stopped answering", self.init.deployment.name, e.index, e.pid)
-        if _is_my_child(e.pid):
-            try:
-                os.kill(e.pid, signal.SIGKILL)  # a frozen process answers no message
-            except OSError:
-                pass
-        address = self.workers.pop(e.index, None)
-        if address is not None:
-            self.send(address, ActorExitRequest())
-
     def _do_DispatchTo(self, e: ev.DispatchTo) -> None:
-        self.send(self.workers[e.index], Dispatch(e.request, e.reply_to, e.attempt, e.min_session_version))
+        self.send(self._address_of(e.index), Dispatch(e.request, e.reply_to, e.attempt, e.min_session_version, e.index))
 
     def _do_AbandonOnWorker(self, e: ev.AbandonOnWorker) -> None:
-        self.send(self.workers[e.index], Cancel(e.request_id))
+        self.send(self._address_of(e.index), Cancel(e.request_id))
 
     def _do_Reply(self, e: ev.Reply) -> None:
         self.send(e.to, e.message)
@@ -258,12 +236,3 @@ class RemoteEngineCoreActor(Reporting, GatewayActor):
 
     def _do_WakeAt(self, e: ev.WakeAt) -> None:
         self.timers.at("core", e.at)
-
-
-def _is_my_child(pid: int) -> bool:
-    """Only a live child of this process is ever signalled (a pid may be reused after an exit)."""
-    if pid <= 0 or pid == os.getpid():
-        return False
-    stat = live_stat(pid)
-    return stat is not None and stat.ppid == os.getpid()
-

@@ -10,7 +10,8 @@ the terminal) stays a Thespian message, so the engine still owns the one termina
 A worker only ever connects to 127.0.0.1 (through the process's transport,
 ``actors.runtime.transport``): a request cannot make it open a connection elsewhere. When the channel cannot be used (no key configured, refused, closed, slow to
 drain) the chunk goes as a Thespian message instead; the caller orders chunks by ``seq``
-whichever way each came.
+whichever way each came. The slots of a worker process share its connections, and frames
+that are due together leave in one write (:class:`StreamSender`).
 """
 
 from __future__ import annotations
@@ -74,15 +75,45 @@ class ChannelTo:
         return self.out.last_failure
 
 
+class _Batch:
+    """Frames that queued while their connection was being written: they leave in one write."""
+
+    __slots__ = ("frames", "done", "ok")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.done = threading.Event()
+        self.ok = False
+
+
+class _Link:
+    """One connection to one consumer process, shared by every slot of this process."""
+
+    __slots__ = ("sock", "writing", "queued")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.writing = False           # a thread is writing: others queue their frames
+        self.queued: _Batch | None = None
+
+
 class StreamSender:
+    """This process's writer of frames, one connection per consumer process.
+
+    Frames that are due together leave together: while one thread writes to a connection, the
+    frames other threads send to it queue up, and that thread writes them all in its next
+    write (one system call). Each sender still learns whether its own frame was written (it
+    waits for its batch), so a frame that cannot be written falls back to a message, in order.
+    """
+
     def __init__(self, codec: FrameCodec, network: transport.Transport | None = None) -> None:
         self.codec = codec
         self.network = network or transport.TcpTransport()
-        self.connections: dict[tuple[int, str], socket.socket] = {}
+        self.links: dict[tuple[int, str], _Link] = {}
         self.failed: set[tuple[int, str]] = set()   # refused once: Thespian for the rest of this process
-        # The actor thread and a relaying reader thread (runtime/delivery.py) both write frames.
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()   # the links and their queues (never held while writing)
         self.last_failure = ""
+        self.writes = self.frames = 0
 
     def send(self, channel: Any, request_id: str, seq: int, text: str, tool_calls: list[dict[str, Any]]) -> bool:
         """True when the chunk was written to the channel; False: send it another way."""
@@ -91,48 +122,92 @@ class StreamSender:
             return False
         frame = self.codec.encode(chunk_body(request_id, seq, text, tool_calls))
         with self._lock:
-            return self._send(target, frame)
+            self.frames += 1
+            link = self.links.get(target)
+            if link is None:
+                link = self._connect(target)
+                if link is None:
+                    return False
+            if link.writing:
+                batch = link.queued = link.queued or _Batch()
+                batch.frames.append(frame)
+            else:
+                link.writing, batch = True, None
+        if batch is not None:
+            batch.done.wait()   # the writing thread writes it next, and always says how it went
+            return batch.ok
+        return self._write(target, link, [frame])
 
-    def _send(self, target: tuple[int, str], frame: bytes) -> bool:
-        sock = self.connections.get(target)
+    def _write(self, target: tuple[int, str], link: _Link, frames: list[bytes]) -> bool:
+        """Write ``frames``, then whatever queued meanwhile, until nothing is queued."""
+        mine, batch, released = None, None, False
         try:
-            if sock is None:
-                sock = self._connect(target)
-            sock.sendall(frame)
+            while True:
+                ok = self._sendall(target, link, frames)
+                mine = ok if mine is None else mine
+                if batch is not None:
+                    batch.ok = ok
+                    batch.done.set()
+                with self._lock:
+                    batch, link.queued = link.queued, None
+                    if batch is None or not ok:
+                        link.writing, released = False, True
+                        break
+                frames = batch.frames
+        finally:
+            if not released:   # this thread failed: whatever queued falls back
+                with self._lock:
+                    link.writing = False
+                    stranded, link.queued = link.queued, None
+                if stranded is not None:
+                    stranded.done.set()
+            if batch is not None and not batch.done.is_set():
+                batch.done.set()   # not written (the link failed): its senders fall back
+        return bool(mine)
+
+    def _sendall(self, target: tuple[int, str], link: _Link, frames: list[bytes]) -> bool:
+        try:
+            link.sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
+            self.writes += 1
             return True
         except OSError as exc:
-            # Not logged here: a relaying reader thread may be the caller, and only the actor
-            # thread may log (a log record is a Thespian message). The actor logs the fallback.
-            self._drop(target)
-            if sock is None:
-                self.failed.add(target)
+            # Not logged here: a slot's thread is the caller, and only the actor thread may log
+            # (a log record is a Thespian message). The actor logs the fallback.
+            with self._lock:
+                if self.links.get(target) is link:
+                    self._drop(target)
             self.last_failure = f"port {target[0]}: {type(exc).__name__}"
             return False
 
-    def _connect(self, target: tuple[int, str]) -> socket.socket:
-        if len(self.connections) >= MAX_CONNECTIONS:
-            oldest = next(iter(self.connections))
+    def _connect(self, target: tuple[int, str]) -> _Link | None:
+        if len(self.links) >= MAX_CONNECTIONS:
+            oldest = next(iter(self.links))
             self._drop(oldest)
         port, token = target
-        sock = self.network.connect("127.0.0.1", port, CONNECT_TIMEOUT_S)
+        sock = None
         try:
+            sock = self.network.connect("127.0.0.1", port, CONNECT_TIMEOUT_S)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(SEND_TIMEOUT_S)
             sock.sendall(self.codec.encode({"hello": token}))
-        except OSError:
-            sock.close()
-            raise
-        self.connections[target] = sock
-        return sock
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            self.failed.add(target)
+            self.last_failure = f"port {target[0]}: {type(exc).__name__}"
+            return None
+        link = self.links[target] = _Link(sock)
+        return link
 
     def _drop(self, target: tuple[int, str]) -> None:
-        sock = self.connections.pop(target, None)
-        if sock is not None:
+        link = self.links.pop(target, None)
+        if link is not None:
             try:
-                sock.close()
+                link.sock.close()
             except OSError:
                 pass
 
     def close(self) -> None:
-        for target in list(self.connections):
-            self._drop(target)
+        with self._lock:
+            for target in list(self.links):
+                self._drop(target)

@@ -1,7 +1,7 @@
-"""One HTTP attempt (an exchange) on a reader thread: the phase it reached, bounded reads, prompt stops.
+"""One HTTP attempt (an exchange) on its slot's thread: the phase it reached, bounded reads, prompt stops.
 
-The worker's actor thread never blocks on the network for a stream; this thread does
-nothing else. It hands every outcome to a sink as a reader event (``actors.core.streaming``)
+The worker's actor thread never blocks on the network; a slot's thread (``slot.py``) runs
+the exchange. It hands every outcome to a sink as a reader event (``actors.core.streaming``)
 and never touches Thespian (sends from another thread are lost, and a log record is a
 message).
 
@@ -10,11 +10,16 @@ headers received): requests folds all of those into ``ConnectionError``, and whe
 provider has the request (``sent``) depends on exactly that (``actors.core.transport``).
 The connections come from the process's transport (``actors.runtime.transport``): real TCP
 on a node, an in-memory network in the unit tier, the same phase tracking on both.
+
+Reads catch up (``response_body.py``): a reader that fell behind gets every buffered event
+in one read. The slots of a process share one TLS context (``tls_context``): each would
+otherwise load the CA bundle (~1 MiB, ~50 ms) for every connection it opens.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -22,21 +27,40 @@ from typing import Any
 
 import requests
 import urllib3
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.ssl_ import create_urllib3_context
 
 from actors.core.streaming import END, HttpStatus, Opened, Overflow, ReaderEvent, TransportFailed, WholeBody
 from actors.core.transport import Phase
 from actors.providers.base import HttpRequest
+from actors.runtime.response_body import Urllib3Body, body_reader
 from actors.runtime.transport import Transport
 
-__all__ = ["HttpExchange", "PhaseAdapter", "READ_CHUNK", "MAX_ERROR_BODY"]
+__all__ = ["HttpExchange", "PhaseAdapter", "READ_CHUNK", "MAX_ERROR_BODY", "tls_context"]
 
-READ_CHUNK = 64 * 1024      # one read's most; read1 returns whatever has arrived, so a token is not held back
+READ_CHUNK = 64 * 1024      # one read's most: whatever has arrived, up to this, so a token is not held back
 MAX_ERROR_BODY = 64 * 1024
 
 _current = threading.local()
+_tls: ssl.SSLContext | None = None
+_tls_lock = threading.Lock()
+
+
+def tls_context() -> ssl.SSLContext:
+    """This process's one context for verified HTTPS (requests' CA bundle), made on first use.
+
+    requests hands urllib3 the bundle's path, and urllib3 makes a context and loads the bundle
+    for every new connection; a process of a few hundred slots would hold a few hundred copies."""
+    global _tls
+    with _tls_lock:
+        if _tls is None:
+            context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+            context.load_verify_locations(DEFAULT_CA_BUNDLE_PATH)
+            _tls = context
+        return _tls
 
 
 class _Tracker:
@@ -114,10 +138,25 @@ class PhaseAdapter(requests.adapters.HTTPAdapter):
         super().init_poolmanager(*args, **kw)
         self.poolmanager.pool_classes_by_scheme = dict(self.pools)
 
+    def build_connection_pool_key_attributes(self, request: Any, verify: Any, cert: Any = None) -> Any:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        if _shared_tls(host_params.get("scheme"), verify, cert):
+            pool_kwargs["ssl_context"] = tls_context()
+        return host_params, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)
+        if _shared_tls(url.split(":", 1)[0].lower(), verify, cert):
+            conn.ca_certs = conn.ca_cert_dir = None  # in the shared context already: not loaded again per connection
+
     def proxy_manager_for(self, proxy: str, **kw: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **kw)
         manager.pool_classes_by_scheme = dict(self.pools)
         return manager
+
+
+def _shared_tls(scheme: Any, verify: Any, cert: Any) -> bool:
+    return scheme == "https" and verify is True and cert is None
 
 
 def _timed_out(exc: BaseException | None) -> bool:
@@ -160,8 +199,8 @@ Sink = Callable[[ReaderEvent], bool]
 
 
 class HttpExchange:
-    """One attempt's HTTP: :meth:`run` on the reader thread (or inline, for a non-streamed
-    call: its one event is then :class:`WholeBody` or a failure), :meth:`stop` from the actor thread.
+    """One attempt's HTTP: :meth:`run` on its slot's thread (for a non-streamed call, its one
+    event is :class:`WholeBody` or a failure), :meth:`stop` from the actor thread.
 
     Every event goes to ``sink``, which returns False to stop reading (the attempt was ended);
     the last is exactly one of END, WholeBody, HttpStatus, Overflow or TransportFailed, unless
@@ -177,15 +216,10 @@ class HttpExchange:
         self.whole = whole
         self.tracker = _Tracker()
         self.cancelled = threading.Event()
-        self.thread: threading.Thread | None = None
 
     @property
     def phase(self) -> Phase:
         return self.tracker.phase
-
-    def start(self, session: requests.Session, sink: Sink, name: str) -> None:
-        self.thread = threading.Thread(target=self.run, args=(session, sink), name=name, daemon=True)
-        self.thread.start()
 
     def run(self, session: requests.Session, sink: Sink) -> None:
         _current.tracker = self.tracker
@@ -204,14 +238,14 @@ class HttpExchange:
                 return
             if not self.whole and not sink(Opened()):
                 return
-            raw, total, limit = resp.raw, 0, self.max_body_bytes
+            body, total, limit = body_reader(resp.raw, self.whole), 0, self.max_body_bytes
             parts: list[bytes] = []
             while not self.cancelled.is_set():
-                data = self._read(raw, READ_CHUNK)
+                data = self._read(body.read, READ_CHUNK)
                 if not data:
                     self.tracker.sock = None
-                    raw.release_conn()  # read to the end: the connection goes back to the pool
-                    resp = None
+                    if body.release():  # read to the end: the connection goes back to the pool
+                        resp = None
                     sink(WholeBody(b"".join(parts)) if self.whole else END)
                     return
                 total += len(data)
@@ -230,18 +264,19 @@ class HttpExchange:
             if resp is not None:
                 resp.close()
 
-    def _read(self, raw: Any, size: int) -> bytes:
+    def _read(self, read: Callable[[int], bytes], size: int) -> bytes:
         remaining = self.deadline - time.time()
         if remaining <= 0:
             raise _DeadlineReached()
         if remaining < self.timeouts[1] and self.tracker.sock is not None:
             self.tracker.sock.settimeout(remaining)  # so the last read ends at the deadline
-        return raw.read1(size, decode_content=True)
+        return read(size)
 
     def _read_upto(self, resp: requests.Response, limit: int) -> bytes:
         parts, size = [], 0
+        body = Urllib3Body(resp.raw)
         while size < limit and not self.cancelled.is_set():
-            data = self._read(resp.raw, min(READ_CHUNK, limit - size))
+            data = self._read(body.read, min(READ_CHUNK, limit - size))
             if not data:
                 break
             parts.append(data)
@@ -251,7 +286,7 @@ class HttpExchange:
     def stop(self) -> None:
         """End the exchange now: a blocked read returns at once, and the reader discards the connection.
 
-        Only the socket is shut down here; the response is closed by the reader thread, which
+        Only the socket is shut down here; the response is closed by the slot's thread, which
         owns it. Closing it from this thread too would race the reader's own close: that one
         could close the pooled connection object after the next exchange took it from the pool.
         """

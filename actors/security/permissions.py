@@ -84,7 +84,8 @@ TABLE: dict[tuple[str, str], frozenset[str]] = _rows({
         "Deploy": "N", "Deployed": "N", "EngineInit": "N", "EngineReady": "N", "BreakerInit": "N",
         "SessionInit": "N", "LimiterInit": "N", "WorkerInit": "N",
     },
-    "actors.runtime.protocol.work": {"Dispatch": "N", "FirstToken": "N", "WorkerResult": "N", "WorkerReady": "N"},
+    "actors.runtime.protocol.work": {"Dispatch": "N", "FirstToken": "N", "FirstTokenHeard": "N", "WorkerResult": "N",
+                                     "WorkerReady": "N", "RestartSlot": "N"},
     "actors.runtime.protocol.session": {
         "SessionSubscribe": "N", "SessionSnapshot": "N", "SessionRefresh": "N", "SessionVersion": "N",
     },

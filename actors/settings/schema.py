@@ -105,6 +105,8 @@ class DeploymentConfig:
     upstream_model: str | None = None
     credentials: CredentialSource | None = None
     workers: int = 4
+    # Worker processes the slots run in (threads); None: one per core, more past 16 slots a process.
+    worker_processes: int | None = None
     replicas: int = 1
     queue_capacity: int = 256
     idempotent: bool = True
@@ -132,6 +134,8 @@ class DeploymentConfig:
                 raise ValueError(f"{name}: must not be empty, got {getattr(self, name)!r}")
         for name in ("workers", "replicas"):
             _at_least(name, getattr(self, name), 1)
+        if self.worker_processes is not None:
+            _at_least("worker_processes", self.worker_processes, 1)
         for name in ("queue_capacity", "estimate_output_tokens", "coalesce_ms"):
             _at_least(name, getattr(self, name), 0)
         if self.endpoint != MOCK_ENDPOINT and not self.endpoint.startswith(("http://", "https://")):

@@ -20,8 +20,10 @@ broken mid-body               an exception, or ``EOF``,    BODY (sent)
                               among the parts
 ============================  ==========================  ====================================
 
-A response's ``parts`` stream as chunked transfer encoding; a float among them pauses that
-long, a ``threading.Event`` holds the body until it is set (at most ``hold_s``). Pauses and
+A response's ``parts`` stream as chunked transfer encoding, one transfer chunk each; a tuple
+of bytes sends its parts as chunks that arrive together (as a server's writes that queued up
+while its client was busy), a float pauses that long, a ``threading.Event`` holds the body
+until it is set (at most ``hold_s``). Pauses and
 holds honour the socket's timeout as a real read would (``socket.timeout``), and a
 ``shutdown`` from another thread ends a blocked read at once, as the worker's stop expects.
 
@@ -150,6 +152,8 @@ class MockResponse:
                 if isinstance(part, bytes):
                     if part:
                         yield b"%x\r\n%s\r\n" % (len(part), part)
+                elif isinstance(part, tuple):
+                    yield b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in part if p)
                 elif isinstance(part, (int, float)) and not isinstance(part, bool):
                     yield _Wait(None, float(part))
                 elif isinstance(part, threading.Event):
@@ -157,7 +161,8 @@ class MockResponse:
                 elif part is EOF or isinstance(part, BaseException):
                     yield part
                 else:
-                    raise TypeError(f"a response part is bytes, a pause, an Event, EOF or an exception: {part!r}")
+                    raise TypeError(f"a response part is bytes, a tuple of bytes, a pause, an Event, EOF or an exception: "
+                                    f"{part!r}")
             yield b"0\r\n\r\n"
         if self.close:
             yield EOF
@@ -172,6 +177,9 @@ class MockListener:
         self.connections = 0
         self.refuse = False           # connecting is refused
         self.broken = False           # writes fail (the peer went away)
+        self.hold: threading.Event | None = None   # writes wait for it (a consumer slow to read)
+        self.holding = 0              # writes waiting on ``hold`` now
+        self.writes = 0               # writes taken (a batch of frames is one)
         self.lock = threading.Lock()
 
     def frames(self, codec: Any) -> list[dict[str, Any]]:
@@ -483,9 +491,21 @@ class _ChannelSocket(_SocketBase):
         self.listener = listener
 
     def sendall(self, data: Any, flags: int = 0) -> None:
+        listener = self.listener
+        hold = listener.hold
+        if hold is not None and not hold.is_set():
+            with listener.lock:
+                listener.holding += 1
+            try:
+                if not self._wait(hold.is_set, self._timeout):
+                    raise socket.timeout("timed out") if not self._shut.is_set() else OSError(9, "Bad file descriptor")
+            finally:
+                with listener.lock:
+                    listener.holding -= 1
         if self._shut.is_set() or self.closed:
             raise OSError(9, "Bad file descriptor")
-        if self.listener.broken:
+        if listener.broken:
             raise BrokenPipeError(32, "Broken pipe")
-        with self.listener.lock:
-            self.listener.received += bytes(data)
+        with listener.lock:
+            listener.writes += 1
+            listener.received += bytes(data)

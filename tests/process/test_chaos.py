@@ -44,17 +44,18 @@ def _reference(client, model: str, prompt: str, stream: bool) -> str:
 
 def test_every_request_ends_once_on_time_through_worker_kills_a_freeze_and_an_engine_crash(gateway, mock):
     retry = {"max_retries": 2, "base_delay_s": 0.05, "max_delay_s": 0.2, "budget_ratio": 1.0}
+    # Slots are threads of worker processes: a kill or a freeze takes every slot of the process.
     node, client = gateway([
-        deployment(mock.url, "a", workers=4, retry=retry),
-        deployment(mock.url, "b", provider="anthropic", workers=3, retry=retry),
-        deployment(mock.url, "c", workers=3, retry=retry),
+        deployment(mock.url, "a", workers=4, worker_processes=2, retry=retry),
+        deployment(mock.url, "b", provider="anthropic", workers=3, worker_processes=2, retry=retry),
+        deployment(mock.url, "c", workers=3, worker_processes=2, retry=retry),
     ])
     models = ["a", "b", "c"]
     expected = {(m, p, s): _reference(client, m, p, s) for m in models for p in PROMPTS for s in (False, True)}
     tree = engines_and_workers(node.admin_port, node.pgid)
     # Engines are created in deployment order, so their pids sort that way.
     engines = dict(zip(models, sorted(tree)))
-    assert [len(tree[engines[m]]) for m in models] == [4, 3, 3]
+    assert [len(tree[engines[m]]) for m in models] == [2, 2, 2]
 
     records: list[dict] = []
     lock = threading.Lock()

@@ -227,7 +227,7 @@ def test_workers_die_with_their_engine(gateway, mock):
     even a frozen one that could not notice by itself."""
     from actors.ops.procs import listening_pids, parent_pid
 
-    node, client = gateway([deployment(mock.url, "d1", workers=3)])
+    node, client = gateway([deployment(mock.url, "d1", workers=3, worker_processes=3)])
     engine_port = client.routes("d1")[0].engine.addressDetails.sockname[1]
     engine = next(pid for pid in listening_pids(engine_port) if parent_pid(pid) not in listening_pids(engine_port))
     workers = [pid for pid in pids_in_group(node.pgid) if parent_pid(pid) == engine]

@@ -1,4 +1,5 @@
-"""64 concurrent streams through one node: every chunk arrives once and in order, one terminal each."""
+"""256 concurrent streams through one node's Python client: every chunk arrives once and in
+order, one terminal each (the node holds them as slot threads of two worker processes)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from actors.types import Completed, Failed, TokenChunk
 
 from conftest import deployment
 
-STREAMS = 64
+STREAMS = 256
 WORDS = 20
 SILENCE_S = 1.0  # after its terminal, a request's endpoint must stay quiet this long
 
@@ -35,7 +36,7 @@ def _run_threads(target, count: int) -> list:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
+        t.join(180)
     assert not any(t.is_alive() for t in threads), "a stream never ended"
     return results
 
@@ -46,9 +47,9 @@ def _check_text(tag: str, texts: list[str], terminal: Completed) -> None:
     assert text.startswith(f"You said: {tag} ") and len(text.split()) == WORDS
 
 
-def test_64_concurrent_streams_each_get_every_chunk_once_in_order_and_one_terminal(gateway, mock):
-    node, client = gateway([deployment(mock.url, "d1", workers=STREAMS, coalesce_ms=0, queue_capacity=256)],
-                           deploy_timeout_s=120)
+def test_256_concurrent_streams_each_get_every_chunk_once_in_order_and_one_terminal(gateway, mock):
+    node, client = gateway([deployment(mock.url, "d1", workers=STREAMS, worker_processes=2, coalesce_ms=0,
+                                       queue_capacity=2 * STREAMS)], deploy_timeout_s=120)
     engine = client.routes("d1")[0].engine
 
     def raw(i: int) -> dict:

@@ -89,7 +89,8 @@ def attempt(url: str, body: bytes = b'{"model": "m"}', timeouts=(2.0, 0.5), dead
     run = HttpExchange(HttpRequest("POST", url, {"content-type": "application/json"}, body, not whole), timeouts,
                        1 << 30, time.time() + deadline_s, whole=whole)
     arrived: queue.Queue = queue.Queue()
-    run.start(session, lambda event: arrived.put(event) or True, "test-reader")
+    reader = threading.Thread(target=run.run, args=(session, lambda event: arrived.put(event) or True), daemon=True)
+    reader.start()
     events = []
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -98,7 +99,7 @@ def attempt(url: str, body: bytes = b'{"model": "m"}', timeouts=(2.0, 0.5), dead
         if item is END or isinstance(item, (HttpStatus, TransportFailed, WholeBody)):
             break
     run.stop()
-    run.thread.join(5)
+    reader.join(5)
     session.close()
     return events
 

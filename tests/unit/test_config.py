@@ -36,6 +36,8 @@ def test_a_valid_config_builds_typed_sections():
     (base(workers="four"), "deploy.yaml: deployments[0].workers: expected an integer, got a string"),
     (base(workers=True), "deploy.yaml: deployments[0].workers: expected an integer, got a boolean"),
     (base(workers=0), "deploy.yaml: deployments[0].workers: must be >= 1, got 0"),
+    (base(worker_processes=0), "deploy.yaml: deployments[0].worker_processes: must be >= 1, got 0"),
+    (base(worker_processes="two"), "deploy.yaml: deployments[0].worker_processes: expected an integer, got a string"),
     (base(replicas=-2), "deploy.yaml: deployments[0].replicas: must be >= 1, got -2"),
     (base(timeouts={"read_s": -1}), "deploy.yaml: deployments[0].timeouts.read_s: must be > 0, got -1"),
     (base(timeouts={"total_s": float("nan")}), "deploy.yaml: deployments[0].timeouts.total_s: must be > 0, got nan"),

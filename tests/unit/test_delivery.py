@@ -72,12 +72,45 @@ def delivery(channel=None, coalesce_s: float = 0.0, deadline_in: float = 60.0, r
     return d, wakes
 
 
+def first_chunk(d, outlet, lag) -> None:
+    """The actor's first pump with text: FirstToken to the engine, nothing out until it answers."""
+    sent = len(outlet.messages)
+    assert d.pump(outlet, lag) is None and d.chunks == 0 and len(outlet.messages) == sent
+    assert len(outlet.first_tokens) == 1
+    d.heard()                                                 # FirstTokenHeard: the actor pumps again
+    d.pump(outlet, lag)
+
+
+def test_the_first_chunk_waits_for_the_engine_to_hear_of_it_and_takes_what_came_meanwhile():
+    channel, outlet, lag = Channel(), Outlet(), streaming.Lag()
+    d, wakes = delivery(channel)
+    d.take(sse("Hel"))
+    assert d.pump(outlet, lag) is None and len(outlet.first_tokens) == 1 and channel.frames == []
+    d.take(sse("lo"))
+    d.pump(outlet, lag)                                       # still unheard: nothing, and FirstToken once
+    assert len(outlet.first_tokens) == 1 and channel.frames == [] and d.chunks == 0
+    d.take(FINISH)
+    assert d.take(END) is False and d.outcome is None
+    assert d.pump(outlet, lag) is None and not d.settled      # decided, but the text waits for the engine
+    d.heard()
+    assert d.pump(outlet, lag) is None and d.settled and channel.frames == [(0, "Hello")]
+
+
+def test_an_attempt_ended_before_the_engine_heard_of_its_token_sends_no_text():
+    channel, outlet, lag = Channel(), Outlet(), streaming.Lag()
+    d, _ = delivery(channel)
+    d.take(sse("never"))
+    d.pump(outlet, lag)
+    assert isinstance(d.end(E.DeadlineExceeded("late"), outlet), E.DeadlineExceeded)
+    assert channel.frames == [] and outlet.messages == [] and d.chunks == 0   # retryable as if it had none
+
+
 def test_the_first_chunk_is_the_actors_then_the_reader_relays_on_the_channel():
     channel, outlet, lag = Channel(), Outlet(), streaming.Lag()
     d, wakes = delivery(channel)
     assert d.take(Opened()) and d.take(sse("Hello"))
     assert channel.frames == [] and len(wakes) == 1          # not the reader's to send: the actor is woken
-    d.pump(outlet, lag)
+    first_chunk(d, outlet, lag)
     assert channel.frames == [(0, "Hello")] and len(outlet.first_tokens) == 1 and outlet.messages == []
     assert d.take(sse(" world")) and d.take(sse(" again", " twice"))   # one piece of the body, one chunk
     assert channel.frames[1:] == [(1, " world"), (2, " again twice")] and len(wakes) == 1
@@ -92,7 +125,7 @@ def test_without_a_channel_every_chunk_is_a_message_the_actor_cuts():
     d, wakes = delivery(channel=None)
     for word in ("a", "b", "c"):
         assert d.take(sse(word))
-    assert d.pump(outlet, lag) is None
+    first_chunk(d, outlet, lag)
     assert outlet.messages == [(0, "abc")]                    # what arrived before the actor woke travels together
     d.take(sse("d"))
     d.pump(outlet, lag)
@@ -103,7 +136,7 @@ def test_a_channel_that_fails_hands_the_chunk_and_the_rest_to_the_actor():
     channel, outlet, lag = Channel(), Outlet(), streaming.Lag()
     d, wakes = delivery(channel)
     d.take(sse("one"))
-    d.pump(outlet, lag)
+    first_chunk(d, outlet, lag)
     channel.works = False
     assert d.take(sse(" two"))                                # the reader cannot write it ...
     assert d.outbox and channel.frames == [(0, "one")] and not d.relay
@@ -118,7 +151,7 @@ def test_within_the_coalescing_window_text_waits_for_the_actors_timer():
     channel, outlet, lag = Channel(), Outlet(), streaming.Lag()
     d, wakes = delivery(channel, coalesce_s=60.0)
     d.take(sse("first"))
-    d.pump(outlet, lag)                                       # the first token never waits
+    first_chunk(d, outlet, lag)                               # the first token waits for no window
     woken = len(wakes)
     d.take(sse(" held"))
     assert channel.frames == [(0, "first")] and len(wakes) == woken + 1   # held back: the actor arms the timer
@@ -135,7 +168,7 @@ def test_under_load_the_actor_stretches_its_window_for_messages():
     lag.value = 0.01                                          # the actor wakes 10 ms late: window 40 ms
     d, _ = delivery(channel=None)
     d.take(sse("a"))
-    d.pump(outlet, lag)
+    first_chunk(d, outlet, lag)
     d.take(sse("b"))
     assert d.pump(outlet, lag) is not None and outlet.messages == [(0, "a")]
 
@@ -144,7 +177,7 @@ def test_an_ended_delivery_takes_nothing_and_pending_text_goes_first_when_asked(
     outlet, lag = Outlet(), streaming.Lag()
     d, _ = delivery()
     d.take(sse("a"))
-    d.pump(outlet, lag)
+    first_chunk(d, outlet, lag)
     d.take(sse("b"))
     error = d.end(E.DeadlineExceeded("late"), outlet)
     assert isinstance(error, E.DeadlineExceeded) and outlet.messages == [(0, "a"), (1, "b")]
@@ -221,7 +254,7 @@ def test_an_outcome_decided_after_a_pump_is_settled_by_the_next_pump_with_the_te
     lag.value = 0.01                                          # a window: the second piece is held back
     d, wakes = delivery(channel=None)
     d.take(sse("a"))
-    d.pump(outlet, lag)
+    first_chunk(d, outlet, lag)
     d.take(sse("b"))
     assert d.pump(outlet, lag) is not None and not d.settled  # held back, the outcome still open
     woken = len(wakes)

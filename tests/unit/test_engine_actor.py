@@ -110,46 +110,6 @@ def test_drain_reports_once_the_last_request_ends(engine, upstream):
     assert isinstance(refused.error, E.ShuttingDown)
 
 
-def test_a_frozen_worker_is_replaced_after_the_grace_and_the_next_request_is_served(engine, upstream, monkeypatch):
-    import threading
-
-    from actors.core import engine_core
-    from actors.runtime.worker import RemoteWorkerActor
-    monkeypatch.setattr(engine_core, "ABANDON_GRACE_S", 0.2)
-    workers, frozen = [], set()
-    original_init, original_wakeup = RemoteWorkerActor.__init__, RemoteWorkerActor.receiveMsg_WakeupMessage
-
-    def tracked_init(self):
-        original_init(self)
-        workers.append(self)
-
-    def wakeup(self, msg, sender):
-        if id(self) not in frozen:  # a frozen worker's actor thread does nothing at all
-            original_wakeup(self, msg, sender)
-
-    monkeypatch.setattr(RemoteWorkerActor, "__init__", tracked_init)
-    monkeypatch.setattr(RemoteWorkerActor, "receiveMsg_WakeupMessage", wakeup)
-    monkeypatch.setattr(RemoteWorkerActor, "receiveMsg_Cancel", lambda self, msg, sender: None)
-    never = threading.Event()
-    stalled = stream_answer(["x "])
-    stalled.parts.insert(1, never)
-    upstream.then(stalled, Answer(200, openai_completion("after")))
-    e = engine(workers=1, coalesce_ms=0)
-    e.tell(request("s1", stream=True, deadline_unix=time.time() + 0.3))
-    first = e.listen(5)
-    assert first is not None and first.request_id == "s1"
-    frozen.update(id(w) for w in workers)
-    _, done = e.collect("s1")
-    assert isinstance(done.error, E.DeadlineExceeded) and done.chunks is None   # the frozen worker's count is unknown
-    e.tell(request("r2"))
-    _, after = e.collect("r2")
-    never.set()
-    assert isinstance(after, Completed) and after.text == "after"
-    assert len(workers) == 2  # the frozen one was replaced
-    status = e.ask(StatusRequest(), EngineStatus)
-    assert status.workers == 1 and status.completed == 1 and status.failed == 1
-
-
 def test_a_worker_that_dies_before_any_token_is_replaced_and_the_request_retried(engine, upstream):
     from harness import actor_instance
     from thespian.actors import ActorExitRequest

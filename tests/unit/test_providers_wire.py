@@ -81,14 +81,14 @@ EXPECTED_AUTH = {
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_streamed_call_reaches_the_provider_url_with_its_auth_headers(provider):
-    from actors.runtime.worker import _session
+    from actors.runtime.slot import http_session
     from actors.testing.mock_transport import MockResponse, MockTransport
 
     runner = runner_for(provider, headers={"x-team": "search"})
     http = runner.build_request(InferenceRequest("m", CONVERSATION, {"max_tokens": 5}, stream=True),
                                 credential(provider))
     network = MockTransport(lambda request: MockResponse(200))
-    session = _session(ENDPOINTS[provider], network)    # the worker's session: its adapter, its transport
+    session = http_session(ENDPOINTS[provider], network)    # the worker's session: its adapter, its transport
     session.request(http.method, http.url, data=http.body, headers=http.headers, timeout=5).close()
     session.close()
     (sent,) = network.requests

@@ -14,7 +14,7 @@ from actors.core.streaming import END, HttpStatus, Opened, Overflow, TransportFa
 from actors.core.transport import Phase, classify_transport
 from actors.providers.base import HttpRequest
 from actors.runtime.upstream import MAX_ERROR_BODY, HttpExchange
-from actors.runtime.worker import _session
+from actors.runtime.slot import http_session
 from actors.testing.mock_transport import (CONNECT_TIMEOUT, EOF, REFUSE, RESET_ON_SEND, STALL_ON_SEND, MockResponse,
                                            MockTransport)
 
@@ -23,7 +23,7 @@ URL = "https://api.example.invalid/v1/chat/completions"
 
 def exchange(network: MockTransport, *, whole: bool = False, timeouts=(1.0, 0.3), deadline_s: float = 10.0,
              max_body: int = 1 << 20) -> tuple[list, HttpExchange]:
-    session = _session(URL, network)
+    session = http_session(URL, network)
     run = HttpExchange(HttpRequest("POST", URL, {"content-type": "application/json"}, b'{"q": 1}', not whole),
                        timeouts, max_body, time.time() + deadline_s, whole=whole)
     events: list = []
@@ -100,7 +100,7 @@ def test_bodies_are_bounded_and_error_bodies_are_read_only_so_far():
 
 def test_a_kept_alive_connection_carries_the_next_request_and_a_dropped_one_is_replaced():
     network = answering(MockResponse(200, body=b"1"), MockResponse(200, body=b"2", close=True), MockResponse(200, body=b"3"))
-    session = _session(URL, network)
+    session = http_session(URL, network)
     for expected in (b"1", b"2", b"3"):
         run = HttpExchange(HttpRequest("POST", URL, {}, b"{}", False), (1.0, 1.0), 1 << 20, time.time() + 5, whole=True)
         events: list = []
@@ -113,17 +113,85 @@ def test_a_kept_alive_connection_carries_the_next_request_and_a_dropped_one_is_r
 def test_stop_ends_a_blocked_read_at_once():
     gate = threading.Event()
     network = answering(MockResponse(200, parts=[b"first", gate], hold_s=30))
-    session = _session(URL, network)
+    session = http_session(URL, network)
     run = HttpExchange(HttpRequest("POST", URL, {}, b"{}", True), (1.0, 30.0), 1 << 20, time.time() + 60)
     events: list = []
-    run.start(session, lambda event: events.append(event) or True, "test-reader")
+    reader = threading.Thread(target=run.run, args=(session, lambda event: events.append(event) or True))
+    reader.start()
     deadline = time.monotonic() + 5
     while b"first" not in events and time.monotonic() < deadline:
         time.sleep(0.01)
     stopped_at = time.monotonic()
     run.stop()
-    run.thread.join(5)
-    assert not run.thread.is_alive() and time.monotonic() - stopped_at < 2.0
+    reader.join(5)
+    assert not reader.is_alive() and time.monotonic() - stopped_at < 2.0
     assert events == [Opened(), b"first"]             # a stopped exchange reports nothing more
     gate.set()
     session.close()
+
+
+def test_a_late_reader_gets_every_event_already_buffered_in_one_read():
+    """Events the upstream wrote while the reader was busy (one transfer chunk each, arrived
+    together) come out of one read: http.client's read1 would hand them over one by one."""
+    burst = (b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n")
+    events, _ = exchange(answering(MockResponse(200, parts=[b"data: 0\n\n", 0.02, burst, 0.02, b"data: 4\n\n"])))
+    assert events == [Opened(), b"data: 0\n\n", b"".join(burst), b"data: 4\n\n", END]
+
+
+def test_a_stream_read_from_the_buffer_leaves_its_connection_fit_for_the_next_request():
+    network = answering(MockResponse(200, parts=[(b"a", b"b"), b"c"]), MockResponse(200, parts=[b"d"]))
+    session = http_session(URL, network)
+    for expected in ([b"ab", b"c"], [b"d"]):
+        run = HttpExchange(HttpRequest("POST", URL, {}, b"{}", True), (1.0, 1.0), 1 << 20, time.time() + 5)
+        events: list = []
+        run.run(session, lambda event: events.append(event) or True)
+        assert events == [Opened(), *expected, END]
+    session.close()
+    assert network.connects == 1 and len(network.requests) == 2
+
+
+def test_bytes_after_a_streamed_body_close_its_connection():
+    class Trailing(MockResponse):
+        def wire(self):
+            yield self._head()
+            yield b"1\r\na\r\n0\r\n\r\ngarbage after the body"
+
+    network = answering(Trailing(200, parts=[]), MockResponse(200, parts=[b"b"]))
+    session = http_session(URL, network)
+    for expected in (b"a", b"b"):
+        run = HttpExchange(HttpRequest("POST", URL, {}, b"{}", True), (1.0, 1.0), 1 << 20, time.time() + 5)
+        events: list = []
+        run.run(session, lambda event: events.append(event) or True)
+        assert events == [Opened(), expected, END]
+    session.close()
+    assert network.connects == 2                      # the first connection was not trusted again
+
+
+def test_malformed_chunked_coding_is_a_body_failure():
+    class Broken(MockResponse):
+        def wire(self):
+            yield self._head()
+            yield b"3\r\nabc\r\nnot-a-size\r\n"
+
+    events, _ = exchange(answering(Broken(200, parts=[])))
+    assert events[:2] == [Opened(), b"abc"]
+    assert isinstance(events[-1], TransportFailed) and events[-1].phase is Phase.BODY and not events[-1].timed_out
+
+
+def test_every_slot_session_of_a_process_verifies_tls_with_one_shared_context():
+    import requests
+
+    from actors.runtime.upstream import tls_context
+
+    contexts, bundles = set(), set()
+    for _ in range(3):   # three slots
+        session = http_session(URL, answering())
+        adapter = session.get_adapter(URL)
+        prepared = requests.Request("POST", URL, data=b"{}").prepare()
+        pool = adapter.get_connection_with_tls_context(prepared, True)
+        adapter.cert_verify(pool, URL, True, None)
+        contexts.add(id(pool.conn_kw["ssl_context"]))
+        bundles.add(pool.ca_certs)
+        session.close()
+    assert contexts == {id(tls_context())} and bundles == {None}   # no bundle loaded again per connection
+    assert tls_context().verify_mode.name == "CERT_REQUIRED" and tls_context().get_ca_certs()

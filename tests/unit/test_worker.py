@@ -210,7 +210,7 @@ class LoneWorker:
         self.asys = asys
         self.engine, self.session = asys.createActor(Recorder), asys.createActor(Recorder)
         self.worker = asys.createActor(RemoteWorkerActor)
-        asys.tell(self.worker, WorkerInit(dep, self.engine, self.session, 0))
+        asys.tell(self.worker, WorkerInit(dep, self.engine, self.session, [0]))
 
     def results(self, count: int = 1, timeout_s: float = 5.0) -> list:
         from actors.runtime.protocol import WorkerResult

@@ -35,7 +35,7 @@ from actors.runtime.protocol.bringup import (
     LimiterInit,
     WorkerInit,
 )
-from actors.runtime.protocol.work import Dispatch, FirstToken, WorkerResult, WorkerReady
+from actors.runtime.protocol.work import Dispatch, FirstToken, FirstTokenHeard, RestartSlot, WorkerReady, WorkerResult
 from actors.runtime.protocol.session import SessionSubscribe, SessionSnapshot, SessionRefresh, SessionVersion
 from actors.runtime.protocol.breaker import (
     BreakerSubscribe,
@@ -102,8 +102,10 @@ __all__ = [
     'WorkerInit',
     'Dispatch',
     'FirstToken',
+    'FirstTokenHeard',
     'WorkerResult',
     'WorkerReady',
+    'RestartSlot',
     'SessionSubscribe',
     'SessionSnapshot',
     'SessionRefresh',

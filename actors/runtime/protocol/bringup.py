@@ -79,4 +79,4 @@ class WorkerInit:
     deployment: Any  # DeploymentConfig
     engine: Any
     session: Any
-    worker_index: int
+    slots: list[int]  # the slots (engine core worker indices) this worker process holds

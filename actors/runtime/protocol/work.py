@@ -1,4 +1,8 @@
-"""Between an engine and its workers: one attempt per Dispatch, one WorkerResult back."""
+"""Between an engine and its worker processes: one attempt per Dispatch, one WorkerResult back.
+
+A worker process holds several slots (threads, ``runtime/slot.py``); messages about one
+attempt name its slot, the engine core's worker index.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,24 @@ class Dispatch:
     reply_to: Any
     attempt: int
     min_session_version: int = 0
+    slot: int = 0           # which of the worker process's slots makes the attempt
 
 
 @dataclass
 class FirstToken:
+    """The attempt has its first text; it is held back until the engine answers (FirstTokenHeard)."""
+
     request_id: str
     attempt: int
     at_unix: float
+
+
+@dataclass
+class FirstTokenHeard:
+    """The engine knows the attempt has a token (it will not be retried): it may go to the caller."""
+
+    request_id: str
+    attempt: int
 
 
 @dataclass
@@ -49,5 +64,13 @@ class WorkerResult:
 
 @dataclass
 class WorkerReady:
-    worker_index: int
-    pid: int = 0            # so the engine can replace a worker that stopped answering
+    slots: list[int]        # slots of the sending process ready for a Dispatch
+    pid: int = 0            # so the engine can kill a worker process that stopped answering
+
+
+@dataclass
+class RestartSlot:
+    """The engine gave up on the slot's attempt (it did not report in time): end it without a
+    report (its exchange stopped), and start the slot afresh. Answered by a WorkerReady."""
+
+    slot: int

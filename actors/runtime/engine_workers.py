@@ -1,0 +1,159 @@
+"""The engine's worker processes: the core's workers are slots, threads of a few processes.
+
+``EngineCore`` keeps one worker per slot (its index), as it always has; this mixin of
+``RemoteEngineCoreActor`` translates (``core/slots.py`` says which process holds which slot):
+
+- the core's ``StartWorker`` for a slot whose process is not there starts that process with
+  every slot started in the same message; for a slot the core replaced in a live process
+  (it did not report in time: ``KillWorker`` first), a ``RestartSlot`` stops the slot's
+  exchange and starts it afresh, alone;
+- a process's ``WorkerReady`` is a ``WorkerUp`` for each of its slots; at bring-up they are
+  handed over in index order once every process is up (the core takes the last idle slot
+  first, so consecutive dispatches alternate between processes);
+- a process's exit is a ``WorkerGone`` for each of its slots, so every request the process
+  held ends exactly once, as the core decides for a lost worker (retried if no token had
+  reached its caller and it may be, else ``WorkerCrashed``); the core then starts the slots
+  again, in a new process;
+- a process that has not restarted a slot within ``SLOT_RESTART_GRACE_S`` (frozen, or its
+  actor thread hung) is killed, the last resort, and replaced the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+from thespian.actors import ActorExitRequest, ChildActorExited
+
+from actors.core import engine_events as ev
+from actors.core.procstat import live_stat
+from actors.runtime.logs import logger
+from actors.runtime.protocol import RestartSlot, WorkerInit, WorkerReady
+from actors.runtime.worker import RemoteWorkerActor
+
+__all__ = ["WorkerProcesses", "SLOT_RESTART_GRACE_S"]
+
+log = logger("atomr.engine")
+SLOT_RESTART_GRACE_S = 2.0   # a worker process that has not restarted a slot by then is killed
+
+
+class WorkerProcesses:
+    """Mixed into RemoteEngineCoreActor (which provides core, init, plan, timers, send, _feed)."""
+
+    def _init_processes(self) -> None:
+        self.procs: dict[int, Any] = {}            # worker process number -> its address
+        self.pids: dict[int, int] = {}
+        self.starting: dict[int, list[int]] = {}   # slots the core started in this message, by process
+        self.restarting: dict[int, Any] = {}       # slot -> the process asked to restart it
+        self.held: list[ev.WorkerUp] | None = []   # bring-up: WorkerUps until every process is up
+        self.awaiting: set[int] = set()
+
+    def receiveMsg_WorkerReady(self, msg: WorkerReady, sender: Any) -> None:
+        process = self._process_at(sender)
+        if process is None:
+            return   # a replaced process's late word
+        self.pids[process] = msg.pid
+        ups = []
+        for index in msg.slots:
+            if self.plan.process_of(index) != process:
+                continue
+            if self.restarting.get(index) == sender:
+                del self.restarting[index]
+                self.timers.cancel("restart", index)
+            ups.append(ev.WorkerUp(index, msg.pid))
+        if self.held is not None:
+            self.held += ups
+            self.awaiting.discard(process)
+            return self._release_held()
+        for up in ups:
+            self._feed(up)
+
+    def _release_held(self) -> None:
+        if self.held is not None and not self.awaiting:
+            held, self.held = sorted(self.held, key=lambda up: up.index), None
+            for up in held:
+                self._feed(up)
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        process = self._process_at(msg.childAddress)
+        if process is not None:
+            self._process_gone(process, "exited")
+
+    def _process_gone(self, process: int, how: str) -> None:
+        """Every slot of a dead worker process is a lost worker to the core: each request ends once."""
+        del self.procs[process]
+        self.pids.pop(process, None)
+        slots = self.plan.slots_of(process)
+        # Stopping, every worker exits: that is the plan, not news. Any other exit is.
+        stopping = self.core is None or self.core.stopping
+        log.log(logging.INFO if stopping else logging.WARNING, "%s worker process %d (%d slots) %s%s",
+                self.init.deployment.name, process, len(slots), how, " (the engine is stopping)" if stopping else "")
+        self.awaiting.discard(process)
+        for index in slots:
+            self._feed(ev.WorkerGone(index))
+        self._release_held()
+
+    def timer_restart(self, index: int) -> None:
+        address = self.restarting.pop(index, None)
+        process = self.plan.process_of(index)
+        if address is None or self.procs.get(process) != address:
+            return
+        log.error("%s: worker process %d (pid %s) did not restart slot %d within %gs: killing it, and with it "
+                  "the calls on its other slots", self.init.deployment.name, process, self.pids.get(process, "?"),
+                  index, SLOT_RESTART_GRACE_S)
+        pid = self.pids.get(process, 0)
+        if _is_my_child(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)  # a frozen process answers no message
+            except OSError:
+                pass
+        self.send(address, ActorExitRequest())
+        self._process_gone(process, "was killed")
+
+    def _process_at(self, address: Any) -> int | None:
+        return next((p for p, known in self.procs.items() if known == address), None)
+
+    def _address_of(self, slot: int) -> Any:
+        return self.procs.get(self.plan.process_of(slot)) if self.plan is not None else None
+
+    @property
+    def workers(self) -> dict[int, Any]:
+        """Each slot's worker process (its address)."""
+        found = ((index, self._address_of(index)) for index in range(self.plan.workers if self.plan else 0))
+        return {index: address for index, address in found if address is not None}
+
+    def _do_StartWorker(self, e: ev.StartWorker) -> None:
+        self.starting.setdefault(self.plan.process_of(e.index), []).append(e.index)
+
+    def _start_slots(self) -> None:
+        """A new process for the slots of a process that is not there; a restart for a slot the
+        core replaced in a live one (answered by a WorkerReady, or the process is killed)."""
+        starting, self.starting = self.starting, {}
+        for process, slots in sorted(starting.items()):
+            address = self.procs.get(process)
+            if address is None:
+                address = self.procs[process] = self.createActor(RemoteWorkerActor)
+                self.send(address, WorkerInit(self.init.deployment, self.myAddress, self.init.session, sorted(slots)))
+                if self.held is not None:
+                    self.awaiting.add(process)
+                continue
+            for index in slots:
+                self.restarting[index] = address
+                self.send(address, RestartSlot(index))
+                self.timers.after("restart", SLOT_RESTART_GRACE_S, index)
+
+    def _do_KillWorker(self, e: ev.KillWorker) -> None:
+        # Its StartWorker follows: the slot's exchange is stopped and the slot restarted alone.
+        log.error("%s: slot %d (worker pid %d) did not report in time: restarting it", self.init.deployment.name,
+                  e.index, e.pid)
+
+
+def _is_my_child(pid: int) -> bool:
+    """Only a live child of this process is ever signalled (a pid may be reused after an exit)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    stat = live_stat(pid)
+    return stat is not None and stat.ppid == os.getpid()
+

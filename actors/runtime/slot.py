@@ -1,0 +1,107 @@
+"""One slot: a long-lived thread of a worker process that makes its slot's HTTP attempts.
+
+A slot is one concurrent call of a deployment (the engine core's worker index). Its thread
+exists from the worker's start and runs one attempt after another: the worker actor builds
+each attempt on its own thread and hands the slot an :class:`Attempt` (the exchange and its
+sink, ``Delivery.take``); the slot's thread makes the HTTP exchange, reading and decoding
+the body. It never touches Thespian (sends from another thread are lost, and a log record is
+a message): it reaches the actor through the delivery's wake function only.
+
+Each slot has its own ``requests`` session (a session is not for concurrent use) whose
+connections come from the process's transport; the slots of a process share one TLS
+context (``upstream.tls_context``). Slot threads run at a lower scheduling priority than the
+worker's actor thread (``SLOT_NICE``), so that a thousand runnable slots cannot starve the
+control path of this node: the engine, the front door, the actors' own threads.
+
+A slot whose attempt will not end is stopped by its exchange (``HttpExchange.stop`` shuts its
+socket, so a blocked read returns at once) and :meth:`Slot.retire`: its thread ends after
+the attempt in hand, and a fresh slot takes its index.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Any, Protocol
+
+import requests
+
+from actors.runtime import transport
+from actors.runtime.upstream import PhaseAdapter
+
+__all__ = ["Slot", "Attempt", "http_session", "SLOT_NICE"]
+
+SLOT_NICE = 5   # how much lower than the actor thread's the slot threads' priority is (Linux: per thread)
+
+
+class Attempt(Protocol):
+    """What a slot runs: one attempt's exchange, reporting to its sink (``worker.py``)."""
+
+    def run(self, http: requests.Session) -> None: ...
+
+    def crashed(self, exc: BaseException) -> None:
+        """``run`` raised (a bug): the attempt must still get an outcome."""
+        ...
+
+
+def http_session(endpoint: str, network: transport.Transport) -> requests.Session:
+    http = requests.Session()
+    adapter = PhaseAdapter(network, pool_connections=1, pool_maxsize=2, max_retries=0)
+    http.mount("http://", adapter)
+    http.mount("https://", adapter)
+    # requests re-reads proxy variables and ~/.netrc on every call (milliseconds each here):
+    # resolve the proxy for this endpoint once, honouring HTTPS_PROXY and NO_PROXY.
+    http.proxies = requests.utils.get_environ_proxies(endpoint)
+    http.trust_env = False
+    return http
+
+
+class Slot:
+    def __init__(self, index: int, endpoint: str, network: transport.Transport) -> None:
+        self.index = index
+        self.http = http_session(endpoint, network)
+        self.delivery: Any = None       # the attempt under way (the actor's to set and clear)
+        self.outlet: Any = None
+        self.waiting: Any = None        # a Dispatch waiting for a fresh credential
+        self._attempts: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=f"slot-{index}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def run(self, attempt: Attempt) -> None:
+        """Queue an attempt: the thread takes it once the one in hand (a stopped exchange, at
+        most) has returned."""
+        self._attempts.put(attempt)
+
+    def retire(self) -> None:
+        """The thread ends after the attempt in hand; nothing more is given to it."""
+        self._attempts.put(None)
+
+    @property
+    def busy(self) -> bool:
+        return self.delivery is not None or self.waiting is not None
+
+    def _run(self) -> None:
+        _lower_priority()
+        try:
+            while (attempt := self._attempts.get()) is not None:
+                try:
+                    attempt.run(self.http)
+                except BaseException as exc:  # noqa: BLE001 - the slot serves on; the attempt gets an outcome
+                    attempt.crashed(exc)
+        finally:
+            self.http.close()
+
+
+def _lower_priority() -> None:
+    """This thread only (Linux schedules threads alone, and a new thread takes its creator's
+    priority); elsewhere, where it would lower the whole process once per slot, nothing."""
+    if not hasattr(os, "setpriority") or not os.path.isdir(f"/proc/self/task/{threading.get_native_id()}"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + SLOT_NICE))
+    except OSError:
+        pass

@@ -1,0 +1,71 @@
+"""HTTP/1.1 chunked coding decoded incrementally (actors/core/chunked.py): whatever the socket
+holds in, the payload of every chunk in it out, bounded."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.core.chunked import MAX_SIZE_LINE, MAX_TRAILER_BYTES, ChunkedDecoder, ChunkedError
+
+EVENTS = [b"data: {\"a\": 1}\n\n", b"data: {\"b\": 22}\n\n", b"x" * 300, b"data: [DONE]\n\n"]
+
+
+def chunked(parts: list[bytes], trailer: bytes = b"") -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n" + trailer + b"\r\n"
+
+
+def test_everything_buffered_comes_out_in_one_call():
+    decoder = ChunkedDecoder()
+    assert decoder.feed(chunked(EVENTS)) == b"".join(EVENTS)
+    assert decoder.done and not decoder.extra
+    decoder.finish()
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64])
+def test_any_split_of_the_wire_gives_the_same_payload_in_order(step):
+    wire = chunked(EVENTS, trailer=b"x-checksum: 1\r\n")
+    decoder = ChunkedDecoder()
+    out = b"".join(decoder.feed(wire[i:i + step]) for i in range(0, len(wire), step))
+    assert out == b"".join(EVENTS) and decoder.done
+
+
+def test_extensions_and_upper_case_sizes_are_read():
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"A;name=value\r\n0123456789\r\n0\r\n\r\n") == b"0123456789" and decoder.done
+
+
+def test_bytes_after_the_end_mark_the_connection_unfit_for_reuse():
+    decoder = ChunkedDecoder()
+    assert decoder.feed(chunked([b"ok"]) + b"HTTP/1.1 200 OK\r\n") == b"ok"
+    assert decoder.done and decoder.extra
+
+
+@pytest.mark.parametrize("wire,why", [
+    (b"zz\r\nab\r\n", "hexadecimal"),
+    (b"0x2\r\nab\r\n", "hexadecimal"),
+    (b"\r\n", "hexadecimal"),
+    (b"2\r\nabXY", "CRLF"),
+    (b"1" * (MAX_SIZE_LINE + 1), "too long"),
+    (b"0\r\n" + b"x: y\r\n" * (MAX_TRAILER_BYTES // 6 + 1), "trailer is too long"),
+])
+def test_what_is_not_chunked_coding_is_refused(wire, why):
+    decoder = ChunkedDecoder()
+    with pytest.raises(ChunkedError, match=why):
+        decoder.feed(wire)
+        decoder.feed(b"")   # the payload before the fault came first: the error comes with the next call
+
+
+def test_a_body_that_ends_inside_a_chunk_is_an_error_at_the_end():
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"5\r\nabc") == b"abc"
+    with pytest.raises(ChunkedError, match="before its last chunk"):
+        decoder.finish()
+
+
+def test_the_payload_before_a_malformed_part_is_returned_first_and_the_error_comes_next():
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"3\r\nabc\r\nnot-a-size\r\n") == b"abc"
+    with pytest.raises(ChunkedError, match="hexadecimal"):
+        decoder.feed(b"")
+    with pytest.raises(ChunkedError):
+        decoder.finish()
