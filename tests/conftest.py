@@ -42,6 +42,7 @@ os.environ["ATOMR_CLUSTER_SECRET"] = TEST_KEY_LINE
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from actors.core.periods import parse_period  # noqa: E402
 from actors.core.procstat import live_stat  # noqa: E402
 from actors.ops.procs import port_is_listening, listening_pids  # noqa: E402
 
@@ -247,6 +248,28 @@ def fresh_window_s(min_left_s: float = 120.0) -> float:
     window_s = started / math.floor(started / 900.0)
     assert window_s - time.time() % window_s > min_left_s
     return window_s
+
+
+def fresh_period(min_left_s: float = 7200.0, longer_than: str | None = None) -> str:
+    """A spend-budget period text (``"1d"``, ``"2d"``, ``"3d"`` ...) whose current period has ``min_left_s`` left.
+
+    Budget periods are aligned on Unix time (actors/core/periods.py): any fixed length ends at
+    some UTC midnight, and a test running across it sees its spend reset and its refusals lift, so
+    the length is chosen from the clock and the test derives what names the period from the text.
+    ``longer_than`` asks for a longer one than another (budgets told apart by their periods).
+    """
+    now = time.time()
+    min_days = 1 if longer_than is None else int(parse_period(longer_than).nominal_s // 86400) + 1
+    for days in range(min_days, min_days + 60):
+        if period_end(f"{days}d", now) - now >= min_left_s:
+            return f"{days}d"
+    raise AssertionError(f"no period of {min_days} to {min_days + 59} days has {min_left_s} s left")
+
+
+def period_end(text: str, now: float | None = None) -> float:
+    """The Unix time at which the budget period ``text`` current at ``now`` ends."""
+    period = parse_period(text)
+    return period.end(period.index(time.time() if now is None else now))
 
 
 def upstream_caller_pid(mock) -> int:

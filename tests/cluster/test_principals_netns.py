@@ -29,7 +29,7 @@ from actors.ops.procs import listening_ports
 from actors.security import permissions, trust
 
 import netns
-from conftest import OutputLines, fresh_window_s, wait_for
+from conftest import OutputLines, fresh_period, fresh_window_s, wait_for
 from protocol_samples import DESTRUCTIVE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,12 +70,12 @@ def two_hosts():
         yield
 
 
-def _config(tmp_path: Path, name: str, port: int, window_s: float) -> Path:
+def _config(tmp_path: Path, name: str, port: int, window_s: float, period: str) -> Path:
     config = {"node": {"admin_port": port, "name": name, "log_file": str(tmp_path / f"{name}.log"),
                        "ledger": str(tmp_path / f"{name}.db")},
               "cluster": {"heartbeat_s": 0.5, "failure_timeout_s": 3.0, "reregistration_s": 2},
               "mock_provider": {"port": 0},
-              "budgets": [{"deployment": "d1", "usd": 100, "period": "2d"}],
+              "budgets": [{"deployment": "d1", "usd": 100, "period": period}],
               "deployments": [{"name": "d1", "model": "d1", "provider": "openai_compatible", "upstream_model": "mock-gpt",
                                "endpoint": "mock", "workers": 1, "credentials": {"value": PROVIDER_KEY},
                                "limits": {"rpm": 1000, "key": "shared", "window_s": window_s}}]}
@@ -177,13 +177,13 @@ def _cluster_of_two() -> str | None:
 
 
 def test_every_message_class_from_every_principal_to_every_port(two_hosts, tmp_path):
-    window_s = fresh_window_s()
-    launcher = Launcher(_config(tmp_path, "ha", LEADER_PORT, window_s))
+    window_s, period = fresh_window_s(), fresh_period()
+    launcher = Launcher(_config(tmp_path, "ha", LEADER_PORT, window_s, period))
     member = None
     try:
         member = subprocess.Popen(["ip", "netns", "exec", NS_B, sys.executable, str(ROOT / "launch.py"),
                                    "--convention", "member", "--leader", f"{IP_A}:{LEADER_PORT}", "--advertise", IP_B,
-                                   "--config", str(_config(tmp_path, "hb", MEMBER_PORT, window_s))],
+                                   "--config", str(_config(tmp_path, "hb", MEMBER_PORT, window_s, period))],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         member_out = OutputLines(member)
         member_out.wait_for(f"serving on admin port {MEMBER_PORT}")
@@ -212,7 +212,7 @@ def test_every_message_class_from_every_principal_to_every_port(two_hosts, tmp_p
             ask = _launch_py(ns, "ask", "--admin-port", str(port), "--model", "d1", "--max-tokens", "3", "hi")
             assert ask.returncode == 0 and ask.stdout.startswith("You said: hi"), ask.stderr
         status = _cluster_of_two()
-        assert "budget deployment=d1/2d (approximate): $" in status, status
+        assert f"budget deployment=d1/{period} (approximate): $" in status, status
         assert "budget shared (approximate), cluster-wide this window: requests " in status, status
         spend = _launch_py(NS_A, "spend", "--cluster", "--config", str(tmp_path / "ha.yaml"), "--by", "deployment",
                            "--admin-port", str(LEADER_PORT))

@@ -15,7 +15,7 @@ from actors import errors as E
 from actors.testing.load import open_loop
 from actors.types import Failed
 
-from conftest import deployment, free_port, wait_for
+from conftest import deployment, free_port, fresh_period, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_CLUSTER = {"heartbeat_s": 0.5, "failure_timeout_s": 3.0, "reregistration_s": 2}
@@ -44,12 +44,8 @@ def flood(client, model, rate_per_s, seconds, results, stop=None, deadline_s=1.0
 @pytest.fixture
 def spend_cluster(gateway, mock, tmp_path):
     def make(mode, n=3):
-        # Not across the end of the budget's 2-day period (epoch-aligned): it must not roll mid-test.
-        period_s = 2 * 86400
-        if period_s - time.time() % period_s < 45:
-            time.sleep(period_s - time.time() % period_s + 1)
         dep = deployment(mock.url, "d1", workers=2, queue_capacity=1024)
-        budgets = [{"team": "search", "usd": BUDGET, "period": "2d", "mode": mode}]
+        budgets = [{"team": "search", "usd": BUDGET, "period": fresh_period(), "mode": mode}]
         nodes, leader_port = [], free_port()
         for i in range(n):
             ledger = str(tmp_path / f"n{i}.db")
@@ -114,7 +110,7 @@ def test_approximate_team_budget_stays_within_5_percent_and_a_killed_node_s_flus
 
     def seen():
         lines = {b["budget"]: b["spent_usd"] for b in again.status().spend["budgets"]}
-        return lines.get("team=search/2d", 0) >= charged * 0.999
+        return lines.get(f"team=search/{budgets[0]['period']}", 0) >= charged * 0.999
     wait_for(seen, message="the restarted node to count its flushed spend")
 
 

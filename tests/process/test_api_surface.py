@@ -31,7 +31,7 @@ from actors.ops.system import start_node
 
 from actors.core.tokens import count_messages
 
-from conftest import deployment, free_port, wait_for
+from conftest import deployment, free_port, fresh_period, wait_for
 from openai_spec import check, check_event
 from sse_events import sse_events
 
@@ -66,7 +66,13 @@ def _deployments(url: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def surface(tmp_path_factory):
+def spend_period():
+    """The period of the budget on e-openai (one for the module's node)."""
+    return fresh_period()
+
+
+@pytest.fixture(scope="module")
+def surface(tmp_path_factory, spend_period):
     from actors.testing.mock_provider import MockProcess
 
     tmp = tmp_path_factory.mktemp("surface")
@@ -75,7 +81,7 @@ def surface(tmp_path_factory):
     try:
         data = {"deployments": _deployments(mock.url),
                 "node": {"admin_port": free_port(), "name": "api", "ledger": str(tmp / "ledger.db")},
-                "budgets": [{"deployment": "e-openai", "usd": 1.0, "period": "2d"}]}
+                "budgets": [{"deployment": "e-openai", "usd": 1.0, "period": spend_period}]}
         node = start_node(parse_config(data, "<surface>"), log_file=str(tmp / "node.log"), console_log=False)
         started.append(node)
         section = {"listen": "127.0.0.1:0", "keys": [{"name": "team", "key": {"value": KEY}},
@@ -161,8 +167,9 @@ def test_embeddings_refused_where_there_are_none_and_batched_where_limited(surfa
     assert invoked == 3
 
 
-def test_embeddings_go_through_budgets_the_ledger_and_metrics(surface):
+def test_embeddings_go_through_budgets_the_ledger_and_metrics(surface, spend_period):
     url, _, node = surface
+    budget = f"deployment=e-openai/{spend_period}"
     from test_metrics import scrape, value
 
     def now():
@@ -170,7 +177,7 @@ def test_embeddings_go_through_budgets_the_ledger_and_metrics(surface):
         return (value(s, "atomr_requests_total", deployment="e-openai", outcome="completed", error_kind="")
                 if any(n == "atomr_requests_total" and ("deployment", "e-openai") in ls for (n, ls) in s) else 0,
                 sum(v for (n, ls), v in s.items() if n == "atomr_spend_used_usd"
-                    and ("budget", "deployment=e-openai/2d") in ls))
+                    and ("budget", budget) in ls))
     calls0, spent0 = now()
     for _ in range(3):
         oai(url).embeddings.create(model="e-openai", input=["one two three", "four five"])
@@ -178,7 +185,7 @@ def test_embeddings_go_through_budgets_the_ledger_and_metrics(surface):
     def settled():
         s = scrape(url, ADMIN)
         calls = value(s, "atomr_requests_total", deployment="e-openai", outcome="completed", error_kind="")
-        spent = value(s, "atomr_spend_used_usd", budget="deployment=e-openai/2d")
+        spent = value(s, "atomr_spend_used_usd", budget=budget)
         return (s, spent) if calls == calls0 + 3 and spent > spent0 + 2.9e-7 else None
     s, spent = wait_for(settled, timeout_s=10, message="the embeddings calls in the metrics and the budget")
     assert spent - spent0 == pytest.approx(3 * 5 * 0.02 / 1e6, rel=1e-6)   # 5 tokens each at $0.02 per million

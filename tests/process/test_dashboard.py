@@ -24,7 +24,7 @@ from actors.ops.http_process import start_http
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
 
-from conftest import deployment, fresh_window_s, wait_for
+from conftest import deployment, fresh_period, fresh_window_s, period_end, wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
@@ -69,9 +69,12 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gatewa
     deps = [deployment(mock.url, "chat", retry={"max_retries": 0},
                        breaker={"consecutive_failures": 3, "open_s": 120, "max_open_s": 120}),
             deployment(mock.url, "claude", provider="anthropic", limits={"rpm": 100, "tpm": 20000, "window_s": fresh_window_s()})]
-    # The budgets' windows are aligned on Unix time: an hour's, so the calls and the page's wait never straddle one.
+    # Windows and budget periods are aligned on Unix time: the calls and the page's wait never straddle an end.
+    period = fresh_period()
+    resets = period_end(period)
+    usd_budget = f"deployment=claude/{period}"
     node, client = gateway(deps, node={"ledger": str(tmp_path / "ledger.db")},
-                           budgets=[{"deployment": "claude", "usd": 0.001, "period": "1d"}])
+                           budgets=[{"deployment": "claude", "usd": 0.001, "period": period}])
     http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "keys": [{"name": "team", "key": {"value": KEY}}]},
                             "http"), node.admin_port, models=["chat", "claude"], log_file=str(tmp_path / "http.log"))
     try:
@@ -117,7 +120,7 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gatewa
         import requests
 
         def spend_bar(_):
-            bars = browser.find_elements(By.CSS_SELECTOR, '#spend .budget[data-budget="deployment=claude/1d"] .bar')
+            bars = browser.find_elements(By.CSS_SELECTOR, f'#spend .budget[data-budget="{usd_budget}"] .bar')
             width = re.search(r"width:\s*([0-9.e+-]+)%", bars[0].find_element(By.TAG_NAME, "div").get_attribute(
                 "style")) if bars else None
             (spent,) = requests.get(http.url + "/v1/status", timeout=10).json()["spend"]["budgets"]
@@ -125,9 +128,12 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gatewa
                 return None   # not drawn yet, or the hub's view moved on since the page's last poll
             return bars[0], spent
         usd_bar, spent = WebDriverWait(browser, 20).until(spend_bar)
-        assert spent["budget"] == "deployment=claude/1d" and 0 < spent["spent_usd"] < 0.001
-        card = browser.find_element(By.CSS_SELECTOR, '#spend .budget[data-budget="deployment=claude/1d"]').text
-        assert "deployment claude, 1d period, approximate, resets in" in card and "/ $0.00100 (" in usd_bar.text
+        assert spent["budget"] == usd_budget and 0 < spent["spent_usd"] < 0.001
+        assert spent["period_end_unix"] == resets
+        card = browser.find_element(By.CSS_SELECTOR, f'#spend .budget[data-budget="{usd_budget}"]').text
+        assert f"deployment claude, {period} period, approximate, resets in" in card and "/ $0.00100 (" in usd_bar.text
+        hours = re.search(r"resets in ([0-9.]+) h", card)   # at least fresh_period's 2 h: shown in hours
+        assert hours and float(hours.group(1)) == pytest.approx((resets - time.time()) / 3600, abs=0.15), card
         assert "ok" in browser.find_element(By.CSS_SELECTOR, "#ledgers .ledger").text
         assert any(r.startswith("n1@") and "leader" in r for r in rows("nodes"))
         assert any(r.startswith("team") for r in rows("keys"))

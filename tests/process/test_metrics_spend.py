@@ -12,11 +12,12 @@ import openai
 import pytest
 import requests
 
+from actors.core.periods import parse_period
 from actors.ops.http_process import start_http
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
 
-from conftest import deployment, fresh_window_s, wait_for
+from conftest import deployment, fresh_period, fresh_window_s, period_end, wait_for
 from test_metrics import scrape, value
 
 KEY = "sk-atomr-metrics-spend-0123456789"
@@ -33,10 +34,13 @@ def front(gateway, mock, tmp_path):
     deployments = [deployment(mock.url + "/primary/mock:status=503", "primary", model="gpt", retry=NO_RETRY),
                    deployment(mock.url + "/backup", "backup", model="backup", retry=NO_RETRY),
                    deployment(mock.url + "/capped", "capped", retry=NO_RETRY)]
-    budgets = [{"key": "team", "usd": 1.0, "period": "1d"},
-               {"team": "search", "usd": 0.5, "period": "30d"},
-               {"deployment": "backup", "usd": 0.0001, "period": "2d"},
-               {"deployment": "capped", "usd": 3 * CALL_USD + 0.0000004, "period": "1d"}]   # three calls
+    day = fresh_period()   # three lengths, so that a budget shown with another's period is seen
+    longer = fresh_period(longer_than=day)
+    longest = fresh_period(longer_than=longer)
+    budgets = [{"key": "team", "usd": 1.0, "period": day},
+               {"team": "search", "usd": 0.5, "period": longest},
+               {"deployment": "backup", "usd": 0.0001, "period": longer},
+               {"deployment": "capped", "usd": 3 * CALL_USD + 0.0000004, "period": day}]   # three calls
     node, client = gateway(deployments, node={"ledger": str(tmp_path / "ledger.db")}, budgets=budgets,
                            routing={"fallbacks": {"gpt": ["backup"]}})
     section = {"listen": "127.0.0.1:0",
@@ -45,13 +49,15 @@ def front(gateway, mock, tmp_path):
     http = start_http(build(HttpConfig, section, "http"), node.admin_port, models=["gpt", "backup", "capped"],
                       log_file=str(tmp_path / "http.log"))
     try:
-        yield http, node, client
+        yield http, node, client, (day, longer, longest)
     finally:
         http.stop(timeout_s=10)
 
 
 def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, mock):
-    http, node, client = front
+    http, node, client, (day, longer, longest) = front
+    key_budget, team_budget = f"key=team/{day}", f"team=search/{longest}"
+    backup_budget, capped_budget = f"deployment=backup/{longer}", f"deployment=capped/{day}"
     sdk = openai.OpenAI(base_url=http.url + "/v1", api_key=KEY, max_retries=0, timeout=30)
     for _ in range(2):   # the 503 storm on primary: each call falls back to the model "backup"
         assert sdk.chat.completions.create(model="gpt", messages=HI, max_tokens=6).choices[0].message.content
@@ -62,9 +68,8 @@ def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, moc
 
     def settled():
         s = scrape(http.url, ADMIN)
-        views = [value(s, "atomr_spend_used_usd", budget=b) for b in ("key=team/1d", "team=search/30d",
-                                                                      "deployment=backup/2d")]
-        assert value(s, "atomr_spend_used_usd", budget="deployment=capped/1d") == 0
+        views = [value(s, "atomr_spend_used_usd", budget=b) for b in (key_budget, team_budget, backup_budget)]
+        assert value(s, "atomr_spend_used_usd", budget=capped_budget) == 0
         ledger = value(s, "atomr_ledger_records_written_total")
         key_requests = value(s, "atomr_budget_requests_used", budget="key:team")
         # The hub merges the engines' and the front door's counts every sync interval; the ledger commits in batches.
@@ -80,11 +85,10 @@ def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, moc
     assert value(s, "atomr_requests_total", **primary, outcome="failed", error_kind="ServerError") == 2
     assert value(s, "atomr_requests_total", **backup, outcome="completed", error_kind="") == 3
 
-    team = {"budget": "team=search/30d", "scope": "team", "period": "30d", "mode": "approximate"}
-    assert value(s, "atomr_spend_limit_usd", **team) == 0.5
-    assert value(s, "atomr_spend_limit_usd", budget="key=team/1d", scope="key", period="1d") == 1.0
-    assert value(s, "atomr_spend_limit_usd", budget="deployment=backup/2d", scope="deployment") == 0.0001
-    assert value(s, "atomr_spend_period_end_seconds", budget="deployment=backup/2d") % (2 * 86400) == 0
+    assert value(s, "atomr_spend_limit_usd", budget=team_budget, scope="team", period=longest, mode="approximate") == 0.5
+    assert value(s, "atomr_spend_limit_usd", budget=key_budget, scope="key", period=day) == 1.0
+    assert value(s, "atomr_spend_limit_usd", budget=backup_budget, scope="deployment", period=longer) == 0.0001
+    assert value(s, "atomr_spend_period_end_seconds", budget=backup_budget) == period_end(longer)
     assert value(s, "atomr_ledger_degraded") == 0
     assert value(s, "atomr_ledger_records_dropped_total") == 0
     assert value(s, "atomr_ledger_records_queued") == 0
@@ -103,11 +107,12 @@ def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, moc
 
     doc = requests.get(http.url + "/v1/status", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10).json()
     budgets = {b["budget"]: b for b in doc["spend"]["budgets"]}
-    assert set(budgets) == {"key=team/1d", "team=search/30d", "deployment=backup/2d", "deployment=capped/1d"}
-    capped = budgets["deployment=backup/2d"]
-    assert (capped["scope"], capped["name"], capped["period"]) == ("deployment", "backup", "2d")
-    assert capped["fraction"] == pytest.approx(spent / 0.0001, rel=1e-6)
-    assert capped["period_end_unix"] - capped["period_start_unix"] == 2 * 86400
+    assert set(budgets) == {key_budget, team_budget, backup_budget, capped_budget}
+    line = budgets[backup_budget]
+    assert (line["scope"], line["name"], line["period"]) == ("deployment", "backup", longer)
+    assert line["fraction"] == pytest.approx(spent / 0.0001, rel=1e-6)
+    assert line["period_end_unix"] == period_end(longer)
+    assert line["period_end_unix"] - line["period_start_unix"] == parse_period(longer).seconds
     (ledger,) = doc["spend"]["ledgers"]
     assert (ledger["state"], ledger["written"], ledger["dropped"]) == ("ok", 5, 0)
     rows = {d["deployment"]: d for d in doc["deployments"]}
@@ -126,6 +131,6 @@ def test_spend_budgets_ledger_key_limits_and_fallbacks_in_the_metrics(front, moc
         s = scrape(http.url, ADMIN)
         return s if any(n == "atomr_deployment_budget_spent" for (n, _) in s) else None
     s = wait_for(flagged, timeout_s=10, message="the spent budget flagged on its deployment")
-    assert value(s, "atomr_deployment_budget_spent", deployment="capped", budget="deployment=capped/1d") == 1
+    assert value(s, "atomr_deployment_budget_spent", deployment="capped", budget=capped_budget) == 1
     assert [(n, dict(ls)["deployment"]) for (n, ls) in s if n == "atomr_deployment_budget_spent"] == [
         ("atomr_deployment_budget_spent", "capped")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import openai
@@ -23,7 +24,7 @@ from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
 from actors.types import Failed
 
-from conftest import deployment, fresh_window_s, free_port, wait_for
+from conftest import deployment, fresh_period, fresh_window_s, free_port, period_end, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-atomr-refusals-0123456789"
@@ -89,12 +90,14 @@ def router_refusal(node, model: str, content: str = HI, pushed: bool = True) -> 
 
 def test_each_router_refusal_is_the_engines_own_in_python_and_over_http_and_is_counted(gateway, mock, tmp_path):
     breaker = {"consecutive_failures": 1, "open_s": 60, "max_open_s": 120}
+    period = fresh_period()
+    resets = period_end(period)
     node, client = gateway([
         deployment(f"http://127.0.0.1:{free_port()}", "dead", retry=NO_RETRY, breaker=breaker, workers=1),
         deployment(mock.url, "window", retry=NO_RETRY, workers=1, limits={"rpm": 1, "window_s": fresh_window_s()}),
         deployment(mock.url, "spend", retry=NO_RETRY, workers=1),
         deployment(mock.url, "small", retry=NO_RETRY, workers=1, max_input_tokens=20)],
-        budgets=[{"deployment": "spend", "usd": ONE_CALL, "period": "2d"}])
+        budgets=[{"deployment": "spend", "usd": ONE_CALL, "period": period}])
     http = start_http(build(HttpConfig, {"listen": "127.0.0.1:0", "keys": [{"name": "team", "key": {"value": KEY}}]},
                             "http"), node.admin_port, models=["dead", "window", "spend", "small"],
                       log_file=str(tmp_path / "http.log"))
@@ -126,9 +129,13 @@ def test_each_router_refusal_is_the_engines_own_in_python_and_over_http_and_is_c
         assert circuit.retryable and 50 < circuit.retry_after_s <= 60 and circuit.provider == "openai"
         window = router_refusal(node, "window")
         assert window.retryable and window.retry_after_s > 100 and "rpm budget spent" in window.message
+        asked = time.time()
         spend = router_refusal(node, "spend")
-        assert not spend.retryable and spend.retry_after_s > 3600 and "budget deployment=spend/2d" in spend.message
-        assert "resets at" in spend.message
+        answered = time.time()
+        # Not before the period's end: the wait until it, as of when the router answered.
+        assert not spend.retryable and resets - answered - 2 <= spend.retry_after_s <= resets - asked + 2, spend
+        assert f"budget deployment=spend/{period} is spent" in spend.message
+        assert f"resets at {datetime.fromtimestamp(resets, timezone.utc):%Y-%m-%dT%H:%M:%SZ}" in spend.message
         # Every refusal counted by model, reason and layer, in /v1/status and /metrics.
         # (Router counts reach the node at most every REFUSALS_EVERY_S from each client process.)
         expected = {("dead", "CircuitOpen"): (2, 3), ("window", "BudgetExceeded"): (2, 3),

@@ -22,7 +22,7 @@ from actors.ops.http_process import start_http
 from actors.settings.loader import build
 from actors.settings.schema import HttpConfig
 
-from conftest import deployment, free_port, wait_for
+from conftest import deployment, free_port, fresh_period, fresh_window_s, wait_for
 
 HI = [{"role": "user", "content": "hi"}]
 LONG = [{"role": "user", "content": "word " * 400}]     # ~500 tokens by the client's estimate
@@ -138,10 +138,10 @@ def test_cost_sends_every_call_to_the_cheapest_for_its_estimate(gateway, mock):
 
 
 def test_usage_prefers_headroom_and_a_spent_budget_is_skipped(gateway, mock):
-    day = 86400.0  # windows are aligned on the clock: a day's window does not roll over mid-test
-    node, _ = gateway([dep(mock, "tight", "m", limits={"rpm": 8, "window_s": day}),
-                       dep(mock, "roomy", "m", limits={"rpm": 100000, "window_s": day}),
-                       dep(mock, "spent", "w", limits={"rpm": 2, "window_s": day}), dep(mock, "spare", "w")],
+    window_s = fresh_window_s()   # windows are aligned on the clock: this one does not roll over mid-test
+    node, _ = gateway([dep(mock, "tight", "m", limits={"rpm": 8, "window_s": window_s}),
+                       dep(mock, "roomy", "m", limits={"rpm": 100000, "window_s": window_s}),
+                       dep(mock, "spent", "w", limits={"rpm": 2, "window_s": window_s}), dep(mock, "spare", "w")],
                       routing={"models": {"m": {"strategy": "usage"}}})
     with fresh_client(node) as client:
         for _ in range(2):   # by deployment name: straight to that deployment
@@ -324,7 +324,7 @@ def test_health_probes_find_a_dead_idle_deployment_before_a_user_does(gateway, m
 def test_a_deployment_whose_usd_budget_is_spent_is_skipped_not_refused(gateway, mock):
     # "free" weighs a thousandth of "capped": without the skip, nearly every call would go to "capped".
     node, _ = gateway([dep(mock, "capped", "m"), dep(mock, "free", "m", weight=0.001)],
-                      budgets=[{"deployment": "capped", "usd": 0.000013, "period": "1d"}])   # ~3 calls
+                      budgets=[{"deployment": "capped", "usd": 0.000013, "period": fresh_period()}])   # ~3 calls
     with fresh_client(node) as client:
         refused = None
         for _ in range(20):   # by name, straight to it, until its budget refuses

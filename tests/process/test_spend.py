@@ -19,7 +19,7 @@ from actors.providers import PROVIDERS
 from actors.settings.schema import HttpConfig
 from actors.types import Completed
 
-from conftest import deployment, wait_for
+from conftest import deployment, fresh_period, wait_for
 from test_providers_e2e import HELLO, every_provider
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,8 +87,9 @@ def spend_front(gateway, mock, tmp_path):
     """A node with a ledger and a key budget, and its HTTP listener; restartable on the same port."""
     started = []
     ledger = str(tmp_path / "ledger.db")
-    budgets = [{"key": "search-bot", "usd": THREE_CALLS, "period": "1d"},
-               {"deployment": "capped", "usd": THREE_CALLS, "period": "1d"}]
+    period = fresh_period()   # the same one across restarts
+    budgets = [{"key": "search-bot", "usd": THREE_CALLS, "period": period},
+               {"deployment": "capped", "usd": THREE_CALLS, "period": period}]
     deployments = [deployment(mock.url, "gpt", retry=NO_RETRY), deployment(mock.url, "capped", retry=NO_RETRY)]
 
     def make(port=None):
@@ -99,13 +100,13 @@ def spend_front(gateway, mock, tmp_path):
         started.append(handle)
         return handle, node, client
 
-    yield make, ledger
+    yield make, ledger, period
     for handle in started:
         handle.stop(timeout_s=10)
 
 
 def test_a_key_budget_refuses_over_http_once_spent_and_the_sdk_does_not_retry(spend_front, mock):
-    make, ledger = spend_front
+    make, ledger, period = spend_front
     http, node, client = make()
     sdk = openai.OpenAI(base_url=http.url + "/v1", api_key=KEY, max_retries=3, timeout=30)
     for _ in range(3):
@@ -117,12 +118,12 @@ def test_a_key_budget_refuses_over_http_once_spent_and_the_sdk_does_not_retry(sp
     assert info.value.response.headers["x-should-retry"] == "false"
     assert int(info.value.response.headers["retry-after"]) > 0
     body = info.value.response.json()["error"]
-    assert body["code"] == "budget_exceeded" and "budget key=search-bot/1d is spent" in body["message"]
+    assert body["code"] == "budget_exceeded" and f"budget key=search-bot/{period} is spent" in body["message"]
     assert mock.stats()["total"] == sent  # refused before any upstream call, and not retried by the SDK
     claude = anthropic.Anthropic(base_url=http.url, api_key=KEY, max_retries=3, timeout=30)
     with pytest.raises(anthropic.RateLimitError) as info:
         claude.messages.create(model="gpt", messages=HI, max_tokens=6)
-    assert "budget key=search-bot/1d is spent" in info.value.message and mock.stats()["total"] == sent
+    assert f"budget key=search-bot/{period} is spent" in info.value.message and mock.stats()["total"] == sent
     # The Python client (no key) is not held by the key's budget ...
     assert isinstance(client.complete("gpt", HI, max_tokens=6), Completed)
     # ... and the ledger knows the key and its team; /v1/spend reports it.
@@ -141,19 +142,20 @@ def test_a_key_budget_refuses_over_http_once_spent_and_the_sdk_does_not_retry(sp
 
 
 def test_a_spent_budget_stays_spent_across_a_restart_of_the_node(spend_front, mock):
-    make, ledger = spend_front
+    make, ledger, period = spend_front
+    capped = f"deployment=capped/{period}"
     http, node, client = make()
     for _ in range(3):
         assert isinstance(client.complete("capped", HI, max_tokens=6), Completed)
     with pytest.raises(E.BudgetExceeded) as info:
         client.complete("capped", HI, max_tokens=6)
-    assert not info.value.retryable and "deployment=capped/1d" in str(info.value)
+    assert not info.value.retryable and capped in str(info.value)
     status = client.status()
-    assert any(e.budget_spent == ["deployment=capped/1d"] for e in status.engines)  # routing skips it
+    assert any(e.budget_spent == [capped] for e in status.engines)  # routing skips it
     assert status.spend["ledger"]["state"] == "ok"
 
     def hub_spent(c):  # the node's merged view, one sync interval behind the engines
-        return {b["budget"]: b["spent_usd"] for b in c.status().spend["budgets"]}.get("deployment=capped/1d")
+        return {b["budget"]: b["spent_usd"] for b in c.status().spend["budgets"]}.get(capped)
 
     wait_for(lambda: hub_spent(client) == pytest.approx(3 * 0.0000042), message="the hub's view of the spend")
     port = node.admin_port
@@ -188,8 +190,9 @@ def test_an_engine_killed_with_its_budget_spent_comes_back_still_refusing_and_co
     from proctree import engines_and_workers
 
     ledger = str(tmp_path / "ledger.db")
+    period = fresh_period()
     node, client = gateway([deployment(mock.url, "capped", retry=NO_RETRY)], node={"ledger": ledger},
-                           budgets=[{"deployment": "capped", "usd": THREE_CALLS, "period": "1d"}])
+                           budgets=[{"deployment": "capped", "usd": THREE_CALLS, "period": period}])
     for _ in range(3):
         assert isinstance(client.complete("capped", HI, max_tokens=6), Completed)
     wait_for(lambda: len(rows(ledger)) == 3, message="the calls in the ledger")
@@ -209,4 +212,4 @@ def test_an_engine_killed_with_its_budget_spent_comes_back_still_refusing_and_co
     wait_for(refused, timeout_s=10, message="the restarted engine to refuse")
     # Seeded from the ledger and merged with the hub's count for the same slot: counted once, not twice.
     spend = {b["budget"]: b["spent_usd"] for b in client.status().spend["budgets"]}
-    assert spend["deployment=capped/1d"] == pytest.approx(3 * 0.0000042)
+    assert spend[f"deployment=capped/{period}"] == pytest.approx(3 * 0.0000042)
