@@ -64,11 +64,14 @@ def tls_context() -> ssl.SSLContext:
 
 
 class _Tracker:
-    __slots__ = ("connected", "written", "headers", "sock")
+    __slots__ = ("connected", "writing", "written", "headers", "sock", "stopped", "lock")
 
     def __init__(self) -> None:
-        self.connected = self.written = self.headers = False
+        self.connected = self.writing = self.written = self.headers = self.stopped = False
         self.sock: socket.socket | None = None
+        # Stopping and starting to write exclude each other: once stop() returns, no request
+        # starts on the wire, so an attempt reported unsent (and refunded) never reaches the provider.
+        self.lock = threading.Lock()
 
     @property
     def phase(self) -> Phase:
@@ -112,8 +115,13 @@ class _Tracked:
 
     def request(self, *args: Any, **kw: Any) -> None:
         tracker = getattr(_current, "tracker", None)
-        if tracker is not None and self.sock is not None:  # type: ignore[attr-defined]  # a kept-alive connection
-            tracker.connected, tracker.sock = True, self.sock  # type: ignore[attr-defined]
+        if tracker is not None:
+            with tracker.lock:
+                if tracker.stopped:
+                    raise _Stopped()
+                tracker.writing = True
+                if self.sock is not None:  # type: ignore[attr-defined]  # a kept-alive connection
+                    tracker.connected, tracker.sock = True, self.sock  # type: ignore[attr-defined]
         super().request(*args, **kw)  # type: ignore[misc]
         if tracker is not None:
             tracker.written = True
@@ -195,6 +203,10 @@ class _DeadlineReached(Exception):
     pass
 
 
+class _Stopped(Exception):
+    """The exchange was stopped before its request went out: it never will."""
+
+
 Sink = Callable[[ReaderEvent], bool]
 
 
@@ -222,6 +234,8 @@ class HttpExchange:
         return self.tracker.phase
 
     def run(self, session: requests.Session, sink: Sink) -> None:
+        if self.cancelled.is_set():
+            return  # ended (deadline, cancel) before its slot took it: nothing goes out
         _current.tracker = self.tracker
         resp = None
         try:
@@ -290,8 +304,14 @@ class HttpExchange:
         owns it. Closing it from this thread too would race the reader's own close: that one
         could close the pooled connection object after the next exchange took it from the pool.
         """
-        self.cancelled.set()
-        sock = self.tracker.sock
+        tracker = self.tracker
+        with tracker.lock:
+            self.cancelled.set()
+            tracker.stopped = True
+            # Stopped while the request was being written: it may all be in the kernel already (a
+            # slot thread can be descheduled between the write and noting it), so it counts as sent.
+            tracker.written = tracker.written or tracker.writing
+            sock = tracker.sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)

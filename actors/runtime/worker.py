@@ -239,7 +239,7 @@ class RemoteWorkerActor(GatewayActor):
         if slot.delivery is delivery:
             self._clear(slot)
         if delivery.upstream_body is not None:   # the caller was told less than the upstream said
-            log.warning("%s answered HTTP %d; the caller was told %r; the body: %s",
+            log.warning("%s answered HTTP %d; the caller was told %r; the whole body: %s",
                         self.deployment.provider, *delivery.upstream_body)
         if error is not None and delivery.chunks:
             error.retryable = False  # the caller has part of the answer: replaying would repeat it

@@ -195,3 +195,39 @@ def test_every_slot_session_of_a_process_verifies_tls_with_one_shared_context():
         session.close()
     assert contexts == {id(tls_context())} and bundles == {None}   # no bundle loaded again per connection
     assert tls_context().verify_mode.name == "CERT_REQUIRED" and tls_context().get_ca_certs()
+
+
+def test_an_exchange_stopped_before_its_slot_runs_it_sends_nothing_and_says_so():
+    # A deadline or cancel ends the attempt while its slot's thread is still busy (or not scheduled):
+    # the attempt is reported unsent and its budget given back, so it must never go out afterwards.
+    network = answering(MockResponse(200))
+    session = http_session(URL, network)
+    run = HttpExchange(HttpRequest("POST", URL, {}, b'{"q": 1}', False), (1.0, 1.0), 1 << 20, time.time() + 10)
+    run.stop()
+    events: list = []
+    run.run(session, lambda event: events.append(event) or True)
+    session.close()
+    assert events == [] and network.requests == [] and not run.phase.reached_provider
+
+
+def test_an_exchange_stopped_while_its_request_is_being_written_counts_as_sent():
+    # The bytes may be in the kernel already: reported unsent, the budget would be given back for a
+    # request the provider may run (a refund the upstream's count contradicts).
+    network = answering(MockResponse(200)).fail_next(STALL_ON_SEND)
+    session = http_session(URL, network)
+    run = HttpExchange(HttpRequest("POST", URL, {}, b'{"q": 1}', False), (5.0, 5.0), 1 << 20, time.time() + 10)
+    events: list = []
+    reader = threading.Thread(target=run.run, args=(session, lambda event: events.append(event) or True))
+    reader.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not run.tracker.writing and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert run.tracker.writing and not run.phase.reached_provider
+        run.stop()
+        assert run.phase.reached_provider
+    finally:
+        run.stop()
+        reader.join(5)
+        session.close()
+    assert not reader.is_alive() and events == []   # a stopped exchange reports nothing more
