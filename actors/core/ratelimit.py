@@ -179,6 +179,14 @@ class WindowedLimiter:
     def current_window(self) -> int:
         return self._window_at(self._wall())[0]
 
+    def until_next_window(self) -> float:
+        """Seconds until the current window ends."""
+        now = self._wall()
+        window, _ = self._window_at(now)
+        period = self.limits.period
+        end = period.end(window) if period is not None else (window + 1) * self.limits.window_s
+        return max(0.0, end - now)
+
     def own(self, window: int) -> tuple[int, int]:
         """What this slot spent in ``window`` (requests, tokens): granted less refunded."""
         counters = self._windows.get(window)
