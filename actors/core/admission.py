@@ -26,7 +26,7 @@ from actors.core.engine_events import AskLease, AskProbe, PeerCounts, PublishCou
 from actors.core.leases import LeaseGrant, LeaseHolder, Pair
 from actors.core.ratelimit import RateLimits, Reservation, SyncSchedule, WindowedLimiter
 from actors.core.settlement import Settle, Settlement, apply_settlement
-from actors.errors import BudgetExceeded, Cancelled, CircuitOpen, InferenceError, LeaderUnavailable
+from actors.errors import BudgetExceeded, Cancelled, CircuitOpen, DeadlineExceeded, InferenceError, LeaderUnavailable
 
 if TYPE_CHECKING:
     from actors.core.budget import SpendGate
@@ -243,6 +243,7 @@ class BudgetGate:
         self.clock, self.wall = clock, wall
         self.strict = limits.mode == "strict" and replica is not None
         self.lease = LeaseHolder(slot, clock=clock) if self.strict else None
+        self.call_s = 0.0   # how long a completed call typically takes (a strict request closer to its deadline is not sent)
         self.backlog: Callable[[], Pair] = lambda: (0, 0)   # what waits in the engine's queue (the core sets it)
         self.fallback: WindowedLimiter | None = None
         self.sync = SyncSchedule(sync_interval_s, clock())
@@ -325,6 +326,10 @@ class BudgetGate:
             return self._verdict(job, refused, now)   # more than the whole budget: never fits
         window = replica.current_window()
         cost = (1, job.estimate)
+        if job.deadline is not None and job.deadline - now < self.call_s:
+            # Sent now, it would most likely be paid for while its caller already has an error.
+            return Denied(DeadlineExceeded(f"the deadline is {max(0.0, job.deadline - now):.3f}s away, less than a call "
+                                           f"takes ({self.call_s:.3f}s): not sent", provider=self.provider))
         if lease.allows(window, now, replica.own(window), cost):
             lease.blocked = False
             job.held = Held(replica.record(job.estimate, window=window), replica)
@@ -350,6 +355,10 @@ class BudgetGate:
         self.refresh(now)
         due = lease.due(now)
         return Wait(min(due if due is not None else now + BUDGET_POLL_S, now + BUDGET_POLL_S))
+
+    def called(self, seconds: float) -> None:
+        """A call to the provider completed in ``seconds``: the typical call time, smoothed."""
+        self.call_s += 0.2 * (seconds - self.call_s)
 
     def arrived(self, job: Job) -> None:
         """A request came in: what the lease asks for follows it."""

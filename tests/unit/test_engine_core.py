@@ -797,3 +797,17 @@ def test_a_first_token_counts_only_for_the_attempt_on_the_worker():
     assert job.chunks == 1 and job.first_token_unix == rig.wall()
     rig.report("r1", chunks=4)
     assert rig.terminal("r1").ttft_s == pytest.approx(0.5)
+
+
+def test_a_lease_that_comes_too_late_for_its_callers_deadline_is_refused_typed_and_not_sent():
+    rig = strict_rig()
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = asks(rig, rig.submit("r1"))
+    offer(rig, ask, 9)
+    rig.advance(0.3)
+    rig.report("r1")                               # calls take about 0.3 s here
+    rig.submit("r2", deadline_in=5.0)
+    late = rig.submit("late", deadline_in=0.01)    # its deadline is nearer than a call takes
+    error = rig.terminal("late").error
+    assert isinstance(error, E.DeadlineExceeded) and "not sent" in error.message
+    assert rig.dispatches("late", late) == [] and rig.dispatches("r2")
