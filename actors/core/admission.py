@@ -40,6 +40,7 @@ PROBE_RETRY_S = 0.25        # how soon an unanswered or refused probe ask is rep
 STRICT_ASK_TIMEOUT_S = 2.0  # how long a lease ask may go unanswered before the leader is presumed lost
 BUDGET_POLL_S = 0.05        # how soon a wait with no known end is looked at again
 TICK_S = 0.05               # how soon a success outcome reaches the breaker
+LATE_CALLS = 2              # a strict request with less than this many typical calls' time left is not sent
 
 
 @dataclass(frozen=True)
@@ -326,10 +327,11 @@ class BudgetGate:
             return self._verdict(job, refused, now)   # more than the whole budget: never fits
         window = replica.current_window()
         cost = (1, job.estimate)
-        if job.deadline is not None and job.deadline - now < self.call_s:
-            # Sent now, it would most likely be paid for while its caller already has an error.
-            return Denied(DeadlineExceeded(f"the deadline is {max(0.0, job.deadline - now):.3f}s away, less than a call "
-                                           f"takes ({self.call_s:.3f}s): not sent", provider=self.provider))
+        if job.deadline is not None and job.deadline - now < LATE_CALLS * self.call_s:
+            # Sent now, it would likely be paid for while its caller already has an error.
+            return Denied(DeadlineExceeded(f"the deadline is {max(0.0, job.deadline - now):.3f}s away, less than "
+                                           f"{LATE_CALLS} typical calls ({self.call_s:.3f}s each): not sent",
+                                           provider=self.provider))
         if lease.allows(window, now, replica.own(window), cost):
             lease.blocked = False
             job.held = Held(replica.record(job.estimate, window=window), replica)
