@@ -174,6 +174,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="10 s windows, fewer calls")
+    parser.add_argument("--parts", nargs="+", default=["admission", "accuracy", "failures"],
+                        choices=["admission", "accuracy", "failures"], help="which measurements to run")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     if args.quick:
@@ -185,12 +187,15 @@ def main() -> None:
     nodes, clients = start_cluster(mock.url, args.budget, args.window, cluster, log_dir)
     figures = {}
     try:
-        figures["admission"] = admission(clients, args.rounds, args.calls)
-        print("admission, sequential calls from a member, p50:", figures["admission"])
-        figures["accuracy"] = accuracy(clients, args.budget, args.window, args.windows, sync_s)
-        print("approximate limiter, 3 nodes at 10x:", figures["accuracy"])
-        figures["failures"] = failures(nodes, clients, args.budget, args.window, cluster, mock.url, log_dir)
-        print("failure detection:", figures["failures"])
+        if "admission" in args.parts:
+            figures["admission"] = admission(clients, args.rounds, args.calls)
+            print("admission, sequential calls from a member, p50:", figures["admission"])
+        if "accuracy" in args.parts:
+            figures["accuracy"] = accuracy(clients, args.budget, args.window, args.windows, sync_s)
+            print("approximate limiter, 3 nodes at 10x:", figures["accuracy"])
+        if "failures" in args.parts:
+            figures["failures"] = failures(nodes, clients, args.budget, args.window, cluster, mock.url, log_dir)
+            print("failure detection:", figures["failures"])
     finally:
         for client in clients:
             client.close()

@@ -4,8 +4,8 @@ Typed verdicts, so a caller cannot mistake a generation for an error: the breake
 :class:`Admit` (with the generation its outcome is reported under, and whether it is a
 half-open probe), :class:`Refuse` or :class:`NeedProbe`; the budget gate says
 :class:`Reserved`, :class:`Wait` (until when) or :class:`Denied` (the typed error).
-Budget comes from the local limiter replica (approximate mode) or one round trip to the
-strict limiter on the leader. While the leader is out of reach (strict) or this node is
+Budget comes from the local limiter replica (approximate mode) or, for a strict budget, the
+lease this engine holds from the leader (spent locally, refreshed in the background). While the leader is out of reach (strict) or this node is
 outside the cluster (approximate), ``limits.leader_unavailable`` decides: refuse, or admit
 within this node's share; a node that has never been in the cluster has no share to take.
 
@@ -22,23 +22,25 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from actors.core.breaker import BreakerView
-from actors.core.engine_events import AskProbe, AskStrict, PeerCounts, PublishCounts, ReportOutcomes, SettleStrict
+from actors.core.engine_events import AskLease, AskProbe, PeerCounts, PublishCounts, ReportOutcomes
+from actors.core.leases import LeaseGrant, LeaseHolder, Pair
 from actors.core.ratelimit import RateLimits, Reservation, SyncSchedule, WindowedLimiter
-from actors.core.settlement import AttemptId, Settle, Settlement, apply_settlement
-from actors.errors import Cancelled, CircuitOpen, InferenceError, LeaderUnavailable
+from actors.core.settlement import Settle, Settlement, apply_settlement
+from actors.errors import BudgetExceeded, Cancelled, CircuitOpen, DeadlineExceeded, InferenceError, LeaderUnavailable
 
 if TYPE_CHECKING:
     from actors.core.budget import SpendGate
     from actors.core.jobs import Job
 
-__all__ = ["Admission", "AdmissionHost", "BreakerGate", "BudgetGate", "Leader", "Held", "StrictAsk", "Admit", "Refuse",
+__all__ = ["Admission", "AdmissionHost", "BreakerGate", "BudgetGate", "Leader", "Held", "Admit", "Refuse",
            "NeedProbe", "Reserved", "Wait", "Denied", "PROBE_RETRY_S", "STRICT_ASK_TIMEOUT_S", "BUDGET_POLL_S",
            "TICK_S"]
 
 PROBE_RETRY_S = 0.25        # how soon an unanswered or refused probe ask is repeated
-STRICT_ASK_TIMEOUT_S = 2.0  # how soon an unanswered strict ask is repeated (same id: granted once)
+STRICT_ASK_TIMEOUT_S = 2.0  # how long a lease ask may go unanswered before the leader is presumed lost
 BUDGET_POLL_S = 0.05        # how soon a wait with no known end is looked at again
 TICK_S = 0.05               # how soon a success outcome reaches the breaker
+LATE_CALLS = 2              # a strict request with less than this many typical calls' time left is not sent
 
 
 @dataclass(frozen=True)
@@ -85,20 +87,10 @@ class AdmissionHost(Protocol):
 @dataclass(eq=False)
 class Held:
     """Rate-limit budget held for one attempt until it is settled: a reservation in a replica
-    (the deployment's, or this node's share), and the strict grant it mirrors, if any."""
+    (the deployment's, under a strict budget's lease too, or this node's share)."""
 
     reservation: Reservation | None = None
     limiter: WindowedLimiter | None = None
-    strict_id: AttemptId | None = None
-
-
-@dataclass(eq=False)
-class StrictAsk:
-    """A request's ask to the strict limiter for its next attempt."""
-
-    asked: float | None = None        # when the current ask went (repeated after STRICT_ASK_TIMEOUT_S)
-    first_ask: float | None = None    # when the first unanswered one went (the leader is presumed lost after)
-    denied: InferenceError | None = None
 
 
 # -- the breaker gate -----------------------------------------------------------------------
@@ -251,6 +243,9 @@ class BudgetGate:
         self.provider, self.slot, self.key = provider, slot, key
         self.clock, self.wall = clock, wall
         self.strict = limits.mode == "strict" and replica is not None
+        self.lease = LeaseHolder(slot, clock=clock) if self.strict else None
+        self.call_s = 0.0   # how long a completed call typically takes (a strict request closer to its deadline is not sent)
+        self.backlog: Callable[[], Pair] = lambda: (0, 0)   # what waits in the engine's queue (the core sets it)
         self.fallback: WindowedLimiter | None = None
         self.sync = SyncSchedule(sync_interval_s, clock())
 
@@ -322,70 +317,82 @@ class BudgetGate:
                                             exclusive=True, clock=self.clock)
         return self.fallback
 
-    # -- strict: one round trip to the leader per attempt --------------------------------
+    # -- strict: spent locally under the leader's lease (core/leases.py) ------------------
 
     def _strict(self, job: Job, now: float) -> Reserved | Wait | Denied:
-        ask = job.strict
-        if ask.denied is not None:
-            denied, ask.denied = ask.denied, None
-            return self._verdict(job, denied, now)
-        unanswered = (ask.first_ask is not None
-                      and now - ask.first_ask >= self.leader.failure_timeout_s + STRICT_ASK_TIMEOUT_S)
-        if not self.leader.available or unanswered:
-            if self.leader.starting(now) and not unanswered:
+        replica, lease = self.replica, self.lease
+        assert replica is not None and lease is not None
+        refused = replica.refusal(job.estimate)
+        if refused is not None and not refused.retryable:
+            return self._verdict(job, refused, now)   # more than the whole budget: never fits
+        window = replica.current_window()
+        cost = (1, job.estimate)
+        if job.deadline is not None and job.deadline - now < LATE_CALLS * self.call_s:
+            # Sent now, it would likely be paid for while its caller already has an error.
+            return Denied(DeadlineExceeded(f"the deadline is {max(0.0, job.deadline - now):.3f}s away, less than "
+                                           f"{LATE_CALLS} typical calls ({self.call_s:.3f}s each): not sent",
+                                           provider=self.provider))
+        if lease.allows(window, now, replica.own(window), cost):
+            lease.blocked = False
+            job.held = Held(replica.record(job.estimate, window=window), replica)
+            self.sync.touch()
+            return Reserved(job.held.reservation)
+        unreachable = not self.leader.available or lease.unanswered(now) >= STRICT_ASK_TIMEOUT_S
+        if unreachable:
+            if self.leader.starting(now) and not self.leader.available:
                 return Wait(now + BUDGET_POLL_S)  # still starting up: the registry will say where it is
-            ask.asked = ask.first_ask = None
+            lease.blocked = False
             if self.limits.leader_unavailable == "local_share":
                 return self._shared(job, now)
-            return Denied(LeaderUnavailable("strict rate limiting needs the convention leader, which is "
-                                            "unreachable", provider=self.provider,
+            held = "its lease has expired" if lease.usable(window, now) is None else "its lease is spent"
+            return Denied(LeaderUnavailable(f"strict rate limiting needs the convention leader, which is unreachable, "
+                                            f"and {held}", provider=self.provider,
                                             retry_after_s=self.leader.failure_timeout_s))
-        if ask.asked is None or now - ask.asked >= STRICT_ASK_TIMEOUT_S:
-            ask.asked = now
-            if ask.first_ask is None:
-                ask.first_ask = now
-            self.host.emit(AskStrict(str(AttemptId(job.request_id, job.attempts + 1)), job.estimate))
-        return Wait(ask.asked + STRICT_ASK_TIMEOUT_S)
+        if lease.spent_out(window, cost):
+            lease.blocked = False
+            return self._verdict(job, BudgetExceeded(
+                f"strict budget {self.key} is spent in this window across the cluster", limit="rpm",
+                retry_after_s=replica.until_next_window()), now)
+        lease.blocked = True
+        self.refresh(now)
+        due = lease.due(now)
+        return Wait(min(due if due is not None else now + BUDGET_POLL_S, now + BUDGET_POLL_S))
 
-    @staticmethod
-    def asking(job: Job | None, reservation_id: str) -> bool:
-        """Whether ``job`` is waiting for an answer to this very ask (its next attempt's, still out)."""
-        parsed = AttemptId.parse(reservation_id)
-        return (job is not None and parsed is not None and job.attempt is None and job.strict.asked is not None
-                and parsed.attempt == job.attempts + 1)
+    def called(self, seconds: float) -> None:
+        """A call to the provider completed in ``seconds``: the typical call time, smoothed."""
+        self.call_s += 0.2 * (seconds - self.call_s)
 
-    def granted(self, job: Job | None, reservation_id: str, window: int, tokens: int) -> bool:
-        """The leader's grant of a strict ask: True when ``job`` took it. Nobody's any more (ended,
-        cancelled): given straight back."""
-        parsed = AttemptId.parse(reservation_id)
-        if job is not None and parsed is not None and parsed in (job.held.strict_id,
-                                                                 job.attempt and job.attempt.held.strict_id):
-            return False  # a repeated ask answered twice: the ledger holds one reservation, and so do we
-        if job is None or self.replica is None or not self.asking(job, reservation_id):
-            self.host.emit(SettleStrict(reservation_id, None, False))
-            return False
-        job.strict.asked = job.strict.first_ask = None
-        # Mirrored into this engine's replica, so the cluster's GCounter view includes it.
-        job.held = Held(self.replica.record(tokens, window=window), self.replica, parsed)
-        self.sync.touch()
-        return True
+    def arrived(self, job: Job) -> None:
+        """A request came in: what the lease asks for follows it."""
+        if self.lease is not None:
+            self.lease.arrive((1, job.estimate))
 
-    def refused(self, job: Job | None, reservation_id: str, error: InferenceError) -> bool:
-        """The leader's refusal of a strict ask: True when ``job`` was waiting for it (its next look fails it)."""
-        if job is None or not self.asking(job, reservation_id):
-            return False
-        job.strict.asked = job.strict.first_ask = None
-        job.strict.denied = error
-        return True
+    def refresh_due(self) -> float | None:
+        return self.lease.due(self.clock()) if self.lease is not None and self.leader.available else None
+
+    def refresh(self, now: float) -> None:
+        """Ask the leader again if it is time: what this engine spent, holds and wants."""
+        lease, replica = self.lease, self.replica
+        if lease is None or replica is None or not self.leader.available:
+            return
+        due = lease.due(now)
+        if due is None or due > now:
+            return
+        window = replica.current_window()
+        queued = self.backlog()
+        self.host.emit(AskLease(lease.ask(now, window, replica.own(window), queued)))
+
+    def offered(self, grant: LeaseGrant, now: float) -> bool:
+        """The leader's answer: True when this engine took it (its queue may move)."""
+        return self.lease is not None and self.lease.granted(grant, now)
 
     def settle(self, held: Held, decided: Settlement) -> None:
-        """What an attempt's budget comes to: the strict grant at the leader, the reservation here."""
-        if held.strict_id is not None:
-            self.host.emit(SettleStrict(str(held.strict_id), decided.tokens, decided.action is not Settle.RELEASE))
+        """What an attempt's budget comes to, in the replica it was reserved in (under a lease too:
+        what this engine reports spent at its next ask)."""
         if held.reservation is not None and held.limiter is not None:
             apply_settlement(held.limiter, held.reservation, decided)
             self.sync.touch()
-        held.reservation = held.limiter = held.strict_id = None
+        held.reservation = held.limiter = None
 
     # -- sync with the node's hub ---------------------------------------------------------
 

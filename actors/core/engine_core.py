@@ -41,7 +41,7 @@ from actors.core.recovery import SESSION_WAIT_S, Recovery
 from actors.core.refusals import context_too_long, current, displaced, queue_full
 from actors.core.retry import RetryEngine
 from actors.core.routing import context_window, input_estimate
-from actors.core.settlement import AttemptId, Settlement, attempt_tokens, settlement
+from actors.core.settlement import Settlement, attempt_tokens, settlement
 from actors.core.stats import Terminals
 from actors.core.timer_heap import Subject, TimerHeap, TimerKind
 from actors.core.validation import validate_request
@@ -96,6 +96,7 @@ class EngineCore:
         self.admission = Admission(breaker, BudgetGate(self, limits, replica, leader, provider=deployment.provider,
                                                        slot=slot, key=deployment.limit_key, clock=clock, wall=wall,
                                                        sync_interval_s=sync_interval_s), spend)
+        self.admission.budget.backlog = self._backlog
         self.hearing = Hearing(self, breaker, self.timers, slot=slot, provider=deployment.provider)
         self.terminals = Terminals(node=node, model=deployment.model, provider=deployment.provider, price=price,
                                    clock=clock, wall=wall)
@@ -119,7 +120,7 @@ class EngineCore:
         return self._effects()
 
     def next_wakeup(self) -> float | None:
-        candidates = [self.timers.next(), self.breaker.flush_at, *self._sync_dues()]
+        candidates = [self.timers.next(), self.breaker.flush_at, self.admission.budget.refresh_due(), *self._sync_dues()]
         return min((t for t in candidates if t is not None), default=None)
 
     def status(self) -> dict[str, Any]:
@@ -200,6 +201,11 @@ class EngineCore:
     def _sync_dues(self) -> list[float | None]:
         return self.admission.sync_dues() if self.has_hub else []
 
+    def _backlog(self) -> tuple[int, int]:
+        """What waits in the queue (requests, estimated tokens): part of what a lease asks for."""
+        jobs = [job for _, job in self.queue.items()]
+        return len(jobs), sum(job.estimate for job in jobs)
+
     # -- requests in -------------------------------------------------------------------
 
     def _on_Accept(self, e: ev.Accept, now: float) -> None:
@@ -254,6 +260,7 @@ class EngineCore:
     def _accepted(self, job: Job) -> None:
         self.jobs[job.request_id] = job
         self.terminals.accepted += 1
+        self.admission.budget.arrived(job)
         if job.deadline is not None:
             self.timers.at(job.deadline, "deadline", job)
 
@@ -290,8 +297,10 @@ class EngineCore:
         job.attempts += 1
         if job.attempts == 1 and not job.known_good:
             self.recovery.retry.record_call()
-        job.fault.last_sent = self.workers.dispatch(job, gate, now).seq
-        job.held, job.strict.asked, job.strict.first_ask = Held(), None, None   # the attempt holds the budget
+        attempt = self.workers.dispatch(job, gate, now)
+        attempt.sent_at = now
+        job.fault.last_sent = attempt.seq
+        job.held = Held()   # the attempt holds the budget
 
     # -- breaker and budget messages -------------------------------------------------
 
@@ -310,14 +319,19 @@ class EngineCore:
         self.admission.budget.leader_changed(e.available, e.shares, now, e.in_cluster)
         self._pump(now)
 
-    # The leader's strict limiter answers an ask of the spend gate (once per request) or of the
-    # budget gate (once per attempt); each id names its request.
+    def _on_LeaseOffered(self, e: ev.LeaseOffered, now: float) -> None:
+        if self.admission.budget.offered(e.grant, now):
+            self._pump(now)
+
+    # The leader's strict limiter answers an ask of the spend gate (once per request); each id
+    # names its request.
 
     def _on_StrictGranted(self, e: ev.StrictGranted, now: float) -> None:
-        spend, budget, rid = self.admission.spend, self.admission.budget, e.reservation_id
-        if (owner := BudgetBook.parse_reservation(rid)) is None:
-            taken = budget.granted(self._asker(rid), rid, e.window, e.tokens)
-        elif spend is not None:
+        spend, rid = self.admission.spend, e.reservation_id
+        owner = BudgetBook.parse_reservation(rid)
+        if owner is None:
+            return
+        if spend is not None:
             taken = spend.granted(self._hold(owner[0]), owner[1], rid, e.window, e.tokens)
         else:
             taken = False
@@ -326,17 +340,10 @@ class EngineCore:
             self._pump(now)
 
     def _on_StrictRefused(self, e: ev.StrictRefused, now: float) -> None:
-        spend, budget, rid = self.admission.spend, self.admission.budget, e.reservation_id
-        if (owner := BudgetBook.parse_reservation(rid)) is None:
-            waited = budget.refused(self._asker(rid), rid, e.error)
-        else:
-            waited = spend is not None and spend.refused(self._hold(owner[0]), owner[1], e.error)
-        if waited:
+        spend, rid = self.admission.spend, e.reservation_id
+        owner = BudgetBook.parse_reservation(rid)
+        if owner is not None and spend is not None and spend.refused(self._hold(owner[0]), owner[1], e.error):
             self._pump(now)
-
-    def _asker(self, reservation_id: str) -> Job | None:
-        parsed = AttemptId.parse(reservation_id)
-        return self.jobs.get(parsed.request_id) if parsed is not None else None
 
     def _hold(self, request_id: str) -> SpendHold | None:
         job = self.jobs.get(request_id)
@@ -374,6 +381,8 @@ class EngineCore:
             job.chunks = max(job.chunks, r.chunks)
             self.hearing.heard(attempt, r.error, now)
             if r.error is None:
+                if attempt.sent_at is not None:
+                    self.admission.budget.called(now - attempt.sent_at)
                 self._complete(job, r, decided, now)
             else:
                 self.recovery.after_error(job, r.error, r, now)
@@ -473,6 +482,7 @@ class EngineCore:
             self.breaker.flush()
         if any(due is not None and due <= now for due in self._sync_dues()):
             self._publish(now)
+        self.admission.budget.refresh(now)
         self.timers.pump_due(now)
         self._pump(now)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from actors.core.leases import LeaseAsk, LeaseGrant
 from actors.core.ratelimit import CounterDelta
 from actors.errors import InferenceError
 from actors.types import InferenceRequest, ToolCall, Usage
@@ -105,6 +106,8 @@ class StrictLeader:
 
 @dataclass(frozen=True)
 class StrictGranted:
+    """The leader's grant of a strict spend budget's ask (once per request)."""
+
     reservation_id: str
     window: int
     tokens: int
@@ -114,6 +117,13 @@ class StrictGranted:
 class StrictRefused:
     reservation_id: str
     error: InferenceError
+
+
+@dataclass(frozen=True)
+class LeaseOffered:
+    """The leader's answer to a lease ask of this engine's strict budget (core/leases.py)."""
+
+    grant: LeaseGrant
 
 
 @dataclass(frozen=True)
@@ -199,16 +209,10 @@ class AskProbe:
 
 
 @dataclass(frozen=True)
-class AskStrict:
-    reservation_id: str
-    tokens: int
+class AskLease:
+    """Ask the leader for this engine's lease of its strict budget (what it spent, holds and wants)."""
 
-
-@dataclass(frozen=True)
-class SettleStrict:
-    reservation_id: str
-    actual_tokens: int | None
-    sent: bool
+    ask: LeaseAsk
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A :class:`Job` is one accepted request from ``Accept`` to its one terminal. What belongs
 together lives together: the budget held for its next attempt (:class:`~actors.core.admission.Held`,
-:class:`~actors.core.admission.StrictAsk`, :class:`~actors.core.budget.SpendHold`), why it waits
+:class:`~actors.core.budget.SpendHold`), why it waits
 between attempts (:class:`~actors.core.recovery.RecoveryState`), and what the breaker has heard of it
 (:class:`~actors.core.caller_fault.Fault`). An :class:`Attempt` is one dispatch to one
 worker, tracked until that worker reports, even after the request ended
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from actors.core.admission import Held, StrictAsk
+from actors.core.admission import Held
 from actors.core.budget import SpendHold
 from actors.core.caller_fault import Fault
 from actors.core.priority_queue import Priority
@@ -43,7 +43,6 @@ class Job:
     charged_tokens: int = 0     # summed over attempts, as each one was settled
     log: list[AttemptInfo] = field(default_factory=list)   # the terminal's attempt list
     held: Held = field(default_factory=Held)               # rate-limit budget held for the next attempt
-    strict: StrictAsk = field(default_factory=StrictAsk)
     recovery: RecoveryState = field(default_factory=RecoveryState)
     fault: Fault = field(default_factory=Fault)
 
@@ -67,6 +66,7 @@ class Attempt:
     backstop: float             # past this the worker is presumed frozen
     seq: int = 0                # dispatch number: orders attempts by when they were sent (evidence)
     abandoned_at: float | None = None
+    sent_at: float | None = None   # when it was dispatched (the core's clock)
 
     @property
     def kill_at(self) -> float:

@@ -29,7 +29,7 @@ from actors.core.periods import Period
 from actors.core.settlement import apply_settlement, settlement
 
 __all__ = ["RateLimits", "Reservation", "WindowedLimiter", "WindowUsage", "SyncSchedule", "CounterDelta",
-           "estimate_tokens", "COUNTERS"]
+           "estimate_tokens", "window_at", "COUNTERS"]
 
 COUNTERS = ("requests", "tokens", "requests_refunded", "tokens_refunded")
 CounterDelta = dict[int, dict[str, dict[str, int]]]   # {window: {counter: {slot: absolute count}}}
@@ -102,6 +102,14 @@ class WindowUsage:
     tpm: int | None
 
 
+def window_at(limits: RateLimits, now: float) -> tuple[int, float]:
+    """The window ``now`` (unix time) falls in, and how far through it (0..1)."""
+    if limits.period is not None:
+        return limits.period.at(now)
+    index = math.floor(now / limits.window_s)
+    return index, (now - index * limits.window_s) / limits.window_s
+
+
 def estimate_tokens(messages: Iterable[Mapping[str, Any]] | str, max_output_tokens: int | None,
                     default_output_tokens: int = 256) -> int:
     """A cheap upper-leaning estimate for reservation: ~4 characters per token, plus output.
@@ -166,11 +174,36 @@ class WindowedLimiter:
     # -- windows ---------------------------------------------------------------------
 
     def _window_at(self, now: float) -> tuple[int, float]:
-        if self.limits.period is not None:
-            return self.limits.period.at(now)
-        window_s = self.limits.window_s
-        index = math.floor(now / window_s)
-        return index, (now - index * window_s) / window_s
+        return window_at(self.limits, now)
+
+    def current_window(self) -> int:
+        return self._window_at(self._wall())[0]
+
+    def until_next_window(self) -> float:
+        """Seconds until the current window ends."""
+        now = self._wall()
+        window, _ = self._window_at(now)
+        period = self.limits.period
+        end = period.end(window) if period is not None else (window + 1) * self.limits.window_s
+        return max(0.0, end - now)
+
+    def own(self, window: int) -> tuple[int, int]:
+        """What this slot spent in ``window`` (requests, tokens): granted less refunded."""
+        counters = self._windows.get(window)
+        if counters is None:
+            return 0, 0
+        node = self.node
+        return (counters["requests"].get(node) - counters["requests_refunded"].get(node),
+                counters["tokens"].get(node) - counters["tokens_refunded"].get(node))
+
+    def slots(self, window: int) -> dict[str, tuple[int, int]]:
+        """What every slot spent in ``window``, as far as this replica has merged."""
+        counters = self._windows.get(window)
+        if counters is None:
+            return {}
+        names = set(counters["requests"].nodes()) | set(counters["tokens"].nodes())
+        return {n: (counters["requests"].get(n) - counters["requests_refunded"].get(n),
+                    counters["tokens"].get(n) - counters["tokens_refunded"].get(n)) for n in names}
 
     def _counters(self, window: int) -> dict[str, GCounter] | None:
         current, _ = self._window_at(self._wall())

@@ -21,6 +21,7 @@ from thespian.actors import ActorExitRequest, PoisonMessage
 from actors.core import engine_events as ev
 from actors.core.budget import AskStrictSpend, PublishSpend, SettleStrictSpend
 from actors.core.engine_core import EngineCore
+from actors.core.leases import LeaseGrant
 from actors.core.load import LoadTracker
 from actors.core.slots import SlotPlan
 from actors.errors import InternalError, ShuttingDown
@@ -33,7 +34,7 @@ from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutco
                                      BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit,
                                      EngineReady, EngineStatus, FirstToken, FirstTokenHeard, LimiterDelta,
                                      LimiterRegister, SessionRefresh,
-                                     SessionSubscribe, SessionVersion, StrictAcquire, StrictDenied, StrictGrant,
+                                     SessionSubscribe, SessionVersion, StrictAcquire, LeaseOffer, LeaseRefresh, StrictDenied, StrictGrant,
                                      StrictSettle, WorkerResult)
 from actors.types import Cancel, Failed
 
@@ -45,6 +46,7 @@ _EVENTS: dict[type, Callable[[Any], Any]] = {
     BreakerAdmitted: lambda m: ev.ProbeAdmitted(m.token, m.generation),
     BreakerRefused: lambda m: ev.ProbeRefused(m.token),
     StrictGrant: lambda m: ev.StrictGranted(m.reservation_id, m.window, m.tokens),
+    LeaseOffer: lambda m: ev.LeaseOffered(LeaseGrant(m.client, m.seq, m.window, tuple(m.lease), m.ttl_s, tuple(m.left))),
     StrictDenied: lambda m: ev.StrictRefused(m.reservation_id, m.error),
     LimiterDelta: lambda m: ev.PeerCounts(m.key, m.delta, m.origin, m.sent_unix),
     SessionVersion: lambda m: ev.SessionChanged(m.version, m.ok, m.error),
@@ -209,16 +211,11 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
     def _do_AskProbe(self, e: ev.AskProbe) -> None:
         self.send(self.init.breaker, BreakerCheck(e.token))
 
-    def _do_AskStrict(self, e: ev.AskStrict) -> None:
-        dep = self.init.deployment
+    def _do_AskLease(self, e: ev.AskLease) -> None:
+        dep, a = self.init.deployment, e.ask
         if self.strict_address is not None:
-            self.send(self.strict_address, StrictAcquire(dep.limit_key, dep.limits, e.reservation_id, e.tokens))
-
-    def _do_SettleStrict(self, e: ev.SettleStrict) -> None:
-        # With the leader gone the ledger keeps the estimate, which is the safe side of a hard cap.
-        if self.strict_address is not None:
-            self.send(self.strict_address, StrictSettle(self.init.deployment.limit_key, e.reservation_id,
-                                                        e.actual_tokens, e.sent))
+            self.send(self.strict_address, LeaseRefresh(dep.limit_key, dep.limits, a.client, a.seq, a.window,
+                                                        a.holding, a.held, a.spent, a.want))
 
     def _do_PublishCounts(self, e: ev.PublishCounts) -> None:
         self.send(self.init.limiter, LimiterDelta(self.init.deployment.limit_key, e.delta, self.core.slot,

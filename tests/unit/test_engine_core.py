@@ -9,6 +9,7 @@ from actors import errors as E
 from actors.core import engine_events as ev
 from actors.core.admission import STRICT_ASK_TIMEOUT_S
 from actors.core.breaker import CircuitState
+from actors.core.leases import REFRESH_S, LeaseGrant
 from actors.core.engine_core import ABANDON_GRACE_S, SESSION_WAIT_S
 from actors.core.retry import RetryPolicy
 from actors.runtime.protocol import WorkerResult
@@ -165,48 +166,47 @@ def strict_rig(**kw):
     return rig
 
 
-def test_strict_waits_for_the_leader_then_dispatches_on_grant():
+def asks(rig, effects=None):
+    """The lease asks among ``effects`` (all so far: None)."""
+    return [e.ask for e in rig.of(ev.AskLease, effects)]
+
+
+def offer(rig, ask, requests, left=10, ttl_s=3.0):
+    """The leader's answer to ``ask``: may have spent up to ``requests`` in the window."""
+    return rig.feed(ev.LeaseOffered(LeaseGrant(ask.client, ask.seq, ask.window, (requests, None), ttl_s,
+                                               (left, None))))
+
+
+def test_strict_asks_for_a_lease_then_spends_it_with_no_round_trip_per_call():
     rig = strict_rig()
     rig.feed(ev.StrictLeader(True, 1))
-    (ask,) = rig.of(ev.AskStrict, rig.submit("r1"))
-    assert ask.reservation_id == "r1#1" and rig.dispatches() == []
-    window = int(rig.wall() // 60)
-    rig.feed(ev.StrictGranted("r1#1", window, ask.tokens))
+    (ask,) = asks(rig, rig.submit("r1"))
+    assert ask.window == int(rig.wall() // 60) and ask.spent == (0, 0) and ask.want[0] >= 1
+    assert rig.dispatches() == []
+    offer(rig, ask, 3)
     assert rig.dispatches("r1")
-    effects = rig.report("r1", usage=Usage(4, 4))
-    assert rig.of(ev.SettleStrict, effects) == [ev.SettleStrict("r1#1", 8, True)]
+    rig.report("r1")
+    for rid in ("r2", "r3"):
+        effects = rig.submit(rid)
+        assert rig.dispatches(rid, effects) and rig.of(ev.AskLease, effects) == []   # spent locally
+        rig.report(rid)
+    effects = rig.submit("r4")                      # the lease is spent: asks again soon, waits
+    (again,) = asks(rig, effects + rig.advance(REFRESH_S / 8))
+    assert rig.dispatches("r4") == [] and again.spent == (3, again.spent[1]) and again.holding == ask.seq
+    offer(rig, again, 4)
+    assert rig.dispatches("r4")
 
 
-def test_a_strict_grant_is_mirrored_in_the_window_the_leader_counted_it_in():
+def test_a_lease_ask_reports_what_the_engine_spent_after_settlement():
     rig = strict_rig()
     rig.feed(ev.StrictLeader(True, 1))
-    (ask,) = rig.of(ev.AskStrict, rig.submit("r1"))
-    window = int(rig.wall() // 60)
-    rig.feed(ev.StrictGranted("r1#1", window + 1, ask.tokens))   # the leader's clock is in the next window
-    replica = rig.core.limiter
-    assert replica.usage().requests == 0 and replica.state()[window + 1]["requests"] == {rig.core.slot: 1}
-
-
-def test_strict_asks_again_with_the_same_id_and_ignores_a_second_grant():
-    rig = strict_rig()
-    rig.feed(ev.StrictLeader(True, 1))
-    rig.submit("r1")
-    again = rig.of(ev.AskStrict, rig.advance(STRICT_ASK_TIMEOUT_S + 0.01))
-    assert [a.reservation_id for a in again] == ["r1#1"]
-    window = int(rig.wall() // 60)
-    rig.feed(ev.StrictGranted("r1#1", window, 10))
-    effects = rig.feed(ev.StrictGranted("r1#1", window, 10))  # the answer to the repeated ask
-    assert rig.of(ev.SettleStrict, effects) == [] and len(rig.dispatches("r1")) == 1
-
-
-def test_strict_denied_fails_and_an_unwanted_grant_is_given_back():
-    rig = strict_rig()
-    rig.feed(ev.StrictLeader(True, 1))
-    rig.submit("r1")
-    rig.feed(ev.StrictRefused("r1#1", E.BudgetExceeded("spent", retryable=False)))
-    assert isinstance(rig.terminal("r1").error, E.BudgetExceeded)
-    effects = rig.feed(ev.StrictGranted("r1#1", int(rig.wall() // 60), 10))
-    assert rig.of(ev.SettleStrict, effects) == [ev.SettleStrict("r1#1", None, False)]
+    (ask,) = asks(rig, rig.submit("r1"))
+    offer(rig, ask, 5)
+    rig.submit("r2")
+    rig.report("r1", usage=Usage(4, 4))                               # sent: stays spent, at its usage
+    rig.report("r2", error=E.ServerError("503", status=503, retryable=False), usage=UNKNOWN, sent=False)
+    (later,) = asks(rig, rig.advance(0.25))               # the refresh while active
+    assert later.spent == (1, 8)                                      # r2 never reached the provider
 
 
 def test_strict_with_the_leader_gone_fails_or_uses_the_local_share():
@@ -217,7 +217,7 @@ def test_strict_with_the_leader_gone_fails_or_uses_the_local_share():
     shared = strict_rig(leader_unavailable="local_share")
     shared.feed(ev.StrictLeader(False, 2))
     effects = shared.submit("r1")
-    assert shared.dispatches("r1", effects) and shared.of(ev.AskStrict) == []
+    assert shared.dispatches("r1", effects) and shared.of(ev.AskLease) == []
     shared.report("r1")
     # rpm 10 over two nodes: this node's share is 5 requests.
     for i in range(6):
@@ -225,6 +225,43 @@ def test_strict_with_the_leader_gone_fails_or_uses_the_local_share():
         if shared.dispatches(f"x{i}"):
             shared.report(f"x{i}")
     assert len(shared.dispatches()) == 5 and shared.terminals("x4") == []
+
+
+def test_with_the_leader_lost_a_lease_is_spent_until_it_expires_then_strict_fails_closed():
+    rig = strict_rig()
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = asks(rig, rig.submit("r1"))
+    offer(rig, ask, 3)
+    rig.feed(ev.StrictLeader(False, 2))                # the leader is gone
+    rig.report("r1")
+    rig.submit("r2")
+    assert rig.dispatches("r2")                        # within the lease: served
+    rig.report("r2")
+    rig.submit("r3")
+    assert rig.dispatches("r3")
+    rig.report("r3")
+    rig.submit("r4")                                   # beyond it: fails closed, typed, not sent
+    error = rig.terminal("r4").error
+    assert isinstance(error, E.LeaderUnavailable) and "lease is spent" in error.message
+    assert error.retryable and rig.dispatches("r4") == []
+    other = strict_rig()
+    other.feed(ev.StrictLeader(True, 1))
+    (ask,) = asks(other, other.submit("r1"))
+    offer(other, ask, 5)
+    other.feed(ev.StrictLeader(False, 2))
+    other.advance(3.0)                                 # the lease's time is up
+    other.submit("r2")
+    error = other.terminal("r2").error
+    assert isinstance(error, E.LeaderUnavailable) and "expired" in error.message and other.dispatches("r2") == []
+
+
+def test_a_window_spent_across_the_cluster_is_refused_not_waited_on_past_the_deadline():
+    rig = strict_rig()
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = asks(rig, rig.submit("r1", deadline_in=5.0))
+    offer(rig, ask, 0, left=0)
+    error = rig.terminal("r1").error
+    assert isinstance(error, E.BudgetExceeded) and error.retryable and rig.dispatches() == []
 
 
 def test_strict_while_the_leader_is_not_known_yet_waits_then_fails():
@@ -239,7 +276,7 @@ def test_a_strict_leader_that_never_answers_does_not_hold_a_request_forever():
     rig = strict_rig()
     rig.feed(ev.StrictLeader(True, 1))
     rig.submit("r1")
-    rig.advance(5 + STRICT_ASK_TIMEOUT_S + 0.5)
+    rig.advance(STRICT_ASK_TIMEOUT_S + 0.5)
     assert isinstance(rig.terminal("r1").error, E.LeaderUnavailable)
 
 
@@ -429,25 +466,14 @@ def test_an_error_the_provider_answered_charges_the_request_but_no_tokens():
     assert spent(rig) == (1, 0)
 
 
-def test_a_crashed_attempt_keeps_its_budget_charged_at_the_strict_limiter():
+def test_a_crashed_attempt_keeps_its_strict_budget_spent():
     rig = strict_rig()
     rig.feed(ev.StrictLeader(True, 1))
-    rig.submit("r1", idempotent=False)
-    rig.feed(ev.StrictGranted("r1#1", int(rig.wall() // 60), 10))
-    effects = rig.feed(ev.WorkerGone(rig.dispatch_of("r1").index))
-    assert rig.of(ev.SettleStrict, effects) == [ev.SettleStrict("r1#1", None, True)]
-
-
-def test_budget_held_by_a_request_that_ends_before_dispatch_is_given_back():
-    rig = Rig(workers=1, limits=limits(rpm=100, mode="strict"))
-    rig.feed(ev.StrictLeader(True, 1))
-    rig.submit("r1")
-    rig.submit("urgent", priority="critical")  # now at the head: r1's grant must wait behind it
-    rig.feed(ev.StrictGranted("r1#1", int(rig.wall() // 60), 10))
-    assert rig.dispatches() == [] and rig.core.limiter.usage().requests == 1
-    rig.feed(ev.CancelRequested("r1"))
-    assert rig.of(ev.SettleStrict) == [ev.SettleStrict("r1#1", None, False)]
-    assert rig.core.limiter.usage().requests == 0
+    (ask,) = asks(rig, rig.submit("r1", idempotent=False))
+    offer(rig, ask, 5)
+    rig.feed(ev.WorkerGone(rig.dispatch_of("r1").index))
+    window = int(rig.wall() // 60)
+    assert rig.core.limiter.own(window)[0] == 1    # it may have reached the provider: reported spent
 
 
 # -- cancel and drain --------------------------------------------------------------------
@@ -530,13 +556,13 @@ def test_deadline_while_queued():
 def test_deadline_while_waiting_for_budget():
     rig = strict_rig()
     rig.feed(ev.StrictLeader(True, 1))
-    rig.submit("r1", deadline_in=1.0)
+    (ask,) = asks(rig, rig.submit("r1", deadline_in=1.0))
     rig.advance(0.9)
     assert rig.terminals("r1") == []
     rig.advance(0.2)
     assert isinstance(rig.terminal("r1").error, E.DeadlineExceeded) and rig.dispatches() == []
-    effects = rig.feed(ev.StrictGranted("r1#1", int(rig.wall() // 60), 10))  # too late: given back
-    assert rig.of(ev.SettleStrict, effects) == [ev.SettleStrict("r1#1", None, False)]
+    offer(rig, ask, 10)                     # a grant too late for its caller: nothing is sent
+    assert rig.dispatches() == [] and rig.core.limiter.own(int(rig.wall() // 60)) == (0, 0)
 
 
 def test_a_retry_that_would_outlive_the_deadline_is_not_waited_for():
@@ -771,3 +797,17 @@ def test_a_first_token_counts_only_for_the_attempt_on_the_worker():
     assert job.chunks == 1 and job.first_token_unix == rig.wall()
     rig.report("r1", chunks=4)
     assert rig.terminal("r1").ttft_s == pytest.approx(0.5)
+
+
+def test_a_lease_that_comes_too_late_for_its_callers_deadline_is_refused_typed_and_not_sent():
+    rig = strict_rig()
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = asks(rig, rig.submit("r1"))
+    offer(rig, ask, 9)
+    rig.advance(0.3)
+    rig.report("r1")                               # calls take about 0.3 s here
+    rig.submit("r2", deadline_in=5.0)
+    late = rig.submit("late", deadline_in=0.01)    # its deadline is nearer than a call takes
+    error = rig.terminal("late").error
+    assert isinstance(error, E.DeadlineExceeded) and "not sent" in error.message
+    assert rig.dispatches("late", late) == [] and rig.dispatches("r2")

@@ -16,6 +16,7 @@ from actors.core import engine_events as ev
 from actors.core.admission import (PROBE_RETRY_S, TICK_S, Admission, Admit, BreakerGate, BudgetGate, Denied, Leader,
                                    NeedProbe, Refuse, Reserved, Wait)
 from actors.core.breaker import BreakerSnapshot, BreakerView, CircuitState
+from actors.core.leases import LeaseGrant
 from actors.core.budget import AskStrictSpend, Budget, BudgetBook, SpendGate, SpendHold
 from actors.core.caller_fault import JUDGE_WAIT_S, Hearing
 from actors.core.jobs import ABANDON_GRACE_S, Attempt, Job
@@ -189,18 +190,19 @@ def test_the_budget_gate_reserves_in_its_replica_and_publishes_the_change():
     assert gate.sync_due() is None and list(published.delta.values())[0]["requests"] == {"n1/d1/0": 1}
 
 
-def test_a_strict_ask_goes_once_per_attempt_and_its_answer_is_taken_once():
+def test_a_blocked_strict_gate_asks_once_at_a_time_and_takes_only_the_answer_to_its_own_ask():
     leader = Leader(0.0, 5.0)
     leader.update(True, 1, 0.0)
     gate, host, _ = budget_gate(RateLimits(rpm=10, mode="strict"), leader)
     waiting = job("r1", estimate=7)
-    assert isinstance(gate.admit(waiting, 0.0), Wait) and isinstance(gate.admit(waiting, 1.0), Wait)
-    assert host.of(ev.AskStrict) == [ev.AskStrict("r1#1", 7)]
-    assert gate.granted(waiting, "r1#1", int(WALL0 // 60), 7)
-    assert not gate.granted(waiting, "r1#1", int(WALL0 // 60), 7)   # the repeated ask's answer
-    assert gate.admit(waiting, 1.0) == Reserved(waiting.held.reservation) and host.of(ev.SettleStrict) == []
-    assert not gate.granted(None, "gone#1", 0, 7)
-    assert host.of(ev.SettleStrict) == [ev.SettleStrict("gone#1", None, False)]   # nobody's: given back
+    assert isinstance(gate.admit(waiting, 0.0), Wait) and isinstance(gate.admit(waiting, 0.1), Wait)
+    (ask,) = [e.ask for e in host.of(ev.AskLease)]                  # one in flight: not asked twice
+    assert (ask.client, ask.holding, ask.spent) == ("n1/d1/0", 0, (0, 0))
+    grant = LeaseGrant(ask.client, ask.seq, ask.window, (2, None), 3.0)
+    assert not gate.offered(LeaseGrant("n2/d1/0", ask.seq, ask.window, (9, None), 3.0), 0.1)   # someone else's
+    assert gate.offered(grant, 0.1) and not gate.offered(grant, 0.1)  # a duplicate is not taken twice
+    assert gate.admit(waiting, 0.1) == Reserved(waiting.held.reservation)
+    assert gate.replica.own(ask.window) == (1, 7)
 
 
 def test_admission_asks_the_spend_gate_first_and_gives_a_probe_back_when_the_budget_says_wait():
@@ -422,32 +424,6 @@ def test_a_granted_probe_is_no_longer_being_asked_for():
     assert not gate.view.probe_requested and gate.probe_grant == 5
 
 
-@pytest.mark.parametrize("case", ["not asking", "on a worker", "another attempt", "garbage id"])
-def test_a_strict_answer_nobody_is_waiting_for_is_given_back_and_changes_nothing(case):
-    leader = Leader(0.0, 5.0)
-    leader.update(True, 1, 0.0)
-    gate, host, _ = budget_gate(RateLimits(rpm=10, mode="strict"), leader)
-    waiting = job("r1", estimate=7)
-    gate.admit(waiting, 0.0)                               # asks for r1#1
-    rid = {"another attempt": "r1#2", "garbage id": "nonsense"}.get(case, "r1#1")
-    if case == "not asking":
-        waiting.strict.asked = None
-    if case == "on a worker":
-        waiting.attempt = Attempt(waiting, 1, 0, 0, False, waiting.held, False, 100.0)
-    assert not gate.granted(waiting, rid, int(WALL0 // 60), 7)
-    assert host.of(ev.SettleStrict) == [ev.SettleStrict(rid, None, False)] and waiting.held.reservation is None
-    assert not gate.refused(waiting, rid, E.BudgetExceeded("no")) and waiting.strict.denied is None
-
-
-def test_after_a_retryable_strict_refusal_the_leader_is_asked_again():
-    rig = _strict_engine()
-    (ask,) = rig.of(ev.AskStrict, rig.submit("r1"))
-    rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("rpm: try later", limit="rpm", retry_after_s=0.5)))
-    assert rig.terminals("r1") == []                       # waits for the window, then asks again
-    again = rig.of(ev.AskStrict, rig.advance(1.0))
-    assert [a.reservation_id for a in again] == ["r1#1"]
-
-
 def test_a_refused_probe_is_asked_for_again_a_full_interval_after_the_refusal():
     from harness import Rig
 
@@ -458,14 +434,6 @@ def test_a_refused_probe_is_asked_for_again_a_full_interval_after_the_refusal():
     rig.feed(ev.ProbeRefused(first.token))
     assert rig.of(ev.AskProbe, rig.advance(0.1)) == []      # an unanswered ask would go again at 0.25
     assert len(rig.of(ev.AskProbe, rig.advance(0.2))) == 1
-
-
-def _strict_engine():
-    from harness import Rig, limits
-
-    rig = Rig(limits=limits(rpm=10, window_s=60, mode="strict"))
-    rig.feed(ev.StrictLeader(True, 1))
-    return rig
 
 
 def test_where_the_cluster_is_starts_unknown_and_follows_the_registry():
@@ -512,23 +480,23 @@ def test_strict_admission_waits_for_the_leader_then_fails_closed_or_falls_back_t
     assert closed.admit(job("a"), 1.0) == Wait(1.0 + 0.05)           # the registry has not said yet
     refused = closed.admit(job("a"), 5.0)
     assert isinstance(refused, Denied) and refused.error.provider == "openai" and refused.error.retry_after_s == 5.0
-    assert refused.error.message == "strict rate limiting needs the convention leader, which is unreachable"
+    assert refused.error.message == ("strict rate limiting needs the convention leader, which is unreachable, "
+                                     "and its lease has expired")
     shared = Leader(0.0, 5.0)
     gate, _, _ = budget_gate(RateLimits(rpm=10, mode="strict", leader_unavailable="local_share"), shared)
     gate.leader_changed(False, 2, 1.0)
     assert isinstance(gate.admit(job("a"), 1.0), Reserved) and gate.fallback.limits.rpm == 5
 
 
-def test_an_unanswered_strict_ask_is_repeated_and_after_the_failure_timeout_the_leader_is_presumed_lost():
+def test_a_lease_ask_unanswered_for_the_ask_timeout_is_taken_for_a_lost_leader():
     leader = Leader(0.0, 5.0)
     leader.update(True, 1, 0.0)
     gate, host, _ = budget_gate(RateLimits(rpm=10, mode="strict"), leader)
     waiting = job("r1")
-    assert gate.admit(waiting, 0.0) == Wait(2.0)                     # STRICT_ASK_TIMEOUT_S after the ask
-    assert gate.admit(waiting, 1.9) == Wait(2.0) and len(host.of(ev.AskStrict)) == 1
-    assert gate.admit(waiting, 2.0) == Wait(4.0) and len(host.of(ev.AskStrict)) == 2
-    assert isinstance(gate.admit(waiting, 6.9), Wait)                # 5 + 2 s since the first ask: not yet
-    assert isinstance(gate.admit(waiting, 7.0), Denied)              # never answered: as if the leader were gone
+    assert isinstance(gate.admit(waiting, 0.0), Wait)
+    assert isinstance(gate.admit(waiting, 1.9), Wait) and len(host.of(ev.AskLease)) == 2   # asked again after REFRESH_S
+    refused = gate.admit(waiting, 2.0)                               # STRICT_ASK_TIMEOUT_S since the first
+    assert isinstance(refused, Denied) and isinstance(refused.error, E.LeaderUnavailable)
 
 
 def test_a_replica_publishes_from_when_its_oldest_unpublished_admission_happened():

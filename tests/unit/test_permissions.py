@@ -306,6 +306,19 @@ def test_a_client_process_enforces_only_the_peer_column():
                          reader=client)
 
 
+def test_lease_traffic_is_peer_traffic_and_where_it_goes_is_the_nodes_own_word():
+    """An engine on a member asks the leader's strict limiter for its lease over the wire: a peer
+    message. Who the limiter is, and what a node's engines are told about it, is not: a forged
+    StrictLimiterIs or StrictInit would send a node's leases elsewhere or restart the limiter."""
+    ask = P.LeaseRefresh("d1", None, "n1/d1/0/ab", 1, 100, 0, (None, None), (0, 0), (5, 100))
+    offer = P.LeaseOffer("d1", "n1/d1/0/ab", 1, 100, (5, None), 3.0, (120, None))
+    for message in (ask, offer):
+        assert delivered(message, trust.PEER) and delivered(message, trust.LOCAL) and delivered(message, trust.NODE)
+    for message in (P.StrictLimiterIs(ME, 3, True), P.StrictInit("n0", ME)):
+        assert not delivered(message, trust.PEER) and not delivered(message, trust.LOCAL)
+        assert delivered(message, trust.NODE)
+
+
 def test_the_capability_is_still_checked_for_the_node():
     assert not delivered(P.Deploy("n", [], capability="d" * 64), trust.NODE)
     assert delivered(P.Deploy("n", [], capability=CAP), trust.NODE)

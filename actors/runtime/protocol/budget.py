@@ -76,6 +76,34 @@ class StrictLimiterIs:
 
 
 @dataclass
+class LeaseRefresh:
+    """An engine's lease ask of a strict budget to the leader (core/leases.py ``LeaseAsk``, flat)."""
+
+    key: str
+    limits: Any     # RateLimits
+    client: str
+    seq: int
+    window: int
+    holding: int
+    held: tuple[int | None, int | None]
+    spent: tuple[int, int]
+    want: tuple[int, int]
+
+
+@dataclass
+class LeaseOffer:
+    """The leader's answer (core/leases.py ``LeaseGrant``, flat)."""
+
+    key: str
+    client: str
+    seq: int
+    window: int
+    lease: tuple[int | None, int | None]
+    ttl_s: float
+    left: tuple[int | None, int | None]
+
+
+@dataclass
 class StrictAcquire:
     key: str
     limits: Any  # RateLimits
