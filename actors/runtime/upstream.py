@@ -122,7 +122,13 @@ class _Tracked:
                 tracker.writing = True
                 if self.sock is not None:  # type: ignore[attr-defined]  # a kept-alive connection
                     tracker.connected, tracker.sock = True, self.sock  # type: ignore[attr-defined]
-        super().request(*args, **kw)  # type: ignore[misc]
+        try:
+            super().request(*args, **kw)  # type: ignore[misc]
+        except BaseException:
+            if tracker is not None:
+                with tracker.lock:   # the write failed (a stop that cut it short has counted it already)
+                    tracker.writing = False
+            raise
         if tracker is not None:
             tracker.written = True
 
