@@ -72,6 +72,7 @@ class CrossNodeRoutes:
             return
         if self.relay is None and not self.stopping:
             self.relay, self.relay_told = self.createActor(CrossNodeRelay), None
+        self._tell_relay()   # a relay made just now, or one that missed a change
         update = PeerRoutes(self.node_id, self._own_entries())
         for member in peers:
             self.send(member.registry, update)
