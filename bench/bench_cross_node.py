@@ -34,9 +34,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("ATOMR_CLUSTER_SECRET", f"bench-cross-node:{secrets.token_urlsafe(32)}")
 os.environ["PYTHONPATH"] = str(ROOT)
 
-import yaml  # noqa: E402
-
-import netns  # noqa: E402  (tests/netns.py: the namespaces, and their cleanup)
+import netns
+import yaml
 
 TAG = f"{os.getpid() % 10000}"
 NS_A, NS_B, VETH_A, VETH_B = f"bxn{TAG}a", f"bxn{TAG}b", f"bx{TAG}a", f"bx{TAG}b"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LINGER_S", "GRACE_S", "Relayed", "RelayBook"]
+__all__ = ["GRACE_S", "LINGER_S", "RelayBook", "Relayed"]
 
 # After its terminal, a call's chunks still pass this long: chunks and the terminal travel
 # separately (the worker sends one, the engine the other) and may cross on the way.

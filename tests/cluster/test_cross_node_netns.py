@@ -20,10 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import netns
 import pytest
 import yaml
-
-import netns
 from conftest import OutputLines, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

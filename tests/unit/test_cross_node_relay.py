@@ -6,12 +6,23 @@ from __future__ import annotations
 
 import time
 
+from harness import Recorder, SendAs, actor_instance, ask, deployment
+
 from actors.errors import NotFound
-from actors.runtime.protocol import (Deploy, Deployed, EngineCheck, EngineLiveness, MemberInfo, Membership,
-                                     PeerRoutes, Route, RouteEntry, Routes)
+from actors.runtime.protocol import (
+    Deploy,
+    Deployed,
+    EngineCheck,
+    EngineLiveness,
+    MemberInfo,
+    Membership,
+    PeerRoutes,
+    Route,
+    RouteEntry,
+    Routes,
+)
 from actors.settings.schema import ClusterConfig
 from actors.types import Cancel, Completed, Failed, InferenceRequest, TokenChunk, Usage
-from harness import Recorder, SendAs, actor_instance, ask, deployment
 
 PEER_ID = "n2@10.0.0.2:1901"
 
