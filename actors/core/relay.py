@@ -55,10 +55,11 @@ class RelayBook:
         self.calls[request_id] = Relayed(caller, engine, deadline + self.grace_s)
         return None
 
-    def cancel(self, request_id: str, caller: Any) -> Any:
-        """The engine to pass a caller's Cancel to (None: not that caller's call, or over)."""
+    def cancel(self, request_id: str) -> Any:
+        """The engine to pass a Cancel to (None: no such call here, or over). By request id, as an
+        engine takes it: a client cancels from whichever of its endpoints is free, not the caller's."""
         held = self.calls.get(request_id)
-        return held.engine if held is not None and not held.ended and held.caller == caller else None
+        return held.engine if held is not None and not held.ended else None
 
     def answer(self, request_id: str, terminal: bool, now_unix: float) -> Any:
         """The caller a chunk or terminal of ``request_id`` goes to (None: no such call here)."""

@@ -47,7 +47,7 @@ class CrossNodeRelay(GatewayActor):
             self.timers.after("sweep", SWEEP_S)
 
     def receiveMsg_Cancel(self, msg: Cancel, sender: Any) -> None:
-        engine = self.book.cancel(msg.request_id, sender)
+        engine = self.book.cancel(msg.request_id)
         if engine is not None:
             self.send(engine, Cancel(msg.request_id))
 

@@ -36,7 +36,7 @@ CALLS = 6
 
 # Runs in namespace A, a caller of node ha only: one JSON document of what it saw.
 CALLER = r"""
-import json, sys, time
+import json, sys, threading, time
 import openai
 from actors.client import GatewayClient
 admin_port, http_port = int(sys.argv[1]), int(sys.argv[2])
@@ -62,6 +62,31 @@ with GatewayClient(admin_port, timeout_s=30, route_ttl_s=0.2) as client:
     out["stream"] = {"seqs": [c.seq for c in chunks], "text": "".join(c.text for c in chunks),
                      "result_text": s.result.text, "result_chunks": s.result.chunks,
                      "deployment": s.result.deployment}
+    # Cancel across nodes: a call held upstream on hb, cancelled by its caller once hb's engine holds it.
+    def only_b_in_flight():
+        for status in client.cluster_status(timeout_s=10).nodes:
+            for engine in status.engines:
+                if engine.deployment == "only-b":
+                    return engine.in_flight + engine.queued
+        return None
+    held = client.stream("onlyb", [{"role": "user", "content": "hold [[mock hold=xnode]]"}], timeout_s=50)
+    def cancel_when_held():
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not only_b_in_flight():
+            time.sleep(0.1)
+        held.cancel()
+    canceller = threading.Thread(target=cancel_when_held)
+    canceller.start()
+    try:
+        list(held)
+        out["cancelled"] = "not cancelled"
+    except Exception as exc:
+        out["cancelled"] = type(exc).__name__
+    canceller.join()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and only_b_in_flight():
+        time.sleep(0.1)
+    out["in_flight_after_cancel"] = only_b_in_flight()
 sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="none", max_retries=0, timeout=30)
 reply = sdk.chat.completions.create(model="onlyb", messages=HI, max_tokens=5)
 out["http"] = reply.choices[0].message.content
@@ -177,6 +202,8 @@ def test_a_model_on_another_node_serves_this_nodes_callers_and_a_dead_local_copy
         # ha's HTTP front door (the OpenAI SDK), whole and streamed.
         assert seen["http"].startswith("You said: hi"), seen["http"]
         assert seen["http_stream"]["text"] == stream["text"] and seen["http_stream"]["deltas"] > 1, seen["http_stream"]
+        # Cancel: the caller's Cancel reached hb's engine through ha's relay, which ended the call there.
+        assert seen["cancelled"] == "Cancelled" and seen["in_flight_after_cancel"] == 0, seen
         # launch.py ask through ha.
         ask = _run(NS_A, str(ROOT / "launch.py"), "ask", "--admin-port", str(leader_port), "--model", "onlyb",
                    "--max-tokens", "3", "hi")
@@ -187,8 +214,10 @@ def test_a_model_on_another_node_serves_this_nodes_callers_and_a_dead_local_copy
         a_stats, b_stats = _mock_stats(NS_A), _mock_stats(NS_B)
         assert _hits(a_stats, "both-a") == 1, a_stats
         assert _hits(b_stats, "both-b") == CALLS, b_stats
-        assert _hits(b_stats, "only-b") == CALLS + 4, b_stats
+        assert _hits(b_stats, "only-b") == CALLS + 5, b_stats     # and the one cancelled
     finally:
+        _run(NS_B, "-c", f"import requests; requests.post('http://127.0.0.1:{MOCK_PORT}/_mock/release', "
+                         f"json={{'name': 'xnode'}}, timeout=10)", timeout_s=30)
         _stop(procs)
     wait_for(lambda: not netns.ns_pids(NS_A) and not netns.ns_pids(NS_B), timeout_s=20,
              message="no process left in either host")

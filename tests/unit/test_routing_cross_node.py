@@ -107,7 +107,7 @@ def test_answers_go_to_their_caller_once_terminal_and_stragglers_pass_until_it_i
     assert book.answer("r1", True, 2.0) == "caller"           # the terminal
     assert book.answer("r1", True, 2.5) is None               # never a second terminal
     assert book.answer("r1", False, 3.0) == "caller"          # a chunk the terminal overtook
-    assert book.cancel("r1", "caller") is None                # over: nothing to cancel
+    assert book.cancel("r1") is None                          # over: nothing to cancel
     assert book.sweep(6.9) == 0 and book.sweep(7.0) == 1      # forgotten linger_s after its terminal
     assert book.answer("r1", False, 8.0) is None and book.answer("nobody", True, 8.0) is None
 
@@ -117,6 +117,6 @@ def test_a_request_id_stays_its_callers_a_resend_is_forwarded_and_a_silent_call_
     book.targets = ["e"]
     assert book.open("r1", "alice", "e", 100.0, 0.0) is None
     assert book.open("r1", "mallory", "e", 100.0, 1.0) is not None   # someone else's call
-    assert book.cancel("r1", "mallory") is None and book.cancel("r1", "alice") == "e"
+    assert book.cancel("r1") == "e" and book.cancel("nobody") is None
     assert book.open("r1", "alice", "e", 100.0, 1.0) is None          # the caller's own resend
     assert book.sweep(129.9) == 0 and book.sweep(130.0) == 1          # no terminal: deadline + grace
