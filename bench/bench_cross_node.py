@@ -75,6 +75,7 @@ print(json.dumps(out))
 def _config(tmp: Path, name: str, port: int, model: str) -> Path:
     config = {"node": {"admin_port": port, "name": name, "log_file": str(tmp / f"{name}.log")},
               "cluster": {"heartbeat_s": 0.5, "failure_timeout_s": 3.0, "reregistration_s": 2},
+              "routing": {"cross_node": "prefer_local"},
               "deployments": [{"name": model, "model": model, "provider": "openai", "upstream_model": "mock-gpt",
                                "workers": 2, "endpoint": f"http://127.0.0.1:{MOCK_PORT}/v1"}]}
     path = tmp / f"{name}.yaml"

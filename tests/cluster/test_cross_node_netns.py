@@ -112,7 +112,7 @@ def _deployment(name: str, model: str, path: str, **kw) -> dict:
 def _config(tmp_path: Path, name: str, port: int, deployments: list[dict], http_port: int | None = None) -> Path:
     config = {"node": {"admin_port": port, "name": name, "log_file": str(tmp_path / f"{name}.log")},
               "cluster": {"heartbeat_s": 0.5, "failure_timeout_s": 3.0, "reregistration_s": 2},
-              "deployments": deployments}
+              "deployments": deployments, "routing": {"cross_node": "prefer_local"}}
     if http_port is not None:
         config["http"] = {"listen": f"127.0.0.1:{http_port}", "auth": "none"}
     path = tmp_path / f"{name}.yaml"
