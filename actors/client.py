@@ -236,6 +236,27 @@ def merged_embeddings(calls: list[Completed]) -> EmbeddingResult:
     return EmbeddingResult(vectors, usage, round(sum(costs), 10) if len(costs) == len(calls) else None, calls)
 
 
+def _target(entry: RouteEntry) -> Any:
+    """Where a call to ``entry`` is sent: its engine, or for another node's, this node's relay."""
+    return entry.via if entry.via is not None else entry.engine
+
+
+def _on(entry: RouteEntry, attempts: list[AttemptInfo]) -> list[AttemptInfo]:
+    """``attempts`` made at ``entry``, each naming its node."""
+    return [attempt if attempt.node else dataclasses.replace(attempt, node=entry.node) for attempt in attempts]
+
+
+def _skipped(skipped: Sequence[tuple[routing.Candidate, InferenceError]]) -> list[AttemptInfo]:
+    """One line per deployment (per node) the plan refused: nothing was sent there."""
+    seen: set[str] = set()
+    out = []
+    for candidate, refused in sorted(skipped, key=lambda item: item[0].label):
+        if candidate.label not in seen:
+            seen.add(candidate.label)
+            out.append(AttemptInfo(candidate.deployment, refused.kind, None, 0.0, False, node=candidate.node))
+    return out
+
+
 class GatewayClient:
     """Calls to a gateway node: ``complete()``, ``stream()``, ``embed()``, and its status.
 
@@ -482,7 +503,7 @@ class GatewayClient:
     def cancel(self, request_id: str) -> None:
         """Cancel a call of this client; safe from any thread."""
         engine = self._sent_to.get(request_id)
-        targets = [engine] if engine is not None else [e.engine for _, es in list(self._routes.values()) for e in es]
+        targets = [engine] if engine is not None else [_target(e) for _, es in list(self._routes.values()) for e in es]
         for target in targets:
             self._tell_cancel(target, request_id)
 
@@ -624,7 +645,8 @@ class GatewayClient:
                 circuit=entry.circuit, latency_s=entry.latency_s, ttft_s=entry.ttft_s, headroom=entry.headroom,
                 price_in=entry.price_in, price_out=entry.price_out, max_input_tokens=entry.max_input_tokens,
                 retry_at_unix=entry.retry_at_unix, budget_spent=tuple(entry.budget_spent or ()),
-                provider=entry.provider, refusal=refusal, refusal_until_unix=until))
+                provider=entry.provider, refusal=refusal, refusal_until_unix=until,
+                remote=entry.via is not None, node=entry.node))
         return out
 
     def _over_group(self, correlator: Correlator, request: InferenceRequest, model: str, entries: list[RouteEntry],
@@ -635,27 +657,34 @@ class GatewayClient:
                                   rand=self._rand.random, streamed=request.stream,
                                   input_tokens=routing.input_estimate(request.messages),
                                   output_tokens=routing.output_estimate(request.params.get("max_tokens")),
-                                  now_unix=time.time())
+                                  now_unix=time.time(), cross_node=policy.cross_node_for(model))
         state.refused = plan.refusal
         if not plan.ordered:
-            log.extend(AttemptInfo(name, refused.kind, None, 0.0, False) for name, refused in plan.refused)
+            log.extend(_skipped(plan.skipped))
             # Refused as the engine refuses the same condition: its own error (core/refusals.py).
             return state.refused or NotFound(f"no deployment serves model {model!r}")
         error: InferenceError | None = None
+        left_node = False
         for candidate in plan.ordered:
             entry: RouteEntry = candidate.key
+            if candidate.remote and not left_node:
+                # The call leaves this node: the attempt list says which of its deployments it passed over, and why.
+                left_node = True
+                log.extend(_skipped([(c, e) for c, e in plan.skipped if not c.remote]))
             budget.start(entry.max_retries)
-            attempt = dataclasses.replace(request, retry_budget=budget.left)
+            # Another node's engine is reached through this node's relay (RouteEntry.via), which forwards to it.
+            attempt = dataclasses.replace(request, retry_budget=budget.left,
+                                          relay_to=entry.engine if entry.via is not None else None)
             state.failed = None
             state.deployment, state.fallback = entry.deployment, model != request.model
             try:
                 with self._in_flight(str(entry.engine)):
-                    result = yield from self._follow(correlator, entry.engine, attempt, deadline, state)
+                    result = yield from self._follow(correlator, entry, attempt, deadline, state)
             except InferenceError as exc:
                 failed = state.failed
                 budget.charge(failed.attempts if failed is not None else 1)
-                log.extend(failed.attempt_log if failed is not None and failed.attempt_log
-                           else [AttemptInfo(entry.deployment, exc.kind, exc.status, 0.0, failed is None)])
+                log.extend(_on(entry, failed.attempt_log if failed is not None and failed.attempt_log
+                               else [AttemptInfo(entry.deployment, exc.kind, exc.status, 0.0, failed is None)]))
                 if isinstance(exc, CircuitOpen):
                     self._held[str(entry.engine)] = (routing.held_until(exc, time.time()), copy.copy(exc))
                 step = routing.after_failure(exc, streamed=bool(state.chunks), idempotent=request.idempotent,
@@ -669,7 +698,7 @@ class GatewayClient:
                     break
                 continue
             earlier = sum(1 for a in log if a.sent)
-            log.extend(result.attempt_log or [AttemptInfo(entry.deployment)])
+            log.extend(_on(entry, result.attempt_log or [AttemptInfo(entry.deployment)]))
             result.attempt_log = log
             result.attempts += earlier
             return None
@@ -717,12 +746,12 @@ class GatewayClient:
             time.sleep(0.05 * (attempt + 1))
         return None
 
-    def _engine_gone(self, correlator: Correlator, engine: Any) -> str | None:
+    def _engine_gone(self, correlator: Correlator, entry: RouteEntry) -> str | None:
         """Why the engine is no longer the live one, or None (alive, or the node did not say).
 
         One check per engine at a time for the whole client, its answer shared by every request
         silent on that engine for ``liveness_after_s`` (core/liveness.py says why)."""
-        key = str(engine)
+        key = str(entry.engine)
         with self._lock:
             ask, answer = self._liveness.claim(key)
         if not ask:
@@ -730,7 +759,8 @@ class GatewayClient:
         answer = None
         try:
             token = "q_" + secrets.token_hex(8)
-            reply = correlator.request(self._registry, EngineCheck(engine, token), token, self.liveness_after_s)
+            reply = correlator.request(self._registry, EngineCheck(entry.engine, token, entry.via), token,
+                                       self.liveness_after_s)
             if isinstance(reply, EngineLiveness) and not reply.alive:
                 answer = reply.reason or "the engine is gone"
         finally:
@@ -738,13 +768,13 @@ class GatewayClient:
                 self._liveness.answered(key, answer)
         return answer
 
-    def _follow(self, correlator: Correlator, engine: Any, request: InferenceRequest, deadline: float,
+    def _follow(self, correlator: Correlator, entry: RouteEntry, request: InferenceRequest, deadline: float,
                 state: _State) -> Generator[TokenChunk, None, Completed]:
         """One attempt at one engine: its chunks as they come, then its result (or its error, raised)."""
         rid = request.request_id
-        self._sent_to[rid] = engine
+        engine = self._sent_to[rid] = _target(entry)
         try:
-            terminal = yield from self._receive(correlator, engine, request, deadline, state)
+            terminal = yield from self._receive(correlator, entry, request, deadline, state)
         except _EngineGone:
             raise   # nothing left there to cancel
         except BaseException:
@@ -759,7 +789,7 @@ class GatewayClient:
         state.result = terminal
         return terminal
 
-    def _receive(self, correlator: Correlator, engine: Any, request: InferenceRequest, deadline: float,
+    def _receive(self, correlator: Correlator, entry: RouteEntry, request: InferenceRequest, deadline: float,
                  state: _State) -> Generator[TokenChunk, None, Completed | Failed]:
         """Send, then yield the chunks in ``seq`` order and return the terminal.
 
@@ -772,7 +802,7 @@ class GatewayClient:
         received: dict[int, TokenChunk] = {}
         next_seq = 0
         terminal: Completed | Failed | None = None
-        reply = self._send_request(correlator, engine, request, grace)
+        reply = self._send_request(correlator, _target(entry), request, grace)
         while True:
             if reply is None:
                 if terminal is not None:
@@ -780,7 +810,7 @@ class GatewayClient:
                 if time.monotonic() >= grace:
                     raise GatewayTimeout(f"no answer for {rid} within its deadline (+{self.terminal_grace_s:g}s "
                                          f"grace)", request_id=rid)
-                reason = self._engine_gone(correlator, engine)
+                reason = self._engine_gone(correlator, entry)
                 if reason is not None:
                     raise _EngineGone(reason)
             elif isinstance(reply, PoisonMessage):

@@ -62,6 +62,7 @@ class AttemptInfo:
     status: int | None = None     # the upstream's HTTP status, when it answered
     delay_s: float = 0.0          # waited before the next attempt
     sent: bool = True             # False: refused before anything went upstream (circuit, queue, budget)
+    node: str = ""                # the node of that deployment (set by the caller's router)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,9 @@ class InferenceRequest:
     # "embed": one user turn per text to embed (so validation, estimates and routing treat
     # them like a prompt); never streamed.
     operation: Operation = "chat"
+    # To this node's relay only: the engine of another node to forward the call to (docs/routing.md,
+    # "Across a cluster"). The relay clears it, and ``channel``, before the request leaves the node.
+    relay_to: Any = None
 
 
 @dataclass

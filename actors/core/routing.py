@@ -24,13 +24,17 @@ from actors.errors import (AuthenticationError, BadRequest, Cancelled, CircuitOp
                            ContextLengthExceeded, CredentialUnavailable, DeadlineExceeded, GatewayTimeout,
                            InferenceError, NotFound, PermissionDenied, QueueFull, BudgetExceeded)
 
-__all__ = ["STRATEGIES", "Strategy", "HealthCheck", "ModelRouting", "RoutingPolicy", "Candidate",
+__all__ = ["STRATEGIES", "Strategy", "CROSS_NODE", "CrossNode", "HealthCheck", "ModelRouting", "RoutingPolicy", "Candidate",
            "order", "skip_reason", "refusal_of", "input_estimate", "output_estimate", "GroupPlan", "plan_group",
            "Step", "after_failure", "held_until", "held_refusal", "fallback_kind", "FallbackPlan", "RequestRetries",
            "context_window", "context_windows", "check_models"]
 
 STRATEGIES = ("weighted", "least-busy", "latency", "cost", "usage")
 Strategy = Literal["weighted", "least-busy", "latency", "cost", "usage"]
+# Where a call may be served (docs/routing.md, "Across a cluster"): this node's deployments
+# before other nodes' (the default), this node's only, or all of them alike by the strategy.
+CROSS_NODE = ("prefer_local", "local_only", "any")
+CrossNode = Literal["prefer_local", "local_only", "any"]
 
 
 def _number(value: Any) -> bool:
@@ -57,6 +61,7 @@ class ModelRouting:
     """Per-model overrides of the routing section."""
 
     strategy: Strategy = "weighted"
+    cross_node: CrossNode | None = None     # None: the section's
 
 
 @dataclass(frozen=True)
@@ -75,14 +80,22 @@ class RoutingPolicy:
     context_window_fallbacks: dict[str, list[str]] = field(default_factory=dict)
     content_policy_fallbacks: dict[str, list[str]] = field(default_factory=dict)
     num_retries: int | None = None
+    # local_only until cross-node routing's interaction with budgets under a flood is settled
+    # (docs/routing.md, "Across a cluster": what is not done yet).
+    cross_node: CrossNode = "local_only"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.cross_node not in CROSS_NODE:
+            raise ValueError(f"cross_node: expected one of {', '.join(CROSS_NODE)}, got {self.cross_node!r}")
         for model, override in self.models.items():
             if override.strategy not in STRATEGIES:
                 raise ValueError(f"models.{model}.strategy: expected one of {', '.join(STRATEGIES)}, "
                                  f"got {override.strategy!r}")
+            if override.cross_node is not None and override.cross_node not in CROSS_NODE:
+                raise ValueError(f"models.{model}.cross_node: expected one of {', '.join(CROSS_NODE)}, "
+                                 f"got {override.cross_node!r}")
         for kind in FALLBACK_FIELDS:
             for model, targets in getattr(self, kind).items():
                 if not isinstance(targets, list) or not all(isinstance(t, str) and t.strip() for t in targets):
@@ -95,6 +108,11 @@ class RoutingPolicy:
     def strategy_for(self, model: str) -> str:
         override = self.models.get(model)
         return override.strategy if override is not None else self.strategy
+
+    def cross_node_for(self, model: str) -> str:
+        override = self.models.get(model)
+        return override.cross_node if override is not None and override.cross_node is not None \
+            else self.cross_node
 
 
 FALLBACK_FIELDS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
@@ -147,6 +165,14 @@ class Candidate:
     # budget: core/refusals.py), pushed with its load, and when that lifts (unix; None: unknown).
     refusal: InferenceError | None = None
     refusal_until_unix: float | None = None
+    # Another node's deployment (reached through this node's relay), and that node's name.
+    remote: bool = False
+    node: str = ""
+
+    @property
+    def label(self) -> str:
+        """The deployment as a refusal names it: ``name``, or ``name@node`` on another node."""
+        return f"{self.deployment}@{self.node}" if self.remote else self.deployment
 
     @property
     def busy(self) -> int:
@@ -269,13 +295,16 @@ def output_estimate(max_tokens: object) -> int:
 class GroupPlan:
     """How the router takes one model group: the deployments to try, in order, and those it refuses.
 
-    ``refused`` holds one refusal per deployment (the first of its replicas), sorted by name:
-    its engine's own, as pushed (:func:`refusal_of`). Nothing is sent to a refused deployment.
+    ``refused`` holds one refusal per deployment (the first of its replicas; another node's
+    deployment named ``name@node``), sorted by name: its engine's own, as pushed
+    (:func:`refusal_of`). Nothing is sent to a refused deployment. ``skipped`` is the same
+    per candidate refused, so an attempt list can name the node of each.
     """
 
     model: str
     ordered: list[Candidate]
     refused: list[tuple[str, InferenceError]]
+    skipped: list[tuple[Candidate, InferenceError]] = field(default_factory=list)
 
     @property
     def refusal(self) -> InferenceError | None:
@@ -287,19 +316,36 @@ class GroupPlan:
 
 
 def plan_group(model: str, candidates: Sequence[Candidate], *, strategy: str, rand: Callable[[], float],
-               streamed: bool, input_tokens: int, output_tokens: int, now_unix: float) -> GroupPlan:
-    """Drop the candidates that would refuse the call now; order the rest by ``strategy``."""
+               streamed: bool, input_tokens: int, output_tokens: int, now_unix: float,
+               cross_node: str = "prefer_local") -> GroupPlan:
+    """Drop the candidates that would refuse the call now; order the rest by ``strategy``.
+
+    ``cross_node`` (:data:`CROSS_NODE`): ``prefer_local`` orders this node's deployments first
+    and other nodes' after them (each part by the strategy), so another node serves only when
+    no local one could; ``local_only`` leaves other nodes' out; ``any`` orders them all alike.
+    """
     usable: list[Candidate] = []
     refused: dict[str, InferenceError] = {}
+    skipped: list[tuple[Candidate, InferenceError]] = []
     for candidate in candidates:
+        if candidate.remote and cross_node == "local_only":
+            continue
         refusal = refusal_of(candidate, input_tokens, now_unix)
         if refusal is None:
             usable.append(candidate)
         else:
-            refused.setdefault(candidate.deployment, refusal)
-    ordered = order(strategy, usable, rand=rand, streamed=streamed, input_tokens=input_tokens,
-                    output_tokens=output_tokens) if usable else []
-    return GroupPlan(model, ordered, sorted(refused.items(), key=lambda item: item[0]))
+            refused.setdefault(candidate.label, refusal)
+            skipped.append((candidate, refusal))
+
+    def ranked(part: list[Candidate]) -> list[Candidate]:
+        return order(strategy, part, rand=rand, streamed=streamed, input_tokens=input_tokens,
+                     output_tokens=output_tokens) if part else []
+
+    if cross_node == "prefer_local":
+        ordered = ranked([c for c in usable if not c.remote]) + ranked([c for c in usable if c.remote])
+    else:
+        ordered = ranked(usable)
+    return GroupPlan(model, ordered, sorted(refused.items(), key=lambda item: item[0]), skipped)
 
 
 Step = Literal["end", "next", "fallback"]

@@ -25,6 +25,7 @@ from actors.runtime.ledger import LedgerActor, engine_seed, spend_status
 from actors.runtime.limiter import RateLimiterActor
 from actors.runtime.logs import logger
 from actors.runtime.node_cluster import ClusterMember
+from actors.runtime.node_routes import CrossNodeRoutes
 from actors.runtime.protocol import (LedgerFlush, LedgerState, SpendQuery, SpendReport, BreakerInit, BreakerQuery, BreakerState, Deploy, Deployed, Drain, Drained, EngineCheck, EngineInit, EngineLiveness, EngineLoad, EngineReady, EngineStatus, LimiterHubIs, LimiterHubRequest, LimiterInit, LimiterQuery, LimiterUsage, Locate, NodeStatus, Route, RouteEntry, Routes, RouterRefusals, SessionInit, StatusRequest)
 from actors.runtime.session import RemoteSessionActor
 from actors.settings.schema import ClusterConfig
@@ -36,7 +37,7 @@ STATUS_TIMEOUT_S = 2.0
 _DEAD_REMEMBERED = 256
 
 
-class NodeRegistry(ClusterMember):
+class NodeRegistry(CrossNodeRoutes, ClusterMember):
     def __init__(self) -> None:
         super().__init__()
         self.started = time.time()
@@ -146,6 +147,8 @@ class NodeRegistry(ClusterMember):
     # -- supervision ---------------------------------------------------------------------
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        if self.relay_exited(msg.childAddress):
+            return
         found = [(i, e) for i, e in enumerate(self.engines) if e[1] == msg.childAddress]
         if not found:
             return  # a locator finishing, or a child of ours that is not an engine
@@ -173,6 +176,8 @@ class NodeRegistry(ClusterMember):
         log.warning("node %s: engine %s replica %d restarted (restart #%d)", self.node, name, replica, count)
 
     def receiveMsg_EngineCheck(self, msg: EngineCheck, sender: Any) -> None:
+        if msg.via is not None:
+            return self.send(sender, EngineLiveness(msg.token, msg.engine, *self._peer_engine_alive(msg.engine, msg.via)))
         alive = any(engine == msg.engine for _, engine, _ in self.engines)
         reason = "" if alive else next((why for address, why in reversed(self.dead) if address == msg.engine),
                                        "not an engine of this node")
@@ -203,9 +208,13 @@ class NodeRegistry(ClusterMember):
     def receiveMsg_RouterRefusals(self, msg: RouterRefusals, sender: Any) -> None:
         add_counts(self.refusals, msg.counts)
 
+    def _own_entries(self) -> list[RouteEntry]:
+        return [self._route_entry(dep, engine, replica) for dep, engine, replica in self.engines
+                if (dep.name, replica) not in self.warming]
+
     def receiveMsg_Route(self, msg: Route, sender: Any) -> None:
-        entries = [self._route_entry(dep, engine, replica) for dep, engine, replica in self.engines
-                   if msg.model in (dep.model, dep.name) and (dep.name, replica) not in self.warming]
+        entries = [e for e in self._own_entries() if msg.model in (e.model, e.deployment)]
+        entries += [e for e in self._peer_entries() if msg.model in (e.model, e.deployment)]
         restarting = sorted({name for (name, replica), (dep, _, _) in self.specs.items()
                              if msg.model in (dep.model, dep.name) and
                              (self.supervisor.restarting((name, replica)) or (name, replica) in self.warming)})

@@ -108,7 +108,11 @@ class ClusterMember(ClusterGather, GatewayActor):
                 self._locate()
         else:
             self.send(self.registrar, Heartbeat(self._member_info()))
+        self.share_routes()
         self.timers.after("cluster", self.cluster.heartbeat_s)
+
+    def share_routes(self) -> None:
+        """Tell the other members what this node serves (the registry's: cross-node routing)."""
 
     def _rejoin(self) -> None:
         """Make this member's admin register with the convention leader now.

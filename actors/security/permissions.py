@@ -70,15 +70,18 @@ TABLE: dict[tuple[str, str], frozenset[str]] = _rows({
     "thespian.system.logdirector": {"LogAggregator": "N", "LoggerExitRequest": "N"},
     "logging": {"LogRecord": "NLP"},        # members forward WARNING+ records to the leader's logger
     "actors.types": {
-        "InferenceRequest": "NL", "Cancel": "NL",
-        "TokenChunk": "N", "Completed": "N", "Failed": "N",
+        # A peer: another node's relay calling this node's deployments (docs/routing.md, "Across a
+        # cluster"), and this node's engines and workers answering it there.
+        "InferenceRequest": "NLP", "Cancel": "NLP",
+        "TokenChunk": "NLP", "Completed": "NLP", "Failed": "NLP",
     },
     "actors.runtime.protocol.routing": {
         "Route": "NL", "EngineCheck": "NL", "Drain": "NL",
         "RouterRefusals": "NL",             # a client's router tells its node what it refused
         "StatusRequest": "NLP", "NodeStatus": "NLP",
+        "PeerRoutes": "NLP",                # a member's registry: its engines and their load, for routing
         "Routes": "N", "EngineLiveness": "N", "EngineLoad": "N", "EngineStatus": "N", "Drained": "N",
-        "NotReady": "N",
+        "NotReady": "N", "RelayTargets": "N",
     },
     "actors.runtime.protocol.bringup": {
         "Deploy": "N", "Deployed": "N", "EngineInit": "N", "EngineReady": "N", "BreakerInit": "N",

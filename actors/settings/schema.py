@@ -392,12 +392,12 @@ class GatewayConfig:
                 raise ValueError(f"deployments[{i}].name: deployment names must be unique, got {d.name!r} "
                                  f"again (first at deployments[{first[d.name]}].name)")
             first[d.name] = i
-        if self.http is not None:
+        if self.http is not None and self.routing.cross_node == "local_only":
             served = {d.model for d in self.deployments} | {d.name for d in self.deployments}
             for i, key in enumerate(self.http.keys):
                 if key.models is not None and not served & set(key.models):
-                    # Requests are not routed between nodes: a key whose models this node does
-                    # not serve can call nothing here, which is never what was meant.
+                    # Requests stay on this node (routing.cross_node: local_only): a key whose models
+                    # this node does not serve can call nothing here, which is never what was meant.
                     raise ValueError(
                         f"http.keys[{i}].models: key {key.name!r} may use only models no deployment of this node "
                         f"serves ({', '.join(repr(m) for m in key.models) or 'none'}); served here: "

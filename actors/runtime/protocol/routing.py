@@ -18,6 +18,7 @@ class EngineCheck:
 
     engine: Any
     token: str = ""
+    via: Any = None         # the relay the request went through, for another node's engine
 
 
 @dataclass
@@ -53,6 +54,8 @@ class RouteEntry:
     provider: str = ""
     refusal: Any = None                  # what its engine refuses with now (LoadState.refusal): skipped until ...
     refusal_until_unix: float | None = None   # ... then
+    # Another node's engine: the relay of this node that forwards calls to it (None: this node's own).
+    via: Any = None
 
 
 @dataclass
@@ -62,6 +65,22 @@ class EngineLoad:
     deployment: str
     replica: int
     state: Any   # core.load.LoadState
+
+
+@dataclass
+class PeerRoutes:
+    """From a node's registry to every other member's, once per heartbeat: its engines as its own
+    ``Route`` answers would list them (load and refusal state included), for cross-node routing."""
+
+    node_id: str
+    entries: list[RouteEntry]
+
+
+@dataclass
+class RelayTargets:
+    """From the registry to its relay: the other nodes' engines it may forward calls to."""
+
+    engines: list[Any]
 
 
 @dataclass

@@ -1,0 +1,123 @@
+"""CrossNodeRoutes: the part of a node's registry that knows other nodes' engines (docs/routing.md,
+"Across a cluster").
+
+Every heartbeat the registry pushes its engines (with the load and refusal state they pushed
+it) to every other member's registry (``PeerRoutes``); what it heard from the others, while
+they are members and within the failure timeout, joins its own ``Route`` answers with
+``via`` naming this node's relay (``runtime/relay.py``), which alone may reach them. The
+relay is told which engines it may forward to (``RelayTargets``), and a caller silent on
+another node's engine is answered from the same pushes (``EngineCheck.via``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from actors.runtime.logs import logger
+from actors.runtime.protocol import PeerRoutes, RelayTargets, RouteEntry
+from actors.runtime.relay import CrossNodeRelay
+
+log = logger("atomr.node")
+
+
+def _realized(address: Any) -> bool:
+    """Whether a child's address may be handed out: a fresh child's is local to this process (Thespian's
+    ActorLocalAddress) until the child has reported in, and is no use to anyone else until then."""
+    details = getattr(address, "addressDetails", None)
+    if type(details).__name__ != "ActorLocalAddress":
+        return True
+    try:
+        return bool(details.addressManager.exportAddr(details))
+    except Exception:  # noqa: BLE001 - not realized yet
+        return False
+
+
+class CrossNodeRoutes:
+    """Mixed into NodeRegistry (it reads ``members``, ``node_id``, ``cluster`` and ``_own_entries``)."""
+
+    members: list[Any]
+    node_id: str
+    node: str
+    cluster: Any
+    stopping: bool
+
+    def __init__(self) -> None:
+        super().__init__()
+        # node id -> (monotonic time it came, entries): other nodes' engines as each last pushed them.
+        self.peer_routes: dict[str, tuple[float, list[RouteEntry]]] = {}
+        self.relay: Any = None
+        self.relay_told: list[Any] | None = None
+
+    def _own_entries(self) -> list[RouteEntry]:
+        raise NotImplementedError
+
+    def relay_exited(self, child: Any) -> bool:
+        if self.relay is None or child != self.relay:
+            return False
+        # Its calls end at their callers' deadlines, or sooner: EngineCheck says the relay is gone.
+        self.relay, self.relay_told = None, None
+        if not self.stopping:
+            log.error("node %s: the cross-node relay died; a new one is made at the next heartbeat", self.node)
+        return True
+
+    def _peers(self) -> list[Any]:
+        return [m for m in self.members if m.node_id != self.node_id and m.registry is not None]
+
+    def share_routes(self) -> None:
+        """Once per heartbeat: this node's engines, their load and refusals, to every other member."""
+        peers = self._peers()
+        if not peers:
+            return
+        if self.relay is None and not self.stopping:
+            self.relay, self.relay_told = self.createActor(CrossNodeRelay), None
+        self._tell_relay()   # a relay made just now, or one that missed a change
+        update = PeerRoutes(self.node_id, self._own_entries())
+        for member in peers:
+            self.send(member.registry, update)
+
+    def receiveMsg_PeerRoutes(self, msg: PeerRoutes, sender: Any) -> None:
+        member = next((m for m in self._peers() if m.node_id == msg.node_id), None)
+        if member is None or member.registry != sender:
+            return   # only a member's own registry speaks for its engines
+        self.peer_routes[msg.node_id] = (time.monotonic(), list(msg.entries))
+        self._tell_relay()
+
+    def _fresh_peer_routes(self) -> list[tuple[float, list[RouteEntry]]]:
+        """The pushed entries of the members still in the membership and heard from within the failure timeout."""
+        members = {m.node_id for m in self._peers()}
+        now = time.monotonic()
+        for node_id in [n for n, (at, _) in self.peer_routes.items()
+                        if n not in members or now - at > self.cluster.failure_timeout_s]:
+            del self.peer_routes[node_id]
+        return [(now - at, entries) for at, entries in self.peer_routes.values()]
+
+    def _relay_ready(self) -> bool:
+        return self.relay is not None and _realized(self.relay)
+
+    def _peer_entries(self) -> list[RouteEntry]:
+        if not self._relay_ready():
+            return []
+        out = []
+        for age, entries in self._fresh_peer_routes():
+            for entry in entries:
+                load_age = None if entry.load_age_s is None else entry.load_age_s + age
+                out.append(replace(entry, via=self.relay, load_age_s=load_age))
+        return out
+
+    def _tell_relay(self) -> None:
+        if not self._relay_ready():
+            return
+        engines = [e.engine for _, entries in self._fresh_peer_routes() for e in entries]
+        if engines != self.relay_told:
+            self.relay_told = engines
+            self.send(self.relay, RelayTargets(engines))
+
+    def _peer_engine_alive(self, engine: Any, via: Any) -> tuple[bool, str]:
+        if via != self.relay:
+            return False, "this node's cross-node relay restarted"
+        for _, entries in self._fresh_peer_routes():
+            if any(e.engine == engine for e in entries):
+                return True, ""
+        return False, "the engine is no longer listed by its node (it restarted, or its node left the cluster)"
