@@ -80,9 +80,7 @@ class RoutingPolicy:
     context_window_fallbacks: dict[str, list[str]] = field(default_factory=dict)
     content_policy_fallbacks: dict[str, list[str]] = field(default_factory=dict)
     num_retries: int | None = None
-    # local_only until cross-node routing's interaction with budgets under a flood is settled
-    # (docs/routing.md, "Across a cluster": what is not done yet).
-    cross_node: CrossNode = "local_only"
+    cross_node: CrossNode = "prefer_local"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -217,8 +217,10 @@ def config_warnings(config: GatewayConfig) -> list[str]:
     for i, key in enumerate(config.http.keys if config.http is not None else []):
         unserved = [m for m in key.models or [] if m not in served]
         if unserved:  # some served (none served is an error): a typo, or a model of another node
+            then = ("calls to it will be 404" if config.routing.cross_node == "local_only" else
+                    "calls to it go to another node of the cluster, or are 404 if none serves it")
             warnings.append(f"http.keys[{i}] ({key.name}): no deployment of this node serves "
-                            f"{', '.join(repr(m) for m in unserved)}; calls to it will be 404")
+                            f"{', '.join(repr(m) for m in unserved)}; {then}")
     for i, dep in enumerate(config.deployments):
         where = f"deployments[{i}] ({dep.name})"
         if dep.provider != "openai" or dep.endpoint == "mock":

@@ -159,20 +159,22 @@ def test_during_a_leader_outage_status_lists_the_members_and_budgets_follow_lead
     assert "- n1" in out and "- n2" in out and "- n0: did not answer" in out
     assert "not in cluster: leader n0 unreachable" in out
 
-    # Budgets: "closed" refuses; "shared" admits this node's share (6 / 3 nodes), never the whole budget.
+    # Budgets: "closed" refuses; "shared" admits each node's share (6 / 3 nodes), never the whole
+    # budget. Local first (routing.cross_node: prefer_local): n1's callers take n1's share, then
+    # n2's through n2; n2's callers then find both spent.
     before = mock.stats()["total"]
-    for client in (c1, c2):
+    served = {}
+    for name, client in (("n1", c1), ("n2", c2)):
         with pytest.raises(E.LeaderUnavailable, match="leader_unavailable: fail"):
             client.complete("closed", HI, max_tokens=2, timeout_s=5)
-        served = 0
-        for _ in range(4):
+        served[name] = []
+        for _ in range(5):
             try:
-                client.complete("shared", HI, max_tokens=2, timeout_s=5)
-                served += 1
+                served[name].append(client.complete("shared", HI, max_tokens=2, timeout_s=5).attempt_log[-1].node)
             except E.BudgetExceeded:
                 pass
-        assert served == 2
-    assert mock.stats()["total"] - before == 4  # counted at the upstream: 2 per member, nothing refused was sent
+    assert served == {"n1": ["n1", "n1", "n2", "n2"], "n2": []}, served
+    assert mock.stats()["total"] - before == 4  # counted at the upstream: 2 per node, nothing refused was sent
 
     # The leader back on its port: both members rejoin by themselves, and say so.
     _, new_leader = gateway([shared, closed], name="n0", port=port, cluster=QUICK)

@@ -84,18 +84,20 @@ def test_listening_without_keys_takes_an_explicit_auth_none_on_loopback():
 
 def test_a_key_that_may_use_only_models_nobody_serves_is_a_configuration_error():
     key = {"name": "team-x", "key": {"value": "k" * 40}}
-    # Other nodes of the cluster may serve them (routing.cross_node, docs/routing.md): not an error then.
-    elsewhere = parse_config({"deployments": DEPLOYMENTS, "routing": {"cross_node": "prefer_local"},
-                              "http": {"listen": "127.0.0.1:4000", "keys": [
+    # Other nodes of the cluster may serve them (routing.cross_node: prefer_local, the default, or
+    # any; docs/routing.md): not an error then. Only a node that keeps its calls can tell.
+    elsewhere = parse_config({"deployments": DEPLOYMENTS, "http": {"listen": "127.0.0.1:4000", "keys": [
         {**key, "models": ["gpt-5"]}]}}, "node.yaml")
     assert elsewhere.http.keys[0].models == ["gpt-5"]
     with pytest.raises(ConfigError) as err:
-        parse_config({"deployments": DEPLOYMENTS, "http": {"listen": "127.0.0.1:4000", "keys": [
+        parse_config({"deployments": DEPLOYMENTS, "routing": {"cross_node": "local_only"},
+                      "http": {"listen": "127.0.0.1:4000", "keys": [
                           {**key, "models": ["gpt-5", "claude-9"]}]}}, "node.yaml")
     assert str(err.value) == ("node.yaml: http.keys[0].models: key 'team-x' may use only models no deployment of "
                               "this node serves ('gpt-5', 'claude-9'); served here: gpt")
     for served in (["gpt"], ["gpt-east"], ["gpt", "typo"]):   # a model, or a deployment's name
-        config = parse_config({"deployments": DEPLOYMENTS, "http": {"listen": "127.0.0.1:4000", "keys": [
+        config = parse_config({"deployments": DEPLOYMENTS, "routing": {"cross_node": "local_only"},
+                               "http": {"listen": "127.0.0.1:4000", "keys": [
             {**key, "models": served}]}}, "node.yaml")
         warned = [w for w in config_warnings(config) if "http.keys[0]" in w]
         assert warned == ([] if "typo" not in served else

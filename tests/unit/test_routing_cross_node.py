@@ -71,7 +71,7 @@ def config(routing):
 def test_cross_node_is_read_per_section_and_per_model():
     cfg = config({"cross_node": "any", "models": {"gpt-4o": {"cross_node": "local_only"}}})
     assert cfg.routing.cross_node_for("gpt-4o") == "local_only" and cfg.routing.cross_node_for("other") == "any"
-    assert R.RoutingPolicy().cross_node_for("m") == "local_only"    # the default, for now (docs/routing.md)
+    assert R.RoutingPolicy().cross_node_for("m") == "prefer_local"    # the default (docs/routing.md)
     cfg = config({"cross_node": "prefer_local", "models": {"gpt-4o": {"strategy": "cost"}}})
     assert cfg.routing.cross_node_for("gpt-4o") == "prefer_local"
 
