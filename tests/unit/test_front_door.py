@@ -83,6 +83,13 @@ def messages(app: FrontDoor, **doc: Any) -> Any:
                                                                 "anthropic-version": "2023-06-01"})
 
 
+def until(condition: Any, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s"
+        time.sleep(0.01)
+
+
 def error_of(response: Any) -> tuple[int, str, str | None]:
     """(status, OpenAI error type, code) of an OpenAI-shaped error."""
     err = response.json()["error"]
@@ -435,10 +442,27 @@ def test_a_keys_own_request_budget_refuses_the_call_past_it_and_another_key_is_s
     assert error_of(refused)[0] == 429 and int(refused.headers["retry-after"]) >= 1
     assert chat(app, headers={"authorization": "Bearer sk-bob"}).status == 200
     assert len(upstream.requests) == 3
-    deadline = time.monotonic() + 5
-    while app.key_sync.hub is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert app.key_sync.hub is not None and app.key_sync.node == "n1@?:1900"   # the node's limiter hub answered
+    until(lambda: app.key_sync.hub is not None, "the node's limiter hub answered")
+    assert app.key_sync.node == "n1@?:1900"   # the node's limiter hub answered
+
+
+def test_two_front_doors_of_a_node_spend_from_one_key_budget_through_its_hub(door, upstream):
+    limited = [key("alice", "sk-alice", limits=KeyLimits(rpm=4, window_s=TWO_DAYS))]
+    first = door(keys=limited)
+    second = FrontDoor(HttpConfig(keys=limited), first.client, ["d1"])
+    try:
+        assert [chat(first).status for _ in range(2)] == [200, 200]
+        until(lambda: second.key_limits.usage()[0]["requests"] == 2, "the first door's calls counted by the second")
+        assert second.key_sync.merged >= 1 and first.key_sync.published >= 1
+        served = 0
+        while chat(second).status == 200:
+            served += 1
+            assert served <= 2, "the second door served past what the first left of the budget"
+        assert len(upstream.requests) == 2 + served          # refused ones never reached the provider
+        until(lambda: first.key_limits.usage()[0]["requests"] == 2 + served, "the second door's calls counted back")
+        assert error_of(chat(first))[0] == 429
+    finally:
+        second.close()
 
 
 # --- the operator's routes --------------------------------------------------------------------
