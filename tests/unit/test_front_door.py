@@ -340,7 +340,7 @@ def test_a_fallback_serves_and_says_so(door, upstream):
 # --- the listener's own limits ----------------------------------------------------------------
 
 def test_a_full_listener_refuses_at_once_and_a_stream_left_early_is_cancelled_and_counted(door, upstream):
-    app = door(max_in_flight=1, threads=4)
+    app = door(max_in_flight=1, threads=4, request_timeout_s=5.0)
     hold = threading.Event()
     parts = openai_stream(["w0 ", "w1 "])
     upstream.then(Answer(200, parts=parts[:1] + [hold] + parts[1:], headers={"content-type": "text/event-stream"},
@@ -362,7 +362,7 @@ def test_a_full_listener_refuses_at_once_and_a_stream_left_early_is_cancelled_an
 
 
 def test_a_caller_that_disconnects_is_cancelled_by_the_watcher(door, upstream):
-    app = door()
+    app = door(request_timeout_s=5.0)    # bounds the test should the watcher not cancel
     hold = threading.Event()
     parts = openai_stream(["w0 ", "w1 "])
     upstream.then(Answer(200, parts=parts[:1] + [hold] + parts[1:], headers={"content-type": "text/event-stream"},
@@ -383,7 +383,7 @@ def test_a_caller_that_disconnects_is_cancelled_by_the_watcher(door, upstream):
 
 
 def test_a_whole_completion_whose_caller_left_is_cancelled(door, upstream):
-    app = door()
+    app = door(request_timeout_s=5.0)
     upstream.then(Answer.silent())
     gone = threading.Event()
     timer = threading.Timer(0.3, gone.set)
