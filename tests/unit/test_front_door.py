@@ -140,10 +140,10 @@ def test_the_sdks_announced_timeout_bounds_the_call(door, upstream):
 
     def late() -> Answer:   # the whole answer, after a pause longer than the announced timeout
         body = json.dumps(openai_completion("late")).encode()
-        return Answer(200, parts=[body[:10], 0.6, body[10:]], headers={"content-type": "application/json"})
+        return Answer(200, parts=[body[:10], 0.4, body[10:]], headers={"content-type": "application/json"})
 
     upstream.then(late(), late())
-    assert error_of(chat(app, headers={**ALICE, "x-stainless-timeout": "0.3"})) == \
+    assert error_of(chat(app, headers={**ALICE, "x-stainless-timeout": "0.15"})) == \
         (504, "server_error", "deadline_exceeded")
     r = chat(app, headers={**ALICE, "x-stainless-timeout": "soon"})   # unreadable: the config's 5 s
     assert r.status == 200 and r.json()["choices"][0]["message"]["content"] == "late"
@@ -386,7 +386,7 @@ def test_a_whole_completion_whose_caller_left_is_cancelled(door, upstream):
     app = door(request_timeout_s=5.0)
     upstream.then(Answer.silent())
     gone = threading.Event()
-    timer = threading.Timer(0.3, gone.set)
+    timer = threading.Timer(0.15, gone.set)
     timer.start()
     try:
         r = call(app, "POST", "/v1/chat/completions", json={"model": "d1", "messages": HI}, headers=ALICE,
