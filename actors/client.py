@@ -105,7 +105,7 @@ def _drop(state: _State) -> bool:
 class Stream:
     """One call's chunks, in order: ``for chunk in stream``; ``result`` is the Completed once it ends.
 
-    A context manager: leaving the block (or calling ``close()``) cancels the call if it is
+    Made by ``GatewayClient.stream()`` or ``GatewayClient.start(request)``. A context manager: leaving the block (or calling ``close()``) cancels the call if it is
     still running. Leaving a ``for`` loop early cancels it too; so does dropping the Stream.
     """
 
