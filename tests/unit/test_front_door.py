@@ -405,9 +405,14 @@ def test_a_draining_door_refuses_calls_and_says_it_is_not_ready(door, upstream):
     app.draining = True
     r = chat(app)
     assert error_of(r) == (503, "server_error", "shutting_down") and r.headers["retry-after"] == "1"
-    assert call(app, "GET", "/health/ready").json()["status"] == "ready"    # cached for READY_CACHE_S
-    app._ready = (0.0, True, "")
-    assert call(app, "GET", "/health/ready").status == 503 and app._is_ready() == (False, "draining")
+    assert call(app, "GET", "/health/ready").json()["status"] == "ready"    # the answer is kept for READY_CACHE_S
+    draining = FrontDoor(HttpConfig(keys=[key("alice", "sk-alice")]), app.client, ["d1"])
+    try:
+        draining.draining = True
+        r = call(draining, "GET", "/health/ready")
+        assert r.status == 503 and r.json() == {"status": "not ready", "detail": "draining"}
+    finally:
+        draining.close()
     assert upstream.requests == []
 
 
