@@ -105,7 +105,7 @@ def _drop(state: _State) -> bool:
 class Stream:
     """One call's chunks, in order: ``for chunk in stream``; ``result`` is the Completed once it ends.
 
-    A context manager: leaving the block (or calling ``close()``) cancels the call if it is
+    Made by ``GatewayClient.stream()`` or ``GatewayClient.start(request)``. A context manager: leaving the block (or calling ``close()``) cancels the call if it is
     still running. Leaving a ``for`` loop early cancels it too; so does dropping the Stream.
     """
 
@@ -416,8 +416,13 @@ class GatewayClient:
 
     def stream(self, model: str, messages: Iterable[MessageParam], **params: Unpack[CallParams]) -> Stream:
         """Chunks as they arrive: ``with client.stream(...) as s: for chunk in s: ...``; raises on failure."""
-        request = self._build("stream", model, messages, True, params)
-        return Stream(self, request, self._time_left(request))
+        return self.start(self._build("stream", model, messages, True, params))
+
+    def start(self, request: InferenceRequest, timeout_s: float | None = None) -> Stream:
+        """Follow a prepared request (``request()``) as a Stream, whether it streams or not: a call
+        with ``stream=False`` yields no chunks, then sets ``result``. Nothing is sent until the
+        Stream is iterated; ``timeout_s`` defaults to what is left of the request's deadline."""
+        return Stream(self, request, self._time_left(request) if timeout_s is None else timeout_s)
 
     def _build(self, method: str, model: str, messages: Iterable[MessageParam], stream: bool,
                params: CallParams) -> InferenceRequest:
@@ -492,7 +497,7 @@ class GatewayClient:
 
     def send(self, request: InferenceRequest, timeout_s: float | None = None) -> Completed:
         """Send a prepared request and wait for its terminal message."""
-        with Stream(self, request, self._time_left(request) if timeout_s is None else timeout_s) as holder:
+        with self.start(request, timeout_s) as holder:
             for _ in holder:
                 pass
         if holder.result is None:   # never: an exchange that ends without raising has set its result

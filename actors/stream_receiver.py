@@ -7,6 +7,10 @@ with a key of the wire's ring), files every chunk in the :class:`Inbox` of the t
 request it belongs to, and wakes that thread through its inbox's pipe: the thread is blocked
 in its Thespian endpoint, which watches the pipe (``thespian_hooks.listen_or_watch``), so a
 chunk and a terminal message wake it alike. A chunk for a request nobody waits for is dropped.
+
+The listener is the receiver's seam: a loopback socket by default; anything socket-like
+(``accept``, ``getsockname``, ``fileno``, ``close``, connections with ``recv``) otherwise, as the
+unit tier's in-memory listener (``actors/testing/pipe_listener.py``), whose connections are pipes.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class Inbox:
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
         self._chunks: deque[TokenChunk] = deque()
+        # A put racing the close must not write to the closed descriptor's number: by then it may
+        # be another file's.
+        self._lock = threading.Lock()
         self.closed = False
 
     def fileno(self) -> int:
@@ -55,10 +62,13 @@ class Inbox:
     def put(self, chunk: TokenChunk) -> None:
         """From the receiver thread."""
         self._chunks.append(chunk)
-        try:
-            os.write(self._write, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (its reader is awake already) or closed
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                os.write(self._write, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full: its reader is awake already
 
     def drain(self) -> list[TokenChunk]:
         """From the owning thread: what arrived since the last drain."""
@@ -73,13 +83,11 @@ class Inbox:
         return out
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            for fd in (self._read, self._write):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self._read)
+                os.close(self._write)
 
 
 class _Connection:
@@ -92,29 +100,44 @@ class _Connection:
         self.open = True
 
 
+def loopback_listener() -> socket.socket:
+    """A non-blocking listening socket on a free loopback port."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(256)
+        listener.setblocking(False)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
 class StreamReceiver:
-    def __init__(self, keyring: Any, hello_timeout_s: float = HELLO_TIMEOUT_S) -> None:
+    """``StreamReceiver(keyring)``: listens on a loopback port (``listener``: another listener) and runs its thread."""
+
+    def __init__(self, keyring: Any, hello_timeout_s: float = HELLO_TIMEOUT_S, *, listener: Any = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.codec = FrameCodec(keyring)
         self.token = secrets.token_hex(16)
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(256)
-        self._listener.setblocking(False)
+        self._listener = listener if listener is not None else loopback_listener()
         self.port = self._listener.getsockname()[1]
+        self.max_connections = max_connections
         self.spec = {"port": self.port, "token": self.token}
         self._routes: dict[str, Inbox] = {}
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, None)
         self._stop_read, self._stop_write = os.pipe()
+        self._stopped = False
         self._selector.register(self._stop_read, selectors.EVENT_READ, "stop")
-        self.paused = False       # at MAX_CONNECTIONS: not accepting (new connections wait in the backlog)
+        self.paused = False       # at max_connections: not accepting (new connections wait in the backlog)
         self.refused = 0          # connections dropped for a bad frame, key or token
         self.timed_out = 0        # connections dropped for not greeting within hello_timeout_s
         self.delivered = 0        # chunks filed in a waiting thread's inbox
         self.connections = 0
         self.hello_timeout_s = hello_timeout_s
-        self._greeting: deque[tuple[socket.socket, _Connection]] = deque()   # by deadline (accept order)
+        self._greeting: deque[tuple[Any, _Connection]] = deque()   # by deadline (accept order)
         self._thread = threading.Thread(target=self._run, name="atomr-stream-receiver", daemon=True)
         self._thread.start()
 
@@ -127,11 +150,16 @@ class StreamReceiver:
             self._routes.pop(request_id, None)
 
     def close(self) -> None:
-        try:
-            os.write(self._stop_write, b"\0")
-        except OSError:
-            pass
+        """Stop the thread; every connection and the listener are closed with it."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        os.write(self._stop_write, b"\0")
         self._thread.join(timeout=2)
+        if not self._thread.is_alive():
+            for fd in (self._stop_read, self._stop_write):
+                os.close(fd)
 
     # -- the thread --------------------------------------------------------------------
 
@@ -142,22 +170,24 @@ class StreamReceiver:
                 for key, _ in self._selector.select(wait):
                     if key.data == "stop":
                         return
-                    if key.fileobj is self._listener:
+                    if key.data is None:
                         self._accept()
-                    elif isinstance(key.fileobj, socket.socket):
+                    else:
                         self._read(key.fileobj, key.data)
                 self._expire(time.monotonic())
         except Exception:  # noqa: BLE001 - logged; streams then fall back to waiting on the terminal
             log.exception("the stream receiver stopped")
         finally:
             for key in list(self._selector.get_map().values()):
-                if isinstance(key.fileobj, socket.socket):
-                    key.fileobj.close()
+                if isinstance(key.data, _Connection):
+                    conn: Any = key.fileobj
+                    conn.close()
+            self._listener.close()
             self._selector.close()
 
     def _accept(self) -> None:
         while True:
-            if self.connections >= MAX_CONNECTIONS:
+            if self.connections >= self.max_connections:
                 self.paused = True
                 self._selector.unregister(self._listener)
                 return
@@ -185,18 +215,18 @@ class StreamReceiver:
                                 self.hello_timeout_s, self.timed_out)
                 self._drop(conn)
 
-    def _drop(self, conn: socket.socket) -> None:
+    def _drop(self, conn: Any) -> None:
         state = self._selector.get_key(conn).data
         if isinstance(state, _Connection):
             state.open = False
         self._selector.unregister(conn)
         conn.close()
         self.connections -= 1
-        if self.paused and self.connections < MAX_CONNECTIONS:
+        if self.paused and self.connections < self.max_connections:
             self.paused = False
             self._selector.register(self._listener, selectors.EVENT_READ, None)
 
-    def _read(self, conn: socket.socket, state: _Connection) -> None:
+    def _read(self, conn: Any, state: _Connection) -> None:
         try:
             data = conn.recv(READ_BYTES)
         except (BlockingIOError, InterruptedError):

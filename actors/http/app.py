@@ -97,7 +97,7 @@ class FrontDoor:
         if self.key_limits:
             from actors.http.key_sync import KeySync
 
-            self.key_sync = KeySync(client.asys, self.key_limits)
+            self.key_sync = KeySync(client.link, self.key_limits)
         self.draining = False
         self._lock = threading.Lock()
         self.in_flight = 0      # requests of any kind being answered (the drain waits for 0)
@@ -338,7 +338,7 @@ class FrontDoor:
         request = self.client.request(call.model, messages, stream=call.stream, timeout_s=call.timeout_s,
                                       metadata=_caller_metadata(caller), request_id=request_id,
                                       extra_body=extra or None, fallbacks=call.fallbacks, **kw)
-        return Stream(self.client, request, call.timeout_s)
+        return self.client.start(request, call.timeout_s)
 
     def _serve(self, call: Call, dialect: _Dialect, caller: Caller, environ: dict[str, Any], request_id: str,
                start_response: Callable, done: Callable[[int, str], None], hold: KeyHold = NO_HOLD) -> Any:

@@ -1,7 +1,7 @@
 """Trading the key budgets' counts with the node's limiter hub, from the HTTP process.
 
-One thread with its own Thespian endpoint (``asys.private()``, like each worker thread of
-the GatewayClient). It asks the node's registry where the limiter hub is, registers each
+One thread with its own endpoint of the client's link to the node (``NodeLink.endpoint()``,
+like each thread of the GatewayClient). It asks the node's registry where the limiter hub is, registers each
 limited key's budget there (a lease, renewed every ``refresh_s``: the hub stops sending
 to a front door that went away), publishes this front door's deltas every sync interval
 and merges what the hub pushes: the deltas of the other front doors serving the key, on
@@ -30,8 +30,10 @@ REFRESH_S = 2.0
 
 
 class KeySync:
-    def __init__(self, asys: Any, limits: KeyLimits, *, refresh_s: float = REFRESH_S) -> None:
-        self.asys = asys
+    """``KeySync(link, limits)``: ``link`` is the front door's way to the node (``GatewayClient.link``)."""
+
+    def __init__(self, link: Any, limits: KeyLimits, *, refresh_s: float = REFRESH_S) -> None:
+        self.link = link
         self.limits = limits
         self.refresh_s = refresh_s
         self.interval_s = 0.05      # until the node says its cluster.sync_interval_ms
@@ -52,14 +54,12 @@ class KeySync:
         # The node's messages are the client layer's (client.py imports them the same way): this
         # thread is a client of the node, so they are imported here rather than by the HTTP layer.
         from actors.runtime import protocol
-        from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
 
         self.P = protocol
         while not self._stop.is_set():
             try:
-                with self.asys.private() as endpoint:
-                    registry = endpoint.createActor(NodeRegistry, globalName=NODE_GLOBAL_NAME)
-                    self._loop(endpoint, registry)
+                # One endpoint per start (the link releases them all when it closes).
+                self._loop(self.link.endpoint(), self.link.registry)
                 return
             except Exception:  # noqa: BLE001 - the budgets must keep syncing: log, wait, start over
                 log.exception("key budget sync failed; starting over")

@@ -38,7 +38,8 @@ from actors.settings.schema import HttpConfig
 
 log = logging.getLogger("atomr.http")
 
-__all__ = ["HttpServer", "GuardedServer", "waitress_options", "guarded_server"]
+__all__ = ["HttpServer", "GuardedServer", "waitress_options", "guarded_server", "RequestClock", "ClientSlots",
+           "timeout_answer"]
 
 ACCEPTS_PER_WAKE = 64     # connections taken from the backlog per readable listening socket
 
@@ -62,39 +63,103 @@ def _raw_error(status: str, kind: str, code: str, message: str, extra: str = "")
             f"Connection: close\r\n{extra}\r\n").encode() + body
 
 
+# -- the guards' decisions (pure: the channel and the server below carry them out) -------------
+
+class RequestClock:
+    """When the request being read began, and when its headers were complete (unix seconds).
+
+    ``received`` is told the channel's request before and after some bytes arrived (waitress's
+    parser objects, or None between requests); ``overdue`` says which deadline is passed.
+    """
+
+    def __init__(self, accepted_at: float) -> None:
+        self.request_started: float | None = accepted_at   # the first request: from the accept
+        self.headers_at: float | None = None
+
+    def received(self, now: float, before: Any, after: Any) -> None:
+        if before is None and self.request_started is None:
+            self.request_started = now       # the first byte of a request on a kept-alive connection
+        if after is None:
+            self.request_started = self.headers_at = None
+            return
+        if before is not None and after is not before:
+            self.request_started, self.headers_at = now, None   # one ended and the next began
+        if self.headers_at is None and after.headers_finished:
+            self.headers_at = now
+
+    def overdue(self, now: float, header_s: float, body_s: float) -> str | None:
+        """"headers" or "body" when the request being read is past its deadline; None otherwise."""
+        if self.request_started is None:
+            return None      # idle between requests (read_timeout_s's)
+        if self.headers_at is None:
+            return "headers" if now - self.request_started > header_s else None
+        return "body" if now - self.headers_at > body_s else None
+
+
+def timeout_answer(what: str, host: str, limit: float) -> tuple[str, bytes]:
+    """(the log line, the 408) for a request whose ``what`` ("headers" or "body") came too slowly."""
+    field = "header_timeout_s" if what == "headers" else "body_timeout_s"
+    return (f"closed a connection from {host}: its request's {what} did not all arrive within http.{field} "
+            f"({limit:g}s); answered 408",
+            _raw_error("408 Request Timeout", "timeout_error", "request_timeout",
+                       f"the request's {what} did not all arrive within {limit:g}s"))
+
+
+class ClientSlots:
+    """Open connections per client address, and whether one more is allowed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.per_client: dict[str, int] = {}
+
+    def held(self, host: str) -> int:
+        return self.per_client.get(host, 0)
+
+    def opened(self, host: str) -> None:
+        self.per_client[host] = self.held(host) + 1
+
+    def closed(self, host: str) -> None:
+        left = self.held(host) - 1
+        if left > 0:
+            self.per_client[host] = left
+        else:
+            self.per_client.pop(host, None)
+
+    def refusal(self, host: str) -> tuple[str, bytes] | None:
+        """None when ``host`` may open one more; else (the log line, the 429)."""
+        held = self.held(host)
+        if held < self.limit:
+            return None
+        return (f"refused a connection from {host}: it has {held} open, http.max_connections_per_client "
+                f"is {self.limit}; answered 429",
+                _raw_error("429 Too Many Requests", "rate_limit_error", "too_many_connections",
+                           f"this client already has {held} connections open (the limit is {self.limit}); "
+                           f"reuse one, or close some", "Retry-After: 1\r\n"))
+
+
+# -- the shell ------------------------------------------------------------------------------
+
 class GuardedChannel(HTTPChannel):
     """A waitress channel that knows when its current request began and when its headers were complete."""
 
     def __init__(self, server: "GuardedServer", sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)
         self.client_host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
-        self.request_started: float | None = self.creation_time   # the first request: from the accept
-        self.headers_at: float | None = None
+        self.clock = RequestClock(self.creation_time)
         self._counted = True
-        server.opened(self.client_host)
+        server.slots.opened(self.client_host)
 
     def received(self, data: bytes) -> bool:
         now = time.time()
-        if self.request is None and self.request_started is None:
-            self.request_started = now       # the first byte of a request on a kept-alive connection
         before = self.request
         result = super().received(data)
-        if self.request is None:
-            self.request_started = self.headers_at = None
-        else:
-            if before is not None and self.request is not before:
-                self.request_started, self.headers_at = now, None   # one ended and the next began
-            if self.headers_at is None and self.request.headers_finished:
-                self.headers_at = now
+        self.clock.received(now, before, self.request)
         return result
 
     def overdue(self, now: float, header_s: float, body_s: float) -> str | None:
-        """"headers" or "body" when the request being read is past its deadline; None otherwise."""
-        if self.requests or self.will_close or self.close_when_flushed or self.request_started is None:
-            return None      # being served, closing, or idle between requests (read_timeout_s's)
-        if self.headers_at is None:
-            return "headers" if now - self.request_started > header_s else None
-        return "body" if now - self.headers_at > body_s else None
+        if self.requests or self.will_close or self.close_when_flushed:
+            return None      # being served, or closing
+        return self.clock.overdue(now, header_s, body_s)
 
     def answer_and_close(self, payload: bytes) -> None:
         """From the I/O thread, with no request being served: write ``payload``, then close."""
@@ -109,7 +174,7 @@ class GuardedChannel(HTTPChannel):
         super().del_channel(map)
         if self._counted:
             self._counted = False
-            self.server.closed(self.client_host)
+            self.server.slots.closed(self.client_host)
 
 
 class GuardedServer(TcpWSGIServer):
@@ -123,21 +188,11 @@ class GuardedServer(TcpWSGIServer):
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(adj.threads)
         self.config = config
-        self.per_client: dict[str, int] = {}
+        self.slots = ClientSlots(config.max_connections_per_client)
         self.notes = LineLimiter(emit)
         self.refused_connections = 0   # over max_connections_per_client
         self.timed_out = 0             # headers or body past their deadline
         super().__init__(application, map={}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
-
-    def opened(self, host: str) -> None:
-        self.per_client[host] = self.per_client.get(host, 0) + 1
-
-    def closed(self, host: str) -> None:
-        left = self.per_client.get(host, 0) - 1
-        if left > 0:
-            self.per_client[host] = left
-        else:
-            self.per_client.pop(host, None)
 
     def handle_accept(self) -> None:
         # Several per wake-up: a backlog of a thousand slow connections is taken (and refused) quickly.
@@ -154,21 +209,15 @@ class GuardedServer(TcpWSGIServer):
                 return
             addr = self.fix_addr(addr)
             host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
-            held = self.per_client.get(host, 0)
-            if held >= self.config.max_connections_per_client:
-                self._refuse(conn, host, held)
+            refusal = self.slots.refusal(host)
+            if refusal is not None:
+                self._refuse(conn, host, *refusal)
                 continue
             self.channel_class(self, conn, addr, self.adj, map=self._map)
 
-    def _refuse(self, conn: socket.socket, host: str, held: int) -> None:
-        limit = self.config.max_connections_per_client
+    def _refuse(self, conn: socket.socket, host: str, note: str, payload: bytes) -> None:
         self.refused_connections += 1
-        self.notes.note(host, "connections per client",
-                        f"refused a connection from {host}: it has {held} open, http.max_connections_per_client "
-                        f"is {limit}; answered 429")
-        payload = _raw_error("429 Too Many Requests", "rate_limit_error", "too_many_connections",
-                             f"this client already has {held} connections open (the limit is {limit}); "
-                             f"reuse one, or close some", "Retry-After: 1\r\n")
+        self.notes.note(host, "connections per client", note)
         try:
             conn.setblocking(False)
             conn.send(payload)              # a few hundred bytes: the socket's buffer takes them at once
@@ -189,13 +238,9 @@ class GuardedServer(TcpWSGIServer):
             if overdue is None:
                 continue
             self.timed_out += 1
-            limit, field = (header_s, "header_timeout_s") if overdue == "headers" else (body_s, "body_timeout_s")
-            what = "headers" if overdue == "headers" else "body"
-            self.notes.note(channel.client_host, f"{what} timeout",
-                            f"closed a connection from {channel.client_host}: its request's {what} did not all "
-                            f"arrive within http.{field} ({limit:g}s); answered 408")
-            channel.answer_and_close(_raw_error("408 Request Timeout", "timeout_error", "request_timeout",
-                                                f"the request's {what} did not all arrive within {limit:g}s"))
+            note, payload = timeout_answer(overdue, channel.client_host, header_s if overdue == "headers" else body_s)
+            self.notes.note(channel.client_host, f"{overdue} timeout", note)
+            channel.answer_and_close(payload)
 
 
 def guarded_server(application: Any, config: HttpConfig) -> GuardedServer:

@@ -31,6 +31,7 @@ class Watcher:
         self._calls: dict[str, _Watched] = {}
         self._stop = threading.Event()
         self.cancelled = 0
+        self.polls = 0          # passes over the calls watched (one per WATCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._run, name="http-disconnect-watcher", daemon=True)
         self._thread.start()
 
@@ -57,6 +58,7 @@ class Watcher:
                     self.cancelled += 1
                     log.info("caller of %s went away: cancelling it upstream", request_id)
                     watched.stream.cancel()  # safe from any thread
+            self.polls += 1
 
     def cancel_all(self) -> None:
         with self._lock:

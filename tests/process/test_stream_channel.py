@@ -109,11 +109,8 @@ def test_the_receiver_drops_connections_with_a_wrong_key_token_or_frame_and_file
         inbox.close()
 
 
-def test_past_its_connection_limit_the_receiver_makes_workers_wait_and_loses_nothing(monkeypatch):
-    import actors.stream_receiver as receiver_module
-
-    monkeypatch.setattr(receiver_module, "MAX_CONNECTIONS", 1)
-    receiver = StreamReceiver(_ring("a"))
+def test_past_its_connection_limit_the_receiver_makes_workers_wait_and_loses_nothing():
+    receiver = StreamReceiver(_ring("a"), max_connections=1)
     inbox = Inbox()
     codec = FrameCodec(_ring("a"))
     try:

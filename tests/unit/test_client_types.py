@@ -8,10 +8,12 @@ The package is seen as a caller sees an installed one (its own modules are not c
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -83,13 +85,18 @@ def wrong(gw: GatewayClient) -> None:
 '''
 
 
+# mypy's incremental cache, kept between runs (per tree and user): the package and its dependencies
+# are analysed again only when they change (mypy checks each cached module against its source).
+CACHE = Path(tempfile.gettempdir()) / f"atomr-mypy-{os.getuid()}-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
+
+
 def _mypy(tmp_path: Path, *programs: str) -> str:
     for name, source in zip(("good.py", "bad.py"), programs, strict=False):
         (tmp_path / name).write_text(textwrap.dedent(source))
     # As a caller's checker sees an installed package: this tree's, its own errors not reported.
     env = {**os.environ, "MYPYPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--no-error-summary",
-                          "--cache-dir", str(tmp_path / ".mypy_cache"), "--hide-error-context",
+                          "--cache-dir", str(CACHE), "--hide-error-context",
                           *[name for name in ("good.py", "bad.py")[:len(programs)]]],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode in (0, 1), out.stderr

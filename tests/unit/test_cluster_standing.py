@@ -45,7 +45,10 @@ def test_a_member_says_it_is_not_in_the_cluster_until_a_membership_counts_it(asy
     assert status.in_cluster and status.membership == "member"
 
 
-def test_status_during_a_leader_outage_lists_every_node_learned_and_names_the_silent_ones(asys):
+def test_status_during_a_leader_outage_lists_every_node_learned_and_names_the_silent_ones(asys, monkeypatch):
+    from actors.runtime import cluster
+
+    monkeypatch.setattr(cluster, "STATUS_TIMEOUT_S", 0.5)   # how long a gathering waits for the silent leader
     m1, info1 = member(asys, "m1", 1901)
     m2, info2 = member(asys, "m2", 1902)
     leader = MemberInfo("n0", asys.createActor(Silent), None, 0.0, "inc-n0", node_id="n0@10.0.0.1:1900",

@@ -21,6 +21,8 @@
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -64,11 +66,13 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
 def modules() -> dict[str, Path]:
     return {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def top_level_imports(path: Path, name: str) -> set[str]:
+@functools.cache
+def top_level_imports(path: Path, name: str) -> frozenset[str]:
     """Package modules imported when ``name`` is imported (function-level imports are lazy: left out)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -87,7 +91,7 @@ def top_level_imports(path: Path, name: str) -> set[str]:
             for alias in node.names:  # `from actors.core import sse` imports a module
                 if f"{target}.{alias.name}" in modules():
                     found.add(f"{target}.{alias.name}")
-    return {m for m in found if m == "actors" or m.startswith("actors.")}
+    return frozenset(m for m in found if m == "actors" or m.startswith("actors."))
 
 
 def rule_for(name: str) -> set[str]:
@@ -129,24 +133,54 @@ def test_no_import_cycle():
             visit(name)
 
 
-def _imported_by(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+_CHECKED = ("actors.runtime.node", "actors.runtime.engine", "actors.runtime.worker", "actors.ops.system",
+            "actors.client")
+
+# One interpreter for every check: the core first, into a fresh process; then the checked modules
+# together (what they load is the union of what each loads). Only when that union holds a module of
+# actors.testing is each imported again alone (the package's own modules forgotten before it), to
+# name the culprit.
+_PROBE = """
+import importlib, json, sys
+def ours():
+    return sorted(m for m in sys.modules if m == "actors" or m.startswith("actors."))
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+out = {"core": sorted(sys.modules)}
+for name in %r:
+    importlib.import_module(name)
+together = ours()
+out.update({name: together for name in %r})
+if any(m.startswith("actors.testing") for m in together):
+    for name in %r:
+        for loaded in ours():
+            del sys.modules[loaded]
+        importlib.import_module(name)
+        out[name] = ours()
+print(json.dumps(out))
+""" % (_CHECKED, _CHECKED, _CHECKED)
+
+
+@functools.cache
+def _imported() -> dict[str, list[str]]:
+    """Module -> every module loaded by importing it (``core``: by importing every module of actors.core)."""
+    core = sorted(n for n in modules() if n.startswith("actors.core."))
+    out = subprocess.run([sys.executable, "-c", _PROBE, *core], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
-    return set(out.stdout.split())
+    return json.loads(out.stdout)
 
 
 def test_the_core_runs_without_thespian_or_requests():
-    core = sorted(n for n in modules() if n.startswith("actors.core."))
-    loaded = _imported_by("\n".join(f"import {n}" for n in core))
+    loaded = _imported()["core"]
     assert not {m for m in loaded if m.split(".")[0] in ("thespian", "requests", "urllib3")}, \
         sorted(m for m in loaded if m.split(".")[0] in ("thespian", "requests", "urllib3"))
 
 
-@pytest.mark.parametrize("module", ["actors.runtime.node", "actors.runtime.engine", "actors.runtime.worker",
-                                    "actors.ops.system", "actors.client"])
+@pytest.mark.parametrize("module", _CHECKED)
 def test_the_runtime_does_not_import_the_mock_provider(module):
-    assert not {m for m in _imported_by(f"import {module}") if m.startswith("actors.testing")}
+    loaded = _imported()[module]
+    assert module in loaded     # the probe imported it (and what it needs) afresh
+    assert not {m for m in loaded if m.startswith("actors.testing")}
 
 
 def test_runtime_modules_stay_small():

@@ -180,13 +180,20 @@ def test_when_a_batch_cannot_be_written_every_frame_in_it_falls_back(upstream):
 # -- a hung slot, a frozen process, a dead process ---------------------------------------------------
 
 
+def short_abandon_grace(monkeypatch, seconds: float) -> None:
+    """The grace a worker has to report an attempt it was told to abandon, where the core reads it."""
+    from actors.core import jobs, workers
+
+    monkeypatch.setattr(jobs, "ABANDON_GRACE_S", seconds)
+    monkeypatch.setattr(workers, "ABANDON_GRACE_S", seconds)
+
+
 def test_a_hung_slot_is_ended_by_stopping_its_exchange_and_its_neighbour_streams_on(engine, upstream, monkeypatch):
-    from actors.core import engine_core
     from actors.runtime.worker import RemoteWorkerActor
     from actors.settings.schema import Timeouts
     from actors.types import Cancel
 
-    monkeypatch.setattr(engine_core, "ABANDON_GRACE_S", 0.2)
+    short_abandon_grace(monkeypatch, 0.2)
     # The worker loses track of the attempt (a bug): the engine's cancel does not reach it.
     monkeypatch.setattr(RemoteWorkerActor, "receiveMsg_Cancel", lambda self, msg, sender: None)
     never = threading.Event()
@@ -219,11 +226,10 @@ def test_a_hung_slot_is_ended_by_stopping_its_exchange_and_its_neighbour_streams
 
 
 def test_a_frozen_worker_process_is_killed_after_the_grace_and_replaced(engine, upstream, monkeypatch):
-    from actors.core import engine_core
     from actors.runtime import engine_workers
     from actors.runtime.worker import RemoteWorkerActor
 
-    monkeypatch.setattr(engine_core, "ABANDON_GRACE_S", 0.2)
+    short_abandon_grace(monkeypatch, 0.2)
     monkeypatch.setattr(engine_workers, "SLOT_RESTART_GRACE_S", 0.2)
     frozen: set[int] = set()
     original = RemoteWorkerActor.receiveMessage
