@@ -70,16 +70,21 @@ def key_settlement(outcome: Completed | BaseException | None) -> Settlement:
 class KeyHold:
     """One admitted call's reservation on its key: settled exactly once, from any code path."""
 
-    __slots__ = ("_owner", "_limiter", "_reservation")
+    __slots__ = ("_owner", "_limiter", "_reservation", "_share")
 
     def __init__(self, owner: "KeyLimits | None", limiter: WindowedLimiter | None,
-                 reservation: Reservation | None) -> None:
+                 reservation: Reservation | None,
+                 share: tuple[WindowedLimiter, Reservation] | None = None) -> None:
         self._owner, self._limiter, self._reservation = owner, limiter, reservation
+        self._share = share   # also held on this node's share while outside the cluster
 
     def settle(self, outcome: Completed | BaseException | None = None) -> None:
         reservation, self._reservation = self._reservation, None
         if reservation is not None and self._owner is not None:
-            self._owner._settle(self._limiter, reservation, key_settlement(outcome))
+            decided = key_settlement(outcome)
+            self._owner._settle(self._limiter, reservation, decided)
+            if self._share is not None:
+                self._owner._settle(self._share[0], self._share[1], decided)
 
     @property
     def settled(self) -> bool:
@@ -89,11 +94,12 @@ class KeyHold:
 NO_HOLD = KeyHold(None, None, None)  # a key without limits: nothing to settle
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Budget:
     name: str             # the key's name
     budget: str           # the hub's budget name, KEY_BUDGET_PREFIX + name
     limiter: WindowedLimiter
+    share: WindowedLimiter | None = None   # this node's share, while outside the cluster
 
 
 class KeyLimits:
@@ -117,6 +123,8 @@ class KeyLimits:
             budget = _Budget(entry.name, limits.key, limiter)
             self._by_key[entry.name] = self._by_budget[limits.key] = budget
         self.refused = 0
+        self._wall_clock, self._clock = wall_clock, clock
+        self.outside: int | None = None   # while outside the cluster: in how many shares a budget splits
 
     def __bool__(self) -> bool:
         return bool(self._by_key)
@@ -137,9 +145,20 @@ class KeyLimits:
             return NO_HOLD
         tokens = self.estimate(messages, max_tokens)
         with self._lock:
-            verdict = budget.limiter.try_acquire(tokens)
+            share = self._share(budget, tokens) if self.outside is not None else None
+            if share is not None and not isinstance(share, Reservation):
+                verdict = share   # refused by this node's share, or not admitted outside at all
+            else:
+                verdict = budget.limiter.try_acquire(tokens)   # counted where the cluster sees it once back
+                if share is not None and budget.share is not None and not isinstance(verdict, Reservation):
+                    budget.share.release(share)
+        if isinstance(verdict, E.LeaderUnavailable):
+            self.refused += 1
+            raise FrontDoorError(503, f"key {key_name!r}: {verdict.message}", kind="api_error",
+                                 code="leader_unavailable", retry_after_s=verdict.retry_after_s or 1.0)
         if isinstance(verdict, Reservation):
-            return KeyHold(self, budget.limiter, verdict)
+            held = (budget.share, share) if isinstance(share, Reservation) and budget.share is not None else None
+            return KeyHold(self, budget.limiter, verdict, held)
         self.refused += 1
         limit = verdict.limit or "rpm"
         if verdict.retryable:
@@ -149,6 +168,34 @@ class KeyLimits:
         # More than the whole budget in one request: waiting will not help.
         raise FrontDoorError(429, f"key {key_name!r}: {verdict.message}", kind="rate_limit_error",
                              code="key_rate_limited", retryable=False)
+
+    def _share(self, budget: _Budget, tokens: int) -> Any:
+        """Outside the cluster (``limits.leader_unavailable``): a reservation on this node's share
+        of the key's budget, its refusal, or the LeaderUnavailable error that refuses the call."""
+        limits = budget.limiter.limits
+        if limits.leader_unavailable == "fail" or not self.outside:
+            why = ("limits.leader_unavailable: fail" if limits.leader_unavailable == "fail" else
+                   "this node has not been in the cluster yet, so its share is unknown")
+            return E.LeaderUnavailable(f"this node is not in the cluster (its leader is unreachable): {why}",
+                                       retry_after_s=1.0)
+        if budget.share is None:
+            n = self.outside
+            scaled = RateLimits(rpm=max(1, limits.rpm // n) if limits.rpm else None,
+                                tpm=max(1, limits.tpm // n) if limits.tpm else None,
+                                burst=limits.burst, window_s=limits.window_s)
+            budget.share = WindowedLimiter(self.slot + "/share", scaled, wall_clock=self._wall_clock,
+                                           exclusive=True, clock=self._clock)
+        return budget.share.try_acquire(tokens)
+
+    def set_cluster(self, in_cluster: bool, shares: int) -> None:
+        """What the node says of its membership: outside, each key spends only this node's share
+        (one of ``shares``, the nodes it knows), never the whole budget (docs/http.md)."""
+        with self._lock:
+            outside = None if in_cluster else shares
+            if outside != self.outside:
+                for b in self._by_key.values():
+                    b.share = None   # a fresh share per spell outside, sized by the nodes known then
+            self.outside = outside
 
     def _settle(self, limiter: WindowedLimiter | None, reservation: Reservation, decided: Settlement) -> None:
         with self._lock:

@@ -85,6 +85,7 @@ class KeySync:
                 self._hub_is(endpoint, message)
 
     def _hub_is(self, endpoint: Any, message: Any) -> None:
+        self.limits.set_cluster(message.in_cluster, message.shares)
         if message.hub is None:
             return  # not deployed yet: asked again at the next renewal
         if message.hub != self.hub:

@@ -222,7 +222,8 @@ class NodeRegistry(CrossNodeRoutes, ClusterMember):
 
     def receiveMsg_LimiterHubRequest(self, msg: LimiterHubRequest, sender: Any) -> None:
         # The HTTP front door's key budgets go through this node's hub (actors/http/key_sync.py).
-        self.send(sender, LimiterHubIs(self.limiter, self.node_id, self.cluster.sync_interval_ms / 1000, msg.token))
+        self.send(sender, LimiterHubIs(self.limiter, self.node_id, self.cluster.sync_interval_ms / 1000, msg.token,
+                                       self.standing.in_cluster, len(self.members)))
 
     # -- status: one gathering over engines, breakers and the limiter --------------------
 

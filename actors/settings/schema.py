@@ -278,10 +278,13 @@ class KeyLimits:
     tpm: int | None = None
     burst: float | None = None
     window_s: float = 60.0
+    leader_unavailable: str = "local_share"   # outside the cluster: this node's share, or refuse (docs/http.md)
 
     def __post_init__(self) -> None:
         if self.rpm is None and self.tpm is None:
             raise ValueError("expected rpm, tpm or both, got neither")
+        if self.leader_unavailable not in ("local_share", "fail"):
+            raise ValueError(f"leader_unavailable: expected local_share or fail, got {_shown(self.leader_unavailable)}")
         for name in ("rpm", "tpm"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
@@ -291,7 +294,8 @@ class KeyLimits:
 
     def rate_limits(self, key_name: str) -> RateLimits:
         return RateLimits(rpm=self.rpm, tpm=self.tpm, burst=self.burst, window_s=self.window_s,
-                          key=KEY_BUDGET_PREFIX + key_name)
+                          key=KEY_BUDGET_PREFIX + key_name,
+                          leader_unavailable=self.leader_unavailable)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

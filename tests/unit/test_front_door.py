@@ -449,6 +449,7 @@ def test_a_keys_own_request_budget_refuses_the_call_past_it_and_another_key_is_s
     assert len(upstream.requests) == 3
     until(lambda: app.key_sync.hub is not None, "the node's limiter hub answered")
     assert app.key_sync.node == "n1@?:1900"   # the node's limiter hub answered
+    assert app.key_limits.outside is None      # and that it is in its cluster: the whole budget applies
 
 
 def test_two_front_doors_of_a_node_spend_from_one_key_budget_through_its_hub(door, upstream):

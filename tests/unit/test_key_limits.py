@@ -239,3 +239,41 @@ def test_a_deployment_budget_may_not_take_a_key_budget_name():
     with pytest.raises(ConfigError) as caught:
         parse_config(data, "gateway.yaml")
     assert "gateway.yaml: deployments[0].limits.key" in str(caught.value) and "'key:team-search'" in str(caught.value)
+
+
+# --- outside the cluster: limits.leader_unavailable ---------------------------------------
+
+def test_outside_the_cluster_a_key_spends_only_this_nodes_share_then_the_whole_budget_again():
+    limits, clock = door(key("search", rpm=6))
+    limits.set_cluster(False, 3)        # the node says: outside, 3 nodes known
+    held = [limits.admit("search", HI, 5) for _ in range(2)]   # 6 / 3
+    err = refusal(limits, "search")
+    assert err.status == 429 and err.code == "key_rate_limited" and err.retry_after_s == pytest.approx(40.0)
+    held[0].settle(E.QueueFull("full"))   # never sent: given back to the share and to the budget
+    limits.admit("search", HI, 5)
+    assert refusal(limits, "search").status == 429
+    limits.set_cluster(True, 3)         # back: the cluster's budget, where the two held outside count
+    assert [not limits.admit("search", HI, 5).settled for _ in range(4)] == [True] * 4
+    assert refusal(limits, "search").status == 429   # 6 in the window
+
+
+def test_outside_the_cluster_a_fail_key_and_a_node_never_in_it_are_refused_as_leader_unavailable():
+    limits, _ = door(key("strict", rpm=6, leader_unavailable="fail"), key("open", rpm=6))
+    limits.set_cluster(False, 3)
+    err = refusal(limits, "strict")
+    assert (err.status, err.code) == (503, "leader_unavailable") and "leader_unavailable: fail" in err.message
+    assert ("x-should-retry", "true") in http_error(err).headers()
+    assert not limits.admit("open", HI).settled      # local_share: admitted within its share
+    limits.set_cluster(False, 0)        # a member that never joined: its share is unknown
+    err = refusal(limits, "open")
+    assert err.status == 503 and "has not been in the cluster yet" in err.message
+    limits.set_cluster(True, 0)
+    assert not limits.admit("strict", HI).settled
+
+
+def test_key_limits_leader_unavailable_is_read_and_checked_at_the_edge():
+    config = parse_config(_config({"rpm": 5, "leader_unavailable": "fail"}), "gateway.yaml")
+    assert config.http.keys[0].limits.rate_limits("k").leader_unavailable == "fail"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_config({"rpm": 5, "leader_unavailable": "whole"}), "gateway.yaml")
+    assert str(caught.value).startswith("gateway.yaml: http.keys[0].limits.leader_unavailable: ")

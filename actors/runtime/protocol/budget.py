@@ -58,10 +58,15 @@ class LimiterHubRequest:
 
 @dataclass
 class LimiterHubIs:
+    """To a front door: where its key budgets sync, and whether this node is in the cluster (and
+    in how many shares a key budget splits while it is not: ``leader_unavailable``)."""
+
     hub: Any  # None until the node is deployed
     node: str
     sync_interval_s: float
     token: str = ""
+    in_cluster: bool = True
+    shares: int = 1
 
 
 @dataclass
