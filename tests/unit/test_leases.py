@@ -170,7 +170,7 @@ step = st.one_of(
 )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(step, max_size=120))
 def test_whatever_happens_the_clients_may_never_spend_more_than_the_cap(steps):
     """For any sequence of demands, refreshes, acknowledgements, expiries, losses and leader
