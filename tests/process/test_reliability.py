@@ -36,8 +36,8 @@ def test_a_budget_cap_holds_under_read_timeouts(gateway, mock, mode, phase):
                                    max_tokens=2, timeout_s=5) as stream:
                     list(stream)
             outcomes.append("completed")
-        except E.InferenceError as exc:
-            outcomes.append(type(exc).__name__)
+        except E.InferenceError as exc:   # a GatewayTimeout (the client's own, a loaded node late) is a Timeout
+            outcomes.append("Timeout" if isinstance(exc, E.Timeout) else type(exc).__name__)
     # Every attempt that timed out waiting for headers reached the upstream, and was kept charged.
     assert mock.stats()["total"] <= CAP, (mock.stats()["total"], outcomes)
     assert mock.stats()["total"] >= 1
