@@ -63,6 +63,7 @@ def browser():
 
 
 def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gateway, mock, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -95,8 +96,9 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gatewa
         browser.get(http.url + "/ui")   # a loopback caller, and no admin key configured: no key needed
         WebDriverWait(browser, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded"))
 
-        def rows(table):
-            return [r.text for r in browser.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")]
+        def rows(table):   # the rows as one poll drew them (a redraw mid-read makes them stale: read again)
+            return WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
+                lambda _: [r.text for r in browser.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")])
 
         def budget_seen(_):
             budgets = browser.find_elements(By.CSS_SELECTOR, "#budgets .budget")
@@ -126,12 +128,14 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gatewa
             (spent,) = requests.get(http.url + "/v1/status", timeout=10).json()["spend"]["budgets"]
             if not width or float(width.group(1)) != pytest.approx(100 * spent["fraction"], rel=1e-3):
                 return None   # not drawn yet, or the hub's view moved on since the page's last poll
-            return bars[0], spent
-        usd_bar, spent = WebDriverWait(browser, 20).until(spend_bar)
+            card = browser.find_element(By.CSS_SELECTOR, f'#spend .budget[data-budget="{usd_budget}"]').text
+            return bars[0].text, card, spent
+        # Read in one step: the page redraws on each poll, and an element read after a redraw is stale.
+        usd_bar, card, spent = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+            spend_bar)
         assert spent["budget"] == usd_budget and 0 < spent["spent_usd"] < 0.001
         assert spent["period_end_unix"] == resets
-        card = browser.find_element(By.CSS_SELECTOR, f'#spend .budget[data-budget="{usd_budget}"]').text
-        assert f"deployment claude, {period} period, approximate, resets in" in card and "/ $0.00100 (" in usd_bar.text
+        assert f"deployment claude, {period} period, approximate, resets in" in card and "/ $0.00100 (" in usd_bar
         hours = re.search(r"resets in ([0-9.]+) h", card)   # at least fresh_period's 2 h: shown in hours
         assert hours and float(hours.group(1)) == pytest.approx((resets - time.time()) / 3600, abs=0.15), card
         assert "ok" in browser.find_element(By.CSS_SELECTOR, "#ledgers .ledger").text
