@@ -194,9 +194,10 @@ def _timed_out(exc: BaseException | None) -> bool:
     return False
 
 
-def _names(exc: BaseException) -> str:
+def _names(exc: BaseException | None) -> str:
     """The exception's type chain (never its text: that holds the URL, which may carry a key)."""
-    names, seen = [], 0
+    names: list[str] = []
+    seen = 0
     while exc is not None and seen < 4:
         names.append(type(exc).__name__)
         inner = exc.args[1] if isinstance(exc, urllib3.exceptions.ProtocolError) and len(exc.args) > 1 else None
@@ -258,13 +259,13 @@ class HttpExchange:
                 return
             if not self.whole and not sink(Opened()):
                 return
-            body, total, limit = body_reader(resp.raw, self.whole), 0, self.max_body_bytes
+            reader, total, limit = body_reader(resp.raw, self.whole), 0, self.max_body_bytes
             parts: list[bytes] = []
             while not self.cancelled.is_set():
-                data = self._read(body.read, READ_CHUNK)
+                data = self._read(reader.read, READ_CHUNK)
                 if not data:
                     self.tracker.sock = None
-                    if body.release():  # read to the end: the connection goes back to the pool
+                    if reader.release():  # read to the end: the connection goes back to the pool
                         resp = None
                     sink(WholeBody(b"".join(parts)) if self.whole else END)
                     return
