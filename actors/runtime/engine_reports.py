@@ -19,6 +19,7 @@ from actors.runtime.timers import Timers
 if TYPE_CHECKING:
     from actors.core.engine_core import EngineCore
     from actors.core.load import LoadTracker
+    from actors.core.records import TerminalRecord
 
 __all__ = ["Reporting", "PROBE_PREFIX"]
 
@@ -38,7 +39,7 @@ class Reporting:
     load: LoadTracker | None
     timers: Timers
     last_activity: float
-    unrecorded: list[Any]               # core.records.TerminalRecord
+    unrecorded: list[TerminalRecord]
     request_lines: list[dict[str, Any]]
     myAddress: Any                      # a Thespian ActorAddress
 
@@ -46,7 +47,7 @@ class Reporting:
         def send(self, target: Any, message: Any) -> None: ...
         def _feed(self, event: Any) -> None: ...
 
-    def _reported(self, records: list[Any]) -> None:
+    def _reported(self, records: list[TerminalRecord]) -> None:
         """One step's terminal records: the router's latency view, then statistics, ledger, log."""
         self.last_activity = time.monotonic()
         assert self.load is not None, "records come from the core, and the load tracker is made with it"
@@ -107,7 +108,7 @@ class Reporting:
         else:
             self.timers.at("load", due)
 
-    def _recorded(self, records: list[Any]) -> None:
+    def _recorded(self, records: list[TerminalRecord]) -> None:
         """Terminal records of this step: counted into the statistics, sent to the ledger."""
         if self.init is not None and getattr(self.init, "ledger", None) is not None:
             self._to_ledger(records)
@@ -128,7 +129,7 @@ class Reporting:
         if lines:
             request_log.info("%d request(s) ended", len(lines), extra={"requests": lines})
 
-    def _to_ledger(self, records: list[Any]) -> None:
+    def _to_ledger(self, records: list[TerminalRecord]) -> None:
         # Batched: a message costs about a millisecond of CPU, so never one per request.
         self.unrecorded.extend(records)
         if len(self.unrecorded) >= LEDGER_BATCH:
