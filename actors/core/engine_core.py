@@ -37,6 +37,7 @@ from actors.core.jobs import ABANDON_GRACE_S, Attempt, Job
 from actors.core.pricing import Price, cost_usd
 from actors.core.priority_queue import Priority, RequestQueue
 from actors.core.ratelimit import WindowedLimiter, estimate_tokens
+from actors.core.records import TerminalRecord
 from actors.core.recovery import SESSION_WAIT_S, Recovery
 from actors.core.refusals import context_too_long, current, displaced, queue_full
 from actors.core.retry import RetryEngine
@@ -137,7 +138,7 @@ class EngineCore:
         (pushed with its load: the router refuses with this very error)."""
         return current(self.view, self.book, self.limiter, self.dep.provider, self.wall())
 
-    def take_records(self) -> list[Any]:
+    def take_records(self) -> list[TerminalRecord]:
         return self.terminals.take()
 
     @property

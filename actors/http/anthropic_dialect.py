@@ -104,7 +104,7 @@ def _tool_choice(choice: dict[str, Any]) -> Any:
     kind = choice.get("type")
     if kind == "tool" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
-    mapped = {"auto": "auto", "any": "required", "none": "none"}.get(kind)
+    mapped = {"auto": "auto", "any": "required", "none": "none"}.get(kind) if isinstance(kind, str) else None
     if mapped is None:
         raise bad(f"tool_choice.type: must be auto, any, tool (with a name) or none, got {kind!r}",
                   param="tool_choice")

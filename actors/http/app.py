@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, cast
 
 from actors.client import GatewayClient, Stream
@@ -46,7 +46,7 @@ READY_CACHE_S = 1.0
 class _Body:
     """A streamed body whose clean-up runs even when the server closes it before the first read."""
 
-    def __init__(self, body: Iterator[bytes], cleanup: Callable[[], Any]) -> None:
+    def __init__(self, body: Generator[bytes, None, None], cleanup: Callable[[], Any]) -> None:
         self._body = body
         self._cleanup = cleanup
 
@@ -156,7 +156,7 @@ class FrontDoor:
         return body
 
     def _route(self, method: str, path: str, headers: dict[str, str], environ: dict[str, Any], dialect: _Dialect,
-               request_id: str, start_response: Callable, done: Callable[[int, str], None]) -> Any:
+               request_id: str, start_response: Callable, done: Callable[[int, str | None], None]) -> Any:
         if path == "/health/live":
             done(200, "-")
             return self._json(start_response, 200, {"status": "live"}, request_id)
@@ -294,7 +294,7 @@ class FrontDoor:
         return self.cards.listing(caller, dialect is ANTHROPIC)
 
     def _serve_embed(self, call: Any, caller: Caller, request_id: str, start_response: Callable,
-                     done: Callable[[int, str], None], hold: KeyHold = NO_HOLD) -> Any:
+                     done: Callable[[int, str | None], None], hold: KeyHold = NO_HOLD) -> Any:
         """Embeddings: one whole answer (no stream to watch); GatewayClient.embed batches per provider."""
         kw = {"dimensions": call.dimensions} if call.dimensions is not None else {}
         if call.user is not None:
@@ -341,7 +341,7 @@ class FrontDoor:
         return self.client.start(request, call.timeout_s)
 
     def _serve(self, call: Call, dialect: _Dialect, caller: Caller, environ: dict[str, Any], request_id: str,
-               start_response: Callable, done: Callable[[int, str], None], hold: KeyHold = NO_HOLD) -> Any:
+               start_response: Callable, done: Callable[[int, str | None], None], hold: KeyHold = NO_HOLD) -> Any:
         stream = self._start_call(call, caller, request_id)
         self.watcher.add(request_id, environ.get("waitress.client_disconnected"), stream)
         if not call.stream:
@@ -351,12 +351,14 @@ class FrontDoor:
                         pass
             finally:
                 self.watcher.remove(request_id)
+            result = stream.result
+            assert result is not None, "an exchange that ends without raising has set its result"
             self._overhead(stream)
-            hold.settle(stream.result)
+            hold.settle(result)
             done(200, caller.name)
             served = self._served(stream, call)
-            doc = dialect.module.render(stream.result, call, served)
-            extra = served.headers() + [usage_header(shown_usage(stream.result, call.messages, call.params))]
+            doc = dialect.module.render(result, call, served)
+            extra = served.headers() + [usage_header(shown_usage(result, call.messages, call.params))]
             return self._json(start_response, 200, doc, request_id, extra)
         # Read up to the first chunk before answering: an error before any output is a real
         # HTTP status (what the SDKs retry on), not a 200 with an error event.
@@ -371,12 +373,17 @@ class FrontDoor:
                                           ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"),
                                           *self._id_headers(request_id), *self._served(stream, call).headers()])
         body = self._stream_body(stream, chunks, first, call, dialect, caller, request_id, done, hold)
-        return _Body(body, lambda: (self.watcher.remove(request_id), stream.close(), hold.settle(),
-                                    done(499, caller.name)))
+
+        def cleanup() -> None:
+            self.watcher.remove(request_id)
+            stream.close()
+            hold.settle()
+            done(499, caller.name)
+        return _Body(body, cleanup)
 
     def _stream_body(self, stream: Stream, chunks: Iterator, first: Any, call: Call, dialect: _Dialect,
-                     caller: Caller, request_id: str, done: Callable[[int, str], None],
-                     hold: KeyHold = NO_HOLD) -> Iterator[bytes]:
+                     caller: Caller, request_id: str, done: Callable[[int, str | None], None],
+                     hold: KeyHold = NO_HOLD) -> Generator[bytes, None, None]:
         encoder = dialect.module.StreamEncoder(request_id, call, self._served(stream, call))
         status = 200
         try:
@@ -412,7 +419,7 @@ class FrontDoor:
     def _overhead(self, stream: Stream) -> None:
         result = stream.result
         latency = getattr(result, "latency_s", None)
-        if latency is not None:
+        if result is not None and latency is not None:
             self.observe.overhead.observe(result.deployment, time.monotonic() - self._local.started - latency)
 
     @staticmethod

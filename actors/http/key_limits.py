@@ -80,7 +80,7 @@ class KeyHold:
 
     def settle(self, outcome: Completed | BaseException | None = None) -> None:
         reservation, self._reservation = self._reservation, None
-        if reservation is not None and self._owner is not None:
+        if reservation is not None and self._owner is not None and self._limiter is not None:  # (not NO_HOLD)
             decided = key_settlement(outcome)
             self._owner._settle(self._limiter, reservation, decided)
             if self._share is not None:
@@ -120,6 +120,7 @@ class KeyLimits:
             limits = entry.limits.rate_limits(entry.name)
             limiter = WindowedLimiter(self.slot, limits, wall_clock=wall_clock, sync_interval_s=sync_interval_s,
                                       rand=rand, clock=clock)
+            assert limits.key is not None, "rate_limits() names the key's budget"
             budget = _Budget(entry.name, limits.key, limiter)
             self._by_key[entry.name] = self._by_budget[limits.key] = budget
         self.refused = 0
@@ -197,7 +198,7 @@ class KeyLimits:
                     b.share = None   # a fresh share per spell outside, sized by the nodes known then
             self.outside = outside
 
-    def _settle(self, limiter: WindowedLimiter | None, reservation: Reservation, decided: Settlement) -> None:
+    def _settle(self, limiter: WindowedLimiter, reservation: Reservation, decided: Settlement) -> None:
         with self._lock:
             apply_settlement(limiter, reservation, decided)
 

@@ -60,6 +60,7 @@ def _resolve(entry: HttpKey, where: str, environ: Mapping[str, str]) -> bytes:
             raise ConfigError(f"environment variable {source.env} is not set (key {entry.name!r})",
                               path=f"{where}.key.env")
         return digest(value)
+    assert source.file is not None, "ApiKeySource holds exactly one of env, file, value, sha256"
     try:
         value = Path(os.path.expanduser(source.file)).read_text(encoding="utf-8").strip()
     except OSError as exc:

@@ -108,7 +108,7 @@ class StatusCollector(Collector):
                     "(no success since, or its circuit opened); absent when healthy", labels=DEPLOYMENT_LABELS)
         spent = g("atomr_deployment_budget_spent", "1 for each spend budget of the deployment or its provider "
                   "that is spent (routing skips the deployment until it resets)", labels=DEPLOYMENT_LABELS + ["budget"])
-        by_key = {}
+        by_key: dict[str, dict[str, float]] = {}   # key -> its counts (requests, failed, tokens, cost)
         for row in doc.get("deployments", []):
             labels = [row["deployment"], row["model"], row["provider"], node]
             mine = [e for e in engines if e["deployment"] == row["deployment"]]

@@ -76,7 +76,7 @@ class Observatory:
         return path in PATHS or path in _ASSETS
 
     def serve(self, method: str, path: str, headers: dict[str, str], environ: dict[str, Any], request_id: str,
-              start_response: Callable, done: Callable[[int, str], None]) -> list[bytes]:
+              start_response: Callable, done: Callable[[int, str | None], None]) -> list[bytes]:
         if method not in ("GET", "HEAD"):
             raise FrontDoorError(405, f"{path} takes GET, not {method}", kind="invalid_request_error",
                                  code="method_not_allowed")

@@ -142,6 +142,8 @@ class ClientSlots:
 class GuardedChannel(HTTPChannel):
     """A waitress channel that knows when its current request began and when its headers were complete."""
 
+    server: GuardedServer
+
     def __init__(self, server: "GuardedServer", sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)
         self.client_host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
@@ -192,12 +194,15 @@ class GuardedServer(TcpWSGIServer):
         self.notes = LineLimiter(emit)
         self.refused_connections = 0   # over max_connections_per_client
         self.timed_out = 0             # headers or body past their deadline
-        super().__init__(application, map={}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
+        # types-waitress has Adjustments.listen as list[str]: it holds (family, type, proto, sockaddr) tuples.
+        super().__init__(application, map={}, dispatcher=dispatcher, adj=adj,
+                         sockinfo=adj.listen[0])  # type: ignore[arg-type]
 
     def handle_accept(self) -> None:
         # Several per wake-up: a backlog of a thousand slow connections is taken (and refused) quickly.
+        channels = self._map  # type: ignore[attr-defined]  # wasyncore's (set in its __init__; not in types-waitress)
         for _ in range(ACCEPTS_PER_WAKE):
-            if len(self._map) >= self.adj.connection_limit:
+            if len(channels) >= self.adj.connection_limit:
                 return
             try:
                 accepted = self.accept()
@@ -213,7 +218,7 @@ class GuardedServer(TcpWSGIServer):
             if refusal is not None:
                 self._refuse(conn, host, *refusal)
                 continue
-            self.channel_class(self, conn, addr, self.adj, map=self._map)
+            self.channel_class(self, conn, addr, self.adj, map=channels)
 
     def _refuse(self, conn: socket.socket, host: str, note: str, payload: bytes) -> None:
         self.refused_connections += 1
@@ -231,9 +236,11 @@ class GuardedServer(TcpWSGIServer):
             conn.close()
 
     def maintenance(self, now: float) -> None:
-        super().maintenance(now)            # idle between requests: read_timeout_s
+        # types-waitress has now: int and active_channels: HTTPChannel; waitress passes time.time() and
+        # keeps a dict of channels.
+        super().maintenance(now)  # type: ignore[arg-type]   # idle between requests: read_timeout_s
         header_s, body_s = self.config.header_timeout_s, self.config.body_timeout_s
-        for channel in list(self.active_channels.values()):
+        for channel in list(self.active_channels.values()):  # type: ignore[attr-defined]
             overdue = channel.overdue(now, header_s, body_s) if isinstance(channel, GuardedChannel) else None
             if overdue is None:
                 continue
@@ -269,9 +276,10 @@ class HttpServer:
 
     @property
     def url(self) -> str:
-        host = self.server.effective_host
+        # BaseWSGIServer.__init__ sets both (from the bound socket); types-waitress does not declare them.
+        host: str = self.server.effective_host  # type: ignore[attr-defined]
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.server.effective_port}"
+        return f"http://{host}:{self.server.effective_port}"  # type: ignore[attr-defined]
 
     def run(self, parent_pid: int | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or until ``parent_pid``, the launcher, is gone), then drain;
@@ -308,7 +316,8 @@ class HttpServer:
         """Stop accepting, let calls in flight finish for up to drain_timeout_s, cancel the rest, exit."""
         app = self.app
         app.draining = True
-        self.server.trigger.pull_trigger(self._stop_accepting)
+        # types-waitress has trigger: int; it is waitress.trigger.trigger, whose pull_trigger takes a thunk.
+        self.server.trigger.pull_trigger(self._stop_accepting)  # type: ignore[attr-defined]
         deadline = time.monotonic() + self.config.drain_timeout_s
         log.info("draining: %d request(s) in flight, up to %.0fs", app.in_flight, self.config.drain_timeout_s)
         while app.in_flight > 0 and time.monotonic() < deadline:
@@ -329,6 +338,8 @@ class HttpServer:
         try:
             self.server.accepting = False
             self.server.del_channel()
-            self.server.socket.close()
+            listening = self.server.socket
+            if listening is not None:   # (a listening server has one until this closes it)
+                listening.close()
         except OSError:
             pass

@@ -9,6 +9,7 @@ status --watch`` and the metrics show comes from here, so they cannot disagree.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from actors.core.periods import parse_period
@@ -211,7 +212,7 @@ def _refusals(engines: list[dict[str, Any]], routers: list[dict[str, dict[str, i
     return [{"model": m, "reason": r, "where": w, "count": n} for (m, r, w), n in sorted(counts.items())]
 
 
-def status_document(nodes: list[Any], members: list[Any] = (), leader: str = "", unreachable: list[str] = (),
+def status_document(nodes: list[Any], members: Sequence[Any] = (), leader: str = "", unreachable: Sequence[str] = (),
                     now: float | None = None) -> dict[str, Any]:
     """The whole picture from the nodes' status replies (one node's, or the cluster's)."""
     now = time.time() if now is None else now
@@ -250,7 +251,7 @@ def cluster_document(cluster: Any, now: float | None = None) -> dict[str, Any]:
     return status_document(cluster.nodes, cluster.members, cluster.leader, cluster.unreachable, now)
 
 
-def node_document(status: Any, members: list[Any] = (), leader: str = "", now: float | None = None) -> dict[str, Any]:
+def node_document(status: Any, members: Sequence[Any] = (), leader: str = "", now: float | None = None) -> dict[str, Any]:
     return status_document([status], members, leader, [], now)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import IO, Any
 import os
 import queue
 import signal
@@ -88,11 +88,12 @@ def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: s
     doc = {"http": dataclasses.asdict(http), "models": list(models or []), "upstreams": upstreams if upstreams is not None else _upstreams(config)}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, **(key_environment or {})})
-    proc.stdin.write(json.dumps(doc))
-    proc.stdin.close()
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)],
-                     daemon=True, name="http-stdout").start()
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None and stdout is not None, "stdin=PIPE, stdout=PIPE"
+    stdin.write(json.dumps(doc))
+    stdin.close()
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pass_lines, args=(stdout, lines), daemon=True, name="http-stdout").start()
     deadline = time.monotonic() + start_timeout_s
     seen = []
     while time.monotonic() < deadline:
@@ -110,3 +111,10 @@ def start_http(config: GatewayConfig | HttpConfig, admin_port: int, *, listen: s
     proc.wait(timeout=5)
     raise ConfigError(f"the HTTP listener did not start (exit {proc.returncode}); see its log"
                       + (f": {''.join(seen)[-500:]}" if seen else ""), path="http")
+
+
+def _pass_lines(stream: IO[str], into: queue.Queue[str | None]) -> None:
+    """The listener's stdout line by line, then None at its end."""
+    for line in stream:
+        into.put(line)
+    into.put(None)

@@ -119,15 +119,18 @@ class Node:
             return True
         return self.admin_alive() and self.admin_pid in listening_pids(self.admin_port)
 
-    def _ours(self) -> bool:
-        return self.pgid is not None and group_is_ours(self.pgid, self.admin_pid, self.admin_ticks)
+    def _our_group(self) -> int | None:
+        """The node's process group while it is still ours (not a reused number), else None."""
+        pgid = self.pgid
+        return pgid if pgid is not None and group_is_ours(pgid, self.admin_pid, self.admin_ticks) else None
 
     def kill(self) -> None:
         """SIGKILL every process of the node at once, as a crash would (for failure tests)."""
         self.killed = True
-        if self._ours():
-            kill_group(self.pgid)
-            wait_until(lambda: not pids_in_group(self.pgid), 5)
+        pgid = self._our_group()
+        if pgid is not None:
+            kill_group(pgid)
+            wait_until(lambda: not pids_in_group(pgid), 5)
 
     def standing(self, wait_s: float) -> str:
         """One line for the launcher: the cluster this node is in, waiting up to ``wait_s`` for it."""
@@ -168,12 +171,13 @@ class Node:
         elif self.asys is not None:
             log.warning("node %s: its admin (pid %s) is gone; not signalling whatever holds port %d now",
                         self.name, self.admin_pid, self.admin_port)
-        if self._ours():
-            if not wait_until(lambda: not pids_in_group(self.pgid), kill_after_s) and self._ours():
+        pgid = self._our_group()
+        if pgid is not None:
+            if not wait_until(lambda: not pids_in_group(pgid), kill_after_s) and self._our_group() is not None:
                 log.warning("actor system %d did not exit in %.0fs; killing its process group", self.admin_port,
                             kill_after_s)
-                kill_group(self.pgid)
-                wait_until(lambda: not pids_in_group(self.pgid), 5)
+                kill_group(pgid)
+                wait_until(lambda: not pids_in_group(pgid), 5)
         if self.mock is not None:
             self.mock.stop()
 

@@ -94,7 +94,8 @@ class AnthropicRunner(SseRunner):
         doc = loads_json(body, self.provider)
         if doc.get("type") == "error":
             return Delta(error=self.stream_error(doc))
-        text, tools = [], []
+        text: list[str] = []
+        tools: list[dict[str, Any]] = []
         for block in doc.get("content") or ():
             if block.get("type") == "text":
                 text.append(block.get("text", ""))

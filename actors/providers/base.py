@@ -210,8 +210,10 @@ def bare_message_error(status: int | None, headers: Mapping[str, str] | None, me
     ``cls`` (else the HTTP status) decides the type; the message is kept. A bad request that
     complains about the context length or the key becomes that error, as with other providers.
     """
+    error: InferenceError | None
     if status is not None:
         error = classify_http_status(status, headers, message or f"HTTP {status}", provider=provider)
+        assert error is not None, "a status given here is an error's (non-2xx), as in classify_error"
     else:
         error = (cls or StreamError)(redact(message), provider=provider)
     if cls is not None and type(error) is not cls:

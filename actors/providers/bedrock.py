@@ -24,7 +24,7 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
           "model_context_window_exceeded": "length", "tool_use": "tool_calls",
           "guardrail_intervened": "content_filter", "content_filtered": "content_filter"}
 INFERENCE_CONFIG = (("max_tokens", "maxTokens"), ("temperature", "temperature"), ("top_p", "topP"))
-TOOL_CHOICE = {"auto": {"auto": {}}, "required": {"any": {}}}
+TOOL_CHOICE: dict[str, dict[str, dict[str, Any]]] = {"auto": {"auto": {}}, "required": {"any": {}}}
 # Error types by name: x-amzn-errortype on HTTP errors ("ThrottlingException:http://..."), and
 # :exception-type in the stream ("throttlingException"); compared with a lower-case first letter.
 EXCEPTIONS: dict[str, type[InferenceError]] = {
@@ -150,7 +150,8 @@ class BedrockRunner(ModelRunner):
 
     def parse_response(self, body: bytes) -> Delta:
         doc = loads_json(body, self.provider)
-        text, tools = [], []
+        text: list[str] = []
+        tools: list[dict[str, Any]] = []
         for block in ((doc.get("output") or {}).get("message") or {}).get("content") or ():
             if "text" in block:
                 text.append(block["text"])

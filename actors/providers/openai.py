@@ -4,7 +4,7 @@ OpenAI-compatible gateway (LiteLLM proxy, vLLM, an internal gateway)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from actors.core.credentials import Secret
@@ -64,7 +64,7 @@ def stop_named(choice: dict[str, Any]) -> str | None:
 
 class OpenAIChatRunner(SseRunner):
     provider = "openai"
-    family = "openai"
+    family: ClassVar[str | None] = "openai"   # None in OpenAICompatibleRunner
     finish_map = FINISH
     options_schema = {"organization": (str, None), "project": (str, None)}
     path = "/chat/completions"
@@ -106,7 +106,7 @@ class OpenAIChatRunner(SseRunner):
         choice = choices[0]
         message = choice.get("message") or {}
         finish, raw = self.finish(choice.get("finish_reason"))
-        more = []
+        more: list[Choice] = []
         for other in choices[1:]:
             said = other.get("message") or {}
             calls = [ToolCall(int(c.get("index", i)), c.get("id") or "", c.get("name") or "", c.get("arguments") or "")

@@ -35,15 +35,15 @@ class CircuitBreakerActor(GatewayActor):
         for subscriber in self.subscribers:  # who subscribed before the init
             self.send(subscriber, BreakerState(self.breaker.snapshot()))
 
-    def _not_ready(self, msg: Any, sender: Any) -> bool:
-        """Before BreakerInit there is no state machine: answer that, never fail on None."""
+    def _ready(self, msg: Any, sender: Any) -> CircuitBreaker | None:
+        """The state machine; before BreakerInit there is none: None, once that is answered."""
         if self.breaker is not None:
-            return False
+            return self.breaker
         if isinstance(msg, BreakerCheck):
             self.send(sender, BreakerRefused(msg.token, InternalError("the breaker has not been initialised yet")))
         elif not isinstance(msg, BreakerOutcomes):
             self.send(sender, NotReady(type(self).__name__, type(msg).__name__))
-        return True
+        return None
 
     def _on_transition(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
         snap = breaker.snapshot()
@@ -68,34 +68,38 @@ class CircuitBreakerActor(GatewayActor):
             self.send(msg.subscriber, BreakerState(self.breaker.snapshot()))
 
     def receiveMsg_BreakerOutcomes(self, msg: BreakerOutcomes, sender: Any) -> None:
-        if self._not_ready(msg, sender):
+        breaker = self._ready(msg, sender)
+        if breaker is None:
             return
         for outcome in msg.outcomes:
-            self.breaker.record(outcome.error, outcome.generation)
+            breaker.record(outcome.error, outcome.generation)
 
     def receiveMsg_BreakerCheck(self, msg: BreakerCheck, sender: Any) -> None:
-        if self._not_ready(msg, sender):
+        breaker = self._ready(msg, sender)
+        if breaker is None:
             return
         try:
-            generation = self.breaker.check()
+            generation = breaker.check()
         except CircuitOpen as exc:
             self.send(sender, BreakerRefused(msg.token, exc))
         else:
             self.send(sender, BreakerAdmitted(msg.token, generation))
 
     def receiveMsg_BreakerQuery(self, msg: BreakerQuery, sender: Any) -> None:
-        if self._not_ready(msg, sender):
+        breaker = self._ready(msg, sender)
+        if breaker is None:
             return
-        self.send(sender, BreakerState(self.breaker.snapshot()))
+        self.send(sender, BreakerState(breaker.snapshot()))
 
     def receiveMsg_BreakerForce(self, msg: BreakerForce, sender: Any) -> None:
-        if self._not_ready(msg, sender):
+        breaker = self._ready(msg, sender)
+        if breaker is None:
             return
         if msg.open_s is None:
-            self.breaker.reset()
+            breaker.reset()
         else:
-            self.breaker.force_open(msg.open_s)
-        self.send(sender, BreakerState(self.breaker.snapshot()))
+            breaker.force_open(msg.open_s)
+        self.send(sender, BreakerState(breaker.snapshot()))
 
     def timer_advance(self, _: Any) -> None:
         if self.breaker is not None and self.breaker.state is CircuitState.OPEN:  # reading it advances it

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.core import engine_events as ev
 from actors.core.caller_fault import PROBE_PREFIX, probe_request
 from actors.core.load import headroom
 from actors.runtime.logs import logger, request_fields
-from actors.runtime.protocol import EngineLoad, LedgerRecords
+from actors.runtime.protocol import EngineInit, EngineLoad, LedgerRecords
+from actors.runtime.timers import Timers
+
+if TYPE_CHECKING:
+    from actors.core.engine_core import EngineCore
+    from actors.core.load import LoadTracker
+    from actors.core.records import TerminalRecord
 
 __all__ = ["Reporting", "PROBE_PREFIX"]
 
@@ -27,22 +33,40 @@ LEDGER_FLUSH_S = 0.25    # ... and at the latest this long after a terminal
 
 
 class Reporting:
-    def _reported(self, records: list[Any]) -> None:
+    # Provided by RemoteEngineCoreActor (engine.py); declared, not assigned, so nothing here shadows it.
+    core: EngineCore | None
+    init: EngineInit | None
+    load: LoadTracker | None
+    timers: Timers
+    last_activity: float
+    unrecorded: list[TerminalRecord]
+    request_lines: list[dict[str, Any]]
+    myAddress: Any                      # a Thespian ActorAddress
+
+    if TYPE_CHECKING:
+        def send(self, target: Any, message: Any) -> None: ...
+        def _feed(self, event: Any) -> None: ...
+
+    def _reported(self, records: list[TerminalRecord]) -> None:
         """One step's terminal records: the router's latency view, then statistics, ledger, log."""
         self.last_activity = time.monotonic()
+        assert self.load is not None, "records come from the core, and the load tracker is made with it"
         self.load.observe(records)
         self._recorded([r for r in records if not r.request_id.startswith(PROBE_PREFIX)])
 
     # -- active health probes: a one-token call while idle; its outcome feeds the breaker
 
     def timer_health(self, _: Any) -> None:
-        check = self.init.deployment.health_check
+        init, core = self.init, self.core
+        if init is None or core is None:
+            return   # (the timer is set once both are: EngineInit)
+        check = init.deployment.health_check
         now = time.monotonic()
-        if self.core is None or check is None or self.core.draining:
+        if check is None or core.draining:
             return
-        if not self.core.jobs and now - self.last_activity >= check.interval_s * 0.9:
+        if not core.jobs and now - self.last_activity >= check.interval_s * 0.9:
             self.last_activity = now
-            probe = probe_request(self.init.deployment.model, PROBE_PREFIX + secrets.token_hex(8),
+            probe = probe_request(init.deployment.model, PROBE_PREFIX + secrets.token_hex(8),
                                   deadline_unix=time.time() + check.timeout_s)
             self._feed(ev.Accept(probe, self.myAddress, known_good=True))
         self.timers.at("health", max(now, self.last_activity) + check.interval_s)
@@ -60,7 +84,7 @@ class Reporting:
     def _push_load(self) -> None:
         """The router's view of this engine, to the node when it changed, at most every ~150 ms."""
         core, init = self.core, self.init
-        if core is None or self.load is None or init.registry is None:
+        if core is None or init is None or self.load is None or init.registry is None:
             return
         if self.timers.due("load") is not None:
             return  # a push is scheduled: it reads the state when it fires (this runs after every message)
@@ -84,7 +108,7 @@ class Reporting:
         else:
             self.timers.at("load", due)
 
-    def _recorded(self, records: list[Any]) -> None:
+    def _recorded(self, records: list[TerminalRecord]) -> None:
         """Terminal records of this step: counted into the statistics, sent to the ledger."""
         if self.init is not None and getattr(self.init, "ledger", None) is not None:
             self._to_ledger(records)
@@ -105,7 +129,7 @@ class Reporting:
         if lines:
             request_log.info("%d request(s) ended", len(lines), extra={"requests": lines})
 
-    def _to_ledger(self, records: list[Any]) -> None:
+    def _to_ledger(self, records: list[TerminalRecord]) -> None:
         # Batched: a message costs about a millisecond of CPU, so never one per request.
         self.unrecorded.extend(records)
         if len(self.unrecorded) >= LEDGER_BATCH:
@@ -114,9 +138,11 @@ class Reporting:
             self.timers.after("ledger", LEDGER_FLUSH_S)
 
     def _flush_records(self) -> None:
-        if self.unrecorded and self.init is not None and getattr(self.init, "ledger", None) is not None:
+        init, core = self.init, self.core
+        if self.unrecorded and init is not None and getattr(init, "ledger", None) is not None:
+            assert core is not None, "records come from the core"
             batch, self.unrecorded = self.unrecorded, []
-            self.send(self.init.ledger, LedgerRecords(getattr(self.init, "budget_slot", "") or self.core.slot, batch))
+            self.send(init.ledger, LedgerRecords(getattr(init, "budget_slot", "") or core.slot, batch))
 
 
 def _retry_at(snapshot: Any) -> float | None:

@@ -23,15 +23,20 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited
 
 from actors.core import engine_events as ev
 from actors.core.procstat import live_stat
 from actors.runtime.logs import logger
-from actors.runtime.protocol import RestartSlot, WorkerInit, WorkerReady
+from actors.runtime.protocol import EngineInit, RestartSlot, WorkerInit, WorkerReady
+from actors.runtime.timers import Timers
 from actors.runtime.worker import RemoteWorkerActor
+
+if TYPE_CHECKING:
+    from actors.core.engine_core import EngineCore
+    from actors.core.slots import SlotPlan
 
 __all__ = ["WorkerProcesses", "SLOT_RESTART_GRACE_S"]
 
@@ -42,6 +47,18 @@ SLOT_RESTART_GRACE_S = 2.0   # a worker process that has not restarted a slot by
 class WorkerProcesses:
     """Mixed into RemoteEngineCoreActor (which provides core, init, plan, timers, send, _feed)."""
 
+    # Provided by RemoteEngineCoreActor (engine.py); declared, not assigned, so nothing here shadows it.
+    core: EngineCore | None
+    init: EngineInit | None
+    plan: SlotPlan | None
+    timers: Timers
+    myAddress: Any                      # a Thespian ActorAddress
+
+    if TYPE_CHECKING:
+        def send(self, target: Any, message: Any) -> None: ...
+        def createActor(self, actorClass: Any) -> Any: ...
+        def _feed(self, event: Any) -> None: ...
+
     def _init_processes(self) -> None:
         self.procs: dict[int, Any] = {}            # worker process number -> its address
         self.pids: dict[int, int] = {}
@@ -50,14 +67,20 @@ class WorkerProcesses:
         self.held: list[ev.WorkerUp] | None = []   # bring-up: WorkerUps until every process is up
         self.awaiting: set[int] = set()
 
+    def _started(self) -> tuple[EngineInit, SlotPlan]:
+        """The init and slot plan, which EngineInit sets before any worker process is started."""
+        assert self.init is not None and self.plan is not None, "worker processes exist only after EngineInit"
+        return self.init, self.plan
+
     def receiveMsg_WorkerReady(self, msg: WorkerReady, sender: Any) -> None:
         process = self._process_at(sender)
         if process is None:
             return   # a replaced process's late word
+        _, plan = self._started()
         self.pids[process] = msg.pid
         ups = []
         for index in msg.slots:
-            if self.plan.process_of(index) != process:
+            if plan.process_of(index) != process:
                 continue
             if self.restarting.get(index) == sender:
                 del self.restarting[index]
@@ -83,25 +106,27 @@ class WorkerProcesses:
 
     def _process_gone(self, process: int, how: str) -> None:
         """Every slot of a dead worker process is a lost worker to the core: each request ends once."""
+        init, plan = self._started()
         del self.procs[process]
         self.pids.pop(process, None)
-        slots = self.plan.slots_of(process)
+        slots = plan.slots_of(process)
         # Stopping, every worker exits: that is the plan, not news. Any other exit is.
         stopping = self.core is None or self.core.stopping
         log.log(logging.INFO if stopping else logging.WARNING, "%s worker process %d (%d slots) %s%s",
-                self.init.deployment.name, process, len(slots), how, " (the engine is stopping)" if stopping else "")
+                init.deployment.name, process, len(slots), how, " (the engine is stopping)" if stopping else "")
         self.awaiting.discard(process)
         for index in slots:
             self._feed(ev.WorkerGone(index))
         self._release_held()
 
     def timer_restart(self, index: int) -> None:
+        init, plan = self._started()
         address = self.restarting.pop(index, None)
-        process = self.plan.process_of(index)
+        process = plan.process_of(index)
         if address is None or self.procs.get(process) != address:
             return
         log.error("%s: worker process %d (pid %s) did not restart slot %d within %gs: killing it, and with it "
-                  "the calls on its other slots", self.init.deployment.name, process, self.pids.get(process, "?"),
+                  "the calls on its other slots", init.deployment.name, process, self.pids.get(process, "?"),
                   index, SLOT_RESTART_GRACE_S)
         pid = self.pids.get(process, 0)
         if _is_my_child(pid):
@@ -125,7 +150,8 @@ class WorkerProcesses:
         return {index: address for index, address in found if address is not None}
 
     def _do_StartWorker(self, e: ev.StartWorker) -> None:
-        self.starting.setdefault(self.plan.process_of(e.index), []).append(e.index)
+        _, plan = self._started()
+        self.starting.setdefault(plan.process_of(e.index), []).append(e.index)
 
     def _start_slots(self) -> None:
         """A new process for the slots of a process that is not there; a restart for a slot the
@@ -134,8 +160,9 @@ class WorkerProcesses:
         for process, slots in sorted(starting.items()):
             address = self.procs.get(process)
             if address is None:
+                init, _ = self._started()
                 address = self.procs[process] = self.createActor(RemoteWorkerActor)
-                self.send(address, WorkerInit(self.init.deployment, self.myAddress, self.init.session, sorted(slots)))
+                self.send(address, WorkerInit(init.deployment, self.myAddress, init.session, sorted(slots)))
                 if self.held is not None:
                     self.awaiting.add(process)
                 continue
@@ -146,7 +173,8 @@ class WorkerProcesses:
 
     def _do_KillWorker(self, e: ev.KillWorker) -> None:
         # Its StartWorker follows: the slot's exchange is stopped and the slot restarted alone.
-        log.error("%s: slot %d (worker pid %d) did not report in time: restarting it", self.init.deployment.name,
+        init, _ = self._started()
+        log.error("%s: slot %d (worker pid %d) did not report in time: restarting it", init.deployment.name,
                   e.index, e.pid)
 
 

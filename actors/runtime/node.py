@@ -234,7 +234,8 @@ class NodeRegistry(CrossNodeRoutes, ClusterMember):
         if self.gathering is not None:
             self.gathering.waiters.append(waiter)  # a collection is under way; this caller gets its result too
             return
-        queries = [(engine, StatusRequest()) for _, engine, _ in self.engines]
+        queries: list[tuple[Any, StatusRequest | BreakerQuery | LimiterQuery]] = [
+            (engine, StatusRequest()) for _, engine, _ in self.engines]
         queries += [(breaker, BreakerQuery()) for breaker in self.breakers.values()]
         queries += [(self.limiter, LimiterQuery())] if self.limiter is not None else []
         queries += [(self.ledger, StatusRequest())] if self.ledger is not None else []

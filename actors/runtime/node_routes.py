@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.runtime.logs import logger
 from actors.runtime.protocol import PeerRoutes, RelayTargets, RouteEntry
@@ -26,7 +26,7 @@ def _realized(address: Any) -> bool:
     """Whether a child's address may be handed out: a fresh child's is local to this process (Thespian's
     ActorLocalAddress) until the child has reported in, and is no use to anyone else until then."""
     details = getattr(address, "addressDetails", None)
-    if type(details).__name__ != "ActorLocalAddress":
+    if details is None or type(details).__name__ != "ActorLocalAddress":
         return True
     try:
         return bool(details.addressManager.exportAddr(details))
@@ -42,6 +42,10 @@ class CrossNodeRoutes:
     node: str
     cluster: Any
     stopping: bool
+
+    if TYPE_CHECKING:   # GatewayActor's (Thespian's), through NodeRegistry
+        def send(self, target: Any, message: Any) -> None: ...
+        def createActor(self, actorClass: Any) -> Any: ...
 
     def __init__(self) -> None:
         super().__init__()

@@ -40,9 +40,11 @@ class RemoteSessionActor(GatewayActor):
 
     def _refresh(self, reason: str) -> bool:
         """Resolve again; True when the credential changed (a new version was published)."""
+        source = self.source
+        assert source is not None, "SessionInit comes first (the timer is set here; SessionRefresh checks)"
         try:
             try:
-                resolved = resolve(self.source)
+                resolved = resolve(source)
             except ConfigError as exc:
                 # A variable unset or a file gone at run time: the calls fail with a typed error
                 # (ConfigError is not one, and does not cross the wire).
@@ -62,7 +64,7 @@ class RemoteSessionActor(GatewayActor):
                      f", expires in {resolved.expires_unix - time.time():.0f}s" if resolved.expires_unix else "")
             for worker in self.workers:
                 self.send(worker, self._snapshot())
-        self._schedule(next_refresh_at(self.source, resolved, time.time()))
+        self._schedule(next_refresh_at(source, resolved, time.time()))
         return changed
 
     def _snapshot(self) -> SessionSnapshot:

@@ -23,7 +23,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 import urllib3
@@ -47,6 +47,10 @@ MAX_ERROR_BODY = 64 * 1024
 _current = threading.local()
 _tls: ssl.SSLContext | None = None
 _tls_lock = threading.Lock()
+if TYPE_CHECKING:   # the checker sees _Tracked as the connection it is mixed into; its real base is object
+    _Connection = HTTPConnection
+else:
+    _Connection = object
 
 
 def tls_context() -> ssl.SSLContext:
@@ -82,7 +86,7 @@ class _Tracker:
         return Phase.SEND if self.connected else Phase.CONNECT
 
 
-class _Tracked:
+class _Tracked(_Connection):
     """Mixed into urllib3's connections: opens them through the transport, and tells the
     exchange on this thread how far it got."""
 
@@ -91,16 +95,16 @@ class _Tracked:
     def _new_conn(self) -> Any:
         # urllib3's own, with the transport in place of socket.create_connection.
         try:
-            return self.transport.connect(self._dns_host, self.port, self.timeout,  # type: ignore[attr-defined]
-                                          source_address=self.source_address,  # type: ignore[attr-defined]
-                                          socket_options=self.socket_options)  # type: ignore[attr-defined]
+            return self.transport.connect(self._dns_host, self.port, self.timeout,
+                                          source_address=self.source_address,
+                                          socket_options=self.socket_options)
         except socket.gaierror as exc:
-            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[attr-defined,arg-type]
+            raise NameResolutionError(self.host, self, exc) from exc
         except socket.timeout as exc:
-            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. "  # type: ignore[attr-defined]
-                                      f"(connect timeout={self.timeout})") from exc  # type: ignore[attr-defined]
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. "
+                                      f"(connect timeout={self.timeout})") from exc
         except OSError as exc:
-            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
 
     def connect(self) -> None:
         if isinstance(self, HTTPSConnection) and getattr(self.transport, "terminates_tls", False):
@@ -108,10 +112,10 @@ class _Tracked:
             HTTPConnection.connect(self)
             self.is_verified = True
         else:
-            super().connect()  # type: ignore[misc]
+            super().connect()
         tracker = getattr(_current, "tracker", None)
         if tracker is not None:
-            tracker.connected, tracker.sock = True, self.sock  # type: ignore[attr-defined]
+            tracker.connected, tracker.sock = True, self.sock
 
     def request(self, *args: Any, **kw: Any) -> None:
         tracker = getattr(_current, "tracker", None)
@@ -120,10 +124,10 @@ class _Tracked:
                 if tracker.stopped:
                     raise _Stopped()
                 tracker.writing = True
-                if self.sock is not None:  # type: ignore[attr-defined]  # a kept-alive connection
-                    tracker.connected, tracker.sock = True, self.sock  # type: ignore[attr-defined]
+                if self.sock is not None:  # a kept-alive connection
+                    tracker.connected, tracker.sock = True, self.sock
         try:
-            super().request(*args, **kw)  # type: ignore[misc]
+            super().request(*args, **kw)
         except BaseException:
             if tracker is not None:
                 with tracker.lock:   # the write failed (a stop that cut it short has counted it already)
@@ -194,9 +198,10 @@ def _timed_out(exc: BaseException | None) -> bool:
     return False
 
 
-def _names(exc: BaseException) -> str:
+def _names(exc: BaseException | None) -> str:
     """The exception's type chain (never its text: that holds the URL, which may carry a key)."""
-    names, seen = [], 0
+    names: list[str] = []
+    seen = 0
     while exc is not None and seen < 4:
         names.append(type(exc).__name__)
         inner = exc.args[1] if isinstance(exc, urllib3.exceptions.ProtocolError) and len(exc.args) > 1 else None
@@ -258,13 +263,13 @@ class HttpExchange:
                 return
             if not self.whole and not sink(Opened()):
                 return
-            body, total, limit = body_reader(resp.raw, self.whole), 0, self.max_body_bytes
+            reader, total, limit = body_reader(resp.raw, self.whole), 0, self.max_body_bytes
             parts: list[bytes] = []
             while not self.cancelled.is_set():
-                data = self._read(body.read, READ_CHUNK)
+                data = self._read(reader.read, READ_CHUNK)
                 if not data:
                     self.tracker.sock = None
-                    if body.release():  # read to the end: the connection goes back to the pool
+                    if reader.release():  # read to the end: the connection goes back to the pool
                         resp = None
                     sink(WholeBody(b"".join(parts)) if self.whole else END)
                     return

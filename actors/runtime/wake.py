@@ -10,9 +10,11 @@ unit tier ignores it, and there the caller keeps polling with wakeups.
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["WakePipe", "open_process_fd", "watch_supported"]
+__all__ = ["WakePipe", "open_process_fd", "waker", "watch_supported"]
 
 
 class WakePipe:
@@ -39,6 +41,17 @@ class WakePipe:
         except OSError:
             pass
 
+
+def waker(asked: deque[int], pipe: WakePipe | None, index: int) -> Callable[[], None]:
+    """What slot ``index`` calls when it has something for the actor: ``index`` joins ``asked``,
+    and the pipe is written when there is one (else the actor's poll finds it)."""
+    if pipe is None:
+        return lambda: asked.append(index)
+
+    def wake() -> None:
+        asked.append(index)
+        pipe.notify()
+    return wake
 
 
 def open_process_fd(pid: int) -> int | None:

@@ -57,9 +57,11 @@ class LauncherWatchdog(GatewayActor):
             self.timers.after("check", msg.interval_s)
 
     def timer_check(self, _: Any) -> None:
-        why = self._gone()
+        watch = self.watch
+        assert watch is not None, "the check timer is set by WatchLauncher"
+        why = self._gone(watch)
         if why is None:
-            self.timers.after("check", self.watch.interval_s)
+            self.timers.after("check", watch.interval_s)
             return
         log.warning("%s: stopping this node (process group %d)", why, os.getpgid(0))
         # The line is a message to the logger process, sent once this handler returns.
@@ -68,8 +70,7 @@ class LauncherWatchdog(GatewayActor):
     def timer_kill(self, _: Any) -> None:
         self._kill_group()
 
-    def _gone(self) -> str | None:
-        watch = self.watch
+    def _gone(self, watch: WatchLauncher) -> str | None:
         launcher = live_stat(watch.pid)
         if launcher is None or launcher.start_ticks != watch.start_ticks:
             return f"the node's launcher (pid {watch.pid}) is gone"

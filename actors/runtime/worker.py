@@ -39,7 +39,7 @@ from actors.runtime.logs import logger
 from actors.runtime.protocol import Dispatch, FirstTokenHeard, RestartSlot, SessionSnapshot, SessionSubscribe
 from actors.runtime.protocol import WorkerInit, WorkerReady
 from actors.runtime.slot import Slot
-from actors.runtime.wake import WakePipe, open_process_fd, watch_supported
+from actors.runtime.wake import WakePipe, open_process_fd, waker, watch_supported
 from actors.settings.schema import DeploymentConfig
 from actors.types import Cancel
 
@@ -99,19 +99,13 @@ class RemoteWorkerActor(GatewayActor):
         elif self.parent_fd is None:
             self.timers.after("parent", PARENT_CHECK_S)
 
+    def _started(self) -> tuple[DeploymentConfig, ModelRunner]:
+        assert self.deployment is not None and self.runner is not None, "slots exist only after WorkerInit"
+        return self.deployment, self.runner
+
     def _new_slot(self, index: int) -> None:
-        slot = self.slots[index] = Slot(index, self.deployment.endpoint, transport.installed())
+        slot = self.slots[index] = Slot(index, self._started()[0].endpoint, transport.installed())
         slot.start()
-
-    def _waker(self, index: int) -> Any:
-        asked, pipe = self.asked, self.wake
-        if pipe is None:
-            return lambda: asked.append(index)   # the poll takes it
-
-        def wake() -> None:
-            asked.append(index)
-            pipe.notify()
-        return wake
 
     def receiveMsg_SessionSnapshot(self, msg: SessionSnapshot, sender: Any) -> None:
         if self.snapshot is None or msg.version >= self.snapshot.version:
@@ -127,7 +121,7 @@ class RemoteWorkerActor(GatewayActor):
         if slot is not None and slot.waiting is not None:
             dispatch, slot.waiting = slot.waiting, None
             self._report(dispatch, error=AuthenticationError("no credential arrived from the session actor",
-                                                             provider=self.deployment.provider), sent=False)
+                                                             provider=self._started()[0].provider), sent=False)
 
     # -- one attempt ----------------------------------------------------------------
 
@@ -157,10 +151,11 @@ class RemoteWorkerActor(GatewayActor):
             self._report(dispatch, error=self._bug(exc))
 
     def _bug(self, exc: Exception) -> InferenceError:
-        return streaming.runner_failed(exc, self.deployment.provider, "the worker")
+        return streaming.runner_failed(exc, self._started()[0].provider, "the worker")
 
     def _attempt(self, slot: Slot, dispatch: Dispatch) -> None:
-        made = prepare(dispatch, self.deployment, self.runner, self.snapshot.credential, self._waker(slot.index))
+        assert self.snapshot is not None, "an attempt starts once a snapshot is here (Dispatch, SessionSnapshot)"
+        made = prepare(dispatch, *self._started(), self.snapshot.credential, waker(self.asked, self.wake, slot.index))
         if isinstance(made, InferenceError):
             return self._report(dispatch, error=made, sent=False)
         slot.delivery, slot.outlet = made, ToCaller(self, made)
@@ -203,7 +198,7 @@ class RemoteWorkerActor(GatewayActor):
     def timer_deadline(self, index: int) -> None:
         slot = self.slots.get(index)
         delivery = slot.delivery if slot is not None else None
-        if delivery is not None and time.time() >= delivery.deadline:
+        if slot is not None and delivery is not None and time.time() >= delivery.deadline:
             self._at_deadline(slot, delivery)
         elif delivery is not None:
             self.timers.at("deadline", monotonic_of(delivery.deadline) + DEADLINE_SLACK_S, index)
@@ -240,7 +235,7 @@ class RemoteWorkerActor(GatewayActor):
             self._clear(slot)
         if delivery.upstream_body is not None:   # the caller was told less than the upstream said
             log.warning("%s answered HTTP %d; the caller was told %r; the whole body: %s",
-                        self.deployment.provider, *delivery.upstream_body)
+                        self._started()[0].provider, *delivery.upstream_body)
         if error is not None and delivery.chunks:
             error.retryable = False  # the caller has part of the answer: replaying would repeat it
         # HTTP statuses and body errors come after the headers, so the phase says it all.
@@ -264,7 +259,7 @@ class RemoteWorkerActor(GatewayActor):
         delivery = slot.delivery
         if delivery is not None and delivery.request_id == msg.request_id:
             self._finish(slot, delivery, delivery.end(Cancelled("cancelled by the caller",
-                                                                provider=self.deployment.provider)))
+                                                                provider=self._started()[0].provider)))
         elif slot.waiting is not None and slot.waiting.request.request_id == msg.request_id:
             dispatch = slot.waiting
             self._clear(slot)
@@ -273,7 +268,8 @@ class RemoteWorkerActor(GatewayActor):
     def receiveMsg_FirstTokenHeard(self, msg: FirstTokenHeard, sender: Any) -> None:
         slot = self.by_request.get(msg.request_id)
         delivery = slot.delivery if slot is not None else None
-        if delivery is not None and delivery.request_id == msg.request_id and delivery.dispatch.attempt == msg.attempt:
+        if slot is not None and delivery is not None and delivery.request_id == msg.request_id \
+                and delivery.dispatch.attempt == msg.attempt:
             delivery.heard()
             self._pump(slot)
 
@@ -306,7 +302,9 @@ class RemoteWorkerActor(GatewayActor):
         self.parent_fd = None  # stays readable: watch it no more
         self._drop_all()
         # Thespian's own exit may wait on transmits to the dead parent: make sure the process ends.
-        threading.Thread(target=lambda: (time.sleep(ORPHAN_EXIT_GRACE_S), os._exit(0)), daemon=True).start()
+        end = threading.Timer(ORPHAN_EXIT_GRACE_S, os._exit, (0,))
+        end.daemon = True
+        end.start()
         self.send(self.myAddress, ActorExitRequest())
 
     def _drop(self, slot: Slot) -> None:

@@ -85,7 +85,7 @@ def parse_keys(text: str, source: str) -> list[WireKey]:
 
     Error messages name the source and the token's position, never the token.
     """
-    tokens = []
+    tokens: list[str] = []
     for line in text.splitlines():
         line = line.split("#", 1)[0]
         tokens.extend(t for t in re.split(r"[\s,]+", line) if t)

@@ -387,7 +387,7 @@ def listen_or_watch(endpoint: Any, fds: list[int], timeout_s: float) -> Any:
 
     base = getattr(endpoint, "_systemBase", None)
     transport = getattr(base, "transport", None)
-    if not hasattr(transport, "set_watch") or not hasattr(base, "_run_transport"):
+    if base is None or transport is None or not hasattr(transport, "set_watch") or not hasattr(base, "_run_transport"):
         return endpoint.listen(timeout_s)
     deadline = time.monotonic() + timeout_s
     transport.set_watch(list(fds))

@@ -62,7 +62,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if value in typing.get_args(tp):
             return value
         raise ConfigError(f"expected {_describe(tp)}, got {value!r}", path=path)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path)
     if origin is list:
         if not isinstance(value, list):

@@ -293,9 +293,10 @@ class KeyLimits:
         _positive("window_s", self.window_s)
 
     def rate_limits(self, key_name: str) -> RateLimits:
+        # (__post_init__ allowed these two only)
+        mode: Literal["local_share", "fail"] = "fail" if self.leader_unavailable == "fail" else "local_share"
         return RateLimits(rpm=self.rpm, tpm=self.tpm, burst=self.burst, window_s=self.window_s,
-                          key=KEY_BUDGET_PREFIX + key_name,
-                          leader_unavailable=self.leader_unavailable)  # type: ignore[arg-type]
+                          key=KEY_BUDGET_PREFIX + key_name, leader_unavailable=mode)
 
 
 @dataclass(frozen=True)

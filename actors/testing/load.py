@@ -22,7 +22,7 @@ def open_loop(client: GatewayClient, model: str, rate_per_s: float, seconds: flo
     ``metadata(n)`` is the n-th request's metadata; ``stop`` ends the loop early when set."""
     endpoint = client._endpoint()
     engine = client.routes(model)[0].engine
-    start, sent, pending = time.monotonic(), 0, set()
+    start, sent, pending = time.monotonic(), 0, set[str]()
     while time.monotonic() - start < seconds or (pending and time.monotonic() - start < seconds + drain_s):
         if stop is not None and stop.is_set():
             break

@@ -68,9 +68,12 @@ import time
 import uuid
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from actors.providers.aws import encode_event
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["MockProvider", "Fault"]
 
@@ -249,7 +252,8 @@ class _Handler(BaseHTTPRequestHandler):
             if status != 200:
                 error = chat.error_body(status)
                 if fault.get("message"):
-                    inner = error.get("error") if isinstance(error.get("error"), dict) else error
+                    nested = error.get("error")
+                    inner: dict[str, Any] = nested if isinstance(nested, dict) else error
                     inner["message"] = fault["message"]
                 headers = dict(chat.error_headers(status))
                 if "retry_after" in fault:
@@ -508,6 +512,26 @@ class Wire:
     def malformed(self) -> bytes:
         return b"data: {\"this is not\": json\n\n"
 
+    # The shapes each subclass writes (the state is one stream's, from its head to its tail).
+
+    def error_body(self, status: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def complete(self, body: dict[str, Any], reply: _Reply) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stream_head(self, body: dict[str, Any], reply: _Reply, state: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    def stream_token(self, token: str, i: int, state: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def stream_tail(self, body: dict[str, Any], reply: _Reply, state: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    def stream_error(self, state: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
 
 class OpenAIChatWire(Wire):
     def error_body(self, status: int) -> dict[str, Any]:
@@ -521,8 +545,10 @@ class OpenAIChatWire(Wire):
                 "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
 
     def _tool_calls(self, reply: _Reply) -> list[dict[str, Any]]:
+        tool = reply.tool
+        assert tool is not None, "asked only for a reply that calls a tool"
         return [{"index": 0, "id": "call_mock1", "type": "function",
-                 "function": {"name": reply.tool["name"], "arguments": reply.tool["arguments"]}}]
+                 "function": {"name": tool["name"], "arguments": tool["arguments"]}}]
 
     def _logprobs(self, body: dict[str, Any], reply: _Reply, tokens: list[str]) -> dict[str, Any] | None:
         if not body.get("logprobs"):
@@ -677,7 +703,7 @@ class ResponsesWire(OpenAIChatWire):
                 "content": [part] if status == "completed" else []}
 
     @staticmethod
-    def _logprobs(body, reply, tokens, start: int = 0) -> list[dict[str, Any]]:
+    def _output_logprobs(body, reply, tokens, start: int = 0) -> list[dict[str, Any]]:
         """``include: ["message.output_text.logprobs"]``: each token's, with ``top_logprobs`` alternatives."""
         if "message.output_text.logprobs" not in (body.get("include") or ()):
             return []
@@ -688,7 +714,7 @@ class ResponsesWire(OpenAIChatWire):
                 "arguments": arguments, "status": status}
 
     def complete(self, body, reply):
-        output = [self._message("".join(reply.tokens), logprobs=self._logprobs(body, reply, reply.tokens))]
+        output = [self._message("".join(reply.tokens), logprobs=self._output_logprobs(body, reply, reply.tokens))]
         if reply.tool:
             output.append(self._call(reply, reply.tool["arguments"]))
         return {"id": "resp_mock", "object": "response", "created_at": int(time.time()), "status": "completed",
@@ -715,13 +741,13 @@ class ResponsesWire(OpenAIChatWire):
         # Stream events carry each token's figures without its bytes, as the API's do.
         logprobs = [{k: v for k, v in x.items() if k != "bytes"} | {"top_logprobs": [
                         {"token": t["token"], "logprob": t["logprob"]} for t in x["top_logprobs"]]}
-                    for x in self._logprobs(state["body"], state["reply"], [token], i)]
+                    for x in self._output_logprobs(state["body"], state["reply"], [token], i)]
         return self._event("response.output_text.delta", state, item_id="msg_mock", output_index=0,
                            content_index=0, delta=token, logprobs=logprobs)
 
     def stream_tail(self, body, reply, state):
         text = "".join(reply.tokens)
-        logprobs = self._logprobs(body, reply, reply.tokens)
+        logprobs = self._output_logprobs(body, reply, reply.tokens)
         frames = [self._event("response.output_text.done", state, item_id="msg_mock", output_index=0,
                               content_index=0, text=text, logprobs=logprobs),
                   self._event("response.output_item.done", state, output_index=0,
@@ -1222,7 +1248,9 @@ class MockProvider:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, words_per_second: float | None = None) -> None:
         self._server = _Server((host, port), words_per_second)
-        self.host, self.port = self._server.server_address[:2]
+        bound, self.port = self._server.server_address[:2]
+        assert isinstance(bound, str), "a bound IP socket's address is a str (bytes only when given as bytes)"
+        self.host = bound
         self._thread: threading.Thread | None = None
 
     @property
@@ -1267,12 +1295,15 @@ class MockProcess:
         if words_per_second:
             cmd += ["--words-per-second", str(words_per_second)]
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        line = self._proc.stdout.readline().strip()
+        out = self._proc.stdout
+        assert out is not None, "stdout=PIPE"
+        self._out = out
+        line = out.readline().strip()
         if not line.startswith("mock provider listening on "):
             self._proc.kill()
             raise RuntimeError(f"mock provider did not start: {line!r}")
         self.url = line.rsplit(" ", 1)[1]
-        self._session = None
+        self._session: requests.Session | None = None
 
     def _control(self, path: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
         import requests
@@ -1312,7 +1343,7 @@ class MockProcess:
         except Exception:  # noqa: BLE001
             self._proc.kill()
             self._proc.wait(timeout=5)
-        self._proc.stdout.close()
+        self._out.close()
 
     def __enter__(self) -> "MockProcess":
         return self

@@ -134,13 +134,14 @@ class _Conn(asyncio.Protocol):
     def __init__(self, server: _Server) -> None:
         self.server = server
         self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport   # set by connection_made, which asyncio calls first
         self.closed = False
         self.busy = False
         self.served = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport), "a TCP server's connection is a stream"
+        self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -216,7 +217,7 @@ class _Conn(asyncio.Protocol):
 class _Server:
     def __init__(self, drip_ms: float) -> None:
         self.drip_ms = drip_ms
-        self.ticker: _Ticker | None = None
+        self.ticker: _Ticker   # set by serve, before the first connection
 
     async def serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -290,6 +291,7 @@ class StreamMock:
         cmd = [sys.executable, "-m", "actors.testing.stream_mock", "--host", host, "--procs", str(procs),
                "--drip-ms", str(drip_ms)] + (["--realtime"] if realtime else [])
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert self._proc.stdout is not None, "stdout=PIPE"
         line = self._proc.stdout.readline().strip()
         if not line.startswith("stream mock listening on "):
             self.stop()

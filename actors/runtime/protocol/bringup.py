@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors.core.breaker import BreakerConfig
+    from actors.core.budget import Budget
+    from actors.core.credentials import CredentialSource
+    from actors.core.routing import RoutingPolicy
+    from actors.runtime.protocol.ledger import LedgerInit
+    from actors.settings.schema import ClusterConfig, DeploymentConfig
 
 
 @dataclass
 class Deploy:
     node: str
-    deployments: list[Any]  # DeploymentConfig
-    cluster: Any = None     # ClusterConfig
+    deployments: list[DeploymentConfig]
+    cluster: ClusterConfig | None = None
     leader: bool = True
     host: str = ""          # the address this node advertises to its peers
     # The launcher's per-start capability (actors.security): only the node's own launcher,
@@ -18,9 +26,9 @@ class Deploy:
     capability: str = field(default="", repr=False)   # never in a log line, whoever logs the message
     launcher_pid: int = 0   # the node exits when this process is gone
     admin_port: int = 0     # part of the node's identity; 0: read from the admin's address
-    budgets: list[Any] = field(default_factory=list)  # core.budget.Budget
-    ledger: Any = None      # LedgerInit, when node.ledger is set
-    routing: Any = None     # core.routing.RoutingPolicy (strategy, fallbacks), given to clients with routes
+    budgets: list[Budget] = field(default_factory=list)
+    ledger: LedgerInit | None = None   # when node.ledger is set
+    routing: RoutingPolicy | None = None   # strategy, fallbacks: given to clients with routes
 
 
 @dataclass
@@ -32,7 +40,7 @@ class Deployed:
 
 @dataclass
 class EngineInit:
-    deployment: Any  # DeploymentConfig
+    deployment: DeploymentConfig
     replica: int
     node: str
     registry: Any
@@ -41,7 +49,7 @@ class EngineInit:
     limiter: Any
     sync_interval_s: float = 0.05
     failure_timeout_s: float = 5.0
-    budgets: list[Any] = field(default_factory=list)  # core.budget.Budget
+    budgets: list[Budget] = field(default_factory=list)
     budget_slot: str = ""   # stable per node, deployment and replica (docs/spend.md)
     budget_seed: dict[str, int] = field(default_factory=dict)  # counter key -> nano-USD from the ledger
     ledger: Any = None      # the node's LedgerActor, when it has one
@@ -57,14 +65,14 @@ class EngineReady:
 class BreakerInit:
     provider: str
     endpoint: str
-    config: Any  # BreakerConfig
+    config: BreakerConfig
 
 
 @dataclass
 class SessionInit:
     deployment: str
     provider: str
-    source: Any  # CredentialSource | None
+    source: CredentialSource | None
     capability: str = field(default="", repr=False)   # copied from the Deploy: a credential source only ever comes from local config
 
 
@@ -76,7 +84,7 @@ class LimiterInit:
 
 @dataclass
 class WorkerInit:
-    deployment: Any  # DeploymentConfig
+    deployment: DeploymentConfig
     engine: Any
     session: Any
     slots: list[int]  # the slots (engine core worker indices) this worker process holds

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors.core.ratelimit import RateLimits
 
 from actors.errors import InferenceError
 
@@ -12,7 +15,7 @@ from actors.errors import InferenceError
 class LimiterRegister:
     engine: Any  # None: the sender, for a lease renewed by re-registering (the HTTP front door's key budgets)
     key: str
-    limits: Any  # ratelimit.RateLimits
+    limits: RateLimits
 
 
 @dataclass
@@ -22,7 +25,7 @@ class LimiterDelta:
     key: str
     delta: dict[int, dict[str, dict[str, int]]]
     origin: str = ""
-    limits: Any = None  # RateLimits, so a hub that never saw the key can still keep it
+    limits: RateLimits | None = None  # so a hub that never saw the key can still keep it
     sent_unix: float | None = None  # when the counts left the engine that admitted them
 
 
@@ -85,7 +88,7 @@ class LeaseRefresh:
     """An engine's lease ask of a strict budget to the leader (core/leases.py ``LeaseAsk``, flat)."""
 
     key: str
-    limits: Any     # RateLimits
+    limits: RateLimits
     client: str
     seq: int
     window: int
@@ -111,7 +114,7 @@ class LeaseOffer:
 @dataclass
 class StrictAcquire:
     key: str
-    limits: Any  # RateLimits
+    limits: RateLimits
     reservation_id: str
     tokens: int
 

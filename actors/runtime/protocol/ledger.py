@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors.core.records import TerminalRecord
 
 
 @dataclass
@@ -20,7 +23,7 @@ class LedgerRecords:
     """A batch of an engine's TerminalRecords (never one message per request), with its budget slot."""
 
     slot: str
-    records: list[Any]  # core.records.TerminalRecord
+    records: list[TerminalRecord]
 
 
 @dataclass

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actors.core.breaker import BreakerSnapshot
 
 
 @dataclass
@@ -124,7 +127,7 @@ class NodeStatus:
     node: str
     started_unix: float
     engines: list[EngineStatus]
-    breakers: list[Any]  # BreakerSnapshot
+    breakers: list[BreakerSnapshot]
     limits: list[dict[str, Any]]
     peers: list[dict[str, Any]] = field(default_factory=list)
     token: str = ""
