@@ -117,18 +117,24 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         if self.starting:
             self._start_slots()   # once per message: a process's slots start together
 
+    def _made(self) -> tuple[EngineInit, EngineCore]:
+        """Effects come from the core, which EngineInit made: from then on both are set."""
+        assert self.init is not None and self.core is not None
+        return self.init, self.core
+
     def _feed(self, event: Any) -> None:
         if self.core is None:
             return
+        init, core = self._made()
         try:
-            effects = self.core.handle(event)
+            effects = core.handle(event)
         except Exception as exc:  # noqa: BLE001 - a core bug must not take every request down with it
-            log.exception("engine %s failed on %s", self.init.deployment.name, type(event).__name__)
+            log.exception("engine %s failed on %s", init.deployment.name, type(event).__name__)
             request = getattr(event, "request", None)
-            if request is not None and getattr(request, "request_id", None) not in self.core.jobs:
+            if request is not None and getattr(request, "request_id", None) not in core.jobs:
                 self.send(event.reply_to, Failed(str(getattr(request, "request_id", "")),
                                                  InternalError(f"engine failed: {type(exc).__name__}"), 0,
-                                                 self.init.deployment.name))
+                                                 init.deployment.name))
             return
         self._run(effects)
 
@@ -171,22 +177,24 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
     def receiveMsg_StatusRequest(self, msg: Any, sender: Any) -> None:
         if self.core is None:
             return self.send(sender, EngineStatus("", 0, "", 0, 0, 0, 0, 0, 0, 0, {}, "unknown"))
-        init = self.init
+        init, core = self._made()
         self.send(sender, EngineStatus(deployment=init.deployment.name, replica=init.replica, node=init.node,
-                                       **self.core.status()))
+                                       **core.status()))
 
     # -- effects out: each becomes a send, a spawn, a signal or a wakeup --------------------
 
     def _run(self, effects: list[Any]) -> None:
         for effect in effects:
             getattr(self, "_do_" + type(effect).__name__)(effect)
-        records = self.core.take_records()
+        records = self._made()[1].take_records()
         if records:
             self._reported(records)
         self._push_load()
 
     def _do_PublishSpend(self, e: PublishSpend) -> None:
-        self.send(self.init.limiter, LimiterDelta(e.key, e.delta, self.core.book.slot, e.limits, sent_unix=e.sent_unix))
+        init, core = self._made()
+        assert core.book is not None   # spend is published by the book of budgets that spends it
+        self.send(init.limiter, LimiterDelta(e.key, e.delta, core.book.slot, e.limits, sent_unix=e.sent_unix))
 
     def _do_AskStrictSpend(self, e: AskStrictSpend) -> None:
         if self.strict_address is not None:
@@ -206,30 +214,31 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         self.send(e.to, e.message)
 
     def _do_ReportOutcomes(self, e: ev.ReportOutcomes) -> None:
-        self.send(self.init.breaker, BreakerOutcomes([BreakerOutcome(g, err) for g, err in e.outcomes]))
+        self.send(self._made()[0].breaker, BreakerOutcomes([BreakerOutcome(g, err) for g, err in e.outcomes]))
 
     def _do_AskProbe(self, e: ev.AskProbe) -> None:
-        self.send(self.init.breaker, BreakerCheck(e.token))
+        self.send(self._made()[0].breaker, BreakerCheck(e.token))
 
     def _do_AskLease(self, e: ev.AskLease) -> None:
-        dep, a = self.init.deployment, e.ask
+        dep, a = self._made()[0].deployment, e.ask
         if self.strict_address is not None:
             self.send(self.strict_address, LeaseRefresh(dep.limit_key, dep.limits, a.client, a.seq, a.window,
                                                         a.holding, a.held, a.spent, a.want))
 
     def _do_PublishCounts(self, e: ev.PublishCounts) -> None:
-        self.send(self.init.limiter, LimiterDelta(self.init.deployment.limit_key, e.delta, self.core.slot,
-                                                  sent_unix=e.sent_unix))
+        init, core = self._made()
+        self.send(init.limiter, LimiterDelta(init.deployment.limit_key, e.delta, core.slot, sent_unix=e.sent_unix))
 
     def _do_RefreshSession(self, e: ev.RefreshSession) -> None:
-        self.send(self.init.session, SessionRefresh(e.seen_version, e.reason))
+        self.send(self._made()[0].session, SessionRefresh(e.seen_version, e.reason))
 
     def _do_AnnounceReady(self, e: ev.AnnounceReady) -> None:
-        self.send(self.init.registry, EngineReady(self.init.deployment.name, self.init.replica))
+        init = self._made()[0]
+        self.send(init.registry, EngineReady(init.deployment.name, init.replica))
 
     def _do_ReportDrained(self, e: ev.ReportDrained) -> None:
         self._flush_records()  # before the node is told: its ledger flushes on drain
-        self.send(e.to, Drained(self.init.node, e.in_flight))
+        self.send(e.to, Drained(self._made()[0].node, e.in_flight))
 
     def _do_WakeAt(self, e: ev.WakeAt) -> None:
         self.timers.at("core", e.at)
