@@ -46,6 +46,8 @@ Faults by request shape: ``POST /_mock/rules`` with ``{"rules": [{"when": {FIELD
 {...}}]}`` applies ``fault`` to every request whose JSON body has each FIELD (a dotted path, list
 indexes included: ``messages.-1.role``) equal to VALUE, or present at all when VALUE is ``"*"``:
 one caller's request shape fails while everyone else is served. ``stats()["prompts"]`` counts requests by their last user message.
+``GET /_mock/arrivals`` lists the last 100,000 chat requests as ``[unix time of arrival, last user message]``
+(benchmarks count them per rate window, or against a deadline the prompt carries).
 
 The same directives in a path segment ``/mock:key=value;key=value/`` before the API path
 (``endpoint: http://127.0.0.1:PORT/mock:status=500/v1``) apply to every request on that
@@ -197,6 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/_mock/stats":
             self._send(200, json.dumps(self.server.stats()).encode())
+        elif self.path == "/_mock/arrivals":
+            self._send(200, json.dumps(self.server.arrived()).encode())
         else:
             self._send(404, b'{"error":{"message":"not found"}}')
 
@@ -1152,6 +1156,7 @@ class _Server(ThreadingHTTPServer):
             self.rules: list[dict[str, Any]] = []
             self.gates: dict[str, threading.Event] = {}
             self.prompts: Counter[str] = Counter()
+            self.arrivals: deque[tuple[float, str]] = deque(maxlen=100_000)
 
     def route(self, path: str) -> tuple[Wire, bool] | None:
         for match, wire, stream_path in self.routes:
@@ -1179,8 +1184,13 @@ class _Server(ThreadingHTTPServer):
 
     def note_prompt(self, prompt: str) -> None:
         with self._lock:
+            self.arrivals.append((time.time(), prompt[:200]))
             if prompt in self.prompts or len(self.prompts) < 10_000:  # bounded: benches send many
                 self.prompts[prompt] += 1
+
+    def arrived(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self.arrivals)
 
     def count_failure(self, key: str, limit: int) -> bool:
         """True once ``key`` has already failed ``limit`` times (so this one succeeds)."""
@@ -1285,6 +1295,10 @@ class MockProcess:
 
     def stats(self) -> dict[str, Any]:
         return self._control("/_mock/stats")
+
+    def arrivals(self) -> list[tuple[float, str]]:
+        """When each chat request arrived (unix time) and its last user message, oldest first."""
+        return [(float(t), str(p)) for t, p in self._control("/_mock/arrivals")]
 
     def script(self, faults: list[Fault]) -> None:
         self._control("/_mock/faults", {"faults": faults})
