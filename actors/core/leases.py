@@ -152,7 +152,10 @@ class LeaseTable:
             pool = cap - base
             wanted = sum(w[d] for w in active.values())
             want = active.get(me, (0, 0))[d]
-            fair = pool if wanted <= pool else pool * want // max(1, wanted)
+            # Rounded up: rounded down, the window's last few requests would be nobody's share
+            # (1 left, three clients wanting: 0 each) while every client waits for them. At most
+            # one over a client's exact part; ``free`` keeps the sum within the cap.
+            fair = pool if wanted <= pool else -(-pool * want // max(1, wanted))
             out.append(c.spent[d] + max(0, min(want, fair, free)))
         return tuple(out)  # type: ignore[return-value]
 

@@ -205,6 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b'{"error":{"message":"not found"}}')
 
     def do_POST(self) -> None:
+        arrived = time.time()   # before the body is read: what the arrival record says
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         path = self.path.split("?", 1)[0]
@@ -224,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
         peer = self.client_address[1]
         self.server.begin(path, dict(self.headers), peer)
         try:
-            self._serve(wire, body, stream_path)
+            self._serve(wire, body, stream_path, arrived)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
@@ -284,9 +285,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- one request -----------------------------------------------------------------
 
-    def _serve(self, wire: "Wire", body: dict[str, Any], stream_path: bool) -> None:
+    def _serve(self, wire: "Wire", body: dict[str, Any], stream_path: bool, arrived: float) -> None:
         prompt = wire.prompt(body)
-        self.server.note_prompt(prompt)
+        self.server.note_prompt(prompt, arrived)
         fault = {**self.server.next_fault(), **self.server.rule_fault(body), **_path_directive(self.path),
                  **_parse_directive(prompt)}
         context = fault.get("context")
@@ -1182,9 +1183,9 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             return self.gates.setdefault(name, threading.Event())
 
-    def note_prompt(self, prompt: str) -> None:
+    def note_prompt(self, prompt: str, arrived: float) -> None:
         with self._lock:
-            self.arrivals.append((time.time(), prompt[:200]))
+            self.arrivals.append((arrived, prompt[:200]))
             if prompt in self.prompts or len(self.prompts) < 10_000:  # bounded: benches send many
                 self.prompts[prompt] += 1
 

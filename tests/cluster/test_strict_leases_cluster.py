@@ -70,9 +70,10 @@ def test_strict_shares_follow_unequal_demand_and_never_exceed_the_cap(cluster, m
     # Exactly what the counters admitted reached the provider (less attempts cut short by their deadline).
     total = mock.stats()["total"]
     assert len(nodes) + sum(admitted) <= total <= sum(monitor.counts.values()) <= total + cut_short
-    # The cap bound: the rest was refused as spent, or waited for a share until its deadline; nothing else.
+    # The cap bound: refused as spent across the cluster (or waiting for a share until its deadline), nothing else.
     refused = [r.error for node in results for r in node if isinstance(r, Failed)]
-    assert refused and {type(e) for e in refused} <= {E.BudgetExceeded, E.DeadlineExceeded}, refused[:3]
+    assert any(isinstance(e, E.BudgetExceeded) for e in refused), refused[:3]
+    assert {type(e) for e in refused} <= {E.BudgetExceeded, E.DeadlineExceeded}, refused[:3]
     # Each node's admitted share is ordered like its demand, at the provider as at the callers.
     by_demand = sorted(range(len(nodes)), key=lambda i: demand[i])
     assert [admitted[i] for i in by_demand] == sorted(admitted) and len(set(admitted)) == len(admitted), admitted
