@@ -161,6 +161,22 @@ def test_a_holder_asks_at_once_when_blocked_on_its_interval_while_active_and_not
     assert h.due(clock()) == clock() + 0.2                      # acknowledges the grant on the next ask
 
 
+def test_a_blocked_holder_asks_a_slow_leader_once_an_interval_not_once_a_poll():
+    # Answers slower than an interval (a loaded leader) must not draw more asks: at one per
+    # refresh_s / 8 the leader's queue grew, every answer came older than a lease lasts and was
+    # refused, and a fresh cluster's first request waited for its deadline.
+    clock = Clock()
+    h = LeaseHolder("a", clock=clock, refresh_s=0.2)
+    h.blocked = True
+    asked = 0
+    for _ in range(400):                       # 2 s blocked, the leader answering nothing
+        due = h.due(clock())
+        if due is not None and due <= clock():
+            h.ask(clock(), 5, (0, 0), (1, 8))
+            asked += 1
+        clock.t += 0.005
+    assert asked <= 2 / 0.2 + 1, asked
+
 def test_demand_is_what_arrives_not_what_was_admitted():
     clock = Clock()
     h = LeaseHolder("a", clock=clock, refresh_s=0.2, horizon_s=1.0)
