@@ -1299,7 +1299,8 @@ class MockProcess:
 
     def arrivals(self) -> list[tuple[float, str]]:
         """When each chat request arrived (unix time) and its last user message, oldest first."""
-        return [(float(t), str(p)) for t, p in self._control("/_mock/arrivals")]
+        rows: Any = self._control("/_mock/arrivals")   # a JSON list, not the object the other endpoints answer
+        return [(float(t), str(p)) for t, p in rows]
 
     def script(self, faults: list[Fault]) -> None:
         self._control("/_mock/faults", {"faults": faults})
