@@ -26,7 +26,7 @@ from actors.core.engine_events import AskLease, AskProbe, PeerCounts, PublishCou
 from actors.core.leases import LeaseGrant, LeaseHolder, Pair
 from actors.core.ratelimit import RateLimits, Reservation, SyncSchedule, WindowedLimiter
 from actors.core.settlement import Settle, Settlement, apply_settlement
-from actors.errors import BudgetExceeded, Cancelled, CircuitOpen, DeadlineExceeded, InferenceError, LeaderUnavailable
+from actors.errors import BudgetExceeded, Cancelled, CircuitOpen, InferenceError, LeaderUnavailable
 
 if TYPE_CHECKING:
     from actors.core.budget import SpendGate
@@ -40,7 +40,6 @@ PROBE_RETRY_S = 0.25        # how soon an unanswered or refused probe ask is rep
 STRICT_ASK_TIMEOUT_S = 2.0  # how long a lease ask may go unanswered before the leader is presumed lost
 BUDGET_POLL_S = 0.05        # how soon a wait with no known end is looked at again
 TICK_S = 0.05               # how soon a success outcome reaches the breaker
-LATE_CALLS = 2              # a strict request with less than this many typical calls' time left is not sent
 
 
 @dataclass(frozen=True)
@@ -244,7 +243,6 @@ class BudgetGate:
         self.clock, self.wall = clock, wall
         self.strict = limits.mode == "strict" and replica is not None
         self.lease = LeaseHolder(slot, clock=clock) if self.strict else None
-        self.call_s = 0.0   # how long a completed call typically takes (a strict request closer to its deadline is not sent)
         self.backlog: Callable[[], Pair] = lambda: (0, 0)   # what waits in the engine's queue (the core sets it)
         self.fallback: WindowedLimiter | None = None
         self.sync = SyncSchedule(sync_interval_s, clock())
@@ -327,11 +325,6 @@ class BudgetGate:
             return self._verdict(job, refused, now)   # more than the whole budget: never fits
         window = replica.current_window()
         cost = (1, job.estimate)
-        if job.deadline is not None and job.deadline - now < LATE_CALLS * self.call_s:
-            # Sent now, it would likely be paid for while its caller already has an error.
-            return Denied(DeadlineExceeded(f"the deadline is {max(0.0, job.deadline - now):.3f}s away, less than "
-                                           f"{LATE_CALLS} typical calls ({self.call_s:.3f}s each): not sent",
-                                           provider=self.provider))
         if lease.allows(window, now, replica.own(window), cost):
             lease.blocked = False
             job.held = Held(replica.record(job.estimate, window=window), replica)
@@ -357,10 +350,6 @@ class BudgetGate:
         self.refresh(now)
         due = lease.due(now)
         return Wait(min(due if due is not None else now + BUDGET_POLL_S, now + BUDGET_POLL_S))
-
-    def called(self, seconds: float) -> None:
-        """A call to the provider completed in ``seconds``: the typical call time, smoothed."""
-        self.call_s += 0.2 * (seconds - self.call_s)
 
     def arrived(self, job: Job) -> None:
         """A request came in: what the lease asks for follows it."""

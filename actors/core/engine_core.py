@@ -298,9 +298,7 @@ class EngineCore:
         job.attempts += 1
         if job.attempts == 1 and not job.known_good:
             self.recovery.retry.record_call()
-        attempt = self.workers.dispatch(job, gate, now)
-        attempt.sent_at = now
-        job.fault.last_sent = attempt.seq
+        job.fault.last_sent = self.workers.dispatch(job, gate, now).seq
         job.held = Held()   # the attempt holds the budget
 
     # -- breaker and budget messages -------------------------------------------------
@@ -382,8 +380,6 @@ class EngineCore:
             job.chunks = max(job.chunks, r.chunks)
             self.hearing.heard(attempt, r.error, now)
             if r.error is None:
-                if attempt.sent_at is not None:
-                    self.admission.budget.called(now - attempt.sent_at)
                 self._complete(job, r, decided, now)
             else:
                 self.recovery.after_error(job, r.error, r, now)

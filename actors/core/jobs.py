@@ -66,7 +66,6 @@ class Attempt:
     backstop: float             # past this the worker is presumed frozen
     seq: int = 0                # dispatch number: orders attempts by when they were sent (evidence)
     abandoned_at: float | None = None
-    sent_at: float | None = None   # when it was dispatched (the core's clock)
 
     @property
     def kill_at(self) -> float:

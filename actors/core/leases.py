@@ -152,7 +152,10 @@ class LeaseTable:
             pool = cap - base
             wanted = sum(w[d] for w in active.values())
             want = active.get(me, (0, 0))[d]
-            fair = pool if wanted <= pool else pool * want // max(1, wanted)
+            # Rounded up: rounded down, the window's last few requests would be nobody's share
+            # (1 left, three clients wanting: 0 each) while every client waits for them. At most
+            # one over a client's exact part; ``free`` keeps the sum within the cap.
+            fair = pool if wanted <= pool else -(-pool * want // max(1, wanted))
             out.append(c.spent[d] + max(0, min(want, fair, free)))
         return tuple(out)  # type: ignore[return-value]
 
@@ -234,8 +237,10 @@ class LeaseHolder:
 
     def due(self, now: float) -> float | None:
         """When to ask next: at once while blocked with nothing in flight, every ``refresh_s`` while
-        there is demand, an unspent grant or an unacknowledged one; None when idle."""
-        if self.blocked and (not self.sent or self.unanswered(now) >= self.refresh_s):
+        there is demand, an unspent grant or an unacknowledged one; None when idle. An ask still
+        unanswered is repeated once an interval, never sooner: a slow leader asked more only
+        answers later, until every answer comes older than a lease lasts."""
+        if self.blocked and (not self.sent or now - self.last_ask >= self.refresh_s):
             return max(now, self.last_ask + self.refresh_s / 8)
         active = (self.blocked or any(self.arrived) or any(r > 0.01 for r in self.rate) or not self.acked
                   or (self.grant is not None and now < self.expires))

@@ -18,6 +18,7 @@ otherwise load the CA bundle (~1 MiB, ~50 ms) for every connection it opens.
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 import threading
@@ -68,11 +69,12 @@ def tls_context() -> ssl.SSLContext:
 
 
 class _Tracker:
-    __slots__ = ("connected", "writing", "written", "headers", "sock", "stopped", "lock")
+    __slots__ = ("connected", "writing", "written", "headers", "sock", "stopped", "lock", "deadline")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float = math.inf) -> None:
         self.connected = self.writing = self.written = self.headers = self.stopped = False
         self.sock: socket.socket | None = None
+        self.deadline = deadline   # unix time: a request not on the wire by then never goes out
         # Stopping and starting to write exclude each other: once stop() returns, no request
         # starts on the wire, so an attempt reported unsent (and refunded) never reaches the provider.
         self.lock = threading.Lock()
@@ -123,6 +125,8 @@ class _Tracked(_Connection):
             with tracker.lock:
                 if tracker.stopped:
                     raise _Stopped()
+                if time.time() >= tracker.deadline:   # a slot thread ran late: paid for, nobody waiting
+                    raise _DeadlineReached()
                 tracker.writing = True
                 if self.sock is not None:  # a kept-alive connection
                     tracker.connected, tracker.sock = True, self.sock
@@ -237,7 +241,7 @@ class HttpExchange:
         self.max_body_bytes = max_body_bytes
         self.deadline = deadline
         self.whole = whole
-        self.tracker = _Tracker()
+        self.tracker = _Tracker(deadline)
         self.cancelled = threading.Event()
 
     @property

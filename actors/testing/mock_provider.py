@@ -46,6 +46,8 @@ Faults by request shape: ``POST /_mock/rules`` with ``{"rules": [{"when": {FIELD
 {...}}]}`` applies ``fault`` to every request whose JSON body has each FIELD (a dotted path, list
 indexes included: ``messages.-1.role``) equal to VALUE, or present at all when VALUE is ``"*"``:
 one caller's request shape fails while everyone else is served. ``stats()["prompts"]`` counts requests by their last user message.
+``GET /_mock/arrivals`` lists the last 100,000 chat requests as ``[unix time of arrival, last user message]``
+(benchmarks count them per rate window, or against a deadline the prompt carries).
 
 The same directives in a path segment ``/mock:key=value;key=value/`` before the API path
 (``endpoint: http://127.0.0.1:PORT/mock:status=500/v1``) apply to every request on that
@@ -200,10 +202,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/_mock/stats":
             self._send(200, json.dumps(self.server.stats()).encode())
+        elif self.path == "/_mock/arrivals":
+            self._send(200, json.dumps(self.server.arrived()).encode())
         else:
             self._send(404, b'{"error":{"message":"not found"}}')
 
     def do_POST(self) -> None:
+        arrived = time.time()   # before the body is read: what the arrival record says
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         path = self.path.split("?", 1)[0]
@@ -223,7 +228,7 @@ class _Handler(BaseHTTPRequestHandler):
         peer = self.client_address[1]
         self.server.begin(path, dict(self.headers), peer)
         try:
-            self._serve(wire, body, stream_path)
+            self._serve(wire, body, stream_path, arrived)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
@@ -284,9 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- one request -----------------------------------------------------------------
 
-    def _serve(self, wire: "Wire", body: dict[str, Any], stream_path: bool) -> None:
+    def _serve(self, wire: "Wire", body: dict[str, Any], stream_path: bool, arrived: float) -> None:
         prompt = wire.prompt(body)
-        self.server.note_prompt(prompt)
+        self.server.note_prompt(prompt, arrived)
         fault = {**self.server.next_fault(), **self.server.rule_fault(body), **_path_directive(self.path),
                  **_parse_directive(prompt)}
         context = fault.get("context")
@@ -1178,6 +1183,7 @@ class _Server(ThreadingHTTPServer):
             self.rules: list[dict[str, Any]] = []
             self.gates: dict[str, threading.Event] = {}
             self.prompts: Counter[str] = Counter()
+            self.arrivals: deque[tuple[float, str]] = deque(maxlen=100_000)
 
     def route(self, path: str) -> tuple[Wire, bool] | None:
         for match, wire, stream_path in self.routes:
@@ -1203,10 +1209,15 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             return self.gates.setdefault(name, threading.Event())
 
-    def note_prompt(self, prompt: str) -> None:
+    def note_prompt(self, prompt: str, arrived: float) -> None:
         with self._lock:
+            self.arrivals.append((arrived, prompt[:200]))
             if prompt in self.prompts or len(self.prompts) < 10_000:  # bounded: benches send many
                 self.prompts[prompt] += 1
+
+    def arrived(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return list(self.arrivals)
 
     def count_failure(self, key: str, limit: int) -> bool:
         """True once ``key`` has already failed ``limit`` times (so this one succeeds)."""
@@ -1316,6 +1327,11 @@ class MockProcess:
 
     def stats(self) -> dict[str, Any]:
         return self._control("/_mock/stats")
+
+    def arrivals(self) -> list[tuple[float, str]]:
+        """When each chat request arrived (unix time) and its last user message, oldest first."""
+        rows: Any = self._control("/_mock/arrivals")   # a JSON list, not the object the other endpoints answer
+        return [(float(t), str(p)) for t, p in rows]
 
     def script(self, faults: list[Fault]) -> None:
         self._control("/_mock/faults", {"faults": faults})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from actors.core.leases import LeaseAsk, LeaseGrant, LeaseHolder, LeaseTable, fits
@@ -50,6 +51,27 @@ def test_oversubscribed_shares_follow_demand_and_the_leaders_own_node_is_one_cli
     assert shares["leader-node"] < shares["m1"] < shares["m2"]
     assert abs(shares["m2"] - 60) <= 15 and abs(shares["leader-node"] - 20) <= 10
 
+
+@pytest.mark.parametrize("rpm", [59, 61, 64])
+def test_the_windows_last_requests_are_someones_share_when_every_client_wants_more(rpm):
+    # Three clients that want more than the window has. Shares rounded down would leave the last
+    # one or two requests to nobody (1 left, 30 wanted: 0 each), every client waiting on them until
+    # its callers' deadlines instead of spending them or being told the window is spent.
+    t, clock = table(rpm=rpm)
+    w = int(clock() // 60)
+    wants = {"a": (5, 0), "b": (10, 0), "c": (15, 0)}
+    spent = dict.fromkeys(wants, 0)
+    held: dict[str, tuple[int, tuple]] = dict.fromkeys(wants, (0, (None, None)))
+    seq = 0
+    for round_ in range(1, 40):
+        for name, want in wants.items():
+            seq += 1
+            g = t.ask(ask(name, seq, w, want=want, spent=(spent[name], 0), holding=held[name][0], held=held[name][1]))
+            held[name] = (seq, g.lease)
+            if round_ % 2 or round_ > 8:   # between spending rounds, asks that only report (blocked clients)
+                spent[name] = g.lease[0]   # spends all it holds
+        assert sum(spent.values()) <= rpm
+    assert sum(spent.values()) == rpm and spent["a"] < spent["b"] < spent["c"], spent
 
 def test_a_lease_shrinks_only_after_the_client_acknowledges_it():
     t, clock = table(rpm=100)
@@ -138,6 +160,22 @@ def test_a_holder_asks_at_once_when_blocked_on_its_interval_while_active_and_not
     h.granted(LeaseGrant("a", a.seq, 5, (1, None), 3.0), clock())
     assert h.due(clock()) == clock() + 0.2                      # acknowledges the grant on the next ask
 
+
+def test_a_blocked_holder_asks_a_slow_leader_once_an_interval_not_once_a_poll():
+    # Answers slower than an interval (a loaded leader) must not draw more asks: at one per
+    # refresh_s / 8 the leader's queue grew, every answer came older than a lease lasts and was
+    # refused, and a fresh cluster's first request waited for its deadline.
+    clock = Clock()
+    h = LeaseHolder("a", clock=clock, refresh_s=0.2)
+    h.blocked = True
+    asked = 0
+    for _ in range(400):                       # 2 s blocked, the leader answering nothing
+        due = h.due(clock())
+        if due is not None and due <= clock():
+            h.ask(clock(), 5, (0, 0), (1, 8))
+            asked += 1
+        clock.t += 0.005
+    assert asked <= 2 / 0.2 + 1, asked
 
 def test_demand_is_what_arrives_not_what_was_admitted():
     clock = Clock()

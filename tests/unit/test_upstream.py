@@ -231,3 +231,17 @@ def test_an_exchange_stopped_while_its_request_is_being_written_counts_as_sent()
         reader.join(5)
         session.close()
     assert not reader.is_alive() and events == []   # a stopped exchange reports nothing more
+
+
+def test_an_exchange_whose_deadline_passed_before_its_request_went_out_never_sends_it():
+    # The engine dispatched it in time, but its slot's thread ran it late (niced, a loaded machine):
+    # its caller already has a DeadlineExceeded, so nothing goes out and nothing is paid for.
+    network = answering(MockResponse(200))
+    session = http_session(URL, network)
+    run = HttpExchange(HttpRequest("POST", URL, {}, b'{"q": 1}', False), (1.0, 1.0), 1 << 20, time.time() - 0.001)
+    events: list = []
+    run.run(session, lambda event: events.append(event) or True)
+    session.close()
+    assert network.requests == [] and not run.phase.reached_provider
+    (failed,) = events
+    assert isinstance(failed, TransportFailed) and failed.timed_out and not failed.phase.reached_provider
