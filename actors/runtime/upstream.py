@@ -1,9 +1,7 @@
 """One HTTP attempt (an exchange) on its slot's thread: the phase it reached, bounded reads, prompt stops.
 
-The worker's actor thread never blocks on the network; a slot's thread (``slot.py``) runs
-the exchange. It hands every outcome to a sink as a reader event (``actors.core.streaming``)
-and never touches Thespian (sends from another thread are lost, and a log record is a
-message).
+A slot's thread (``slot.py``) runs the exchange and hands every outcome to a sink as a reader
+event (``actors.core.streaming``); it never touches Thespian (sends from another thread are lost).
 
 Where an attempt failed is recorded by the connection itself (connected, request written,
 headers received): requests folds all of those into ``ConnectionError``, and whether the
@@ -11,9 +9,8 @@ provider has the request (``sent``) depends on exactly that (``actors.core.trans
 The connections come from the process's transport (``actors.runtime.transport``): real TCP
 on a node, an in-memory network in the unit tier, the same phase tracking on both.
 
-Reads catch up (``response_body.py``): a reader that fell behind gets every buffered event
-in one read. The slots of a process share one TLS context (``tls_context``): each would
-otherwise load the CA bundle (~1 MiB, ~50 ms) for every connection it opens.
+Reads catch up (``response_body.py``). The slots of a process share one TLS context
+(``tls_context``): each would otherwise load the CA bundle (~1 MiB, ~50 ms) per connection.
 """
 
 from __future__ import annotations
@@ -42,8 +39,7 @@ from actors.runtime.transport import Transport
 
 __all__ = ["HttpExchange", "PhaseAdapter", "READ_CHUNK", "MAX_ERROR_BODY", "tls_context"]
 
-READ_CHUNK = 64 * 1024      # one read's most: whatever has arrived, up to this, so a token is not held back
-MAX_ERROR_BODY = 64 * 1024
+READ_CHUNK = MAX_ERROR_BODY = 64 * 1024   # one read's most (whatever has arrived, so no token is held back)
 
 _current = threading.local()
 _tls: ssl.SSLContext | None = None
