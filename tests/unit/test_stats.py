@@ -474,3 +474,10 @@ def test_engine_status_counts_what_it_holds():
         "circuit": "closed", "draining": False, "model": "d1", "provider": "openai",
         "endpoint": rig.dep.endpoint_label}
     assert status["depth_by_priority"]["high"] == 1 and status["budget_spent"] == []
+
+
+def test_the_text_formatter_takes_the_logging_formatters_options():
+    rec = _log_record()
+    rec.created = 86400.0 * 500  # mid-1971 in every time zone
+    assert TextFormatter(datefmt="%Y").format(rec).startswith("1971 INFO")
+    assert TextFormatter("%(message)s").format(rec) == "2 request(s) ended"
