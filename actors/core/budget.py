@@ -271,7 +271,8 @@ class BudgetBook:
         budget = self.budgets.get(key)
         if isinstance(error, BudgetExceeded) and budget is not None:
             limiter = self.limiters[key]
-            error = budget_exceeded(budget, max(limiter.usage().tokens, budget.nano), self.wall(), hold.estimate_nano)
+            # Named as spent in full: what this request would need is not shown (nothing is left).
+            error = budget_exceeded(budget, max(limiter.usage().tokens, budget.nano), self.wall())
         hold.strict_denied = error
 
     def _exhausted(self, budget: Budget, cost: int) -> bool:

@@ -551,3 +551,19 @@ def test_calendar_periods_are_utc_whatever_the_hosts_zone(monkeypatch):
     finally:
         monkeypatch.delenv("TZ")
         _time.tzset()
+
+
+def test_a_spent_provider_budget_is_skipped_by_routing_too():
+    mine = Budget("provider", "openai", 1.0, parse_period("1h"))
+    book, _ = book_of(mine, seed={mine.counter_key: NANO})
+    assert book.spent() == [mine.id] and mine.id.startswith("provider=openai")
+
+
+def test_a_strict_refusal_says_when_the_budget_resets():
+    strict = key_budget(1.0, mode="strict")
+    book, wall = book_of(strict)
+    hold = SpendHold(700, [strict])
+    book.refused(hold, strict.counter_key, E.BudgetExceeded("tpm", limit="tpm"))
+    assert hold.strict_denied.message.endswith("it resets at 2027-01-15T09:00:00Z")
+    assert hold.strict_denied.retry_after_s == utc(2027, 1, 15, 9) - wall()
+    assert "would need" not in hold.strict_denied.message
