@@ -346,3 +346,12 @@ def test_an_error_shaped_body_in_a_2xx_answer_is_not_an_error_by_its_type():
 
     body = {"error": {"message": "odd", "type": "api_error"}}
     assert classify_error_body(body, 200, "p") is None and classify_error_body(body, 299, "p") is None
+
+
+@pytest.mark.parametrize("body, said", [
+    ({"detail": "plain words from a FastAPI server"}, "plain words from a FastAPI server"),
+    ({"detail": [{"msg": "Xylophone out of tune"}]}, "Xylophone out of tune"),
+    ({"detail": [{"loc": [], "msg": ": colon first"}]}, "colon first"),
+])
+def test_a_fastapi_detail_is_kept_as_said(body, said):
+    assert classify_http_status(500, {}, json.dumps(body).encode()).message == said

@@ -170,3 +170,10 @@ def test_the_launch_capability_is_in_no_repr():
     for message in (Deploy("n", [], capability=cap), SessionInit("d", "openai", None, capability=cap),
                     WatchLauncher(1, 1, cap)):
         assert cap not in repr(message) and cap not in str(message) and message.capability == cap
+
+
+def test_the_log_line_of_a_body_masks_keys_keeps_short_bodies_whole_and_marks_a_cut():
+    assert for_log(b"bad key sk-abcdefghijklmnopqrstuv\nline two") == "bad key [redacted]\\nline two"
+    assert for_log(b"short") == "short" and for_log(None) == ""
+    exactly = "y" * (16 * 1024)
+    assert for_log(exactly.encode()) == exactly and for_log(exactly + "z") == exactly + "…"

@@ -353,3 +353,16 @@ def test_a_loss_is_counted_from_when_it_first_happened():
     member.lost("still silent")               # already outside: since the first loss
     clock.t += 1.0
     assert member.heard("n0") == 5.0
+
+
+def test_a_refusal_is_news_in_its_own_words_and_a_new_reason_replaces_the_old():
+    clock = Clock()
+    member = standing(clock)
+    member.heard("n0")
+    member.refuse("node id n1@h:1 is already held")
+    clock.t += 3.0
+    member.dropped("back 1.0s after it was dropped")
+    assert member.note() == ("the leader's registrar dropped this node and took it back: back 1.0s after it was "
+                             "dropped (0s ago); refused by the cluster: node id n1@h:1 is already held (3s ago)")
+    member.refuse("another reason")
+    assert member.note().startswith("refused by the cluster: another reason (0s ago); the leader's registrar")
