@@ -557,3 +557,20 @@ def test_a_window_reports_its_start_and_limits():
     spend = WindowedLimiter("n1", RateLimits(tpm=9, period=period, window_s=period.nominal_s),
                             wall_clock=FakeClock(WALL0 + 75))
     assert spend.usage().window_start_unix == period.start(period.index(WALL0 + 75))
+
+
+def test_a_parked_request_fails_at_its_wait_end_and_not_before_nor_after_it_went_again():
+    rec, host, _ = recovery()
+    waiting = job("r1")
+    unauthorized = E.AuthenticationError("401", status=401)
+    rec.after_error(waiting, unauthorized, report(unauthorized), 10.0)
+    rec.due_parked(waiting, 10.0 + SESSION_WAIT_S - 0.01)
+    assert host.failed == []
+    rec.due_parked(waiting, 10.0 + SESSION_WAIT_S)
+    assert host.failed == [("r1", unauthorized)]
+    again, host2, _ = recovery()
+    other = job("r1")
+    again.after_error(other, unauthorized, report(unauthorized), 10.0)
+    again.session_changed(ev.SessionChanged(1))            # a newer credential: it went again
+    again.due_parked(other, 10.0 + SESSION_WAIT_S)
+    assert host2.failed == [] and host2.requeued == ["r1"]

@@ -419,3 +419,13 @@ def test_what_a_slot_remembers_of_its_recent_admissions_stays_bounded():
         lim.try_acquire(1)
         mono.advance(0.05)                  # 100 s of steady admissions
     assert len(lim._recent) < 300          # the last few seconds' worth, not all of them
+
+
+def test_the_full_state_holds_only_the_windows_that_still_count():
+    lim, clock = limiter(rpm=5)
+    lim.try_acquire(1)
+    clock.advance(60)
+    lim.try_acquire(1)
+    assert len(lim.state()) == 2
+    clock.advance(180)                    # both windows are over: state() alone drops them
+    assert lim.state() == {}

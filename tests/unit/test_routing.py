@@ -491,3 +491,9 @@ def test_a_decayed_mean_weighs_each_sample_by_its_age():
     assert mean.value == pytest.approx((0.5 * 30.0 + 40.0) / (0.5 * 2 + 1))
     mean.add(0.0, 5.0)                           # a sample from the past counts as now
     assert mean.at == 5.0
+
+
+def test_a_held_refusal_whose_retry_time_is_now_repeats_the_holds_end():
+    answer = E.CircuitOpen("open", retry_at_unix_ms=1_002_000)
+    assert R.held_refusal((1004.0, answer), 1002.0) == (answer, 1004.0)
+    assert R.held_refusal((1004.0, answer), 1001.9) == (answer, 1002.0)
