@@ -177,3 +177,31 @@ def test_the_log_line_of_a_body_masks_keys_keeps_short_bodies_whole_and_marks_a_
     assert for_log(b"short") == "short" and for_log(None) == ""
     exactly = "y" * (16 * 1024)
     assert for_log(exactly.encode()) == exactly and for_log(exactly + "z") == exactly + "…"
+
+
+def _flooded(others: int) -> tuple[LineLimiter, list[str], list[float]]:
+    """Host a said twice at t=1000; at t=1010 (one interval on) ``others`` other hosts say it once."""
+    now = [1000.0]
+    lines: list[str] = []
+    log = LineLimiter(lines.append, interval_s=10, clock=lambda: now[0])
+    assert log.note("a:1", "bad frame", "refused") and not log.note("a:2", "bad frame", "refused")
+    assert lines == ["refused"]                                  # the first line carries no count
+    now[0] = 1009.99
+    assert not log.note("a:3", "bad frame", "refused")           # still within the interval
+    now[0] = 1010.0
+    for i in range(others):
+        log.note(f"h{i}:1", "bad frame", "refused")
+    return log, lines, now
+
+
+def test_a_line_goes_again_exactly_one_interval_after_the_last_with_the_count_held():
+    log, lines, _ = _flooded(1022)                              # 1023 sources: none forgotten
+    assert log.note("a:4", "bad frame", "refused") and lines[-1] == "refused (+2 more like it in the last 10s)"
+
+
+def test_past_1024_sources_the_quiet_ones_are_forgotten_the_new_ones_kept():
+    kept, lines, _ = _flooded(1023)                              # 1024 sources: still none forgotten
+    assert kept.note("a:4", "bad frame", "refused") and lines[-1] == "refused (+2 more like it in the last 10s)"
+    pruned, lines, _ = _flooded(1024)                            # 1025: a, quiet for an interval, is forgotten
+    assert not pruned.note("h1023:9", "bad frame", "refused")    # the newest ones are kept
+    assert pruned.note("a:4", "bad frame", "refused") and lines[-1] == "refused"

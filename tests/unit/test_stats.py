@@ -481,3 +481,9 @@ def test_the_text_formatter_takes_the_logging_formatters_options():
     rec.created = 86400.0 * 500  # mid-1971 in every time zone
     assert TextFormatter(datefmt="%Y").format(rec).startswith("1971 INFO")
     assert TextFormatter("%(message)s").format(rec) == "2 request(s) ended"
+
+
+def test_a_quantile_past_every_observation_is_the_last_bound():
+    counts = [0] * (len(LATENCY_BOUNDS) + 1)
+    counts[0] = 4                              # all in the first bucket
+    assert quantile(counts, 1.5) == LATENCY_BOUNDS[-1] and quantile(counts, 1.0) == LATENCY_BOUNDS[0]
