@@ -771,3 +771,25 @@ def test_a_first_token_counts_only_for_the_attempt_on_the_worker():
     assert job.chunks == 1 and job.first_token_unix == rig.wall()
     rig.report("r1", chunks=4)
     assert rig.terminal("r1").ttft_s == pytest.approx(0.5)
+
+
+def test_a_leaders_answer_with_an_id_that_names_no_attempt_is_ignored():
+    rig = strict_rig()
+    rig.feed(ev.StrictLeader(True, 1))
+    rig.submit("r1")
+    window = int(rig.wall() // 60)
+    for rid in ("no-attempt", "r1#x", "#1"):
+        rig.feed(ev.StrictGranted(rid, window, 10))
+        rig.feed(ev.StrictRefused(rid, E.BudgetExceeded("spent", retryable=False)))
+    assert rig.dispatches("r1") == [] and rig.terminals() == []
+    rig.feed(ev.StrictGranted("r1#1", window, 10))
+    assert len(rig.dispatches("r1")) == 1
+
+
+def test_a_refusal_before_acceptance_lists_one_unsent_attempt_at_this_deployment():
+    from actors.types import AttemptInfo
+
+    rig = Rig()
+    rig.submit("r1", params={"temperature": "hot"})
+    (bad,) = rig.terminals()
+    assert bad.attempt_log == [AttemptInfo("d1", "bad_request", None, 0.0, False)]
