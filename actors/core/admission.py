@@ -280,7 +280,7 @@ class BudgetGate:
             return Denied(verdict)
         return Wait(now + min(max(wait, 0.005), 1.0))
 
-    def leader_changed(self, available: bool, shares: int, now: float, in_cluster: bool = True) -> None:
+    def leader_changed(self, available: bool, shares: int, now: float, in_cluster: bool) -> None:
         self.leader.update(available, shares, now, in_cluster)
         if available if self.strict else in_cluster:
             self.fallback = None

@@ -574,3 +574,24 @@ def test_a_parked_request_fails_at_its_wait_end_and_not_before_nor_after_it_went
     again.session_changed(ev.SessionChanged(1))            # a newer credential: it went again
     again.due_parked(other, 10.0 + SESSION_WAIT_S)
     assert host2.failed == [] and host2.requeued == ["r1"]
+
+
+def test_the_share_keeps_the_budgets_window_and_what_it_does_not_limit():
+    leader = Leader(0.0, 5.0)
+    gate, _, _ = budget_gate(RateLimits(tpm=900, window_s=10.0, leader_unavailable="local_share"), leader)
+    gate.leader_changed(False, 3, 1.0, in_cluster=False)
+    assert isinstance(gate.admit(job("a", estimate=100), 1.0), Reserved)
+    assert gate.fallback.limits == RateLimits(rpm=None, tpm=300, window_s=10.0)
+
+
+@pytest.mark.parametrize("mode,kept_while", [("strict", "in the cluster, leader unreachable"),
+                                            ("approximate", "leader reachable, outside the cluster")])
+def test_the_share_is_dropped_only_when_what_the_budget_depends_on_is_back(mode, kept_while):
+    gate, _, _ = budget_gate(RateLimits(rpm=10, mode=mode, leader_unavailable="local_share"), Leader(0.0, 5.0))
+    gate.leader_changed(False, 3, 1.0, in_cluster=False)
+    gate.fallback = share = gate._fallback()
+    available, in_cluster = (False, True) if mode == "strict" else (True, False)
+    gate.leader_changed(available, 3, 2.0, in_cluster=in_cluster)
+    assert gate.fallback is share, kept_while
+    gate.leader_changed(mode == "strict", 3, 3.0, in_cluster=mode != "strict")
+    assert gate.fallback is None

@@ -429,3 +429,10 @@ def test_the_full_state_holds_only_the_windows_that_still_count():
     assert len(lim.state()) == 2
     clock.advance(180)                    # both windows are over: state() alone drops them
     assert lim.state() == {}
+
+
+def test_with_burst_a_wait_under_a_second_is_said_as_it_is():
+    lim, clock = limiter(rpm=600, burst=0.1)
+    clock.advance(30)   # 600 * (0.1 + 0.5) = 360 may be spent
+    assert sum(isinstance(lim.try_acquire(tokens=1), Reservation) for _ in range(361)) == 360
+    assert lim.try_acquire(tokens=1).retry_after_s == pytest.approx(0.1)   # 1/600 of the window later
