@@ -515,7 +515,7 @@ def test_strict_admission_waits_for_the_leader_then_fails_closed_or_falls_back_t
     assert refused.error.message == "strict rate limiting needs the convention leader, which is unreachable"
     shared = Leader(0.0, 5.0)
     gate, _, _ = budget_gate(RateLimits(rpm=10, mode="strict", leader_unavailable="local_share"), shared)
-    gate.leader_changed(False, 2, 1.0)
+    gate.leader_changed(False, 2, 1.0, in_cluster=True)
     assert isinstance(gate.admit(job("a"), 1.0), Reserved) and gate.fallback.limits.rpm == 5
 
 
