@@ -355,3 +355,11 @@ def test_an_error_shaped_body_in_a_2xx_answer_is_not_an_error_by_its_type():
 ])
 def test_a_fastapi_detail_is_kept_as_said(body, said):
     assert classify_http_status(500, {}, json.dumps(body).encode()).message == said
+
+
+def test_a_recognised_error_body_keeps_the_status_the_retry_time_and_the_request_id():
+    body = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
+    err = classify_http_status(429, {"Retry-After": "7", "x-request-id": "req-9"}, json.dumps(body).encode(),
+                               provider="openai")
+    assert type(err) is E.RateLimited and err.status == 429 and err.retry_after_s == 7.0
+    assert err.request_id == "req-9" and err.provider == "openai"

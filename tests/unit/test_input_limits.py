@@ -205,3 +205,8 @@ def test_past_1024_sources_the_quiet_ones_are_forgotten_the_new_ones_kept():
     pruned, lines, _ = _flooded(1024)                            # 1025: a, quiet for an interval, is forgotten
     assert not pruned.note("h1023:9", "bad frame", "refused")    # the newest ones are kept
     assert pruned.note("a:4", "bad frame", "refused") and lines[-1] == "refused"
+
+
+def test_bytes_that_are_not_utf8_are_shown_replaced_and_a_cut_is_past_500_characters():
+    assert for_log(b"\xff ok") == "\ufffd ok" and for_log("text") == "text"
+    assert not trimmed("x" * 500) and trimmed("x" * 501)
