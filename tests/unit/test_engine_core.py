@@ -793,3 +793,17 @@ def test_a_refusal_before_acceptance_lists_one_unsent_attempt_at_this_deployment
     rig.submit("r1", params={"temperature": "hot"})
     (bad,) = rig.terminals()
     assert bad.attempt_log == [AttemptInfo("d1", "bad_request", None, 0.0, False)]
+
+
+def test_a_strict_retry_asks_the_leader_again_for_its_next_attempt():
+    rig = strict_rig()
+    rig.feed(ev.StrictLeader(True, 1))
+    rig.submit("r1")
+    window = int(rig.wall() // 60)
+    rig.feed(ev.StrictGranted("r1#1", window, 10))
+    assert len(rig.dispatches("r1")) == 1
+    rig.report("r1", error=E.ServerError("overloaded", status=503, retryable=True), sent=True)
+    asks = rig.of(ev.AskStrict, rig.advance(5.0))
+    assert asks and {a.reservation_id for a in asks} == {"r1#2"} and rig.terminals() == []
+    rig.feed(ev.StrictGranted("r1#2", window, 10))
+    assert [d.attempt for d in rig.dispatches("r1")][-1] == 2

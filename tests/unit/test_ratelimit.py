@@ -436,3 +436,15 @@ def test_with_burst_a_wait_under_a_second_is_said_as_it_is():
     clock.advance(30)   # 600 * (0.1 + 0.5) = 360 may be spent
     assert sum(isinstance(lim.try_acquire(tokens=1), Reservation) for _ in range(361)) == 360
     assert lim.try_acquire(tokens=1).retry_after_s == pytest.approx(0.1)   # 1/600 of the window later
+
+
+def test_a_merge_skips_a_window_that_is_gone_and_takes_the_rest():
+    a, clock = limiter("a", rpm=10)
+    a.try_acquire(1)
+    stale = a.take_delta()
+    clock.advance(180)
+    a.try_acquire(1)
+    a.try_acquire(1)
+    b, _ = limiter("b", clock=clock, rpm=10)
+    b.merge({**stale, **a.take_delta()})           # the gone window first
+    assert b.usage().requests == 2

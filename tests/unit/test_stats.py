@@ -487,3 +487,10 @@ def test_a_quantile_past_every_observation_is_the_last_bound():
     counts = [0] * (len(LATENCY_BOUNDS) + 1)
     counts[0] = 4                              # all in the first bucket
     assert quantile(counts, 1.5) == LATENCY_BOUNDS[-1] and quantile(counts, 1.0) == LATENCY_BOUNDS[0]
+
+
+def test_bucket_counts_of_different_lengths_add_up_position_by_position():
+    from actors.core.stats import _add_counts
+
+    assert _add_counts([1, 2, 3], [10]) == [11, 2, 3] and _add_counts([1], [10, 20]) == [11, 20]
+    assert _add_counts([], []) == []
