@@ -494,3 +494,15 @@ def test_bucket_counts_of_different_lengths_add_up_position_by_position():
 
     assert _add_counts([1, 2, 3], [10]) == [11, 2, 3] and _add_counts([1], [10, 20]) == [11, 20]
     assert _add_counts([], []) == []
+
+
+def test_the_logging_config_names_the_formatter_of_the_chosen_format():
+    import logging.config
+
+    from actors.core.log_format import formatter_definition
+
+    assert formatter_definition("json") == {"()": "actors.core.log_format.JsonFormatter"}
+    assert formatter_definition("text") == {"()": "actors.core.log_format.TextFormatter"}
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
+                               "formatters": {"f": formatter_definition("json")},
+                               "handlers": {"h": {"class": "logging.NullHandler", "formatter": "f"}}})

@@ -148,3 +148,7 @@ def test_a_runners_bug_is_never_retried():
 def test_reader_events_are_described_without_their_bytes():
     assert streaming.describe(b"sk-secret") == "9 bytes"
     assert streaming.describe(("eof", 3)) == "('eof', 3)"
+
+
+def test_the_end_of_a_reader_is_described_as_end():
+    assert streaming.describe(streaming.END) == "END"
