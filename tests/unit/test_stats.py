@@ -505,3 +505,22 @@ def test_the_logging_config_names_the_formatter_of_the_chosen_format():
     assert formatter_definition("text") == {"()": "actors.core.log_format.TextFormatter"}
     # the name resolves as dictConfig resolves it (without reconfiguring this process's logging)
     assert logging.config.BaseConfigurator({}).resolve(formatter_definition("json")["()"]) is JsonFormatter
+
+
+def test_snapshots_missing_parts_merge_as_if_those_parts_were_zero():
+    from actors.core.stats import SERIES_STEP_S, merge_snapshots
+
+    counted = {"outcomes": {"completed": {"": 2}}, "rejected": {"BadRequest": 1}, "refused": {"QueueFull": 2},
+               "probes": {"ok": 1}, "retries": 3, "fallbacks": 4, "step_s": SERIES_STEP_S * 2,
+               "latency": {"counts": [1, 2], "sum": 0.5, "count": 3}, "ttft": {"counts": [3], "sum": 0.25, "count": 3},
+               "tokens": {"input": 5}, "cost_usd": 0.25, "unpriced": 1, "keys": {"k": {"calls": 1}}}
+    failing_only = {"last_failure_unix": 100.0, "failing_since_unix": 90.0}
+    merged = merge_snapshots([counted, failing_only])
+    assert merged == {
+        "outcomes": {"completed": {"": 2}}, "rejected": {"BadRequest": 1}, "refused": {"QueueFull": 2},
+        "probes": {"ok": 1, "failed": 0}, "retries": 3, "fallbacks": 4,
+        "latency": {"counts": [1, 2], "sum": 0.5, "count": 3}, "ttft": {"counts": [3], "sum": 0.25, "count": 3},
+        "tokens": {"input": 5}, "cost_usd": 0.25, "unpriced": 1, "keys": {"k": {"calls": 1}},
+        "last_success_unix": None, "last_failure_unix": 100.0,
+        "failing_since_unix": 90.0,          # the one replica that served anything is failing
+        "step_s": SERIES_STEP_S * 2, "series": []}
