@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 from actors.core.admission import AdmissionHost, Denied, Leader, Wait
@@ -88,7 +88,7 @@ def budget_exceeded(budget: Budget, spent_nano: int, now: float, cost_nano: int 
     """The refusal callers see: names the budget, what is spent, and when it resets (not before)."""
     index = budget.period.index(now)
     resets = budget.period.end(index)
-    when = datetime.fromtimestamp(resets, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resets))
     # Only while some is left (a spent budget refuses whatever a request costs). The router refuses
     # with what the engine pushed, built here with the last request's cost (core/refusals.py).
     left = spent_nano < to_nano(budget.usd)

@@ -567,3 +567,28 @@ def test_a_strict_refusal_says_when_the_budget_resets():
     assert hold.strict_denied.message.endswith("it resets at 2027-01-15T09:00:00Z")
     assert hold.strict_denied.retry_after_s == utc(2027, 1, 15, 9) - wall()
     assert "would need" not in hold.strict_denied.message
+
+
+def test_what_a_request_would_need_is_said_only_while_some_is_left_and_a_cost_is_known():
+    from actors.core.budget import budget_exceeded
+
+    b = Budget("key", "k1", 1.0, parse_period("1h"))
+    now = utc(2027, 1, 15, 8, 0, 30)
+    exact = budget_exceeded(b, NANO, now, 500)                 # spent in full: nothing is left
+    assert exact.message == ("budget key=k1/1h is spent: $1.000000 of $1 in this 1h period; "
+                             "it resets at 2027-01-15T09:00:00Z")
+    assert exact.retry_after_s == utc(2027, 1, 15, 9) - now
+    assert budget_exceeded(b, NANO - 1, now, None).message == exact.message.replace("$1.000000 of", "$0.999999 of")
+    assert "would need about $0.000500" in budget_exceeded(b, NANO - 1000, now, 500_000).message
+
+
+def test_a_strict_budget_waits_for_the_leader_while_the_node_starts_then_refuses():
+    from fakes import FakeClock
+
+    strict = key_budget(1.0, mode="strict")
+    book = BudgetBook([strict], slot="s", deployment="d1", provider="openai", wall=FakeClock(utc(2027, 1, 15, 8)),
+                      clock=FakeClock(100.0), failure_timeout_s=5.0)
+    assert isinstance(book.admit(SpendHold(10, [strict]), 104.99, False, False, "r1"), Wait)
+    refused = book.admit(SpendHold(10, [strict]), 105.0, False, False, "r2")
+    assert isinstance(refused, Denied) and isinstance(refused.error, E.LeaderUnavailable)
+    assert isinstance(book.admit(SpendHold(10, [strict]), 101.0, False, True, "r3"), Denied)   # lost: no wait
