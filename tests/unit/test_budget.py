@@ -578,7 +578,7 @@ def test_what_a_request_would_need_is_said_only_while_some_is_left_and_a_cost_is
     assert exact.message == ("budget key=k1/1h is spent: $1.000000 of $1 in this 1h period; "
                              "it resets at 2027-01-15T09:00:00Z")
     assert exact.retry_after_s == utc(2027, 1, 15, 9) - now
-    assert budget_exceeded(b, NANO - 1, now, None).message == exact.message.replace("$1.000000 of", "$0.999999 of")
+    assert budget_exceeded(b, NANO - 1000, now, None).message == exact.message.replace("$1.000000 of", "$0.999999 of")
     assert "would need about $0.000500" in budget_exceeded(b, NANO - 1000, now, 500_000).message
 
 
