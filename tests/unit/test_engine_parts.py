@@ -595,3 +595,47 @@ def test_the_share_is_dropped_only_when_what_the_budget_depends_on_is_back(mode,
     assert gate.fallback is share, kept_while
     gate.leader_changed(mode == "strict", 3, 3.0, in_cluster=mode != "strict")
     assert gate.fallback is None
+
+
+def spend_gate(*budgets: Budget, leader: Leader) -> tuple[SpendGate, Host, BudgetBook]:
+    host, wall = Host(), FakeClock(WALL0)
+    book = BudgetBook(budgets, slot="s", deployment="d1", provider="openai", wall=wall, clock=FakeClock(0.0))
+    return SpendGate(book, host, leader, "openai"), host, book
+
+
+def test_the_spend_gate_waits_for_a_strict_answer_from_now_and_names_its_provider_when_outside():
+    joined = Leader(0.0, 5.0)
+    joined.update(True, 1, 0.0)
+    strict = Budget("key", "k1", 1.0, parse_period("1h"), "strict")
+    gate, host, _ = spend_gate(strict, leader=joined)
+    wait = gate.admit(SpendHold(1000, [strict]), "r1", 10.0)
+    assert wait == Wait(10.0 + 2.0) and len(host.of(AskStrictSpend)) == 1
+    never_joined = Leader(0.0, 5.0)
+    never_joined.update(False, 0, 0.0, in_cluster=False)
+    approx = Budget("key", "k1", 1.0, parse_period("1h"))
+    gate, _, _ = spend_gate(approx, leader=never_joined)
+    refused = gate.admit(SpendHold(1000, [approx]), "r1", 60.0)
+    assert isinstance(refused, Denied) and refused.error.provider == "openai"
+    # a strict-only hold is not an approximate budget spent outside the cluster: it asks the leader's limiter
+    gate, _, _ = spend_gate(strict, leader=never_joined)
+    strict_refused = gate.admit(SpendHold(1000, [strict]), "r1", 60.0)
+    assert isinstance(strict_refused, Denied) and strict_refused.error.provider == "openai"
+    assert strict_refused.error.message.startswith("a strict spend budget needs the convention leader")
+
+
+def test_a_request_that_sent_nothing_gives_its_spend_back_in_full():
+    leader = Leader(0.0, 5.0)
+    leader.update(True, 1, 0.0)
+    approx, strict = Budget("key", "k1", 1.0, parse_period("1h")), Budget("team", "t", 1.0, parse_period("1h"),
+                                                                          "strict")
+    gate, _, book = spend_gate(approx, strict, leader=leader)
+    hold = SpendHold(1000, [approx, strict])
+    gate.admit(hold, "r1", 0.0)
+    window = strict.period.index(WALL0)
+    assert gate.granted(hold, strict.counter_key, "x", window, 1000)
+    assert book.limiters[approx.counter_key].usage().tokens == 1000
+    assert book.limiters[strict.counter_key].usage().requests == 1
+    hold.sent = False
+    gate.settle(hold, "r1")
+    for key in (approx.counter_key, strict.counter_key):
+        assert (book.limiters[key].usage().requests, book.limiters[key].usage().tokens) == (0, 0)
