@@ -16,7 +16,7 @@ from actors.core import engine_events as ev
 from actors.core.admission import (PROBE_RETRY_S, TICK_S, Admission, Admit, BreakerGate, BudgetGate, Denied, Leader,
                                    NeedProbe, Refuse, Reserved, Wait)
 from actors.core.breaker import BreakerSnapshot, BreakerView, CircuitState
-from actors.core.budget import AskStrictSpend, Budget, BudgetBook, SpendGate, SpendHold
+from actors.core.budget import AskStrictSpend, Budget, BudgetBook, SettleStrictSpend, SpendGate, SpendHold
 from actors.core.caller_fault import JUDGE_WAIT_S, Hearing
 from actors.core.jobs import ABANDON_GRACE_S, Attempt, Job
 from actors.core.periods import parse_period
@@ -639,3 +639,47 @@ def test_a_request_that_sent_nothing_gives_its_spend_back_in_full():
     gate.settle(hold, "r1")
     for key in (approx.counter_key, strict.counter_key):
         assert (book.limiters[key].usage().requests, book.limiters[key].usage().tokens) == (0, 0)
+
+
+def test_a_node_that_was_in_the_cluster_spends_on_against_what_its_replica_holds():
+    lost = Leader(0.0, 5.0)
+    lost.update(False, 1, 10.0, in_cluster=False)          # one share known: it was in the cluster
+    assert lost.spend_outside(60.0, "openai") is None
+
+
+def test_the_spend_gate_takes_a_repeated_grant_once_and_gives_back_what_nobody_holds():
+    leader = Leader(0.0, 5.0)
+    leader.update(True, 1, 0.0)
+    strict = Budget("key", "k1", 1.0, parse_period("1h"), "strict")
+    gate, host, book = spend_gate(strict, leader=leader)
+    hold = SpendHold(1000, [strict])
+    gate.admit(hold, "r1", 0.0)
+    window = strict.period.index(WALL0)
+    assert gate.granted(hold, strict.counter_key, "rid", window, 1000)
+    assert gate.granted(hold, strict.counter_key, "rid", window, 1000)     # the answer to a repeated ask
+    assert host.of(SettleStrictSpend) == [] and book.limiters[strict.counter_key].usage().requests == 1
+    assert not gate.granted(None, strict.counter_key, "gone", window, 1000)
+    assert host.of(SettleStrictSpend) == [SettleStrictSpend(strict.counter_key, "gone", 0, False)]
+    assert not gate.refused(None, strict.counter_key, E.BudgetExceeded("spent"))
+    assert gate.admit(hold, "r1", 0.1) is None and hold.admitted
+    assert not gate.refused(hold, strict.counter_key, E.BudgetExceeded("spent"))   # too late: admitted
+
+
+def test_the_spend_gate_learns_how_late_other_slots_counts_arrive():
+    leader = Leader(0.0, 5.0)
+    leader.update(True, 1, 0.0)
+    approx = Budget("key", "k1", 1.0, parse_period("1h"))
+    gate, _, book = spend_gate(approx, leader=leader)
+    window = approx.period.index(WALL0)
+    assert gate.merge(ev.PeerCounts(approx.counter_key, {window: {"tokens": {"n2": 5}}}, origin="n2",
+                                    sent_unix=WALL0 - 3.0))
+    assert book.limiters[approx.counter_key].usage().tokens == 5
+    assert book.limiters[approx.counter_key].staleness_s > 6.0
+
+
+def test_a_budget_mode_must_be_one_of_two():
+    from actors.core.budget import BudgetSpec
+
+    with pytest.raises(ValueError) as info:
+        BudgetSpec(usd=1.0, period="1h", key="k", mode="lenient")
+    assert str(info.value) == "mode: must be approximate or strict, got 'lenient'"
