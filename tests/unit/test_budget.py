@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -592,3 +593,9 @@ def test_a_strict_budget_waits_for_the_leader_while_the_node_starts_then_refuses
     refused = book.admit(SpendHold(10, [strict]), 105.0, False, False, "r2")
     assert isinstance(refused, Denied) and isinstance(refused.error, E.LeaderUnavailable)
     assert isinstance(book.admit(SpendHold(10, [strict]), 101.0, False, True, "r3"), Denied)   # lost: no wait
+
+
+@pytest.mark.parametrize("value", [3600, None, ["1h"]])
+def test_a_period_that_is_not_text_is_refused_naming_it(value):
+    with pytest.raises(ValueError, match=r"period: expected a count and a unit .* got " + re.escape(repr(value))):
+        parse_period(value)
