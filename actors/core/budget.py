@@ -178,7 +178,7 @@ class BudgetBook:
             seeded = (seed or {}).get(key, 0)
             if seeded > 0:
                 # This slot's spend in the current period before the restart, from the ledger.
-                limiter.record(seeded, requests=1)
+                limiter.record(seeded)  # as one request
         self.sync = SyncSchedule(sync_interval_s, clock(), dirty=bool(seed))
         self.typical_nano = 0
 
@@ -205,7 +205,7 @@ class BudgetBook:
                 if b.mode == "strict":
                     continue
                 limiter = self.limiters[b.counter_key]
-                verdict = limiter.try_acquire(cost, 1)
+                verdict = limiter.try_acquire(cost)  # one request
                 self.sync.touch()
                 if isinstance(verdict, Reservation):
                     hold.reserved.append((b, verdict))

@@ -599,3 +599,22 @@ def test_a_strict_budget_waits_for_the_leader_while_the_node_starts_then_refuses
 def test_a_period_that_is_not_text_is_refused_naming_it(value):
     with pytest.raises(ValueError, match=r"period: expected a count and a unit .* got " + re.escape(repr(value))):
         parse_period(value)
+
+
+def test_a_seed_of_one_nano_is_spend_of_one_request():
+    budget = key_budget(1.0)
+    book, _ = book_of(budget, seed={budget.counter_key: 1})
+    usage = book.limiters[budget.counter_key].usage()
+    assert (usage.requests, usage.tokens) == (1, 1)
+
+
+def test_a_book_ignores_its_own_counts_echoed_back():
+    from actors.core.admission import Leader
+    from actors.core.budget import SpendGate
+
+    budget = key_budget(1.0)
+    book, wall = book_of(budget)
+    gate = SpendGate(book, None, Leader(0.0, 5.0), "openai")
+    window = budget.period.index(wall())
+    assert not gate.merge(ev.PeerCounts(budget.counter_key, {window: {"tokens": {book.slot: 7}}}, origin=book.slot))
+    assert book.limiters[budget.counter_key].usage().tokens == 0

@@ -363,3 +363,29 @@ def test_a_recognised_error_body_keeps_the_status_the_retry_time_and_the_request
                                provider="openai")
     assert type(err) is E.RateLimited and err.status == 429 and err.retry_after_s == 7.0
     assert err.request_id == "req-9" and err.provider == "openai"
+
+
+@pytest.mark.parametrize("err, kind, said", [
+    ({"status": "ABORTED"}, E.Conflict, "ABORTED"),                  # only a Google RPC status: it is the message
+    ({"type": "overloaded_error"}, E.Overloaded, "overloaded_error"),  # only a type
+])
+def test_an_error_without_a_message_is_named_by_what_it_has(err, kind, said):
+    got = classify_error_body({"error": err})
+    assert type(got) is kind and got.message == said and got.provider == ""
+
+
+def test_an_error_given_as_a_bare_string_is_read_as_its_message():
+    text = "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens."
+    got = classify_error_body({"error": text}, 400)
+    assert type(got) is E.ContextLengthExceeded and got.message == text
+    assert (got.tokens, got.max_tokens) == (9000, 8192)
+
+
+def test_a_body_that_is_not_an_error_is_not_classified():
+    assert classify_error_body({"id": "chatcmpl-1", "object": "chat.completion", "message": "hello"}) is None
+
+
+def test_token_counts_read_the_order_from_the_words_before_the_first_number():
+    from actors.core.classify import _token_counts
+
+    assert _token_counts("input is 150 tokens, which exceeds the 100 token limit (150 > 100)") == (150, 100)
