@@ -389,3 +389,8 @@ def test_token_counts_read_the_order_from_the_words_before_the_first_number():
     from actors.core.classify import _token_counts
 
     assert _token_counts("input is 150 tokens, which exceeds the 100 token limit (150 > 100)") == (150, 100)
+
+
+def test_the_detail_beside_an_unrecognised_error_object_is_the_message():
+    body = {"error": {"code": "E42"}, "detail": "  the real words  "}
+    assert classify_http_status(500, {}, json.dumps(body).encode()).message == "the real words"
