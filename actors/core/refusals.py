@@ -84,6 +84,7 @@ def for_group(model: str, refused: Sequence[tuple[str, InferenceError]]) -> Infe
     if len(refused) == 1:
         return refused[0][1]
     errors = [error for _, error in refused]
+    chosen: InferenceError
     if all(isinstance(e, ContextLengthExceeded) for e in errors):
         chosen = max((e for e in errors if isinstance(e, ContextLengthExceeded)), key=lambda e: e.max_tokens or 0)
     else:
