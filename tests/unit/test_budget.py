@@ -618,3 +618,10 @@ def test_a_book_ignores_its_own_counts_echoed_back():
     window = budget.period.index(wall())
     assert not gate.merge(ev.PeerCounts(budget.counter_key, {window: {"tokens": {book.slot: 7}}}, origin=book.slot))
     assert book.limiters[budget.counter_key].usage().tokens == 0
+
+
+def test_a_budget_that_resets_in_half_a_second_says_so():
+    from actors.core.budget import budget_exceeded
+
+    b = Budget("key", "k1", 1.0, parse_period("1h"))
+    assert budget_exceeded(b, NANO, utc(2027, 1, 15, 9) - 0.5).retry_after_s == 0.5

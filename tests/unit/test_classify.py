@@ -394,3 +394,11 @@ def test_token_counts_read_the_order_from_the_words_before_the_first_number():
 def test_the_detail_beside_an_unrecognised_error_object_is_the_message():
     body = {"error": {"code": "E42"}, "detail": "  the real words  "}
     assert classify_http_status(500, {}, json.dumps(body).encode()).message == "the real words"
+
+
+def test_an_azure_filter_verdict_without_words_is_still_named_and_a_413_can_be_a_context_error():
+    filtered = classify_error_body({"error": {"innererror": {"code": "ResponsibleAIPolicyViolation"}}})
+    assert type(filtered) is E.ContentFiltered and filtered.message == "error" and filtered.reason == "content_filter"
+    too_long = {"error": {"message": "This model's maximum context length is 8192 tokens, you requested 9000 tokens"}}
+    assert type(classify_error_body(too_long, 413)) is E.ContextLengthExceeded
+    assert type(classify_error_body(too_long, 414)) is not E.ContextLengthExceeded
