@@ -210,3 +210,22 @@ def test_past_1024_sources_the_quiet_ones_are_forgotten_the_new_ones_kept():
 def test_bytes_that_are_not_utf8_are_shown_replaced_and_a_cut_is_past_500_characters():
     assert for_log(b"\xff ok") == "\ufffd ok" and for_log("text") == "text"
     assert not trimmed("x" * 500) and trimmed("x" * 501)
+
+
+@pytest.mark.parametrize("body,out", [
+    (PY_TRACE, "ValueError: could not load [path] (stack trace removed)"),
+    ('Traceback (most recent call last):\n  File "a.py", line 1, in f\n    g()\n',
+     "the upstream answered with a stack trace (removed)"),
+    ('  File "a.py", line 1, in f\n\tg()\n  note: an indented detail\nValueError: x',
+     "note: an indented detail\nValueError: x (stack trace removed)"),
+    ("Error: x\n  an indented detail", "Error: x\n  an indented detail"),
+    ("  indented first line\nnext", "indented first line\nnext"),
+    ("a\n\n\n\nb", "a\n\nb"),
+    ("", ""),
+])
+def test_what_the_caller_is_shown_of_an_upstream_text_exactly(body, out):
+    assert strip_internals(body) == out
+
+
+def test_only_text_is_stripped():
+    assert strip_internals(None) is None and strip_internals(42) == 42
