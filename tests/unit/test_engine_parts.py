@@ -683,3 +683,28 @@ def test_a_budget_mode_must_be_one_of_two():
     with pytest.raises(ValueError) as info:
         BudgetSpec(usd=1.0, period="1h", key="k", mode="lenient")
     assert str(info.value) == "mode: must be approximate or strict, got 'lenient'"
+
+
+def test_the_budget_gate_waits_as_long_as_the_limiter_says_unless_the_deadline_comes_first():
+    gate, _, _ = budget_gate(RateLimits(rpm=600, burst=0.1))
+    admitted = job("a")
+    first = gate.admit(admitted, 0.0)
+    assert isinstance(first, Reserved) and first.reservation is admitted.held.reservation is not None
+    for i in range(59):
+        assert isinstance(gate.admit(job(f"b{i}"), 0.0), Reserved)
+    wait = gate.admit(job("w"), 0.0)
+    assert isinstance(wait, Wait) and wait.until == pytest.approx(0.1)       # a tenth of a second: said as it is
+    assert isinstance(gate.admit(job("d", deadline=wait.until), 0.0), Denied)  # the wait would reach the deadline
+    assert isinstance(gate.admit(job("e", deadline=wait.until + 0.01), 0.0), Wait)
+
+
+def test_a_new_credential_sends_every_parked_request_again_past_those_waiting_for_a_retry():
+    rec, host, _ = recovery()
+    retrying, parked = job("r0"), job("r1")
+    retrying.attempts = 1
+    rec.retry_or_fail(retrying, E.ServerError("busy", status=503, retryable=True), 0.0)
+    unauthorized = E.AuthenticationError("401", status=401)
+    rec.after_error(parked, unauthorized, report(unauthorized), 0.0)
+    rec.session_changed(ev.SessionChanged(1))
+    assert host.requeued == ["r1"] and list(rec.waiting) == ["r0"]
+    assert rec.stage(parked) is None and parked.recovery.parked is None

@@ -497,3 +497,9 @@ def test_a_held_refusal_whose_retry_time_is_now_repeats_the_holds_end():
     answer = E.CircuitOpen("open", retry_at_unix_ms=1_002_000)
     assert R.held_refusal((1004.0, answer), 1002.0) == (answer, 1004.0)
     assert R.held_refusal((1004.0, answer), 1001.9) == (answer, 1002.0)
+
+
+def test_a_routing_entry_for_an_unserved_model_lists_the_models_that_are_served():
+    with pytest.raises(ValueError) as info:
+        R.check_models(R.RoutingPolicy(models={"nobody": R.ModelRouting()}), ["gpt-4o", "claude", "gpt-4o"])
+    assert str(info.value) == "routing.models.nobody: no deployment serves model 'nobody' (models: claude, gpt-4o)"
