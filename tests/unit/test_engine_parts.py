@@ -708,3 +708,10 @@ def test_a_new_credential_sends_every_parked_request_again_past_those_waiting_fo
     rec.session_changed(ev.SessionChanged(1))
     assert host.requeued == ["r1"] and list(rec.waiting) == ["r0"]
     assert rec.stage(parked) is None and parked.recovery.parked is None
+
+
+def test_the_heap_keeps_the_earliest_look_asked_for_whatever_the_order():
+    timers = TimerHeap(lambda kind, subject, when: True, lambda: 100)
+    timers.pump_soon(6.0)
+    timers.pump_soon(9.0)
+    assert timers.pump_at == 6.0
