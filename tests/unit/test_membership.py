@@ -366,3 +366,20 @@ def test_a_refusal_is_news_in_its_own_words_and_a_new_reason_replaces_the_old():
                              "dropped (0s ago); refused by the cluster: node id n1@h:1 is already held (3s ago)")
     member.refuse("another reason")
     assert member.note().startswith("refused by the cluster: another reason (0s ago); the leader's registrar")
+
+
+def test_the_table_remembers_the_last_256_drops_oldest_forgotten_first():
+    clock = Clock()
+    members = table(clock)
+    for i in range(257):
+        members.heartbeat(f"m{i}", "1", "M")
+    clock.t += 4.0
+    assert len(members.sweep()) == 257                 # 257 drops: the first one is forgotten
+    assert members.heartbeat("m0", "1", "M").reason == ""
+    assert members.heartbeat("m1", "1", "M").reason == "back 0.0s after it was dropped for missed heartbeats"
+    members256 = table(clock)
+    for i in range(256):
+        members256.heartbeat(f"m{i}", "1", "M")
+    clock.t += 4.0
+    members256.sweep()                                 # exactly 256: all remembered
+    assert members256.heartbeat("m0", "1", "M").reason.startswith("back 0.0s")
