@@ -625,3 +625,10 @@ def test_a_budget_that_resets_in_half_a_second_says_so():
 
     b = Budget("key", "k1", 1.0, parse_period("1h"))
     assert budget_exceeded(b, NANO, utc(2027, 1, 15, 9) - 0.5).retry_after_s == 0.5
+
+
+def test_a_calendar_budgets_usage_starts_at_its_period_start():
+    monthly = Budget("key", "k1", 1.0, parse_period("1mo"))
+    book, _ = book_of(monthly)
+    usage = book.limiters[monthly.counter_key].usage()
+    assert usage.window_start_unix == utc(2027, 1, 1) and usage.window == monthly.period.index(utc(2027, 1, 15, 8, 0, 30))

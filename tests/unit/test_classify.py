@@ -402,3 +402,7 @@ def test_an_azure_filter_verdict_without_words_is_still_named_and_a_413_can_be_a
     too_long = {"error": {"message": "This model's maximum context length is 8192 tokens, you requested 9000 tokens"}}
     assert type(classify_error_body(too_long, 413)) is E.ContextLengthExceeded
     assert type(classify_error_body(too_long, 414)) is not E.ContextLengthExceeded
+
+
+def test_a_message_of_exactly_the_bound_is_kept_whole():
+    assert redact("m" * 500) == "m" * 500 and redact("m" * 501) == "m" * 500 + "…"
