@@ -715,3 +715,13 @@ def test_the_heap_keeps_the_earliest_look_asked_for_whatever_the_order():
     timers.pump_soon(6.0)
     timers.pump_soon(9.0)
     assert timers.pump_at == 6.0
+
+
+def test_a_request_that_ends_with_another_error_than_its_suspect_500_is_answered_at_once():
+    gate, host = breaker_gate(FakeClock(WALL0))
+    timers = TimerHeap(lambda kind, subject, when: True, lambda: 100)
+    hearing = Hearing(host, gate, timers, slot="s", provider="openai")
+    bad = job("bad")
+    hearing.heard(attempt_of(bad, seq=1), E.ServerError("cannot compile the schema", status=500), 0.0)
+    later = E.DeadlineExceeded("the deadline passed")
+    assert not hearing.hold(bad, later, 0.0) and hearing.held == {} and host.probes == 0
