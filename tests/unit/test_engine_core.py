@@ -807,3 +807,12 @@ def test_a_strict_retry_asks_the_leader_again_for_its_next_attempt():
     assert asks and {a.reservation_id for a in asks} == {"r1#2"} and rig.terminals() == []
     rig.feed(ev.StrictGranted("r1#2", window, 10))
     assert [d.attempt for d in rig.dispatches("r1")][-1] == 2
+
+
+def test_an_unanswered_probe_ask_wakes_the_engine_when_it_may_be_asked_again():
+    from actors.core.admission import PROBE_RETRY_S
+
+    rig = Rig()
+    rig.breaker(CircuitState.OPEN, retry_in_s=0)
+    assert len(rig.of(ev.AskProbe, rig.submit("r1"))) == 1
+    assert rig.core.next_wakeup() == pytest.approx(rig.mono + PROBE_RETRY_S)
