@@ -406,3 +406,7 @@ def test_an_azure_filter_verdict_without_words_is_still_named_and_a_413_can_be_a
 
 def test_a_message_of_exactly_the_bound_is_kept_whole():
     assert redact("m" * 500) == "m" * 500 and redact("m" * 501) == "m" * 500 + "…"
+
+
+def test_a_body_with_error_like_fields_but_no_error_object_is_not_an_error():
+    assert classify_error_body({"status": "RESOURCE_EXHAUSTED", "message": "a field of some answer"}) is None

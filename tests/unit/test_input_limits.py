@@ -216,7 +216,7 @@ def test_bytes_that_are_not_utf8_are_shown_replaced_and_a_cut_is_past_500_charac
     (PY_TRACE, "ValueError: could not load [path] (stack trace removed)"),
     ('Traceback (most recent call last):\n  File "a.py", line 1, in f\n    g()\n',
      "the upstream answered with a stack trace (removed)"),
-    ('  File "a.py", line 1, in f\n\tg()\n  note: an indented detail\nValueError: x',
+    ('  File "a.py", line 1, in f\n\tx = compute + 1\n  note: an indented detail\nValueError: x',
      "note: an indented detail\nValueError: x (stack trace removed)"),
     ("Error: x\n  an indented detail", "Error: x\n  an indented detail"),
     ("  indented first line\nnext", "indented first line\nnext"),
