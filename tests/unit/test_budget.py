@@ -632,3 +632,13 @@ def test_a_calendar_budgets_usage_starts_at_its_period_start():
     book, _ = book_of(monthly)
     usage = book.limiters[monthly.counter_key].usage()
     assert usage.window_start_unix == utc(2027, 1, 1) and usage.window == monthly.period.index(utc(2027, 1, 15, 8, 0, 30))
+
+
+def test_every_approximate_budget_is_reserved_whatever_the_order_of_the_strict_ones():
+    strict, first, second = key_budget(1.0, mode="strict"), Budget("team", "t", 1.0, parse_period("1h")), \
+        Budget("provider", "openai", 1.0, parse_period("1h"))
+    book, _ = book_of(strict, first, second)
+    hold = SpendHold(700, [strict, first, second])
+    assert isinstance(book.admit(hold, 0.0, True, False, "r1"), list)      # the strict one is asked for
+    assert [b for b, _ in hold.reserved] == [first, second]
+    assert all(book.limiters[b.counter_key].usage().tokens == 700 for b in (first, second))

@@ -383,3 +383,9 @@ def test_the_table_remembers_the_last_256_drops_oldest_forgotten_first():
     clock.t += 4.0
     members256.sweep()                                 # exactly 256: all remembered
     assert members256.heartbeat("m0", "1", "M").reason.startswith("back 0.0s")
+
+
+def test_the_tables_defaults_are_the_documented_ones():
+    members = MemberTable()
+    assert (members.failure_timeout_s, members.confirm_s, members.stalled_s) == (5.0, 2.0, 0.0)
+    assert members.stalls.every_s == 1.0
