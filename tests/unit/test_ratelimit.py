@@ -448,3 +448,10 @@ def test_a_merge_skips_a_window_that_is_gone_and_takes_the_rest():
     b, _ = limiter("b", clock=clock, rpm=10)
     b.merge({**stale, **a.take_delta()})           # the gone window first
     assert b.usage().requests == 2
+
+
+def test_a_request_larger_than_the_whole_budget_is_refused_for_good_saying_so():
+    lim, _ = limiter(tpm=100)
+    refused = lim.try_acquire(tokens=101)
+    assert refused.message == "one request needs 101 against a tpm budget of 100"
+    assert refused.limit == "tpm" and refused.retryable is False
