@@ -299,7 +299,7 @@ def plan_group(model: str, candidates: Sequence[Candidate], *, strategy: str, ra
             refused.setdefault(candidate.deployment, refusal)
     ordered = order(strategy, usable, rand=rand, streamed=streamed, input_tokens=input_tokens,
                     output_tokens=output_tokens) if usable else []
-    return GroupPlan(model, ordered, sorted(refused.items(), key=lambda item: item[0]))
+    return GroupPlan(model, ordered, sorted(refused.items()))  # by deployment name (unique: errors never compared)
 
 
 Step = Literal["end", "next", "fallback"]

@@ -1,6 +1,7 @@
 import pytest
 
 from actors import errors as E
+from actors.core import retry as R
 from actors.core.retry import RetryEngine, RetryPolicy
 
 from fakes import FakeClock, FixedRandom
@@ -116,3 +117,12 @@ def test_an_error_class_may_allow_fewer_retries_than_the_policy():
     decision = eng.decide(E.EmptyResponse(), 2)
     assert not decision.retry and "2 attempts" in decision.reason
     assert eng.decide(E.ServerError(), 2).retry  # the policy's limit for everything else
+
+
+def test_a_call_that_is_not_retried_says_why_with_no_delay():
+    eng, _ = engine(max_retries=1)
+    assert eng.decide(E.BadRequest("bad"), 1) == R.RetryDecision(False, 0.0, "bad_request is not retryable")
+    busy = E.ServerError("busy", status=503, retryable=True)
+    assert eng.decide(busy, 1, idempotent=False, sent=True) == \
+        R.RetryDecision(False, 0.0, "request is not idempotent and the provider saw it")
+    assert eng.decide(busy, 2) == R.RetryDecision(False, 0.0, "gave up after 2 attempts")

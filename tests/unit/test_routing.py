@@ -503,3 +503,17 @@ def test_a_routing_entry_for_an_unserved_model_lists_the_models_that_are_served(
     with pytest.raises(ValueError) as info:
         R.check_models(R.RoutingPolicy(models={"nobody": R.ModelRouting()}), ["gpt-4o", "claude", "gpt-4o"])
     assert str(info.value) == "routing.models.nobody: no deployment serves model 'nobody' (models: claude, gpt-4o)"
+
+
+def test_a_cost_plan_prices_the_calls_own_tokens_and_names_its_model():
+    cheap_in = cand("cheap-in", price_in=1.0, price_out=30.0)
+    cheap_out = cand("cheap-out", price_in=10.0, price_out=2.0)
+    prompt_heavy = R.plan_group("gpt", [cheap_out, cheap_in], strategy="cost", rand=seq(0.5), streamed=False,
+                                input_tokens=100_000, output_tokens=10, now_unix=0.0)
+    answer_heavy = R.plan_group("gpt", [cheap_in, cheap_out], strategy="cost", rand=seq(0.5), streamed=False,
+                                input_tokens=10, output_tokens=100_000, now_unix=0.0)
+    assert names(prompt_heavy.ordered) == ["cheap-in", "cheap-out"] and prompt_heavy.model == "gpt"
+    assert names(answer_heavy.ordered) == ["cheap-out", "cheap-in"]
+    half_priced = cand("half", price_in=1.0)            # an unknown output price: tried after the priced ones
+    assert names(R.order("cost", [half_priced, cheap_in], rand=seq(0.5), input_tokens=10, output_tokens=10)) == \
+        ["cheap-in", "half"]
