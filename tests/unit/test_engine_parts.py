@@ -725,3 +725,18 @@ def test_a_request_that_ends_with_another_error_than_its_suspect_500_is_answered
     hearing.heard(attempt_of(bad, seq=1), E.ServerError("cannot compile the schema", status=500), 0.0)
     later = E.DeadlineExceeded("the deadline passed")
     assert not hearing.hold(bad, later, 0.0) and hearing.held == {} and host.probes == 0
+
+
+def test_a_parked_request_logs_its_401_and_its_timer_is_live_only_while_it_waits():
+    from actors.types import AttemptInfo
+
+    rec, _, _ = recovery()
+    waiting = job("r1")
+    unauthorized = E.AuthenticationError("401", status=401)
+    rec.after_error(waiting, unauthorized, report(unauthorized), 10.0)
+    assert waiting.log == [AttemptInfo("d1", "authentication_error", 401)]
+    until = 10.0 + SESSION_WAIT_S
+    assert rec.live("parked", waiting, until) and not rec.live("parked", waiting, until + 1)
+    assert not rec.live("parked", job("r1"), until)          # another job of the same id is not the one waiting
+    rec.session_changed(ev.SessionChanged(1))
+    assert not rec.live("parked", waiting, until)
