@@ -87,3 +87,17 @@ def test_a_held_partial_line_is_bounded_by_what_its_part_allows_and_named_for_it
     with pytest.raises(ChunkedError, match="^the trailer is too long$"):
         trailer.feed(b"t" * (MAX_TRAILER_BYTES // 2))                    # with the lines before: too long
         trailer.feed(b"")
+
+
+def test_a_trailer_of_exactly_the_bound_is_read_and_errors_are_named_exactly():
+    decoder = ChunkedDecoder()
+    decoder.feed(b"0\r\n" + b"x" * (MAX_TRAILER_BYTES - 4) + b"\r\n\r\n")   # the end line counts too
+    assert decoder.done
+    cut = ChunkedDecoder()
+    cut.feed(b"5\r\nab")
+    with pytest.raises(ChunkedError, match="^the body ended before its last chunk$"):
+        cut.finish()
+    long = ChunkedDecoder()
+    with pytest.raises(ChunkedError, match="^the trailer is too long$"):
+        long.feed(b"0\r\n" + b"x" * (MAX_TRAILER_BYTES - 3) + b"\r\n\r\n")
+        long.feed(b"")

@@ -98,3 +98,9 @@ def test_a_merge_says_whether_anything_grew_and_refuses_a_negative_count():
     with pytest.raises(ValueError) as info:
         counter.merge_state({"c": -1})
     assert str(info.value) == "negative count for 'c'"
+
+
+def test_a_negative_increment_is_refused_saying_why():
+    with pytest.raises(ValueError) as info:
+        GCounter().increment("a", -1)
+    assert str(info.value) == "a GCounter only grows; amount must be >= 0"

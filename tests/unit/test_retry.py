@@ -126,3 +126,15 @@ def test_a_call_that_is_not_retried_says_why_with_no_delay():
     assert eng.decide(busy, 1, idempotent=False, sent=True) == \
         R.RetryDecision(False, 0.0, "request is not idempotent and the provider saw it")
     assert eng.decide(busy, 2) == R.RetryDecision(False, 0.0, "gave up after 2 attempts")
+
+
+def test_a_retry_says_what_it_waits_for_and_a_deadline_reached_exactly_ends_it():
+    eng, clock = engine(max_retries=2, jitter="none", base_delay_s=1.0)
+    busy = E.ServerError("busy", status=503, retryable=True)
+    assert eng.decide(busy, 1).reason == "backoff after server_error (retry 1 of 2)"
+    told = E.RateLimited("slow down", retry_after_s=3.0)
+    assert eng.decide(told, 1).reason == "server retry-after after rate_limited (retry 1 of 2)"
+    delay = eng.decide(busy, 1).delay_s
+    assert eng.decide(busy, 1, deadline=clock() + delay) == R.RetryDecision(False, 0.0,
+                                                                            "deadline would pass before the retry")
+    assert eng.decide(busy, 1, deadline=clock() + delay + 0.001).retry
