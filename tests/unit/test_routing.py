@@ -517,3 +517,25 @@ def test_a_cost_plan_prices_the_calls_own_tokens_and_names_its_model():
     half_priced = cand("half", price_in=1.0)            # an unknown output price: tried after the priced ones
     assert names(R.order("cost", [half_priced, cheap_in], rand=seq(0.5), input_tokens=10, output_tokens=10)) == \
         ["cheap-in", "half"]
+
+
+def test_weighted_order_follows_the_weights_to_the_boundary_and_keeps_zero_weights_in_config_order():
+    a, b = cand("a", weight=0.5), cand("b", weight=0.5)
+    assert names(R.order("weighted", [a, b], rand=seq(0.6, 0.0))) == ["b", "a"]
+    assert names(R.order("weighted", [a, b], rand=seq(0.5, 0.0))) == ["b", "a"]     # 0.5 is past a's half
+    assert names(R.order("weighted", [a, b], rand=seq(0.4, 0.0))) == ["a", "b"]
+    zero = [cand("z1", weight=0.0), cand("z2", weight=0.0)]
+    assert names(R.order("weighted", zero, rand=seq(0.9))) == ["z1", "z2"]
+
+
+def test_usage_order_treats_an_unlimited_deployment_as_having_all_its_window_left():
+    full, unlimited = cand("full", headroom=1.0), cand("unlimited")
+    assert names(R.order("usage", [full, unlimited], rand=seq(0.5))) == ["full", "unlimited"]   # a tie: config order
+    assert names(R.order("usage", [cand("half", headroom=0.5), unlimited], rand=seq(0.5))) == ["unlimited", "half"]
+
+
+def test_an_unknown_strategy_names_the_known_ones():
+    with pytest.raises(ValueError) as info:
+        R.order("fastest", [cand("a")], rand=seq(0.5))
+    assert str(info.value) == ("unknown routing strategy 'fastest'; expected one of weighted, least-busy, latency, "
+                               "cost, usage")
