@@ -66,3 +66,7 @@ def test_a_full_table_forgets_the_oldest_answers_not_the_first_names():
         clock.advance(1.0)
     checks.claim("e")                                   # full: a quarter (one) is forgotten
     assert checks.claim("a") == (False, "a") and checks.claim("d") == (True, None)
+
+
+def test_the_table_holds_1024_engines_by_default():
+    assert SharedChecks(fresh_s=1.0).limit == 1024

@@ -389,3 +389,23 @@ def test_the_tables_defaults_are_the_documented_ones():
     members = MemberTable()
     assert (members.failure_timeout_s, members.confirm_s, members.stalled_s) == (5.0, 2.0, 0.0)
     assert members.stalls.every_s == 1.0
+
+
+def test_a_node_that_never_heard_its_leader_says_it_does_not_know_which():
+    clock = Clock()
+    node = standing(clock)
+    node.heard("")                                  # a membership that did not name its leader
+    node.lost("no answer")
+    assert node.note() == "left the cluster: leader ? unreachable (no answer) (0s ago)"
+
+
+def test_a_holder_back_after_a_drop_starts_any_claim_on_its_id_afresh():
+    clock = Clock()
+    members = table(clock)                         # failure 3 s, confirm 1 s
+    members.heartbeat("n@h:1", "a", "A")
+    assert members.heartbeat("n@h:1", "b", "B").verdict is Verdict.HELD    # b claims the id
+    clock.t += 4.0
+    assert members.sweep() == ["n@h:1"]            # a went silent: dropped
+    assert members.heartbeat("n@h:1", "a", "A").verdict is Verdict.JOINED  # a is back first
+    clock.t += 0.1
+    assert members.heartbeat("n@h:1", "b", "B").verdict is Verdict.HELD    # b's old claim is gone: it waits again
