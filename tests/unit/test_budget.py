@@ -616,7 +616,9 @@ def test_a_book_ignores_its_own_counts_echoed_back():
     book, wall = book_of(budget)
     gate = SpendGate(book, None, Leader(0.0, 5.0), "openai")
     window = budget.period.index(wall())
-    assert not gate.merge(ev.PeerCounts(budget.counter_key, {window: {"tokens": {book.slot: 7}}}, origin=book.slot))
+    assert book.slot == "n1@h:1/d1/0"
+    assert not gate.merge(ev.PeerCounts(budget.counter_key, {window: {"tokens": {book.slot: 7}}},
+                                        origin="n1@h:1/d1/0"))
     assert book.limiters[budget.counter_key].usage().tokens == 0
 
 

@@ -138,3 +138,10 @@ def test_a_retry_says_what_it_waits_for_and_a_deadline_reached_exactly_ends_it()
     assert eng.decide(busy, 1, deadline=clock() + delay) == R.RetryDecision(False, 0.0,
                                                                             "deadline would pass before the retry")
     assert eng.decide(busy, 1, deadline=clock() + delay + 0.001).retry
+
+
+def test_a_spent_retry_budget_says_so_with_no_delay():
+    eng = RetryEngine(RetryPolicy(max_retries=3, budget_ratio=0.0, budget_min_retries=0), clock=FakeClock(),
+                      rand=FixedRandom(0.5))
+    busy = E.ServerError("busy", status=503, retryable=True)
+    assert eng.decide(busy, 1) == R.RetryDecision(False, 0.0, "retry budget exhausted")
