@@ -816,3 +816,16 @@ def test_an_unanswered_probe_ask_wakes_the_engine_when_it_may_be_asked_again():
     rig.breaker(CircuitState.OPEN, retry_in_s=0)
     assert len(rig.of(ev.AskProbe, rig.submit("r1"))) == 1
     assert rig.core.next_wakeup() == pytest.approx(rig.mono + PROBE_RETRY_S)
+
+
+def test_a_request_sent_again_after_a_credential_refresh_keeps_its_priority():
+    rig = Rig(workers=1, queue_capacity=8, has_session=True)
+    rig.submit("bg", priority="background")
+    rig.report("bg", error=E.AuthenticationError("401", status=401), usage=UNKNOWN, session_version=1)
+    rig.submit("busy")                                  # the worker is taken while bg waits for a credential
+    rig.submit("n1")
+    rig.feed(ev.SessionChanged(2))                      # bg goes back to the head of its own level
+    rig.report("busy")
+    assert rig.dispatches()[-1].request.request_id == "n1"
+    rig.report("n1")
+    assert rig.dispatches()[-1].request.request_id == "bg"
