@@ -829,3 +829,25 @@ def test_a_request_sent_again_after_a_credential_refresh_keeps_its_priority():
     assert rig.dispatches()[-1].request.request_id == "n1"
     rig.report("n1")
     assert rig.dispatches()[-1].request.request_id == "bg"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_deadline_during_the_call_says_where_it_passed_and_for_which_provider(streamed):
+    rig = Rig()
+    rig.submit("r1", deadline_in=2.0)
+    if streamed:
+        rig.feed(ev.TokenStarted("r1", 1, rig.wall()))
+    rig.advance(2.1)
+    failed = rig.terminal("r1")
+    stage = "mid-stream" if streamed else "during the call"
+    assert (type(failed.error), failed.error.message, failed.error.provider) == \
+        (E.DeadlineExceeded, f"the deadline passed {stage}", "openai")
+
+
+def test_a_cancelled_request_says_so_for_its_provider():
+    rig = Rig()
+    rig.submit("r1")
+    rig.feed(ev.CancelRequested("r1"))
+    failed = rig.terminal("r1")
+    assert (type(failed.error), failed.error.message, failed.error.provider) == \
+        (E.Cancelled, "cancelled by the caller", "openai")
