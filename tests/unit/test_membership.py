@@ -409,3 +409,21 @@ def test_a_holder_back_after_a_drop_starts_any_claim_on_its_id_afresh():
     assert members.heartbeat("n@h:1", "a", "A").verdict is Verdict.JOINED  # a is back first
     clock.t += 0.1
     assert members.heartbeat("n@h:1", "b", "B").verdict is Verdict.HELD    # b's old claim is gone: it waits again
+
+
+def test_a_loss_without_a_reason_and_a_return_to_an_unnamed_leader_say_only_what_is_known():
+    clock = Clock()
+    node = standing(clock)
+    assert node.heard("") == 0.0                   # the first membership: outside since start until now
+    assert node.heard("") is None                  # already in: no news
+    node.lost("")
+    clock.t += 2.0
+    assert node.describe() == "not in cluster: leader ? unreachable for 2s"
+    assert node.heard("") == 2.0
+    assert node.note().startswith("back in the cluster led by ? after 2.0s outside it (0s ago); ")
+
+
+def test_the_leaders_first_membership_is_news_of_no_time_outside_and_later_ones_none():
+    clock = Clock()
+    leader = standing(clock, leader=True)
+    assert leader.heard("n0") == 0.0 and leader.heard("n0") is None
