@@ -524,3 +524,11 @@ def test_snapshots_missing_parts_merge_as_if_those_parts_were_zero():
         "last_success_unix": None, "last_failure_unix": 100.0,
         "failing_since_unix": 90.0,          # the one replica that served anything is failing
         "step_s": SERIES_STEP_S * 2, "series": []}
+
+
+def test_a_series_point_keeps_each_count_in_its_own_field():
+    stats = DeploymentStats()
+    stats.record(record(at_unix=WALL0 + 1, outcome="failed", error_kind="Timeout"))
+    (point,) = stats.snapshot(WALL0 + 2)["series"]
+    assert point[1:6] == [1, 1, 0.5, 10, 5]         # requests, failed, cost, input and output tokens
+    assert sum(point[6]) == sum(point[7]) == 1 and point[6] != point[7]  # 0.3 s to the end, 0.04 s to a token
