@@ -101,3 +101,8 @@ def test_a_trailer_of_exactly_the_bound_is_read_and_errors_are_named_exactly():
     with pytest.raises(ChunkedError, match="^the trailer is too long$"):
         long.feed(b"0\r\n" + b"x" * (MAX_TRAILER_BYTES - 3) + b"\r\n\r\n")
         long.feed(b"")
+
+
+def test_bare_newlines_end_a_body_too():
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"2\nok\r\n0\n\n") == b"ok" and decoder.done
