@@ -851,3 +851,11 @@ def test_a_cancelled_request_says_so_for_its_provider():
     failed = rig.terminal("r1")
     assert (type(failed.error), failed.error.message, failed.error.provider) == \
         (E.Cancelled, "cancelled by the caller", "openai")
+
+
+def test_a_crash_says_which_worker_exited_during_which_attempt_for_which_provider():
+    rig = Rig(workers=1)
+    rig.submit("r1", idempotent=False)
+    rig.feed(ev.WorkerGone(0))
+    error = rig.terminal("r1").error
+    assert (error.message, error.provider) == ("worker 0 exited during attempt 1", "openai")
