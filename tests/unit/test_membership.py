@@ -427,3 +427,10 @@ def test_the_leaders_first_membership_is_news_of_no_time_outside_and_later_ones_
     clock = Clock()
     leader = standing(clock, leader=True)
     assert leader.heard("n0") == 0.0 and leader.heard("n0") is None
+
+
+def test_a_standings_defaults_are_the_documented_ones():
+    node = Standing(leader=False)
+    assert (node.failure_timeout_s, node.retry_s) == (5.0, 3.0)
+    assert not node.quiet and node.lost_why == "" and node.outside_since is not None
+    assert Standing(leader=True).outside_since is None
