@@ -126,13 +126,18 @@ class BreakerGate:
             grant, self.probe_grant = self.probe_grant, None
             return Admit(grant, probe=True)
         holding_off = self.view.probe_requested or self.probe_refused_at is not None
-        if not holding_off or now - max(self.probe_asked_at, self.probe_refused_at or 0.0) >= PROBE_RETRY_S:
+        if not holding_off or now - self._held_off_since() >= PROBE_RETRY_S:
             self.view.probe_requested = True
             self.probe_asked_at, self.probe_refused_at = now, None
             self.probe_token = f"{self.slot}:{next(self._tokens)}"
             self.host.emit(AskProbe(self.probe_token))
-        self.host.pump_soon(max(self.probe_asked_at, self.probe_refused_at or 0.0) + PROBE_RETRY_S)
+        self.host.pump_soon(self._held_off_since() + PROBE_RETRY_S)
         return None
+
+    def _held_off_since(self) -> float:
+        """When the last ask went, or the last refusal came when that is later."""
+        refused = self.probe_refused_at
+        return self.probe_asked_at if refused is None else max(self.probe_asked_at, refused)
 
     def put_back(self, gate: Admit) -> None:
         if gate.probe:
@@ -273,7 +278,7 @@ class BudgetGate:
             return Denied(verdict)
         return Wait(now + min(max(wait, 0.005), 1.0))
 
-    def leader_changed(self, available: bool, shares: int, now: float, in_cluster: bool = True) -> None:
+    def leader_changed(self, available: bool, shares: int, now: float, in_cluster: bool) -> None:
         self.leader.update(available, shares, now, in_cluster)
         if available if self.strict else in_cluster:
             self.fallback = None

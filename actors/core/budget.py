@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 from actors.core.admission import AdmissionHost, Denied, Leader, Wait
@@ -88,7 +88,7 @@ def budget_exceeded(budget: Budget, spent_nano: int, now: float, cost_nano: int 
     """The refusal callers see: names the budget, what is spent, and when it resets (not before)."""
     index = budget.period.index(now)
     resets = budget.period.end(index)
-    when = datetime.fromtimestamp(resets, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resets))
     # Only while some is left (a spent budget refuses whatever a request costs). The router refuses
     # with what the engine pushed, built here with the last request's cost (core/refusals.py).
     left = spent_nano < to_nano(budget.usd)
@@ -178,7 +178,7 @@ class BudgetBook:
             seeded = (seed or {}).get(key, 0)
             if seeded > 0:
                 # This slot's spend in the current period before the restart, from the ledger.
-                limiter.record(seeded, requests=1)
+                limiter.record(seeded)  # as one request
         self.sync = SyncSchedule(sync_interval_s, clock(), dirty=bool(seed))
         self.typical_nano = 0
 
@@ -205,7 +205,7 @@ class BudgetBook:
                 if b.mode == "strict":
                     continue
                 limiter = self.limiters[b.counter_key]
-                verdict = limiter.try_acquire(cost, 1)
+                verdict = limiter.try_acquire(cost)  # one request
                 self.sync.touch()
                 if isinstance(verdict, Reservation):
                     hold.reserved.append((b, verdict))
@@ -271,7 +271,8 @@ class BudgetBook:
         budget = self.budgets.get(key)
         if isinstance(error, BudgetExceeded) and budget is not None:
             limiter = self.limiters[key]
-            error = budget_exceeded(budget, max(limiter.usage().tokens, budget.nano), self.wall(), hold.estimate_nano)
+            # Named as spent in full: what this request would need is not shown (nothing is left).
+            error = budget_exceeded(budget, max(limiter.usage().tokens, budget.nano), self.wall())
         hold.strict_denied = error
 
     def _exhausted(self, budget: Budget, cost: int) -> bool:

@@ -67,14 +67,14 @@ class ResolvedCredential:
     expires_unix: float | None
 
 
-def _parse_expiry(value: Any, now: float) -> float | None:
+def _parse_expiry(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            return datetime.fromisoformat(value).timestamp()  # reads a trailing "Z" (3.11+)
         except ValueError:
             pass
     raise ValueError(f"unrecognised expiry {value!r}")
@@ -90,13 +90,13 @@ def _from_command_output(output: str, source: CredentialSource, now: float) -> R
     if "AccessKeyId" in doc:  # AWS credential_process format
         secret = Secret({"access_key_id": doc["AccessKeyId"], "secret_access_key": doc["SecretAccessKey"],
                          **({"session_token": doc["SessionToken"]} if doc.get("SessionToken") else {})})
-        expires = _parse_expiry(doc.get("Expiration"), now)
+        expires = _parse_expiry(doc.get("Expiration"))
     else:
         token = doc.get("token") or doc.get("access_token")
         if not isinstance(token, str) or not token:
             raise ValueError("JSON output needs a non-empty 'token' (or 'access_token')")
         secret = Secret(token)
-        expires = _parse_expiry(doc.get("expires_at"), now)
+        expires = _parse_expiry(doc.get("expires_at"))
         if expires is None and doc.get("expires_in") is not None:
             expires = now + float(doc["expires_in"])
     if expires is None and source.ttl_s:

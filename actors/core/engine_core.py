@@ -332,9 +332,9 @@ class EngineCore:
             return
         if spend is not None:
             taken = spend.granted(self._hold(owner[0]), owner[1], rid, e.window, e.tokens)
-        else:
-            taken = False
+        else:  # no spend budgets here (any more): given straight back, nothing new to pump
             self.emit(give_back(owner[1], rid))
+            return
         if taken:
             self._pump(now)
 

@@ -131,7 +131,8 @@ class MemberTable:
                f"heard from {now - member.seen:.1f}s ago)")
         if claim.refused:
             return Heard(Verdict.REFUSED, why + "; give this node another name (--name) or advertised address")
-        if now - member.seen >= self.confirm_s and now - claim.first >= self.confirm_s:
+        # (The holder has not spoken since the claim, or the claim would be refused: silent as long.)
+        if now - claim.first >= self.confirm_s:
             self._members[key] = _Member(incarnation, info, now)
             del self._claims[key]
             return Heard(Verdict.REPLACED, f"node id {key} restarted (incarnation {member.incarnation} -> {incarnation})")
@@ -164,7 +165,7 @@ class MemberTable:
     def members(self) -> list[tuple[str, Any, float]]:
         """(id, info, seconds since last heard), sorted by id."""
         now = self.clock()
-        return sorted(((key, m.info, now - m.seen) for key, m in self._members.items()), key=lambda t: t[0])
+        return sorted((key, m.info, now - m.seen) for key, m in self._members.items())  # ids are unique
 
     def __contains__(self, key: str) -> bool:
         return key in self._members

@@ -36,13 +36,14 @@ def _match(models: Mapping[str, T], name: str) -> T | None:
     if name in models:
         return models[name]
     versioned = [m for m in models if name.startswith(m) and _VERSION.fullmatch(name, len(m))]
-    return models[max(versioned, key=len)] if versioned else None
+    # Every candidate is a prefix of ``name``, so the greatest is the longest.
+    return models[max(versioned)] if versioned else None
 
 
 def _names(model: str) -> list[str]:
     """``model`` and the forms it is priced under: gateways prefix a provider ("openai/gpt-4o"),
     Bedrock ARNs a path, inference profiles a geography ("us.anthropic.claude-...")."""
-    name = model.rsplit("/", 1)[-1]
+    name = model.split("/")[-1]
     geography, _, rest = name.partition(".")
     return list(dict.fromkeys([model, name] + ([rest] if geography in _GEOGRAPHIES and rest else [])))
 
@@ -57,7 +58,7 @@ class Price:
     version: str = ""
 
     def __post_init__(self) -> None:
-        if min(self.input, self.output, self.cached_input or 0) < 0:
+        if any(p < 0 for p in (self.input, self.output, self.cached_input) if p is not None):
             raise ValueError("prices must be >= 0")
 
 
@@ -80,7 +81,7 @@ def cost_usd(usage: Usage, price: Price | None) -> float | None:
     """None when the price or the usage is unknown: an unknown cost is never reported as 0."""
     if price is None or not usage.reported:
         return None
-    cached = min(usage.cached_input_tokens, usage.input_tokens) if price.cached_input is not None else 0
+    cached = min(usage.cached_input_tokens, usage.input_tokens)
     cached_price = price.cached_input if price.cached_input is not None else price.input
     total = ((usage.input_tokens - cached) * price.input + cached * cached_price
              + usage.output_tokens * price.output)

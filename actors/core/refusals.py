@@ -11,6 +11,7 @@ clock), so a refusal carries the same type, status, ``retryable``, ``retry_after
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,7 +71,7 @@ def as_of(error: InferenceError, until_unix: float | None, now_unix: float) -> I
 
 
 def _retry_after(error: InferenceError) -> float:
-    return float("inf") if error.retry_after_s is None else error.retry_after_s
+    return math.inf if error.retry_after_s is None else error.retry_after_s
 
 
 def for_group(model: str, refused: Sequence[tuple[str, InferenceError]]) -> InferenceError:
@@ -83,8 +84,9 @@ def for_group(model: str, refused: Sequence[tuple[str, InferenceError]]) -> Infe
     if len(refused) == 1:
         return refused[0][1]
     errors = [error for _, error in refused]
+    chosen: InferenceError
     if all(isinstance(e, ContextLengthExceeded) for e in errors):
-        chosen = max(errors, key=lambda e: getattr(e, "max_tokens", None) or 0)
+        chosen = max((e for e in errors if isinstance(e, ContextLengthExceeded)), key=lambda e: e.max_tokens or 0)
     else:
         chosen = min((e for e in errors if not isinstance(e, ContextLengthExceeded)), key=_retry_after)
     names = ", ".join(f"{name} ({_WHY.get(type(e), e.kind.replace('_', ' '))})" for name, e in sorted(refused))

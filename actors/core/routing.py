@@ -242,7 +242,7 @@ def _weighted(cands: list[Candidate], rand: Callable[[], float]) -> list[Candida
 def _ranked(cands: list[Candidate], score: Callable[[Candidate], float], rand: Callable[[], float]) -> list[Candidate]:
     """Lowest score first; equal scores in random order (so idle replicas share the load)."""
     keyed = [(score(c), rand(), i, c) for i, c in enumerate(cands)]
-    keyed.sort(key=lambda item: item[:3])
+    keyed.sort()  # the index is unique: candidates themselves are never compared
     return [item[3] for item in keyed]
 
 

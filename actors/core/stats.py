@@ -17,6 +17,7 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Callable
+from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
 
 from actors.core.pricing import Price, cost_usd
@@ -198,9 +199,7 @@ class DeploymentStats:
 
 
 def _add_counts(into: list[int], more: list[int]) -> list[int]:
-    if len(into) < len(more):
-        into = into + [0] * (len(more) - len(into))
-    return [a + (more[i] if i < len(more) else 0) for i, a in enumerate(into)]
+    return [a + b for a, b in zip_longest(into, more, fillvalue=0)]
 
 
 def _latest(a: float | None, b: float | None) -> float | None:

@@ -125,7 +125,7 @@ def runner_failed(exc: BaseException, provider: str, doing: str, detail: bool = 
     same bug). ``detail=False`` leaves the exception's text out (a request builder's may hold
     the credential it was given)."""
     what = f"{type(exc).__name__}: {str(exc)[:200]}" if detail else type(exc).__name__
-    return InternalError(f"{doing} failed: {what}", provider=provider, retryable=False)
+    return InternalError(f"{doing} failed: {what}", provider=provider)  # never retryable (its class default)
 
 
 class Accumulating(Protocol):

@@ -51,14 +51,14 @@ def encoding() -> Any:
 
 def count_text(text: str) -> int:
     """Tokens in ``text`` (special-token spellings count as ordinary text)."""
-    return len(encoding().encode_ordinary(text)) if text else 0
+    return len(encoding().encode_ordinary(text)) if text else 0  # "" needs no encoding loaded
 
 
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from actors.core.classify import redact
@@ -41,8 +42,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _in_range(low: float, high: float) -> Callable[[Any], bool]:
-    return lambda v: _is_number(v) and low <= v <= high
+def _within(low: float, high: float, v: Any) -> bool:
+    return _is_number(v) and low <= v <= high
 
 
 def _stop(value: Any) -> bool:
@@ -71,8 +72,8 @@ def _tool_choice(value: Any) -> bool:
 # Parameter -> (check, what a valid value is). Ranges are the widest any provider accepts,
 # so a value valid for one provider is never refused here; anything else never leaves the node.
 _PARAMS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "temperature": (_in_range(0.0, 2.0), "a number in [0, 2]"),
-    "top_p": (_in_range(0.0, 1.0), "a number in [0, 1]"),
+    "temperature": (partial(_within, 0.0, 2.0), "a number in [0, 2]"),
+    "top_p": (partial(_within, 0.0, 1.0), "a number in [0, 1]"),
     "top_k": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "max_tokens": (lambda v: _is_int(v) and 1 <= v <= MAX_TOKENS_CEILING,
                    f"a positive integer of at most {MAX_TOKENS_CEILING} (more than any model's limit)"),
@@ -82,8 +83,8 @@ _PARAMS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
     "top_logprobs": (lambda v: _is_int(v) and 0 <= v <= 20, "an integer in [0, 20]"),
     "seed": (_is_int, "an integer"),
-    "presence_penalty": (_in_range(-2.0, 2.0), "a number in [-2, 2]"),
-    "frequency_penalty": (_in_range(-2.0, 2.0), "a number in [-2, 2]"),
+    "presence_penalty": (partial(_within, -2.0, 2.0), "a number in [-2, 2]"),
+    "frequency_penalty": (partial(_within, -2.0, 2.0), "a number in [-2, 2]"),
     "stop": (_stop, "a string or a list of at most 16 non-empty strings"),
     "tools": (lambda v: isinstance(v, list) and all(_tool(t) for t in v),
               "a list of function tools, each with a non-empty function.name and a parameters mapping"),

@@ -495,3 +495,12 @@ def test_messages_carrying_vectors_or_logprobs_keep_them_out_of_their_repr():
         shown = repr(message)
         assert len(shown) < 1000 and "0.123456789" not in shown and "'token'" not in shown
     assert "req_1" in repr(done) and done.embeddings is vectors      # the rest is shown; the data is all there
+
+
+def test_a_tool_calls_name_and_arguments_are_counted_as_written():
+    c = count_text
+    call = {"role": "assistant", "tool_calls": [
+        {"function": {"name": "lookup_current_weather_in_city", "arguments": '{"city":"Paris"}'}}]}
+    assert count_messages([call]) == 3 + 3 + c("assistant") + c("lookup_current_weather_in_city") + c('{"city":"Paris"}')
+    parts = {"role": "user", "content": [{"type": "text", "text": "ab"}, {"type": "text", "text": "cd"}]}
+    assert count_messages([parts]) == 3 + 3 + c("user") + c("abcd")

@@ -438,3 +438,14 @@ def test_the_window_keeps_one_bucket_per_second_however_many_calls():
     tick(1)
     ok(b)
     assert len(b._buckets) == 2 and b.snapshot().window_calls == 101
+
+
+def test_record_passes_the_generation_on_so_stale_outcomes_are_ignored_there_too():
+    b, tick, _ = make(half_open_probes=1)
+    old = b.check()
+    fail(b, 3)
+    tick(5)
+    assert b.state is CircuitState.HALF_OPEN
+    b.record(None, old)
+    b.record(E.ServerError("late", status=500), old)
+    assert b.state is CircuitState.HALF_OPEN

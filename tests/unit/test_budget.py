@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -551,3 +552,95 @@ def test_calendar_periods_are_utc_whatever_the_hosts_zone(monkeypatch):
     finally:
         monkeypatch.delenv("TZ")
         _time.tzset()
+
+
+def test_a_spent_provider_budget_is_skipped_by_routing_too():
+    mine = Budget("provider", "openai", 1.0, parse_period("1h"))
+    book, _ = book_of(mine, seed={mine.counter_key: NANO})
+    assert book.spent() == [mine.id] and mine.id.startswith("provider=openai")
+
+
+def test_a_strict_refusal_says_when_the_budget_resets():
+    strict = key_budget(1.0, mode="strict")
+    book, wall = book_of(strict)
+    hold = SpendHold(700, [strict])
+    book.refused(hold, strict.counter_key, E.BudgetExceeded("tpm", limit="tpm"))
+    assert hold.strict_denied.message.endswith("it resets at 2027-01-15T09:00:00Z")
+    assert hold.strict_denied.retry_after_s == utc(2027, 1, 15, 9) - wall()
+    assert "would need" not in hold.strict_denied.message
+
+
+def test_what_a_request_would_need_is_said_only_while_some_is_left_and_a_cost_is_known():
+    from actors.core.budget import budget_exceeded
+
+    b = Budget("key", "k1", 1.0, parse_period("1h"))
+    now = utc(2027, 1, 15, 8, 0, 30)
+    exact = budget_exceeded(b, NANO, now, 500)                 # spent in full: nothing is left
+    assert exact.message == ("budget key=k1/1h is spent: $1.000000 of $1 in this 1h period; "
+                             "it resets at 2027-01-15T09:00:00Z")
+    assert exact.retry_after_s == utc(2027, 1, 15, 9) - now
+    assert budget_exceeded(b, NANO - 1000, now, None).message == exact.message.replace("$1.000000 of", "$0.999999 of")
+    assert "would need about $0.000500" in budget_exceeded(b, NANO - 1000, now, 500_000).message
+
+
+def test_a_strict_budget_waits_for_the_leader_while_the_node_starts_then_refuses():
+    from fakes import FakeClock
+
+    strict = key_budget(1.0, mode="strict")
+    book = BudgetBook([strict], slot="s", deployment="d1", provider="openai", wall=FakeClock(utc(2027, 1, 15, 8)),
+                      clock=FakeClock(100.0), failure_timeout_s=5.0)
+    assert isinstance(book.admit(SpendHold(10, [strict]), 104.99, False, False, "r1"), Wait)
+    refused = book.admit(SpendHold(10, [strict]), 105.0, False, False, "r2")
+    assert isinstance(refused, Denied) and isinstance(refused.error, E.LeaderUnavailable)
+    assert isinstance(book.admit(SpendHold(10, [strict]), 101.0, False, True, "r3"), Denied)   # lost: no wait
+
+
+@pytest.mark.parametrize("value", [3600, None, ["1h"]])
+def test_a_period_that_is_not_text_is_refused_naming_it(value):
+    with pytest.raises(ValueError, match=r"period: expected a count and a unit .* got " + re.escape(repr(value))):
+        parse_period(value)
+
+
+def test_a_seed_of_one_nano_is_spend_of_one_request():
+    budget = key_budget(1.0)
+    book, _ = book_of(budget, seed={budget.counter_key: 1})
+    usage = book.limiters[budget.counter_key].usage()
+    assert (usage.requests, usage.tokens) == (1, 1)
+
+
+def test_a_book_ignores_its_own_counts_echoed_back():
+    from actors.core.admission import Leader
+    from actors.core.budget import SpendGate
+
+    budget = key_budget(1.0)
+    book, wall = book_of(budget)
+    gate = SpendGate(book, None, Leader(0.0, 5.0), "openai")
+    window = budget.period.index(wall())
+    assert book.slot == "n1@h:1/d1/0"
+    assert not gate.merge(ev.PeerCounts(budget.counter_key, {window: {"tokens": {book.slot: 7}}},
+                                        origin="n1@h:1/d1/0"))
+    assert book.limiters[budget.counter_key].usage().tokens == 0
+
+
+def test_a_budget_that_resets_in_half_a_second_says_so():
+    from actors.core.budget import budget_exceeded
+
+    b = Budget("key", "k1", 1.0, parse_period("1h"))
+    assert budget_exceeded(b, NANO, utc(2027, 1, 15, 9) - 0.5).retry_after_s == 0.5
+
+
+def test_a_calendar_budgets_usage_starts_at_its_period_start():
+    monthly = Budget("key", "k1", 1.0, parse_period("1mo"))
+    book, _ = book_of(monthly)
+    usage = book.limiters[monthly.counter_key].usage()
+    assert usage.window_start_unix == utc(2027, 1, 1) and usage.window == monthly.period.index(utc(2027, 1, 15, 8, 0, 30))
+
+
+def test_every_approximate_budget_is_reserved_whatever_the_order_of_the_strict_ones():
+    strict, first, second = key_budget(1.0, mode="strict"), Budget("team", "t", 1.0, parse_period("1h")), \
+        Budget("provider", "openai", 1.0, parse_period("1h"))
+    book, _ = book_of(strict, first, second)
+    hold = SpendHold(700, [strict, first, second])
+    assert isinstance(book.admit(hold, 0.0, True, False, "r1"), list)      # the strict one is asked for
+    assert [b for b, _ in hold.reserved] == [first, second]
+    assert all(book.limiters[b.counter_key].usage().tokens == 700 for b in (first, second))

@@ -69,3 +69,40 @@ def test_the_payload_before_a_malformed_part_is_returned_first_and_the_error_com
         decoder.feed(b"")
     with pytest.raises(ChunkedError):
         decoder.finish()
+
+
+def test_a_held_partial_line_is_bounded_by_what_its_part_allows_and_named_for_it():
+    decoder = ChunkedDecoder()
+    line = b"0" * 16 + b";" + b"x" * (MAX_SIZE_LINE - 17)
+    assert decoder.feed(line) == b"" and decoder.feed(b"\n") == b""    # exactly the bound is allowed
+    decoder.feed(b"x" * (MAX_SIZE_LINE + 100))                           # a trailer line may be longer
+    decoder.feed(b"\r\n\r\n")
+    assert decoder.done
+    too_long = ChunkedDecoder()
+    with pytest.raises(ChunkedError, match="^a chunk size line is too long$"):
+        too_long.feed(b"1" * (MAX_SIZE_LINE + 1))
+        too_long.feed(b"")
+    trailer = ChunkedDecoder()
+    trailer.feed(b"0\r\n" + b"t" * (MAX_TRAILER_BYTES // 2) + b"\r\n")
+    with pytest.raises(ChunkedError, match="^the trailer is too long$"):
+        trailer.feed(b"t" * (MAX_TRAILER_BYTES // 2))                    # with the lines before: too long
+        trailer.feed(b"")
+
+
+def test_a_trailer_of_exactly_the_bound_is_read_and_errors_are_named_exactly():
+    decoder = ChunkedDecoder()
+    decoder.feed(b"0\r\n" + b"x" * (MAX_TRAILER_BYTES - 4) + b"\r\n\r\n")   # the end line counts too
+    assert decoder.done
+    cut = ChunkedDecoder()
+    cut.feed(b"5\r\nab")
+    with pytest.raises(ChunkedError, match="^the body ended before its last chunk$"):
+        cut.finish()
+    long = ChunkedDecoder()
+    with pytest.raises(ChunkedError, match="^the trailer is too long$"):
+        long.feed(b"0\r\n" + b"x" * (MAX_TRAILER_BYTES - 3) + b"\r\n\r\n")
+        long.feed(b"")
+
+
+def test_bare_newlines_end_a_body_too():
+    decoder = ChunkedDecoder()
+    assert decoder.feed(b"2\nok\r\n0\n\n") == b"ok" and decoder.done

@@ -346,3 +346,67 @@ def test_an_error_shaped_body_in_a_2xx_answer_is_not_an_error_by_its_type():
 
     body = {"error": {"message": "odd", "type": "api_error"}}
     assert classify_error_body(body, 200, "p") is None and classify_error_body(body, 299, "p") is None
+
+
+@pytest.mark.parametrize("body, said", [
+    ({"detail": "plain words from a FastAPI server"}, "plain words from a FastAPI server"),
+    ({"detail": [{"msg": "Xylophone out of tune"}]}, "Xylophone out of tune"),
+    ({"detail": [{"loc": [], "msg": ": colon first"}]}, "colon first"),
+])
+def test_a_fastapi_detail_is_kept_as_said(body, said):
+    assert classify_http_status(500, {}, json.dumps(body).encode()).message == said
+
+
+def test_a_recognised_error_body_keeps_the_status_the_retry_time_and_the_request_id():
+    body = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
+    err = classify_http_status(429, {"Retry-After": "7", "x-request-id": "req-9"}, json.dumps(body).encode(),
+                               provider="openai")
+    assert type(err) is E.RateLimited and err.status == 429 and err.retry_after_s == 7.0
+    assert err.request_id == "req-9" and err.provider == "openai"
+
+
+@pytest.mark.parametrize("err, kind, said", [
+    ({"status": "ABORTED"}, E.Conflict, "ABORTED"),                  # only a Google RPC status: it is the message
+    ({"type": "overloaded_error"}, E.Overloaded, "overloaded_error"),  # only a type
+])
+def test_an_error_without_a_message_is_named_by_what_it_has(err, kind, said):
+    got = classify_error_body({"error": err})
+    assert type(got) is kind and got.message == said and got.provider == ""
+
+
+def test_an_error_given_as_a_bare_string_is_read_as_its_message():
+    text = "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens."
+    got = classify_error_body({"error": text}, 400)
+    assert type(got) is E.ContextLengthExceeded and got.message == text
+    assert (got.tokens, got.max_tokens) == (9000, 8192)
+
+
+def test_a_body_that_is_not_an_error_is_not_classified():
+    assert classify_error_body({"id": "chatcmpl-1", "object": "chat.completion", "message": "hello"}) is None
+
+
+def test_token_counts_read_the_order_from_the_words_before_the_first_number():
+    from actors.core.classify import _token_counts
+
+    assert _token_counts("input is 150 tokens, which exceeds the 100 token limit (150 > 100)") == (150, 100)
+
+
+def test_the_detail_beside_an_unrecognised_error_object_is_the_message():
+    body = {"error": {"code": "E42"}, "detail": "  the real words  "}
+    assert classify_http_status(500, {}, json.dumps(body).encode()).message == "the real words"
+
+
+def test_an_azure_filter_verdict_without_words_is_still_named_and_a_413_can_be_a_context_error():
+    filtered = classify_error_body({"error": {"innererror": {"code": "ResponsibleAIPolicyViolation"}}})
+    assert type(filtered) is E.ContentFiltered and filtered.message == "error" and filtered.reason == "content_filter"
+    too_long = {"error": {"message": "This model's maximum context length is 8192 tokens, you requested 9000 tokens"}}
+    assert type(classify_error_body(too_long, 413)) is E.ContextLengthExceeded
+    assert type(classify_error_body(too_long, 414)) is not E.ContextLengthExceeded
+
+
+def test_a_message_of_exactly_the_bound_is_kept_whole():
+    assert redact("m" * 500) == "m" * 500 and redact("m" * 501) == "m" * 500 + "…"
+
+
+def test_a_body_with_error_like_fields_but_no_error_object_is_not_an_error():
+    assert classify_error_body({"status": "RESOURCE_EXHAUSTED", "message": "a field of some answer"}) is None

@@ -808,3 +808,63 @@ def test_a_first_token_counts_only_for_the_attempt_on_the_worker():
     rig.report("r1", chunks=4)
     assert rig.terminal("r1").ttft_s == pytest.approx(0.5)
 
+
+def test_a_refusal_before_acceptance_lists_one_unsent_attempt_at_this_deployment():
+    from actors.types import AttemptInfo
+
+    rig = Rig()
+    rig.submit("r1", params={"temperature": "hot"})
+    (bad,) = rig.terminals()
+    assert bad.attempt_log == [AttemptInfo("d1", "bad_request", None, 0.0, False)]
+
+
+def test_an_unanswered_probe_ask_wakes_the_engine_when_it_may_be_asked_again():
+    from actors.core.admission import PROBE_RETRY_S
+
+    rig = Rig()
+    rig.breaker(CircuitState.OPEN, retry_in_s=0)
+    assert len(rig.of(ev.AskProbe, rig.submit("r1"))) == 1
+    assert rig.core.next_wakeup() == pytest.approx(rig.mono + PROBE_RETRY_S)
+
+
+def test_a_request_sent_again_after_a_credential_refresh_keeps_its_priority():
+    rig = Rig(workers=1, queue_capacity=8, has_session=True)
+    rig.submit("bg", priority="background")
+    rig.report("bg", error=E.AuthenticationError("401", status=401), usage=UNKNOWN, session_version=1)
+    rig.submit("busy")                                  # the worker is taken while bg waits for a credential
+    rig.submit("n1")
+    rig.feed(ev.SessionChanged(2))                      # bg goes back to the head of its own level
+    rig.report("busy")
+    assert rig.dispatches()[-1].request.request_id == "n1"
+    rig.report("n1")
+    assert rig.dispatches()[-1].request.request_id == "bg"
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_deadline_during_the_call_says_where_it_passed_and_for_which_provider(streamed):
+    rig = Rig()
+    rig.submit("r1", deadline_in=2.0)
+    if streamed:
+        rig.feed(ev.TokenStarted("r1", 1, rig.wall()))
+    rig.advance(2.1)
+    failed = rig.terminal("r1")
+    stage = "mid-stream" if streamed else "during the call"
+    assert (type(failed.error), failed.error.message, failed.error.provider) == \
+        (E.DeadlineExceeded, f"the deadline passed {stage}", "openai")
+
+
+def test_a_cancelled_request_says_so_for_its_provider():
+    rig = Rig()
+    rig.submit("r1")
+    rig.feed(ev.CancelRequested("r1"))
+    failed = rig.terminal("r1")
+    assert (type(failed.error), failed.error.message, failed.error.provider) == \
+        (E.Cancelled, "cancelled by the caller", "openai")
+
+
+def test_a_crash_says_which_worker_exited_during_which_attempt_for_which_provider():
+    rig = Rig(workers=1)
+    rig.submit("r1", idempotent=False)
+    rig.feed(ev.WorkerGone(0))
+    error = rig.terminal("r1").error
+    assert (error.message, error.provider) == ("worker 0 exited during attempt 1", "openai")

@@ -17,7 +17,7 @@ from actors.core.admission import (PROBE_RETRY_S, TICK_S, Admission, Admit, Brea
                                    NeedProbe, Refuse, Reserved, Wait)
 from actors.core.breaker import BreakerSnapshot, BreakerView, CircuitState
 from actors.core.leases import LeaseGrant
-from actors.core.budget import AskStrictSpend, Budget, BudgetBook, SpendGate, SpendHold
+from actors.core.budget import AskStrictSpend, Budget, BudgetBook, SettleStrictSpend, SpendGate, SpendHold
 from actors.core.caller_fault import JUDGE_WAIT_S, Hearing
 from actors.core.jobs import ABANDON_GRACE_S, Attempt, Job
 from actors.core.periods import parse_period
@@ -484,7 +484,7 @@ def test_strict_admission_waits_for_the_leader_then_fails_closed_or_falls_back_t
                                      "and its lease has expired")
     shared = Leader(0.0, 5.0)
     gate, _, _ = budget_gate(RateLimits(rpm=10, mode="strict", leader_unavailable="local_share"), shared)
-    gate.leader_changed(False, 2, 1.0)
+    gate.leader_changed(False, 2, 1.0, in_cluster=True)
     assert isinstance(gate.admit(job("a"), 1.0), Reserved) and gate.fallback.limits.rpm == 5
 
 
@@ -525,3 +525,186 @@ def test_a_window_reports_its_start_and_limits():
     spend = WindowedLimiter("n1", RateLimits(tpm=9, period=period, window_s=period.nominal_s),
                             wall_clock=FakeClock(WALL0 + 75))
     assert spend.usage().window_start_unix == period.start(period.index(WALL0 + 75))
+
+
+def test_a_parked_request_fails_at_its_wait_end_and_not_before_nor_after_it_went_again():
+    rec, host, _ = recovery()
+    waiting = job("r1")
+    unauthorized = E.AuthenticationError("401", status=401)
+    rec.after_error(waiting, unauthorized, report(unauthorized), 10.0)
+    rec.due_parked(waiting, 10.0 + SESSION_WAIT_S - 0.01)
+    assert host.failed == []
+    rec.due_parked(waiting, 10.0 + SESSION_WAIT_S)
+    assert host.failed == [("r1", unauthorized)]
+    again, host2, _ = recovery()
+    other = job("r1")
+    again.after_error(other, unauthorized, report(unauthorized), 10.0)
+    again.session_changed(ev.SessionChanged(1))            # a newer credential: it went again
+    again.due_parked(other, 10.0 + SESSION_WAIT_S)
+    assert host2.failed == [] and host2.requeued == ["r1"]
+
+
+def test_the_share_keeps_the_budgets_window_and_what_it_does_not_limit():
+    leader = Leader(0.0, 5.0)
+    gate, _, _ = budget_gate(RateLimits(tpm=900, window_s=10.0, leader_unavailable="local_share"), leader)
+    gate.leader_changed(False, 3, 1.0, in_cluster=False)
+    assert isinstance(gate.admit(job("a", estimate=100), 1.0), Reserved)
+    assert gate.fallback.limits == RateLimits(rpm=None, tpm=300, window_s=10.0)
+
+
+@pytest.mark.parametrize("mode,kept_while", [("strict", "in the cluster, leader unreachable"),
+                                            ("approximate", "leader reachable, outside the cluster")])
+def test_the_share_is_dropped_only_when_what_the_budget_depends_on_is_back(mode, kept_while):
+    gate, _, _ = budget_gate(RateLimits(rpm=10, mode=mode, leader_unavailable="local_share"), Leader(0.0, 5.0))
+    gate.leader_changed(False, 3, 1.0, in_cluster=False)
+    gate.fallback = share = gate._fallback()
+    available, in_cluster = (False, True) if mode == "strict" else (True, False)
+    gate.leader_changed(available, 3, 2.0, in_cluster=in_cluster)
+    assert gate.fallback is share, kept_while
+    gate.leader_changed(mode == "strict", 3, 3.0, in_cluster=mode != "strict")
+    assert gate.fallback is None
+
+
+def spend_gate(*budgets: Budget, leader: Leader) -> tuple[SpendGate, Host, BudgetBook]:
+    host, wall = Host(), FakeClock(WALL0)
+    book = BudgetBook(budgets, slot="s", deployment="d1", provider="openai", wall=wall, clock=FakeClock(0.0))
+    return SpendGate(book, host, leader, "openai"), host, book
+
+
+def test_the_spend_gate_waits_for_a_strict_answer_from_now_and_names_its_provider_when_outside():
+    joined = Leader(0.0, 5.0)
+    joined.update(True, 1, 0.0)
+    strict = Budget("key", "k1", 1.0, parse_period("1h"), "strict")
+    gate, host, _ = spend_gate(strict, leader=joined)
+    wait = gate.admit(SpendHold(1000, [strict]), "r1", 10.0)
+    assert wait == Wait(10.0 + 2.0) and len(host.of(AskStrictSpend)) == 1
+    never_joined = Leader(0.0, 5.0)
+    never_joined.update(False, 0, 0.0, in_cluster=False)
+    approx = Budget("key", "k1", 1.0, parse_period("1h"))
+    gate, _, _ = spend_gate(approx, leader=never_joined)
+    refused = gate.admit(SpendHold(1000, [approx]), "r1", 60.0)
+    assert isinstance(refused, Denied) and refused.error.provider == "openai"
+    # a strict-only hold is not an approximate budget spent outside the cluster: it asks the leader's limiter
+    gate, _, _ = spend_gate(strict, leader=never_joined)
+    strict_refused = gate.admit(SpendHold(1000, [strict]), "r1", 60.0)
+    assert isinstance(strict_refused, Denied) and strict_refused.error.provider == "openai"
+    assert strict_refused.error.message.startswith("a strict spend budget needs the convention leader")
+
+
+def test_a_request_that_sent_nothing_gives_its_spend_back_in_full():
+    leader = Leader(0.0, 5.0)
+    leader.update(True, 1, 0.0)
+    approx, strict = Budget("key", "k1", 1.0, parse_period("1h")), Budget("team", "t", 1.0, parse_period("1h"),
+                                                                          "strict")
+    gate, _, book = spend_gate(approx, strict, leader=leader)
+    hold = SpendHold(1000, [approx, strict])
+    gate.admit(hold, "r1", 0.0)
+    window = strict.period.index(WALL0)
+    assert gate.granted(hold, strict.counter_key, "x", window, 1000)
+    assert book.limiters[approx.counter_key].usage().tokens == 1000
+    assert book.limiters[strict.counter_key].usage().requests == 1
+    hold.sent = False
+    gate.settle(hold, "r1")
+    for key in (approx.counter_key, strict.counter_key):
+        assert (book.limiters[key].usage().requests, book.limiters[key].usage().tokens) == (0, 0)
+
+
+def test_a_node_that_was_in_the_cluster_spends_on_against_what_its_replica_holds():
+    lost = Leader(0.0, 5.0)
+    lost.update(False, 1, 10.0, in_cluster=False)          # one share known: it was in the cluster
+    assert lost.spend_outside(60.0, "openai") is None
+
+
+def test_the_spend_gate_takes_a_repeated_grant_once_and_gives_back_what_nobody_holds():
+    leader = Leader(0.0, 5.0)
+    leader.update(True, 1, 0.0)
+    strict = Budget("key", "k1", 1.0, parse_period("1h"), "strict")
+    gate, host, book = spend_gate(strict, leader=leader)
+    hold = SpendHold(1000, [strict])
+    gate.admit(hold, "r1", 0.0)
+    window = strict.period.index(WALL0)
+    assert gate.granted(hold, strict.counter_key, "rid", window, 1000)
+    assert gate.granted(hold, strict.counter_key, "rid", window, 1000)     # the answer to a repeated ask
+    assert host.of(SettleStrictSpend) == [] and book.limiters[strict.counter_key].usage().requests == 1
+    assert not gate.granted(None, strict.counter_key, "gone", window, 1000)
+    assert host.of(SettleStrictSpend) == [SettleStrictSpend(strict.counter_key, "gone", 0, False)]
+    assert not gate.refused(None, strict.counter_key, E.BudgetExceeded("spent"))
+    assert gate.admit(hold, "r1", 0.1) is None and hold.admitted
+    assert not gate.refused(hold, strict.counter_key, E.BudgetExceeded("spent"))   # too late: admitted
+
+
+def test_the_spend_gate_learns_how_late_other_slots_counts_arrive():
+    leader = Leader(0.0, 5.0)
+    leader.update(True, 1, 0.0)
+    approx = Budget("key", "k1", 1.0, parse_period("1h"))
+    gate, _, book = spend_gate(approx, leader=leader)
+    window = approx.period.index(WALL0)
+    assert gate.merge(ev.PeerCounts(approx.counter_key, {window: {"tokens": {"n2": 5}}}, origin="n2",
+                                    sent_unix=WALL0 - 3.0))
+    assert book.limiters[approx.counter_key].usage().tokens == 5
+    assert book.limiters[approx.counter_key].staleness_s > 6.0
+
+
+def test_a_budget_mode_must_be_one_of_two():
+    from actors.core.budget import BudgetSpec
+
+    with pytest.raises(ValueError) as info:
+        BudgetSpec(usd=1.0, period="1h", key="k", mode="lenient")
+    assert str(info.value) == "mode: must be approximate or strict, got 'lenient'"
+
+
+def test_the_budget_gate_waits_as_long_as_the_limiter_says_unless_the_deadline_comes_first():
+    gate, _, _ = budget_gate(RateLimits(rpm=600, burst=0.1))
+    admitted = job("a")
+    first = gate.admit(admitted, 0.0)
+    assert isinstance(first, Reserved) and first.reservation is admitted.held.reservation is not None
+    for i in range(59):
+        assert isinstance(gate.admit(job(f"b{i}"), 0.0), Reserved)
+    wait = gate.admit(job("w"), 0.0)
+    assert isinstance(wait, Wait) and wait.until == pytest.approx(0.1)       # a tenth of a second: said as it is
+    assert isinstance(gate.admit(job("d", deadline=wait.until), 0.0), Denied)  # the wait would reach the deadline
+    assert isinstance(gate.admit(job("e", deadline=wait.until + 0.01), 0.0), Wait)
+
+
+def test_a_new_credential_sends_every_parked_request_again_past_those_waiting_for_a_retry():
+    rec, host, _ = recovery()
+    retrying, parked = job("r0"), job("r1")
+    retrying.attempts = 1
+    rec.retry_or_fail(retrying, E.ServerError("busy", status=503, retryable=True), 0.0)
+    unauthorized = E.AuthenticationError("401", status=401)
+    rec.after_error(parked, unauthorized, report(unauthorized), 0.0)
+    rec.session_changed(ev.SessionChanged(1))
+    assert host.requeued == ["r1"] and list(rec.waiting) == ["r0"]
+    assert rec.stage(parked) is None and parked.recovery.parked is None
+
+
+def test_the_heap_keeps_the_earliest_look_asked_for_whatever_the_order():
+    timers = TimerHeap(lambda kind, subject, when: True, lambda: 100)
+    timers.pump_soon(6.0)
+    timers.pump_soon(9.0)
+    assert timers.pump_at == 6.0
+
+
+def test_a_request_that_ends_with_another_error_than_its_suspect_500_is_answered_at_once():
+    gate, host = breaker_gate(FakeClock(WALL0))
+    timers = TimerHeap(lambda kind, subject, when: True, lambda: 100)
+    hearing = Hearing(host, gate, timers, slot="s", provider="openai")
+    bad = job("bad")
+    hearing.heard(attempt_of(bad, seq=1), E.ServerError("cannot compile the schema", status=500), 0.0)
+    later = E.DeadlineExceeded("the deadline passed")
+    assert not hearing.hold(bad, later, 0.0) and hearing.held == {} and host.probes == 0
+
+
+def test_a_parked_request_logs_its_401_and_its_timer_is_live_only_while_it_waits():
+    from actors.types import AttemptInfo
+
+    rec, _, _ = recovery()
+    waiting = job("r1")
+    unauthorized = E.AuthenticationError("401", status=401)
+    rec.after_error(waiting, unauthorized, report(unauthorized), 10.0)
+    assert waiting.log == [AttemptInfo("d1", "authentication_error", 401)]
+    until = 10.0 + SESSION_WAIT_S
+    assert rec.live("parked", waiting, until) and not rec.live("parked", waiting, until + 1)
+    assert not rec.live("parked", job("r1"), until)          # another job of the same id is not the one waiting
+    rec.session_changed(ev.SessionChanged(1))
+    assert not rec.live("parked", waiting, until)

@@ -82,3 +82,9 @@ def test_client_side_errors_are_distinct_and_do_not_trip_breakers():
     assert not issubclass(errors.GatewayUnavailable, errors.InternalError)
     assert issubclass(errors.GatewayTimeout, errors.Timeout) and not errors.GatewayTimeout.counts_for_breaker
     assert errors.EngineCrashed().retryable and not errors.EngineCrashed(retryable=False).retryable
+
+
+def test_an_internal_error_is_never_retryable_unless_told():
+    from actors.errors import InternalError
+
+    assert InternalError("bug").retryable is False

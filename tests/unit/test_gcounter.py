@@ -88,3 +88,19 @@ def test_a_counter_reads_zero_for_a_slot_it_never_heard_of_and_equals_only_count
     assert counter.get("nobody") == 0 and counter != object() and counter == GCounter()
     with pytest.raises(ValueError, match="only grows"):
         counter.increment("a", -1)
+
+
+def test_a_merge_says_whether_anything_grew_and_refuses_a_negative_count():
+    counter = GCounter()
+    assert counter.merge_state({"a": 2, "b": 1}) is True
+    assert counter.merge_state({"a": 1, "b": 1}) is False          # nothing new
+    assert counter.merge_state({}) is False
+    with pytest.raises(ValueError) as info:
+        counter.merge_state({"c": -1})
+    assert str(info.value) == "negative count for 'c'"
+
+
+def test_a_negative_increment_is_refused_saying_why():
+    with pytest.raises(ValueError) as info:
+        GCounter().increment("a", -1)
+    assert str(info.value) == "a GCounter only grows; amount must be >= 0"

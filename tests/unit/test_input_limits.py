@@ -177,3 +177,62 @@ def test_the_launch_capability_is_in_no_repr():
     for message in (Deploy("n", [], capability=cap), SessionInit("d", "openai", None, capability=cap),
                     WatchLauncher(1, 1, cap)):
         assert cap not in repr(message) and cap not in str(message) and message.capability == cap
+
+
+def test_the_log_line_of_a_body_masks_keys_keeps_short_bodies_whole_and_marks_a_cut():
+    assert for_log(b"bad key sk-abcdefghijklmnopqrstuv\nline two") == "bad key [redacted]\\nline two"
+    assert for_log(b"short") == "short" and for_log(None) == ""
+    exactly = "y" * (16 * 1024)
+    assert for_log(exactly.encode()) == exactly and for_log(exactly + "z") == exactly + "…"
+
+
+def _flooded(others: int) -> tuple[LineLimiter, list[str], list[float]]:
+    """Host a said twice at t=1000; at t=1010 (one interval on) ``others`` other hosts say it once."""
+    now = [1000.0]
+    lines: list[str] = []
+    log = LineLimiter(lines.append, interval_s=10, clock=lambda: now[0])
+    assert log.note("a:1", "bad frame", "refused") and not log.note("a:2", "bad frame", "refused")
+    assert lines == ["refused"]                                  # the first line carries no count
+    now[0] = 1009.99
+    assert not log.note("a:3", "bad frame", "refused")           # still within the interval
+    now[0] = 1010.0
+    for i in range(others):
+        log.note(f"h{i}:1", "bad frame", "refused")
+    return log, lines, now
+
+
+def test_a_line_goes_again_exactly_one_interval_after_the_last_with_the_count_held():
+    log, lines, _ = _flooded(1022)                              # 1023 sources: none forgotten
+    assert log.note("a:4", "bad frame", "refused") and lines[-1] == "refused (+2 more like it in the last 10s)"
+
+
+def test_past_1024_sources_the_quiet_ones_are_forgotten_the_new_ones_kept():
+    kept, lines, _ = _flooded(1023)                              # 1024 sources: still none forgotten
+    assert kept.note("a:4", "bad frame", "refused") and lines[-1] == "refused (+2 more like it in the last 10s)"
+    pruned, lines, _ = _flooded(1024)                            # 1025: a, quiet for an interval, is forgotten
+    assert not pruned.note("h1023:9", "bad frame", "refused")    # the newest ones are kept
+    assert pruned.note("a:4", "bad frame", "refused") and lines[-1] == "refused"
+
+
+def test_bytes_that_are_not_utf8_are_shown_replaced_and_a_cut_is_past_500_characters():
+    assert for_log(b"\xff ok") == "\ufffd ok" and for_log("text") == "text"
+    assert not trimmed("x" * 500) and trimmed("x" * 501)
+
+
+@pytest.mark.parametrize("body,out", [
+    (PY_TRACE, "ValueError: could not load [path] (stack trace removed)"),
+    ('Traceback (most recent call last):\n  File "a.py", line 1, in f\n    g()\n',
+     "the upstream answered with a stack trace (removed)"),
+    ('  File "a.py", line 1, in f\n\tx = compute + 1\n  note: an indented detail\nValueError: x',
+     "note: an indented detail\nValueError: x (stack trace removed)"),
+    ("Error: x\n  an indented detail", "Error: x\n  an indented detail"),
+    ("  indented first line\nnext", "indented first line\nnext"),
+    ("a\n\n\n\nb", "a\n\nb"),
+    ("", ""),
+])
+def test_what_the_caller_is_shown_of_an_upstream_text_exactly(body, out):
+    assert strip_internals(body) == out
+
+
+def test_only_text_is_stripped():
+    assert strip_internals(None) is None and strip_internals(42) == 42

@@ -46,3 +46,27 @@ def test_forgotten_engines_do_not_grow_the_table_past_its_limit_and_an_open_ques
         checks.answered(f"e{n}", None)
     assert len(checks._checks) <= 8
     assert checks.claim("asking") == (False, None)   # still being asked: nobody else asks meanwhile
+
+
+def test_an_answer_is_fresh_for_exactly_its_period_and_may_come_unasked():
+    clock = FakeClock(10.0)
+    checks = SharedChecks(fresh_s=1.0, clock=clock)
+    checks.answered("e9", "engine e9 died")            # an answer nobody here asked for is shared too
+    assert checks.claim("e9") == (False, "engine e9 died")
+    clock.advance(1.0)
+    assert checks.claim("e9") == (True, None)           # exactly one period on: stale
+
+
+def test_a_full_table_forgets_the_oldest_answers_not_the_first_names():
+    clock = FakeClock(0.0)
+    checks = SharedChecks(fresh_s=100.0, clock=clock, limit=4)
+    for key in ("d", "c", "b", "a"):                    # answered in this order: d is the oldest
+        checks.claim(key)
+        checks.answered(key, key)
+        clock.advance(1.0)
+    checks.claim("e")                                   # full: a quarter (one) is forgotten
+    assert checks.claim("a") == (False, "a") and checks.claim("d") == (True, None)
+
+
+def test_the_table_holds_1024_engines_by_default():
+    assert SharedChecks(fresh_s=1.0).limit == 1024

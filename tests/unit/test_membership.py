@@ -353,3 +353,84 @@ def test_a_loss_is_counted_from_when_it_first_happened():
     member.lost("still silent")               # already outside: since the first loss
     clock.t += 1.0
     assert member.heard("n0") == 5.0
+
+
+def test_a_refusal_is_news_in_its_own_words_and_a_new_reason_replaces_the_old():
+    clock = Clock()
+    member = standing(clock)
+    member.heard("n0")
+    member.refuse("node id n1@h:1 is already held")
+    clock.t += 3.0
+    member.dropped("back 1.0s after it was dropped")
+    assert member.note() == ("the leader's registrar dropped this node and took it back: back 1.0s after it was "
+                             "dropped (0s ago); refused by the cluster: node id n1@h:1 is already held (3s ago)")
+    member.refuse("another reason")
+    assert member.note().startswith("refused by the cluster: another reason (0s ago); the leader's registrar")
+
+
+def test_the_table_remembers_the_last_256_drops_oldest_forgotten_first():
+    clock = Clock()
+    members = table(clock)
+    for i in range(257):
+        members.heartbeat(f"m{i}", "1", "M")
+    clock.t += 4.0
+    assert len(members.sweep()) == 257                 # 257 drops: the first one is forgotten
+    assert members.heartbeat("m0", "1", "M").reason == ""
+    assert members.heartbeat("m1", "1", "M").reason == "back 0.0s after it was dropped for missed heartbeats"
+    members256 = table(clock)
+    for i in range(256):
+        members256.heartbeat(f"m{i}", "1", "M")
+    clock.t += 4.0
+    members256.sweep()                                 # exactly 256: all remembered
+    assert members256.heartbeat("m0", "1", "M").reason.startswith("back 0.0s")
+
+
+def test_the_tables_defaults_are_the_documented_ones():
+    members = MemberTable()
+    assert (members.failure_timeout_s, members.confirm_s, members.stalled_s) == (5.0, 2.0, 0.0)
+    assert members.stalls.every_s == 1.0
+
+
+def test_a_node_that_never_heard_its_leader_says_it_does_not_know_which():
+    clock = Clock()
+    node = standing(clock)
+    node.heard("")                                  # a membership that did not name its leader
+    node.lost("no answer")
+    assert node.note() == "left the cluster: leader ? unreachable (no answer) (0s ago)"
+
+
+def test_a_holder_back_after_a_drop_starts_any_claim_on_its_id_afresh():
+    clock = Clock()
+    members = table(clock)                         # failure 3 s, confirm 1 s
+    members.heartbeat("n@h:1", "a", "A")
+    assert members.heartbeat("n@h:1", "b", "B").verdict is Verdict.HELD    # b claims the id
+    clock.t += 4.0
+    assert members.sweep() == ["n@h:1"]            # a went silent: dropped
+    assert members.heartbeat("n@h:1", "a", "A").verdict is Verdict.JOINED  # a is back first
+    clock.t += 0.1
+    assert members.heartbeat("n@h:1", "b", "B").verdict is Verdict.HELD    # b's old claim is gone: it waits again
+
+
+def test_a_loss_without_a_reason_and_a_return_to_an_unnamed_leader_say_only_what_is_known():
+    clock = Clock()
+    node = standing(clock)
+    assert node.heard("") == 0.0                   # the first membership: outside since start until now
+    assert node.heard("") is None                  # already in: no news
+    node.lost("")
+    clock.t += 2.0
+    assert node.describe() == "not in cluster: leader ? unreachable for 2s"
+    assert node.heard("") == 2.0
+    assert node.note().startswith("back in the cluster led by ? after 2.0s outside it (0s ago); ")
+
+
+def test_the_leaders_first_membership_is_news_of_no_time_outside_and_later_ones_none():
+    clock = Clock()
+    leader = standing(clock, leader=True)
+    assert leader.heard("n0") == 0.0 and leader.heard("n0") is None
+
+
+def test_a_standings_defaults_are_the_documented_ones():
+    node = Standing(leader=False)
+    assert (node.failure_timeout_s, node.retry_s) == (5.0, 3.0)
+    assert not node.quiet and node.lost_why == "" and node.outside_since is not None
+    assert Standing(leader=True).outside_since is None

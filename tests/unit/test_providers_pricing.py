@@ -103,3 +103,30 @@ def test_a_negative_price_is_refused_whichever_it_is(prices):
 
 def test_zero_prices_are_prices():
     assert Price(input=0, output=0, cached_input=0).cached_input == 0
+
+
+def test_only_a_geography_prefix_is_dropped_and_any_gateway_path():
+    claude = lookup_price("anthropic", "claude-3-5-sonnet-20241022")
+    assert claude is not None and lookup_price("anthropic", "us.claude-3-5-sonnet-20241022") == claude
+    # a dotted prefix that is not a geography names another model: unknown, not priced as this one
+    assert lookup_price("anthropic", "mycorp.claude-3-5-sonnet-20241022") is None
+    gpt = lookup_price("openai", "gpt-4o")
+    assert gpt is not None and lookup_price("openai", "openrouter/openai/gpt-4o") == gpt
+
+
+def test_a_family_without_a_table_falls_back_to_mock_only():
+    assert lookup_price("no-such-family", "gpt-4o") is None
+
+
+def test_the_longest_versioned_entry_wins():
+    from actors.core.pricing import _match
+    table = {"m": 1, "m-1": 2, "m-1-2": 3}
+    assert _match(table, "m-1-2-20250101") == 3 and _match(table, "m-1-20250101") == 2 and _match(table, "m-x") is None
+
+
+def test_a_price_without_a_cached_rate_bills_cached_tokens_at_the_input_rate():
+    usage = Usage(1_000_000, 0, cached_input_tokens=400_000)
+    assert cost_usd(usage, Price(input=2.0, output=8.0)) == 2.0
+    assert cost_usd(usage, Price(input=2.0, output=8.0, cached_input=0.5)) == 0.6 * 2.0 + 0.4 * 0.5
+    # more cached tokens than input tokens (a provider's rounding) never bills negative input
+    assert cost_usd(Usage(10, 0, cached_input_tokens=50), Price(input=1.0, output=1.0, cached_input=0.0)) == 0.0

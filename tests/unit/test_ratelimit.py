@@ -419,3 +419,39 @@ def test_what_a_slot_remembers_of_its_recent_admissions_stays_bounded():
         lim.try_acquire(1)
         mono.advance(0.05)                  # 100 s of steady admissions
     assert len(lim._recent) < 300          # the last few seconds' worth, not all of them
+
+
+def test_the_full_state_holds_only_the_windows_that_still_count():
+    lim, clock = limiter(rpm=5)
+    lim.try_acquire(1)
+    clock.advance(60)
+    lim.try_acquire(1)
+    assert len(lim.state()) == 2
+    clock.advance(180)                    # both windows are over: state() alone drops them
+    assert lim.state() == {}
+
+
+def test_with_burst_a_wait_under_a_second_is_said_as_it_is():
+    lim, clock = limiter(rpm=600, burst=0.1)
+    clock.advance(30)   # 600 * (0.1 + 0.5) = 360 may be spent
+    assert sum(isinstance(lim.try_acquire(tokens=1), Reservation) for _ in range(361)) == 360
+    assert lim.try_acquire(tokens=1).retry_after_s == pytest.approx(0.1)   # 1/600 of the window later
+
+
+def test_a_merge_skips_a_window_that_is_gone_and_takes_the_rest():
+    a, clock = limiter("a", rpm=10)
+    a.try_acquire(1)
+    stale = a.take_delta()
+    clock.advance(180)
+    a.try_acquire(1)
+    a.try_acquire(1)
+    b, _ = limiter("b", clock=clock, rpm=10)
+    b.merge({**stale, **a.take_delta()})           # the gone window first
+    assert b.usage().requests == 2
+
+
+def test_a_request_larger_than_the_whole_budget_is_refused_for_good_saying_so():
+    lim, _ = limiter(tpm=100)
+    refused = lim.try_acquire(tokens=101)
+    assert refused.message == "one request needs 101 against a tpm budget of 100"
+    assert refused.limit == "tpm" and refused.retryable is False

@@ -1,6 +1,7 @@
 import pytest
 
 from actors import errors as E
+from actors.core import retry as R
 from actors.core.retry import RetryEngine, RetryPolicy
 
 from fakes import FakeClock, FixedRandom
@@ -116,3 +117,31 @@ def test_an_error_class_may_allow_fewer_retries_than_the_policy():
     decision = eng.decide(E.EmptyResponse(), 2)
     assert not decision.retry and "2 attempts" in decision.reason
     assert eng.decide(E.ServerError(), 2).retry  # the policy's limit for everything else
+
+
+def test_a_call_that_is_not_retried_says_why_with_no_delay():
+    eng, _ = engine(max_retries=1)
+    assert eng.decide(E.BadRequest("bad"), 1) == R.RetryDecision(False, 0.0, "bad_request is not retryable")
+    busy = E.ServerError("busy", status=503, retryable=True)
+    assert eng.decide(busy, 1, idempotent=False, sent=True) == \
+        R.RetryDecision(False, 0.0, "request is not idempotent and the provider saw it")
+    assert eng.decide(busy, 2) == R.RetryDecision(False, 0.0, "gave up after 2 attempts")
+
+
+def test_a_retry_says_what_it_waits_for_and_a_deadline_reached_exactly_ends_it():
+    eng, clock = engine(max_retries=2, jitter="none", base_delay_s=1.0)
+    busy = E.ServerError("busy", status=503, retryable=True)
+    assert eng.decide(busy, 1).reason == "backoff after server_error (retry 1 of 2)"
+    told = E.RateLimited("slow down", retry_after_s=3.0)
+    assert eng.decide(told, 1).reason == "server retry-after after rate_limited (retry 1 of 2)"
+    delay = eng.decide(busy, 1).delay_s
+    assert eng.decide(busy, 1, deadline=clock() + delay) == R.RetryDecision(False, 0.0,
+                                                                            "deadline would pass before the retry")
+    assert eng.decide(busy, 1, deadline=clock() + delay + 0.001).retry
+
+
+def test_a_spent_retry_budget_says_so_with_no_delay():
+    eng = RetryEngine(RetryPolicy(max_retries=3, budget_ratio=0.0, budget_min_retries=0), clock=FakeClock(),
+                      rand=FixedRandom(0.5))
+    busy = E.ServerError("busy", status=503, retryable=True)
+    assert eng.decide(busy, 1) == R.RetryDecision(False, 0.0, "retry budget exhausted")

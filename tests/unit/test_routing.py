@@ -491,3 +491,51 @@ def test_a_decayed_mean_weighs_each_sample_by_its_age():
     assert mean.value == pytest.approx((0.5 * 30.0 + 40.0) / (0.5 * 2 + 1))
     mean.add(0.0, 5.0)                           # a sample from the past counts as now
     assert mean.at == 5.0
+
+
+def test_a_held_refusal_whose_retry_time_is_now_repeats_the_holds_end():
+    answer = E.CircuitOpen("open", retry_at_unix_ms=1_002_000)
+    assert R.held_refusal((1004.0, answer), 1002.0) == (answer, 1004.0)
+    assert R.held_refusal((1004.0, answer), 1001.9) == (answer, 1002.0)
+
+
+def test_a_routing_entry_for_an_unserved_model_lists_the_models_that_are_served():
+    with pytest.raises(ValueError) as info:
+        R.check_models(R.RoutingPolicy(models={"nobody": R.ModelRouting()}), ["gpt-4o", "claude", "gpt-4o"])
+    assert str(info.value) == "routing.models.nobody: no deployment serves model 'nobody' (models: claude, gpt-4o)"
+
+
+def test_a_cost_plan_prices_the_calls_own_tokens_and_names_its_model():
+    cheap_in = cand("cheap-in", price_in=1.0, price_out=30.0)
+    cheap_out = cand("cheap-out", price_in=10.0, price_out=2.0)
+    prompt_heavy = R.plan_group("gpt", [cheap_out, cheap_in], strategy="cost", rand=seq(0.5), streamed=False,
+                                input_tokens=100_000, output_tokens=10, now_unix=0.0)
+    answer_heavy = R.plan_group("gpt", [cheap_in, cheap_out], strategy="cost", rand=seq(0.5), streamed=False,
+                                input_tokens=10, output_tokens=100_000, now_unix=0.0)
+    assert names(prompt_heavy.ordered) == ["cheap-in", "cheap-out"] and prompt_heavy.model == "gpt"
+    assert names(answer_heavy.ordered) == ["cheap-out", "cheap-in"]
+    half_priced = cand("half", price_in=1.0)            # an unknown output price: tried after the priced ones
+    assert names(R.order("cost", [half_priced, cheap_in], rand=seq(0.5), input_tokens=10, output_tokens=10)) == \
+        ["cheap-in", "half"]
+
+
+def test_weighted_order_follows_the_weights_to_the_boundary_and_keeps_zero_weights_in_config_order():
+    a, b = cand("a", weight=0.5), cand("b", weight=0.5)
+    assert names(R.order("weighted", [a, b], rand=seq(0.6, 0.0))) == ["b", "a"]
+    assert names(R.order("weighted", [a, b], rand=seq(0.5, 0.0))) == ["b", "a"]     # 0.5 is past a's half
+    assert names(R.order("weighted", [a, b], rand=seq(0.4, 0.0))) == ["a", "b"]
+    zero = [cand("z1", weight=0.0), cand("z2", weight=0.0)]
+    assert names(R.order("weighted", zero, rand=seq(0.9))) == ["z1", "z2"]
+
+
+def test_usage_order_treats_an_unlimited_deployment_as_having_all_its_window_left():
+    full, unlimited = cand("full", headroom=1.0), cand("unlimited")
+    assert names(R.order("usage", [full, unlimited], rand=seq(0.5))) == ["full", "unlimited"]   # a tie: config order
+    assert names(R.order("usage", [cand("half", headroom=0.5), unlimited], rand=seq(0.5))) == ["unlimited", "half"]
+
+
+def test_an_unknown_strategy_names_the_known_ones():
+    with pytest.raises(ValueError) as info:
+        R.order("fastest", [cand("a")], rand=seq(0.5))
+    assert str(info.value) == ("unknown routing strategy 'fastest'; expected one of weighted, least-busy, latency, "
+                               "cost, usage")

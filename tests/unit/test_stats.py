@@ -474,3 +474,61 @@ def test_engine_status_counts_what_it_holds():
         "circuit": "closed", "draining": False, "model": "d1", "provider": "openai",
         "endpoint": rig.dep.endpoint_label}
     assert status["depth_by_priority"]["high"] == 1 and status["budget_spent"] == []
+
+
+def test_the_text_formatter_takes_the_logging_formatters_options():
+    rec = _log_record()
+    rec.created = 86400.0 * 500  # mid-1971 in every time zone
+    assert TextFormatter(datefmt="%Y").format(rec).startswith("1971 INFO")
+    assert TextFormatter("%(message)s").format(rec) == "2 request(s) ended"
+
+
+def test_a_quantile_past_every_observation_is_the_last_bound():
+    counts = [0] * (len(LATENCY_BOUNDS) + 1)
+    counts[0] = 4                              # all in the first bucket
+    assert quantile(counts, 1.5) == LATENCY_BOUNDS[-1] and quantile(counts, 1.0) == LATENCY_BOUNDS[0]
+
+
+def test_bucket_counts_of_different_lengths_add_up_position_by_position():
+    from actors.core.stats import _add_counts
+
+    assert _add_counts([1, 2, 3], [10]) == [11, 2, 3] and _add_counts([1], [10, 20]) == [11, 20]
+    assert _add_counts([], []) == []
+
+
+def test_the_logging_config_names_the_formatter_of_the_chosen_format():
+    import logging.config
+
+    from actors.core.log_format import formatter_definition
+
+    assert formatter_definition("json") == {"()": "actors.core.log_format.JsonFormatter"}
+    assert formatter_definition("text") == {"()": "actors.core.log_format.TextFormatter"}
+    # the name resolves as dictConfig resolves it (without reconfiguring this process's logging)
+    assert logging.config.BaseConfigurator({}).resolve(formatter_definition("json")["()"]) is JsonFormatter
+
+
+def test_snapshots_missing_parts_merge_as_if_those_parts_were_zero():
+    from actors.core.stats import SERIES_STEP_S, merge_snapshots
+
+    counted = {"outcomes": {"completed": {"": 2}}, "rejected": {"BadRequest": 1}, "refused": {"QueueFull": 2},
+               "probes": {"ok": 1}, "retries": 3, "fallbacks": 4, "step_s": SERIES_STEP_S * 2,
+               "latency": {"counts": [1, 2], "sum": 0.5, "count": 3}, "ttft": {"counts": [3], "sum": 0.25, "count": 3},
+               "tokens": {"input": 5}, "cost_usd": 0.25, "unpriced": 1, "keys": {"k": {"calls": 1}}}
+    failing_only = {"last_failure_unix": 100.0, "failing_since_unix": 90.0}
+    merged = merge_snapshots([counted, failing_only])
+    assert merged == {
+        "outcomes": {"completed": {"": 2}}, "rejected": {"BadRequest": 1}, "refused": {"QueueFull": 2},
+        "probes": {"ok": 1, "failed": 0}, "retries": 3, "fallbacks": 4,
+        "latency": {"counts": [1, 2], "sum": 0.5, "count": 3}, "ttft": {"counts": [3], "sum": 0.25, "count": 3},
+        "tokens": {"input": 5}, "cost_usd": 0.25, "unpriced": 1, "keys": {"k": {"calls": 1}},
+        "last_success_unix": None, "last_failure_unix": 100.0,
+        "failing_since_unix": 90.0,          # the one replica that served anything is failing
+        "step_s": SERIES_STEP_S * 2, "series": []}
+
+
+def test_a_series_point_keeps_each_count_in_its_own_field():
+    stats = DeploymentStats()
+    stats.record(record(at_unix=WALL0 + 1, outcome="failed", error_kind="Timeout"))
+    (point,) = stats.snapshot(WALL0 + 2)["series"]
+    assert point[1:6] == [1, 1, 0.5, 10, 5]         # requests, failed, cost, input and output tokens
+    assert sum(point[6]) == sum(point[7]) == 1 and point[6] != point[7]  # 0.3 s to the end, 0.04 s to a token

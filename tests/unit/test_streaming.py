@@ -121,3 +121,34 @@ def test_a_chunk_is_due_exactly_one_window_after_the_last_and_light_lag_changes_
     assert not streaming.flush_due(True, 3, last_flush=1.0, coalesce_s=0.25, now=1.24)
     assert streaming.adaptive_window(0.001, 0.0019) == 0.001
     assert streaming.adaptive_window(0.001, 0.002) == pytest.approx(0.008)
+
+
+class BrokenClose:
+    def close(self):
+        raise ValueError("half a frame")
+
+
+class FailingClose:
+    def close(self):
+        raise E.StreamError("truncated", provider="p")
+
+
+def test_a_decoder_that_breaks_at_the_end_is_a_runners_bug_named_for_it():
+    err = streaming.end_of_stream(BrokenClose(), StreamAccumulator(), 3, 1, "anthropic")
+    assert type(err) is E.InternalError and err.provider == "anthropic" and err.retryable is False
+    assert err.message == "decoding the end of the stream failed: ValueError: half a frame"
+    typed = streaming.end_of_stream(FailingClose(), StreamAccumulator(), 3, 1, "anthropic")
+    assert type(typed) is E.StreamError and typed.message == "truncated"
+
+
+def test_a_runners_bug_is_never_retried():
+    assert streaming.runner_failed(KeyError("x"), "p", "d").retryable is False
+
+
+def test_reader_events_are_described_without_their_bytes():
+    assert streaming.describe(b"sk-secret") == "9 bytes"
+    assert streaming.describe(("eof", 3)) == "('eof', 3)"
+
+
+def test_the_end_of_a_reader_is_described_as_end():
+    assert streaming.describe(streaming.END) == "END"

@@ -39,3 +39,13 @@ def test_a_child_up_for_exactly_stable_s_starts_over():
     sup.restarted("e")
     clock.t += 10.0
     assert sup.exited("e") == 0.2
+
+
+def test_status_lists_children_by_name_whatever_their_key_type_and_the_defaults_are_documented():
+    clock = Clock()
+    sup = Supervisor(clock=clock, wall=lambda: 5.0)
+    assert (sup.base_s, sup.max_s, sup.stable_s) == (0.2, 30.0, 60.0)
+    for key in ("w2", 10, "w1"):
+        sup.exited(key)
+    assert [line["child"] for line in sup.lines()] == [10, "w1", "w2"]
+    assert sup.lines()[0]["next_restart_s"] == 0.2

@@ -72,3 +72,9 @@ def test_a_long_value_is_cut_at_80_characters_with_an_ellipsis():
     assert validate_request(req(temperature=exactly)).message.endswith(f"got '{exactly}'")
     longer = "z" * 79    # 81: cut to 80, and said so
     assert validate_request(req(temperature=longer)).message.endswith("got '" + "z" * 79 + "…")
+
+
+def test_a_tool_of_another_type_is_refused_even_when_it_looks_like_a_function():
+    flat = {"name": "f", "parameters": {"type": "object"}}
+    assert validate_request(req(tools=[flat])) is None
+    assert isinstance(validate_request(req(tools=[{"type": "web_search", **flat}])), BadRequest)
