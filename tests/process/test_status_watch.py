@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _read_until(fd: int, buffer: bytearray, needle: bytes, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while needle not in buffer and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
+        poller = select.poll()   # not select: a long test run may hold more than 1024 descriptors
+        poller.register(fd, select.POLLIN)
+        if poller.poll(200):
             try:
                 chunk = os.read(fd, 65536)
             except OSError:  # the child closed the terminal

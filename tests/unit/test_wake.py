@@ -12,7 +12,10 @@ from actors.runtime.wake import WakePipe, open_process_fd
 
 
 def _readable(fd: int, timeout_s: float = 0.0) -> bool:
-    return bool(select.select([fd], [], [], timeout_s)[0])
+    # poll, not select: a long test run may hold more than FD_SETSIZE (1024) descriptors.
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout_s * 1000))
 
 
 def test_notifies_from_another_thread_make_it_readable_until_drained_however_many_there_were():
@@ -40,8 +43,12 @@ def test_a_process_fd_turns_readable_when_the_process_exits():
         return
     try:
         assert not _readable(fd)
-        child.stdin.close()
+        # Ended by a signal, not by closing its stdin: another thread of this process may hold a copy
+        # of the pipe's write end (a fork in between), and the child would then wait for ever.
+        child.terminate()
         assert _readable(fd, 10.0)
     finally:
-        child.wait()
+        child.kill()
+        child.wait(10)
+        child.stdin.close()
         os.close(fd)
