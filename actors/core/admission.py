@@ -312,12 +312,8 @@ class BudgetGate:
     def _fallback(self) -> WindowedLimiter:
         """This engine's share of the budget while away from the cluster (``leader_unavailable: local_share``)."""
         if self.fallback is None:
-            share, limits = self.leader.shares, self.limits
-            scaled = RateLimits(rpm=max(1, limits.rpm // share) if limits.rpm else None,
-                                tpm=max(1, limits.tpm // share) if limits.tpm else None,
-                                burst=limits.burst, window_s=limits.window_s)
-            self.fallback = WindowedLimiter(self.slot + "/fallback", scaled, wall_clock=self.wall,
-                                            exclusive=True, clock=self.clock)
+            self.fallback = WindowedLimiter(self.slot + "/fallback", self.limits.divided(self.leader.shares),
+                                            wall_clock=self.wall, exclusive=True, clock=self.clock)
         return self.fallback
 
     # -- strict: spent locally under the leader's lease (core/leases.py) ------------------

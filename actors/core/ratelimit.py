@@ -77,6 +77,13 @@ class RateLimits:
     def unlimited(self) -> bool:
         return self.rpm is None and self.tpm is None
 
+    def divided(self, shares: int) -> RateLimits:
+        """One of ``shares`` equal parts (at least 1 of each limit): a node's share while it is
+        outside the cluster (``leader_unavailable: local_share``)."""
+        return RateLimits(rpm=max(1, self.rpm // shares) if self.rpm else None,
+                          tpm=max(1, self.tpm // shares) if self.tpm else None,
+                          burst=self.burst, window_s=self.window_s)
+
     def allowed(self, limit: int, fraction_elapsed: float) -> float:
         if self.burst is None:
             return float(limit)

@@ -180,12 +180,8 @@ class KeyLimits:
             return E.LeaderUnavailable(f"this node is not in the cluster (its leader is unreachable): {why}",
                                        retry_after_s=1.0)
         if budget.share is None:
-            n = self.outside
-            scaled = RateLimits(rpm=max(1, limits.rpm // n) if limits.rpm else None,
-                                tpm=max(1, limits.tpm // n) if limits.tpm else None,
-                                burst=limits.burst, window_s=limits.window_s)
-            budget.share = WindowedLimiter(self.slot + "/share", scaled, wall_clock=self._wall_clock,
-                                           exclusive=True, clock=self._clock)
+            budget.share = WindowedLimiter(self.slot + "/share", limits.divided(self.outside),
+                                           wall_clock=self._wall_clock, exclusive=True, clock=self._clock)
         return budget.share.try_acquire(tokens)
 
     def set_cluster(self, in_cluster: bool, shares: int) -> None:
