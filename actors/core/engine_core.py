@@ -131,7 +131,8 @@ class EngineCore:
                     depth_by_priority=self.queue.depth_by_priority(), circuit=self.view.state.value,
                     draining=self.draining, model=self.dep.model, provider=self.dep.provider,
                     endpoint=self.dep.endpoint_label, stats=t.stats.snapshot(self.wall()),
-                    budget_spent=self.book.spent() if self.book is not None else [])
+                    budget_spent=self.book.spent() if self.book is not None else [],
+                    budget_view=self.limiter.view_health() if self.limiter is not None else {})
 
     def refusal(self) -> tuple[InferenceError, float | None] | None:
         """What this engine answers a typical request now without calling its provider, and until when

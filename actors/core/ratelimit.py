@@ -36,6 +36,9 @@ CounterDelta = dict[int, dict[str, dict[str, int]]]   # {window: {counter: {slot
 RETAINED_WINDOWS = 2
 LAG_MEMORY_S = 5.0     # how long an observed propagation delay keeps counting
 LAG_MARGIN_S = 0.01
+# How long a slot remembers its own admissions: a delay measured later than they were made may
+# widen the staleness past them, and they must count as recent again then.
+RECALL_S = 2 * LAG_MEMORY_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,10 @@ class WindowedLimiter:
         self.unpublished_since: float | None = None  # wall time of the oldest admission not yet in a delta
         self._lags: deque[tuple[float, float]] = deque()  # (arrival, age), the last LAG_MEMORY_S
         self._recent: deque[tuple[float, int, int, int]] = deque()  # (time, window, requests, tokens)
+        # Deltas older on arrival than the staleness then assumed: the share rule's premise broke
+        # (a stall longer than the last few seconds showed), so the budget may have been overrun.
+        self.late_deltas = 0
+        self.worst_late_s = 0.0
 
     # -- windows ---------------------------------------------------------------------
 
@@ -292,8 +299,8 @@ class WindowedLimiter:
         if self.unpublished_since is None:
             self.unpublished_since = self._wall()
         now = self._clock()
-        if self._recent and now - self._recent[0][0] > 2 * LAG_MEMORY_S:
-            self._forget_before(now - self.staleness_s)
+        if self._recent and now - self._recent[0][0] > RECALL_S + LAG_MEMORY_S:   # now and then: amortised
+            self._forget_before(now - max(RECALL_S, self.staleness_s))
         self._recent.append((now, window, requests, tokens))
         return Reservation(window, requests, tokens)
 
@@ -303,9 +310,17 @@ class WindowedLimiter:
             recent.popleft()
 
     def _recent_spend(self, window: int) -> tuple[int, int]:
-        self._forget_before(self._clock() - self.staleness_s)
-        recent = self._recent
-        return (sum(r for _, w, r, _ in recent if w == window), sum(t for _, w, _, t in recent if w == window))
+        now, staleness = self._clock(), self.staleness_s
+        self._forget_before(now - max(RECALL_S, staleness))
+        horizon = now - staleness
+        requests = tokens = 0
+        for at, w, r, t in reversed(self._recent):
+            if at <= horizon:
+                break
+            if w == window:
+                requests += r
+                tokens += t
+        return requests, tokens
 
     def participants(self, window: int | None = None) -> int:
         """Slots that spent from this budget in this or the previous window (this one included)."""
@@ -382,7 +397,11 @@ class WindowedLimiter:
     def merge(self, delta: Mapping[int, Mapping[str, Mapping[str, int]]], sent_unix: float | None = None) -> None:
         """Merge another slot's (or a hub's) counts; ``sent_unix``: when the oldest of them was admitted."""
         if sent_unix is not None:
-            self._lags.append((self._clock(), max(0.0, self._wall() - sent_unix)))
+            age = max(0.0, self._wall() - sent_unix)
+            if age > self.staleness_s:
+                self.late_deltas += 1
+                self.worst_late_s = max(self.worst_late_s, age)
+            self._lags.append((self._clock(), age))
         for window, named in delta.items():
             counters = self._counters(int(window))
             if counters is None:
@@ -391,6 +410,11 @@ class WindowedLimiter:
                 counter = counters.get(name)
                 if counter is not None:
                     counter.merge_state(counts)
+
+    def view_health(self) -> dict[str, float]:
+        """How stale this replica may be, and how often deltas came later than that (since start)."""
+        return {"staleness_s": round(self.staleness_s, 4), "late_deltas": self.late_deltas,
+                "worst_late_s": round(self.worst_late_s, 4)}
 
     def usage(self) -> WindowUsage:
         window, _ = self._window_at(self._wall())

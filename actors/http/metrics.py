@@ -108,6 +108,11 @@ class StatusCollector(Collector):
                     "(no success since, or its circuit opened); absent when healthy", labels=DEPLOYMENT_LABELS)
         spent = g("atomr_deployment_budget_spent", "1 for each spend budget of the deployment or its provider "
                   "that is spent (routing skips the deployment until it resets)", labels=DEPLOYMENT_LABELS + ["budget"])
+        staleness = g("atomr_budget_view_staleness_seconds", "How stale the rate-limit replica of the deployment "
+                      "may be, as its engines measure it from arriving deltas (the worst replica)",
+                      labels=DEPLOYMENT_LABELS)
+        late = c("atomr_budget_late_deltas", "Deltas that arrived older than the staleness their replica assumed: "
+                 "an approximate budget may have been overrun then (docs/cluster.md)", labels=DEPLOYMENT_LABELS)
         by_key: dict[str, dict[str, float]] = {}   # key -> its counts (requests, failed, tokens, cost)
         for row in doc.get("deployments", []):
             labels = [row["deployment"], row["model"], row["provider"], node]
@@ -137,12 +142,16 @@ class StatusCollector(Collector):
                 failing.add_metric(labels, row["failing_since_unix"])
             for budget in row.get("budget_spent", []):
                 spent.add_metric(labels + [budget], 1)
+            views = [e["budget_view"] for e in mine if e.get("budget_view")]
+            if views:
+                staleness.add_metric(labels, max(v["staleness_s"] for v in views))
+                late.add_metric(labels, sum(v["late_deltas"] for v in views))
             for key, per in stats["keys"].items():
                 mine_key = by_key.setdefault(key, {})
                 for name, n in per.items():
                     mine_key[name] = mine_key.get(name, 0) + n
         yield from (requests, retries, fallbacks, latency, ttft, gateway, tokens, cost, unpriced, queue, in_flight,
-                    workers, circuit, failing, spent)
+                    workers, circuit, failing, spent, staleness, late)
 
         state = g("atomr_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
                   labels=["provider", "endpoint", "node"])

@@ -48,6 +48,7 @@ def _engine_entry(e: Any, node_id: str) -> dict[str, Any]:
             "accepted": e.accepted, "completed": e.completed, "failed": e.failed,
             "depth_by_priority": dict(e.depth_by_priority or {}), "circuit": e.circuit, "draining": e.draining,
             "budget_spent": list(getattr(e, "budget_spent", None) or []),
+            "budget_view": dict(getattr(e, "budget_view", None) or {}),
             "stats": getattr(e, "stats", None) or {}}
 
 

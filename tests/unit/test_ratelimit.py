@@ -3,7 +3,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.errors import BudgetExceeded
-from actors.core.ratelimit import RateLimits, Reservation, WindowedLimiter, estimate_tokens
+from actors.core.ratelimit import (LAG_MEMORY_S, RECALL_S, RateLimits, Reservation, WindowedLimiter,
+                                  estimate_tokens)
 
 from fakes import FakeClock, FixedRandom
 
@@ -419,7 +420,8 @@ def test_what_a_slot_remembers_of_its_recent_admissions_stays_bounded():
     for _ in range(2000):
         lim.try_acquire(1)
         mono.advance(0.05)                  # 100 s of steady admissions
-    assert len(lim._recent) < 300          # the last few seconds' worth, not all of them
+    # The last RECALL_S + LAG_MEMORY_S seconds' worth at most (pruned now and then), not all of them.
+    assert len(lim._recent) <= (RECALL_S + LAG_MEMORY_S) / 0.05 + 1
 
 
 def test_the_full_state_holds_only_the_windows_that_still_count():
@@ -456,3 +458,39 @@ def test_a_request_larger_than_the_whole_budget_is_refused_for_good_saying_so():
     refused = lim.try_acquire(tokens=101)
     assert refused.message == "one request needs 101 against a tpm budget of 100"
     assert refused.limit == "tpm" and refused.retryable is False
+
+
+def test_a_delta_later_than_the_assumed_staleness_brings_older_admissions_back_into_the_share():
+    """A stall longer than the last few seconds showed: once a delta shows it, what this slot admitted
+    within the new horizon counts as recent again, so it stops taking more on its stale view."""
+    wall, mono = FakeClock(T0 + 30), FakeClock(0)
+    a, b, c = (WindowedLimiter(n, RateLimits(rpm=60), wall_clock=wall, clock=mono, sync_interval_s=0.05,
+                               rand=lambda: 0.99) for n in "abc")
+    for lim in (b, c):             # b and c share the budget (each spent once, a knows it)
+        lim.try_acquire(1)
+        a.merge(lim.take_delta())
+    granted = sum(isinstance(a.try_acquire(1), Reservation) for _ in range(30))
+    assert granted == 19           # its third of the 58 left
+    assert a.staleness_s == pytest.approx(0.21)
+    b.record(1)                    # b admits one at the same moment...
+    sent = b.unpublished_since
+    wall.advance(0.3)
+    mono.advance(0.3)              # ...and its delta takes 0.3 s: a's 19 are past the 0.21 s assumed,
+    assert isinstance(a.try_acquire(1), Reservation)   # so a takes a share of the rest it thinks is left
+    a.merge(b.take_delta(), sent)
+    assert a.view_health() == {"staleness_s": pytest.approx(0.61), "late_deltas": 1, "worst_late_s": 0.3}
+    # Its 20 are recent again under the wider horizon: its share of the rest is already taken.
+    assert not isinstance(a.try_acquire(1), Reservation)
+    wall.advance(0.62)
+    mono.advance(0.62)
+    assert isinstance(a.try_acquire(1), Reservation)   # past the new horizon: the other slots have seen them
+
+
+def test_deltas_within_the_assumed_staleness_are_not_late():
+    wall = FakeClock(T0 + 1)
+    a, b = (WindowedLimiter(n, RateLimits(rpm=100), wall_clock=wall, clock=wall, sync_interval_s=0.05) for n in "ab")
+    b.try_acquire(1)
+    oldest = b.unpublished_since
+    wall.advance(0.2)
+    a.merge(b.take_delta(), oldest)
+    assert a.view_health()["late_deltas"] == 0 and a.view_health()["worst_late_s"] == 0.0

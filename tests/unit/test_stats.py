@@ -249,6 +249,7 @@ def fake_node(now: float) -> types.SimpleNamespace:
                                    workers=4, accepted=5, completed=1, failed=1, depth_by_priority={"normal": 3},
                                    circuit="open", draining=False, model="m", provider="openai",
                                    endpoint="https://api.example/v1", budget_spent=["deployment=d1/1h"],
+                                   budget_view={"staleness_s": 0.31, "late_deltas": 2, "worst_late_s": 0.9},
                                    stats=stats.snapshot(now))
     limits = [{"key": "openai:m", "mode": "approximate", "requests": 30, "rpm": 120, "tokens": 900, "tpm": None,
                "window_s": 60.0, "window_start_unix": now - 10},
@@ -322,6 +323,7 @@ def test_metrics_collector_output_parses_and_bounds_labels():
     assert get("atomr_workers", ("state", "idle")) == 3 and get("atomr_queue_depth") == 3
     assert get("atomr_deployment_circuit_state") == 2
     assert get("atomr_deployment_budget_spent", ("budget", "deployment=d1/1h")) == 1
+    assert get("atomr_budget_view_staleness_seconds") == 0.31 and get("atomr_budget_late_deltas_total") == 2
     assert samples[("atomr_breaker_state", (("endpoint", "https://api.example/v1"), ("node", "n1@10.0.0.1:1900"),
                                             ("provider", "openai")))] == 2
     node = ("node", "n1@10.0.0.1:1900")
@@ -474,6 +476,7 @@ def test_engine_status_counts_what_it_holds():
         "circuit": "closed", "draining": False, "model": "d1", "provider": "openai",
         "endpoint": rig.dep.endpoint_label}
     assert status["depth_by_priority"]["high"] == 1 and status["budget_spent"] == []
+    assert status["budget_view"] == {}     # no rate limits: no replica to be stale
 
 
 def test_the_text_formatter_takes_the_logging_formatters_options():

@@ -120,6 +120,8 @@ class EngineStatus:
     provider: str = ""
     endpoint: str = ""      # the breaker's endpoint label (no password)
     stats: dict[str, Any] = field(default_factory=dict)   # actors.core.stats.DeploymentStats.snapshot(): plain data
+    # The rate-limit replica's health (WindowedLimiter.view_health): staleness_s, late_deltas, worst_late_s
+    budget_view: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
