@@ -91,6 +91,13 @@ class _State:
         self.refused: InferenceError | None = None   # the router's own refusal of the last group tried
 
 
+def _release_thread(link: NodeLink, endpoint: Any, inbox: Inbox | None) -> None:
+    """A thread's correlator is gone: its endpoint's sockets and its inbox's pipe go with it."""
+    link.release(endpoint)
+    if inbox is not None:
+        inbox.close()
+
+
 def _drop(state: _State) -> bool:
     """Close the exchange (its finally cancels the call upstream); False when another thread runs it."""
     if not state.done and state.exchange is not None:
@@ -314,6 +321,9 @@ class GatewayClient:
         if correlator is None:
             inbox = Inbox() if self.link.stream_receiver() is not None else None
             correlator = self._local.correlator = Correlator(self.link.endpoint(), inbox)
+            # A thread's endpoint holds sockets: freed once its thread ended and no stream it began is
+            # still read (a server with a thread per request would otherwise hold one per request served).
+            weakref.finalize(correlator, _release_thread, self.link, correlator.endpoint, inbox).atexit = False
         return correlator
 
     def _endpoint(self) -> Any:

@@ -38,7 +38,10 @@ class NodeLink(Protocol):
         """The node as error messages name it ("the node on 127.0.0.1:1900")."""
 
     def endpoint(self) -> Endpoint:
-        """A new endpoint for the calling thread; valid until :meth:`close`."""
+        """A new endpoint for the calling thread; valid until :meth:`release` or :meth:`close`."""
+
+    def release(self, endpoint: Endpoint) -> None:
+        """``endpoint`` is no longer used (its thread ended): free what it holds now, not at :meth:`close`."""
 
     def stream_receiver(self) -> StreamReceiver | None:
         """Where workers write streamed chunks for this process, or None: chunks come to the endpoints."""
@@ -71,7 +74,8 @@ class ThespianLink:
                                                                                   globalName=NODE_GLOBAL_NAME)
         self.stream_channel = stream_channel
         self._lock = threading.Lock()
-        self._managers: list[Any] = []
+        # id(endpoint) -> (endpoint, its private() context): each holds a listening socket and connections.
+        self._managers: dict[int, tuple[Endpoint, Any]] = {}
 
     @classmethod
     def connect(cls, admin_port: int = 1900, *, host: str = "127.0.0.1", system_base: str = "multiprocTCPBase",
@@ -103,8 +107,14 @@ class ThespianLink:
         manager = self.system.private()
         endpoint: Endpoint = manager.__enter__()
         with self._lock:
-            self._managers.append(manager)
+            self._managers[id(endpoint)] = (endpoint, manager)
         return endpoint
+
+    def release(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            held = self._managers.pop(id(endpoint), None)
+        if held is not None and held[0] is endpoint:
+            _exit(held[1])
 
     def stream_receiver(self) -> StreamReceiver | None:
         if not self.stream_channel:
@@ -114,12 +124,16 @@ class ThespianLink:
 
     def close(self) -> None:
         with self._lock:
-            managers, self._managers = self._managers, []
-        for manager in managers:
-            try:
-                manager.__exit__(None, None, None)
-            except Exception:  # noqa: BLE001 - the endpoint is gone either way
-                pass
+            managers, self._managers = self._managers, {}
+        for _, manager in managers.values():
+            _exit(manager)
+
+
+def _exit(manager: Any) -> None:
+    try:
+        manager.__exit__(None, None, None)
+    except Exception:  # noqa: BLE001 - the endpoint is gone either way
+        pass
 
 
 class InProcessLink:
@@ -151,6 +165,13 @@ class InProcessLink:
         with self._lock:
             self._endpoints.append(endpoint)
         return endpoint
+
+    def release(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            mine = [e for e in self._endpoints if e is endpoint]
+            self._endpoints = [e for e in self._endpoints if e is not endpoint]
+        for e in mine:
+            e.close()
 
     def stream_receiver(self) -> StreamReceiver | None:
         return None

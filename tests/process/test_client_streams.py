@@ -97,3 +97,36 @@ def test_call_signature_sentinels_and_connection_errors(gateway, mock):
     port = free_port()
     with pytest.raises(E.GatewayUnavailable, match=f"no gateway node is listening on 127.0.0.1:{port}"):
         GatewayClient(port)
+
+
+def _open_fds() -> int:
+    import os
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_thread_per_call_does_not_leave_a_socket_per_thread_behind(gateway, mock):
+    """Each thread's endpoint (a Thespian private context) holds a listening socket and connections:
+    a server with a thread per request must not keep one per request it ever served."""
+    import threading
+
+    node, _ = gateway([deployment(mock.url, "d1", workers=2)])
+    with GatewayClient(node.admin_port, timeout_s=30) as gw:
+        texts: list[str] = []
+
+        def one_call() -> None:
+            texts.append(gw.complete("d1", HI, max_tokens=1).text)
+
+        def calls(n: int) -> None:
+            for _ in range(n):
+                t = threading.Thread(target=one_call)
+                t.start()
+                t.join(30)
+            gc.collect()
+
+        calls(3)                 # the connections every endpoint shares (the node's, the mock's) are open now
+        before = _open_fds()
+        calls(30)
+        assert len(texts) == 33 and all(texts)
+        # Its sockets close when a thread's endpoint is released; a few may be closing still.
+        wait_for(lambda: _open_fds() <= before + 3, timeout_s=10,
+                 message=f"the ended threads' sockets to close ({_open_fds()} open, {before} before)")

@@ -278,3 +278,40 @@ def test_a_client_used_as_a_context_manager_reports_and_detaches_on_leaving(asys
     with GatewayClient(link=InProcessLink(asys)) as other:
         assert other.status().refusals == {"d1": {"ContextLengthExceeded": 2}}
         assert [m.node for m in other.cluster_status(members_only=True).members] == ["n1"]
+
+
+def test_a_threads_endpoint_is_released_once_the_thread_ended_and_its_stream_is_read(node_client, upstream):
+    gw = node_client(dep("d1"))
+    link = gw.link
+    held = len(link._endpoints)                # the client's own (for cancels)
+    results: list[str] = []
+
+    def one_call() -> None:
+        results.append(gw.complete("d1", HI, max_tokens=1).text)
+
+    for _ in range(5):                         # a server with a thread per request
+        t = threading.Thread(target=one_call)
+        t.start()
+        t.join(30)
+    gc.collect()
+    assert results == ["ok"] * 5 and len(link._endpoints) == held
+    # A stream begun in a thread that ended keeps that thread's endpoint until it is read and dropped.
+    upstream.then(stream_answer(["a", "b", "c"]))
+    begun: list[Any] = []
+
+    def begin() -> None:
+        stream = gw.stream("d1", HI)
+        chunks = iter(stream)              # (dropping an iterator early cancels the call)
+        begun.append((stream, chunks, next(chunks).text))
+
+    t = threading.Thread(target=begin)
+    t.start()
+    t.join(30)
+    gc.collect()
+    assert len(link._endpoints) == held + 1
+    stream, chunks, first = begun.pop()
+    with stream:
+        assert first + "".join(c.text for c in chunks) == "abc"
+    del stream, chunks
+    gc.collect()
+    assert len(link._endpoints) == held
