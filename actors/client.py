@@ -43,7 +43,8 @@ from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, Gateway
 from actors.node_link import NodeLink, ThespianLink
 from actors.params import (CALL_PARAMS, GENERATION_PARAMS, NOT_GIVEN, CallParams, MessageParam, NotGiven,
                            PriorityParam)
-from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, EngineCheck, EngineLiveness, NodeStatus,
+from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, EngineCheck, EngineLiveness, ModelList,
+                                     ModelsRequest, NodeStatus,
                                      Route, RouteEntry, RouterRefusals, Routes, StatusRequest)
 from actors.runtime.protocol.ledger import SpendQuery, SpendReport
 from actors.security import wire
@@ -388,6 +389,10 @@ class GatewayClient:
             return reply
         finally:
             lock.release()
+
+    def models(self, timeout_s: float = 10.0) -> list[str]:
+        """The models a call through this node can reach: its own, and other nodes' where routing lets calls go."""
+        return self._lookup(ModelsRequest(), ModelList, timeout_s, "a models request").models
 
     def cluster_status(self, timeout_s: float = 10.0, members_only: bool = False) -> ClusterStatus:
         """Every node of the cluster, gathered by the leader's registrar (or just who is in it)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -41,6 +42,8 @@ __all__ = ["FrontDoor"]
 _CLIENT_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice", "seed",
                   "presence_penalty", "frequency_penalty", "response_format", "user")
 READY_CACHE_S = 1.0
+MODELS_TTL_S = 2.0      # how long GET /v1/models lists what the node last said it reaches
+MODELS_LOOKUP_S = 2.0
 
 
 class _Body:
@@ -107,6 +110,7 @@ class FrontDoor:
         self._local = threading.local()
         self.observe = Observatory(client, self.keys)   # /metrics, /v1/status, /ui
         self.cards = model_cards.ModelCards(self.models, upstreams or {})
+        self._models_at = -math.inf   # when the node was last asked which models it reaches
 
     # -- WSGI ------------------------------------------------------------------------
 
@@ -178,6 +182,8 @@ class FrontDoor:
             raise FrontDoorError(405, f"{path} takes {wanted}, not {method}", kind="invalid_request_error",
                                  code="method_not_allowed")
         caller = self._authenticate(headers)
+        if path == "/v1/models" or card is not None or path == "/v1/messages/count_tokens":
+            self._reachable_models()
         if path == "/v1/models":
             done(200, caller.name)
             return self._json(start_response, 200, self._models(caller, dialect), request_id)
@@ -289,6 +295,18 @@ class FrontDoor:
         except ValueError:
             announced = float("inf")
         return min(timeout, announced) if announced > 0 else timeout
+
+    def _reachable_models(self) -> None:
+        """What the node can reach now (other nodes' models join and leave with them), asked at most every
+        MODELS_TTL_S; the last answer stands while the node does not answer."""
+        if time.monotonic() - self._models_at < MODELS_TTL_S:
+            return
+        self._models_at = time.monotonic()
+        try:
+            models = sorted(set(self.client.models(timeout_s=MODELS_LOOKUP_S)))
+        except InferenceError:
+            return
+        self.models = self.cards.models = models
 
     def _models(self, caller: Caller, dialect: _Dialect) -> dict[str, Any]:
         return self.cards.listing(caller, dialect is ANTHROPIC)

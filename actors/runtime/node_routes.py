@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from actors.runtime.logs import logger
-from actors.runtime.protocol import PeerRoutes, RelayTargets, RouteEntry
+from actors.runtime.protocol import ModelList, ModelsRequest, PeerRoutes, RelayTargets, RouteEntry
 from actors.runtime.relay import CrossNodeRelay
 
 log = logger("atomr.node")
@@ -42,6 +42,8 @@ class CrossNodeRoutes:
     node: str
     cluster: Any
     stopping: bool
+    specs: dict[tuple[str, int], tuple[Any, Any, Any]]
+    routing: Any   # core.routing.RoutingPolicy
 
     if TYPE_CHECKING:   # GatewayActor's (Thespian's), through NodeRegistry
         def send(self, target: Any, message: Any) -> None: ...
@@ -87,6 +89,11 @@ class CrossNodeRoutes:
             return   # only a member's own registry speaks for its engines
         self.peer_routes[msg.node_id] = (time.monotonic(), list(msg.entries))
         self._tell_relay()
+
+    def receiveMsg_ModelsRequest(self, msg: ModelsRequest, sender: Any) -> None:
+        models = {dep.model for dep, _, _ in self.specs.values()}   # a restarting engine's model too
+        models |= {e.model for e in self._peer_entries() if self.routing.cross_node_for(e.model) != "local_only"}
+        self.send(sender, ModelList(sorted(models), token=msg.token))
 
     def _fresh_peer_routes(self) -> list[tuple[float, list[RouteEntry]]]:
         """The pushed entries of the members still in the membership and heard from within the failure timeout."""

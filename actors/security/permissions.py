@@ -76,11 +76,11 @@ TABLE: dict[tuple[str, str], frozenset[str]] = _rows({
         "TokenChunk": "NLP", "Completed": "NLP", "Failed": "NLP",
     },
     "actors.runtime.protocol.routing": {
-        "Route": "NL", "EngineCheck": "NL", "Drain": "NL",
+        "Route": "NL", "EngineCheck": "NL", "Drain": "NL", "ModelsRequest": "NL",
         "RouterRefusals": "NL",             # a client's router tells its node what it refused
         "StatusRequest": "NLP", "NodeStatus": "NLP",
         "PeerRoutes": "NLP",                # a member's registry: its engines and their load, for routing
-        "Routes": "N", "EngineLiveness": "N", "EngineLoad": "N", "EngineStatus": "N", "Drained": "N",
+        "Routes": "N", "ModelList": "N", "EngineLiveness": "N", "EngineLoad": "N", "EngineStatus": "N", "Drained": "N",
         "NotReady": "N", "RelayTargets": "N",
     },
     "actors.runtime.protocol.bringup": {

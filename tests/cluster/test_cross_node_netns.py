@@ -87,6 +87,7 @@ with GatewayClient(admin_port, timeout_s=30, route_ttl_s=0.2) as client:
     while time.monotonic() < deadline and only_b_in_flight():
         time.sleep(0.1)
     out["in_flight_after_cancel"] = only_b_in_flight()
+    out["models"] = client.models()
 sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="none", max_retries=0, timeout=30)
 reply = sdk.chat.completions.create(model="onlyb", messages=HI, max_tokens=5)
 out["http"] = reply.choices[0].message.content
@@ -94,6 +95,7 @@ deltas = [c.choices[0].delta.content or "" for c in sdk.chat.completions.create(
     model="onlyb", messages=[{"role": "user", "content": "stream [[mock words=40 drip_ms=2]]"}], stream=True)
     if c.choices]
 out["http_stream"] = {"text": "".join(deltas), "deltas": len([d for d in deltas if d])}
+out["http_models"] = sorted(m.id for m in sdk.models.list())
 print(json.dumps(out))
 """.replace("CALLS", str(CALLS))
 
@@ -202,6 +204,8 @@ def test_a_model_on_another_node_serves_this_nodes_callers_and_a_dead_local_copy
         # ha's HTTP front door (the OpenAI SDK), whole and streamed.
         assert seen["http"].startswith("You said: hi"), seen["http"]
         assert seen["http_stream"]["text"] == stream["text"] and seen["http_stream"]["deltas"] > 1, seen["http_stream"]
+        # What ha lists is what a call through it reaches: its own models and hb's.
+        assert seen["models"] == seen["http_models"] == ["both", "onlyb"], seen
         # Cancel: the caller's Cancel reached hb's engine through ha's relay, which ended the call there.
         assert seen["cancelled"] == "Cancelled" and seen["in_flight_after_cancel"] == 0, seen
         # launch.py ask through ha.

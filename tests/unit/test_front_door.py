@@ -232,6 +232,14 @@ def test_count_tokens_models_and_cards_in_each_dialect(door):
     assert error_of(call(app, "GET", "/v1/models/d2", headers=ALICE))[0] == 404   # not this key's
 
 
+def test_the_models_listed_are_what_the_node_reaches_not_what_the_listener_started_with(door):
+    # Started knowing only "gone" (as if another node that served it had left); the node serves d1 and d2.
+    app = door(dep("d1"), dep("d2"), models=["gone"])
+    assert [m["id"] for m in call(app, "GET", "/v1/models", headers=ALICE).json()["data"]] == ["d1", "d2"]
+    assert call(app, "GET", "/v1/models/d2", headers=ALICE).status == 200
+    assert error_of(call(app, "GET", "/v1/models/gone", headers=ALICE))[0] == 404
+
+
 # --- refusals, in the caller's dialect ------------------------------------------------------
 
 def test_unknown_paths_and_methods_and_keys_are_refused_in_the_callers_dialect(door, upstream):

@@ -136,7 +136,8 @@ def test_credentials_wiring_and_supervision_are_node_only():
     assert {name: rows[name] for name in NODE_ONLY} == {name: {trust.NODE} for name in NODE_ONLY}
     # What a local caller needs, and no more: call models, status, drain and stop (docs/security.md).
     local_only = {name for (_, name) in permissions.column(trust.LOCAL) - permissions.column(trust.PEER)}
-    assert local_only == {"Route", "EngineCheck", "Drain", "SystemShutdown", "QueryExists", "BreakerForce", "LimiterHubRequest", "LimiterRegister", "RouterRefusals"}
+    assert local_only == {"Route", "ModelsRequest", "EngineCheck", "Drain", "SystemShutdown", "QueryExists", "BreakerForce",
+                          "LimiterHubRequest", "LimiterRegister", "RouterRefusals"}
 
 
 @pytest.mark.parametrize("principal", [trust.NODE, trust.LOCAL, trust.PEER])

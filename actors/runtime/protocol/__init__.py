@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from actors.runtime.protocol.routing import (
     Route,
+    ModelsRequest,
+    ModelList,
     EngineCheck,
     EngineLiveness,
     RouteEntry,
@@ -84,6 +86,8 @@ from actors.runtime.protocol.cluster import (
 
 __all__ = [
     'Route',
+    'ModelsRequest',
+    'ModelList',
     'EngineCheck',
     'EngineLiveness',
     'RouteEntry',

@@ -16,6 +16,20 @@ class Route:
 
 
 @dataclass
+class ModelsRequest:
+    """Which models a call through this node can reach: its own deployments', and other nodes'
+    where cross-node routing lets calls go (for ``GET /v1/models``)."""
+
+    token: str = ""
+
+
+@dataclass
+class ModelList:
+    models: list[str]
+    token: str = ""
+
+
+@dataclass
 class EngineCheck:
     """From a client whose request has been silent: is the engine it sent to still the live one?"""
 
