@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from actors.runtime.logs import logger
-from actors.runtime.protocol import ModelList, ModelsRequest, PeerRoutes, RelayTargets, RouteEntry
+from actors.runtime.protocol import ModelList, ModelsRequest, PeerRoutes, RelayTargets, RelayTargetsTaken, RouteEntry
 from actors.runtime.relay import CrossNodeRelay
 
 log = logger("atomr.node")
@@ -55,6 +55,12 @@ class CrossNodeRoutes:
         self.peer_routes: dict[str, tuple[float, list[RouteEntry]]] = {}
         self.relay: Any = None
         self.relay_told: list[Any] | None = None
+        # The relay forwards to these (it said so): only they are handed to callers, so a call
+        # never reaches the relay before the list that lets it through (messages from two
+        # senders may arrive in either order).
+        self.relay_taken: list[Any] = []
+        self._relay_lists: dict[int, list[Any]] = {}   # version -> engines, sent and not yet taken
+        self._relay_version = 0
 
     def _own_entries(self) -> list[RouteEntry]:
         raise NotImplementedError
@@ -63,7 +69,7 @@ class CrossNodeRoutes:
         if self.relay is None or child != self.relay:
             return False
         # Its calls end at their callers' deadlines, or sooner: EngineCheck says the relay is gone.
-        self.relay, self.relay_told = None, None
+        self.relay, self.relay_told, self.relay_taken, self._relay_lists = None, None, [], {}
         if not self.stopping:
             log.error("node %s: the cross-node relay died; a new one is made at the next heartbeat", self.node)
         return True
@@ -77,7 +83,7 @@ class CrossNodeRoutes:
         if not peers:
             return
         if self.relay is None and not self.stopping:
-            self.relay, self.relay_told = self.createActor(CrossNodeRelay), None
+            self.relay, self.relay_told, self.relay_taken = self.createActor(CrossNodeRelay), None, []
         self._tell_relay()   # a relay made just now, or one that missed a change
         update = PeerRoutes(self.node_id, self._own_entries())
         for member in peers:
@@ -113,6 +119,8 @@ class CrossNodeRoutes:
         out = []
         for age, entries in self._fresh_peer_routes():
             for entry in entries:
+                if entry.engine not in self.relay_taken:
+                    continue
                 load_age = None if entry.load_age_s is None else entry.load_age_s + age
                 out.append(replace(entry, via=self.relay, load_age_s=load_age))
         return out
@@ -123,7 +131,17 @@ class CrossNodeRoutes:
         engines = [e.engine for _, entries in self._fresh_peer_routes() for e in entries]
         if engines != self.relay_told:
             self.relay_told = engines
-            self.send(self.relay, RelayTargets(engines))
+            self._relay_version += 1
+            self._relay_lists[self._relay_version] = engines
+            self.send(self.relay, RelayTargets(engines, self._relay_version))
+
+    def receiveMsg_RelayTargetsTaken(self, msg: RelayTargetsTaken, sender: Any) -> None:
+        engines = self._relay_lists.get(msg.version)
+        if sender != self.relay or engines is None:
+            return
+        self.relay_taken = engines
+        for version in [v for v in self._relay_lists if v <= msg.version]:
+            del self._relay_lists[version]
 
     def _peer_engine_alive(self, engine: Any, via: Any) -> tuple[bool, str]:
         if via != self.relay:

@@ -21,7 +21,7 @@ from actors.core.relay import RelayBook
 from actors.errors import InternalError, NotFound
 from actors.runtime.base import GatewayActor
 from actors.runtime.logs import logger
-from actors.runtime.protocol import RelayTargets
+from actors.runtime.protocol import RelayTargets, RelayTargetsTaken
 from actors.types import Cancel, Completed, Failed, InferenceRequest, TokenChunk
 
 log = logger("atomr.relay")
@@ -36,6 +36,7 @@ class CrossNodeRelay(GatewayActor):
 
     def receiveMsg_RelayTargets(self, msg: RelayTargets, sender: Any) -> None:
         self.book.targets = list(msg.engines)
+        self.send(sender, RelayTargetsTaken(msg.version))
 
     def receiveMsg_InferenceRequest(self, msg: InferenceRequest, sender: Any) -> None:
         refused = self.book.open(msg.request_id, sender, msg.relay_to, msg.deadline_unix, time.time())

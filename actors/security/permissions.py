@@ -81,7 +81,7 @@ TABLE: dict[tuple[str, str], frozenset[str]] = _rows({
         "StatusRequest": "NLP", "NodeStatus": "NLP",
         "PeerRoutes": "NLP",                # a member's registry: its engines and their load, for routing
         "Routes": "N", "ModelList": "N", "EngineLiveness": "N", "EngineLoad": "N", "EngineStatus": "N", "Drained": "N",
-        "NotReady": "N", "RelayTargets": "N",
+        "NotReady": "N", "RelayTargets": "N", "RelayTargetsTaken": "N",
     },
     "actors.runtime.protocol.bringup": {
         "Deploy": "N", "Deployed": "N", "EngineInit": "N", "EngineReady": "N", "BreakerInit": "N",

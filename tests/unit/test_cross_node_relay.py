@@ -106,3 +106,24 @@ def test_the_relay_forwards_a_call_to_a_listed_engine_only_and_passes_its_answer
     assert [(type(m).__name__, getattr(m, "seq", None)) for m in got] == \
         [("TokenChunk", 0), ("Completed", None), ("TokenChunk", 1)]   # a straggler passes; a second terminal never
     assert not isinstance(asys.listen(0.3), Completed)
+
+
+def test_another_nodes_engine_is_handed_out_only_once_the_relay_said_it_forwards_to_it(node):
+    """A caller's request and the registry's RelayTargets reach the relay from two senders, in either
+    order: the registry lists an engine only after the relay confirmed the list naming it."""
+    from actors.runtime.protocol import RelayTargets, RelayTargetsTaken
+
+    asys, registry = node
+    peer, engine_b, relay = (asys.createActor(Recorder) for _ in range(3))
+    joined(asys, registry, peer)
+    me = actor_instance(asys, registry)
+    me.relay, me.relay_told = relay, None      # a relay that has not answered yet (a recorder)
+    asys.tell(peer, SendAs(registry, PeerRoutes(PEER_ID, [RouteEntry("d9", "m9", engine_b, "n2")])))
+    (told,) = seen(asys, relay, RelayTargets)
+    assert told.engines == [engine_b]
+    assert ask(asys, registry, Route("m9", token="a"), Routes).entries == []     # not before the relay took it
+    asys.tell(peer, SendAs(registry, RelayTargetsTaken(told.version)))          # not the relay: ignored
+    assert ask(asys, registry, Route("m9", token="b"), Routes).entries == []
+    asys.tell(relay, SendAs(registry, RelayTargetsTaken(told.version)))
+    (entry,) = ask(asys, registry, Route("m9", token="c"), Routes).entries
+    assert (entry.deployment, entry.engine, entry.via) == ("d9", engine_b, relay)

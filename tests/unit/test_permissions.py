@@ -128,7 +128,8 @@ NODE_ONLY = ["SessionSubscribe", "SessionSnapshot", "SessionRefresh", "SessionVe
              "EngineInit", "WorkerInit", "BreakerInit", "LimiterInit", "StrictInit", "LedgerInit", "RegistrarConfig",
              "Dispatch", "WorkerResult", "WorkerReady", "FirstToken", "EngineLoad", "LedgerRecords",
              "BreakerOutcomes", "BreakerCheck", "BreakerSubscribe", "ActorExitRequest", "WakeupMessage",
-             "WatchLauncher", "Introduce", "RelayTargets"]
+             "WatchLauncher", "Introduce", "RelayTargets",
+             "RelayTargetsTaken"]
 
 
 def test_credentials_wiring_and_supervision_are_node_only():

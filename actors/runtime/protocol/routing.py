@@ -98,6 +98,15 @@ class RelayTargets:
     """From the registry to its relay: the other nodes' engines it may forward calls to."""
 
     engines: list[Any]
+    version: int = 0
+
+
+@dataclass
+class RelayTargetsTaken:
+    """From the relay to its registry: it forwards to the engines of that ``RelayTargets`` now. Only
+    then does the registry hand those engines out, so a call never reaches the relay before they do."""
+
+    version: int
 
 
 @dataclass
