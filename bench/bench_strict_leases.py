@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """Strict (leased) against approximate rate budgets, N = 3 and N = 6 nodes, the same offered load, one run.
 
-For each N: N nodes on 127.0.0.1 (a leader and N - 1 members) serving two deployments that differ
-only in ``limits.mode`` (the same rpm cap and window), and one mock provider in its own process
-that records when each request arrived. Every node is offered an open loop of both at once, with
+For each N: N nodes (a leader and N - 1 members) serving two deployments that differ only in
+``limits.mode`` (the same rpm cap and window), and one mock provider in its own process that
+records when each request arrived. Every node is offered an open loop of both at once, with
 unequal demand across nodes (weights 1..3), twice the cap in total, for whole windows.
+
+By default each node runs in its own network namespace with its own address (``launch.py
+--convention leader|member --advertise IP``), the namespaces bridged in a hub namespace that
+runs the shared mock provider (tests/netns.py ``hosts``; needs root and iproute2); each node's
+callers run in its namespace, in a child process of this script (``--caller``) that answers in
+JSON. ``--loopback`` runs every node on 127.0.0.1 in this process's namespace instead.
 
 Measured, per mode:
 - throughput: calls completed per second of flood (strict / approximate: target >= 0.8);
@@ -15,8 +21,8 @@ Measured, per mode:
 - each node's share of what was admitted against its demand-weighted fair share (target within 25 %);
 - calls that arrived upstream after their caller's deadline (each message carries its deadline): 0.
 
-Run: python bench/bench_strict_leases.py [--nodes 3 6] [--cap 60] [--window 10] [--windows 2] [--calls 150]
-     [--parts latency flood] [--json out.json]     (about 4 minutes on a 2-core VM)
+Run (as root): python bench/bench_strict_leases.py [--nodes 3 6] [--cap 60] [--window 10] [--windows 2]
+     [--calls 150] [--parts latency flood] [--loopback] [--json out.json]   (4 to 8 minutes on a 2-core VM)
 """
 
 from __future__ import annotations
@@ -25,14 +31,18 @@ import argparse
 import json
 import math
 import os
+import secrets
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ.setdefault("THESPIAN_BASE_IPADDR", "127.0.0.1")
 
 from actors.client import GatewayClient  # noqa: E402
@@ -119,34 +129,42 @@ def sequential_p50(client, calls: int) -> dict:
             "strict_minus_approximate_paired_median_ms": round(paired, 2)}
 
 
-def flood(clients, weights, cap: int, window_s: float, windows: int, deadline_s: float) -> dict:
-    """Both modes at once, each node offered ``weight`` parts of twice the cap, from a window boundary."""
+def offer(clients: dict, weights, cap: int, window_s: float, windows: int, deadline_s: float,
+          start_unix: float) -> dict:
+    """Both modes at once from ``start_unix``, node i offered ``weights[i]`` parts of twice the cap;
+    each call's outcome (``["ok", latency_s]`` or ``["error", kind]``) per mode, per node."""
     rate = 2 * cap / window_s / sum(weights)
-    results = {m: [[] for _ in clients] for m in MODES}
-    wait(lambda: time.time() % window_s < 0.05, window_s + 1, 0.005)
-    first, started = math.floor(time.time() / window_s), time.monotonic()
-    threads = [threading.Thread(target=open_loop, args=(client, mode, rate * w, windows * window_s,
+    results: dict = {m: {i: [] for i in clients} for m in MODES}
+    threads = [threading.Thread(target=open_loop, args=(client, mode, rate * weights[i], windows * window_s,
                                                          results[mode][i], deadline_s),
                                 kwargs={"prompt": lambda deadline, mode=mode, i=i: f"{mode} n{i} {deadline:.4f}"})
-               for mode in MODES for i, (client, w) in enumerate(zip(clients, weights))]
+               for mode in MODES for i, client in clients.items()]
+    time.sleep(max(0.0, start_unix - time.time()))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return {"results": results, "first": first, "seconds": time.monotonic() - started, "rate": rate}
+    return {m: {i: [["ok", r.latency_s] if isinstance(r, Completed) else ["error", type(r.error).__name__]
+                    for r in got if isinstance(r, (Completed, Failed))] for i, got in per_node.items()}
+            for m, per_node in results.items()}
+
+
+def next_window(window_s: float, after_s: float = 0.0) -> float:
+    """The unix time the next rate window begins, at least ``after_s`` from now."""
+    return math.ceil((time.time() + after_s) / window_s) * window_s
 
 
 def figures(run: dict, arrivals, weights, cap: int, window_s: float, windows: int) -> dict:
     first = run["first"]
     out = {}
     for mode in MODES:
-        per_node = [sum(isinstance(r, Completed) for r in node) for node in run["results"][mode]]
-        latencies = [r.latency_s for node in run["results"][mode] for r in node if isinstance(r, Completed)]
+        per_node = [sum(kind == "ok" for kind, _ in node) for node in run["results"][mode]]
+        latencies = [value for node in run["results"][mode] for kind, value in node if kind == "ok"]
         errors: dict[str, int] = {}
         for node in run["results"][mode]:
-            for r in node:
-                if isinstance(r, Failed):
-                    errors[type(r.error).__name__] = errors.get(type(r.error).__name__, 0) + 1
+            for kind, value in node:
+                if kind == "error":
+                    errors[value] = errors.get(value, 0) + 1
         mine = [(t, p.split()) for t, p in arrivals if p.startswith(mode + " ")]
         per_window = {w: 0 for w in range(first, first + windows)}
         late: list[float] = []
@@ -170,7 +188,16 @@ def figures(run: dict, arrivals, weights, cap: int, window_s: float, windows: in
     return out
 
 
-def measure(n: int, args, log_dir: str) -> dict:
+def flood_figures(results: dict, start_unix: float, arrivals, weights, args) -> dict:
+    run = {"results": {m: [results[m][i] for i in range(len(weights))] for m in MODES},
+           "first": math.floor(start_unix / args.window)}
+    out = figures(run, arrivals, weights, args.cap, args.window, args.windows)
+    out.update(weights=weights, cap=args.cap, window_s=args.window, windows=args.windows,
+               offered_per_s=round(2 * args.cap / args.window, 2), deadline_s=args.deadline)
+    return out
+
+
+def measure_loopback(n: int, args, log_dir: str) -> dict:
     weights = [1 + (i % 3) for i in range(n)]   # unequal demand: 1, 2, 3, 1, 2, 3
     mock = MockProcess()
     try:
@@ -179,20 +206,162 @@ def measure(n: int, args, log_dir: str) -> dict:
             for client in clients:   # every engine a lease client; a new strict leader learns for 3 s first
                 for mode in MODES:
                     client.complete(mode, HI, max_tokens=1, timeout_s=60)
-            out: dict = {"nodes": n}
+            out: dict = {"nodes": n, "hosts": "loopback"}
             if "latency" in args.parts:
                 out["sequential"] = sequential_p50(clients[1], args.calls)
             if "flood" in args.parts:
-                run = flood(clients, weights, args.cap, args.window, args.windows, args.deadline)
+                start = next_window(args.window)
+                results = offer(dict(enumerate(clients)), weights, args.cap, args.window, args.windows,
+                                args.deadline, start)
                 time.sleep(1.0)   # the last calls land
-                out.update(figures(run, mock.arrivals(), weights, args.cap, args.window, args.windows))
-                out.update(weights=weights, cap=args.cap, window_s=args.window, windows=args.windows,
-                           offered_per_s=round(run["rate"] * sum(weights), 2), deadline_s=args.deadline)
+                out.update(flood_figures(results, start, mock.arrivals(), weights, args))
             return out
         finally:
             stop_cluster(nodes, clients)
     finally:
         mock.stop()
+
+
+# --- Each node in its own network namespace -------------------------------------------------------------
+
+MOCK_PORT, ADMIN_BASE = 19699, 19700   # each namespace has its own ports: no clash with anything outside
+
+
+def caller(spec: dict) -> None:
+    """One job of a node's callers, run in that node's namespace (``--caller``); its answer is the last
+    line on stdout, in JSON. ``flood`` says ``ready`` once connected and waits for the start time on stdin."""
+    if spec["job"] == "arrivals":
+        import requests
+        print(json.dumps(requests.get(spec["url"] + "/_mock/arrivals", timeout=30).json()))
+        return
+    out: object = None
+    with GatewayClient(spec["port"], timeout_s=60) as client:
+        if spec["job"] == "members":
+            wait(lambda: len(client.cluster_status(members_only=True).members) == spec["n"], 90)
+        elif spec["job"] == "warm":   # every engine a lease client; a new strict leader learns for 3 s first
+            for mode in MODES:
+                client.complete(mode, HI, max_tokens=1, timeout_s=60)
+        elif spec["job"] == "latency":
+            out = sequential_p50(client, spec["calls"])
+        elif spec["job"] == "flood":
+            for mode in MODES:
+                client.routes(mode)
+            print("ready", flush=True)
+            start = float(sys.stdin.readline())
+            out = offer({spec["node"]: client}, spec["weights"], spec["cap"], spec["window"], spec["windows"],
+                        spec["deadline"], start)
+    print(json.dumps(out), flush=True)
+
+
+class Namespaces:
+    """The processes of one namespaced run: started in a namespace, stopped whatever happens."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def popen(self, ns: str, *args: str, stdin=None) -> subprocess.Popen:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, *args], stdin=stdin,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.procs.append(proc)
+        return proc
+
+    def start(self, ns: str, *args: str, wait_for: str) -> subprocess.Popen:
+        """A server: returns once it printed ``wait_for``; its output is drained from then on."""
+        proc = self.popen(ns, *args)
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            if wait_for in line:
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
+                return proc
+            if time.monotonic() > deadline:
+                break
+        raise RuntimeError(f"{' '.join(args[:2])} in {ns} did not say {wait_for!r} (exit {proc.poll()})")
+
+    def answer(self, proc: subprocess.Popen, timeout_s: float = 600):
+        out, err = proc.communicate(timeout=timeout_s)
+        if proc.returncode != 0:
+            raise RuntimeError(f"caller failed ({proc.returncode}): {err[-3000:]}")
+        return json.loads(out.strip().splitlines()[-1])
+
+    def call(self, ns: str, spec: dict, timeout_s: float = 600):
+        return self.answer(self.popen(ns, __file__, "--caller", json.dumps(spec)), timeout_s)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def node_config(tmp: Path, i: int, mock_url: str, args) -> Path:
+    config = {"node": {"admin_port": ADMIN_BASE + i, "name": f"n{i}", "log_level": "WARNING",
+                       "log_file": f"/tmp/bench-leases-ns-n{i}.log"},
+              "deployments": deployments(mock_url, args.cap, args.window)}
+    path = tmp / f"n{i}.json"
+    path.write_text(json.dumps(config))   # YAML is a superset of JSON
+    return path
+
+
+def measure_netns(n: int, args) -> dict:
+    import netns
+
+    weights = [1 + (i % 3) for i in range(n)]   # unequal demand: 1, 2, 3, 1, 2, 3
+    os.environ.setdefault("ATOMR_CLUSTER_SECRET", f"bench-strict-leases:{secrets.token_urlsafe(32)}")
+    os.environ["PYTHONPATH"] = str(ROOT)
+    prefix, subnet = f"bsl{os.getpid() % 10000}n", f"10.86.{10 + os.getpid() % 200}"
+    run = Namespaces()
+    with tempfile.TemporaryDirectory() as tmp, netns.hosts(n, prefix, subnet) as net:
+        try:
+            run.start(net.hub, "-m", "actors.testing.mock_provider", "--host", net.hub_ip, "--port", str(MOCK_PORT),
+                      wait_for="mock provider listening on")
+            mock_url = f"http://{net.hub_ip}:{MOCK_PORT}"
+            launch = str(ROOT / "launch.py")
+            run.start(net.namespaces[0], launch, "--convention", "leader", "--advertise", net.ips[0],
+                      "--config", str(node_config(Path(tmp), 0, mock_url, args)),
+                      wait_for=f"serving on admin port {ADMIN_BASE}")
+            for i in range(1, n):
+                run.start(net.namespaces[i], launch, "--convention", "member", "--leader",
+                          f"{net.ips[0]}:{ADMIN_BASE}", "--advertise", net.ips[i],
+                          "--config", str(node_config(Path(tmp), i, mock_url, args)),
+                          wait_for=f"serving on admin port {ADMIN_BASE + i}")
+            run.call(net.namespaces[0], {"job": "members", "port": ADMIN_BASE, "n": n})
+            warming = [run.popen(ns, __file__, "--caller", json.dumps({"job": "warm", "port": ADMIN_BASE + i}))
+                       for i, ns in enumerate(net.namespaces)]
+            for proc in warming:
+                run.answer(proc)
+            out: dict = {"nodes": n, "hosts": "namespaces"}
+            if "latency" in args.parts:
+                out["sequential"] = run.call(net.namespaces[1], {"job": "latency", "port": ADMIN_BASE + 1,
+                                                                 "calls": args.calls})
+            if "flood" in args.parts:
+                spec = {"job": "flood", "weights": weights, "cap": args.cap, "window": args.window,
+                        "windows": args.windows, "deadline": args.deadline}
+                callers = [run.popen(ns, __file__, "--caller", json.dumps({**spec, "node": i, "port": ADMIN_BASE + i}),
+                                     stdin=subprocess.PIPE) for i, ns in enumerate(net.namespaces)]
+                for proc in callers:
+                    if proc.stdout.readline().strip() != "ready":
+                        raise RuntimeError(f"a flood caller did not start: {proc.communicate()[1][-3000:]}")
+                start = next_window(args.window, after_s=0.2)
+                for proc in callers:
+                    proc.stdin.write(f"{start!r}\n")
+                    proc.stdin.flush()
+                results: dict = {m: {} for m in MODES}
+                for i, proc in enumerate(callers):
+                    got = run.answer(proc)
+                    for mode in MODES:
+                        results[mode][i] = got[mode][str(i)]
+                time.sleep(1.0)   # the last calls land
+                arrivals = run.call(net.hub, {"job": "arrivals", "url": mock_url})
+                out.update(flood_figures(results, start, [(float(t), str(p)) for t, p in arrivals], weights, args))
+            return out
+        finally:
+            run.stop()
 
 
 def main() -> None:
@@ -204,12 +373,18 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=1.0, help="each flood request's deadline, seconds")
     parser.add_argument("--calls", type=int, default=150, help="sequential calls per mode for the latency p50")
     parser.add_argument("--parts", nargs="+", default=["latency", "flood"], choices=["latency", "flood"])
+    parser.add_argument("--loopback", action="store_true",
+                        help="every node on 127.0.0.1 in this namespace, not each in its own")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--caller", help=argparse.SUPPRESS)   # a node's callers, in its namespace
     args = parser.parse_args()
+    if args.caller:
+        caller(json.loads(args.caller))
+        return
     log_dir = "/tmp"
     report = {}
     for n in args.nodes:
-        report[f"N={n}"] = measure(n, args, log_dir)
+        report[f"N={n}"] = measure_loopback(n, args, log_dir) if args.loopback else measure_netns(n, args)
         print(f"N={n}:", json.dumps(report[f"N={n}"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
