@@ -7,8 +7,9 @@ from Gubernator's GLOBAL behaviour (hits are decided locally, the owner is told
 asynchronously); unlike GLOBAL, a lease is a hard bound, never an overshoot.
 
 A budget is a cap per window (``rpm``/``tpm`` of :class:`~actors.core.ratelimit.RateLimits`,
-or a spend budget's period), so a lease is an amount of one window, cumulative: "this
-client may have spent up to ``lease`` in window ``w``", what it spent included.
+or a strict spend budget's nano-USD over its period, requests unlimited), so a lease is an
+amount of one window, cumulative: "this client may have spent up to ``lease`` in window
+``w``", what it spent included.
 
 The invariant the :class:`LeaseTable` keeps, per window and limited dimension::
 
@@ -200,14 +201,14 @@ class LeaseHolder:
     """One client's side: the grant it spends under, when to ask again, and what it wants."""
 
     def __init__(self, client: str, *, clock: Callable[[], float], refresh_s: float = REFRESH_S,
-                 horizon_s: float = HORIZON_S) -> None:
+                 horizon_s: float = HORIZON_S, first_seq: int = 0) -> None:
         self.client = client
         self.clock = clock
         self.refresh_s, self.horizon_s = refresh_s, horizon_s
         self.grant: LeaseGrant | None = None
         self.expires = 0.0
         self.acked = True            # the leader heard which grant we hold
-        self.seq = 0
+        self.seq = first_seq         # asks are numbered after it
         self.sent: dict[int, float] = {}     # asks not answered yet: seq -> when sent
         self.last_ask = -math.inf
         self.arrived: list[int] = [0, 0]     # asked of this client since the last ask

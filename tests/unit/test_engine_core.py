@@ -173,7 +173,7 @@ def asks(rig, effects=None):
 
 def offer(rig, ask, requests, left=10, ttl_s=3.0):
     """The leader's answer to ``ask``: may have spent up to ``requests`` in the window."""
-    return rig.feed(ev.LeaseOffered(LeaseGrant(ask.client, ask.seq, ask.window, (requests, None), ttl_s,
+    return rig.feed(ev.LeaseOffered(rig.dep.limit_key, LeaseGrant(ask.client, ask.seq, ask.window, (requests, None), ttl_s,
                                                (left, None))))
 
 
