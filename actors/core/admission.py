@@ -266,7 +266,7 @@ class StrictBudget:
         if holder.spent_out(window, cost):
             holder.blocked = False
             return "spent"
-        holder.blocked = True
+        holder.blocked, holder.need = True, cost
         return "short"
 
     def unusable(self, now: float) -> str:

@@ -56,6 +56,7 @@ class LeaseAsk:
     held: Limit         # that grant's amounts (a new leader counts them while it learns)
     spent: Pair
     want: Pair          # more than ``spent`` it would like to have
+    need: Pair = (0, 0)  # the request it is blocked on: less room than this is no use to it
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class LeaseTable:
         self.ready_at = clock() + (ttl_s if learning_s is None else learning_s)
         self.windows: dict[int, dict[str, _Client]] = {}
         self.wants: dict[str, tuple[Pair, float]] = {}   # client -> (want, when last heard)
+        self.needs: dict[str, Pair] = {}
 
     @property
     def learning(self) -> bool:
@@ -127,6 +129,7 @@ class LeaseTable:
         if a.holding and a.holding not in c.grants:
             c.floor = _max(c.floor, tuple(v or 0 for v in a.held))  # type: ignore[arg-type]  # another leader's grant
         self.wants[a.client] = (a.want, now)
+        self.needs[a.client] = a.need
         caps = self.caps(a.window)
         if self.learning or a.window not in self.windows:
             lease = tuple(None if cap is None else n for cap, n in zip(caps, c.counted()))
@@ -157,7 +160,15 @@ class LeaseTable:
             # (1 left, three clients wanting: 0 each) while every client waits for them. At most
             # one over a client's exact part; ``free`` keeps the sum within the cap.
             fair = pool if wanted <= pool else -(-pool * want // max(1, wanted))
-            out.append(c.spent[d] + max(0, min(want, fair, free)))
+            room = max(0, min(want, fair, free))
+            need = self.needs.get(me, (0, 0))[d]
+            if room < need:
+                # Room smaller than the request it waits for is no use to it and no one else's
+                # while it holds it: every client would wait on a fragment (costs are not one
+                # unit, as a spend budget's are not) and none would be refused. So it gets what
+                # that request needs, first come first served, or gives its fragment back.
+                room = need if free >= need else 0
+            out.append(c.spent[d] + room)
         return tuple(out)  # type: ignore[return-value]
 
     @staticmethod
@@ -178,10 +189,12 @@ class LeaseTable:
                         del c.grants[seq]
         for name in [n for n, (_, seen) in self.wants.items() if now - seen > self.ttl_s]:
             del self.wants[name]
+            self.needs.pop(name, None)
 
     def lose(self, client: str) -> None:
         """A client known gone: its demand no longer counts (its grants do, until they expire and after)."""
         self.wants.pop(client, None)
+        self.needs.pop(client, None)
 
     def seed(self, window: int, spent: Mapping[str, Pair]) -> None:
         """After learning: what every slot spent in ``window``, from the cluster's counters (the
@@ -214,6 +227,7 @@ class LeaseHolder:
         self.arrived: list[int] = [0, 0]     # asked of this client since the last ask
         self.rate: tuple[float, float] = (0.0, 0.0)   # per second, smoothed
         self.blocked = False          # a request waits for more than the grant allows
+        self.need: Pair = (0, 0)      # what that request costs
 
     # -- spending --------------------------------------------------------------------
 
@@ -260,7 +274,8 @@ class LeaseHolder:
         self.last_ask = now
         self.acked = True
         return LeaseAsk(self.client, self.seq, window, g.seq if g is not None else 0,
-                        g.lease if g is not None else (None, None), spent, want)  # type: ignore[arg-type]
+                        g.lease if g is not None else (None, None), spent, want,  # type: ignore[arg-type]
+                        self.need if self.blocked else (0, 0))
 
     def granted(self, g: LeaseGrant, now: float) -> bool:
         """Take a grant: only the answer to an ask still out, newer than the one held, not yet expired."""

@@ -213,7 +213,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         a = e.ask
         if self.strict_address is not None:
             self.send(self.strict_address, LeaseRefresh(e.key, e.limits, a.client, a.seq, a.window, a.holding, a.held,
-                                                        a.spent, a.want))
+                                                        a.spent, a.want, a.need))
 
     def _do_PublishCounts(self, e: ev.PublishCounts) -> None:
         init, core = self._made()

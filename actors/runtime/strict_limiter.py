@@ -47,7 +47,8 @@ class StrictRateLimiterActor(GatewayActor):
             self.timers.after("lease_seed", max(0.0, remaining))
         try:
             grant = table.ask(LeaseAsk(msg.client, int(msg.seq), int(msg.window), int(msg.holding),
-                                       tuple(msg.held), tuple(msg.spent), tuple(msg.want)))  # type: ignore[arg-type]
+                                       tuple(msg.held), tuple(msg.spent),  # type: ignore[arg-type]
+                                       tuple(msg.want), tuple(msg.need)))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return log.warning("strict limiter: a malformed lease ask for %s from %s", msg.key, sender)
         self.send(sender, LeaseOffer(msg.key, grant.client, grant.seq, grant.window, grant.lease, grant.ttl_s,

@@ -25,8 +25,8 @@ def table(rpm=100, tpm=None, window_s=60.0, learning_s=0.0, clock=None, **kw):
                       wall=clock, learning_s=learning_s, **kw), clock
 
 
-def ask(client, seq, window, want=(10, 0), spent=(0, 0), holding=0, held=(None, None)):
-    return LeaseAsk(client, seq, window, holding, held, spent, want)
+def ask(client, seq, window, want=(10, 0), spent=(0, 0), holding=0, held=(None, None), need=(0, 0)):
+    return LeaseAsk(client, seq, window, holding, held, spent, want, need)
 
 
 def test_a_lone_client_gets_what_it_wants_and_only_that():
@@ -193,6 +193,29 @@ def test_demand_is_what_arrives_not_what_was_admitted():
 
 # -- the property -------------------------------------------------------------------------
 
+def test_room_too_small_for_the_request_a_client_waits_on_goes_to_one_it_fits_or_back():
+    # A spend budget's costs are not one unit: 3 clients each holding 9 unspent of a cap of 90,
+    # each blocked on a request of 10, would wait on their fragments for ever and none be refused.
+    t, clock = table(rpm=None, tpm=90)
+    w = int(clock() // 60)
+    held = {}
+    for name in ("a", "b", "c"):
+        held[name] = t.ask(ask(name, 1, w, want=(0, 9), spent=(0, 21))).lease     # 21 spent, 9 more each
+    for name in ("a", "b", "c"):
+        held[name] = t.ask(ask(name, 2, w, want=(0, 9), spent=(0, 21), holding=1, held=held[name])).lease
+    assert [lease[1] for lease in held.values()] == [30, 30, 30]                 # 27 left between them
+    grants = {}
+    for seq, name in ((3, "a"), (3, "b"), (3, "c")):                             # every one blocked on 10
+        grants[name] = t.ask(ask(name, seq, w, want=(0, 30), spent=(0, 21), holding=2, held=held[name],
+                                 need=(0, 10)))
+    for name in ("a", "b", "c"):                                                 # acknowledged
+        grants[name] = t.ask(ask(name, 4, w, want=(0, 30), spent=(0, 21), holding=3, held=grants[name].lease,
+                                 need=(0, 10)))
+    rooms = sorted(g.lease[1] - 21 for g in grants.values())
+    assert rooms in ([0, 10, 10], [0, 0, 10]) and sum(rooms) <= 27 and max(rooms) == 10
+    assert t.counted(w)[1] <= 90
+
+
 CAP = 30
 WINDOW_S = 10.0
 
@@ -238,7 +261,8 @@ def test_whatever_happens_the_clients_may_never_spend_more_than_the_cap(steps):
             continue
         if kind == "ask":
             w = window()
-            asks[i].append(replace(h.ask(now, w, (spent[i].get(w, 0), 0), (0, 0)), want=(arg, 0)))
+            need = {0: 0, 5: 3, 15: 0, 40: 7}[arg]       # blocked on a request of that cost, or not
+            asks[i].append(replace(h.ask(now, w, (spent[i].get(w, 0), 0), (0, 0)), want=(arg, 0), need=(need, 0)))
         elif kind == "deliver" and asks[i]:
             grants[i].append(leader.ask(asks[i].pop(min(arg, len(asks[i]) - 1))))
         elif kind == "receive" and grants[i]:

@@ -95,6 +95,7 @@ class LeaseRefresh:
     held: tuple[int | None, int | None]
     spent: tuple[int, int]
     want: tuple[int, int]
+    need: tuple[int, int] = (0, 0)
 
 
 @dataclass
