@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from actors.core.jobs import Job
 
 __all__ = ["Admission", "AdmissionHost", "BreakerGate", "BudgetGate", "Leader", "Held", "Admit", "Refuse",
-           "NeedProbe", "Reserved", "StrictBudget", "Wait", "Denied", "PROBE_RETRY_S", "STRICT_ASK_TIMEOUT_S", "BUDGET_POLL_S",
-           "TICK_S"]
+           "NeedProbe", "Reserved", "StrictBudget", "Wait", "Denied", "PROBE_RETRY_S", "STRICT_ASK_TIMEOUT_S",
+           "BUDGET_POLL_S", "TICK_S"]
 
 PROBE_RETRY_S = 0.25        # how soon an unanswered or refused probe ask is repeated
 STRICT_ASK_TIMEOUT_S = 2.0  # how long a lease ask may go unanswered before the leader is presumed lost
@@ -511,6 +511,17 @@ class Admission:
         self.budget.arrived(job)
         if self.spend is not None:
             self.spend.arrived(job.spend)
+
+    def unblock(self) -> None:
+        """Before the queue is looked at: no lease waits for a request unless its head says so
+        again (one that ended, or was refused on another budget, no longer does)."""
+        for strict in self.stricts():
+            strict.holder.blocked = False
+
+    def stricts(self) -> list[StrictBudget]:
+        """Every strict budget this engine holds a lease of."""
+        out = [self.budget.strict] if self.budget.strict is not None else []
+        return out + (list(self.spend.book.leases.values()) if self.spend is not None else [])
 
     def refresh_dues(self) -> list[float | None]:
         return [self.budget.refresh_due(), self.spend.refresh_due() if self.spend is not None else None]

@@ -284,6 +284,7 @@ class EngineCore:
 
     def _pump(self, now: float) -> None:
         """Move queued jobs to idle workers, in priority order, as far as breaker and budget allow."""
+        self.admission.unblock()
         while (head := self.queue.peek()) is not None:
             job = head[1]
             if job.expired(now):

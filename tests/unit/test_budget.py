@@ -715,3 +715,17 @@ def test_a_strict_budget_is_looked_at_first_and_then_every_budget_is_reserved():
     assert book.admit(hold, 0.01, joined()) is None and hold.admitted
     assert [b for b, _ in hold.reserved] == [first, second, strict]
     assert all(book.limiters[b.counter_key].usage().tokens == 700 for b in (strict, first, second))
+
+
+def test_a_lease_no_request_waits_for_any_more_is_not_asked_for_at_once_again():
+    budget = key_budget(1.0, mode="strict")
+    rig = strict_rig(budget)
+    (ask,) = spend_asks(budget, rig.submit("r1", deadline_in=0.3, metadata={"http_key": "k1"}))
+    spend_offer(rig, budget, ask, 0)                          # nothing for it yet: it waits, and asks again
+    rig.advance(0.5)                                          # then its deadline passes
+    assert isinstance(rig.terminal("r1").error, E.DeadlineExceeded)
+    assert not rig.core.book.leases[budget.counter_key].holder.blocked
+    # Nothing waits now: asked on the interval while the demand it saw decays, then not at all.
+    asked = spend_asks(budget, rig.advance(10.0))
+    assert len(asked) <= 10.0 / 0.2 + 1
+    assert spend_asks(budget, rig.advance(30.0)) == []

@@ -142,8 +142,8 @@ def test_the_strict_limiter_leases_a_spend_budget_from_the_hubs_view_and_never_p
     assert asked.key == budget.counter_key
     window = budget.period.index(time.time())
     # The cluster already spent 400,000 of it (a slot that never asked this leader).
-    asys.tell(actor, LimiterDelta(budget.counter_key, {window: {"requests": {"other": 1}, "tokens": {"other": 400_000}}},
-                                  "hub:n1", budget.limits))
+    seen = {window: {"requests": {"other": 1}, "tokens": {"other": 400_000}}}
+    asys.tell(actor, LimiterDelta(budget.counter_key, seen, "hub:n1", budget.limits))
     a = asys.ask(actor, lease_ask(budget, "a", 2, 10 ** 6), 2)
     b = asys.ask(actor, lease_ask(budget, "b", 1, 10 ** 6), 2)
     assert isinstance(a, LeaseOffer) and isinstance(b, LeaseOffer)
