@@ -512,6 +512,16 @@ class Admission:
         if self.spend is not None:
             self.spend.arrived(job.spend)
 
+    def leader_changed(self, available: bool, shares: int, now: float, in_cluster: bool) -> None:
+        """Where the cluster is, as the registry says. A leader reachable again (or a new one)
+        never answers the asks sent while it was not: they are forgotten, or the leases would
+        look unanswered, the leader lost, until a new ask happened to be answered."""
+        back = available and not self.budget.leader.available
+        self.budget.leader_changed(available, shares, now, in_cluster)
+        if back:
+            for strict in self.stricts():
+                strict.holder.sent.clear()
+
     def unblock(self) -> None:
         """Before the queue is looked at: no lease waits for a request unless its head says so
         again (one that ended, or was refused on another budget, no longer does)."""

@@ -325,7 +325,7 @@ class EngineCore:
         self.breaker.probe_refused(e.token, now)
 
     def _on_StrictLeader(self, e: ev.StrictLeader, now: float) -> None:
-        self.admission.budget.leader_changed(e.available, e.shares, now, e.in_cluster)
+        self.admission.leader_changed(e.available, e.shares, now, e.in_cluster)
         self._pump(now)
 
     def _on_LeaseOffered(self, e: ev.LeaseOffered, now: float) -> None:

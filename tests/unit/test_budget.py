@@ -729,3 +729,23 @@ def test_a_lease_no_request_waits_for_any_more_is_not_asked_for_at_once_again():
     asked = spend_asks(budget, rig.advance(10.0))
     assert len(asked) <= 10.0 / 0.2 + 1
     assert spend_asks(budget, rig.advance(30.0)) == []
+
+
+def test_once_a_leader_is_back_a_strict_spend_request_asks_it_instead_of_being_refused():
+    budget = key_budget(1.0, mode="strict")
+    rig = strict_rig(budget)
+    rig.submit("r1", metadata={"http_key": "k1"})
+    rig.advance(2.5)                                     # the leader never answers: presumed lost
+    assert isinstance(rig.terminal("r1").error, E.LeaderUnavailable)
+    rig.feed(ev.StrictLeader(False, 3))
+    rig.feed(ev.StrictLeader(True, 3))                   # a new leader: the asks to the old one are forgotten
+    (ask,) = spend_asks(budget, rig.submit("r2", metadata={"http_key": "k1"}))
+    assert rig.terminals("r2") == [] and ask.holding == 0
+    spend_offer(rig, budget, ask, 10 ** 8)
+    assert rig.dispatches("r2")
+    rig.feed(ev.StrictLeader(True, 3))                   # told again: an ask in flight is still awaited
+    effects = rig.submit("r3", metadata={"http_key": "k1"}, params={"max_tokens": 100_000})   # more than it holds
+    (pending,) = spend_asks(budget, effects + rig.advance(0.2 / 8))
+    rig.feed(ev.StrictLeader(True, 3))
+    spend_offer(rig, budget, pending, 10 ** 9)
+    assert rig.dispatches("r3")
