@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from actors.core.admission import BUDGET_POLL_S, AdmissionHost, Denied, Leader, StrictBudget, Wait
 from actors.core.engine_events import AskLease, PeerCounts
-from actors.core.leases import LeaseGrant, LeaseHolder, Pair
+from actors.core.leases import LeaseGrant, LeaseHolder, Pair, incarnation
 from actors.core.periods import Period
 from actors.core.pricing import Price, cost_usd
 from actors.core.ratelimit import (CounterDelta, RateLimits, Reservation, SyncSchedule, WindowedLimiter,
@@ -160,9 +160,9 @@ class BudgetBook:
             self.limiters[key] = limiter
             if b.mode == "strict":
                 # The lease's client is the counter's slot, stable across restarts (the leader's seed
-                # counts it once); its asks are numbered from the wall clock, so a restarted engine's
-                # never reuse its predecessor's numbers.
-                holder = LeaseHolder(slot, clock=clock, first_seq=int(wall() * 1000))
+                # counts it once); its asks are numbered per incarnation, so a restarted engine's
+                # never supersede its predecessor's grants (core/leases.py).
+                holder = LeaseHolder(slot, clock=clock, first_seq=incarnation(wall()))
                 self.leases[key] = StrictBudget(key, b.limits, limiter, holder)
             seeded = (seed or {}).get(key, 0)
             if seeded > 0:

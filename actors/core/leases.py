@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from actors.core.ratelimit import RateLimits, window_at
 
 __all__ = ["LeaseAsk", "LeaseGrant", "LeaseTable", "LeaseHolder", "Pair", "LEASE_TTL_S", "REFRESH_S", "HORIZON_S",
-           "fits"]
+           "fits", "incarnation"]
 
+INCARNATION_SHIFT = 28  # a client's asks are numbered ``incarnation << 28 | n`` (see ``incarnation``)
 LEASE_TTL_S = 3.0   # how long a grant may be spent without a newer one (and how long a new leader learns)
 REFRESH_S = 0.2     # how often an active client asks again
 HORIZON_S = 1.0     # a client wants what it expects to be asked for in this long, plus its queue
@@ -71,6 +72,14 @@ class LeaseGrant:
     left: Limit = (None, None)   # the window's room not yet spent anywhere (unspent leases included)
 
 
+def incarnation(wall: float) -> int:
+    """The ``first_seq`` of a holder whose client name outlives it (a spend budget's stable counter
+    slot): numbered from the wall clock in tenths of a second, so a restarted holder's asks are
+    all later than its predecessor's and the table knows a new incarnation when it asks
+    (``_Client.restarted``). Holders numbered from 0 are one incarnation for ever."""
+    return int(wall * 10) << INCARNATION_SHIFT
+
+
 def fits(lease: Limit, spent: Pair, cost: Pair) -> bool:
     return all(cap is None or used + more <= cap for cap, used, more in zip(lease, spent, cost))
 
@@ -86,9 +95,23 @@ class _Client:
     grants: dict[int, tuple[Pair, float]] = field(default_factory=dict)   # seq -> (amounts, expires at)
     floor: Pair = (0, 0)     # expired grants and what a new leader learned: spent under them is unknown
     spent: Pair = (0, 0)
+    gone: Pair = (0, 0)      # what earlier incarnations may have spent that this one's count lacks
+    incarnation: int = 0
+
+    def held(self) -> Pair:
+        return _max(self.floor, self.spent, *(amounts for amounts, _ in self.grants.values()))
 
     def counted(self) -> Pair:
-        return _max(self.floor, self.spent, *(amounts for amounts, _ in self.grants.values()))
+        held = self.held()
+        return (held[0] + self.gone[0], held[1] + self.gone[1])
+
+    def restarted(self, incarnation: int, spent: Pair) -> None:
+        """A later incarnation of this client asks (a restarted engine on a stable slot): its
+        predecessor may have spent up to what it held, and the part the new one does not count
+        (``spent`` is its count) stays counted, on top of whatever the new one is granted."""
+        held = self.held()
+        self.gone = (self.gone[0] + max(0, held[0] - spent[0]), self.gone[1] + max(0, held[1] - spent[1]))
+        self.grants, self.floor, self.incarnation = {}, (0, 0), incarnation
 
 
 class LeaseTable:
@@ -123,6 +146,12 @@ class LeaseTable:
         current, _ = window_at(self.limits, self.wall())
         clients = self.windows.setdefault(a.window, {}) if current - 1 <= a.window <= current + 1 else {}
         c = clients.setdefault(a.client, _Client())
+        incarnation = a.seq >> INCARNATION_SHIFT
+        if incarnation < c.incarnation:   # a dead predecessor's late ask: nothing for it
+            return LeaseGrant(a.client, a.seq, a.window, tuple(None if cap is None else 0  # type: ignore[arg-type]
+                                                              for cap in self.caps(a.window)), self.ttl_s)
+        if incarnation > c.incarnation:
+            c.restarted(incarnation, a.spent)
         c.spent = a.spent
         for seq in [s for s in c.grants if s < a.holding]:
             del c.grants[seq]   # superseded: the client spends under ``holding`` now
@@ -132,7 +161,7 @@ class LeaseTable:
         self.needs[a.client] = a.need
         caps = self.caps(a.window)
         if self.learning or a.window not in self.windows:
-            lease = tuple(None if cap is None else n for cap, n in zip(caps, c.counted()))
+            lease = tuple(None if cap is None else n for cap, n in zip(caps, c.held()))
         else:
             lease = self._share(a.client, c, clients, caps, now)
         amounts = tuple(n if n is not None else 0 for n in lease)
@@ -149,10 +178,10 @@ class LeaseTable:
                 out.append(None)
                 continue
             others = sum(o.counted()[d] for name, o in clients.items() if name != me)
-            free = cap - others - c.spent[d]
+            free = cap - others - c.spent[d] - c.gone[d]
             # The pool the active clients' wants divide: nobody's spend comes back, and an idle
             # or lost client's unspent lease does only when it says so (or never, once expired).
-            base = sum(o.spent[d] if name in active else o.counted()[d] for name, o in clients.items())
+            base = sum(o.spent[d] + o.gone[d] if name in active else o.counted()[d] for name, o in clients.items())
             pool = cap - base
             wanted = sum(w[d] for w in active.values())
             want = active.get(me, (0, 0))[d]
@@ -173,7 +202,7 @@ class LeaseTable:
 
     @staticmethod
     def _left(clients: Mapping[str, _Client], caps: Limit) -> Limit:
-        return tuple(None if cap is None else cap - sum(max(o.spent[d], o.floor[d]) for o in clients.values())
+        return tuple(None if cap is None else cap - sum(max(o.spent[d], o.floor[d]) + o.gone[d] for o in clients.values())
                      for d, cap in enumerate(caps))  # type: ignore[return-value]
 
     def expire(self, now: float) -> None:

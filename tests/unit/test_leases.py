@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from actors.core.leases import LeaseAsk, LeaseGrant, LeaseHolder, LeaseTable, fits
+from actors.core.leases import INCARNATION_SHIFT, LeaseAsk, LeaseGrant, LeaseHolder, LeaseTable, fits
 from actors.core.ratelimit import RateLimits
 
 
@@ -216,6 +216,30 @@ def test_room_too_small_for_the_request_a_client_waits_on_goes_to_one_it_fits_or
     assert t.counted(w)[1] <= 90
 
 
+def test_what_a_restarted_holders_predecessor_held_beyond_its_count_stays_counted_on_top():
+    from actors.core.leases import incarnation
+
+    t, clock = table(rpm=None, tpm=100)
+    w = int(clock() // 60)
+    old = LeaseHolder("slot", clock=clock, first_seq=incarnation(clock()))
+    g = t.ask(old.ask(clock(), w, (0, 10), (0, 60)))
+    assert g.lease == (None, 70) and old.granted(g, clock())
+    t.ask(old.ask(clock(), w, (0, 10), (0, 60)))             # acknowledged: 70 counted
+    clock.t += 1.0                                            # it dies having spent 50, 40 of them never counted
+    new = LeaseHolder("slot", clock=clock, first_seq=incarnation(clock()))
+    g = t.ask(new.ask(clock(), w, (0, 10), (0, 80)))          # its count knows only the 10
+    assert new.granted(g, clock())
+    assert g.lease == (None, 40)              # 100 less the 60 its predecessor may have spent beyond the 10
+    assert t.counted(w)[1] == 100 and g.left == (None, 30)
+    late = t.ask(replace(old.ask(clock(), w, (0, 10), (0, 60))))   # the predecessor's ask, arriving late
+    assert late.lease == (None, 0) and t.counted(w)[1] == 100
+    # Its own grants are superseded as before: a smaller one acknowledged lets the larger one go.
+    small = t.ask(new.ask(clock(), w, (0, 10), (0, 0)))
+    assert new.granted(small, clock()) and small.lease == (None, 10)
+    t.ask(new.ask(clock(), w, (0, 10), (0, 0)))
+    assert t.counted(w)[1] == 70
+
+
 CAP = 30
 WINDOW_S = 10.0
 
@@ -228,6 +252,7 @@ step = st.one_of(
     st.tuples(st.just("time"), st.integers(0, 2), st.sampled_from([0.05, 0.5, 1.5, 3.5])),
     st.tuples(st.just("lose"), st.integers(0, 2), st.just(0)),               # node gone: its messages too
     st.tuples(st.just("leader"), st.integers(0, 2), st.just(0)),             # the leader restarts
+    st.tuples(st.just("restart"), st.integers(0, 2), st.integers(0, 5)),     # a client restarts, its count short
 )
 
 
@@ -240,8 +265,10 @@ def test_whatever_happens_the_clients_may_never_spend_more_than_the_cap(steps):
     clock = Clock(10_000.0)
     limits = RateLimits(rpm=CAP, window_s=WINDOW_S, mode="strict")
     leader = LeaseTable(limits, clock=clock, wall=clock, learning_s=0.0)
-    holders = [LeaseHolder(f"c{i}", clock=clock) for i in range(3)]
-    spent: list[dict[int, int]] = [{} for _ in holders]        # true spend per window
+    holders = [LeaseHolder(f"c{i}", clock=clock, first_seq=1 << INCARNATION_SHIFT) for i in range(3)]
+    generation = [1, 1, 1]
+    spent: list[dict[int, int]] = [{} for _ in holders]        # spend per window, as the client counts it
+    hidden: list[dict[int, int]] = [{} for _ in holders]       # spent, and missing from a restarted client's count
     asks: list[list[LeaseAsk]] = [[] for _ in holders]
     grants: list[list[LeaseGrant]] = [[] for _ in holders]
     lost: set[int] = set()
@@ -254,7 +281,8 @@ def test_whatever_happens_the_clients_may_never_spend_more_than_the_cap(steps):
         now = clock()
         if restarted_at is not None and not leader.learning:
             # ready: the cluster's counters give what every slot spent (before any new grant)
-            leader.seed(window(), {h.client: (spent[j].get(window(), 0), 0) for j, h in enumerate(holders)})
+            leader.seed(window(), {h.client: (spent[j].get(window(), 0) + hidden[j].get(window(), 0), 0)
+                                   for j, h in enumerate(holders)})
             restarted_at = None
         h = holders[i]
         if i in lost and kind != "time" and kind != "leader":
@@ -280,6 +308,14 @@ def test_whatever_happens_the_clients_may_never_spend_more_than_the_cap(steps):
             lost.add(i)
             asks[i], grants[i] = [], []
             leader.lose(h.client)
+        elif kind == "restart":
+            generation[i] += 1
+            holders[i] = LeaseHolder(h.client, clock=clock, first_seq=generation[i] << INCARNATION_SHIFT)
+            grants[i] = []                                # its predecessor's asks may still be delivered
+            w = window()
+            short = min(arg, spent[i].get(w, 0))          # spent, but never reached the new one's count
+            spent[i][w] = spent[i].get(w, 0) - short
+            hidden[i][w] = hidden[i].get(w, 0) + short
         elif kind == "leader":
             leader = LeaseTable(limits, clock=clock, wall=clock)     # learns for one lease length
             restarted_at = clock()
@@ -292,5 +328,5 @@ def test_whatever_happens_the_clients_may_never_spend_more_than_the_cap(steps):
             may = 0
             for j, holder in enumerate(holders):
                 g = holder.usable(w, now)
-                may += max(spent[j].get(w, 0), g.lease[0] if g is not None else 0)
+                may += max(spent[j].get(w, 0), g.lease[0] if g is not None else 0) + hidden[j].get(w, 0)
             assert may <= CAP, (w, may)
