@@ -150,3 +150,37 @@ def test_strict_team_budget_is_never_over_and_every_node_is_served(spend_cluster
     search = next(line for line in out.stdout.splitlines() if line.startswith("search"))
     assert int(search.split()[1]) == sum(len(ledger_rows(ledger)) for _, _, ledger in nodes)
     assert float(search.split()[3]) == pytest.approx(total, abs=1e-6)
+
+
+def test_strict_spend_with_its_leader_killed_fails_closed_then_leases_from_a_restarted_one(spend_cluster, gateway,
+                                                                                           mock):
+    nodes, dep, budgets = spend_cluster("strict", n=2)
+    member = nodes[1][1]
+    team = {"http_team": "search"}
+    assert member.complete("d1", [{"role": "user", "content": "hi"}], max_tokens=1, timeout_s=20, metadata=team).text
+    leader, _, leader_ledger = nodes[0]
+    port = leader.admin_port
+    leader.kill()
+
+    def refused():
+        try:
+            member.complete("d1", [{"role": "user", "content": "hi"}], max_tokens=1, timeout_s=5, metadata=team)
+        except E.LeaderUnavailable as error:
+            return "strict spend budget needs the convention leader" in error.message
+        return False
+    # What its lease still held may be spent first; then it fails closed, with a typed error.
+    wait_for(refused, timeout_s=20, interval_s=0.2, message="strict spend admission to fail closed")
+    _, again = gateway([dep], name="n0", port=port, cluster=FAST_CLUSTER, budgets=budgets,
+                       node={"ledger": leader_ledger})
+    wait_for(lambda: len(again.cluster_status(members_only=True).members) == 2, timeout_s=20,
+             message="the member to rejoin")
+
+    def admitted():
+        try:
+            return member.complete("d1", [{"role": "user", "content": "hi"}], max_tokens=1, timeout_s=10,
+                                   metadata=team).text
+        except E.LeaderUnavailable:
+            return False
+    # The new leader learns for a lease length, seeds from the cluster's counters, then leases.
+    wait_for(admitted, timeout_s=30, interval_s=0.2, message="strict spend admission to work again")
+    assert mock.stats()["total"] <= CALLS
