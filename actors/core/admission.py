@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from actors.core.breaker import BreakerView
 from actors.core.engine_events import AskLease, AskProbe, PeerCounts, PublishCounts, ReportOutcomes
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from actors.core.jobs import Job
 
 __all__ = ["Admission", "AdmissionHost", "BreakerGate", "BudgetGate", "Leader", "Held", "Admit", "Refuse",
-           "NeedProbe", "Reserved", "Wait", "Denied", "PROBE_RETRY_S", "STRICT_ASK_TIMEOUT_S", "BUDGET_POLL_S",
-           "TICK_S"]
+           "NeedProbe", "Reserved", "StrictBudget", "Wait", "Denied", "PROBE_RETRY_S", "STRICT_ASK_TIMEOUT_S",
+           "BUDGET_POLL_S", "TICK_S"]
 
 PROBE_RETRY_S = 0.25        # how soon an unanswered or refused probe ask is repeated
 STRICT_ASK_TIMEOUT_S = 2.0  # how long a lease ask may go unanswered before the leader is presumed lost
@@ -230,6 +230,70 @@ class Leader:
         return Wait(now + BUDGET_POLL_S) if self.starting(now) else self.no_share(provider)
 
 
+# -- a strict budget's lease ----------------------------------------------------------------
+
+class StrictBudget:
+    """One strict budget as one engine spends it: the lease it holds from the leader
+    (core/leases.py) and the replica that counts what it spent under it, which is what it
+    reports at its next ask. The deployment's rate limits use one (requests and tokens); a
+    strict spend budget another (requests unlimited, tokens in nano-USD over its period)."""
+
+    def __init__(self, key: str, limits: RateLimits, replica: WindowedLimiter, holder: LeaseHolder) -> None:
+        self.key, self.limits = key, limits
+        self.replica = replica
+        self.holder = holder
+
+    def fits(self, cost: Pair, now: float) -> bool:
+        window = self.replica.current_window()
+        return self.holder.allows(window, now, self.replica.own(window), cost)
+
+    def take(self, cost: Pair, now: float) -> Reservation | None:
+        """Spent locally when the lease covers ``cost`` (no message); None when it does not."""
+        window = self.replica.current_window()
+        if not self.holder.allows(window, now, self.replica.own(window), cost):
+            return None
+        self.holder.blocked = False
+        return self.replica.record(cost[1], cost[0], window=window)
+
+    def short(self, cost: Pair, now: float, available: bool) -> Literal["unreachable", "spent", "short"]:
+        """Why ``cost`` does not fit: the leader is out of reach (or has not answered for
+        ``STRICT_ASK_TIMEOUT_S``), the window has no room for it anywhere in the cluster, or this
+        lease is too small for now (then the holder is blocked: it asks at once)."""
+        holder, window = self.holder, self.replica.current_window()
+        if not available or holder.unanswered(now) >= STRICT_ASK_TIMEOUT_S:
+            holder.blocked = False
+            return "unreachable"
+        if holder.spent_out(window, cost):
+            holder.blocked = False
+            return "spent"
+        holder.blocked, holder.need = True, cost
+        return "short"
+
+    def unusable(self, now: float) -> str:
+        expired = self.holder.usable(self.replica.current_window(), now) is None
+        return "its lease has expired" if expired else "its lease is spent"
+
+    def left(self) -> int | None:
+        """What the last grant said is left of the window's tokens across the cluster (None: unknown)."""
+        g = self.holder.grant
+        return g.left[1] if g is not None and g.window == self.replica.current_window() else None
+
+    def wait_until(self, now: float) -> float:
+        due = self.holder.due(now)
+        return min(due if due is not None else now + BUDGET_POLL_S, now + BUDGET_POLL_S)
+
+    def due(self, now: float) -> float | None:
+        return self.holder.due(now)
+
+    def ask(self, now: float, backlog: Pair) -> AskLease | None:
+        """The ask due now (what this engine spent in the window, holds and wants), if any."""
+        due = self.holder.due(now)
+        if due is None or due > now:
+            return None
+        window = self.replica.current_window()
+        return AskLease(self.key, self.limits, self.holder.ask(now, window, self.replica.own(window), backlog))
+
+
 # -- the budget gate ------------------------------------------------------------------------
 
 class BudgetGate:
@@ -246,8 +310,8 @@ class BudgetGate:
         self.leader = leader
         self.provider, self.slot, self.key = provider, slot, key
         self.clock, self.wall = clock, wall
-        self.strict = limits.mode == "strict" and replica is not None
-        self.lease = LeaseHolder(slot, clock=clock) if self.strict else None
+        self.strict = (StrictBudget(key, limits, replica, LeaseHolder(slot, clock=clock))
+                       if limits.mode == "strict" and replica is not None else None)
         self.backlog: Callable[[], Pair] = lambda: (0, 0)   # what waits in the engine's queue (the core sets it)
         self.fallback: WindowedLimiter | None = None
         self.sync = SyncSchedule(sync_interval_s, clock())
@@ -255,7 +319,7 @@ class BudgetGate:
     def admit(self, job: Job, now: float) -> Reserved | Wait | Denied:
         if self.replica is None or job.held.reservation is not None:
             return Reserved(job.held.reservation)
-        if self.strict:
+        if self.strict is not None:
             return self._strict(job, now)
         if not self.leader.in_cluster:
             return self._outside(job, self.replica, now)
@@ -280,7 +344,7 @@ class BudgetGate:
 
     def leader_changed(self, available: bool, shares: int, now: float, in_cluster: bool) -> None:
         self.leader.update(available, shares, now, in_cluster)
-        if available if self.strict else in_cluster:
+        if available if self.strict is not None else in_cluster:
             self.fallback = None
 
     def _outside(self, job: Job, replica: WindowedLimiter, now: float) -> Reserved | Wait | Denied:
@@ -319,62 +383,52 @@ class BudgetGate:
     # -- strict: spent locally under the leader's lease (core/leases.py) ------------------
 
     def _strict(self, job: Job, now: float) -> Reserved | Wait | Denied:
-        replica, lease = self.replica, self.lease
-        assert replica is not None and lease is not None
+        strict = self.strict
+        assert strict is not None
+        replica = strict.replica
         refused = replica.refusal(job.estimate)
         if refused is not None and not refused.retryable:
             return self._verdict(job, refused, now)   # more than the whole budget: never fits
-        window = replica.current_window()
         cost = (1, job.estimate)
-        if lease.allows(window, now, replica.own(window), cost):
-            lease.blocked = False
-            job.held = Held(replica.record(job.estimate, window=window), replica)
+        reservation = strict.take(cost, now)
+        if reservation is not None:
+            job.held = Held(reservation, replica)
             self.sync.touch()
-            return Reserved(job.held.reservation)
-        unreachable = not self.leader.available or lease.unanswered(now) >= STRICT_ASK_TIMEOUT_S
-        if unreachable:
+            return Reserved(reservation)
+        short = strict.short(cost, now, self.leader.available)
+        if short == "unreachable":
             if self.leader.starting(now) and not self.leader.available:
                 return Wait(now + BUDGET_POLL_S)  # still starting up: the registry will say where it is
-            lease.blocked = False
             if self.limits.leader_unavailable == "local_share":
                 return self._shared(job, now)
-            held = "its lease has expired" if lease.usable(window, now) is None else "its lease is spent"
             return Denied(LeaderUnavailable(f"strict rate limiting needs the convention leader, which is unreachable, "
-                                            f"and {held}", provider=self.provider,
+                                            f"and {strict.unusable(now)}", provider=self.provider,
                                             retry_after_s=self.leader.failure_timeout_s))
-        if lease.spent_out(window, cost):
-            lease.blocked = False
+        if short == "spent":
             return self._verdict(job, BudgetExceeded(
                 f"strict budget {self.key} is spent in this window across the cluster", limit="rpm",
                 retry_after_s=replica.until_next_window()), now)
-        lease.blocked = True
         self.refresh(now)
-        due = lease.due(now)
-        return Wait(min(due if due is not None else now + BUDGET_POLL_S, now + BUDGET_POLL_S))
+        return Wait(strict.wait_until(now))
 
     def arrived(self, job: Job) -> None:
         """A request came in: what the lease asks for follows it."""
-        if self.lease is not None:
-            self.lease.arrive((1, job.estimate))
+        if self.strict is not None:
+            self.strict.holder.arrive((1, job.estimate))
 
     def refresh_due(self) -> float | None:
-        return self.lease.due(self.clock()) if self.lease is not None and self.leader.available else None
+        return self.strict.due(self.clock()) if self.strict is not None and self.leader.available else None
 
     def refresh(self, now: float) -> None:
         """Ask the leader again if it is time: what this engine spent, holds and wants."""
-        lease, replica = self.lease, self.replica
-        if lease is None or replica is None or not self.leader.available:
-            return
-        due = lease.due(now)
-        if due is None or due > now:
-            return
-        window = replica.current_window()
-        queued = self.backlog()
-        self.host.emit(AskLease(lease.ask(now, window, replica.own(window), queued)))
+        if self.strict is not None and self.leader.available:
+            ask = self.strict.ask(now, self.backlog())
+            if ask is not None:
+                self.host.emit(ask)
 
-    def offered(self, grant: LeaseGrant, now: float) -> bool:
+    def offered(self, key: str, grant: LeaseGrant, now: float) -> bool:
         """The leader's answer: True when this engine took it (its queue may move)."""
-        return self.lease is not None and self.lease.granted(grant, now)
+        return self.strict is not None and key == self.key and self.strict.holder.granted(grant, now)
 
     def settle(self, held: Held, decided: Settlement) -> None:
         """What an attempt's budget comes to, in the replica it was reserved in (under a lease too:
@@ -448,7 +502,50 @@ class Admission:
         spend budgets are settled to what it was charged."""
         self.budget.settle(job.held, Settlement(Settle.RELEASE))
         if self.spend is not None:
-            self.spend.settle(job.spend, job.request_id)
+            self.spend.settle(job.spend)
+
+    # -- the strict budgets' leases -------------------------------------------------------
+
+    def arrived(self, job: Job) -> None:
+        """A request came in: the leases of the strict budgets it needs ask for it."""
+        self.budget.arrived(job)
+        if self.spend is not None:
+            self.spend.arrived(job.spend)
+
+    def leader_changed(self, available: bool, shares: int, now: float, in_cluster: bool) -> None:
+        """Where the cluster is, as the registry says. A leader reachable again (or a new one)
+        never answers the asks sent while it was not: they are forgotten, or the leases would
+        look unanswered, the leader lost, until a new ask happened to be answered."""
+        back = available and not self.budget.leader.available
+        self.budget.leader_changed(available, shares, now, in_cluster)
+        if back:
+            for strict in self.stricts():
+                strict.holder.sent.clear()
+
+    def unblock(self) -> None:
+        """Before the queue is looked at: no lease waits for a request unless its head says so
+        again (one that ended, or was refused on another budget, no longer does)."""
+        for strict in self.stricts():
+            strict.holder.blocked = False
+
+    def stricts(self) -> list[StrictBudget]:
+        """Every strict budget this engine holds a lease of."""
+        out = [self.budget.strict] if self.budget.strict is not None else []
+        return out + (list(self.spend.book.leases.values()) if self.spend is not None else [])
+
+    def refresh_dues(self) -> list[float | None]:
+        return [self.budget.refresh_due(), self.spend.refresh_due() if self.spend is not None else None]
+
+    def refresh(self, now: float) -> None:
+        self.budget.refresh(now)
+        if self.spend is not None:
+            self.spend.refresh(now)
+
+    def offered(self, key: str, grant: LeaseGrant, now: float) -> bool:
+        """A lease the leader offered, for the deployment's rate limits or a spend budget."""
+        if self.spend is not None and self.spend.offered(key, grant, now):
+            return True
+        return self.budget.offered(key, grant, now)
 
     def sync_dues(self) -> list[float | None]:
         """When the replicas' changes are due at the node's hub."""

@@ -10,8 +10,10 @@ A request reserves its *estimated* cost before it is dispatched (prompt and max_
 the deployment's price, :data:`UNKNOWN_PRICE` when the price is unknown), once for all its
 attempts; at its terminal the reservation is settled to what it cost: the reported usage
 at the price, the estimate for every attempt whose usage is unknown (never zero), nothing
-for attempts that never reached the provider. ``mode: strict`` budgets are reserved and
-settled at the leader's strict limiter instead, one round trip per request.
+for attempts that never reached the provider. ``mode: strict`` budgets are leased like strict
+rate limits (core/leases.py): each engine spends locally under its lease of the period's
+nano-USD, reserves and settles in its replica as above, and reports what it spent at its next
+ask; no request waits for the leader while its estimate fits the lease.
 
 Counter slots are stable per node, deployment and replica (not per incarnation), so a
 restarted engine merges its predecessor's count from the hub, and a restarted node seeds
@@ -27,17 +29,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from actors.core.admission import AdmissionHost, Denied, Leader, Wait
-from actors.core.engine_events import PeerCounts
+from actors.core.admission import BUDGET_POLL_S, AdmissionHost, Denied, Leader, StrictBudget, Wait
+from actors.core.engine_events import AskLease, PeerCounts
+from actors.core.leases import LeaseGrant, LeaseHolder, Pair, incarnation
 from actors.core.periods import Period
 from actors.core.pricing import Price, cost_usd
 from actors.core.ratelimit import (CounterDelta, RateLimits, Reservation, SyncSchedule, WindowedLimiter,
                                    estimate_tokens)
 from actors.core.settlement import Settle, Settlement
-from actors.errors import BudgetExceeded, InferenceError, LeaderUnavailable
+from actors.errors import BudgetExceeded, LeaderUnavailable
 
 __all__ = ["Budget", "BudgetBook", "SpendGate", "SpendHold", "NANO", "UNKNOWN_PRICE", "SPEND_PREFIX", "SCOPES",
-           "AskStrictSpend", "SettleStrictSpend", "PublishSpend", "to_nano", "budget_exceeded"]
+           "PublishSpend", "to_nano", "budget_exceeded"]
 
 NANO = 1_000_000_000          # counters hold nano-USD: integers, as GCounters need
 SPEND_PREFIX = "spend:"       # the hub's key of a spend budget (beside the deployments' rate-limit keys)
@@ -46,7 +49,6 @@ SCOPES: tuple[Scope, ...] = ("key", "team", "deployment", "provider")
 # What a call is charged per million tokens when its model has no price: the dearest
 # common list price, so an unknown price can only make a budget run out early, never late.
 UNKNOWN_PRICE = Price(input=15.0, output=75.0)
-STRICT_ASK_TIMEOUT_S = 2.0
 
 
 def to_nano(usd: float) -> int:
@@ -108,22 +110,6 @@ class PublishSpend:
     limits: RateLimits
 
 
-@dataclass(frozen=True)
-class AskStrictSpend:
-    key: str
-    limits: RateLimits
-    reservation_id: str
-    nano: int
-
-
-@dataclass(frozen=True)
-class SettleStrictSpend:
-    key: str
-    reservation_id: str
-    actual_nano: int
-    sent: bool
-
-
 # -- one request's hold ----------------------------------------------------------------
 
 @dataclass(eq=False)
@@ -132,11 +118,7 @@ class SpendHold:
 
     estimate_nano: int
     budgets: list[Budget]
-    reserved: list[tuple[Budget, Reservation]] = field(default_factory=list)
-    strict_wanted: list[Budget] = field(default_factory=list)
-    strict_granted: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (window, nano) mirrored
-    strict_asked: float | None = None
-    strict_denied: InferenceError | None = None
+    reserved: list[tuple[Budget, Reservation]] = field(default_factory=list)   # strict ones under their lease
     admitted: bool = False
     spent_nano: int = 0        # charged so far, attempt by attempt
     sent: bool = False         # some attempt (may have) reached the provider
@@ -171,10 +153,17 @@ class BudgetBook:
                 or (b.scope == "deployment" and b.name == deployment) or (b.scope == "provider" and b.name == provider)]
         self.budgets: dict[str, Budget] = {b.counter_key: b for b in mine}
         self.limiters: dict[str, WindowedLimiter] = {}
+        self.leases: dict[str, StrictBudget] = {}
         for key, b in self.budgets.items():
             limiter = WindowedLimiter(slot, b.limits, wall_clock=wall, sync_interval_s=sync_interval_s, clock=clock,
                                       rand=random.random if rand is None else rand)
             self.limiters[key] = limiter
+            if b.mode == "strict":
+                # The lease's client is the counter's slot, stable across restarts (the leader's seed
+                # counts it once); its asks are numbered per incarnation, so a restarted engine's
+                # never supersede its predecessor's grants (core/leases.py).
+                holder = LeaseHolder(slot, clock=clock, first_seq=incarnation(wall()))
+                self.leases[key] = StrictBudget(key, b.limits, limiter, holder)
             seeded = (seed or {}).get(key, 0)
             if seeded > 0:
                 # This slot's spend in the current period before the restart, from the ledger.
@@ -192,88 +181,68 @@ class BudgetBook:
 
     # -- admission -----------------------------------------------------------------------
 
-    def admit(self, hold: SpendHold, now: float, leader_available: bool, leader_lost: bool,
-              request_id: str) -> Wait | Denied | list[AskStrictSpend] | None:
-        """None: admitted; or wait, refused, or ask the leader's strict limiter for these."""
+    def admit(self, hold: SpendHold, now: float, leader: Leader) -> Wait | Denied | None:
+        """None: admitted (reserved in every budget that applies); or wait, or refused.
+
+        Strict budgets are looked at first and only taken once every one has room under its
+        lease, so a request that waits holds nothing in any replica meanwhile."""
         if hold.admitted:
             return None
         wall = self.wall()
         cost = hold.estimate_nano
         self.typical_nano = cost
-        if not hold.reserved:
-            for b in hold.budgets:
-                if b.mode == "strict":
-                    continue
-                limiter = self.limiters[b.counter_key]
-                verdict = limiter.try_acquire(cost)  # one request
-                self.sync.touch()
-                if isinstance(verdict, Reservation):
-                    hold.reserved.append((b, verdict))
-                    continue
+        strict = [b for b in hold.budgets if b.mode == "strict"]
+        verdict = self._strict(strict, cost, now, leader)
+        if verdict is not None:
+            return verdict
+        for b in hold.budgets:
+            if b.mode == "strict":
+                continue
+            limiter = self.limiters[b.counter_key]
+            reserved = limiter.try_acquire(cost)  # one request
+            self.sync.touch()
+            if isinstance(reserved, Reservation):
+                hold.reserved.append((b, reserved))
+                continue
+            self._release(hold)
+            if self._exhausted(b, cost):
+                return Denied(budget_exceeded(b, limiter.usage().tokens, wall, cost))
+            return Wait(now + max(0.005, min(reserved.retry_after_s or 0.05, 1.0)))
+        for b in strict:
+            taken = self.leases[b.counter_key].take((1, cost), now)
+            if taken is None:   # the period rolled over since _strict looked: look again
                 self._release(hold)
-                if self._exhausted(b, cost):
-                    return Denied(budget_exceeded(b, limiter.usage().tokens, wall, cost))
-                return Wait(now + max(0.005, min(verdict.retry_after_s or 0.05, 1.0)))
-            hold.strict_wanted = [b for b in hold.budgets if b.mode == "strict"]
-            if not hold.strict_wanted:
-                hold.admitted = True
-                return None
-        if hold.strict_denied is not None:
-            error, hold.strict_denied = hold.strict_denied, None
-            self._release(hold)
-            return Denied(error)
-        missing = [b for b in hold.strict_wanted if b.counter_key not in hold.strict_granted]
-        if not missing:
-            hold.admitted = True
-            return None
-        if not leader_available:
-            if not leader_lost and now - self.started < self.failure_timeout_s:
-                return Wait(now + 0.05)
-            self._release(hold)
-            return Denied(LeaderUnavailable("a strict spend budget needs the convention leader, which is "
-                                            "unreachable", retry_after_s=self.failure_timeout_s))
-        if hold.strict_asked is None or now - hold.strict_asked >= STRICT_ASK_TIMEOUT_S:
-            hold.strict_asked = now
-            return [AskStrictSpend(b.counter_key, b.limits, self.reservation_id(request_id, b), cost) for b in missing]
-        return Wait(hold.strict_asked + STRICT_ASK_TIMEOUT_S)
+                return Wait(now + BUDGET_POLL_S)
+            hold.reserved.append((b, taken))
+            self.sync.touch()
+        hold.admitted = True
+        return None
 
-    @staticmethod
-    def reservation_id(request_id: str, budget: Budget) -> str:
-        """The strict limiter's id of one request's hold on one budget: the request id's length
-        first, so a caller's request id may hold any character (a ``|`` too)."""
-        return f"spend|{len(request_id)}|{request_id}|{budget.counter_key}"
-
-    @staticmethod
-    def parse_reservation(reservation_id: str) -> tuple[str, str] | None:
-        """(request id, budget key) of a spend reservation id; None for any other (a rate-limit ask's)."""
-        kind, _, rest = reservation_id.partition("|")
-        size, _, rest = rest.partition("|")
-        if kind != "spend" or not size.isdigit() or rest[int(size):int(size) + 1] != "|":
-            return None
-        return rest[:int(size)], rest[int(size) + 1:]
-
-    def granted(self, hold: SpendHold | None, key: str, window: int, nano: int) -> bool:
-        """A strict grant; False when nobody holds it any more (the caller gives it back)."""
-        if hold is None or key not in self.limiters:
-            return False
-        if key in hold.strict_granted:
-            return True  # a repeated ask answered twice: the leader holds one reservation, and so do we
-        if hold.admitted or key not in {b.counter_key for b in hold.strict_wanted}:
-            return False
-        # Mirrored into this replica, so the cluster's view (and a new leader's seed) includes it.
-        self.limiters[key].record(nano, window=window)
-        self.sync.touch()
-        hold.strict_granted[key] = (window, nano)
-        return True
-
-    def refused(self, hold: SpendHold, key: str, error: InferenceError) -> None:
-        """A strict refusal: a spent budget is named as this engine names it, with what is spent."""
-        budget = self.budgets.get(key)
-        if isinstance(error, BudgetExceeded) and budget is not None:
-            limiter = self.limiters[key]
-            # Named as spent in full: what this request would need is not shown (nothing is left).
-            error = budget_exceeded(budget, max(limiter.usage().tokens, budget.nano), self.wall())
-        hold.strict_denied = error
+    def _strict(self, strict: list[Budget], cost: int, now: float, leader: Leader) -> Wait | Denied | None:
+        """None when every strict budget's lease covers ``cost``; else why not, in this order: a
+        budget too small for it or spent across the cluster, the leader out of reach, a lease
+        to wait for (asked for at once)."""
+        shorts: list[tuple[Budget, str]] = []
+        for b in strict:
+            lease = self.leases[b.counter_key]
+            if cost > b.nano:
+                return Denied(budget_exceeded(b, self.limiters[b.counter_key].usage().tokens, self.wall(), cost))
+            if not lease.fits((1, cost), now):
+                shorts.append((b, lease.short((1, cost), now, leader.available)))
+        for b, why in shorts:
+            if why == "spent":
+                left = self.leases[b.counter_key].left()
+                spent = b.nano - left if left is not None else self.limiters[b.counter_key].usage().tokens
+                return Denied(budget_exceeded(b, max(0, spent), self.wall(), cost))
+        if any(why == "unreachable" for _, why in shorts):
+            if leader.starting(now) and not leader.available:
+                return Wait(now + BUDGET_POLL_S)
+            unusable = next(self.leases[b.counter_key].unusable(now) for b, why in shorts if why == "unreachable")
+            return Denied(LeaderUnavailable(f"a strict spend budget needs the convention leader, which is "
+                                            f"unreachable, and {unusable}", retry_after_s=self.failure_timeout_s))
+        if shorts:
+            return Wait(min(self.leases[b.counter_key].wait_until(now) for b, _ in shorts))
+        return None
 
     def _exhausted(self, budget: Budget, cost: int) -> bool:
         return self.limiters[budget.counter_key].usage().tokens + cost > budget.nano
@@ -306,8 +275,9 @@ class BudgetBook:
             return to_nano(usd) if usd is not None else estimate_nano
         return 0  # the provider answered with an error before any output: nothing generated
 
-    def settle(self, hold: SpendHold, request_id: str) -> list[SettleStrictSpend]:
-        """At the terminal: replace every reservation by what the request was charged."""
+    def settle(self, hold: SpendHold) -> None:
+        """At the terminal: replace every reservation by what the request was charged (under a
+        strict budget's lease too: what this engine reports spent at its next ask)."""
         actual = hold.spent_nano
         for b, reservation in hold.reserved:
             limiter = self.limiters[b.counter_key]
@@ -316,18 +286,30 @@ class BudgetBook:
             else:
                 limiter.release(reservation)
         hold.reserved = []
-        out = []
-        for key, (window, nano) in hold.strict_granted.items():
-            mirrored = Reservation(window, 1, nano)
-            limiter = self.limiters[key]
-            if hold.sent:
-                limiter.reconcile(mirrored, actual)
-            else:
-                limiter.release(mirrored)
-            out.append(SettleStrictSpend(key, self.reservation_id(request_id, self.budgets[key]), actual, hold.sent))
-        hold.strict_granted = {}
         self.sync.touch()
-        return out
+
+    # -- leases of strict budgets ----------------------------------------------------------
+
+    def arrived(self, hold: SpendHold) -> None:
+        """A request came in: what each strict budget's lease asks for follows it."""
+        for b in hold.budgets:
+            if b.mode == "strict":
+                self.leases[b.counter_key].holder.arrive((1, hold.estimate_nano))
+
+    def blocked_until(self, now: float) -> float | None:
+        """When to look again at a request that waits for a lease (None: none does)."""
+        return min((lease.wait_until(now) for lease in self.leases.values() if lease.holder.blocked), default=None)
+
+    def refresh_due(self, now: float) -> float | None:
+        return min((t for lease in self.leases.values() if (t := lease.due(now)) is not None), default=None)
+
+    def asks(self, now: float, backlog: Callable[[str], Pair]) -> list[AskLease]:
+        """The lease asks due now, each with what waits for its budget in the queue."""
+        return [ask for key, lease in self.leases.items() if (ask := lease.ask(now, backlog(key))) is not None]
+
+    def offered(self, key: str, grant: LeaseGrant, now: float) -> bool:
+        lease = self.leases.get(key)
+        return lease is not None and lease.holder.granted(grant, now)
 
     # -- sync and status -----------------------------------------------------------------
 
@@ -372,52 +354,54 @@ class BudgetBook:
 
 class SpendGate:
     """One engine's spend budgets at admission, before its rate limits: once per request, for all
-    its attempts. Approximate budgets reserve in the book's replicas; strict ones are one
-    handshake with the leader's strict limiter per request: asked (repeated every
-    ``STRICT_ASK_TIMEOUT_S`` under the same id), granted or refused, a grant nobody wants any
-    more given straight back, and settled at the request's terminal."""
+    its attempts. Approximate budgets reserve in the book's replicas; strict ones are spent
+    locally under the lease this engine holds of each from the leader (core/leases.py), asked
+    for in the background with what the queue waits for, as the deployment's strict rate
+    limits are."""
 
     def __init__(self, book: BudgetBook, host: AdmissionHost, leader: Leader, provider: str) -> None:
         self.book = book
         self.host = host
         self.leader = leader
         self.provider = provider
+        self.backlog: Callable[[str], Pair] = lambda key: (0, 0)   # what waits for budget ``key`` (the core sets it)
 
     def admit(self, hold: SpendHold, request_id: str, now: float) -> Wait | Denied | None:
         """None when admitted (or when no budget applies)."""
         if not hold.budgets or hold.admitted:
             return None
-        if not hold.reserved and any(b.mode != "strict" for b in hold.budgets):
+        if any(b.mode != "strict" for b in hold.budgets):
             outside = self.leader.spend_outside(now, self.provider)
             if outside is not None:
                 return outside
-        verdict = self.book.admit(hold, now, self.leader.available, self.leader.lost, request_id)
-        if isinstance(verdict, list):
-            for ask in verdict:
-                self.host.emit(ask)
-            return Wait(now + STRICT_ASK_TIMEOUT_S)
+        verdict = self.book.admit(hold, now, self.leader)
+        if isinstance(verdict, Wait):
+            self.refresh(now)
+            blocked = self.book.blocked_until(now)   # after the ask just sent: its answer is awaited
+            if blocked is not None:
+                verdict = Wait(blocked)
         if isinstance(verdict, Denied):
             verdict.error.provider = self.provider
         return verdict
 
-    def granted(self, hold: SpendHold | None, key: str, reservation_id: str, window: int, nano: int) -> bool:
-        """The leader's grant of budget ``key``: True when the request holding ``hold`` took it (or
-        had it already)."""
-        if self.book.granted(hold, key, window, nano):
-            return True
-        self.host.emit(give_back(key, reservation_id))  # nobody wants it any more (ended, or refused elsewhere)
-        return False
+    def arrived(self, hold: SpendHold) -> None:
+        self.book.arrived(hold)
 
-    def refused(self, hold: SpendHold | None, key: str, error: InferenceError) -> bool:
-        """The leader's refusal of budget ``key``: True when the request was still waiting for it."""
-        if hold is None or hold.admitted:
-            return False
-        self.book.refused(hold, key, error)
-        return True
+    def refresh_due(self) -> float | None:
+        return self.book.refresh_due(self.book.clock()) if self.leader.available else None
 
-    def settle(self, hold: SpendHold, request_id: str) -> None:
-        for effect in self.book.settle(hold, request_id):
-            self.host.emit(effect)
+    def refresh(self, now: float) -> None:
+        """Ask the leader for the leases due: what this engine spent of each, holds and wants."""
+        if self.leader.available:
+            for ask in self.book.asks(now, self.backlog):
+                self.host.emit(ask)
+
+    def offered(self, key: str, grant: LeaseGrant, now: float) -> bool:
+        """The leader's answer for budget ``key``: True when this engine took it (its queue may move)."""
+        return self.book.offered(key, grant, now)
+
+    def settle(self, hold: SpendHold) -> None:
+        self.book.settle(hold)
 
     def publish(self, now: float) -> None:
         for effect in self.book.publish(now):
@@ -426,11 +410,6 @@ class SpendGate:
     def merge(self, e: PeerCounts) -> bool:
         """Another slot's counts of one of these budgets: True when they were one of its budgets."""
         return e.origin != self.book.slot and self.book.merge(e.key, e.delta, e.sent_unix)
-
-
-def give_back(key: str, reservation_id: str) -> SettleStrictSpend:
-    """A strict spend grant nobody holds: released at the leader, nothing spent."""
-    return SettleStrictSpend(key, reservation_id, 0, False)
 
 
 @dataclass(frozen=True)

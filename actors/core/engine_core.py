@@ -13,8 +13,8 @@ replaced. Every dispatched attempt has a scheduled end, deadline or not.
 
 What it decides with, one concern each (docs/architecture.md, "The engine"):
 :class:`~actors.core.admission.BreakerGate` and :class:`~actors.core.admission.BudgetGate`
-(admission), :class:`~actors.core.budget.SpendGate` (spend budgets, the strict-spend
-handshake), :class:`~actors.core.caller_fault.Hearing` (what the breaker hears, whose fault
+(admission), :class:`~actors.core.budget.SpendGate` (spend budgets, strict ones under
+leases), :class:`~actors.core.caller_fault.Hearing` (what the breaker hears, whose fault
 a 5xx is), :class:`~actors.core.timer_heap.TimerHeap`, :class:`~actors.core.jobs.Workers`,
 :class:`~actors.core.retry.RetryEngine` and :class:`~actors.core.stats.Terminals`.
 """
@@ -31,7 +31,7 @@ from actors.core import engine_events as ev
 from actors.core.admission import (TICK_S, Admission, Admit, BreakerGate, BudgetGate, Denied, Held, Leader, Refuse,
                                    Wait)
 from actors.core.breaker import BreakerView, CircuitState
-from actors.core.budget import BudgetBook, SpendGate, SpendHold, give_back
+from actors.core.budget import BudgetBook, SpendGate, SpendHold
 from actors.core.caller_fault import JUDGE_WAIT_S, Hearing
 from actors.core.jobs import ABANDON_GRACE_S, Attempt, Job
 from actors.core.pricing import Price, cost_usd
@@ -98,6 +98,8 @@ class EngineCore:
                                                        slot=slot, key=deployment.limit_key, clock=clock, wall=wall,
                                                        sync_interval_s=sync_interval_s), spend)
         self.admission.budget.backlog = self._backlog
+        if spend is not None:
+            spend.backlog = self._spend_backlog
         self.hearing = Hearing(self, breaker, self.timers, slot=slot, provider=deployment.provider)
         self.terminals = Terminals(node=node, model=deployment.model, provider=deployment.provider, price=price,
                                    clock=clock, wall=wall)
@@ -121,7 +123,7 @@ class EngineCore:
         return self._effects()
 
     def next_wakeup(self) -> float | None:
-        candidates = [self.timers.next(), self.breaker.flush_at, self.admission.budget.refresh_due(), *self._sync_dues()]
+        candidates = [self.timers.next(), self.breaker.flush_at, *self.admission.refresh_dues(), *self._sync_dues()]
         return min((t for t in candidates if t is not None), default=None)
 
     def status(self) -> dict[str, Any]:
@@ -208,6 +210,12 @@ class EngineCore:
         jobs = [job for _, job in self.queue.items()]
         return len(jobs), sum(job.estimate for job in jobs)
 
+    def _spend_backlog(self, key: str) -> tuple[int, int]:
+        """What waits in the queue for spend budget ``key`` (requests, estimated nano-USD)."""
+        jobs = [job for _, job in self.queue.items()
+                if not job.spend.admitted and any(b.counter_key == key for b in job.spend.budgets)]
+        return len(jobs), sum(job.spend.estimate_nano for job in jobs)
+
     # -- requests in -------------------------------------------------------------------
 
     def _on_Accept(self, e: ev.Accept, now: float) -> None:
@@ -262,7 +270,7 @@ class EngineCore:
     def _accepted(self, job: Job) -> None:
         self.jobs[job.request_id] = job
         self.terminals.accepted += 1
-        self.admission.budget.arrived(job)
+        self.admission.arrived(job)
         if job.deadline is not None:
             self.timers.at(job.deadline, "deadline", job)
 
@@ -276,6 +284,7 @@ class EngineCore:
 
     def _pump(self, now: float) -> None:
         """Move queued jobs to idle workers, in priority order, as far as breaker and budget allow."""
+        self.admission.unblock()
         while (head := self.queue.peek()) is not None:
             job = head[1]
             if job.expired(now):
@@ -316,38 +325,12 @@ class EngineCore:
         self.breaker.probe_refused(e.token, now)
 
     def _on_StrictLeader(self, e: ev.StrictLeader, now: float) -> None:
-        self.admission.budget.leader_changed(e.available, e.shares, now, e.in_cluster)
+        self.admission.leader_changed(e.available, e.shares, now, e.in_cluster)
         self._pump(now)
 
     def _on_LeaseOffered(self, e: ev.LeaseOffered, now: float) -> None:
-        if self.admission.budget.offered(e.grant, now):
+        if self.admission.offered(e.key, e.grant, now):
             self._pump(now)
-
-    # The leader's strict limiter answers an ask of the spend gate (once per request); each id
-    # names its request.
-
-    def _on_StrictGranted(self, e: ev.StrictGranted, now: float) -> None:
-        spend, rid = self.admission.spend, e.reservation_id
-        owner = BudgetBook.parse_reservation(rid)
-        if owner is None:
-            return
-        if spend is not None:
-            taken = spend.granted(self._hold(owner[0]), owner[1], rid, e.window, e.tokens)
-        else:  # no spend budgets here (any more): given straight back, nothing new to pump
-            self.emit(give_back(owner[1], rid))
-            return
-        if taken:
-            self._pump(now)
-
-    def _on_StrictRefused(self, e: ev.StrictRefused, now: float) -> None:
-        spend, rid = self.admission.spend, e.reservation_id
-        owner = BudgetBook.parse_reservation(rid)
-        if owner is not None and spend is not None and spend.refused(self._hold(owner[0]), owner[1], e.error):
-            self._pump(now)
-
-    def _hold(self, request_id: str) -> SpendHold | None:
-        job = self.jobs.get(request_id)
-        return job.spend if job is not None else None
 
     def _on_PeerCounts(self, e: ev.PeerCounts, now: float) -> None:
         self.admission.merge(e)
@@ -480,7 +463,7 @@ class EngineCore:
             self.breaker.flush()
         if any(due is not None and due <= now for due in self._sync_dues()):
             self._publish(now)
-        self.admission.budget.refresh(now)
+        self.admission.refresh(now)
         self.timers.pump_due(now)
         self._pump(now)
 

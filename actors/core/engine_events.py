@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from actors.core.leases import LeaseAsk, LeaseGrant
-from actors.core.ratelimit import CounterDelta
+from actors.core.ratelimit import CounterDelta, RateLimits
 from actors.errors import InferenceError
 from actors.types import InferenceRequest, ToolCall, Usage
 
@@ -105,24 +105,11 @@ class StrictLeader:
 
 
 @dataclass(frozen=True)
-class StrictGranted:
-    """The leader's grant of a strict spend budget's ask (once per request)."""
-
-    reservation_id: str
-    window: int
-    tokens: int
-
-
-@dataclass(frozen=True)
-class StrictRefused:
-    reservation_id: str
-    error: InferenceError
-
-
-@dataclass(frozen=True)
 class LeaseOffered:
-    """The leader's answer to a lease ask of this engine's strict budget (core/leases.py)."""
+    """The leader's answer to a lease ask of one of this engine's strict budgets (core/leases.py):
+    its rate limits' (the deployment's limit key) or a strict spend budget's (its counter key)."""
 
+    key: str
     grant: LeaseGrant
 
 
@@ -210,8 +197,10 @@ class AskProbe:
 
 @dataclass(frozen=True)
 class AskLease:
-    """Ask the leader for this engine's lease of its strict budget (what it spent, holds and wants)."""
+    """Ask the leader for this engine's lease of strict budget ``key`` (what it spent, holds and wants)."""
 
+    key: str
+    limits: RateLimits
     ask: LeaseAsk
 
 

@@ -7,8 +7,9 @@ from Gubernator's GLOBAL behaviour (hits are decided locally, the owner is told
 asynchronously); unlike GLOBAL, a lease is a hard bound, never an overshoot.
 
 A budget is a cap per window (``rpm``/``tpm`` of :class:`~actors.core.ratelimit.RateLimits`,
-or a spend budget's period), so a lease is an amount of one window, cumulative: "this
-client may have spent up to ``lease`` in window ``w``", what it spent included.
+or a strict spend budget's nano-USD over its period, requests unlimited), so a lease is an
+amount of one window, cumulative: "this client may have spent up to ``lease`` in window
+``w``", what it spent included.
 
 The invariant the :class:`LeaseTable` keeps, per window and limited dimension::
 
@@ -34,8 +35,9 @@ from dataclasses import dataclass, field
 from actors.core.ratelimit import RateLimits, window_at
 
 __all__ = ["LeaseAsk", "LeaseGrant", "LeaseTable", "LeaseHolder", "Pair", "LEASE_TTL_S", "REFRESH_S", "HORIZON_S",
-           "fits"]
+           "fits", "incarnation"]
 
+INCARNATION_SHIFT = 28  # a client's asks are numbered ``incarnation << 28 | n`` (see ``incarnation``)
 LEASE_TTL_S = 3.0   # how long a grant may be spent without a newer one (and how long a new leader learns)
 REFRESH_S = 0.2     # how often an active client asks again
 HORIZON_S = 1.0     # a client wants what it expects to be asked for in this long, plus its queue
@@ -55,6 +57,7 @@ class LeaseAsk:
     held: Limit         # that grant's amounts (a new leader counts them while it learns)
     spent: Pair
     want: Pair          # more than ``spent`` it would like to have
+    need: Pair = (0, 0)  # the request it is blocked on: less room than this is no use to it
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,14 @@ class LeaseGrant:
     lease: Limit
     ttl_s: float
     left: Limit = (None, None)   # the window's room not yet spent anywhere (unspent leases included)
+
+
+def incarnation(wall: float) -> int:
+    """The ``first_seq`` of a holder whose client name outlives it (a spend budget's stable counter
+    slot): numbered from the wall clock in tenths of a second, so a restarted holder's asks are
+    all later than its predecessor's and the table knows a new incarnation when it asks
+    (``_Client.restarted``). Holders numbered from 0 are one incarnation for ever."""
+    return int(wall * 10) << INCARNATION_SHIFT
 
 
 def fits(lease: Limit, spent: Pair, cost: Pair) -> bool:
@@ -84,9 +95,23 @@ class _Client:
     grants: dict[int, tuple[Pair, float]] = field(default_factory=dict)   # seq -> (amounts, expires at)
     floor: Pair = (0, 0)     # expired grants and what a new leader learned: spent under them is unknown
     spent: Pair = (0, 0)
+    gone: Pair = (0, 0)      # what earlier incarnations may have spent that this one's count lacks
+    incarnation: int = 0
+
+    def held(self) -> Pair:
+        return _max(self.floor, self.spent, *(amounts for amounts, _ in self.grants.values()))
 
     def counted(self) -> Pair:
-        return _max(self.floor, self.spent, *(amounts for amounts, _ in self.grants.values()))
+        held = self.held()
+        return (held[0] + self.gone[0], held[1] + self.gone[1])
+
+    def restarted(self, incarnation: int, spent: Pair) -> None:
+        """A later incarnation of this client asks (a restarted engine on a stable slot): its
+        predecessor may have spent up to what it held, and the part the new one does not count
+        (``spent`` is its count) stays counted, on top of whatever the new one is granted."""
+        held = self.held()
+        self.gone = (self.gone[0] + max(0, held[0] - spent[0]), self.gone[1] + max(0, held[1] - spent[1]))
+        self.grants, self.floor, self.incarnation = {}, (0, 0), incarnation
 
 
 class LeaseTable:
@@ -102,6 +127,7 @@ class LeaseTable:
         self.ready_at = clock() + (ttl_s if learning_s is None else learning_s)
         self.windows: dict[int, dict[str, _Client]] = {}
         self.wants: dict[str, tuple[Pair, float]] = {}   # client -> (want, when last heard)
+        self.needs: dict[str, Pair] = {}
 
     @property
     def learning(self) -> bool:
@@ -120,15 +146,22 @@ class LeaseTable:
         current, _ = window_at(self.limits, self.wall())
         clients = self.windows.setdefault(a.window, {}) if current - 1 <= a.window <= current + 1 else {}
         c = clients.setdefault(a.client, _Client())
+        incarnation = a.seq >> INCARNATION_SHIFT
+        if incarnation < c.incarnation:   # a dead predecessor's late ask: nothing for it
+            return LeaseGrant(a.client, a.seq, a.window, tuple(None if cap is None else 0  # type: ignore[arg-type]
+                                                              for cap in self.caps(a.window)), self.ttl_s)
+        if incarnation > c.incarnation:
+            c.restarted(incarnation, a.spent)
         c.spent = a.spent
         for seq in [s for s in c.grants if s < a.holding]:
             del c.grants[seq]   # superseded: the client spends under ``holding`` now
         if a.holding and a.holding not in c.grants:
             c.floor = _max(c.floor, tuple(v or 0 for v in a.held))  # type: ignore[arg-type]  # another leader's grant
         self.wants[a.client] = (a.want, now)
+        self.needs[a.client] = a.need
         caps = self.caps(a.window)
         if self.learning or a.window not in self.windows:
-            lease = tuple(None if cap is None else n for cap, n in zip(caps, c.counted()))
+            lease = tuple(None if cap is None else n for cap, n in zip(caps, c.held()))
         else:
             lease = self._share(a.client, c, clients, caps, now)
         amounts = tuple(n if n is not None else 0 for n in lease)
@@ -145,10 +178,10 @@ class LeaseTable:
                 out.append(None)
                 continue
             others = sum(o.counted()[d] for name, o in clients.items() if name != me)
-            free = cap - others - c.spent[d]
+            free = cap - others - c.spent[d] - c.gone[d]
             # The pool the active clients' wants divide: nobody's spend comes back, and an idle
             # or lost client's unspent lease does only when it says so (or never, once expired).
-            base = sum(o.spent[d] if name in active else o.counted()[d] for name, o in clients.items())
+            base = sum(o.spent[d] + o.gone[d] if name in active else o.counted()[d] for name, o in clients.items())
             pool = cap - base
             wanted = sum(w[d] for w in active.values())
             want = active.get(me, (0, 0))[d]
@@ -156,12 +189,20 @@ class LeaseTable:
             # (1 left, three clients wanting: 0 each) while every client waits for them. At most
             # one over a client's exact part; ``free`` keeps the sum within the cap.
             fair = pool if wanted <= pool else -(-pool * want // max(1, wanted))
-            out.append(c.spent[d] + max(0, min(want, fair, free)))
+            room = max(0, min(want, fair, free))
+            need = self.needs.get(me, (0, 0))[d]
+            if room < need:
+                # Room smaller than the request it waits for is no use to it and no one else's
+                # while it holds it: every client would wait on a fragment (costs are not one
+                # unit, as a spend budget's are not) and none would be refused. So it gets what
+                # that request needs, first come first served, or gives its fragment back.
+                room = need if free >= need else 0
+            out.append(c.spent[d] + room)
         return tuple(out)  # type: ignore[return-value]
 
     @staticmethod
     def _left(clients: Mapping[str, _Client], caps: Limit) -> Limit:
-        return tuple(None if cap is None else cap - sum(max(o.spent[d], o.floor[d]) for o in clients.values())
+        return tuple(None if cap is None else cap - sum(max(o.spent[d], o.floor[d]) + o.gone[d] for o in clients.values())
                      for d, cap in enumerate(caps))  # type: ignore[return-value]
 
     def expire(self, now: float) -> None:
@@ -177,10 +218,12 @@ class LeaseTable:
                         del c.grants[seq]
         for name in [n for n, (_, seen) in self.wants.items() if now - seen > self.ttl_s]:
             del self.wants[name]
+            self.needs.pop(name, None)
 
     def lose(self, client: str) -> None:
         """A client known gone: its demand no longer counts (its grants do, until they expire and after)."""
         self.wants.pop(client, None)
+        self.needs.pop(client, None)
 
     def seed(self, window: int, spent: Mapping[str, Pair]) -> None:
         """After learning: what every slot spent in ``window``, from the cluster's counters (the
@@ -200,19 +243,20 @@ class LeaseHolder:
     """One client's side: the grant it spends under, when to ask again, and what it wants."""
 
     def __init__(self, client: str, *, clock: Callable[[], float], refresh_s: float = REFRESH_S,
-                 horizon_s: float = HORIZON_S) -> None:
+                 horizon_s: float = HORIZON_S, first_seq: int = 0) -> None:
         self.client = client
         self.clock = clock
         self.refresh_s, self.horizon_s = refresh_s, horizon_s
         self.grant: LeaseGrant | None = None
         self.expires = 0.0
         self.acked = True            # the leader heard which grant we hold
-        self.seq = 0
+        self.seq = first_seq         # asks are numbered after it
         self.sent: dict[int, float] = {}     # asks not answered yet: seq -> when sent
         self.last_ask = -math.inf
         self.arrived: list[int] = [0, 0]     # asked of this client since the last ask
         self.rate: tuple[float, float] = (0.0, 0.0)   # per second, smoothed
         self.blocked = False          # a request waits for more than the grant allows
+        self.need: Pair = (0, 0)      # what that request costs
 
     # -- spending --------------------------------------------------------------------
 
@@ -259,7 +303,8 @@ class LeaseHolder:
         self.last_ask = now
         self.acked = True
         return LeaseAsk(self.client, self.seq, window, g.seq if g is not None else 0,
-                        g.lease if g is not None else (None, None), spent, want)  # type: ignore[arg-type]
+                        g.lease if g is not None else (None, None), spent, want,  # type: ignore[arg-type]
+                        self.need if self.blocked else (0, 0))
 
     def granted(self, g: LeaseGrant, now: float) -> bool:
         """Take a grant: only the answer to an ask still out, newer than the one held, not yet expired."""

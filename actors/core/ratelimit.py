@@ -26,7 +26,6 @@ from typing import Any, Literal
 from actors.errors import BudgetExceeded
 from actors.core.gcounter import GCounter
 from actors.core.periods import Period
-from actors.core.settlement import apply_settlement, settlement
 
 __all__ = ["RateLimits", "Reservation", "WindowedLimiter", "WindowUsage", "SyncSchedule", "CounterDelta",
            "estimate_tokens", "window_at", "COUNTERS"]
@@ -423,46 +422,3 @@ class WindowedLimiter:
         start = period.start(window) if period is not None else window * self.limits.window_s
         return WindowUsage(window, start, requests, tokens,
                            self.limits.rpm, self.limits.tpm)
-
-
-class StrictLedger:
-    """Exact admission for one budget: a single decider that tracks every reservation until settled.
-
-    A reservation whose request never reports back (its engine or node died) is dropped
-    from the ledger after ``reservation_ttl_s`` and its estimate stays charged: the request
-    may well have reached the provider, and a hard cap must not be exceeded on a guess.
-    """
-
-    def __init__(self, limits: RateLimits, reservation_ttl_s: float = 660.0,
-                 wall_clock: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limiter = WindowedLimiter("strict", limits, wall_clock, exclusive=True)
-        self.reservation_ttl_s = reservation_ttl_s
-        self._clock = clock
-        self.outstanding: dict[str, tuple[Reservation, float]] = {}
-
-    def acquire(self, reservation_id: str, tokens: int, requests: int = 1) -> Reservation | BudgetExceeded:
-        if reservation_id in self.outstanding:
-            return self.outstanding[reservation_id][0]  # a retried ask: grant it once
-        verdict = self.limiter.try_acquire(tokens, requests)
-        if isinstance(verdict, Reservation):
-            self.outstanding[reservation_id] = (verdict, self._clock() + self.reservation_ttl_s)
-        return verdict
-
-    def settle(self, reservation_id: str, actual_tokens: int | None, sent: bool) -> bool:
-        """Reconcile with reported usage, or release what never reached the provider."""
-        entry = self.outstanding.pop(reservation_id, None)
-        if entry is None:
-            return False
-        apply_settlement(self.limiter, entry[0], settlement(sent, actual_tokens))
-        return True
-
-    def expire(self) -> int:
-        now = self._clock()
-        expired = [rid for rid, (_, deadline) in self.outstanding.items() if deadline <= now]
-        for rid in expired:
-            del self.outstanding[rid]
-        return len(expired)
-
-    def seed(self, state: Mapping[int, Mapping[str, Mapping[str, int]]]) -> None:
-        """Start from the cluster's view of the window (after a leader restart)."""
-        self.limiter.merge(state)

@@ -19,7 +19,7 @@ from typing import Any
 from thespian.actors import ActorExitRequest, PoisonMessage
 
 from actors.core import engine_events as ev
-from actors.core.budget import AskStrictSpend, PublishSpend, SettleStrictSpend
+from actors.core.budget import PublishSpend
 from actors.core.engine_core import EngineCore
 from actors.core.leases import LeaseGrant
 from actors.core.load import LoadTracker
@@ -34,8 +34,7 @@ from actors.runtime.protocol import (BreakerAdmitted, BreakerCheck, BreakerOutco
                                      BreakerState, BreakerSubscribe, Dispatch, Drained, EngineInit,
                                      EngineReady, EngineStatus, FirstToken, FirstTokenHeard, LimiterDelta,
                                      LimiterRegister, SessionRefresh,
-                                     SessionSubscribe, SessionVersion, StrictAcquire, LeaseOffer, LeaseRefresh, StrictDenied, StrictGrant,
-                                     StrictSettle, WorkerResult)
+                                     SessionSubscribe, SessionVersion, LeaseOffer, LeaseRefresh, WorkerResult)
 from actors.types import Cancel, Failed
 
 log = logger("atomr.engine")
@@ -45,9 +44,8 @@ _EVENTS: dict[type, Callable[[Any], Any]] = {
     BreakerState: lambda m: ev.BreakerChanged(m.snapshot),
     BreakerAdmitted: lambda m: ev.ProbeAdmitted(m.token, m.generation),
     BreakerRefused: lambda m: ev.ProbeRefused(m.token),
-    StrictGrant: lambda m: ev.StrictGranted(m.reservation_id, m.window, m.tokens),
-    LeaseOffer: lambda m: ev.LeaseOffered(LeaseGrant(m.client, m.seq, m.window, tuple(m.lease), m.ttl_s, tuple(m.left))),
-    StrictDenied: lambda m: ev.StrictRefused(m.reservation_id, m.error),
+    LeaseOffer: lambda m: ev.LeaseOffered(m.key, LeaseGrant(m.client, m.seq, m.window, tuple(m.lease), m.ttl_s,
+                                                            tuple(m.left))),
     LimiterDelta: lambda m: ev.PeerCounts(m.key, m.delta, m.origin, m.sent_unix),
     SessionVersion: lambda m: ev.SessionChanged(m.version, m.ok, m.error),
     Cancel: lambda m: ev.CancelRequested(m.request_id),
@@ -196,14 +194,6 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         assert core.book is not None   # spend is published by the book of budgets that spends it
         self.send(init.limiter, LimiterDelta(e.key, e.delta, core.book.slot, e.limits, sent_unix=e.sent_unix))
 
-    def _do_AskStrictSpend(self, e: AskStrictSpend) -> None:
-        if self.strict_address is not None:
-            self.send(self.strict_address, StrictAcquire(e.key, e.limits, e.reservation_id, e.nano))
-
-    def _do_SettleStrictSpend(self, e: SettleStrictSpend) -> None:
-        if self.strict_address is not None:
-            self.send(self.strict_address, StrictSettle(e.key, e.reservation_id, e.actual_nano, e.sent))
-
     def _do_DispatchTo(self, e: ev.DispatchTo) -> None:
         self.send(self._address_of(e.index), Dispatch(e.request, e.reply_to, e.attempt, e.min_session_version, e.index))
 
@@ -220,10 +210,10 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         self.send(self._made()[0].breaker, BreakerCheck(e.token))
 
     def _do_AskLease(self, e: ev.AskLease) -> None:
-        dep, a = self._made()[0].deployment, e.ask
+        a = e.ask
         if self.strict_address is not None:
-            self.send(self.strict_address, LeaseRefresh(dep.limit_key, dep.limits, a.client, a.seq, a.window,
-                                                        a.holding, a.held, a.spent, a.want))
+            self.send(self.strict_address, LeaseRefresh(e.key, e.limits, a.client, a.seq, a.window, a.holding, a.held,
+                                                        a.spent, a.want, a.need))
 
     def _do_PublishCounts(self, e: ev.PublishCounts) -> None:
         init, core = self._made()

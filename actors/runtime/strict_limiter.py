@@ -1,8 +1,9 @@
 """StrictRateLimiterActor: ``mode: strict`` budgets, one per cluster, on the leader.
 
-Rate limits are leased (core/leases.py): every engine asks for its share of the window
-every ``REFRESH_S`` while it has demand and spends it locally, so no call waits for this
-actor. Strict spend budgets are still one round trip per request (``StrictAcquire``).
+Strict rate limits and strict spend budgets alike are leased (core/leases.py): every engine
+asks for its share of the window (a spend budget's: of its period's nano-USD) every
+``REFRESH_S`` while it has demand and spends it locally, so no call waits for this actor.
+One :class:`LeaseTable` per budget key (the deployment's limit key, a spend budget's counter key).
 
 It starts empty after a leader restart. For one lease length (``LEASE_TTL_S``, also
 ``SETTLE_S``) it only renews what engines say they hold, and leaves the rest ungranted: every
@@ -19,16 +20,13 @@ from typing import Any
 from actors.runtime.base import GatewayActor
 
 from actors.runtime.logs import logger
-from actors.runtime.protocol import (LeaseOffer, LeaseRefresh, LimiterDelta, LimiterStateRequest, StrictAcquire,
-                                     StrictDenied, StrictGrant, StrictInit, StrictSettle)
+from actors.runtime.protocol import LeaseOffer, LeaseRefresh, LimiterDelta, LimiterStateRequest, StrictInit
 from actors.core.leases import LEASE_TTL_S, LeaseAsk, LeaseTable
-from actors.core.ratelimit import Reservation, StrictLedger
 
 log = logger("atomr.strict")
 
 SETTLE_S = LEASE_TTL_S
 SEED_TIMEOUT_S = 1.0     # how long the hub has to answer with the cluster's view
-EXPIRE_EVERY_S = 5.0
 
 
 class StrictRateLimiterActor(GatewayActor):
@@ -37,12 +35,7 @@ class StrictRateLimiterActor(GatewayActor):
         self.node = ""
         self.hub = None
         self.started = time.monotonic()
-        self.ledgers: dict[str, StrictLedger] = {}
-        self.seeded: set[str] = set()
-        self.waiting: list[tuple[StrictAcquire, Any]] = []
         self.leases: dict[str, LeaseTable] = {}
-
-    # -- leases of strict rate limits --------------------------------------------------
 
     def receiveMsg_LeaseRefresh(self, msg: LeaseRefresh, sender: Any) -> None:
         table = self.leases.get(msg.key)
@@ -54,7 +47,8 @@ class StrictRateLimiterActor(GatewayActor):
             self.timers.after("lease_seed", max(0.0, remaining))
         try:
             grant = table.ask(LeaseAsk(msg.client, int(msg.seq), int(msg.window), int(msg.holding),
-                                       tuple(msg.held), tuple(msg.spent), tuple(msg.want)))  # type: ignore[arg-type]
+                                       tuple(msg.held), tuple(msg.spent),  # type: ignore[arg-type]
+                                       tuple(msg.want), tuple(msg.need)))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return log.warning("strict limiter: a malformed lease ask for %s from %s", msg.key, sender)
         self.send(sender, LeaseOffer(msg.key, grant.client, grant.seq, grant.window, grant.lease, grant.ttl_s,
@@ -91,71 +85,7 @@ class StrictRateLimiterActor(GatewayActor):
         self.node = msg.node
         self.hub = msg.hub
 
-    def receiveMsg_StrictAcquire(self, msg: StrictAcquire, sender: Any) -> None:
-        if msg.key not in self.ledgers:
-            self.ledgers[msg.key] = StrictLedger(msg.limits)
-        self.timers.after("expire", EXPIRE_EVERY_S)
-        if msg.key not in self.seeded:
-            self.waiting.append((msg, sender))
-            remaining = SETTLE_S - (time.monotonic() - self.started)
-            if remaining <= 0:
-                self._seed(msg.key)
-            else:
-                self.timers.after("seed", remaining)
-            return
-        self._decide(msg, sender)
-
-    def _seed(self, key: str) -> None:
-        if self.hub is None:
-            self._seeded(key)  # a leader without a hub has no history to start from
-        else:
-            self.send(self.hub, LimiterStateRequest(key))
-
     def receiveMsg_LimiterDelta(self, msg: LimiterDelta, sender: Any) -> None:
         table = self.leases.get(msg.key)
-        if table is not None:
-            if table.ready_at == float("inf"):
-                self._seed_leases(msg.key, msg.delta)
-            return
-        ledger = self.ledgers.get(msg.key)
-        if ledger is not None and msg.key not in self.seeded:
-            ledger.seed(msg.delta)
-            self._seeded(msg.key)
-
-    def _seeded(self, key: str) -> None:
-        self.seeded.add(key)
-        ready = [(m, s) for m, s in self.waiting if m.key == key]
-        self.waiting = [(m, s) for m, s in self.waiting if m.key != key]
-        for msg, sender in ready:
-            self._decide(msg, sender)
-
-    def _decide(self, msg: StrictAcquire, sender: Any) -> None:
-        verdict = self.ledgers[msg.key].acquire(msg.reservation_id, msg.tokens)
-        if isinstance(verdict, Reservation):
-            self.send(sender, StrictGrant(msg.reservation_id, verdict.window, verdict.tokens))
-        else:
-            self.send(sender, StrictDenied(msg.reservation_id, verdict))
-
-    def receiveMsg_StrictSettle(self, msg: StrictSettle, sender: Any) -> None:
-        ledger = self.ledgers.get(msg.key)
-        if ledger is not None:
-            ledger.settle(msg.reservation_id, msg.actual_tokens, msg.sent)
-
-    def timer_seed(self, _: Any) -> None:
-        for key in {m.key for m, _ in self.waiting} - self.seeded:
-            self._seed(key)
-        # If the hub does not answer, proceed rather than hold admission forever.
-        self.timers.after("seed_timeout", SEED_TIMEOUT_S)
-
-    def timer_seed_timeout(self, _: Any) -> None:
-        for key in {m.key for m, _ in self.waiting} - self.seeded:
-            log.warning("strict limiter: no cluster view for %s; starting from zero", key)
-            self._seeded(key)
-
-    def timer_expire(self, _: Any) -> None:
-        for key, ledger in self.ledgers.items():
-            expired = ledger.expire()
-            if expired:
-                log.warning("strict limiter: %d reservation(s) for %s never settled; kept at their estimate",
-                            expired, key)
-        self.timers.after("expire", EXPIRE_EVERY_S)
+        if table is not None and table.ready_at == float("inf"):
+            self._seed_leases(msg.key, msg.delta)

@@ -100,8 +100,7 @@ TABLE: dict[tuple[str, str], frozenset[str]] = _rows({
     "actors.runtime.protocol.budget": {
         "LimiterHubRequest": "NL", "LimiterRegister": "NL",     # the HTTP listener's key budgets
         "LimiterDelta": "NLP", "LimiterStateRequest": "NLP",
-        "StrictAcquire": "NLP", "StrictSettle": "NLP", "StrictGrant": "NLP", "StrictDenied": "NLP",
-        "LeaseRefresh": "NLP", "LeaseOffer": "NLP",    # a strict budget's leases: engines <-> the leader
+        "LeaseRefresh": "NLP", "LeaseOffer": "NLP",    # strict budgets' leases (rate and spend): engines <-> the leader
         "LimiterQuery": "N", "LimiterUsage": "N", "LimiterPeers": "N", "LimiterHubIs": "N",
         "StrictLimiterIs": "N", "StrictInit": "N",
     },

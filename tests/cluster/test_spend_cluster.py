@@ -13,7 +13,7 @@ import pytest
 
 from actors import errors as E
 from actors.testing.load import open_loop
-from actors.types import Failed
+from actors.types import Completed, Failed
 
 from conftest import deployment, free_port, fresh_period, wait_for
 
@@ -60,11 +60,12 @@ def spend_cluster(gateway, mock, tmp_path):
     return make
 
 
-def run_flood(nodes, seconds=4.0, kill_after_s=None):
-    results: list = []
+def run_flood(nodes, seconds=4.0, kill_after_s=None, by_node=None):
+    """Every node's terminals, in one list (and each node's in ``by_node``, when given)."""
+    by_node = [[] for _ in nodes] if by_node is None else by_node
     rate = 10 * CALLS / seconds / len(nodes)  # ten times what the budget allows, spread over the nodes
     stop = threading.Event()
-    threads = [threading.Thread(target=flood, args=(client, "d1", rate, seconds, results,
+    threads = [threading.Thread(target=flood, args=(client, "d1", rate, seconds, by_node[i],
                                                      stop if i == len(nodes) - 1 else None))
                for i, (_, client, _) in enumerate(nodes)]
     for t in threads:
@@ -75,7 +76,7 @@ def run_flood(nodes, seconds=4.0, kill_after_s=None):
         nodes[-1][0].kill()  # SIGKILL to every process of the last node, mid-load
     for t in threads:
         t.join(60)
-    return results
+    return [r for results in by_node for r in results]
 
 
 def spent(rows):
@@ -114,13 +115,22 @@ def test_approximate_team_budget_stays_within_5_percent_and_a_killed_node_s_flus
     wait_for(seen, message="the restarted node to count its flushed spend")
 
 
-def test_strict_team_budget_is_never_over(spend_cluster, mock, tmp_path):
+def test_strict_team_budget_is_never_over_and_every_node_is_served(spend_cluster, mock, tmp_path):
+    """Leased (core/leases.py): each engine admits locally under its lease of the period's
+    nano-USD, so what reaches the provider, counted where it arrives, never costs more than the cap."""
     nodes, _, _ = spend_cluster("strict")
-    # A new strict limiter first waits (SETTLE_S) to seed itself from the cluster's counters.
+    # A new strict limiter first learns for a lease length (SETTLE_S) and seeds from the cluster's counters.
     assert nodes[1][1].complete("d1", [{"role": "user", "content": "hi"}], max_tokens=1, timeout_s=20,
                                 metadata={"http_team": "search"}).text
-    results = run_flood(nodes)
-    assert any(isinstance(r, Failed) and isinstance(r.error, E.BudgetExceeded) for r in results)
+    by_node: list[list] = [[] for _ in nodes]
+    results = run_flood(nodes, by_node=by_node)
+    refused = [r for r in results if isinstance(r, Failed) and isinstance(r.error, E.BudgetExceeded)]
+    assert refused and all(not r.error.retryable and r.error.limit.startswith("team=search/") for r in refused)
+    assert all("resets at" in r.error.message for r in refused)
+    served = [sum(isinstance(r, Completed) for r in results) for results in by_node]
+    assert all(n > 0 for n in served), served                     # every node got a share
+    # Every call that reached the provider (the warm-up's included) cost exactly COST.
+    assert mock.stats()["total"] <= CALLS, (mock.stats()["total"], CALLS)
     for node, _, _ in nodes:
         node.drain(5)
     wait_for(lambda: all(client.status().spend["ledger"]["queued"] == 0 for _, client, _ in nodes),
@@ -128,6 +138,7 @@ def test_strict_team_budget_is_never_over(spend_cluster, mock, tmp_path):
     total = sum(spent(ledger_rows(ledger)) for _, _, ledger in nodes)
     assert total <= BUDGET + 1e-12, (total, BUDGET)
     assert total >= BUDGET * 0.8, (total, BUDGET)
+    assert total == pytest.approx(mock.stats()["total"] * COST, abs=1e-9)
     # launch.py spend --cluster asks every node and sums what their ledgers say.
     config = tmp_path / "ask.yaml"
     config.write_text("deployments:\n  - {name: x, model: x, provider: openai, endpoint: 'http://127.0.0.1:9/v1'}\n"
@@ -139,3 +150,37 @@ def test_strict_team_budget_is_never_over(spend_cluster, mock, tmp_path):
     search = next(line for line in out.stdout.splitlines() if line.startswith("search"))
     assert int(search.split()[1]) == sum(len(ledger_rows(ledger)) for _, _, ledger in nodes)
     assert float(search.split()[3]) == pytest.approx(total, abs=1e-6)
+
+
+def test_strict_spend_with_its_leader_killed_fails_closed_then_leases_from_a_restarted_one(spend_cluster, gateway,
+                                                                                           mock):
+    nodes, dep, budgets = spend_cluster("strict", n=2)
+    member = nodes[1][1]
+    team = {"http_team": "search"}
+    assert member.complete("d1", [{"role": "user", "content": "hi"}], max_tokens=1, timeout_s=20, metadata=team).text
+    leader, _, leader_ledger = nodes[0]
+    port = leader.admin_port
+    leader.kill()
+
+    def refused():
+        try:
+            member.complete("d1", [{"role": "user", "content": "hi"}], max_tokens=1, timeout_s=5, metadata=team)
+        except E.LeaderUnavailable as error:
+            return "strict spend budget needs the convention leader" in error.message
+        return False
+    # What its lease still held may be spent first; then it fails closed, with a typed error.
+    wait_for(refused, timeout_s=20, interval_s=0.2, message="strict spend admission to fail closed")
+    _, again = gateway([dep], name="n0", port=port, cluster=FAST_CLUSTER, budgets=budgets,
+                       node={"ledger": leader_ledger})
+    wait_for(lambda: len(again.cluster_status(members_only=True).members) == 2, timeout_s=20,
+             message="the member to rejoin")
+
+    def admitted():
+        try:
+            return member.complete("d1", [{"role": "user", "content": "hi"}], max_tokens=1, timeout_s=10,
+                                   metadata=team).text
+        except E.LeaderUnavailable:
+            return False
+    # The new leader learns for a lease length, seeds from the cluster's counters, then leases.
+    wait_for(admitted, timeout_s=30, interval_s=0.2, message="strict spend admission to work again")
+    assert mock.stats()["total"] <= CALLS

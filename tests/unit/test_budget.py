@@ -9,10 +9,10 @@ import pytest
 
 from actors import errors as E
 from actors.core import engine_events as ev
-from actors.core.admission import Denied, Wait
+from actors.core.admission import Denied, Leader, Wait
 from actors.core.retry import RetryPolicy
-from actors.core.budget import (NANO, UNKNOWN_PRICE, AskStrictSpend, Budget, BudgetBook, BudgetSpec, SettleStrictSpend,
-                                 SpendHold)
+from actors.core.budget import NANO, UNKNOWN_PRICE, Budget, BudgetBook, BudgetSpec, SpendHold
+from actors.core.leases import LeaseGrant
 from actors.core.engine_core import EngineCore
 from actors.core.periods import parse_period
 from actors.core.pricing import Price
@@ -237,50 +237,138 @@ def test_budget_deltas_are_published_to_the_hub_and_peers_counts_are_merged():
     assert isinstance(rig.call("r2").error, E.BudgetExceeded)
 
 
-# -- strict budgets ---------------------------------------------------------------------
+# -- strict budgets: spent locally under a lease of the period (core/leases.py) ----------
 
-def test_a_strict_budget_reserves_at_the_leader_and_settles_the_real_cost():
-    budget = key_budget(1.0, mode="strict")
-    rig = BudgetRig([budget])
+def strict_rig(*budgets, **kw):
+    rig = BudgetRig(list(budgets) or [key_budget(1.0, mode="strict")], **kw)
     rig.feed(ev.StrictLeader(True, 1))
+    return rig
+
+
+def spend_asks(budget, effects):
+    """The lease asks of ``budget`` among ``effects``."""
+    return [e.ask for e in effects if isinstance(e, ev.AskLease) and e.key == budget.counter_key]
+
+
+def spend_offer(rig, budget, ask, nano, left=None, ttl_s=3.0):
+    """The leader's answer to ``ask``: may have spent up to ``nano`` of the period; ``left`` across the cluster."""
+    return rig.feed(ev.LeaseOffered(budget.counter_key, LeaseGrant(
+        ask.client, ask.seq, ask.window, (None, nano), ttl_s, (None, budget.nano if left is None else left))))
+
+
+def estimate_of(rig, rid):
+    return rig.core.jobs[rid].spend.estimate_nano
+
+
+def test_a_strict_spend_budget_admits_within_its_lease_with_no_round_trip_per_request():
+    budget = key_budget(1.0, mode="strict")
+    rig = strict_rig(budget)
     effects = rig.submit("r1", metadata={"http_key": "k1"})
-    (ask,) = [e for e in effects if isinstance(e, AskStrictSpend)]
-    assert ask.key == budget.counter_key and ask.nano > 0 and rig.dispatches() == []
-    window = budget.period.index(rig.wall())
-    rig.feed(ev.StrictGranted(ask.reservation_id, window, ask.nano))
+    estimate = estimate_of(rig, "r1")
+    (ask,) = spend_asks(budget, effects)
+    assert ask.window == budget.period.index(rig.wall()) and ask.spent == (0, 0) and ask.want[1] >= estimate
+    assert ask.held == (None, None) and ask.holding == 0 and rig.dispatches() == []   # nothing without a lease
+    spend_offer(rig, budget, ask, 3 * estimate)
     assert rig.dispatches("r1")
-    effects = rig.report("r1", usage=Usage(100, 50))
-    (settle,) = [e for e in effects if isinstance(e, SettleStrictSpend)]
-    assert settle == SettleStrictSpend(budget.counter_key, ask.reservation_id,
-                                       round(cost_of(Usage(100, 50)) * NANO), True)
+    for rid in ("r2", "r3"):
+        effects = rig.submit(rid, metadata={"http_key": "k1"})
+        assert rig.dispatches(rid, effects) and rig.of(ev.AskLease, effects) == []    # spent locally
+        rig.report(rid, usage=Usage(reported=False))
+    assert rig.core.book.limiters[budget.counter_key].own(ask.window) == (3, 3 * estimate)
 
 
-def test_a_strict_spend_grant_is_mirrored_in_the_period_the_leader_counted_it_in():
+def test_a_request_the_lease_does_not_cover_waits_and_its_estimate_is_asked_for_at_once():
     budget = key_budget(1.0, mode="strict")
-    rig = BudgetRig([budget])
-    rig.feed(ev.StrictLeader(True, 1))
-    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
-    period = budget.period.index(rig.wall())
-    rig.feed(ev.StrictGranted(ask.reservation_id, period + 1, ask.nano))   # the leader is in the next hour
-    replica = rig.core.book.limiters[budget.counter_key]
-    assert replica.usage().tokens == 0 and replica.state()[period + 1]["tokens"] == {"n1@h:1/d1/0": ask.nano}
-    rig.report("r1", usage=Usage(100, 50))   # settled to its cost where it was counted
-    counted = replica.state()[period + 1]
-    spent = counted["tokens"]["n1@h:1/d1/0"] - counted["tokens_refunded"].get("n1@h:1/d1/0", 0)
-    assert spent == round(cost_of(Usage(100, 50)) * NANO) and replica.usage().tokens == 0
+    rig = strict_rig(budget)
+    (ask,) = spend_asks(budget, rig.submit("r1", metadata={"http_key": "k1"}))
+    estimate = estimate_of(rig, "r1")
+    spend_offer(rig, budget, ask, estimate + estimate // 2)     # room for one and a half
+    assert rig.dispatches("r1")
+    effects = rig.submit("r2", metadata={"http_key": "k1"})
+    assert rig.dispatches("r2") == []
+    (again,) = spend_asks(budget, effects + rig.advance(0.2 / 8))   # blocked: asked within an eighth of REFRESH_S
+    assert again.holding == ask.seq and again.held == (None, estimate + estimate // 2)
+    assert again.spent == (1, estimate) and again.want[1] >= estimate   # r1 held at its estimate; r2 waits for it
+    assert rig.dispatches("r2") == []
+    spend_offer(rig, budget, again, 2 * estimate)
+    assert rig.dispatches("r2")
 
 
-def test_a_strict_refusal_is_budget_exceeded_naming_the_budget_and_a_late_grant_is_given_back():
+def test_settled_to_the_actual_cost_and_reported_at_the_next_ask():
     budget = key_budget(1.0, mode="strict")
-    rig = BudgetRig([budget])
-    rig.feed(ev.StrictLeader(True, 1))
-    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
-    rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("tpm budget spent", limit="tpm")))
-    error = rig.terminal("r1").error
-    assert isinstance(error, E.BudgetExceeded) and error.limit == "key=k1/1h" and not error.retryable
-    effects = rig.feed(ev.StrictGranted(ask.reservation_id, 0, ask.nano))
-    assert [e for e in effects if isinstance(e, SettleStrictSpend)] == [
-        SettleStrictSpend(budget.counter_key, ask.reservation_id, 0, False)]
+    rig = strict_rig(budget)
+    (ask,) = spend_asks(budget, rig.submit("r1", metadata={"http_key": "k1"}))
+    spend_offer(rig, budget, ask, 10 ** 8)
+    rig.submit("r2", metadata={"http_key": "k1"})
+    rig.report("r1", usage=Usage(100, 50))                                       # charged what it cost
+    rig.report("r2", error=E.ServerError("503", status=503, retryable=False), usage=Usage(reported=False),
+               sent=False)                                                       # never reached the provider
+    rig.submit("r3", metadata={"http_key": "k1"}, params={"max_tokens": 1000})
+    estimate3 = estimate_of(rig, "r3")
+    rig.report("r3", usage=Usage(reported=False))                                # usage unknown: the estimate
+    (later,) = spend_asks(budget, rig.advance(0.25))                             # the next refresh
+    assert later.spent == (2, round(cost_of(Usage(100, 50)) * NANO) + estimate3)
+    assert later.holding == ask.seq
+
+
+def test_a_spent_strict_budget_refuses_naming_the_budget_and_when_it_resets():
+    budget = key_budget(0.001, mode="strict")
+    rig = strict_rig(budget, wall_at=utc(2026, 12, 1, 17, 0, 1))
+    (ask,) = spend_asks(budget, rig.submit("r1", metadata={"http_key": "k1"}))
+    estimate = estimate_of(rig, "r1")
+    spend_offer(rig, budget, ask, estimate, left=estimate)       # the rest of the period, all this engine's
+    rig.report("r1", usage=Usage(reported=False))
+    rig.submit("r2", metadata={"http_key": "k1"})
+    (again,) = spend_asks(budget, rig.advance(0.2 / 8))
+    spend_offer(rig, budget, again, estimate, left=0)             # nothing is left anywhere in the cluster
+    error = rig.terminal("r2").error
+    assert isinstance(error, E.BudgetExceeded) and not error.retryable and error.limit == "key=k1/1h"
+    assert "budget key=k1/1h is spent: $0.001000 of $0.001" in error.message
+    assert "resets at 2026-12-01T18:00:00Z" in error.message and error.retry_after_s == pytest.approx(3599, abs=1)
+    assert len(rig.dispatches()) == 1
+
+
+def test_a_request_dearer_than_the_whole_strict_budget_is_refused_without_asking():
+    budget = key_budget(0.000001, mode="strict")
+    rig = strict_rig(budget)
+    effects = rig.submit("r1", metadata={"http_key": "k1"}, params={"max_tokens": 1000})
+    assert isinstance(rig.terminal("r1").error, E.BudgetExceeded) and spend_asks(budget, effects) == []
+
+
+def test_a_lease_that_arrives_after_the_callers_deadline_is_never_used():
+    budget = key_budget(1.0, mode="strict")
+    rig = strict_rig(budget)
+    (ask,) = spend_asks(budget, rig.submit("r1", deadline_in=0.5, metadata={"http_key": "k1"}))
+    rig.mono += 0.6                                          # the leader was slow: the answer comes too late
+    effects = spend_offer(rig, budget, ask, 10 ** 6)
+    assert rig.dispatches() == [] and isinstance(rig.terminal("r1").error, E.DeadlineExceeded)
+    assert rig.core.book.limiters[budget.counter_key].own(ask.window) == (0, 0)   # nothing spent for it
+    assert not rig.of(ev.DispatchTo, effects)
+
+
+def test_with_the_leader_lost_a_strict_spend_lease_is_spent_then_fails_closed():
+    budget = key_budget(1.0, mode="strict")
+    rig = strict_rig(budget)
+    (ask,) = spend_asks(budget, rig.submit("r1", metadata={"http_key": "k1"}))
+    estimate = estimate_of(rig, "r1")
+    spend_offer(rig, budget, ask, 2 * estimate)
+    rig.report("r1", usage=Usage(reported=False))             # charged its estimate
+    rig.feed(ev.StrictLeader(False, 3))                       # the leader is gone
+    effects = rig.submit("r2", metadata={"http_key": "k1"})
+    assert rig.dispatches("r2", effects) and spend_asks(budget, effects) == []   # what it holds is spent
+    rig.report("r2", usage=Usage(reported=False))
+    rig.submit("r3", metadata={"http_key": "k1"})
+    error = rig.terminal("r3").error
+    assert isinstance(error, E.LeaderUnavailable) and "its lease is spent" in error.message
+    # A lease not spent is good only until it expires (3 s after its ask went).
+    rig = strict_rig(budget)
+    (ask,) = spend_asks(budget, rig.submit("r1", metadata={"http_key": "k1"}))
+    spend_offer(rig, budget, ask, 10 ** 6)
+    rig.feed(ev.StrictLeader(False, 3))
+    rig.advance(3.0)
+    rig.submit("late", metadata={"http_key": "k1"})
+    error = rig.terminal("late").error
+    assert isinstance(error, E.LeaderUnavailable) and "its lease has expired" in error.message
 
 
 def test_a_strict_budget_without_a_leader_fails_closed():
@@ -289,6 +377,49 @@ def test_a_strict_budget_without_a_leader_fails_closed():
     rig.submit("r1", metadata={"http_key": "k1"})
     rig.advance(0.1)
     assert isinstance(rig.terminal("r1").error, E.LeaderUnavailable)
+
+
+def test_a_silent_leader_is_presumed_lost_once_an_ask_goes_unanswered_for_the_ask_timeout():
+    budget = key_budget(1.0, mode="strict")
+    rig = strict_rig(budget)
+    rig.submit("r1", metadata={"http_key": "k1"})
+    rig.advance(1.9)
+    assert rig.terminals("r1") == []                            # still waiting for an answer
+    rig.advance(0.2)
+    assert isinstance(rig.terminal("r1").error, E.LeaderUnavailable)
+
+
+def test_a_request_under_two_strict_budgets_waits_for_both_leases_and_holds_nothing_meanwhile():
+    key, team = key_budget(1.0, mode="strict"), Budget("team", "t", 1.0, parse_period("1h"), "strict")
+    approx = Budget("deployment", "d1", 1.0, parse_period("1h"))
+    rig = strict_rig(key, team, approx)
+    effects = rig.submit("r1", metadata={"http_key": "k1", "http_team": "t"})
+    (key_ask,), (team_ask,) = spend_asks(key, effects), spend_asks(team, effects)
+    estimate = estimate_of(rig, "r1")
+    spend_offer(rig, key, key_ask, estimate)
+    assert rig.dispatches() == []
+    book = rig.core.book
+    assert [book.limiters[b.counter_key].own(key_ask.window) for b in (key, team, approx)] == [(0, 0)] * 3
+    spend_offer(rig, team, team_ask, estimate)
+    assert rig.dispatches("r1")
+    assert [book.limiters[b.counter_key].own(key_ask.window) for b in (key, team, approx)] == [(1, estimate)] * 3
+
+
+def test_a_retry_needs_no_second_spend_admission():
+    budget = key_budget(1.0, mode="strict")
+    rig = strict_rig(budget, retry=RetryPolicy(max_retries=1, base_delay_s=0.1, jitter="none"))
+    (ask,) = spend_asks(budget, rig.submit("r1", metadata={"http_key": "k1"}))
+    estimate = estimate_of(rig, "r1")
+    spend_offer(rig, budget, ask, estimate)                   # room for this request once
+    rig.report("r1", error=E.ServerError("503", status=503), usage=Usage(reported=False))
+    rig.advance(0.2)
+    assert len(rig.dispatches("r1")) == 2
+
+
+def test_an_engine_without_spend_budgets_ignores_a_stray_spend_lease():
+    rig = Rig()
+    grant = LeaseGrant("n1@h:1/d1/0", 7, 0, (None, 500), 3.0, (None, 500))
+    assert [e for e in rig.feed(ev.LeaseOffered("spend:key=k1/1h", grant)) if not isinstance(e, ev.WakeAt)] == []
 
 
 def test_budget_spec_refuses_a_bool_for_usd():
@@ -338,6 +469,13 @@ def test_what_the_budget_counts_is_exactly_what_the_requests_were_charged(ops, u
                                                                    PRICE) * 10
 
 
+def joined():
+    """A leader the registry says is there."""
+    leader = Leader(0.0, 5.0)
+    leader.update(True, 1, 0.0)
+    return leader
+
+
 # -- the book alone ---------------------------------------------------------------------
 
 def book_of(*budgets, seed=None, wall=None):
@@ -363,29 +501,9 @@ def test_a_spent_budgets_refusal_says_what_a_typical_request_would_need_while_so
     mine = Budget("provider", "openai", 1.0, parse_period("1h"))
     book, _ = book_of(mine, seed={mine.counter_key: NANO - 1000})
     hold = SpendHold(5000, [mine])
-    assert isinstance(book.admit(hold, 0.0, True, False, "r1"), Denied)
+    assert isinstance(book.admit(hold, 0.0, joined()), Denied)
     error, _ = book.refusal()
     assert "this request would need about $0.000005" in error.message
-
-
-def test_a_strict_refusal_names_the_budget_as_spent_at_least_in_full():
-    strict = key_budget(1.0, mode="strict")
-    book, _ = book_of(strict)
-    hold = SpendHold(700, [strict])
-    book.refused(hold, strict.counter_key, E.BudgetExceeded("tpm", limit="tpm"))
-    assert hold.strict_denied.limit == "key=k1/1h" and "$1.000000 of $1" in hold.strict_denied.message
-    other = E.LeaderUnavailable("leader gone")
-    book.refused(hold, strict.counter_key, other)
-    assert hold.strict_denied is other                       # not a budget's verdict: passed on as it is
-
-
-def test_a_grant_for_a_budget_the_request_did_not_ask_is_not_taken():
-    asked, other = key_budget(1.0, mode="strict"), Budget("team", "t", 1.0, parse_period("1h"), "strict")
-    book, wall = book_of(asked, other)
-    hold = SpendHold(100, [asked])
-    assert isinstance(book.admit(hold, 0.0, True, False, "r1"), list)
-    window = asked.period.index(wall())
-    assert not book.granted(hold, other.counter_key, window, 100) and book.granted(hold, asked.counter_key, window, 100)
 
 
 def test_the_book_publishes_each_budgets_changes_with_when_they_began_and_merges_only_its_own():
@@ -393,7 +511,7 @@ def test_the_book_publishes_each_budgets_changes_with_when_they_began_and_merges
     book, wall = book_of(budget)
     hold = SpendHold(100, [budget])
     began = wall()
-    assert book.admit(hold, 0.0, True, False, "r1") is None
+    assert book.admit(hold, 0.0, joined()) is None
     wall.advance(0.03)
     (published,) = book.publish(1.0)
     assert (published.key, published.sent_unix, published.limits) == (budget.counter_key, began, budget.limits)
@@ -417,46 +535,6 @@ def test_a_budget_entry_says_exactly_what_is_wrong_with_it():
     for usd in (0, -1, float("inf"), float("nan"), "5"):
         with pytest.raises(ValueError, match="^usd: must be > 0"):
             BudgetSpec(usd=usd, period="1d", team="t")
-
-
-def test_an_engine_without_budgets_gives_a_stray_spend_grant_back():
-    rig = Rig()
-    effects = rig.feed(ev.StrictGranted("spend|2|r9|spend:key=k1/1h", 0, 500))
-    assert [e for e in effects if isinstance(e, SettleStrictSpend)] == [
-        SettleStrictSpend("spend:key=k1/1h", "spend|2|r9|spend:key=k1/1h", 0, False)]
-
-
-def test_a_late_spend_refusal_after_the_grant_changes_nothing():
-    budget = key_budget(1.0, mode="strict")
-    rig = BudgetRig([budget])
-    rig.feed(ev.StrictLeader(True, 1))
-    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
-    rig.feed(ev.StrictGranted(ask.reservation_id, budget.period.index(rig.wall()), ask.nano))
-    assert rig.dispatches("r1")
-    rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("late", limit="tpm")))
-    rig.report("r1", usage=Usage(100, 50))
-    assert isinstance(rig.terminal("r1"), Completed)
-
-
-@pytest.mark.parametrize("request_id", ["r1", "user|42", "spend|3|abc|x", "#1", "r" * 300])
-def test_a_spend_reservation_id_names_its_request_and_budget_whatever_either_holds(request_id):
-    budget = Budget("team", "a|b", 1.0, parse_period("1h"))
-    rid = BudgetBook.reservation_id(request_id, budget)
-    assert BudgetBook.parse_reservation(rid) == (request_id, "spend:team=a|b/1h")
-
-
-@pytest.mark.parametrize("other", ["r1#1", "spend|x#1", "spend|9|short|k", "spend|2|abck", "spend||r|k", "spend"])
-def test_anything_else_is_not_a_spend_reservation(other):
-    assert BudgetBook.parse_reservation(other) is None
-
-
-def test_a_request_id_with_a_bar_is_admitted_by_a_strict_spend_budget():
-    budget = key_budget(1.0, mode="strict")
-    rig = BudgetRig([budget])
-    rig.feed(ev.StrictLeader(True, 1))
-    (ask,) = [e for e in rig.submit("user|42", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
-    rig.feed(ev.StrictGranted(ask.reservation_id, budget.period.index(rig.wall()), ask.nano))
-    assert rig.dispatches("user|42")
 
 
 def test_an_engine_keeps_every_key_and_team_budget_and_only_its_own_deployment_and_provider_budgets():
@@ -495,46 +573,20 @@ def test_a_spend_budget_held_to_its_share_is_looked_at_again_after_a_sync_bounde
                       sync_interval_s=sync_interval_s, rand=lambda: 0.99)
     period = budget.period.index(wall())
     book.merge(budget.counter_key, {period: {"tokens": {"n2": NANO // 5}, "requests": {"n2": 1}}}, None)
-    verdict = book.admit(SpendHold(NANO // 2, [budget]), 10.0, True, False, "r1")
+    verdict = book.admit(SpendHold(NANO // 2, [budget]), 10.0, joined())
     assert verdict == Wait(10.0 + wait)
     assert book.limiters[budget.counter_key].usage().tokens == NANO // 5   # nothing kept while it waits
-
-
-def test_a_strict_spend_budget_waits_for_the_leader_while_starting_and_each_ask_is_repeated_on_time():
-    strict = key_budget(1.0, mode="strict")
-    book, _ = book_of(strict)
-    hold = SpendHold(100, [strict])
-    assert book.admit(hold, 1.0, False, False, "r1") == Wait(1.05)
-    (ask,) = book.admit(hold, 1.0, True, False, "r1")
-    assert (ask.key, ask.limits, ask.nano) == (strict.counter_key, strict.limits, 100)
-    assert book.admit(hold, 2.9, True, False, "r1") == Wait(3.0)
-    assert len(book.admit(hold, 3.0, True, False, "r1")) == 1
-    gone = book.admit(SpendHold(100, [strict]), 5.0, False, True, "r2")
-    assert isinstance(gone, Denied) and gone.error.retry_after_s == 5.0
-    assert gone.error.message == "a strict spend budget needs the convention leader, which is unreachable"
 
 
 def test_a_spent_budget_is_refused_naming_it_what_is_spent_and_when_it_resets():
     budget = key_budget(1.0)
     book, wall = book_of(budget, seed={budget.counter_key: NANO - 5000})
-    denied = book.admit(SpendHold(10_000, [budget]), 0.0, True, False, "r1")
+    denied = book.admit(SpendHold(10_000, [budget]), 0.0, joined())
     assert isinstance(denied, Denied) and not denied.error.retryable and denied.error.limit == "key=k1/1h"
     assert denied.error.message == ("budget key=k1/1h is spent: $0.999995 of $1 in this 1h period; this request "
                                     "would need about $0.000010; it resets at 2027-01-15T09:00:00Z")
     assert denied.error.retry_after_s == pytest.approx(utc(2027, 1, 15, 9) - wall())
     assert book.limiters[budget.counter_key].usage().requests == 1   # the seed's; this request kept nothing
-
-
-def test_a_grant_is_taken_once_and_a_late_refusal_does_not_undo_an_admitted_request():
-    budget = key_budget(1.0, mode="strict")
-    rig = BudgetRig([budget], retry=RetryPolicy(max_retries=1, base_delay_s=0.1, jitter="none"))
-    rig.feed(ev.StrictLeader(True, 1))
-    (ask,) = [e for e in rig.submit("r1", metadata={"http_key": "k1"}) if isinstance(e, AskStrictSpend)]
-    rig.feed(ev.StrictGranted(ask.reservation_id, budget.period.index(rig.wall()), ask.nano))
-    rig.feed(ev.StrictRefused(ask.reservation_id, E.BudgetExceeded("late", limit="tpm")))
-    rig.report("r1", error=E.ServerError("503", status=503), usage=Usage(reported=False))
-    rig.advance(0.2)                          # its retry needs no second admission
-    assert len(rig.dispatches("r1")) == 2
 
 
 def test_calendar_periods_are_utc_whatever_the_hosts_zone(monkeypatch):
@@ -560,14 +612,25 @@ def test_a_spent_provider_budget_is_skipped_by_routing_too():
     assert book.spent() == [mine.id] and mine.id.startswith("provider=openai")
 
 
-def test_a_strict_refusal_says_when_the_budget_resets():
+def lease_for(book, budget, nano, left, now=0.0):
+    """Answer the book's due ask of ``budget`` with a lease of ``nano``, ``left`` across the cluster."""
+    (ask,) = [e.ask for e in book.asks(now, lambda key: (1, nano)) if e.key == budget.counter_key]
+    assert book.offered(budget.counter_key, LeaseGrant(ask.client, ask.seq, ask.window, (None, nano), 3.0,
+                                                       (None, left)), now)
+
+
+def test_a_strict_refusal_says_what_is_spent_across_the_cluster_and_when_the_budget_resets():
     strict = key_budget(1.0, mode="strict")
     book, wall = book_of(strict)
-    hold = SpendHold(700, [strict])
-    book.refused(hold, strict.counter_key, E.BudgetExceeded("tpm", limit="tpm"))
-    assert hold.strict_denied.message.endswith("it resets at 2027-01-15T09:00:00Z")
-    assert hold.strict_denied.retry_after_s == utc(2027, 1, 15, 9) - wall()
-    assert "would need" not in hold.strict_denied.message
+    hold = SpendHold(5000, [strict])
+    assert isinstance(book.admit(hold, 0.0, joined()), Wait)
+    lease_for(book, strict, 0, left=1000)                 # others spent all but 1000 nano-USD
+    denied = book.admit(hold, 0.01, joined())
+    assert isinstance(denied, Denied) and not denied.error.retryable and denied.error.limit == "key=k1/1h"
+    assert denied.error.message == ("budget key=k1/1h is spent: $0.999999 of $1 in this 1h period; this request "
+                                    "would need about $0.000005; it resets at 2027-01-15T09:00:00Z")
+    assert denied.error.retry_after_s == utc(2027, 1, 15, 9) - wall()
+    assert book.limiters[strict.counter_key].usage().requests == 0    # it kept nothing
 
 
 def test_what_a_request_would_need_is_said_only_while_some_is_left_and_a_cost_is_known():
@@ -589,10 +652,15 @@ def test_a_strict_budget_waits_for_the_leader_while_the_node_starts_then_refuses
     strict = key_budget(1.0, mode="strict")
     book = BudgetBook([strict], slot="s", deployment="d1", provider="openai", wall=FakeClock(utc(2027, 1, 15, 8)),
                       clock=FakeClock(100.0), failure_timeout_s=5.0)
-    assert isinstance(book.admit(SpendHold(10, [strict]), 104.99, False, False, "r1"), Wait)
-    refused = book.admit(SpendHold(10, [strict]), 105.0, False, False, "r2")
-    assert isinstance(refused, Denied) and isinstance(refused.error, E.LeaderUnavailable)
-    assert isinstance(book.admit(SpendHold(10, [strict]), 101.0, False, True, "r3"), Denied)   # lost: no wait
+    starting = Leader(100.0, 5.0)                 # the registry has not said where the leader is yet
+    assert book.admit(SpendHold(10, [strict]), 104.99, starting) == Wait(104.99 + 0.05)
+    refused = book.admit(SpendHold(10, [strict]), 105.0, starting)
+    assert isinstance(refused, Denied) and refused.error.retry_after_s == 5.0
+    assert refused.error.message == ("a strict spend budget needs the convention leader, which is unreachable, "
+                                     "and its lease has expired")
+    lost = Leader(100.0, 5.0)
+    lost.update(False, 1, 101.0)
+    assert isinstance(book.admit(SpendHold(10, [strict]), 101.0, lost), Denied)   # lost: no wait
 
 
 @pytest.mark.parametrize("value", [3600, None, ["1h"]])
@@ -636,11 +704,48 @@ def test_a_calendar_budgets_usage_starts_at_its_period_start():
     assert usage.window_start_unix == utc(2027, 1, 1) and usage.window == monthly.period.index(utc(2027, 1, 15, 8, 0, 30))
 
 
-def test_every_approximate_budget_is_reserved_whatever_the_order_of_the_strict_ones():
+def test_a_strict_budget_is_looked_at_first_and_then_every_budget_is_reserved():
     strict, first, second = key_budget(1.0, mode="strict"), Budget("team", "t", 1.0, parse_period("1h")), \
         Budget("provider", "openai", 1.0, parse_period("1h"))
     book, _ = book_of(strict, first, second)
     hold = SpendHold(700, [strict, first, second])
-    assert isinstance(book.admit(hold, 0.0, True, False, "r1"), list)      # the strict one is asked for
-    assert [b for b, _ in hold.reserved] == [first, second]
-    assert all(book.limiters[b.counter_key].usage().tokens == 700 for b in (first, second))
+    assert isinstance(book.admit(hold, 0.0, joined()), Wait)      # the strict one's lease is asked for
+    assert hold.reserved == [] and all(book.limiters[b.counter_key].usage().tokens == 0 for b in (first, second))
+    lease_for(book, strict, 700, left=NANO)
+    assert book.admit(hold, 0.01, joined()) is None and hold.admitted
+    assert [b for b, _ in hold.reserved] == [first, second, strict]
+    assert all(book.limiters[b.counter_key].usage().tokens == 700 for b in (strict, first, second))
+
+
+def test_a_lease_no_request_waits_for_any_more_is_not_asked_for_at_once_again():
+    budget = key_budget(1.0, mode="strict")
+    rig = strict_rig(budget)
+    (ask,) = spend_asks(budget, rig.submit("r1", deadline_in=0.3, metadata={"http_key": "k1"}))
+    spend_offer(rig, budget, ask, 0)                          # nothing for it yet: it waits, and asks again
+    rig.advance(0.5)                                          # then its deadline passes
+    assert isinstance(rig.terminal("r1").error, E.DeadlineExceeded)
+    assert not rig.core.book.leases[budget.counter_key].holder.blocked
+    # Nothing waits now: asked on the interval while the demand it saw decays, then not at all.
+    asked = spend_asks(budget, rig.advance(10.0))
+    assert len(asked) <= 10.0 / 0.2 + 1
+    assert spend_asks(budget, rig.advance(30.0)) == []
+
+
+def test_once_a_leader_is_back_a_strict_spend_request_asks_it_instead_of_being_refused():
+    budget = key_budget(1.0, mode="strict")
+    rig = strict_rig(budget)
+    rig.submit("r1", metadata={"http_key": "k1"})
+    rig.advance(2.5)                                     # the leader never answers: presumed lost
+    assert isinstance(rig.terminal("r1").error, E.LeaderUnavailable)
+    rig.feed(ev.StrictLeader(False, 3))
+    rig.feed(ev.StrictLeader(True, 3))                   # a new leader: the asks to the old one are forgotten
+    (ask,) = spend_asks(budget, rig.submit("r2", metadata={"http_key": "k1"}))
+    assert rig.terminals("r2") == [] and ask.holding == 0
+    spend_offer(rig, budget, ask, 10 ** 8)
+    assert rig.dispatches("r2")
+    rig.feed(ev.StrictLeader(True, 3))                   # told again: an ask in flight is still awaited
+    effects = rig.submit("r3", metadata={"http_key": "k1"}, params={"max_tokens": 100_000})   # more than it holds
+    (pending,) = spend_asks(budget, effects + rig.advance(0.2 / 8))
+    rig.feed(ev.StrictLeader(True, 3))
+    spend_offer(rig, budget, pending, 10 ** 9)
+    assert rig.dispatches("r3")

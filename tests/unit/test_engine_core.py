@@ -173,7 +173,7 @@ def asks(rig, effects=None):
 
 def offer(rig, ask, requests, left=10, ttl_s=3.0):
     """The leader's answer to ``ask``: may have spent up to ``requests`` in the window."""
-    return rig.feed(ev.LeaseOffered(LeaseGrant(ask.client, ask.seq, ask.window, (requests, None), ttl_s,
+    return rig.feed(ev.LeaseOffered(rig.dep.limit_key, LeaseGrant(ask.client, ask.seq, ask.window, (requests, None), ttl_s,
                                                (left, None))))
 
 
@@ -868,3 +868,17 @@ def test_a_crash_says_which_worker_exited_during_which_attempt_for_which_provide
     rig.feed(ev.WorkerGone(0))
     error = rig.terminal("r1").error
     assert (error.message, error.provider) == ("worker 0 exited during attempt 1", "openai")
+
+
+def test_once_the_leader_is_back_strict_rate_admission_asks_it_instead_of_refusing():
+    rig = strict_rig()
+    rig.feed(ev.StrictLeader(True, 1))
+    rig.submit("r1")
+    rig.advance(2.5)                                    # no answer: presumed lost
+    assert isinstance(rig.terminal("r1").error, E.LeaderUnavailable)
+    rig.feed(ev.StrictLeader(False, 1))
+    rig.feed(ev.StrictLeader(True, 1))
+    (ask,) = asks(rig, rig.submit("r2"))
+    assert rig.terminals("r2") == []
+    offer(rig, ask, 2)
+    assert rig.dispatches("r2")

@@ -7,6 +7,8 @@ hearing's verdicts, the workers' attempts)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from actors.core.admission import (PROBE_RETRY_S, TICK_S, Admission, Admit, Brea
                                    NeedProbe, Refuse, Reserved, Wait)
 from actors.core.breaker import BreakerSnapshot, BreakerView, CircuitState
 from actors.core.leases import LeaseGrant
-from actors.core.budget import AskStrictSpend, Budget, BudgetBook, SettleStrictSpend, SpendGate, SpendHold
+from actors.core.budget import Budget, BudgetBook, SpendGate, SpendHold
 from actors.core.caller_fault import JUDGE_WAIT_S, Hearing
 from actors.core.jobs import ABANDON_GRACE_S, Attempt, Job
 from actors.core.periods import parse_period
@@ -199,8 +201,9 @@ def test_a_blocked_strict_gate_asks_once_at_a_time_and_takes_only_the_answer_to_
     (ask,) = [e.ask for e in host.of(ev.AskLease)]                  # one in flight: not asked twice
     assert (ask.client, ask.holding, ask.spent) == ("n1/d1/0", 0, (0, 0))
     grant = LeaseGrant(ask.client, ask.seq, ask.window, (2, None), 3.0)
-    assert not gate.offered(LeaseGrant("n2/d1/0", ask.seq, ask.window, (9, None), 3.0), 0.1)   # someone else's
-    assert gate.offered(grant, 0.1) and not gate.offered(grant, 0.1)  # a duplicate is not taken twice
+    assert not gate.offered("d1", LeaseGrant("n2/d1/0", ask.seq, ask.window, (9, None), 3.0), 0.1)   # someone else's
+    assert not gate.offered("spend:key=k1/1h", grant, 0.1)                   # another budget's
+    assert gate.offered("d1", grant, 0.1) and not gate.offered("d1", grant, 0.1)  # a duplicate is not taken twice
     assert gate.admit(waiting, 0.1) == Reserved(waiting.held.reservation)
     assert gate.replica.own(ask.window) == (1, 7)
 
@@ -222,7 +225,7 @@ def test_admission_asks_the_spend_gate_first_and_gives_a_probe_back_when_the_bud
     asking.spend = SpendHold(1000, [budget])
     assert admission.admit(asking, 0.0, idle=False) is None        # no worker: nothing asked
     verdict = admission.admit(asking, 0.0, idle=True)
-    assert isinstance(verdict, Wait) and len(host.of(AskStrictSpend)) == 1
+    assert isinstance(verdict, Wait) and [e.key for e in host.of(ev.AskLease)] == [budget.counter_key]
     assert rates.replica.usage().requests == 0                       # the rate limit was not asked yet
     assert breaker.probe_grant == 4                                  # the probe waits for the next look
     admission.end()
@@ -576,8 +579,11 @@ def test_the_spend_gate_waits_for_a_strict_answer_from_now_and_names_its_provide
     joined.update(True, 1, 0.0)
     strict = Budget("key", "k1", 1.0, parse_period("1h"), "strict")
     gate, host, _ = spend_gate(strict, leader=joined)
+    gate.backlog = lambda key: (1, 1000) if key == strict.counter_key else (0, 0)
     wait = gate.admit(SpendHold(1000, [strict]), "r1", 10.0)
-    assert wait == Wait(10.0 + 2.0) and len(host.of(AskStrictSpend)) == 1
+    (ask,) = host.of(ev.AskLease)
+    assert wait == Wait(10.0 + 0.05) and (ask.key, ask.limits) == (strict.counter_key, strict.limits)
+    assert ask.ask.want == (1, 1000) and ask.ask.window == strict.period.index(WALL0)
     never_joined = Leader(0.0, 5.0)
     never_joined.update(False, 0, 0.0, in_cluster=False)
     approx = Budget("key", "k1", 1.0, parse_period("1h"))
@@ -591,20 +597,27 @@ def test_the_spend_gate_waits_for_a_strict_answer_from_now_and_names_its_provide
     assert strict_refused.error.message.startswith("a strict spend budget needs the convention leader")
 
 
+def offer_lease(gate, host, budget, nano, now=0.0):
+    """The leader's answer to the gate's last ask of ``budget``: a lease of ``nano``."""
+    ask = [e.ask for e in host.of(ev.AskLease) if e.key == budget.counter_key][-1]
+    return gate.offered(budget.counter_key, LeaseGrant(ask.client, ask.seq, ask.window, (None, nano), 3.0,
+                                                       (None, budget.nano)), now)
+
+
 def test_a_request_that_sent_nothing_gives_its_spend_back_in_full():
     leader = Leader(0.0, 5.0)
     leader.update(True, 1, 0.0)
     approx, strict = Budget("key", "k1", 1.0, parse_period("1h")), Budget("team", "t", 1.0, parse_period("1h"),
                                                                           "strict")
-    gate, _, book = spend_gate(approx, strict, leader=leader)
+    gate, host, book = spend_gate(approx, strict, leader=leader)
     hold = SpendHold(1000, [approx, strict])
-    gate.admit(hold, "r1", 0.0)
-    window = strict.period.index(WALL0)
-    assert gate.granted(hold, strict.counter_key, "x", window, 1000)
+    assert isinstance(gate.admit(hold, "r1", 0.0), Wait)
+    assert offer_lease(gate, host, strict, 1000)
+    assert gate.admit(hold, "r1", 0.01) is None
     assert book.limiters[approx.counter_key].usage().tokens == 1000
     assert book.limiters[strict.counter_key].usage().requests == 1
     hold.sent = False
-    gate.settle(hold, "r1")
+    gate.settle(hold)
     for key in (approx.counter_key, strict.counter_key):
         assert (book.limiters[key].usage().requests, book.limiters[key].usage().tokens) == (0, 0)
 
@@ -615,22 +628,22 @@ def test_a_node_that_was_in_the_cluster_spends_on_against_what_its_replica_holds
     assert lost.spend_outside(60.0, "openai") is None
 
 
-def test_the_spend_gate_takes_a_repeated_grant_once_and_gives_back_what_nobody_holds():
+def test_the_spend_gate_takes_only_the_answer_to_its_own_ask_of_its_own_budget():
     leader = Leader(0.0, 5.0)
     leader.update(True, 1, 0.0)
     strict = Budget("key", "k1", 1.0, parse_period("1h"), "strict")
     gate, host, book = spend_gate(strict, leader=leader)
     hold = SpendHold(1000, [strict])
     gate.admit(hold, "r1", 0.0)
-    window = strict.period.index(WALL0)
-    assert gate.granted(hold, strict.counter_key, "rid", window, 1000)
-    assert gate.granted(hold, strict.counter_key, "rid", window, 1000)     # the answer to a repeated ask
-    assert host.of(SettleStrictSpend) == [] and book.limiters[strict.counter_key].usage().requests == 1
-    assert not gate.granted(None, strict.counter_key, "gone", window, 1000)
-    assert host.of(SettleStrictSpend) == [SettleStrictSpend(strict.counter_key, "gone", 0, False)]
-    assert not gate.refused(None, strict.counter_key, E.BudgetExceeded("spent"))
-    assert gate.admit(hold, "r1", 0.1) is None and hold.admitted
-    assert not gate.refused(hold, strict.counter_key, E.BudgetExceeded("spent"))   # too late: admitted
+    (ask,) = [e.ask for e in host.of(ev.AskLease)]
+    grant = LeaseGrant(ask.client, ask.seq, ask.window, (None, 1000), 3.0, (None, strict.nano))
+    assert not gate.offered("spend:team=t/1h", grant, 0.0)                       # not one of its budgets
+    assert not gate.offered(strict.counter_key, replace(grant, seq=ask.seq + 1), 0.0)   # never asked
+    assert not gate.offered(strict.counter_key, replace(grant, client="other"), 0.0)
+    assert gate.admit(hold, "r1", 0.01) is not None and not hold.admitted
+    assert gate.offered(strict.counter_key, grant, 0.0)
+    assert gate.admit(hold, "r1", 0.02) is None and hold.admitted
+    assert book.limiters[strict.counter_key].usage().tokens == 1000
 
 
 def test_the_spend_gate_learns_how_late_other_slots_counts_arrive():

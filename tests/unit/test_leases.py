@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from actors.core.leases import LeaseAsk, LeaseGrant, LeaseHolder, LeaseTable, fits
+from actors.core.leases import INCARNATION_SHIFT, LeaseAsk, LeaseGrant, LeaseHolder, LeaseTable, fits
 from actors.core.ratelimit import RateLimits
 
 
@@ -25,8 +25,8 @@ def table(rpm=100, tpm=None, window_s=60.0, learning_s=0.0, clock=None, **kw):
                       wall=clock, learning_s=learning_s, **kw), clock
 
 
-def ask(client, seq, window, want=(10, 0), spent=(0, 0), holding=0, held=(None, None)):
-    return LeaseAsk(client, seq, window, holding, held, spent, want)
+def ask(client, seq, window, want=(10, 0), spent=(0, 0), holding=0, held=(None, None), need=(0, 0)):
+    return LeaseAsk(client, seq, window, holding, held, spent, want, need)
 
 
 def test_a_lone_client_gets_what_it_wants_and_only_that():
@@ -193,6 +193,53 @@ def test_demand_is_what_arrives_not_what_was_admitted():
 
 # -- the property -------------------------------------------------------------------------
 
+def test_room_too_small_for_the_request_a_client_waits_on_goes_to_one_it_fits_or_back():
+    # A spend budget's costs are not one unit: 3 clients each holding 9 unspent of a cap of 90,
+    # each blocked on a request of 10, would wait on their fragments for ever and none be refused.
+    t, clock = table(rpm=None, tpm=90)
+    w = int(clock() // 60)
+    held = {}
+    for name in ("a", "b", "c"):
+        held[name] = t.ask(ask(name, 1, w, want=(0, 9), spent=(0, 21))).lease     # 21 spent, 9 more each
+    for name in ("a", "b", "c"):
+        held[name] = t.ask(ask(name, 2, w, want=(0, 9), spent=(0, 21), holding=1, held=held[name])).lease
+    assert [lease[1] for lease in held.values()] == [30, 30, 30]                 # 27 left between them
+    grants = {}
+    for seq, name in ((3, "a"), (3, "b"), (3, "c")):                             # every one blocked on 10
+        grants[name] = t.ask(ask(name, seq, w, want=(0, 30), spent=(0, 21), holding=2, held=held[name],
+                                 need=(0, 10)))
+    for name in ("a", "b", "c"):                                                 # acknowledged
+        grants[name] = t.ask(ask(name, 4, w, want=(0, 30), spent=(0, 21), holding=3, held=grants[name].lease,
+                                 need=(0, 10)))
+    rooms = sorted(g.lease[1] - 21 for g in grants.values())
+    assert rooms in ([0, 10, 10], [0, 0, 10]) and sum(rooms) <= 27 and max(rooms) == 10
+    assert t.counted(w)[1] <= 90
+
+
+def test_what_a_restarted_holders_predecessor_held_beyond_its_count_stays_counted_on_top():
+    from actors.core.leases import incarnation
+
+    t, clock = table(rpm=None, tpm=100)
+    w = int(clock() // 60)
+    old = LeaseHolder("slot", clock=clock, first_seq=incarnation(clock()))
+    g = t.ask(old.ask(clock(), w, (0, 10), (0, 60)))
+    assert g.lease == (None, 70) and old.granted(g, clock())
+    t.ask(old.ask(clock(), w, (0, 10), (0, 60)))             # acknowledged: 70 counted
+    clock.t += 1.0                                            # it dies having spent 50, 40 of them never counted
+    new = LeaseHolder("slot", clock=clock, first_seq=incarnation(clock()))
+    g = t.ask(new.ask(clock(), w, (0, 10), (0, 80)))          # its count knows only the 10
+    assert new.granted(g, clock())
+    assert g.lease == (None, 40)              # 100 less the 60 its predecessor may have spent beyond the 10
+    assert t.counted(w)[1] == 100 and g.left == (None, 30)
+    late = t.ask(replace(old.ask(clock(), w, (0, 10), (0, 60))))   # the predecessor's ask, arriving late
+    assert late.lease == (None, 0) and t.counted(w)[1] == 100
+    # Its own grants are superseded as before: a smaller one acknowledged lets the larger one go.
+    small = t.ask(new.ask(clock(), w, (0, 10), (0, 0)))
+    assert new.granted(small, clock()) and small.lease == (None, 10)
+    t.ask(new.ask(clock(), w, (0, 10), (0, 0)))
+    assert t.counted(w)[1] == 70
+
+
 CAP = 30
 WINDOW_S = 10.0
 
@@ -205,6 +252,7 @@ step = st.one_of(
     st.tuples(st.just("time"), st.integers(0, 2), st.sampled_from([0.05, 0.5, 1.5, 3.5])),
     st.tuples(st.just("lose"), st.integers(0, 2), st.just(0)),               # node gone: its messages too
     st.tuples(st.just("leader"), st.integers(0, 2), st.just(0)),             # the leader restarts
+    st.tuples(st.just("restart"), st.integers(0, 2), st.integers(0, 5)),     # a client restarts, its count short
 )
 
 
@@ -217,8 +265,10 @@ def test_whatever_happens_the_clients_may_never_spend_more_than_the_cap(steps):
     clock = Clock(10_000.0)
     limits = RateLimits(rpm=CAP, window_s=WINDOW_S, mode="strict")
     leader = LeaseTable(limits, clock=clock, wall=clock, learning_s=0.0)
-    holders = [LeaseHolder(f"c{i}", clock=clock) for i in range(3)]
-    spent: list[dict[int, int]] = [{} for _ in holders]        # true spend per window
+    holders = [LeaseHolder(f"c{i}", clock=clock, first_seq=1 << INCARNATION_SHIFT) for i in range(3)]
+    generation = [1, 1, 1]
+    spent: list[dict[int, int]] = [{} for _ in holders]        # spend per window, as the client counts it
+    hidden: list[dict[int, int]] = [{} for _ in holders]       # spent, and missing from a restarted client's count
     asks: list[list[LeaseAsk]] = [[] for _ in holders]
     grants: list[list[LeaseGrant]] = [[] for _ in holders]
     lost: set[int] = set()
@@ -231,14 +281,16 @@ def test_whatever_happens_the_clients_may_never_spend_more_than_the_cap(steps):
         now = clock()
         if restarted_at is not None and not leader.learning:
             # ready: the cluster's counters give what every slot spent (before any new grant)
-            leader.seed(window(), {h.client: (spent[j].get(window(), 0), 0) for j, h in enumerate(holders)})
+            leader.seed(window(), {h.client: (spent[j].get(window(), 0) + hidden[j].get(window(), 0), 0)
+                                   for j, h in enumerate(holders)})
             restarted_at = None
         h = holders[i]
         if i in lost and kind != "time" and kind != "leader":
             continue
         if kind == "ask":
             w = window()
-            asks[i].append(replace(h.ask(now, w, (spent[i].get(w, 0), 0), (0, 0)), want=(arg, 0)))
+            need = {0: 0, 5: 3, 15: 0, 40: 7}[arg]       # blocked on a request of that cost, or not
+            asks[i].append(replace(h.ask(now, w, (spent[i].get(w, 0), 0), (0, 0)), want=(arg, 0), need=(need, 0)))
         elif kind == "deliver" and asks[i]:
             grants[i].append(leader.ask(asks[i].pop(min(arg, len(asks[i]) - 1))))
         elif kind == "receive" and grants[i]:
@@ -256,6 +308,14 @@ def test_whatever_happens_the_clients_may_never_spend_more_than_the_cap(steps):
             lost.add(i)
             asks[i], grants[i] = [], []
             leader.lose(h.client)
+        elif kind == "restart":
+            generation[i] += 1
+            holders[i] = LeaseHolder(h.client, clock=clock, first_seq=generation[i] << INCARNATION_SHIFT)
+            grants[i] = []                                # its predecessor's asks may still be delivered
+            w = window()
+            short = min(arg, spent[i].get(w, 0))          # spent, but never reached the new one's count
+            spent[i][w] = spent[i].get(w, 0) - short
+            hidden[i][w] = hidden[i].get(w, 0) + short
         elif kind == "leader":
             leader = LeaseTable(limits, clock=clock, wall=clock)     # learns for one lease length
             restarted_at = clock()
@@ -268,5 +328,5 @@ def test_whatever_happens_the_clients_may_never_spend_more_than_the_cap(steps):
             may = 0
             for j, holder in enumerate(holders):
                 g = holder.usable(w, now)
-                may += max(spent[j].get(w, 0), g.lease[0] if g is not None else 0)
+                may += max(spent[j].get(w, 0), g.lease[0] if g is not None else 0) + hidden[j].get(w, 0)
             assert may <= CAP, (w, may)

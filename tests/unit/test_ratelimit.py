@@ -208,36 +208,6 @@ def test_a_lone_slot_is_not_held_to_a_share():
     assert sum(isinstance(lim.try_acquire(1), Reservation) for _ in range(60)) == 50
 
 
-def test_strict_ledger_is_exact_and_settles_each_reservation_once():
-    from actors.core.ratelimit import StrictLedger
-
-    wall, mono = FakeClock(T0 + 1), FakeClock(0)
-    ledger = StrictLedger(RateLimits(rpm=3, tpm=1000), reservation_ttl_s=10, wall_clock=wall, clock=mono)
-    grants = [ledger.acquire(f"r{i}", 100) for i in range(5)]
-    assert [isinstance(g, Reservation) for g in grants] == [True, True, True, False, False]
-    assert ledger.acquire("r0", 100) is grants[0]  # idempotent for a retried ask
-    assert ledger.settle("r0", 40, sent=True) and not ledger.settle("r0", 40, sent=True)
-    assert ledger.limiter.usage().tokens == 240
-    ledger.settle("r1", None, sent=False)  # never reached the provider: fully released
-    assert (ledger.limiter.usage().requests, ledger.limiter.usage().tokens) == (2, 140)
-    assert isinstance(ledger.acquire("r5", 100), Reservation)
-    mono.advance(11)
-    assert ledger.expire() == 2  # r2 and r5 never reported back
-    assert ledger.outstanding == {} and ledger.limiter.usage().requests == 3  # their estimates stay charged
-
-
-def test_strict_ledger_seeds_from_the_cluster_view():
-    from actors.core.ratelimit import StrictLedger
-
-    wall = FakeClock(T0 + 1)
-    engine, _ = limiter("n1/e/0", clock=wall, rpm=5)
-    engine.record(10)
-    engine.record(10)
-    ledger = StrictLedger(RateLimits(rpm=5), wall_clock=wall)
-    ledger.seed(engine.state())
-    assert sum(isinstance(ledger.acquire(f"x{i}", 1), Reservation) for i in range(5)) == 3
-
-
 def test_staleness_is_measured_from_the_age_of_arriving_deltas():
     wall = FakeClock(T0 + 1)
     a = WindowedLimiter("a", RateLimits(rpm=100), wall_clock=wall, clock=wall, sync_interval_s=0.05)
@@ -252,24 +222,6 @@ def test_staleness_is_measured_from_the_age_of_arriving_deltas():
     assert a.staleness_s == pytest.approx(0.81)  # doubled: delays grow faster than they are seen
     wall.advance(6)  # old observations age out
     assert a.staleness_s == pytest.approx(0.21)
-
-
-@pytest.mark.parametrize("sent, actual", [(False, None), (False, 30), (True, None), (True, 30), (True, 0)])
-def test_the_strict_ledger_and_an_engine_replica_settle_by_the_same_rule(sent, actual):
-    from actors.core.ratelimit import StrictLedger
-    from actors.core.settlement import apply_settlement, settlement
-
-    wall = FakeClock(T0 + 1)
-    ledger = StrictLedger(RateLimits(rpm=10, tpm=1000), wall_clock=wall)
-    replica, _ = limiter("n1/e/0", clock=wall, rpm=10, tpm=1000)
-    ledger.acquire("r#1", 100)
-    held = replica.try_acquire(100)
-    ledger.settle("r#1", actual, sent)
-    apply_settlement(replica, held, settlement(sent, actual))
-    expected = {(False, None): (0, 0), (False, 30): (0, 0), (True, None): (1, 100), (True, 30): (1, 30),
-                (True, 0): (1, 0)}[(sent, actual)]
-    for lim in (ledger.limiter, replica):
-        assert (lim.usage().requests, lim.usage().tokens) == expected
 
 
 def test_attempt_ids_round_trip_and_reject_what_is_not_one():
@@ -316,22 +268,6 @@ def test_between_syncs_the_token_share_binds_too():
     assert isinstance(a.try_acquire(200), Reservation)
 
 
-def test_a_strict_reservation_lives_for_its_ttl_and_not_longer():
-    from actors.core.ratelimit import StrictLedger
-
-    wall, mono = FakeClock(T0 + 1), FakeClock(0)
-    ledger = StrictLedger(RateLimits(rpm=10, tpm=1000), reservation_ttl_s=10, wall_clock=wall, clock=mono)
-    ledger.acquire("early", 100)
-    ledger.acquire("late", 100)
-    mono.advance(9.999)
-    assert ledger.expire() == 0 and set(ledger.outstanding) == {"early", "late"}
-    assert ledger.settle("early", 30, sent=True)   # reported within its TTL: settled to its usage
-    mono.advance(0.001)
-    assert ledger.expire() == 1 and ledger.outstanding == {}
-    assert not ledger.settle("late", 30, sent=True)   # too late: its estimate stays charged
-    assert ledger.limiter.usage().tokens == 130
-
-
 def test_a_release_gives_back_what_this_slot_reserved_in_its_own_name():
     lim, _ = limiter("n1", rpm=10, tpm=1000)
     r = lim.try_acquire(tokens=40, requests=2)
@@ -361,21 +297,6 @@ def test_a_recent_admission_is_forgotten_exactly_at_the_staleness_horizon():
     mono.advance(staleness)
     # Exactly as old as the horizon: the other slot has seen it, so it no longer holds this one to a share.
     assert isinstance(a.try_acquire(1, requests=400), Reservation)
-
-
-def test_the_strict_ledger_counts_in_its_own_slot_and_grants_what_was_asked():
-    from actors.core.ratelimit import StrictLedger
-
-    wall, mono = FakeClock(T0 + 1), FakeClock(0)
-    ledger = StrictLedger(RateLimits(rpm=10), wall_clock=wall, clock=mono)
-    granted = ledger.acquire("r1", tokens=5, requests=3)
-    assert granted.requests == 3 and ledger.limiter.usage().requests == 3
-    window = int((T0 + 1) // 60)
-    assert ledger.limiter.state()[window]["requests"] == {"strict": 3}
-    mono.advance(659)
-    assert ledger.expire() == 0            # the default TTL outlives a whole call (timeouts.total_s: 600 s)
-    mono.advance(1)
-    assert ledger.expire() == 1
 
 
 def test_with_burst_a_window_never_allows_more_than_its_budget():

@@ -12,11 +12,9 @@ import pytest
 from actors import errors as E
 from actors.core.breaker import BreakerConfig, CircuitState
 from actors.core.credentials import CredentialSource
-from actors.core.ratelimit import RateLimits
 from actors.runtime.protocol import (BreakerInit, BreakerOutcome, BreakerOutcomes, BreakerState, BreakerSubscribe,
-                                     LimiterDelta, LimiterStateRequest, SessionInit, SessionRefresh, SessionSnapshot,
-                                     SessionSubscribe, SessionVersion, StrictAcquire, StrictDenied, StrictGrant,
-                                     StrictInit, StrictSettle)
+                                     LeaseOffer, LeaseRefresh, LimiterDelta, LimiterStateRequest, SessionInit,
+                                     SessionRefresh, SessionSnapshot, SessionSubscribe, SessionVersion, StrictInit)
 from harness import Recorder, SendAs
 
 
@@ -114,9 +112,22 @@ def test_a_session_asked_before_its_init_answers_instead_of_failing(asys):
     assert isinstance(reply, SessionVersion) and not reply.ok and isinstance(reply.error, E.CredentialUnavailable)
 
 
-# -- the strict limiter: seeds from the cluster, then admits exactly -------------------------
+# -- the strict limiter: learns, seeds from the cluster, then leases within the cap -----------
 
-def test_the_strict_limiter_seeds_from_the_hub_then_never_grants_past_the_budget(asys, monkeypatch):
+def spend_budget(usd=0.001):
+    from actors.core.budget import Budget
+    from actors.core.periods import parse_period
+
+    return Budget("key", "k1", usd, parse_period("2d"), "strict")
+
+
+def lease_ask(budget, client, seq, want_nano, spent_nano=0, holding=0, held=(None, None)):
+    window = budget.period.index(time.time())
+    return LeaseRefresh(budget.counter_key, budget.limits, client, seq, window, holding, held, (0, spent_nano),
+                        (0, want_nano))
+
+
+def test_the_strict_limiter_leases_a_spend_budget_from_the_hubs_view_and_never_past_its_cap(asys, monkeypatch):
     from actors.runtime import strict_limiter
     from actors.runtime.strict_limiter import StrictRateLimiterActor
 
@@ -124,38 +135,43 @@ def test_the_strict_limiter_seeds_from_the_hub_then_never_grants_past_the_budget
     hub = asys.createActor(Recorder)
     actor = asys.createActor(StrictRateLimiterActor)
     asys.tell(actor, StrictInit("n1", hub))
-    limits = RateLimits(rpm=3, window_s=86400.0, mode="strict")
-    asys.tell(actor, StrictAcquire("k", limits, "r1#1", 10))    # held until the limiter has the cluster's view
+    budget = spend_budget(0.001)                    # 1,000,000 nano-USD over a two-day period
+    learning = asys.ask(actor, lease_ask(budget, "a", 1, 10 ** 6), 2)
+    assert isinstance(learning, LeaseOffer) and learning.lease == (None, 0)   # learning: only what it holds
     (asked,) = messages(asys, hub, LimiterStateRequest)
-    assert asked.key == "k"
-    window = int(time.time() // 86400.0)
-    # The cluster already spent 1 request of 3 in this window.
-    asys.tell(actor, LimiterDelta("k", {window: {"requests": {"other": 1}, "tokens": {"other": 10}}}, "hub:n1", limits))
-    first = asys.listen(2)
-    assert isinstance(first, StrictGrant) and first.reservation_id == "r1#1"
-    assert isinstance(asys.ask(actor, StrictAcquire("k", limits, "r2#1", 10), 2), StrictGrant)
-    denied = asys.ask(actor, StrictAcquire("k", limits, "r3#1", 10), 2)
-    assert isinstance(denied, StrictDenied) and isinstance(denied.error, E.BudgetExceeded)
-    asys.tell(actor, StrictSettle("k", "r1#1", None, sent=False))   # never reached the provider: given back
-    assert isinstance(asys.ask(actor, StrictAcquire("k", limits, "r4#1", 10), 2), StrictGrant)
-    assert isinstance(asys.ask(actor, StrictAcquire("k", limits, "r5#1", 10), 2), StrictDenied)
+    assert asked.key == budget.counter_key
+    window = budget.period.index(time.time())
+    # The cluster already spent 400,000 of it (a slot that never asked this leader).
+    seen = {window: {"requests": {"other": 1}, "tokens": {"other": 400_000}}}
+    asys.tell(actor, LimiterDelta(budget.counter_key, seen, "hub:n1", budget.limits))
+    a = asys.ask(actor, lease_ask(budget, "a", 2, 10 ** 6), 2)
+    b = asys.ask(actor, lease_ask(budget, "b", 1, 10 ** 6), 2)
+    assert isinstance(a, LeaseOffer) and isinstance(b, LeaseOffer)
+    assert (a.key, a.client, a.seq, a.window) == (budget.counter_key, "a", 2, window)
+    assert a.lease[0] is None and a.lease[1] + b.lease[1] + 400_000 <= budget.nano and a.lease[1] > 0
+    assert a.left == (None, 600_000)
+    # a spent its lease and says so: nothing is left for anyone
+    spent = asys.ask(actor, lease_ask(budget, "a", 3, 10 ** 6, spent_nano=a.lease[1], holding=2, held=a.lease), 2)
+    again = asys.ask(actor, lease_ask(budget, "b", 2, 10 ** 6, holding=1, held=b.lease), 2)
+    assert spent.lease[1] + again.lease[1] + 400_000 <= budget.nano
+    assert again.left[1] == budget.nano - 400_000 - a.lease[1]
 
 
-def test_without_a_hub_the_strict_limiter_starts_from_zero(asys, monkeypatch):
+def test_without_a_hub_the_strict_limiter_leases_from_zero(asys, monkeypatch):
     from actors.runtime import strict_limiter
     from actors.runtime.strict_limiter import StrictRateLimiterActor
 
     monkeypatch.setattr(strict_limiter, "SETTLE_S", 0.0)
-    monkeypatch.setattr(strict_limiter, "EXPIRE_EVERY_S", 0.02)
     actor = asys.createActor(StrictRateLimiterActor)
     asys.tell(actor, StrictInit("n1", None))
-    limits = RateLimits(rpm=1, window_s=86400.0, mode="strict")
-    assert isinstance(asys.ask(actor, StrictAcquire("k", limits, "a#1", 1), 2), StrictGrant)
-    asys.listen(0.1)                               # a few expiry sweeps: an open reservation stays charged
-    assert isinstance(asys.ask(actor, StrictAcquire("k", limits, "b#1", 1), 2), StrictDenied)
+    budget = spend_budget(0.001)
+    asys.ask(actor, lease_ask(budget, "a", 1, 5000), 2)      # the first ask starts the (empty) seed
+    asys.listen(0.05)
+    offer = asys.ask(actor, lease_ask(budget, "a", 2, 5000), 2)
+    assert isinstance(offer, LeaseOffer) and offer.lease == (None, 5000) and offer.left == (None, budget.nano)
 
 
-def test_a_hub_that_never_answers_does_not_hold_admission_forever(asys, monkeypatch):
+def test_a_hub_that_never_answers_does_not_hold_leases_back_forever(asys, monkeypatch):
     from actors.runtime import strict_limiter
     from actors.runtime.strict_limiter import StrictRateLimiterActor
 
@@ -164,8 +180,15 @@ def test_a_hub_that_never_answers_does_not_hold_admission_forever(asys, monkeypa
     silent = asys.createActor(Recorder)
     actor = asys.createActor(StrictRateLimiterActor)
     asys.tell(actor, StrictInit("n1", silent))
-    limits = RateLimits(rpm=5, window_s=86400.0, mode="strict")
-    assert isinstance(asys.ask(actor, StrictAcquire("k", limits, "a#1", 1), 3), StrictGrant)
+    budget = spend_budget(0.001)
+    assert asys.ask(actor, lease_ask(budget, "a", 1, 5000), 2).lease == (None, 0)
+    messages(asys, silent, LimiterStateRequest)
+    deadline = time.monotonic() + 5.0
+    seq = 2
+    while (offer := asys.ask(actor, lease_ask(budget, "a", seq, 5000), 2)).lease != (None, 5000):
+        assert time.monotonic() < deadline, f"still learning: {offer}"
+        asys.listen(0.02)
+        seq += 1
 
 
 # -- the breaker actor and its handle --------------------------------------------------------

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from actors.core.ratelimit import RateLimits
 
-from actors.errors import InferenceError
 
 
 @dataclass
@@ -96,6 +95,7 @@ class LeaseRefresh:
     held: tuple[int | None, int | None]
     spent: tuple[int, int]
     want: tuple[int, int]
+    need: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -109,35 +109,6 @@ class LeaseOffer:
     lease: tuple[int | None, int | None]
     ttl_s: float
     left: tuple[int | None, int | None]
-
-
-@dataclass
-class StrictAcquire:
-    key: str
-    limits: RateLimits
-    reservation_id: str
-    tokens: int
-
-
-@dataclass
-class StrictGrant:
-    reservation_id: str
-    window: int
-    tokens: int
-
-
-@dataclass
-class StrictDenied:
-    reservation_id: str
-    error: InferenceError
-
-
-@dataclass
-class StrictSettle:
-    key: str
-    reservation_id: str
-    actual_tokens: int | None
-    sent: bool
 
 
 @dataclass
