@@ -77,6 +77,10 @@ def render(doc: dict[str, Any], refreshes: int = 0) -> Group:
         resets = _secs(max(0.0, b["period_end_unix"] - now)) if b["period_end_unix"] else "-"
         spent.add_row(f"{b['budget']} ({b['mode']})", f"{b['scope']} {b['name']}", b["period"],
                       _bar(b["spent_usd"], b["usd"], unit="$"), resets)
+    refused = Table("model", "reason", "where", "calls", title="refused without calling the provider (since each "
+                    "node started)", title_justify="left")
+    for r in doc.get("refusals", []):
+        refused.add_row(r["model"], r["reason"], r["where"], str(r["count"]))
     ledgers = [Text.assemble(f"ledger of {x['node']}: ", (x["state"], "green" if x["state"] == "ok" else "bold red"),
                              f" · {x['written']} written, {x['dropped']} dropped, {x['queued']} queued")
                for x in spend.get("ledgers", []) if x["state"] != "none"]
@@ -86,6 +90,8 @@ def render(doc: dict[str, Any], refreshes: int = 0) -> Group:
     if spend.get("budgets"):
         parts.append(spent)
     parts += ledgers
+    if doc.get("refusals"):
+        parts.append(refused)
     return Group(*parts)
 
 

@@ -109,6 +109,10 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gatewa
         assert "open" in deployments["chat"] and "since" in deployments["chat"]   # failing, and since when
         assert "ok" in deployments["claude"].split() and "anthropic" in deployments["claude"]
         assert "50%" in deployments["chat"]                 # 3 of 6 failed
+        # Then a call the open circuit refuses (read after the deployments' rates above).
+        with pytest.raises(openai.APIStatusError) as refused:   # refused without calling the provider
+            sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+        assert refused.value.status_code == 503 and "circuit" in str(refused.value).lower()
         breakers = rows("breakers")
         assert any(r.startswith("openai") and "open" in r and "half-open in" in r for r in breakers), breakers
         assert any(r.startswith("anthropic") and "closed" in r for r in breakers), breakers
@@ -141,6 +145,9 @@ def test_dashboard_shows_deployments_an_open_breaker_and_budgets(browser, gatewa
         assert "ok" in browser.find_element(By.CSS_SELECTOR, "#ledgers .ledger").text
         assert any(r.startswith("n1@") and "leader" in r for r in rows("nodes"))
         assert any(r.startswith("team") for r in rows("keys"))
+        # The refused call, by model and reason (the engine's or the router's, as the node counted it).
+        WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda _: any(r.split()[:2] == ["chat", "CircuitOpen"] for r in rows("refusals")))
         assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-rps polyline")) == 2   # one line per deployment
         assert len(browser.find_elements(By.CSS_SELECTOR, "#chart-latency polyline")) == 4  # p50 and p99 each
         screenshot = README_SCREENSHOT if os.environ.get("ATOMR_UPDATE_SCREENSHOT") else tmp_path / "dashboard.png"

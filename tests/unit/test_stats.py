@@ -447,6 +447,9 @@ def test_the_terminal_view_draws_spend_budgets_and_the_ledger():
     assert "team search" in team and "$0.25/$1 (25%)" in team
     assert "$2.5/$2 (125%)" in next(line for line in text.splitlines() if "deployment=d1/1h (strict)" in line)
     assert "ledger of n1@10.0.0.1:1900: degraded · 7 written, 3 dropped, 1 queued" in text
+    # Refusals by model and reason, the router's (its clients') and the engines', each counted.
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.count("│") == 5]
+    assert ["m", "CircuitOpen", "router", "4"] in cells and ["m", "QueueFull", "engine", "1"] in cells
 
 
 def test_probes_are_counted_apart_each_by_its_outcome():

@@ -107,6 +107,12 @@ function renderKeys(doc) {
   ])).join("") || row(['<span class="muted">no calls yet</span>', "", "", "", ""]);
 }
 
+function renderRefusals(doc) {
+  $("refusals").tBodies[0].innerHTML = (doc.refusals || []).map((r) => row([
+    esc(r.model), esc(r.reason), esc(r.where), n(num(r.count)),
+  ])).join("") || row(['<span class="muted">none</span>', "", "", ""]);
+}
+
 function chart(svg, lines, now, fmt) {
   // lines: [{color, dash, points: [[t, v], ...]}] over the last 15 minutes, or over the span
   // the data covers when it is shorter (at least a minute), so a young node's charts are legible.
@@ -155,7 +161,7 @@ async function refresh() {
     const leader = doc.leader ? `led by ${esc(doc.leader)}` : "single node";
     $("cluster").innerHTML = `${doc.nodes.length} node(s), ${leader}, ${doc.deployments.length} deployment(s)`;
     renderCharts(doc, now); renderDeployments(doc, now); renderBreakers(doc, now);
-    renderBudgets(doc, now); renderSpend(doc, now); renderNodes(doc, now); renderKeys(doc);
+    renderBudgets(doc, now); renderSpend(doc, now); renderNodes(doc, now); renderKeys(doc); renderRefusals(doc);
     document.body.dataset.loaded = "1";
   } catch (err) {
     $("error").hidden = false;
