@@ -113,7 +113,7 @@ class ThespianLink:
     def release(self, endpoint: Endpoint) -> None:
         with self._lock:
             held = self._managers.pop(id(endpoint), None)
-        if held is not None and held[0] is endpoint:
+        if held is not None:
             _exit(held[1])
 
     def stream_receiver(self) -> StreamReceiver | None:
@@ -168,10 +168,10 @@ class InProcessLink:
 
     def release(self, endpoint: Endpoint) -> None:
         with self._lock:
-            mine = [e for e in self._endpoints if e is endpoint]
+            held = next((e for e in self._endpoints if e is endpoint), None)
             self._endpoints = [e for e in self._endpoints if e is not endpoint]
-        for e in mine:
-            e.close()
+        if held is not None:
+            held.close()
 
     def stream_receiver(self) -> StreamReceiver | None:
         return None

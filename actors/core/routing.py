@@ -25,7 +25,7 @@ from actors.errors import (AuthenticationError, BadRequest, Cancelled, CircuitOp
                            InferenceError, NotFound, PermissionDenied, QueueFull, BudgetExceeded)
 
 __all__ = ["STRATEGIES", "Strategy", "CROSS_NODE", "CrossNode", "HealthCheck", "ModelRouting", "RoutingPolicy", "Candidate",
-           "order", "skip_reason", "refusal_of", "input_estimate", "output_estimate", "GroupPlan", "plan_group",
+           "order", "skip_reason", "refusal_of", "input_estimate", "output_estimate", "GroupPlan", "plan_group", "reaches_other_nodes",
            "Step", "after_failure", "held_until", "held_refusal", "fallback_kind", "FallbackPlan", "RequestRetries",
            "context_window", "context_windows", "check_models"]
 
@@ -313,6 +313,11 @@ class GroupPlan:
         return refusals.for_group(self.model, self.refused)
 
 
+def reaches_other_nodes(cross_node: str) -> bool:
+    """Whether a call may be served by another node's deployment under ``cross_node`` (:data:`CROSS_NODE`)."""
+    return cross_node != "local_only"
+
+
 def plan_group(model: str, candidates: Sequence[Candidate], *, strategy: str, rand: Callable[[], float],
                streamed: bool, input_tokens: int, output_tokens: int, now_unix: float,
                cross_node: str = "prefer_local") -> GroupPlan:
@@ -326,7 +331,7 @@ def plan_group(model: str, candidates: Sequence[Candidate], *, strategy: str, ra
     refused: dict[str, InferenceError] = {}
     skipped: list[tuple[Candidate, InferenceError]] = []
     for candidate in candidates:
-        if candidate.remote and cross_node == "local_only":
+        if candidate.remote and not reaches_other_nodes(cross_node):
             continue
         refusal = refusal_of(candidate, input_tokens, now_unix)
         if refusal is None:

@@ -92,7 +92,6 @@ class FrontDoor:
                  upstreams: dict[str, str] | None = None) -> None:
         self.config = config
         self.client = client
-        self.models = sorted(set(models))
         self.keys = keys if keys is not None else KeyRing(config)
         self.watcher = Watcher()
         self.key_limits = KeyLimits(config.keys)
@@ -109,7 +108,8 @@ class FrontDoor:
         self._ready: tuple[float, bool, str] = (0.0, False, "")
         self._local = threading.local()
         self.observe = Observatory(client, self.keys)   # /metrics, /v1/status, /ui
-        self.cards = model_cards.ModelCards(self.models, upstreams or {})
+        # The models a call through the node reaches: the configured ones until the node is asked.
+        self.cards = model_cards.ModelCards(sorted(set(models)), upstreams or {})
         self._models_at = -math.inf   # when the node was last asked which models it reaches
 
     # -- WSGI ------------------------------------------------------------------------
@@ -192,7 +192,7 @@ class FrontDoor:
             done(200, caller.name)
             return self._json(start_response, 200, doc, request_id)
         if path == "/v1/messages/count_tokens":
-            doc = model_cards.count_tokens(parse_json(self._body(environ)), self.models, caller)
+            doc = model_cards.count_tokens(parse_json(self._body(environ)), self.cards.models, caller)
             done(200, caller.name)
             return self._json(start_response, 200, doc, request_id)
         if path == "/v1/spend":
@@ -306,7 +306,7 @@ class FrontDoor:
             models = sorted(set(self.client.models(timeout_s=MODELS_LOOKUP_S)))
         except InferenceError:
             return
-        self.models = self.cards.models = models
+        self.cards.models = models
 
     def _models(self, caller: Caller, dialect: _Dialect) -> dict[str, Any]:
         return self.cards.listing(caller, dialect is ANTHROPIC)

@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from actors.core.routing import reaches_other_nodes
 from actors.runtime.logs import logger
 from actors.runtime.protocol import ModelList, ModelsRequest, PeerRoutes, RelayTargets, RelayTargetsTaken, RouteEntry
 from actors.runtime.relay import CrossNodeRelay
@@ -83,7 +84,7 @@ class CrossNodeRoutes:
         if not peers:
             return
         if self.relay is None and not self.stopping:
-            self.relay, self.relay_told, self.relay_taken = self.createActor(CrossNodeRelay), None, []
+            self.relay, self.relay_told = self.createActor(CrossNodeRelay), None
         self._tell_relay()   # a relay made just now, or one that missed a change
         update = PeerRoutes(self.node_id, self._own_entries())
         for member in peers:
@@ -98,7 +99,7 @@ class CrossNodeRoutes:
 
     def receiveMsg_ModelsRequest(self, msg: ModelsRequest, sender: Any) -> None:
         models = {dep.model for dep, _, _ in self.specs.values()}   # a restarting engine's model too
-        models |= {e.model for e in self._peer_entries() if self.routing.cross_node_for(e.model) != "local_only"}
+        models |= {e.model for e in self._peer_entries() if reaches_other_nodes(self.routing.cross_node_for(e.model))}
         self.send(sender, ModelList(sorted(models), token=msg.token))
 
     def _fresh_peer_routes(self) -> list[tuple[float, list[RouteEntry]]]:
