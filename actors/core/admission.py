@@ -221,6 +221,11 @@ class Leader:
                                         "know its share of the budget", provider=provider,
                                         retry_after_s=self.failure_timeout_s))
 
+    def unreachable(self, what: str, held: str, provider: str = "") -> Denied:
+        """A strict budget's lease does not cover a request and the leader is out of reach."""
+        return Denied(LeaderUnavailable(f"{what} needs the convention leader, which is unreachable, and {held}",
+                                        provider=provider, retry_after_s=self.failure_timeout_s))
+
     def spend_outside(self, now: float, provider: str) -> Wait | Denied | None:
         """Approximate spend budgets of a node never in the cluster: its replica knows no one
         else's spend, so wait while starting, then refuse. (After a loss the replica still holds
@@ -244,13 +249,15 @@ class StrictBudget:
         self.holder = holder
 
     def fits(self, cost: Pair, now: float) -> bool:
-        window = self.replica.current_window()
+        return self._fits(self.replica.current_window(), cost, now)
+
+    def _fits(self, window: int, cost: Pair, now: float) -> bool:
         return self.holder.allows(window, now, self.replica.own(window), cost)
 
     def take(self, cost: Pair, now: float) -> Reservation | None:
         """Spent locally when the lease covers ``cost`` (no message); None when it does not."""
         window = self.replica.current_window()
-        if not self.holder.allows(window, now, self.replica.own(window), cost):
+        if not self._fits(window, cost, now):
             return None
         self.holder.blocked = False
         return self.replica.record(cost[1], cost[0], window=window)
@@ -280,7 +287,7 @@ class StrictBudget:
 
     def wait_until(self, now: float) -> float:
         due = self.holder.due(now)
-        return min(due if due is not None else now + BUDGET_POLL_S, now + BUDGET_POLL_S)
+        return now + BUDGET_POLL_S if due is None else min(due, now + BUDGET_POLL_S)
 
     def due(self, now: float) -> float | None:
         return self.holder.due(now)
@@ -397,13 +404,11 @@ class BudgetGate:
             return Reserved(reservation)
         short = strict.short(cost, now, self.leader.available)
         if short == "unreachable":
-            if self.leader.starting(now) and not self.leader.available:
+            if self.leader.starting(now):
                 return Wait(now + BUDGET_POLL_S)  # still starting up: the registry will say where it is
             if self.limits.leader_unavailable == "local_share":
                 return self._shared(job, now)
-            return Denied(LeaderUnavailable(f"strict rate limiting needs the convention leader, which is unreachable, "
-                                            f"and {strict.unusable(now)}", provider=self.provider,
-                                            retry_after_s=self.leader.failure_timeout_s))
+            return self.leader.unreachable("strict rate limiting", strict.unusable(now), self.provider)
         if short == "spent":
             return self._verdict(job, BudgetExceeded(
                 f"strict budget {self.key} is spent in this window across the cluster", limit="rpm",
@@ -468,6 +473,10 @@ class Admission:
         self.breaker = breaker
         self.budget = budget
         self.spend = spend
+        # Every strict budget this engine holds a lease of (fixed once the gates are made).
+        self.stricts: tuple[StrictBudget, ...] = (
+            *((budget.strict,) if budget.strict is not None else ()),
+            *(spend.book.leases.values() if spend is not None else ()))
 
     def admit(self, job: Job, now: float, idle: bool) -> Admit | Refuse | Denied | Wait | None:
         """``Admit``: dispatch it under that generation. ``Refuse``, ``Denied``: it fails now.
@@ -482,7 +491,7 @@ class Admission:
             return None
         budget: Reserved | Wait | Denied | None = None
         if self.spend is not None:
-            budget = self.spend.admit(job.spend, job.request_id, now)
+            budget = self.spend.admit(job.spend, now)
         if budget is None:
             budget = self.budget.admit(job, now)
         if isinstance(budget, Reserved):
@@ -519,19 +528,14 @@ class Admission:
         back = available and not self.budget.leader.available
         self.budget.leader_changed(available, shares, now, in_cluster)
         if back:
-            for strict in self.stricts():
+            for strict in self.stricts:
                 strict.holder.sent.clear()
 
     def unblock(self) -> None:
         """Before the queue is looked at: no lease waits for a request unless its head says so
         again (one that ended, or was refused on another budget, no longer does)."""
-        for strict in self.stricts():
+        for strict in self.stricts:
             strict.holder.blocked = False
-
-    def stricts(self) -> list[StrictBudget]:
-        """Every strict budget this engine holds a lease of."""
-        out = [self.budget.strict] if self.budget.strict is not None else []
-        return out + (list(self.spend.book.leases.values()) if self.spend is not None else [])
 
     def refresh_dues(self) -> list[float | None]:
         return [self.budget.refresh_due(), self.spend.refresh_due() if self.spend is not None else None]

@@ -37,7 +37,7 @@ from actors.core.pricing import Price, cost_usd
 from actors.core.ratelimit import (CounterDelta, RateLimits, Reservation, SyncSchedule, WindowedLimiter,
                                    estimate_tokens)
 from actors.core.settlement import Settle, Settlement
-from actors.errors import BudgetExceeded, LeaderUnavailable
+from actors.errors import BudgetExceeded
 
 __all__ = ["Budget", "BudgetBook", "SpendGate", "SpendHold", "NANO", "UNKNOWN_PRICE", "SPEND_PREFIX", "SCOPES",
            "PublishSpend", "to_nano", "budget_exceeded"]
@@ -143,12 +143,9 @@ class BudgetBook:
 
     def __init__(self, budgets: Iterable[Budget], *, slot: str, deployment: str, provider: str,
                  wall: Callable[[], float], clock: Callable[[], float], sync_interval_s: float = 0.05,
-                 rand: Callable[[], float] | None = None, seed: Mapping[str, int] | None = None,
-                 failure_timeout_s: float = 5.0) -> None:
+                 rand: Callable[[], float] | None = None, seed: Mapping[str, int] | None = None) -> None:
         self.slot = slot
         self.wall, self.clock = wall, clock
-        self.failure_timeout_s = failure_timeout_s
-        self.started = clock()
         mine = [b for b in budgets if b.scope in ("key", "team")
                 or (b.scope == "deployment" and b.name == deployment) or (b.scope == "provider" and b.name == provider)]
         self.budgets: dict[str, Budget] = {b.counter_key: b for b in mine}
@@ -222,26 +219,25 @@ class BudgetBook:
         """None when every strict budget's lease covers ``cost``; else why not, in this order: a
         budget too small for it or spent across the cluster, the leader out of reach, a lease
         to wait for (asked for at once)."""
-        shorts: list[tuple[Budget, str]] = []
+        shorts: list[tuple[Budget, StrictBudget, str]] = []
         for b in strict:
             lease = self.leases[b.counter_key]
             if cost > b.nano:
                 return Denied(budget_exceeded(b, self.limiters[b.counter_key].usage().tokens, self.wall(), cost))
             if not lease.fits((1, cost), now):
-                shorts.append((b, lease.short((1, cost), now, leader.available)))
-        for b, why in shorts:
+                shorts.append((b, lease, lease.short((1, cost), now, leader.available)))
+        for b, lease, why in shorts:
             if why == "spent":
-                left = self.leases[b.counter_key].left()
+                left = lease.left()
                 spent = b.nano - left if left is not None else self.limiters[b.counter_key].usage().tokens
                 return Denied(budget_exceeded(b, max(0, spent), self.wall(), cost))
-        if any(why == "unreachable" for _, why in shorts):
-            if leader.starting(now) and not leader.available:
+        unreachable = [lease for _, lease, why in shorts if why == "unreachable"]
+        if unreachable:
+            if leader.starting(now):
                 return Wait(now + BUDGET_POLL_S)
-            unusable = next(self.leases[b.counter_key].unusable(now) for b, why in shorts if why == "unreachable")
-            return Denied(LeaderUnavailable(f"a strict spend budget needs the convention leader, which is "
-                                            f"unreachable, and {unusable}", retry_after_s=self.failure_timeout_s))
+            return leader.unreachable("a strict spend budget", unreachable[0].unusable(now))
         if shorts:
-            return Wait(min(self.leases[b.counter_key].wait_until(now) for b, _ in shorts))
+            return Wait(min(lease.wait_until(now) for _, lease, _ in shorts))
         return None
 
     def _exhausted(self, budget: Budget, cost: int) -> bool:
@@ -366,7 +362,7 @@ class SpendGate:
         self.provider = provider
         self.backlog: Callable[[str], Pair] = lambda key: (0, 0)   # what waits for budget ``key`` (the core sets it)
 
-    def admit(self, hold: SpendHold, request_id: str, now: float) -> Wait | Denied | None:
+    def admit(self, hold: SpendHold, now: float) -> Wait | Denied | None:
         """None when admitted (or when no budget applies)."""
         if not hold.budgets or hold.admitted:
             return None

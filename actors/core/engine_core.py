@@ -91,8 +91,7 @@ class EngineCore:
         breaker = BreakerGate(self, BreakerView(deployment.provider, deployment.endpoint_label), slot=slot, wall=wall)
         spend = SpendGate(BudgetBook(budgets, slot=budget_slot or slot, deployment=deployment.name,
                                      provider=deployment.provider, wall=wall, clock=clock, rand=rand,
-                                     sync_interval_s=sync_interval_s, seed=budget_seed,
-                                     failure_timeout_s=failure_timeout_s),
+                                     sync_interval_s=sync_interval_s, seed=budget_seed),
                           self, leader, deployment.provider) if budgets else None
         self.admission = Admission(breaker, BudgetGate(self, limits, replica, leader, provider=deployment.provider,
                                                        slot=slot, key=deployment.limit_key, clock=clock, wall=wall,

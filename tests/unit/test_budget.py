@@ -651,7 +651,7 @@ def test_a_strict_budget_waits_for_the_leader_while_the_node_starts_then_refuses
 
     strict = key_budget(1.0, mode="strict")
     book = BudgetBook([strict], slot="s", deployment="d1", provider="openai", wall=FakeClock(utc(2027, 1, 15, 8)),
-                      clock=FakeClock(100.0), failure_timeout_s=5.0)
+                      clock=FakeClock(100.0))
     starting = Leader(100.0, 5.0)                 # the registry has not said where the leader is yet
     assert book.admit(SpendHold(10, [strict]), 104.99, starting) == Wait(104.99 + 0.05)
     refused = book.admit(SpendHold(10, [strict]), 105.0, starting)

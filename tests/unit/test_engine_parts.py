@@ -580,7 +580,7 @@ def test_the_spend_gate_waits_for_a_strict_answer_from_now_and_names_its_provide
     strict = Budget("key", "k1", 1.0, parse_period("1h"), "strict")
     gate, host, _ = spend_gate(strict, leader=joined)
     gate.backlog = lambda key: (1, 1000) if key == strict.counter_key else (0, 0)
-    wait = gate.admit(SpendHold(1000, [strict]), "r1", 10.0)
+    wait = gate.admit(SpendHold(1000, [strict]), 10.0)
     (ask,) = host.of(ev.AskLease)
     assert wait == Wait(10.0 + 0.05) and (ask.key, ask.limits) == (strict.counter_key, strict.limits)
     assert ask.ask.want == (1, 1000) and ask.ask.window == strict.period.index(WALL0)
@@ -588,11 +588,11 @@ def test_the_spend_gate_waits_for_a_strict_answer_from_now_and_names_its_provide
     never_joined.update(False, 0, 0.0, in_cluster=False)
     approx = Budget("key", "k1", 1.0, parse_period("1h"))
     gate, _, _ = spend_gate(approx, leader=never_joined)
-    refused = gate.admit(SpendHold(1000, [approx]), "r1", 60.0)
+    refused = gate.admit(SpendHold(1000, [approx]), 60.0)
     assert isinstance(refused, Denied) and refused.error.provider == "openai"
     # a strict-only hold is not an approximate budget spent outside the cluster: it asks the leader's limiter
     gate, _, _ = spend_gate(strict, leader=never_joined)
-    strict_refused = gate.admit(SpendHold(1000, [strict]), "r1", 60.0)
+    strict_refused = gate.admit(SpendHold(1000, [strict]), 60.0)
     assert isinstance(strict_refused, Denied) and strict_refused.error.provider == "openai"
     assert strict_refused.error.message.startswith("a strict spend budget needs the convention leader")
 
@@ -611,9 +611,9 @@ def test_a_request_that_sent_nothing_gives_its_spend_back_in_full():
                                                                           "strict")
     gate, host, book = spend_gate(approx, strict, leader=leader)
     hold = SpendHold(1000, [approx, strict])
-    assert isinstance(gate.admit(hold, "r1", 0.0), Wait)
+    assert isinstance(gate.admit(hold, 0.0), Wait)
     assert offer_lease(gate, host, strict, 1000)
-    assert gate.admit(hold, "r1", 0.01) is None
+    assert gate.admit(hold, 0.01) is None
     assert book.limiters[approx.counter_key].usage().tokens == 1000
     assert book.limiters[strict.counter_key].usage().requests == 1
     hold.sent = False
@@ -634,15 +634,15 @@ def test_the_spend_gate_takes_only_the_answer_to_its_own_ask_of_its_own_budget()
     strict = Budget("key", "k1", 1.0, parse_period("1h"), "strict")
     gate, host, book = spend_gate(strict, leader=leader)
     hold = SpendHold(1000, [strict])
-    gate.admit(hold, "r1", 0.0)
+    gate.admit(hold, 0.0)
     (ask,) = [e.ask for e in host.of(ev.AskLease)]
     grant = LeaseGrant(ask.client, ask.seq, ask.window, (None, 1000), 3.0, (None, strict.nano))
     assert not gate.offered("spend:team=t/1h", grant, 0.0)                       # not one of its budgets
     assert not gate.offered(strict.counter_key, replace(grant, seq=ask.seq + 1), 0.0)   # never asked
     assert not gate.offered(strict.counter_key, replace(grant, client="other"), 0.0)
-    assert gate.admit(hold, "r1", 0.01) is not None and not hold.admitted
+    assert gate.admit(hold, 0.01) is not None and not hold.admitted
     assert gate.offered(strict.counter_key, grant, 0.0)
-    assert gate.admit(hold, "r1", 0.02) is None and hold.admitted
+    assert gate.admit(hold, 0.02) is None and hold.admitted
     assert book.limiters[strict.counter_key].usage().tokens == 1000
 
 
