@@ -20,13 +20,18 @@ import logging
 import os
 import secrets
 import selectors
-import socket
 import threading
 import time
 from collections import deque
 from typing import Any
 
-from actors.core.frames import FrameCodec, FrameDecoder, FrameRefused, chunk_fields
+from actors.core.frames import (
+    FrameCodec,
+    FrameDecoder,
+    FrameRefused,
+    chunk_fields,
+    loopback_listener,
+)
 from actors.types import TokenChunk
 
 __all__ = ["Inbox", "StreamReceiver", "shared_receiver"]
@@ -98,19 +103,6 @@ class _Connection:
         self.greeted = False
         self.greet_by = greet_by
         self.open = True
-
-
-def loopback_listener() -> socket.socket:
-    """A non-blocking listening socket on a free loopback port."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(256)
-        listener.setblocking(False)
-    except BaseException:
-        listener.close()
-        raise
-    return listener
 
 
 class StreamReceiver:

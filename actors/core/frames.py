@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import socket
 import struct
 from typing import Any, Protocol
 
-__all__ = ["FrameCodec", "FrameDecoder", "FrameRefused", "MAX_FRAME_BYTES", "chunk_body", "chunk_fields"]
+__all__ = ["FrameCodec", "FrameDecoder", "FrameRefused", "MAX_FRAME_BYTES", "chunk_body", "chunk_fields",
+           "loopback_listener"]
 
 MAX_FRAME_BYTES = 32 * 1024 * 1024   # a chunk's text is bounded by the deployment's response limits
 MAC_BYTES = 32
@@ -121,3 +123,17 @@ def chunk_fields(body: dict[str, Any]) -> tuple[str, int, str, list[dict[str, An
     if not all(isinstance(t, dict) for t in tools):
         return None
     return request_id, seq, text, tools
+
+
+def loopback_listener(backlog: int = 256) -> socket.socket:
+    """A non-blocking listening socket on a free loopback port: where a channel's frames arrive
+    (the stream receiver's, an engine's control listener)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(backlog)
+        listener.setblocking(False)
+    except BaseException:
+        listener.close()
+        raise
+    return listener

@@ -10,7 +10,8 @@ Why 16: a process's slots share one Thespian connection to their engine, and The
 one message at a time on a connection, each waiting for the receiver's acknowledgement. With
 128 slots a process, a burst of 256 calls waited ~10 s for its first tokens and cost the
 engine ~19 ms of CPU a call; with 16, ~2 s and ~5 ms (docs/performance.md, round 5). Memory
-is ~10 MiB a process. Once the control path leaves Thespian, far more slots a process will do.
+is ~10 MiB a process. Since the control links (runtime/control_link.py) carry those messages
+off Thespian, more slots a process may do as well: not measured yet, so 16 stays.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 __all__ = ["SlotPlan", "MAX_SLOTS_PER_PROCESS"]
 
-MAX_SLOTS_PER_PROCESS = 16    # while the control path is on Thespian (above)
+MAX_SLOTS_PER_PROCESS = 16    # chosen while the control path was on Thespian (above)
 
 
 @dataclass(frozen=True)

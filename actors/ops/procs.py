@@ -56,8 +56,12 @@ def _pids_with_inodes(inodes: set[str]) -> list[int]:
     return pids
 
 
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports process ``pid`` listens on (read in its own network namespace)."""
+_LOOPBACK = ("0100007F", "00000000000000000000000001000000")   # 127.0.0.1 and ::1 as /proc/net/tcp spells them
+
+
+def listening_ports(pid: int, reachable_from_other_hosts: bool = False) -> set[int]:
+    """TCP ports process ``pid`` listens on (read in its own network namespace); with
+    ``reachable_from_other_hosts``, not those bound to loopback only."""
     try:
         inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
                   if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
@@ -71,7 +75,9 @@ def listening_ports(pid: int) -> set[int]:
                 for line in fh:
                     fields = line.split()
                     if fields[3] == LISTEN and fields[9] in inodes:
-                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+                        address, port = fields[1].rsplit(":", 1)
+                        if not (reachable_from_other_hosts and address in _LOOPBACK):
+                            ports.add(int(port, 16))
         except OSError:
             continue
     return ports

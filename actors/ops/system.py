@@ -17,7 +17,7 @@ from typing import Any
 from thespian.actors import ActorSystem, PoisonMessage
 
 from actors.security import wire
-from actors.runtime import stream_sender
+from actors.runtime import control_link, stream_sender
 from actors.runtime.cluster import LEADER_CAPABILITY
 from actors.runtime.logs import formatter_definition
 from actors.settings.schema import MOCK_ENDPOINT, GatewayConfig
@@ -214,6 +214,7 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
     # Before the ActorSystem exists: its admin, logger and every actor are forked from here.
     serializer = wire.install(keyring)
     stream_sender.use_keyring(serializer.keyring)  # workers sign stream-channel frames with the same keys
+    control_link.use_wire(serializer)  # an engine and its worker processes talk on links, in the same frames
     capability = wire.new_capability()  # inherited in memory by the admin and every actor; never sent off-host
     described = wire.describe(serializer)
     log.info("node %s: %s", name, described)

@@ -91,14 +91,14 @@ class ToCaller:
 
     def __init__(self, actor: Any, delivery: Delivery) -> None:
         self.actor, self.delivery = actor, delivery
-        self.fallback_logged = False
+        self.by_message = False     # a chunk went as a Thespian message (no stream channel, or it failed)
 
     def to_caller(self, chunk: TokenChunk) -> None:
         delivery = self.delivery
-        if delivery.channel is not None and not self.fallback_logged:
-            self.fallback_logged = True
+        if delivery.channel is not None and not self.by_message:
             log.info("stream channel unusable (%s): %s's chunks go as messages",
                      getattr(delivery.channel, "last_failure", ""), delivery.request_id)
+        self.by_message = True
         self.actor.send(delivery.dispatch.reply_to, chunk)
 
     def first_token(self, at_unix: float) -> None:

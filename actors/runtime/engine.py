@@ -76,6 +76,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         self.init = msg
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.plan = SlotPlan.of(dep.workers, dep.worker_processes, cores)
+        self._open_control()
         try:
             price = make_runner(dep).price()
         except Exception as exc:  # noqa: BLE001 - answered to every request below, not retried by Thespian
@@ -102,7 +103,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
 
     # -- messages in: each becomes one core event ----------------------------------------
 
-    def receiveMessage(self, msg: Any, sender: Any) -> None:
+    def receiveMessage(self, msg: Any, sender: Any) -> Any:
         translate = _EVENTS.get(type(msg))
         if translate is None:
             super().receiveMessage(msg, sender)
@@ -110,10 +111,13 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
             try:
                 event = translate(msg)
             except (AttributeError, TypeError):  # a malformed message: logged, never fatal
-                return self.receiveUnrecognizedMessage(msg, sender)
-            self._feed(event)
+                event = None
+                self.receiveUnrecognizedMessage(msg, sender)
+            if event is not None:
+                self._feed(event)
         if self.starting:
             self._start_slots()   # once per message: a process's slots start together
+        return self._watch()
 
     def _made(self) -> tuple[EngineInit, EngineCore]:
         """Effects come from the core, which EngineInit made: from then on both are set."""
@@ -177,7 +181,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
             return self.send(sender, EngineStatus("", 0, "", 0, 0, 0, 0, 0, 0, 0, {}, "unknown"))
         init, core = self._made()
         self.send(sender, EngineStatus(deployment=init.deployment.name, replica=init.replica, node=init.node,
-                                       **core.status()))
+                                       control=self._control_status(), **core.status()))
 
     # -- effects out: each becomes a send, a spawn, a signal or a wakeup --------------------
 

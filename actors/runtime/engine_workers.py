@@ -15,7 +15,10 @@
   reached its caller and it may be, else ``WorkerCrashed``); the core then starts the slots
   again, in a new process;
 - a process that has not restarted a slot within ``SLOT_RESTART_GRACE_S`` (frozen, or its
-  actor thread hung) is killed, the last resort, and replaced the same way.
+  actor thread hung) is killed, the last resort, and replaced the same way;
+- where the system has watches, each process connects to the engine's control listener and
+  every message between them goes on that link (``runtime/control_link.py``), not through
+  Thespian's one-message-at-a-time transmits.
 """
 
 from __future__ import annotations
@@ -25,27 +28,30 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited
+from thespian.actors import ActorExitRequest, ChildActorExited, ThespianWatch, WatchMessage
 
 from actors.core import engine_events as ev
 from actors.core.procstat import live_stat
+from actors.runtime.control_link import HELLO_TIMEOUT_S, ControlListener, wire_codec
+from actors.runtime.linked_actor import LinkedActor
 from actors.runtime.logs import logger
 from actors.runtime.protocol import EngineInit, RestartSlot, WorkerInit, WorkerReady
 from actors.runtime.timers import Timers
+from actors.runtime.wake import watch_supported
 from actors.runtime.worker import RemoteWorkerActor
 
 if TYPE_CHECKING:
     from actors.core.engine_core import EngineCore
     from actors.core.slots import SlotPlan
 
-__all__ = ["WorkerProcesses", "SLOT_RESTART_GRACE_S"]
+__all__ = ["SLOT_RESTART_GRACE_S", "WorkerProcesses"]
 
 log = logger("atomr.engine")
 SLOT_RESTART_GRACE_S = 2.0   # a worker process that has not restarted a slot by then is killed
 
 
-class WorkerProcesses:
-    """Mixed into RemoteEngineCoreActor (which provides core, init, plan, timers, send, _feed)."""
+class WorkerProcesses(LinkedActor):
+    """Mixed into RemoteEngineCoreActor (which provides core, init, plan, timers, _feed)."""
 
     # Provided by RemoteEngineCoreActor (engine.py); declared, not assigned, so nothing here shadows it.
     core: EngineCore | None
@@ -55,7 +61,6 @@ class WorkerProcesses:
     myAddress: Any                      # a Thespian ActorAddress
 
     if TYPE_CHECKING:
-        def send(self, target: Any, message: Any) -> None: ...
         def createActor(self, actorClass: Any) -> Any: ...
         def _feed(self, event: Any) -> None: ...
 
@@ -66,6 +71,77 @@ class WorkerProcesses:
         self.restarting: dict[int, Any] = {}       # slot -> the process asked to restart it
         self.held: list[ev.WorkerUp] | None = []   # bring-up: WorkerUps until every process is up
         self.awaiting: set[int] = set()
+        self.control: ControlListener | None = None
+
+    def _open_control(self) -> None:
+        """The listener the worker processes connect to, where the system wakes actors on sockets."""
+        wire = wire_codec()
+        if wire is None or not watch_supported(self):
+            return
+        try:
+            self.control = ControlListener(wire)
+        except OSError as exc:
+            return log.warning("engine: no control listener (%s): its worker processes are told by Thespian", exc)
+        # Worker processes are forked from this one: each would hold the listener and every link.
+        os.register_at_fork(after_in_child=self._close_control_in_child)
+
+    def _close_control_in_child(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        for _, link in self.links.values():
+            link.close("not this process's")
+
+    def _watch(self) -> ThespianWatch | None:
+        """What every handler returns: Thespian watches only the list the last handler gave it."""
+        if self.control is None:
+            return None
+        return ThespianWatch([self.control.fileno(), *(link.fileno() for _, link in self.control.waiting),
+                              *self._link_fds()])
+
+    def receiveMsg_WatchMessage(self, msg: WatchMessage, sender: Any) -> None:
+        control = self.control
+        if control is None:
+            return
+        ready = set(msg.ready)
+        if control.fileno() in ready:
+            control.accept()
+            if control.waiting:
+                self.timers.after("control_hello", HELLO_TIMEOUT_S)
+        for at, link in list(control.waiting):
+            if link.fileno() in ready:
+                self._greeted(link, link.receive())
+        control.expire()
+        self._read_links(ready)
+
+    def _greeted(self, link: Any, envelopes: list[tuple[Any, Any]]) -> None:
+        """A connection's first frame must be a WorkerReady from one of this engine's processes."""
+        assert self.control is not None
+        if not envelopes and not link.closed:
+            return
+        self.control.waiting = [(at, waiting) for at, waiting in self.control.waiting if waiting is not link]
+        sender, first = envelopes[0] if envelopes else (None, None)
+        process = self._process_at(sender) if sender is not None else None
+        if link.closed or not isinstance(first, WorkerReady) or process is None or self.linked(sender):
+            self.control.refused += 1
+            return link.close("not a worker process of this engine")
+        # The address createActor gave is a placeholder until the process is up (unhashable, equal
+        # by override); the process's own is final, and it is what the link is found by.
+        self.procs[process] = sender
+        self._link(sender, link)
+        self._take(sender, link, envelopes)
+
+    def _control_status(self) -> dict[str, int]:
+        if self.control is None:
+            return {}
+        links = [link for _, link in self.links.values()]
+        return {"port": self.control.port, "links": len(links), "sent": sum(link.sent for link in links),
+                "received": sum(link.received for link in links), "refused": self.control.refused}
+
+    def timer_control_hello(self, _: Any) -> None:
+        if self.control is not None:
+            self.control.expire()
+            if self.control.waiting:
+                self.timers.after("control_hello", HELLO_TIMEOUT_S)
 
     def _started(self) -> tuple[EngineInit, SlotPlan]:
         """The init and slot plan, which EngineInit sets before any worker process is started."""
@@ -107,7 +183,7 @@ class WorkerProcesses:
     def _process_gone(self, process: int, how: str) -> None:
         """Every slot of a dead worker process is a lost worker to the core: each request ends once."""
         init, plan = self._started()
-        del self.procs[process]
+        self._unlink(self.procs.pop(process), resend=False)
         self.pids.pop(process, None)
         slots = plan.slots_of(process)
         # Stopping, every worker exits: that is the plan, not news. Any other exit is.
@@ -162,7 +238,8 @@ class WorkerProcesses:
             if address is None:
                 init, _ = self._started()
                 address = self.procs[process] = self.createActor(RemoteWorkerActor)
-                self.send(address, WorkerInit(init.deployment, self.myAddress, init.session, sorted(slots)))
+                self.send(address, WorkerInit(init.deployment, self.myAddress, init.session, sorted(slots),
+                                              control_port=self.control.port if self.control is not None else None))
                 if self.held is not None:
                     self.awaiting.add(process)
                 continue

@@ -4,19 +4,16 @@ Each slot (``slot.py``) makes one attempt per :class:`Dispatch` on its own long-
 which reads and decodes the body and relays chunks as frames (``delivery.py``). This actor,
 on its own thread, prepares the attempts (``attempt.py``), sends what only an actor may send
 (the first chunk with its ``FirstToken``, chunks as messages, each ``WorkerResult``) and
-answers the engine, which owns retries and the terminal. A slot wakes the actor when it has
-something for it: a self-pipe the actor watches on ``multiprocTCPBase`` (``wake.py``), a 1 ms
-poll on ``simpleSystemBase`` (no watches); the actor pumps the slots that asked. Reads end at
-the attempt's deadline, and a backstop timer per slot ends one that hangs.
+answers the engine, which owns retries and the terminal; with watches, on their control link
+(``linked_actor.py``). A slot wakes the actor through a self-pipe it watches (``wake.py``; a
+1 ms poll on ``simpleSystemBase``). Reads end at the attempt's deadline; a backstop timer ends one that hangs.
 
 A process crash takes every slot of the process down: its engine ends each of their requests
 once and starts a new process (``engine.py``). A slot whose attempt the engine gave up on is
-restarted alone (:class:`RestartSlot`: its exchange stopped, a fresh thread takes its index).
-When the engine's process dies, the worker notices (its parent's pidfd turns readable; without
-pidfds, within ``PARENT_CHECK_S``) and exits rather than live on as an orphan. Deadlines
-and size limits bound what one response costs however the upstream trickles.
+restarted alone (:class:`RestartSlot`). When the engine's process dies, the worker notices (its
+parent's pidfd; without pidfds, within ``PARENT_CHECK_S``) and exits rather than live on as an
+orphan. Deadlines and size limits bound what one response costs however the upstream trickles.
 """
-
 from __future__ import annotations
 
 import os
@@ -35,6 +32,7 @@ from actors.runtime import transport
 from actors.runtime.attempt import SlotAttempt, ToCaller, monotonic_of, prepare, worker_result
 from actors.runtime.base import GatewayActor
 from actors.runtime.delivery import UNDECIDED, Delivery
+from actors.runtime.linked_actor import LinkedActor
 from actors.runtime.logs import logger
 from actors.runtime.protocol import Dispatch, FirstTokenHeard, RestartSlot, SessionSnapshot, SessionSubscribe
 from actors.runtime.protocol import WorkerInit, WorkerReady
@@ -54,7 +52,7 @@ DEADLINE_SLACK_S = 0.05     # the backstop fires this long after the attempt's d
 RETIRE_GRACE_S = 5.0        # a stopped slot's thread that has not ended by then is logged as stuck
 
 
-class RemoteWorkerActor(GatewayActor):
+class RemoteWorkerActor(LinkedActor, GatewayActor):
     def __init__(self) -> None:
         super().__init__()
         self.deployment: DeploymentConfig | None = None
@@ -74,7 +72,7 @@ class RemoteWorkerActor(GatewayActor):
         super().receiveMessage(msg, sender)
         # Thespian replaces the watch list with whatever each handler returns.
         fds = [fd for fd in (self.wake and self.wake.fileno(), self.parent_fd) if fd is not None]
-        return ThespianWatch(fds) if self.wake is not None else None
+        return ThespianWatch(fds + self._link_fds()) if self.wake is not None else None
 
     # -- set-up --------------------------------------------------------------------
 
@@ -89,6 +87,8 @@ class RemoteWorkerActor(GatewayActor):
             self.parent_fd = open_process_fd(self.parent_pid)
         for index in msg.slots:
             self._new_slot(index)
+        # With watches, every message to and from the engine goes on one link (runtime/control_link.py).
+        self._connect_link(self.engine, msg.control_port if self.wake is not None else None)
         if msg.session is not None:
             self.send(msg.session, SessionSubscribe(self.myAddress, wants_secret=True))
         else:
@@ -169,10 +169,10 @@ class RemoteWorkerActor(GatewayActor):
     # -- wake-ups --------------------------------------------------------------------
 
     def receiveMsg_WatchMessage(self, msg: WatchMessage, sender: Any) -> None:
-        ready = msg.ready
-        if self.parent_fd is not None and self.parent_fd in ready:
+        if self.parent_fd is not None and self.parent_fd in msg.ready:
             return self._check_parent()
-        if self.wake is not None and self.wake.fileno() in ready:
+        self._read_links(msg.ready)
+        if self.wake is not None and self.wake.fileno() in msg.ready:
             self.wake.drain()
             self._pump_asked()
 
@@ -231,6 +231,7 @@ class RemoteWorkerActor(GatewayActor):
         self._finish(slot, delivery, delivery.end(delivery.deadline_error(), outlet))
 
     def _finish(self, slot: Slot, delivery: Delivery, error: InferenceError | None) -> None:
+        by_message = slot.delivery is delivery and isinstance(slot.outlet, ToCaller) and slot.outlet.by_message
         if slot.delivery is delivery:
             self._clear(slot)
         if delivery.upstream_body is not None:   # the caller was told less than the upstream said
@@ -239,7 +240,7 @@ class RemoteWorkerActor(GatewayActor):
         if error is not None and delivery.chunks:
             error.retryable = False  # the caller has part of the answer: replaying would repeat it
         # HTTP statuses and body errors come after the headers, so the phase says it all.
-        self._report(delivery.dispatch, acc=delivery.acc, error=error, chunks=delivery.chunks,
+        self._report(delivery.dispatch, by_message, acc=delivery.acc, error=error, chunks=delivery.chunks,
                      first_token_unix=delivery.first_token_unix, sent=delivery.exchange.phase.reached_provider)
 
     def _clear(self, slot: Slot) -> None:
@@ -322,6 +323,7 @@ class RemoteWorkerActor(GatewayActor):
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self._drop_all()  # (the wake pipe stays open: a stopping slot may still write to it)
 
-    def _report(self, dispatch: Dispatch, **outcome: Any) -> None:
+    def _report(self, dispatch: Dispatch, after_messages: bool = False, **outcome: Any) -> None:
         version = self.snapshot.version if self.snapshot else 0
-        self.send(self.engine, worker_result(dispatch, session_version=version, **outcome))
+        send = self.send_by_thespian if after_messages else self.send   # behind the chunks it sent by Thespian
+        send(self.engine, worker_result(dispatch, session_version=version, **outcome))

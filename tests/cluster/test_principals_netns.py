@@ -136,11 +136,13 @@ class Launcher:
 
 
 def _node_ports(launcher_pid: int) -> list[int]:
-    """The ports the leader's processes serve: each held by one process only (inherited sockets are held
-    by many), the launcher's own excepted."""
+    """The Thespian ports the leader's processes serve: each held by one process only (inherited sockets
+    are held by many), the launcher's own excepted. Loopback-only listeners (an engine's control
+    listener, which speaks no Thespian and takes no table: tests/process/test_control_links_e2e.py)
+    are not."""
     held: dict[int, int] = {}
     for pid in netns.ns_pids(NS_A):
-        for port in listening_ports(pid):
+        for port in listening_ports(pid, reachable_from_other_hosts=True):
             held[port] = held.get(port, 0) + 1
     own = set(listening_ports(launcher_pid))
     return sorted({p for p, n in held.items() if n == 1} - own | {LEADER_PORT})

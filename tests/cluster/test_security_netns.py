@@ -55,10 +55,11 @@ def _launch(ns: str, args: list[str], env: dict[str, str]) -> tuple[subprocess.P
 
 
 def _served_ports(ns: str, admin_port: int) -> set[int]:
-    """The node's ports: each held by one process only (inherited sockets are held by many), and the admin's."""
+    """The node's ports another host can reach: each held by one process only (inherited sockets are
+    held by many), and the admin's. Loopback-only listeners (an engine's control listener) are not."""
     held: dict[int, int] = {}
     for pid in netns.ns_pids(ns):
-        for port in listening_ports(pid):
+        for port in listening_ports(pid, reachable_from_other_hosts=True):
             held[port] = held.get(port, 0) + 1
     return {port for port, n in held.items() if n == 1} | {admin_port}
 

@@ -114,6 +114,18 @@ def attack_every_port(node, bodies: dict[str, bytes]) -> tuple[dict[tuple[int, s
     return {k: v for k, v in replies.items() if k[0] in live}, ports & live
 
 
+def refused_everywhere(replies: dict[tuple[int, str], bytes], client) -> None:
+    """Every Thespian port answered ACK+DATAERR; the engine's control listener, which speaks no
+    Thespian, closed each connection (docs/security.md, "The control links")."""
+    (engine,) = client.status().engines
+    control = engine.control["port"]
+    assert any(port == control for port, _ in replies), "the control listener was attacked too"
+    for (port, kind), reply in replies.items():
+        assert (reply == b"" if port == control else b"ACK+DATAERR" in reply), (port, kind, reply)
+    kinds = {kind for _, kind in replies}
+    assert client.status().engines[0].control["refused"] == len(kinds)
+
+
 def log_text(tmp_path: Path, name: str) -> str:
     path = tmp_path / f"{name}.log"
     return path.read_text() if path.exists() else ""
@@ -255,13 +267,12 @@ def test_the_remote_deploy_attack_runs_no_command_on_any_port(gateway, mock, tmp
     }
     replies, ports = attack_every_port(node, attacks)
     assert node.admin_port in ports and len(ports) >= 6, ports  # admin, logger, registry, engine, workers, ...
-    for (port, kind), reply in replies.items():
-        assert b"ACK+DATAERR" in reply, (port, kind, reply)
+    refused_everywhere(replies, client)
     assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")  # still serving
     assert [d.name for d in node.config.deployments] == ["d1"]
     assert {r.deployment for r in client.routes("pwn", refresh=True)} == set()
     local = "is not accepted from a local process that is not one of this node's (only this node's own processes"
-    log = wait_for(lambda: (t := log_text(tmp_path, "n1")).count(local) >= 2 * len(ports) and t,
+    log = wait_for(lambda: (t := log_text(tmp_path, "n1")).count(local) >= 2 * (len(ports) - 1) and t,
                    timeout_s=20, message="every port's refusals in the node's log")
     assert f"Deploy {local}" in log and f"SessionInit {local}" in log
     assert "not a signed gateway frame" in log
@@ -285,8 +296,7 @@ def test_malformed_frames_are_refused_on_every_port_and_the_node_serves(gateway,
     node, client = gateway([deployment(mock.url, "d1", workers=2)])
     before = client.status()
     replies, ports = attack_every_port(node, {kind: SIGNED.dumps(envelope) for kind, envelope in MALFORMED.items()})
-    for (port, kind), reply in replies.items():
-        assert b"ACK+DATAERR" in reply, (port, kind)
+    refused_everywhere(replies, client)
     assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")
     after = client.status()
     assert [(e.deployment, e.workers) for e in after.engines] == [(e.deployment, e.workers) for e in before.engines]
@@ -323,7 +333,9 @@ def test_a_local_key_holder_gets_no_credential_from_any_port_but_may_call_drain_
                           "sentinel_port": node.registry.addressDetails.sockname[1]})
     live = node_ports(node.pgid, node.admin_port)    # less a leader locator that ended meanwhile, if any
     assert len(result["replies"]) == len(rows) * len(ports) and len(set(ports) - live) <= 1
-    assert {r for sent, r in result["replies"].items() if int(sent.split()[0]) in live} == {"ACK+DATAERR"}
+    control = client.status().engines[0].control["port"]   # speaks no Thespian: closes instead
+    assert {r for sent, r in result["replies"].items() if int(sent.split()[0]) in live - {control}} == {"ACK+DATAERR"}
+    assert {r for sent, r in result["replies"].items() if int(sent.split()[0]) == control} == {"closed"}
     assert result["secrets"] == 0 and "actors.runtime.protocol.session.SessionSnapshot" not in result["received"]
     assert "actors.runtime.protocol.routing.NodeStatus" in result["received"]  # what a local caller may ask
     assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")  # nothing was acted on

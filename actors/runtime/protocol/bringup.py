@@ -88,3 +88,5 @@ class WorkerInit:
     engine: Any
     session: Any
     slots: list[int]  # the slots (engine core worker indices) this worker process holds
+    # The engine's control listener (a loopback port; runtime/control_link.py), or None: Thespian only.
+    control_port: int | None = None

@@ -145,6 +145,9 @@ class EngineStatus:
     stats: dict[str, Any] = field(default_factory=dict)   # actors.core.stats.DeploymentStats.snapshot(): plain data
     # The rate-limit replica's health (WindowedLimiter.view_health): staleness_s, late_deltas, worst_late_s
     budget_view: dict[str, float] = field(default_factory=dict)
+    # The control links to its worker processes (runtime/control_link.py): port, links, messages sent and
+    # received on them, connections refused; empty where there are none (no watches, no key).
+    control: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

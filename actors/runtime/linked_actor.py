@@ -1,0 +1,135 @@
+"""The actor half of the control links (``runtime/control_link.py``): what the engine and its
+worker processes send to each other goes on their link while it is up, and what arrives on it
+is handled as a Thespian delivery."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from thespian.actors import ActorSystemMessage, PoisonMessage
+
+from actors.runtime.control_link import ControlLink, connect, wire_codec
+from actors.runtime.logs import logger
+
+if TYPE_CHECKING:
+    from actors.runtime.timers import Timers
+
+__all__ = ["LinkedActor", "address_key"]
+
+log = logger("atomr.control")
+FLUSH_S = 0.002     # how soon an outbox the socket did not take is tried again
+
+
+def address_key(address: Any) -> Any:
+    """A hashable key for a Thespian address (its ActorAddress is not hashable; a TCP address's details are).
+    An address without hashable details (an actor's own, not yet assigned) is never linked."""
+    details = getattr(address, "addressDetails", address)
+    try:
+        hash(details)
+    except TypeError:
+        return ("never linked", id(address))
+    return details
+
+
+class LinkedActor:
+    """Mixed into the engine and the worker process (before ``GatewayActor``): a message to an
+    address with a link goes on it; what arrives on a link is handled as a Thespian delivery."""
+
+    timers: Timers
+    myAddress: Any
+
+    if TYPE_CHECKING:
+        def receiveMessage(self, message: Any, sender: Any) -> Any: ...
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: dict[Any, tuple[Any, ControlLink]] = {}   # address_key(peer) -> (peer, its link)
+
+    def linked(self, target: Any) -> bool:
+        return address_key(target) in self.links
+
+    def _link(self, target: Any, link: ControlLink) -> None:
+        self.links[address_key(target)] = (target, link)
+
+    def _connect_link(self, target: Any, port: int | None) -> None:
+        """A worker process's link to its engine (``port``: the engine's listener, from WorkerInit)."""
+        wire = wire_codec()
+        if port is None or wire is None:
+            return
+        try:
+            self._link(target, connect(port, wire))
+        except OSError as exc:
+            log.warning("%s %d: no control link (%s): Thespian only", type(self).__name__, os.getpid(), exc)
+
+    def send(self, target: Any, message: Any) -> None:
+        held = self.__dict__.get("links", {}).get(address_key(target))
+        # Thespian's own messages (an exit request, a poison message) mean something to Thespian
+        # itself at the other end, not to the actor's handlers: they go by Thespian.
+        if held is not None and not isinstance(message, ActorSystemMessage):
+            link = held[1]
+            taken = link.send(self.myAddress, message)
+            if link.closed:
+                self._unlink(target, resend=True)   # what it could not write whole, this one included
+                if taken:
+                    return
+            elif taken:
+                if link.pending:
+                    self.timers.after("control_flush", FLUSH_S)
+                return
+        super().send(target, message)  # type: ignore[misc]
+
+    def send_by_thespian(self, target: Any, message: Any) -> None:
+        """Not on the link: a stream's result after chunks that went to its caller by Thespian (its
+        channel failed) stays in line behind them, as it was before links, so its terminal does
+        not overtake them by seconds."""
+        super().send(target, message)  # type: ignore[misc]
+
+    def _unlink(self, target: Any, resend: bool) -> None:
+        held = self.links.pop(address_key(target), None)
+        if held is None:
+            return
+        link = held[1]
+        link.close("dropped")
+        stranded = link.stranded()
+        if link.why not in ("dropped", "closed by its peer") or stranded:
+            log.warning("%s: the control link to %s closed (%s); %d message(s) go by Thespian instead",
+                        type(self).__name__, target, link.why, len(stranded) if resend else 0)
+        if resend:
+            for _, message in stranded:
+                super().send(target, message)  # type: ignore[misc]
+
+    def timer_control_flush(self, _: Any) -> None:
+        for target, link in list(self.links.values()):
+            link.flush()
+            if link.closed:
+                self._unlink(target, resend=True)
+        if any(link.pending for _, link in self.links.values()):
+            self.timers.after("control_flush", FLUSH_S)
+
+    def _link_fds(self) -> list[int]:
+        return [link.fileno() for _, link in self.links.values()]
+
+    def _read_links(self, ready: Any) -> None:
+        for target, link in list(self.links.values()):
+            if link.fileno() in ready:
+                self._take(target, link, link.receive())
+
+    def _take(self, target: Any, link: ControlLink, envelopes: list[tuple[Any, Any]]) -> None:
+        """Hand what arrived on ``target``'s link to the handlers, in order; a closed link is dropped."""
+        for sender, message in envelopes:
+            if sender != target:
+                link.close(f"a message claiming to be from {sender}")
+                break
+            self._deliver(sender, message)
+        if link.closed:
+            self._unlink(target, resend=True)
+
+    def _deliver(self, sender: Any, message: Any) -> None:
+        """As Thespian delivers: a handler that raises answers its sender with a PoisonMessage."""
+        try:
+            self.receiveMessage(message, sender)
+        except Exception:
+            log.exception("%s failed on a %s from its control link", type(self).__name__, type(message).__name__)
+            self.send(sender, PoisonMessage(message, traceback.format_exc()[-2000:]))
