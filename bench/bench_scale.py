@@ -358,9 +358,11 @@ def gateway_child(spec: dict[str, Any]) -> None:
     threads = [threading.Thread(target=thread, daemon=True) for _ in range(k)]
     for t in threads:
         t.start()
+    # Set before the barrier opens: a thread past it reads it at once (set after, some threads
+    # read 0.0 and ran no stream at all, and the loop's streams/s came out low and erratic).
+    stop_at[0] = time.monotonic() + spec.get("seconds", 0)
     barrier.wait()
     t0, cpu0 = time.monotonic(), self_cpu()
-    stop_at[0] = t0 + spec.get("seconds", 0)
     print("go", flush=True)
     for t in threads:
         t.join(max(1.0, t0 + spec["bound_s"] + 40 - time.monotonic()))
