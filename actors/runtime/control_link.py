@@ -27,7 +27,6 @@ processes it is. Both ends are woken by ``ThespianWatch`` on the sockets (the ac
 
 from __future__ import annotations
 
-import errno
 import socket
 import struct
 import time
@@ -105,7 +104,10 @@ class ControlLink:
         """Queue and write ``message``; False when the link cannot take it (send it another way)."""
         if self.closed:
             return False
-        frame = self.wire.dumps((sender, message))
+        try:
+            frame = self.wire.dumps((sender, message))
+        except Exception:  # noqa: BLE001 - what cannot be pickled here fails by Thespian as it always did
+            return False
         if len(frame) > MAX_FRAME_BYTES:
             return False
         self._out.append((sender, message, memoryview(_LENGTH.pack(len(frame)) + frame)))
@@ -218,11 +220,7 @@ class ControlListener:
         while True:
             try:
                 conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    return
+            except OSError:   # none waiting (BlockingIOError), or out of descriptors: next time
                 return
             conn.setblocking(False)
             if hasattr(conn, "setsockopt"):

@@ -296,3 +296,11 @@ def test_an_address_without_hashable_details_is_never_linked():
     key = address_key(type("A", (), {"addressDetails": details})())
     assert key[0] == "never linked"
     assert address_key(addr(41001)) == address_key(addr(41001))
+
+
+def test_a_message_that_cannot_be_pickled_is_left_to_thespian_and_the_link_stays(links):
+    worker, engine = links()
+    assert not worker.send(WORKER, Cancel(lambda: None))   # a lambda: pickle refuses it
+    assert not worker.closed and not worker.pending
+    assert worker.send(WORKER, Cancel("r2"))
+    assert [m.request_id for _, m in engine.receive()] == ["r2"]
