@@ -4,9 +4,9 @@ Each slot (``slot.py``) makes one attempt per :class:`Dispatch` on its own long-
 which reads and decodes the body and relays chunks as frames (``delivery.py``). This actor,
 on its own thread, prepares the attempts (``attempt.py``), sends what only an actor may send
 (the first chunk with its ``FirstToken``, chunks as messages, each ``WorkerResult``) and
-answers the engine, which owns retries and the terminal; with watches, on their control link
-(``linked_actor.py``). A slot wakes the actor through a self-pipe it watches (``wake.py``; a
-1 ms poll on ``simpleSystemBase``). Reads end at the attempt's deadline; a backstop timer ends one that hangs.
+answers the engine, which owns retries and the terminal (on their control link, ``linked_actor.py``).
+A slot wakes the actor through a watched self-pipe (``wake.py``; a 1 ms poll on ``simpleSystemBase``).
+Reads end at the attempt's deadline; a backstop timer ends one that hangs.
 
 A process crash takes every slot of the process down: its engine ends each of their requests
 once and starts a new process (``engine.py``). A slot whose attempt the engine gave up on is
@@ -14,6 +14,7 @@ restarted alone (:class:`RestartSlot`). When the engine's process dies, the work
 parent's pidfd; without pidfds, within ``PARENT_CHECK_S``) and exits rather than live on as an
 orphan. Deadlines and size limits bound what one response costs however the upstream trickles.
 """
+
 from __future__ import annotations
 
 import os
