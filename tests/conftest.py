@@ -12,6 +12,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -174,6 +175,15 @@ def wait_for(condition, timeout_s: float = 10.0, interval_s: float = 0.02, messa
             return value
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+
+
+def closed_by_peer(sock: socket.socket, timeout_s: float = 5.0) -> bool:
+    """Did the other end close this connection (EOF or reset) within ``timeout_s``?"""
+    sock.settimeout(timeout_s)
+    try:
+        return sock.recv(64) == b""
+    except ConnectionResetError:
+        return True
 
 
 class OutputLines:

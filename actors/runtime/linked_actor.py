@@ -64,7 +64,7 @@ class LinkedActor:
             log.warning("%s %d: no control link (%s): Thespian only", type(self).__name__, os.getpid(), exc)
 
     def send(self, target: Any, message: Any) -> None:
-        held = self.__dict__.get("links", {}).get(address_key(target))
+        held = self.links.get(address_key(target))
         # Thespian's own messages (an exit request, a poison message) mean something to Thespian
         # itself at the other end, not to the actor's handlers: they go by Thespian.
         if held is not None and not isinstance(message, ActorSystemMessage):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from conftest import deployment, wait_for
+from conftest import closed_by_peer, deployment, wait_for
 from protocol_samples import address
 
 from actors.runtime.protocol import WorkerReady
@@ -20,14 +20,6 @@ CALLS = 6
 def _engine(client):
     (engine,) = client.status().engines
     return engine
-
-
-def _closed_by_the_engine(sock: socket.socket) -> bool:
-    sock.settimeout(15)
-    try:
-        return sock.recv(64) == b""
-    except ConnectionResetError:
-        return True
 
 
 def _frame(serializer, message) -> bytes:
@@ -63,7 +55,7 @@ def test_the_control_listener_refuses_what_is_not_one_of_its_worker_processes(ga
     for what, data in attempts.items():
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(data)
-            assert _closed_by_the_engine(sock), what
+            assert closed_by_peer(sock, timeout_s=15), what
     control = _engine(client).control
     assert control["refused"] == len(attempts) and control["links"] == 2
     with client.stream("d1", [{"role": "user", "content": "[[mock words=3]] still serving"}], max_tokens=3) as stream:

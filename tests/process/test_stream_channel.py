@@ -11,7 +11,7 @@ from actors.security import wire
 from actors.stream_receiver import Inbox, StreamReceiver, shared_receiver
 from actors.types import Completed, Failed, TokenChunk
 
-from conftest import deployment, free_port, wait_for
+from conftest import closed_by_peer, deployment, free_port, wait_for
 
 WORDS = 12
 
@@ -70,14 +70,6 @@ def _connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    sock.settimeout(5)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-
-
 def test_the_receiver_drops_connections_with_a_wrong_key_token_or_frame_and_files_only_open_requests():
     receiver = StreamReceiver(_ring("a"))
     inbox = Inbox()
@@ -93,7 +85,7 @@ def test_the_receiver_drops_connections_with_a_wrong_key_token_or_frame_and_file
         for data in attempts:
             sock = _connect(receiver.port)
             sock.sendall(data)
-            assert _closed_by_peer(sock)
+            assert closed_by_peer(sock)
             sock.close()
         assert receiver.refused == len(attempts)
         assert inbox.drain() == []
@@ -144,7 +136,7 @@ def test_a_connection_that_announces_a_greeting_and_falls_silent_is_closed_while
         worker = _connect(receiver.port)
         worker.sendall(codec.encode({"hello": receiver.token}) + codec.encode(chunk_body("req_1", 0, "a", [])))
         wait_for(lambda: receiver.delivered == 1, timeout_s=5, message="the greeted connection's chunk")
-        assert _closed_by_peer(silent) and _closed_by_peer(idle)
+        assert closed_by_peer(silent) and closed_by_peer(idle)
         assert receiver.timed_out == 2 and receiver.refused == 0
         # The greeted connection stays: a worker's chunks keep arriving on it after the deadline.
         worker.sendall(codec.encode(chunk_body("req_1", 1, "b", [])))
