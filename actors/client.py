@@ -28,12 +28,13 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self, TypeVar, Unpack, cast
 
 from thespian.actors import PoisonMessage
 
 from actors.core import refusals, routing
+from actors.core.chunk_order import ChunkOrder
 from actors.core.records import FALLBACK_METADATA
 from actors.core.liveness import SharedChecks
 from actors.core.retry import caller_may_retry
@@ -48,7 +49,7 @@ from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, Engine
                                      Route, RouteEntry, RouterRefusals, Routes, StatusRequest)
 from actors.runtime.protocol.ledger import SpendQuery, SpendReport
 from actors.security import wire
-from actors.stream_receiver import Inbox
+from actors.stream_receiver import Inbox, Nudge, StreamReceiver
 from actors.types import (AttemptInfo, Cancel, Completed, EmbeddingResult, Failed, InferenceRequest, TokenChunk,
                           Usage)
 
@@ -90,6 +91,55 @@ class _State:
         self.deployment = ""                # the deployment the call went to last (the one serving it)
         self.fallback = False               # that deployment serves another model than the one asked for
         self.refused: InferenceError | None = None   # the router's own refusal of the last group tried
+        self.receiver: StreamReceiver | None = None  # the stream channel's, when the chunks come on it
+        self.on_chunk: Callable[[TokenChunk], object] | None = None   # Stream.push_to's
+
+
+class _Push:
+    """A stream's further chunks handed to its consumer from whichever thread has them (``Stream.push_to``).
+
+    The stream channel's receiver thread puts what comes on the channel, the waiting thread what
+    comes as messages; one lock keeps them in order and each once. The waiting thread is woken
+    (a ``Nudge`` in its inbox) only when it has something to do: the consumer raised, or the
+    last chunk its terminal counts has been handed over.
+    """
+
+    def __init__(self, order: ChunkOrder[TokenChunk], kept: list[TokenChunk], on_chunk: Callable[[TokenChunk], object],
+                 waiter: Inbox | None, request_id: str) -> None:
+        self._lock = threading.Lock()
+        self._order = order
+        self._kept = kept
+        self._on_chunk = on_chunk
+        self._waiter = waiter
+        self._nudge = Nudge(request_id)
+        self._want: int | None = None
+        self.error: BaseException | None = None
+        self.open = True
+
+    def put(self, chunk: TokenChunk) -> None:
+        with self._lock:
+            if not self.open or self.error is not None:
+                return
+            for due in self._order.add(chunk):
+                self._kept.append(due)
+                try:
+                    self._on_chunk(due)
+                except BaseException as exc:  # noqa: BLE001 - the waiting thread raises it
+                    self.error = exc
+                    break
+            wake = self.error is not None or (self._want is not None and self._order.next_seq >= self._want)
+        if wake and self._waiter is not None:
+            self._waiter.put(self._nudge)
+
+    def expect(self, count: int | None) -> None:
+        """The terminal says ``count`` chunks belong to the answer: wake the waiting thread once they are handed over."""
+        with self._lock:
+            self._want = count
+
+    def close(self) -> None:
+        """No chunk is handed over after this returns."""
+        with self._lock:
+            self.open = False
 
 
 def _release_thread(link: NodeLink, endpoint: Any, inbox: Inbox | None) -> None:
@@ -163,6 +213,17 @@ class Stream:
         for _ in self:
             pass
         return self.result.text if self.result else ""
+
+    def push_to(self, on_chunk: Callable[[TokenChunk], object]) -> None:
+        """Hand every further chunk to ``on_chunk`` as it arrives, instead of yielding it.
+
+        Called while iterating (between two chunks) or before. ``on_chunk`` is called once per
+        chunk, in order, from whichever thread received it (the stream channel's, or the iterating
+        one), and must not block. Iterating then yields no more chunks: it returns when the call
+        has ended and every chunk of it has been handed over, or raises the call's error, or what
+        ``on_chunk`` raised (the call is then cancelled). No call is made once it has returned.
+        """
+        self._state.on_chunk = on_chunk
 
     def cancel(self) -> None:
         """Ask the engine to stop; the iteration then ends with Cancelled. Safe from any thread."""
@@ -582,7 +643,7 @@ class GatewayClient:
         receiver = None
         # Chunks with log probabilities travel as messages (the channel's frames carry text and tool calls).
         if request.stream and isinstance(correlator.inbox, Inbox) and not request.params.get("logprobs"):
-            receiver = self.link.stream_receiver()
+            receiver = state.receiver = self.link.stream_receiver()
             if receiver is not None:
                 request.channel = receiver.spec
                 receiver.route(rid, correlator.inbox)
@@ -811,7 +872,7 @@ class GatewayClient:
 
     def _receive(self, correlator: Correlator, entry: RouteEntry, request: InferenceRequest, deadline: float,
                  state: _State) -> Generator[TokenChunk, None, Completed | Failed]:
-        """Send, then yield the chunks in ``seq`` order and return the terminal.
+        """Send, then yield the chunks in ``seq`` order (or push them: ``Stream.push_to``) and return the terminal.
 
         Chunks come from the worker and the terminal from the engine, so they may cross: the
         terminal's ``chunks`` says how many belong to the answer (README, "The raw protocol").
@@ -819,33 +880,51 @@ class GatewayClient:
         """
         rid = request.request_id
         grace = deadline + self.terminal_grace_s
-        received: dict[int, TokenChunk] = {}
-        next_seq = 0
+        order: ChunkOrder[TokenChunk] = ChunkOrder()
+        push: _Push | None = None
+        heard = 0        # chunks due when the last wait began: none since, and nothing came, is silence
         terminal: Completed | Failed | None = None
         reply = self._send_request(correlator, _target(entry), request, grace)
-        while True:
-            if reply is None:
-                if terminal is not None:
-                    return terminal  # stragglers never came: the terminal message is authoritative
-                if time.monotonic() >= grace:
-                    raise GatewayTimeout(f"no answer for {rid} within its deadline (+{self.terminal_grace_s:g}s "
-                                         f"grace)", request_id=rid)
-                reason = self._engine_gone(correlator, entry)
-                if reason is not None:
-                    raise _EngineGone(reason)
-            elif isinstance(reply, PoisonMessage):
-                raise InternalError(f"the gateway failed on a message: {str(reply.details)[:300]}")
-            elif isinstance(reply, TokenChunk):
-                received[reply.seq] = reply
-                while next_seq in received:
-                    chunk = received.pop(next_seq)
-                    next_seq += 1
-                    state.chunks.append(chunk)
-                    yield chunk
-            elif isinstance(reply, (Completed, Failed)):
-                terminal = reply
-            if terminal is not None and (terminal.chunks is None or next_seq >= terminal.chunks):
-                return terminal
-            wait = self.straggler_wait_s if terminal is not None else min(self.liveness_after_s,
-                                                                          grace - time.monotonic())
-            reply = correlator.wait(rid, max(0.01, wait))
+        try:
+            while True:
+                if push is None and state.on_chunk is not None:
+                    inbox = correlator.inbox if isinstance(correlator.inbox, Inbox) else None
+                    push = _Push(order, state.chunks, state.on_chunk, inbox, rid)
+                    if terminal is not None:
+                        push.expect(terminal.chunks)
+                    if state.receiver is not None:
+                        state.receiver.route(rid, push)   # what came before is in this thread's inbox
+                if reply is None:
+                    if terminal is not None:
+                        return terminal  # stragglers never came: the terminal message is authoritative
+                    if time.monotonic() >= grace:
+                        raise GatewayTimeout(f"no answer for {rid} within its deadline (+{self.terminal_grace_s:g}s "
+                                             f"grace)", request_id=rid)
+                    if order.next_seq == heard:   # nor were chunks pushed meanwhile
+                        reason = self._engine_gone(correlator, entry)
+                        if reason is not None:
+                            raise _EngineGone(reason)
+                elif isinstance(reply, PoisonMessage):
+                    raise InternalError(f"the gateway failed on a message: {str(reply.details)[:300]}")
+                elif isinstance(reply, TokenChunk):
+                    if push is not None:
+                        push.put(reply)
+                    else:
+                        for chunk in order.add(reply):
+                            state.chunks.append(chunk)
+                            yield chunk
+                elif isinstance(reply, (Completed, Failed)):
+                    terminal = reply
+                    if push is not None:
+                        push.expect(terminal.chunks)
+                if push is not None and push.error is not None:
+                    raise push.error
+                if terminal is not None and (terminal.chunks is None or order.next_seq >= terminal.chunks):
+                    return terminal
+                wait = self.straggler_wait_s if terminal is not None else min(self.liveness_after_s,
+                                                                              grace - time.monotonic())
+                heard = order.next_seq
+                reply = correlator.wait(rid, max(0.01, wait))
+        finally:
+            if push is not None:
+                push.close()

@@ -7,6 +7,9 @@ with a key of the wire's ring), files every chunk in the :class:`Inbox` of the t
 request it belongs to, and wakes that thread through its inbox's pipe: the thread is blocked
 in its Thespian endpoint, which watches the pipe (``thespian_hooks.listen_or_watch``), so a
 chunk and a terminal message wake it alike. A chunk for a request nobody waits for is dropped.
+A request may be routed to any :class:`ChunkTarget` instead of a thread's inbox: a stream whose
+consumer takes its chunks as they come (``Stream.push_to``) is handed them by this thread, and
+its waiting thread is not woken per chunk.
 
 The listener is the receiver's seam: a loopback socket by default; anything socket-like
 (``accept``, ``getsockname``, ``fileno``, ``close``, connections with ``recv``) otherwise, as the
@@ -23,7 +26,8 @@ import selectors
 import threading
 import time
 from collections import deque
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from actors.core.frames import (
     FrameCodec,
@@ -34,7 +38,7 @@ from actors.core.frames import (
 )
 from actors.types import TokenChunk
 
-__all__ = ["Inbox", "StreamReceiver", "shared_receiver"]
+__all__ = ["ChunkTarget", "Inbox", "Nudge", "StreamReceiver", "shared_receiver"]
 
 log = logging.getLogger("atomr.client")
 
@@ -48,6 +52,19 @@ HELLO_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 4096
 
 
+class ChunkTarget(Protocol):
+    """Where the receiver files a request's chunks (from its thread): an :class:`Inbox`, or a stream's push."""
+
+    def put(self, chunk: TokenChunk) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Nudge:
+    """Wakes the thread waiting for ``request_id`` with nothing to read: something it waits on changed."""
+
+    request_id: str
+
+
 class Inbox:
     """One client thread's chunks, and the pipe that wakes it when some arrive."""
 
@@ -55,7 +72,7 @@ class Inbox:
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
-        self._chunks: deque[TokenChunk] = deque()
+        self._chunks: deque[TokenChunk | Nudge] = deque()
         # A put racing the close must not write to the closed descriptor's number: by then it may
         # be another file's.
         self._lock = threading.Lock()
@@ -64,8 +81,8 @@ class Inbox:
     def fileno(self) -> int:
         return self._read
 
-    def put(self, chunk: TokenChunk) -> None:
-        """From the receiver thread."""
+    def put(self, chunk: TokenChunk | Nudge) -> None:
+        """From any thread but its owner."""
         self._chunks.append(chunk)
         with self._lock:
             if self.closed:
@@ -75,7 +92,7 @@ class Inbox:
             except BlockingIOError:
                 pass  # the pipe is full: its reader is awake already
 
-    def drain(self) -> list[TokenChunk]:
+    def drain(self) -> list[TokenChunk | Nudge]:
         """From the owning thread: what arrived since the last drain."""
         try:
             while os.read(self._read, 4096):
@@ -116,7 +133,7 @@ class StreamReceiver:
         self.port = self._listener.getsockname()[1]
         self.max_connections = max_connections
         self.spec = {"port": self.port, "token": self.token}
-        self._routes: dict[str, Inbox] = {}
+        self._routes: dict[str, ChunkTarget] = {}
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, None)
@@ -126,16 +143,17 @@ class StreamReceiver:
         self.paused = False       # at max_connections: not accepting (new connections wait in the backlog)
         self.refused = 0          # connections dropped for a bad frame, key or token
         self.timed_out = 0        # connections dropped for not greeting within hello_timeout_s
-        self.delivered = 0        # chunks filed in a waiting thread's inbox
+        self.delivered = 0        # chunks handed to their request's target
         self.connections = 0
         self.hello_timeout_s = hello_timeout_s
         self._greeting: deque[tuple[Any, _Connection]] = deque()   # by deadline (accept order)
         self._thread = threading.Thread(target=self._run, name="atomr-stream-receiver", daemon=True)
         self._thread.start()
 
-    def route(self, request_id: str, inbox: Inbox) -> None:
+    def route(self, request_id: str, target: ChunkTarget) -> None:
+        """File ``request_id``'s chunks with ``target`` from now on (in place of any earlier one)."""
         with self._lock:
-            self._routes[request_id] = inbox
+            self._routes[request_id] = target
 
     def unroute(self, request_id: str) -> None:
         with self._lock:
@@ -247,10 +265,10 @@ class StreamReceiver:
                 continue
             request_id, seq, text, tools = fields
             with self._lock:
-                inbox = self._routes.get(request_id)
-            if inbox is not None:
+                target = self._routes.get(request_id)
+            if target is not None:
                 self.delivered += 1
-                inbox.put(TokenChunk(request_id, seq, text, tools))
+                target.put(TokenChunk(request_id, seq, text, tools))
 
 
 _shared: tuple[int, StreamReceiver] | None = None

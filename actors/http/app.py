@@ -4,6 +4,12 @@ Every request is served on one of the server's worker threads from start to end 
 included), because a GatewayClient keeps one endpoint per thread. A watcher thread checks
 each call's connection: a caller that goes away cancels its call upstream, so an abandoned
 stream stops being generated and billed.
+
+Past a stream's first chunk, when the server offers ``environ["atomr.write_now"]`` (a write
+of body bytes that any thread may make while the application writes nothing, and that never
+blocks: ``server.py``), each chunk is rendered and written by the thread that receives it
+(``Stream.push_to``): the request's thread sleeps until the call ends instead of waking per
+chunk. Without it (any other WSGI server), the thread yields each chunk.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ __all__ = ["FrontDoor"]
 _CLIENT_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice", "seed",
                   "presence_penalty", "frequency_penalty", "response_format", "user")
 READY_CACHE_S = 1.0
+WRITE_NOW = "atomr.write_now"   # the environ key of the server's write from any thread (module docstring)
 MODELS_TTL_S = 2.0      # how long GET /v1/models lists what the node last said it reaches
 MODELS_LOOKUP_S = 2.0
 
@@ -390,7 +397,8 @@ class FrontDoor:
         start_response(status_line(200), [("Content-Type", "text/event-stream; charset=utf-8"),
                                           ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"),
                                           *self._id_headers(request_id), *self._served(stream, call).headers()])
-        body = self._stream_body(stream, chunks, first, call, dialect, caller, request_id, done, hold)
+        body = self._stream_body(stream, chunks, first, call, dialect, caller, request_id, done, hold,
+                                 environ.get(WRITE_NOW))
 
         def cleanup() -> None:
             self.watcher.remove(request_id)
@@ -401,7 +409,8 @@ class FrontDoor:
 
     def _stream_body(self, stream: Stream, chunks: Iterator, first: Any, call: Call, dialect: _Dialect,
                      caller: Caller, request_id: str, done: Callable[[int, str | None], None],
-                     hold: KeyHold = NO_HOLD) -> Generator[bytes, None, None]:
+                     hold: KeyHold = NO_HOLD, write_now: Callable[[bytes], object] | None = None
+                     ) -> Generator[bytes, None, None]:
         encoder = dialect.module.StreamEncoder(request_id, call, self._served(stream, call))
         status = 200
         try:
@@ -411,7 +420,9 @@ class FrontDoor:
                     if first is not None:
                         head += encoder.chunk(first)
                     yield head
-                    for chunk in chunks:
+                    if write_now is not None:   # written once the head is: the server has sent it on by now
+                        stream.push_to(lambda chunk: write_now(encoder.chunk(chunk)))
+                    for chunk in chunks:        # pushed: yields nothing, and ends with the call
                         data = encoder.chunk(chunk)
                         if data:
                             yield data

@@ -27,19 +27,19 @@ from typing import Any
 
 import waitress  # noqa: F401 - the package; its parts below
 from waitress.adjustments import Adjustments
-from waitress.channel import HTTPChannel
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.server import TcpWSGIServer
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 from actors.client import GatewayClient
 from actors.core.log_limit import LineLimiter
-from actors.http.app import FrontDoor
+from actors.http.app import WRITE_NOW, FrontDoor
 from actors.settings.schema import HttpConfig
 
 log = logging.getLogger("atomr.http")
 
-__all__ = ["HttpServer", "GuardedServer", "waitress_options", "guarded_server", "RequestClock", "ClientSlots",
-           "timeout_answer"]
+__all__ = ["HttpServer", "GuardedServer", "GuardedTask", "SlowCaller", "waitress_options", "guarded_server",
+           "RequestClock", "ClientSlots", "timeout_answer"]
 
 ACCEPTS_PER_WAKE = 64     # connections taken from the backlog per readable listening socket
 
@@ -139,10 +139,40 @@ class ClientSlots:
 
 # -- the shell ------------------------------------------------------------------------------
 
+class SlowCaller(ClientDisconnected):
+    """The caller has not read what its stream was already sent, past the server's output bound."""
+
+
+class GuardedTask(WSGITask):
+    """waitress's WSGI task, offering the application ``environ["atomr.write_now"]`` (app.py).
+
+    A streamed answer's chunks are written by the thread that receives them, not by the task's
+    thread: the write must not block that thread, which serves every stream of the process. It
+    never waits for the caller: past ``outbuf_high_watermark`` of unsent output (where waitress's
+    own write would wait for the caller to read), the caller is too slow and the call ends
+    (:class:`SlowCaller`, a ``ClientDisconnected``: the connection is closed).
+    """
+
+    def get_environment(self) -> Any:
+        environ = super().get_environment()
+        environ[WRITE_NOW] = self.write_now
+        return environ
+
+    def write_now(self, data: bytes) -> None:
+        """Body bytes, framed as the response is (chunked or not), sent as far as the socket takes them now."""
+        if not data:
+            return
+        unsent = self.channel.total_outbufs_len
+        if unsent > self.channel.adj.outbuf_high_watermark:
+            raise SlowCaller(f"the caller has {unsent} bytes of its answer unread")
+        self.write(data)
+
+
 class GuardedChannel(HTTPChannel):
     """A waitress channel that knows when its current request began and when its headers were complete."""
 
     server: GuardedServer
+    task_class = GuardedTask
 
     def __init__(self, server: "GuardedServer", sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)

@@ -48,7 +48,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -385,6 +385,8 @@ def listen_or_watch(endpoint: Any, fds: list[int], timeout_s: float) -> Any:
     from thespian.system import isInternalActorSystemMessage
     from thespian.system.transport import ReceiveEnvelope
 
+    if isinstance(endpoint, InProcessEndpoint):
+        return endpoint.listen(timeout_s, fds)
     base = getattr(endpoint, "_systemBase", None)
     transport = getattr(base, "transport", None)
     if base is None or transport is None or not hasattr(transport, "set_watch") or not hasattr(base, "_run_transport"):
@@ -484,7 +486,8 @@ class InProcessEndpoint:
             known = self._base.actorRegistry.get(getattr(target, "actorAddressString", None))
         return known is not None and known.instance is not None
 
-    def listen(self, timeout: float) -> Any:
+    def listen(self, timeout: float, fds: Sequence[int] = ()) -> Any:
+        """The next message within ``timeout``, or None; WATCHED once one of ``fds`` is readable."""
         import queue
         import time
 
@@ -502,7 +505,13 @@ class InProcessEndpoint:
             if message is not None and not isInternalActorSystemMessage(message):
                 return message
             now = time.monotonic()
+            if fds and _poll(list(fds), 0.0):
+                return WATCHED
             if now >= deadline:
                 return None
             if message is None:
-                time.sleep(max(0.0, min(self.STEP_S - (now - started), deadline - now)))
+                pause = max(0.0, min(self.STEP_S - (now - started), deadline - now))
+                if fds and _poll(list(fds), pause):
+                    return WATCHED
+                if not fds:
+                    time.sleep(pause)

@@ -4,26 +4,33 @@
 (``wsgiref.util.setup_testing_defaults``), runs the application, reads its body iterator to
 the end and closes it, as waitress does; no socket opens. ``opened(...)`` hands back the
 body iterator unread, for a test that leaves a stream part way (then ``close()`` it).
+
+Like the node's server (``actors/http/server.py``), it offers the application a write from any
+thread (``environ["atomr.write_now"]``); what is written so is read in its place among the parts
+the application yields. ``push=False`` leaves it out, as a plain WSGI server would.
 """
 
 from __future__ import annotations
 
 import io
-import itertools
 import json as jsonlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
-__all__ = ["Opened", "Response", "call", "environ_for", "opened", "sse_events"]
+from actors.http.app import WRITE_NOW
+
+__all__ = ["Opened", "Response", "Written", "call", "environ_for", "opened", "sse_events"]
 
 
 @dataclass
 class Response:
     status: int
     headers: dict[str, str]            # lower-case names
-    parts: list[bytes] = field(default_factory=list)   # the body as the application yielded it
+    parts: list[bytes] = field(default_factory=list)   # the body as the application yielded or wrote it
+    pushed: int = 0                    # of which written with environ["atomr.write_now"]
 
     @property
     def body(self) -> bytes:
@@ -71,14 +78,47 @@ def environ_for(method: str, path: str, *, body: bytes = b"", headers: dict[str,
     return environ
 
 
+class Written:
+    """What the application wrote with ``environ["atomr.write_now"]`` (from any thread), not yet read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: list[bytes] = []
+        self.writes = 0
+
+    def __call__(self, data: bytes) -> None:
+        if data:
+            with self._lock:
+                self._parts.append(bytes(data))
+                self.writes += 1
+
+    def take(self) -> list[bytes]:
+        with self._lock:
+            parts, self._parts = self._parts, []
+        return parts
+
+
 class Opened:
     """A response whose head was sent and whose body is not all read: iterate it, then ``close()``."""
 
     def __init__(self, status: int, headers: dict[str, str], first: bytes | None, rest: Iterator[bytes],
-                 result: Iterable[bytes]) -> None:
+                 result: Iterable[bytes], written: Written | None = None) -> None:
         self.status, self.headers = status, headers
-        self._parts = itertools.chain([first] if first is not None else [], rest)
+        self.written = written
+        self._parts = self._in_order(first, rest)
         self._result = result
+
+    def _in_order(self, first: bytes | None, rest: Iterator[bytes]) -> Iterator[bytes]:
+        # A write made while the application made its next part goes before that part.
+        if first is not None:
+            yield first
+        while True:
+            part = next(rest, None)
+            if self.written is not None:
+                yield from self.written.take()
+            if part is None:
+                return
+            yield part
 
     def __iter__(self) -> Iterator[bytes]:
         return self._parts
@@ -94,7 +134,7 @@ class Opened:
 
 
 def opened(app: Callable[..., Iterable[bytes]], method: str, path: str, *, json: Any = None, body: bytes = b"",
-           headers: dict[str, str] | None = None, **environ: Any) -> Opened:
+           headers: dict[str, str] | None = None, push: bool = True, **environ: Any) -> Opened:
     """Run the application up to the first part of its body (when the head is sent, as a server does)."""
     if json is not None:
         body = jsonlib.dumps(json).encode()
@@ -104,12 +144,15 @@ def opened(app: Callable[..., Iterable[bytes]], method: str, path: str, *, json:
     def start_response(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None) -> None:
         head[:] = [int(status.split()[0]), {k.lower(): v for k, v in response_headers}]
 
+    written = Written() if push else None
+    if written is not None:
+        environ.setdefault(WRITE_NOW, written)
     result = app(environ_for(method, path, body=body, headers=headers, **environ), start_response)
     parts = iter(result)
     first = next(parts, None)
     if not head:
         raise AssertionError(f"{method} {path}: the application never called start_response")
-    return Opened(head[0], head[1], first, parts, result)
+    return Opened(head[0], head[1], first, parts, result, written)
 
 
 def call(app: Callable[..., Iterable[bytes]], method: str, path: str, **kw: Any) -> Response:
@@ -119,4 +162,5 @@ def call(app: Callable[..., Iterable[bytes]], method: str, path: str, **kw: Any)
         parts = list(response)
     finally:
         response.close()
-    return Response(response.status, response.headers, parts)
+    return Response(response.status, response.headers, parts,
+                    response.written.writes if response.written is not None else 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,15 +22,27 @@ from thespian.actors import Actor, ActorExitRequest, PoisonMessage
 
 from actors import errors as E
 from actors.client import GatewayClient
+from actors.core.frames import FrameCodec, chunk_body
 from actors.core.records import FALLBACK_METADATA
 from actors.core.routing import RoutingPolicy
 from actors.node_link import InProcessLink
+from actors.stream_receiver import StreamReceiver
+from actors.testing.pipe_listener import PipeListener
 from actors.runtime.protocol import (EngineCheck, EngineLiveness, NodeStatus, Route, RouteEntry, RouterRefusals,
                                      Routes, StatusRequest)
 from actors.types import AttemptInfo, Cancel, Completed, Failed, InferenceRequest, TokenChunk, Usage
+from harness import TEST_KEYRING
 
 HI = [{"role": "user", "content": "hi"}]
 Answer = Callable[[Any], list[Any]]
+CODEC = FrameCodec(TEST_KEYRING)
+
+
+def until(condition: Callable[[], Any], what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s}s"
+        time.sleep(0.002)
 
 
 @dataclasses.dataclass
@@ -413,3 +426,93 @@ def test_a_link_carries_the_connection_settings_so_they_cannot_also_be_given(scr
         GatewayClient(5000, link=InProcessLink(scripted.asys, registry=scripted.node))
     with pytest.raises(TypeError, match="they are the link's own"):
         GatewayClient(link=InProcessLink(scripted.asys, registry=scripted.node), stream_channel=False)
+
+
+# -- pushed chunks (Stream.push_to) ----------------------------------------------------------------
+
+def test_pushed_chunks_reach_the_callback_in_order_once_and_the_iteration_only_waits_for_the_end(scripted):
+    scripted.engine(answer=replies(chunk(0, "a"), chunk(2, "c"), chunk(1, "b"), chunk(1, "b"), done("abc", chunks=3)))
+    gw = scripted.client()
+    got: list[tuple[int, str]] = []
+    with gw.stream("d1", HI) as stream:
+        stream.push_to(lambda c: got.append((c.seq, c.text)))
+        assert list(stream) == []                  # nothing yielded: every chunk went to the callback
+    assert got == [(0, "a"), (1, "b"), (2, "c")]   # in seq order, the repeated 1 once
+    assert stream.result.text == "abc" and [c.text for c in stream.chunks] == ["a", "b", "c"]
+
+
+def test_pushing_may_begin_between_two_chunks_and_nothing_is_handed_over_twice(scripted):
+    scripted.engine(answer=replies(chunk(0, "a"), chunk(1, "b"), chunk(2, "c"), done("abc", chunks=3)))
+    gw = scripted.client()
+    pushed: list[str] = []
+    stream = gw.stream("d1", HI)
+    chunks = iter(stream)
+    assert next(chunks).text == "a"
+    stream.push_to(lambda c: pushed.append(c.text))
+    assert list(chunks) == [] and pushed == ["b", "c"] and stream.result.text == "abc"
+
+
+def test_what_the_callback_raises_ends_the_iteration_and_cancels_the_call_with_no_call_after(scripted):
+    engine = scripted.engine(answer=replies(chunk(0, "a"), chunk(1, "b"), chunk(2, "c")))   # then silent
+    gw = scripted.client()
+    calls: list[str] = []
+
+    def refuse_b(c: TokenChunk) -> None:
+        calls.append(c.text)
+        if c.text == "b":
+            raise ConnectionError("the caller went away")
+
+    stream = gw.stream("d1", HI)
+    stream.push_to(refuse_b)
+    with pytest.raises(ConnectionError, match="the caller went away"):
+        list(stream)
+    assert calls == ["a", "b"] and stream.closed
+    assert [c.request_id for c in scripted.seen(engine, Cancel)] == [stream.request_id]
+
+
+class ChannelLink(InProcessLink):
+    """The in-process link with a stream channel: a receiver over an in-memory listener."""
+
+    def __init__(self, system: Any, registry: Any, receiver: StreamReceiver) -> None:
+        super().__init__(system, registry=registry)
+        self.receiver = receiver
+
+    def stream_receiver(self) -> StreamReceiver | None:
+        return self.receiver
+
+
+def test_chunks_on_the_channel_are_pushed_by_its_thread_in_order_with_those_sent_as_messages(scripted):
+    listener = PipeListener()
+    receiver = StreamReceiver(TEST_KEYRING, listener=listener)
+    worker = listener.connect()
+    worker.sendall(CODEC.encode({"hello": receiver.token}))
+    channels: list[Any] = []
+
+    def answer(request: InferenceRequest) -> list[Any]:
+        channels.append(request.channel)
+        # The first chunk as a message (its frame failed), then a terminal that overtakes the other two.
+        return [TokenChunk(request.request_id, 0, "a"), Completed(request.request_id, "abc", "stop", Usage(3, 3),
+                                                                   chunks=3, deployment="d1")]
+
+    scripted.engine(answer=answer)
+    # A long straggler wait: the iteration must end once the last chunk is pushed, not after it.
+    gw = GatewayClient(link=ChannelLink(scripted.asys, scripted.node, receiver), timeout_s=30.0,
+                       straggler_wait_s=30.0, route_ttl_s=60.0)
+    pushed: list[tuple[int, str]] = []
+    ended: list[Any] = []
+    try:
+        stream = gw.stream("d1", HI)
+        stream.push_to(lambda c: pushed.append((c.seq, c.text)))
+        reader = threading.Thread(target=lambda: ended.append(list(stream)), daemon=True)
+        reader.start()
+        until(lambda: stream.chunks, "the first chunk, from its message")
+        for seq, text in ((2, "c"), (1, "b")):   # the rest on the channel, out of order, after the terminal
+            worker.sendall(CODEC.encode(chunk_body(stream.request_id, seq, text, [])))
+        reader.join(10.0)
+        assert not reader.is_alive(), "the iteration did not end once every chunk was pushed"
+    finally:
+        gw.close()
+        receiver.close()
+    assert channels == [receiver.spec]
+    assert ended == [[]] and stream.result.text == "abc"
+    assert pushed == [(0, "a"), (1, "b"), (2, "c")] and receiver.delivered == 2
