@@ -41,7 +41,8 @@ from actors.core.retry import caller_may_retry
 from actors.correlator import Correlator
 from actors.errors import (CircuitOpen, DeadlineExceeded, EngineCrashed, GatewayTimeout, GatewayUnavailable,
                            InferenceError, InternalError, NotFound)
-from actors.node_link import NodeLink, ThespianLink
+from actors.caller_links import CallerLinks
+from actors.node_link import NodeLink, ThespianLink, address_of
 from actors.params import (CALL_PARAMS, GENERATION_PARAMS, NOT_GIVEN, CallParams, MessageParam, NotGiven,
                            PriorityParam)
 from actors.runtime.protocol import (ClusterStatus, ClusterStatusRequest, EngineCheck, EngineLiveness, ModelList,
@@ -362,6 +363,8 @@ class GatewayClient:
         self._registry = link.registry
         self._lock = threading.Lock()
         self._sent_to: dict[str, Any] = {}
+        self._linked: dict[str, RouteEntry] = {}        # calls sent on a caller link: their cancels follow them
+        self._links: CallerLinks | None | bool = False  # link.caller_links(), once asked (False: not yet)
         self._route_locks: dict[str, threading.Lock] = {}
         self._policy = routing.RoutingPolicy()          # the node's, as its last Routes said
         self._busy: dict[str, int] = {}                 # this client's calls in flight, per engine
@@ -589,7 +592,34 @@ class GatewayClient:
             self._tell_cancel(target, request_id)
 
     def _tell_cancel(self, engine: Any, request_id: str) -> None:
+        entry = self._linked.get(request_id)
+        links = self._caller_links()
+        if entry is not None and links is not None:
+            # Behind its call on the same link (by Thespian it could overtake it, and be ignored).
+            # Not blocking: a finalizer may run in a thread that is writing on that link.
+            if links.send(entry.engine, entry.control_port, address_of(self._cancel_endpoint), Cancel(request_id),
+                          blocking=False):
+                return
         self._tell_any_thread(engine, Cancel(request_id))
+
+    def _caller_links(self) -> CallerLinks | None:
+        if self._links is False:
+            self._links = self.link.caller_links()
+        return self._links if isinstance(self._links, CallerLinks) else None
+
+    def _send_on_link(self, correlator: Correlator, entry: RouteEntry, request: InferenceRequest) -> bool:
+        """The call on this process's link to its engine, when there is one (actors/caller_links.py)."""
+        links = self._caller_links()
+        if links is None or entry.via is not None or entry.control_port is None:
+            return False
+        sender = address_of(correlator.endpoint)
+        if sender is None:
+            return False
+        correlator.open(request.request_id)
+        if not links.send(entry.engine, entry.control_port, sender, request):
+            return False
+        self._linked[request.request_id] = entry
+        return True
 
     def _tell_any_thread(self, target: Any, message: Any) -> None:
         """A one-way send from any thread (a finalizer, a timer), on the shared endpoint under its lock."""
@@ -641,12 +671,15 @@ class GatewayClient:
         deadline = time.monotonic() + timeout_s
         correlator.open(rid)
         receiver = None
-        # Chunks with log probabilities travel as messages (the channel's frames carry text and tool calls).
-        if request.stream and isinstance(correlator.inbox, Inbox) and not request.params.get("logprobs"):
+        if isinstance(correlator.inbox, Inbox):
+            # The inbox takes what the receiver's thread reads for this call: its chunks on the
+            # channel, and its terminal when the call goes on a caller link.
             receiver = state.receiver = self.link.stream_receiver()
             if receiver is not None:
-                request.channel = receiver.spec
                 receiver.route(rid, correlator.inbox)
+                # Chunks with log probabilities travel as messages (the channel's frames carry text and tool calls).
+                if request.stream and not request.params.get("logprobs"):
+                    request.channel = receiver.spec
         try:
             for resend in itertools.count():
                 try:
@@ -811,13 +844,19 @@ class GatewayClient:
                 raise EngineCrashed(f"the engine of {', '.join(routes.restarting)} is restarting", retryable=True)
             time.sleep(0.1)
 
-    def _send_request(self, correlator: Correlator, engine: Any, request: InferenceRequest, deadline: float) -> Any:
-        """``ask`` the engine; resend when Thespian reports the transmit itself failed.
+    def _send_request(self, correlator: Correlator, entry: RouteEntry, request: InferenceRequest,
+                      deadline: float) -> Any:
+        """On the caller link to the engine, or else ``ask`` it; resend when Thespian reports the
+        transmit itself failed.
 
         ``ask`` returns None at once (not at the timeout) when the message could not be
         delivered. A resend is safe: the engine ignores a request_id it already holds from
         the same caller, and answers that one.
         """
+        engine = _target(entry)
+        if self._send_on_link(correlator, entry, request):
+            wait = max(0.01, min(max(self.liveness_after_s, 2 * EARLY_NONE_S), deadline - time.monotonic()))
+            return correlator.wait(request.request_id, wait)
         for attempt in range(SEND_ATTEMPTS):
             sent_at = time.monotonic()
             wait = max(0.01, min(max(self.liveness_after_s, 2 * EARLY_NONE_S), deadline - sent_at))
@@ -864,6 +903,7 @@ class GatewayClient:
             raise
         finally:
             self._sent_to.pop(rid, None)
+            self._linked.pop(rid, None)
         if isinstance(terminal, Failed):
             state.failed = terminal
             raise terminal.error
@@ -884,7 +924,7 @@ class GatewayClient:
         push: _Push | None = None
         heard = 0        # chunks due when the last wait began: none since, and nothing came, is silence
         terminal: Completed | Failed | None = None
-        reply = self._send_request(correlator, _target(entry), request, grace)
+        reply = self._send_request(correlator, entry, request, grace)
         try:
             while True:
                 if push is None and state.on_chunk is not None:
@@ -893,7 +933,7 @@ class GatewayClient:
                     if terminal is not None:
                         push.expect(terminal.chunks)
                     if state.receiver is not None:
-                        state.receiver.route(rid, push)   # what came before is in this thread's inbox
+                        state.receiver.push(rid, push)   # what came before is in this thread's inbox
                 if reply is None:
                     if terminal is not None:
                         return terminal  # stragglers never came: the terminal message is authoritative

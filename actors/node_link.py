@@ -10,11 +10,14 @@ where a real node and its actors run in the test's own thread with no socket.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import threading
 from typing import Any, Protocol
 
 from thespian.actors import ActorSystem, InvalidActorAddress
 
+from actors.caller_links import CallerLinks
 from actors.correlator import Endpoint
 from actors.errors import GatewayUnavailable
 from actors.ops.procs import port_is_listening
@@ -23,7 +26,7 @@ from actors.security import wire
 from actors.security.thespian_hooks import InProcessEndpoint
 from actors.stream_receiver import StreamReceiver, shared_receiver
 
-__all__ = ["Endpoint", "NodeLink", "ThespianLink", "InProcessLink"]
+__all__ = ["Endpoint", "NodeLink", "ThespianLink", "InProcessLink", "address_of"]
 
 
 class NodeLink(Protocol):
@@ -46,8 +49,44 @@ class NodeLink(Protocol):
     def stream_receiver(self) -> StreamReceiver | None:
         """Where workers write streamed chunks for this process, or None: chunks come to the endpoints."""
 
+    def caller_links(self) -> CallerLinks | None:
+        """This process's links to the node's engines (``actors/caller_links.py``), or None: calls go by Thespian."""
+
     def close(self) -> None:
         """Release every endpoint; the node and its system keep running."""
+
+
+def address_of(endpoint: Any) -> Any:
+    """A private endpoint's own address (what its messages' replies are sent to), or None."""
+    transport = getattr(getattr(endpoint, "_systemBase", None), "transport", None)
+    return getattr(transport, "myAddress", None)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_links: tuple[int, CallerLinks] | None = None
+_links_lock = threading.Lock()
+
+
+def _shared_links(receiver: StreamReceiver) -> CallerLinks | None:
+    """This process's caller links (made on first use; a forked child makes its own)."""
+    global _links
+    serializer = wire.current()
+    if serializer is None:
+        return None
+    with _links_lock:
+        if _links is None or _links[0] != os.getpid() or _links[1].receiver is not receiver:
+            _links = (os.getpid(), CallerLinks(serializer, receiver))
+        return _links[1]
 
 
 def _key_hint() -> str:
@@ -67,9 +106,12 @@ class ThespianLink:
     """
 
     def __init__(self, system: Any, *, registry: Any = None, stream_channel: bool = True,
-                 where: str = "the node") -> None:
+                 where: str = "the node", host: str | None = None) -> None:
         self.system = system
         self._where = where
+        # The node's host: its engines' control ports are on its loopback, so only a caller on the
+        # same host links to them (None: not known, no links).
+        self.host = host
         self._registry = registry if registry is not None else system.createActor(NodeRegistry,
                                                                                   globalName=NODE_GLOBAL_NAME)
         self.stream_channel = stream_channel
@@ -93,7 +135,7 @@ class ThespianLink:
             # Something listens there but never answered: with the wire installed, almost
             # always a node that refuses this client's key (its log says which it accepts).
             raise GatewayUnavailable(f"{where} did not accept this client's messages: {_key_hint()}") from None
-        return cls(system, stream_channel=stream_channel, where=where)
+        return cls(system, stream_channel=stream_channel, where=where, host=host)
 
     @property
     def registry(self) -> Any:
@@ -121,6 +163,10 @@ class ThespianLink:
             return None
         serializer = wire.current()
         return shared_receiver(serializer.keyring if serializer is not None else None)
+
+    def caller_links(self) -> CallerLinks | None:
+        receiver = self.stream_receiver() if _is_loopback(self.host) else None
+        return _shared_links(receiver) if receiver is not None else None
 
     def close(self) -> None:
         with self._lock:
@@ -174,6 +220,9 @@ class InProcessLink:
             held.close()
 
     def stream_receiver(self) -> StreamReceiver | None:
+        return None
+
+    def caller_links(self) -> CallerLinks | None:
         return None
 
     def close(self) -> None:

@@ -7,9 +7,11 @@ with a key of the wire's ring), files every chunk in the :class:`Inbox` of the t
 request it belongs to, and wakes that thread through its inbox's pipe: the thread is blocked
 in its Thespian endpoint, which watches the pipe (``thespian_hooks.listen_or_watch``), so a
 chunk and a terminal message wake it alike. A chunk for a request nobody waits for is dropped.
-A request may be routed to any :class:`ChunkTarget` instead of a thread's inbox: a stream whose
-consumer takes its chunks as they come (``Stream.push_to``) is handed them by this thread, and
-its waiting thread is not woken per chunk.
+A request's chunks may be pushed to any :class:`ChunkTarget` instead of its thread's inbox: a
+stream whose consumer takes its chunks as they come (``Stream.push_to``) is handed them by this
+thread, and its waiting thread is not woken per chunk. The thread also reads this process's
+links to its engines (``actors/caller_links.py``), and files each terminal that comes on them
+in the inbox of the thread that waits for it (:meth:`StreamReceiver.file`).
 
 The listener is the receiver's seam: a loopback socket by default; anything socket-like
 (``accept``, ``getsockname``, ``fileno``, ``close``, connections with ``recv``) otherwise, as the
@@ -27,6 +29,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from actors.core.frames import (
@@ -36,7 +39,7 @@ from actors.core.frames import (
     chunk_fields,
     loopback_listener,
 )
-from actors.types import TokenChunk
+from actors.types import Completed, Failed, TokenChunk
 
 __all__ = ["ChunkTarget", "Inbox", "Nudge", "StreamReceiver", "shared_receiver"]
 
@@ -65,14 +68,17 @@ class Nudge:
     request_id: str
 
 
+Arrival = TokenChunk | Nudge | Completed | Failed
+
+
 class Inbox:
-    """One client thread's chunks, and the pipe that wakes it when some arrive."""
+    """One client thread's chunks (and terminals from its engine links), and the pipe that wakes it."""
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
-        self._chunks: deque[TokenChunk | Nudge] = deque()
+        self._chunks: deque[Arrival] = deque()
         # A put racing the close must not write to the closed descriptor's number: by then it may
         # be another file's.
         self._lock = threading.Lock()
@@ -81,7 +87,7 @@ class Inbox:
     def fileno(self) -> int:
         return self._read
 
-    def put(self, chunk: TokenChunk | Nudge) -> None:
+    def put(self, chunk: Arrival) -> None:
         """From any thread but its owner."""
         self._chunks.append(chunk)
         with self._lock:
@@ -92,7 +98,7 @@ class Inbox:
             except BlockingIOError:
                 pass  # the pipe is full: its reader is awake already
 
-    def drain(self) -> list[TokenChunk | Nudge]:
+    def drain(self) -> list[Arrival]:
         """From the owning thread: what arrived since the last drain."""
         try:
             while os.read(self._read, 4096):
@@ -133,13 +139,18 @@ class StreamReceiver:
         self.port = self._listener.getsockname()[1]
         self.max_connections = max_connections
         self.spec = {"port": self.port, "token": self.token}
-        self._routes: dict[str, ChunkTarget] = {}
+        self._routes: dict[str, Inbox] = {}            # request id -> the inbox of the thread waiting for it
+        self._pushes: dict[str, ChunkTarget] = {}      # request id -> where its chunks go instead (push_to)
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, None)
         self._stop_read, self._stop_write = os.pipe()
         self._stopped = False
         self._selector.register(self._stop_read, selectors.EVENT_READ, "stop")
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        self._selector.register(self._wake_read, selectors.EVENT_READ, "wake")
+        self._to_watch: deque[tuple[Any, Callable[[], bool]]] = deque()
         self.paused = False       # at max_connections: not accepting (new connections wait in the backlog)
         self.refused = 0          # connections dropped for a bad frame, key or token
         self.timed_out = 0        # connections dropped for not greeting within hello_timeout_s
@@ -150,14 +161,38 @@ class StreamReceiver:
         self._thread = threading.Thread(target=self._run, name="atomr-stream-receiver", daemon=True)
         self._thread.start()
 
-    def route(self, request_id: str, target: ChunkTarget) -> None:
-        """File ``request_id``'s chunks with ``target`` from now on (in place of any earlier one)."""
+    def route(self, request_id: str, inbox: Inbox) -> None:
+        """File what comes for ``request_id`` in ``inbox`` (its chunks, until they are pushed)."""
         with self._lock:
-            self._routes[request_id] = target
+            self._routes[request_id] = inbox
+
+    def push(self, request_id: str, target: ChunkTarget) -> None:
+        """Hand ``request_id``'s chunks to ``target`` from now on; anything else still goes to its inbox."""
+        with self._lock:
+            self._pushes[request_id] = target
 
     def unroute(self, request_id: str) -> None:
         with self._lock:
             self._routes.pop(request_id, None)
+            self._pushes.pop(request_id, None)
+
+    def file(self, message: Arrival) -> None:
+        """From this thread: a message for a request that came beside the channel (a terminal on a link)."""
+        request_id = message.request_id
+        with self._lock:
+            target: ChunkTarget | Inbox | None = self._routes.get(request_id)
+            if isinstance(message, TokenChunk):
+                target = self._pushes.get(request_id, target)
+        if target is not None:
+            target.put(message)  # type: ignore[arg-type]   # a push takes chunks only; it gets nothing else
+
+    def watch(self, conn: Any, on_readable: Callable[[], bool]) -> None:
+        """Have this thread call ``on_readable()`` whenever ``conn`` is readable, until it returns False."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._to_watch.append((conn, on_readable))
+        os.write(self._wake_write, b"\0")
 
     def close(self) -> None:
         """Stop the thread; every connection and the listener are closed with it."""
@@ -168,7 +203,7 @@ class StreamReceiver:
         os.write(self._stop_write, b"\0")
         self._thread.join(timeout=2)
         if not self._thread.is_alive():
-            for fd in (self._stop_read, self._stop_write):
+            for fd in (self._stop_read, self._stop_write, self._wake_read, self._wake_write):
                 os.close(fd)
 
     # -- the thread --------------------------------------------------------------------
@@ -180,8 +215,12 @@ class StreamReceiver:
                 for key, _ in self._selector.select(wait):
                     if key.data == "stop":
                         return
-                    if key.data is None:
+                    if key.data == "wake":
+                        self._start_watching()
+                    elif key.data is None:
                         self._accept()
+                    elif callable(key.data):
+                        self._call(key.fileobj, key.data)
                     else:
                         self._read(key.fileobj, key.data)
                 self._expire(time.monotonic())
@@ -194,6 +233,29 @@ class StreamReceiver:
                     conn.close()
             self._listener.close()
             self._selector.close()
+
+    def _call(self, conn: Any, on_readable: Callable[[], bool]) -> None:
+        try:
+            watching = on_readable()
+        except Exception:  # noqa: BLE001 - one link's bug must not stop every stream of the process
+            log.exception("stream receiver: reading a watched connection failed; it is no longer read")
+            watching = False
+        if not watching:
+            self._selector.unregister(conn)
+
+    def _start_watching(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with self._lock:
+            added, self._to_watch = list(self._to_watch), deque()
+        for conn, on_readable in added:
+            try:
+                self._selector.register(conn, selectors.EVENT_READ, on_readable)
+            except (ValueError, KeyError, OSError):
+                pass   # closed already, or watched already
 
     def _accept(self) -> None:
         while True:
@@ -265,7 +327,7 @@ class StreamReceiver:
                 continue
             request_id, seq, text, tools = fields
             with self._lock:
-                target = self._routes.get(request_id)
+                target: ChunkTarget | None = self._pushes.get(request_id) or self._routes.get(request_id)
             if target is not None:
                 self.delivered += 1
                 target.put(TokenChunk(request_id, seq, text, tools))

@@ -178,12 +178,24 @@ def wait_for(condition, timeout_s: float = 10.0, interval_s: float = 0.02, messa
 
 
 def closed_by_peer(sock: socket.socket, timeout_s: float = 5.0) -> bool:
-    """Did the other end close this connection (EOF or reset) within ``timeout_s``?"""
-    sock.settimeout(timeout_s)
+    """Did the other end close this connection (EOF or reset) within ``timeout_s``? What it sent
+    before (an engine's greeting) is read past, up to 1 MiB."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    taken = 0
     try:
-        return sock.recv(64) == b""
+        while taken < 1 << 20:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            data = sock.recv(65536)
+            if not data:
+                return True
+            taken += len(data)
     except ConnectionResetError:
         return True
+    except (TimeoutError, socket.timeout):
+        return False
+    return False
 
 
 class OutputLines:

@@ -23,6 +23,11 @@ worker process connects and its first frame, ``WorkerReady``, says which of the 
 processes it is. Both ends are woken by ``ThespianWatch`` on the sockets (the actor half is
 ``runtime/linked_actor.py``); where the system has no watches (the in-process
 ``simpleSystemBase``) there are no links and nothing changes.
+
+A caller on this host links to the engine the same way, for its calls (``runtime/caller_links.py``
+on the engine's side, ``actors/caller_links.py`` on the caller's): the engine greets every
+connection it accepts with its address (``LinkHello``), and a caller's frames, signed but not
+tagged by the node, are read with the permissions of a local caller.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ STALL_S = 2.0                        # a peer that reads nothing this long loses
 HELLO_TIMEOUT_S = 5.0                # an accepted connection names its process by then, or is closed
 MAX_PENDING = 64                     # accepted connections that have not named their process yet
 READ_BYTES = 256 * 1024
+WRITE_BYTES = 256 * 1024             # queued frames joined into one write, up to this
 READS_PER_WAKE = 16                  # then back to Thespian's loop (the socket stays readable)
 _LENGTH = struct.Struct(">I")
 
@@ -81,11 +87,15 @@ class ControlLink:
     """
 
     def __init__(self, sock: Any, wire: Wire, peer: tuple[str, int] | None = ("127.0.0.1", 0),
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, node_only: bool = True) -> None:
         self.sock = sock
         self.wire = wire
         self.peer = peer
         self.clock = clock
+        # False for a connection the engine has not placed yet, and a caller's: frames not tagged by
+        # the node are then read, as a local caller's (the wire's permission table applies).
+        self.node_only = node_only
+        self.untagged = 0          # frames read that the node did not tag
         self.closed = False
         self.why = ""
         self._in = bytearray()
@@ -100,8 +110,9 @@ class ControlLink:
     def pending(self) -> bool:
         return bool(self._out)
 
-    def send(self, sender: Any, message: Any) -> bool:
-        """Queue and write ``message``; False when the link cannot take it (send it another way)."""
+    def send(self, sender: Any, message: Any, flush: bool = True) -> bool:
+        """Queue and write ``message`` (``flush=False``: queue it; :meth:`flush` writes what is queued, in
+        as few writes as the socket takes); False when the link cannot take it (send it another way)."""
         if self.closed:
             return False
         try:
@@ -112,27 +123,40 @@ class ControlLink:
             return False
         self._out.append((sender, message, memoryview(_LENGTH.pack(len(frame)) + frame)))
         self.sent += 1
-        self.flush()
+        if flush:
+            self.flush()
         return True
 
     def flush(self) -> None:
+        """Write what is queued: each write takes as many whole queued frames as fit ``WRITE_BYTES``."""
         while self._out and not self.closed:
-            sender, message, left = self._out[0]
+            batch: list[memoryview] = []
+            size = 0
+            for _, _, left in self._out:
+                if batch and size + len(left) > WRITE_BYTES:
+                    break
+                batch.append(left)
+                size += len(left)
             try:
-                n = self.sock.send(left)
+                n = self.sock.send(batch[0] if len(batch) == 1 else b"".join(batch))
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as exc:
                 return self.close(f"write failed ({type(exc).__name__})")
-            if n < len(left):
-                self._out[0] = (sender, message, left[n:])
+            written = n
+            while written and self._out and written >= len(self._out[0][2]):
+                written -= len(self._out[0][2])
+                self._out.popleft()
+            if written:
+                sender, message, left = self._out[0]
+                self._out[0] = (sender, message, left[written:])
+            if n < size:
                 now = self.clock()
                 if n or self._stuck_since is None:
                     self._stuck_since = now
                 elif now - self._stuck_since > STALL_S:
                     self.close(f"its peer read nothing for {STALL_S:g}s")
                 return
-            self._out.popleft()
             self._stuck_since = None
 
     def stranded(self) -> list[tuple[Any, Any]]:
@@ -186,7 +210,9 @@ class ControlLink:
         except Exception as exc:  # noqa: BLE001 - the serializer's Refused, whatever its text
             raise Refused(f"a frame that does not verify ({type(exc).__name__})") from None
         if not ours:
-            raise Refused("a frame not tagged by a process of this node")
+            if self.node_only:
+                raise Refused("a frame not tagged by a process of this node")
+            self.untagged += 1
         envelope = self.wire.loads(frame, self.peer)
         if not (isinstance(envelope, tuple) and len(envelope) == 2):
             raise Refused("a frame the wire refused")   # its serializer logged why
@@ -229,7 +255,7 @@ class ControlListener:
                 self.refused += 1
                 conn.close()
                 continue
-            self.waiting.append((self.clock(), ControlLink(conn, self.wire, clock=self.clock)))
+            self.waiting.append((self.clock(), ControlLink(conn, self.wire, clock=self.clock, node_only=False)))
 
     def expire(self) -> None:
         now = self.clock()
@@ -252,9 +278,10 @@ class ControlListener:
             pass
 
 
-def connect(port: int, wire: Wire, timeout_s: float = 1.0) -> ControlLink:
-    """A worker process's link to its engine (loopback only; the port comes from its WorkerInit)."""
+def connect(port: int, wire: Wire, timeout_s: float = 1.0, node_only: bool = True) -> ControlLink:
+    """A link to the engine listening on loopback ``port`` (a worker process's, from its WorkerInit;
+    a caller's, from its route, with ``node_only=False``: the engine's frames are tagged for the node only)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
-    return ControlLink(sock, wire)
+    return ControlLink(sock, wire, node_only=node_only)

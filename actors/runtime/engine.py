@@ -117,6 +117,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
                 self._feed(event)
         if self.starting:
             self._start_slots()   # once per message: a process's slots start together
+        self.flush_links()
         return self._watch()
 
     def _made(self) -> tuple[EngineInit, EngineCore]:
@@ -134,7 +135,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
             log.exception("engine %s failed on %s", init.deployment.name, type(event).__name__)
             request = getattr(event, "request", None)
             if request is not None and getattr(request, "request_id", None) not in core.jobs:
-                self.send(event.reply_to, Failed(str(getattr(request, "request_id", "")),
+                self._reply(event.reply_to, Failed(str(getattr(request, "request_id", "")),
                                                  InternalError(f"engine failed: {type(exc).__name__}"), 0,
                                                  init.deployment.name))
             return
@@ -143,7 +144,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
     def receiveMsg_InferenceRequest(self, msg: Any, sender: Any) -> None:
         if self.core is None:
             error = self.broken or ShuttingDown("the engine is not initialised yet", retryable=True)
-            return self.send(sender, Failed(str(getattr(msg, "request_id", "")), error, 0, ""))
+            return self._reply(sender, Failed(str(getattr(msg, "request_id", "")), error, 0, ""))
         self.last_activity = time.monotonic()
         self._feed(ev.Accept(msg, sender))
 
@@ -205,7 +206,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         self.send(self._address_of(e.index), Cancel(e.request_id))
 
     def _do_Reply(self, e: ev.Reply) -> None:
-        self.send(e.to, e.message)
+        self._reply(e.to, e.message)
 
     def _do_ReportOutcomes(self, e: ev.ReportOutcomes) -> None:
         self.send(self._made()[0].breaker, BreakerOutcomes([BreakerOutcome(g, err) for g, err in e.outcomes]))
@@ -228,7 +229,8 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
 
     def _do_AnnounceReady(self, e: ev.AnnounceReady) -> None:
         init = self._made()[0]
-        self.send(init.registry, EngineReady(init.deployment.name, init.replica))
+        self.send(init.registry, EngineReady(init.deployment.name, init.replica,
+                                             self.control.port if self.control is not None else None))
 
     def _do_ReportDrained(self, e: ev.ReportDrained) -> None:
         self._flush_records()  # before the node is told: its ledger flushes on drain

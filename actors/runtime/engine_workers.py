@@ -18,7 +18,9 @@
   actor thread hung) is killed, the last resort, and replaced the same way;
 - where the system has watches, each process connects to the engine's control listener and
   every message between them goes on that link (``runtime/control_link.py``), not through
-  Thespian's one-message-at-a-time transmits.
+  Thespian's one-message-at-a-time transmits. Callers on this host link to the same listener
+  for their calls (``runtime/caller_links.py``): a connection is a worker process's or a
+  caller's by its first frame.
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from thespian.actors import ActorExitRequest, ChildActorExited, ThespianWatch, W
 
 from actors.core import engine_events as ev
 from actors.core.procstat import live_stat
+from actors.runtime.caller_links import CALLS, CallerLinks
 from actors.runtime.control_link import HELLO_TIMEOUT_S, ControlListener, wire_codec
-from actors.runtime.linked_actor import LinkedActor
 from actors.runtime.logs import logger
-from actors.runtime.protocol import EngineInit, RestartSlot, WorkerInit, WorkerReady
+from actors.runtime.protocol import EngineInit, LinkHello, RestartSlot, WorkerInit, WorkerReady
 from actors.runtime.timers import Timers
 from actors.runtime.wake import watch_supported
 from actors.runtime.worker import RemoteWorkerActor
@@ -50,7 +52,7 @@ log = logger("atomr.engine")
 SLOT_RESTART_GRACE_S = 2.0   # a worker process that has not restarted a slot by then is killed
 
 
-class WorkerProcesses(LinkedActor):
+class WorkerProcesses(CallerLinks):
     """Mixed into RemoteEngineCoreActor (which provides core, init, plan, timers, _feed)."""
 
     # Provided by RemoteEngineCoreActor (engine.py); declared, not assigned, so nothing here shadows it.
@@ -88,7 +90,7 @@ class WorkerProcesses(LinkedActor):
     def _close_control_in_child(self) -> None:
         if self.control is not None:
             self.control.close()
-        for _, link in self.links.values():
+        for link in [*(link for _, link in self.links.values()), *self.callers]:
             link.close("not this process's")
 
     def _watch(self) -> ThespianWatch | None:
@@ -96,7 +98,7 @@ class WorkerProcesses(LinkedActor):
         if self.control is None:
             return None
         return ThespianWatch([self.control.fileno(), *(link.fileno() for _, link in self.control.waiting),
-                              *self._link_fds()])
+                              *self._link_fds(), *self._caller_fds()])
 
     def receiveMsg_WatchMessage(self, msg: WatchMessage, sender: Any) -> None:
         control = self.control
@@ -104,7 +106,11 @@ class WorkerProcesses(LinkedActor):
             return
         ready = set(msg.ready)
         if control.fileno() in ready:
+            known = {id(link) for _, link in control.waiting}
             control.accept()
+            for _, link in control.waiting:
+                if id(link) not in known:   # who answers: a caller checks it reached the engine it meant
+                    link.send(self.myAddress, LinkHello(self.myAddress))
             if control.waiting:
                 self.timers.after("control_hello", HELLO_TIMEOUT_S)
         for at, link in list(control.waiting):
@@ -112,20 +118,29 @@ class WorkerProcesses(LinkedActor):
                 self._greeted(link, link.receive())
         control.expire()
         self._read_links(ready)
+        self._read_callers(ready)
 
     def _greeted(self, link: Any, envelopes: list[tuple[Any, Any]]) -> None:
-        """A connection's first frame must be a WorkerReady from one of this engine's processes."""
+        """A connection's first frame: a WorkerReady from one of this engine's processes, tagged by the
+        node (a worker link), or a call or a cancel (a caller's link); anything else is refused."""
         assert self.control is not None
         if not envelopes and not link.closed:
             return
         self.control.waiting = [(at, waiting) for at, waiting in self.control.waiting if waiting is not link]
         sender, first = envelopes[0] if envelopes else (None, None)
+        if not link.closed and isinstance(first, CALLS):
+            if not self._caller_linked(link, envelopes):
+                self.control.refused += 1
+                link.close("this engine has its most caller links")
+            return
         process = self._process_at(sender) if sender is not None else None
-        if link.closed or not isinstance(first, WorkerReady) or process is None or self.linked(sender):
+        if link.closed or not isinstance(first, WorkerReady) or process is None or self.linked(sender) \
+                or link.untagged:
             self.control.refused += 1
             return link.close("not a worker process of this engine")
         # The address createActor gave is a placeholder until the process is up (unhashable, equal
         # by override); the process's own is final, and it is what the link is found by.
+        link.node_only = True
         self.procs[process] = sender
         self._link(sender, link)
         self._take(sender, link, envelopes)
@@ -135,7 +150,8 @@ class WorkerProcesses(LinkedActor):
             return {}
         links = [link for _, link in self.links.values()]
         return {"port": self.control.port, "links": len(links), "sent": sum(link.sent for link in links),
-                "received": sum(link.received for link in links), "refused": self.control.refused}
+                "received": sum(link.received for link in links), "refused": self.control.refused,
+                **self._callers_status()}
 
     def timer_control_hello(self, _: Any) -> None:
         if self.control is not None:

@@ -69,14 +69,13 @@ class LinkedActor:
         # itself at the other end, not to the actor's handlers: they go by Thespian.
         if held is not None and not isinstance(message, ActorSystemMessage):
             link = held[1]
-            taken = link.send(self.myAddress, message)
+            # Queued: written when the handler returns (flush_links), with whatever else it sent there.
+            taken = link.send(self.myAddress, message, flush=False)
             if link.closed:
                 self._unlink(target, resend=True)   # what it could not write whole, this one included
                 if taken:
                     return
             elif taken:
-                if link.pending:
-                    self.timers.after("control_flush", FLUSH_S)
                 return
         super().send(target, message)  # type: ignore[misc]
 
@@ -100,13 +99,23 @@ class LinkedActor:
             for _, message in stranded:
                 super().send(target, message)  # type: ignore[misc]
 
-    def timer_control_flush(self, _: Any) -> None:
-        for target, link in list(self.links.values()):
-            link.flush()
-            if link.closed:
-                self._unlink(target, resend=True)
-        if any(link.pending for _, link in self.links.values()):
+    def flush_links(self) -> None:
+        """Write what the handler queued on each link, one write per link rather than one per message;
+        called as each handler returns. What a socket does not take is tried again on a short timer."""
+        if self._flush_links():
             self.timers.after("control_flush", FLUSH_S)
+
+    def _flush_links(self) -> bool:
+        """Flush every link; True while one still holds something it could not write."""
+        for target, link in list(self.links.values()):
+            if link.pending:
+                link.flush()
+                if link.closed:
+                    self._unlink(target, resend=True)
+        return any(link.pending for _, link in self.links.values())
+
+    def timer_control_flush(self, _: Any) -> None:
+        self.flush_links()
 
     def _link_fds(self) -> list[int]:
         return [link.fileno() for _, link in self.links.values()]
@@ -125,6 +134,9 @@ class LinkedActor:
             self._deliver(sender, message)
         if link.closed:
             self._unlink(target, resend=True)
+
+    def receiveMsg_LinkHello(self, message: Any, sender: Any) -> None:
+        """The engine's greeting on a worker process's link: the process knows its engine already."""
 
     def _deliver(self, sender: Any, message: Any) -> None:
         """As Thespian delivers: a handler that raises answers its sender with a PoisonMessage."""

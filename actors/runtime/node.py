@@ -57,15 +57,14 @@ class NodeRegistry(CrossNodeRoutes, ClusterMember):
         self.warming: set[tuple[str, int]] = set()
         self.deploy_waiter = None
         self.gathering: Gathering | None = None
-        self.drain_waiter = None
-        self.drain_left = 0
+        self.drain_waiter, self.drain_left = None, 0
         self.draining = False   # once drained, a node never restarts an engine: it is stopping
         self.budgets: list[Any] = []    # core.budget.Budget, from the Deploy
-        self.ledger = None              # the LedgerActor, when node.ledger is set
-        self.ledger_path: str | None = None
+        self.ledger, self.ledger_path = None, None   # the LedgerActor and its file, when node.ledger is set
         self.routing = RoutingPolicy()
         # (deployment, replica) -> (LoadState, monotonic time it arrived): what routes carry.
         self.loads: dict[tuple[str, int], tuple[Any, float]] = {}
+        self.control_ports: dict[tuple[str, int], int | None] = {}   # each engine's, from its EngineReady
         self.refusals: dict[str, dict[str, int]] = {}   # the router's, reported by this node's clients
 
     # -- deployment --------------------------------------------------------------------
@@ -118,6 +117,7 @@ class NodeRegistry(CrossNodeRoutes, ClusterMember):
         return engine
 
     def receiveMsg_EngineReady(self, msg: EngineReady, sender: Any) -> None:
+        self.control_ports[(msg.deployment, msg.replica)] = msg.control_port
         self.pending_ready.discard((msg.deployment, msg.replica))
         self.warming.discard((msg.deployment, msg.replica))
         self._maybe_deployed()
@@ -192,7 +192,8 @@ class NodeRegistry(CrossNodeRoutes, ClusterMember):
     def _route_entry(self, dep: Any, engine: Any, replica: int) -> RouteEntry:
         entry = RouteEntry(dep.name, dep.model, engine, self.node, weight=dep.weight,
                            max_input_tokens=dep.max_input_tokens or context_window(runner_class(dep.provider).family, dep.provider_model),
-                           max_retries=dep.retry.max_retries, embed_batch=_embed_batch(dep), provider=dep.provider)
+                           max_retries=dep.retry.max_retries, embed_batch=_embed_batch(dep), provider=dep.provider,
+                           control_port=self.control_ports.get((dep.name, replica)))
         load = self.loads.get((dep.name, replica))
         if load is not None:
             state, at = load

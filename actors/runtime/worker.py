@@ -71,7 +71,7 @@ class RemoteWorkerActor(LinkedActor, GatewayActor):
 
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
         super().receiveMessage(msg, sender)
-        # Thespian replaces the watch list with whatever each handler returns.
+        self.flush_links()   # Thespian replaces the watch list with whatever each handler returns:
         fds = [fd for fd in (self.wake and self.wake.fileno(), self.parent_fd) if fd is not None]
         return ThespianWatch(fds + self._link_fds()) if self.wake is not None else None
 

@@ -88,7 +88,7 @@ TABLE: dict[tuple[str, str], frozenset[str]] = _rows({
         "SessionInit": "N", "LimiterInit": "N", "WorkerInit": "N",
     },
     "actors.runtime.protocol.work": {"Dispatch": "N", "FirstToken": "N", "FirstTokenHeard": "N", "WorkerResult": "N",
-                                     "WorkerReady": "N", "RestartSlot": "N"},
+                                     "WorkerReady": "N", "RestartSlot": "N", "LinkHello": "N"},
     "actors.runtime.protocol.session": {
         "SessionSubscribe": "N", "SessionSnapshot": "N", "SessionRefresh": "N", "SessionVersion": "N",
     },

@@ -247,6 +247,8 @@ def test_an_actor_sends_by_its_link_and_handles_what_arrives_as_thespian_would(a
     worker.send(ENGINE, WorkerReady([0, 1], 123))
     worker.send(addr(41999), Cancel("elsewhere"))             # no link to that address: Thespian
     assert [type(m).__name__ for _, m in worker.by_thespian] == ["Cancel"]
+    assert engine_link.receive() == []                        # queued until the handler returns
+    worker.flush_links()
     engine._read_links({engine_link.fileno()})
     assert [(s, type(m).__name__) for s, m in engine.handled] == [(WORKER, "WorkerReady")]
 
@@ -254,6 +256,7 @@ def test_an_actor_sends_by_its_link_and_handles_what_arrives_as_thespian_would(a
 def test_a_handler_that_raises_answers_its_sender_with_a_poison_message_by_thespian(actors):
     worker, engine, worker_link, engine_link = actors
     worker.send(ENGINE, Cancel("boom"))
+    worker.flush_links()
     engine._read_links({engine_link.fileno()})
     (target, poison), = engine.by_thespian     # Thespian's own message: Thespian carries it
     assert target == WORKER and isinstance(poison, PoisonMessage) and poison.poisonMessage.request_id == "boom"
@@ -280,10 +283,12 @@ def test_when_a_link_fails_what_it_held_goes_by_thespian_in_order_and_so_does_th
     worker_link.clock = clock = Clock()
     worker.send(ENGINE, Cancel("r1"))
     worker.send(ENGINE, Cancel("r2"))
+    worker.flush_links()
     assert worker.by_thespian == [] and ("control_flush", pytest.approx(0.002)) in worker.timers.due
     clock.now += C.STALL_S + 1
     worker.send(ENGINE, Cancel("r3"))
     worker.send(ENGINE, Cancel("r4"))
+    worker.flush_links()
     assert [m.request_id for _, m in worker.by_thespian] == ["r1", "r2", "r3", "r4"]
     assert not worker.linked(ENGINE)
 
@@ -304,3 +309,28 @@ def test_a_message_that_cannot_be_pickled_is_left_to_thespian_and_the_link_stays
     assert not worker.closed and not worker.pending
     assert worker.send(WORKER, Cancel("r2"))
     assert [m.request_id for _, m in engine.receive()] == ["r2"]
+
+
+def test_what_one_handler_sends_on_a_link_leaves_in_one_write(actors):
+    worker, engine, worker_link, engine_link = actors
+    writes: list[int] = []
+    send = worker_link.sock.send
+    worker_link.sock.send = lambda data: writes.append(len(data)) or send(data)
+    for i in range(20):
+        worker.send(ENGINE, Cancel(f"r{i}"))
+    assert writes == []
+    worker.flush_links()
+    assert len(writes) == 1 and not worker_link.pending
+    engine._read_links({engine_link.fileno()})
+    assert [m.request_id for _, m in engine.handled] == [f"r{i}" for i in range(20)]
+
+
+def test_a_write_the_socket_takes_part_of_resumes_mid_frame_and_every_frame_arrives_whole(links):
+    worker, engine = links()
+    send = worker.sock.send
+    worker.sock.send = lambda data: send(bytes(data[:37]))   # a socket that takes a little at a time
+    for i in range(5):
+        assert worker.send(WORKER, Cancel(f"r{i}"), flush=False)
+    while worker.pending:
+        worker.flush()
+    assert [m.request_id for _, m in engine.receive()] == [f"r{i}" for i in range(5)]

@@ -10,8 +10,9 @@
 | security           | security, core, errors, types                                     |
 | runtime            | runtime, core, settings, providers, errors, types                 |
 | ops                | ops, runtime, security, settings, core, errors, types             |
-| client             | node_link, params, runtime.protocol, security, ops, core, errors, types |
-| node_link          | runtime.node, security, ops, stream_receiver, errors (its seam)   |
+| client             | node_link, caller_links, params, runtime.protocol, security, ops, core, errors, types |
+| node_link          | runtime.node, security, ops, stream_receiver, caller_links, errors (its seam) |
+| caller_links       | runtime.control_link, runtime.protocol, stream_receiver (a caller's end of the engines' links) |
 | params             | nothing (the types of a call's parameters)                        |
 | stream_receiver    | core, types (the client's end of the stream channel)              |
 | http               | http, client, params, settings, core, errors, types              |
@@ -45,11 +46,15 @@ ALLOWED = {
     "actors.ops": {"actors.ops", "actors.runtime", "actors.security", "actors.settings", "actors.core",
                    "actors.errors", "actors.types", "actors.providers"},
     "actors.client": {"actors.client", "actors.correlator", "actors.stream_receiver", "actors.node_link",
+                      "actors.caller_links",
                       "actors.params", "actors.runtime.protocol", "actors.security", "actors.ops", "actors.core",
                       "actors.errors", "actors.types"},
     # how a client reaches its node (over TCP, or into an in-process system): the client's seam
     "actors.node_link": {"actors.node_link", "actors.correlator", "actors.stream_receiver", "actors.runtime.node",
-                         "actors.security", "actors.ops", "actors.errors"},
+                         "actors.security", "actors.ops", "actors.errors", "actors.caller_links"},
+    # a caller's end of its links to the engines: the engines' own framing (runtime/control_link.py)
+    "actors.caller_links": {"actors.caller_links", "actors.runtime.control_link", "actors.runtime.protocol",
+                            "actors.stream_receiver"},
     "actors.params": {"actors.params"},
     # client side: files an endpoint's messages by request (and watches the stream channel's pipe)
     "actors.correlator": {"actors.correlator", "actors.security.thespian_hooks"},

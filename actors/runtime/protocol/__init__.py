@@ -40,7 +40,8 @@ from actors.runtime.protocol.bringup import (
     LimiterInit,
     WorkerInit,
 )
-from actors.runtime.protocol.work import Dispatch, FirstToken, FirstTokenHeard, RestartSlot, WorkerReady, WorkerResult
+from actors.runtime.protocol.work import (Dispatch, FirstToken, FirstTokenHeard, LinkHello, RestartSlot, WorkerReady,
+                                          WorkerResult)
 from actors.runtime.protocol.session import SessionSubscribe, SessionSnapshot, SessionRefresh, SessionVersion
 from actors.runtime.protocol.breaker import (
     BreakerSubscribe,
@@ -113,6 +114,7 @@ __all__ = [
     'FirstTokenHeard',
     'WorkerResult',
     'WorkerReady',
+    'LinkHello',
     'RestartSlot',
     'SessionSubscribe',
     'SessionSnapshot',

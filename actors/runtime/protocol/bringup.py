@@ -59,6 +59,7 @@ class EngineInit:
 class EngineReady:
     deployment: str
     replica: int
+    control_port: int | None = None   # its control listener (loopback): callers on this host link to it
 
 
 @dataclass

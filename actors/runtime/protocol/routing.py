@@ -73,6 +73,7 @@ class RouteEntry:
     refusal_until_unix: float | None = None   # ... then
     # Another node's engine: the relay of this node that forwards calls to it (None: this node's own).
     via: Any = None
+    control_port: int | None = None   # this node's engine's control listener, on loopback (caller_links.py)
 
 
 @dataclass

@@ -69,6 +69,14 @@ class WorkerReady:
 
 
 @dataclass
+class LinkHello:
+    """An engine's first frame on each control connection it accepts: the address of the engine the
+    connection reached (a caller checks it is the one its route named before it sends a call)."""
+
+    engine: Any
+
+
+@dataclass
 class RestartSlot:
     """The engine gave up on the slot's attempt (it did not report in time): end it without a
     report (its exchange stopped), and start the slot afresh. Answered by a WorkerReady."""
