@@ -84,7 +84,8 @@ class _State:
     Stream is collected at once and its finalizer can cancel the call."""
 
     def __init__(self) -> None:
-        self.chunks: list[TokenChunk] = []
+        self.chunks: list[TokenChunk] = []   # those yielded (pushed ones are the consumer's: only counted)
+        self.pushed = 0
         self.result: Completed | None = None
         self.exchange: Chunks | None = None
         self.done = False
@@ -94,6 +95,11 @@ class _State:
         self.refused: InferenceError | None = None   # the router's own refusal of the last group tried
         self.receiver: StreamReceiver | None = None  # the stream channel's, when the chunks come on it
         self.on_chunk: Callable[[TokenChunk], object] | None = None   # Stream.push_to's
+
+    @property
+    def streamed(self) -> bool:
+        """A chunk reached the caller: the call is never tried again."""
+        return bool(self.chunks) or self.pushed > 0
 
 
 class _Push:
@@ -105,11 +111,11 @@ class _Push:
     last chunk its terminal counts has been handed over.
     """
 
-    def __init__(self, order: ChunkOrder[TokenChunk], kept: list[TokenChunk], on_chunk: Callable[[TokenChunk], object],
+    def __init__(self, order: ChunkOrder[TokenChunk], state: _State, on_chunk: Callable[[TokenChunk], object],
                  waiter: Inbox | None, request_id: str) -> None:
         self._lock = threading.Lock()
         self._order = order
-        self._kept = kept
+        self._state = state
         self._on_chunk = on_chunk
         self._waiter = waiter
         self._nudge = Nudge(request_id)
@@ -122,7 +128,7 @@ class _Push:
             if not self.open or self.error is not None:
                 return
             for due in self._order.add(chunk):
-                self._kept.append(due)
+                self._state.pushed += 1
                 try:
                     self._on_chunk(due)
                 except BaseException as exc:  # noqa: BLE001 - the waiting thread raises it
@@ -185,6 +191,7 @@ class Stream:
 
     @property
     def chunks(self) -> list[TokenChunk]:
+        """The chunks iterating has yielded so far (not those handed to ``push_to``'s callback)."""
         return self._state.chunks
 
     @property
@@ -242,7 +249,8 @@ class Stream:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Stream({self.request_id}, {len(self.chunks)} chunks, {'done' if self.closed else 'open'})"
+        count = len(self.chunks) + self._state.pushed
+        return f"Stream({self.request_id}, {count} chunks, {'done' if self.closed else 'open'})"
 
 
 def _consume(state: _State, exchange: Chunks, stream: Stream) -> Iterator[TokenChunk]:
@@ -687,12 +695,12 @@ class GatewayClient:
                     return
                 except _EngineGone as gone:
                     self._routes.pop(request.model, None)
-                    if state.chunks or not request.idempotent or resend >= CRASH_RESENDS \
+                    if state.streamed or not request.idempotent or resend >= CRASH_RESENDS \
                             or time.monotonic() >= deadline:
                         # An idempotent call was re-sent already (a repeat would add to the gateway's
                         # tries); one that is not was never re-sent: its caller decides.
                         raise EngineCrashed(f"{gone.reason} while it held {rid}", request_id=rid,
-                                            retryable=not state.chunks and not request.idempotent) from None
+                                            retryable=not state.streamed and not request.idempotent) from None
         except InferenceError as error:
             # The caller's verdict: repeat only what can help and duplicates no attempt (core/retry.py).
             error.retryable = caller_may_retry(error, error.attempt_log)
@@ -718,7 +726,7 @@ class GatewayClient:
         log: list[AttemptInfo] = []
         model = request.model
         error = yield from self._over_group(correlator, request, model, entries, policy, budget, log, deadline, state)
-        while error is not None and not state.chunks and time.monotonic() < deadline:
+        while error is not None and not state.streamed and time.monotonic() < deadline:
             next_model = plan.next_model(error)
             if next_model is None:
                 break
@@ -801,7 +809,7 @@ class GatewayClient:
                                else [AttemptInfo(entry.deployment, exc.kind, exc.status, 0.0, failed is None)]))
                 if isinstance(exc, CircuitOpen):
                     self._held[str(entry.engine)] = (routing.held_until(exc, time.time()), copy.copy(exc))
-                step = routing.after_failure(exc, streamed=bool(state.chunks), idempotent=request.idempotent,
+                step = routing.after_failure(exc, streamed=state.streamed, idempotent=request.idempotent,
                                              sent=failed is None or any(a.sent for a in failed.attempt_log),
                                              deadline_passed=time.monotonic() >= deadline)
                 if step == "end":
@@ -929,7 +937,7 @@ class GatewayClient:
             while True:
                 if push is None and state.on_chunk is not None:
                     inbox = correlator.inbox if isinstance(correlator.inbox, Inbox) else None
-                    push = _Push(order, state.chunks, state.on_chunk, inbox, rid)
+                    push = _Push(order, state, state.on_chunk, inbox, rid)
                     if terminal is not None:
                         push.expect(terminal.chunks)
                     if state.receiver is not None:

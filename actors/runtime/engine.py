@@ -10,6 +10,7 @@ translates between the two.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import time
@@ -100,6 +101,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
             for key, budget in self.core.book.budgets.items():
                 self.send(msg.limiter, LimiterRegister(self.myAddress, key, budget.limits))
         self._run(self.core.start())
+        gc.freeze()   # what start-up made lives as long as the engine (and its forked workers share it)
 
     # -- messages in: each becomes one core event ----------------------------------------
 

@@ -438,7 +438,7 @@ def test_pushed_chunks_reach_the_callback_in_order_once_and_the_iteration_only_w
         stream.push_to(lambda c: got.append((c.seq, c.text)))
         assert list(stream) == []                  # nothing yielded: every chunk went to the callback
     assert got == [(0, "a"), (1, "b"), (2, "c")]   # in seq order, the repeated 1 once
-    assert stream.result.text == "abc" and [c.text for c in stream.chunks] == ["a", "b", "c"]
+    assert stream.result.text == "abc" and stream.chunks == [] and "3 chunks, done" in repr(stream)
 
 
 def test_pushing_may_begin_between_two_chunks_and_nothing_is_handed_over_twice(scripted):
@@ -450,6 +450,7 @@ def test_pushing_may_begin_between_two_chunks_and_nothing_is_handed_over_twice(s
     assert next(chunks).text == "a"
     stream.push_to(lambda c: pushed.append(c.text))
     assert list(chunks) == [] and pushed == ["b", "c"] and stream.result.text == "abc"
+    assert [c.text for c in stream.chunks] == ["a"]     # what was yielded is kept; what was pushed is not
 
 
 def test_what_the_callback_raises_ends_the_iteration_and_cancels_the_call_with_no_call_after(scripted):
@@ -505,7 +506,7 @@ def test_chunks_on_the_channel_are_pushed_by_its_thread_in_order_with_those_sent
         stream.push_to(lambda c: pushed.append((c.seq, c.text)))
         reader = threading.Thread(target=lambda: ended.append(list(stream)), daemon=True)
         reader.start()
-        until(lambda: stream.chunks, "the first chunk, from its message")
+        until(lambda: pushed, "the first chunk, from its message")
         for seq, text in ((2, "c"), (1, "b")):   # the rest on the channel, out of order, after the terminal
             worker.sendall(CODEC.encode(chunk_body(stream.request_id, seq, text, [])))
         reader.join(10.0)
