@@ -117,6 +117,8 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
                 self.receiveUnrecognizedMessage(msg, sender)
             if event is not None:
                 self._feed(event)
+        if self.delivering:
+            return None           # handed over from a link: the handler Thespian called does the rest, once
         if self.starting:
             self._start_slots()   # once per message: a process's slots start together
         self.flush_links()

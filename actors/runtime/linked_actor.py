@@ -46,6 +46,8 @@ class LinkedActor:
     def __init__(self) -> None:
         super().__init__()
         self.links: dict[Any, tuple[Any, ControlLink]] = {}   # address_key(peer) -> (peer, its link)
+        # Inside a message handed over from a link: the handler Thespian called flushes and watches once.
+        self.delivering = False
 
     def linked(self, target: Any) -> bool:
         return address_key(target) in self.links
@@ -101,7 +103,10 @@ class LinkedActor:
 
     def flush_links(self) -> None:
         """Write what the handler queued on each link, one write per link rather than one per message;
-        called as each handler returns. What a socket does not take is tried again on a short timer."""
+        called as each handler Thespian called returns. What a socket does not take is tried again on a
+        short timer."""
+        if self.delivering:
+            return
         if self._flush_links():
             self.timers.after("control_flush", FLUSH_S)
 
@@ -140,8 +145,11 @@ class LinkedActor:
 
     def _deliver(self, sender: Any, message: Any) -> None:
         """As Thespian delivers: a handler that raises answers its sender with a PoisonMessage."""
+        outer, self.delivering = self.delivering, True
         try:
             self.receiveMessage(message, sender)
         except Exception:
             log.exception("%s failed on a %s from its control link", type(self).__name__, type(message).__name__)
             self.send(sender, PoisonMessage(message, traceback.format_exc()[-2000:]))
+        finally:
+            self.delivering = outer

@@ -35,8 +35,8 @@ from actors.runtime.base import GatewayActor
 from actors.runtime.delivery import UNDECIDED, Delivery
 from actors.runtime.linked_actor import LinkedActor
 from actors.runtime.logs import logger
-from actors.runtime.protocol import Dispatch, FirstTokenHeard, RestartSlot, SessionSnapshot, SessionSubscribe
-from actors.runtime.protocol import WorkerInit, WorkerReady
+from actors.runtime.protocol import (Dispatch, FirstTokenHeard, RestartSlot, SessionSnapshot, SessionSubscribe, WorkerInit,
+                                     WorkerReady)
 from actors.runtime.slot import Slot
 from actors.runtime.wake import WakePipe, open_process_fd, waker, watch_supported
 from actors.settings.schema import DeploymentConfig
@@ -71,9 +71,11 @@ class RemoteWorkerActor(LinkedActor, GatewayActor):
 
     def receiveMessage(self, msg: Any, sender: Any) -> Any:
         super().receiveMessage(msg, sender)
+        if self.delivering or self.wake is None:   # from a link: the handler Thespian called does the rest
+            return None
         self.flush_links()   # Thespian replaces the watch list with whatever each handler returns:
-        fds = [fd for fd in (self.wake and self.wake.fileno(), self.parent_fd) if fd is not None]
-        return ThespianWatch(fds + self._link_fds()) if self.wake is not None else None
+        fds = [fd for fd in (self.wake.fileno(), self.parent_fd) if fd is not None]
+        return ThespianWatch(fds + self._link_fds())
 
     # -- set-up --------------------------------------------------------------------
 
@@ -146,8 +148,7 @@ class RemoteWorkerActor(LinkedActor, GatewayActor):
             self._attempt(slot, dispatch)
         except Exception as exc:  # noqa: BLE001 - a bug here must still end the request, once
             log.exception("worker slot %d failed on %s", slot.index, dispatch.request.request_id)
-            delivery = slot.delivery
-            if delivery is not None and delivery.dispatch is dispatch:
+            if (delivery := slot.delivery) is not None and delivery.dispatch is dispatch:
                 return self._finish(slot, delivery, delivery.end(self._bug(exc)))
             self._report(dispatch, error=self._bug(exc))
 
@@ -192,8 +193,7 @@ class RemoteWorkerActor(LinkedActor, GatewayActor):
                 self._pump(slot)
 
     def timer_flush(self, index: int) -> None:
-        slot = self.slots.get(index)
-        if slot is not None and slot.delivery is not None:
+        if (slot := self.slots.get(index)) is not None and slot.delivery is not None:
             self._pump(slot)
 
     def timer_deadline(self, index: int) -> None:
