@@ -100,8 +100,6 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         if self.core.book is not None and msg.limiter is not None:
             for key, budget in self.core.book.budgets.items():
                 self.send(msg.limiter, LimiterRegister(self.myAddress, key, budget.limits))
-        if msg.cluster is not None:
-            self.receiveMsg_StrictLimiterIs(msg.cluster, sender)
         self._run(self.core.start())
         gc.freeze()   # what start-up made lives as long as the engine (and its forked workers share it)
 

@@ -111,8 +111,9 @@ class NodeRegistry(CrossNodeRoutes, ClusterMember):
         self.send(engine, EngineInit(dep, replica, self.node, self.myAddress, session, breaker, self.limiter,
                                      self.cluster.sync_interval_ms / 1000, self.cluster.failure_timeout_s,
                                      budgets=self.budgets, budget_slot=slot, ledger=self.ledger,
-                                     budget_seed=engine_seed(self.ledger_path, slot, self.budgets, time.time()),
-                                     cluster=self.cluster_news(dep) if self.budgeted(dep) else None))
+                                     budget_seed=engine_seed(self.ledger_path, slot, self.budgets, time.time())))
+        if self.budgeted(dep):
+            self.send(engine, self.cluster_news(dep))
         return engine
 
     def receiveMsg_EngineReady(self, msg: EngineReady, sender: Any) -> None:

@@ -142,23 +142,3 @@ def test_an_engine_that_cannot_start_says_why_to_every_caller(monkeypatch):
         assert isinstance(failed.error, E.InternalError) and "no such region" in failed.error.message
     finally:
         e.close()
-
-
-def test_an_engine_knows_from_its_init_that_its_node_is_outside_the_cluster_before_any_call(upstream):
-    # The node's standing comes in EngineInit itself: a call on a caller's link can reach a new
-    # engine before any later Thespian message from its registry.
-    from actors.core.ratelimit import RateLimits
-    from actors.runtime.protocol import EngineInit, StrictLimiterIs
-
-    upstream.then(Answer(200, openai_completion("must not be sent")))
-    e = InProcessEngine(deployment(limits=RateLimits(rpm=100, window_s=172800.0)), init=False)
-    try:
-        e.tell(EngineInit(e.dep, 0, "n1", e.registry, None, e.breaker, None, failure_timeout_s=0.05,
-                          cluster=StrictLimiterIs(None, 0, False)))
-        e.tell(request("r1"))
-        _, done = e.collect("r1")
-        assert isinstance(done, Failed) and isinstance(done.error, E.LeaderUnavailable)
-        assert "has not been in the cluster since it started" in str(done.error)
-        assert upstream.requests == []
-    finally:
-        e.close()

@@ -53,10 +53,6 @@ class EngineInit:
     budget_slot: str = ""   # stable per node, deployment and replica (docs/spend.md)
     budget_seed: dict[str, int] = field(default_factory=dict)  # counter key -> nano-USD from the ledger
     ledger: Any = None      # the node's LedgerActor, when it has one
-    # Where the cluster is as the engine starts (a StrictLimiterIs, for a budgeted deployment): in
-    # EngineInit itself, so no call can reach the engine before it knows (a caller's link can
-    # overtake a later Thespian message).
-    cluster: Any = None
 
 
 @dataclass
