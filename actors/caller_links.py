@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.runtime.control_link import ControlLink, Wire, connect
+from actors.runtime.control_link import ControlLink, Wire, address_key, connect
 from actors.runtime.protocol import LinkHello
 from actors.stream_receiver import StreamReceiver
 
@@ -38,15 +38,6 @@ log = logging.getLogger("atomr.client")
 HELLO_WAIT_S = 1.0       # for the engine's greeting on a new link
 WRITE_TIMEOUT_S = 1.0    # for the socket to take one frame
 RETRY_AFTER_S = 5.0      # a link that failed is not tried again before
-
-
-def _key(engine: Any) -> Any:
-    details = getattr(engine, "addressDetails", engine)
-    try:
-        hash(details)
-    except TypeError:
-        return ("unhashable", id(engine))
-    return details
 
 
 class _Held:
@@ -110,7 +101,7 @@ class CallerLinks:
 
     def linked(self, engine: Any) -> bool:
         with self._lock:
-            held = self._held.get(_key(engine))
+            held = self._held.get(address_key(engine))
         return held is not None and not held.link.closed
 
     def close(self) -> None:
@@ -120,7 +111,7 @@ class CallerLinks:
             one.link.close("the client closed")
 
     def _link_to(self, engine: Any, port: int) -> _Held | None:
-        key = _key(engine)
+        key = address_key(engine)
         with self._lock:
             held = self._held.get(key)
             if held is not None and not held.link.closed:
@@ -173,7 +164,7 @@ class CallerLinks:
         return True
 
     def _gone(self, held: _Held) -> None:
-        key = _key(held.engine)
+        key = address_key(held.engine)
         with self._lock:
             if self._held.get(key) is held:
                 del self._held[key]

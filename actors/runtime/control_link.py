@@ -40,7 +40,8 @@ from typing import Any, Protocol
 
 from actors.core.frames import loopback_listener
 
-__all__ = ["MAX_FRAME_BYTES", "STALL_S", "ControlLink", "ControlListener", "connect", "use_wire", "wire_codec"]
+__all__ = ["MAX_FRAME_BYTES", "STALL_S", "ControlLink", "ControlListener", "address_key", "connect", "use_wire",
+           "wire_codec"]
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # a larger message (a huge prompt) goes by Thespian
 STALL_S = 2.0                        # a peer that reads nothing this long loses its link
@@ -73,6 +74,17 @@ def use_wire(wire: Wire | None) -> None:
 
 def wire_codec() -> Wire | None:
     return _wire
+
+
+def address_key(address: Any) -> Any:
+    """A hashable key for a Thespian address (its ActorAddress is not hashable; a TCP address's details are).
+    An address without hashable details (an actor's own, not yet assigned) is never linked."""
+    details = getattr(address, "addressDetails", address)
+    try:
+        hash(details)
+    except TypeError:
+        return ("never linked", id(address))
+    return details
 
 
 class Refused(Exception):

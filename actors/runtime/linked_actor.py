@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from thespian.actors import ActorSystemMessage, PoisonMessage
 
-from actors.runtime.control_link import ControlLink, connect, wire_codec
+from actors.runtime.control_link import ControlLink, address_key, connect, wire_codec
 from actors.runtime.logs import logger
 
 if TYPE_CHECKING:
@@ -20,17 +20,6 @@ __all__ = ["LinkedActor", "address_key"]
 
 log = logger("atomr.control")
 FLUSH_S = 0.002     # how soon an outbox the socket did not take is tried again
-
-
-def address_key(address: Any) -> Any:
-    """A hashable key for a Thespian address (its ActorAddress is not hashable; a TCP address's details are).
-    An address without hashable details (an actor's own, not yet assigned) is never linked."""
-    details = getattr(address, "addressDetails", address)
-    try:
-        hash(details)
-    except TypeError:
-        return ("never linked", id(address))
-    return details
 
 
 class LinkedActor:
