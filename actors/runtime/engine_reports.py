@@ -88,6 +88,11 @@ class Reporting:
             return
         if self.timers.due("load") is not None:
             return  # a push is scheduled: it reads the state when it fires (this runs after every message)
+        pushed_at = self.load.pushed_at
+        if pushed_at is not None and self.load.clock() < pushed_at + self.load.interval_s:
+            # Pushed lately: the state is read once the interval is up, not after each message of a burst.
+            self.timers.at("load", pushed_at + self.load.interval_s)
+            return
         # In flight: every request this engine holds that is not queued (on a worker, waiting
         # for a retry or for a fresh credential).
         queued = len(core.queue)

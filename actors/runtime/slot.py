@@ -9,7 +9,7 @@ a message): it reaches the actor through the delivery's wake function only.
 
 Each slot has its own ``requests`` session (a session is not for concurrent use) whose
 connections come from the process's transport; the slots of a process share one TLS
-context (``upstream.tls_context``). Slot threads run at a lower scheduling priority than the
+context (``upstream_session.tls_context``). Slot threads run at a lower scheduling priority than the
 worker's actor thread (``SLOT_NICE``), so that a thousand runnable slots cannot starve the
 control path of this node: the engine, the front door, the actors' own threads.
 
@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import requests
 
 from actors.runtime import transport
-from actors.runtime.upstream import PhaseAdapter
+from actors.runtime.upstream_session import http_session
 
-__all__ = ["Slot", "Attempt", "http_session", "SLOT_NICE"]
+__all__ = ["Slot", "Attempt", "SLOT_NICE"]
 
 SLOT_NICE = 5   # how much lower than the actor thread's the slot threads' priority is (Linux: per thread)
 
@@ -43,18 +43,6 @@ class Attempt(Protocol):
     def crashed(self, exc: BaseException) -> None:
         """``run`` raised (a bug): the attempt must still get an outcome."""
         ...
-
-
-def http_session(endpoint: str, network: transport.Transport) -> requests.Session:
-    http = requests.Session()
-    adapter = PhaseAdapter(network, pool_connections=1, pool_maxsize=2, max_retries=0)
-    http.mount("http://", adapter)
-    http.mount("https://", adapter)
-    # requests re-reads proxy variables and ~/.netrc on every call (milliseconds each here):
-    # resolve the proxy for this endpoint once, honouring HTTPS_PROXY and NO_PROXY.
-    http.proxies = requests.utils.get_environ_proxies(endpoint)
-    http.trust_env = False
-    return http
 
 
 class Slot:

@@ -17,7 +17,8 @@ from actors.core.streaming import END, HttpStatus, Opened, TransportFailed, Whol
 from actors.core.transport import Phase, classify_transport
 from actors.providers.base import HttpRequest
 from actors.runtime.transport import TcpTransport
-from actors.runtime.upstream import HttpExchange, PhaseAdapter
+from actors.runtime.upstream import HttpExchange
+from actors.runtime.upstream_session import PhaseAdapter
 
 BIG = 8 * 1024 * 1024  # more than the socket buffers hold, so a write can fail or block
 

@@ -81,7 +81,7 @@ EXPECTED_AUTH = {
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_streamed_call_reaches_the_provider_url_with_its_auth_headers(provider):
-    from actors.runtime.slot import http_session
+    from actors.runtime.upstream_session import http_session
     from actors.testing.mock_transport import MockResponse, MockTransport
 
     runner = runner_for(provider, headers={"x-team": "search"})

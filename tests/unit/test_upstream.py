@@ -14,7 +14,7 @@ from actors.core.streaming import END, HttpStatus, Opened, Overflow, TransportFa
 from actors.core.transport import Phase, classify_transport
 from actors.providers.base import HttpRequest
 from actors.runtime.upstream import MAX_ERROR_BODY, HttpExchange
-from actors.runtime.slot import http_session
+from actors.runtime.upstream_session import http_session
 from actors.testing.mock_transport import (CONNECT_TIMEOUT, EOF, REFUSE, RESET_ON_SEND, STALL_ON_SEND, MockResponse,
                                            MockTransport)
 
@@ -110,6 +110,49 @@ def test_a_kept_alive_connection_carries_the_next_request_and_a_dropped_one_is_r
     assert network.connects == 2                      # the second answer closed its connection
 
 
+def _whole(session, url: str = URL, headers: dict | None = None) -> list:
+    run = HttpExchange(HttpRequest("POST", url, headers or {}, b'{"q": 1}', False), (1.0, 1.0), 1 << 20,
+                       time.time() + 5, whole=True)
+    events: list = []
+    run.run(session, lambda event: events.append(event) or True)
+    return events
+
+
+def test_a_cookie_an_upstream_sets_never_goes_out_on_the_slots_next_call():
+    # A slot's next call is another caller's: what one answer set must not travel with it.
+    network = answering(MockResponse(200, body=b"1", headers={"set-cookie": "__cf_bm=caller-a; Path=/"}),
+                        MockResponse(200, body=b"2"))
+    session = http_session(URL, network)
+    assert _whole(session) == [WholeBody(b"1")] and _whole(session) == [WholeBody(b"2")]
+    session.close()
+    first, second = network.requests
+    assert "cookie" not in first.headers and "cookie" not in second.headers
+    # What the session adds to every request still goes out, under the request's own headers.
+    assert second.headers["user-agent"].startswith("python-requests/") and second.headers["accept"] == "*/*"
+
+
+def test_the_requests_own_headers_win_over_the_sessions_defaults():
+    network = answering(MockResponse(200, body=b"1"))
+    session = http_session(URL, network)
+    _whole(session, headers={"User-Agent": "atomr-test/1", "x-api-key": "k"})
+    session.close()
+    (request,) = network.requests
+    assert request.headers["user-agent"] == "atomr-test/1" and request.headers["x-api-key"] == "k"
+    assert request.headers["content-length"] == str(len(b'{"q": 1}'))
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_the_upstreams_answer_and_is_not_followed(status):
+    # Following it would send the body (and to the same host the key) wherever the 3xx points.
+    network = answering(MockResponse(status, body=b"moved", headers={"location": "https://elsewhere.invalid/steal"}),
+                        MockResponse(200, body=b"followed"))
+    session = http_session(URL, network)
+    (answer,) = _whole(session)
+    session.close()
+    assert isinstance(answer, HttpStatus) and answer.status == status and answer.body == b"moved"
+    assert [r.url for r in network.requests] == [URL]
+
+
 def test_stop_ends_a_blocked_read_at_once():
     gate = threading.Event()
     network = answering(MockResponse(200, parts=[b"first", gate], hold_s=30))
@@ -181,7 +224,7 @@ def test_malformed_chunked_coding_is_a_body_failure():
 def test_every_slot_session_of_a_process_verifies_tls_with_one_shared_context():
     import requests
 
-    from actors.runtime.upstream import tls_context
+    from actors.runtime.upstream_session import tls_context
 
     contexts, bundles = set(), set()
     for _ in range(3):   # three slots
