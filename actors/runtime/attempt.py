@@ -101,6 +101,7 @@ class ToCaller:
         self.by_message = True
         self.actor.send(delivery.dispatch.reply_to, chunk)
 
-    def first_token(self, at_unix: float) -> None:
+    def first_token(self, at_unix: float) -> bool:
         dispatch = self.delivery.dispatch
-        self.actor.send(self.actor.engine, FirstToken(dispatch.request.request_id, dispatch.attempt, at_unix))
+        return bool(self.actor.send_written(self.actor.engine,
+                                            FirstToken(dispatch.request.request_id, dispatch.attempt, at_unix)))

@@ -11,9 +11,14 @@ Two threads share a :class:`Delivery` under its lock, each with one job:
 
 **The engine hears of the first token before any chunk leaves.** Whether a lost attempt may be
 retried depends on it (never once the caller has a token), and a worker process may die at
-any moment: so the actor sends ``FirstToken`` when the first text is ready and holds it back
-until the engine answers (``FirstTokenHeard``, :meth:`heard`); it then goes out as the first
-chunk, with whatever arrived meanwhile. An attempt ended before that sends no text at all.
+any moment: so the actor sends ``FirstToken`` when the first text is ready. When that message
+is in the kernel, whole, on the process's control link (``Outlet.first_token`` says so), the
+engine reads it before it learns of any death of this process (it reads a dead process's link
+to the end first: ``engine_workers.py``), so the first chunk leaves at once. Otherwise (no
+link, a link that did not take it whole, an attempt past its own deadline, when the engine may
+have given up on it) the first chunk is held back until the engine answers
+(``FirstTokenHeard``, :meth:`heard`) and goes with whatever arrived meanwhile. An attempt
+ended before either sends no text at all.
 
 Chunks are cut by one rule (:meth:`_cut`, ``streaming.flush_due``): the first at once, then
 at most one per coalescing window. Where a chunk goes is a mode of the request, not a path:
@@ -68,7 +73,9 @@ class Outlet(Protocol):
 
     def to_caller(self, chunk: TokenChunk) -> None: ...
 
-    def first_token(self, at_unix: float) -> None: ...
+    def first_token(self, at_unix: float) -> bool:
+        """Tell the engine; True when it will hear of it before anything this process sends next."""
+        ...
 
 
 class Channel(Protocol):
@@ -98,7 +105,7 @@ class Delivery:
         self.chunks = 0                     # chunks cut so far: the next one's seq
         self.last_flush = 0.0               # monotonic time of the last cut
         self.first_token_unix: float | None = None   # when the first text was ready (FirstToken sent)
-        self.cleared = False                # the engine heard of the first token: chunks may leave
+        self.cleared = False                # the engine hears of the first token first: chunks may leave
         self.outcome: Any = UNDECIDED       # the attempt's terminal error, None for success
         self.finished = False               # the actor ended the delivery: the reader takes nothing more
         self.relay = False                  # the reader may cut and write chunks itself
@@ -236,8 +243,10 @@ class Delivery:
             if self.acc.has_pending and not self.cleared:
                 if self.first_token_unix is None:
                     self.first_token_unix = time.time()
-                    outlet.first_token(self.first_token_unix)
-                return None               # until the engine has heard (heard() pumps again)
+                    # Past its own deadline the engine may be giving up on the attempt: it waits.
+                    self.cleared = outlet.first_token(self.first_token_unix) and time.time() < self.deadline
+                if not self.cleared:
+                    return None           # until the engine has heard (heard() pumps again)
             if self.outcome is not UNDECIDED:
                 if self.acc.has_pending:
                     self._cut(outlet)      # the last text goes before the outcome is reported

@@ -160,7 +160,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
             self._feed(ev.WorkerFailedOn(dispatch.slot, dispatch.request.request_id, dispatch.attempt))
 
     def receiveMsg_FirstToken(self, msg: FirstToken, sender: Any) -> None:
-        """Heard before the token leaves its worker: a lost attempt is retried only if it had none."""
+        """Heard before the token can reach its caller: a lost attempt is retried only if it had none."""
         self._feed(ev.TokenStarted(msg.request_id, msg.attempt, msg.at_unix))
         self.send(sender, FirstTokenHeard(msg.request_id, msg.attempt))
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from typing import TYPE_CHECKING, Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, ThespianWatch, WatchMessage
@@ -50,6 +51,7 @@ __all__ = ["SLOT_RESTART_GRACE_S", "WorkerProcesses"]
 
 log = logger("atomr.engine")
 SLOT_RESTART_GRACE_S = 2.0   # a worker process that has not restarted a slot by then is killed
+KILL_WAIT_S = 1.0            # how long the engine waits for a process it killed to be gone
 
 
 class WorkerProcesses(CallerLinks):
@@ -199,7 +201,11 @@ class WorkerProcesses(CallerLinks):
     def _process_gone(self, process: int, how: str) -> None:
         """Every slot of a dead worker process is a lost worker to the core: each request ends once."""
         init, plan = self._started()
-        self._unlink(self.procs.pop(process), resend=False)
+        address = self.procs.pop(process)
+        # What it wrote before it died is heard before its death: a FirstToken there means its
+        # caller may have that token already (delivery.py), and a result there ends its attempt.
+        self.read_to_end(address)
+        self._unlink(address, resend=False)
         self.pids.pop(process, None)
         slots = plan.slots_of(process)
         # Stopping, every worker exits: that is the plan, not news. Any other exit is.
@@ -226,6 +232,7 @@ class WorkerProcesses(CallerLinks):
                 os.kill(pid, signal.SIGKILL)  # a frozen process answers no message
             except OSError:
                 pass
+            _wait_gone(pid)   # so that nothing it writes after its link is read to the end
         self.send(address, ActorExitRequest())
         self._process_gone(process, "was killed")
 
@@ -269,6 +276,13 @@ class WorkerProcesses(CallerLinks):
         init, _ = self._started()
         log.error("%s: slot %d (worker pid %d) did not report in time: restarting it", init.deployment.name,
                   e.index, e.pid)
+
+
+def _wait_gone(pid: int, bound_s: float = KILL_WAIT_S) -> None:
+    """Until a killed child is a zombie or gone (its sockets closed), at most ``bound_s``."""
+    until = time.monotonic() + bound_s
+    while live_stat(pid) is not None and time.monotonic() < until:
+        time.sleep(0.002)
 
 
 def _is_my_child(pid: int) -> bool:

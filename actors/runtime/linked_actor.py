@@ -20,6 +20,7 @@ __all__ = ["LinkedActor", "address_key"]
 
 log = logger("atomr.control")
 FLUSH_S = 0.002     # how soon an outbox the socket did not take is tried again
+MAX_READS_TO_END = 64   # reads of a dead peer's link (each up to control_link's READS_PER_WAKE x READ_BYTES)
 
 
 class LinkedActor:
@@ -70,6 +71,22 @@ class LinkedActor:
                 return
         super().send(target, message)  # type: ignore[misc]
 
+    def send_written(self, target: Any, message: Any) -> bool:
+        """``send``, written at once; True only when it is in the kernel whole on ``target``'s link,
+        behind whatever was queued there: it reaches ``target`` before anything this process sends
+        afterwards, even should this process die at once (its peer reads a link to its end)."""
+        held = self.links.get(address_key(target))
+        if held is None or isinstance(message, ActorSystemMessage):
+            self.send(target, message)
+            return False
+        link = held[1]
+        taken = link.send(self.myAddress, message, flush=True)
+        if link.closed:
+            self._unlink(target, resend=True)   # what it could not write whole (this one, if taken)
+        if not taken:
+            super().send(target, message)  # type: ignore[misc]
+        return taken and not link.closed and not link.pending
+
     def send_by_thespian(self, target: Any, message: Any) -> None:
         """Not on the link: a stream's result after chunks that went to its caller by Thespian (its
         channel failed) stays in line behind them, as it was before links, so its terminal does
@@ -118,6 +135,15 @@ class LinkedActor:
         for target, link in list(self.links.values()):
             if link.fileno() in ready:
                 self._take(target, link, link.receive())
+
+    def read_to_end(self, target: Any) -> None:
+        """Hand over what ``target`` wrote on its link up to now, to its close if it has closed (a dead
+        process's link holds everything it wrote, then its end)."""
+        for _ in range(MAX_READS_TO_END):
+            held = self.links.get(address_key(target))
+            if held is None:
+                return
+            self._take(target, held[1], held[1].receive())
 
     def _take(self, target: Any, link: ControlLink, envelopes: list[tuple[Any, Any]]) -> None:
         """Hand what arrived on ``target``'s link to the handlers, in order; a closed link is dropped."""

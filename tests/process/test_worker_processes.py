@@ -90,3 +90,48 @@ def test_a_sigkilled_worker_process_ends_each_request_it_held_once_and_is_replac
     status = client.status().engines[0]
     assert status.workers == 8 and status.in_flight == 0
     assert client.complete("d1", [{"role": "user", "content": "after"}], max_tokens=3).text
+
+
+def test_a_first_token_its_engine_has_not_read_when_its_process_dies_is_never_retried(gateway, mock):
+    # The first chunk leaves as soon as its FirstToken is in the kernel on the engine's link
+    # (runtime/delivery.py), before the engine has read it. Here the engine is stopped through
+    # the first token, the worker process killed, then the engine let go: whichever it handles
+    # first, the process's exit or its link, the call must end as a crash the caller saw begin,
+    # never a retry that would repeat what the caller has.
+    retry = {"max_retries": 2, "base_delay_s": 0.05, "max_delay_s": 0.2}
+    node, client = gateway([deployment(mock.url, "d1", workers=2, worker_processes=1, coalesce_ms=0, retry=retry)])
+    (engine_pid, (victim,)), = engines_and_workers(node.admin_port, node.pgid).items()
+    prompt = [{"role": "user", "content": f"[[mock hold=engine-stopped drip_ms=100 words={DRIP_WORDS}]] first"}]
+    record: dict = {"chunks": [], "ends": 0}
+
+    def run() -> None:
+        try:
+            with client.stream("d1", prompt, max_tokens=DRIP_WORDS, timeout_s=40) as stream:
+                for chunk in stream:
+                    record["chunks"].append((chunk.seq, chunk.text))
+                record["outcome"] = stream.result
+        except E.InferenceError as exc:
+            record["outcome"] = exc
+        record["ends"] += 1
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    stopped = False
+    try:
+        wait_for(lambda: mock.stats()["in_flight"] == 1, timeout_s=30, message="the call held at the upstream")
+        os.kill(engine_pid, signal.SIGSTOP)
+        stopped = True
+        mock.release("engine-stopped")
+        wait_for(lambda: record["chunks"], timeout_s=15, message="the first chunk, while the engine is stopped")
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: live_stat(victim) is None, message="the worker process to die")
+    finally:
+        mock.release("engine-stopped")
+        if stopped:
+            os.kill(engine_pid, signal.SIGCONT)
+    thread.join(60)
+    assert not thread.is_alive() and record["ends"] == 1
+    chunks, outcome = record["chunks"], record["outcome"]
+    assert [s for s, _ in chunks] == list(range(len(chunks)))
+    assert isinstance(outcome, E.WorkerCrashed) and not outcome.retryable, outcome
+    assert mock.stats()["total"] == 1                              # never sent again

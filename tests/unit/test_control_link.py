@@ -15,7 +15,7 @@ from thespian.system.transport.IPBase import TCPv4ActorAddress
 
 from actors.runtime import control_link as C
 from actors.runtime.linked_actor import LinkedActor, address_key
-from actors.runtime.protocol import Dispatch, FirstTokenHeard, WorkerReady
+from actors.runtime.protocol import Dispatch, FirstToken, FirstTokenHeard, WorkerReady
 from actors.security import trust, wire
 from actors.testing.pipe_listener import PipeListener
 from actors.types import Cancel, InferenceRequest
@@ -334,3 +334,40 @@ def test_a_write_the_socket_takes_part_of_resumes_mid_frame_and_every_frame_arri
     while worker.pending:
         worker.flush()
     assert [m.request_id for _, m in engine.receive()] == [f"r{i}" for i in range(5)]
+
+
+def test_a_message_written_now_is_in_the_kernel_behind_what_was_queued_before_it(actors):
+    # FirstToken: once this is True the worker lets the first chunk go (runtime/delivery.py).
+    worker, engine, worker_link, engine_link = actors
+    worker.send(ENGINE, Cancel("queued first"))
+    assert worker.send_written(ENGINE, FirstToken("r1", 1, 5.0)) and not worker_link.pending
+    engine._read_links({engine_link.fileno()})      # no flush_links: both are written already
+    assert [type(m).__name__ for _, m in engine.handled] == ["Cancel", "FirstToken"]
+    assert worker.by_thespian == []
+
+
+def test_a_message_the_socket_did_not_take_whole_is_not_written_now_and_is_sent_once(actors):
+    worker, engine, worker_link, engine_link = actors
+    send = worker_link.sock.send
+    worker_link.sock.send = lambda data: send(bytes(data[:5]))   # part of the frame only
+    assert not worker.send_written(ENGINE, FirstToken("r1", 1, 5.0))
+    assert worker_link.pending and worker.by_thespian == []      # the rest leaves with the next flush
+    worker_link.sock.send = send
+    worker.flush_links()
+    engine._read_links({engine_link.fileno()})
+    assert [m.request_id for _, m in engine.handled] == ["r1"]
+    assert not Actor(WORKER).send_written(ENGINE, FirstToken("r2", 1, 5.0))   # no link: by Thespian
+
+
+def test_a_dead_peers_link_is_read_to_its_end_before_it_is_dropped(actors):
+    # The engine reads a dead worker process's link to its end before it hears of the death
+    # (runtime/engine_workers.py): what the process wrote there, it wrote before it died.
+    worker, engine, worker_link, engine_link = actors
+    for i in range(3):
+        assert worker.send_written(ENGINE, FirstToken(f"r{i}", 1, 5.0))
+    os.close(worker_link.sock.write_fd)              # the process is gone: its end closes
+    worker_link.sock.write_fd = os.open(os.devnull, os.O_WRONLY)   # (for the fixture's own close)
+    engine.read_to_end(WORKER)
+    assert [m.request_id for _, m in engine.handled] == ["r0", "r1", "r2"] and not engine.linked(WORKER)
+    engine.read_to_end(WORKER)                       # nothing more, and no link to read
+    assert len(engine.handled) == 3

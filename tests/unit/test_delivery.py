@@ -51,15 +51,17 @@ class Channel:
 
 
 class Outlet:
-    def __init__(self) -> None:
+    def __init__(self, written: bool = False) -> None:
         self.messages: list[tuple[int, str]] = []
         self.first_tokens: list[float] = []
+        self.written = written      # FirstToken went out whole on the engine's link (linked_actor.send_written)
 
     def to_caller(self, chunk) -> None:
         self.messages.append((chunk.seq, chunk.text))
 
-    def first_token(self, at_unix: float) -> None:
+    def first_token(self, at_unix: float) -> bool:
         self.first_tokens.append(at_unix)
+        return self.written
 
 
 def delivery(channel=None, coalesce_s: float = 0.0, deadline_in: float = 60.0, runner=None):
@@ -94,6 +96,27 @@ def test_the_first_chunk_waits_for_the_engine_to_hear_of_it_and_takes_what_came_
     assert d.pump(outlet, lag) is None and not d.settled      # decided, but the text waits for the engine
     d.heard()
     assert d.pump(outlet, lag) is None and d.settled and channel.frames == [(0, "Hello")]
+
+
+def test_the_first_chunk_leaves_at_once_when_its_first_token_is_written_to_the_engines_link():
+    channel, outlet, lag = Channel(), Outlet(written=True), streaming.Lag()
+    d, _ = delivery(channel)
+    d.take(sse("Hel"))
+    assert d.pump(outlet, lag) is None and len(outlet.first_tokens) == 1 and channel.frames == [(0, "Hel")]
+    d.heard()                                                 # the engine's answer changes nothing now
+    d.take(sse("lo"))                                         # relayed by the reader itself from here
+    assert channel.frames == [(0, "Hel"), (1, "lo")] and len(outlet.first_tokens) == 1
+
+
+def test_past_its_own_deadline_an_attempts_first_chunk_waits_for_the_engine_even_when_written():
+    # The engine may be giving the attempt up (its backstop): only its answer lets the token go.
+    channel, outlet, lag = Channel(), Outlet(written=True), streaming.Lag()
+    d, _ = delivery(channel, deadline_in=-0.001)
+    d.take(sse("Hel"))
+    assert d.pump(outlet, lag) is None and len(outlet.first_tokens) == 1 and channel.frames == []
+    d.heard()
+    d.pump(outlet, lag)
+    assert channel.frames == [(0, "Hel")]
 
 
 def test_an_attempt_ended_before_the_engine_heard_of_its_token_sends_no_text():
