@@ -31,9 +31,14 @@ class GatewayActor(ActorTypeDispatcher):
         self.timers = Timers(self)
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
-        wake = self.timers.fired(message.payload)
-        if wake is not None:
-            getattr(self, "timer_" + wake.name)(wake.key)
+        wakes = self.timers.fired(message.payload)
+        for done, wake in enumerate(wakes, 1):
+            if self.timers.current(wake):
+                try:
+                    getattr(self, "timer_" + wake.name)(wake.key)
+                except BaseException:
+                    self.timers.unhandled(wakes[done:])   # not lost with this one
+                    raise
 
     def receiveUnrecognizedMessage(self, message: Any, sender: Any) -> None:
         if isinstance(message, ActorSystemMessage):
