@@ -9,9 +9,10 @@ a message): it reaches the actor through the delivery's wake function only.
 
 Each slot has its own ``requests`` session (a session is not for concurrent use) whose
 connections come from the process's transport; the slots of a process share one TLS
-context (``upstream_session.tls_context``). Slot threads run at a lower scheduling priority than the
-worker's actor thread (``SLOT_NICE``), so that a thousand runnable slots cannot starve the
-control path of this node: the engine, the front door, the actors' own threads.
+context (``upstream_session.tls_context``). Slot threads run at their process's priority. (They ran
+at nice +5, meant to keep a thousand runnable slots from starving the engine and the door;
+measured, that starved the relay instead: the slot that reads a stream's chunks waited behind
+every other call's start. docs/performance.md, round 8.)
 
 A slot whose attempt will not end is stopped by its exchange (``HttpExchange.stop`` shuts its
 socket, so a blocked read returns at once) and :meth:`Slot.retire`: its thread ends after
@@ -20,7 +21,6 @@ the attempt in hand, and a fresh slot takes its index.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from typing import Any, Protocol
@@ -30,9 +30,7 @@ import requests
 from actors.runtime import transport
 from actors.runtime.upstream_session import http_session
 
-__all__ = ["Slot", "Attempt", "SLOT_NICE"]
-
-SLOT_NICE = 5   # how much lower than the actor thread's the slot threads' priority is (Linux: per thread)
+__all__ = ["Slot", "Attempt"]
 
 
 class Attempt(Protocol):
@@ -72,7 +70,6 @@ class Slot:
         return self.delivery is not None or self.waiting is not None
 
     def _run(self) -> None:
-        _lower_priority()
         try:
             while (attempt := self._attempts.get()) is not None:
                 try:
@@ -82,14 +79,3 @@ class Slot:
         finally:
             self.http.close()
 
-
-def _lower_priority() -> None:
-    """This thread only (Linux schedules threads alone, and a new thread takes its creator's
-    priority); elsewhere, where it would lower the whole process once per slot, nothing."""
-    if not hasattr(os, "setpriority") or not os.path.isdir(f"/proc/self/task/{threading.get_native_id()}"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + SLOT_NICE))
-    except OSError:
-        pass
