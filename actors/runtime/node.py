@@ -277,7 +277,7 @@ class NodeRegistry(CrossNodeRoutes, ClusterMember):
         for waiter, token in gathering.waiters:
             self.send(waiter, NodeStatus(self.node, self.started, engines, breakers, limits, token=token,
                                          node_id=self.node_id, address=self.address, supervision=supervision,
-                                         membership=self.membership_state(), spend=spend,
+                                         membership=self.membership_state(), spend=spend, peers=self.peer_rows(),
                                          in_cluster=self.standing.in_cluster,
                                          membership_note=self.standing.note(),
                                          refusals={m: dict(r) for m, r in self.refusals.items()}))

@@ -78,6 +78,10 @@ class CrossNodeRoutes:
     def _peers(self) -> list[Any]:
         return [m for m in self.members if m.node_id != self.node_id and m.registry is not None]
 
+    def peer_rows(self) -> list[dict[str, Any]]:
+        """The other members this node knows of (its status' ``peers``)."""
+        return [{"node": m.node, "node_id": m.node_id} for m in self._peers()]
+
     def share_routes(self) -> None:
         """Once per heartbeat: this node's engines, their load and refusals, to every other member."""
         peers = self._peers()

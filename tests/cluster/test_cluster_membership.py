@@ -130,6 +130,10 @@ def three_nodes(gateway):
                          leader=None if i == 0 else f"127.0.0.1:{leader_port}") for i in range(3)]
         wait_for(lambda: len(nodes[0][1].cluster_status(members_only=True).members) == 3, timeout_s=20,
                  message="3 members")
+        # And each member has heard so from the leader (its broadcast is on its way when the leader
+        # counts the third): a test that then kills the leader asks the members what they know.
+        wait_for(lambda: all(len(client.status().peers) == 2 for _, client in nodes), timeout_s=20,
+                 message="every node to know the other two")
         return nodes
     return make
 

@@ -158,7 +158,7 @@ class NodeStatus:
     engines: list[EngineStatus]
     breakers: list[BreakerSnapshot]
     limits: list[dict[str, Any]]
-    peers: list[dict[str, Any]] = field(default_factory=list)
+    peers: list[dict[str, Any]] = field(default_factory=list)   # the other members this node knows: {"node", "node_id"}
     token: str = ""
     node_id: str = ""       # unique in the cluster: name@address:admin_port
     address: str = ""       # host:admin_port this node is reached at
