@@ -201,10 +201,11 @@ class WorkerProcesses(CallerLinks):
     def _process_gone(self, process: int, how: str) -> None:
         """Every slot of a dead worker process is a lost worker to the core: each request ends once."""
         init, plan = self._started()
-        address = self.procs.pop(process)
+        address = self.procs[process]
         # What it wrote before it died is heard before its death: a FirstToken there means its
         # caller may have that token already (delivery.py), and a result there ends its attempt.
         self.read_to_end(address)
+        self.procs.pop(process, None)
         self._unlink(address, resend=False)
         self.pids.pop(process, None)
         slots = plan.slots_of(process)

@@ -143,17 +143,19 @@ class LinkedActor:
             held = self.links.get(address_key(target))
             if held is None:
                 return
-            self._take(target, held[1], held[1].receive())
+            # What the handlers send it meanwhile is for a dead process: dropped with the link.
+            self._take(target, held[1], held[1].receive(), resend=False)
 
-    def _take(self, target: Any, link: ControlLink, envelopes: list[tuple[Any, Any]]) -> None:
-        """Hand what arrived on ``target``'s link to the handlers, in order; a closed link is dropped."""
+    def _take(self, target: Any, link: ControlLink, envelopes: list[tuple[Any, Any]], resend: bool = True) -> None:
+        """Hand what arrived on ``target``'s link to the handlers, in order; a closed link is dropped
+        (what it had not written goes by Thespian, if ``resend``)."""
         for sender, message in envelopes:
             if sender != target:
                 link.close(f"a message claiming to be from {sender}")
                 break
             self._deliver(sender, message)
         if link.closed:
-            self._unlink(target, resend=True)
+            self._unlink(target, resend=resend)
 
     def receiveMsg_LinkHello(self, message: Any, sender: Any) -> None:
         """The engine's greeting on a worker process's link: the process knows its engine already."""

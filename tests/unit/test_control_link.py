@@ -367,7 +367,9 @@ def test_a_dead_peers_link_is_read_to_its_end_before_it_is_dropped(actors):
         assert worker.send_written(ENGINE, FirstToken(f"r{i}", 1, 5.0))
     os.close(worker_link.sock.write_fd)              # the process is gone: its end closes
     worker_link.sock.write_fd = os.open(os.devnull, os.O_WRONLY)   # (for the fixture's own close)
+    engine.send(WORKER, FirstTokenHeard("r0", 1))       # queued for it: it never reads it
     engine.read_to_end(WORKER)
     assert [m.request_id for _, m in engine.handled] == ["r0", "r1", "r2"] and not engine.linked(WORKER)
+    assert engine.by_thespian == []                  # not sent again to a dead process by Thespian
     engine.read_to_end(WORKER)                       # nothing more, and no link to read
     assert len(engine.handled) == 3
