@@ -27,6 +27,18 @@ def _messages(key: str, held: bool = True) -> list[dict]:
     return [{"role": "user", "content": f"[[mock {hold}drip_ms=10 words={HELD_WORDS}]] {key}"}]
 
 
+def _stream_into(client, messages: list[dict], record: dict) -> None:
+    """One stream, recorded: its chunks (seq, text), its outcome (result or error), and how often it ended."""
+    try:
+        with client.stream("d1", messages, max_tokens=DRIP_WORDS, timeout_s=40) as stream:
+            for chunk in stream:
+                record["chunks"].append((chunk.seq, chunk.text))
+            record["outcome"] = stream.result
+    except E.InferenceError as exc:
+        record["outcome"] = exc
+    record["ends"] += 1
+
+
 def test_a_sigkilled_worker_process_ends_each_request_it_held_once_and_is_replaced(gateway, mock):
     retry = {"max_retries": 2, "base_delay_s": 0.05, "max_delay_s": 0.2}
     node, client = gateway([deployment(mock.url, "d1", workers=8, worker_processes=2, coalesce_ms=0, retry=retry)])
@@ -37,18 +49,8 @@ def test_a_sigkilled_worker_process_ends_each_request_it_held_once_and_is_replac
                 for key in keys}
     records = {key: {"chunks": [], "ends": 0} for key in keys}
 
-    def run(key: str) -> None:
-        record = records[key]
-        try:
-            with client.stream("d1", _messages(key), max_tokens=DRIP_WORDS, timeout_s=40) as stream:
-                for chunk in stream:
-                    record["chunks"].append((chunk.seq, chunk.text))
-                record["outcome"] = stream.result
-        except E.InferenceError as exc:
-            record["outcome"] = exc
-        record["ends"] += 1
-
-    threads = [threading.Thread(target=run, args=(key,), daemon=True) for key in keys]
+    threads = [threading.Thread(target=_stream_into, args=(client, _messages(key), records[key]), daemon=True)
+               for key in keys]
     for thread in threads:
         thread.start()
     try:
@@ -104,17 +106,7 @@ def test_a_first_token_its_engine_has_not_read_when_its_process_dies_is_never_re
     prompt = [{"role": "user", "content": f"[[mock hold=engine-stopped drip_ms=100 words={DRIP_WORDS}]] first"}]
     record: dict = {"chunks": [], "ends": 0}
 
-    def run() -> None:
-        try:
-            with client.stream("d1", prompt, max_tokens=DRIP_WORDS, timeout_s=40) as stream:
-                for chunk in stream:
-                    record["chunks"].append((chunk.seq, chunk.text))
-                record["outcome"] = stream.result
-        except E.InferenceError as exc:
-            record["outcome"] = exc
-        record["ends"] += 1
-
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=_stream_into, args=(client, prompt, record), daemon=True)
     thread.start()
     stopped = False
     try:
