@@ -2,9 +2,11 @@
 
 Two threads share a :class:`Delivery` under its lock, each with one job:
 
-- **The reader thread** (the slot's, ``slot.py``, running ``upstream.HttpExchange``) hands it every reader event
-  (:meth:`Delivery.take`): it decodes the body's bytes into the accumulator, and decides the
-  attempt's outcome when the body ends or fails. Decoding happens here only, in body order.
+- **The reader thread** (the slot's, ``slot.py``, running ``upstream.HttpExchange``; for a
+  streamed body on a real socket, the process's body poller, ``body_poller.py``, while the
+  slot's thread waits) hands it every reader event (:meth:`Delivery.take`): it decodes the
+  body's bytes into the accumulator, and decides the attempt's outcome when the body ends or
+  fails. Decoding happens here only, in body order: one thread at a time reads a body.
 - **The actor thread** (``worker.py``) runs :meth:`Delivery.pump` when it is woken: it sends
   the chunks only it may send (the first, and every chunk that goes as a Thespian message),
   arms the coalescing timer, and reports the outcome.

@@ -13,11 +13,13 @@ compressed one; a non-streamed call) is read through urllib3 as before.
 from __future__ import annotations
 
 import http.client
+import socket
+import ssl
 from typing import Any
 
 from actors.core.chunked import ChunkedDecoder
 
-__all__ = ["Urllib3Body", "body_reader"]
+__all__ = ["Urllib3Body", "ChunkedBody", "body_reader"]
 
 
 class Urllib3Body:
@@ -34,7 +36,7 @@ class Urllib3Body:
         return True
 
 
-class _ChunkedBody:
+class ChunkedBody:
     """A chunked body read from http.client's buffer under urllib3, once requests has read the
     headers: each read returns the payload of every chunk already there (up to ``size`` bytes
     of the wire), so a late reader catches up in one read."""
@@ -56,6 +58,30 @@ class _ChunkedBody:
                 return payload
         return b""
 
+    @property
+    def done(self) -> bool:
+        return self.decoder.done
+
+    def feed(self, data: bytes) -> bytes:
+        """The payload in ``data`` read from the socket directly (``body_poller.py``)."""
+        return self.decoder.feed(data)
+
+    def finish(self) -> None:
+        self.decoder.finish()
+
+    def socket(self) -> socket.socket | None:
+        """The connection's socket, when it is a real one (the unit tier's are not)."""
+        sock = getattr(self.fp.raw, "_sock", None)
+        return sock if isinstance(sock, socket.socket) else None
+
+    def buffered(self, size: int) -> bytes:
+        """What the response's buffer holds already (read with the headers), without waiting:
+        after this, the socket holds the rest of the body. Its socket must be non-blocking."""
+        try:
+            return self.fp.read1(size) or b""
+        except ssl.SSLWantReadError:
+            return b""
+
     def release(self) -> bool:
         if self.decoder.extra:
             return False  # bytes after the body: the connection is not fit to carry another request
@@ -64,11 +90,11 @@ class _ChunkedBody:
         return True
 
 
-def body_reader(raw: Any, whole: bool) -> Urllib3Body | _ChunkedBody:
+def body_reader(raw: Any, whole: bool) -> Urllib3Body | ChunkedBody:
     """How to read a body: a streamed, chunked, uncompressed one from the buffer (catching up)."""
     response = getattr(raw, "_fp", None)
     if (not whole and isinstance(response, http.client.HTTPResponse) and response.chunked
             and response.fp is not None and response.chunk_left is None
             and raw.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")):
-        return _ChunkedBody(raw, response)
+        return ChunkedBody(raw, response)
     return Urllib3Body(raw)

@@ -3,16 +3,18 @@
 A slot is one concurrent call of a deployment (the engine core's worker index). Its thread
 exists from the worker's start and runs one attempt after another: the worker actor builds
 each attempt on its own thread and hands the slot an :class:`Attempt` (the exchange and its
-sink, ``Delivery.take``); the slot's thread makes the HTTP exchange, reading and decoding
-the body. It never touches Thespian (sends from another thread are lost, and a log record is
-a message): it reaches the actor through the delivery's wake function only.
+sink, ``Delivery.take``); the slot's thread makes the HTTP exchange, and reads and decodes
+the body, except a streamed one on a real socket: the process's one body poller reads that
+while the slot's thread waits for its end (``body_poller.py``). Neither touches Thespian
+(sends from another thread are lost, and a log record is a message): they reach the actor
+through the delivery's wake function only.
 
 Each slot has its own ``requests`` session (a session is not for concurrent use) whose
 connections come from the process's transport; the slots of a process share one TLS
 context (``upstream_session.tls_context``). Slot threads run at their process's priority. (They ran
 at nice +5, meant to keep a thousand runnable slots from starving the engine and the door;
-measured, that starved the relay instead: the slot that reads a stream's chunks waited behind
-every other call's start. docs/performance.md, round 8.)
+measured, that starved the relay instead: the slot that then read a stream's chunks waited
+behind every other call's start. docs/performance.md, round 8.)
 
 A slot whose attempt will not end is stopped by its exchange (``HttpExchange.stop`` shuts its
 socket, so a blocked read returns at once) and :meth:`Slot.retire`: its thread ends after

@@ -12,6 +12,11 @@ A worker only ever connects to 127.0.0.1 (through the process's transport,
 drain) the chunk goes as a Thespian message instead; the caller orders chunks by ``seq``
 whichever way each came. The slots of a worker process share its connections, and frames
 that are due together leave in one write (:class:`StreamSender`).
+
+A write never waits for its consumer. The process's body poller (``body_poller.py``) writes
+the chunks of every slot from one thread, so one consumer that stopped reading must not hold
+up the others' streams: a connection whose kernel buffers are full is dropped, what it did
+not take goes as messages, and the next chunk connects again.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from actors.types import TokenChunk
 __all__ = ["StreamSender", "ChannelTo", "use_keyring", "sender"]
 
 CONNECT_TIMEOUT_S = 1.0
-SEND_TIMEOUT_S = 2.0        # a consumer this far behind gets its chunks as Thespian messages
+HELLO_TIMEOUT_S = 2.0       # for a new connection to take its greeting
 MAX_CONNECTIONS = 256       # consumer processes one worker keeps a connection to
 _TOKEN_LEN = 64
 
@@ -89,10 +94,13 @@ class _Batch:
 class _Link:
     """One connection to one consumer process, shared by every slot of this process."""
 
-    __slots__ = ("sock", "writing", "queued")
+    __slots__ = ("sock", "writing", "queued", "nonblocking")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        # Real sockets are written without waiting; the unit tier's in-memory ones block as
+        # their consumer tells them to (their tests hold a write to watch frames queue).
+        self.nonblocking = isinstance(sock, socket.socket)
         self.writing = False           # a thread is writing: others queue their frames
         self.queued: _Batch | None = None
 
@@ -166,11 +174,18 @@ class StreamSender:
         return bool(mine)
 
     def _sendall(self, target: tuple[int, str], link: _Link, frames: list[bytes]) -> bool:
+        payload = frames[0] if len(frames) == 1 else b"".join(frames)
         try:
-            link.sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
+            if link.nonblocking:
+                if link.sock.send(payload) < len(payload):   # raises BlockingIOError when it takes nothing
+                    raise BlockingIOError("the consumer is not reading: its connection is full")
+            else:
+                link.sock.sendall(payload)
             self.writes += 1
             return True
         except OSError as exc:
+            # A frame cut short is dropped by the consumer with the connection; the frames before
+            # it may arrive as well as their messages (the caller takes each seq once).
             # Not logged here: a slot's thread is the caller, and only the actor thread may log
             # (a log record is a Thespian message). The actor logs the fallback.
             with self._lock:
@@ -188,8 +203,10 @@ class StreamSender:
         try:
             sock = self.network.connect("127.0.0.1", port, CONNECT_TIMEOUT_S)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(SEND_TIMEOUT_S)
+            sock.settimeout(HELLO_TIMEOUT_S)
             sock.sendall(self.codec.encode({"hello": token}))
+            if isinstance(sock, socket.socket):
+                sock.setblocking(False)   # and no poll() before each send, as a timeout costs
         except OSError as exc:
             if sock is not None:
                 sock.close()

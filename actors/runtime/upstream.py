@@ -21,7 +21,8 @@ import urllib3
 from actors.core.streaming import END, HttpStatus, Opened, Overflow, ReaderEvent, TransportFailed, WholeBody
 from actors.core.transport import Phase
 from actors.providers.base import HttpRequest
-from actors.runtime.response_body import Urllib3Body, body_reader
+from actors.runtime.body_poller import ENDED, OVERFLOWED, poller
+from actors.runtime.response_body import ChunkedBody, Urllib3Body, body_reader
 from actors.runtime.upstream_session import DeadlineReached, PhaseTracker, send, this_thread
 
 __all__ = ["HttpExchange", "READ_CHUNK", "MAX_ERROR_BODY"]
@@ -108,6 +109,16 @@ class HttpExchange:
             if not self.whole and not sink(Opened()):
                 return
             reader, total, limit = body_reader(resp.raw, self.whole), 0, self.max_body_bytes
+            if isinstance(reader, ChunkedBody) and (sock := reader.socket()) is not None:
+                outcome = self._pump(reader, sock, sink)   # read by the process's poller; its end told here
+                if outcome == OVERFLOWED:
+                    sink(Overflow(limit))
+                elif outcome == ENDED:
+                    self.tracker.sock = None
+                    if reader.release():
+                        resp = None
+                    sink(END)
+                return
             parts: list[bytes] = []
             while not self.cancelled.is_set():
                 data = self._read(reader.read, READ_CHUNK)
@@ -140,6 +151,21 @@ class HttpExchange:
         if remaining < self.timeouts[1] and self.tracker.sock is not None:
             self.tracker.sock.settimeout(remaining)  # so the last read ends at the deadline
         return read(size)
+
+    def _pump(self, reader: ChunkedBody, sock: socket.socket, sink: Sink) -> str:
+        """The body, read by the process's poller; how it ended (what raised, re-raised here)."""
+        if time.time() >= self.deadline:
+            raise DeadlineReached()
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            return poller().pump(sock, reader.buffered(READ_CHUNK), reader, sink, self.max_body_bytes,
+                                 self.timeouts[1], self.deadline, self.cancelled)
+        finally:
+            try:
+                sock.settimeout(timeout)   # as the pool lends the connection out again
+            except OSError:
+                pass
 
     def _read_upto(self, resp: requests.Response, limit: int) -> bytes:
         parts, size = [], 0
