@@ -258,6 +258,22 @@ def test_tls_records_are_read_whole_however_they_arrive(poller, tmp_path):
         upstream.close()
 
 
+def test_a_socket_closed_under_the_poller_times_out_its_body_and_the_poller_serves_on(poller):
+    with connected() as (client, upstream):
+        sink = Recorded()
+        result = pump_in_thread(poller, client, sink, read_s=0.3)
+        upstream.sendall(chunk(b"one"))
+        wait_for(lambda: sink.data == b"one")
+        client.close()                               # not the slot's to do while it waits: a bug elsewhere
+        assert isinstance(finished(result).get("error"), socket.timeout)
+    assert poller.alive
+    with connected() as (client, upstream):
+        sink = Recorded()
+        result = pump_in_thread(poller, client, sink)
+        upstream.sendall(chunk(b"next") + LAST)
+        assert finished(result).get("outcome") == ENDED and sink.data == b"next"
+
+
 def tls_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A self-signed certificate for localhost: the server's context, and a client's that trusts it."""
     from cryptography import x509
