@@ -1,8 +1,8 @@
 """A worker process's one reader of streamed bodies: the chunks of all its slots, read by one thread.
 
 With each slot's thread blocked in a read of its own body, every chunk woke a different thread,
-and the threads of a process handed the GIL to one another: ~15 futex calls and two polls per
-relayed chunk in a worker process at K=256 (docs/performance.md, round 9). Here one thread
+and the threads of a process handed the GIL to one another: ~17 futex calls and one or two
+polls per relayed chunk in a worker process at K=256 (docs/performance.md, round 9). Here one thread
 waits on every streamed body's socket at once (epoll), reads what arrived and hands each
 payload to its attempt's sink (``Delivery.take``), which writes the chunk to its channel.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import anthropic
@@ -73,14 +74,23 @@ def test_two_nodes_share_one_keys_budget_and_a_key_without_limits_is_unaffected(
     admitted = [0, 0]
     refused: list = []
     for i in range(3 * CAP):  # three times the budget, alternating between the two nodes
-        try:
-            if i % 2 == 0:
-                via_openai.chat.completions.create(model="gpt", messages=HI, max_tokens=2)
-            else:
-                via_anthropic.messages.create(model="gpt", messages=HI, max_tokens=2)
-            admitted[i % 2] += 1
-        except (openai.RateLimitError, anthropic.RateLimitError) as exc:
-            refused.append(exc)
+        for attempt in range(4):
+            try:
+                if i % 2 == 0:
+                    via_openai.chat.completions.create(model="gpt", messages=HI, max_tokens=2)
+                else:
+                    via_anthropic.messages.create(model="gpt", messages=HI, max_tokens=2)
+                admitted[i % 2] += 1
+            except (openai.RateLimitError, anthropic.RateLimitError) as exc:
+                if "until the next sync" in exc.message and attempt < 3:
+                    # Calls this fast outrun the sync: a front door that admitted its share of what
+                    # was left refuses until its view catches up (the share rule, core/ratelimit.py;
+                    # 7 of 10 were admitted once without this). A client honouring Retry-After gets
+                    # the rest, as this one does.
+                    time.sleep(float(exc.response.headers["retry-after"]))
+                    continue
+                refused.append(exc)
+            break
     total = sum(admitted)
     # One budget for both: each node alone would have admitted CAP (2 * CAP in all).
     assert CAP - 2 <= total <= CAP + 2, admitted
