@@ -148,12 +148,14 @@ def main(spec: dict) -> dict:
 
         send(spec["host"], spec["sentinel_port"], signer.dumps((me, StatusRequest(token="sentinel"))))
         recorder.sentinel.wait(20)
-    # ``until``: a class whose arrival ends the wait at once (``listen_s`` then bounds it).
+    # ``until``: a class (or a list of them) whose arrival ends the wait at once (``listen_s`` then
+    # bounds it). Answers from different actors come in any order: wait for each one awaited.
     deadline = time.monotonic() + spec.get("listen_s", 1.0)
     until = spec.get("until")
+    awaited = [until] if isinstance(until, str) else list(until or [])
     while time.monotonic() < deadline:
         with recorder.lock:
-            if until and any(name.endswith("." + until) for name in recorder.received):
+            if awaited and all(any(name.endswith("." + cls) for name in recorder.received) for cls in awaited):
                 break
         time.sleep(0.05)
     with recorder.lock:

@@ -199,7 +199,7 @@ def test_every_message_class_from_every_principal_to_every_port(two_hosts, tmp_p
         # 1. Another host with the cluster secret, then a process of this host with the key.
         peer = _attack(NS_B, {**spec, "my_ip": IP_B})
         local = _attack(NS_A, {**spec, "host": "127.0.0.1", "my_ip": "127.0.0.1", "skip": [DRAIN, SHUTDOWN],
-                               "until": "Completed", "listen_s": 30.0})   # the model it called answers
+                               "until": ["Completed", "Routes"], "listen_s": 30.0})   # the model and the router answer
         live = set(_node_ports(launcher.pid))
         _check(peer, trust.PEER, ports, live)
         _check(local, trust.LOCAL, ports, live)
