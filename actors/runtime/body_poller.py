@@ -38,7 +38,7 @@ ALIVE_CHECK_S = 1.0     # how often a waiting slot checks that the poller's thre
 
 
 class Chunked(Protocol):
-    """A chunked body's decoding (``response_body.py``): payload out of wire bytes."""
+    """A chunked body's decoding (``core/chunked.ChunkedDecoder``): payload out of wire bytes."""
 
     @property
     def done(self) -> bool: ...

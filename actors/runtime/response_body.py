@@ -58,17 +58,6 @@ class ChunkedBody:
                 return payload
         return b""
 
-    @property
-    def done(self) -> bool:
-        return self.decoder.done
-
-    def feed(self, data: bytes) -> bytes:
-        """The payload in ``data`` read from the socket directly (``body_poller.py``)."""
-        return self.decoder.feed(data)
-
-    def finish(self) -> None:
-        self.decoder.finish()
-
     def socket(self) -> socket.socket | None:
         """The connection's socket, when it is a real one (the unit tier's are not)."""
         sock = getattr(self.fp.raw, "_sock", None)

@@ -159,7 +159,7 @@ class HttpExchange:
         timeout = sock.gettimeout()
         sock.setblocking(False)
         try:
-            return poller().pump(sock, reader.buffered(READ_CHUNK), reader, sink, self.max_body_bytes,
+            return poller().pump(sock, reader.buffered(READ_CHUNK), reader.decoder, sink, self.max_body_bytes,
                                  self.timeouts[1], self.deadline, self.cancelled)
         finally:
             try:

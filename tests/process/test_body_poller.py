@@ -55,6 +55,12 @@ def connected(server_side: Callable[[socket.socket], socket.socket] = lambda s: 
         upstream.close()
 
 
+@contextmanager
+def connections(n: int) -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    with ExitStack() as stack:
+        yield [stack.enter_context(connected()) for _ in range(n)]
+
+
 class Recorded:
     """A sink: each payload with the thread that handed it over."""
 
@@ -106,7 +112,7 @@ def finished(result: dict[str, object], timeout_s: float = 10.0) -> dict[str, ob
 
 
 def test_one_thread_reads_many_bodies_and_each_gets_its_own_payloads_once_in_order(poller):
-    with contextlib_stack(24) as pairs:
+    with connections(24) as pairs:
         sinks = [Recorded() for _ in pairs]
         results = [pump_in_thread(poller, client, sink) for (client, _), sink in zip(pairs, sinks)]
         for round_ in range(30):                   # interleaved, as many streams' tokens arrive
@@ -118,12 +124,6 @@ def test_one_thread_reads_many_bodies_and_each_gets_its_own_payloads_once_in_ord
             assert finished(result).get("outcome") == ENDED, result
             assert sink.data == b"".join(b"b%d-t%d;" % (i, r) for r in range(30))
             assert sink.threads == {"body-poller"}
-
-
-@contextmanager
-def contextlib_stack(n: int) -> Iterator[list[tuple[socket.socket, socket.socket]]]:
-    with ExitStack() as stack:
-        yield [stack.enter_context(connected()) for _ in range(n)]
 
 
 def test_what_was_read_with_the_headers_comes_first(poller):
@@ -202,7 +202,8 @@ def test_a_sink_that_says_stop_gets_nothing_more(poller):
         result = pump_in_thread(poller, client, sink)
         for i in range(5):
             upstream.sendall(chunk(b"%d" % i))
-            time.sleep(0.01)                         # separate reads, so a stop between them is seen
+            if i < 2:                                # one read each, so the stop after the second is seen
+                wait_for(lambda: len(sink.payloads) == i + 1)
         assert finished(result).get("outcome") == STOPPED
         assert len(sink.payloads) == 2
 
@@ -226,12 +227,7 @@ def test_a_sink_that_raises_fails_its_own_body_and_the_poller_serves_on(poller):
         result = pump_in_thread(poller, client, broken)  # type: ignore[arg-type]
         upstream.sendall(chunk(b"x"))
         assert isinstance(finished(result).get("error"), RuntimeError)
-    assert poller.alive
-    with connected() as (client, upstream):
-        sink = Recorded()
-        result = pump_in_thread(poller, client, sink)
-        upstream.sendall(chunk(b"next") + LAST)
-        assert finished(result).get("outcome") == ENDED and sink.data == b"next"
+    assert_serves_on(poller)
 
 
 def test_tls_records_are_read_whole_however_they_arrive(poller, tmp_path):
@@ -266,12 +262,7 @@ def test_a_socket_closed_under_the_poller_times_out_its_body_and_the_poller_serv
         wait_for(lambda: sink.data == b"one")
         client.close()                               # not the slot's to do while it waits: a bug elsewhere
         assert isinstance(finished(result).get("error"), socket.timeout)
-    assert poller.alive
-    with connected() as (client, upstream):
-        sink = Recorded()
-        result = pump_in_thread(poller, client, sink)
-        upstream.sendall(chunk(b"next") + LAST)
-        assert finished(result).get("outcome") == ENDED and sink.data == b"next"
+    assert_serves_on(poller)
 
 
 def tls_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -298,6 +289,16 @@ def tls_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.load_verify_locations(cert_file)
     return server, client
+
+
+def assert_serves_on(poller: BodyPoller) -> None:
+    """The poller's thread still runs, and reads the next body handed to it."""
+    assert poller.alive
+    with connected() as (client, upstream):
+        sink = Recorded()
+        result = pump_in_thread(poller, client, sink)
+        upstream.sendall(chunk(b"next") + LAST)
+        assert finished(result).get("outcome") == ENDED and sink.data == b"next"
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
