@@ -6,12 +6,13 @@ process would hold over ``MAX_SLOTS_PER_PROCESS`` (``worker_processes`` sets the
 Slot ``i`` lives in process ``i % processes``, so a run of consecutive slots spreads over
 every process: a crash takes down at most ``ceil(workers / processes)`` calls.
 
-Why 16: a process's slots share one Thespian connection to their engine, and Thespian sends
-one message at a time on a connection, each waiting for the receiver's acknowledgement. With
-128 slots a process, a burst of 256 calls waited ~10 s for its first tokens and cost the
-engine ~19 ms of CPU a call; with 16, ~2 s and ~5 ms (docs/performance.md, round 5). Memory
-is ~10 MiB a process. Since the control links (runtime/control_link.py) carry those messages
-off Thespian, more slots a process may do as well: not measured yet, so 16 stays.
+Why 32: each process pays its own wake-ups and cold caches for every chunk it relays, so
+fewer, fuller processes relay for less CPU; but a crash ends every call of its process. At
+K=256 streams, 8 processes of 32 slots used 12-35 us less CPU a chunk in the worker processes
+than 16 of 16, and the node 5-10 % less; 4 of 64 and 2 of 128 less still, for two and four
+times the calls one crash ends (docs/performance.md, round 10). A process is ~10 MiB. (128 a
+process once held a burst's first tokens ~10 s, when the control path was on Thespian, round
+5; the control links, runtime/control_link.py, took it off.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 __all__ = ["SlotPlan", "MAX_SLOTS_PER_PROCESS"]
 
-MAX_SLOTS_PER_PROCESS = 16    # chosen while the control path was on Thespian (above)
+MAX_SLOTS_PER_PROCESS = 32    # measured in round 10 (above)
 
 
 @dataclass(frozen=True)

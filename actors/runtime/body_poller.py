@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from actors.runtime import stream_sender
 from actors.runtime.upstream_session import DeadlineReached
 
 __all__ = ["BodyPoller", "Chunked", "poller", "ENDED", "STOPPED", "OVERFLOWED"]
@@ -157,6 +158,9 @@ class BodyPoller:
     # -- the poller's thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        out = stream_sender.sender()
+        if out is not None:
+            out.own_connections()   # never queued behind the actor thread's write of a first chunk
         try:
             while True:
                 wait = None if self._next_check == math.inf else max(0.0, self._next_check - time.monotonic())

@@ -16,7 +16,11 @@ that are due together leave in one write (:class:`StreamSender`).
 A write never waits for its consumer. The process's body poller (``body_poller.py``) writes
 the chunks of every slot from one thread, so one consumer that stopped reading must not hold
 up the others' streams: a connection whose kernel buffers are full is dropped, what it did
-not take goes as messages, and the next chunk connects again.
+not take goes as messages, and the next chunk connects again. Nor does the poller wait for
+another thread's write: it has connections of its own (:meth:`StreamSender.own_connections`).
+The actor thread writes each stream's first chunk, all at once while a burst of calls starts,
+and a poller queued behind it waited up to ~50 ms for every stream of its process
+(docs/performance.md, round 10).
 """
 
 from __future__ import annotations
@@ -91,8 +95,11 @@ class _Batch:
         self.ok = False
 
 
+Key = tuple[int, str, int]   # a connection: the consumer's port and token, and its lane (0: shared)
+
+
 class _Link:
-    """One connection to one consumer process, shared by every slot of this process."""
+    """One connection to one consumer process, shared by the threads of its lane."""
 
     __slots__ = ("sock", "writing", "queued", "nonblocking")
 
@@ -106,7 +113,7 @@ class _Link:
 
 
 class StreamSender:
-    """This process's writer of frames, one connection per consumer process.
+    """This process's writer of frames, one connection per consumer process (and lane).
 
     Frames that are due together leave together: while one thread writes to a connection, the
     frames other threads send to it queue up, and that thread writes them all in its next
@@ -117,9 +124,10 @@ class StreamSender:
     def __init__(self, codec: FrameCodec, network: transport.Transport | None = None) -> None:
         self.codec = codec
         self.network = network or transport.TcpTransport()
-        self.links: dict[tuple[int, str], _Link] = {}
+        self.links: dict[Key, _Link] = {}
         self.failed: set[tuple[int, str]] = set()   # refused once: Thespian for the rest of this process
         self._lock = threading.Lock()   # the links and their queues (never held while writing)
+        self._lane = threading.local()   # .id: this thread's own connections (own_connections)
         self.last_failure = ""
         self.writes = self.frames = 0
 
@@ -129,11 +137,12 @@ class StreamSender:
         if target is None or target in self.failed:
             return False
         frame = self.codec.encode(chunk_body(request_id, seq, text, tool_calls))
+        key: Key = (target[0], target[1], getattr(self._lane, "id", 0))
         with self._lock:
             self.frames += 1
-            link = self.links.get(target)
+            link = self.links.get(key)
             if link is None:
-                link = self._connect(target)
+                link = self._connect(key)
                 if link is None:
                     return False
             if link.writing:
@@ -144,14 +153,18 @@ class StreamSender:
         if batch is not None:
             batch.done.wait()   # the writing thread writes it next, and always says how it went
             return batch.ok
-        return self._write(target, link, [frame])
+        return self._write(key, link, [frame])
 
-    def _write(self, target: tuple[int, str], link: _Link, frames: list[bytes]) -> bool:
+    def own_connections(self) -> None:
+        """The calling thread writes on connections of its own: it never waits for another's write."""
+        self._lane.id = threading.get_ident()
+
+    def _write(self, key: Key, link: _Link, frames: list[bytes]) -> bool:
         """Write ``frames``, then whatever queued meanwhile, until nothing is queued."""
         mine, batch, released = None, None, False
         try:
             while True:
-                ok = self._sendall(target, link, frames)
+                ok = self._sendall(key, link, frames)
                 mine = ok if mine is None else mine
                 if batch is not None:
                     batch.ok = ok
@@ -173,7 +186,7 @@ class StreamSender:
                 batch.done.set()   # not written (the link failed): its senders fall back
         return bool(mine)
 
-    def _sendall(self, target: tuple[int, str], link: _Link, frames: list[bytes]) -> bool:
+    def _sendall(self, key: Key, link: _Link, frames: list[bytes]) -> bool:
         payload = frames[0] if len(frames) == 1 else b"".join(frames)
         try:
             if link.nonblocking:
@@ -189,16 +202,16 @@ class StreamSender:
             # Not logged here: a slot's thread is the caller, and only the actor thread may log
             # (a log record is a Thespian message). The actor logs the fallback.
             with self._lock:
-                if self.links.get(target) is link:
-                    self._drop(target)
-            self.last_failure = f"port {target[0]}: {type(exc).__name__}"
+                if self.links.get(key) is link:
+                    self._drop(key)
+            self.last_failure = f"port {key[0]}: {type(exc).__name__}"
             return False
 
-    def _connect(self, target: tuple[int, str]) -> _Link | None:
+    def _connect(self, key: Key) -> _Link | None:
         if len(self.links) >= MAX_CONNECTIONS:
             oldest = next(iter(self.links))
             self._drop(oldest)
-        port, token = target
+        port, token, _ = key
         sock = None
         try:
             sock = self.network.connect("127.0.0.1", port, CONNECT_TIMEOUT_S)
@@ -210,14 +223,14 @@ class StreamSender:
         except OSError as exc:
             if sock is not None:
                 sock.close()
-            self.failed.add(target)
-            self.last_failure = f"port {target[0]}: {type(exc).__name__}"
+            self.failed.add((port, token))
+            self.last_failure = f"port {port}: {type(exc).__name__}"
             return None
-        link = self.links[target] = _Link(sock)
+        link = self.links[key] = _Link(sock)
         return link
 
-    def _drop(self, target: tuple[int, str]) -> None:
-        link = self.links.pop(target, None)
+    def _drop(self, key: Key) -> None:
+        link = self.links.pop(key, None)
         if link is not None:
             try:
                 link.sock.close()
@@ -226,5 +239,5 @@ class StreamSender:
 
     def close(self) -> None:
         with self._lock:
-            for target in list(self.links):
-                self._drop(target)
+            for key in list(self.links):
+                self._drop(key)

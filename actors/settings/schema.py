@@ -105,7 +105,7 @@ class DeploymentConfig:
     upstream_model: str | None = None
     credentials: CredentialSource | None = None
     workers: int = 4
-    # Worker processes the slots run in (threads); None: one per core, more past 16 slots a process.
+    # Worker processes the slots run in (threads); None: one per core, more past 32 slots a process.
     worker_processes: int | None = None
     replicas: int = 1
     queue_capacity: int = 256

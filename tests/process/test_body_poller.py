@@ -361,3 +361,78 @@ def test_a_consumer_that_stops_reading_gets_messages_instead_and_no_write_waits_
         for sock in accepted:
             sock.close()
         listener.close()
+
+
+class _GatedSocket(socket.socket):
+    """A real connection whose writes from the thread named ``actor`` wait for ``gate``: a writer
+    the kernel took off the CPU in the middle of its write."""
+
+    gate = threading.Event()
+
+    def send(self, data, flags: int = 0) -> int:  # type: ignore[override]
+        if threading.current_thread().name == "actor":
+            assert self.gate.wait(LONG_S)
+        return super().send(data, flags)
+
+
+class _GatedTransport:
+    def connect(self, host: str, port: int, timeout: float | None, **_: object) -> socket.socket:
+        plain = socket.create_connection((host, port), timeout)
+        return _GatedSocket(fileno=plain.detach())
+
+
+def test_the_poller_writes_on_connections_of_its_own_and_never_waits_for_another_threads_write():
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(LONG_S)
+    to = {"port": listener.getsockname()[1], "token": "tok"}
+    sender = StreamSender(FrameCodec(KEYRING), _GatedTransport())
+    _GatedSocket.gate = threading.Event()
+    done: dict[str, bool] = {}
+
+    def send_as(name: str, rids: list[str], own: bool = False) -> threading.Thread:
+        def run() -> None:
+            if own:
+                sender.own_connections()
+            for seq, rid in enumerate(rids):
+                done[rid] = sender.send(to, rid, seq, "x", [])
+        thread = threading.Thread(target=run, name=name)
+        thread.start()
+        return thread
+
+    accepted: list[socket.socket] = []
+    try:
+        _GatedSocket.gate.set()
+        send_as("slot", ["a0"]).join(LONG_S)           # the shared connection, made and greeted
+        accepted.append(listener.accept()[0])
+        _GatedSocket.gate.clear()
+        actor = send_as("actor", ["a1"])               # its write is held mid-way ...
+        wait_for(lambda: sender.links[(to["port"], "tok", 0)].writing)
+        behind = send_as("slot", ["a2"])               # ... and another thread of the shared lane waits for it,
+        wait_for(lambda: (link := sender.links[(to["port"], "tok", 0)]).queued is not None
+                 and len(link.queued.frames) == 1)
+        poller = send_as("body-poller", [f"p{i}" for i in range(5)], own=True)
+        poller.join(10)                                # ... but the poller's own connection does not
+        accepted.append(listener.accept()[0])
+        assert not poller.is_alive() and all(done[f"p{i}"] for i in range(5))
+        assert actor.is_alive() and behind.is_alive() and "a1" not in done and "a2" not in done
+        _GatedSocket.gate.set()
+        actor.join(LONG_S)
+        behind.join(LONG_S)
+        assert done == {"a0": True, "a1": True, "a2": True, **{f"p{i}": True for i in range(5)}}
+        codec = FrameCodec(KEYRING)
+
+        def bodies(sock: socket.socket, count: int) -> list[dict[str, object]]:
+            decoder, got = FrameDecoder(codec), []
+            sock.settimeout(LONG_S)
+            while len(got) < count:
+                got += decoder.feed(sock.recv(1 << 16))
+            return got
+
+        assert [b.get("r") for b in bodies(accepted[0], 4)] == [None, "a0", "a1", "a2"]   # hello, then in order
+        assert [b.get("r") for b in bodies(accepted[1], 6)] == [None] + [f"p{i}" for i in range(5)]
+    finally:
+        _GatedSocket.gate.set()
+        sender.close()
+        for sock in accepted:
+            sock.close()
+        listener.close()

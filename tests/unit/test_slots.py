@@ -142,7 +142,7 @@ def test_frames_due_together_leave_in_one_write_and_each_sender_learns_its_own_o
     rest = [threading.Thread(target=send, args=(f"r{i}",)) for i in range(2, 7)]
     for thread in rest:
         thread.start()
-    wait_until(lambda: (link := sender.links.get((47002, "tok"))) and link.queued
+    wait_until(lambda: (link := sender.links.get((47002, "tok", 0))) and link.queued
                and len(link.queued.frames) == 5, what="five frames queued behind it")
     listener.hold.set()
     for thread in [first, *rest]:
@@ -167,7 +167,7 @@ def test_when_a_batch_cannot_be_written_every_frame_in_it_falls_back(upstream):
     wait_until(lambda: listener.holding == 1, what="the first write to block")
     for thread in threads[1:]:
         thread.start()
-    wait_until(lambda: sender.links[(47003, "tok")].queued and len(sender.links[(47003, "tok")].queued.frames) == 2,
+    wait_until(lambda: sender.links[(47003, "tok", 0)].queued and len(sender.links[(47003, "tok", 0)].queued.frames) == 2,
                what="two frames queued")
     listener.broken = True                        # the consumer went away
     listener.hold.set()
