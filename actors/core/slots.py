@@ -8,7 +8,7 @@ every process: a crash takes down at most ``ceil(workers / processes)`` calls.
 
 Why 32: each process pays its own wake-ups and cold caches for every chunk it relays, so
 fewer, fuller processes relay for less CPU; but a crash ends every call of its process. At
-K=256 streams, 8 processes of 32 slots used 12-35 us less CPU a chunk in the worker processes
+K=256 streams, 8 processes of 32 slots used 10-35 us less CPU a chunk in the worker processes
 than 16 of 16, and the node 5-10 % less; 4 of 64 and 2 of 128 less still, for two and four
 times the calls one crash ends (docs/performance.md, round 10). A process is ~10 MiB. (128 a
 process once held a burst's first tokens ~10 s, when the control path was on Thespian, round
