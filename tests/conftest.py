@@ -8,7 +8,6 @@ by that marker and killed at the end of the session (and reported as a failure).
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import secrets
 import signal
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from actors.core.periods import parse_period  # noqa: E402
 from actors.core.procstat import live_stat  # noqa: E402
 from actors.ops.procs import port_is_listening, listening_pids  # noqa: E402
+from actors.testing.windows import fresh_window_s  # noqa: E402,F401 - the tests import it from here
 
 # Below the ephemeral range (32768+), so no client socket can be sitting on our ports.
 _ports = itertools.count(21000 + (os.getpid() % 400) * 20, 3)
@@ -257,19 +257,6 @@ def _unit_tier_opens_no_sockets(request, monkeypatch):
         for name in ("connect", "connect_ex", "bind", "listen", "sendto"):
             monkeypatch.setattr(socket.socket, name, _refuse_socket)
     yield
-
-
-def fresh_window_s(min_left_s: float = 120.0) -> float:
-    """A rate-limit window length whose current window began a second ago.
-
-    Windows are aligned on ``floor(unix_time / window_s)``: a test that counts a window's
-    requests with a fixed length fails whenever a boundary falls inside it (and every round
-    length rolls over at the top of an hour), so the length is derived from the clock.
-    """
-    started = time.time() - 1.0
-    window_s = started / math.floor(started / 900.0)
-    assert window_s - time.time() % window_s > min_left_s
-    return window_s
 
 
 def fresh_period(min_left_s: float = 7200.0, longer_than: str | None = None) -> str:

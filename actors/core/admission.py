@@ -202,7 +202,9 @@ class Leader:
         self.available = False
         self.lost = False
         self.down_since: float | None = now  # unknown until the registry says
-        self.in_cluster = True   # until the registry says otherwise (a leader's node always is)
+        # Outside until the node says otherwise: a call that comes before the node's first word
+        # waits (``starting``), then is refused, rather than spend a budget as if it were the cluster's.
+        self.in_cluster = False
         self.shares = 0
 
     def update(self, available: bool, shares: int, now: float, in_cluster: bool = True) -> None:

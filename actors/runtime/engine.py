@@ -61,6 +61,7 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         self.plan: SlotPlan | None = None
         self._init_processes()
         self.strict_address: Any = None
+        self.cluster_news: ev.StrictLeader | None = None   # the node's last word on the cluster
         self.broken: InternalError | None = None  # why EngineInit failed, told to every caller
         self.unrecorded: list[Any] = []   # terminal records not yet sent to the ledger
         self.request_lines: list[dict[str, Any]] = []
@@ -100,6 +101,8 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
         if self.core.book is not None and msg.limiter is not None:
             for key, budget in self.core.book.budgets.items():
                 self.send(msg.limiter, LimiterRegister(self.myAddress, key, budget.limits))
+        if self.cluster_news is not None:
+            self._feed(self.cluster_news)
         self._run(self.core.start())
         gc.freeze()   # what start-up made lives as long as the engine (and its forked workers share it)
 
@@ -166,7 +169,8 @@ class RemoteEngineCoreActor(WorkerProcesses, Reporting, GatewayActor):
 
     def receiveMsg_StrictLimiterIs(self, msg: Any, sender: Any) -> None:
         self.strict_address = msg.address
-        self._feed(ev.StrictLeader(msg.address is not None, msg.shares, msg.in_cluster))
+        self.cluster_news = ev.StrictLeader(msg.address is not None, msg.shares, msg.in_cluster)
+        self._feed(self.cluster_news)   # before EngineInit, kept for the core EngineInit makes
 
     def receiveMsg_Drain(self, msg: Any, sender: Any) -> None:
         if self.core is None:

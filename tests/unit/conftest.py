@@ -50,16 +50,16 @@ def channel(upstream):
 
 @pytest.fixture
 def engine():
-    """Factory: engine(breaker=None, **deployment fields) -> a real InProcessEngine, closed at teardown."""
+    """Factory: engine(breaker=None, init=True, **deployment fields) -> a real InProcessEngine, closed at teardown."""
     from harness import InProcessEngine, deployment
 
     from actors.core.retry import RetryPolicy
 
     made = []
 
-    def make(breaker=None, **overrides):
+    def make(breaker=None, init=True, **overrides):
         overrides.setdefault("retry", RetryPolicy(max_retries=2, base_delay_s=0.01, max_delay_s=0.05, jitter="none"))
-        made.append(InProcessEngine(deployment(**overrides), breaker=breaker))
+        made.append(InProcessEngine(deployment(**overrides), breaker=breaker, init=init))
         return made[-1]
 
     yield make

@@ -29,16 +29,29 @@ def deployment(**overrides: Any) -> DeploymentConfig:
     return DeploymentConfig(**base)
 
 
+# What a node that leads its own cluster tells a new engine (``StrictLimiterIs``): in the cluster,
+# its strict limiter not located yet. An engine admits against a budget only once told.
+LEADS_ITSELF = ev.StrictLeader(False, 0, True)
+
+
 class Rig:
-    def __init__(self, *, has_session: bool = False, has_hub: bool = False, up: bool = True, **overrides: Any) -> None:
+    def __init__(self, *, has_session: bool = False, has_hub: bool = False, up: bool = True,
+                 told: ev.StrictLeader | None = LEADS_ITSELF, **overrides: Any) -> None:
         self.mono = 100.0
         self.wall_offset = WALL0 - self.mono
         self.dep = deployment(**overrides)
-        self.core = EngineCore(self.dep, slot="n1/d1/0/abc", clock=lambda: self.mono,
-                               wall=lambda: self.mono + self.wall_offset, rand=lambda: 0.5,
-                               has_session=has_session, has_hub=has_hub, failure_timeout_s=5.0)
         self.log: list[Any] = []
+        self.start(has_session=has_session, has_hub=has_hub, told=told, up=up)
+
+    def start(self, *, told: ev.StrictLeader | None = LEADS_ITSELF, up: bool = True, **core: Any) -> None:
+        """A fresh engine core (``core``: EngineCore's own arguments), told what its node tells it."""
+        self.core = EngineCore(self.dep, slot="n1/d1/0/abc", **{
+            "clock": lambda: self.mono, "wall": lambda: self.mono + self.wall_offset, "rand": lambda: 0.5,
+            "failure_timeout_s": 5.0, **core})
+        self.log = []
         self._record(self.core.start())
+        if told is not None:
+            self.feed(told)
         if up:
             for index in range(self.dep.workers):
                 self.feed(ev.WorkerUp(index, pid=1000 + index))
@@ -137,7 +150,7 @@ from thespian.actors import Actor, ActorExitRequest, ActorSystem  # noqa: E402
 
 from actors.core.breaker import BreakerConfig  # noqa: E402
 from actors.core.frames import FrameCodec, chunk_fields  # noqa: E402
-from actors.runtime.protocol import BreakerInit, EngineInit  # noqa: E402
+from actors.runtime.protocol import BreakerInit, EngineInit, StrictLimiterIs  # noqa: E402
 from actors.security.keys import KeyRing, WireKey  # noqa: E402
 from actors.testing.mock_transport import MockListener, MockResponse, MockTransport  # noqa: E402
 from actors.types import TERMINAL, TokenChunk  # noqa: E402
@@ -262,8 +275,11 @@ class InProcessEngine:
         if init:
             self.init()
 
-    def init(self) -> None:
+    def init(self, told: StrictLimiterIs | None = StrictLimiterIs(None, 0, True)) -> None:
+        """EngineInit, then what the node tells a new engine (by default: it leads itself)."""
         self.asys.tell(self.engine, EngineInit(self.dep, 0, "n1", self.registry, None, self.breaker, None))
+        if told is not None:
+            self.asys.tell(self.engine, told)
 
     def tell(self, message: Any) -> None:
         self.asys.tell(self.engine, message)

@@ -13,7 +13,6 @@ from actors.core.admission import Denied, Leader, Wait
 from actors.core.retry import RetryPolicy
 from actors.core.budget import NANO, UNKNOWN_PRICE, Budget, BudgetBook, BudgetSpec, SpendHold
 from actors.core.leases import LeaseGrant
-from actors.core.engine_core import EngineCore
 from actors.core.periods import parse_period
 from actors.core.pricing import Price
 from actors.errors import ConfigError
@@ -104,13 +103,7 @@ class BudgetRig(Rig):
         super().__init__(up=False, **overrides)
         if wall_at is not None:
             self.wall_offset = wall_at - self.mono
-        self.core = EngineCore(self.dep, slot="n1/d1/0/abc", node="n1", price=price, clock=lambda: self.mono,
-                               wall=lambda: self.mono + self.wall_offset, rand=lambda: 0.5, failure_timeout_s=5.0,
-                               budgets=budgets, budget_slot="n1@h:1/d1/0", budget_seed=seed)
-        self.log = []
-        self._record(self.core.start())
-        for index in range(self.dep.workers):
-            self.feed(ev.WorkerUp(index, pid=1000 + index))
+        self.start(node="n1", price=price, budgets=budgets, budget_slot="n1@h:1/d1/0", budget_seed=seed)
 
     def call(self, rid, key="k1", usage=None, **kw):
         self.submit(rid, metadata={"http_key": key}, **kw)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 from actors import errors as E
-from actors.runtime.protocol import Drain, Drained, EngineReady, EngineStatus, StatusRequest
+from actors.core.ratelimit import RateLimits
+from actors.runtime.protocol import Drain, Drained, EngineReady, EngineStatus, StatusRequest, StrictLimiterIs
+from actors.testing.windows import fresh_window_s
 from actors.types import Cancel, Completed, Failed
 from harness import Answer, InProcessEngine, deployment, openai_completion, request, stream_answer
 
@@ -94,6 +96,24 @@ def test_an_engine_before_its_init_answers_every_message():
         e.init()
     finally:
         e.close()
+
+
+def test_what_the_node_says_of_the_cluster_before_engine_init_still_counts(engine, upstream):
+    """Outside the cluster with a share of 1 rpm (2 rpm in two shares): one call goes, the next
+    is refused at once. Dropped, the word would leave the engine waiting to be told, then
+    refusing both; taken as "in the cluster", it would send both."""
+    upstream.then(Answer(200, openai_completion("fine")), Answer(200, openai_completion("again")))
+    e = engine(init=False, limits=RateLimits(rpm=2, window_s=fresh_window_s(), leader_unavailable="local_share"))
+    e.tell(StrictLimiterIs(None, 2, False))
+    e.init(told=None)
+    e.tell(request("r1"))
+    _, first = e.collect("r1")
+    assert isinstance(first, Completed) and first.text == "fine"
+    e.tell(request("r2", deadline_unix=time.time() + 5))
+    _, second = e.collect("r2")
+    assert isinstance(second, Failed) and isinstance(second.error, E.BudgetExceeded)
+    assert "(1/1)" in second.error.message
+    assert len(upstream.requests) == 1
 
 
 def test_drain_reports_once_the_last_request_ends(engine, upstream):

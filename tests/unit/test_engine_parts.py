@@ -172,10 +172,17 @@ def test_successes_are_batched_and_failures_go_at_once_with_them():
 
 # -- the budget gate and the spend gate ---------------------------------------------------
 
+def leads_itself() -> Leader:
+    """As the node of a single-node cluster tells its engine: in the cluster."""
+    leader = Leader(0.0, 5.0)
+    leader.update(False, 0, 0.0, in_cluster=True)
+    return leader
+
+
 def budget_gate(limits: RateLimits, leader: Leader | None = None) -> tuple[BudgetGate, Host, FakeClock]:
     host, mono, wall = Host(), FakeClock(0.0), FakeClock(WALL0)
     replica = WindowedLimiter("n1/d1/0", limits, wall_clock=wall, clock=mono)
-    gate = BudgetGate(host, limits, replica, leader or Leader(0.0, 5.0), provider="openai", slot="n1/d1/0",
+    gate = BudgetGate(host, limits, replica, leader or leads_itself(), provider="openai", slot="n1/d1/0",
                       key="d1", clock=mono, wall=wall, sync_interval_s=0.05)
     return gate, host, mono
 

@@ -12,7 +12,6 @@ import pytest
 from actors import errors as E
 from actors.core import engine_events as ev
 from actors.core.budget import Budget
-from actors.core.engine_core import EngineCore
 from actors.core.periods import parse_period
 from actors.types import Completed, Usage
 from harness import Rig, limits
@@ -36,9 +35,10 @@ def window_requests(rig: Rig) -> int:
     return rig.core.limiter.usage().requests
 
 
-def test_a_member_never_in_the_cluster_waits_while_starting_then_refuses_without_sending():
-    rig = Rig(limits=limits(rpm=10, window_s=60))
-    rig.feed(NEVER_JOINED)
+@pytest.mark.parametrize("told", [NEVER_JOINED, None], ids=["never-joined", "not-told-yet"])
+def test_a_member_never_in_the_cluster_waits_while_starting_then_refuses_without_sending(told):
+    """An engine its node has not told about the cluster yet is outside it too: never a whole budget."""
+    rig = Rig(told=told, limits=limits(rpm=10, window_s=60))
     rig.submit("r1")
     rig.advance(4.0)  # joining: the registry will say
     assert rig.terminals("r1") == [] and rig.dispatches() == []
@@ -50,8 +50,7 @@ def test_a_member_never_in_the_cluster_waits_while_starting_then_refuses_without
 
 
 def test_a_member_joining_while_a_request_waits_serves_it_against_the_cluster_budget():
-    rig = Rig(limits=limits(rpm=10, window_s=60))
-    rig.feed(NEVER_JOINED)
+    rig = Rig(told=NEVER_JOINED, limits=limits(rpm=10, window_s=60))
     rig.submit("r1")
     rig.advance(1.0)
     rig.feed(ev.StrictLeader(True, 3, True))
@@ -100,8 +99,7 @@ def test_the_leaders_own_node_is_always_in_the_cluster_whatever_its_registrar_do
 
 
 def test_strict_local_share_of_a_member_never_in_the_cluster_is_no_budget_at_all():
-    rig = Rig(limits=limits(rpm=10, window_s=60, mode="strict", leader_unavailable="local_share"))
-    rig.feed(NEVER_JOINED)
+    rig = Rig(told=NEVER_JOINED, limits=limits(rpm=10, window_s=60, mode="strict", leader_unavailable="local_share"))
     rig.submit("r1")
     rig.advance(5.1)
     error = rig.terminal("r1").error
@@ -109,22 +107,11 @@ def test_strict_local_share_of_a_member_never_in_the_cluster_is_no_budget_at_all
     assert rig.dispatches() == []
 
 
-class SpendRig(Rig):
-    def __init__(self, budgets: list[Budget]) -> None:
-        super().__init__(up=False)
-        self.core = EngineCore(self.dep, slot="n1/d1/0/abc", node="n1", clock=lambda: self.mono,
-                               wall=lambda: self.mono + self.wall_offset, rand=lambda: 0.5, failure_timeout_s=5.0,
-                               budgets=budgets, budget_slot="n1@h:1/d1/0")
-        self.log = []
-        self._record(self.core.start())
-        for index in range(self.dep.workers):
-            self.feed(ev.WorkerUp(index, pid=1000 + index))
-
-
 @pytest.mark.parametrize("joined", [False, True])
 def test_an_approximate_spend_budget_of_a_member_never_in_the_cluster_refuses(joined):
-    rig = SpendRig([Budget("key", "k1", 1.0, parse_period("30d"))])
-    rig.feed(NEVER_JOINED)
+    rig = Rig(up=False)
+    rig.start(told=NEVER_JOINED, node="n1", budgets=[Budget("key", "k1", 1.0, parse_period("30d"))],
+              budget_slot="n1@h:1/d1/0")
     if joined:  # joined, then lost: the replica holds the cluster's spend for the period
         rig.feed(ev.StrictLeader(True, 2, True))
         rig.feed(ev.StrictLeader(False, 2, False))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from actors import errors as E
-from actors.core import engine_events as ev
 from actors.core import refusals, routing
 from actors.core.breaker import CircuitState
 from actors.core.budget import BudgetSpec
@@ -131,13 +130,7 @@ def test_a_spent_rate_window_the_router_refuses_with_the_engines_own_error():
 def test_a_spent_spend_budget_the_router_refuses_with_the_engines_own_error():
     budget = BudgetSpec(usd=0.01, period="1d", deployment="d1").budget()
     rig = Rig()
-    rig.core = type(rig.core)(rig.dep, slot="n1/d1/0/abc", clock=lambda: rig.mono,
-                              wall=lambda: rig.mono + rig.wall_offset, rand=lambda: 0.5, budgets=[budget],
-                              price=None)
-    rig.log = []
-    rig._record(rig.core.start())
-    for index in range(rig.dep.workers):
-        rig.feed(ev.WorkerUp(index, pid=1000 + index))
+    rig.start(budgets=[budget], price=None)
     rig.submit("r1")
     rig.report("r1", usage=Usage(1000, 1000))   # at the unknown-price rate, far past $0.01: spent in full
     routed = router_refusal(rig, rig.wall())
