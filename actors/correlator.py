@@ -39,6 +39,8 @@ class Watched(Protocol):
 
     def drain(self) -> list[Any]: ...
 
+    def take(self) -> list[Any]: ...
+
 # A mailbox nobody reads holds at most this many messages; older ones are dropped first.
 MAILBOX_LIMIT = 10_000
 
@@ -105,7 +107,9 @@ class Correlator:
         if box is None:
             box = self.boxes[key] = deque(maxlen=MAILBOX_LIMIT)
         if self.inbox is not None:
-            self._take_inbox()
+            # What came while this thread was away; no read of the pipe (the next wait does it).
+            for chunk in self.inbox.take():
+                self.file(chunk)
         while not box:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

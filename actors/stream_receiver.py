@@ -46,6 +46,7 @@ __all__ = ["ChunkTarget", "Inbox", "Nudge", "StreamReceiver", "shared_receiver"]
 log = logging.getLogger("atomr.client")
 
 READ_BYTES = 256 * 1024
+PIPE_READ_BYTES = 1 << 16   # an inbox's pipe holds its wake-ups, one byte each
 HELLO_BYTES = 512    # a connection's first frame: the greeting (key id, token, MAC)
 # A worker greets at once; a connection that has not within this long is closed. Without it an
 # unauthenticated connection announcing a greeting and falling silent held a slot forever.
@@ -99,12 +100,19 @@ class Inbox:
                 pass  # the pipe is full: its reader is awake already
 
     def drain(self) -> list[Arrival]:
-        """From the owning thread: what arrived since the last drain."""
+        """From the owning thread once its pipe woke it: the wake-ups, then what arrived."""
         try:
-            while os.read(self._read, 4096):
+            # One read takes every pending byte (a pipe holds 64 KiB by default; a put
+            # that finds it full skips its byte, so the pipe never holds more than it can take).
+            while len(os.read(self._read, PIPE_READ_BYTES)) == PIPE_READ_BYTES:
                 pass
         except (BlockingIOError, OSError):
             pass
+        return self.take()
+
+    def take(self) -> list[Arrival]:
+        """From the owning thread: what arrived, without a system call. Wake-ups for what it
+        takes stay in the pipe, so the next wait returns at once and drains them."""
         out = []
         while self._chunks:
             out.append(self._chunks.popleft())

@@ -205,6 +205,20 @@ def test_close_stops_the_thread_and_closes_every_connection_and_the_listener(rec
         listener.connect()
 
 
+def test_take_hands_over_what_came_without_reading_the_pipe_and_drain_reads_every_wakeup_at_once():
+    """A thread back for its next chunk takes what came with no system call; its wake-ups stay
+    in the pipe, so its next wait returns at once and one read takes them all."""
+    inbox = Inbox()
+    inbox.put(TokenChunk("r", 0, "a"))
+    assert [c.seq for c in inbox.take()] == [0] and inbox.take() == []
+    assert readable(inbox, 0)                                     # the wake-up for chunk 0 is still there
+    for seq in (1, 2):
+        inbox.put(TokenChunk("r", seq, "b"))
+    assert [c.seq for c in inbox.drain()] == [1, 2]
+    assert not readable(inbox, 0)                                 # all three wake-ups read
+    inbox.close()
+
+
 def test_an_inbox_holds_more_chunks_than_its_pipe_has_wakeups_and_a_put_after_close_is_harmless():
     inbox = Inbox()
     fcntl.fcntl(inbox.fileno(), fcntl.F_SETPIPE_SZ, 4096)        # its pipe at the smallest size Linux allows
