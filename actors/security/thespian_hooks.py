@@ -46,9 +46,12 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -378,13 +381,6 @@ def listen_or_watch(endpoint: Any, fds: list[int], timeout_s: float) -> Any:
     ``endpoint`` is a private endpoint (``ActorSystem.private()``); its transport is its own,
     so the watch never affects another thread. Without watch support: a plain listen.
     """
-    import time
-    from datetime import timedelta
-
-    from thespian.actors import WatchMessage
-    from thespian.system import isInternalActorSystemMessage
-    from thespian.system.transport import ReceiveEnvelope
-
     if isinstance(endpoint, InProcessEndpoint):
         return endpoint.listen(timeout_s, fds)
     base = getattr(endpoint, "_systemBase", None)
@@ -403,6 +399,11 @@ def listen_or_watch(endpoint: Any, fds: list[int], timeout_s: float) -> Any:
             return WATCHED
         if not ready:
             return None
+    # Imported here, past the poll above that serves a streamed chunk: not once per chunk.
+    from thespian.actors import WatchMessage
+    from thespian.system import isInternalActorSystemMessage
+    from thespian.system.transport import ReceiveEnvelope
+
     transport.set_watch(list(fds))
     try:
         while True:
@@ -436,8 +437,6 @@ def _idle_fds(transport: Any) -> list[int] | None:
 
 
 def _poll(fds: list[int], timeout_s: float) -> set[int]:
-    import select
-
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)
@@ -489,7 +488,6 @@ class InProcessEndpoint:
     def listen(self, timeout: float, fds: Sequence[int] = ()) -> Any:
         """The next message within ``timeout``, or None; WATCHED once one of ``fds`` is readable."""
         import queue
-        import time
 
         from thespian.system import isInternalActorSystemMessage
 
