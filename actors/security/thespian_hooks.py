@@ -17,6 +17,8 @@
   ``_check_XMIT_4_done(intent, ...)`` (``intent.ackbuf.completed()``: the reply read on a
   socket this process connected). Both know the socket, so a wrapper records its TCP peer in
   a thread-local that ``loads`` reads. Nothing else calls ``serializer.loads``.
+- **The selector of each pass of the TCP transport's loop** (``TCPTransport.selectors``): one
+  ``poll`` call a pass instead of epoll's call per socket (:class:`_TurnSelector`).
 - **Thespian's own log lines** about frames we refused (:func:`quiet_thespian_log`).
 - **Deferred refusal lines**: logged after the transport's critical section (:class:`DeferredLines`).
 - **Children die with their parent actor** (:func:`die_with_parent`): every actor process Thespian
@@ -44,9 +46,12 @@ anyway, with a warning.
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
 import select
+import selectors
 import threading
 import time
 import weakref
@@ -248,6 +253,53 @@ class _ThisProcess:
 THIS_PROCESS = _ThisProcess()
 
 
+class _TurnSelector:
+    """The selector ``TCPTransport`` makes for one pass of its loop (``_runWithExpiry``): it
+    registers every socket, waits once and closes it, on every pass. ``selectors``' default
+    (epoll) pays a system call to make it, one per socket and one to close, and a Python key
+    object per socket; this one pays one ``poll`` call. It answers as ``selectors.PollSelector``
+    does, and a closed descriptor raises EBADF as epoll's register would, which Thespian handles."""
+
+    __slots__ = ("_masks",)
+
+    def __init__(self) -> None:
+        self._masks: dict[int, int] = {}
+
+    def register(self, fd: int, events: int) -> None:
+        if fd < 0:
+            raise ValueError(f"Invalid file descriptor: {fd}")
+        mask = (select.POLLIN if events & selectors.EVENT_READ else 0) | (
+            select.POLLOUT if events & selectors.EVENT_WRITE else 0)
+        self._masks[fd] = self._masks.get(fd, 0) | mask
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        poller = select.poll()
+        for fd, mask in self._masks.items():
+            poller.register(fd, mask)
+        wait = None if timeout is None else max(0, math.ceil(timeout * 1000))
+        ready = []
+        for fd, event in poller.poll(wait):
+            if event & select.POLLNVAL:
+                raise OSError(errno.EBADF, "a descriptor is not open")
+            events = (selectors.EVENT_WRITE if event & ~select.POLLIN else 0) | (
+                selectors.EVENT_READ if event & ~select.POLLOUT else 0)
+            wanted = (selectors.EVENT_READ if self._masks[fd] & select.POLLIN else 0) | (
+                selectors.EVENT_WRITE if self._masks[fd] & select.POLLOUT else 0)
+            ready.append((selectors.SelectorKey(fd, fd, wanted, None), events & wanted))
+        return ready
+
+    def close(self) -> None:
+        self._masks.clear()
+
+
+class _TurnSelectors:
+    """What ``TCPTransport`` finds under the name ``selectors``."""
+
+    DefaultSelector = _TurnSelector
+    EVENT_READ = selectors.EVENT_READ
+    EVENT_WRITE = selectors.EVENT_WRITE
+
+
 def install_serializer(serializer: Any) -> None:
     from thespian.system.transport import TCPTransport
 
@@ -261,6 +313,7 @@ def install_serializer(serializer: Any) -> None:
     serializer.receiver = THIS_PROCESS
     serializer.refusals.emit = emit_after_this_step
     TCPTransport.serializer = serializer
+    TCPTransport.selectors = _TurnSelectors
     quiet_thespian_log()
 
 

@@ -137,3 +137,52 @@ def test_the_in_process_bases_private_endpoint_runs_nothing_so_the_client_brings
     assert endpoint.ask(made[1], "seen?", 30) is None
     assert time.monotonic() - started < 10                    # not its 30 s timeout
     endpoint.close()
+
+
+def test_the_selector_thespians_loop_gets_answers_as_the_standard_one_does():
+    """``TCPTransport`` builds a selector on every pass of its loop; ours makes one ``poll`` call
+    instead of epoll's call per descriptor. Ready, not ready, a hung-up pipe and a closed
+    descriptor (EBADF, which Thespian handles as it did epoll's) come out as PollSelector says."""
+    import errno
+    import os
+    import selectors
+
+    from actors.security.thespian_hooks import _TurnSelectors
+
+    readable_r, readable_w = os.pipe()
+    idle_r, idle_w = os.pipe()
+    hung_r, hung_w = os.pipe()
+    closed_r, closed_w = os.pipe()
+    os.write(readable_w, b"x")
+    os.close(hung_w)
+    os.close(closed_r)
+    try:
+        def answers(make: Any) -> list[tuple[int, int]]:
+            sel = make()
+            for fd in (readable_r, idle_r, hung_r):
+                sel.register(fd, selectors.EVENT_READ)
+            for fd in (readable_w, idle_w):
+                sel.register(fd, selectors.EVENT_WRITE)
+            try:
+                return sorted((key.fd, events) for key, events in sel.select(0))
+            finally:
+                sel.close()
+
+        ours = answers(_TurnSelectors.DefaultSelector)
+        assert ours == answers(selectors.PollSelector)
+        assert ours == sorted([(readable_r, selectors.EVENT_READ), (hung_r, selectors.EVENT_READ),
+                               (readable_w, selectors.EVENT_WRITE), (idle_w, selectors.EVENT_WRITE)])
+        sel = _TurnSelectors.DefaultSelector()
+        sel.register(closed_r, selectors.EVENT_READ)
+        with pytest.raises(OSError) as bad:
+            sel.select(0)
+        assert bad.value.errno == errno.EBADF
+        with pytest.raises(ValueError):
+            _TurnSelectors.DefaultSelector().register(-1, selectors.EVENT_READ)
+        started = time.monotonic()
+        quiet = _TurnSelectors.DefaultSelector()
+        quiet.register(idle_r, selectors.EVENT_READ)
+        assert quiet.select(0.05) == [] and time.monotonic() - started >= 0.04   # waits out its timeout
+    finally:
+        for fd in (readable_r, readable_w, idle_r, idle_w, hung_r, closed_w):
+            os.close(fd)
