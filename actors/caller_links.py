@@ -9,7 +9,8 @@ engine's end is ``runtime/caller_links.py``):
 
 - **connecting**: to the control port the route names (``RouteEntry.control_port``), only when
   the node is on this host; the engine's first frame must be a ``LinkHello`` from the very
-  engine the route named, or the link is not used;
+  engine the route named, or the link is not used; threads that need the link while one makes
+  it wait for it (bounded), then use it or send by Thespian;
 - **sending**: a thread writes its whole frame under the link's lock, waiting at most
   ``WRITE_TIMEOUT_S`` for the socket; a link that cannot take it is closed, and the call goes by
   Thespian as it would have (the engine never reads part of a frame);
@@ -31,11 +32,12 @@ from actors.runtime.control_link import ControlLink, Wire, address_key, connect
 from actors.runtime.protocol import LinkHello
 from actors.stream_receiver import StreamReceiver
 
-__all__ = ["CallerLinks", "HELLO_WAIT_S", "RETRY_AFTER_S", "WRITE_TIMEOUT_S"]
+__all__ = ["CallerLinks", "CONNECT_WAIT_S", "HELLO_WAIT_S", "RETRY_AFTER_S", "WRITE_TIMEOUT_S"]
 
 log = logging.getLogger("atomr.client")
 
 HELLO_WAIT_S = 1.0       # for the engine's greeting on a new link
+CONNECT_WAIT_S = 1.0     # beyond the greeting, for the loopback connect itself (callers waiting for a link)
 WRITE_TIMEOUT_S = 1.0    # for the socket to take one frame
 RETRY_AFTER_S = 5.0      # a link that failed is not tried again before
 
@@ -82,7 +84,7 @@ class CallerLinks:
         self.clock = clock
         self._lock = threading.Lock()
         self._held: dict[Any, _Held] = {}
-        self._connecting: set[Any] = set()
+        self._connecting: dict[Any, threading.Event] = {}   # engine key -> set once its link is made or not
         self._failed: dict[Any, float] = {}      # engine key -> not tried again before this (clock)
         self.made = self.refused = 0
 
@@ -116,22 +118,36 @@ class CallerLinks:
             held = self._held.get(key)
             if held is not None and not held.link.closed:
                 return held
-            # While one thread connects, the others send by Thespian rather than wait.
-            if key in self._connecting or self._failed.get(key, -1.0) > self.clock():
+            if self._failed.get(key, -1.0) > self.clock():
                 return None
-            self._connecting.add(key)
+            made = self._connecting.get(key)
+            if made is None:
+                self._connecting[key] = made = threading.Event()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            # Another thread is making the link: wait for it (a greeting's time at most) rather than
+            # send by Thespian, the slow path. A fresh process's first burst otherwise sent most of
+            # its calls that way, and a tenth of them got their first token over a second late.
+            made.wait(HELLO_WAIT_S + CONNECT_WAIT_S)
+            with self._lock:
+                held = self._held.get(key)
+            return held if held is not None and not held.link.closed else None
+        held = None
         try:
             held = self._connect(engine, port)
+            if held is not None:
+                self.receiver.watch(held.link, lambda: self._read(held))
         finally:
             with self._lock:
-                self._connecting.discard(key)
+                del self._connecting[key]
                 if held is None:
                     self._failed[key] = self.clock() + RETRY_AFTER_S
                 else:
                     self._held[key] = held
                     self.made += 1
-        if held is not None:
-            self.receiver.watch(held.link, lambda: self._read(held))
+            made.set()
         return held
 
     def _connect(self, engine: Any, port: int) -> _Held | None:

@@ -203,10 +203,19 @@ def test_a_link_whose_engine_is_not_the_one_the_route_named_is_never_used_and_no
     assert time.monotonic() - started < 10
 
 
-def test_without_a_control_port_or_while_another_thread_makes_the_link_a_call_goes_by_thespian(caller_side):
+def test_without_a_control_port_a_call_goes_by_thespian(caller_side):
     make, _ = caller_side
     links, engines = make()
     assert not links.send(ENGINE, None, CALLER, request(0)) and engines.ends == []
+
+
+@pytest.mark.parametrize("greeted", [True, False], ids=["made", "refused"])
+def test_a_call_while_another_thread_makes_the_link_waits_for_it_then_goes_on_it_or_by_thespian(caller_side,
+                                                                                                 greeted):
+    """A fresh process's first burst: every call but the first arrives while the link is being made.
+    Sent by Thespian meanwhile, a tenth of them got their first token over a second late."""
+    make, _ = caller_side
+    links, engines = make(ENGINE if greeted else None)
     entered, release = threading.Event(), threading.Event()
     connect = engines.connect
 
@@ -216,15 +225,24 @@ def test_without_a_control_port_or_while_another_thread_makes_the_link_a_call_go
         return connect(*args, **kw)
     links.connector = slow_connect
     first: list[bool] = []
+    second: list[bool] = []
     maker = threading.Thread(target=lambda: first.append(links.send(ENGINE, 40000, CALLER, request(1))))
+    waiter = threading.Thread(target=lambda: second.append(links.send(ENGINE, 40000, OTHER_CALLER, request(2))))
     maker.start()
     try:
         assert entered.wait(10)
-        assert not links.send(ENGINE, 40000, OTHER_CALLER, request(2))   # not waiting for the other's link
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive() and second == []                      # waiting for the link, not gone by Thespian
     finally:
         release.set()
         maker.join(10)
-    assert first == [True] and [m.request_id for _, m in engines.ends[0].receive()] == ["r1"]
+        waiter.join(10)
+    assert first == second == [greeted] and len(engines.ends) == 1     # one link made (or refused) for both
+    if greeted:
+        assert sorted(m.request_id for _, m in engines.ends[0].receive()) == ["r1", "r2"]
+    else:
+        assert engines.ends[0].receive() == [] and links.refused == 1  # both calls then go by Thespian
 
 
 def test_a_link_closed_by_its_engine_is_dropped_and_the_next_call_goes_by_thespian(caller_side):
