@@ -107,9 +107,7 @@ class Correlator:
         if box is None:
             box = self.boxes[key] = deque(maxlen=MAILBOX_LIMIT)
         if self.inbox is not None:
-            # What came while this thread was away; no read of the pipe (the next wait does it).
-            for chunk in self.inbox.take():
-                self.file(chunk)
+            self._take_inbox(woken=False)   # what came while this thread was away: no read of its pipe
         while not box:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -119,16 +117,17 @@ class Correlator:
             else:
                 message = listen_or_watch(self.endpoint, [self.inbox.fileno()], remaining)
                 if message is WATCHED:
-                    self._take_inbox()
+                    self._take_inbox(woken=True)
                     continue
             if message is None:
                 return None
             self.file(message)
         return box.popleft()
 
-    def _take_inbox(self) -> None:
-        for chunk in self.inbox.drain() if self.inbox is not None else ():
-            self.file(chunk)
+    def _take_inbox(self, woken: bool) -> None:
+        if self.inbox is not None:
+            for chunk in self.inbox.drain() if woken else self.inbox.take():
+                self.file(chunk)
 
     def request(self, target: Any, message: Any, key: str, timeout_s: float) -> Any:
         """A one-off lookup: ask, take the answer, close the mailbox."""

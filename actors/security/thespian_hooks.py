@@ -260,22 +260,21 @@ class _TurnSelector:
     object per socket; this one pays one ``poll`` call. It answers as ``selectors.PollSelector``
     does, and a closed descriptor raises EBADF as epoll's register would, which Thespian handles."""
 
-    __slots__ = ("_masks",)
+    __slots__ = ("_events",)
 
     def __init__(self) -> None:
-        self._masks: dict[int, int] = {}
+        self._events: dict[int, int] = {}   # fd -> selectors.EVENT_READ | EVENT_WRITE
 
     def register(self, fd: int, events: int) -> None:
         if fd < 0:
             raise ValueError(f"Invalid file descriptor: {fd}")
-        mask = (select.POLLIN if events & selectors.EVENT_READ else 0) | (
-            select.POLLOUT if events & selectors.EVENT_WRITE else 0)
-        self._masks[fd] = self._masks.get(fd, 0) | mask
+        self._events[fd] = self._events.get(fd, 0) | events
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         poller = select.poll()
-        for fd, mask in self._masks.items():
-            poller.register(fd, mask)
+        for fd, wanted in self._events.items():
+            poller.register(fd, (select.POLLIN if wanted & selectors.EVENT_READ else 0)
+                            | (select.POLLOUT if wanted & selectors.EVENT_WRITE else 0))
         wait = None if timeout is None else max(0, math.ceil(timeout * 1000))
         ready = []
         for fd, event in poller.poll(wait):
@@ -283,13 +282,12 @@ class _TurnSelector:
                 raise OSError(errno.EBADF, "a descriptor is not open")
             events = (selectors.EVENT_WRITE if event & ~select.POLLIN else 0) | (
                 selectors.EVENT_READ if event & ~select.POLLOUT else 0)
-            wanted = (selectors.EVENT_READ if self._masks[fd] & select.POLLIN else 0) | (
-                selectors.EVENT_WRITE if self._masks[fd] & select.POLLOUT else 0)
+            wanted = self._events[fd]
             ready.append((selectors.SelectorKey(fd, fd, wanted, None), events & wanted))
         return ready
 
     def close(self) -> None:
-        self._masks.clear()
+        self._events.clear()
 
 
 class _TurnSelectors:
