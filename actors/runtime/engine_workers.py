@@ -37,6 +37,7 @@ from actors.core import engine_events as ev
 from actors.core.procstat import live_stat
 from actors.runtime.caller_links import CALLS, CallerLinks
 from actors.runtime.control_link import HELLO_TIMEOUT_S, ControlListener, wire_codec
+from actors.runtime.data_stack import call_with_room
 from actors.runtime.logs import logger
 from actors.runtime.protocol import EngineInit, LinkHello, RestartSlot, WorkerInit, WorkerReady
 from actors.runtime.timers import Timers
@@ -261,7 +262,8 @@ class WorkerProcesses(CallerLinks):
             address = self.procs.get(process)
             if address is None:
                 init, _ = self._started()
-                address = self.procs[process] = self.createActor(RemoteWorkerActor)
+                # The process is forked inside this call: on a fresh frame-stack chunk (runtime/data_stack.py).
+                address = self.procs[process] = call_with_room(self.createActor, RemoteWorkerActor)
                 self.send(address, WorkerInit(init.deployment, self.myAddress, init.session, sorted(slots),
                                               control_port=self.control.port if self.control is not None else None))
                 if self.held is not None:
