@@ -25,6 +25,7 @@ from actors.errors import ConfigError, InternalError
 from actors.runtime.protocol import ClusterStatus, ClusterStatusRequest, Deploy, Deployed, Drain, Drained, NodeStatus, StatusRequest
 from actors.runtime.node import NODE_GLOBAL_NAME, NodeRegistry
 from actors.runtime.watchdog import LauncherWatchdog, WatchLauncher, Watching
+from actors.ops.launcher_descriptors import not_inherited
 from actors.ops.spend import spend_ledger
 from actors.settings.budgets import budgets_of
 from actors.ops.procs import (admin_process, group_is_ours, kill_group, listening_pids, pids_in_group,
@@ -240,10 +241,11 @@ def start_node(config: GatewayConfig, *, admin_port: int | None = None, name: st
     asys = None
     pgid = admin_pid = admin_ticks = None
     try:
-        asys = ActorSystem("multiprocTCPBase", capabilities,
-                           logDefs=log_definitions(log_file or node_cfg.log_file, node_cfg.log_level, console_log,
-                                                   node_cfg.log_format),
-                           transientUnique=True)
+        with not_inherited():   # the admin and its logger are forked in here (ops/launcher_descriptors.py)
+            asys = ActorSystem("multiprocTCPBase", capabilities,
+                               logDefs=log_definitions(log_file or node_cfg.log_file, node_cfg.log_level, console_log,
+                                                       node_cfg.log_format),
+                               transientUnique=True)
         admin_pid, admin_ticks, pgid = admin_process(port) or (None, None, None)
         if mock is not None:
             mock.start()

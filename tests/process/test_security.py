@@ -86,9 +86,8 @@ def send_raw(port: int, body: bytes, timeout_s: float = 5.0, host: str = "127.0.
 def node_ports(pgid: int, admin_port: int) -> set[int]:
     """Every TCP port the node's processes serve: the admin's and every actor's.
 
-    Thespian closes a parent actor's socket in its children, but not sockets the launcher
-    held when it forked the admin (its own client endpoint, a mock): those every process
-    of the node holds, and none serves. An actor's own port is held by that actor alone.
+    An actor's own port is held by that actor alone: Thespian closes a parent actor's socket in
+    its children, and the launcher's sockets are not inherited (test_the_node_holds_none_of_...).
     """
     held: dict[int, int] = {}
     for pid in pids_in_group(pgid):
@@ -265,6 +264,44 @@ def test_a_malicious_pickle_runs_nowhere_and_the_node_keeps_serving(gateway, moc
         assert log.count(reason) == 2, (reason, log)  # once from the admin, once from the engine's process
     assert OTHER_SECRET not in log and TEST_KEY_LINE.split(":")[1] not in log and "pwned" not in log
     assert thespian_log().count("OUCH") == ouch_before  # Thespian's own traceback line is not repeated
+
+
+def _targets(pid: int | str) -> set[str]:
+    """What each descriptor of a process is: ``socket:[inode]``, ``pipe:[inode]``, a file's path."""
+    targets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):   # closed meanwhile
+            targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return targets
+
+
+def test_the_node_holds_none_of_the_launchers_descriptors(gateway, mock, tmp_path):
+    """The admin and every actor are forked from the program that calls start_node: none of them
+    may hold what that program had open (a listening socket, a pipe, a file)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    launcher_file = open(tmp_path / "launcher-only", "w")
+    try:
+        mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in (listener.fileno(), read_end, write_end,
+                                                               launcher_file.fileno())}
+        node, client = gateway([deployment(mock.url, "d1")])
+        assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")
+        held = {pid: _targets(pid) & mine for pid in pids_in_group(node.pgid)}
+        assert len(held) >= 5 and not any(held.values()), held   # admin, logger, registry, engine, worker...
+        # What holding them did: the launcher's closed socket stayed bound, and its pipe never ended.
+        listener.close()
+        assert not port_is_listening(port)
+        os.close(write_end)
+        write_end = -1
+        assert os.read(read_end, 1) == b""   # the end of the pipe: no node process holds its write end
+    finally:
+        listener.close()
+        launcher_file.close()
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
 
 
 def test_the_remote_deploy_attack_runs_no_command_on_any_port(gateway, mock, tmp_path):
