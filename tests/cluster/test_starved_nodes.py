@@ -32,7 +32,7 @@ def _pids(node, role: str | None = None) -> list[int]:
 @contextmanager
 def _stopped(pids: list[int]):
     """SIGSTOP these processes for the block; SIGCONT whatever happens."""
-    assert pids
+    assert pids, "no such process: an actor's process is known by its title, which Thespian sets with setproctitle"
     try:
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
