@@ -431,11 +431,11 @@ class FrontDoor:
                     err = http_error(exc)
                     status = err.status
                     log.warning("stream %s failed after its first byte: %s", request_id, exc)
-                    yield from encoder.error(err)
+                    yield b"".join(encoder.error(err))   # one write, one send: they are due together
                     return
                 self._overhead(stream)
                 hold.settle(stream.result)
-                yield from encoder.end(stream.result)
+                yield b"".join(encoder.end(stream.result))
         finally:
             hold.settle()  # left early (the caller went away): the estimate stays charged
             self.watcher.remove(request_id)

@@ -159,6 +159,18 @@ class GuardedTask(WSGITask):
         environ[WRITE_NOW] = self.write_now
         return environ
 
+    def write(self, data: bytes) -> None:
+        channel = self.channel
+        if self.wrote_header or not data or not isinstance(channel, GuardedChannel):
+            return super().write(data)
+        # waitress writes the head on its own, so a response's head and its first body bytes would
+        # go in two sends; each send in this process is a hand-over of the GIL when it is busy.
+        channel.hold_writes()
+        try:
+            super().write(data)
+        finally:
+            channel.release_writes()
+
     def write_now(self, data: bytes) -> None:
         """Body bytes, framed as the response is (chunked or not), sent as far as the socket takes them now."""
         if not data:
@@ -180,7 +192,24 @@ class GuardedChannel(HTTPChannel):
         self.client_host = str(addr[0]) if isinstance(addr, tuple) else str(addr)
         self.clock = RequestClock(self.creation_time)
         self._counted = True
+        self._held: list[bytes] | None = None   # writes kept to go as one (GuardedTask.write)
         server.slots.opened(self.client_host)
+
+    def write_soon(self, data: Any) -> int:
+        held = self._held
+        if held is not None:
+            held.append(data)
+            return len(data)
+        return int(super().write_soon(data))
+
+    def hold_writes(self) -> None:
+        """Keep what is written until :meth:`release_writes`, then send it as one write."""
+        self._held = []
+
+    def release_writes(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            super().write_soon(b"".join(held))
 
     def received(self, data: bytes) -> bool:
         now = time.time()

@@ -25,7 +25,7 @@ from actors.runtime.protocol import Deploy, Deployed
 from actors.runtime.protocol.ledger import LedgerInit
 from actors.settings.schema import ApiKeySource, HttpConfig, HttpKey, KeyLimits
 from actors.testing.mock_transport import EOF
-from actors.testing.wsgi import call, opened
+from actors.testing.wsgi import call, opened, sse_events
 from harness import Answer, ask, deployment, openai_completion, openai_stream, stream_answer
 
 HI = [{"role": "user", "content": "hi"}]
@@ -163,6 +163,9 @@ def test_a_stream_is_server_sent_events_ending_with_usage_and_done(door, upstrea
     assert [d["choices"][0]["finish_reason"] for d in docs if d["choices"]][-1] == "stop"
     assert docs[-1]["choices"] == [] and docs[-1]["usage"]["total_tokens"] == 5
     assert {d["id"] for d in docs} == {"chatcmpl-" + r.headers["x-request-id"][len("req_"):]}
+    # The finish, the usage and [DONE] are due together: one write, so one send, not three.
+    assert [data for _, data in sse_events(r.parts[-1])][-3:] == docs[-2:] + ["[DONE]"]
+    assert len(sse_events(r.parts[-1])) == 3
     assert upstream.requests[0].json()["stream"] is True
     assert (app.in_flight, app.calls) == (0, 0)
 
