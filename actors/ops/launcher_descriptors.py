@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["not_inherited", "open_descriptors"]
+__all__ = ["not_inherited"]
 
 KEPT = frozenset({0, 1, 2})   # stdin, stdout, stderr: where the node logs when told to log to the console
 
@@ -28,7 +28,7 @@ KEPT = frozenset({0, 1, 2})   # stdin, stdout, stderr: where the node logs when 
 _pending: dict[int, dict[int, tuple[int, int]]] = {}
 
 
-def open_descriptors() -> dict[int, tuple[int, int]]:
+def _open_descriptors() -> dict[int, tuple[int, int]]:
     """The descriptors this process has open, each with its device and inode."""
     out = {}
     for name in os.listdir("/proc/self/fd"):
@@ -66,7 +66,7 @@ os.register_at_fork(after_in_child=_replace_in_child)
 def not_inherited() -> Iterator[None]:
     """Processes this thread forks inside the block do not hold what this process holds now."""
     me = threading.get_ident()
-    _pending[me] = {fd: was for fd, was in open_descriptors().items() if fd not in KEPT}
+    _pending[me] = {fd: was for fd, was in _open_descriptors().items() if fd not in KEPT}
     try:
         yield
     finally:

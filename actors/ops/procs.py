@@ -16,7 +16,7 @@ import time
 from actors.core.procstat import group_members, live_stat
 
 __all__ = ["listening_pids", "connected_pids", "admin_pgid", "admin_process", "pids_in_group", "kill_group",
-           "port_is_listening", "wait_until", "listening_ports", "process_start_ticks", "parent_pid", "group_is_ours", "cmdline"]
+           "port_is_listening", "wait_until", "listening_ports", "descriptors", "process_start_ticks", "parent_pid", "group_is_ours", "cmdline"]
 
 
 LISTEN, ESTABLISHED = "0A", "01"  # /proc/net/tcp socket states
@@ -40,20 +40,25 @@ def _socket_inodes(port: int, state: str, remote_port: int | None = None) -> set
     return inodes
 
 
+def descriptors(pid: int | str) -> set[str]:
+    """What the open descriptors of ``pid`` are: ``socket:[inode]``, ``pipe:[inode]``, a file's
+    path; empty when the process is gone."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    out = set()
+    for fd in names:
+        try:
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue   # closed meanwhile
+    return out
+
+
 def _pids_with_inodes(inodes: set[str]) -> list[int]:
     targets = {f"socket:[{inode}]" for inode in inodes}
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            for fd in os.listdir(f"/proc/{entry}/fd"):
-                if os.readlink(f"/proc/{entry}/fd/{fd}") in targets:
-                    pids.append(int(entry))
-                    break
-        except OSError:
-            continue
-    return pids
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and descriptors(entry) & targets]
 
 
 _LOOPBACK = ("0100007F", "00000000000000000000000001000000")   # 127.0.0.1 and ::1 as /proc/net/tcp spells them
@@ -62,10 +67,8 @@ _LOOPBACK = ("0100007F", "00000000000000000000000001000000")   # 127.0.0.1 and :
 def listening_ports(pid: int, reachable_from_other_hosts: bool = False) -> set[int]:
     """TCP ports process ``pid`` listens on (read in its own network namespace); with
     ``reachable_from_other_hosts``, not those bound to loopback only."""
-    try:
-        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
-                  if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
-    except OSError:
+    inodes = {target[8:-1] for target in descriptors(pid) if target.startswith("socket:[")}
+    if not inodes:
         return set()
     ports = set()
     for table in ("tcp", "tcp6"):

@@ -31,7 +31,7 @@ from actors.ops.remote_status import cluster_status_from
 from actors.settings.loader import parse_config
 from actors.errors import ConfigError
 from actors.runtime import protocol as P
-from actors.ops.procs import listening_ports, pids_in_group, port_is_listening
+from actors.ops.procs import descriptors, listening_ports, pids_in_group, port_is_listening
 from actors.ops.system import start_node
 
 from conftest import RUN_MARK, TEST_KEY_LINE, OutputLines, deployment, free_port, wait_for
@@ -266,15 +266,6 @@ def test_a_malicious_pickle_runs_nowhere_and_the_node_keeps_serving(gateway, moc
     assert thespian_log().count("OUCH") == ouch_before  # Thespian's own traceback line is not repeated
 
 
-def _targets(pid: int | str) -> set[str]:
-    """What each descriptor of a process is: ``socket:[inode]``, ``pipe:[inode]``, a file's path."""
-    targets = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):   # closed meanwhile
-            targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
-    return targets
-
-
 def test_the_node_holds_none_of_the_launchers_descriptors(gateway, mock, tmp_path):
     """The admin and every actor are forked from the program that calls start_node: none of them
     may hold what that program had open (a listening socket, a pipe, a file)."""
@@ -288,7 +279,7 @@ def test_the_node_holds_none_of_the_launchers_descriptors(gateway, mock, tmp_pat
                                                                launcher_file.fileno())}
         node, client = gateway([deployment(mock.url, "d1")])
         assert client.complete("d1", HI, max_tokens=3).text.startswith("You said: hi")
-        held = {pid: _targets(pid) & mine for pid in pids_in_group(node.pgid)}
+        held = {pid: descriptors(pid) & mine for pid in pids_in_group(node.pgid)}
         assert len(held) >= 5 and not any(held.values()), held   # admin, logger, registry, engine, worker...
         # What holding them did: the launcher's closed socket stayed bound, and its pipe never ended.
         listener.close()
